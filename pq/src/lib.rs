@@ -1,0 +1,1 @@
+//! pqmls-pq (work in progress)
