@@ -1,0 +1,349 @@
+//! ML-KEM-768 and ML-KEM-1024 (FIPS 203) over `libcrux-ml-kem` (DESIGN.md item 1).
+//!
+//! - The private key format is the 64-byte seed `d || z` (FIPS 203 section 7.1,
+//!   `ML-KEM.KeyGen_internal(d, z)`); the expanded key is kept in memory in libcrux's
+//!   "unpacked" form, so decapsulation skips key decoding, and is never serialized.
+//! - Every encapsulation key received from outside goes through the section 7.2
+//!   modulus check when it is parsed ([`Kem::encapsulation_key_from_bytes`]);
+//!   an [`EncapsulationKey`](ml_kem_768::EncapsulationKey) value is proof it passed.
+//!   libcrux's `encapsulate` does not check this itself.
+//! - Decapsulation uses implicit rejection (section 7.3, Algorithm 18 steps 9-10 via
+//!   `K̄ = J(z || c)`): a forged ciphertext yields a pseudorandom secret, not an error.
+//! - A prepared key is libcrux's unpacked public key: the matrix `Â` sampled and `t̂`
+//!   decoded once, `H(ek)` hashed once.
+//!
+//! libcrux has portable and AVX2 code paths whose unpacked types differ; we pick one at
+//! run time as libcrux's own multiplexer does (`libcrux_platform::simd256_support`).
+//! libcrux's unpacked key pair does not zeroize itself: on drop we overwrite it with the
+//! all-zero default and pass it through `black_box` so the store is not elided.
+
+use super::{DeriveProfile, Kem, derive::derive_seed};
+use crate::{Error, Result, Seed64, SharedSecret, error::exact};
+
+/// Whether the AVX2 code path of libcrux can run on this CPU.
+fn use_avx2() -> bool {
+    libcrux_platform::simd256_support()
+}
+
+macro_rules! ml_kem_parameter_set {
+    (
+        $(#[$moddoc:meta])*
+        mod $modname:ident,
+        scheme $Scheme:ident = $name:literal,
+        libcrux $lib:ident ($Pk:ident, $Ct:ident, $KpUnpacked:ident, $PkUnpacked:ident),
+        kem_id $kem_id:expr,
+        ek $ek_len:expr,
+        ct $ct_len:expr
+    ) => {
+        $(#[$moddoc])*
+        pub mod $modname {
+            use super::*;
+            use libcrux_ml_kem::$lib as lib;
+            use lib::{avx2::unpacked as avx2, portable::unpacked as portable};
+
+            /// The scheme; implements [`Kem`].
+            #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+            pub struct $Scheme;
+
+            /// Encapsulation key length (FIPS 203 section 8, table 3: 384k + 32).
+            pub const EK_LEN: usize = $ek_len;
+            /// Ciphertext length (FIPS 203 section 8, table 3: 32(d_u k + d_v)).
+            pub const CT_LEN: usize = $ct_len;
+            /// Seed (private key) length: `d || z`.
+            pub const SEED_LEN: usize = 64;
+
+            const _: () = assert!(lib::$Pk::len() == EK_LEN && lib::$Ct::len() == CT_LEN);
+
+            /// A validated encapsulation key.
+            #[derive(Clone)]
+            pub struct EncapsulationKey(lib::$Pk);
+
+            impl EncapsulationKey {
+                /// The encoded key.
+                pub fn as_bytes(&self) -> &[u8; EK_LEN] {
+                    self.0.as_slice()
+                }
+            }
+
+            impl AsRef<[u8]> for EncapsulationKey {
+                fn as_ref(&self) -> &[u8] {
+                    self.0.as_ref()
+                }
+            }
+
+            impl core::fmt::Debug for EncapsulationKey {
+                fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                    write!(f, concat!($name, " EncapsulationKey({} bytes)"), EK_LEN)
+                }
+            }
+
+            /// A ciphertext.
+            #[derive(Clone)]
+            pub struct Ciphertext(lib::$Ct);
+
+            impl Ciphertext {
+                /// Parses a ciphertext (only the length is checked).
+                ///
+                /// # Errors
+                /// [`Error::InvalidLength`].
+                pub fn from_slice(bytes: &[u8]) -> Result<Self> {
+                    Ok(Self(lib::$Ct::from(exact::<CT_LEN>(concat!($name, " ciphertext"), bytes)?)))
+                }
+
+                /// The encoded ciphertext.
+                pub fn as_bytes(&self) -> &[u8; CT_LEN] {
+                    self.0.as_slice()
+                }
+            }
+
+            impl AsRef<[u8]> for Ciphertext {
+                fn as_ref(&self) -> &[u8] {
+                    self.0.as_ref()
+                }
+            }
+
+            impl core::fmt::Debug for Ciphertext {
+                fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                    write!(f, concat!($name, " Ciphertext({} bytes)"), CT_LEN)
+                }
+            }
+
+            enum UnpackedKeyPair {
+                Avx2(avx2::$KpUnpacked),
+                Portable(portable::$KpUnpacked),
+            }
+
+            /// A decapsulation key: the seed, its encapsulation key, and the expanded key
+            /// in libcrux's unpacked form. Zeroized on drop; only the seed is serialized.
+            pub struct DecapsulationKey {
+                seed: Seed64,
+                ek: EncapsulationKey,
+                unpacked: Box<UnpackedKeyPair>,
+            }
+
+            impl Drop for DecapsulationKey {
+                fn drop(&mut self) {
+                    match &mut *self.unpacked {
+                        UnpackedKeyPair::Avx2(kp) => *kp = Default::default(),
+                        UnpackedKeyPair::Portable(kp) => *kp = Default::default(),
+                    }
+                    core::hint::black_box(&self.unpacked);
+                }
+            }
+
+            impl core::fmt::Debug for DecapsulationKey {
+                fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                    f.write_str(concat!($name, " DecapsulationKey(<redacted>)"))
+                }
+            }
+
+            impl DecapsulationKey {
+                /// `ML-KEM.KeyGen_internal(d, z)` from the seed `d || z`.
+                pub fn from_seed(seed: Seed64) -> Self {
+                    let d_z = zeroize::Zeroizing::new(*seed.as_bytes());
+                    let (unpacked, pk) = if use_avx2() {
+                        let kp = avx2::generate_key_pair(*d_z);
+                        let pk = avx2::key_pair_serialized_public_key(&kp);
+                        (UnpackedKeyPair::Avx2(kp), pk)
+                    } else {
+                        let kp = portable::generate_key_pair(*d_z);
+                        let pk = portable::key_pair_serialized_public_key(&kp);
+                        (UnpackedKeyPair::Portable(kp), pk)
+                    };
+                    Self { seed, ek: EncapsulationKey(pk), unpacked: Box::new(unpacked) }
+                }
+
+                /// The seed `d || z`.
+                pub fn seed(&self) -> &Seed64 {
+                    &self.seed
+                }
+
+                /// The matching encapsulation key.
+                pub fn encapsulation_key(&self) -> &EncapsulationKey {
+                    &self.ek
+                }
+
+                /// `ML-KEM.Decaps` with implicit rejection.
+                pub fn decapsulate(&self, ct: &Ciphertext) -> SharedSecret {
+                    let ss = match &*self.unpacked {
+                        UnpackedKeyPair::Avx2(kp) => avx2::decapsulate(kp, &ct.0),
+                        UnpackedKeyPair::Portable(kp) => portable::decapsulate(kp, &ct.0),
+                    };
+                    SharedSecret::from_bytes(ss)
+                }
+            }
+
+            enum UnpackedPublicKey {
+                Avx2(avx2::$PkUnpacked),
+                Portable(portable::$PkUnpacked),
+            }
+
+            /// An encapsulation key with `Â`, `t̂` and `H(ek)` precomputed. Public data.
+            pub struct PreparedEncapsulationKey {
+                unpacked: Box<UnpackedPublicKey>,
+            }
+
+            impl core::fmt::Debug for PreparedEncapsulationKey {
+                fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                    f.write_str(concat!($name, " PreparedEncapsulationKey"))
+                }
+            }
+
+            impl PreparedEncapsulationKey {
+                /// Precomputes from a validated key.
+                pub fn new(ek: &EncapsulationKey) -> Self {
+                    let unpacked = if use_avx2() {
+                        let mut pk = avx2::init_public_key();
+                        avx2::unpacked_public_key(&ek.0, &mut pk);
+                        UnpackedPublicKey::Avx2(pk)
+                    } else {
+                        let mut pk = portable::init_public_key();
+                        portable::unpacked_public_key(&ek.0, &mut pk);
+                        UnpackedPublicKey::Portable(pk)
+                    };
+                    Self { unpacked: Box::new(unpacked) }
+                }
+
+                /// `ML-KEM.Encaps_internal(ek, m)` on the precomputed key.
+                pub fn encapsulate_derand(&self, m: &[u8; 32]) -> (Ciphertext, SharedSecret) {
+                    let (ct, ss) = match &*self.unpacked {
+                        UnpackedPublicKey::Avx2(pk) => avx2::encapsulate(pk, *m),
+                        UnpackedPublicKey::Portable(pk) => portable::encapsulate(pk, *m),
+                    };
+                    (Ciphertext(ct), SharedSecret::from_bytes(ss))
+                }
+            }
+
+            impl EncapsulationKey {
+                /// Parses `bytes` and runs the FIPS 203 section 7.2 modulus check.
+                ///
+                /// # Errors
+                /// [`Error::InvalidLength`], [`Error::InvalidEncapsulationKey`].
+                pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+                    let pk = lib::$Pk::from(exact::<EK_LEN>(concat!($name, " encapsulation key"), bytes)?);
+                    if lib::validate_public_key(&pk) {
+                        Ok(Self(pk))
+                    } else {
+                        Err(Error::InvalidEncapsulationKey)
+                    }
+                }
+
+                /// `ML-KEM.Encaps_internal(ek, m)` with the 32-byte message `m`.
+                pub fn encapsulate_derand(&self, m: &[u8; 32]) -> (Ciphertext, SharedSecret) {
+                    let (ct, ss) = lib::encapsulate(&self.0, *m);
+                    (Ciphertext(ct), SharedSecret::from_bytes(ss))
+                }
+            }
+
+            impl Kem for $Scheme {
+                const NAME: &'static str = $name;
+                const HPKE_KEM_ID: u16 = $kem_id;
+                const SEED_LEN: usize = SEED_LEN;
+                const EK_LEN: usize = EK_LEN;
+                const CT_LEN: usize = CT_LEN;
+                const ESEED_LEN: usize = 32;
+
+                type DecapsulationKey = DecapsulationKey;
+                type EncapsulationKey = EncapsulationKey;
+                type PreparedEncapsulationKey = PreparedEncapsulationKey;
+                type Ciphertext = Ciphertext;
+
+                fn decapsulation_key_from_seed(seed: &[u8]) -> Result<DecapsulationKey> {
+                    Ok(DecapsulationKey::from_seed(Seed64::from_slice(seed)?))
+                }
+
+                fn seed(dk: &DecapsulationKey) -> &[u8] {
+                    dk.seed.as_bytes()
+                }
+
+                fn encapsulation_key(dk: &DecapsulationKey) -> &EncapsulationKey {
+                    &dk.ek
+                }
+
+                fn encapsulation_key_from_bytes(bytes: &[u8]) -> Result<EncapsulationKey> {
+                    EncapsulationKey::from_bytes(bytes)
+                }
+
+                fn prepare(ek: &EncapsulationKey) -> PreparedEncapsulationKey {
+                    PreparedEncapsulationKey::new(ek)
+                }
+
+                fn ciphertext_from_bytes(bytes: &[u8]) -> Result<Ciphertext> {
+                    Ciphertext::from_slice(bytes)
+                }
+
+                fn encapsulate_derand(ek: &EncapsulationKey, eseed: &[u8]) -> Result<(Ciphertext, SharedSecret)> {
+                    Ok(ek.encapsulate_derand(exact::<32>("ML-KEM encapsulation randomness", eseed)?))
+                }
+
+                fn encapsulate_prepared_derand(
+                    ek: &PreparedEncapsulationKey,
+                    eseed: &[u8],
+                ) -> Result<(Ciphertext, SharedSecret)> {
+                    Ok(ek.encapsulate_derand(exact::<32>("ML-KEM encapsulation randomness", eseed)?))
+                }
+
+                fn decapsulate(dk: &DecapsulationKey, ct: &Ciphertext) -> Result<SharedSecret> {
+                    Ok(dk.decapsulate(ct))
+                }
+
+                fn derive_key_pair(ikm: &[u8], profile: DeriveProfile) -> DecapsulationKey {
+                    let seed = derive_seed::<64>($kem_id, ikm, profile);
+                    DecapsulationKey::from_seed(Seed64::from_bytes(*seed))
+                }
+
+                fn generate<R: rand_core::TryCryptoRng + ?Sized>(rng: &mut R) -> Result<DecapsulationKey> {
+                    let mut seed = zeroize::Zeroizing::new([0u8; 64]);
+                    crate::rng::fill(rng, seed.as_mut_slice())?;
+                    Ok(DecapsulationKey::from_seed(Seed64::from_bytes(*seed)))
+                }
+            }
+        }
+    };
+}
+
+ml_kem_parameter_set! {
+    /// ML-KEM-768 (FIPS 203, k = 3): 1184-byte keys, 1088-byte ciphertexts. HPKE KEM id 0x0041.
+    mod ml_kem_768,
+    scheme MlKem768 = "ML-KEM-768",
+    libcrux mlkem768 (MlKem768PublicKey, MlKem768Ciphertext, MlKem768KeyPairUnpacked, MlKem768PublicKeyUnpacked),
+    kem_id 0x0041,
+    ek 1184,
+    ct 1088
+}
+
+ml_kem_parameter_set! {
+    /// ML-KEM-1024 (FIPS 203, k = 4): 1568-byte keys, 1568-byte ciphertexts. HPKE KEM id 0x0042.
+    mod ml_kem_1024,
+    scheme MlKem1024 = "ML-KEM-1024",
+    libcrux mlkem1024 (MlKem1024PublicKey, MlKem1024Ciphertext, MlKem1024KeyPairUnpacked, MlKem1024PublicKeyUnpacked),
+    kem_id 0x0042,
+    ek 1568,
+    ct 1568
+}
+
+pub use ml_kem_768::MlKem768;
+pub use ml_kem_1024::MlKem1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kem::Kem;
+
+    #[test]
+    fn round_trip_both_parameter_sets() {
+        fn check<K: Kem>() {
+            let dk = K::decapsulation_key_from_seed(&[7u8; 64]).unwrap();
+            let (ct, ss) = K::encapsulate_derand(K::encapsulation_key(&dk), &[9u8; 32]).unwrap();
+            assert_eq!(ct.as_ref().len(), K::CT_LEN);
+            let ss2 = K::decapsulate(&dk, &ct).unwrap();
+            assert_eq!(ss.as_bytes(), ss2.as_bytes());
+            let prepared = K::prepare(K::encapsulation_key(&dk));
+            let (ct3, ss3) = K::encapsulate_prepared_derand(&prepared, &[9u8; 32]).unwrap();
+            assert_eq!(ct3.as_ref(), ct.as_ref());
+            assert_eq!(ss3.as_bytes(), ss.as_bytes());
+        }
+        check::<MlKem768>();
+        check::<MlKem1024>();
+    }
+}

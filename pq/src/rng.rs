@@ -1,0 +1,14 @@
+//! Randomness is injected: every randomised operation takes an RNG, and each has a
+//! derandomised twin that takes the bytes. [`OsRng`] is the operating system's
+//! generator, for callers that have none of their own.
+
+use crate::{Error, Result};
+use rand_core::TryCryptoRng;
+
+/// The operating system's random number generator (`getrandom`).
+pub type OsRng = getrandom::SysRng;
+
+/// Fills `buf` from `rng`, turning a generator failure into [`Error::Randomness`].
+pub(crate) fn fill<R: TryCryptoRng + ?Sized>(rng: &mut R, buf: &mut [u8]) -> Result<()> {
+    rng.try_fill_bytes(buf).map_err(|_| Error::Randomness)
+}
