@@ -195,13 +195,14 @@ impl DecapsulationKey {
         sk_x.copy_from_slice(&expanded[64..]);
         let dk_m = ml_kem_768::DecapsulationKey::from_seed(Seed64::from_bytes(*d_z));
         let sk_x = x25519::SecretKey::from_seed(Seed32::from_bytes(*sk_x));
+        let pk_x = *sk_x.public_key().as_bytes();
         let mut bytes = [0u8; EK_LEN];
         bytes[..ml_kem_768::EK_LEN].copy_from_slice(dk_m.encapsulation_key().as_bytes());
-        bytes[ml_kem_768::EK_LEN..].copy_from_slice(sk_x.public_key().as_bytes());
+        bytes[ml_kem_768::EK_LEN..].copy_from_slice(&pk_x);
         let ek = EncapsulationKey {
             bytes,
             ek_m: dk_m.encapsulation_key().clone(),
-            pk_x: *sk_x.public_key().as_bytes(),
+            pk_x,
         };
         Self {
             seed,
