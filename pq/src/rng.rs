@@ -6,7 +6,7 @@ use crate::{Error, Result};
 use rand_core::TryCryptoRng;
 
 /// The operating system's random number generator (`getrandom`).
-pub type OsRng = getrandom::SysRng;
+pub use getrandom::SysRng as OsRng;
 
 /// Fills `buf` from `rng`, turning a generator failure into [`Error::Randomness`].
 pub(crate) fn fill<R: TryCryptoRng + ?Sized>(rng: &mut R, buf: &mut [u8]) -> Result<()> {

@@ -4,6 +4,9 @@
 //! deterministic signatures must be equal byte for byte; decapsulation of arbitrary
 //! ciphertexts (implicit rejection) must agree too.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use ml_kem::{Decapsulate as _, KeyExport as _};
 use pqmls_pq::{Kem, MlDsa44, MlDsa65, MlDsa87, MlKem768, MlKem1024, SignatureScheme, XWing};
 use proptest::prelude::*;

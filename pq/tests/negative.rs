@@ -10,6 +10,9 @@
 //!   signatures altered; context strings too long or not supported.
 //! - Secrets print as `<redacted>`.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use pqmls_pq::{
     Ed25519, Error, Kem, MlDsa44, MlDsa44Ed25519, MlDsa65, MlDsa65Ed25519, MlDsa87, MlKem768,
     MlKem1024, SignatureScheme, XWing,

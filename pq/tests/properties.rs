@@ -2,6 +2,9 @@
 //! prepared and fresh encapsulation agreeing, seeds and encodings round-tripping, and
 //! DeriveKeyPair being deterministic and profile-dependent.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use pqmls_pq::{
     DeriveProfile, Ed25519, Kem, MlDsa44, MlDsa44Ed25519, MlDsa65, MlDsa65Ed25519, MlDsa87,
     MlKem768, MlKem1024, SignatureScheme, XWing,

@@ -1,0 +1,101 @@
+//! Known-answer tests: the official X-Wing test vectors.
+//!
+//! Source: `xwing/test-vectors.json` of the shared vectors, a byte-for-byte copy of
+//! `spec/test-vectors.json` from dconnolly/draft-connolly-cfrg-xwing-kem @ 9b6ce9e6
+//! (tag draft-connolly-cfrg-xwing-kem-10).
+//!
+//! Each vector gives `seed` (= `sk`, the private key), `pk`, `eseed`, `ct` and `ss`.
+//! We check `seed -> pk` (`expandDecapsulationKey`), `Encaps_derand(pk, eseed) ->
+//! (ct, ss)` through both the plain and the prepared key, and `Decaps(seed, ct) -> ss`.
+
+// Test code: a panic is how a failed check is reported (clippy.toml allows unwrap and
+// expect inside #[test] functions only, not in the helpers they call).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use pqmls_pq::{Kem, XWing};
+use serde::Deserialize;
+
+const VECTORS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/vectors/xwing/test-vectors.json"
+);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Vector {
+    #[serde(deserialize_with = "hex_bytes")]
+    seed: Vec<u8>,
+    #[serde(deserialize_with = "hex_bytes")]
+    sk: Vec<u8>,
+    #[serde(deserialize_with = "hex_bytes")]
+    pk: Vec<u8>,
+    #[serde(deserialize_with = "hex_bytes")]
+    eseed: Vec<u8>,
+    #[serde(deserialize_with = "hex_bytes")]
+    ct: Vec<u8>,
+    #[serde(deserialize_with = "hex_bytes")]
+    ss: Vec<u8>,
+}
+
+fn hex_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    hex::decode(String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn vectors() -> Vec<Vector> {
+    let text = std::fs::read_to_string(VECTORS)
+        .unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e} (is ../shared/vectors cloned?)"));
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn official_xwing_vectors() {
+    let mut ran = 0;
+    for (i, v) in vectors().iter().enumerate() {
+        // The draft's private key is the seed itself.
+        assert_eq!(v.sk, v.seed, "vector {i}: sk is the seed");
+
+        let dk = XWing::decapsulation_key_from_seed(&v.seed).unwrap();
+        assert_eq!(
+            XWing::seed(&dk),
+            v.seed.as_slice(),
+            "vector {i}: seed round trip"
+        );
+        assert_eq!(
+            XWing::encapsulation_key(&dk).as_ref(),
+            v.pk.as_slice(),
+            "vector {i}: seed -> pk"
+        );
+
+        let ek = XWing::encapsulation_key_from_bytes(&v.pk).unwrap();
+        let (ct, ss) = XWing::encapsulate_derand(&ek, &v.eseed).unwrap();
+        assert_eq!(ct.as_ref(), v.ct.as_slice(), "vector {i}: encaps ct");
+        assert_eq!(
+            ss.as_bytes().as_slice(),
+            v.ss.as_slice(),
+            "vector {i}: encaps ss"
+        );
+
+        let prepared = XWing::prepare(&ek);
+        let (ct, ss) = XWing::encapsulate_prepared_derand(&prepared, &v.eseed).unwrap();
+        assert_eq!(
+            ct.as_ref(),
+            v.ct.as_slice(),
+            "vector {i}: prepared encaps ct"
+        );
+        assert_eq!(
+            ss.as_bytes().as_slice(),
+            v.ss.as_slice(),
+            "vector {i}: prepared encaps ss"
+        );
+
+        let ct = XWing::ciphertext_from_bytes(&v.ct).unwrap();
+        let ss = XWing::decapsulate(&dk, &ct).unwrap();
+        assert_eq!(
+            ss.as_bytes().as_slice(),
+            v.ss.as_slice(),
+            "vector {i}: decaps ss"
+        );
+        ran += 1;
+    }
+    assert_eq!(ran, 3, "the draft ships 3 vectors");
+}
