@@ -91,6 +91,13 @@ mod tests {
     }
 
     #[test]
+    fn zeroize_clears_the_bytes() {
+        let mut s = Seed64::from_bytes([0xa5; 64]);
+        s.zeroize();
+        assert_eq!(s.as_bytes(), &[0u8; 64]);
+    }
+
+    #[test]
     fn wrong_length_is_an_error() {
         assert!(matches!(
             Seed64::from_slice(&[0; 63]),
