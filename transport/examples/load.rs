@@ -6,7 +6,9 @@
 //!
 //! Prints delivery ratio, throughput, latency percentiles and peak memory, and exits with
 //! an error if anything was lost or the run exceeded its deadline. Optional arguments:
-//! `nodes small_messages large_messages`.
+//! `nodes small_messages large_messages window` (window: most messages in flight, default
+//! 500; latency grows with it by Little's law, so a small window measures latency and a
+//! large one throughput).
 
 #[path = "../tests/support/scenario.rs"]
 mod scenario;
@@ -28,7 +30,7 @@ async fn main() -> Result<(), String> {
         small_size: 1024,
         large_messages: arg(3, 50),
         large_size: 1 << 20,
-        window: 500,
+        window: arg(4, 500),
         deadline: Duration::from_secs(300),
         heartbeat: Duration::from_millis(500),
     };
