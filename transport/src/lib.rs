@@ -89,7 +89,9 @@
 //! **Store nodes.** A store writes each accepted message of the topics it subscribes to (and
 //! its own publications) to SQLite (`store.sqlite3` in the data directory, WAL mode) with its
 //! arrival time, prunes rows older than the retention (default 30 days) at start and every
-//! hour, and remembers the topics it serves so a restarted store resubscribes. History is
+//! hour, and remembers the topics it serves so a restarted store resubscribes. Database
+//! calls run synchronously on the node task (one small transaction per message), which keeps
+//! ordering simple but puts disk latency on the event loop. History is
 //! ordered by arrival time at the store, ties broken by id; a [`store::Cursor`] is a
 //! position in that order, and pages are bounded in count and bytes. A client checks that
 //! every returned id matches its payload, so a store cannot alter messages, but it can

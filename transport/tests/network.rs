@@ -317,3 +317,38 @@ async fn small_load_scenario_delivers_everything() {
     assert_eq!(report.delivered, report.expected);
     assert_eq!(report.duplicates, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribed_node_no_longer_receives() {
+    let (a, _a_in) = start(config()).await;
+    let (b, mut b_in) = start(config().with_bootstrap(tcp_addr(&a).await)).await;
+    let topic = Topic::from_group_id(b"unsubscribe");
+    a.subscribe(&topic).await.unwrap();
+    assert!(b.subscribe(&topic).await.unwrap());
+    assert!(!b.subscribe(&topic).await.unwrap(), "already subscribed");
+    wait_until("mesh", || async {
+        a.mesh_peers(&topic).await.unwrap() == 1
+    })
+    .await;
+    let id = a.publish(&topic, b"before".to_vec()).await.unwrap();
+    assert_eq!(recv(&mut b_in).await.id, id);
+
+    assert!(b.unsubscribe(&topic).await.unwrap());
+    assert!(
+        !b.unsubscribe(&topic).await.unwrap(),
+        "already unsubscribed"
+    );
+    wait_until("mesh gone", || async {
+        a.mesh_peers(&topic).await.unwrap() == 0
+    })
+    .await;
+    // b was the only other subscriber: nobody to send to.
+    assert!(matches!(
+        a.publish(&topic, b"after".to_vec()).await,
+        Err(Error::NoPeers)
+    ));
+    assert!(b_in.try_recv().is_none());
+    for n in [a, b] {
+        n.shutdown().await.unwrap();
+    }
+}
