@@ -222,9 +222,13 @@ async fn offline_subscriber_gets_history_from_store_also_after_store_restart() {
     s.shutdown().await.unwrap();
     let (s, _s_in) = start(store_config(&dir)).await;
     assert_eq!(s.peer_id(), store_id);
+    wait_until("p notices the old connection closed", || async {
+        p.counters().connected_peers == 0
+    })
+    .await;
     p.dial(tcp_addr(&s).await).await.unwrap();
     wait_until("mesh p-s again", || async {
-        s.mesh_peers(&topic).await.unwrap() >= 1
+        s.mesh_peers(&topic).await.unwrap() >= 1 && p.mesh_peers(&topic).await.unwrap() >= 1
     })
     .await;
     let late = b"after restart".to_vec();
@@ -287,6 +291,10 @@ async fn directory_put_on_one_node_get_from_another_survives_store_restart() {
 
     s.shutdown().await.unwrap();
     let (s, _s_in) = start(store_config(&dir)).await;
+    wait_until("b notices the old connection closed", || async {
+        b.counters().store_peers == 0
+    })
+    .await;
     b.dial(tcp_addr(&s).await).await.unwrap();
     wait_until("b sees restarted store", || async {
         b.counters().store_peers == 1
