@@ -392,6 +392,9 @@ impl Node {
             || limits.history_page_messages == 0
             || limits.max_pending_requests == 0
             || limits.dedupe_window == 0
+            || limits.gossip_queue == 0
+            || limits.max_concurrent_streams == 0
+            || limits.max_peers == 0
         {
             return Err(Error::Config("limits must be non-zero".into()));
         }
