@@ -1529,3 +1529,37 @@ fn make_page(topic: &Topic, entries: Vec<store::Entry>, more: bool) -> Page {
     };
     Page { messages, next }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_window_forgets_oldest_first() {
+        let mut seen = Seen::new(2);
+        let id = |b| MessageId([b; 32]);
+        assert!(seen.insert(id(1)));
+        assert!(!seen.insert(id(1)));
+        assert!(seen.insert(id(2)));
+        assert!(seen.insert(id(3)));
+        assert!(seen.insert(id(1)), "oldest id was evicted");
+        assert!(!seen.insert(id(3)));
+    }
+
+    #[tokio::test]
+    async fn inconsistent_configs_are_refused() {
+        let mut c = Config::loopback();
+        c.store = Some(store::Config::default());
+        assert!(matches!(Node::start(c).await, Err(Error::Config(_))));
+        let mut c = Config::loopback();
+        c.limits.inbound_queue = 0;
+        assert!(matches!(Node::start(c).await, Err(Error::Config(_))));
+        let mut c = Config::loopback();
+        c.listen = vec![
+            Multiaddr::empty()
+                .with(Protocol::Ip4([127, 0, 0, 1].into()))
+                .with(Protocol::Udp(0)),
+        ];
+        assert!(matches!(Node::start(c).await, Err(Error::Address { .. })));
+    }
+}
