@@ -1239,7 +1239,9 @@ impl Task {
                 info,
                 ..
             })) => {
-                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                // Only peers that speak our Kademlia protocol belong in the routing table.
+                let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
+                if speaks_kad && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
                     for addr in &info.listen_addrs {
                         kad.add_address(&peer_id, addr.clone());
                     }

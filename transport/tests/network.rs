@@ -360,3 +360,27 @@ async fn unsubscribed_node_no_longer_receives() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kademlia_discovers_peers_beyond_the_bootstrap_node() {
+    let kad_config = || {
+        let mut c = config();
+        c.kademlia = true;
+        c
+    };
+    let (a, _a_in) = start(kad_config()).await;
+    let (b, _b_in) = start(kad_config().with_bootstrap(tcp_addr(&a).await)).await;
+    wait_until("b connected to a", || async {
+        a.counters().connected_peers == 1
+    })
+    .await;
+    // c only knows b; Kademlia's bootstrap walk finds a through b and connects to it.
+    let (c, _c_in) = start(kad_config().with_bootstrap(tcp_addr(&b).await)).await;
+    wait_until("c discovers a", || async {
+        c.counters().connected_peers == 2
+    })
+    .await;
+    for n in [a, b, c] {
+        n.shutdown().await.unwrap();
+    }
+}
