@@ -77,8 +77,9 @@
 //! - store-and-forward: each hop receives the whole message before validating and
 //!   forwarding it, so latency grows by roughly size / bandwidth per hop;
 //! - bandwidth: a node forwards each message to its mesh peers (up to 12, target 6); gossipsub
-//!   1.2 IDONTWANT (sent for messages over 1 KB) suppresses most, not all, duplicate
-//!   transfers of large messages;
+//!   1.2 IDONTWANT (sent here for messages over 16 KiB: below that the control message costs
+//!   about as much as the duplicate it saves) suppresses most, not all, duplicate transfers
+//!   of large messages;
 //! - head-of-line blocking: a 4 MiB message on a connection delays the small ones queued
 //!   behind it;
 //! - memory: each connection may buffer one frame of up to the limit while decoding, and

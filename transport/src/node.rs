@@ -31,6 +31,8 @@ const IDENTIFY_PROTOCOL: &str = "/pqmls/0.1.0";
 const KAD_PROTOCOL: &str = "/pqmls/kad/1.0.0";
 /// Bytes gossipsub adds around a message (protobuf framing, topic name, control data).
 const GOSSIP_OVERHEAD: usize = 16 * 1024;
+/// Messages larger than this trigger gossipsub 1.2 IDONTWANT to mesh peers.
+const IDONTWANT_THRESHOLD: usize = 16 * 1024;
 /// How long [`Node::start`] waits for its listeners to come up.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// File name of the persisted identity key in the data directory.
@@ -695,6 +697,9 @@ fn build_behaviour(
         .publish_queue_duration(limits.gossip_queue_timeout)
         .forward_queue_duration(limits.gossip_queue_timeout)
         .duplicate_cache_time(Duration::from_secs(120))
+        // IDONTWANT only pays off when the message it suppresses is much larger than the
+        // control message itself.
+        .idontwant_message_size_threshold(IDONTWANT_THRESHOLD)
         .build()
         .map_err(|e| Error::Setup(e.to_string()))?;
     let gossipsub =
