@@ -143,9 +143,10 @@ impl fmt::Debug for Message {
 pub enum Verdict {
     /// Deliver, store and forward the message.
     Accept,
-    /// Drop it and penalise the peer that sent it (invalid content).
+    /// Drop it as invalid: counted in `rejected` and reported to gossipsub as rejected. (This
+    /// version does not enable gossipsub peer scoring, so the sender is not yet penalised.)
     Reject,
-    /// Drop it without penalty (for example: valid but no longer relevant).
+    /// Drop it as irrelevant (for example valid but stale): counted in `ignored`.
     Ignore,
 }
 
