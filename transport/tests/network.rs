@@ -384,3 +384,35 @@ async fn kademlia_discovers_peers_beyond_the_bootstrap_node() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inbound_stream_drops_and_counts_instead_of_blocking() {
+    let (a, _a_in) = start(config()).await;
+    let mut slow = config().with_bootstrap(tcp_addr(&a).await);
+    slow.limits.inbound_queue = 2;
+    let (b, mut b_in) = start(slow).await;
+    let topic = Topic::from_group_id(b"slow reader");
+    a.subscribe(&topic).await.unwrap();
+    b.subscribe(&topic).await.unwrap();
+    wait_until("mesh", || async {
+        a.mesh_peers(&topic).await.unwrap() == 1
+    })
+    .await;
+    for i in 0..5u8 {
+        a.publish(&topic, vec![i]).await.unwrap();
+    }
+    wait_until("all five handled", || async {
+        let c = b.counters();
+        c.delivered + c.inbound_dropped == 5
+    })
+    .await;
+    let c = b.counters();
+    assert_eq!((c.delivered, c.inbound_dropped), (2, 3));
+    // The node is not stuck: the two queued messages are readable, and it still answers.
+    assert_eq!(recv(&mut b_in).await.data, vec![0]);
+    assert_eq!(recv(&mut b_in).await.data, vec![1]);
+    assert_eq!(b.mesh_peers(&topic).await.unwrap(), 1);
+    for n in [a, b] {
+        n.shutdown().await.unwrap();
+    }
+}
