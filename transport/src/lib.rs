@@ -112,7 +112,14 @@
 //! history page count and bytes, de-duplication window. The store protocol's codec checks
 //! every length against these limits before allocating, and counts unreadable requests.
 //! When the inbound stream is full, messages are dropped and counted rather than blocking the
-//! node (a store still has them).
+//! node (a store still has them). Nodes of one network should share their size limits: a
+//! peer with a larger message limit forwards messages this node counts as oversized, and a
+//! store whose history pages exceed a client's response limit fails that client's request.
+//!
+//! **Not yet done.** Gossipsub peer scoring is off, so peers sending invalid messages are
+//! counted but not penalised or disconnected; traffic counters count payload bytes, not
+//! bytes on the wire; the store answers history only for topics it subscribed to while the
+//! messages were published.
 //!
 //! **Simulation-friendly.** [`Message`], [`Topic`], [`MessageId`], [`Validator`],
 //! [`Error`], [`store::Cursor`] and [`store::Page`] hold no libp2p types, so an in-process
