@@ -9,6 +9,7 @@
 //!
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> Result<(), pqmls_transport::Error> {
+//! # tokio::time::timeout(std::time::Duration::from_secs(30), async {
 //! let (alice, _) = Node::start(Config::loopback()).await?;
 //! let bootstrap = alice.listen_addrs().await?.remove(0);
 //! let (bob, mut bob_inbox) = Node::start(Config::loopback().with_bootstrap(bootstrap)).await?;
@@ -16,13 +17,17 @@
 //! let topic = Topic::from_group_id(b"my MLS group id");
 //! alice.subscribe(&topic).await?;
 //! bob.subscribe(&topic).await?;
-//! # while alice.mesh_peers(&topic).await? == 0 {
+//! # for _ in 0..500 {
+//! #     if alice.mesh_peers(&topic).await? > 0 { break }
 //! #     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
 //! # }
 //! alice.publish(&topic, b"an MLS commit".to_vec()).await?;
 //! let message = bob_inbox.recv().await.ok_or(pqmls_transport::Error::Shutdown)?;
 //! assert_eq!(message.data, b"an MLS commit");
-//! # Ok(())
+//! # Ok::<(), pqmls_transport::Error>(())
+//! # })
+//! # .await
+//! # .map_err(|_| pqmls_transport::Error::Shutdown)?
 //! # }
 //! ```
 //!
