@@ -121,10 +121,18 @@
 //! peer with a larger message limit forwards messages this node counts as oversized, and a
 //! store whose history pages exceed a client's response limit fails that client's request.
 //!
-//! **Not yet done.** Gossipsub peer scoring is off, so peers sending invalid messages are
-//! counted but not penalised or disconnected; traffic counters count payload bytes, not
-//! bytes on the wire; the store answers history only for topics it subscribed to while the
-//! messages were published.
+//! **Penalties.** Gossipsub peer scoring is on for one component only, invalid messages
+//! (P4): every message rejected by the transport's checks or by the [`Validator`] counts
+//! against the neighbour that sent it, and after three in quick succession that neighbour is
+//! graylisted (everything it sends is ignored) until the count decays (1 % per second: about
+//! 6 s after three invalid messages, two minutes after ten). So the validator should answer [`Verdict::Ignore`], not [`Verdict::Reject`], for
+//! messages that are merely stale or unexpected in the local state, which honest neighbours
+//! may forward. Time-in-mesh, delivery-rate and IP-colocation components are off: groups
+//! are quiet and many honest peers share an address.
+//!
+//! **Not yet done.** Traffic counters count payload bytes, not bytes on the wire; the store
+//! answers history only for topics it subscribed to while the messages were published;
+//! graylisted peers stay connected (they are ignored, not disconnected).
 //!
 //! **Simulation-friendly.** [`Message`], [`Topic`], [`MessageId`], [`Validator`],
 //! [`Error`], [`store::Cursor`] and [`store::Page`] hold no libp2p types, so an in-process

@@ -143,10 +143,12 @@ impl fmt::Debug for Message {
 pub enum Verdict {
     /// Deliver, store and forward the message.
     Accept,
-    /// Drop it as invalid: counted in `rejected` and reported to gossipsub as rejected. (This
-    /// version does not enable gossipsub peer scoring, so the sender is not yet penalised.)
+    /// Drop it as invalid: counted in `rejected`, and the neighbour that sent it is penalised
+    /// (three such messages in quick succession get it ignored for a while). Use only for
+    /// messages no honest node would forward.
     Reject,
-    /// Drop it as irrelevant (for example valid but stale): counted in `ignored`.
+    /// Drop it without penalty (for example valid but stale, or not yet processable):
+    /// counted in `ignored`.
     Ignore,
 }
 

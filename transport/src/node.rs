@@ -702,9 +702,15 @@ fn build_behaviour(
         .idontwant_message_size_threshold(IDONTWANT_THRESHOLD)
         .build()
         .map_err(|e| Error::Setup(e.to_string()))?;
-    let gossipsub =
+    let mut gossipsub =
         gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
             .map_err(|e| Error::Setup(e.to_string()))?;
+    gossipsub
+        .with_peer_score(
+            peer_score_params(),
+            gossipsub::PeerScoreThresholds::default(),
+        )
+        .map_err(Error::Setup)?;
 
     let support = if is_store {
         ProtocolSupport::Full
@@ -749,6 +755,33 @@ fn build_behaviour(
         kad: Toggle::from(kad),
         mdns: Toggle::from(mdns),
     })
+}
+
+/// Peer scoring is used for one thing only: penalising peers that send invalid messages
+/// (gossipsub's P4). With the default thresholds a peer is graylisted (everything it sends is
+/// ignored) once `-10 * invalid²` drops below -80, i.e. after three invalid messages, and
+/// recovers as the count decays by 1 % per second (about 6 s after three, two minutes after
+/// ten). The other score components are off: groups are quiet, so mesh delivery rates say
+/// nothing, and many honest peers can share one IP address.
+fn peer_score_params() -> gossipsub::PeerScoreParams {
+    gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    }
+}
+
+/// Per-topic score parameters: only invalid messages count, see [`peer_score_params`].
+fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.99,
+        ..Default::default()
+    }
 }
 
 fn rpc_limits(l: &Limits) -> rpc::Limits {
@@ -994,10 +1027,11 @@ impl Task {
 
     fn subscribe(&mut self, topic: Topic) -> Result<bool> {
         let t = gossipsub::IdentTopic::new(topic.as_str());
-        let new = self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+        gossip
+            .set_topic_params(t.clone(), topic_score_params())
+            .map_err(|e| Error::Subscription(e.to_string()))?;
+        let new = gossip
             .subscribe(&t)
             .map_err(|e| Error::Subscription(e.to_string()))?;
         if let Some(store) = &self.store {
