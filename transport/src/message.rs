@@ -203,6 +203,7 @@ pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
 
 fn push_hex(out: &mut String, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Indexing cannot fail: both nibbles are below 16.
     for b in bytes {
         out.push(char::from(HEX[usize::from(b >> 4)]));
         out.push(char::from(HEX[usize::from(b & 0x0f)]));

@@ -179,6 +179,8 @@ impl<'a> Reader<'a> {
         let b = self.take(1)?;
         Ok(b.first().copied().unwrap_or_default())
     }
+    // In the fixed-size reads below `take(n)` returns exactly `n` bytes or an error, so
+    // `copy_from_slice` (which panics on a length mismatch) cannot panic.
     fn u32(&mut self) -> io::Result<u32> {
         let mut a = [0u8; 4];
         a.copy_from_slice(self.take(4)?);
