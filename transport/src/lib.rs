@@ -1,0 +1,153 @@
+//! The pqmls transport: a libp2p node that moves opaque bytes on group topics, carries
+//! post-quantum-sized payloads, keeps a key-package directory, and lets store nodes keep
+//! history for members who were offline. It knows nothing of MLS.
+//!
+//! # A node in a few lines
+//!
+//! ```
+//! use pqmls_transport::{Node, Topic, node::Config};
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), pqmls_transport::Error> {
+//! # tokio::time::timeout(std::time::Duration::from_secs(30), async {
+//! let (alice, _) = Node::start(Config::loopback()).await?;
+//! let bootstrap = alice.listen_addrs().await?.remove(0);
+//! let (bob, mut bob_inbox) = Node::start(Config::loopback().with_bootstrap(bootstrap)).await?;
+//!
+//! let topic = Topic::from_group_id(b"my MLS group id");
+//! alice.subscribe(&topic).await?;
+//! bob.subscribe(&topic).await?;
+//! # for _ in 0..500 {
+//! #     if alice.mesh_peers(&topic).await? > 0 { break }
+//! #     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+//! # }
+//! alice.publish(&topic, b"an MLS commit".to_vec()).await?;
+//! let message = bob_inbox.recv().await.ok_or(pqmls_transport::Error::Shutdown)?;
+//! assert_eq!(message.data, b"an MLS commit");
+//! # Ok::<(), pqmls_transport::Error>(())
+//! # })
+//! # .await
+//! # .map_err(|_| pqmls_transport::Error::Shutdown)?
+//! # }
+//! ```
+//!
+//! A store node is a node started with
+//! [`Config::with_store`](node::Config::with_store): it keeps the history of every topic it
+//! subscribes to, serves [`Node::history`] and the directory ([`Node::put`], [`Node::get`]),
+//! and keeps both across restarts.
+//!
+//! # Design
+//!
+//! **Stack.** rust-libp2p 0.57 on tokio: TCP and QUIC, Noise, Yamux, identify, ping,
+//! gossipsub for group topics, request-response for the directory and history (one protocol,
+//! [`STORE_PROTOCOL`]), Kademlia and mDNS for discovery (both can be switched off; tests run
+//! with a fixed topology and no mDNS). The swarm lives on its own task; a [`Node`] handle
+//! sends it commands over a bounded queue and accepted messages come out of a bounded
+//! [`Inbound`] stream.
+//!
+//! **Anonymous gossip.** Messages are published with gossipsub's
+//! `MessageAuthenticity::Anonymous` and checked with `ValidationMode::Anonymous`, which
+//! rejects any message carrying an author, sequence number or signature. MLS authenticates
+//! the content; the transport adds no identity to it. (The neighbour a message came from
+//! still sees the connection it arrived on: this is not a mixnet.)
+//!
+//! **Ids and topics.** A message id is SHA-256 over a domain separator, the topic name and
+//! the payload ([`MessageId::compute`]), so every node computes the same id for the same
+//! bytes and duplicates are recognised by gossipsub, by the inbound stream (a bounded window
+//! of recent ids) and by the store (primary key). The flip side: publishing byte-identical
+//! payloads twice on a topic within two minutes is refused as [`Error::Duplicate`]. A
+//! topic name is `/pqmls/group/1/` followed by the hex SHA-256 of a domain separator and the
+//! group id ([`Topic::from_group_id`]), so the group id never appears on the wire.
+//!
+//! **Strict validation.** Every gossip payload is wrapped in a one-byte envelope (a version).
+//! An inbound message is accepted only if its topic name has the form above, its envelope is
+//! known, its payload is within [`node::Limits::max_message_size`], and the application's
+//! [`Validator`] accepts it; only then is it delivered, stored and forwarded (gossipsub's
+//! `validate_messages` mode holds it until the verdict). Everything else is dropped and
+//! counted in [`node::Counters`].
+//!
+//! **Large payloads: one gossip message, raised limit.** Gossipsub's default 64 KiB limit is
+//! far below PQ MLS sizes (a 128-member X-Wing add commit is about 350 KB, 1.1 MB with
+//! ML-DSA). This crate raises gossipsub's transmit limit to the configured maximum message
+//! size (default 4 MiB) plus 16 KiB of framing, and sends every payload as a single gossip
+//! message. Chosen over the alternatives because:
+//! - the receiver gets the payload in one piece, and validation sees the whole payload
+//!   *before* it is forwarded. With chunking, chunks would have to be forwarded before the
+//!   whole could be validated, so a spammer's garbage would be amplified; with
+//!   publish-a-reference-and-fetch, every hop adds a request round trip and the fetch needs a
+//!   peer that still has the blob;
+//! - ids, de-duplication and the store all work on whole payloads with no reassembly state.
+//!
+//! Its costs, measured or bounded:
+//! - store-and-forward: each hop receives the whole message before validating and
+//!   forwarding it, so latency grows by roughly size / bandwidth per hop;
+//! - bandwidth: a node forwards each message to its mesh peers (up to 12, target 6); gossipsub
+//!   1.2 IDONTWANT (sent here for messages over 16 KiB: below that the control message costs
+//!   about as much as the duplicate it saves) suppresses most, not all, duplicate transfers
+//!   of large messages;
+//! - head-of-line blocking: a 4 MiB message on a connection delays the small ones queued
+//!   behind it;
+//! - memory: each connection may buffer one frame of up to the limit while decoding, and
+//!   gossipsub's message cache keeps recent messages for five heartbeats;
+//! - every node of a network must use this crate's configuration: a stock gossipsub peer
+//!   with the 64 KiB limit drops large messages.
+//!
+//! **Store nodes.** A store writes each accepted message of the topics it subscribes to (and
+//! its own publications) to SQLite (`store.sqlite3` in the data directory, WAL mode) with its
+//! arrival time, prunes rows older than the retention (default 30 days) at start and every
+//! hour, and remembers the topics it serves so a restarted store resubscribes. Database
+//! calls run synchronously on the node task (one small transaction per message), which keeps
+//! ordering simple but puts disk latency on the event loop. History is
+//! ordered by arrival time at the store, ties broken by id; a [`store::Cursor`] is a
+//! position in that order, and pages are bounded in count and bytes. A client checks that
+//! every returned id matches its payload, so a store cannot alter messages, but it can
+//! withhold them: the application must detect gaps (MLS epochs do). The node's identity key
+//! is kept in the data directory too, so a store keeps its peer id across restarts.
+//!
+//! **Directory.** `put(key, blob)` writes to the local store (on a store node) and to every
+//! connected store; `get(key)` reads the local store, then asks connected stores one after
+//! another. Stores are recognised by identify: only they accept [`STORE_PROTOCOL`] inbound.
+//! Entries are last-writer-wins and unauthenticated: MLS key packages are signed, so a forged
+//! blob is detected by whoever uses it, but anyone can overwrite a key (denial of service),
+//! which a later version should fix with signed or multi-valued entries.
+//!
+//! **Bounds.** Every queue and size is in [`node::Limits`]: message size, inbound stream and
+//! command queue capacity, gossip send queue and its timeout, connected peers, concurrent
+//! request streams, outstanding requests, request timeout, directory key and blob size,
+//! history page count and bytes, de-duplication window. The store protocol's codec checks
+//! every length against these limits before allocating, and counts unreadable requests.
+//! When the inbound stream is full, messages are dropped and counted rather than blocking the
+//! node (a store still has them). Nodes of one network should share their size limits: a
+//! peer with a larger message limit forwards messages this node counts as oversized, and a
+//! store whose history pages exceed a client's response limit fails that client's request.
+//!
+//! **Penalties.** Gossipsub peer scoring is on for one component only, invalid messages
+//! (P4): every message rejected by the transport's checks or by the [`Validator`] counts
+//! against the neighbour that sent it, and after three in quick succession that neighbour is
+//! graylisted (everything it sends is ignored) until the count decays (1 % per second: about
+//! 6 s after three invalid messages, two minutes after ten). So the validator should answer [`Verdict::Ignore`], not [`Verdict::Reject`], for
+//! messages that are merely stale or unexpected in the local state, which honest neighbours
+//! may forward. Time-in-mesh, delivery-rate and IP-colocation components are off: groups
+//! are quiet and many honest peers share an address.
+//!
+//! **Not yet done.** Traffic counters count payload bytes, not bytes on the wire; the store
+//! answers history only for topics it subscribed to while the messages were published;
+//! graylisted peers stay connected (they are ignored, not disconnected).
+//!
+//! **Simulation-friendly.** [`Message`], [`Topic`], [`MessageId`], [`Validator`],
+//! [`Error`], [`store::Cursor`] and [`store::Page`] hold no libp2p types, so an in-process
+//! simulated network can offer the same interface.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod message;
+pub mod node;
+mod rpc;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use libp2p::{Multiaddr, PeerId, multiaddr};
+pub use message::{Message, MessageId, Topic, Validator, Verdict};
+pub use node::{Inbound, Node};
+pub use rpc::PROTOCOL as STORE_PROTOCOL;

@@ -1,0 +1,1606 @@
+//! The node: a libp2p swarm on its own tokio task, driven through a cloneable [`Node`] handle.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures::{Stream, StreamExt};
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, mdns, noise,
+    ping, tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::message::{self, Message, MessageId, Topic, Validator, Verdict};
+use crate::rpc::{self, Refusal, Request, Response};
+use crate::store::{self, Cursor, Page, Store};
+
+/// Identify protocol version: nodes of other networks are not confused with ours.
+const IDENTIFY_PROTOCOL: &str = "/pqmls/0.1.0";
+/// Kademlia protocol name, separate from the public IPFS DHT.
+const KAD_PROTOCOL: &str = "/pqmls/kad/1.0.0";
+/// Bytes gossipsub adds around a message (protobuf framing, topic name, control data).
+const GOSSIP_OVERHEAD: usize = 16 * 1024;
+/// Messages larger than this trigger gossipsub 1.2 IDONTWANT to mesh peers.
+const IDONTWANT_THRESHOLD: usize = 16 * 1024;
+/// How long [`Node::start`] waits for its listeners to come up.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// File name of the persisted identity key in the data directory.
+const IDENTITY_FILE: &str = "identity.key";
+
+/// Every bound the node enforces. The defaults suit a phone or a small server.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest payload that can be published or received (default 4 MiB).
+    pub max_message_size: usize,
+    /// Capacity of the inbound message stream; messages that find it full are dropped and
+    /// counted in [`Counters::inbound_dropped`] (default 4096).
+    pub inbound_queue: usize,
+    /// Capacity of the command queue from handles to the node task (default 256).
+    pub command_queue: usize,
+    /// Maximum number of connected peers; further connections are closed (default 64).
+    pub max_peers: usize,
+    /// Maximum concurrent request-response streams per connection (default 32).
+    pub max_concurrent_streams: usize,
+    /// Maximum outstanding outbound requests (default 256).
+    pub max_pending_requests: usize,
+    /// Timeout of one directory or history request (default 30 s).
+    pub request_timeout: Duration,
+    /// Gossipsub send queue per connection, in messages (default 5000).
+    pub gossip_queue: usize,
+    /// How long a gossip message may wait in a send queue before it is abandoned (default
+    /// 30 s; gossipsub's own 1 s forward default is too short for multi-megabyte messages on
+    /// slow links).
+    pub gossip_queue_timeout: Duration,
+    /// Largest directory key (default 256 bytes).
+    pub max_directory_key: usize,
+    /// Largest directory blob (default 256 KiB; a PQ key package is about 10 KiB).
+    pub max_directory_blob: usize,
+    /// Most messages in one history page (default 256).
+    pub history_page_messages: usize,
+    /// Payload bytes after which a history page is cut (default 8 MiB; a page always holds at
+    /// least one message).
+    pub history_page_bytes: usize,
+    /// How many recent message ids the inbound stream remembers to suppress duplicates
+    /// (default 65 536).
+    pub dedupe_window: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: 4 * 1024 * 1024,
+            inbound_queue: 4096,
+            command_queue: 256,
+            max_peers: 64,
+            max_concurrent_streams: 32,
+            max_pending_requests: 256,
+            request_timeout: Duration::from_secs(30),
+            gossip_queue: 5000,
+            gossip_queue_timeout: Duration::from_secs(30),
+            max_directory_key: 256,
+            max_directory_blob: 256 * 1024,
+            history_page_messages: 256,
+            history_page_bytes: 8 * 1024 * 1024,
+            dedupe_window: 65_536,
+        }
+    }
+}
+
+/// Configuration of a [`Node`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Addresses to listen on (TCP `/ip4/…/tcp/…` and QUIC `/ip4/…/udp/…/quic-v1`).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start. With a `/p2p/<peer id>` suffix they also seed Kademlia.
+    pub bootstrap: Vec<Multiaddr>,
+    /// The store role: `Some` makes this node keep history and serve the directory.
+    /// Requires [`Config::data_dir`].
+    pub store: Option<store::Config>,
+    /// Where the identity key (and, for a store, the database) live. Without it the node
+    /// gets a fresh identity on every start.
+    pub data_dir: Option<PathBuf>,
+    /// Local network discovery with mDNS (turn off in tests).
+    pub mdns: bool,
+    /// Kademlia discovery: periodic random walks that dial the peers they find. Turn off
+    /// for a fixed topology.
+    pub kademlia: bool,
+    /// Gossipsub heartbeat (mesh maintenance and gossip emission; default 1 s).
+    pub gossip_heartbeat: Duration,
+    /// The application's validation hook, see [`Validator`]. Without one, every well-formed
+    /// message is accepted.
+    pub validator: Option<Arc<dyn Validator>>,
+    /// Bounds on queues, sizes and requests.
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("bootstrap", &self.bootstrap)
+            .field("store", &self.store)
+            .field("data_dir", &self.data_dir)
+            .field("mdns", &self.mdns)
+            .field("kademlia", &self.kademlia)
+            .field("gossip_heartbeat", &self.gossip_heartbeat)
+            .field("validator", &self.validator.is_some())
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Default for Config {
+    /// Listens on all interfaces on random TCP and QUIC ports, with mDNS and Kademlia on.
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                Multiaddr::empty()
+                    .with(Protocol::Ip4([0, 0, 0, 0].into()))
+                    .with(Protocol::Tcp(0)),
+                Multiaddr::empty()
+                    .with(Protocol::Ip4([0, 0, 0, 0].into()))
+                    .with(Protocol::Udp(0))
+                    .with(Protocol::QuicV1),
+            ],
+            bootstrap: Vec::new(),
+            store: None,
+            data_dir: None,
+            mdns: true,
+            kademlia: true,
+            gossip_heartbeat: Duration::from_secs(1),
+            validator: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Listens on 127.0.0.1 only (random TCP and QUIC ports), with mDNS and Kademlia off:
+    /// the configuration for tests and local benchmarks.
+    pub fn loopback() -> Self {
+        Self {
+            listen: vec![
+                Multiaddr::empty()
+                    .with(Protocol::Ip4([127, 0, 0, 1].into()))
+                    .with(Protocol::Tcp(0)),
+                Multiaddr::empty()
+                    .with(Protocol::Ip4([127, 0, 0, 1].into()))
+                    .with(Protocol::Udp(0))
+                    .with(Protocol::QuicV1),
+            ],
+            mdns: false,
+            kademlia: false,
+            ..Self::default()
+        }
+    }
+
+    /// Adds a bootstrap peer.
+    pub fn with_bootstrap(mut self, addr: Multiaddr) -> Self {
+        self.bootstrap.push(addr);
+        self
+    }
+
+    /// Makes this node a store, keeping its files in `data_dir`.
+    pub fn with_store(mut self, data_dir: impl Into<PathBuf>, store: store::Config) -> Self {
+        self.data_dir = Some(data_dir.into());
+        self.store = Some(store);
+        self
+    }
+
+    /// Sets the validation hook.
+    pub fn with_validator(mut self, validator: impl Validator) -> Self {
+        self.validator = Some(Arc::new(validator));
+        self
+    }
+}
+
+/// A snapshot of the node's peer and traffic counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Peers with at least one open connection.
+    pub connected_peers: u64,
+    /// Connected peers that announced the store protocol.
+    pub store_peers: u64,
+    /// Messages this node published.
+    pub published: u64,
+    /// Payload bytes this node published.
+    pub published_bytes: u64,
+    /// Messages delivered to the inbound stream.
+    pub delivered: u64,
+    /// Payload bytes delivered to the inbound stream.
+    pub delivered_bytes: u64,
+    /// Accepted messages not delivered again because their id was seen recently.
+    pub duplicates: u64,
+    /// Gossip messages rejected as malformed (bad envelope or topic name).
+    pub malformed: u64,
+    /// Gossip messages rejected for exceeding [`Limits::max_message_size`].
+    pub oversized: u64,
+    /// Gossip messages the validator rejected.
+    pub rejected: u64,
+    /// Gossip messages the validator ignored.
+    pub ignored: u64,
+    /// Accepted messages dropped because the inbound stream was full.
+    pub inbound_dropped: u64,
+    /// Messages written to this node's store.
+    pub stored: u64,
+    /// Store requests answered successfully.
+    pub requests_served: u64,
+    /// Store requests refused (invalid topic, database error, not a store).
+    pub requests_refused: u64,
+    /// Inbound store requests that could not be read: unknown, malformed, truncated or
+    /// oversized frames.
+    pub requests_malformed: u64,
+    /// Inbound store requests that failed after being read (timeout, closed stream).
+    pub requests_failed: u64,
+    /// Times gossipsub reported a peer too slow to take its messages.
+    pub slow_peers: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    connected_peers: AtomicU64,
+    store_peers: AtomicU64,
+    published: AtomicU64,
+    published_bytes: AtomicU64,
+    delivered: AtomicU64,
+    delivered_bytes: AtomicU64,
+    duplicates: AtomicU64,
+    malformed: AtomicU64,
+    oversized: AtomicU64,
+    rejected: AtomicU64,
+    ignored: AtomicU64,
+    inbound_dropped: AtomicU64,
+    stored: AtomicU64,
+    requests_served: AtomicU64,
+    requests_refused: AtomicU64,
+    requests_malformed: Arc<AtomicU64>,
+    requests_failed: AtomicU64,
+    slow_peers: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn add(c: &AtomicU64, n: usize) {
+    c.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+impl Stats {
+    fn snapshot(&self) -> Counters {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counters {
+            connected_peers: g(&self.connected_peers),
+            store_peers: g(&self.store_peers),
+            published: g(&self.published),
+            published_bytes: g(&self.published_bytes),
+            delivered: g(&self.delivered),
+            delivered_bytes: g(&self.delivered_bytes),
+            duplicates: g(&self.duplicates),
+            malformed: g(&self.malformed),
+            oversized: g(&self.oversized),
+            rejected: g(&self.rejected),
+            ignored: g(&self.ignored),
+            inbound_dropped: g(&self.inbound_dropped),
+            stored: g(&self.stored),
+            requests_served: g(&self.requests_served),
+            requests_refused: g(&self.requests_refused),
+            requests_malformed: g(&self.requests_malformed),
+            requests_failed: g(&self.requests_failed),
+            slow_peers: g(&self.slow_peers),
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Command {
+    Subscribe(Topic, Reply<bool>),
+    Unsubscribe(Topic, Reply<bool>),
+    Publish(Topic, Vec<u8>, Reply<MessageId>),
+    Put(Vec<u8>, Vec<u8>, Reply<()>),
+    Get(Vec<u8>, Reply<Option<Vec<u8>>>),
+    History(Topic, Cursor, Reply<Page>),
+    Dial(Multiaddr, Reply<()>),
+    ListenAddrs(Reply<Vec<Multiaddr>>),
+    MeshPeers(Topic, Reply<usize>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle to a running node. Cheap to clone; the node stops when [`Node::shutdown`] is
+/// called or every handle is dropped.
+#[derive(Clone)]
+pub struct Node {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    stats: Arc<Stats>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.peer_id)
+            .finish()
+    }
+}
+
+/// The stream of accepted inbound gossip messages, each delivered once.
+#[derive(Debug)]
+pub struct Inbound {
+    rx: mpsc::Receiver<Message>,
+}
+
+impl Inbound {
+    /// The next message, or `None` once the node has stopped.
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+
+    /// The next message if one is waiting, without blocking.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Stream for Inbound {
+    type Item = Message;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    rpc: request_response::Behaviour<rpc::Codec>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+impl Node {
+    /// Starts a node: loads or creates its identity, opens the store, listens, dials the
+    /// bootstrap peers, and returns once every listener has an address.
+    ///
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an inconsistent configuration, [`Error::Io`] or [`Error::Store`]
+    /// when the data directory cannot be used, [`Error::Address`] for a listen address that
+    /// cannot be bound, [`Error::Setup`] if libp2p cannot be built.
+    pub async fn start(config: Config) -> Result<(Node, Inbound)> {
+        let limits = config.limits.clone();
+        if limits.max_message_size == 0
+            || limits.inbound_queue == 0
+            || limits.command_queue == 0
+            || limits.history_page_messages == 0
+            || limits.max_pending_requests == 0
+            || limits.dedupe_window == 0
+            || limits.gossip_queue == 0
+            || limits.max_concurrent_streams == 0
+            || limits.max_peers == 0
+        {
+            return Err(Error::Config("limits must be non-zero".into()));
+        }
+        if limits.max_message_size > u32::MAX as usize / 4 {
+            return Err(Error::Config("max_message_size is too large".into()));
+        }
+        let keypair = match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                load_or_create_identity(dir)?
+            }
+            None => identity::Keypair::generate_ed25519(),
+        };
+        let store = match (&config.store, &config.data_dir) {
+            (Some(sc), Some(dir)) => Some(Store::open(dir, sc)?),
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "the store role needs a data directory".into(),
+                ));
+            }
+            (None, _) => None,
+        };
+        let peer_id = keypair.public().to_peer_id();
+        let stats = Arc::new(Stats::default());
+        let behaviour = build_behaviour(&config, &keypair, store.is_some(), &stats)?;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| Error::Setup(e.to_string()))?
+            .with_quic()
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| Error::Setup(e.to_string()))?
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(Duration::from_secs(60))
+                    .with_max_negotiating_inbound_streams(128)
+            })
+            .build();
+
+        let mut listeners: HashSet<ListenerId> = HashSet::new();
+        for addr in &config.listen {
+            let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Address {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+            listeners.insert(id);
+        }
+        let wait = async {
+            while !listeners.is_empty() {
+                match swarm.select_next_some().await {
+                    SwarmEvent::NewListenAddr { listener_id, .. } => {
+                        listeners.remove(&listener_id);
+                    }
+                    SwarmEvent::ListenerClosed {
+                        listener_id,
+                        reason: Err(e),
+                        ..
+                    }
+                    | SwarmEvent::ListenerError {
+                        listener_id,
+                        error: e,
+                    } => {
+                        return Err(Error::Address {
+                            addr: format!("listener {listener_id:?}"),
+                            reason: e.to_string(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(LISTEN_TIMEOUT, wait)
+            .await
+            .map_err(|_| Error::Setup("listeners did not come up in time".into()))??;
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(limits.command_queue);
+        let (in_tx, in_rx) = mpsc::channel(limits.inbound_queue);
+        let mut task = Task {
+            swarm,
+            store,
+            store_config: config.store.clone(),
+            validator: config.validator.clone(),
+            limits: limits.clone(),
+            stats: stats.clone(),
+            inbound: in_tx,
+            seen: Seen::new(limits.dedupe_window),
+            subscribed: HashSet::new(),
+            store_peers: HashSet::new(),
+            pending: HashMap::new(),
+            puts: HashMap::new(),
+            next_put: 0,
+        };
+        task.resubscribe_served_topics();
+        for addr in &config.bootstrap {
+            task.dial_bootstrap(addr.clone());
+        }
+        tokio::spawn(task.run(cmd_rx));
+        Ok((
+            Node {
+                commands: cmd_tx,
+                peer_id,
+                stats,
+                limits,
+            },
+            Inbound { rx: in_rx },
+        ))
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// A snapshot of the peer and traffic counters.
+    pub fn counters(&self) -> Counters {
+        self.stats.snapshot()
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// The addresses the node listens on, each with a `/p2p/<peer id>` suffix so it can be
+    /// given to another node as a bootstrap address.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shutdown`] if the node has stopped.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
+        self.call(Command::ListenAddrs).await
+    }
+
+    /// Dials a peer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Address`] if the dial cannot be started, [`Error::Shutdown`] if the node has
+    /// stopped. A dial that starts but fails later is only visible in the counters.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<()> {
+        self.call(|r| Command::Dial(addr, r)).await
+    }
+
+    /// Subscribes to a topic; returns false if already subscribed. A store node also starts
+    /// keeping the topic's history, and remembers the topic across restarts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Subscription`] if gossipsub refuses, [`Error::Store`] if the store cannot
+    /// record the topic, [`Error::Shutdown`] if the node has stopped.
+    pub async fn subscribe(&self, topic: &Topic) -> Result<bool> {
+        let t = topic.clone();
+        self.call(|r| Command::Subscribe(t, r)).await
+    }
+
+    /// Unsubscribes from a topic; returns false if not subscribed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store cannot forget the topic, [`Error::Shutdown`] if the node
+    /// has stopped.
+    pub async fn unsubscribe(&self, topic: &Topic) -> Result<bool> {
+        let t = topic.clone();
+        self.call(|r| Command::Unsubscribe(t, r)).await
+    }
+
+    /// Publishes `data` on `topic` and returns its id. The node need not be subscribed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MessageTooLarge`] above [`Limits::max_message_size`], [`Error::Duplicate`]
+    /// for a payload published on this topic recently, [`Error::NoPeers`] if no connected
+    /// peer subscribes to the topic, [`Error::QueueFull`] if every peer's send queue is full,
+    /// [`Error::Publish`] for other gossipsub failures, [`Error::Shutdown`] if the node has
+    /// stopped.
+    pub async fn publish(&self, topic: &Topic, data: Vec<u8>) -> Result<MessageId> {
+        if data.len() > self.limits.max_message_size {
+            return Err(Error::MessageTooLarge {
+                len: data.len(),
+                max: self.limits.max_message_size,
+            });
+        }
+        let t = topic.clone();
+        self.call(|r| Command::Publish(t, data, r)).await
+    }
+
+    /// Stores `blob` under `key` in the directory: on this node if it is a store, and on every
+    /// connected store node. Last write wins.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EntryTooLarge`] for a key or blob over its limit, [`Error::NoStore`] if this
+    /// node is not a store and none is connected, [`Error::Request`] or [`Error::Refused`] if
+    /// no store accepted it, [`Error::Busy`] with too many requests outstanding,
+    /// [`Error::Store`] for a local database failure, [`Error::Shutdown`] if the node has
+    /// stopped.
+    pub async fn put(&self, key: Vec<u8>, blob: Vec<u8>) -> Result<()> {
+        self.check_key(&key)?;
+        if blob.len() > self.limits.max_directory_blob {
+            return Err(Error::EntryTooLarge {
+                what: "blob",
+                len: blob.len(),
+                max: self.limits.max_directory_blob,
+            });
+        }
+        self.call(|r| Command::Put(key, blob, r)).await
+    }
+
+    /// Looks `key` up in the directory: locally on a store, then on connected store nodes
+    /// one after the other until one has it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Node::put`]; a key that no store has is `Ok(None)`.
+    pub async fn get(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        self.check_key(&key)?;
+        self.call(|r| Command::Get(key, r)).await
+    }
+
+    /// One page of `topic`'s history starting after `from`: from this node's own store if it
+    /// serves the topic, otherwise from a connected store node (the next one is tried if a
+    /// request fails). Continue with [`Page::next`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoStore`] if no store is available, [`Error::Request`] or [`Error::Refused`]
+    /// if every store failed, [`Error::Busy`] with too many requests outstanding,
+    /// [`Error::Store`] for a local database failure, [`Error::Shutdown`] if the node has
+    /// stopped.
+    pub async fn history(&self, topic: &Topic, from: Cursor) -> Result<Page> {
+        let t = topic.clone();
+        self.call(|r| Command::History(t, from, r)).await
+    }
+
+    /// Number of peers in this node's gossip mesh for `topic` (useful to wait for a mesh to
+    /// form before publishing).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shutdown`] if the node has stopped.
+    pub async fn mesh_peers(&self, topic: &Topic) -> Result<usize> {
+        let t = topic.clone();
+        self.call(|r| Command::MeshPeers(t, r)).await
+    }
+
+    /// Stops the node and waits until its connections, listeners and store are closed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shutdown`] if it had already stopped.
+    pub async fn shutdown(self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Shutdown(tx))
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.len() > self.limits.max_directory_key {
+            return Err(Error::EntryTooLarge {
+                what: "key",
+                len: key.len(),
+                max: self.limits.max_directory_key,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn build_behaviour(
+    config: &Config,
+    keypair: &identity::Keypair,
+    is_store: bool,
+    stats: &Stats,
+) -> Result<Behaviour> {
+    let limits = &config.limits;
+    let peer_id = keypair.public().to_peer_id();
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        // Strict anonymous mode: messages carrying an author, sequence number or signature
+        // are rejected. MLS authenticates content; the transport reveals no author.
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        .validate_messages()
+        .message_id_fn(gossip_message_id)
+        .max_transmit_size(limits.max_message_size + 1 + GOSSIP_OVERHEAD)
+        .heartbeat_interval(config.gossip_heartbeat)
+        .heartbeat_initial_delay(config.gossip_heartbeat)
+        .connection_handler_queue_len(limits.gossip_queue)
+        .publish_queue_duration(limits.gossip_queue_timeout)
+        .forward_queue_duration(limits.gossip_queue_timeout)
+        .duplicate_cache_time(Duration::from_secs(120))
+        // IDONTWANT only pays off when the message it suppresses is much larger than the
+        // control message itself.
+        .idontwant_message_size_threshold(IDONTWANT_THRESHOLD)
+        .build()
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let mut gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
+            .map_err(|e| Error::Setup(e.to_string()))?;
+    gossipsub
+        .with_peer_score(
+            peer_score_params(),
+            gossipsub::PeerScoreThresholds::default(),
+        )
+        .map_err(Error::Setup)?;
+
+    let support = if is_store {
+        ProtocolSupport::Full
+    } else {
+        ProtocolSupport::Outbound
+    };
+    let rpc = request_response::Behaviour::with_codec(
+        rpc::Codec::new(rpc_limits(limits), stats.requests_malformed.clone()),
+        [(StreamProtocol::new(rpc::PROTOCOL), support)],
+        request_response::Config::default()
+            .with_request_timeout(limits.request_timeout)
+            .with_max_concurrent_streams(limits.max_concurrent_streams),
+    );
+
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.into(), keypair.public())
+            .with_agent_version(format!("pqmls-transport/{}", env!("CARGO_PKG_VERSION"))),
+    );
+    let ping = ping::Behaviour::new(ping::Config::new());
+
+    let kad = config.kademlia.then(|| {
+        let mut kc = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+        // The DHT is for discovery only: records others push are not stored.
+        kc.set_record_filtering(kad::StoreInserts::FilterBoth);
+        let mut k = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kc);
+        k.set_mode(Some(kad::Mode::Server));
+        k
+    });
+    let mdns = if config.mdns {
+        Some(mdns::tokio::Behaviour::new(
+            mdns::Config::default(),
+            peer_id,
+        )?)
+    } else {
+        None
+    };
+    Ok(Behaviour {
+        gossipsub,
+        rpc,
+        identify,
+        ping,
+        kad: Toggle::from(kad),
+        mdns: Toggle::from(mdns),
+    })
+}
+
+/// Peer scoring is used for one thing only: penalising peers that send invalid messages
+/// (gossipsub's P4). With the default thresholds a peer is graylisted (everything it sends is
+/// ignored) once `-10 * invalid²` drops below -80, i.e. after three invalid messages, and
+/// recovers as the count decays by 1 % per second (about 6 s after three, two minutes after
+/// ten). The other score components are off: groups are quiet, so mesh delivery rates say
+/// nothing, and many honest peers can share one IP address.
+fn peer_score_params() -> gossipsub::PeerScoreParams {
+    gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    }
+}
+
+/// Per-topic score parameters: only invalid messages count, see [`peer_score_params`].
+fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.99,
+        ..Default::default()
+    }
+}
+
+fn rpc_limits(l: &Limits) -> rpc::Limits {
+    rpc::Limits {
+        max_message_size: l.max_message_size,
+        max_directory_key: l.max_directory_key,
+        max_directory_blob: l.max_directory_blob,
+        history_page_messages: l.history_page_messages,
+        history_page_bytes: l.history_page_bytes,
+    }
+}
+
+/// Gossipsub message ids are the content hash of topic and payload; a message without a
+/// valid envelope gets the hash of its raw bytes (it is rejected anyway).
+fn gossip_message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
+    let topic = m.topic.as_str();
+    let id = match message::open(&m.data) {
+        Some(payload) => MessageId::compute_raw(topic, payload),
+        None => MessageId::compute_raw(topic, &m.data),
+    };
+    gossipsub::MessageId::new(id.as_bytes())
+}
+
+fn load_or_create_identity(dir: &Path) -> Result<identity::Keypair> {
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = identity::Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| Error::Setup(e.to_string()))?;
+            write_private(&path, &bytes)?;
+            Ok(key)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+/// Recently delivered message ids, bounded: the oldest are forgotten first.
+struct Seen {
+    set: HashSet<MessageId>,
+    order: VecDeque<MessageId>,
+    cap: usize,
+}
+
+impl Seen {
+    fn new(cap: usize) -> Self {
+        Self {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    /// Records `id`; false if it was already there.
+    fn insert(&mut self, id: MessageId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// What an outbound request is for.
+enum Pending {
+    /// Part of a directory put fanned out to every store.
+    Put(u64),
+    /// A directory get; `rest` are stores still to ask.
+    Get {
+        key: Vec<u8>,
+        rest: Vec<PeerId>,
+        reply: Reply<Option<Vec<u8>>>,
+    },
+    /// A history page; `rest` are stores still to ask.
+    History {
+        topic: Topic,
+        from: Cursor,
+        rest: Vec<PeerId>,
+        reply: Reply<Page>,
+    },
+}
+
+/// A directory put waiting for its stores.
+struct PutOp {
+    outstanding: usize,
+    stored: bool,
+    last_error: Option<Error>,
+    reply: Reply<()>,
+}
+
+/// The node task: owns the swarm and the store.
+struct Task {
+    swarm: Swarm<Behaviour>,
+    store: Option<Store>,
+    store_config: Option<store::Config>,
+    validator: Option<Arc<dyn Validator>>,
+    limits: Limits,
+    stats: Arc<Stats>,
+    inbound: mpsc::Sender<Message>,
+    seen: Seen,
+    subscribed: HashSet<Topic>,
+    store_peers: HashSet<PeerId>,
+    pending: HashMap<OutboundRequestId, Pending>,
+    puts: HashMap<u64, PutOp>,
+    next_put: u64,
+}
+
+impl Task {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let prune_every = self
+            .store_config
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |c| c.prune_interval)
+            .max(Duration::from_secs(1));
+        let mut prune = tokio::time::interval(prune_every);
+        let mut done = None;
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = commands.recv() => match command {
+                    None => break,
+                    Some(Command::Shutdown(reply)) => {
+                        done = Some(reply);
+                        break;
+                    }
+                    Some(command) => self.on_command(command),
+                },
+                _ = prune.tick() => self.prune(),
+            }
+        }
+        // Close connections, listeners and the database before reporting completion.
+        drop(self);
+        if let Some(reply) = done {
+            let _ = reply.send(());
+        }
+    }
+
+    fn prune(&mut self) {
+        if let Some(store) = &self.store
+            && let Err(e) = store.prune(SystemTime::now())
+        {
+            tracing::warn!("pruning the store failed: {e}");
+        }
+    }
+
+    fn resubscribe_served_topics(&mut self) {
+        let topics = match &self.store {
+            Some(store) => match store.topics() {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!("cannot read served topics: {e}");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        for topic in topics {
+            let _ = self.subscribe(topic);
+        }
+    }
+
+    fn dial_bootstrap(&mut self, addr: Multiaddr) {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last()
+            && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+        {
+            kad.add_address(&peer, addr.clone());
+        }
+        if let Err(e) = self.swarm.dial(addr.clone()) {
+            tracing::warn!("cannot dial bootstrap peer {addr}: {e}");
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Subscribe(topic, reply) => {
+                let _ = reply.send(self.subscribe(topic));
+            }
+            Command::Unsubscribe(topic, reply) => {
+                let _ = reply.send(self.unsubscribe(&topic));
+            }
+            Command::Publish(topic, data, reply) => {
+                let _ = reply.send(self.publish(&topic, data));
+            }
+            Command::Put(key, blob, reply) => self.put(key, blob, reply),
+            Command::Get(key, reply) => self.get(key, reply),
+            Command::History(topic, from, reply) => self.history(topic, from, reply),
+            Command::Dial(addr, reply) => {
+                let r = self.swarm.dial(addr.clone()).map_err(|e| Error::Address {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                });
+                let _ = reply.send(r);
+            }
+            Command::ListenAddrs(reply) => {
+                let me = *self.swarm.local_peer_id();
+                let addrs = self
+                    .swarm
+                    .listeners()
+                    .map(|a| a.clone().with(Protocol::P2p(me)))
+                    .collect();
+                let _ = reply.send(Ok(addrs));
+            }
+            Command::MeshPeers(topic, reply) => {
+                let hash = gossipsub::TopicHash::from_raw(topic.as_str());
+                let n = self.swarm.behaviour().gossipsub.mesh_peers(&hash).count();
+                let _ = reply.send(Ok(n));
+            }
+            Command::Shutdown(_) => {
+                // Handled by the loop in `run`.
+            }
+        }
+    }
+
+    fn subscribe(&mut self, topic: Topic) -> Result<bool> {
+        let t = gossipsub::IdentTopic::new(topic.as_str());
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+        gossip
+            .set_topic_params(t.clone(), topic_score_params())
+            .map_err(|e| Error::Subscription(e.to_string()))?;
+        let new = gossip
+            .subscribe(&t)
+            .map_err(|e| Error::Subscription(e.to_string()))?;
+        if let Some(store) = &self.store {
+            store.add_topic(&topic)?;
+        }
+        self.subscribed.insert(topic);
+        Ok(new)
+    }
+
+    fn unsubscribe(&mut self, topic: &Topic) -> Result<bool> {
+        let t = gossipsub::IdentTopic::new(topic.as_str());
+        let was = self.swarm.behaviour_mut().gossipsub.unsubscribe(&t);
+        self.subscribed.remove(topic);
+        if let Some(store) = &self.store {
+            store.remove_topic(topic)?;
+        }
+        Ok(was)
+    }
+
+    fn publish(&mut self, topic: &Topic, data: Vec<u8>) -> Result<MessageId> {
+        let id = MessageId::compute(topic, &data);
+        let len = data.len();
+        let envelope = message::seal(&data);
+        let result = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(gossipsub::TopicHash::from_raw(topic.as_str()), envelope);
+        // A store keeps its own messages too, even if no peer was reachable right now.
+        if self.subscribed.contains(topic) {
+            self.seen.insert(id);
+            self.store_message(topic, &id, SystemTime::now(), &data);
+        }
+        match result {
+            Ok(_) => {
+                bump(&self.stats.published);
+                add(&self.stats.published_bytes, len);
+                Ok(id)
+            }
+            Err(gossipsub::PublishError::Duplicate) => Err(Error::Duplicate),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Err(Error::NoPeers),
+            Err(gossipsub::PublishError::MessageTooLarge) => Err(Error::MessageTooLarge {
+                len,
+                max: self.limits.max_message_size,
+            }),
+            Err(gossipsub::PublishError::AllQueuesFull(_)) => Err(Error::QueueFull),
+            Err(e) => Err(Error::Publish(e.to_string())),
+        }
+    }
+
+    fn store_message(&mut self, topic: &Topic, id: &MessageId, at: SystemTime, data: &[u8]) {
+        if let Some(store) = &self.store {
+            match store.insert(topic, id, at, data) {
+                Ok(true) => bump(&self.stats.stored),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("storing message {id} failed: {e}"),
+            }
+        }
+    }
+
+    /// Connected store peers in a stable order.
+    fn store_candidates(&self) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = self.store_peers.iter().copied().collect();
+        peers.sort();
+        peers
+    }
+
+    fn has_room(&self, n: usize) -> bool {
+        self.pending.len().saturating_add(n) <= self.limits.max_pending_requests
+    }
+
+    fn put(&mut self, key: Vec<u8>, blob: Vec<u8>, reply: Reply<()>) {
+        let mut stored_locally = false;
+        if let Some(store) = &self.store {
+            if let Err(e) = store.put(&key, &blob) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+            stored_locally = true;
+        }
+        let peers = self.store_candidates();
+        if peers.is_empty() {
+            let _ = reply.send(if stored_locally {
+                Ok(())
+            } else {
+                Err(Error::NoStore)
+            });
+            return;
+        }
+        if !self.has_room(peers.len()) {
+            let _ = reply.send(if stored_locally {
+                Ok(())
+            } else {
+                Err(Error::Busy)
+            });
+            return;
+        }
+        let op = self.next_put;
+        self.next_put = self.next_put.wrapping_add(1);
+        for peer in &peers {
+            let id = self.swarm.behaviour_mut().rpc.send_request(
+                peer,
+                Request::Put {
+                    key: key.clone(),
+                    blob: blob.clone(),
+                },
+            );
+            self.pending.insert(id, Pending::Put(op));
+        }
+        self.puts.insert(
+            op,
+            PutOp {
+                outstanding: peers.len(),
+                stored: stored_locally,
+                last_error: None,
+                reply,
+            },
+        );
+    }
+
+    fn put_answered(&mut self, op: u64, outcome: Result<()>) {
+        let finished = match self.puts.get_mut(&op) {
+            Some(p) => {
+                p.outstanding = p.outstanding.saturating_sub(1);
+                match outcome {
+                    Ok(()) => p.stored = true,
+                    Err(e) => p.last_error = Some(e),
+                }
+                p.outstanding == 0
+            }
+            None => false,
+        };
+        if finished && let Some(p) = self.puts.remove(&op) {
+            let r = if p.stored {
+                Ok(())
+            } else {
+                Err(p.last_error.unwrap_or(Error::NoStore))
+            };
+            let _ = p.reply.send(r);
+        }
+    }
+
+    fn get(&mut self, key: Vec<u8>, reply: Reply<Option<Vec<u8>>>) {
+        let local = self.store.is_some();
+        if let Some(store) = &self.store {
+            match store.get(&key) {
+                Ok(Some(blob)) => {
+                    let _ = reply.send(Ok(Some(blob)));
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            }
+        }
+        let rest = self.store_candidates();
+        if rest.is_empty() {
+            let _ = reply.send(if local { Ok(None) } else { Err(Error::NoStore) });
+            return;
+        }
+        self.send_get(key, rest, reply);
+    }
+
+    fn send_get(&mut self, key: Vec<u8>, mut rest: Vec<PeerId>, reply: Reply<Option<Vec<u8>>>) {
+        if !self.has_room(1) {
+            let _ = reply.send(Err(Error::Busy));
+            return;
+        }
+        let Some(peer) = rest.pop() else {
+            let _ = reply.send(Ok(None));
+            return;
+        };
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rpc
+            .send_request(&peer, Request::Get { key: key.clone() });
+        self.pending.insert(id, Pending::Get { key, rest, reply });
+    }
+
+    fn history(&mut self, topic: Topic, from: Cursor, reply: Reply<Page>) {
+        if self.subscribed.contains(&topic)
+            && let Some(store) = &self.store
+        {
+            let r = store
+                .history(
+                    &topic,
+                    &from,
+                    self.limits.history_page_messages,
+                    self.limits.history_page_bytes,
+                )
+                .map(|(entries, more)| make_page(&topic, entries, more));
+            let _ = reply.send(r);
+            return;
+        }
+        let rest = self.store_candidates();
+        if rest.is_empty() {
+            let _ = reply.send(Err(Error::NoStore));
+            return;
+        }
+        self.send_history(topic, from, rest, reply);
+    }
+
+    fn send_history(
+        &mut self,
+        topic: Topic,
+        from: Cursor,
+        mut rest: Vec<PeerId>,
+        reply: Reply<Page>,
+    ) {
+        if !self.has_room(1) {
+            let _ = reply.send(Err(Error::Busy));
+            return;
+        }
+        let Some(peer) = rest.pop() else {
+            let _ = reply.send(Err(Error::NoStore));
+            return;
+        };
+        let request = Request::History {
+            topic: topic.as_str().to_owned(),
+            after: from,
+            limit: u32::try_from(self.limits.history_page_messages).unwrap_or(u32::MAX),
+        };
+        let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+        self.pending.insert(
+            id,
+            Pending::History {
+                topic,
+                from,
+                rest,
+                reply,
+            },
+        );
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) => self.on_rpc(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                // Only peers that speak our Kademlia protocol belong in the routing table.
+                let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
+                if speaks_kad && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    for addr in &info.listen_addrs {
+                        kad.add_address(&peer_id, addr.clone());
+                    }
+                }
+                let is_store = info.protocols.iter().any(|p| p.as_ref() == rpc::PROTOCOL);
+                if is_store && self.swarm.is_connected(&peer_id) {
+                    self.store_peers.insert(peer_id);
+                } else if !is_store {
+                    self.store_peers.remove(&peer_id);
+                }
+                self.update_peer_counts();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                        kad.add_address(&peer, addr.clone());
+                    }
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                let peers = self.swarm.connected_peers().count();
+                if num_established.get() == 1 && peers > self.limits.max_peers {
+                    tracing::debug!("peer limit reached, closing connection to {peer_id}");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                }
+                self.update_peer_counts();
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    self.store_peers.remove(&peer_id);
+                }
+                self.update_peer_counts();
+            }
+            _ => {}
+        }
+    }
+
+    fn update_peer_counts(&self) {
+        let peers = self.swarm.connected_peers().count();
+        self.stats
+            .connected_peers
+            .store(u64::try_from(peers).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.stats.store_peers.store(
+            u64::try_from(self.store_peers.len()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let verdict = self.check_gossip(&message);
+                let acceptance = match verdict {
+                    Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                    Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                    Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+                if verdict == Verdict::Accept {
+                    self.deliver(message);
+                }
+            }
+            gossipsub::Event::SlowPeer { .. } => bump(&self.stats.slow_peers),
+            _ => {}
+        }
+    }
+
+    /// The transport's own checks, then the application's validator.
+    fn check_gossip(&self, message: &gossipsub::Message) -> Verdict {
+        let Some(topic) = Topic::parse(message.topic.as_str()) else {
+            bump(&self.stats.malformed);
+            return Verdict::Reject;
+        };
+        let Some(payload) = message::open(&message.data) else {
+            bump(&self.stats.malformed);
+            return Verdict::Reject;
+        };
+        if payload.len() > self.limits.max_message_size {
+            bump(&self.stats.oversized);
+            return Verdict::Reject;
+        }
+        let verdict = match &self.validator {
+            Some(v) => v.validate(&topic, payload),
+            None => Verdict::Accept,
+        };
+        match verdict {
+            Verdict::Reject => bump(&self.stats.rejected),
+            Verdict::Ignore => bump(&self.stats.ignored),
+            Verdict::Accept => {}
+        }
+        verdict
+    }
+
+    fn deliver(&mut self, message: gossipsub::Message) {
+        // `check_gossip` accepted it, so topic and envelope are valid; re-checked cheaply
+        // rather than unwrapped.
+        let Some(topic) = Topic::parse(message.topic.as_str()) else {
+            return;
+        };
+        let mut data = message.data;
+        if message::open(&data).is_none() {
+            return;
+        }
+        data.remove(0);
+        let id = MessageId::compute(&topic, &data);
+        if !self.seen.insert(id) {
+            bump(&self.stats.duplicates);
+            return;
+        }
+        let now = SystemTime::now();
+        self.store_message(&topic, &id, now, &data);
+        let len = data.len();
+        let msg = Message {
+            topic,
+            data,
+            id,
+            received: now,
+        };
+        // Count before sending, so a reader never sees a message before its count.
+        bump(&self.stats.delivered);
+        add(&self.stats.delivered_bytes, len);
+        if self.inbound.try_send(msg).is_err() {
+            self.stats.delivered.fetch_sub(1, Ordering::Relaxed);
+            self.stats
+                .delivered_bytes
+                .fetch_sub(u64::try_from(len).unwrap_or(0), Ordering::Relaxed);
+            bump(&self.stats.inbound_dropped);
+        }
+    }
+
+    fn on_rpc(&mut self, event: request_response::Event<Request, Response>) {
+        match event {
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let response = self.serve(request);
+                if matches!(response, Response::Refused(_)) {
+                    bump(&self.stats.requests_refused);
+                } else {
+                    bump(&self.stats.requests_served);
+                }
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_response(channel, response);
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.on_response(request_id, Ok(response)),
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => self.on_response(request_id, Err(Error::Request(error.to_string()))),
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!("inbound store request from {peer} failed: {error}");
+                bump(&self.stats.requests_failed);
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn serve(&mut self, request: Request) -> Response {
+        let Some(store) = &self.store else {
+            return Response::Refused(Refusal::BadRequest);
+        };
+        let result = match request {
+            Request::Put { key, blob } => store.put(&key, &blob).map(|()| Response::Stored),
+            Request::Get { key } => store.get(&key).map(|b| match b {
+                Some(blob) => Response::Found(blob),
+                None => Response::NotFound,
+            }),
+            Request::History {
+                topic,
+                after,
+                limit,
+            } => {
+                let Some(topic) = Topic::parse(&topic) else {
+                    return Response::Refused(Refusal::BadRequest);
+                };
+                let max = usize::try_from(limit)
+                    .unwrap_or(usize::MAX)
+                    .clamp(1, self.limits.history_page_messages);
+                store
+                    .history(&topic, &after, max, self.limits.history_page_bytes)
+                    .map(|(entries, more)| Response::Page { entries, more })
+            }
+        };
+        result.unwrap_or_else(|e| {
+            tracing::warn!("store request failed: {e}");
+            Response::Refused(Refusal::Internal)
+        })
+    }
+
+    fn on_response(&mut self, id: OutboundRequestId, outcome: Result<Response>) {
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        match pending {
+            Pending::Put(op) => {
+                let r = match outcome {
+                    Ok(Response::Stored) => Ok(()),
+                    Ok(Response::Refused(why)) => Err(Error::Refused(format!("{why:?}"))),
+                    Ok(_) => Err(Error::Request("unexpected response to put".into())),
+                    Err(e) => Err(e),
+                };
+                self.put_answered(op, r);
+            }
+            Pending::Get { key, rest, reply } => match outcome {
+                Ok(Response::Found(blob)) => {
+                    let _ = reply.send(Ok(Some(blob)));
+                }
+                Ok(Response::NotFound) if rest.is_empty() => {
+                    let _ = reply.send(Ok(None));
+                }
+                Ok(_) | Err(_) if !rest.is_empty() => self.send_get(key, rest, reply),
+                Ok(Response::Refused(why)) => {
+                    let _ = reply.send(Err(Error::Refused(format!("{why:?}"))));
+                }
+                Ok(_) => {
+                    let _ = reply.send(Err(Error::Request("unexpected response to get".into())));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Pending::History {
+                topic,
+                from,
+                rest,
+                reply,
+            } => match outcome {
+                Ok(Response::Page { entries, more }) => {
+                    let _ = reply.send(Ok(make_page(&topic, entries, more)));
+                }
+                Ok(_) | Err(_) if !rest.is_empty() => self.send_history(topic, from, rest, reply),
+                Ok(Response::Refused(why)) => {
+                    let _ = reply.send(Err(Error::Refused(format!("{why:?}"))));
+                }
+                Ok(_) => {
+                    let _ =
+                        reply.send(Err(Error::Request("unexpected response to history".into())));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+        }
+    }
+}
+
+fn make_page(topic: &Topic, entries: Vec<store::Entry>, more: bool) -> Page {
+    let messages: Vec<Message> = entries
+        .into_iter()
+        .filter(|e| MessageId::compute(topic, &e.data) == e.id)
+        .map(|e| store::entry_to_message(topic, e))
+        .collect();
+    let next = match messages.last() {
+        Some(last) if more => Some(Cursor::after(last)),
+        _ => None,
+    };
+    Page { messages, next }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_window_forgets_oldest_first() {
+        let mut seen = Seen::new(2);
+        let id = |b| MessageId([b; 32]);
+        assert!(seen.insert(id(1)));
+        assert!(!seen.insert(id(1)));
+        assert!(seen.insert(id(2)));
+        assert!(seen.insert(id(3)));
+        assert!(seen.insert(id(1)), "oldest id was evicted");
+        assert!(!seen.insert(id(3)));
+    }
+
+    #[tokio::test]
+    async fn inconsistent_configs_are_refused() {
+        let mut c = Config::loopback();
+        c.store = Some(store::Config::default());
+        assert!(matches!(Node::start(c).await, Err(Error::Config(_))));
+        let mut c = Config::loopback();
+        c.limits.inbound_queue = 0;
+        assert!(matches!(Node::start(c).await, Err(Error::Config(_))));
+        let mut c = Config::loopback();
+        c.listen = vec![
+            Multiaddr::empty()
+                .with(Protocol::Ip4([127, 0, 0, 1].into()))
+                .with(Protocol::Udp(0)),
+        ];
+        assert!(matches!(Node::start(c).await, Err(Error::Address { .. })));
+    }
+}

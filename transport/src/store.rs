@@ -1,0 +1,398 @@
+//! The store role: SQLite persistence of topic history and of the key-package directory.
+//!
+//! A store node writes every accepted gossip message of the topics it subscribes to (and the
+//! messages it publishes itself) into `store.sqlite3` in the node's data directory, prunes
+//! rows older than the retention period, and answers history and directory requests. The
+//! topics it serves are remembered too, so a restarted store resubscribes by itself.
+//!
+//! History is ordered by the store's arrival time, ties broken by message id; a [`Cursor`]
+//! is a position in that order, which makes paging stable while new messages arrive.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::Result;
+use crate::message::{Message, MessageId, Topic, from_unix_ms, unix_ms};
+
+/// Configuration of the store role.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// How long messages are kept (default 30 days).
+    pub retention: Duration,
+    /// How often expired messages are deleted (default one hour; also done at start).
+    pub prune_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(30 * 24 * 3600),
+            prune_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Config {
+    /// Sets the retention period.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+}
+
+/// A position in a topic's history. Pass [`Cursor::beginning`] or [`Cursor::since`] for the
+/// first request, then the `next` cursor of each [`Page`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursor {
+    pub(crate) after_ms: u64,
+    pub(crate) after_id: Option<MessageId>,
+}
+
+impl Cursor {
+    /// Everything the store still holds.
+    pub fn beginning() -> Self {
+        Self::default()
+    }
+
+    /// Messages that arrived at the store at or after `time` (millisecond precision).
+    pub fn since(time: SystemTime) -> Self {
+        Self {
+            after_ms: unix_ms(time).saturating_sub(1),
+            after_id: Some(MessageId([0xff; 32])),
+        }
+    }
+
+    /// Messages after `message` (which must come from a history [`Page`], whose arrival
+    /// time is the store's).
+    pub fn after(message: &Message) -> Self {
+        Self {
+            after_ms: unix_ms(message.received),
+            after_id: Some(message.id),
+        }
+    }
+}
+
+/// One page of a topic's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Messages in arrival order at the store.
+    pub messages: Vec<Message>,
+    /// Where the next page starts, or `None` if this was the last one.
+    pub next: Option<Cursor>,
+}
+
+/// A stored message as it travels in a history response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub id: MessageId,
+    pub received_ms: u64,
+    pub data: Vec<u8>,
+}
+
+/// The SQLite database of a store node.
+pub(crate) struct Store {
+    db: Connection,
+    retention: Duration,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub(crate) fn open(dir: &Path, config: &Config) -> Result<Self> {
+        let db = Connection::open(dir.join("store.sqlite3"))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS messages (
+                 topic TEXT NOT NULL,
+                 id BLOB NOT NULL,
+                 received_ms INTEGER NOT NULL,
+                 data BLOB NOT NULL,
+                 PRIMARY KEY (topic, id)
+             );
+             CREATE INDEX IF NOT EXISTS messages_by_arrival
+                 ON messages (topic, received_ms, id);
+             CREATE TABLE IF NOT EXISTS directory (
+                 key BLOB PRIMARY KEY,
+                 blob BLOB NOT NULL,
+                 updated_ms INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY);",
+        )?;
+        let store = Self {
+            db,
+            retention: config.retention,
+        };
+        store.prune(SystemTime::now())?;
+        Ok(store)
+    }
+
+    /// Stores a message; returns false if it was already stored.
+    pub(crate) fn insert(
+        &self,
+        topic: &Topic,
+        id: &MessageId,
+        at: SystemTime,
+        data: &[u8],
+    ) -> Result<bool> {
+        let n = self.db.execute(
+            "INSERT OR IGNORE INTO messages (topic, id, received_ms, data) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                topic.as_str(),
+                id.as_bytes().as_slice(),
+                to_sql_ms(unix_ms(at)),
+                data
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Up to `max_messages` entries after `after`, stopping once `max_bytes` of payload are
+    /// collected (but always at least one entry, so paging advances). The flag says whether
+    /// more entries follow.
+    pub(crate) fn history(
+        &self,
+        topic: &Topic,
+        after: &Cursor,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Entry>, bool)> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT id, received_ms, data FROM messages
+             WHERE topic = ?1 AND (received_ms > ?2 OR (received_ms = ?2 AND id > ?3))
+             ORDER BY received_ms, id LIMIT ?4",
+        )?;
+        let after_id: &[u8] = match &after.after_id {
+            Some(id) => id.as_bytes(),
+            None => &[],
+        };
+        let fetch = i64::try_from(max_messages.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut rows = stmt.query(params![
+            topic.as_str(),
+            to_sql_ms(after.after_ms),
+            after_id,
+            fetch
+        ])?;
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
+        while let Some(row) = rows.next()? {
+            let data: Vec<u8> = row.get(2)?;
+            if entries.len() >= max_messages
+                || (!entries.is_empty() && bytes.saturating_add(data.len()) > max_bytes)
+            {
+                more = true;
+                break;
+            }
+            let id: Vec<u8> = row.get(0)?;
+            let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) else {
+                // Only this module writes the table; a wrong length means a corrupted row.
+                continue;
+            };
+            let ms: i64 = row.get(1)?;
+            bytes = bytes.saturating_add(data.len());
+            entries.push(Entry {
+                id: MessageId(id),
+                received_ms: u64::try_from(ms).unwrap_or(0),
+                data,
+            });
+        }
+        Ok((entries, more))
+    }
+
+    /// Deletes messages older than the retention period; returns how many.
+    pub(crate) fn prune(&self, now: SystemTime) -> Result<usize> {
+        let cutoff = now
+            .checked_sub(self.retention)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        Ok(self.db.execute(
+            "DELETE FROM messages WHERE received_ms < ?1",
+            params![to_sql_ms(unix_ms(cutoff))],
+        )?)
+    }
+
+    /// Stores or replaces a directory entry.
+    pub(crate) fn put(&self, key: &[u8], blob: &[u8]) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO directory (key, blob, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET blob = excluded.blob, updated_ms = excluded.updated_ms",
+            params![key, blob, to_sql_ms(unix_ms(SystemTime::now()))],
+        )?;
+        Ok(())
+    }
+
+    /// Looks up a directory entry.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT blob FROM directory WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Remembers that this store serves `topic`.
+    pub(crate) fn add_topic(&self, topic: &Topic) -> Result<()> {
+        self.db.execute(
+            "INSERT OR IGNORE INTO topics (name) VALUES (?1)",
+            params![topic.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets `topic` (its stored history stays until it expires).
+    pub(crate) fn remove_topic(&self, topic: &Topic) -> Result<()> {
+        self.db.execute(
+            "DELETE FROM topics WHERE name = ?1",
+            params![topic.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// The topics this store serves.
+    pub(crate) fn topics(&self) -> Result<Vec<Topic>> {
+        let mut stmt = self.db.prepare("SELECT name FROM topics")?;
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(names.iter().filter_map(|n| Topic::parse(n)).collect())
+    }
+}
+
+/// Converts an entry to a message of `topic`.
+pub(crate) fn entry_to_message(topic: &Topic, e: Entry) -> Message {
+    Message {
+        topic: topic.clone(),
+        id: e.id,
+        received: from_unix_ms(e.received_ms),
+        data: e.data,
+    }
+}
+
+fn to_sql_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "pqmls-store-unit-{name}-{}-{}",
+            std::process::id(),
+            unix_ms(SystemTime::now())
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn history_pages_in_arrival_order_and_survives_reopen() {
+        let dir = tmpdir("pages");
+        let t = Topic::from_group_id(b"g");
+        let other = Topic::from_group_id(b"h");
+        let base = SystemTime::now();
+        {
+            let s = Store::open(&dir, &Config::default()).unwrap();
+            for i in 0u8..10 {
+                let data = vec![i; 10];
+                let id = MessageId::compute(&t, &data);
+                assert!(
+                    s.insert(
+                        &t,
+                        &id,
+                        base + Duration::from_millis(u64::from(i / 2)),
+                        &data
+                    )
+                    .unwrap()
+                );
+                assert!(
+                    !s.insert(&t, &id, base, &data).unwrap(),
+                    "duplicate ignored"
+                );
+            }
+            s.insert(&other, &MessageId([0; 32]), base, b"x").unwrap();
+        }
+        let s = Store::open(&dir, &Config::default()).unwrap();
+        let mut cursor = Cursor::beginning();
+        let mut seen = Vec::new();
+        loop {
+            let (entries, more) = s.history(&t, &cursor, 3, 1 << 20).unwrap();
+            assert!(entries.len() <= 3);
+            for e in &entries {
+                seen.push(e.data[0]);
+            }
+            let Some(last) = entries.last() else { break };
+            cursor = Cursor::after(&entry_to_message(&t, last.clone()));
+            if !more {
+                break;
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0u8..10).collect::<Vec<_>>());
+        // Byte budget: at least one entry, then stop.
+        let (entries, more) = s.history(&t, &Cursor::beginning(), 100, 1).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert!(more);
+        // Since: only the later ones.
+        let (entries, _) = s
+            .history(
+                &t,
+                &Cursor::since(base + Duration::from_millis(4)),
+                100,
+                1 << 20,
+            )
+            .unwrap();
+        assert_eq!(entries.len(), 2);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn retention_prunes_old_messages() {
+        let dir = tmpdir("prune");
+        let t = Topic::from_group_id(b"g");
+        let s = Store::open(
+            &dir,
+            &Config::default().with_retention(Duration::from_secs(60)),
+        )
+        .unwrap();
+        let now = SystemTime::now();
+        s.insert(
+            &t,
+            &MessageId([1; 32]),
+            now - Duration::from_secs(120),
+            b"old",
+        )
+        .unwrap();
+        s.insert(&t, &MessageId([2; 32]), now, b"new").unwrap();
+        assert_eq!(s.prune(now).unwrap(), 1);
+        let (entries, _) = s.history(&t, &Cursor::beginning(), 10, 1 << 20).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].data, b"new");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn directory_and_topics_persist() {
+        let dir = tmpdir("dir");
+        let t = Topic::from_group_id(b"g");
+        {
+            let s = Store::open(&dir, &Config::default()).unwrap();
+            s.put(b"alice", b"kp1").unwrap();
+            s.put(b"alice", b"kp2").unwrap();
+            s.add_topic(&t).unwrap();
+        }
+        let s = Store::open(&dir, &Config::default()).unwrap();
+        assert_eq!(s.get(b"alice").unwrap(), Some(b"kp2".to_vec()));
+        assert_eq!(s.get(b"bob").unwrap(), None);
+        assert_eq!(s.topics().unwrap(), vec![t.clone()]);
+        s.remove_topic(&t).unwrap();
+        assert!(s.topics().unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
