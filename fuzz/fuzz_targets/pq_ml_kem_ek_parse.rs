@@ -1,0 +1,3 @@
+#![no_main]
+//! libFuzzer entry point; the body is [`pqmls_fuzz::pq_ml_kem_ek_parse`] (see `src/lib.rs`).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pqmls_fuzz::pq_ml_kem_ek_parse(data));

@@ -1,0 +1,463 @@
+//! Writes the seed corpora `corpus/<target>/seed-*` deterministically (run after changing
+//! an input format; the files are committed):
+//!
+//! ```sh
+//! cargo test --manifest-path fuzz/Cargo.toml --no-default-features --test gen_corpus -- --ignored
+//! ```
+//!
+//! Valid cases (real keys, ciphertexts and signatures, built by the bodies from seeds or
+//! written out whole for the raw modes) and edge cases (small-order X25519 and Ed25519
+//! points, coefficients at q, wrong labels, over-long contexts, empty input). Every
+//! written input is run through its body before it is saved.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: panics are failures.
+
+use pqmls_pq::{
+    Kem, MlDsa44, MlDsa44Ed25519, MlDsa65, MlDsa65Ed25519, MlDsa87, MlKem768, MlKem1024,
+    SignatureScheme, XWing,
+};
+use sha2::{Digest, Sha512};
+use std::path::Path;
+
+/// `n` deterministic pseudorandom bytes for `label`.
+fn det(label: &str, n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 64);
+    let mut i = 0u32;
+    while out.len() < n {
+        out.extend_from_slice(
+            &Sha512::new()
+                .chain_update(label)
+                .chain_update(i.to_le_bytes())
+                .finalize(),
+        );
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+fn arr<const N: usize>(label: &str) -> [u8; N] {
+    det(label, N).try_into().unwrap()
+}
+
+/// A `u16` length prefix and the bytes (the `Reader::var` format).
+fn var(bytes: &[u8]) -> Vec<u8> {
+    let mut out = u16::try_from(bytes.len()).unwrap().to_le_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// One XOR mutation list entry list: `n` then `(pos: u16, mask)` pairs.
+fn xors(list: &[(u16, u8)]) -> Vec<u8> {
+    let mut out = vec![u8::try_from(list.len()).unwrap()];
+    for (pos, mask) in list {
+        out.extend_from_slice(&pos.to_le_bytes());
+        out.push(*mask);
+    }
+    out
+}
+
+struct Corpus {
+    target: &'static str,
+    body: pqmls_fuzz::Body,
+    entries: Vec<(String, Vec<u8>)>,
+}
+
+impl Corpus {
+    fn new(target: &'static str) -> Self {
+        let (_, body) = pqmls_fuzz::TARGETS
+            .iter()
+            .find(|(n, _)| *n == target)
+            .unwrap();
+        Self {
+            target,
+            body: *body,
+            entries: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, name: &str, parts: &[&[u8]]) {
+        let data = parts.concat();
+        (self.body)(&data);
+        let name = format!("seed-{:03}-{name}", self.entries.len());
+        self.entries.push((name, data));
+    }
+
+    fn write(self) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("corpus")
+            .join(self.target);
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("seed-")
+            {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        let mut total = 0;
+        for (name, data) in &self.entries {
+            total += data.len();
+            std::fs::write(dir.join(name), data).unwrap();
+        }
+        assert!(
+            total < 200 * 1024,
+            "{} corpus too big: {total} bytes",
+            self.target
+        );
+        eprintln!(
+            "{}: {} files, {total} bytes",
+            self.target,
+            self.entries.len()
+        );
+    }
+}
+
+fn xwing_decaps() {
+    let mut c = Corpus::new("pq_xwing_decaps");
+    c.add("empty", &[]);
+    for i in 0..3 {
+        let seed: [u8; 32] = arr(&format!("xw seed {i}"));
+        let eseed: [u8; 64] = arr(&format!("xw eseed {i}"));
+        c.add("valid", &[&[1], &seed, &eseed, &[0]]);
+        // The same ciphertext given whole (mode 0), so raw mutations start from it.
+        let dk = XWing::decapsulation_key_from_seed(&seed).unwrap();
+        let (ct, _) = XWing::encapsulate_derand(XWing::encapsulation_key(&dk), &eseed).unwrap();
+        c.add("raw-valid", &[&[0], &seed, ct.as_ref(), &[0]]);
+    }
+    let seed: [u8; 32] = arr("xw seed 0");
+    let eseed: [u8; 64] = arr("xw eseed 0");
+    c.add("flip-ct-m", &[&[1], &seed, &eseed, &xors(&[(5, 1)])]);
+    c.add("flip-ct-x", &[&[1], &seed, &eseed, &xors(&[(1100, 0x80)])]);
+    c.add(
+        "flip-ct-x-top-bit",
+        &[&[1], &seed, &eseed, &xors(&[(1119, 0x80)])],
+    );
+    c.add(
+        "raw-random",
+        &[&[0], &seed, &det("xw ct", XWing::CT_LEN), &[0]],
+    );
+    c.add("raw-ff", &[&[0], &seed, &[0xff; 1120], &[0]]);
+    for i in 0..12u8 {
+        c.add(
+            "small-order-ct-x",
+            &[&[2], &seed, &det("xw ct_m", 1088), &[i], &[0]],
+        );
+    }
+    c.write();
+}
+
+fn ml_kem_decaps() {
+    let mut c = Corpus::new("pq_ml_kem_decaps");
+    c.add("empty", &[]);
+    for (sel, ct_len) in [(0u8, MlKem768::CT_LEN), (1, MlKem1024::CT_LEN)] {
+        for i in 0..2 {
+            let seed: [u8; 64] = arr(&format!("mlkem seed {sel} {i}"));
+            let m: [u8; 32] = arr(&format!("mlkem m {sel} {i}"));
+            c.add("valid", &[&[sel, 1], &seed, &m, &[0]]);
+        }
+        let seed: [u8; 64] = arr(&format!("mlkem seed {sel} 0"));
+        let m: [u8; 32] = arr(&format!("mlkem m {sel} 0"));
+        c.add("flip-first", &[&[sel, 1], &seed, &m, &xors(&[(0, 1)])]);
+        c.add(
+            "flip-last",
+            &[
+                &[sel, 1],
+                &seed,
+                &m,
+                &xors(&[(u16::try_from(ct_len - 1).unwrap(), 0x80)]),
+            ],
+        );
+        c.add(
+            "raw-random",
+            &[&[sel, 0], &seed, &det("mlkem ct", ct_len), &[0]],
+        );
+        c.add("raw-zero", &[&[sel, 0], &seed, &vec![0; ct_len], &[0]]);
+        // A real ciphertext for another key: implicit rejection.
+        let other: [u8; 64] = arr("mlkem other");
+        let ct = if sel == 0 {
+            let dk = MlKem768::decapsulation_key_from_seed(&other).unwrap();
+            MlKem768::encapsulate_derand(MlKem768::encapsulation_key(&dk), &m)
+                .unwrap()
+                .0
+                .as_ref()
+                .to_vec()
+        } else {
+            let dk = MlKem1024::decapsulation_key_from_seed(&other).unwrap();
+            MlKem1024::encapsulate_derand(MlKem1024::encapsulation_key(&dk), &m)
+                .unwrap()
+                .0
+                .as_ref()
+                .to_vec()
+        };
+        c.add("raw-other-key", &[&[sel, 0], &seed, &ct, &[0]]);
+    }
+    c.write();
+}
+
+/// `n` coefficient overwrites `(index, kind, value)`.
+fn coeffs(list: &[(u16, u8, u16)]) -> Vec<u8> {
+    let mut out = vec![u8::try_from(list.len()).unwrap()];
+    for (i, kind, v) in list {
+        out.extend_from_slice(&i.to_le_bytes());
+        out.push(*kind);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn ml_kem_ek_parse() {
+    let mut c = Corpus::new("pq_ml_kem_ek_parse");
+    c.add("empty", &[]);
+    let m: [u8; 32] = arr("ek m");
+    let eseed: [u8; 64] = arr("ek eseed");
+    for sel in 0..3u8 {
+        let (seed, ek, rnd): (Vec<u8>, Vec<u8>, &[u8]) = match sel {
+            0 => {
+                let s: [u8; 64] = arr("ek seed 768");
+                let dk = MlKem768::decapsulation_key_from_seed(&s).unwrap();
+                (
+                    s.to_vec(),
+                    MlKem768::encapsulation_key(&dk).as_ref().to_vec(),
+                    &m,
+                )
+            }
+            1 => {
+                let s: [u8; 64] = arr("ek seed 1024");
+                let dk = MlKem1024::decapsulation_key_from_seed(&s).unwrap();
+                (
+                    s.to_vec(),
+                    MlKem1024::encapsulation_key(&dk).as_ref().to_vec(),
+                    &m,
+                )
+            }
+            _ => {
+                let s: [u8; 32] = arr("ek seed xwing");
+                let dk = XWing::decapsulation_key_from_seed(&s).unwrap();
+                (
+                    s.to_vec(),
+                    XWing::encapsulation_key(&dk).as_ref().to_vec(),
+                    &eseed,
+                )
+            }
+        };
+        let xw_tail: &[u8] = if sel == 2 { &[255] } else { &[] };
+        c.add("raw-valid", &[&[sel, 0], &ek, rnd]);
+        c.add("raw-random", &[&[sel, 0], &det("ek random", ek.len()), rnd]);
+        c.add(
+            "seed-unchanged",
+            &[&[sel, 1], &seed, &coeffs(&[]), xw_tail, rnd],
+        );
+        // kind 0: 3328 (valid), 1: 3329 = q (invalid), 3: 4095 (invalid), 4: 0.
+        c.add(
+            "coeff-q-1",
+            &[&[sel, 1], &seed, &coeffs(&[(0, 0, 0)]), xw_tail, rnd],
+        );
+        c.add(
+            "coeff-q",
+            &[&[sel, 1], &seed, &coeffs(&[(0, 1, 0)]), xw_tail, rnd],
+        );
+        c.add(
+            "coeff-q-odd",
+            &[&[sel, 1], &seed, &coeffs(&[(1, 1, 0)]), xw_tail, rnd],
+        );
+        c.add(
+            "coeff-last-4095",
+            &[&[sel, 1], &seed, &coeffs(&[(u16::MAX, 3, 0)]), xw_tail, rnd],
+        );
+        c.add(
+            "coeff-zero",
+            &[&[sel, 1], &seed, &coeffs(&[(77, 4, 0)]), xw_tail, rnd],
+        );
+        c.add(
+            "coeff-raw",
+            &[
+                &[sel, 1],
+                &seed,
+                &coeffs(&[(300, 7, 3400), (301, 7, 12)]),
+                xw_tail,
+                rnd,
+            ],
+        );
+        let rho_pos = u16::try_from(ek.len() - 1 - if sel == 2 { 32 } else { 0 }).unwrap();
+        c.add(
+            "flip-rho",
+            &[&[sel, 2], &seed, &xors(&[(rho_pos, 0x55)]), rnd],
+        );
+        c.add("flip-t", &[&[sel, 2], &seed, &xors(&[(1, 0xf0)]), rnd]);
+    }
+    let seed: [u8; 32] = arr("ek seed xwing");
+    for i in 0..12u8 {
+        c.add(
+            "xwing-small-order-pk-x",
+            &[&[2, 1], &seed, &coeffs(&[]), &[i], &eseed],
+        );
+    }
+    c.write();
+}
+
+fn ml_dsa_raw<S: SignatureScheme>(c: &mut Corpus, sel: u8) {
+    let sk = S::signing_key_from_seed(&arr::<32>(&format!("dsa raw seed {sel}"))).unwrap();
+    let (msg, ctx) = (b"raw message".as_slice(), b"raw ctx".as_slice());
+    let sig = S::sign_deterministic(&sk, msg, ctx).unwrap();
+    c.add(
+        "raw-valid",
+        &[
+            &[sel, 0],
+            S::verifying_key(&sk).as_ref(),
+            sig.as_ref(),
+            &var(ctx),
+            msg,
+        ],
+    );
+    c.add(
+        "raw-random",
+        &[
+            &[sel, 0],
+            &det("dsa raw", S::VK_LEN + S::SIG_LEN),
+            &var(b""),
+            b"m",
+        ],
+    );
+}
+
+fn ml_dsa_verify() {
+    let mut c = Corpus::new("pq_ml_dsa_verify");
+    c.add("empty", &[]);
+    for sel in 0..3u8 {
+        let seed: [u8; 32] = arr(&format!("dsa seed {sel}"));
+        let rnd: [u8; 32] = arr(&format!("dsa rnd {sel}"));
+        let signed = |ctx: &[u8], msg: &[u8], rnd: &[u8; 32]| {
+            [seed.as_slice(), rnd, &var(ctx), &var(msg)].concat()
+        };
+        c.add(
+            "valid",
+            &[&[sel, 1], &signed(b"context", b"message", &rnd), &[0]],
+        );
+        c.add(
+            "valid-empty",
+            &[&[sel, 1], &signed(b"", b"", &[0; 32]), &[0]],
+        );
+        c.add(
+            "valid-ctx-255",
+            &[
+                &[sel, 1],
+                &signed(&[7; 255], &det("dsa msg", 1000), &rnd),
+                &[0],
+            ],
+        );
+        let base = signed(b"ctx", b"msg", &rnd);
+        // One mutation of each kind (see `signed_mutations`): kind, pos, mask.
+        for kind in 0..8u8 {
+            c.add("mutate", &[&[sel, 1], &base, &[1, kind, 3, 0, 0x01]]);
+        }
+        c.add(
+            "mutate-hint-end",
+            &[&[sel, 1], &base, &[1, 1, 0xff, 0xff, 0x01]],
+        );
+        c.add(
+            "ctx-256",
+            &[
+                &[sel, 1],
+                &signed(&[1; 255], b"msg", &rnd),
+                &[1, 7, 0, 0, 1],
+            ],
+        );
+        match sel {
+            0 => ml_dsa_raw::<MlDsa44>(&mut c, sel),
+            1 => ml_dsa_raw::<MlDsa65>(&mut c, sel),
+            _ => ml_dsa_raw::<MlDsa87>(&mut c, sel),
+        }
+    }
+    c.write();
+}
+
+fn composite_raw<S: SignatureScheme>(c: &mut Corpus, sel: u8) {
+    let sk = S::signing_key_from_seed(&arr::<64>(&format!("comp raw seed {sel}"))).unwrap();
+    let (msg, ctx) = (b"raw message".as_slice(), b"raw ctx".as_slice());
+    let sig = S::sign_deterministic(&sk, msg, ctx).unwrap();
+    c.add(
+        "raw-valid",
+        &[
+            &[sel, 0],
+            S::verifying_key(&sk).as_ref(),
+            sig.as_ref(),
+            &var(ctx),
+            msg,
+        ],
+    );
+    c.add(
+        "raw-random",
+        &[
+            &[sel, 0],
+            &det("comp raw", S::VK_LEN + S::SIG_LEN),
+            &var(b""),
+            b"m",
+        ],
+    );
+    c.add(
+        "raw-ctx-256",
+        &[
+            &[sel, 0],
+            S::verifying_key(&sk).as_ref(),
+            sig.as_ref(),
+            &var(&[0; 256]),
+            msg,
+        ],
+    );
+}
+
+fn composite_verify() {
+    let mut c = Corpus::new("pq_composite_verify");
+    c.add("empty", &[]);
+    for sel in 0..2u8 {
+        let seed: [u8; 64] = arr(&format!("comp seed {sel}"));
+        let rnd: [u8; 32] = arr(&format!("comp rnd {sel}"));
+        let signed =
+            |ctx: &[u8], msg: &[u8]| [seed.as_slice(), &rnd, &var(ctx), &var(msg)].concat();
+        c.add("valid", &[&[sel, 1], &signed(b"context", b"message"), &[0]]);
+        c.add("valid-empty", &[&[sel, 1], &signed(b"", b""), &[0]]);
+        c.add(
+            "valid-ctx-255",
+            &[&[sel, 1], &signed(&[9; 255], b"m"), &[0]],
+        );
+        let base = signed(b"ctx", b"msg");
+        for kind in 0..8u8 {
+            c.add("mutate", &[&[sel, 1], &base, &[1, kind, 3, 0, 0x01]]);
+        }
+        c.add(
+            "mutate-ed-s",
+            &[&[sel, 1], &base, &[1, 1, 0xff, 0xff, 0x01]],
+        );
+        for kind in 0..4u8 {
+            for i in 0..3u8 {
+                if kind < 3 || i < 2 {
+                    c.add("ed25519-edge", &[&[sel, 2], &base, &[kind, i]]);
+                }
+            }
+        }
+        for kind in 0..4u8 {
+            c.add("wrong-domain", &[&[sel, 3], &base, &[kind]]);
+        }
+        if sel == 0 {
+            composite_raw::<MlDsa44Ed25519>(&mut c, sel);
+        } else {
+            composite_raw::<MlDsa65Ed25519>(&mut c, sel);
+        }
+    }
+    c.write();
+}
+
+#[test]
+#[ignore = "writes the seed corpora; run by hand"]
+fn generate_seed_corpora() {
+    xwing_decaps();
+    ml_kem_decaps();
+    ml_kem_ek_parse();
+    ml_dsa_verify();
+    composite_verify();
+}

@@ -1,0 +1,74 @@
+//! Replays every fuzz body over its committed seed corpus (`corpus/<target>/`, which must
+//! not be empty) and over the saved reproducers of past findings
+//! (`regressions/<target>/`, may be absent). Runs on stable without libFuzzer:
+//!
+//! ```sh
+//! cargo test --manifest-path fuzz/Cargo.toml --no-default-features
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: panics are failures.
+
+use std::path::{Path, PathBuf};
+
+/// The files of `dir` (none if it does not exist), sorted by name.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs `body` over every file of `dir`, naming the file if it panics.
+fn replay(dir: &Path, body: pqmls_fuzz::Body) -> usize {
+    let files = files(dir);
+    for file in &files {
+        let data = std::fs::read(file).unwrap();
+        if std::panic::catch_unwind(|| body(&data)).is_err() {
+            panic!("{} failed", file.display());
+        }
+    }
+    files.len()
+}
+
+fn replay_target(name: &str) {
+    let (_, body) = pqmls_fuzz::TARGETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .expect("known target");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let n = replay(&root.join("corpus").join(name), *body);
+    assert!(n > 0, "seed corpus corpus/{name}/ is empty");
+    replay(&root.join("regressions").join(name), *body);
+}
+
+macro_rules! replay_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                replay_target(stringify!($name));
+            }
+        )*
+
+        #[test]
+        fn every_target_is_replayed() {
+            let tested = [$(stringify!($name)),*];
+            for (name, _) in pqmls_fuzz::TARGETS {
+                assert!(tested.contains(name), "{name} has no replay test");
+            }
+        }
+    };
+}
+
+replay_tests!(
+    pq_xwing_decaps,
+    pq_ml_kem_decaps,
+    pq_ml_kem_ek_parse,
+    pq_ml_dsa_verify,
+    pq_composite_verify,
+);
