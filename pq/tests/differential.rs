@@ -152,3 +152,28 @@ fn ml_dsa_agrees<S: SignatureScheme, P: ml_dsa::MlDsaParams>(
     bad.push(1);
     assert!(!their_vk.verify_with_context(&bad, ctx, &decoded));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// X25519, fresh (HACL* ladder) and prepared (dalek table) paths, against
+    /// x25519-dalek on arbitrary 32-byte `u` (high bit set, non-canonical and twist
+    /// points included): same result, and an error exactly when it is all zero.
+    #[test]
+    fn x25519_matches_x25519_dalek(k in prop::array::uniform32(any::<u8>()), u in prop::array::uniform32(any::<u8>())) {
+        use pqmls_pq::kem::x25519::{PreparedPublicKey, PublicKey, SecretKey};
+        let theirs = x25519_dalek::StaticSecret::from(k).diffie_hellman(&x25519_dalek::PublicKey::from(u));
+        let sk = SecretKey::from_seed(pqmls_pq::Seed32::from_bytes(k));
+        let pk = PublicKey::from_bytes(u);
+        let fresh = sk.diffie_hellman(&pk);
+        let prepared = sk.diffie_hellman_prepared(&PreparedPublicKey::new(&pk));
+        if theirs.as_bytes() == &[0u8; 32] {
+            prop_assert!(fresh.is_err() && prepared.is_err());
+        } else {
+            prop_assert_eq!(*fresh.unwrap().as_bytes(), *theirs.as_bytes());
+            prop_assert_eq!(*prepared.unwrap().as_bytes(), *theirs.as_bytes());
+        }
+        let their_pk = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(k));
+        prop_assert_eq!(*sk.public_key().as_bytes(), *their_pk.as_bytes());
+    }
+}
