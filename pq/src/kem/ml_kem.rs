@@ -19,6 +19,7 @@
 
 use super::{DeriveProfile, Kem, derive::derive_seed};
 use crate::{Error, Result, Seed64, SharedSecret, error::exact};
+use std::sync::OnceLock;
 
 /// Whether the AVX2 code path of libcrux can run on this CPU.
 fn use_avx2() -> bool {
@@ -114,20 +115,23 @@ macro_rules! ml_kem_parameter_set {
             }
 
             /// A decapsulation key: the seed, its encapsulation key, and the expanded key
-            /// in libcrux's unpacked form. Zeroized on drop; only the seed is serialized.
+            /// in libcrux's unpacked form, made on the first decapsulation. Zeroized on
+            /// drop; only the seed is serialized.
             pub struct DecapsulationKey {
                 seed: Seed64,
                 ek: EncapsulationKey,
-                unpacked: Box<UnpackedKeyPair>,
+                unpacked: OnceLock<Box<UnpackedKeyPair>>,
             }
 
             impl Drop for DecapsulationKey {
                 fn drop(&mut self) {
-                    match &mut *self.unpacked {
-                        UnpackedKeyPair::Avx2(kp) => *kp = Default::default(),
-                        UnpackedKeyPair::Portable(kp) => *kp = Default::default(),
+                    if let Some(unpacked) = self.unpacked.get_mut() {
+                        match &mut **unpacked {
+                            UnpackedKeyPair::Avx2(kp) => *kp = Default::default(),
+                            UnpackedKeyPair::Portable(kp) => *kp = Default::default(),
+                        }
+                        core::hint::black_box(&self.unpacked);
                     }
-                    core::hint::black_box(&self.unpacked);
                 }
             }
 
@@ -137,20 +141,27 @@ macro_rules! ml_kem_parameter_set {
                 }
             }
 
+            /// `ML-KEM.KeyGen_internal(d, z)` in libcrux's unpacked form.
+            fn unpacked_key_pair(seed: &Seed64) -> UnpackedKeyPair {
+                let d_z = zeroize::Zeroizing::new(*seed.as_bytes());
+                if use_avx2() {
+                    UnpackedKeyPair::Avx2(avx2::generate_key_pair(*d_z))
+                } else {
+                    UnpackedKeyPair::Portable(portable::generate_key_pair(*d_z))
+                }
+            }
+
             impl DecapsulationKey {
-                /// `ML-KEM.KeyGen_internal(d, z)` from the seed `d || z`.
+                /// `ML-KEM.KeyGen_internal(d, z)` from the seed `d || z`: computes the
+                /// encapsulation key now and the expanded decapsulation key on first use
+                /// (MLS derives many key pairs, through DeriveKeyPair, that it only uses to
+                /// check a public key).
                 pub fn from_seed(seed: Seed64) -> Self {
                     let d_z = zeroize::Zeroizing::new(*seed.as_bytes());
-                    let (unpacked, pk) = if use_avx2() {
-                        let kp = avx2::generate_key_pair(*d_z);
-                        let pk = avx2::key_pair_serialized_public_key(&kp);
-                        (UnpackedKeyPair::Avx2(kp), pk)
-                    } else {
-                        let kp = portable::generate_key_pair(*d_z);
-                        let pk = portable::key_pair_serialized_public_key(&kp);
-                        (UnpackedKeyPair::Portable(kp), pk)
-                    };
-                    Self { seed, ek: EncapsulationKey(pk), unpacked: Box::new(unpacked) }
+                    let (mut sk, pk) = lib::generate_key_pair(*d_z).into_parts();
+                    // libcrux's packed private key does not zeroize itself.
+                    zeroize::Zeroize::zeroize(&mut sk[0..]);
+                    Self { seed, ek: EncapsulationKey(pk), unpacked: OnceLock::new() }
                 }
 
                 /// The seed `d || z`.
@@ -163,9 +174,10 @@ macro_rules! ml_kem_parameter_set {
                     &self.ek
                 }
 
-                /// `ML-KEM.Decaps` with implicit rejection.
+                /// `ML-KEM.Decaps` with implicit rejection. The first call expands the key.
                 pub fn decapsulate(&self, ct: &Ciphertext) -> SharedSecret {
-                    let ss = match &*self.unpacked {
+                    let unpacked = self.unpacked.get_or_init(|| Box::new(unpacked_key_pair(&self.seed)));
+                    let ss = match &**unpacked {
                         UnpackedKeyPair::Avx2(kp) => avx2::decapsulate(kp, &ct.0),
                         UnpackedKeyPair::Portable(kp) => portable::decapsulate(kp, &ct.0),
                     };
