@@ -12,7 +12,8 @@
 // expect inside #[test] functions only, not in the helpers they call).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use pqmls_pq::{Kem, XWing};
+mod common;
+
 use serde::Deserialize;
 
 const VECTORS: &str = concat!(
@@ -54,46 +55,13 @@ fn official_xwing_vectors() {
         // The draft's private key is the seed itself.
         assert_eq!(v.sk, v.seed, "vector {i}: sk is the seed");
 
-        let dk = XWing::decapsulation_key_from_seed(&v.seed).unwrap();
-        assert_eq!(
-            XWing::seed(&dk),
-            v.seed.as_slice(),
-            "vector {i}: seed round trip"
-        );
-        assert_eq!(
-            XWing::encapsulation_key(&dk).as_ref(),
-            v.pk.as_slice(),
-            "vector {i}: seed -> pk"
-        );
-
-        let ek = XWing::encapsulation_key_from_bytes(&v.pk).unwrap();
-        let (ct, ss) = XWing::encapsulate_derand(&ek, &v.eseed).unwrap();
-        assert_eq!(ct.as_ref(), v.ct.as_slice(), "vector {i}: encaps ct");
-        assert_eq!(
-            ss.as_bytes().as_slice(),
-            v.ss.as_slice(),
-            "vector {i}: encaps ss"
-        );
-
-        let prepared = XWing::prepare(&ek);
-        let (ct, ss) = XWing::encapsulate_prepared_derand(&prepared, &v.eseed).unwrap();
-        assert_eq!(
-            ct.as_ref(),
-            v.ct.as_slice(),
-            "vector {i}: prepared encaps ct"
-        );
-        assert_eq!(
-            ss.as_bytes().as_slice(),
-            v.ss.as_slice(),
-            "vector {i}: prepared encaps ss"
-        );
-
-        let ct = XWing::ciphertext_from_bytes(&v.ct).unwrap();
-        let ss = XWing::decapsulate(&dk, &ct).unwrap();
-        assert_eq!(
-            ss.as_bytes().as_slice(),
-            v.ss.as_slice(),
-            "vector {i}: decaps ss"
+        common::check_xwing_vector(
+            &format!("vector {i}"),
+            &v.seed,
+            &v.pk,
+            &v.eseed,
+            &v.ct,
+            &v.ss,
         );
         ran += 1;
     }
