@@ -1,0 +1,441 @@
+//! [`PqCrypto`]: OpenMLS's `OpenMlsCrypto` and `OpenMlsRand` for all 17 cipher suites of
+//! openmls_traits 0.6.
+
+use std::sync::{Mutex, PoisonError};
+
+use openmls_traits::crypto::OpenMlsCrypto;
+use openmls_traits::random::OpenMlsRand;
+use openmls_traits::types::{
+    AeadType, Ciphersuite, CryptoError, ExporterSecret, HashType, HpkeAeadType, HpkeCiphertext,
+    HpkeConfig, HpkeKdfType, HpkeKemType, HpkeKeyPair, KemOutput, SignatureScheme,
+};
+use pqmls_pq::rand_core::{Rng as _, SeedableRng as _, TryCryptoRng, TryRng};
+use rand_chacha::ChaCha20Rng;
+use tls_codec::SecretVLBytes;
+use zeroize::Zeroizing;
+
+use crate::aead::{AeadAlg, AeadError};
+use crate::cache::{CacheConfig, CacheStats, KeyCache};
+use crate::hpke::{self, Aead, DeriveProfile, HpkeError, Kdf, Kem, Suite};
+use crate::kdf::HashAlg;
+
+/// Every cipher suite this provider runs: all 17 non-GREASE suites of openmls_traits 0.6.
+pub const SUPPORTED_CIPHERSUITES: [Ciphersuite; 17] = [
+    Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519,
+    Ciphersuite::MLS_128_DHKEMP256_AES128GCM_SHA256_P256,
+    Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519,
+    Ciphersuite::MLS_256_DHKEMX448_AES256GCM_SHA512_Ed448,
+    Ciphersuite::MLS_256_DHKEMP521_AES256GCM_SHA512_P521,
+    Ciphersuite::MLS_256_DHKEMX448_CHACHA20POLY1305_SHA512_Ed448,
+    Ciphersuite::MLS_256_DHKEMP384_AES256GCM_SHA384_P384,
+    Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519,
+    Ciphersuite::MLS_128_MLKEM768X25519_AES256GCM_SHA384_Ed25519,
+    Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519,
+    Ciphersuite::MLS_192_MLKEM1024_AES256GCM_SHA384_P384,
+    Ciphersuite::MLS_128_MLKEM768_AES256GCM_SHA384_P256,
+    Ciphersuite::MLS_192_MLKEM768_AES256GCM_SHA384_MLDSA65,
+    Ciphersuite::MLS_128_MLKEM768X25519_CHACHA20POLY1305_SHA384_MLDSA44,
+    Ciphersuite::MLS_256_MLKEM1024_AES256GCM_SHA512_MLDSA87,
+    Ciphersuite::MLS_256_MLKEM1024_AES256GCM_SHA384_MLDSA87,
+    Ciphersuite::MLS_128_MLKEM768_AES256GCM_SHA384_Ed25519,
+];
+
+/// Settings of a [`PqCrypto`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CryptoConfig {
+    /// The DeriveKeyPair profile of the post-quantum KEMs (ML-KEM-768/1024, X-Wing);
+    /// DHKEMs always follow RFC 9180. Default: [`DeriveProfile::Plain`], the derivation of
+    /// the OpenMLS 0.9 providers, without which a group mixing them with us breaks (see
+    /// the crate docs). [`DeriveProfile::HpkePq`] is draft-ietf-hpke-pq's labelled form.
+    pub derive_profile: DeriveProfile,
+    /// The recipient-key cache.
+    pub cache: CacheConfig,
+}
+
+impl Default for CryptoConfig {
+    fn default() -> Self {
+        CryptoConfig {
+            derive_profile: DeriveProfile::Plain,
+            cache: CacheConfig::default(),
+        }
+    }
+}
+
+/// The crypto and randomness of the provider.
+///
+/// Randomness comes from ChaCha20 seeded with 32 bytes from the operating system when the
+/// value is created (`rand_chacha`'s `ChaCha20Rng`, a CSPRNG), behind a mutex.
+pub struct PqCrypto {
+    config: CryptoConfig,
+    rng: Mutex<ChaCha20Rng>,
+    cache: KeyCache,
+}
+
+impl core::fmt::Debug for PqCrypto {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PqCrypto")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The randomness source failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the operating system's random number generator failed")]
+pub struct RandError;
+
+impl PqCrypto {
+    /// A provider with the default settings.
+    ///
+    /// # Errors
+    /// [`RandError`] if the operating system gives no randomness for the seed.
+    pub fn new() -> Result<Self, RandError> {
+        Self::with_config(CryptoConfig::default())
+    }
+
+    /// A provider with the given settings.
+    ///
+    /// # Errors
+    /// [`RandError`] if the operating system gives no randomness for the seed.
+    pub fn with_config(config: CryptoConfig) -> Result<Self, RandError> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        pqmls_pq::OsRng
+            .try_fill_bytes(seed.as_mut_slice())
+            .map_err(|_| RandError)?;
+        Ok(PqCrypto {
+            config,
+            rng: Mutex::new(ChaCha20Rng::from_seed(*seed)),
+            cache: KeyCache::new(config.cache),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> CryptoConfig {
+        self.config
+    }
+
+    /// The recipient-key cache's counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    fn with_rng<T>(&self, f: impl FnOnce(&mut ChaCha20Rng) -> T) -> T {
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut rng)
+    }
+
+    /// Fresh randomness for one operation, drawn under the lock, used outside it.
+    fn fresh_rng(&self) -> ChaCha20Rng {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        self.with_rng(|r| r.fill_bytes(seed.as_mut_slice()));
+        ChaCha20Rng::from_seed(*seed)
+    }
+
+    fn seal_with(
+        &self,
+        config: &HpkeConfig,
+        pk_r: &[u8],
+        info: &[u8],
+    ) -> Result<(Vec<u8>, hpke::Context), CryptoError> {
+        let suite = suite(config)?;
+        let key = self
+            .cache
+            .get(suite.kem, pk_r)
+            .map_err(|_| CryptoError::InvalidPublicKey)?;
+        let mut rng = self.fresh_rng();
+        hpke::setup_base_sender(suite, &key, info, &mut rng).map_err(|e| match e {
+            HpkeError::InvalidPublicKey | HpkeError::NonContributory => {
+                CryptoError::InvalidPublicKey
+            }
+            _ => CryptoError::SenderSetupError,
+        })
+    }
+}
+
+impl Default for PqCrypto {
+    /// # Panics
+    /// If the operating system's random number generator fails (use [`PqCrypto::new`] to
+    /// get an error instead).
+    #[allow(clippy::expect_used)]
+    fn default() -> Self {
+        Self::new().expect("the operating system's random number generator failed")
+    }
+}
+
+const fn hash_alg(h: HashType) -> HashAlg {
+    match h {
+        HashType::Sha2_256 => HashAlg::Sha256,
+        HashType::Sha2_384 => HashAlg::Sha384,
+        HashType::Sha2_512 => HashAlg::Sha512,
+    }
+}
+
+const fn aead_alg(a: AeadType) -> AeadAlg {
+    match a {
+        AeadType::Aes128Gcm => AeadAlg::Aes128Gcm,
+        AeadType::Aes256Gcm => AeadAlg::Aes256Gcm,
+        AeadType::ChaCha20Poly1305 => AeadAlg::ChaCha20Poly1305,
+    }
+}
+
+/// The HPKE suite of an OpenMLS HPKE configuration.
+const fn suite(config: &HpkeConfig) -> Result<Suite, CryptoError> {
+    let kem = match config.0 {
+        HpkeKemType::DhKemP256 => Kem::DhKemP256,
+        HpkeKemType::DhKemP384 => Kem::DhKemP384,
+        HpkeKemType::DhKemP521 => Kem::DhKemP521,
+        HpkeKemType::DhKem25519 => Kem::DhKemX25519,
+        HpkeKemType::DhKem448 => Kem::DhKemX448,
+        HpkeKemType::MlKem768 => Kem::MlKem768,
+        HpkeKemType::MlKem1024 => Kem::MlKem1024,
+        // OpenMLS's 0x004D is X-Wing; HPKE's suite_id carries 0x647a (see `hpke`).
+        HpkeKemType::XWingKemDraft6 => Kem::XWing,
+    };
+    let kdf = match config.1 {
+        HpkeKdfType::HkdfSha256 => Kdf::HkdfSha256,
+        HpkeKdfType::HkdfSha384 => Kdf::HkdfSha384,
+        HpkeKdfType::HkdfSha512 => Kdf::HkdfSha512,
+    };
+    let aead = match config.2 {
+        HpkeAeadType::AesGcm128 => Aead::Aes128Gcm,
+        HpkeAeadType::AesGcm256 => Aead::Aes256Gcm,
+        HpkeAeadType::ChaCha20Poly1305 => Aead::ChaCha20Poly1305,
+        HpkeAeadType::Export => Aead::ExportOnly,
+    };
+    Ok(Suite { kem, kdf, aead })
+}
+
+fn open_error(e: HpkeError) -> CryptoError {
+    match e {
+        HpkeError::InvalidLength | HpkeError::InvalidPublicKey | HpkeError::NonContributory => {
+            CryptoError::ReceiverSetupError
+        }
+        _ => CryptoError::HpkeDecryptionError,
+    }
+}
+
+impl OpenMlsCrypto for PqCrypto {
+    fn supports(&self, ciphersuite: Ciphersuite) -> Result<(), CryptoError> {
+        if SUPPORTED_CIPHERSUITES.contains(&ciphersuite) {
+            Ok(())
+        } else {
+            Err(CryptoError::UnsupportedCiphersuite)
+        }
+    }
+
+    fn supported_ciphersuites(&self) -> Vec<Ciphersuite> {
+        SUPPORTED_CIPHERSUITES.to_vec()
+    }
+
+    fn hkdf_extract(
+        &self,
+        hash_type: HashType,
+        salt: &[u8],
+        ikm: &[u8],
+    ) -> Result<SecretVLBytes, CryptoError> {
+        let prk = hash_alg(hash_type).extract(salt, &[ikm]);
+        Ok(SecretVLBytes::new(prk.to_vec()))
+    }
+
+    fn hmac(
+        &self,
+        hash_type: HashType,
+        key: &[u8],
+        message: &[u8],
+    ) -> Result<SecretVLBytes, CryptoError> {
+        Ok(SecretVLBytes::new(
+            hash_alg(hash_type).hmac(key, &[message]).to_vec(),
+        ))
+    }
+
+    fn hkdf_expand(
+        &self,
+        hash_type: HashType,
+        prk: &[u8],
+        info: &[u8],
+        okm_len: usize,
+    ) -> Result<SecretVLBytes, CryptoError> {
+        let mut okm = vec![0u8; okm_len];
+        hash_alg(hash_type)
+            .expand_into(prk, &[info], &mut okm)
+            .map_err(|_| CryptoError::HkdfOutputLengthInvalid)?;
+        Ok(SecretVLBytes::new(okm))
+    }
+
+    fn hash(&self, hash_type: HashType, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        Ok(hash_alg(hash_type).hash(&[data]))
+    }
+
+    fn aead_encrypt(
+        &self,
+        alg: AeadType,
+        key: &[u8],
+        data: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        aead_alg(alg)
+            .seal(key, nonce, aad, data)
+            .map_err(|_| CryptoError::InvalidLength)
+    }
+
+    fn aead_decrypt(
+        &self,
+        alg: AeadType,
+        key: &[u8],
+        ct_tag: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        aead_alg(alg)
+            .open(key, nonce, aad, ct_tag)
+            .map_err(|e| match e {
+                AeadError::InvalidLength => CryptoError::InvalidLength,
+                AeadError::Decryption => CryptoError::AeadDecryptionError,
+            })
+    }
+
+    fn signature_key_gen(&self, alg: SignatureScheme) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+        let mut rng = self.fresh_rng();
+        let (sk, pk) = crate::sign::generate(alg, &mut rng)?;
+        Ok((sk.to_vec(), pk))
+    }
+
+    fn verify_signature(
+        &self,
+        alg: SignatureScheme,
+        data: &[u8],
+        pk: &[u8],
+        signature: &[u8],
+    ) -> Result<(), CryptoError> {
+        crate::sign::verify(alg, data, pk, signature)
+    }
+
+    fn sign(&self, alg: SignatureScheme, data: &[u8], key: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        crate::sign::sign(alg, data, key)
+    }
+
+    fn hpke_seal(
+        &self,
+        config: HpkeConfig,
+        pk_r: &[u8],
+        info: &[u8],
+        aad: &[u8],
+        ptxt: &[u8],
+    ) -> Result<HpkeCiphertext, CryptoError> {
+        let (enc, mut ctx) = self.seal_with(&config, pk_r, info)?;
+        let ct = ctx
+            .seal(aad, ptxt)
+            .map_err(|_| CryptoError::HpkeEncryptionError)?;
+        Ok(HpkeCiphertext {
+            kem_output: enc.into(),
+            ciphertext: ct.into(),
+        })
+    }
+
+    fn hpke_open(
+        &self,
+        config: HpkeConfig,
+        input: &HpkeCiphertext,
+        sk_r: &[u8],
+        info: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let suite = suite(&config)?;
+        let mut ctx = hpke::setup_base_receiver(suite, input.kem_output.as_slice(), sk_r, info)
+            .map_err(open_error)?;
+        ctx.open(aad, input.ciphertext.as_slice())
+            .map_err(|_| CryptoError::HpkeDecryptionError)
+    }
+
+    fn hpke_setup_sender_and_export(
+        &self,
+        config: HpkeConfig,
+        pk_r: &[u8],
+        info: &[u8],
+        exporter_context: &[u8],
+        exporter_length: usize,
+    ) -> Result<(KemOutput, ExporterSecret), CryptoError> {
+        let (enc, ctx) = self.seal_with(&config, pk_r, info)?;
+        let secret = ctx
+            .export(exporter_context, exporter_length)
+            .map_err(|_| CryptoError::ExporterError)?;
+        Ok((enc, secret.to_vec().into()))
+    }
+
+    fn hpke_setup_receiver_and_export(
+        &self,
+        config: HpkeConfig,
+        enc: &[u8],
+        sk_r: &[u8],
+        info: &[u8],
+        exporter_context: &[u8],
+        exporter_length: usize,
+    ) -> Result<ExporterSecret, CryptoError> {
+        let suite = suite(&config)?;
+        let ctx = hpke::setup_base_receiver(suite, enc, sk_r, info).map_err(open_error)?;
+        let secret = ctx
+            .export(exporter_context, exporter_length)
+            .map_err(|_| CryptoError::ExporterError)?;
+        Ok(secret.to_vec().into())
+    }
+
+    fn derive_hpke_keypair(
+        &self,
+        config: HpkeConfig,
+        ikm: &[u8],
+    ) -> Result<HpkeKeyPair, CryptoError> {
+        let suite = suite(&config)?;
+        let kp = hpke::derive_key_pair(suite.kem, ikm, self.config.derive_profile)
+            .map_err(|_| CryptoError::CryptoLibraryError)?;
+        Ok(HpkeKeyPair {
+            private: kp.private.to_vec().into(),
+            public: kp.public,
+        })
+    }
+}
+
+impl OpenMlsRand for PqCrypto {
+    type Error = RandError;
+
+    fn random_array<const N: usize>(&self) -> Result<[u8; N], Self::Error> {
+        let mut out = [0u8; N];
+        self.with_rng(|r| r.fill_bytes(&mut out));
+        Ok(out)
+    }
+
+    fn random_vec(&self, len: usize) -> Result<Vec<u8>, Self::Error> {
+        let mut out = vec![0u8; len];
+        self.with_rng(|r| r.fill_bytes(&mut out));
+        Ok(out)
+    }
+}
+
+/// A `TryCryptoRng` view of the provider's generator, for callers outside OpenMLS.
+pub struct ProviderRng<'a>(&'a PqCrypto);
+
+impl PqCrypto {
+    /// The provider's generator as a `rand_core` RNG.
+    pub fn rng(&self) -> ProviderRng<'_> {
+        ProviderRng(self)
+    }
+}
+
+impl TryRng for ProviderRng<'_> {
+    type Error = core::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.0.with_rng(|r| r.next_u32()))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.0.with_rng(|r| r.next_u64()))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.0.with_rng(|r| r.fill_bytes(dst));
+        Ok(())
+    }
+}
+
+impl TryCryptoRng for ProviderRng<'_> {}
