@@ -292,10 +292,10 @@ mod against_hpke {
         // The Plain profile: another key, SHAKE256(ikm, 8 * Nsk), and it works for HPKE.
         match hpke::derive_key_pair(s.kem, &v.ikm_r.0, DeriveProfile::Plain) {
             Ok(plain) => {
-                if let Some(spec) = &spec {
-                    if plain.public == spec.public || plain.private[..] == spec.private[..] {
-                        r.fail(id, "Plain DeriveKeyPair", "same key pair as HpkePq");
-                    }
+                if let Some(spec) = &spec
+                    && (plain.public == spec.public || plain.private[..] == spec.private[..])
+                {
+                    r.fail(id, "Plain DeriveKeyPair", "same key pair as HpkePq");
                 }
                 let nsk = v.sk_rm.0.len();
                 r.eq(
