@@ -40,8 +40,6 @@ fn vector_text() -> String {
 const EXPECTED_BASE_PER_KEM: &[(u16, usize)] = &[(0x0010, 3), (0x0012, 1), (0x0020, 3)];
 
 /// The RFC 9180 appendix text format, independent of the HPKE implementation.
-// Some fields are read only by `against_hpke`, disabled until the HPKE module lands.
-#[allow(dead_code)]
 mod text {
     use std::collections::BTreeMap;
 
@@ -434,8 +432,6 @@ fn parser_rejects_malformed_text() {
 }
 
 // Checks against pqmls_provider::hpke.
-// enable when pqmls_provider::hpke lands
-#[cfg(any())]
 mod against_hpke {
     use super::*;
     use pqmls_provider::hpke::{

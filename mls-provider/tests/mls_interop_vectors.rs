@@ -1322,8 +1322,6 @@ fn welcome_libcrux() {
 }
 
 // Our provider: all seven suites, X448 / Ed448 (4, 6) and P-521 (5) included.
-// enable when PqCrypto lands
-#[cfg(any())]
 mod pqmls {
     use super::*;
 
