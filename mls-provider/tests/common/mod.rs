@@ -82,6 +82,7 @@ pub trait Peer {
     fn process(&mut self, msg: &[u8]) -> Outcome;
     fn try_process(&mut self, msg: &[u8]) -> Result<Outcome, String>;
     fn epoch(&self) -> u64;
+    fn group_id(&self) -> Vec<u8>;
     fn epoch_authenticator(&self) -> Vec<u8>;
     fn exporter(&self) -> Vec<u8>;
     fn leaf_index(&self) -> u32;
@@ -315,6 +316,10 @@ impl<P: OpenMlsProvider> Peer for Client<P> {
 
     fn epoch(&self) -> u64 {
         self.group().epoch().as_u64()
+    }
+
+    fn group_id(&self) -> Vec<u8> {
+        self.group().group_id().as_slice().to_vec()
     }
 
     fn epoch_authenticator(&self) -> Vec<u8> {
