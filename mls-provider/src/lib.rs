@@ -35,10 +35,12 @@ mod crypto;
 pub mod hpke;
 pub mod kdf;
 pub mod sign;
+pub mod storage;
 
 pub use crypto::{CryptoConfig, PqCrypto, ProviderRng, RandError, SUPPORTED_CIPHERSUITES};
 pub use hpke::DeriveProfile;
 pub use sign::SignatureKeyPair;
+pub use storage::{BinaryCodec, JsonCodec, SqliteStorage, StorageError};
 
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
