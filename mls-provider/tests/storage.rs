@@ -1,7 +1,7 @@
 //! OpenMLS groups on [`SqliteStorage`]: a full lifecycle for a classical and a
-//! post-quantum suite, persistence across a reopened file, and a check that every value
-//! OpenMLS stores decodes again with the codec (and decodes to the same group state as
-//! the JSON codec).
+//! post-quantum suite (each reload compared with the live group: epoch, epoch
+//! authenticator, members, an exported secret), persistence across a reopened file, and a
+//! check that every type OpenMLS stores is decoded again with the binary codec.
 //!
 //! The crypto part of our provider is not finished, so a test-only provider combines
 //! `openmls_rust_crypto` (crypto and randomness) with our storage.
