@@ -7,7 +7,33 @@
 //! - [`hpke`]: HPKE (RFC 9180) base mode of our own, with a cache of prepared recipient
 //!   keys ([`cache`]).
 //! - [`SignatureKeyPair`]: a seed-based signing key for every scheme, OpenMLS's `Signer`.
+//! - [`SqliteStorage`]: OpenMLS state in SQLite (`openmls_sqlite_storage` with a compact
+//!   binary codec), a file for real use, in memory for tests ([`storage`]).
 //! - [`Provider`]: the three together as an `OpenMlsProvider`.
+//!
+//! # Example
+//! ```
+//! use openmls::prelude::*;
+//! use pqmls_provider::{PqCrypto, Provider, SignatureKeyPair, SqliteStorage};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cs = Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519;
+//! // A file for real use: `SqliteStorage::open_file("alice.sqlite")`.
+//! let storage: SqliteStorage = SqliteStorage::open_in_memory()?;
+//! let provider = Provider::from_parts(PqCrypto::new()?, storage);
+//!
+//! let signer = SignatureKeyPair::generate(cs.signature_algorithm())?;
+//! signer.store(provider.storage())?; // reload later with SignatureKeyPair::read
+//! let credential = CredentialWithKey {
+//!     credential: BasicCredential::new(b"alice".to_vec()).into(),
+//!     signature_key: signer.public().into(),
+//! };
+//! let mut group = MlsGroup::builder().ciphersuite(cs).build(&provider, &signer, credential)?;
+//! let message = group.create_message(&provider, &signer, b"hello, post-quantum world")?;
+//! # let _ = message;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # DeriveKeyPair profiles (DESIGN.md item 6)
 //! MLS derives every tree key with HPKE's DeriveKeyPair, so all members of a group must

@@ -95,7 +95,7 @@ fn malformed_welcomes_and_commits_are_errors() {
                 continue;
             };
             let r = StagedWelcome::new_from_welcome(&carol.provider, &group_config(), w, None)
-                .and_then(|s| Ok(s.into_group(&carol.provider)));
+                .map(|s| s.into_group(&carol.provider));
             if let Ok(Ok(_)) = r {
                 panic!("{cs:?}: a mutated welcome was accepted");
             }

@@ -13,7 +13,10 @@ use pqmls_provider::{PqCrypto, Provider, SignatureKeyPair, SqliteStorage};
 type FileProvider = Provider<SqliteStorage>;
 
 fn open(path: &std::path::Path) -> FileProvider {
-    Provider::from_parts(PqCrypto::new().unwrap(), SqliteStorage::open_file(path).unwrap())
+    Provider::from_parts(
+        PqCrypto::new().unwrap(),
+        SqliteStorage::open_file(path).unwrap(),
+    )
 }
 
 fn run(cs: Ciphersuite) {
@@ -25,13 +28,26 @@ fn run(cs: Ciphersuite) {
     let kp = SignatureKeyPair::generate(cs.signature_algorithm()).unwrap();
     let public = kp.public().to_vec();
     let provider = open(&path);
-    kp.store(openmls_traits::OpenMlsProvider::storage(&provider)).unwrap();
-    let alice = Client::with_signer("alice", "pqmls", provider, cs, ClientSigner::Ours(kp), public.clone());
+    kp.store(openmls_traits::OpenMlsProvider::storage(&provider))
+        .unwrap();
+    let alice = Client::with_signer(
+        "alice",
+        "pqmls",
+        provider,
+        cs,
+        ClientSigner::Ours(kp),
+        public.clone(),
+    );
 
     let mut all: Vec<Box<dyn Peer>> = vec![
         Box::new(alice),
         Box::new(Client::new_ours("bob", our_provider(), cs)),
-        Box::new(Client::new_raw("carol", "openmls_rust_crypto", openmls_rust_crypto::OpenMlsRustCrypto::default(), cs)),
+        Box::new(Client::new_raw(
+            "carol",
+            "openmls_rust_crypto",
+            openmls_rust_crypto::OpenMlsRustCrypto::default(),
+            cs,
+        )),
     ];
     all[0].create_group();
     let mut members = vec![0];
@@ -42,7 +58,10 @@ fn run(cs: Ciphersuite) {
     let epoch = all[0].epoch();
 
     // Drop alice's provider and group entirely, as a process exit would.
-    let old = std::mem::replace(&mut all[0], Box::new(Client::new_ours("placeholder", our_provider(), cs)));
+    let old = std::mem::replace(
+        &mut all[0],
+        Box::new(Client::new_ours("placeholder", our_provider(), cs)),
+    );
     let group_id = {
         // Recover the group id through the public API before dropping.
         let exporter = old.exporter();
@@ -54,13 +73,28 @@ fn run(cs: Ciphersuite) {
     // Reopen: the signing key and the group come back from the file.
     let provider = open(&path);
     let storage = openmls_traits::OpenMlsProvider::storage(&provider);
-    let kp = SignatureKeyPair::read(storage, &public).unwrap().expect("signing key persisted");
-    let group = MlsGroup::load(storage, &GroupId::from_slice(&group_id)).unwrap().expect("group persisted");
-    let mut alice = Client::with_signer("alice", "pqmls", provider, cs, ClientSigner::Ours(kp), public);
+    let kp = SignatureKeyPair::read(storage, &public)
+        .unwrap()
+        .expect("signing key persisted");
+    let group = MlsGroup::load(storage, &GroupId::from_slice(&group_id))
+        .unwrap()
+        .expect("group persisted");
+    let mut alice = Client::with_signer(
+        "alice",
+        "pqmls",
+        provider,
+        cs,
+        ClientSigner::Ours(kp),
+        public,
+    );
     alice.group = Some(group);
     all[0] = Box::new(alice);
     assert_eq!(all[0].epoch(), epoch, "{tag}: epoch after reopening");
-    assert_eq!(all[0].epoch_authenticator(), before, "{tag}: epoch authenticator after reopening");
+    assert_eq!(
+        all[0].epoch_authenticator(),
+        before,
+        "{tag}: epoch authenticator after reopening"
+    );
     assert_agree(&all, &members, &format!("{tag}: after reopening"));
 
     // The group goes on: messages both ways, commits by alice and by the others.
