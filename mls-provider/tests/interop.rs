@@ -124,3 +124,29 @@ fn mixed_with_openmls_rust_crypto() {
 fn mixed_with_openmls_libcrux_crypto() {
     run_all(PeerKind::Libcrux);
 }
+
+/// With the spec profile on our side, a mixed group breaks at the first path secret we
+/// derive differently: the profile default exists for a reason (DESIGN.md item 6).
+#[test]
+fn spec_profile_does_not_interoperate_with_openmls_providers() {
+    use pqmls_provider::{CryptoConfig, DeriveProfile};
+    let cs = Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519;
+    let config = CryptoConfig {
+        derive_profile: DeriveProfile::HpkePq,
+        ..CryptoConfig::default()
+    };
+    let mut us = Client::new_ours("us", our_provider_with(config), cs);
+    let mut peer = Client::new_raw(
+        "peer",
+        "openmls_rust_crypto",
+        openmls_rust_crypto::OpenMlsRustCrypto::default(),
+        cs,
+    );
+    us.create_group();
+    let kp = peer.key_package();
+    let (_commit, welcome) = us.add(&[kp]);
+    // The peer derives its path keys from the path secret in the Welcome with the plain
+    // profile and finds they do not match the public keys in our tree.
+    let err = peer.try_join(&welcome).unwrap_err();
+    assert!(err.contains("PublicKeyMismatch"), "{err}");
+}

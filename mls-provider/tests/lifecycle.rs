@@ -8,17 +8,17 @@ mod common;
 use common::*;
 use openmls::prelude::Ciphersuite;
 use openmls_traits::crypto::OpenMlsCrypto;
-use pqmls_provider::{PqCrypto, SUPPORTED_CIPHERSUITES};
-
-fn ours(name: &str, cs: Ciphersuite) -> Box<dyn Peer> {
-    Box::new(Client::new_ours(name, our_provider(), cs))
-}
+use pqmls_provider::{CryptoConfig, DeriveProfile, PqCrypto, SUPPORTED_CIPHERSUITES};
 
 fn lifecycle(cs: Ciphersuite) {
-    let tag = format!("{cs:?}");
+    lifecycle_with(cs, CryptoConfig::default());
+}
+
+fn lifecycle_with(cs: Ciphersuite, config: CryptoConfig) {
+    let tag = format!("{cs:?} {:?}", config.derive_profile);
     let mut all: Vec<Box<dyn Peer>> = ["alice", "bob", "carol", "dave"]
         .iter()
-        .map(|n| ours(n, cs))
+        .map(|n| Box::new(Client::new_ours(n, our_provider_with(config), cs)) as Box<dyn Peer>)
         .collect();
     let (alice, bob, carol, dave) = (0, 1, 2, 3);
 
@@ -58,6 +58,45 @@ fn supports_and_supported_ciphersuites_agree() {
                 "openmls_traits suite {cs:?} missing from our list"
             );
         }
+    }
+}
+
+/// The spec (hpke-pq) DeriveKeyPair profile runs whole groups too, on each post-quantum KEM.
+#[test]
+fn lifecycle_hpke_pq_profile() {
+    let config = CryptoConfig {
+        derive_profile: DeriveProfile::HpkePq,
+        ..CryptoConfig::default()
+    };
+    for cs in [
+        Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519,
+        Ciphersuite::MLS_192_MLKEM768_AES256GCM_SHA384_MLDSA65,
+        Ciphersuite::MLS_192_MLKEM1024_AES256GCM_SHA384_P384,
+    ] {
+        lifecycle_with(cs, config);
+    }
+}
+
+/// Both profiles derive the same DHKEM keys (RFC 9180 has one DeriveKeyPair) and different
+/// post-quantum ones.
+#[test]
+fn profiles_differ_only_for_post_quantum_kems() {
+    use openmls_traits::crypto::OpenMlsCrypto as _;
+    let plain = PqCrypto::new().unwrap();
+    let spec = PqCrypto::with_config(CryptoConfig {
+        derive_profile: DeriveProfile::HpkePq,
+        ..CryptoConfig::default()
+    })
+    .unwrap();
+    for cs in SUPPORTED_CIPHERSUITES {
+        let a = plain
+            .derive_hpke_keypair(cs.hpke_config(), &[9u8; 32])
+            .unwrap();
+        let b = spec
+            .derive_hpke_keypair(cs.hpke_config(), &[9u8; 32])
+            .unwrap();
+        let pq = !matches!(cs as u16, 0x0001..=0x0007);
+        assert_eq!(a.public != b.public, pq, "{cs:?}");
     }
 }
 

@@ -10,14 +10,19 @@ use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::signatures::{Signer, SignerError};
 use pqmls_provider::SignatureKeyPair;
 
-/// Our provider as the tests use it. (Switches to the SQLite storage when it lands.)
-pub type OurProvider = pqmls_provider::Provider<openmls_memory_storage::MemoryStorage>;
+/// Our provider as the tests use it: with its own storage, SQLite (in memory here).
+pub type OurProvider = pqmls_provider::Provider<pqmls_provider::SqliteStorage>;
 
 /// A fresh instance of our provider.
 pub fn our_provider() -> OurProvider {
+    our_provider_with(pqmls_provider::CryptoConfig::default())
+}
+
+/// A fresh instance of our provider with the given crypto settings.
+pub fn our_provider_with(config: pqmls_provider::CryptoConfig) -> OurProvider {
     pqmls_provider::Provider::from_parts(
-        pqmls_provider::PqCrypto::new().unwrap(),
-        Default::default(),
+        pqmls_provider::PqCrypto::with_config(config).unwrap(),
+        pqmls_provider::SqliteStorage::open_in_memory().unwrap(),
     )
 }
 
@@ -74,6 +79,7 @@ pub trait Peer {
     fn key_package(&mut self) -> Vec<u8>;
     fn create_group(&mut self);
     fn join(&mut self, welcome: &[u8]);
+    fn try_join(&mut self, welcome: &[u8]) -> Result<(), String>;
     /// Adds members; returns (commit, welcome); the own commit is merged.
     fn add(&mut self, key_packages: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>);
     fn self_update(&mut self) -> Vec<u8>;
@@ -229,6 +235,22 @@ impl<P: OpenMlsProvider> Peer for Client<P> {
             .build(&self.provider, &signer, self.credential.clone())
             .unwrap();
         self.group = Some(group);
+    }
+
+    fn try_join(&mut self, welcome: &[u8]) -> Result<(), String> {
+        let msg = MlsMessageIn::tls_deserialize_exact(welcome).map_err(|e| format!("{e:?}"))?;
+        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+            return Err("not a welcome".into());
+        };
+        let staged =
+            StagedWelcome::new_from_welcome(&self.provider, &group_config(), welcome, None)
+                .map_err(|e| format!("{e:?}"))?;
+        self.group = Some(
+            staged
+                .into_group(&self.provider)
+                .map_err(|e| format!("{e:?}"))?,
+        );
+        Ok(())
     }
 
     fn join(&mut self, welcome: &[u8]) {
