@@ -69,6 +69,7 @@ pub struct PqCrypto {
     config: CryptoConfig,
     rng: Mutex<ChaCha20Rng>,
     cache: KeyCache,
+    vk_cache: crate::sign::VerifyingKeyCache,
 }
 
 impl core::fmt::Debug for PqCrypto {
@@ -106,6 +107,7 @@ impl PqCrypto {
             config,
             rng: Mutex::new(ChaCha20Rng::from_seed(*seed)),
             cache: KeyCache::new(config.cache),
+            vk_cache: crate::sign::VerifyingKeyCache::default(),
         })
     }
 
@@ -308,7 +310,7 @@ impl OpenMlsCrypto for PqCrypto {
         pk: &[u8],
         signature: &[u8],
     ) -> Result<(), CryptoError> {
-        crate::sign::verify(alg, data, pk, signature)
+        self.vk_cache.verify(alg, data, pk, signature)
     }
 
     fn sign(&self, alg: SignatureScheme, data: &[u8], key: &[u8]) -> Result<Vec<u8>, CryptoError> {

@@ -216,6 +216,60 @@ pub(crate) fn verify(
     }
 }
 
+/// Parsed Ed25519 verifying keys, so that a member's key is decompressed once, not once per
+/// message (a point decompression is a field square root, about a fifth of a verification).
+/// Public data only; bounded, cleared when full.
+#[derive(Default)]
+pub(crate) struct VerifyingKeyCache {
+    ed25519: std::sync::Mutex<
+        std::collections::HashMap<[u8; 32], <Ed25519 as pqmls_pq::SignatureScheme>::VerifyingKey>,
+    >,
+}
+
+/// Most Ed25519 keys the cache keeps (32 + ~100 bytes each).
+const VK_CACHE_CAPACITY: usize = 4096;
+
+impl VerifyingKeyCache {
+    /// [`verify`], with Ed25519 keys parsed once.
+    pub(crate) fn verify(
+        &self,
+        scheme: SignatureScheme,
+        msg: &[u8],
+        pk: &[u8],
+        sig: &[u8],
+    ) -> Result<(), CryptoError> {
+        if scheme != SignatureScheme::ED25519 {
+            return verify(scheme, msg, pk, sig);
+        }
+        let key: [u8; 32] = pk.try_into().map_err(|_| CryptoError::CryptoLibraryError)?;
+        let cached = {
+            let map = self
+                .ed25519
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.get(&key).cloned()
+        };
+        let vk = match cached {
+            Some(vk) => vk,
+            None => {
+                let vk = Ed25519::verifying_key_from_bytes(pk)
+                    .map_err(|_| CryptoError::CryptoLibraryError)?;
+                let mut map = self
+                    .ed25519
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if map.len() >= VK_CACHE_CAPACITY {
+                    map.clear();
+                }
+                map.insert(key, vk.clone());
+                vk
+            }
+        };
+        let sig = Ed25519::signature_from_bytes(sig).map_err(|_| CryptoError::InvalidSignature)?;
+        Ed25519::verify(&vk, msg, &[], &sig).map_err(|_| CryptoError::InvalidSignature)
+    }
+}
+
 fn pq_verify<S: pqmls_pq::SignatureScheme>(
     msg: &[u8],
     pk: &[u8],
@@ -443,6 +497,25 @@ mod tests {
             assert_eq!(back.public(), kp.public());
             assert_eq!(back.scheme(), scheme);
         }
+    }
+
+    #[test]
+    fn verifying_key_cache_caches_keys_not_verdicts() {
+        let cache = VerifyingKeyCache::default();
+        let kp = SignatureKeyPair::generate(SignatureScheme::ED25519).unwrap();
+        let sig = Signer::sign(&kp, b"m").unwrap();
+        cache.verify(SignatureScheme::ED25519, b"m", kp.public(), &sig).unwrap();
+        let mut bad = sig.clone();
+        bad[3] ^= 4;
+        assert!(cache.verify(SignatureScheme::ED25519, b"m", kp.public(), &bad).is_err());
+        assert!(cache.verify(SignatureScheme::ED25519, b"n", kp.public(), &sig).is_err());
+        cache.verify(SignatureScheme::ED25519, b"m", kp.public(), &sig).unwrap();
+        assert!(cache.verify(SignatureScheme::ED25519, b"m", &kp.public()[1..], &sig).is_err());
+        // Other schemes pass straight through.
+        let ml = SignatureKeyPair::generate(SignatureScheme::MLDSA44).unwrap();
+        let s = Signer::sign(&ml, b"m").unwrap();
+        cache.verify(SignatureScheme::MLDSA44, b"m", ml.public(), &s).unwrap();
+        assert!(cache.verify(SignatureScheme::MLDSA44, b"x", ml.public(), &s).is_err());
     }
 
     #[test]
