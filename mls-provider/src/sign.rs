@@ -504,18 +504,40 @@ mod tests {
         let cache = VerifyingKeyCache::default();
         let kp = SignatureKeyPair::generate(SignatureScheme::ED25519).unwrap();
         let sig = Signer::sign(&kp, b"m").unwrap();
-        cache.verify(SignatureScheme::ED25519, b"m", kp.public(), &sig).unwrap();
+        cache
+            .verify(SignatureScheme::ED25519, b"m", kp.public(), &sig)
+            .unwrap();
         let mut bad = sig.clone();
         bad[3] ^= 4;
-        assert!(cache.verify(SignatureScheme::ED25519, b"m", kp.public(), &bad).is_err());
-        assert!(cache.verify(SignatureScheme::ED25519, b"n", kp.public(), &sig).is_err());
-        cache.verify(SignatureScheme::ED25519, b"m", kp.public(), &sig).unwrap();
-        assert!(cache.verify(SignatureScheme::ED25519, b"m", &kp.public()[1..], &sig).is_err());
+        assert!(
+            cache
+                .verify(SignatureScheme::ED25519, b"m", kp.public(), &bad)
+                .is_err()
+        );
+        assert!(
+            cache
+                .verify(SignatureScheme::ED25519, b"n", kp.public(), &sig)
+                .is_err()
+        );
+        cache
+            .verify(SignatureScheme::ED25519, b"m", kp.public(), &sig)
+            .unwrap();
+        assert!(
+            cache
+                .verify(SignatureScheme::ED25519, b"m", &kp.public()[1..], &sig)
+                .is_err()
+        );
         // Other schemes pass straight through.
         let ml = SignatureKeyPair::generate(SignatureScheme::MLDSA44).unwrap();
         let s = Signer::sign(&ml, b"m").unwrap();
-        cache.verify(SignatureScheme::MLDSA44, b"m", ml.public(), &s).unwrap();
-        assert!(cache.verify(SignatureScheme::MLDSA44, b"x", ml.public(), &s).is_err());
+        cache
+            .verify(SignatureScheme::MLDSA44, b"m", ml.public(), &s)
+            .unwrap();
+        assert!(
+            cache
+                .verify(SignatureScheme::MLDSA44, b"x", ml.public(), &s)
+                .is_err()
+        );
     }
 
     #[test]

@@ -247,6 +247,51 @@ impl<C: Codec> SqliteStorage<C> {
         self.connection
     }
 
+    /// Writes one row of `openmls_group_data` exactly as `openmls_sqlite_storage` does (same
+    /// key and value encoding, same `data_type` names), through a cached prepared statement:
+    /// these rows are written on every message and commit, and preparing the statement each
+    /// time (as upstream does) is a measurable part of a message's cost.
+    fn write_group_data<K: serde::Serialize, V: serde::Serialize>(
+        &self,
+        group_id: &K,
+        data_type: &str,
+        value: &V,
+    ) -> Result<(), rusqlite::Error> {
+        let key = C::to_vec(group_id).map_err(to_sql_error)?;
+        let value = C::to_vec(value).map_err(to_sql_error)?;
+        self.connection
+            .prepare_cached(
+                "INSERT OR REPLACE INTO openmls_group_data
+                 (group_id, data_type, group_data, provider_version) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![key, data_type, value, CURRENT_VERSION])?;
+        Ok(())
+    }
+
+    /// Reads a row written by [`Self::write_group_data`] (or by upstream).
+    fn read_group_data<K: serde::Serialize, V: serde::de::DeserializeOwned>(
+        &self,
+        group_id: &K,
+        data_type: &str,
+    ) -> Result<Option<V>, rusqlite::Error> {
+        let key = C::to_vec(group_id).map_err(to_sql_error)?;
+        let bytes: Option<Vec<u8>> = self
+            .connection
+            .prepare_cached(
+                "SELECT group_data FROM openmls_group_data
+                 WHERE group_id = ?1 AND data_type = ?2 AND provider_version = ?3",
+            )?
+            .query_row(params![key, data_type, CURRENT_VERSION], |row| row.get(0))
+            .optional()?;
+        bytes
+            .map(|b| {
+                C::from_slice(&b).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(0, Type::Blob, Box::new(e))
+                })
+            })
+            .transpose()
+    }
+
     /// The upstream provider over a borrowed connection, which does the work.
     fn sqlite(&self) -> SqliteStorageProvider<C, &Connection> {
         SqliteStorageProvider::new(&self.connection)
@@ -325,8 +370,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         group_id: &GroupId,
         tree: &TreeSync,
     ) -> Result<(), Self::Error> {
-        self.sqlite()
-            .write_tree::<GroupId, TreeSync>(group_id, tree)
+        self.write_group_data(group_id, "tree", tree)
     }
 
     fn write_interim_transcript_hash<
@@ -337,11 +381,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         group_id: &GroupId,
         interim_transcript_hash: &InterimTranscriptHash,
     ) -> Result<(), Self::Error> {
-        self.sqlite()
-            .write_interim_transcript_hash::<GroupId, InterimTranscriptHash>(
-                group_id,
-                interim_transcript_hash,
-            )
+        self.write_group_data(group_id, "interim_transcript_hash", interim_transcript_hash)
     }
 
     fn write_context<
@@ -352,8 +392,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         group_id: &GroupId,
         group_context: &GroupContext,
     ) -> Result<(), Self::Error> {
-        self.sqlite()
-            .write_context::<GroupId, GroupContext>(group_id, group_context)
+        self.write_group_data(group_id, "context", group_context)
     }
 
     fn write_confirmation_tag<
@@ -364,8 +403,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         group_id: &GroupId,
         confirmation_tag: &ConfirmationTag,
     ) -> Result<(), Self::Error> {
-        self.sqlite()
-            .write_confirmation_tag::<GroupId, ConfirmationTag>(group_id, confirmation_tag)
+        self.write_group_data(group_id, "confirmation_tag", confirmation_tag)
     }
 
     fn write_group_state<
@@ -388,8 +426,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         group_id: &GroupId,
         message_secrets: &MessageSecrets,
     ) -> Result<(), Self::Error> {
-        self.sqlite()
-            .write_message_secrets::<GroupId, MessageSecrets>(group_id, message_secrets)
+        self.write_group_data(group_id, "message_secrets", message_secrets)
     }
 
     fn write_resumption_psk_store<
@@ -427,8 +464,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         group_id: &GroupId,
         group_epoch_secrets: &GroupEpochSecrets,
     ) -> Result<(), Self::Error> {
-        self.sqlite()
-            .write_group_epoch_secrets::<GroupId, GroupEpochSecrets>(group_id, group_epoch_secrets)
+        self.write_group_data(group_id, "group_epoch_secrets", group_epoch_secrets)
     }
 
     fn write_signature_key_pair<
@@ -563,7 +599,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<TreeSync>, Self::Error> {
-        self.sqlite().tree::<GroupId, TreeSync>(group_id)
+        self.read_group_data(group_id, "tree")
     }
 
     fn group_context<
@@ -573,8 +609,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<GroupContext>, Self::Error> {
-        self.sqlite()
-            .group_context::<GroupId, GroupContext>(group_id)
+        self.read_group_data(group_id, "context")
     }
 
     fn interim_transcript_hash<
@@ -584,8 +619,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<InterimTranscriptHash>, Self::Error> {
-        self.sqlite()
-            .interim_transcript_hash::<GroupId, InterimTranscriptHash>(group_id)
+        self.read_group_data(group_id, "interim_transcript_hash")
     }
 
     fn confirmation_tag<
@@ -595,8 +629,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<ConfirmationTag>, Self::Error> {
-        self.sqlite()
-            .confirmation_tag::<GroupId, ConfirmationTag>(group_id)
+        self.read_group_data(group_id, "confirmation_tag")
     }
 
     fn group_state<
@@ -616,8 +649,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<MessageSecrets>, Self::Error> {
-        self.sqlite()
-            .message_secrets::<GroupId, MessageSecrets>(group_id)
+        self.read_group_data(group_id, "message_secrets")
     }
 
     fn resumption_psk_store<
@@ -649,8 +681,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<GroupEpochSecrets>, Self::Error> {
-        self.sqlite()
-            .group_epoch_secrets::<GroupId, GroupEpochSecrets>(group_id)
+        self.read_group_data(group_id, "group_epoch_secrets")
     }
 
     fn signature_key_pair<
