@@ -241,6 +241,21 @@ impl<K: Kind> Member<K> {
             .unwrap()
     }
 
+    /// A KeyPackage of another client (its own signing key and credential) made with
+    /// this member's provider, as it goes on the wire.
+    fn foreign_key_package(&self, name: &str) -> Vec<u8> {
+        let (signer, public) = K::signer(self.cs.signature_algorithm());
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(name.as_bytes().to_vec()).into(),
+            signature_key: public.into(),
+        };
+        let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(capabilities(self.cs))
+            .build(self.cs, &self.provider, &signer, credential)
+            .unwrap();
+        ser(&MlsMessageOut::from(bundle.key_package().clone()))
+    }
+
     /// A fresh KeyPackage as it goes on the wire.
     fn key_package(&self) -> Vec<u8> {
         ser(&MlsMessageOut::from(
@@ -491,10 +506,12 @@ impl<K: Kind> Bench for Fixture<K> {
     fn create_add(&mut self, n: usize, iters: u64) -> Duration {
         let mut total = Duration::ZERO;
         for _ in 0..iters {
-            // Untimed: a fresh creator, and n KeyPackages of fresh members.
+            // Untimed: a fresh creator, and KeyPackages of n new clients (one provider).
             let mut creator = Member::<K>::new(self.cs, "creator");
             let source = Member::<K>::new(self.cs, "new members");
-            let kps: Vec<Vec<u8>> = (0..n).map(|_| source.key_package()).collect();
+            let kps: Vec<Vec<u8>> = (0..n)
+                .map(|i| source.foreign_key_package(&format!("member {}", i + 1)))
+                .collect();
 
             let start = Instant::now();
             creator.create_group();
