@@ -1,4 +1,5 @@
-//! Differential fuzz targets for `pqmls-pq`.
+//! Fuzz targets: differential ones for `pqmls-pq`, and robustness targets with built-in
+//! properties for `pqmls-provider`.
 //!
 //! Each `pub fn pq_*(data: &[u8])` is the body of one cargo-fuzz target
 //! (`fuzz_targets/pq_*.rs` is a one-line `fuzz_target!` wrapper around it). A body decodes
@@ -17,12 +18,25 @@
 //! | [`pq_ml_dsa_verify`] | [`MlDsa44`], [`MlDsa65`], [`MlDsa87`] | RustCrypto `ml-dsa` |
 //! | [`pq_composite_verify`] | [`MlDsa44Ed25519`], [`MlDsa65Ed25519`] | [`composite_verify_oracle`]: RustCrypto `ml-dsa` + `ed25519-dalek` + `sha2`, written here from draft-ietf-lamps-pq-composite-sigs |
 //!
+//! The provider targets live in their own modules (each brings a fixture):
+//!
+//! | target | code under test | checks |
+//! |---|---|---|
+//! | [`provider_hpke_open`] ([`provider_hpke`]) | `pqmls_provider::hpke` and `PqCrypto::hpke_open`, all 8 KEMs | no panic; both entry points agree; seal-then-open round trips, modified seals are rejected |
+//! | [`provider_mls_process`] ([`provider_mls`]) | OpenMLS 0.9 on `pqmls_provider::Provider`, suite 0x004F | no panic processing messages, Welcomes and KeyPackages against a live group; what alice commits, bob accepts |
+//!
 //! Input formats are documented on each body; `tests/gen_corpus.rs` writes the seed
 //! corpora in those formats.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Fuzz bodies panic by design.
+
+pub mod provider_hpke;
+pub mod provider_mls;
+
+pub use provider_hpke::provider_hpke_open;
+pub use provider_mls::provider_mls_process;
 
 use ed25519_dalek::Signer as _;
 use ml_dsa::{EncodedSignature, EncodedVerifyingKey};
@@ -44,6 +58,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("pq_ml_kem_ek_parse", pq_ml_kem_ek_parse),
     ("pq_ml_dsa_verify", pq_ml_dsa_verify),
     ("pq_composite_verify", pq_composite_verify),
+    ("provider_hpke_open", provider_hpke_open),
+    ("provider_mls_process", provider_mls_process),
 ];
 
 // ---------------------------------------------------------------------------------------

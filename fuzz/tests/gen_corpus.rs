@@ -460,4 +460,219 @@ fn generate_seed_corpora() {
     ml_kem_ek_parse();
     ml_dsa_verify();
     composite_verify();
+    provider_hpke_open();
+    provider_mls_process();
+}
+
+// ---------------------------------------------------------------------------------------
+// Provider targets
+// ---------------------------------------------------------------------------------------
+
+fn provider_hpke_open() {
+    use pqmls_fuzz::provider_hpke::{
+        FLAG_EXACT_LEN, FLAG_SEAL, FLAG_WRONG_AAD, FLAG_WRONG_INFO, KEMS, eseed_len, recipient,
+        selector, suite_of,
+    };
+    use pqmls_provider::hpke;
+    let mut c = Corpus::new("provider_hpke_open");
+    c.add("empty", &[]);
+    let info = var(b"pqmls-fuzz info");
+    let aad = var(b"pqmls-fuzz aad");
+    for (k, kem) in KEMS.iter().enumerate() {
+        // KDF and AEAD rotate with the KEM, so every one of them is in a valid seed.
+        let sel = selector(k, k % 3, k % 3);
+        let ikm_e = det(&format!("hpke ikm_e {k}"), eseed_len(*kem));
+        let pt = format!("plaintext for {kem:?}").into_bytes();
+        let seal = [
+            &[sel, FLAG_SEAL | FLAG_EXACT_LEN, 32][..],
+            &info,
+            &aad,
+            &ikm_e,
+            &var(&pt),
+        ]
+        .concat();
+        c.add("seal", &[&seal, &[0, 0]]);
+        c.add("seal-mutate-enc", &[&seal, &xors(&[(1, 0x01)]), &[0]]);
+        c.add("seal-mutate-ct", &[&seal, &[0], &xors(&[(0, 0x80)])]);
+        // The same seal, given whole to the open mode.
+        let suite = suite_of(sel);
+        let (enc, mut ctx) = hpke::setup_base_sender_derand(
+            suite,
+            &recipient(*kem).public,
+            b"pqmls-fuzz info",
+            &ikm_e,
+        )
+        .unwrap();
+        let ct = ctx.seal(b"pqmls-fuzz aad", &pt).unwrap();
+        let sk = &recipient(*kem).private;
+        let mut rx = hpke::setup_base_receiver(suite, &enc, sk, b"pqmls-fuzz info").unwrap();
+        assert_eq!(rx.open(b"pqmls-fuzz aad", &ct).unwrap(), pt);
+        c.add(
+            "open-valid",
+            &[&[sel, FLAG_EXACT_LEN, 32], &enc, &var(&ct), &aad, &info],
+        );
+        c.add(
+            "open-var-enc",
+            &[&[sel, 0, 32], &var(&enc), &var(&ct), &aad, &info],
+        );
+    }
+    // Export-only, wrong info / aad, free-length ikm_e (wrong for the post-quantum KEMs).
+    let x25519 = KEMS
+        .iter()
+        .position(|k| *k == hpke::Kem::DhKemX25519)
+        .unwrap();
+    let xwing = KEMS.iter().position(|k| *k == hpke::Kem::XWing).unwrap();
+    for k in [x25519, xwing] {
+        let ikm_e = det(&format!("hpke ikm_e {k}"), eseed_len(KEMS[k]));
+        let body = |sel: u8, flags: u8, ikm: &[u8]| {
+            [
+                &[sel, flags, 64][..],
+                &info,
+                &aad,
+                ikm,
+                &var(b"pt"),
+                &[0, 0],
+            ]
+            .concat()
+        };
+        c.add(
+            "export-only",
+            &[&body(selector(k, 1, 3), FLAG_SEAL | FLAG_EXACT_LEN, &ikm_e)],
+        );
+        c.add(
+            "wrong-info",
+            &[&body(
+                selector(k, 2, 2),
+                FLAG_SEAL | FLAG_EXACT_LEN | FLAG_WRONG_INFO,
+                &ikm_e,
+            )],
+        );
+        c.add(
+            "wrong-aad",
+            &[&body(
+                selector(k, 0, 1),
+                FLAG_SEAL | FLAG_EXACT_LEN | FLAG_WRONG_AAD,
+                &ikm_e,
+            )],
+        );
+        c.add(
+            "free-ikm",
+            &[&body(selector(k, 0, 0), FLAG_SEAL, &var(&ikm_e[..20]))],
+        );
+    }
+    c.write();
+}
+
+fn provider_mls_process() {
+    use pqmls_fuzz::provider_mls::{
+        ALICE, BOB, CAROL, Fixture, MODE_KEY_PACKAGE, MODE_MESSAGE, MODE_WELCOME, Step, process,
+    };
+    let f = Fixture::get();
+    let mut c = Corpus::new("provider_mls_process");
+    let mut add = |name: &str, parts: &[&[u8]], expect: &[Step]| {
+        let data = parts.concat();
+        assert_eq!(process(&data), expect, "seed {name}");
+        c.add(name, &[&data]);
+    };
+    let to = |who: usize| [MODE_MESSAGE + 3 * u8::try_from(who).unwrap()];
+    add("empty", &[], &[]);
+
+    let mut alice = f.det_client(ALICE, "seed app");
+    let app = alice.send(b"hello bob");
+    add(
+        "app-alice-to-bob",
+        &[&to(BOB), &app],
+        &[Step::Application(b"hello bob".to_vec())],
+    );
+    let mut bob = f.det_client(BOB, "seed app bob");
+    let app = bob.send(b"hello alice");
+    add(
+        "app-bob-to-alice",
+        &[&to(ALICE), &app],
+        &[Step::Application(b"hello alice".to_vec())],
+    );
+
+    let mut alice = f.det_client(ALICE, "seed update");
+    let commit = alice.self_update();
+    let app = alice.send(b"after update");
+    add("commit-update", &[&to(BOB), &commit], &[Step::Commit]);
+    add(
+        "commit-update-then-app",
+        &[&to(CAROL), &commit, &app],
+        &[Step::Commit, Step::Application(b"after update".to_vec())],
+    );
+
+    let mut alice = f.det_client(ALICE, "seed add");
+    let (commit, welcome) = alice.add(std::slice::from_ref(&f.dave_key_package));
+    let app = alice.send(b"welcome dave");
+    add("commit-add", &[&to(BOB), &commit], &[Step::Commit]);
+    add(
+        "welcome-then-app",
+        &[&[MODE_WELCOME], &welcome, &app],
+        &[Step::Joined, Step::Application(b"welcome dave".to_vec())],
+    );
+
+    let mut alice = f.det_client(ALICE, "seed remove");
+    let bob_leaf = alice
+        .group
+        .as_ref()
+        .unwrap()
+        .members()
+        .nth(BOB)
+        .unwrap()
+        .index
+        .u32();
+    let carol_leaf = alice
+        .group
+        .as_ref()
+        .unwrap()
+        .members()
+        .nth(CAROL)
+        .unwrap()
+        .index
+        .u32();
+    let commit = alice.remove(&[carol_leaf]);
+    add("commit-remove", &[&to(BOB), &commit], &[Step::Commit]);
+    let mut alice = f.det_client(ALICE, "seed remove bob");
+    let commit = alice.remove(&[bob_leaf]);
+    add(
+        "commit-remove-receiver",
+        &[&to(BOB), &commit],
+        &[Step::Commit],
+    );
+
+    // Carol proposes adding dave, alice commits it: bob sees both; dave joins.
+    let mut carol = f.det_client(CAROL, "seed proposal");
+    let proposal = carol.propose_add(&f.dave_key_package);
+    let mut alice = f.det_client(ALICE, "seed proposal commit");
+    assert_eq!(
+        alice.process(pqmls_fuzz::provider_mls::message_in(&proposal)),
+        Ok(Step::Proposal)
+    );
+    let (commit, welcome) = alice.commit_pending();
+    add(
+        "proposal-then-commit",
+        &[&to(BOB), &proposal, &commit],
+        &[Step::Proposal, Step::Commit],
+    );
+    add(
+        "welcome-after-proposal",
+        &[&[MODE_WELCOME], &welcome],
+        &[Step::Joined],
+    );
+
+    // KeyPackages for alice to add: dave's (who then joins) and a stranger's.
+    add(
+        "key-package-dave",
+        &[&[MODE_KEY_PACKAGE], &f.dave_key_package],
+        &[Step::Added],
+    );
+    let mut eve = Fixture::stranger("seed eve");
+    let kp = eve.key_package();
+    add(
+        "key-package-eve",
+        &[&[MODE_KEY_PACKAGE], &kp],
+        &[Step::Added],
+    );
+    c.write();
 }

@@ -71,4 +71,24 @@ replay_tests!(
     pq_ml_kem_ek_parse,
     pq_ml_dsa_verify,
     pq_composite_verify,
+    provider_hpke_open,
+    provider_mls_process,
 );
+
+/// The MLS seeds are real messages of the fixture group (which is deterministic): each
+/// must still be accepted, not merely not crash.
+#[test]
+fn provider_mls_seeds_are_live() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/provider_mls_process");
+    for file in files(&dir) {
+        if file.to_string_lossy().contains("empty") {
+            continue;
+        }
+        let data = std::fs::read(&file).unwrap();
+        assert!(
+            !pqmls_fuzz::provider_mls::process(&data).is_empty(),
+            "{} is no longer accepted (the fixture changed?)",
+            file.display()
+        );
+    }
+}
