@@ -414,8 +414,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         group_id: &GroupId,
         group_state: &GroupState,
     ) -> Result<(), Self::Error> {
-        self.sqlite()
-            .write_group_state::<GroupState, GroupId>(group_id, group_state)
+        self.write_group_data(group_id, "group_state", group_state)
     }
 
     fn write_message_secrets<
@@ -437,11 +436,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         group_id: &GroupId,
         resumption_psk_store: &ResumptionPskStore,
     ) -> Result<(), Self::Error> {
-        self.sqlite()
-            .write_resumption_psk_store::<GroupId, ResumptionPskStore>(
-                group_id,
-                resumption_psk_store,
-            )
+        self.write_group_data(group_id, "resumption_psk_store", resumption_psk_store)
     }
 
     fn write_own_leaf_index<
@@ -452,8 +447,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         group_id: &GroupId,
         own_leaf_index: &LeafNodeIndex,
     ) -> Result<(), Self::Error> {
-        self.sqlite()
-            .write_own_leaf_index::<GroupId, LeafNodeIndex>(group_id, own_leaf_index)
+        self.write_group_data(group_id, "own_leaf_index", own_leaf_index)
     }
 
     fn write_group_epoch_secrets<
@@ -490,8 +484,16 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         public_key: &EncryptionKey,
         key_pair: &HpkeKeyPair,
     ) -> Result<(), Self::Error> {
-        self.sqlite()
-            .write_encryption_key_pair::<EncryptionKey, HpkeKeyPair>(public_key, key_pair)
+        // Upstream's row (openmls_encryption_keys), through a cached statement.
+        let key = C::to_vec(public_key).map_err(to_sql_error)?;
+        let value = C::to_vec(key_pair).map_err(to_sql_error)?;
+        self.connection
+            .prepare_cached(
+                "INSERT OR REPLACE INTO openmls_encryption_keys (public_key, key_pair, provider_version)
+                 VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![key, value, CURRENT_VERSION])?;
+        Ok(())
     }
 
     fn write_encryption_epoch_key_pairs<
@@ -639,7 +641,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<GroupState>, Self::Error> {
-        self.sqlite().group_state::<GroupState, GroupId>(group_id)
+        self.read_group_data(group_id, "group_state")
     }
 
     fn message_secrets<
@@ -659,8 +661,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<ResumptionPskStore>, Self::Error> {
-        self.sqlite()
-            .resumption_psk_store::<GroupId, ResumptionPskStore>(group_id)
+        self.read_group_data(group_id, "resumption_psk_store")
     }
 
     fn own_leaf_index<
@@ -670,8 +671,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<LeafNodeIndex>, Self::Error> {
-        self.sqlite()
-            .own_leaf_index::<GroupId, LeafNodeIndex>(group_id)
+        self.read_group_data(group_id, "own_leaf_index")
     }
 
     fn group_epoch_secrets<
@@ -702,8 +702,21 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         &self,
         public_key: &EncryptionKey,
     ) -> Result<Option<HpkeKeyPair>, Self::Error> {
-        self.sqlite()
-            .encryption_key_pair::<HpkeKeyPair, EncryptionKey>(public_key)
+        let key = C::to_vec(public_key).map_err(to_sql_error)?;
+        let bytes: Option<Vec<u8>> = self
+            .connection
+            .prepare_cached(
+                "SELECT key_pair FROM openmls_encryption_keys WHERE public_key = ?1 AND provider_version = ?2",
+            )?
+            .query_row(params![key, CURRENT_VERSION], |row| row.get(0))
+            .optional()?;
+        bytes
+            .map(|b| {
+                C::from_slice(&b).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(0, Type::Blob, Box::new(e))
+                })
+            })
+            .transpose()
     }
 
     fn encryption_epoch_key_pairs<
@@ -857,8 +870,11 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         &self,
         public_key: &EncryptionKey,
     ) -> Result<(), Self::Error> {
-        self.sqlite()
-            .delete_encryption_key_pair::<EncryptionKey>(public_key)
+        let key = C::to_vec(public_key).map_err(to_sql_error)?;
+        self.connection
+            .prepare_cached("DELETE FROM openmls_encryption_keys WHERE public_key = ?1 AND provider_version = ?2")?
+            .execute(params![key, CURRENT_VERSION])?;
+        Ok(())
     }
 
     fn delete_encryption_epoch_key_pairs<
