@@ -33,8 +33,9 @@
 //!
 //! A store node is a node started with
 //! [`Config::with_store`](node::Config::with_store): it keeps the history of every topic it
-//! subscribes to, serves [`Node::history`] and the directory ([`Node::put`], [`Node::get`]),
-//! and keeps both across restarts.
+//! subscribes to, and by default subscribes to every topic a connected peer subscribes to,
+//! so group members only need to connect to it. It serves [`Node::history`] and the
+//! directory ([`Node::put`], [`Node::get`]), and keeps both across restarts.
 //!
 //! # Design
 //!
@@ -92,8 +93,15 @@
 //! - every node of a network must use this crate's configuration: a stock gossipsub peer
 //!   with the 64 KiB limit drops large messages.
 //!
-//! **Store nodes.** A store writes each accepted message of the topics it subscribes to (and
-//! its own publications) to SQLite (`store.sqlite3` in the data directory, WAL mode) with its
+//! **Store nodes.** A store cannot compute a group's topic (it is a hash of the group id),
+//! so by default it follows its peers ([`store::Config::follow_subscriptions`]): when a
+//! connected peer subscribes to a well-formed topic, or is already subscribed when it
+//! connects, the store subscribes to that topic too, until it serves
+//! [`store::Config::max_topics`] topics (further subscriptions are not followed, counted in
+//! [`node::Counters::topics_not_followed`], and logged once). A followed topic is served like
+//! one subscribed to explicitly, also after a restart, until [`Node::unsubscribe`] is called
+//! on the store. A store writes each accepted message of the topics it subscribes to (and its
+//! own publications) to SQLite (`store.sqlite3` in the data directory, WAL mode) with its
 //! arrival time, prunes rows older than the retention (default 30 days) at start and every
 //! hour, and remembers the topics it serves so a restarted store resubscribes. Database
 //! calls run synchronously on the node task (one small transaction per message), which keeps
@@ -130,9 +138,13 @@
 //! may forward. Time-in-mesh, delivery-rate and IP-colocation components are off: groups
 //! are quiet and many honest peers share an address.
 //!
-//! **Not yet done.** Traffic counters count payload bytes, not bytes on the wire; the store
-//! answers history only for topics it subscribed to while the messages were published;
-//! graylisted peers stay connected (they are ignored, not disconnected).
+//! **Not yet done.** Traffic counters count payload bytes, not bytes on the wire; a store
+//! has a topic's history only from the moment it subscribed to it (for a followed topic:
+//! shortly after the first connected peer subscribed), earlier messages are missing, and a
+//! store with following off has only the topics it was told to subscribe to; followed topics
+//! are never dropped by themselves, so any peer can make a store serve up to `max_topics`
+//! topics, after which it follows no new group; graylisted peers stay connected (they are
+//! ignored, not disconnected).
 //!
 //! **Simulation-friendly.** [`Message`], [`Topic`], [`MessageId`], [`Validator`],
 //! [`Error`], [`store::Cursor`] and [`store::Page`] hold no libp2p types, so an in-process

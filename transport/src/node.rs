@@ -248,6 +248,12 @@ pub struct Counters {
     pub requests_failed: u64,
     /// Times gossipsub reported a peer too slow to take its messages.
     pub slow_peers: u64,
+    /// Topics this store followed because a peer subscribed to them, see
+    /// [`store::Config::follow_subscriptions`].
+    pub topics_followed: u64,
+    /// Peer subscriptions this store did not follow because it already served
+    /// [`store::Config::max_topics`] topics.
+    pub topics_not_followed: u64,
 }
 
 #[derive(Default)]
@@ -270,6 +276,8 @@ struct Stats {
     requests_malformed: Arc<AtomicU64>,
     requests_failed: AtomicU64,
     slow_peers: AtomicU64,
+    topics_followed: AtomicU64,
+    topics_not_followed: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -302,6 +310,8 @@ impl Stats {
             requests_malformed: g(&self.requests_malformed),
             requests_failed: g(&self.requests_failed),
             slow_peers: g(&self.slow_peers),
+            topics_followed: g(&self.topics_followed),
+            topics_not_followed: g(&self.topics_not_followed),
         }
     }
 }
@@ -492,6 +502,7 @@ impl Node {
             pending: HashMap::new(),
             puts: HashMap::new(),
             next_put: 0,
+            topic_limit_warned: false,
         };
         task.resubscribe_served_topics();
         for addr in &config.bootstrap {
@@ -917,6 +928,8 @@ struct Task {
     pending: HashMap<OutboundRequestId, Pending>,
     puts: HashMap<u64, PutOp>,
     next_put: u64,
+    /// Whether the store already warned that it serves `max_topics` topics.
+    topic_limit_warned: bool,
 }
 
 impl Task {
@@ -1361,8 +1374,47 @@ impl Task {
                     self.deliver(message);
                 }
             }
+            gossipsub::Event::Subscribed { peer_id, topic, .. } => self.follow(peer_id, &topic),
             gossipsub::Event::SlowPeer { .. } => bump(&self.stats.slow_peers),
             _ => {}
+        }
+    }
+
+    /// On a store that follows subscriptions, subscribes to a topic `peer` subscribed to
+    /// (gossipsub reports a peer's existing subscriptions when it connects, too).
+    fn follow(&mut self, peer: PeerId, topic: &gossipsub::TopicHash) {
+        let (Some(_), Some(config)) = (&self.store, &self.store_config) else {
+            return;
+        };
+        if !config.follow_subscriptions {
+            return;
+        }
+        let max_topics = config.max_topics;
+        let Some(topic) = Topic::parse(topic.as_str()) else {
+            return;
+        };
+        if self.subscribed.contains(&topic) {
+            return;
+        }
+        let served = self.subscribed.len();
+        if served >= max_topics {
+            bump(&self.stats.topics_not_followed);
+            if !self.topic_limit_warned {
+                self.topic_limit_warned = true;
+                tracing::warn!(
+                    "store serves {served} topics (max_topics {max_topics}): no longer \
+                     following peers' subscriptions, further ones are counted in \
+                     topics_not_followed"
+                );
+            }
+            return;
+        }
+        match self.subscribe(topic.clone()) {
+            Ok(_) => {
+                bump(&self.stats.topics_followed);
+                tracing::debug!("following {peer}'s subscription to {topic}");
+            }
+            Err(e) => tracing::warn!("cannot follow {peer}'s subscription to {topic}: {e}"),
         }
     }
 

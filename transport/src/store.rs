@@ -2,8 +2,10 @@
 //!
 //! A store node writes every accepted gossip message of the topics it subscribes to (and the
 //! messages it publishes itself) into `store.sqlite3` in the node's data directory, prunes
-//! rows older than the retention period, and answers history and directory requests. The
-//! topics it serves are remembered too, so a restarted store resubscribes by itself.
+//! rows older than the retention period, and answers history and directory requests. By
+//! default it also subscribes to the topics its peers subscribe to
+//! ([`Config::follow_subscriptions`]). The topics it serves are remembered too, so a
+//! restarted store resubscribes by itself.
 //!
 //! History is ordered by the store's arrival time, ties broken by message id; a [`Cursor`]
 //! is a position in that order, which makes paging stable while new messages arrive.
@@ -24,6 +26,17 @@ pub struct Config {
     pub retention: Duration,
     /// How often expired messages are deleted (default one hour; also done at start).
     pub prune_interval: Duration,
+    /// Follow the subscriptions of connected peers (default true): when a peer subscribes to
+    /// a topic (or is already subscribed when it connects), the store subscribes to it too,
+    /// keeps its history and resubscribes after a restart, exactly as if
+    /// [`Node::subscribe`](crate::Node::subscribe) had been called. A store cannot compute a
+    /// group's topic (it is a hash of the group id), so this is how it learns which topics
+    /// to keep. With `false` the store keeps only the topics it is told to subscribe to.
+    pub follow_subscriptions: bool,
+    /// Most topics a store serves before it stops following further subscriptions (default
+    /// 100 000). Topics subscribed to explicitly are not refused, but count towards the
+    /// limit. Bounds what peers subscribing to many topics can make a store keep.
+    pub max_topics: usize,
 }
 
 impl Default for Config {
@@ -31,6 +44,8 @@ impl Default for Config {
         Self {
             retention: Duration::from_secs(30 * 24 * 3600),
             prune_interval: Duration::from_secs(3600),
+            follow_subscriptions: true,
+            max_topics: 100_000,
         }
     }
 }
@@ -41,10 +56,39 @@ impl Config {
         self.retention = retention;
         self
     }
+
+    /// Sets whether the store follows the subscriptions of connected peers, see
+    /// [`Config::follow_subscriptions`].
+    pub fn with_follow_subscriptions(mut self, follow: bool) -> Self {
+        self.follow_subscriptions = follow;
+        self
+    }
+
+    /// Sets the most topics the store serves before it stops following subscriptions, see
+    /// [`Config::max_topics`].
+    pub fn with_max_topics(mut self, max_topics: usize) -> Self {
+        self.max_topics = max_topics;
+        self
+    }
 }
 
 /// A position in a topic's history. Pass [`Cursor::beginning`] or [`Cursor::since`] for the
 /// first request, then the `next` cursor of each [`Page`].
+///
+/// A store orders a topic's history by `(arrival time at the store in Unix milliseconds,
+/// message id)`, ids compared as bytes. A cursor `(after_ms, after_id)` asks for the messages
+/// strictly after that position:
+///
+/// - `after_id == Some(id)`: messages that arrived in a later millisecond than `after_ms`,
+///   or in millisecond `after_ms` with an id greater than `id`;
+/// - `after_id == None`: every message that arrived in millisecond `after_ms` or later (the
+///   position just before the first id of `after_ms`). [`Cursor::beginning`] is
+///   `(0, None)`.
+///
+/// Cursors are plain data: [`Cursor::from_parts`], [`Cursor::after_ms`] and
+/// [`Cursor::after_id`] let an application persist one and a simulated network interpret
+/// one. Arrival times are the store's, so a cursor is only meaningful for the store it came
+/// from (or one with the same arrival times, such as the same store after a restart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cursor {
     pub(crate) after_ms: u64,
@@ -52,6 +96,24 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// The cursor at position `(after_ms, after_id)`, for example one read back from
+    /// [`Cursor::after_ms`] and [`Cursor::after_id`]. See [`Cursor`] for what it selects.
+    pub fn from_parts(after_ms: u64, after_id: Option<MessageId>) -> Self {
+        Self { after_ms, after_id }
+    }
+
+    /// The arrival time, in milliseconds since the Unix epoch at the store, that the cursor
+    /// points into.
+    pub fn after_ms(&self) -> u64 {
+        self.after_ms
+    }
+
+    /// The id after which the cursor points within millisecond [`Cursor::after_ms`]; `None`
+    /// means before every message of that millisecond.
+    pub fn after_id(&self) -> Option<MessageId> {
+        self.after_id
+    }
+
     /// Everything the store still holds.
     pub fn beginning() -> Self {
         Self::default()
@@ -349,6 +411,66 @@ mod tests {
             )
             .unwrap();
         assert_eq!(entries.len(), 2);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn cursor_round_trips_through_parts_and_selects_strictly_after() {
+        let id = MessageId([7; 32]);
+        for c in [
+            Cursor::beginning(),
+            Cursor::from_parts(42, None),
+            Cursor::from_parts(42, Some(id)),
+            Cursor::from_parts(u64::MAX, Some(MessageId([0xff; 32]))),
+            Cursor::since(SystemTime::now()),
+        ] {
+            assert_eq!(Cursor::from_parts(c.after_ms(), c.after_id()), c);
+        }
+        assert_eq!(Cursor::beginning(), Cursor::from_parts(0, None));
+        assert_eq!(Cursor::from_parts(42, Some(id)).after_ms(), 42);
+        assert_eq!(Cursor::from_parts(42, Some(id)).after_id(), Some(id));
+
+        // The documented semantics, checked against the store's query: three messages in
+        // one millisecond, one in the next.
+        let dir = tmpdir("cursor");
+        let t = Topic::from_group_id(b"g");
+        let s = Store::open(&dir, &Config::default()).unwrap();
+        let ms = unix_ms(SystemTime::now());
+        let at = from_unix_ms(ms);
+        let ids = [MessageId([1; 32]), MessageId([2; 32]), MessageId([3; 32])];
+        for id in &ids {
+            s.insert(&t, id, at, b"x").unwrap();
+        }
+        let later = MessageId([0; 32]);
+        s.insert(&t, &later, from_unix_ms(ms + 1), b"y").unwrap();
+        let select = |c: Cursor| -> Vec<MessageId> {
+            let (entries, _) = s.history(&t, &c, 100, 1 << 20).unwrap();
+            entries.iter().map(|e| e.id).collect()
+        };
+        let all = vec![ids[0], ids[1], ids[2], later];
+        assert_eq!(select(Cursor::beginning()), all);
+        // `None`: everything from that millisecond on, inclusive.
+        assert_eq!(select(Cursor::from_parts(ms, None)), all);
+        assert_eq!(select(Cursor::from_parts(ms + 1, None)), vec![later]);
+        // `Some(id)`: strictly after (ms, id).
+        assert_eq!(
+            select(Cursor::from_parts(ms, Some(ids[1]))),
+            vec![ids[2], later]
+        );
+        assert_eq!(select(Cursor::from_parts(ms, Some(ids[2]))), vec![later]);
+        assert_eq!(select(Cursor::from_parts(ms + 1, Some(later))), vec![]);
+        // A cursor taken from a message and rebuilt from its parts continues after it.
+        let m = entry_to_message(
+            &t,
+            s.history(&t, &Cursor::beginning(), 1, 1 << 20).unwrap().0[0].clone(),
+        );
+        let c = Cursor::after(&m);
+        assert_eq!(
+            select(Cursor::from_parts(c.after_ms(), c.after_id())),
+            vec![ids[1], ids[2], later]
+        );
+        // `since` is the position just before the first message of that millisecond.
+        assert_eq!(select(Cursor::since(from_unix_ms(ms + 1))), vec![later]);
         std::fs::remove_dir_all(&dir).ok();
     }
 

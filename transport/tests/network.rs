@@ -262,6 +262,151 @@ async fn offline_subscriber_gets_history_from_store_also_after_store_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_follows_client_subscriptions_and_serves_their_history_to_a_latecomer() {
+    let dir = temp_dir("follow");
+    let (s, _s_in) = start(store_config(&dir)).await;
+    let s_addr = tcp_addr(&s).await;
+    let chat = Topic::from_group_id(b"followed chat");
+    let later = Topic::from_group_id(b"followed later");
+
+    // A subscribes before it connects: the store learns the subscription from A's
+    // announcement of its existing subscriptions when the connection opens.
+    let (a, mut a_in) = start(config()).await;
+    a.subscribe(&chat).await.unwrap();
+    a.dial(s_addr.clone()).await.unwrap();
+    wait_until("store follows A's existing subscription", || async {
+        s.mesh_peers(&chat).await.unwrap() >= 1
+    })
+    .await;
+    // A subscription made while connected is followed too.
+    a.subscribe(&later).await.unwrap();
+    wait_until("store follows A's new subscription", || async {
+        s.mesh_peers(&later).await.unwrap() >= 1
+    })
+    .await;
+    assert_eq!(s.counters().topics_followed, 2);
+
+    // B only knows the store; A and B reach each other through it.
+    let (b, mut b_in) = start(config().with_bootstrap(s_addr.clone())).await;
+    b.subscribe(&chat).await.unwrap();
+    wait_until("mesh a-s-b", || async {
+        s.mesh_peers(&chat).await.unwrap() >= 2
+            && a.mesh_peers(&chat).await.unwrap() >= 1
+            && b.mesh_peers(&chat).await.unwrap() >= 1
+            && a.mesh_peers(&later).await.unwrap() >= 1
+    })
+    .await;
+    let mut sent = HashMap::new();
+    for i in 0..3 {
+        let data = format!("from a {i}").into_bytes();
+        sent.insert(a.publish(&chat, data.clone()).await.unwrap(), data);
+        let data = format!("from b {i}").into_bytes();
+        sent.insert(b.publish(&chat, data.clone()).await.unwrap(), data);
+    }
+    for (inbound, from) in [(&mut a_in, "from b"), (&mut b_in, "from a")] {
+        for _ in 0..3 {
+            let m = recv(inbound).await;
+            assert!(m.data.starts_with(from.as_bytes()));
+            assert_eq!(sent.get(&m.id), Some(&m.data));
+        }
+    }
+    let later_data = b"only the store listens".to_vec();
+    let later_id = a.publish(&later, later_data.clone()).await.unwrap();
+    wait_until("store has all seven", || async { s.counters().stored == 7 }).await;
+
+    // C was offline the whole time and never subscribes: one history request each.
+    let (c, _c_in) = start(config().with_bootstrap(s_addr)).await;
+    wait_until("c sees store", || async { c.counters().store_peers == 1 }).await;
+    let page = c.history(&chat, Cursor::beginning()).await.unwrap();
+    assert_eq!(page.next, None);
+    assert_eq!(page.messages.len(), 6);
+    let got: HashMap<_, _> = page.messages.into_iter().map(|m| (m.id, m.data)).collect();
+    assert_eq!(got, sent);
+    let page = c.history(&later, Cursor::beginning()).await.unwrap();
+    let got: Vec<_> = page.messages.into_iter().map(|m| (m.id, m.data)).collect();
+    assert_eq!(got, vec![(later_id, later_data)]);
+    for n in [a, b, c] {
+        n.shutdown().await.unwrap();
+    }
+
+    // Followed topics are recorded like explicit ones: a restarted store serves them at
+    // once, with following off and no peer connected.
+    s.shutdown().await.unwrap();
+    let no_follow = store::Config::default().with_follow_subscriptions(false);
+    let (s, _s_in) = start(config().with_store(&dir, no_follow)).await;
+    assert_eq!(all_history(&s, &chat).await.len(), 6);
+    assert_eq!(all_history(&s, &later).await.len(), 1);
+    s.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Starts a client connected to `store` that subscribes to `topics` in order once connected,
+/// so each subscription reaches the store in its own message, in that order.
+async fn client_subscribed_via(store: &Node, topics: &[&Topic]) -> (Node, Inbound) {
+    let (a, a_in) = start(config().with_bootstrap(tcp_addr(store).await)).await;
+    wait_until("client connected", || async {
+        a.counters().connected_peers == 1
+    })
+    .await;
+    for t in topics {
+        a.subscribe(t).await.unwrap();
+    }
+    (a, a_in)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_with_following_off_does_not_follow_subscriptions() {
+    let dir = temp_dir("no-follow");
+    let explicit = Topic::from_group_id(b"explicit");
+    let ignored = Topic::from_group_id(b"not followed");
+    let no_follow = store::Config::default().with_follow_subscriptions(false);
+    let (s, _s_in) = start(config().with_store(&dir, no_follow)).await;
+    s.subscribe(&explicit).await.unwrap();
+    let (a, _a_in) = client_subscribed_via(&s, &[&ignored, &explicit]).await;
+    // The store handles A's subscriptions in order: once A is in its mesh for `explicit`, it
+    // has seen the subscription to `ignored` and did not follow it.
+    wait_until("mesh on the explicit topic", || async {
+        s.mesh_peers(&explicit).await.unwrap() >= 1 && a.mesh_peers(&explicit).await.unwrap() >= 1
+    })
+    .await;
+    assert_eq!(s.mesh_peers(&ignored).await.unwrap(), 0);
+    let c = s.counters();
+    assert_eq!((c.topics_followed, c.topics_not_followed), (0, 0));
+    // Nobody else subscribes to `ignored`, so A's message reaches no one.
+    assert!(matches!(
+        a.publish(&ignored, b"lost".to_vec()).await,
+        Err(Error::NoPeers)
+    ));
+    for n in [a, s] {
+        n.shutdown().await.unwrap();
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_stops_following_at_max_topics() {
+    let dir = temp_dir("max-topics");
+    let topics: Vec<Topic> = (0..3u8).map(|i| Topic::from_group_id(&[i])).collect();
+    let refs: Vec<&Topic> = topics.iter().collect();
+    let full_at_one = store::Config::default().with_max_topics(1);
+    let (s, _s_in) = start(config().with_store(&dir, full_at_one)).await;
+    let (a, _a_in) = client_subscribed_via(&s, &refs).await;
+    wait_until("two subscriptions refused", || async {
+        s.counters().topics_not_followed == 2
+    })
+    .await;
+    assert_eq!(s.counters().topics_followed, 1);
+    // The first one was followed, the later ones not.
+    assert_eq!(s.mesh_peers(&topics[0]).await.unwrap(), 1);
+    assert_eq!(s.mesh_peers(&topics[1]).await.unwrap(), 0);
+    assert_eq!(s.mesh_peers(&topics[2]).await.unwrap(), 0);
+    for n in [a, s] {
+        n.shutdown().await.unwrap();
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_put_on_one_node_get_from_another_survives_store_restart() {
     let dir = temp_dir("directory");
     let (s, _s_in) = start(store_config(&dir)).await;
