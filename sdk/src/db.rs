@@ -1,0 +1,271 @@
+//! The SDK's own tables, in the same SQLite file as the provider's OpenMLS tables, and the
+//! group snapshots that let a member move to another branch after a fork.
+//!
+//! Every state change of the client (an MLS operation, the messages it produced, what it
+//! received) happens inside one SQLite transaction, so a crash leaves either all of it or
+//! none of it.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::Result;
+
+/// Version of the SDK schema, in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Creates the SDK's tables if they do not exist yet.
+pub(crate) fn migrate(db: &Connection) -> Result<()> {
+    let version: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    db.execute_batch(
+        "BEGIN;
+         CREATE TABLE IF NOT EXISTS pqmls_identity (
+             id INTEGER PRIMARY KEY CHECK (id = 1),
+             name TEXT NOT NULL,
+             suite INTEGER NOT NULL,
+             signer BLOB NOT NULL
+         );
+         -- Groups this client is or was in.
+         CREATE TABLE IF NOT EXISTS pqmls_groups (
+             group_id BLOB PRIMARY KEY,
+             active INTEGER NOT NULL,
+             joined_ms INTEGER NOT NULL,
+             last_update_ms INTEGER NOT NULL
+         );
+         -- How far each topic's history has been read from the store nodes.
+         CREATE TABLE IF NOT EXISTS pqmls_cursors (
+             topic TEXT PRIMARY KEY,
+             after_ms INTEGER NOT NULL,
+             after_id BLOB
+         );
+         -- Application messages, sent and received, de-duplicated on the sender's uid.
+         CREATE TABLE IF NOT EXISTS pqmls_messages (
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             group_id BLOB NOT NULL,
+             uid BLOB NOT NULL,
+             sender TEXT NOT NULL,
+             epoch INTEGER NOT NULL,
+             sent_ms INTEGER NOT NULL,
+             own INTEGER NOT NULL,
+             body BLOB NOT NULL,
+             UNIQUE (group_id, uid)
+         );
+         -- Payloads written but not yet accepted by the transport.
+         CREATE TABLE IF NOT EXISTS pqmls_outbox (
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             topic TEXT NOT NULL,
+             payload BLOB NOT NULL
+         );
+         -- Transport ids of the payloads already handled.
+         CREATE TABLE IF NOT EXISTS pqmls_seen (
+             id BLOB PRIMARY KEY
+         );
+         -- Every commit seen for a group, by epoch; `merged` marks the one on our branch.
+         CREATE TABLE IF NOT EXISTS pqmls_commits (
+             group_id BLOB NOT NULL,
+             epoch INTEGER NOT NULL,
+             hash BLOB NOT NULL,
+             payload BLOB NOT NULL,
+             own INTEGER NOT NULL,
+             merged INTEGER NOT NULL DEFAULT 0,
+             welcome BLOB,
+             invitee TEXT,
+             intent INTEGER,
+             PRIMARY KEY (group_id, hash)
+         );
+         CREATE INDEX IF NOT EXISTS pqmls_commits_epoch ON pqmls_commits (group_id, epoch);
+         -- Messages that cannot be handled yet (future epoch, or another branch).
+         CREATE TABLE IF NOT EXISTS pqmls_pending (
+             group_id BLOB NOT NULL,
+             id BLOB NOT NULL,
+             epoch INTEGER NOT NULL,
+             payload BLOB NOT NULL,
+             PRIMARY KEY (group_id, id)
+         );
+         -- Operations this client wants committed, kept until the group reflects them.
+         CREATE TABLE IF NOT EXISTS pqmls_intents (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             group_id BLOB NOT NULL,
+             kind TEXT NOT NULL,
+             user TEXT NOT NULL,
+             key_package BLOB
+         );
+         -- Our key packages in the directory, by slot (-1 is the last-resort one).
+         CREATE TABLE IF NOT EXISTS pqmls_key_packages (
+             slot INTEGER PRIMARY KEY,
+             kp_ref BLOB NOT NULL,
+             published INTEGER NOT NULL
+         );
+         -- Snapshots of a group's OpenMLS rows at the start of an epoch.
+         CREATE TABLE IF NOT EXISTS pqmls_snap_group_data (
+             snap_group BLOB NOT NULL, snap_epoch INTEGER NOT NULL,
+             provider_version INTEGER NOT NULL, group_id BLOB NOT NULL,
+             data_type TEXT NOT NULL, group_data BLOB NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS pqmls_snap_epoch_keys (
+             snap_group BLOB NOT NULL, snap_epoch INTEGER NOT NULL,
+             provider_version INTEGER NOT NULL, group_id BLOB NOT NULL,
+             epoch_id BLOB NOT NULL, leaf_index INTEGER NOT NULL, key_pairs BLOB NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS pqmls_snap_own_leaf_nodes (
+             snap_group BLOB NOT NULL, snap_epoch INTEGER NOT NULL, ord INTEGER NOT NULL,
+             provider_version INTEGER NOT NULL, group_id BLOB NOT NULL, leaf_node BLOB NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS pqmls_snap_proposals (
+             snap_group BLOB NOT NULL, snap_epoch INTEGER NOT NULL,
+             provider_version INTEGER NOT NULL, group_id BLOB NOT NULL,
+             proposal_ref BLOB NOT NULL, proposal BLOB NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS pqmls_snap_enc_keys (
+             snap_group BLOB NOT NULL, snap_epoch INTEGER NOT NULL,
+             provider_version INTEGER NOT NULL, public_key BLOB NOT NULL, key_pair BLOB NOT NULL
+         );
+         PRAGMA user_version = 1;
+         COMMIT;",
+    )?;
+    Ok(())
+}
+
+/// Copies the OpenMLS rows of one group (`key` is its id as the storage encodes it) and
+/// the key pair of our own leaf (`leaf_key`, encoded the same way) into the snapshot
+/// tables, as the state at the start of `epoch`.
+pub(crate) fn snapshot(
+    db: &Connection,
+    group: &[u8],
+    epoch: u64,
+    key: &[u8],
+    leaf_key: Option<&[u8]>,
+) -> Result<()> {
+    let e = to_i64(epoch);
+    drop_snapshot(db, group, epoch)?;
+    db.prepare_cached(
+        "INSERT INTO pqmls_snap_group_data
+         SELECT ?1, ?2, provider_version, group_id, data_type, group_data
+         FROM openmls_group_data WHERE group_id = ?3",
+    )?
+    .execute(params![group, e, key])?;
+    db.prepare_cached(
+        "INSERT INTO pqmls_snap_epoch_keys
+         SELECT ?1, ?2, provider_version, group_id, epoch_id, leaf_index, key_pairs
+         FROM openmls_epoch_keys_pairs WHERE group_id = ?3",
+    )?
+    .execute(params![group, e, key])?;
+    db.prepare_cached(
+        "INSERT INTO pqmls_snap_own_leaf_nodes
+         SELECT ?1, ?2, id, provider_version, group_id, leaf_node
+         FROM openmls_own_leaf_nodes WHERE group_id = ?3",
+    )?
+    .execute(params![group, e, key])?;
+    db.prepare_cached(
+        "INSERT INTO pqmls_snap_proposals
+         SELECT ?1, ?2, provider_version, group_id, proposal_ref, proposal
+         FROM openmls_proposals WHERE group_id = ?3",
+    )?
+    .execute(params![group, e, key])?;
+    if let Some(leaf_key) = leaf_key {
+        db.prepare_cached(
+            "INSERT INTO pqmls_snap_enc_keys
+             SELECT ?1, ?2, provider_version, public_key, key_pair
+             FROM openmls_encryption_keys WHERE public_key = ?3",
+        )?
+        .execute(params![group, e, leaf_key])?;
+    }
+    Ok(())
+}
+
+/// Whether a snapshot of `group` at `epoch` exists.
+pub(crate) fn has_snapshot(db: &Connection, group: &[u8], epoch: u64) -> Result<bool> {
+    Ok(db
+        .prepare_cached(
+            "SELECT 1 FROM pqmls_snap_group_data WHERE snap_group = ?1 AND snap_epoch = ?2 LIMIT 1",
+        )?
+        .query_row(params![group, to_i64(epoch)], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Replaces the OpenMLS rows of the group by its snapshot at `epoch`. Encryption keys are
+/// added back if they were deleted since (never removed: keys of later epochs stay until
+/// the snapshots that could need them are pruned).
+pub(crate) fn restore(db: &Connection, group: &[u8], epoch: u64, key: &[u8]) -> Result<()> {
+    let e = to_i64(epoch);
+    for table in [
+        "openmls_group_data",
+        "openmls_epoch_keys_pairs",
+        "openmls_own_leaf_nodes",
+        "openmls_proposals",
+    ] {
+        db.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [key])?;
+    }
+    db.execute(
+        "INSERT INTO openmls_group_data (provider_version, group_id, data_type, group_data)
+         SELECT provider_version, group_id, data_type, group_data FROM pqmls_snap_group_data
+         WHERE snap_group = ?1 AND snap_epoch = ?2",
+        params![group, e],
+    )?;
+    db.execute(
+        "INSERT INTO openmls_epoch_keys_pairs (provider_version, group_id, epoch_id, leaf_index, key_pairs)
+         SELECT provider_version, group_id, epoch_id, leaf_index, key_pairs FROM pqmls_snap_epoch_keys
+         WHERE snap_group = ?1 AND snap_epoch = ?2",
+        params![group, e],
+    )?;
+    db.execute(
+        "INSERT INTO openmls_own_leaf_nodes (provider_version, group_id, leaf_node)
+         SELECT provider_version, group_id, leaf_node FROM pqmls_snap_own_leaf_nodes
+         WHERE snap_group = ?1 AND snap_epoch = ?2 ORDER BY ord",
+        params![group, e],
+    )?;
+    db.execute(
+        "INSERT INTO openmls_proposals (provider_version, group_id, proposal_ref, proposal)
+         SELECT provider_version, group_id, proposal_ref, proposal FROM pqmls_snap_proposals
+         WHERE snap_group = ?1 AND snap_epoch = ?2",
+        params![group, e],
+    )?;
+    db.execute(
+        "INSERT OR IGNORE INTO openmls_encryption_keys (provider_version, public_key, key_pair)
+         SELECT provider_version, public_key, key_pair FROM pqmls_snap_enc_keys
+         WHERE snap_group = ?1 AND snap_epoch = ?2",
+        params![group, e],
+    )?;
+    Ok(())
+}
+
+fn drop_snapshot(db: &Connection, group: &[u8], epoch: u64) -> Result<()> {
+    for table in SNAP_TABLES {
+        db.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE snap_group = ?1 AND snap_epoch = ?2"
+        ))?
+        .execute(params![group, to_i64(epoch)])?;
+    }
+    Ok(())
+}
+
+const SNAP_TABLES: [&str; 5] = [
+    "pqmls_snap_group_data",
+    "pqmls_snap_epoch_keys",
+    "pqmls_snap_own_leaf_nodes",
+    "pqmls_snap_proposals",
+    "pqmls_snap_enc_keys",
+];
+
+/// Deletes the snapshots of `group` older than `keep_from` (all of them for `u64::MAX`).
+pub(crate) fn prune_snapshots(db: &Connection, group: &[u8], keep_from: u64) -> Result<()> {
+    for table in SNAP_TABLES {
+        db.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE snap_group = ?1 AND snap_epoch < ?2"
+        ))?
+        .execute(params![group, to_i64(keep_from)])?;
+    }
+    Ok(())
+}
+
+/// An epoch or count as SQLite's integer (saturating; epochs never get near 2^63).
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Back from SQLite's integer (negative values, which we never write, read as 0).
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

@@ -1,0 +1,203 @@
+//! pqmls: end-to-end encrypted, post-quantum group chat over a peer-to-peer network, with
+//! no server.
+//!
+//! A [`Client`] is one user: an MLS identity (a signature key and a credential naming the
+//! user, created on first run and kept in a SQLite file), its groups, and a transport
+//! (a libp2p [`pqmls_transport::Node`], or the [`sim`] network in tests). Groups use the
+//! post-quantum suite MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519 (0x004F) unless the
+//! [`Config`] names another; every suite of [`pqmls_provider`] works, ML-DSA ones included.
+//!
+//! # Example
+//!
+//! ```
+//! use pqmls::{Client, Config, Event};
+//! use pqmls_transport::node::Config as NodeConfig;
+//! use pqmls_transport::{Node, store};
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # tokio::time::timeout(std::time::Duration::from_secs(60), async {
+//! // A store node keeps the key-package directory and history for offline members.
+//! let (store, _) = Node::start(NodeConfig::loopback().with_store(dir.path().join("store"), store::Config::default())).await?;
+//! let bootstrap = store.listen_addrs().await?.remove(0);
+//! let node = || NodeConfig::loopback().with_bootstrap(bootstrap.clone());
+//!
+//! // Two users, each with a data directory that keeps identity and groups across restarts.
+//! let alice = Client::start(Config::new("alice").with_data_dir(dir.path().join("alice")), node()).await?;
+//! let bob = Client::start(Config::new("bob").with_data_dir(dir.path().join("bob")), node()).await?;
+//! let mut bob_events = bob.events();
+//! # pqmls::wait_for_key_packages(&alice, "bob").await?;
+//!
+//! let group = alice.create_group().await?;
+//! alice.invite(&group, "bob").await?; // bob joins from the Welcome, automatically
+//! loop {
+//!     if let Some(Event::Joined { .. }) = bob_events.recv().await { break }
+//! }
+//! # pqmls::wait_for_mesh(&alice, &group).await?;
+//! alice.send(&group, b"hello, post-quantum world").await?;
+//! loop {
+//!     if let Some(Event::Message(m)) = bob_events.recv().await {
+//!         assert_eq!(m.body, b"hello, post-quantum world");
+//!         break;
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it works
+//!
+//! - **Key packages.** Each client keeps [`Config::one_time_key_packages`] one-time key
+//!   packages and one last-resort key package in the directory of the store nodes, under its
+//!   name. An inviter claims a one-time one by overwriting its entry with an empty one, and
+//!   falls back to the last-resort one; the owner replaces consumed ones.
+//! - **Topics.** Each group has a gossip topic (a hash of its id); each user an inbox topic
+//!   where Welcomes arrive. Store nodes follow every topic their peers subscribe to.
+//! - **Commit ordering without a server.** See the `engine` module: competing commits for an
+//!   epoch are resolved by the smallest commit hash after a settle time, losers are
+//!   committed again, future-epoch messages are buffered, and forks (detected by epoch
+//!   authenticators carried with application messages) are repaired by moving to the
+//!   winning branch from a snapshot.
+//! - **Crash safety.** Every step is one SQLite transaction: MLS state, received messages,
+//!   and the outbox of what must be published. The outbox is published after the
+//!   transaction and re-published after a restart; receivers drop duplicates.
+//! - **Catch-up.** At start, every minute, and whenever a gap is seen (a message for a
+//!   later epoch), the client reads each topic's history from the store nodes after a saved
+//!   cursor.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod client;
+mod config;
+mod db;
+mod engine;
+mod error;
+mod event;
+mod net;
+pub mod sim;
+mod wire;
+
+use std::fmt;
+
+pub use client::Client;
+pub use config::{Config, DATABASE_FILE, DEFAULT_SUITE, FailPoint};
+pub use error::{Error, Result};
+pub use event::{Event, Events, ReceivedMessage};
+pub use net::{Inbox, Transport};
+pub use openmls::prelude::Ciphersuite;
+
+/// A group's id: 16 random bytes chosen by its creator. Displayed and parsed as hex.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub(crate) Vec<u8>);
+
+impl GroupId {
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// An id from its bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        GroupId(bytes.to_vec())
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GroupId({self})")
+    }
+}
+
+impl std::str::FromStr for GroupId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Config(format!("not a hex group id: {s:?}"));
+        if s.is_empty() || s.len() % 2 != 0 || s.len() > 128 {
+            return Err(bad());
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .map(GroupId)
+            .ok_or_else(bad)
+    }
+}
+
+/// A snapshot of one group as this client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupStatus {
+    /// The current epoch.
+    pub epoch: u64,
+    /// The epoch authenticator (RFC 9420 §8.7): equal for members with the same view.
+    pub epoch_authenticator: Vec<u8>,
+    /// Member names in leaf order.
+    pub members: Vec<String>,
+    /// Whether commits are waiting to be ordered and merged.
+    pub pending_commit: bool,
+}
+
+/// Counters of what a client handled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Application messages from others delivered as events.
+    pub delivered: u64,
+    /// Payloads or application messages seen twice and dropped.
+    pub duplicates: u64,
+    /// Payloads that are not well-formed pqmls or MLS messages.
+    pub malformed: u64,
+    /// Payloads for unknown topics or of unused kinds.
+    pub ignored: u64,
+    /// Messages MLS refused (bad signature, wrong epoch secrets, replay).
+    pub rejected: u64,
+    /// Messages kept for a later epoch or another branch.
+    pub buffered: u64,
+    /// Commits merged.
+    pub commits_merged: u64,
+    /// Commit candidates found invalid.
+    pub commits_rejected: u64,
+    /// Forks noticed.
+    pub forks_detected: u64,
+    /// Moves to a winning branch.
+    pub forks_recovered: u64,
+    /// Own messages re-sent after a branch move.
+    pub resent: u64,
+    /// Payloads published.
+    pub published: u64,
+    /// Publish attempts the transport refused (retried later).
+    pub publish_failures: u64,
+}
+
+/// Waits (up to 20 s) until the directory holds a key package for `user`: for examples
+/// and tests, where a fresh client's key packages may not have reached the store yet.
+///
+/// # Errors
+/// [`Error::NoKeyPackage`] on timeout.
+#[doc(hidden)]
+pub async fn wait_for_key_packages(client: &Client, user: &str) -> Result<()> {
+    client.wait_for_key_packages(user).await
+}
+
+/// Waits (up to 20 s) until the group's topic has gossip peers: for examples and tests.
+///
+/// # Errors
+/// [`Error::Transport`] on timeout.
+#[doc(hidden)]
+pub async fn wait_for_mesh(client: &Client, group: &GroupId) -> Result<()> {
+    client.wait_for_mesh(group).await
+}

@@ -1,0 +1,587 @@
+//! A deterministic, seeded, in-process network for running real clients in tests and
+//! simulations: per-recipient message loss, random delay, a reliable store (history and
+//! directory), and members that can go offline.
+//!
+//! Run it on a current-thread tokio runtime with paused time (`start_paused`), so delays
+//! and the clients' timers run on virtual time: a minute of simulated chat takes as long as
+//! the CPU work in it. Loss and delay come from a seeded generator; with one runtime thread
+//! the same seed gives the same run up to the randomness of the cryptography itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use pqmls_transport::store::{Cursor, Page};
+use pqmls_transport::{Error, Message, MessageId, Topic};
+use tokio::sync::mpsc;
+
+use crate::net::{Inbox, Transport};
+
+/// SplitMix64: a small, seedable, well-distributed generator (not for cryptography).
+#[derive(Debug, Clone)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        SimRng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform float in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A uniform integer in [0, n) (0 for n = 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+}
+
+/// Settings of a simulated network.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seed of loss and delay.
+    pub seed: u64,
+    /// Probability that one recipient misses one gossip message.
+    pub loss: f64,
+    /// Shortest delivery delay.
+    pub min_delay: Duration,
+    /// Longest delivery delay.
+    pub max_delay: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            loss: 0.0,
+            min_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(80),
+        }
+    }
+}
+
+struct Endpoint {
+    topics: BTreeSet<Topic>,
+    tx: mpsc::UnboundedSender<Message>,
+    online: bool,
+}
+
+struct Net {
+    config: SimConfig,
+    rng: SimRng,
+    endpoints: Vec<Endpoint>,
+    history: BTreeMap<Topic, Vec<Message>>,
+    directory: BTreeMap<Vec<u8>, Vec<u8>>,
+    clock_ms: u64,
+    sent: u64,
+    dropped: u64,
+}
+
+/// The shared network. Clone it to hand it around.
+#[derive(Clone)]
+pub struct SimNetwork {
+    net: Arc<Mutex<Net>>,
+}
+
+impl std::fmt::Debug for SimNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SimNetwork")
+    }
+}
+
+/// One member's attachment to a [`SimNetwork`].
+pub struct SimTransport {
+    net: Arc<Mutex<Net>>,
+    index: usize,
+}
+
+/// History pages of the simulated store hold at most this many messages.
+const PAGE: usize = 64;
+
+impl SimNetwork {
+    /// A network with these settings and nobody on it.
+    pub fn new(config: SimConfig) -> Self {
+        let rng = SimRng::new(config.seed);
+        SimNetwork {
+            net: Arc::new(Mutex::new(Net {
+                config,
+                rng,
+                endpoints: Vec::new(),
+                history: BTreeMap::new(),
+                directory: BTreeMap::new(),
+                clock_ms: 0,
+                sent: 0,
+                dropped: 0,
+            })),
+        }
+    }
+
+    /// Attaches a new member: its transport and its inbound stream.
+    pub fn attach(&self) -> (Arc<SimTransport>, Inbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let index = match self.net.lock() {
+            Ok(mut n) => {
+                n.endpoints.push(Endpoint {
+                    topics: BTreeSet::new(),
+                    tx,
+                    online: true,
+                });
+                n.endpoints.len() - 1
+            }
+            Err(_) => 0,
+        };
+        let inbox =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
+                .boxed();
+        (
+            Arc::new(SimTransport {
+                net: self.net.clone(),
+                index,
+            }),
+            inbox,
+        )
+    }
+
+    /// Changes the loss rate (for example to 0 for a final sync phase).
+    pub fn set_loss(&self, loss: f64) {
+        if let Ok(mut n) = self.net.lock() {
+            n.config.loss = loss;
+        }
+    }
+
+    /// (gossip deliveries attempted, deliveries dropped by loss).
+    pub fn counters(&self) -> (u64, u64) {
+        self.net
+            .lock()
+            .map(|n| (n.sent, n.dropped))
+            .unwrap_or((0, 0))
+    }
+}
+
+impl SimTransport {
+    /// Takes this member off the network (nothing delivered, every call fails) or back on.
+    pub fn set_online(&self, online: bool) {
+        if let Ok(mut n) = self.net.lock()
+            && let Some(e) = n.endpoints.get_mut(self.index)
+        {
+            e.online = online;
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Net, usize) -> pqmls_transport::Result<T>,
+    ) -> pqmls_transport::Result<T> {
+        let mut n = self.net.lock().map_err(|_| Error::Shutdown)?;
+        if !n.endpoints.get(self.index).is_some_and(|e| e.online) {
+            return Err(Error::NoStore);
+        }
+        f(&mut n, self.index)
+    }
+}
+
+fn position(m: &Message) -> (u64, [u8; 32]) {
+    let ms = m
+        .received
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    (ms, m.id.0)
+}
+
+impl Transport for SimTransport {
+    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
+        let r = self.with(|n, i| {
+            if let Some(e) = n.endpoints.get_mut(i) {
+                e.topics.insert(topic.clone());
+            }
+            Ok(())
+        });
+        Box::pin(async move { r })
+    }
+
+    fn unsubscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
+        let r = self.with(|n, i| {
+            if let Some(e) = n.endpoints.get_mut(i) {
+                e.topics.remove(topic);
+            }
+            Ok(())
+        });
+        Box::pin(async move { r })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        topic: &'a Topic,
+        data: Vec<u8>,
+    ) -> BoxFuture<'a, pqmls_transport::Result<MessageId>> {
+        let r = self.with(|n, me| {
+            let id = MessageId::compute(topic, &data);
+            let history = n.history.entry(topic.clone()).or_default();
+            if history.iter().any(|m| m.id == id) {
+                return Err(Error::Duplicate);
+            }
+            n.clock_ms += 1;
+            let msg = Message {
+                topic: topic.clone(),
+                data,
+                id,
+                received: UNIX_EPOCH + Duration::from_millis(n.clock_ms),
+            };
+            n.history
+                .entry(topic.clone())
+                .or_default()
+                .push(msg.clone());
+            let (min, max) = (n.config.min_delay, n.config.max_delay);
+            let span = u64::try_from(max.saturating_sub(min).as_micros()).unwrap_or(0);
+            let loss = n.config.loss;
+            let targets: Vec<(mpsc::UnboundedSender<Message>, bool)> = n
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|(i, e)| *i != me && e.online && e.topics.contains(topic))
+                .map(|(_, e)| (e.tx.clone(), true))
+                .collect();
+            for (tx, _) in targets {
+                n.sent += 1;
+                if n.rng.unit() < loss {
+                    n.dropped += 1;
+                    continue;
+                }
+                let delay = min + Duration::from_micros(n.rng.below(span + 1));
+                let m = msg.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send(m);
+                });
+            }
+            Ok(id)
+        });
+        Box::pin(async move { r })
+    }
+
+    fn put(&self, key: Vec<u8>, blob: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<()>> {
+        let r = self.with(|n, _| {
+            n.directory.insert(key, blob);
+            Ok(())
+        });
+        Box::pin(async move { r })
+    }
+
+    fn get(&self, key: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<Option<Vec<u8>>>> {
+        let r = self.with(|n, _| Ok(n.directory.get(&key).cloned()));
+        Box::pin(async move { r })
+    }
+
+    fn history<'a>(
+        &'a self,
+        topic: &'a Topic,
+        from: Cursor,
+    ) -> BoxFuture<'a, pqmls_transport::Result<Page>> {
+        let r = self.with(|n, _| {
+            let after = (
+                from.after_ms(),
+                from.after_id().map(|i| i.0).unwrap_or([0; 32]),
+            );
+            let all = n.history.get(topic).map(Vec::as_slice).unwrap_or(&[]);
+            let mut messages: Vec<Message> = all
+                .iter()
+                .filter(|m| position(m) > after)
+                .take(PAGE + 1)
+                .cloned()
+                .collect();
+            let next = if messages.len() > PAGE {
+                messages.truncate(PAGE);
+                messages.last().map(Cursor::after)
+            } else {
+                None
+            };
+            Ok(Page { messages, next })
+        });
+        Box::pin(async move { r })
+    }
+}
+
+/// The ordering scenario of the simulated-network harness: members committing
+/// concurrently (self-updates, adds, removes) while chatting under message loss, then a
+/// sync phase against the store's history.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Number of users (the group starts with two thirds of them; adds draw from the rest).
+    pub members: usize,
+    /// Per-recipient loss during the chaos phase.
+    pub loss: f64,
+    /// Seed of the network and of the members' choices.
+    pub seed: u64,
+    /// Length of the chaos phase (virtual time).
+    pub chaos: Duration,
+    /// Mean time between two actions (virtual time).
+    pub action_every: Duration,
+    /// Cipher suite.
+    pub suite: crate::Ciphersuite,
+    /// Settle time of the clients.
+    pub settle: Duration,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            members: 12,
+            loss: 0.2,
+            seed: 1,
+            chaos: Duration::from_secs(20),
+            action_every: Duration::from_millis(250),
+            suite: crate::DEFAULT_SUITE,
+            settle: Duration::from_millis(250),
+        }
+    }
+}
+
+/// What one trial of a [`Scenario`] gave.
+#[derive(Debug, Clone, Default)]
+pub struct TrialReport {
+    /// Seed of the trial.
+    pub seed: u64,
+    /// Every member ended in the same epoch with the same epoch authenticator, and the
+    /// members' own view of who is in the group matches the group's member list.
+    pub converged: bool,
+    /// Virtual time from the end of the chaos phase until convergence.
+    pub converge_time: Duration,
+    /// The epoch reached.
+    pub epoch: u64,
+    /// Application messages sent.
+    pub messages: u64,
+    /// (message, recipient) pairs where the recipient was a member when it was sent.
+    pub expected_deliveries: u64,
+    /// Of those, how many are in the recipient's history at the end.
+    pub deliveries: u64,
+    /// Commits issued by the scenario (updates, adds, removes).
+    pub operations: u64,
+    /// Sum over members of forks detected and of branch moves.
+    pub forks_detected: u64,
+    /// Sum over members of branch moves.
+    pub forks_recovered: u64,
+    /// Gossip deliveries dropped by loss.
+    pub dropped: u64,
+    /// Why it did not converge, if it did not.
+    pub failure: Option<String>,
+}
+
+/// Runs one trial on the current runtime, which should be a current-thread runtime with
+/// paused time.
+///
+/// # Errors
+/// Any client error that stops the scenario itself (not the ordering failures it measures).
+pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
+    use crate::{Client, Config};
+
+    let net = SimNetwork::new(SimConfig {
+        seed: s.seed,
+        loss: s.loss,
+        ..SimConfig::default()
+    });
+    let mut rng = SimRng::new(s.seed ^ 0x5eed_0f_ac710e5);
+    let mut clients = Vec::new();
+    for i in 0..s.members {
+        let (t, inbox) = net.attach();
+        let mut c = Config::new(format!("m{i}")).with_suite(s.suite);
+        c.self_update_interval = None;
+        c.settle = s.settle;
+        c.sync_interval = Some(Duration::from_secs(2));
+        c.sync_backoff = Duration::from_millis(300);
+        clients.push(Client::open(c, t, inbox).await?);
+    }
+    let names: Vec<String> = (0..s.members).map(|i| format!("m{i}")).collect();
+    let mut report = TrialReport {
+        seed: s.seed,
+        ..TrialReport::default()
+    };
+    let creator = &clients[0];
+    let group = creator.create_group().await?;
+    let initial = (s.members * 2).div_ceil(3).max(2);
+    for name in names.iter().take(initial).skip(1) {
+        creator.invite(&group, name).await?;
+        let idx = names.iter().position(|n| n == name).unwrap_or(0);
+        wait(Duration::from_secs(30), async || {
+            clients[idx]
+                .groups()
+                .await
+                .map(|g| g.contains(&group))
+                .unwrap_or(false)
+                && clients[0]
+                    .members(&group)
+                    .await
+                    .map(|m| m.contains(name))
+                    .unwrap_or(false)
+        })
+        .await;
+    }
+    // Chaos: actions at random times by random members.
+    let mut sent: Vec<(String, Vec<u8>, Vec<String>)> = Vec::new();
+    let start = tokio::time::Instant::now();
+    let mut k = 0u64;
+    while start.elapsed() < s.chaos {
+        let gap = rng.below(2 * u64::try_from(s.action_every.as_millis()).unwrap_or(250) + 1);
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+        let actor = usize::try_from(rng.below(s.members as u64)).unwrap_or(0);
+        let c = &clients[actor];
+        let Ok(members) = c.members(&group).await else {
+            continue;
+        };
+        let roll = rng.below(100);
+        if roll < 70 {
+            k += 1;
+            let body = format!("{}:{}:{k}", s.seed, names[actor]).into_bytes();
+            if c.send(&group, &body).await.is_ok() {
+                sent.push((names[actor].clone(), body, members));
+            }
+        } else if roll < 85 {
+            if c.update(&group).await.is_ok() {
+                report.operations += 1;
+            }
+        } else if roll < 95 {
+            let outside: Vec<&String> = names.iter().filter(|n| !members.contains(n)).collect();
+            if !outside.is_empty() {
+                let pick = outside[usize::try_from(rng.below(outside.len() as u64)).unwrap_or(0)];
+                if c.invite(&group, pick).await.is_ok() {
+                    report.operations += 1;
+                }
+            }
+        } else if members.len() > 4 {
+            let others: Vec<&String> = members
+                .iter()
+                .filter(|n| **n != names[actor] && *n != "m0")
+                .collect();
+            if !others.is_empty() {
+                let pick = others[usize::try_from(rng.below(others.len() as u64)).unwrap_or(0)];
+                if c.remove(&group, pick).await.is_ok() {
+                    report.operations += 1;
+                }
+            }
+        }
+    }
+    // Sync phase: no more loss, everyone catches up until all agree.
+    net.set_loss(0.0);
+    let chaos_end = tokio::time::Instant::now();
+    let mut stable = 0;
+    let deadline = Duration::from_secs(120);
+    while chaos_end.elapsed() < deadline {
+        for c in &clients {
+            let _ = c.sync().await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match agreement(&clients, &names, &group).await {
+            Ok(epoch) => {
+                stable += 1;
+                if stable >= 2 {
+                    report.converged = true;
+                    report.epoch = epoch;
+                    report.converge_time = chaos_end.elapsed();
+                    break;
+                }
+            }
+            Err(why) => {
+                stable = 0;
+                report.failure = Some(why);
+            }
+        }
+    }
+    if report.converged {
+        report.failure = None;
+    }
+    // Delivery: each message to each member of the sender's view when it was sent.
+    report.messages = sent.len() as u64;
+    let mut histories = Vec::new();
+    for c in &clients {
+        let h = c.history(&group, usize::MAX >> 1).await.unwrap_or_default();
+        histories.push(
+            h.into_iter()
+                .map(|m| m.body)
+                .collect::<std::collections::BTreeSet<_>>(),
+        );
+    }
+    for (sender, body, members) in &sent {
+        for m in members.iter().filter(|m| *m != sender) {
+            if let Some(i) = names.iter().position(|n| n == m) {
+                report.expected_deliveries += 1;
+                if histories[i].contains(body) {
+                    report.deliveries += 1;
+                }
+            }
+        }
+    }
+    for c in &clients {
+        let st = c.stats().await;
+        report.forks_detected += st.forks_detected;
+        report.forks_recovered += st.forks_recovered;
+    }
+    report.dropped = net.counters().1;
+    for c in clients {
+        c.shutdown().await;
+    }
+    Ok(report)
+}
+
+async fn wait<F: AsyncFnMut() -> bool>(limit: Duration, mut f: F) -> bool {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// `Ok(epoch)` if every client that holds the group agrees on epoch, authenticator and
+/// members, nothing is pending, and exactly the listed members hold the group.
+async fn agreement(
+    clients: &[crate::Client],
+    names: &[String],
+    group: &crate::GroupId,
+) -> Result<u64, String> {
+    let mut view: Option<(u64, Vec<u8>, Vec<String>)> = None;
+    let mut holders = Vec::new();
+    for (c, name) in clients.iter().zip(names) {
+        let Ok(st) = c.status(group).await else {
+            continue;
+        };
+        if st.pending_commit {
+            return Err(format!("{name} has commits pending"));
+        }
+        holders.push(name.clone());
+        let v = (st.epoch, st.epoch_authenticator, st.members);
+        match &view {
+            None => view = Some(v),
+            Some(first) if *first != v => {
+                return Err(format!(
+                    "{name} at epoch {} differs from the first member's epoch {}",
+                    v.0, first.0
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let Some((epoch, _, mut members)) = view else {
+        return Err("nobody holds the group".into());
+    };
+    members.sort();
+    holders.sort();
+    if members != holders {
+        return Err(format!("member list {members:?} but held by {holders:?}"));
+    }
+    Ok(epoch)
+}

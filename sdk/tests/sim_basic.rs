@@ -1,0 +1,124 @@
+//! Real clients on the simulated network, no loss: the whole group life cycle.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use pqmls::sim::{SimConfig, SimNetwork};
+use pqmls::{Client, Config, Event, GroupId};
+
+async fn client(net: &SimNetwork, name: &str) -> Client {
+    let (t, inbox) = net.attach();
+    let mut c = Config::new(name);
+    c.self_update_interval = None;
+    Client::open(c, t, inbox).await.unwrap()
+}
+
+/// Waits (virtual time) until `f` holds.
+async fn until<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
+    for _ in 0..3000 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn same_view(clients: &[&Client], group: &GroupId) -> bool {
+    let mut first = None;
+    for c in clients {
+        let Ok(s) = c.status(group).await else {
+            return false;
+        };
+        if s.pending_commit {
+            return false;
+        }
+        match &first {
+            None => first = Some((s.epoch, s.epoch_authenticator)),
+            Some(f) => {
+                if *f != (s.epoch, s.epoch_authenticator) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+#[tokio::test(start_paused = true)]
+async fn create_invite_send_remove_leave() {
+    let net = SimNetwork::new(SimConfig::default());
+    let alice = client(&net, "alice").await;
+    let bob = client(&net, "bob").await;
+    let carol = client(&net, "carol").await;
+    let mut bob_events = bob.events();
+
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, "bob").await.unwrap();
+    until("bob joined", async || {
+        bob.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    alice.invite(&g, "carol").await.unwrap();
+    until("carol joined", async || {
+        carol.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    until("same view", async || {
+        same_view(&[&alice, &bob, &carol], &g).await
+    })
+    .await;
+    assert_eq!(alice.members(&g).await.unwrap(), ["alice", "bob", "carol"]);
+
+    alice.send(&g, b"hi all").await.unwrap();
+    carol.send(&g, b"hi from carol").await.unwrap();
+    until("bob got both", async || {
+        bob.history(&g, 10).await.unwrap().len() == 2
+    })
+    .await;
+    let mut got = Vec::new();
+    while let Some(e) = bob_events.try_recv() {
+        if let Event::Message(m) = e {
+            got.push((m.sender, m.body));
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("alice".to_string(), b"hi all".to_vec()),
+            ("carol".to_string(), b"hi from carol".to_vec())
+        ]
+    );
+
+    // Self-update, then remove carol.
+    bob.update(&g).await.unwrap();
+    until("update merged", async || {
+        same_view(&[&alice, &bob, &carol], &g).await && alice.status(&g).await.unwrap().epoch == 3
+    })
+    .await;
+    alice.remove(&g, "carol").await.unwrap();
+    until("carol removed", async || {
+        carol.groups().await.unwrap().is_empty()
+    })
+    .await;
+    until("same view", async || same_view(&[&alice, &bob], &g).await).await;
+    assert_eq!(bob.members(&g).await.unwrap(), ["alice", "bob"]);
+    assert!(matches!(
+        carol.send(&g, b"x").await,
+        Err(pqmls::Error::NotMember(_))
+    ));
+    assert_eq!(
+        carol.history(&g, 10).await.unwrap().len(),
+        2,
+        "history survives removal"
+    );
+
+    // Bob leaves: alice commits his removal.
+    bob.leave(&g).await.unwrap();
+    until("bob gone", async || bob.groups().await.unwrap().is_empty()).await;
+    until("alice alone", async || {
+        alice.members(&g).await.unwrap() == ["alice"]
+    })
+    .await;
+}
