@@ -264,7 +264,7 @@ impl State {
     // ----- key packages -----
 
     /// A fresh key package (stored in the provider), serialized as an `MlsMessageOut`.
-    pub(crate) fn new_key_package(&self, last_resort: bool) -> Result<(Vec<u8>, Vec<u8>)> {
+    pub(crate) fn new_key_package(&mut self, last_resort: bool) -> Result<(Vec<u8>, Vec<u8>)> {
         let mut builder =
             KeyPackage::builder().leaf_node_capabilities(capabilities(self.config.suite));
         if last_resort {
@@ -283,6 +283,7 @@ impl State {
             .hash_ref(self.provider.crypto())
             .map_err(mls)?;
         let bytes = ser(&MlsMessageOut::from(bundle.key_package().clone()))?;
+        self.stats.key_package_bytes = bytes.len() as u64;
         Ok((kp_ref.tls_serialize_detached().map_err(mls)?, bytes))
     }
 
@@ -597,6 +598,7 @@ impl State {
              VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7)",
             params![gid.0, to_i64(epoch), &hash[..], payload, welcome, invitee, intent],
         )?;
+        self.stats.last_commit_bytes = payload.len() as u64;
         let topic = self.group(gid)?.topic.clone();
         self.enqueue(&topic, payload)?;
         self.fail(FailPoint::CommitBeforePublish)?;
@@ -693,8 +695,10 @@ impl State {
         let wire = Wire::Application {
             auth,
             mls: ser(&out)?,
-        };
-        self.enqueue(&topic, wire.encode())
+        }
+        .encode();
+        self.stats.last_message_bytes = wire.len() as u64;
+        self.enqueue(&topic, wire)
     }
 
     // ----- inbound -----
@@ -1128,6 +1132,7 @@ impl State {
             if let Some((welcome, invitee, intent)) = row {
                 if let (Some(welcome), Some(invitee)) = (welcome, invitee) {
                     let payload = Wire::Welcome { mls: welcome }.encode();
+                    self.stats.last_welcome_bytes = payload.len() as u64;
                     self.enqueue(&wire::inbox_topic(&invitee), payload)?;
                 }
                 if let Some(intent) = intent {

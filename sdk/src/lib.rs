@@ -181,6 +181,14 @@ pub struct Stats {
     pub published: u64,
     /// Publish attempts the transport refused (retried later).
     pub publish_failures: u64,
+    /// Size in bytes of the last key package this client generated (as published).
+    pub key_package_bytes: u64,
+    /// Size in bytes of the last commit this client made (gossip payload).
+    pub last_commit_bytes: u64,
+    /// Size in bytes of the last Welcome this client sent (gossip payload).
+    pub last_welcome_bytes: u64,
+    /// Size in bytes of the last application message this client sent (gossip payload).
+    pub last_message_bytes: u64,
 }
 
 /// Waits (up to 20 s) until the directory holds a key package for `user`: for examples
