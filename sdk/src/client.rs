@@ -371,7 +371,13 @@ impl Client {
     /// [`Error::Shutdown`] after a fail point.
     pub async fn groups(&self) -> Result<Vec<GroupId>> {
         self.inner
-            .locked(|s| Ok(s.groups.keys().cloned().collect()))
+            .locked(|s| {
+                Ok(s.groups
+                    .iter()
+                    .filter(|(_, g)| g.mls.is_active())
+                    .map(|(id, _)| id.clone())
+                    .collect())
+            })
             .await
     }
 
@@ -460,6 +466,15 @@ impl Client {
             .await
     }
 
+    /// Who was in the group at `epoch` on this client's branch (`None` if this client was
+    /// not in the group then, or the epoch is older than the rollback window's records).
+    ///
+    /// # Errors
+    /// [`Error::Database`].
+    pub async fn members_at(&self, group: &GroupId, epoch: u64) -> Result<Option<Vec<String>>> {
+        self.inner.locked(|s| s.members_at(group, epoch)).await
+    }
+
     /// Catches up every group and the inbox from the store nodes now, and waits for it.
     ///
     /// # Errors
@@ -539,7 +554,7 @@ impl Client {
 impl State {
     /// The members of an active group, or the right error.
     fn member_list_checked(&self, gid: &GroupId) -> Result<Vec<(u32, String)>> {
-        self.member_list(gid)
+        self.active_members(gid)
     }
 }
 
@@ -811,6 +826,7 @@ impl Inner {
         let settled = self
             .locked(|s| {
                 s.settle_due(now)?;
+                s.finalize_removals(now)?;
                 s.schedule_updates()
             })
             .await;

@@ -42,6 +42,9 @@ pub struct Config {
     /// late messages. Their key material is deleted once they fall out of the window, so
     /// forward secrecy for an epoch starts this many epochs later.
     pub rollback_window: u64,
+    /// How long a group is kept after a commit removed us, in case a branch move undoes
+    /// the removal. [`crate::Event::Removed`] is reported when it ends.
+    pub removal_grace: std::time::Duration,
     /// Period of the client's timer (commit settling, retries, self-updates).
     pub tick: Duration,
     /// Test hook: stop the client dead at a point, as a crash would.
@@ -64,6 +67,7 @@ impl Config {
             sync_backoff: Duration::from_millis(500),
             max_message_size: 64 * 1024,
             rollback_window: 16,
+            removal_grace: Duration::from_secs(30),
             tick: Duration::from_millis(20),
             fail_point: None,
         }

@@ -89,7 +89,17 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
              group_id BLOB NOT NULL,
              kind TEXT NOT NULL,
              user TEXT NOT NULL,
-             key_package BLOB
+             key_package BLOB,
+             -- The epoch whose commit did it, while that commit could still be undone by
+             -- a branch move; NULL while still to do.
+             done_epoch INTEGER
+         );
+         -- Who was in the group at each epoch of our branch.
+         CREATE TABLE IF NOT EXISTS pqmls_epochs (
+             group_id BLOB NOT NULL,
+             epoch INTEGER NOT NULL,
+             members TEXT NOT NULL,
+             PRIMARY KEY (group_id, epoch)
          );
          -- Our key packages in the directory, by slot (-1 is the last-resort one).
          CREATE TABLE IF NOT EXISTS pqmls_key_packages (

@@ -74,6 +74,9 @@ pub(crate) struct Group {
     pub fork_reported: Option<u64>,
     /// The epoch in which we last asked to be removed.
     pub leave_sent: Option<u64>,
+    /// When a commit removing us was merged (the group is kept for
+    /// [`Config::removal_grace`] in case a branch move undoes it).
+    pub removed_at: Option<Instant>,
 }
 
 /// The client's state, behind its lock.
@@ -92,6 +95,22 @@ pub(crate) struct State {
     pub stats: Stats,
     /// Set when a fail point was hit: the client is dead.
     pub crashed: bool,
+}
+
+/// What trying one commit candidate gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Merge {
+    /// Merged: the group is at the next epoch.
+    Merged,
+    /// Merged, and it removed us: the group is gone.
+    Left,
+    /// Not valid in our state; nothing changed.
+    Invalid,
+}
+
+/// A short hex prefix of a hash, for logs.
+fn short(hash: &[u8]) -> String {
+    hash.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Milliseconds since the Unix epoch.
@@ -180,10 +199,15 @@ impl State {
                 continue;
             };
             let topic = wire::group_topic(&gid.0);
-            let (settle_at, fork_reported, leave_sent) = old
+            let (settle_at, fork_reported, leave_sent, removed_at) = old
                 .get(&gid)
-                .map(|g| (g.settle_at, g.fork_reported, g.leave_sent))
-                .unwrap_or((None, None, None));
+                .map(|g| (g.settle_at, g.fork_reported, g.leave_sent, g.removed_at))
+                .unwrap_or((None, None, None, None));
+            let removed_at = if mls.is_active() {
+                None
+            } else {
+                removed_at.or_else(|| Some(Instant::now()))
+            };
             self.topics.insert(topic.clone(), gid.clone());
             let mut group = Group {
                 mls,
@@ -191,6 +215,7 @@ impl State {
                 settle_at,
                 fork_reported,
                 leave_sent,
+                removed_at,
             };
             if group.settle_at.is_none() && self.has_candidates(&gid, group.mls.epoch().as_u64())? {
                 group.settle_at = Some(Instant::now() + self.config.settle);
@@ -411,9 +436,18 @@ impl State {
                 settle_at: None,
                 fork_reported: None,
                 leave_sent: None,
+                removed_at: None,
             },
         );
-        Ok(())
+        self.record_epoch(gid)
+    }
+
+    /// The member names of a group we are in, or `NotMember` / `UnknownGroup`.
+    pub(crate) fn active_members(&self, gid: &GroupId) -> Result<Vec<(u32, String)>> {
+        if !self.group(gid)?.mls.is_active() {
+            return Err(Error::NotMember(gid.clone()));
+        }
+        self.member_list(gid)
     }
 
     /// The member names of a group with their leaf indices.
@@ -424,6 +458,29 @@ impl State {
             .members()
             .map(|m| (m.index.u32(), credential_name(&m.credential)))
             .collect())
+    }
+
+    /// Records who is in the group at its current epoch.
+    fn record_epoch(&mut self, gid: &GroupId) -> Result<()> {
+        let epoch = self.group(gid)?.mls.epoch().as_u64();
+        let members: Vec<String> = self.member_list(gid)?.into_iter().map(|(_, n)| n).collect();
+        self.db()
+            .prepare_cached("INSERT OR REPLACE INTO pqmls_epochs (group_id, epoch, members) VALUES (?1, ?2, ?3)")?
+            .execute(params![gid.0, to_i64(epoch), members.join("\n")])?;
+        Ok(())
+    }
+
+    /// Who was in the group at `epoch` of our branch, if we were in it then.
+    pub(crate) fn members_at(&self, gid: &GroupId, epoch: u64) -> Result<Option<Vec<String>>> {
+        let row: Option<String> = self
+            .db()
+            .query_row(
+                "SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch = ?2",
+                params![gid.0, to_i64(epoch)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(row.map(|m| m.split('\n').map(str::to_owned).collect()))
     }
 
     fn is_member(&self, gid: &GroupId, user: &str) -> Result<bool> {
@@ -438,7 +495,7 @@ impl State {
         user: &str,
         key_package: Option<Vec<u8>>,
     ) -> Result<()> {
-        self.group(gid)?;
+        self.active_members(gid)?;
         self.tx(|s| {
             s.db().execute(
                 "INSERT INTO pqmls_intents (group_id, kind, user, key_package) VALUES (?1, ?2, ?3, ?4)",
@@ -461,7 +518,7 @@ impl State {
         let intents: Vec<(i64, String, String, Option<Vec<u8>>)> = self
             .db()
             .prepare_cached(
-                "SELECT id, kind, user, key_package FROM pqmls_intents WHERE group_id = ?1 ORDER BY id",
+                "SELECT id, kind, user, key_package FROM pqmls_intents WHERE group_id = ?1 AND done_epoch IS NULL ORDER BY id",
             )?
             .query_map([&gid.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
@@ -807,6 +864,10 @@ impl State {
         };
         let epoch = pm.epoch().as_u64();
         let g = self.group(gid)?;
+        if !g.mls.is_active() {
+            self.stats.ignored += 1;
+            return Ok(());
+        }
         let current = g.mls.epoch().as_u64();
         let ours = wire::auth_tag(g.mls.epoch_authenticator().as_slice());
         if epoch > current || (epoch == current && auth != ours) {
@@ -929,42 +990,86 @@ impl State {
             self.stats.malformed += 1;
             return Ok(());
         };
-        // A Welcome names our key package; OpenMLS deletes it while staging, even if the
-        // Welcome then fails, so the directory is refreshed whatever happens.
-        self.todo.key_packages = true;
-        let staged = match StagedWelcome::new_from_welcome(
+        // OpenMLS deletes the key package a Welcome names before it has validated the
+        // rest, so a forged Welcome would burn a one-time key package: everything below
+        // runs in a savepoint that is rolled back unless we join.
+        self.db().execute_batch("SAVEPOINT pqmls_welcome")?;
+        match self.join(welcome) {
+            Ok(true) => {
+                self.db().execute_batch("RELEASE pqmls_welcome")?;
+                self.todo.key_packages = true;
+                Ok(())
+            }
+            Ok(false) => {
+                self.db()
+                    .execute_batch("ROLLBACK TO pqmls_welcome; RELEASE pqmls_welcome")?;
+                Ok(())
+            }
+            Err(e) => {
+                self.db()
+                    .execute_batch("ROLLBACK TO pqmls_welcome; RELEASE pqmls_welcome")?;
+                self.reload_groups()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Joins from a Welcome; `false` if it was refused or not for a group we should join.
+    fn join(&mut self, welcome: Welcome) -> Result<bool> {
+        let processed = match ProcessedWelcome::new_from_welcome(
             &self.provider,
             &self.join_config(),
             welcome,
-            None,
         ) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("{}: dropping a Welcome: {e:?}", self.name);
+                self.stats.rejected += 1;
+                return Ok(false);
+            }
+        };
+        let info = processed.unverified_group_info();
+        let gid = GroupId(info.group_id().as_slice().to_vec());
+        let epoch = info.epoch().as_u64();
+        if let Some(g) = self.groups.get(&gid)
+            && g.mls.is_active()
+            && g.mls.epoch().as_u64() > epoch
+            && g.fork_reported.is_none()
+        {
+            // Already in this group further along, with no sign of a fork: a stale Welcome.
+            self.stats.ignored += 1;
+            return Ok(false);
+        }
+        if let Some(mut old) = self.groups.remove(&gid) {
+            // Removed and invited again, or re-invited after a fork (the inviter moved
+            // branch): the new Welcome replaces the old state, whose snapshots and plans
+            // are void.
+            self.topics.remove(&old.topic);
+            old.mls
+                .delete(self.provider.storage())
+                .map_err(Error::Database)?;
+            db::prune_snapshots(self.db(), &gid.0, u64::MAX)?;
+            self.db()
+                .execute("DELETE FROM pqmls_intents WHERE group_id = ?1", [&gid.0])?;
+            self.db()
+                .execute("DELETE FROM pqmls_epochs WHERE group_id = ?1", [&gid.0])?;
+            self.db().execute(
+                "UPDATE pqmls_commits SET merged = CASE own WHEN 1 THEN -1 ELSE 0 END WHERE group_id = ?1",
+                [&gid.0],
+            )?;
+        }
+        let staged = match processed.into_staged_welcome(&self.provider, None) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!("dropping a Welcome: {e:?}");
+                tracing::debug!("{}: dropping a Welcome: {e:?}", self.name);
                 self.stats.rejected += 1;
-                return Ok(());
+                return Ok(false);
             }
         };
         let inviter = staged
             .welcome_sender()
             .map(|l| credential_name(l.credential()))
             .unwrap_or_default();
-        let gid = GroupId(staged.group_context().group_id().as_slice().to_vec());
-        let epoch = staged.group_context().epoch().as_u64();
-        if let Some(g) = self.groups.get(&gid)
-            && g.mls.is_active()
-            && g.mls.epoch().as_u64() >= epoch
-        {
-            // Already in this group at least as far: a stale or replayed Welcome.
-            self.stats.ignored += 1;
-            return Ok(());
-        }
-        if let Some(mut old) = self.groups.remove(&gid) {
-            // Re-added after a fork: the new Welcome replaces the old state.
-            old.mls
-                .delete(self.provider.storage())
-                .map_err(Error::Database)?;
-        }
         let group = staged.into_group(&self.provider).map_err(mls)?;
         self.add_group(&gid, group)?;
         self.events.push(Event::Joined {
@@ -973,7 +1078,7 @@ impl State {
         });
         self.todo.sync.insert(gid.clone());
         self.replay_pending(&gid)?;
-        Ok(())
+        Ok(true)
     }
 
     // ----- ordering -----
@@ -1042,8 +1147,10 @@ impl State {
         }
         self.take_snapshot(gid, epoch)?;
         for (hash, payload, own) in candidates {
-            if self.try_merge(gid, &hash, &payload, own)? {
-                return Ok(true);
+            match self.try_merge(gid, &hash, &payload, own)? {
+                Merge::Merged => return Ok(true),
+                Merge::Left => return Ok(false),
+                Merge::Invalid => {}
             }
         }
         Ok(false)
@@ -1067,7 +1174,13 @@ impl State {
     }
 
     /// Processes and merges one candidate; `false` if it is not valid for our state.
-    fn try_merge(&mut self, gid: &GroupId, hash: &[u8], payload: &[u8], own: bool) -> Result<bool> {
+    fn try_merge(
+        &mut self,
+        gid: &GroupId,
+        hash: &[u8],
+        payload: &[u8],
+        own: bool,
+    ) -> Result<Merge> {
         let before: BTreeSet<String> = self.member_list(gid)?.into_iter().map(|(_, n)| n).collect();
         let old_epoch = self.group(gid)?.mls.epoch().as_u64();
         let mut removed_self = false;
@@ -1077,17 +1190,17 @@ impl State {
                 .get_mut(gid)
                 .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
             if g.mls.pending_commit().is_none() {
-                return Ok(false);
+                return Ok(Merge::Invalid);
             }
             g.mls.merge_pending_commit(&self.provider).map_err(mls)?;
         } else {
             let Some(Wire::Handshake { mls: bytes }) = Wire::decode(payload) else {
                 self.invalid_commit(gid, hash)?;
-                return Ok(false);
+                return Ok(Merge::Invalid);
             };
             let Some(pm) = self.parse_protocol(gid, &bytes) else {
                 self.invalid_commit(gid, hash)?;
-                return Ok(false);
+                return Ok(Merge::Invalid);
             };
             let processed = {
                 let g = self
@@ -1098,9 +1211,18 @@ impl State {
             };
             let staged = match processed.map(|p| p.into_content()) {
                 Ok(ProcessedMessageContent::StagedCommitMessage(sc)) => sc,
-                Ok(_) | Err(_) => {
+                Ok(_) => {
                     self.invalid_commit(gid, hash)?;
-                    return Ok(false);
+                    return Ok(Merge::Invalid);
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        "{}: group {gid} epoch {old_epoch}: candidate {} invalid: {e:?}",
+                        self.name,
+                        short(hash)
+                    );
+                    self.invalid_commit(gid, hash)?;
+                    return Ok(Merge::Invalid);
                 }
             };
             removed_self = staged.self_removed();
@@ -1150,19 +1272,28 @@ impl State {
                             params![gid.0, to_i64(now_ms())],
                         )?;
                     }
-                    self.drop_intent(intent)?;
+                    // Done, unless a branch move undoes this commit.
+                    self.db()
+                        .prepare_cached("UPDATE pqmls_intents SET done_epoch = ?2 WHERE id = ?1")?
+                        .execute(params![intent, to_i64(old_epoch)])?;
                 }
             }
         }
         let active = self.group(gid)?.mls.is_active() && !removed_self;
         let new_epoch = self.group(gid)?.mls.epoch().as_u64();
         tracing::debug!(
-            "{}: group {gid} epoch {old_epoch} -> {new_epoch}",
-            self.name
+            "{}: group {gid} epoch {old_epoch} -> {new_epoch} by {}{}",
+            self.name,
+            short(hash),
+            if own { " (own)" } else { "" }
         );
         if !active {
-            self.deactivate(gid)?;
-            return Ok(false);
+            // Tentative until the grace period ends: a better commit for this epoch or an
+            // earlier one could still put us back on a branch where we are a member.
+            if let Some(g) = self.groups.get_mut(gid) {
+                g.removed_at = Some(Instant::now());
+            }
+            return Ok(Merge::Left);
         }
         let after: BTreeSet<String> = self.member_list(gid)?.into_iter().map(|(_, n)| n).collect();
         for m in after.difference(&before) {
@@ -1181,7 +1312,8 @@ impl State {
             group: gid.clone(),
             epoch: new_epoch,
         });
-        Ok(true)
+        self.record_epoch(gid)?;
+        Ok(Merge::Merged)
     }
 
     fn invalid_commit(&mut self, gid: &GroupId, hash: &[u8]) -> Result<()> {
@@ -1227,6 +1359,9 @@ impl State {
             .execute(params![gid.0, to_i64(keep_from)])?;
         self.db()
             .prepare_cached("DELETE FROM pqmls_pending WHERE group_id = ?1 AND epoch < ?2")?
+            .execute(params![gid.0, to_i64(keep_from)])?;
+        self.db()
+            .prepare_cached("DELETE FROM pqmls_intents WHERE group_id = ?1 AND done_epoch < ?2")?
             .execute(params![gid.0, to_i64(keep_from)])?;
         self.replay_pending(gid)?;
         if let Some(g) = self.groups.get_mut(gid) {
@@ -1286,9 +1421,22 @@ impl State {
         let Some(merged) = merged else {
             return Ok(());
         };
-        if hash[..] >= merged[..] || !db::has_snapshot(self.db(), &gid.0, epoch)? {
+        if hash[..] >= merged[..] {
             return Ok(());
         }
+        if !db::has_snapshot(self.db(), &gid.0, epoch)? {
+            tracing::debug!(
+                "{}: group {gid}: better commit {} for epoch {epoch} but no snapshot",
+                self.name,
+                short(hash)
+            );
+            return Ok(());
+        }
+        tracing::debug!(
+            "{}: group {gid}: trying better commit {} for epoch {epoch}",
+            self.name,
+            short(hash)
+        );
         self.switch_branch(gid, epoch, hash)
     }
 
@@ -1312,7 +1460,7 @@ impl State {
                 params![gid.0, &hash[..]],
                 |r| r.get(0),
             )?;
-            self.try_merge(gid, hash, &payload, false)
+            Ok(self.try_merge(gid, hash, &payload, false)? != Merge::Invalid)
         })();
         match attempt {
             Ok(true) => {
@@ -1330,31 +1478,19 @@ impl State {
         }
         // The abandoned branch: its merged commits are candidates again, our own commits in
         // it can no longer be merged, and their invitations must be redone.
-        let abandoned: Vec<(Vec<u8>, bool, Option<String>)> = self
-            .db()
-            .prepare(
-                "SELECT hash, own, invitee FROM pqmls_commits
-                 WHERE group_id = ?1 AND epoch >= ?2 AND merged = 1 AND hash != ?3",
-            )?
-            .query_map(params![gid.0, to_i64(epoch), &hash[..]], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        for (h, own, invitee) in abandoned {
-            let state = if own { -1 } else { 0 };
-            self.db().execute(
-                "UPDATE pqmls_commits SET merged = ?3 WHERE group_id = ?1 AND hash = ?2",
-                params![gid.0, h, state],
-            )?;
-            if let Some(user) = invitee {
-                // The Welcome already went out for a branch that lost: a fresh key
-                // package is needed.
-                self.db().execute(
-                    "INSERT INTO pqmls_intents (group_id, kind, user) VALUES (?1, 'add', ?2)",
-                    params![gid.0, user],
-                )?;
-            }
-        }
+        self.db().execute(
+            "UPDATE pqmls_commits SET merged = CASE own WHEN 1 THEN -1 ELSE 0 END
+             WHERE group_id = ?1 AND epoch >= ?2 AND merged = 1 AND hash != ?3",
+            params![gid.0, to_i64(epoch), &hash[..]],
+        )?;
+        // Operations our abandoned commits did are to do again; an invitation needs a
+        // fresh key package, since the Welcome that went out consumed the old one.
+        self.db().execute(
+            "UPDATE pqmls_intents SET done_epoch = NULL,
+                 key_package = CASE kind WHEN 'add' THEN NULL ELSE key_package END
+             WHERE group_id = ?1 AND done_epoch >= ?2",
+            params![gid.0, to_i64(epoch)],
+        )?;
         // Failed candidates of later epochs may be valid on this branch.
         self.db().execute(
             "UPDATE pqmls_commits SET merged = 0 WHERE group_id = ?1 AND epoch > ?2 AND merged = -1 AND own = 0",
@@ -1365,6 +1501,15 @@ impl State {
             return Ok(());
         }
         let now_epoch = self.group(gid)?.mls.epoch().as_u64();
+        if let Some(g) = self.groups.get_mut(gid)
+            && g.mls.is_active()
+        {
+            g.removed_at = None;
+        }
+        self.db().execute(
+            "DELETE FROM pqmls_epochs WHERE group_id = ?1 AND epoch > ?2",
+            params![gid.0, to_i64(now_epoch)],
+        )?;
         self.stats.forks_recovered += 1;
         self.events.push(Event::ForkRecovered {
             group: gid.clone(),
@@ -1394,9 +1539,28 @@ impl State {
                 content: Content::Text(body),
             };
             self.encrypt_app(gid, &payload)?;
+            self.db().execute(
+                "UPDATE pqmls_messages SET epoch = ?3 WHERE group_id = ?1 AND uid = ?2",
+                params![gid.0, uid, to_i64(now_epoch)],
+            )?;
             self.stats.resent += 1;
         }
         self.after_epoch_change(gid)
+    }
+
+    /// Forgets the groups we were removed from longer than the grace period ago.
+    pub(crate) fn finalize_removals(&mut self, now: Instant) -> Result<()> {
+        let grace = self.config.removal_grace;
+        let due: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.removed_at.is_some_and(|t| t + grace <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for gid in due {
+            self.tx(|s| s.deactivate(&gid))?;
+        }
+        Ok(())
     }
 
     /// Queues self-updates for groups whose last one is older than the interval.

@@ -364,7 +364,8 @@ pub struct TrialReport {
     pub epoch: u64,
     /// Application messages sent.
     pub messages: u64,
-    /// (message, recipient) pairs where the recipient was a member when it was sent.
+    /// (message, recipient) pairs where the recipient was a member of the group, on the
+    /// final chain, at the epoch the message was (last) sent in.
     pub expected_deliveries: u64,
     /// Of those, how many are in the recipient's history at the end.
     pub deliveries: u64,
@@ -513,7 +514,23 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
                 .collect::<std::collections::BTreeSet<_>>(),
         );
     }
-    for (sender, body, members) in &sent {
+    // The members a message was for: the group on the final chain at the epoch the
+    // sender's last copy went out in (a message sent on a losing branch is re-sent on the
+    // winning one), as recorded by m0, who is never removed.
+    let mut final_epochs = std::collections::BTreeMap::new();
+    for c in &clients {
+        for m in c.history(&group, usize::MAX >> 1).await.unwrap_or_default() {
+            if m.own {
+                final_epochs.insert(m.body, m.epoch);
+            }
+        }
+    }
+    for (sender, body, at_send) in &sent {
+        let members = match final_epochs.get(body) {
+            Some(e) => clients[0].members_at(&group, *e).await.ok().flatten(),
+            None => None,
+        }
+        .unwrap_or_else(|| at_send.clone());
         for m in members.iter().filter(|m| *m != sender) {
             if let Some(i) = names.iter().position(|n| n == m) {
                 report.expected_deliveries += 1;
