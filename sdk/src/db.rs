@@ -94,6 +94,13 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
              -- a branch move; NULL while still to do.
              done_epoch INTEGER
          );
+         -- Welcomes for groups we were already in, kept in case our branch turns out dead.
+         CREATE TABLE IF NOT EXISTS pqmls_welcomes (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             group_id BLOB NOT NULL,
+             epoch INTEGER NOT NULL,
+             payload BLOB NOT NULL
+         );
          -- Who was in the group at each epoch of our branch.
          CREATE TABLE IF NOT EXISTS pqmls_epochs (
              group_id BLOB NOT NULL,

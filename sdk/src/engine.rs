@@ -97,6 +97,21 @@ pub(crate) struct State {
     pub crashed: bool,
 }
 
+/// A key package to publish: its slot, directory key and bytes.
+pub(crate) type KeyPackageEntry = (Slot, Vec<u8>, Vec<u8>);
+
+/// What merging an own commit leaves to do: (Welcome, invitee, intent id).
+type OwnCommitEffects = (Option<Vec<u8>>, Option<String>, Option<i64>);
+
+/// What a Welcome gave.
+#[derive(Debug)]
+enum Join {
+    Joined,
+    Refused,
+    /// Kept aside: (group, epoch).
+    Deferred(GroupId, u64),
+}
+
 /// What trying one commit candidate gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Merge {
@@ -315,7 +330,7 @@ impl State {
     /// The slots whose key package must be (re)published: missing, or consumed by a join.
     /// Returns (slot, directory key, key package) with the new key packages already
     /// generated and recorded as unpublished.
-    pub(crate) fn key_packages_to_publish(&mut self) -> Result<Vec<(Slot, Vec<u8>, Vec<u8>)>> {
+    pub(crate) fn key_packages_to_publish(&mut self) -> Result<Vec<KeyPackageEntry>> {
         let mut slots: Vec<Slot> = (0..self.config.one_time_key_packages)
             .map(Slot::OneTime)
             .collect();
@@ -865,8 +880,8 @@ impl State {
         let epoch = pm.epoch().as_u64();
         let g = self.group(gid)?;
         if !g.mls.is_active() {
-            self.stats.ignored += 1;
-            return Ok(());
+            // Kept: if we are invited back, messages of the epoch we rejoin at are ours.
+            return self.buffer(gid, id, epoch, payload);
         }
         let current = g.mls.epoch().as_u64();
         let ours = wire::auth_tag(g.mls.epoch_authenticator().as_slice());
@@ -897,6 +912,7 @@ impl State {
                 group: gid.clone(),
                 epoch,
             });
+            self.retry_welcomes(gid)?;
         }
         Ok(())
     }
@@ -982,28 +998,60 @@ impl State {
     }
 
     fn on_welcome(&mut self, bytes: &[u8]) -> Result<()> {
+        self.welcome(bytes, false).map(|_| ())
+    }
+
+    /// Retries the Welcomes kept for a group, newest epoch first, until one joins.
+    fn retry_welcomes(&mut self, gid: &GroupId) -> Result<()> {
+        let rows: Vec<(i64, Vec<u8>)> = self
+            .db()
+            .prepare_cached("SELECT id, payload FROM pqmls_welcomes WHERE group_id = ?1 ORDER BY epoch DESC, id DESC")?
+            .query_map([&gid.0], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, payload) in rows {
+            self.db()
+                .execute("DELETE FROM pqmls_welcomes WHERE id = ?1", [id])?;
+            if self.welcome(&payload, true)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a Welcome; `true` if we joined. Without `force`, a Welcome for a group we are
+    /// in at a later epoch, with no sign of a fork, is kept aside rather than used.
+    fn welcome(&mut self, bytes: &[u8], force: bool) -> Result<bool> {
         let Ok(msg) = MlsMessageIn::tls_deserialize_exact(bytes) else {
             self.stats.malformed += 1;
-            return Ok(());
+            return Ok(false);
         };
         let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
             self.stats.malformed += 1;
-            return Ok(());
+            return Ok(false);
         };
         // OpenMLS deletes the key package a Welcome names before it has validated the
         // rest, so a forged Welcome would burn a one-time key package: everything below
         // runs in a savepoint that is rolled back unless we join.
         self.db().execute_batch("SAVEPOINT pqmls_welcome")?;
-        match self.join(welcome) {
-            Ok(true) => {
+        match self.join(welcome, force) {
+            Ok(Join::Joined) => {
                 self.db().execute_batch("RELEASE pqmls_welcome")?;
                 self.todo.key_packages = true;
-                Ok(())
+                Ok(true)
             }
-            Ok(false) => {
+            Ok(Join::Refused) => {
                 self.db()
                     .execute_batch("ROLLBACK TO pqmls_welcome; RELEASE pqmls_welcome")?;
-                Ok(())
+                Ok(false)
+            }
+            Ok(Join::Deferred(gid, epoch)) => {
+                self.db()
+                    .execute_batch("ROLLBACK TO pqmls_welcome; RELEASE pqmls_welcome")?;
+                self.db().execute(
+                    "INSERT INTO pqmls_welcomes (group_id, epoch, payload) VALUES (?1, ?2, ?3)",
+                    params![gid.0, to_i64(epoch), bytes],
+                )?;
+                Ok(false)
             }
             Err(e) => {
                 self.db()
@@ -1014,8 +1062,8 @@ impl State {
         }
     }
 
-    /// Joins from a Welcome; `false` if it was refused or not for a group we should join.
-    fn join(&mut self, welcome: Welcome) -> Result<bool> {
+    /// Joins from a Welcome.
+    fn join(&mut self, welcome: Welcome, force: bool) -> Result<Join> {
         let processed = match ProcessedWelcome::new_from_welcome(
             &self.provider,
             &self.join_config(),
@@ -1025,21 +1073,26 @@ impl State {
             Err(e) => {
                 tracing::debug!("{}: dropping a Welcome: {e:?}", self.name);
                 self.stats.rejected += 1;
-                return Ok(false);
+                return Ok(Join::Refused);
             }
         };
         let info = processed.unverified_group_info();
         let gid = GroupId(info.group_id().as_slice().to_vec());
         let epoch = info.epoch().as_u64();
-        if let Some(g) = self.groups.get(&gid)
+        // A Welcome for a group we are in means its sender is on a branch where we are not
+        // a member: we were removed there and invited back, or we are on a branch that lost
+        // and the inviter moved and invited us again. One for an epoch we are already past,
+        // with no sign of a fork, may be a stale one from a branch that lost: it is kept,
+        // and used if we find our branch is the dead one.
+        if !force
+            && let Some(g) = self.groups.get(&gid)
             && g.mls.is_active()
-            && g.mls.epoch().as_u64() > epoch
+            && g.mls.epoch().as_u64() >= epoch
             && g.fork_reported.is_none()
         {
-            // Already in this group further along, with no sign of a fork: a stale Welcome.
-            self.stats.ignored += 1;
-            return Ok(false);
+            return Ok(Join::Deferred(gid, epoch));
         }
+        tracing::debug!("{}: joining {gid} at epoch {epoch}", self.name);
         if let Some(mut old) = self.groups.remove(&gid) {
             // Removed and invited again, or re-invited after a fork (the inviter moved
             // branch): the new Welcome replaces the old state, whose snapshots and plans
@@ -1063,7 +1116,7 @@ impl State {
             Err(e) => {
                 tracing::debug!("{}: dropping a Welcome: {e:?}", self.name);
                 self.stats.rejected += 1;
-                return Ok(false);
+                return Ok(Join::Refused);
             }
         };
         let inviter = staged
@@ -1078,7 +1131,7 @@ impl State {
         });
         self.todo.sync.insert(gid.clone());
         self.replay_pending(&gid)?;
-        Ok(true)
+        Ok(Join::Joined)
     }
 
     // ----- ordering -----
@@ -1096,6 +1149,22 @@ impl State {
 
     /// Merges the winner among the candidates of every group whose settle time has passed.
     pub(crate) fn settle_due(&mut self, now: Instant) -> Result<()> {
+        // Candidates that arrived while we could not use them (before a join, during a
+        // branch move) get their settle time here.
+        let idle: Vec<(GroupId, u64)> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.settle_at.is_none() && g.mls.is_active())
+            .map(|(id, g)| (id.clone(), g.mls.epoch().as_u64()))
+            .collect();
+        for (gid, epoch) in idle {
+            if self.has_candidates(&gid, epoch)? {
+                let settle = self.config.settle;
+                if let Some(g) = self.groups.get_mut(&gid) {
+                    g.settle_at = Some(now + settle);
+                }
+            }
+        }
         let due: Vec<GroupId> = self
             .groups
             .iter()
@@ -1153,6 +1222,8 @@ impl State {
                 Merge::Invalid => {}
             }
         }
+        // Commits for our epoch that none of us can use: we are on another branch.
+        self.report_fork(gid, epoch)?;
         Ok(false)
     }
 
@@ -1243,7 +1314,7 @@ impl State {
         self.stats.commits_merged += 1;
         // Effects of our own commit: the Welcome goes out, the intent is done.
         if own {
-            let row: Option<(Option<Vec<u8>>, Option<String>, Option<i64>)> = self
+            let row: Option<OwnCommitEffects> = self
                 .db()
                 .query_row(
                     "SELECT welcome, invitee, intent FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2",

@@ -125,7 +125,7 @@ impl std::str::FromStr for GroupId {
 
     fn from_str(s: &str) -> Result<Self> {
         let bad = || Error::Config(format!("not a hex group id: {s:?}"));
-        if s.is_empty() || s.len() % 2 != 0 || s.len() > 128 {
+        if s.is_empty() || !s.len().is_multiple_of(2) || s.len() > 128 {
             return Err(bad());
         }
         (0..s.len())

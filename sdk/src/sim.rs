@@ -379,6 +379,8 @@ pub struct TrialReport {
     pub dropped: u64,
     /// Why it did not converge, if it did not.
     pub failure: Option<String>,
+    /// The first undelivered (message, recipient) pairs, described.
+    pub missing: Vec<String>,
 }
 
 /// Runs one trial on the current runtime, which should be a current-thread runtime with
@@ -394,7 +396,7 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         loss: s.loss,
         ..SimConfig::default()
     });
-    let mut rng = SimRng::new(s.seed ^ 0x5eed_0f_ac710e5);
+    let mut rng = SimRng::new(s.seed ^ 0x0005_eed0_fac7_10e5);
     let mut clients = Vec::new();
     for i in 0..s.members {
         let (t, inbox) = net.attach();
@@ -536,6 +538,12 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
                 report.expected_deliveries += 1;
                 if histories[i].contains(body) {
                     report.deliveries += 1;
+                } else if report.missing.len() < 20 {
+                    report.missing.push(format!(
+                        "{} (final epoch {:?}) not at {m}",
+                        String::from_utf8_lossy(body),
+                        final_epochs.get(body)
+                    ));
                 }
             }
         }
