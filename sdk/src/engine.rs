@@ -1591,6 +1591,10 @@ impl State {
             "{}: group {gid} moved branch at {epoch} ({current} -> {now_epoch})",
             self.name
         );
+        if !self.group(gid)?.mls.is_active() {
+            // The winning branch removed us: nothing to re-send, nothing to propose.
+            return Ok(());
+        }
         // Our messages sent in the abandoned epochs did not reach the winning branch.
         let resend: Vec<(Vec<u8>, i64, Vec<u8>)> = self
             .db()
