@@ -194,6 +194,7 @@ impl Client {
             todo: Todo::default(),
             stats: Stats::default(),
             crashed: false,
+            armed: None,
         };
         state.reload_groups()?;
         let mut subscribe = vec![inbox_topic];
@@ -671,8 +672,12 @@ impl Inner {
     }
 
     /// Publishes the outbox in order; what the transport refuses stays for the next try.
+    /// Order is kept per topic: a refused payload holds back the later ones of its topic
+    /// only (a group nobody else has joined yet must not block a Welcome to an inbox).
     async fn flush(&self) {
         let _guard = self.flush_lock.lock().await;
+        let mut blocked: Vec<String> = Vec::new();
+        let mut after = 0i64;
         loop {
             let rows: Vec<(i64, String, Vec<u8>)> = {
                 let s = self.state.lock().await;
@@ -682,10 +687,10 @@ impl Inner {
                 let rows = s
                     .db()
                     .prepare_cached(
-                        "SELECT seq, topic, payload FROM pqmls_outbox ORDER BY seq LIMIT 64",
+                        "SELECT seq, topic, payload FROM pqmls_outbox WHERE seq > ?1 ORDER BY seq LIMIT 64",
                     )
                     .and_then(|mut st| {
-                        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        st.query_map([after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                             .collect::<Result<Vec<_>, _>>()
                     });
                 match rows {
@@ -697,10 +702,15 @@ impl Inner {
                 }
             };
             if rows.is_empty() {
-                self.outbox_pending.store(false, Ordering::Relaxed);
+                self.outbox_pending
+                    .store(!blocked.is_empty(), Ordering::Relaxed);
                 return;
             }
             for (seq, topic, payload) in rows {
+                after = seq;
+                if blocked.contains(&topic) {
+                    continue;
+                }
                 let done = match Topic::parse(&topic) {
                     None => true,
                     Some(t) => match self.transport.publish(&t, payload).await {
@@ -720,8 +730,8 @@ impl Inner {
                 let mut s = self.state.lock().await;
                 if !done {
                     s.stats.publish_failures += 1;
-                    self.outbox_pending.store(true, Ordering::Relaxed);
-                    return;
+                    blocked.push(topic);
+                    continue;
                 }
                 s.stats.published += 1;
                 if s.fail(FailPoint::SendAfterPublish).is_err() {
@@ -827,6 +837,7 @@ impl Inner {
             .locked(|s| {
                 s.settle_due(now)?;
                 s.finalize_removals(now)?;
+                s.request_rejoins(now)?;
                 s.schedule_updates()
             })
             .await;

@@ -31,6 +31,7 @@ use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::random::OpenMlsRand;
+use openmls_traits::signatures::Signer as _;
 use openmls_traits::storage::StorageProvider as _;
 use pqmls_provider::storage::Codec;
 use pqmls_provider::{BinaryCodec, SignatureKeyPair, SqliteStorage};
@@ -77,6 +78,13 @@ pub(crate) struct Group {
     /// When a commit removing us was merged (the group is kept for
     /// [`Config::removal_grace`] in case a branch move undoes it).
     pub removed_at: Option<Instant>,
+    /// The most advanced view of the group seen in others' messages that is not ours:
+    /// (epoch, epoch-authenticator tag).
+    pub foreign: Option<(u64, [u8; wire::AUTH_TAG_LEN])>,
+    /// When the group last moved (merge or join).
+    pub progress_at: Instant,
+    /// When we last asked to be invited again.
+    pub rejoin_at: Option<Instant>,
 }
 
 /// The client's state, behind its lock.
@@ -95,6 +103,8 @@ pub(crate) struct State {
     pub stats: Stats,
     /// Set when a fail point was hit: the client is dead.
     pub crashed: bool,
+    /// A fail point reached inside a step, to fire once the step has committed.
+    pub armed: Option<FailPoint>,
 }
 
 /// A key package to publish: its slot, directory key and bytes.
@@ -170,10 +180,17 @@ impl State {
         }
         self.db().execute_batch("BEGIN IMMEDIATE")?;
         let events_before = self.events.len();
+        self.armed = None;
         let result = f(self).and_then(|v| {
             self.db().execute_batch("COMMIT")?;
             Ok(v)
         });
+        // Fail points "after the step is persisted, before it is published" fire here.
+        if result.is_ok()
+            && let Some(point) = self.armed.take()
+        {
+            self.fail(point)?;
+        }
         if result.is_err() {
             let _ = self.db().execute_batch("ROLLBACK");
             self.events.truncate(events_before);
@@ -231,6 +248,9 @@ impl State {
                 fork_reported,
                 leave_sent,
                 removed_at,
+                foreign: None,
+                progress_at: Instant::now(),
+                rejoin_at: None,
             };
             if group.settle_at.is_none() && self.has_candidates(&gid, group.mls.epoch().as_u64())? {
                 group.settle_at = Some(Instant::now() + self.config.settle);
@@ -452,6 +472,9 @@ impl State {
                 fork_reported: None,
                 leave_sent: None,
                 removed_at: None,
+                foreign: None,
+                progress_at: Instant::now(),
+                rejoin_at: None,
             },
         );
         self.record_epoch(gid)
@@ -673,7 +696,7 @@ impl State {
         self.stats.last_commit_bytes = payload.len() as u64;
         let topic = self.group(gid)?.topic.clone();
         self.enqueue(&topic, payload)?;
-        self.fail(FailPoint::CommitBeforePublish)?;
+        self.armed = Some(FailPoint::CommitBeforePublish);
         let settle = self.config.settle;
         let g = self.group_mut(gid)?;
         if g.settle_at.is_none() {
@@ -696,7 +719,7 @@ impl State {
         }
         self.tx(|s| {
             let m = s.send_content(gid, Content::Text(body.to_vec()))?;
-            s.fail(FailPoint::SendBeforePublish)?;
+            s.armed = Some(FailPoint::SendBeforePublish);
             Ok(m)
         })
     }
@@ -817,6 +840,13 @@ impl State {
                     s.stats.malformed += 1;
                     Ok(())
                 }
+                Wire::Rejoin {
+                    name,
+                    epoch,
+                    auth,
+                    nonce,
+                    sig,
+                } => s.on_rejoin(&gid, &name, epoch, auth, nonce, &sig),
             }
         })
     }
@@ -886,6 +916,11 @@ impl State {
         let current = g.mls.epoch().as_u64();
         let ours = wire::auth_tag(g.mls.epoch_authenticator().as_slice());
         if epoch > current || (epoch == current && auth != ours) {
+            if let Some(g) = self.groups.get_mut(gid)
+                && g.foreign.is_none_or(|f| wire::ahead((epoch, auth), f))
+            {
+                g.foreign = Some((epoch, auth));
+            }
             if epoch == current {
                 self.report_fork(gid, epoch)?;
             }
@@ -1093,6 +1128,11 @@ impl State {
             return Ok(Join::Deferred(gid, epoch));
         }
         tracing::debug!("{}: joining {gid} at epoch {epoch}", self.name);
+        let replaced_epoch = self
+            .groups
+            .get(&gid)
+            .filter(|g| g.mls.is_active())
+            .map(|g| g.mls.epoch().as_u64());
         if let Some(mut old) = self.groups.remove(&gid) {
             // Removed and invited again, or re-invited after a fork (the inviter moved
             // branch): the new Welcome replaces the old state, whose snapshots and plans
@@ -1131,6 +1171,10 @@ impl State {
         });
         self.todo.sync.insert(gid.clone());
         self.replay_pending(&gid)?;
+        if let Some(old_epoch) = replaced_epoch {
+            // Our recent messages may have gone to a branch that lost.
+            self.resend_own(&gid, old_epoch.saturating_sub(self.config.rollback_window))?;
+        }
         Ok(Join::Joined)
     }
 
@@ -1437,6 +1481,8 @@ impl State {
         self.replay_pending(gid)?;
         if let Some(g) = self.groups.get_mut(gid) {
             g.fork_reported = None;
+            g.foreign = None;
+            g.progress_at = Instant::now();
         }
         if self.groups.contains_key(gid) && self.has_candidates(gid, epoch)? {
             let settle = self.config.settle;
@@ -1596,31 +1642,135 @@ impl State {
             return Ok(());
         }
         // Our messages sent in the abandoned epochs did not reach the winning branch.
-        let resend: Vec<(Vec<u8>, i64, Vec<u8>)> = self
-            .db()
-            .prepare(
-                "SELECT uid, sent_ms, body FROM pqmls_messages WHERE group_id = ?1 AND own = 1 AND epoch > ?2 ORDER BY seq",
-            )?
-            .query_map(params![gid.0, to_i64(epoch)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?;
-        for (uid, sent_ms, body) in resend {
-            let mut u = [0u8; 16];
-            if uid.len() == 16 {
-                u.copy_from_slice(&uid);
-            }
-            let payload = AppPayload {
-                uid: u,
-                sent_ms: to_u64(sent_ms),
-                content: Content::Text(body),
-            };
-            self.encrypt_app(gid, &payload)?;
-            self.db().execute(
-                "UPDATE pqmls_messages SET epoch = ?3 WHERE group_id = ?1 AND uid = ?2",
-                params![gid.0, uid, to_i64(now_epoch)],
-            )?;
-            self.stats.resent += 1;
-        }
+        self.resend_own(gid, epoch + 1)?;
         self.after_epoch_change(gid)
+    }
+
+    /// A member asks to be removed and invited again: if it is a member in our view, the
+    /// signature is its, and our view is ahead of its, we do it.
+    fn on_rejoin(
+        &mut self,
+        gid: &GroupId,
+        name: &str,
+        epoch: u64,
+        auth: [u8; wire::AUTH_TAG_LEN],
+        nonce: [u8; 16],
+        sig: &[u8],
+    ) -> Result<()> {
+        let g = self.group(gid)?;
+        if !g.mls.is_active() || name == self.name {
+            self.stats.ignored += 1;
+            return Ok(());
+        }
+        let ours = (
+            g.mls.epoch().as_u64(),
+            wire::auth_tag(g.mls.epoch_authenticator().as_slice()),
+        );
+        let Some(member) = g
+            .mls
+            .members()
+            .find(|m| credential_name(&m.credential) == name)
+        else {
+            self.stats.ignored += 1;
+            return Ok(());
+        };
+        let tbs = wire::rejoin_tbs(&gid.0, name, epoch, &auth, &nonce);
+        if self
+            .provider
+            .crypto()
+            .verify_signature(
+                self.config.suite.signature_algorithm(),
+                &tbs,
+                &member.signature_key,
+                sig,
+            )
+            .is_err()
+        {
+            self.stats.rejected += 1;
+            return Ok(());
+        }
+        if !wire::ahead(ours, (epoch, auth)) {
+            // Not behind us: not ours to repair.
+            self.stats.ignored += 1;
+            return Ok(());
+        }
+        let open: i64 = self.db().query_row(
+            "SELECT COUNT(*) FROM pqmls_intents WHERE group_id = ?1 AND user = ?2 AND done_epoch IS NULL",
+            params![gid.0, name],
+            |r| r.get(0),
+        )?;
+        if open == 0 {
+            tracing::debug!("{}: re-inviting {name} (stuck at epoch {epoch})", self.name);
+            for kind in ["remove", "add"] {
+                self.db().execute(
+                    "INSERT INTO pqmls_intents (group_id, kind, user) VALUES (?1, ?2, ?3)",
+                    params![gid.0, kind, name],
+                )?;
+            }
+            self.drive_intents(gid)?;
+        }
+        Ok(())
+    }
+
+    /// Asks to be invited again in groups where we are stuck: others' messages show a view
+    /// ahead of ours, and we have not moved for `stall`.
+    pub(crate) fn request_rejoins(&mut self, now: Instant) -> Result<()> {
+        let stall = (self.config.settle * 10).max(std::time::Duration::from_secs(3));
+        let stuck: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| {
+                g.mls.is_active()
+                    && now >= g.progress_at + stall
+                    && g.rejoin_at.is_none_or(|t| now >= t + stall)
+                    && g.foreign.is_some_and(|f| {
+                        wire::ahead(
+                            f,
+                            (
+                                g.mls.epoch().as_u64(),
+                                wire::auth_tag(g.mls.epoch_authenticator().as_slice()),
+                            ),
+                        )
+                    })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for gid in stuck {
+            self.tx(|s| {
+                s.retry_welcomes(&gid)?;
+                let Some(g) = s.groups.get_mut(&gid) else {
+                    return Ok(());
+                };
+                if g.progress_at > now || !g.mls.is_active() {
+                    return Ok(());
+                }
+                g.rejoin_at = Some(now);
+                let epoch = g.mls.epoch().as_u64();
+                let auth = wire::auth_tag(g.mls.epoch_authenticator().as_slice());
+                let topic = g.topic.clone();
+                let nonce = s.random::<16>()?;
+                let tbs = wire::rejoin_tbs(&gid.0, &s.name, epoch, &auth, &nonce);
+                let sig = s
+                    .signer
+                    .sign(&tbs)
+                    .map_err(|e| Error::Crypto(format!("{e:?}")))?;
+                tracing::debug!(
+                    "{}: stuck at epoch {epoch} in {gid}, asking to be re-invited",
+                    s.name
+                );
+                s.stats.rejoin_requests += 1;
+                let payload = Wire::Rejoin {
+                    name: s.name.clone(),
+                    epoch,
+                    auth,
+                    nonce,
+                    sig,
+                }
+                .encode();
+                s.enqueue(&topic, payload)
+            })?;
+        }
+        Ok(())
     }
 
     /// Forgets the groups we were removed from longer than the grace period ago.
@@ -1634,6 +1784,38 @@ impl State {
             .collect();
         for gid in due {
             self.tx(|s| s.deactivate(&gid))?;
+        }
+        Ok(())
+    }
+
+    /// Re-sends our application messages of epochs from `from_epoch` on, in the current
+    /// epoch (receivers drop the ones they already have, by uid).
+    fn resend_own(&mut self, gid: &GroupId, from_epoch: u64) -> Result<()> {
+        let now_epoch = self.group(gid)?.mls.epoch().as_u64();
+        let resend: Vec<(Vec<u8>, i64, Vec<u8>)> = self
+            .db()
+            .prepare(
+                "SELECT uid, sent_ms, body FROM pqmls_messages WHERE group_id = ?1 AND own = 1 AND epoch >= ?2 ORDER BY seq",
+            )?
+            .query_map(params![gid.0, to_i64(from_epoch)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (uid, sent_ms, body) in resend {
+            let Ok(u) = <[u8; 16]>::try_from(uid.as_slice()) else {
+                continue;
+            };
+            let payload = AppPayload {
+                uid: u,
+                sent_ms: to_u64(sent_ms),
+                content: Content::Text(body),
+            };
+            self.encrypt_app(gid, &payload)?;
+            self.db().execute(
+                "UPDATE pqmls_messages SET epoch = ?3 WHERE group_id = ?1 AND uid = ?2",
+                params![gid.0, uid, to_i64(now_epoch)],
+            )?;
+            self.stats.resent += 1;
         }
         Ok(())
     }

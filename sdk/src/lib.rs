@@ -125,7 +125,11 @@ impl std::str::FromStr for GroupId {
 
     fn from_str(s: &str) -> Result<Self> {
         let bad = || Error::Config(format!("not a hex group id: {s:?}"));
-        if s.is_empty() || !s.len().is_multiple_of(2) || s.len() > 128 {
+        if s.is_empty()
+            || !s.len().is_multiple_of(2)
+            || s.len() > 128
+            || !s.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Err(bad());
         }
         (0..s.len())
@@ -175,8 +179,10 @@ pub struct Stats {
     pub forks_detected: u64,
     /// Moves to a winning branch.
     pub forks_recovered: u64,
-    /// Own messages re-sent after a branch move.
+    /// Own messages re-sent after a branch move or a re-invitation.
     pub resent: u64,
+    /// Requests to be invited again, sent when stuck on a branch that lost.
+    pub rejoin_requests: u64,
     /// Payloads published.
     pub published: u64,
     /// Publish attempts the transport refused (retried later).

@@ -33,6 +33,45 @@ pub(crate) enum Wire {
         /// The serialized `MlsMessageOut` holding the Welcome.
         mls: Vec<u8>,
     },
+    /// A member stuck on a branch that lost asks to be removed and invited again, on the
+    /// group topic. Signed with its credential's key (see [`rejoin_tbs`]).
+    Rejoin {
+        /// The member's name.
+        name: String,
+        /// The epoch it is stuck at.
+        epoch: u64,
+        /// Its epoch-authenticator tag there.
+        auth: [u8; AUTH_TAG_LEN],
+        /// Random, so repeated requests are distinct payloads.
+        nonce: [u8; 16],
+        /// Signature over [`rejoin_tbs`].
+        sig: Vec<u8>,
+    },
+}
+
+/// What a rejoin request's signature covers.
+pub(crate) fn rejoin_tbs(
+    group_id: &[u8],
+    name: &str,
+    epoch: u64,
+    auth: &[u8; AUTH_TAG_LEN],
+    nonce: &[u8; 16],
+) -> Vec<u8> {
+    let mut out = b"pqmls rejoin request v1".to_vec();
+    for field in [group_id, name.as_bytes()] {
+        out.extend_from_slice(&(field.len() as u64).to_be_bytes());
+        out.extend_from_slice(field);
+    }
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.extend_from_slice(auth);
+    out.extend_from_slice(nonce);
+    out
+}
+
+/// Whether the view `a` (epoch, epoch-authenticator tag) is ahead of `b`: a later epoch,
+/// or the same epoch with a smaller tag (an arbitrary but shared tie-break).
+pub(crate) fn ahead(a: (u64, [u8; AUTH_TAG_LEN]), b: (u64, [u8; AUTH_TAG_LEN])) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
 }
 
 impl Wire {
