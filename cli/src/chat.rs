@@ -86,9 +86,9 @@ struct Chat {
 
 impl Chat {
     fn current(&self) -> Result<GroupId> {
-        self.current
-            .clone()
-            .ok_or_else(|| anyhow!("no current group: /create one, /join one, or wait for an invitation"))
+        self.current.clone().ok_or_else(|| {
+            anyhow!("no current group: /create one, /join one, or wait for an invitation")
+        })
     }
 
     /// Handles one input line; `Ok(true)` means quit.
@@ -144,7 +144,9 @@ impl Chat {
             "join" => {
                 let g: GroupId = need("a group id (hex)")?.parse()?;
                 if !self.client.groups().await?.contains(&g) {
-                    bail!("you are not in group {g}; you join automatically when a member invites you");
+                    bail!(
+                        "you are not in group {g}; you join automatically when a member invites you"
+                    );
                 }
                 println!("* current group is now {g}");
                 self.current = Some(g);
@@ -155,7 +157,11 @@ impl Chat {
                     println!("* no groups yet");
                 }
                 for g in groups {
-                    let mark = if self.current.as_ref() == Some(&g) { "*" } else { " " };
+                    let mark = if self.current.as_ref() == Some(&g) {
+                        "*"
+                    } else {
+                        " "
+                    };
                     match self.client.status(&g).await {
                         Ok(s) => println!(
                             "{mark} {g} epoch {} members [{}]",
@@ -168,17 +174,27 @@ impl Chat {
             }
             "members" => {
                 let g = self.current()?;
-                println!("* members of {}: {}", short(&g), self.client.members(&g).await?.join(", "));
+                println!(
+                    "* members of {}: {}",
+                    short(&g),
+                    self.client.members(&g).await?.join(", ")
+                );
             }
             "history" => {
                 let n = match arg {
-                    Some(a) => a.parse::<usize>().map_err(|_| anyhow!("/history takes a number, not {a:?}"))?,
+                    Some(a) => a
+                        .parse::<usize>()
+                        .map_err(|_| anyhow!("/history takes a number, not {a:?}"))?,
                     None => 20,
                 };
                 let g = self.current()?;
                 for m in self.client.history(&g, n).await? {
                     let who = if m.own { "me" } else { m.sender.as_str() };
-                    println!("  [epoch {}] <{who}> {}", m.epoch, String::from_utf8_lossy(&m.body));
+                    println!(
+                        "  [epoch {}] <{who}> {}",
+                        m.epoch,
+                        String::from_utf8_lossy(&m.body)
+                    );
                 }
             }
             "update" => {
@@ -212,14 +228,18 @@ impl Chat {
                 String::from_utf8_lossy(&m.body)
             ),
             Event::Joined { group, inviter } => {
-                println!("* joined group {group} (invited by {inviter}); it is now the current group");
+                println!(
+                    "* joined group {group} (invited by {inviter}); it is now the current group"
+                );
                 self.current = Some(group);
             }
             Event::MemberJoined { group, member } => {
                 println!("* {member} joined {}", short(&group));
             }
             Event::MemberLeft { group, member } => println!("* {member} left {}", short(&group)),
-            Event::EpochChanged { group, epoch } => println!("* {} is at epoch {epoch}", short(&group)),
+            Event::EpochChanged { group, epoch } => {
+                println!("* {} is at epoch {epoch}", short(&group))
+            }
             Event::Removed { group } => {
                 println!("* you are no longer a member of {group}");
                 if self.current.as_ref() == Some(&group) {
@@ -227,9 +247,16 @@ impl Chat {
                 }
             }
             Event::ForkDetected { group, epoch } => {
-                println!("* fork detected in {} at epoch {epoch}; repairing", short(&group));
+                println!(
+                    "* fork detected in {} at epoch {epoch}; repairing",
+                    short(&group)
+                );
             }
-            Event::ForkRecovered { group, from_epoch, epoch } => println!(
+            Event::ForkRecovered {
+                group,
+                from_epoch,
+                epoch,
+            } => println!(
                 "* moved {} to the winning branch (from epoch {from_epoch} to {epoch})",
                 short(&group)
             ),
@@ -259,7 +286,9 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         for b in &args.bootstrap {
             sc = sc.with_bootstrap(b.clone());
         }
-        let (s, _inbound) = Node::start(sc).await.context("cannot start the store node")?;
+        let (s, _inbound) = Node::start(sc)
+            .await
+            .context("cannot start the store node")?;
         public_addrs = s.listen_addrs().await?;
         for a in &public_addrs {
             node = node.with_bootstrap(a.clone());
@@ -278,9 +307,12 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     let config = Config::new(args.name.clone())
         .with_data_dir(&args.data_dir)
         .with_suite(args.suite);
-    let client = Client::start(config, node)
-        .await
-        .with_context(|| format!("cannot start the chat client in {}", args.data_dir.display()))?;
+    let client = Client::start(config, node).await.with_context(|| {
+        format!(
+            "cannot start the chat client in {}",
+            args.data_dir.display()
+        )
+    })?;
     let mut events = client.events();
     println!(
         "pqmls chat: {} ({}), suite {}{}",
@@ -289,7 +321,10 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         util::suite_label(client.suite()),
         if args.store { ", store node" } else { "" }
     );
-    let n = client.node().cloned().ok_or_else(|| anyhow!("the client has no libp2p node"))?;
+    let n = client
+        .node()
+        .cloned()
+        .ok_or_else(|| anyhow!("the client has no libp2p node"))?;
     if store_node.is_none() {
         public_addrs = n.listen_addrs().await?;
     }

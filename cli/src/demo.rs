@@ -76,13 +76,21 @@ impl Member {
 }
 
 /// Starts a client on a fresh node bootstrapping to the store, and a task that logs its events.
-async fn start_member(name: &str, dir: PathBuf, suite: Ciphersuite, bootstrap: &Multiaddr) -> Result<Member> {
+async fn start_member(
+    name: &str,
+    dir: PathBuf,
+    suite: Ciphersuite,
+    bootstrap: &Multiaddr,
+) -> Result<Member> {
     let mut config = Config::new(name).with_data_dir(&dir).with_suite(suite);
     config.settle = Duration::from_millis(200);
     config.self_update_interval = None;
-    let client = Client::start(config, NodeConfig::loopback().with_bootstrap(bootstrap.clone()))
-        .await
-        .with_context(|| format!("starting client {name}"))?;
+    let client = Client::start(
+        config,
+        NodeConfig::loopback().with_bootstrap(bootstrap.clone()),
+    )
+    .await
+    .with_context(|| format!("starting client {name}"))?;
     let log: Log = Arc::default();
     let mut events = client.events();
     let sink = log.clone();
@@ -170,19 +178,23 @@ async fn converged(
 
 /// Waits until `member` has received every body in `bodies` (as events).
 async fn received_all(member: &Member, bodies: &[Vec<u8>], limit: Duration) -> Result<()> {
-    poll_until(limit, format!("{} to receive {} messages", member.name, bodies.len()), || async {
-        let got = member.received();
-        let missing: Vec<String> = bodies
-            .iter()
-            .filter(|b| !got.iter().any(|(_, body, _)| body == *b))
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .collect();
-        Ok(if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("missing {missing:?}"))
-        })
-    })
+    poll_until(
+        limit,
+        format!("{} to receive {} messages", member.name, bodies.len()),
+        || async {
+            let got = member.received();
+            let missing: Vec<String> = bodies
+                .iter()
+                .filter(|b| !got.iter().any(|(_, body, _)| body == *b))
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect();
+            Ok(if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}"))
+            })
+        },
+    )
     .await
 }
 
@@ -252,29 +264,58 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let t = Instant::now();
     let group = members[0].client.create_group().await?;
     let t_create = t.elapsed();
-    p.step(format!("{} created group {group} ({})", names[0], ms(t_create)));
+    p.step(format!(
+        "{} created group {group} ({})",
+        names[0],
+        ms(t_create)
+    ));
 
     let mut invite_times = Vec::new();
     for i in 1..n {
         let t = Instant::now();
-        within(limit, format!("{} to invite {}", names[0], names[i]), async {
-            Ok(members[0].client.invite(&group, &names[i]).await?)
-        })
+        within(
+            limit,
+            format!("{} to invite {}", names[0], names[i]),
+            async { Ok(members[0].client.invite(&group, &names[i]).await?) },
+        )
         .await?;
-        poll_until(limit, format!("{} to join from the Welcome", names[i]), || async {
-            Ok(if members[i].joined(&group) { Ok(()) } else { Err("no Joined event".into()) })
-        })
+        poll_until(
+            limit,
+            format!("{} to join from the Welcome", names[i]),
+            || async {
+                Ok(if members[i].joined(&group) {
+                    Ok(())
+                } else {
+                    Err("no Joined event".into())
+                })
+            },
+        )
         .await?;
         let d = t.elapsed();
         invite_times.push(d);
-        p.step(format!("{} invited {}: joined after {}", names[0], names[i], ms(d)));
+        p.step(format!(
+            "{} invited {}: joined after {}",
+            names[0],
+            names[i],
+            ms(d)
+        ));
     }
     let all: Vec<&Member> = members.iter().collect();
-    let status = converged(&all, &group, n, 0, limit, "every member to agree on the group").await?;
+    let status = converged(
+        &all,
+        &group,
+        n,
+        0,
+        limit,
+        "every member to agree on the group",
+    )
+    .await?;
     for m in &members {
-        within(limit, format!("{}'s gossip mesh for the group", m.name), async {
-            Ok(pqmls::wait_for_mesh(&m.client, &group).await?)
-        })
+        within(
+            limit,
+            format!("{}'s gossip mesh for the group", m.name),
+            async { Ok(pqmls::wait_for_mesh(&m.client, &group).await?) },
+        )
         .await?;
     }
     p.step(format!(
@@ -290,7 +331,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     for m in &members {
         let body = format!("hello from {}", m.name).into_bytes();
         let at = Instant::now();
-        m.client.send(&group, &body).await.with_context(|| format!("{} sending", m.name))?;
+        m.client
+            .send(&group, &body)
+            .await
+            .with_context(|| format!("{} sending", m.name))?;
         sent.push((m.name.clone(), body, at));
     }
     let mut latencies = Vec::new();
@@ -319,7 +363,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     ));
 
     // Two concurrent commits.
-    let before = converged(&all, &group, n, 0, limit, "agreement before the concurrent commits").await?;
+    let before = converged(
+        &all,
+        &group,
+        n,
+        0,
+        limit,
+        "agreement before the concurrent commits",
+    )
+    .await?;
     let (a, b) = (&members[1], &members[2]);
     let t = Instant::now();
     let (ra, rb) = tokio::join!(a.client.update(&group), b.client.update(&group));
@@ -358,8 +410,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     // Restart one member from its data directory while the others talk.
     let t = Instant::now();
-    let Some(gone) = members.pop() else { bail!("no member to restart") };
-    let Member { name: gone_name, dir: gone_dir, client: gone_client, collector: gone_collector, .. } = gone;
+    let Some(gone) = members.pop() else {
+        bail!("no member to restart")
+    };
+    let Member {
+        name: gone_name,
+        dir: gone_dir,
+        client: gone_client,
+        collector: gone_collector,
+        ..
+    } = gone;
     within(limit, format!("{gone_name} to shut down"), async {
         gone_client.shutdown().await;
         Ok(())
@@ -381,30 +441,61 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .collect();
         received_all(m, &expected, limit).await?;
     }
-    p.step(format!("the others sent {} messages while {gone_name} was away", offline_bodies.len()));
+    p.step(format!(
+        "the others sent {} messages while {gone_name} was away",
+        offline_bodies.len()
+    ));
     let t_restart = Instant::now();
     let back = start_member(&gone_name, gone_dir, args.suite, &bootstrap).await?;
-    let node = back.client.node().cloned().ok_or_else(|| anyhow!("no node"))?;
-    poll_until(limit, format!("{gone_name}'s node to reach the store"), || async {
-        Ok(if node.counters().store_peers > 0 { Ok(()) } else { Err("no store peer".into()) })
-    })
+    let node = back
+        .client
+        .node()
+        .cloned()
+        .ok_or_else(|| anyhow!("no node"))?;
+    poll_until(
+        limit,
+        format!("{gone_name}'s node to reach the store"),
+        || async {
+            Ok(if node.counters().store_peers > 0 {
+                Ok(())
+            } else {
+                Err("no store peer".into())
+            })
+        },
+    )
     .await?;
-    poll_until(limit, format!("{gone_name} to catch up from the store"), || async {
-        if let Err(e) = back.client.sync().await {
-            return Ok(Err(format!("sync: {e}")));
-        }
-        let history = back.client.history(&group, 100).await?;
-        let missing: Vec<String> = offline_bodies
-            .iter()
-            .filter(|(_, b)| !history.iter().any(|h| h.body == *b))
-            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
-            .collect();
-        Ok(if missing.is_empty() { Ok(()) } else { Err(format!("missing {missing:?}")) })
-    })
+    poll_until(
+        limit,
+        format!("{gone_name} to catch up from the store"),
+        || async {
+            if let Err(e) = back.client.sync().await {
+                return Ok(Err(format!("sync: {e}")));
+            }
+            let history = back.client.history(&group, 100).await?;
+            let missing: Vec<String> = offline_bodies
+                .iter()
+                .filter(|(_, b)| !history.iter().any(|h| h.body == *b))
+                .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+                .collect();
+            Ok(if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}"))
+            })
+        },
+    )
     .await?;
     members.push(back);
     let all: Vec<&Member> = members.iter().collect();
-    let caught_up = converged(&all, &group, n, after.epoch, limit, "the restarted member to agree with the others").await?;
+    let caught_up = converged(
+        &all,
+        &group,
+        n,
+        after.epoch,
+        limit,
+        "the restarted member to agree with the others",
+    )
+    .await?;
     let t_catchup = t_restart.elapsed();
     let restart_total = t.elapsed();
     p.step(format!(
@@ -425,19 +516,45 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         ("suite", util::suite_label(args.suite)),
         ("clients", n.to_string()),
         ("key package", format!("{} B", s0.key_package_bytes)),
-        ("Welcome (last invite)", format!("{} B", s0.last_welcome_bytes)),
-        ("commit (add, last invite)", format!("{} B", s0.last_commit_bytes)),
+        (
+            "Welcome (last invite)",
+            format!("{} B", s0.last_welcome_bytes),
+        ),
+        (
+            "commit (add, last invite)",
+            format!("{} B", s0.last_commit_bytes),
+        ),
         ("commit (update)", format!("{} B", s1.last_commit_bytes)),
-        ("application message", format!("{} B", s0.last_message_bytes)),
+        (
+            "application message",
+            format!("{} B", s0.last_message_bytes),
+        ),
         ("group creation", ms(t_create)),
-        ("invite until joined (mean / max)", format!("{} / {}", ms(mean(&invite_times)), ms(invite_max))),
-        ("message fan-out latency (mean / max)", format!("{} / {}", ms(fanout_mean), ms(fanout_max))),
+        (
+            "invite until joined (mean / max)",
+            format!("{} / {}", ms(mean(&invite_times)), ms(invite_max)),
+        ),
+        (
+            "message fan-out latency (mean / max)",
+            format!("{} / {}", ms(fanout_mean), ms(fanout_max)),
+        ),
         ("concurrent-commit resolution", ms(t_resolve)),
-        ("restart + catch-up", format!("{} (whole restart step {})", ms(t_catchup), ms(restart_total))),
+        (
+            "restart + catch-up",
+            format!(
+                "{} (whole restart step {})",
+                ms(t_catchup),
+                ms(restart_total)
+            ),
+        ),
         ("total", ms(total)),
     ];
     let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    let v = rows.iter().map(|(_, v)| v.chars().count()).max().unwrap_or(0);
+    let v = rows
+        .iter()
+        .map(|(_, v)| v.chars().count())
+        .max()
+        .unwrap_or(0);
     println!();
     println!("+-{}-+-{}-+", "-".repeat(w), "-".repeat(v));
     for (k, val) in &rows {

@@ -68,7 +68,11 @@ pub fn info(args: InfoArgs) -> Result<()> {
     }
     println!("supported suites:");
     for cs in pqmls_provider::SUPPORTED_CIPHERSUITES {
-        let default = if cs == pqmls::DEFAULT_SUITE { " (default)" } else { "" };
+        let default = if cs == pqmls::DEFAULT_SUITE {
+            " (default)"
+        } else {
+            ""
+        };
         println!("  {:#06x} {}{default}", u16::from(cs), util::suite_name(cs));
     }
     println!("groups: {}", info.groups.len());

@@ -112,7 +112,11 @@ pub fn run(args: SimArgs) -> Result<()> {
                 println!(
                     "seed {:>5}: {} epoch {:>3}, {:>4} messages, deliveries {:>5}/{:<5} forks {:>3}/{:<3} (detected/recovered), converged in {:>7.3} s{}",
                     r.seed,
-                    if r.converged { "converged    " } else { "NOT converged" },
+                    if r.converged {
+                        "converged    "
+                    } else {
+                        "NOT converged"
+                    },
                     r.epoch,
                     r.messages,
                     r.deliveries,
@@ -120,7 +124,10 @@ pub fn run(args: SimArgs) -> Result<()> {
                     r.forks_detected,
                     r.forks_recovered,
                     r.converge_time.as_secs_f64(),
-                    r.failure.as_deref().map(|f| format!(": {f}")).unwrap_or_default()
+                    r.failure
+                        .as_deref()
+                        .map(|f| format!(": {f}"))
+                        .unwrap_or_default()
                 );
                 reports.push(r);
             }
@@ -168,7 +175,11 @@ pub fn run(args: SimArgs) -> Result<()> {
     );
     println!("wall time: {:.1} s", wall.as_secs_f64());
 
-    let mut failed: Vec<u64> = reports.iter().filter(|r| !r.converged).map(|r| r.seed).collect();
+    let mut failed: Vec<u64> = reports
+        .iter()
+        .filter(|r| !r.converged)
+        .map(|r| r.seed)
+        .collect();
     failed.sort_unstable();
     if !errors.is_empty() {
         bail!(

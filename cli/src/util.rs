@@ -71,7 +71,11 @@ pub async fn within<T>(
 
 /// Polls `check` every 20 ms until it gives `Ok(Ok(value))`, for at most `limit`.
 /// `Ok(Err(state))` means "not yet" and `state` is shown if the deadline passes.
-pub async fn poll_until<T, F, Fut>(limit: Duration, what: impl std::fmt::Display, mut check: F) -> Result<T>
+pub async fn poll_until<T, F, Fut>(
+    limit: Duration,
+    what: impl std::fmt::Display,
+    mut check: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Result<T, String>>>,

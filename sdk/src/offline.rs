@@ -219,7 +219,9 @@ pub fn inspect(data_dir: &Path) -> Result<DataDirInfo> {
                 Some(g.epoch().as_u64()),
                 Some(g.ciphersuite()),
                 g.members()
-                    .map(|m| String::from_utf8_lossy(m.credential.serialized_content()).into_owned())
+                    .map(|m| {
+                        String::from_utf8_lossy(m.credential.serialized_content()).into_owned()
+                    })
                     .collect(),
             ),
             None => (None, None, Vec::new()),
