@@ -77,6 +77,7 @@ mod engine;
 mod error;
 mod event;
 mod net;
+mod offline;
 pub mod sim;
 mod wire;
 
@@ -87,6 +88,7 @@ pub use config::{Config, DATABASE_FILE, DEFAULT_SUITE, FailPoint};
 pub use error::{Error, Result};
 pub use event::{Event, Events, ReceivedMessage};
 pub use net::{Inbox, Transport};
+pub use offline::{DataDirInfo, GroupInfo, IdentityInfo, fingerprint, init_identity, inspect};
 pub use openmls::prelude::Ciphersuite;
 
 /// A group's id: 16 random bytes chosen by its creator. Displayed and parsed as hex.

@@ -1,0 +1,391 @@
+//! `pqmls chat`: an interactive terminal chat. Lines typed are sent to the current group;
+//! lines starting with `/` are commands (`/help`). Events are printed as they come.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use pqmls::{Ciphersuite, Client, Config, Event, GroupId};
+use pqmls_transport::Multiaddr;
+use pqmls_transport::node::Config as NodeConfig;
+use pqmls_transport::{Node, store};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::util;
+
+/// The two-terminal recipe shown by `pqmls chat --help`.
+pub const TWO_TERMINALS: &str = "\
+Two terminals on one machine (alice's node is also the store, so nothing else is needed):
+
+  terminal 1:
+    cargo run --release -p pqmls-cli -- chat --name alice --data-dir /tmp/pqmls-alice --listen /ip4/127.0.0.1/tcp/7001 --store
+  terminal 2:
+    cargo run --release -p pqmls-cli -- chat --name bob --data-dir /tmp/pqmls-bob --bootstrap /ip4/127.0.0.1/tcp/7001
+
+Then in terminal 1 type `/create` and `/invite bob`; bob joins from the Welcome and the
+group becomes his current one. Type lines to chat; `/help` lists the commands.
+A bootstrap address may omit the /p2p/<peer id> suffix; each process prints its full
+listen addresses at start. Data directories keep identity and groups across restarts.";
+
+/// Arguments of `pqmls chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Your user name (1 to 64 letters, digits and -_.@+); others invite you by it.
+    #[arg(long)]
+    name: String,
+    /// Your data directory: identity, groups and history (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to listen on, e.g. /ip4/127.0.0.1/tcp/7001 (repeatable; default a random
+    /// TCP and QUIC port on 127.0.0.1).
+    #[arg(long)]
+    listen: Vec<Multiaddr>,
+    /// A peer to dial at start, e.g. /ip4/127.0.0.1/tcp/7001 (repeatable).
+    #[arg(long)]
+    bootstrap: Vec<Multiaddr>,
+    /// Also run a store node in this process (history and key-package directory, kept in
+    /// DATA_DIR/store) on the --listen addresses, so that no separate store is needed;
+    /// the chat's own node connects to it.
+    #[arg(long)]
+    store: bool,
+    /// Discover peers on the local network with mDNS.
+    #[arg(long)]
+    mdns: bool,
+    /// Cipher suite of your identity and the groups you create: hex code, decimal code or name.
+    #[arg(long, default_value = util::DEFAULT_SUITE_ARG, value_parser = util::parse_suite)]
+    suite: Ciphersuite,
+}
+
+const HELP: &str = "\
+commands:
+  /create            create a group and make it the current one
+  /invite <user>     invite a user to the current group
+  /join <group-hex>  make a group you are in the current one (joining itself is automatic
+                     when you are invited)
+  /groups            list your groups
+  /members           members of the current group
+  /history [n]       the last n (default 20) messages of the current group
+  /update            commit a fresh key for yourself in the current group
+  /remove <user>     remove a user from the current group
+  /leave             leave the current group
+  /help              this text
+  /quit              exit (also Ctrl-D or Ctrl-C)
+anything else is sent to the current group";
+
+/// A short form of a group id for message lines.
+fn short(g: &GroupId) -> String {
+    g.to_string().chars().take(8).collect()
+}
+
+/// The chat session: the client and the current group.
+struct Chat {
+    client: Client,
+    current: Option<GroupId>,
+}
+
+impl Chat {
+    fn current(&self) -> Result<GroupId> {
+        self.current.clone().ok_or_else(|| {
+            anyhow!("no current group: /create one, /join one, or wait for an invitation")
+        })
+    }
+
+    /// Handles one input line; `Ok(true)` means quit.
+    async fn line(&mut self, line: &str) -> Result<bool> {
+        let line = line.trim();
+        if line.is_empty() {
+            return Ok(false);
+        }
+        let Some(command) = line.strip_prefix('/') else {
+            let g = self.current()?;
+            self.client.send(&g, line.as_bytes()).await?;
+            return Ok(false);
+        };
+        let mut words = command.split_whitespace();
+        let verb = words.next().unwrap_or("");
+        let arg = words.next();
+        if words.next().is_some() {
+            bail!("too many arguments; see /help");
+        }
+        let need = |what: &str| arg.ok_or_else(|| anyhow!("/{verb} needs {what}; see /help"));
+        match verb {
+            "quit" | "exit" => return Ok(true),
+            "help" => println!("{HELP}"),
+            "create" => {
+                let g = self.client.create_group().await?;
+                println!("* created group {g}; it is now the current group");
+                self.current = Some(g);
+            }
+            "invite" => {
+                let user = need("a user name")?.to_owned();
+                let g = self.current()?;
+                let client = self.client.clone();
+                // Inviting may wait for the user's key packages to reach a store: in the
+                // background, so the chat stays responsive.
+                tokio::spawn(async move {
+                    let mut r = client.invite(&g, &user).await;
+                    if matches!(r, Err(pqmls::Error::NoKeyPackage(_))) {
+                        println!("* no key package for {user} yet; waiting up to 20 s for one");
+                        r = match pqmls::wait_for_key_packages(&client, &user).await {
+                            Ok(()) => client.invite(&g, &user).await,
+                            Err(e) => Err(e),
+                        };
+                    }
+                    match r {
+                        Ok(()) => println!(
+                            "* invited {user} to {}: they join from the Welcome once the commit is merged",
+                            short(&g)
+                        ),
+                        Err(e) => println!("error: inviting {user}: {e}"),
+                    }
+                });
+            }
+            "join" => {
+                let g: GroupId = need("a group id (hex)")?.parse()?;
+                if !self.client.groups().await?.contains(&g) {
+                    bail!(
+                        "you are not in group {g}; you join automatically when a member invites you"
+                    );
+                }
+                println!("* current group is now {g}");
+                self.current = Some(g);
+            }
+            "groups" => {
+                let groups = self.client.groups().await?;
+                if groups.is_empty() {
+                    println!("* no groups yet");
+                }
+                for g in groups {
+                    let mark = if self.current.as_ref() == Some(&g) {
+                        "*"
+                    } else {
+                        " "
+                    };
+                    match self.client.status(&g).await {
+                        Ok(s) => println!(
+                            "{mark} {g} epoch {} members [{}]",
+                            s.epoch,
+                            s.members.join(", ")
+                        ),
+                        Err(e) => println!("{mark} {g} ({e})"),
+                    }
+                }
+            }
+            "members" => {
+                let g = self.current()?;
+                println!(
+                    "* members of {}: {}",
+                    short(&g),
+                    self.client.members(&g).await?.join(", ")
+                );
+            }
+            "history" => {
+                let n = match arg {
+                    Some(a) => a
+                        .parse::<usize>()
+                        .map_err(|_| anyhow!("/history takes a number, not {a:?}"))?,
+                    None => 20,
+                };
+                let g = self.current()?;
+                for m in self.client.history(&g, n).await? {
+                    let who = if m.own { "me" } else { m.sender.as_str() };
+                    println!(
+                        "  [epoch {}] <{who}> {}",
+                        m.epoch,
+                        String::from_utf8_lossy(&m.body)
+                    );
+                }
+            }
+            "update" => {
+                let g = self.current()?;
+                self.client.update(&g).await?;
+                println!("* update committed in {}", short(&g));
+            }
+            "remove" => {
+                let user = need("a user name")?;
+                let g = self.current()?;
+                self.client.remove(&g, user).await?;
+                println!("* removal of {user} committed in {}", short(&g));
+            }
+            "leave" => {
+                let g = self.current()?;
+                self.client.leave(&g).await?;
+                println!("* asked the members of {} to remove you", short(&g));
+            }
+            other => bail!("unknown command /{other}; see /help"),
+        }
+        Ok(false)
+    }
+
+    /// Prints an event (and follows the current group on joins and removals).
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::Message(m) => println!(
+                "[{}] <{}> {}",
+                short(&m.group),
+                m.sender,
+                String::from_utf8_lossy(&m.body)
+            ),
+            Event::Joined { group, inviter } => {
+                println!(
+                    "* joined group {group} (invited by {inviter}); it is now the current group"
+                );
+                self.current = Some(group);
+            }
+            Event::MemberJoined { group, member } => {
+                println!("* {member} joined {}", short(&group));
+            }
+            Event::MemberLeft { group, member } => println!("* {member} left {}", short(&group)),
+            Event::EpochChanged { group, epoch } => {
+                println!("* {} is at epoch {epoch}", short(&group))
+            }
+            Event::Removed { group } => {
+                println!("* you are no longer a member of {group}");
+                if self.current.as_ref() == Some(&group) {
+                    self.current = None;
+                }
+            }
+            Event::ForkDetected { group, epoch } => {
+                println!(
+                    "* fork detected in {} at epoch {epoch}; repairing",
+                    short(&group)
+                );
+            }
+            Event::ForkRecovered {
+                group,
+                from_epoch,
+                epoch,
+            } => println!(
+                "* moved {} to the winning branch (from epoch {from_epoch} to {epoch})",
+                short(&group)
+            ),
+            other => println!("* {other:?}"),
+        }
+    }
+}
+
+/// Runs the chat until `/quit`, end of input or Ctrl-C.
+pub async fn run(args: ChatArgs) -> Result<()> {
+    // With --store, the store is a second libp2p node in this process, on the --listen
+    // addresses, and the client's node connects to it. (Making the client's own node the
+    // store deadlocks in the SDK: while the user is alone in a new group no remote peer
+    // subscribes to its topic, publishing the first commit fails with NoPeers, and the
+    // in-order outbox then never publishes the Welcome queued behind it.)
+    let mut store_node = None;
+    let mut public_addrs = Vec::new();
+    let mut node = NodeConfig::loopback();
+    node.mdns = args.mdns;
+    if args.store {
+        let mut sc = NodeConfig::loopback()
+            .with_store(args.data_dir.join("store"), store::Config::default());
+        if !args.listen.is_empty() {
+            sc.listen = args.listen.clone();
+        }
+        sc.mdns = args.mdns;
+        for b in &args.bootstrap {
+            sc = sc.with_bootstrap(b.clone());
+        }
+        let (s, _inbound) = Node::start(sc)
+            .await
+            .context("cannot start the store node")?;
+        public_addrs = s.listen_addrs().await?;
+        for a in &public_addrs {
+            node = node.with_bootstrap(a.clone());
+        }
+        store_node = Some(s);
+    } else {
+        if !args.listen.is_empty() {
+            node.listen = args.listen.clone();
+        }
+        for b in &args.bootstrap {
+            node = node.with_bootstrap(b.clone());
+        }
+    }
+    // A stable peer id across restarts.
+    node.data_dir = Some(args.data_dir.join("node"));
+    let config = Config::new(args.name.clone())
+        .with_data_dir(&args.data_dir)
+        .with_suite(args.suite);
+    let client = Client::start(config, node).await.with_context(|| {
+        format!(
+            "cannot start the chat client in {}",
+            args.data_dir.display()
+        )
+    })?;
+    let mut events = client.events();
+    println!(
+        "pqmls chat: {} ({}), suite {}{}",
+        client.name(),
+        pqmls::fingerprint(client.public_key()),
+        util::suite_label(client.suite()),
+        if args.store { ", store node" } else { "" }
+    );
+    let n = client
+        .node()
+        .cloned()
+        .ok_or_else(|| anyhow!("the client has no libp2p node"))?;
+    if store_node.is_none() {
+        public_addrs = n.listen_addrs().await?;
+    }
+    for a in &public_addrs {
+        println!("listening on {a}");
+    }
+    if !args.store && args.bootstrap.is_empty() && !args.mdns {
+        println!("* warning: no store and no peer to dial; use --store, --bootstrap or --mdns");
+    }
+    // Report connectivity changes.
+    let watcher = {
+        let n = n.clone();
+        tokio::spawn(async move {
+            let mut last = (u64::MAX, u64::MAX);
+            loop {
+                let c = n.counters();
+                let now = (c.connected_peers, c.store_peers);
+                if now != last {
+                    println!("* connected peers: {}, store peers: {}", now.0, now.1);
+                    last = now;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let mut chat = Chat {
+        client: client.clone(),
+        current: client.groups().await?.into_iter().last(),
+    };
+    if let Some(g) = &chat.current {
+        println!("* current group: {g} (/groups lists all)");
+    }
+    println!("type /help for commands");
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => match chat.line(&line).await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => println!("error: {e:#}"),
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    println!("error: reading input: {e}");
+                    break;
+                }
+            },
+            e = events.recv() => match e {
+                Some(e) => chat.event(e),
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    watcher.abort();
+    println!("* bye");
+    client.shutdown().await;
+    if let Some(s) = store_node {
+        let _ = s.shutdown().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,572 @@
+//! `pqmls demo`: a store node and N clients over real libp2p on 127.0.0.1, walking through
+//! group creation, invitations, messages, two concurrent commits, and a restart with
+//! catch-up; then a table of sizes and timings.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use pqmls::{Ciphersuite, Client, Config, Event, GroupId, GroupStatus};
+use pqmls_transport::node::Config as NodeConfig;
+use pqmls_transport::{Multiaddr, Node, store};
+use tokio::task::JoinHandle;
+
+use crate::util::{self, hex_prefix, mean, ms, poll_until, within};
+
+/// Arguments of `pqmls demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Cipher suite of the group: hex code, decimal code or name.
+    #[arg(long, default_value = util::DEFAULT_SUITE_ARG, value_parser = util::parse_suite)]
+    suite: Ciphersuite,
+    /// Number of clients (at least 3: a creator, two concurrent committers, one to restart).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(3..=26))]
+    clients: u16,
+    /// Where the store and the clients keep their data (default: a temporary directory,
+    /// deleted at the end).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Longest wait for any one step, in seconds.
+    #[arg(long, default_value_t = 20)]
+    timeout: u64,
+}
+
+const NAMES: [&str; 26] = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory",
+    "niaj", "olivia", "peggy", "rupert", "sybil", "trent", "uma", "victor", "walter", "xena",
+    "yara", "zoe", "quinn", "kim", "leo",
+];
+
+/// Events a client reported, with when they arrived.
+type Log = Arc<Mutex<Vec<(Instant, Event)>>>;
+
+/// One demo client: the handle, its data directory and its event log.
+struct Member {
+    name: String,
+    dir: PathBuf,
+    client: Client,
+    log: Log,
+    collector: JoinHandle<()>,
+}
+
+impl Member {
+    /// Messages received so far: (sender, body, when).
+    fn received(&self) -> Vec<(String, Vec<u8>, Instant)> {
+        self.log
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|(t, e)| match e {
+                        Event::Message(m) => Some((m.sender.clone(), m.body.clone(), *t)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn joined(&self, group: &GroupId) -> bool {
+        self.log.lock().is_ok_and(|l| {
+            l.iter()
+                .any(|(_, e)| matches!(e, Event::Joined { group: g, .. } if g == group))
+        })
+    }
+}
+
+/// Starts a client on a fresh node bootstrapping to the store, and a task that logs its events.
+async fn start_member(
+    name: &str,
+    dir: PathBuf,
+    suite: Ciphersuite,
+    bootstrap: &Multiaddr,
+) -> Result<Member> {
+    let mut config = Config::new(name).with_data_dir(&dir).with_suite(suite);
+    config.settle = Duration::from_millis(200);
+    config.self_update_interval = None;
+    let client = Client::start(
+        config,
+        NodeConfig::loopback().with_bootstrap(bootstrap.clone()),
+    )
+    .await
+    .with_context(|| format!("starting client {name}"))?;
+    let log: Log = Arc::default();
+    let mut events = client.events();
+    let sink = log.clone();
+    let collector = tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            if let Ok(mut l) = sink.lock() {
+                l.push((Instant::now(), e));
+            }
+        }
+    });
+    Ok(Member {
+        name: name.to_owned(),
+        dir,
+        client,
+        log,
+        collector,
+    })
+}
+
+/// Prints numbered progress lines with the time since the start.
+struct Progress {
+    start: Instant,
+    step: u32,
+}
+
+impl Progress {
+    fn step(&mut self, text: impl std::fmt::Display) {
+        self.step += 1;
+        println!(
+            "[{:>6.2}s] {:>2}. {text}",
+            self.start.elapsed().as_secs_f64(),
+            self.step
+        );
+    }
+}
+
+/// Waits until every member has the same epoch and authenticator, `members` members and no
+/// pending commit, with at least `min_epoch`; returns that status.
+async fn converged(
+    members: &[&Member],
+    group: &GroupId,
+    n_members: usize,
+    min_epoch: u64,
+    limit: Duration,
+    what: &str,
+) -> Result<GroupStatus> {
+    poll_until(limit, what, || async {
+        let mut statuses = Vec::with_capacity(members.len());
+        for m in members {
+            match m.client.status(group).await {
+                Ok(s) => statuses.push((m.name.as_str(), s)),
+                Err(e) => return Ok(Err(format!("{}: {e}", m.name))),
+            }
+        }
+        let describe = || {
+            statuses
+                .iter()
+                .map(|(n, s)| {
+                    format!(
+                        "{n}: epoch {} auth {} members {}{}",
+                        s.epoch,
+                        hex_prefix(&s.epoch_authenticator),
+                        s.members.len(),
+                        if s.pending_commit { " pending" } else { "" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let first = &statuses[0].1;
+        let agreed = statuses.iter().all(|(_, s)| {
+            s.epoch == first.epoch
+                && s.epoch_authenticator == first.epoch_authenticator
+                && !s.pending_commit
+                && s.members.len() == n_members
+        });
+        if agreed && first.epoch >= min_epoch {
+            Ok(Ok(first.clone()))
+        } else {
+            Ok(Err(describe()))
+        }
+    })
+    .await
+}
+
+/// Waits until `member` has received every body in `bodies` (as events).
+async fn received_all(member: &Member, bodies: &[Vec<u8>], limit: Duration) -> Result<()> {
+    poll_until(
+        limit,
+        format!("{} to receive {} messages", member.name, bodies.len()),
+        || async {
+            let got = member.received();
+            let missing: Vec<String> = bodies
+                .iter()
+                .filter(|b| !got.iter().any(|(_, body, _)| body == *b))
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect();
+            Ok(if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}"))
+            })
+        },
+    )
+    .await
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> Result<()> {
+    let limit = Duration::from_secs(args.timeout);
+    let n = usize::from(args.clients);
+    let temp;
+    let root = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("pqmls-demo-")
+                .tempdir()
+                .context("cannot create a temporary directory")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let mut p = Progress {
+        start: Instant::now(),
+        step: 0,
+    };
+    println!(
+        "pqmls demo: {n} clients and a store node over libp2p on 127.0.0.1, suite {}",
+        util::suite_label(args.suite)
+    );
+    println!("data in {}", root.display());
+
+    // The store node: history and the key-package directory.
+    let (store_node, _store_inbound) = Node::start(
+        NodeConfig::loopback().with_store(root.join("store"), store::Config::default()),
+    )
+    .await
+    .context("starting the store node")?;
+    let bootstrap = store_node
+        .listen_addrs()
+        .await?
+        .into_iter()
+        .find(|a| a.to_string().contains("/tcp/"))
+        .ok_or_else(|| anyhow!("the store node has no TCP listen address"))?;
+    p.step(format!("store node up at {bootstrap}"));
+
+    // The clients.
+    let starts = (0..n).map(|i| {
+        let name = NAMES[i];
+        start_member(name, root.join(name), args.suite, &bootstrap)
+    });
+    let mut members: Vec<Member> = within(limit, "the clients to start", async {
+        futures::future::try_join_all(starts).await
+    })
+    .await?;
+    let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    for m in &members[1..] {
+        within(
+            limit,
+            format!("{}'s key packages in the directory", m.name),
+            async { Ok(pqmls::wait_for_key_packages(&members[0].client, &m.name).await?) },
+        )
+        .await?;
+    }
+    p.step(format!(
+        "{n} clients started, key packages published: {}",
+        names.join(", ")
+    ));
+
+    // The group.
+    let t = Instant::now();
+    let group = members[0].client.create_group().await?;
+    let t_create = t.elapsed();
+    p.step(format!(
+        "{} created group {group} ({})",
+        names[0],
+        ms(t_create)
+    ));
+
+    let mut invite_times = Vec::new();
+    for i in 1..n {
+        let t = Instant::now();
+        within(
+            limit,
+            format!("{} to invite {}", names[0], names[i]),
+            async { Ok(members[0].client.invite(&group, &names[i]).await?) },
+        )
+        .await?;
+        poll_until(
+            limit,
+            format!("{} to join from the Welcome", names[i]),
+            || async {
+                Ok(if members[i].joined(&group) {
+                    Ok(())
+                } else {
+                    Err("no Joined event".into())
+                })
+            },
+        )
+        .await?;
+        let d = t.elapsed();
+        invite_times.push(d);
+        p.step(format!(
+            "{} invited {}: joined after {}",
+            names[0],
+            names[i],
+            ms(d)
+        ));
+    }
+    let all: Vec<&Member> = members.iter().collect();
+    let status = converged(
+        &all,
+        &group,
+        n,
+        0,
+        limit,
+        "every member to agree on the group",
+    )
+    .await?;
+    for m in &members {
+        within(
+            limit,
+            format!("{}'s gossip mesh for the group", m.name),
+            async { Ok(pqmls::wait_for_mesh(&m.client, &group).await?) },
+        )
+        .await?;
+    }
+    p.step(format!(
+        "all {n} members agree: epoch {}, authenticator {}…, members [{}]",
+        status.epoch,
+        hex_prefix(&status.epoch_authenticator),
+        status.members.join(", ")
+    ));
+
+    // Every member sends; every other member must receive each message.
+    let t = Instant::now();
+    let mut sent = Vec::new();
+    for m in &members {
+        let body = format!("hello from {}", m.name).into_bytes();
+        let at = Instant::now();
+        m.client
+            .send(&group, &body)
+            .await
+            .with_context(|| format!("{} sending", m.name))?;
+        sent.push((m.name.clone(), body, at));
+    }
+    let mut latencies = Vec::new();
+    for m in &members {
+        let expected: Vec<Vec<u8>> = sent
+            .iter()
+            .filter(|(s, _, _)| *s != m.name)
+            .map(|(_, b, _)| b.clone())
+            .collect();
+        received_all(m, &expected, limit).await?;
+        let got = m.received();
+        for (_, body, at) in &sent {
+            if let Some((_, _, t)) = got.iter().find(|(_, b, _)| b == body) {
+                latencies.push(t.saturating_duration_since(*at));
+            }
+        }
+    }
+    let fanout_mean = mean(&latencies);
+    let fanout_max = latencies.iter().max().copied().unwrap_or_default();
+    p.step(format!(
+        "every member sent one message; all {} deliveries arrived in {} (latency mean {}, max {})",
+        latencies.len(),
+        ms(t.elapsed()),
+        ms(fanout_mean),
+        ms(fanout_max)
+    ));
+
+    // Two concurrent commits.
+    let before = converged(
+        &all,
+        &group,
+        n,
+        0,
+        limit,
+        "agreement before the concurrent commits",
+    )
+    .await?;
+    let (a, b) = (&members[1], &members[2]);
+    let t = Instant::now();
+    let (ra, rb) = tokio::join!(a.client.update(&group), b.client.update(&group));
+    ra.with_context(|| format!("{} committing an update", a.name))?;
+    rb.with_context(|| format!("{} committing an update", b.name))?;
+    p.step(format!(
+        "{} and {} committed updates at the same time in epoch {}",
+        a.name, b.name, before.epoch
+    ));
+    let after = converged(
+        &all,
+        &group,
+        n,
+        before.epoch + 2,
+        limit,
+        "every member to agree after the concurrent commits",
+    )
+    .await?;
+    let t_resolve = t.elapsed();
+    let forks: u64 = {
+        let mut f = 0;
+        for m in &members {
+            f += m.client.stats().await.forks_recovered;
+        }
+        f
+    };
+    p.step(format!(
+        "competing commits resolved in {}: epoch {} -> {} (one won epoch {}, the loser was re-committed in epoch {}), authenticator {}… on all {n}, branch moves {forks}",
+        ms(t_resolve),
+        before.epoch,
+        after.epoch,
+        before.epoch + 1,
+        before.epoch + 2,
+        hex_prefix(&after.epoch_authenticator)
+    ));
+
+    // Restart one member from its data directory while the others talk.
+    let t = Instant::now();
+    let Some(gone) = members.pop() else {
+        bail!("no member to restart")
+    };
+    let Member {
+        name: gone_name,
+        dir: gone_dir,
+        client: gone_client,
+        collector: gone_collector,
+        ..
+    } = gone;
+    within(limit, format!("{gone_name} to shut down"), async {
+        gone_client.shutdown().await;
+        Ok(())
+    })
+    .await?;
+    gone_collector.abort();
+    p.step(format!("{gone_name} shut down"));
+    let mut offline_bodies = Vec::new();
+    for (k, m) in members.iter().take(3).enumerate() {
+        let body = format!("while {gone_name} was away #{} from {}", k + 1, m.name).into_bytes();
+        m.client.send(&group, &body).await?;
+        offline_bodies.push((m.name.clone(), body));
+    }
+    for m in &members {
+        let expected: Vec<Vec<u8>> = offline_bodies
+            .iter()
+            .filter(|(s, _)| *s != m.name)
+            .map(|(_, b)| b.clone())
+            .collect();
+        received_all(m, &expected, limit).await?;
+    }
+    p.step(format!(
+        "the others sent {} messages while {gone_name} was away",
+        offline_bodies.len()
+    ));
+    let t_restart = Instant::now();
+    let back = start_member(&gone_name, gone_dir, args.suite, &bootstrap).await?;
+    let node = back
+        .client
+        .node()
+        .cloned()
+        .ok_or_else(|| anyhow!("no node"))?;
+    poll_until(
+        limit,
+        format!("{gone_name}'s node to reach the store"),
+        || async {
+            Ok(if node.counters().store_peers > 0 {
+                Ok(())
+            } else {
+                Err("no store peer".into())
+            })
+        },
+    )
+    .await?;
+    poll_until(
+        limit,
+        format!("{gone_name} to catch up from the store"),
+        || async {
+            if let Err(e) = back.client.sync().await {
+                return Ok(Err(format!("sync: {e}")));
+            }
+            let history = back.client.history(&group, 100).await?;
+            let missing: Vec<String> = offline_bodies
+                .iter()
+                .filter(|(_, b)| !history.iter().any(|h| h.body == *b))
+                .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+                .collect();
+            Ok(if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}"))
+            })
+        },
+    )
+    .await?;
+    members.push(back);
+    let all: Vec<&Member> = members.iter().collect();
+    let caught_up = converged(
+        &all,
+        &group,
+        n,
+        after.epoch,
+        limit,
+        "the restarted member to agree with the others",
+    )
+    .await?;
+    let t_catchup = t_restart.elapsed();
+    let restart_total = t.elapsed();
+    p.step(format!(
+        "{gone_name} restarted from {} and caught up in {}: history has the {} messages, epoch {} authenticator {}… like the others",
+        members[n - 1].dir.display(),
+        ms(t_catchup),
+        offline_bodies.len(),
+        caught_up.epoch,
+        hex_prefix(&caught_up.epoch_authenticator)
+    ));
+
+    // The table.
+    let s0 = members[0].client.stats().await;
+    let s1 = members[1].client.stats().await;
+    let total = p.start.elapsed();
+    let invite_max = invite_times.iter().max().copied().unwrap_or_default();
+    let rows: Vec<(&str, String)> = vec![
+        ("suite", util::suite_label(args.suite)),
+        ("clients", n.to_string()),
+        ("key package", format!("{} B", s0.key_package_bytes)),
+        (
+            "Welcome (last invite)",
+            format!("{} B", s0.last_welcome_bytes),
+        ),
+        (
+            "commit (add, last invite)",
+            format!("{} B", s0.last_commit_bytes),
+        ),
+        ("commit (update)", format!("{} B", s1.last_commit_bytes)),
+        (
+            "application message",
+            format!("{} B", s0.last_message_bytes),
+        ),
+        ("group creation", ms(t_create)),
+        (
+            "invite until joined (mean / max)",
+            format!("{} / {}", ms(mean(&invite_times)), ms(invite_max)),
+        ),
+        (
+            "message fan-out latency (mean / max)",
+            format!("{} / {}", ms(fanout_mean), ms(fanout_max)),
+        ),
+        ("concurrent-commit resolution", ms(t_resolve)),
+        (
+            "restart + catch-up",
+            format!(
+                "{} (whole restart step {})",
+                ms(t_catchup),
+                ms(restart_total)
+            ),
+        ),
+        ("total", ms(total)),
+    ];
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let v = rows
+        .iter()
+        .map(|(_, v)| v.chars().count())
+        .max()
+        .unwrap_or(0);
+    println!();
+    println!("+-{}-+-{}-+", "-".repeat(w), "-".repeat(v));
+    for (k, val) in &rows {
+        println!("| {k:<w$} | {val:<v$} |");
+    }
+    println!("+-{}-+-{}-+", "-".repeat(w), "-".repeat(v));
+
+    for m in members {
+        m.client.shutdown().await;
+        m.collector.abort();
+    }
+    let _ = store_node.shutdown().await;
+    println!("demo OK");
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! `pqmls sim`: the ordering scenario of [`pqmls::sim`] (members committing concurrently
+//! while chatting under message loss, then a sync phase) for many seeds, on several OS
+//! threads, each trial on its own current-thread runtime with paused (virtual) time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use pqmls::Ciphersuite;
+use pqmls::sim::{Scenario, TrialReport, run_trial};
+
+use crate::util::{self, quantile};
+
+/// Arguments of `pqmls sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Number of trials (seeds `seed`, `seed + 1`, …).
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..))]
+    trials: u64,
+    /// Users per trial (the group starts with two thirds of them).
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u16).range(3..=200))]
+    members: u16,
+    /// Per-recipient gossip loss during the chaos phase (0 to 1).
+    #[arg(long, default_value_t = 0.2, value_parser = parse_loss)]
+    loss: f64,
+    /// First seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Length of the chaos phase in virtual seconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    chaos_secs: u64,
+    /// Cipher suite: hex code, decimal code or name.
+    #[arg(long, default_value = util::DEFAULT_SUITE_ARG, value_parser = util::parse_suite)]
+    suite: Ciphersuite,
+    /// OS threads running trials.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
+}
+
+fn parse_loss(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("loss must be a number from 0 to 1, not {s:?}")),
+    }
+}
+
+/// One trial on a fresh current-thread runtime with paused time.
+fn one_trial(scenario: &Scenario) -> Result<TrialReport> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .context("cannot build a runtime")?;
+    Ok(rt.block_on(run_trial(scenario))?)
+}
+
+/// Runs the trials and prints one line each and a summary.
+pub fn run(args: SimArgs) -> Result<()> {
+    let first = args.seed;
+    let end = first
+        .checked_add(args.trials)
+        .context("seed + trials overflows")?;
+    println!(
+        "pqmls sim: {} trials of {} members, loss {:.0} %, chaos {} s (virtual), suite {}, {} threads",
+        args.trials,
+        args.members,
+        args.loss * 100.0,
+        args.chaos_secs,
+        util::suite_label(args.suite),
+        args.threads
+    );
+    let wall = Instant::now();
+    let next = Arc::new(AtomicU64::new(first));
+    let (tx, rx) = mpsc::channel::<(u64, Result<TrialReport>)>();
+    let mut threads = Vec::new();
+    for _ in 0..args.threads {
+        let next = next.clone();
+        let tx = tx.clone();
+        let base = Scenario {
+            members: usize::from(args.members),
+            loss: args.loss,
+            chaos: Duration::from_secs(args.chaos_secs),
+            suite: args.suite,
+            ..Scenario::default()
+        };
+        threads.push(std::thread::spawn(move || {
+            loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    break;
+                }
+                let scenario = Scenario {
+                    seed,
+                    ..base.clone()
+                };
+                if tx.send((seed, one_trial(&scenario))).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+
+    let mut reports: Vec<TrialReport> = Vec::new();
+    let mut errors: Vec<(u64, String)> = Vec::new();
+    for (seed, r) in rx {
+        match r {
+            Ok(r) => {
+                println!(
+                    "seed {:>5}: {} epoch {:>3}, {:>4} messages, deliveries {:>5}/{:<5} forks {:>3}/{:<3} (detected/recovered), converged in {:>7.3} s{}",
+                    r.seed,
+                    if r.converged {
+                        "converged    "
+                    } else {
+                        "NOT converged"
+                    },
+                    r.epoch,
+                    r.messages,
+                    r.deliveries,
+                    r.expected_deliveries,
+                    r.forks_detected,
+                    r.forks_recovered,
+                    r.converge_time.as_secs_f64(),
+                    r.failure
+                        .as_deref()
+                        .map(|f| format!(": {f}"))
+                        .unwrap_or_default()
+                );
+                reports.push(r);
+            }
+            Err(e) => {
+                println!("seed {seed:>5}: ERROR {e:#}");
+                errors.push((seed, format!("{e:#}")));
+            }
+        }
+    }
+    for t in threads {
+        if t.join().is_err() {
+            errors.push((0, "a trial thread panicked".into()));
+        }
+    }
+    let wall = wall.elapsed();
+
+    let total = args.trials;
+    let converged = reports.iter().filter(|r| r.converged).count();
+    let delivered: u64 = reports.iter().map(|r| r.deliveries).sum();
+    let expected: u64 = reports.iter().map(|r| r.expected_deliveries).sum();
+    let lossy: Vec<u64> = reports
+        .iter()
+        .filter(|r| r.deliveries != r.expected_deliveries)
+        .map(|r| r.seed)
+        .collect();
+    let mut times: Vec<Duration> = reports
+        .iter()
+        .filter(|r| r.converged)
+        .map(|r| r.converge_time)
+        .collect();
+    times.sort();
+    let pct = if expected == 0 {
+        100.0
+    } else {
+        delivered as f64 * 100.0 / expected as f64
+    };
+    println!();
+    println!("trials converged: {converged}/{total}");
+    println!("deliveries: {delivered}/{expected} ({pct:.3} %)");
+    println!(
+        "converge time (virtual): median {:.3} s, p95 {:.3} s, max {:.3} s",
+        quantile(&times, 0.5).as_secs_f64(),
+        quantile(&times, 0.95).as_secs_f64(),
+        times.last().copied().unwrap_or_default().as_secs_f64()
+    );
+    println!("wall time: {:.1} s", wall.as_secs_f64());
+
+    let mut failed: Vec<u64> = reports
+        .iter()
+        .filter(|r| !r.converged)
+        .map(|r| r.seed)
+        .collect();
+    failed.sort_unstable();
+    if !errors.is_empty() {
+        bail!(
+            "{} trials failed to run: {}",
+            errors.len(),
+            errors
+                .iter()
+                .map(|(s, e)| format!("seed {s}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    if !failed.is_empty() || !lossy.is_empty() {
+        bail!("trials that did not converge: {failed:?}; trials that lost deliveries: {lossy:?}");
+    }
+    println!("sim OK");
+    Ok(())
+}

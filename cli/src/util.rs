@@ -1,0 +1,147 @@
+//! Helpers shared by the subcommands: suite parsing, runtimes, timeouts, formatting.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use pqmls::Ciphersuite;
+
+/// Parses a cipher suite: a hex code (`0x004f`), a decimal code (`79`) or a name
+/// (`MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519`, any case). Only the provider's
+/// supported suites are accepted.
+pub fn parse_suite(s: &str) -> Result<Ciphersuite, String> {
+    let t = s.trim();
+    let code = if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        u16::from_str_radix(hex, 16).ok()
+    } else {
+        t.parse::<u16>().ok()
+    };
+    let found = pqmls_provider::SUPPORTED_CIPHERSUITES
+        .iter()
+        .copied()
+        .find(|cs| match code {
+            Some(c) => u16::from(*cs) == c,
+            None => suite_name(*cs).eq_ignore_ascii_case(t),
+        });
+    found.ok_or_else(|| {
+        format!(
+            "unsupported cipher suite {s:?}; supported: {}",
+            pqmls_provider::SUPPORTED_CIPHERSUITES
+                .iter()
+                .map(|cs| format!("{:#06x}", u16::from(*cs)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// The suite's name, as in the MLS registry.
+pub fn suite_name(cs: Ciphersuite) -> String {
+    format!("{cs:?}")
+}
+
+/// `NAME (0x004f)`.
+pub fn suite_label(cs: Ciphersuite) -> String {
+    format!("{} ({:#06x})", suite_name(cs), u16::from(cs))
+}
+
+/// The default suite as `--suite` shows it.
+pub const DEFAULT_SUITE_ARG: &str = "0x004f";
+
+/// A multi-thread runtime with two workers (the machines this runs on are small).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+/// Runs `fut` with a deadline; the error names what was awaited.
+pub async fn within<T>(
+    limit: Duration,
+    what: impl std::fmt::Display,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.with_context(|| format!("while waiting for {what}")),
+        Err(_) => Err(anyhow!("timed out after {limit:?} waiting for {what}")),
+    }
+}
+
+/// Polls `check` every 20 ms until it gives `Ok(Ok(value))`, for at most `limit`.
+/// `Ok(Err(state))` means "not yet" and `state` is shown if the deadline passes.
+pub async fn poll_until<T, F, Fut>(
+    limit: Duration,
+    what: impl std::fmt::Display,
+    mut check: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Result<T, String>>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let state = match check().await? {
+            Ok(v) => return Ok(v),
+            Err(state) => state,
+        };
+        if Instant::now() >= deadline {
+            return Err(anyhow!(
+                "timed out after {limit:?} waiting for {what} (last seen: {state})"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A short hex prefix of some bytes (the first 8).
+pub fn hex_prefix(b: &[u8]) -> String {
+    b.iter().take(8).map(|x| format!("{x:02x}")).collect()
+}
+
+/// A duration in milliseconds with one decimal.
+pub fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// The mean of some durations (zero for none).
+pub fn mean(ds: &[Duration]) -> Duration {
+    if ds.is_empty() {
+        return Duration::ZERO;
+    }
+    ds.iter().sum::<Duration>() / u32::try_from(ds.len()).unwrap_or(u32::MAX)
+}
+
+/// The value at quantile `q` (0..=1) of sorted durations (nearest rank; zero for none).
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suites_parse_by_code_and_name() {
+        let d = pqmls::DEFAULT_SUITE;
+        assert_eq!(parse_suite("0x004f"), Ok(d));
+        assert_eq!(parse_suite("0x004F"), Ok(d));
+        assert_eq!(parse_suite("79"), Ok(d));
+        assert_eq!(parse_suite(&suite_name(d).to_lowercase()), Ok(d));
+        assert!(parse_suite("0xffff").is_err());
+        assert!(parse_suite("nope").is_err());
+    }
+
+    #[test]
+    fn quantiles() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile(&v, 0.5), Duration::from_millis(50));
+        assert_eq!(quantile(&v, 0.95), Duration::from_millis(95));
+        assert_eq!(quantile(&v, 1.0), Duration::from_millis(100));
+    }
+}

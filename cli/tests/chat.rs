@@ -1,0 +1,151 @@
+//! Two `pqmls chat` processes with piped stdin: alice (with an in-process store) creates a
+//! group and invites bob, who dials her without a /p2p/ suffix; they exchange messages.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+struct Peer {
+    name: &'static str,
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Peer {
+    fn start(name: &'static str, args: &[&str]) -> Peer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pqmls"))
+            .arg("chat")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Peer {
+            name,
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Waits for an output line containing `needle`; returns it.
+    fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    eprintln!("{} | {l}", self.name);
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "{}: no line with {needle:?} in 20 s; saw:\n{}",
+            self.name,
+            self.seen.join("\n")
+        );
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn two_processes_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    let port = free_port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let mut alice = Peer::start(
+        "alice",
+        &[
+            "--name",
+            "alice",
+            "--data-dir",
+            a.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--store",
+        ],
+    );
+    let addr = alice.expect("listening on /ip4/127.0.0.1/tcp/");
+    assert!(addr.contains("/p2p/"), "{addr}");
+    let mut bob = Peer::start(
+        "bob",
+        &[
+            "--name",
+            "bob",
+            "--data-dir",
+            b.to_str().unwrap(),
+            "--bootstrap",
+            &listen,
+        ],
+    );
+    bob.expect("store peers: 1");
+
+    alice.say("/create");
+    alice.expect("created group");
+    alice.say("/invite bob");
+    bob.expect("joined group");
+    bob.expect("(invited by alice)");
+    bob.say("hello");
+    alice.expect("<bob> hello");
+    alice.say("hi bob");
+    bob.expect("<alice> hi bob");
+
+    alice.say("/members");
+    alice.expect("members of");
+    assert!(alice.seen.iter().any(|l| l.contains("alice, bob")));
+    bob.say("/history");
+    bob.expect("<me> hello");
+    bob.say("/nonsense");
+    bob.expect("unknown command /nonsense");
+
+    alice.say("/quit");
+    bob.say("/quit");
+    alice.expect("bye");
+    bob.expect("bye");
+    assert!(alice.child.wait().unwrap().success());
+    assert!(bob.child.wait().unwrap().success());
+}
