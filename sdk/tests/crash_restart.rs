@@ -244,7 +244,6 @@ fn net() -> SimNetwork {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "SDK bug: FailPoint::SendBeforePublish fires inside the send transaction, which is rolled back, so the message is neither in the history nor the outbox"]
 async fn crash_in_send_before_publish() {
     let net = net();
     let root = tempfile::tempdir().unwrap();
@@ -293,7 +292,6 @@ async fn crash_in_send_after_publish() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "SDK bug: FailPoint::CommitBeforePublish fires inside the transaction that made the commit, which is rolled back with the intent, so the update is forgotten"]
 async fn crash_in_commit_before_publish() {
     let net = net();
     let root = tempfile::tempdir().unwrap();
