@@ -45,6 +45,11 @@ pub struct Config {
     /// How long a group is kept after a commit removed us, in case a branch move undoes
     /// the removal. [`crate::Event::Removed`] is reported when it ends.
     pub removal_grace: std::time::Duration,
+    /// After how long without progress a member that sees others ahead of it asks to be
+    /// removed and invited again (a signed request on the group topic). `None` (the
+    /// default) turns the request off: in the simulation it did not improve convergence
+    /// (see sdk/DESIGN.md), so it stays experimental.
+    pub rejoin_after: Option<Duration>,
     /// Period of the client's timer (commit settling, retries, self-updates).
     pub tick: Duration,
     /// Test hook: stop the client dead at a point, as a crash would.
@@ -68,6 +73,7 @@ impl Config {
             max_message_size: 64 * 1024,
             rollback_window: 16,
             removal_grace: Duration::from_secs(30),
+            rejoin_after: None,
             tick: Duration::from_millis(20),
             fail_point: None,
         }

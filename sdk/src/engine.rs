@@ -1715,7 +1715,9 @@ impl State {
     /// Asks to be invited again in groups where we are stuck: others' messages show a view
     /// ahead of ours, and we have not moved for `stall`.
     pub(crate) fn request_rejoins(&mut self, now: Instant) -> Result<()> {
-        let stall = (self.config.settle * 10).max(std::time::Duration::from_secs(3));
+        let Some(stall) = self.config.rejoin_after else {
+            return Ok(());
+        };
         let stuck: Vec<GroupId> = self
             .groups
             .iter()
