@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use futures::StreamExt;
 use openmls::prelude::*;
-use pqmls_provider::{PqCrypto, SignatureKeyPair, SqliteStorage};
+use pqmls_provider::{PqCrypto, SqliteStorage};
 use pqmls_transport::{Node, Topic};
 use rusqlite::OptionalExtension;
 use tokio::sync::{Mutex, mpsc, watch};
@@ -21,6 +21,7 @@ use crate::engine::{Group, State, Todo};
 use crate::error::{Error, Result};
 use crate::event::{Event, Events, ReceivedMessage};
 use crate::net::{Inbox, Transport, full_history};
+use crate::offline::check_name;
 use crate::wire::{self, Slot, Wire};
 use crate::{GroupId, GroupStatus, Stats};
 
@@ -63,22 +64,6 @@ struct SyncPlan {
     wanted: BTreeMap<Topic, ()>,
     last: BTreeMap<Topic, Instant>,
     last_full: Option<Instant>,
-}
-
-/// Names are used in directory keys and topics: keep them plain.
-fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_alphanumeric() || "-_.@+".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Config(format!(
-            "invalid name {name:?}: 1 to 64 bytes of letters, digits and -_.@+"
-        )))
-    }
 }
 
 impl Client {
@@ -141,38 +126,7 @@ impl Client {
             None => SqliteStorage::open_in_memory()?,
         };
         db::migrate(storage.connection())?;
-        let suite_code = u16::from(config.suite);
-        let stored: Option<(String, u16, Vec<u8>)> = storage
-            .connection()
-            .query_row(
-                "SELECT name, suite, signer FROM pqmls_identity WHERE id = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let signer = match stored {
-            Some((name, suite, signer)) => {
-                if name != config.name || suite != suite_code {
-                    return Err(Error::IdentityMismatch {
-                        found: name,
-                        found_suite: suite,
-                        wanted: config.name.clone(),
-                        wanted_suite: suite_code,
-                    });
-                }
-                SignatureKeyPair::from_bytes(&signer)
-                    .map_err(|e| Error::Crypto(format!("{e:?}")))?
-            }
-            None => {
-                let signer = SignatureKeyPair::generate(config.suite.signature_algorithm())
-                    .map_err(|e| Error::Crypto(format!("{e:?}")))?;
-                storage.connection().execute(
-                    "INSERT INTO pqmls_identity (id, name, suite, signer) VALUES (1, ?1, ?2, ?3)",
-                    rusqlite::params![config.name, suite_code, &signer.to_bytes()[..]],
-                )?;
-                signer
-            }
-        };
+        let (signer, _) = crate::offline::load_or_create_signer(storage.connection(), &config)?;
         let public_key = signer.public().to_vec();
         let credential = CredentialWithKey {
             credential: BasicCredential::new(config.name.as_bytes().to_vec()).into(),

@@ -82,9 +82,8 @@ pub struct DataDirInfo {
     pub groups: Vec<GroupInfo>,
 }
 
-/// The name rule of `Client::open` (kept in step with `check_name` in client.rs, which is
-/// private there): names are used in directory keys and topics.
-fn check_name(name: &str) -> Result<()> {
+/// The name rule: names are used in directory keys and topics, so they stay plain.
+pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -115,9 +114,8 @@ fn suite_from_code(code: u16) -> Result<Ciphersuite> {
         .ok_or(Error::UnsupportedSuite(code))
 }
 
-fn read_identity(storage: &SqliteStorage) -> Result<Option<(String, u16, Vec<u8>)>> {
-    Ok(storage
-        .connection()
+fn read_identity(db: &rusqlite::Connection) -> Result<Option<(String, u16, Vec<u8>)>> {
+    Ok(db
         .query_row(
             "SELECT name, suite, signer FROM pqmls_identity WHERE id = 1",
             [],
@@ -129,8 +127,7 @@ fn read_identity(storage: &SqliteStorage) -> Result<Option<(String, u16, Vec<u8>
 /// Creates the identity of `config` in its data directory if there is none yet, and
 /// returns it. Needs no network; a client started later on the directory uses it.
 ///
-/// This repeats the identity part of `Client::open` (which does the same on first start):
-/// same table, same checks, same key generation, so either may create the identity.
+/// `Client::open` does the same on first start, so either may create the identity.
 ///
 /// # Errors
 /// [`Error::Config`] without a data directory or for an invalid name,
@@ -145,7 +142,23 @@ pub fn init_identity(config: &Config) -> Result<IdentityInfo> {
     let suite_code = u16::from(config.suite);
     suite_from_code(suite_code)?;
     let storage = open(dir)?;
-    if let Some((name, suite, signer)) = read_identity(&storage)? {
+    let (signer, created) = load_or_create_signer(storage.connection(), config)?;
+    Ok(IdentityInfo {
+        name: config.name.clone(),
+        suite: config.suite,
+        public_key: signer.public().to_vec(),
+        created,
+    })
+}
+
+/// The signing key of the identity in `db`, created (and stored) for `config` if there is
+/// none; `true` if it was created. Shared by [`init_identity`] and `Client::open`.
+pub(crate) fn load_or_create_signer(
+    db: &rusqlite::Connection,
+    config: &Config,
+) -> Result<(SignatureKeyPair, bool)> {
+    let suite_code = u16::from(config.suite);
+    if let Some((name, suite, signer)) = read_identity(db)? {
         if name != config.name || suite != suite_code {
             return Err(Error::IdentityMismatch {
                 found: name,
@@ -156,25 +169,15 @@ pub fn init_identity(config: &Config) -> Result<IdentityInfo> {
         }
         let signer =
             SignatureKeyPair::from_bytes(&signer).map_err(|e| Error::Crypto(format!("{e:?}")))?;
-        return Ok(IdentityInfo {
-            name,
-            suite: config.suite,
-            public_key: signer.public().to_vec(),
-            created: false,
-        });
+        return Ok((signer, false));
     }
     let signer = SignatureKeyPair::generate(config.suite.signature_algorithm())
         .map_err(|e| Error::Crypto(format!("{e:?}")))?;
-    storage.connection().execute(
+    db.execute(
         "INSERT INTO pqmls_identity (id, name, suite, signer) VALUES (1, ?1, ?2, ?3)",
         rusqlite::params![config.name, suite_code, &signer.to_bytes()[..]],
     )?;
-    Ok(IdentityInfo {
-        name: config.name.clone(),
-        suite: config.suite,
-        public_key: signer.public().to_vec(),
-        created: true,
-    })
+    Ok((signer, true))
 }
 
 /// Reads what a data directory holds: its identity and every group with its epoch and
@@ -187,7 +190,7 @@ pub fn init_identity(config: &Config) -> Result<IdentityInfo> {
 /// [`Error::Io`], [`Error::Storage`], [`Error::Database`].
 pub fn inspect(data_dir: &Path) -> Result<DataDirInfo> {
     let storage = open(data_dir)?;
-    let identity = match read_identity(&storage)? {
+    let identity = match read_identity(storage.connection())? {
         Some((name, suite, signer)) => {
             let signer = SignatureKeyPair::from_bytes(&signer)
                 .map_err(|e| Error::Crypto(format!("{e:?}")))?;
