@@ -34,9 +34,11 @@
 
 pub mod provider_hpke;
 pub mod provider_mls;
+pub mod sdk_api;
 
 pub use provider_hpke::provider_hpke_open;
 pub use provider_mls::provider_mls_process;
+pub use sdk_api::sdk_api_ops;
 
 use ed25519_dalek::Signer as _;
 use ml_dsa::{EncodedSignature, EncodedVerifyingKey};
@@ -60,6 +62,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("pq_composite_verify", pq_composite_verify),
     ("provider_hpke_open", provider_hpke_open),
     ("provider_mls_process", provider_mls_process),
+    ("sdk_api_ops", sdk_api_ops),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -122,6 +125,11 @@ impl<'a> Reader<'a> {
         let (head, tail) = self.data.split_at(k);
         self.data = tail;
         head
+    }
+
+    /// Whether nothing is left.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
     }
 
     /// Everything left.
