@@ -808,9 +808,8 @@ fn sdk_api_ops() {
             .advance(100),
         &|o: &Outcome| assert_eq!(o.groups.first().unwrap().unwrap().0, 1, "{o:?}"),
     );
-    // Concurrent commits by all three (updates, then a removal) are in
-    // known-sdk/sdk_api_ops/ instead: without loss they still end on a fork in about
-    // 1 of 4 runs (a known SDK bug), which would make the replay flaky.
+    // Concurrent commits by all three (updates, then a removal) without loss:
+    // regressions/sdk_api_ops/concurrent-updates-stale-own-candidate.
     add(
         "concurrent-commits-lossy",
         Ops::new(5, 3)

@@ -116,25 +116,3 @@ fn sdk_api_seeds_are_live() {
     }
     assert!(checked > 0, "no trio seed in corpus/sdk_api_ops/");
 }
-
-/// Inputs that expose known SDK bugs (`known-sdk/sdk_api_ops/README.md`): they fail until
-/// the SDK is fixed (the flaky one in about 1 of 4 runs, so each runs 8 times).
-#[test]
-#[ignore = "known pqmls SDK bugs, see known-sdk/sdk_api_ops/README.md; fails until fixed"]
-fn sdk_known_bugs() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("known-sdk/sdk_api_ops");
-    let mut failed = Vec::new();
-    for file in files(&dir) {
-        if file.extension().is_some_and(|e| e == "md") {
-            continue;
-        }
-        let data = std::fs::read(&file).unwrap();
-        for _ in 0..8 {
-            if std::panic::catch_unwind(|| pqmls_fuzz::sdk_api_ops(&data)).is_err() {
-                failed.push(file.display().to_string());
-                break;
-            }
-        }
-    }
-    assert!(failed.is_empty(), "still failing: {failed:?}");
-}

@@ -256,10 +256,15 @@ impl Client {
     /// Removes `user` from the group (committed like an invitation).
     ///
     /// # Errors
-    /// [`Error::UnknownGroup`], [`Error::NotMember`], [`Error::UnknownMember`].
+    /// [`Error::UnknownGroup`], [`Error::NotMember`], [`Error::UnknownMember`],
+    /// [`Error::RemoveSelf`] for the client's own name.
     pub async fn remove(&self, group: &GroupId, user: &str) -> Result<()> {
         self.inner
             .locked(|s| {
+                if user == s.name {
+                    s.member_list_checked(group)?;
+                    return Err(Error::RemoveSelf(group.clone()));
+                }
                 if !s.member_list_checked(group)?.iter().any(|(_, n)| n == user) {
                     return Err(Error::UnknownMember {
                         group: group.clone(),

@@ -101,6 +101,19 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
              epoch INTEGER NOT NULL,
              payload BLOB NOT NULL
          );
+         -- How we joined each group: the Welcome's hash and the inviter's signature key,
+         -- so the inviter can void that Welcome if its add commit loses (`Wire::Void`).
+         CREATE TABLE IF NOT EXISTS pqmls_joins (
+             group_id BLOB PRIMARY KEY,
+             welcome_hash BLOB NOT NULL,
+             inviter_key BLOB NOT NULL
+         );
+         -- Voids received, checked again when the Welcome they name arrives after them.
+         CREATE TABLE IF NOT EXISTS pqmls_voids (
+             welcome_hash BLOB PRIMARY KEY,
+             group_id BLOB NOT NULL,
+             sig BLOB NOT NULL
+         );
          -- Who was in the group at each epoch of our branch.
          CREATE TABLE IF NOT EXISTS pqmls_epochs (
              group_id BLOB NOT NULL,

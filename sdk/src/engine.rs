@@ -553,6 +553,7 @@ impl State {
             return Ok(());
         }
         let epoch = group.mls.epoch().as_u64();
+        let own = group.mls.own_leaf_index().u32();
         let intents: Vec<(i64, String, String, Option<Vec<u8>>)> = self
             .db()
             .prepare_cached(
@@ -586,16 +587,20 @@ impl State {
                             .groups
                             .get_mut(gid)
                             .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
-                        let (commit, welcome, _) = g
-                            .mls
-                            .add_members(&self.provider, &self.signer, &[kp])
-                            .map_err(mls)?;
-                        (commit, Some(welcome))
+                        match g.mls.add_members(&self.provider, &self.signer, &[kp]) {
+                            Ok((commit, welcome, _)) => (commit, Some(welcome)),
+                            Err(e) => {
+                                self.refused_intent(id, &kind, &user, &e)?;
+                                continue;
+                            }
+                        }
                     };
                     return self.own_commit(gid, epoch, id, &commit, welcome.as_ref(), Some(&user));
                 }
                 "remove" => {
-                    let Some(leaf) = leaf else {
+                    let Some(leaf) = leaf.filter(|l| *l != own) else {
+                        // Gone already, or our own leaf (MLS forbids committing our own
+                        // removal; `Client::remove` refuses it, older rows may hold it).
                         self.drop_intent(id)?;
                         continue;
                     };
@@ -604,15 +609,17 @@ impl State {
                             .groups
                             .get_mut(gid)
                             .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
-                        let (commit, _, _) = g
-                            .mls
-                            .remove_members(
-                                &self.provider,
-                                &self.signer,
-                                &[LeafNodeIndex::new(leaf)],
-                            )
-                            .map_err(mls)?;
-                        commit
+                        match g.mls.remove_members(
+                            &self.provider,
+                            &self.signer,
+                            &[LeafNodeIndex::new(leaf)],
+                        ) {
+                            Ok((commit, _, _)) => commit,
+                            Err(e) => {
+                                self.refused_intent(id, &kind, &user, &e)?;
+                                continue;
+                            }
+                        }
                     };
                     return self.own_commit(gid, epoch, id, &commit, None, None);
                 }
@@ -622,15 +629,17 @@ impl State {
                             .groups
                             .get_mut(gid)
                             .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
-                        let bundle = g
-                            .mls
-                            .self_update(
-                                &self.provider,
-                                &self.signer,
-                                LeafNodeParameters::default(),
-                            )
-                            .map_err(mls)?;
-                        bundle.commit().clone()
+                        match g.mls.self_update(
+                            &self.provider,
+                            &self.signer,
+                            LeafNodeParameters::default(),
+                        ) {
+                            Ok(bundle) => bundle.commit().clone(),
+                            Err(e) => {
+                                self.refused_intent(id, &kind, &user, &e)?;
+                                continue;
+                            }
+                        }
                     };
                     return self.own_commit(gid, epoch, id, &commit, None, None);
                 }
@@ -645,6 +654,20 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Drops an operation OpenMLS refuses to commit. Propagating the error would roll
+    /// back the whole step (a merge, say) and leave the refused row to fail every step
+    /// after it.
+    fn refused_intent(
+        &mut self,
+        id: i64,
+        kind: &str,
+        user: &str,
+        e: &impl std::fmt::Display,
+    ) -> Result<()> {
+        tracing::warn!("dropping the {kind} of {user:?}: OpenMLS refused to commit it: {e}");
+        self.drop_intent(id)
     }
 
     fn drop_intent(&mut self, id: i64) -> Result<()> {
@@ -688,6 +711,14 @@ impl State {
         let payload = Wire::Handshake { mls: ser(commit)? }.encode();
         let hash = wire::commit_hash(&payload);
         let welcome = welcome.map(ser).transpose()?;
+        // OpenMLS holds one pending commit, this one: an older own candidate still
+        // waiting (one made on a branch we have since left) can no longer be merged, and
+        // must not stand for this one when `try_merge` merges "the" pending commit.
+        self.db()
+            .prepare_cached(
+                "UPDATE pqmls_commits SET merged = -1 WHERE group_id = ?1 AND own = 1 AND merged = 0",
+            )?
+            .execute([&gid.0])?;
         self.db().execute(
             "INSERT OR IGNORE INTO pqmls_commits (group_id, epoch, hash, payload, own, welcome, invitee, intent)
              VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7)",
@@ -820,10 +851,14 @@ impl State {
                 return Ok(());
             };
             if msg.topic == s.inbox {
-                if let Wire::Welcome { mls } = wire {
-                    s.on_welcome(&mls)?;
-                } else {
-                    s.stats.malformed += 1;
+                match wire {
+                    Wire::Welcome { mls } => s.on_welcome(&mls)?,
+                    Wire::Void {
+                        group_id,
+                        welcome,
+                        sig,
+                    } => s.on_void(&GroupId(group_id), &welcome, &sig)?,
+                    _ => s.stats.malformed += 1,
                 }
                 return Ok(());
             }
@@ -836,7 +871,7 @@ impl State {
                 Wire::Application { auth, mls } => {
                     s.on_application(&gid, msg.id, &msg.data, auth, &mls)
                 }
-                Wire::Welcome { .. } => {
+                Wire::Welcome { .. } | Wire::Void { .. } => {
                     s.stats.malformed += 1;
                     Ok(())
                 }
@@ -910,6 +945,11 @@ impl State {
         let epoch = pm.epoch().as_u64();
         let g = self.group(gid)?;
         if !g.mls.is_active() {
+            // Removed (tentatively): a late message from an epoch we were a member of is
+            // still ours, and the snapshot of that epoch can read it.
+            if self.decrypt_past(gid, epoch, pm)? {
+                return Ok(());
+            }
             // Kept: if we are invited back, messages of the epoch we rejoin at are ours.
             return self.buffer(gid, id, epoch, payload);
         }
@@ -962,6 +1002,91 @@ impl State {
         Ok(())
     }
 
+    /// Reads an application message of a past `epoch` with the snapshot of that epoch (in
+    /// a savepoint that is rolled back: the group state does not change) and records it;
+    /// `false` if there is no snapshot or MLS refused it there.
+    fn decrypt_past(&mut self, gid: &GroupId, epoch: u64, pm: ProtocolMessage) -> Result<bool> {
+        if !db::has_snapshot(self.db(), &gid.0, epoch)? {
+            return Ok(false);
+        }
+        let (key, _) = self.storage_keys(gid)?;
+        self.db().execute_batch("SAVEPOINT pqmls_past")?;
+        let read = (|| -> Result<Option<(String, u64, Vec<u8>)>> {
+            db::restore(self.db(), &gid.0, epoch, &key)?;
+            let Some(mut past) = MlsGroup::load(
+                self.provider.storage(),
+                &openmls::group::GroupId::from_slice(&gid.0),
+            )
+            .map_err(mls)?
+            else {
+                return Ok(None);
+            };
+            let Ok(processed) = past.process_message(&self.provider, pm) else {
+                return Ok(None);
+            };
+            let epoch = processed.epoch().as_u64();
+            let sender = credential_name(processed.credential());
+            Ok(match processed.into_content() {
+                ProcessedMessageContent::ApplicationMessage(app) => {
+                    Some((sender, epoch, app.into_bytes()))
+                }
+                _ => None,
+            })
+        })();
+        self.db()
+            .execute_batch("ROLLBACK TO pqmls_past; RELEASE pqmls_past")?;
+        let Some((sender, epoch, bytes)) = read? else {
+            return Ok(false);
+        };
+        match AppPayload::decode(&bytes) {
+            Some(AppPayload {
+                uid,
+                sent_ms,
+                content: Content::Text(body),
+            }) => self.record_message(gid, &sender, epoch, &uid, sent_ms, body)?,
+            // A leave request is for the members; we are not one any more.
+            Some(_) => self.stats.ignored += 1,
+            None => self.stats.rejected += 1,
+        }
+        Ok(true)
+    }
+
+    /// Stores a received message and reports it, unless its uid was seen before.
+    fn record_message(
+        &mut self,
+        gid: &GroupId,
+        sender: &str,
+        epoch: u64,
+        uid: &[u8; 16],
+        sent_ms: u64,
+        body: Vec<u8>,
+    ) -> Result<()> {
+        let inserted = self
+            .db()
+            .prepare_cached(
+                "INSERT OR IGNORE INTO pqmls_messages (group_id, uid, sender, epoch, sent_ms, own, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
+            )?
+            .execute(params![gid.0, &uid[..], sender, to_i64(epoch), to_i64(sent_ms), body])?;
+        if inserted == 1 {
+            let seq = self.db().last_insert_rowid();
+            self.fail(FailPoint::ReceiveBeforeCommit)?;
+            self.stats.delivered += 1;
+            self.events.push(Event::Message(ReceivedMessage {
+                group: gid.clone(),
+                sender: sender.to_owned(),
+                body,
+                epoch,
+                sent_ms,
+                own: false,
+                seq,
+            }));
+        } else {
+            self.stats.duplicates += 1;
+        }
+        Ok(())
+    }
+
     /// Decrypts and records an application message. `Ok(Err(reason))` if MLS refused it.
     fn decrypt_app(&mut self, gid: &GroupId, pm: ProtocolMessage) -> Result<Result<(), String>> {
         let processed = {
@@ -984,29 +1109,7 @@ impl State {
         };
         match payload.content {
             Content::Text(body) => {
-                let inserted = self
-                    .db()
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO pqmls_messages (group_id, uid, sender, epoch, sent_ms, own, body)
-                         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
-                    )?
-                    .execute(params![gid.0, &payload.uid[..], sender, to_i64(epoch), to_i64(payload.sent_ms), body])?;
-                if inserted == 1 {
-                    let seq = self.db().last_insert_rowid();
-                    self.fail(FailPoint::ReceiveBeforeCommit)?;
-                    self.stats.delivered += 1;
-                    self.events.push(Event::Message(ReceivedMessage {
-                        group: gid.clone(),
-                        sender,
-                        body,
-                        epoch,
-                        sent_ms: payload.sent_ms,
-                        own: false,
-                        seq,
-                    }));
-                } else {
-                    self.stats.duplicates += 1;
-                }
+                self.record_message(gid, &sender, epoch, &payload.uid, payload.sent_ms, body)?;
             }
             Content::Leave => {
                 if self.is_member(gid, &sender)? && sender != self.name {
@@ -1068,7 +1171,7 @@ impl State {
         // rest, so a forged Welcome would burn a one-time key package: everything below
         // runs in a savepoint that is rolled back unless we join.
         self.db().execute_batch("SAVEPOINT pqmls_welcome")?;
-        match self.join(welcome, force) {
+        match self.join(welcome, &wire::welcome_hash(bytes), force) {
             Ok(Join::Joined) => {
                 self.db().execute_batch("RELEASE pqmls_welcome")?;
                 self.todo.key_packages = true;
@@ -1077,6 +1180,8 @@ impl State {
             Ok(Join::Refused) => {
                 self.db()
                     .execute_batch("ROLLBACK TO pqmls_welcome; RELEASE pqmls_welcome")?;
+                // `join` may have dropped the state the Welcome was to replace.
+                self.reload_groups()?;
                 Ok(false)
             }
             Ok(Join::Deferred(gid, epoch)) => {
@@ -1098,7 +1203,7 @@ impl State {
     }
 
     /// Joins from a Welcome.
-    fn join(&mut self, welcome: Welcome, force: bool) -> Result<Join> {
+    fn join(&mut self, welcome: Welcome, hash: &[u8; 32], force: bool) -> Result<Join> {
         let processed = match ProcessedWelcome::new_from_welcome(
             &self.provider,
             &self.join_config(),
@@ -1159,12 +1264,23 @@ impl State {
                 return Ok(Join::Refused);
             }
         };
-        let inviter = staged
-            .welcome_sender()
-            .map(|l| credential_name(l.credential()))
-            .unwrap_or_default();
+        let Ok(sender) = staged.welcome_sender() else {
+            self.stats.rejected += 1;
+            return Ok(Join::Refused);
+        };
+        let inviter = credential_name(sender.credential());
+        let inviter_key = sender.signature_key().as_slice().to_vec();
+        if self.voided(&gid, hash, &inviter_key)? {
+            tracing::debug!("{}: dropping a Welcome its sender withdrew", self.name);
+            self.stats.ignored += 1;
+            return Ok(Join::Refused);
+        }
         let group = staged.into_group(&self.provider).map_err(mls)?;
         self.add_group(&gid, group)?;
+        self.db().execute(
+            "INSERT OR REPLACE INTO pqmls_joins (group_id, welcome_hash, inviter_key) VALUES (?1, ?2, ?3)",
+            params![gid.0, &hash[..], inviter_key],
+        )?;
         self.events.push(Event::Joined {
             group: gid.clone(),
             inviter,
@@ -1176,6 +1292,115 @@ impl State {
             self.resend_own(&gid, old_epoch.saturating_sub(self.config.rollback_window))?;
         }
         Ok(Join::Joined)
+    }
+
+    /// Whether a valid [`Wire::Void`] from the Welcome's sender withdrew this Welcome.
+    fn voided(&self, gid: &GroupId, hash: &[u8; 32], inviter_key: &[u8]) -> Result<bool> {
+        let sig: Option<Vec<u8>> = self
+            .db()
+            .query_row(
+                "SELECT sig FROM pqmls_voids WHERE welcome_hash = ?1 AND group_id = ?2",
+                params![&hash[..], gid.0],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(sig.is_some_and(|sig| self.void_signed(gid, hash, inviter_key, &sig)))
+    }
+
+    fn void_signed(&self, gid: &GroupId, hash: &[u8; 32], key: &[u8], sig: &[u8]) -> bool {
+        self.provider
+            .crypto()
+            .verify_signature(
+                self.config.suite.signature_algorithm(),
+                &wire::void_tbs(&gid.0, hash),
+                key,
+                sig,
+            )
+            .is_ok()
+    }
+
+    /// An inviter withdrew a Welcome: if it is the one we joined with (and the signature
+    /// is the inviter's), our state is on a dead branch and is dropped; kept-aside Welcomes
+    /// are then tried. Kept either way, for a Welcome that arrives after it.
+    fn on_void(&mut self, gid: &GroupId, hash: &[u8; 32], sig: &[u8]) -> Result<()> {
+        self.db().execute(
+            "INSERT OR IGNORE INTO pqmls_voids (welcome_hash, group_id, sig) VALUES (?1, ?2, ?3)",
+            params![&hash[..], gid.0, sig],
+        )?;
+        // A kept-aside copy of that Welcome is of no use any more.
+        let kept: Vec<(i64, Vec<u8>)> = self
+            .db()
+            .prepare_cached("SELECT id, payload FROM pqmls_welcomes WHERE group_id = ?1")?
+            .query_map([&gid.0], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, payload) in kept {
+            if wire::welcome_hash(&payload) == *hash {
+                self.db()
+                    .execute("DELETE FROM pqmls_welcomes WHERE id = ?1", [id])?;
+            }
+        }
+        let joined: Option<(Vec<u8>, Vec<u8>)> = self
+            .db()
+            .query_row(
+                "SELECT welcome_hash, inviter_key FROM pqmls_joins WHERE group_id = ?1",
+                [&gid.0],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((joined_hash, key)) = joined else {
+            self.stats.ignored += 1;
+            return Ok(());
+        };
+        if joined_hash != hash[..] || !self.groups.contains_key(gid) {
+            self.stats.ignored += 1;
+            return Ok(());
+        }
+        if !self.void_signed(gid, hash, &key, sig) {
+            self.stats.rejected += 1;
+            return Ok(());
+        }
+        tracing::debug!(
+            "{}: the Welcome we joined {gid} with was withdrawn: leaving its dead branch",
+            self.name
+        );
+        self.db()
+            .execute("DELETE FROM pqmls_joins WHERE group_id = ?1", [&gid.0])?;
+        self.deactivate(gid)?;
+        self.retry_welcomes(gid)
+    }
+
+    /// Withdraws the Welcomes of our add commits at `from_epoch` and later on the branch
+    /// we are leaving (merged, other than `keep`): their invitees joined a dead branch.
+    fn void_abandoned(&mut self, gid: &GroupId, from_epoch: u64, keep: &[u8]) -> Result<()> {
+        let rows: Vec<(Vec<u8>, String)> = self
+            .db()
+            .prepare_cached(
+                "SELECT welcome, invitee FROM pqmls_commits WHERE group_id = ?1 AND epoch >= ?2
+                 AND merged = 1 AND own = 1 AND hash != ?3 AND welcome IS NOT NULL AND invitee IS NOT NULL",
+            )?
+            .query_map(params![gid.0, to_i64(from_epoch), keep], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (welcome, invitee) in rows {
+            let hash = wire::welcome_hash(&welcome);
+            let sig = self
+                .signer
+                .sign(&wire::void_tbs(&gid.0, &hash))
+                .map_err(|e| Error::Crypto(format!("{e:?}")))?;
+            tracing::debug!(
+                "{}: withdrawing the Welcome of {invitee} to {gid}",
+                self.name
+            );
+            let payload = Wire::Void {
+                group_id: gid.0.clone(),
+                welcome: hash,
+                sig,
+            }
+            .encode();
+            self.enqueue(&wire::inbox_topic(&invitee), payload)?;
+        }
+        Ok(())
     }
 
     // ----- ordering -----
@@ -1594,7 +1819,9 @@ impl State {
             }
         }
         // The abandoned branch: its merged commits are candidates again, our own commits in
-        // it can no longer be merged, and their invitations must be redone.
+        // it can no longer be merged, and their invitations must be redone (the Welcomes
+        // that went out are withdrawn).
+        self.void_abandoned(gid, epoch, &hash[..])?;
         self.db().execute(
             "UPDATE pqmls_commits SET merged = CASE own WHEN 1 THEN -1 ELSE 0 END
              WHERE group_id = ?1 AND epoch >= ?2 AND merged = 1 AND hash != ?3",
@@ -1606,6 +1833,12 @@ impl State {
             "UPDATE pqmls_intents SET done_epoch = NULL,
                  key_package = CASE kind WHEN 'add' THEN NULL ELSE key_package END
              WHERE group_id = ?1 AND done_epoch >= ?2",
+            params![gid.0, to_i64(epoch)],
+        )?;
+        // Our own candidates of the abandoned branch (and our losing one at `epoch`) can
+        // never be merged: OpenMLS's pending commit is now whatever the snapshot held.
+        self.db().execute(
+            "UPDATE pqmls_commits SET merged = -1 WHERE group_id = ?1 AND epoch >= ?2 AND own = 1 AND merged = 0",
             params![gid.0, to_i64(epoch)],
         )?;
         // Failed candidates of later epochs may be valid on this branch.

@@ -44,6 +44,10 @@ pub enum Error {
         /// The user name given.
         user: String,
     },
+    /// `remove` was given the client's own name: MLS members cannot commit their own
+    /// removal; [`crate::Client::leave`] asks the others to.
+    #[error("cannot remove yourself from group {0}: use leave")]
+    RemoveSelf(GroupId),
     /// The user is already a member of the group (for `invite`).
     #[error("{user:?} is already a member of group {group}")]
     AlreadyMember {

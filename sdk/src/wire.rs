@@ -47,6 +47,35 @@ pub(crate) enum Wire {
         /// Signature over [`rejoin_tbs`].
         sig: Vec<u8>,
     },
+    /// The inviter withdraws a Welcome, on the invitee's inbox topic: the add commit it
+    /// came with lost the ordering (the inviter moved to a branch without it), so the
+    /// group state it gives is on a dead branch. Signed with the inviter's credential key
+    /// (see [`void_tbs`]); the invitee checks it against the key of the Welcome's sender.
+    Void {
+        /// The group.
+        group_id: Vec<u8>,
+        /// [`welcome_hash`] of the Welcome withdrawn.
+        welcome: [u8; 32],
+        /// Signature over [`void_tbs`].
+        sig: Vec<u8>,
+    },
+}
+
+/// The hash that names a Welcome (over its serialized MLS message).
+pub(crate) fn welcome_hash(mls: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"pqmls welcome v1");
+    h.update(mls);
+    h.finalize().into()
+}
+
+/// What a [`Wire::Void`] signature covers.
+pub(crate) fn void_tbs(group_id: &[u8], welcome: &[u8; 32]) -> Vec<u8> {
+    let mut out = b"pqmls void welcome v1".to_vec();
+    out.extend_from_slice(&(group_id.len() as u64).to_be_bytes());
+    out.extend_from_slice(group_id);
+    out.extend_from_slice(welcome);
+    out
 }
 
 /// What a rejoin request's signature covers.

@@ -195,6 +195,9 @@ async fn api_errors() {
             "{r:?}"
         );
     }
+    // Oneself: `leave` is the way out.
+    let r = alice.remove(&g, "alice").await;
+    assert!(matches!(&r, Err(Error::RemoveSelf(x)) if *x == g), "{r:?}");
     // Not in.
     for who in ["carol", "nobody"] {
         let r = alice.remove(&g, who).await;
@@ -320,6 +323,23 @@ fn envelope(variant: u8, prefix: &[u8], mls: &[u8]) -> Vec<u8> {
     }
     v.extend_from_slice(mls);
     v
+}
+
+/// A `Wire::Void` envelope (variant 4): group id, Welcome hash, signature.
+fn void(group_id: &[u8], welcome: &[u8; 32], sig: &[u8]) -> Vec<u8> {
+    let mut v = envelope(4, &[], group_id);
+    v.extend_from_slice(welcome);
+    v.extend_from_slice(&envelope(0, &[], sig)[1..]);
+    v
+}
+
+/// The SDK's name of a Welcome: SHA-256 over a label and the serialized MLS message.
+fn welcome_hash(mls: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"pqmls welcome v1");
+    h.update(mls);
+    h.finalize().into()
 }
 
 /// (variant, prefix, MLS bytes) of an envelope.
@@ -553,6 +573,29 @@ async fn garbage_from_the_network() {
         (s.malformed, s.rejected) == (m0 + 3, r0 + 2)
     })
     .await;
+
+    // 4b. Withdrawals (`Wire::Void`) of the Welcome dave joined with, not signed by its
+    //     sender (alice): a garbage signature, then a valid-length one over another
+    //     Welcome hash. Refused (the first) or ignored (the second names no Welcome of his);
+    //     dave stays in the group.
+    let hash = welcome_hash(&welcome_mls);
+    let (r0, i0) = (dave.stats().await.rejected, dave.stats().await.ignored);
+    publish(
+        &obs,
+        &dave_in,
+        &[
+            void(g.as_bytes(), &hash, &[7; 64]),
+            void(g.as_bytes(), &[9; 32], &[7; 64]),
+            void(b"no such group", &hash, &[]),
+        ],
+    )
+    .await;
+    until("dave counted the forged withdrawals", async || {
+        let s = dave.stats().await;
+        (s.rejected, s.ignored) == (r0 + 1, i0 + 2)
+    })
+    .await;
+    assert!(dave.groups().await.unwrap().contains(&g));
 
     // 5. Forged Welcomes for erin naming her first one-time key package, copied from
     //    dave's with the reference swapped, then corrupted further.

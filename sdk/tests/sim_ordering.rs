@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use pqmls::sim::{Scenario, TrialReport, run_trial};
+use pqmls::sim::{Scenario, SimConfig, SimNetwork, TrialReport, run_trial};
+use pqmls::{Client, Config, GroupId};
 
 fn trial(scenario: Scenario) -> TrialReport {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -58,5 +59,105 @@ fn concurrent_commits_under_loss_converge() {
         eprintln!("{r:?}");
         assert!(r.converged, "seed {seed}: {:?}", r.failure);
         assert!(r.dropped > 0, "seed {seed}: the loss was not applied");
+    }
+}
+
+/// Runs `scenario` on three fresh clients `a`, `b`, `c` (no loss, 50 ms settle), then
+/// syncs until every holder of the group agrees twice in a row; the members at the end.
+fn race(
+    seed: u64,
+    scenario: impl AsyncFnOnce(&Client, &Client, &Client) -> GroupId,
+) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let net = SimNetwork::new(SimConfig {
+            seed,
+            loss: 0.0,
+            ..SimConfig::default()
+        });
+        let mut clients = Vec::new();
+        for name in ["a", "b", "c"] {
+            let (t, inbox) = net.attach();
+            let mut c = Config::new(name);
+            c.self_update_interval = None;
+            c.settle = Duration::from_millis(50);
+            c.one_time_key_packages = 1;
+            clients.push(Client::open(c, t, inbox).await.unwrap());
+        }
+        let g = scenario(&clients[0], &clients[1], &clients[2]).await;
+        let mut stable = 0;
+        let mut views = Vec::new();
+        for _ in 0..30 {
+            for c in &clients {
+                let _ = c.sync().await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            views.clear();
+            for c in &clients {
+                if let Ok(s) = c.status(&g).await {
+                    views.push(s);
+                }
+            }
+            let agree = views.windows(2).all(|w| {
+                (w[0].epoch, &w[0].epoch_authenticator) == (w[1].epoch, &w[1].epoch_authenticator)
+            }) && views.iter().all(|v| !v.pending_commit);
+            stable = if agree { stable + 1 } else { 0 };
+            if stable == 2 {
+                // Exactly the members hold the group.
+                let members = views[0].members.clone();
+                assert_eq!(views.len(), members.len(), "holders vs members: {views:?}");
+                return members;
+            }
+        }
+        panic!("seed {seed}: no agreement: {views:?}");
+    })
+}
+
+/// `a` invites `c`, then asks to leave and invites `b` at once. `a`'s add of `b` and
+/// `c`'s removal of `a` compete; when the add merged at `a` first and its Welcome went
+/// out, but the removal wins, `b` holds a group on a dead branch: `a` must withdraw the
+/// Welcome (this ended on a fork in about 2 of 3 runs before `Wire::Void`).
+#[test]
+fn a_welcome_from_a_losing_branch_is_withdrawn() {
+    for seed in 0..6 {
+        let members = race(seed, async |a, _b, _c| {
+            let g = a.create_group().await.unwrap();
+            a.invite(&g, "c").await.unwrap();
+            a.leave(&g).await.unwrap();
+            a.invite(&g, "b").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(205)).await;
+            g
+        });
+        assert!(
+            !members.contains(&"a".to_owned()),
+            "seed {seed}: {members:?}"
+        );
+    }
+}
+
+/// Three members update at once and one removes another: members that made a commit on
+/// a branch they then left must not merge it later (this ended on a fork in about 1 of 4
+/// runs before stale own candidates were retired).
+#[test]
+fn concurrent_updates_and_a_removal_end_on_one_chain() {
+    for seed in 0..6 {
+        let members = race(seed, async |a, b, c| {
+            let g = a.create_group().await.unwrap();
+            a.invite(&g, "b").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(305)).await;
+            a.invite(&g, "c").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(305)).await;
+            for x in [a, b, c] {
+                x.update(&g).await.unwrap();
+            }
+            c.remove(&g, "a").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(505)).await;
+            g
+        });
+        assert_eq!(members, ["b", "c"], "seed {seed}");
     }
 }
