@@ -129,6 +129,9 @@ pub fn run(args: SimArgs) -> Result<()> {
                         .map(|f| format!(": {f}"))
                         .unwrap_or_default()
                 );
+                for m in r.missing.iter().take(3) {
+                    println!("    missing: {m}");
+                }
                 reports.push(r);
             }
             Err(e) => {
@@ -148,6 +151,8 @@ pub fn run(args: SimArgs) -> Result<()> {
     let converged = reports.iter().filter(|r| r.converged).count();
     let delivered: u64 = reports.iter().map(|r| r.deliveries).sum();
     let expected: u64 = reports.iter().map(|r| r.expected_deliveries).sum();
+    let orphaned: u64 = reports.iter().map(|r| r.orphaned).sum();
+    let messages: u64 = reports.iter().map(|r| r.messages).sum();
     let lossy: Vec<u64> = reports
         .iter()
         .filter(|r| r.deliveries != r.expected_deliveries)
@@ -167,6 +172,9 @@ pub fn run(args: SimArgs) -> Result<()> {
     println!();
     println!("trials converged: {converged}/{total}");
     println!("deliveries: {delivered}/{expected} ({pct:.3} %)");
+    println!(
+        "messages: {messages}, of which {orphaned} orphaned (sent on a losing branch by a member the final chain had removed by then; readable by no member, not counted above)"
+    );
     println!(
         "converge time (virtual): median {:.3} s, p95 {:.3} s, max {:.3} s",
         quantile(&times, 0.5).as_secs_f64(),

@@ -103,10 +103,13 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
          );
          -- How we joined each group: the Welcome's hash and the inviter's signature key,
          -- so the inviter can void that Welcome if its add commit loses (`Wire::Void`).
+         -- `joined_seq`: the last message row before the join (our messages after it were
+         -- sent on this state).
          CREATE TABLE IF NOT EXISTS pqmls_joins (
              group_id BLOB PRIMARY KEY,
              welcome_hash BLOB NOT NULL,
-             inviter_key BLOB NOT NULL
+             inviter_key BLOB NOT NULL,
+             joined_seq INTEGER NOT NULL
          );
          -- Voids received, checked again when the Welcome they name arrives after them.
          CREATE TABLE IF NOT EXISTS pqmls_voids (

@@ -842,6 +842,12 @@ impl State {
             self.stats.duplicates += 1;
             return Ok(());
         }
+        if msg.topic != self.inbox && !self.topics.contains_key(&msg.topic) {
+            // A group we do not hold (any more, or yet): not marked as seen, so that the
+            // catch-up after a (re)join reads it.
+            self.stats.ignored += 1;
+            return Ok(());
+        }
         self.tx(|s| {
             s.db()
                 .prepare_cached("INSERT OR IGNORE INTO pqmls_seen (id) VALUES (?1)")?
@@ -1251,11 +1257,14 @@ impl State {
                 .execute("DELETE FROM pqmls_intents WHERE group_id = ?1", [&gid.0])?;
             self.db()
                 .execute("DELETE FROM pqmls_epochs WHERE group_id = ?1", [&gid.0])?;
-            self.db().execute(
-                "UPDATE pqmls_commits SET merged = CASE own WHEN 1 THEN -1 ELSE 0 END WHERE group_id = ?1",
-                [&gid.0],
-            )?;
         }
+        // A fresh state: what we merged or found invalid on an earlier state of this group
+        // (replaced just now, or dropped before: a withdrawn Welcome, a removal) says
+        // nothing about this one, and every commit of others is a candidate again.
+        self.db().execute(
+            "UPDATE pqmls_commits SET merged = CASE own WHEN 1 THEN -1 ELSE 0 END WHERE group_id = ?1",
+            [&gid.0],
+        )?;
         let staged = match processed.into_staged_welcome(&self.provider, None) {
             Ok(s) => s,
             Err(e) => {
@@ -1278,18 +1287,33 @@ impl State {
         let group = staged.into_group(&self.provider).map_err(mls)?;
         self.add_group(&gid, group)?;
         self.db().execute(
-            "INSERT OR REPLACE INTO pqmls_joins (group_id, welcome_hash, inviter_key) VALUES (?1, ?2, ?3)",
+            "INSERT OR REPLACE INTO pqmls_joins (group_id, welcome_hash, inviter_key, joined_seq)
+             VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) FROM pqmls_messages))",
             params![gid.0, &hash[..], inviter_key],
         )?;
         self.events.push(Event::Joined {
             group: gid.clone(),
             inviter,
         });
+        // Catch up from the start of the topic's history: after a rejoin our cursor may be
+        // past commits we skipped while we did not hold the group (seen ids make the
+        // messages we did handle cheap to skip).
+        let topic = wire::group_topic(&gid.0);
+        self.db().execute(
+            "DELETE FROM pqmls_cursors WHERE topic = ?1",
+            [topic.as_str()],
+        )?;
         self.todo.sync.insert(gid.clone());
         self.replay_pending(&gid)?;
         if let Some(old_epoch) = replaced_epoch {
             // Our recent messages may have gone to a branch that lost.
-            self.resend_own(&gid, old_epoch.saturating_sub(self.config.rollback_window))?;
+            self.resend_own(
+                &gid,
+                to_i64(old_epoch.saturating_sub(self.config.rollback_window)),
+            )?;
+        } else {
+            // Those sent on a state whose Welcome was withdrawn.
+            self.resend_own(&gid, -1)?;
         }
         Ok(Join::Joined)
     }
@@ -1339,15 +1363,15 @@ impl State {
                     .execute("DELETE FROM pqmls_welcomes WHERE id = ?1", [id])?;
             }
         }
-        let joined: Option<(Vec<u8>, Vec<u8>)> = self
+        let joined: Option<(Vec<u8>, Vec<u8>, i64)> = self
             .db()
             .query_row(
-                "SELECT welcome_hash, inviter_key FROM pqmls_joins WHERE group_id = ?1",
+                "SELECT welcome_hash, inviter_key, joined_seq FROM pqmls_joins WHERE group_id = ?1",
                 [&gid.0],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let Some((joined_hash, key)) = joined else {
+        let Some((joined_hash, key, joined_seq)) = joined else {
             self.stats.ignored += 1;
             return Ok(());
         };
@@ -1365,7 +1389,15 @@ impl State {
         );
         self.db()
             .execute("DELETE FROM pqmls_joins WHERE group_id = ?1", [&gid.0])?;
-        self.deactivate(gid)?;
+        // What we sent on that state reached nobody on the live branch: it goes out again
+        // (epoch -1 marks it) when we are in the group again.
+        self.db().execute(
+            "UPDATE pqmls_messages SET epoch = -1 WHERE group_id = ?1 AND own = 1 AND seq > ?2",
+            params![gid.0, joined_seq],
+        )?;
+        // Invitations we made on that state went to the dead branch too.
+        self.void_abandoned(gid, 0, &[])?;
+        self.deactivate(gid, true)?;
         self.retry_welcomes(gid)
     }
 
@@ -1665,15 +1697,19 @@ impl State {
         Ok(())
     }
 
-    fn deactivate(&mut self, gid: &GroupId) -> Result<()> {
+    /// Drops our state of a group. `keep_pending`: the buffered messages stay, for a
+    /// state we expect to get soon (after a withdrawn Welcome, the live branch's).
+    fn deactivate(&mut self, gid: &GroupId, keep_pending: bool) -> Result<()> {
         self.db().execute(
             "UPDATE pqmls_groups SET active = 0 WHERE group_id = ?1",
             [&gid.0],
         )?;
         self.db()
             .execute("DELETE FROM pqmls_intents WHERE group_id = ?1", [&gid.0])?;
-        self.db()
-            .execute("DELETE FROM pqmls_pending WHERE group_id = ?1", [&gid.0])?;
+        if !keep_pending {
+            self.db()
+                .execute("DELETE FROM pqmls_pending WHERE group_id = ?1", [&gid.0])?;
+        }
         db::prune_snapshots(self.db(), &gid.0, u64::MAX)?;
         if let Some(mut g) = self.groups.remove(gid) {
             self.topics.remove(&g.topic);
@@ -1875,7 +1911,7 @@ impl State {
             return Ok(());
         }
         // Our messages sent in the abandoned epochs did not reach the winning branch.
-        self.resend_own(gid, epoch + 1)?;
+        self.resend_own(gid, to_i64(epoch + 1))?;
         self.after_epoch_change(gid)
     }
 
@@ -2018,21 +2054,32 @@ impl State {
             .map(|(id, _)| id.clone())
             .collect();
         for gid in due {
-            self.tx(|s| s.deactivate(&gid))?;
+            self.tx(|s| s.deactivate(&gid, false))?;
         }
         Ok(())
     }
 
     /// Re-sends our application messages of epochs from `from_epoch` on, in the current
     /// epoch (receivers drop the ones they already have, by uid).
-    fn resend_own(&mut self, gid: &GroupId, from_epoch: u64) -> Result<()> {
+    /// Re-sends our messages recorded at `from_epoch` or later, or with `from_epoch` -1,
+    /// those marked -1 (sent on a state that turned out dead), at the current epoch.
+    fn resend_own(&mut self, gid: &GroupId, from_epoch: i64) -> Result<()> {
         let now_epoch = self.group(gid)?.mls.epoch().as_u64();
+        let (sql, arg) = if from_epoch < 0 {
+            (
+                "SELECT uid, sent_ms, body FROM pqmls_messages WHERE group_id = ?1 AND own = 1 AND epoch = ?2 ORDER BY seq",
+                -1,
+            )
+        } else {
+            (
+                "SELECT uid, sent_ms, body FROM pqmls_messages WHERE group_id = ?1 AND own = 1 AND epoch >= ?2 ORDER BY seq",
+                from_epoch,
+            )
+        };
         let resend: Vec<(Vec<u8>, i64, Vec<u8>)> = self
             .db()
-            .prepare(
-                "SELECT uid, sent_ms, body FROM pqmls_messages WHERE group_id = ?1 AND own = 1 AND epoch >= ?2 ORDER BY seq",
-            )?
-            .query_map(params![gid.0, to_i64(from_epoch)], |r| {
+            .prepare_cached(sql)?
+            .query_map(params![gid.0, arg], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?
             .collect::<Result<_, _>>()?;
