@@ -104,12 +104,13 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
          -- How we joined each group: the Welcome's hash and the inviter's signature key,
          -- so the inviter can void that Welcome if its add commit loses (`Wire::Void`).
          -- `joined_seq`: the last message row before the join (our messages after it were
-         -- sent on this state).
+         -- sent on this state); `epoch`: the epoch joined at.
          CREATE TABLE IF NOT EXISTS pqmls_joins (
              group_id BLOB PRIMARY KEY,
              welcome_hash BLOB NOT NULL,
              inviter_key BLOB NOT NULL,
-             joined_seq INTEGER NOT NULL
+             joined_seq INTEGER NOT NULL,
+             epoch INTEGER NOT NULL
          );
          -- Voids received, checked again when the Welcome they name arrives after them.
          CREATE TABLE IF NOT EXISTS pqmls_voids (
@@ -289,6 +290,18 @@ pub(crate) fn prune_snapshots(db: &Connection, group: &[u8], keep_from: u64) -> 
             "DELETE FROM {table} WHERE snap_group = ?1 AND snap_epoch < ?2"
         ))?
         .execute(params![group, to_i64(keep_from)])?;
+    }
+    Ok(())
+}
+
+/// Deletes a group's snapshots of `from` and later (those of a state being replaced that
+/// a new state's epochs would collide with).
+pub(crate) fn drop_snapshots_from(db: &Connection, group: &[u8], from: u64) -> Result<()> {
+    for table in SNAP_TABLES {
+        db.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE snap_group = ?1 AND snap_epoch >= ?2"
+        ))?
+        .execute(params![group, to_i64(from)])?;
     }
     Ok(())
 }

@@ -973,6 +973,15 @@ impl State {
             self.todo.sync.insert(gid.clone());
             return self.buffer(gid, id, epoch, payload);
         }
+        let before_join = epoch < current && self.first_epoch(gid)?.is_some_and(|f| epoch < f);
+        if before_join {
+            // From an epoch of a state we held before this one (we were removed and invited
+            // back): the current state has no secrets for it, its snapshot may.
+            if self.decrypt_past(gid, epoch, pm)? {
+                return Ok(());
+            }
+            return self.buffer(gid, id, epoch, payload);
+        }
         if let Err(reason) = self.decrypt_app(gid, pm)? {
             if epoch < current {
                 // Perhaps from a branch we have not moved to yet.
@@ -1006,6 +1015,16 @@ impl State {
             .execute(params![gid.0, &id.0[..], to_i64(epoch), payload])?;
         self.stats.buffered += 1;
         Ok(())
+    }
+
+    /// The epoch we joined our current state of a group at (none if we created it).
+    fn first_epoch(&self, gid: &GroupId) -> Result<Option<u64>> {
+        let first: Option<i64> = self
+            .db()
+            .prepare_cached("SELECT epoch FROM pqmls_joins WHERE group_id = ?1")?
+            .query_row([&gid.0], |r| r.get(0))
+            .optional()?;
+        Ok(first.map(to_u64))
     }
 
     /// Reads an application message of a past `epoch` with the snapshot of that epoch (in
@@ -1252,7 +1271,9 @@ impl State {
             old.mls
                 .delete(self.provider.storage())
                 .map_err(Error::Database)?;
-            db::prune_snapshots(self.db(), &gid.0, u64::MAX)?;
+            // The old state's snapshots of earlier epochs stay: late messages of those
+            // epochs (before a removal and re-invitation) can still be read with them.
+            db::drop_snapshots_from(self.db(), &gid.0, epoch)?;
             self.db()
                 .execute("DELETE FROM pqmls_intents WHERE group_id = ?1", [&gid.0])?;
             self.db()
@@ -1287,9 +1308,9 @@ impl State {
         let group = staged.into_group(&self.provider).map_err(mls)?;
         self.add_group(&gid, group)?;
         self.db().execute(
-            "INSERT OR REPLACE INTO pqmls_joins (group_id, welcome_hash, inviter_key, joined_seq)
-             VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) FROM pqmls_messages))",
-            params![gid.0, &hash[..], inviter_key],
+            "INSERT OR REPLACE INTO pqmls_joins (group_id, welcome_hash, inviter_key, joined_seq, epoch)
+             VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) FROM pqmls_messages), ?4)",
+            params![gid.0, &hash[..], inviter_key, to_i64(epoch)],
         )?;
         self.events.push(Event::Joined {
             group: gid.clone(),
