@@ -1246,13 +1246,14 @@ impl State {
         let epoch = info.epoch().as_u64();
         // A Welcome for a group we are in means its sender is on a branch where we are not
         // a member: we were removed there and invited back, or we are on a branch that lost
-        // and the inviter moved and invited us again. One for an epoch we are already past,
-        // with no sign of a fork, may be a stale one from a branch that lost: it is kept,
-        // and used if we find our branch is the dead one.
+        // and the inviter moved and invited us again, or the Welcome itself comes from a
+        // branch that lost. Without a sign that our state is the dead one it is kept, and
+        // used if we find that it is (a fork), if we are removed, or if the Welcome we
+        // joined with is withdrawn. (Using it at once when its epoch was later than ours
+        // swapped live states for dead ones.)
         if !force
             && let Some(g) = self.groups.get(&gid)
             && g.mls.is_active()
-            && g.mls.epoch().as_u64() >= epoch
             && g.fork_reported.is_none()
         {
             return Ok(Join::Deferred(gid, epoch));
@@ -2067,6 +2068,22 @@ impl State {
 
     /// Forgets the groups we were removed from longer than the grace period ago.
     pub(crate) fn finalize_removals(&mut self, now: Instant) -> Result<()> {
+        // Removed (tentatively): a Welcome we kept aside may be the invitation back.
+        let removed: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.removed_at.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for gid in removed {
+            let kept: bool = self
+                .db()
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM pqmls_welcomes WHERE group_id = ?1)")?
+                .query_row([&gid.0], |r| r.get(0))?;
+            if kept {
+                self.tx(|s| s.retry_welcomes(&gid))?;
+            }
+        }
         let grace = self.config.removal_grace;
         let due: Vec<GroupId> = self
             .groups
@@ -2080,10 +2097,9 @@ impl State {
         Ok(())
     }
 
-    /// Re-sends our application messages of epochs from `from_epoch` on, in the current
-    /// epoch (receivers drop the ones they already have, by uid).
     /// Re-sends our messages recorded at `from_epoch` or later, or with `from_epoch` -1,
-    /// those marked -1 (sent on a state that turned out dead), at the current epoch.
+    /// those marked -1 (sent on a state that turned out dead), at the current epoch
+    /// (receivers drop the ones they already have, by uid).
     fn resend_own(&mut self, gid: &GroupId, from_epoch: i64) -> Result<()> {
         let now_epoch = self.group(gid)?.mls.epoch().as_u64();
         let (sql, arg) = if from_epoch < 0 {
