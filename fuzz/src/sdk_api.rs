@@ -42,9 +42,10 @@
 //!   every client and [`ROUND`] of virtual time, every client for which `status(g)` is
 //!   `Ok` agrees on the epoch and epoch authenticator of `g`, with no commit pending, for
 //!   two rounds in a row within [`FINAL_ROUNDS`] rounds. Injected payloads never excuse a
-//!   disagreement. Under loss the SDK can legitimately end on a fork (a member that
-//!   joined on a losing branch), so the check is asserted only when the loss rate was 0;
-//!   lossy runs that do not converge are counted ([`lossy_counts`]). With the environment
+//!   disagreement. The check is asserted only when the loss rate was 0: under loss a
+//!   run can end before the SDK's repairs (branch moves, withdrawn Welcomes) have had
+//!   the messages they need; lossy runs that do not converge are counted
+//!   ([`lossy_counts`]). With the environment
 //!   variable `PQMLS_FUZZ_STRICT` set it is asserted for lossy runs too; with
 //!   `PQMLS_FUZZ_LENIENT` set it is asserted never, and every input prints one line
 //!   (`sdk_api_ops: loss N% converged B[: why]`) to stderr instead, for measuring how

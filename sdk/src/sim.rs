@@ -490,7 +490,7 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
     let mut agreed_since: Option<Duration> = None;
     let mut tick = 0u32;
     while chaos_end.elapsed() < deadline {
-        if tick % 5 == 0 {
+        if tick.is_multiple_of(5) {
             for c in &clients {
                 let _ = c.sync().await;
             }
