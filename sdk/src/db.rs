@@ -285,23 +285,23 @@ const SNAP_TABLES: [&str; 5] = [
 
 /// Deletes the snapshots of `group` older than `keep_from` (all of them for `u64::MAX`).
 pub(crate) fn prune_snapshots(db: &Connection, group: &[u8], keep_from: u64) -> Result<()> {
-    for table in SNAP_TABLES {
-        db.prepare_cached(&format!(
-            "DELETE FROM {table} WHERE snap_group = ?1 AND snap_epoch < ?2"
-        ))?
-        .execute(params![group, to_i64(keep_from)])?;
-    }
-    Ok(())
+    delete_snapshots(db, group, "<", keep_from)
 }
 
 /// Deletes a group's snapshots of `from` and later (those of a state being replaced that
 /// a new state's epochs would collide with).
 pub(crate) fn drop_snapshots_from(db: &Connection, group: &[u8], from: u64) -> Result<()> {
+    delete_snapshots(db, group, ">=", from)
+}
+
+/// Deletes the snapshots of `group` whose epoch compares with `op` (a fixed SQL
+/// comparison operator) to `epoch`.
+fn delete_snapshots(db: &Connection, group: &[u8], op: &str, epoch: u64) -> Result<()> {
     for table in SNAP_TABLES {
         db.prepare_cached(&format!(
-            "DELETE FROM {table} WHERE snap_group = ?1 AND snap_epoch >= ?2"
+            "DELETE FROM {table} WHERE snap_group = ?1 AND snap_epoch {op} ?2"
         ))?
-        .execute(params![group, to_i64(from)])?;
+        .execute(params![group, to_i64(epoch)])?;
     }
     Ok(())
 }
