@@ -1,7 +1,7 @@
 //! Known-answer tests: the hpke-pq vectors (draft-ietf-hpke-pq-04) through
 //! `pqmls_provider::hpke`.
 //!
-//! Source: `hpke-pq/test-vectors.json` of the shared vectors, a byte-for-byte copy of
+//! Source: `hpke-pq/test-vectors.json` in `tests/data/`, a byte-for-byte copy of
 //! `test-vectors.json` from hpkewg/hpke-pq @ 74dafaa6: 13 base-mode vectors. We check the
 //! ones whose KEM we have (0x0041 ML-KEM-768, 0x0042 ML-KEM-1024, 0x647a X-Wing) with an
 //! HKDF key schedule (KDF ids 1, 2, 3): 3 vectors, one per KEM. The others (ML-KEM-512,
@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/hpke-pq/test-vectors.json"
+    "/tests/data/hpke-pq/test-vectors.json"
 );
 
 /// The KEMs this crate implements, by HPKE id.
@@ -35,8 +35,7 @@ const OUR_KEMS: &[u16] = &[0x0041, 0x0042, 0x647a];
 const HKDF_IDS: &[u16] = &[1, 2, 3];
 
 fn vector_text() -> String {
-    std::fs::read_to_string(VECTORS)
-        .unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e} (are the shared vectors there?)"))
+    std::fs::read_to_string(VECTORS).unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e}"))
 }
 
 /// The JSON format, independent of the HPKE implementation.

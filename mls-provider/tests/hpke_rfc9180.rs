@@ -1,6 +1,6 @@
 //! Known-answer tests: RFC 9180 appendix A, base mode, through `pqmls_provider::hpke`.
 //!
-//! Source: `hpke-rfc9180/draft-irtf-cfrg-hpke.md` of the shared vectors, a byte-for-byte
+//! Source: `hpke-rfc9180/draft-irtf-cfrg-hpke.md` in `tests/data/`, a byte-for-byte
 //! copy of the RFC 9180 source at cfrg/draft-irtf-cfrg-hpke @ b1f7cb0c. Its appendix
 //! "Test Vectors" holds the vectors as text: `name: hex` lines inside `~~~` blocks, where a
 //! long value wraps onto following lines (sometimes starting on the line after the name).
@@ -28,12 +28,11 @@ use std::collections::BTreeMap;
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/hpke-rfc9180/draft-irtf-cfrg-hpke.md"
+    "/tests/data/hpke-rfc9180/draft-irtf-cfrg-hpke.md"
 );
 
 fn vector_text() -> String {
-    std::fs::read_to_string(VECTORS)
-        .unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e} (are the shared vectors there?)"))
+    std::fs::read_to_string(VECTORS).unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e}"))
 }
 
 /// Base-mode vectors we expect per KEM id: a parser regression cannot check nothing.

@@ -1,7 +1,7 @@
 //! Known-answer tests: the RFC 9420 interop vectors through an [`OpenMlsCrypto`].
 //!
-//! Source: `mls-interop/{crypto-basics,key-schedule,secret-tree,welcome}.json` of the
-//! shared vectors, byte-for-byte copies of `test_vectors/` in openmls/openmls @ 79ebb5bf,
+//! Source: `mls-interop/{crypto-basics,key-schedule,secret-tree,welcome}.json` in
+//! `tests/data/`, byte-for-byte copies of `test_vectors/` in openmls/openmls @ 79ebb5bf,
 //! which come from mlswg/mls-implementations (format: its `test-vectors.md`). They cover
 //! cipher suites 0x0001-0x0007.
 //!
@@ -36,10 +36,7 @@ use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::types::{Ciphersuite, HpkeCiphertext, SignatureScheme};
 use serde::Deserialize;
 
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/mls-interop/"
-);
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/mls-interop/");
 
 /// Every suite in the vector files: what our provider must pass.
 const ALL_SUITES: &[u16] = &[1, 2, 3, 4, 5, 6, 7];
@@ -74,8 +71,7 @@ impl<'de> Deserialize<'de> for Hex {
 
 fn load<T: for<'de> Deserialize<'de>>(name: &str) -> Vec<T> {
     let path = format!("{VECTORS}{name}");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {path}: {e} (are the shared vectors there?)"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("cannot parse {path}: {e}"))
 }
 

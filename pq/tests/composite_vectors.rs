@@ -1,6 +1,6 @@
 //! Known-answer tests: composite ML-DSA + Ed25519 signatures.
 //!
-//! Source: `composite-sigs/testvectors.json` of the shared vectors, a byte-for-byte copy
+//! Source: `composite-sigs/testvectors.json` in `tests/data/`, a byte-for-byte copy
 //! of `src/testvectors.json` from lamps-wg/draft-composite-sigs @ 60fcb1e8. The file holds
 //! one message `m` and one context `ctx` (base64, top level) and 21 algorithms; this crate
 //! implements two of them, id-MLDSA44-Ed25519-SHA512 and id-MLDSA65-Ed25519-SHA512.
@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/composite-sigs/testvectors.json"
+    "/tests/data/composite-sigs/testvectors.json"
 );
 
 #[derive(Deserialize)]
@@ -56,8 +56,8 @@ fn b64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
 }
 
 fn load() -> File {
-    let text = std::fs::read_to_string(VECTORS)
-        .unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e} (is ../shared/vectors cloned?)"));
+    let text =
+        std::fs::read_to_string(VECTORS).unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e}"));
     serde_json::from_str(&text).unwrap()
 }
 

@@ -1,6 +1,6 @@
 //! Known-answer tests: MLKEM768-X25519 (= X-Wing) from the concrete hybrid KEMs draft.
 //!
-//! Source: `concrete-hybrid-kems/test-vectors.json` of the shared vectors, a byte-for-byte
+//! Source: `concrete-hybrid-kems/test-vectors.json` in `tests/data/`, a byte-for-byte
 //! copy of `test-vectors.json` from FiloSottile/draft-irtf-cfrg-concrete-hybrid-kems
 //! @ 0114ace6. Only the `mlkem768_x25519` group applies (10 vectors); MLKEM768-P256 and
 //! MLKEM1024-P384 are not implemented by this crate.
@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/concrete-hybrid-kems/test-vectors.json"
+    "/tests/data/concrete-hybrid-kems/test-vectors.json"
 );
 
 #[derive(Deserialize)]
@@ -53,8 +53,8 @@ fn hex_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error
 
 #[test]
 fn mlkem768_x25519_vectors() {
-    let text = std::fs::read_to_string(VECTORS)
-        .unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e} (is ../shared/vectors cloned?)"));
+    let text =
+        std::fs::read_to_string(VECTORS).unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e}"));
     let mut groups: HashMap<String, Vec<Vector>> = serde_json::from_str(&text).unwrap();
     let vectors = groups
         .remove("mlkem768_x25519")

@@ -1,6 +1,6 @@
 //! Known-answer tests: Wycheproof Ed25519 verification edge cases.
 //!
-//! Source: `wycheproof/ed25519_test.json` of the shared vectors, a byte-for-byte copy of
+//! Source: `wycheproof/ed25519_test.json` in `tests/data/`, a byte-for-byte copy of
 //! `testvectors_v1/ed25519_test.json` from C2SP/wycheproof @ dac1dd47: 151 cases in 78
 //! groups (one public key each). Every "valid" case (88) must verify through
 //! [`SignatureScheme::verify`] with the empty context and through
@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/wycheproof/ed25519_test.json"
+    "/tests/data/wycheproof/ed25519_test.json"
 );
 
 #[derive(Deserialize)]
@@ -67,8 +67,8 @@ fn hex_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error
 
 #[test]
 fn ed25519_verification() {
-    let text = std::fs::read_to_string(VECTORS)
-        .unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e} (is ../shared/vectors cloned?)"));
+    let text =
+        std::fs::read_to_string(VECTORS).unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e}"));
     let file: File = serde_json::from_str(&text).unwrap();
     assert_eq!(file.algorithm, "EDDSA");
 

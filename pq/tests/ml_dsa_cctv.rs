@@ -1,6 +1,6 @@
 //! Known-answer tests: C2SP CCTV accumulated ML-DSA key generation and signing.
 //!
-//! Source: `cctv/ML-DSA/accumulated_README.md` of the shared vectors, a byte-for-byte copy
+//! Source: `cctv/ML-DSA/accumulated_README.md` in `tests/data/`, a byte-for-byte copy
 //! of `ML-DSA/accumulated/README.md` from C2SP/CCTV @ 1e3d2860 (final FIPS 204). One
 //! SHAKE128 instance with empty input supplies the 32-byte seeds; per iteration the
 //! public key of `ML-DSA.KeyGen_internal(seed)` and the deterministic signature of the

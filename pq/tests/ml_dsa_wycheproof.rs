@@ -1,8 +1,8 @@
 //! Known-answer tests: Wycheproof ML-DSA-65 key generation from seed and signing.
 //!
-//! Source: `wycheproof/mldsa_65_sign_seed_test.json` of the shared vectors, a
+//! Source: `wycheproof/mldsa_65_sign_seed_test.json` in `tests/data/`, a
 //! byte-for-byte copy of `testvectors_v1/` from C2SP/wycheproof @ dac1dd47, applied as
-//! its `doc/mldsa.md` says (shared vectors `wycheproof/mldsa.md`):
+//! its `doc/mldsa.md` says (`wycheproof/mldsa.md` of the Wycheproof repository):
 //!
 //! - key generation: `ML-DSA.KeyGen_internal(privateSeed)` gives `publicKey` (every group
 //!   with a 32-byte seed); seeds of another length are rejected (`IncorrectPrivateKeyLength`,
@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/wycheproof/mldsa_65_sign_seed_test.json"
+    "/tests/data/wycheproof/mldsa_65_sign_seed_test.json"
 );
 
 #[derive(Deserialize)]
@@ -88,8 +88,8 @@ struct Counts {
 
 #[test]
 fn ml_dsa_65_sign_from_seed() {
-    let text = std::fs::read_to_string(VECTORS)
-        .unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e} (is ../shared/vectors cloned?)"));
+    let text =
+        std::fs::read_to_string(VECTORS).unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e}"));
     let file: File = serde_json::from_str(&text).unwrap();
     assert_eq!(file.algorithm, "ML-DSA-65");
 

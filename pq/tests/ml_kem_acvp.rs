@@ -1,6 +1,6 @@
 //! Known-answer tests: NIST ACVP ML-KEM key generation (`ML-KEM.KeyGen_internal(d, z)`).
 //!
-//! Source: `acvp/ML-KEM/keyGen-internalProjection.json` of the shared vectors, a
+//! Source: `acvp/ML-KEM/keyGen-internalProjection.json` in `tests/data/`, a
 //! byte-for-byte copy of `ml-kem/tests/key-gen.json` from RustCrypto/KEMs @ aaf3426f,
 //! itself a copy of usnistgov/ACVP-Server @ 65370b8. We run the ML-KEM-768 and
 //! ML-KEM-1024 groups (25 cases each); ML-KEM-512 is not implemented by this crate.
@@ -22,7 +22,7 @@ use shake::{ExtendableOutput, Shake256, Update, XofReader};
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/acvp/ML-KEM/keyGen-internalProjection.json"
+    "/tests/data/acvp/ML-KEM/keyGen-internalProjection.json"
 );
 
 #[derive(Deserialize)]
@@ -72,8 +72,8 @@ fn j(z: &[u8], c: &[u8]) -> [u8; 32] {
 
 /// Runs the group named `K::NAME` and returns how many cases it ran.
 fn check<K: Kem>() -> usize {
-    let text = std::fs::read_to_string(VECTORS)
-        .unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e} (is ../shared/vectors cloned?)"));
+    let text =
+        std::fs::read_to_string(VECTORS).unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e}"));
     let file: File = serde_json::from_str(&text).unwrap();
     assert_eq!(
         (

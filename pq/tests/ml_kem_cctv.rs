@@ -1,7 +1,7 @@
 //! Known-answer tests from C2SP CCTV for ML-KEM (C2SP/CCTV @ 1e3d2860, `ML-KEM/`).
 //!
-//! - `strcmp/ML-KEM-768.txt`, `strcmp/ML-KEM-1024.txt` (shared vectors
-//!   `cctv/ML-KEM/strcmp/`): a decapsulation whose ciphertext must be rejected even
+//! - `strcmp/ML-KEM-768.txt`, `strcmp/ML-KEM-1024.txt` (in
+//!   `tests/data/cctv/ML-KEM/strcmp/`): a decapsulation whose ciphertext must be rejected even
 //!   though it agrees with the re-encryption up to a zero byte, so an implementation that
 //!   compared with `strcmp()` would accept it. The files give the *expanded* `dk`, which
 //!   our API does not take (seeds are the only private key format, DESIGN.md item 1, and
@@ -11,10 +11,10 @@
 //!   packed, multiplexed `decapsulate`. The expected `K` is also checked to be the implicit
 //!   rejection value `J(z || c)`. Our own API runs the seeded strcmp case of the same
 //!   source in Wycheproof (`ml_kem_wycheproof.rs`, flag `Strcmp`).
-//! - The accumulated pq-crystals test of `README.md` (shared vectors
-//!   `cctv/ML-KEM/README.md`), 10 000 iterations for ML-KEM-768. The README's own hash
+//! - The accumulated pq-crystals test of `README.md` (in
+//!   `tests/data/cctv/ML-KEM/README.md`), 10 000 iterations for ML-KEM-768. The README's own hash
 //!   is for FIPS 203 ipd; the expected value here is the one for final FIPS 203 given by
-//!   the shared vectors' README (`f959d18d…c1c1`, agreed by five implementations). The
+//!   `tests/data/README.md` (`f959d18d…c1c1`, agreed by five implementations). The
 //!   README gives no final-FIPS-203 hash for other iteration counts, so there is no
 //!   shorter variant. The accumulator absorbs the expanded `dk`, which our API does not
 //!   expose: it comes from libcrux-ml-kem's packed key generation, and must embed our
@@ -29,10 +29,10 @@ use shake::{ExtendableOutput, Shake128, Shake256, Update, XofReader};
 
 const STRCMP_DIR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/cctv/ML-KEM/strcmp/"
+    "/tests/data/cctv/ML-KEM/strcmp/"
 );
 
-/// The expected 10 000-iteration hash for final FIPS 203 (shared vectors README).
+/// The expected 10 000-iteration hash for final FIPS 203 (`tests/data/README.md`).
 const ACCUMULATED_768_10K: &str =
     "f959d18d3d1180121433bf0e05f11e7908cf9d03edc150b2b07cb90bef5bc1c1";
 
@@ -45,8 +45,7 @@ struct StrcmpVector {
 /// Parses the `dk = …`, `c = …`, `K = …` lines of a strcmp file.
 fn strcmp_vector(name: &str) -> StrcmpVector {
     let path = format!("{STRCMP_DIR}{name}");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {path}: {e} (is ../shared/vectors cloned?)"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     let mut fields = std::collections::BTreeMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let (key, value) = line.split_once(" = ").expect("`key = hex` line");

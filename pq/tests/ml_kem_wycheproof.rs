@@ -1,6 +1,6 @@
 //! Known-answer tests: Wycheproof ML-KEM-768 decapsulation and encapsulation.
 //!
-//! Sources (shared vectors, byte-for-byte copies of `testvectors_v1/` from
+//! Sources (`tests/data/wycheproof/`, byte-for-byte copies of `testvectors_v1/` from
 //! C2SP/wycheproof @ dac1dd47):
 //!
 //! - `wycheproof/mlkem_768_test.json`: 193 cases of `ML-KEM.KeyGen_internal(d, z)` from the
@@ -22,10 +22,7 @@
 use pqmls_pq::{Error, Kem, MlKem768, XWing};
 use serde::Deserialize;
 
-const DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/wycheproof/"
-);
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/wycheproof/");
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -87,8 +84,7 @@ fn opt_hex_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8
 
 fn load<T: serde::de::DeserializeOwned>(name: &str) -> File<T> {
     let path = format!("{DIR}{name}");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {path}: {e} (is ../shared/vectors cloned?)"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     let file: File<T> = serde_json::from_str(&text).unwrap();
     for g in &file.test_groups {
         assert_eq!(g.parameter_set, "ML-KEM-768");

@@ -1,6 +1,6 @@
 //! Known-answer tests: the official X-Wing test vectors.
 //!
-//! Source: `xwing/test-vectors.json` of the shared vectors, a byte-for-byte copy of
+//! Source: `xwing/test-vectors.json` in `tests/data/`, a byte-for-byte copy of
 //! `spec/test-vectors.json` from dconnolly/draft-connolly-cfrg-xwing-kem @ 9b6ce9e6
 //! (tag draft-connolly-cfrg-xwing-kem-10).
 //!
@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/xwing/test-vectors.json"
+    "/tests/data/xwing/test-vectors.json"
 );
 
 #[derive(Deserialize)]
@@ -43,8 +43,8 @@ fn hex_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error
 }
 
 fn vectors() -> Vec<Vector> {
-    let text = std::fs::read_to_string(VECTORS)
-        .unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e} (is ../shared/vectors cloned?)"));
+    let text =
+        std::fs::read_to_string(VECTORS).unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e}"));
     serde_json::from_str(&text).unwrap()
 }
 
