@@ -69,6 +69,10 @@ pub enum Error {
     /// A store node refused the request.
     #[error("store node refused the request: {0}")]
     Refused(String),
+    /// A store node holds as many response bytes as its budget allows (for this node or
+    /// in total, see [`crate::node::Limits::response_bytes_per_peer`]); retry later.
+    #[error("store node is busy; retry later")]
+    StoreBusy,
     /// Subscribing to a topic failed in gossipsub.
     #[error("subscription failed: {0}")]
     Subscription(String),

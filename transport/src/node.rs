@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use futures::{Stream, StreamExt};
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
@@ -20,10 +20,11 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::budget::Budget;
 use crate::error::{Error, Result};
 use crate::message::{self, Message, MessageId, Topic, Validator, Verdict};
 use crate::rpc::{self, Refusal, Request, Response};
-use crate::store::{self, Cursor, Page, Store};
+use crate::store::{self, Cursor, Page, PageLimits, Store};
 
 /// Identify protocol version: nodes of other networks are not confused with ours.
 const IDENTIFY_PROTOCOL: &str = "/pqmls/0.1.0";
@@ -75,6 +76,16 @@ pub struct Limits {
     /// How many recent message ids the inbound stream remembers to suppress duplicates
     /// (default 65 536).
     pub dedupe_window: usize,
+    /// Store side: bytes of history pages and directory blobs that may be held at once in
+    /// responses not yet fully written, over all peers (default 64 MiB). A response is held
+    /// from the moment it is built until the requester has read it (or the request times
+    /// out or its connection closes), so a reader that does not read keeps it in memory;
+    /// over the budget the store cuts pages short or answers "busy", see
+    /// [`Counters::requests_busy`].
+    pub response_bytes_in_flight: usize,
+    /// Store side: the same budget for the responses to one peer (default 16 MiB; at least
+    /// one maximum-size message plus framing, so any stored message can be served).
+    pub response_bytes_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -94,6 +105,8 @@ impl Default for Limits {
             history_page_messages: 256,
             history_page_bytes: 8 * 1024 * 1024,
             dedupe_window: 65_536,
+            response_bytes_in_flight: 64 * 1024 * 1024,
+            response_bytes_per_peer: 16 * 1024 * 1024,
         }
     }
 }
@@ -254,6 +267,14 @@ pub struct Counters {
     /// Peer subscriptions this store did not follow because it already served
     /// [`store::Config::max_topics`] topics.
     pub topics_not_followed: u64,
+    /// Store requests answered "busy" because the response would have exceeded
+    /// [`Limits::response_bytes_in_flight`] or [`Limits::response_bytes_per_peer`].
+    pub requests_busy: u64,
+    /// Bytes of responses built but not yet fully written (history pages and directory
+    /// blobs), over all peers: never above [`Limits::response_bytes_in_flight`].
+    pub response_bytes_in_flight: u64,
+    /// The highest [`Counters::response_bytes_in_flight`] since the node started.
+    pub response_bytes_in_flight_peak: u64,
 }
 
 #[derive(Default)]
@@ -278,6 +299,9 @@ struct Stats {
     slow_peers: AtomicU64,
     topics_followed: AtomicU64,
     topics_not_followed: AtomicU64,
+    requests_busy: AtomicU64,
+    response_bytes_in_flight: AtomicU64,
+    response_bytes_in_flight_peak: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -312,6 +336,9 @@ impl Stats {
             slow_peers: g(&self.slow_peers),
             topics_followed: g(&self.topics_followed),
             topics_not_followed: g(&self.topics_not_followed),
+            requests_busy: g(&self.requests_busy),
+            response_bytes_in_flight: g(&self.response_bytes_in_flight),
+            response_bytes_in_flight_peak: g(&self.response_bytes_in_flight_peak),
         }
     }
 }
@@ -413,6 +440,17 @@ impl Node {
         if limits.max_message_size > u32::MAX as usize / 4 {
             return Err(Error::Config("max_message_size is too large".into()));
         }
+        let largest_response = (limits.max_message_size + rpc::ENTRY_OVERHEAD)
+            .max(limits.max_directory_blob)
+            + rpc::PAGE_OVERHEAD;
+        if limits.response_bytes_per_peer < largest_response
+            || limits.response_bytes_in_flight < limits.response_bytes_per_peer
+        {
+            return Err(Error::Config(format!(
+                "response_bytes_per_peer must hold the largest response ({largest_response} \
+                 bytes) and response_bytes_in_flight at least that"
+            )));
+        }
         let keypair = match &config.data_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)?;
@@ -503,6 +541,10 @@ impl Node {
             puts: HashMap::new(),
             next_put: 0,
             topic_limit_warned: false,
+            responses: Budget::new(
+                limits.response_bytes_in_flight,
+                limits.response_bytes_per_peer,
+            ),
         };
         task.resubscribe_served_topics();
         for addr in &config.bootstrap {
@@ -930,6 +972,8 @@ struct Task {
     next_put: u64,
     /// Whether the store already warned that it serves `max_topics` topics.
     topic_limit_warned: bool,
+    /// Bytes held in responses not yet written, see [`Limits::response_bytes_in_flight`].
+    responses: Budget<PeerId, InboundRequestId>,
 }
 
 impl Task {
@@ -1231,13 +1275,12 @@ impl Task {
         if self.subscribed.contains(&topic)
             && let Some(store) = &self.store
         {
+            let limits = PageLimits::unbudgeted(
+                self.limits.history_page_messages,
+                self.limits.history_page_bytes,
+            );
             let r = store
-                .history(
-                    &topic,
-                    &from,
-                    self.limits.history_page_messages,
-                    self.limits.history_page_bytes,
-                )
+                .history(&topic, &from, limits)
                 .map(|(entries, more)| make_page(&topic, entries, more));
             let _ = reply.send(r);
             return;
@@ -1484,23 +1527,36 @@ impl Task {
     fn on_rpc(&mut self, event: request_response::Event<Request, Response>) {
         match event {
             request_response::Event::Message {
+                peer,
                 message:
                     request_response::Message::Request {
-                        request, channel, ..
+                        request_id,
+                        request,
+                        channel,
                     },
                 ..
             } => {
-                let response = self.serve(request);
-                if matches!(response, Response::Refused(_)) {
-                    bump(&self.stats.requests_refused);
-                } else {
-                    bump(&self.stats.requests_served);
+                let response = self.serve(peer, request);
+                match response {
+                    Response::Refused(Refusal::Busy) => bump(&self.stats.requests_busy),
+                    Response::Refused(_) => bump(&self.stats.requests_refused),
+                    _ => bump(&self.stats.requests_served),
                 }
-                let _ = self
+                // Charged before it is handed over: from here until libp2p reports the
+                // response sent (or the request failed) the connection task holds it.
+                self.responses
+                    .charge(request_id, peer, rpc::response_len(&response));
+                if self
                     .swarm
                     .behaviour_mut()
                     .rpc
-                    .send_response(channel, response);
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    // The stream is already gone: the response was dropped.
+                    self.responses.release(&request_id);
+                }
+                self.update_response_bytes();
             }
             request_response::Event::Message {
                 message:
@@ -1513,22 +1569,52 @@ impl Task {
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => self.on_response(request_id, Err(Error::Request(error.to_string()))),
-            request_response::Event::InboundFailure { peer, error, .. } => {
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
                 tracing::debug!("inbound store request from {peer} failed: {error}");
                 bump(&self.stats.requests_failed);
+                self.responses.release(&request_id);
+                self.update_response_bytes();
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.responses.release(&request_id);
+                self.update_response_bytes();
+            }
         }
     }
 
-    fn serve(&mut self, request: Request) -> Response {
+    fn update_response_bytes(&self) {
+        let now = u64::try_from(self.responses.total()).unwrap_or(u64::MAX);
+        self.stats
+            .response_bytes_in_flight
+            .store(now, Ordering::Relaxed);
+        self.stats
+            .response_bytes_in_flight_peak
+            .fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Answers a store request from `peer`, within what the response budget still allows
+    /// for that peer: a shorter page, or "busy", rather than more bytes held.
+    fn serve(&mut self, peer: PeerId, request: Request) -> Response {
         let Some(store) = &self.store else {
             return Response::Refused(Refusal::BadRequest);
         };
+        let budget = self.responses.available(&peer);
         let result = match request {
             Request::Put { key, blob } => store.put(&key, &blob).map(|()| Response::Stored),
             Request::Get { key } => store.get(&key).map(|b| match b {
-                Some(blob) => Response::Found(blob),
+                Some(blob) => {
+                    let response = Response::Found(blob);
+                    if rpc::response_len(&response) > budget {
+                        Response::Refused(Refusal::Busy)
+                    } else {
+                        response
+                    }
+                }
                 None => Response::NotFound,
             }),
             Request::History {
@@ -1539,12 +1625,24 @@ impl Task {
                 let Some(topic) = Topic::parse(&topic) else {
                     return Response::Refused(Refusal::BadRequest);
                 };
-                let max = usize::try_from(limit)
+                let messages = usize::try_from(limit)
                     .unwrap_or(usize::MAX)
                     .clamp(1, self.limits.history_page_messages);
+                let limits = PageLimits {
+                    messages,
+                    bytes: self.limits.history_page_bytes,
+                    budget: budget.saturating_sub(rpc::PAGE_OVERHEAD),
+                    entry_overhead: rpc::ENTRY_OVERHEAD,
+                };
                 store
-                    .history(&topic, &after, max, self.limits.history_page_bytes)
-                    .map(|(entries, more)| Response::Page { entries, more })
+                    .history(&topic, &after, limits)
+                    .map(|(entries, more)| {
+                        if entries.is_empty() && more {
+                            Response::Refused(Refusal::Busy)
+                        } else {
+                            Response::Page { entries, more }
+                        }
+                    })
             }
         };
         result.unwrap_or_else(|e| {
@@ -1561,7 +1659,7 @@ impl Task {
             Pending::Put(op) => {
                 let r = match outcome {
                     Ok(Response::Stored) => Ok(()),
-                    Ok(Response::Refused(why)) => Err(Error::Refused(format!("{why:?}"))),
+                    Ok(Response::Refused(why)) => Err(refusal_error(why)),
                     Ok(_) => Err(Error::Request("unexpected response to put".into())),
                     Err(e) => Err(e),
                 };
@@ -1576,7 +1674,7 @@ impl Task {
                 }
                 Ok(_) | Err(_) if !rest.is_empty() => self.send_get(key, rest, reply),
                 Ok(Response::Refused(why)) => {
-                    let _ = reply.send(Err(Error::Refused(format!("{why:?}"))));
+                    let _ = reply.send(Err(refusal_error(why)));
                 }
                 Ok(_) => {
                     let _ = reply.send(Err(Error::Request("unexpected response to get".into())));
@@ -1596,7 +1694,7 @@ impl Task {
                 }
                 Ok(_) | Err(_) if !rest.is_empty() => self.send_history(topic, from, rest, reply),
                 Ok(Response::Refused(why)) => {
-                    let _ = reply.send(Err(Error::Refused(format!("{why:?}"))));
+                    let _ = reply.send(Err(refusal_error(why)));
                 }
                 Ok(_) => {
                     let _ =
@@ -1607,6 +1705,14 @@ impl Task {
                 }
             },
         }
+    }
+}
+
+/// The error a client reports for a store's refusal.
+fn refusal_error(why: Refusal) -> Error {
+    match why {
+        Refusal::Busy => Error::StoreBusy,
+        Refusal::BadRequest | Refusal::Internal => Error::Refused(format!("{why:?}")),
     }
 }
 
@@ -1646,6 +1752,12 @@ mod tests {
         assert!(matches!(Node::start(c).await, Err(Error::Config(_))));
         let mut c = Config::loopback();
         c.limits.inbound_queue = 0;
+        assert!(matches!(Node::start(c).await, Err(Error::Config(_))));
+        let mut c = Config::loopback();
+        c.limits.response_bytes_per_peer = c.limits.max_message_size;
+        assert!(matches!(Node::start(c).await, Err(Error::Config(_))));
+        let mut c = Config::loopback();
+        c.limits.response_bytes_in_flight = c.limits.response_bytes_per_peer - 1;
         assert!(matches!(Node::start(c).await, Err(Error::Config(_))));
         let mut c = Config::loopback();
         c.listen = vec![

@@ -154,6 +154,31 @@ pub(crate) struct Entry {
     pub data: Vec<u8>,
 }
 
+/// How large a history page may grow, see [`Store::history`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PageLimits {
+    /// Most entries.
+    pub messages: usize,
+    /// Payload bytes after which the page is cut (a page holds at least one entry).
+    pub bytes: usize,
+    /// Hard cap on the page's encoded size: payloads plus `entry_overhead` per entry.
+    pub budget: usize,
+    /// Encoded bytes per entry besides its payload.
+    pub entry_overhead: usize,
+}
+
+impl PageLimits {
+    /// No budget beyond the count and the soft byte limit (for local reads).
+    pub(crate) fn unbudgeted(messages: usize, bytes: usize) -> Self {
+        Self {
+            messages,
+            bytes,
+            budget: usize::MAX,
+            entry_overhead: 0,
+        }
+    }
+}
+
 /// The SQLite database of a store node.
 pub(crate) struct Store {
     db: Connection,
@@ -211,15 +236,16 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Up to `max_messages` entries after `after`, stopping once `max_bytes` of payload are
-    /// collected (but always at least one entry, so paging advances). The flag says whether
-    /// more entries follow.
+    /// Up to `limits.messages` entries after `after`, stopping once `limits.bytes` of payload
+    /// are collected (but always at least one entry, so paging advances), and never holding
+    /// more than `limits.budget` encoded bytes (payload plus `limits.entry_overhead` per
+    /// entry): if even the first entry does not fit the budget the page is empty. The flag
+    /// says whether more entries follow.
     pub(crate) fn history(
         &self,
         topic: &Topic,
         after: &Cursor,
-        max_messages: usize,
-        max_bytes: usize,
+        limits: PageLimits,
     ) -> Result<(Vec<Entry>, bool)> {
         let mut stmt = self.db.prepare_cached(
             "SELECT id, received_ms, data FROM messages
@@ -230,7 +256,7 @@ impl Store {
             Some(id) => id.as_bytes(),
             None => &[],
         };
-        let fetch = i64::try_from(max_messages.saturating_add(1)).unwrap_or(i64::MAX);
+        let fetch = i64::try_from(limits.messages.saturating_add(1)).unwrap_or(i64::MAX);
         let mut rows = stmt.query(params![
             topic.as_str(),
             to_sql_ms(after.after_ms),
@@ -239,11 +265,20 @@ impl Store {
         ])?;
         let mut entries = Vec::new();
         let mut bytes = 0usize;
+        let mut held = 0usize;
         let mut more = false;
         while let Some(row) = rows.next()? {
-            let data: Vec<u8> = row.get(2)?;
-            if entries.len() >= max_messages
-                || (!entries.is_empty() && bytes.saturating_add(data.len()) > max_bytes)
+            // The payload's length is read before the payload itself, so a row that does
+            // not fit is never loaded.
+            let len = row
+                .get_ref(2)?
+                .as_blob()
+                .map_err(rusqlite::Error::from)?
+                .len();
+            let cost = len.saturating_add(limits.entry_overhead);
+            if entries.len() >= limits.messages
+                || (!entries.is_empty() && bytes.saturating_add(len) > limits.bytes)
+                || held.saturating_add(cost) > limits.budget
             {
                 more = true;
                 break;
@@ -254,7 +289,9 @@ impl Store {
                 continue;
             };
             let ms: i64 = row.get(1)?;
-            bytes = bytes.saturating_add(data.len());
+            let data: Vec<u8> = row.get(2)?;
+            bytes = bytes.saturating_add(len);
+            held = held.saturating_add(cost);
             entries.push(Entry {
                 id: MessageId(id),
                 received_ms: u64::try_from(ms).unwrap_or(0),
@@ -384,7 +421,9 @@ mod tests {
         let mut cursor = Cursor::beginning();
         let mut seen = Vec::new();
         loop {
-            let (entries, more) = s.history(&t, &cursor, 3, 1 << 20).unwrap();
+            let (entries, more) = s
+                .history(&t, &cursor, PageLimits::unbudgeted(3, 1 << 20))
+                .unwrap();
             assert!(entries.len() <= 3);
             for e in &entries {
                 seen.push(e.data[0]);
@@ -398,7 +437,9 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, (0u8..10).collect::<Vec<_>>());
         // Byte budget: at least one entry, then stop.
-        let (entries, more) = s.history(&t, &Cursor::beginning(), 100, 1).unwrap();
+        let (entries, more) = s
+            .history(&t, &Cursor::beginning(), PageLimits::unbudgeted(100, 1))
+            .unwrap();
         assert_eq!(entries.len(), 1);
         assert!(more);
         // Since: only the later ones.
@@ -406,11 +447,24 @@ mod tests {
             .history(
                 &t,
                 &Cursor::since(base + Duration::from_millis(4)),
-                100,
-                1 << 20,
+                PageLimits::unbudgeted(100, 1 << 20),
             )
             .unwrap();
         assert_eq!(entries.len(), 2);
+        // Budget: payload plus overhead per entry never exceeds it; an entry that does not
+        // fit at all gives an empty page with more to come.
+        let budgeted = |budget| PageLimits {
+            messages: 100,
+            bytes: 1 << 20,
+            budget,
+            entry_overhead: 5,
+        };
+        let (entries, more) = s.history(&t, &Cursor::beginning(), budgeted(45)).unwrap();
+        assert_eq!((entries.len(), more), (3, true));
+        let (entries, more) = s.history(&t, &Cursor::beginning(), budgeted(14)).unwrap();
+        assert_eq!((entries.len(), more), (0, true));
+        let (entries, more) = s.history(&t, &Cursor::beginning(), budgeted(150)).unwrap();
+        assert_eq!((entries.len(), more), (10, false));
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -444,7 +498,9 @@ mod tests {
         let later = MessageId([0; 32]);
         s.insert(&t, &later, from_unix_ms(ms + 1), b"y").unwrap();
         let select = |c: Cursor| -> Vec<MessageId> {
-            let (entries, _) = s.history(&t, &c, 100, 1 << 20).unwrap();
+            let (entries, _) = s
+                .history(&t, &c, PageLimits::unbudgeted(100, 1 << 20))
+                .unwrap();
             entries.iter().map(|e| e.id).collect()
         };
         let all = vec![ids[0], ids[1], ids[2], later];
@@ -462,7 +518,10 @@ mod tests {
         // A cursor taken from a message and rebuilt from its parts continues after it.
         let m = entry_to_message(
             &t,
-            s.history(&t, &Cursor::beginning(), 1, 1 << 20).unwrap().0[0].clone(),
+            s.history(&t, &Cursor::beginning(), PageLimits::unbudgeted(1, 1 << 20))
+                .unwrap()
+                .0[0]
+                .clone(),
         );
         let c = Cursor::after(&m);
         assert_eq!(
@@ -493,7 +552,13 @@ mod tests {
         .unwrap();
         s.insert(&t, &MessageId([2; 32]), now, b"new").unwrap();
         assert_eq!(s.prune(now).unwrap(), 1);
-        let (entries, _) = s.history(&t, &Cursor::beginning(), 10, 1 << 20).unwrap();
+        let (entries, _) = s
+            .history(
+                &t,
+                &Cursor::beginning(),
+                PageLimits::unbudgeted(10, 1 << 20),
+            )
+            .unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].data, b"new");
         std::fs::remove_dir_all(&dir).ok();

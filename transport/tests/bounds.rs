@@ -1,0 +1,233 @@
+//! Attacks on a store's memory and a node's connection slots, each reproduced against a real
+//! node on loopback, asserting the secure outcome: what the attacker holds stays under its
+//! cap and honest peers are still served.
+
+// Tests may unwrap: a panic is a test failure (clippy.toml allows it only inside #[test] fns).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io;
+use std::time::Duration;
+
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, Swarm, noise, tcp, yamux};
+use pqmls_transport::node::Config;
+use pqmls_transport::store::{self, Cursor};
+use pqmls_transport::{STORE_PROTOCOL, Topic};
+use support::{config, start, tcp_addr, temp_dir, wait_until};
+
+/// Sends the request bytes it is given and never reads a response: a reader that makes the
+/// store hold whatever it answers.
+#[derive(Clone, Default)]
+struct StallingCodec;
+
+impl request_response::Codec for StallingCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        futures::future::pending().await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Stalling {
+    rpc: request_response::Behaviour<StallingCodec>,
+}
+
+fn stalling_swarm() -> Swarm<Stalling> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| Stalling {
+            rpc: request_response::Behaviour::new(
+                [(
+                    StreamProtocol::new(STORE_PROTOCOL),
+                    ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(120))
+                    .with_max_concurrent_streams(1000),
+            ),
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build()
+}
+
+/// A history request of the store protocol for the whole of `topic`, framed.
+fn history_request(topic: &Topic) -> Vec<u8> {
+    let mut body = vec![3u8];
+    body.extend_from_slice(&u32::try_from(topic.as_str().len()).unwrap().to_be_bytes());
+    body.extend_from_slice(topic.as_str().as_bytes());
+    body.extend_from_slice(&0u64.to_be_bytes());
+    body.push(0);
+    body.extend_from_slice(&u32::MAX.to_be_bytes());
+    let mut frame = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Drives `swarm` in the background of `fut`.
+async fn with_swarm<B: NetworkBehaviour, T>(
+    swarm: &mut Swarm<B>,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = swarm.select_next_some() => {}
+        }
+    }
+}
+
+/// Limits small enough to make the attack cheap but with pages larger than a yamux stream
+/// window (256 KiB), so a reader that does not read blocks the store's write as on a real
+/// network.
+fn small_limits(c: &mut Config) {
+    c.limits.max_message_size = 128 * 1024;
+    c.limits.history_page_bytes = 1024 * 1024;
+    c.limits.response_bytes_per_peer = 1536 * 1024;
+    c.limits.response_bytes_in_flight = 3 * 1024 * 1024;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_does_not_read_cannot_make_a_store_hold_more_than_its_budget() {
+    let dir = temp_dir("history-flood");
+    let topic = Topic::from_group_id(b"history flood");
+    let mut c = config().with_store(&dir, store::Config::default());
+    small_limits(&mut c);
+    let (store_node, _store_in) = start(c).await;
+    store_node.subscribe(&topic).await.unwrap();
+    let store_addr = tcp_addr(&store_node).await;
+
+    // An honest member fills the topic with 2 MB of history (20 x 100 KB).
+    let mut c = config().with_bootstrap(store_addr.clone());
+    small_limits(&mut c);
+    let (honest, _honest_in) = start(c).await;
+    honest.subscribe(&topic).await.unwrap();
+    wait_until("mesh", || async {
+        honest.mesh_peers(&topic).await.unwrap() >= 1
+    })
+    .await;
+    for i in 0..20u8 {
+        honest.publish(&topic, vec![i; 100_000]).await.unwrap();
+    }
+    wait_until("history stored", || async {
+        store_node.counters().stored == 20
+    })
+    .await;
+
+    // The attacker asks for the whole history 64 times and reads nothing. Without a
+    // budget each answer is a 1 MiB page held by the store: 32 streams at once, 32 MiB.
+    let mut attacker = stalling_swarm();
+    attacker.dial(store_addr).unwrap();
+    let request = history_request(&topic);
+    with_swarm(
+        &mut attacker,
+        wait_until("attacker connected", || async {
+            store_node.counters().connected_peers >= 2
+        }),
+    )
+    .await;
+    for _ in 0..64 {
+        attacker
+            .behaviour_mut()
+            .rpc
+            .send_request(&store_node.peer_id(), request.clone());
+    }
+    with_swarm(
+        &mut attacker,
+        wait_until("the store answered the attacker's open streams", || async {
+            let c = store_node.counters();
+            c.requests_served + c.requests_busy >= 32
+        }),
+    )
+    .await;
+    let held = store_node.counters();
+    assert!(
+        held.response_bytes_in_flight > 0,
+        "the attacker holds some responses: {held:?}"
+    );
+    assert!(
+        held.response_bytes_in_flight_peak <= 1536 * 1024,
+        "one peer holds at most its budget: {held:?}"
+    );
+    assert!(held.requests_busy > 0, "{held:?}");
+
+    // While the attacker still holds its share, the honest member gets all of the history.
+    let mut got = 0;
+    let mut cursor = Cursor::beginning();
+    with_swarm(&mut attacker, async {
+        loop {
+            let page = honest.history(&topic, cursor).await.unwrap();
+            got += page.messages.len();
+            match page.next {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+    })
+    .await;
+    assert_eq!(got, 20);
+    let after = store_node.counters();
+    assert!(
+        after.response_bytes_in_flight_peak <= 3 * 1024 * 1024,
+        "all peers together hold at most the total budget: {after:?}"
+    );
+
+    // Once the attacker is gone, everything it held is released.
+    drop(attacker);
+    wait_until("responses released", || async {
+        store_node.counters().response_bytes_in_flight == 0
+    })
+    .await;
+    honest.shutdown().await.unwrap();
+    store_node.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
