@@ -275,6 +275,11 @@ pub struct Counters {
     pub response_bytes_in_flight: u64,
     /// The highest [`Counters::response_bytes_in_flight`] since the node started.
     pub response_bytes_in_flight_peak: u64,
+    /// Directory puts (remote or local) the [`store::DirectoryValidator`] refused.
+    pub puts_rejected: u64,
+    /// Directory puts (remote or local) refused for exceeding a quota
+    /// ([`store::Config::max_entries_per_peer`] and the others).
+    pub puts_over_quota: u64,
 }
 
 #[derive(Default)]
@@ -302,6 +307,8 @@ struct Stats {
     requests_busy: AtomicU64,
     response_bytes_in_flight: AtomicU64,
     response_bytes_in_flight_peak: AtomicU64,
+    puts_rejected: AtomicU64,
+    puts_over_quota: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -339,6 +346,8 @@ impl Stats {
             requests_busy: g(&self.requests_busy),
             response_bytes_in_flight: g(&self.response_bytes_in_flight),
             response_bytes_in_flight_peak: g(&self.response_bytes_in_flight_peak),
+            puts_rejected: g(&self.puts_rejected),
+            puts_over_quota: g(&self.puts_over_quota),
         }
     }
 }
@@ -1163,11 +1172,23 @@ impl Task {
     fn put(&mut self, key: Vec<u8>, blob: Vec<u8>, reply: Reply<()>) {
         let mut stored_locally = false;
         if let Some(store) = &self.store {
-            if let Err(e) = store.put(&key, &blob) {
-                let _ = reply.send(Err(e));
-                return;
+            match store.put(&key, &blob, store::Writer::Local, SystemTime::now()) {
+                Ok(store::PutOutcome::Stored) => stored_locally = true,
+                Ok(store::PutOutcome::Rejected) => {
+                    bump(&self.stats.puts_rejected);
+                    let _ = reply.send(Err(Error::EntryRejected));
+                    return;
+                }
+                Ok(store::PutOutcome::OverQuota) => {
+                    bump(&self.stats.puts_over_quota);
+                    let _ = reply.send(Err(Error::QuotaExceeded));
+                    return;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
             }
-            stored_locally = true;
         }
         let peers = self.store_candidates();
         if peers.is_empty() {
@@ -1234,7 +1255,7 @@ impl Task {
     fn get(&mut self, key: Vec<u8>, reply: Reply<Option<Vec<u8>>>) {
         let local = self.store.is_some();
         if let Some(store) = &self.store {
-            match store.get(&key) {
+            match store.get(&key, SystemTime::now()) {
                 Ok(Some(blob)) => {
                     let _ = reply.send(Ok(Some(blob)));
                     return;
@@ -1539,6 +1560,14 @@ impl Task {
                 let response = self.serve(peer, request);
                 match response {
                     Response::Refused(Refusal::Busy) => bump(&self.stats.requests_busy),
+                    Response::Refused(Refusal::Rejected) => {
+                        bump(&self.stats.requests_refused);
+                        bump(&self.stats.puts_rejected);
+                    }
+                    Response::Refused(Refusal::OverQuota) => {
+                        bump(&self.stats.requests_refused);
+                        bump(&self.stats.puts_over_quota);
+                    }
                     Response::Refused(_) => bump(&self.stats.requests_refused),
                     _ => bump(&self.stats.requests_served),
                 }
@@ -1604,9 +1633,19 @@ impl Task {
             return Response::Refused(Refusal::BadRequest);
         };
         let budget = self.responses.available(&peer);
+        let now = SystemTime::now();
         let result = match request {
-            Request::Put { key, blob } => store.put(&key, &blob).map(|()| Response::Stored),
-            Request::Get { key } => store.get(&key).map(|b| match b {
+            Request::Put { key, blob } => {
+                let writer = peer.to_bytes();
+                store
+                    .put(&key, &blob, store::Writer::Remote(&writer), now)
+                    .map(|outcome| match outcome {
+                        store::PutOutcome::Stored => Response::Stored,
+                        store::PutOutcome::Rejected => Response::Refused(Refusal::Rejected),
+                        store::PutOutcome::OverQuota => Response::Refused(Refusal::OverQuota),
+                    })
+            }
+            Request::Get { key } => store.get(&key, now).map(|b| match b {
                 Some(blob) => {
                     let response = Response::Found(blob);
                     if rpc::response_len(&response) > budget {
@@ -1712,6 +1751,8 @@ impl Task {
 fn refusal_error(why: Refusal) -> Error {
     match why {
         Refusal::Busy => Error::StoreBusy,
+        Refusal::Rejected => Error::EntryRejected,
+        Refusal::OverQuota => Error::QuotaExceeded,
         Refusal::BadRequest | Refusal::Internal => Error::Refused(format!("{why:?}")),
     }
 }

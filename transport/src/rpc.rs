@@ -91,6 +91,10 @@ pub(crate) enum Refusal {
     /// The store holds as many response bytes as its budget allows (for this peer or in
     /// total); retry later.
     Busy = 3,
+    /// The store's directory validator refused the put.
+    Rejected = 4,
+    /// The put would exceed the writer's directory quota or the directory's size.
+    OverQuota = 5,
 }
 
 /// A store node's answer.
@@ -354,6 +358,8 @@ impl Codec {
                 1 => Refusal::BadRequest,
                 2 => Refusal::Internal,
                 3 => Refusal::Busy,
+                4 => Refusal::Rejected,
+                5 => Refusal::OverQuota,
                 _ => return Err(invalid("unknown refusal")),
             }),
             _ => return Err(invalid("unknown response")),
@@ -500,6 +506,8 @@ mod tests {
             Response::Refused(Refusal::BadRequest),
             Response::Refused(Refusal::Internal),
             Response::Refused(Refusal::Busy),
+            Response::Refused(Refusal::Rejected),
+            Response::Refused(Refusal::OverQuota),
         ];
         for res in &ress {
             let body = c.encode_response(res).unwrap();

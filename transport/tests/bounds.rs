@@ -231,3 +231,95 @@ async fn a_reader_that_does_not_read_cannot_make_a_store_hold_more_than_its_budg
     store_node.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An owner-only directory, as the SDK will have with signatures: the owner is the key's
+/// first '/'-separated part and a blob is "signed" when it starts with it.
+fn owner_signed(key: &[u8], _old: Option<&[u8]>, new: &[u8]) -> bool {
+    let owner = key.split(|b| *b == b'/').next().unwrap_or_default();
+    !owner.is_empty() && new.starts_with(owner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_writers_are_held_to_quotas_and_to_the_validator() {
+    let dir = temp_dir("directory-quota");
+    let store_config = store::Config::default()
+        .with_peer_quota(8, 64 * 1024)
+        .with_directory_validator(owner_signed);
+    let (store_node, _in) = start(config().with_store(&dir, store_config)).await;
+    let addr = tcp_addr(&store_node).await;
+    let (mallory, _m_in) = start(config().with_bootstrap(addr.clone())).await;
+    let (alice, _a_in) = start(config().with_bootstrap(addr)).await;
+    for n in [&mallory, &alice] {
+        wait_until("store known", || async { n.counters().store_peers == 1 }).await;
+    }
+
+    // Mallory floods her own keys: the ninth and later are refused.
+    let mut refused = 0;
+    for i in 0..20 {
+        let key = format!("mallory/{i}").into_bytes();
+        match mallory.put(key, b"mallory signed".to_vec()).await {
+            Ok(()) => assert!(i < 8, "put {i} accepted over the quota"),
+            Err(pqmls_transport::Error::QuotaExceeded) => refused += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(refused, 12);
+    assert_eq!(store_node.counters().puts_over_quota, 12);
+
+    // Alice is not affected by Mallory's quota; Mallory cannot plant or replace her entry.
+    assert!(matches!(
+        mallory.put(b"alice/kp".to_vec(), b"mallory".to_vec()).await,
+        Err(pqmls_transport::Error::EntryRejected)
+    ));
+    alice
+        .put(b"alice/kp".to_vec(), b"alice signed 1".to_vec())
+        .await
+        .unwrap();
+    assert!(matches!(
+        mallory.put(b"alice/kp".to_vec(), b"mallory".to_vec()).await,
+        Err(pqmls_transport::Error::EntryRejected)
+    ));
+    alice
+        .put(b"alice/kp".to_vec(), b"alice signed 2".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        mallory.get(b"alice/kp".to_vec()).await.unwrap(),
+        Some(b"alice signed 2".to_vec())
+    );
+    assert_eq!(store_node.counters().puts_rejected, 2);
+    // The store's own puts are checked too.
+    assert!(matches!(
+        store_node
+            .put(b"alice/kp".to_vec(), b"store".to_vec())
+            .await,
+        Err(pqmls_transport::Error::EntryRejected)
+    ));
+
+    for n in [mallory, alice, store_node] {
+        n.shutdown().await.unwrap();
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_directory_entries_are_not_served() {
+    let dir = temp_dir("directory-ttl");
+    let store_config = store::Config::default().with_directory_ttl(Duration::from_millis(300));
+    let (store_node, _in) = start(config().with_store(&dir, store_config)).await;
+    let (client, _c_in) = start(config().with_bootstrap(tcp_addr(&store_node).await)).await;
+    wait_until("store known", || async {
+        client.counters().store_peers == 1
+    })
+    .await;
+    client.put(b"k".to_vec(), b"v".to_vec()).await.unwrap();
+    assert_eq!(
+        client.get(b"k".to_vec()).await.unwrap(),
+        Some(b"v".to_vec())
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(client.get(b"k".to_vec()).await.unwrap(), None);
+    client.shutdown().await.unwrap();
+    store_node.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
