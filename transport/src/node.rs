@@ -24,6 +24,7 @@ use crate::budget::Budget;
 use crate::error::{Error, Result};
 use crate::message::{self, Message, MessageId, Topic, Validator, Verdict};
 use crate::rpc::{self, Refusal, Request, Response};
+use crate::slots;
 use crate::store::{self, Cursor, Page, PageLimits, Store};
 
 /// Identify protocol version: nodes of other networks are not confused with ours.
@@ -50,8 +51,24 @@ pub struct Limits {
     pub inbound_queue: usize,
     /// Capacity of the command queue from handles to the node task (default 256).
     pub command_queue: usize,
-    /// Maximum number of connected peers; further connections are closed (default 64).
+    /// Maximum number of connected peers (default 64). When full, a new peer is let in only
+    /// by evicting a peer of the address with the most inbound peers, if that address has
+    /// at least two more than the newcomer's (see the crate's design notes, "Bounds");
+    /// otherwise it is refused and counted in [`Counters::connections_refused`].
     pub max_peers: usize,
+    /// Maximum connections one peer id may hold (default 4).
+    pub max_connections_per_peer: usize,
+    /// Maximum inbound connections from one IP address (default 8; unlimited in
+    /// [`Config::loopback`], where every node shares 127.0.0.1). Outbound connections are
+    /// not counted per address.
+    pub max_connections_per_ip: usize,
+    /// Maximum inbound connections still in their handshake (TCP or QUIC accepted, Noise and
+    /// the muxer not yet done), over all addresses (default 64; 256 in
+    /// [`Config::loopback`]).
+    pub max_pending_incoming: usize,
+    /// Maximum inbound connections in their handshake from one IP address (default 8;
+    /// unlimited in [`Config::loopback`]).
+    pub max_pending_per_ip: usize,
     /// Maximum concurrent request-response streams per connection (default 32).
     pub max_concurrent_streams: usize,
     /// Maximum outstanding outbound requests (default 256).
@@ -95,6 +112,10 @@ impl Default for Limits {
             inbound_queue: 4096,
             command_queue: 256,
             max_peers: 64,
+            max_connections_per_peer: 4,
+            max_connections_per_ip: 8,
+            max_pending_incoming: 64,
+            max_pending_per_ip: 8,
             max_concurrent_streams: 32,
             max_pending_requests: 256,
             request_timeout: Duration::from_secs(30),
@@ -182,8 +203,18 @@ impl Default for Config {
 
 impl Config {
     /// Listens on 127.0.0.1 only (random TCP and QUIC ports), with mDNS and Kademlia off:
-    /// the configuration for tests and local benchmarks.
+    /// the configuration for tests, local benchmarks and the demo. As all their nodes share
+    /// 127.0.0.1, the per-address limits ([`Limits::max_connections_per_ip`],
+    /// [`Limits::max_pending_per_ip`]) are lifted and [`Limits::max_pending_incoming`] is
+    /// 256, so 50 or more clients can dial one node at once; set them back to test the
+    /// limits themselves.
     pub fn loopback() -> Self {
+        let limits = Limits {
+            max_connections_per_ip: usize::MAX,
+            max_pending_per_ip: usize::MAX,
+            max_pending_incoming: 256,
+            ..Limits::default()
+        };
         Self {
             listen: vec![
                 Multiaddr::empty()
@@ -196,6 +227,7 @@ impl Config {
             ],
             mdns: false,
             kademlia: false,
+            limits,
             ..Self::default()
         }
     }
@@ -267,6 +299,14 @@ pub struct Counters {
     /// Peer subscriptions this store did not follow because it already served
     /// [`store::Config::max_topics`] topics.
     pub topics_not_followed: u64,
+    /// Inbound connections refused during their handshake
+    /// ([`Limits::max_pending_incoming`], [`Limits::max_pending_per_ip`]).
+    pub handshakes_refused: u64,
+    /// Established connections refused ([`Limits::max_peers`],
+    /// [`Limits::max_connections_per_peer`], [`Limits::max_connections_per_ip`]).
+    pub connections_refused: u64,
+    /// Peers disconnected to make room for a peer from a less crowded address.
+    pub peers_evicted: u64,
     /// Store requests answered "busy" because the response would have exceeded
     /// [`Limits::response_bytes_in_flight`] or [`Limits::response_bytes_per_peer`].
     pub requests_busy: u64,
@@ -304,6 +344,7 @@ struct Stats {
     slow_peers: AtomicU64,
     topics_followed: AtomicU64,
     topics_not_followed: AtomicU64,
+    slots: Arc<slots::Tally>,
     requests_busy: AtomicU64,
     response_bytes_in_flight: AtomicU64,
     response_bytes_in_flight_peak: AtomicU64,
@@ -343,6 +384,9 @@ impl Stats {
             slow_peers: g(&self.slow_peers),
             topics_followed: g(&self.topics_followed),
             topics_not_followed: g(&self.topics_not_followed),
+            handshakes_refused: g(&self.slots.pending_refused),
+            connections_refused: g(&self.slots.refused),
+            peers_evicted: g(&self.slots.evicted),
             requests_busy: g(&self.requests_busy),
             response_bytes_in_flight: g(&self.response_bytes_in_flight),
             response_bytes_in_flight_peak: g(&self.response_bytes_in_flight_peak),
@@ -413,6 +457,8 @@ impl Stream for Inbound {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// First, so connections it refuses never reach the other behaviours.
+    slots: slots::Behaviour,
     gossipsub: gossipsub::Behaviour,
     rpc: request_response::Behaviour<rpc::Codec>,
     identify: identify::Behaviour,
@@ -443,6 +489,10 @@ impl Node {
             || limits.gossip_queue == 0
             || limits.max_concurrent_streams == 0
             || limits.max_peers == 0
+            || limits.max_connections_per_peer == 0
+            || limits.max_connections_per_ip == 0
+            || limits.max_pending_incoming == 0
+            || limits.max_pending_per_ip == 0
         {
             return Err(Error::Config("limits must be non-zero".into()));
         }
@@ -809,7 +859,18 @@ fn build_behaviour(
     } else {
         None
     };
+    let slots = slots::Behaviour::new(
+        slots::SlotLimits {
+            max_peers: limits.max_peers,
+            max_connections_per_peer: limits.max_connections_per_peer,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            max_pending_incoming: limits.max_pending_incoming,
+            max_pending_per_ip: limits.max_pending_per_ip,
+        },
+        stats.slots.clone(),
+    );
     Ok(Behaviour {
+        slots,
         gossipsub,
         rpc,
         identify,
@@ -1380,18 +1441,7 @@ impl Task {
                     }
                 }
             }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                num_established,
-                ..
-            } => {
-                let peers = self.swarm.connected_peers().count();
-                if num_established.get() == 1 && peers > self.limits.max_peers {
-                    tracing::debug!("peer limit reached, closing connection to {peer_id}");
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                }
-                self.update_peer_counts();
-            }
+            SwarmEvent::ConnectionEstablished { .. } => self.update_peer_counts(),
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,

@@ -5,6 +5,8 @@
 // Tests may unwrap: a panic is a test failure (clippy.toml allows it only inside #[test] fns).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/bound_tcp.rs"]
+mod bound_tcp;
 mod support;
 
 use std::io;
@@ -16,7 +18,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, Swarm, noise, tcp, yamux};
 use pqmls_transport::node::Config;
 use pqmls_transport::store::{self, Cursor};
-use pqmls_transport::{STORE_PROTOCOL, Topic};
+use pqmls_transport::{Inbound, Multiaddr, Node, STORE_PROTOCOL, Topic};
 use support::{config, start, tcp_addr, temp_dir, wait_until};
 
 /// Sends the request bytes it is given and never reads a response: a reader that makes the
@@ -322,4 +324,133 @@ async fn expired_directory_entries_are_not_served() {
     client.shutdown().await.unwrap();
     store_node.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Limits as a real deployment would set them (the loopback preset lifts the per-address
+/// ones), with a small peer table so the attack is cheap.
+fn realistic(max_peers: usize) -> Config {
+    let mut c = config();
+    c.limits.max_peers = max_peers;
+    c.limits.max_connections_per_ip = 4;
+    c.limits.max_pending_per_ip = 4;
+    c.limits.max_pending_incoming = 8;
+    c
+}
+
+/// Starts `n` attacker swarms (each its own peer id) connecting from `src` to `target`,
+/// each driven by its own task; abort the handles to stop them.
+fn attack_from(src: [u8; 4], target: &Multiaddr, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let mut swarm =
+                bound_tcp::swarm_from(std::net::IpAddr::from(src), libp2p::swarm::dummy::Behaviour);
+            swarm.dial(target.clone()).unwrap();
+            tokio::spawn(async move {
+                loop {
+                    swarm.select_next_some().await;
+                }
+            })
+        })
+        .collect()
+}
+
+async fn honest_peers(target: &Multiaddr, n: usize) -> Vec<(Node, Inbound)> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(start(config().with_bootstrap(target.clone())).await);
+    }
+    for (node, _) in &v {
+        wait_until("honest peer connected", || async {
+            node.counters().connected_peers == 1
+        })
+        .await;
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_peer_slot() {
+    let (target, _in) = start(realistic(16)).await;
+    let addr = tcp_addr(&target).await;
+    // 30 peer ids, ten on each of 127.0.0.2, .3 and .4, try to fill the 16 slots; without
+    // limits per address they took them all and honest peers were refused.
+    let mut attackers = Vec::new();
+    for src in 2..=4 {
+        attackers.extend(attack_from([127, 0, 0, src], &addr, 10));
+    }
+    wait_until("every attacker admitted or refused", || async {
+        let c = target.counters();
+        c.connected_peers + c.connections_refused + c.handshakes_refused == 30
+    })
+    .await;
+    let admitted = target.counters().connected_peers;
+    assert!(
+        admitted <= 12,
+        "at most four per address: {:?}",
+        target.counters()
+    );
+    // Honest peers from 127.0.0.1 (up to that address's limit) all get in.
+    let honest = honest_peers(&addr, 4).await;
+    assert_eq!(target.counters().connected_peers, admitted + 4);
+    for a in attackers {
+        a.abort();
+    }
+    for (n, _) in honest {
+        n.shutdown().await.unwrap();
+    }
+    target.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowded_address_gives_way_to_a_new_one() {
+    let (target, _in) = start(realistic(8)).await;
+    let addr = tcp_addr(&target).await;
+    let mut attackers = attack_from([127, 0, 0, 2], &addr, 4);
+    wait_until("first four", || async {
+        target.counters().connected_peers == 4
+    })
+    .await;
+    attackers.extend(attack_from([127, 0, 0, 3], &addr, 4));
+    wait_until("full", || async { target.counters().connected_peers == 8 }).await;
+    let honest = honest_peers(&addr, 1).await;
+    wait_until("one evicted", || async {
+        let c = target.counters();
+        c.peers_evicted == 1 && c.connected_peers == 8
+    })
+    .await;
+    assert_eq!(honest[0].0.counters().connected_peers, 1);
+    for a in attackers {
+        a.abort();
+    }
+    for (n, _) in honest {
+        n.shutdown().await.unwrap();
+    }
+    target.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_handshakes_are_bounded() {
+    let (target, _in) = start(realistic(16)).await;
+    let addr = tcp_addr(&target).await;
+    let Some(libp2p::multiaddr::Protocol::Tcp(port)) = addr.iter().nth(1) else {
+        panic!("tcp address {addr}");
+    };
+    // 20 TCP connections from 127.0.0.3 that never start the handshake.
+    let mut sockets = Vec::new();
+    for _ in 0..20 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        sockets.push(s.connect(([127, 0, 0, 1], port).into()).await.unwrap());
+    }
+    wait_until("handshakes refused", || async {
+        target.counters().handshakes_refused >= 16
+    })
+    .await;
+    let honest = honest_peers(&addr, 2).await;
+    assert_eq!(target.counters().connected_peers, 2);
+    drop(sockets);
+    for (n, _) in honest {
+        n.shutdown().await.unwrap();
+    }
+    target.shutdown().await.unwrap();
 }
