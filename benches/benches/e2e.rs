@@ -175,7 +175,12 @@ impl Fleet {
         let t0 = Instant::now();
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Node::start(
-            NodeConfig::loopback().with_store(dir.path().join("store"), store::Config::default()),
+            pqmls::store_node(
+                NodeConfig::loopback(),
+                dir.path().join("store"),
+                store::Config::default(),
+            )
+            .unwrap(),
         )
         .await
         .unwrap();

@@ -441,8 +441,11 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     let mut node = NodeConfig::loopback();
     node.mdns = args.mdns;
     if args.store {
-        let mut sc = NodeConfig::loopback()
-            .with_store(args.data_dir.join("store"), store::Config::default());
+        let mut sc = pqmls::store_node(
+            NodeConfig::loopback(),
+            args.data_dir.join("store"),
+            store::Config::default(),
+        )?;
         if !args.listen.is_empty() {
             sc.listen = args.listen.clone();
         }

@@ -224,9 +224,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("data in {}", root.display());
 
     // The store node: history and the key-package directory.
-    let (store_node, _store_inbound) = Node::start(
-        NodeConfig::loopback().with_store(root.join("store"), store::Config::default()),
-    )
+    let (store_node, _store_inbound) = Node::start(pqmls::store_node(
+        NodeConfig::loopback(),
+        root.join("store"),
+        store::Config::default(),
+    )?)
     .await
     .context("starting the store node")?;
     let bootstrap = store_node

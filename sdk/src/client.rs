@@ -70,6 +70,39 @@ struct SyncPlan {
     last_full: Option<Instant>,
 }
 
+/// The gossip validator of pqmls nodes: accepts a payload only if it is the canonical
+/// encoding of a pqmls message (see [`crate::wire`]'s rules), and rejects the rest, which
+/// penalises the neighbour that forwarded it. [`Client::start`] installs it; **install it
+/// on every store node too** (`node::Config::with_validator`): a node that forwards
+/// re-wrapped or garbage payloads unchecked is penalised by the clients it forwards them
+/// to, and a client that penalises its only store is cut off.
+pub fn gossip_validator(_topic: &Topic, data: &[u8]) -> pqmls_transport::Verdict {
+    if Wire::decode(data).is_some() {
+        pqmls_transport::Verdict::Accept
+    } else {
+        pqmls_transport::Verdict::Reject
+    }
+}
+
+/// A store node for pqmls clients: `node` with a store in `data_dir` (history and the
+/// key-package directory), the SDK's [`gossip_validator`] and its directory rule
+/// ([`crate::directory_validator`]: entries only by their owner, signed) installed.
+///
+/// # Errors
+/// [`Error::Crypto`] if the directory rule's crypto provider cannot be created.
+pub fn store_node(
+    node: pqmls_transport::node::Config,
+    data_dir: impl Into<std::path::PathBuf>,
+    store: pqmls_transport::store::Config,
+) -> Result<pqmls_transport::node::Config> {
+    let rule = crate::directory::directory_validator()?;
+    let store =
+        store.with_directory_validator(move |k: &[u8], o: Option<&[u8]>, n: &[u8]| rule(k, o, n));
+    Ok(node
+        .with_store(data_dir, store)
+        .with_validator(gossip_validator))
+}
+
 impl Client {
     /// Starts a libp2p node with `node` and opens a client on it. The node gets a validator
     /// that rejects payloads which are not pqmls messages, and is shut down with the client.
@@ -77,13 +110,7 @@ impl Client {
     /// # Errors
     /// As [`Client::open`], plus [`Error::Transport`] if the node cannot start.
     pub async fn start(config: Config, node: pqmls_transport::node::Config) -> Result<Client> {
-        let node = node.with_validator(|_: &Topic, data: &[u8]| {
-            if Wire::decode(data).is_some() {
-                pqmls_transport::Verdict::Accept
-            } else {
-                pqmls_transport::Verdict::Reject
-            }
-        });
+        let node = node.with_validator(gossip_validator);
         let (node, inbound) = Node::start(node).await?;
         let transport: Arc<dyn Transport> = Arc::new(node.clone());
         Self::open_inner(config, transport, inbound.boxed(), Some(node)).await
@@ -928,7 +955,9 @@ impl Inner {
             match self.transport.put(claim, Vec::new()).await {
                 Ok(()) => return Ok(kp),
                 // Another inviter claimed it first (the store keeps the first claim).
-                Err(pqmls_transport::Error::Refused(_)) => continue,
+                Err(pqmls_transport::Error::Refused(_) | pqmls_transport::Error::EntryRejected) => {
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         }

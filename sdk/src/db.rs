@@ -38,9 +38,14 @@ fn migrate_v2(db: &Connection) -> Result<()> {
          ALTER TABLE pqmls_joins ADD COLUMN void_id BLOB;
          ALTER TABLE pqmls_joins ADD COLUMN void_key BLOB;
          ALTER TABLE pqmls_welcomes ADD COLUMN inviter_id BLOB;
-         -- For a group whose state ended: the epoch a continuation must be later than, and
-         -- whether we left on purpose.
-         ALTER TABLE pqmls_groups ADD COLUMN dead_epoch INTEGER;
+         ALTER TABLE pqmls_welcomes ADD COLUMN sender_known INTEGER NOT NULL DEFAULT 0;
+         -- Welcomes we joined with (replays are refused), the newest 64 per group.
+         CREATE TABLE IF NOT EXISTS pqmls_used_welcomes (
+             welcome_hash BLOB PRIMARY KEY,
+             group_id BLOB NOT NULL,
+             used_ms INTEGER NOT NULL
+         );
+         -- For a group whose state ended: whether we left on purpose.
          ALTER TABLE pqmls_groups ADD COLUMN left_on_purpose INTEGER NOT NULL DEFAULT 0;
          -- Withdrawals whose Welcome has not arrived (or that name nothing of ours).
          DROP TABLE IF EXISTS pqmls_voids;

@@ -19,7 +19,8 @@
 //! # let dir = tempfile::tempdir()?;
 //! # tokio::time::timeout(std::time::Duration::from_secs(60), async {
 //! // A store node keeps the key-package directory and history for offline members.
-//! let (store, _) = Node::start(NodeConfig::loopback().with_store(dir.path().join("store"), store::Config::default())).await?;
+//! // (`store_node` adds the SDK's checks: only canonical payloads, only signed entries.)
+//! let (store, _) = Node::start(pqmls::store_node(NodeConfig::loopback(), dir.path().join("store"), store::Config::default())?).await?;
 //! let bootstrap = store.listen_addrs().await?.remove(0);
 //! let node = || NodeConfig::loopback().with_bootstrap(bootstrap.clone());
 //!
@@ -96,7 +97,7 @@ mod wire;
 
 use std::fmt;
 
-pub use client::Client;
+pub use client::{Client, gossip_validator, store_node};
 pub use config::{Config, DATABASE_FILE, DEFAULT_SUITE, FailPoint, InvitePolicy, Limits};
 pub use directory::{DirectoryRule, directory_validator};
 pub use error::{Error, Result};

@@ -161,7 +161,7 @@ impl SimNetwork {
 
     /// Makes the simulated store check every directory write with `validator` (as a real
     /// store does with [`crate::directory_validator`]); refused writes fail with
-    /// [`Error::Refused`].
+    /// [`Error::EntryRejected`].
     pub fn set_directory_validator(&self, validator: DirectoryValidator) {
         if let Ok(mut n) = self.net.lock() {
             n.validator = Some(validator);
@@ -322,7 +322,7 @@ impl Transport for SimTransport {
             if let Some(v) = &n.validator
                 && !v(&key, n.directory.get(&key).map(Vec::as_slice), &blob)
             {
-                return Err(Error::Refused("directory entry refused".into()));
+                return Err(Error::EntryRejected);
             }
             n.directory.insert(key, blob);
             Ok(())

@@ -20,13 +20,9 @@ pub(crate) enum Held {
     Live,
     /// A state that authenticated input ended: a merged commit removed us (still in the
     /// grace period, or gone), or the inviter of the Welcome we joined with withdrew it
-    /// (a `Void` with its signature). `last_epoch`: the last epoch of that state that a
-    /// continuation must be later than (the last epoch we were a member at, or the epoch
-    /// of the withdrawn join). `left`: we asked to leave.
+    /// (a `Void` with its signature).
     Dead {
-        /// See above.
-        last_epoch: u64,
-        /// We left on purpose: being invited back needs consent again.
+        /// We had asked to leave.
         left: bool,
     },
 }
@@ -34,46 +30,49 @@ pub(crate) enum Held {
 /// What to do with a Welcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WelcomeAction {
-    /// A group we never were in: an invitation, joined or held per the consent policy.
+    /// An invitation: joined or held for the application, per the consent policy. Nothing
+    /// of an earlier state of the group is carried into it (no message is re-sent).
     Invitation,
     /// Keep it aside, unused, in case our state turns out dead.
     KeepAside,
-    /// Join: it continues a state of ours that is dead.
+    /// Join: it continues a state of ours that is dead (our messages sent on that state
+    /// may be re-sent into it).
     Continue,
     /// Drop it.
     Refuse,
 }
 
-/// Decides what a Welcome for epoch `epoch` may do, given what we hold of its group and
-/// whether its sender (the member whose signature is on its GroupInfo) is a key we have
-/// seen as a member of this group.
+/// Decides what a Welcome may do, given what we hold of its group, whether its sender
+/// (the member whose signature is on its GroupInfo) is a key we have seen as a member of
+/// this group, and whether we joined with this very Welcome before.
 ///
 /// Argument. A group id is public (MLS framing), so anyone can create a group with the id
 /// of ours and invite us into it with one of our published key packages: only the
-/// sender's key tells the two apart. So:
-/// - for a group we were ever in, a Welcome from a key we never saw in it is refused: it
-///   cannot be a continuation of our group (a member who joined after we left would have
-///   to be introduced by one we know; being refused here costs at most a re-invitation by
-///   a member we know);
-/// - a live state is never replaced, whoever sends the Welcome: the Welcome is kept aside.
-///   Loss of a live state needs authenticated evidence ([`Held::Dead`]);
-/// - a dead state is replaced by a Welcome from a known member for a *later* epoch than
-///   the dead state's last one: a re-invitation after a removal, or the invitation again
-///   after the inviter moved branch. An older Welcome is a replay (a relay can re-send the
-///   Welcome we once joined with, and a last-resort key package still opens it): refused;
-/// - after we left on purpose, a re-invitation is a new invitation again (consent);
-/// - a group we were never in is a new invitation: the consent policy decides.
-///
-/// Unauthenticated hints (an epoch-authenticator tag in an envelope, commits for our epoch
-/// that do not decrypt) never make a state [`Held::Dead`]; they only make us catch up.
-pub(crate) fn welcome_action(held: Held, sender_known: bool, epoch: u64) -> WelcomeAction {
+/// sender's key tells a continuation of our group from a stranger's group. So:
+/// - a live state is never replaced, whoever sends the Welcome: it is kept aside (within
+///   a cap that keeps known senders' Welcomes before strangers'). Losing a live state
+///   needs authenticated evidence ([`Held::Dead`]); unauthenticated hints (an
+///   epoch-authenticator tag in an envelope, commits for our epoch that do not decrypt)
+///   only make us catch up;
+/// - a dead state is *continued* only by a Welcome from a key seen in the group: a
+///   re-invitation after a removal, or the invitation again after the inviter moved
+///   branch. Only then are our messages of the dead state re-sent into the new one;
+/// - a Welcome from a key never seen in the group is, whatever we held, no more than an
+///   invitation from a stranger: the consent policy decides, and nothing of the old
+///   state goes into it. (It may be honest: a member who joined after we left. It may be
+///   a stranger's group with our group's id: consent is what tells them apart.)
+/// - a Welcome we already joined with is a replay (a relay can re-send it, and a
+///   last-resort key package still opens it): refused;
+/// - after we left on purpose, even a known member's invitation asks again.
+pub(crate) fn welcome_action(held: Held, sender_known: bool, replayed: bool) -> WelcomeAction {
+    if replayed {
+        return WelcomeAction::Refuse;
+    }
     match (held, sender_known) {
         (Held::Unknown, _) => WelcomeAction::Invitation,
-        (_, false) => WelcomeAction::Refuse,
-        (Held::Live, true) => WelcomeAction::KeepAside,
-        (Held::Dead { last_epoch, .. }, true) if epoch <= last_epoch => WelcomeAction::Refuse,
-        (Held::Dead { left: true, .. }, true) => WelcomeAction::Invitation,
-        (Held::Dead { left: false, .. }, true) => WelcomeAction::Continue,
+        (Held::Live, _) => WelcomeAction::KeepAside,
+        (Held::Dead { left: false }, true) => WelcomeAction::Continue,
+        (Held::Dead { .. }, _) => WelcomeAction::Invitation,
     }
 }
 
@@ -162,39 +161,36 @@ mod tests {
 
     #[test]
     fn strangers_never_replace_or_continue_a_group() {
-        let dead = Held::Dead {
-            last_epoch: 4,
-            left: false,
-        };
-        for held in [Held::Live, dead] {
-            for epoch in [0, 4, 5, u64::MAX] {
-                assert_eq!(welcome_action(held, false, epoch), WelcomeAction::Refuse);
+        let dead = Held::Dead { left: false };
+        // Nobody replaces a live state: kept aside.
+        for known in [false, true] {
+            assert_eq!(
+                welcome_action(Held::Live, known, false),
+                WelcomeAction::KeepAside
+            );
+        }
+        // Only a known member continues a dead state; a stranger only invites.
+        assert_eq!(welcome_action(dead, true, false), WelcomeAction::Continue);
+        assert_eq!(
+            welcome_action(dead, false, false),
+            WelcomeAction::Invitation
+        );
+        // A replayed Welcome does nothing, whoever sent it.
+        for held in [Held::Unknown, Held::Live, dead] {
+            for known in [false, true] {
+                assert_eq!(welcome_action(held, known, true), WelcomeAction::Refuse);
             }
         }
-        // Not even a known member replaces a live state.
-        assert_eq!(
-            welcome_action(Held::Live, true, 9),
-            WelcomeAction::KeepAside
-        );
-        assert_eq!(welcome_action(dead, true, 5), WelcomeAction::Continue);
-        // A replayed (older) Welcome does not bring a dead state back.
-        assert_eq!(welcome_action(dead, true, 4), WelcomeAction::Refuse);
-        assert_eq!(welcome_action(dead, true, 1), WelcomeAction::Refuse);
         // After leaving on purpose, consent again.
-        let left = Held::Dead {
-            last_epoch: 4,
-            left: true,
-        };
-        assert_eq!(welcome_action(left, true, 5), WelcomeAction::Invitation);
+        let left = Held::Dead { left: true };
+        assert_eq!(welcome_action(left, true, false), WelcomeAction::Invitation);
         // A group never seen is an invitation, whoever sends it.
-        assert_eq!(
-            welcome_action(Held::Unknown, false, 0),
-            WelcomeAction::Invitation
-        );
-        assert_eq!(
-            welcome_action(Held::Unknown, true, 7),
-            WelcomeAction::Invitation
-        );
+        for known in [false, true] {
+            assert_eq!(
+                welcome_action(Held::Unknown, known, false),
+                WelcomeAction::Invitation
+            );
+        }
     }
 
     #[test]

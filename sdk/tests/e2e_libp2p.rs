@@ -114,7 +114,12 @@ fn pair(sender: &str, body: &str) -> (String, Vec<u8>) {
 async fn scenario(suite: Ciphersuite) {
     let dir = tempfile::tempdir().unwrap();
     let (store_node, _inbound) = Node::start(
-        NodeConfig::loopback().with_store(dir.path().join("store"), store::Config::default()),
+        pqmls::store_node(
+            NodeConfig::loopback(),
+            dir.path().join("store"),
+            store::Config::default(),
+        )
+        .unwrap(),
     )
     .await
     .unwrap();

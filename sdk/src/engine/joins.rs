@@ -41,8 +41,8 @@ pub(crate) enum Source {
 enum Join {
     Joined,
     Refused,
-    /// Kept aside: (group, epoch, sender).
-    KeptAside(GroupId, u64, UserId),
+    /// Kept aside: (group, epoch, sender, whether the sender is known in the group).
+    KeptAside(GroupId, u64, UserId, bool),
     /// Held for consent.
     Invitation(GroupId, u64, Member),
 }
@@ -70,7 +70,7 @@ impl State {
     pub(crate) fn retry_welcomes(&mut self, gid: &GroupId) -> Result<()> {
         let rows: Vec<(i64, Vec<u8>)> = self
             .db()
-            .prepare_cached("SELECT id, payload FROM pqmls_welcomes WHERE group_id = ?1 ORDER BY epoch DESC, id DESC")?
+            .prepare_cached("SELECT id, payload FROM pqmls_welcomes WHERE group_id = ?1 ORDER BY sender_known DESC, epoch DESC, id DESC")?
             .query_map([&gid.0], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         for (id, payload) in rows {
@@ -109,8 +109,8 @@ impl State {
                 Ok(true)
             }
             Join::Refused => Ok(false),
-            Join::KeptAside(gid, epoch, sender) => {
-                self.keep_aside(&gid, epoch, &sender, bytes)?;
+            Join::KeptAside(gid, epoch, sender, known) => {
+                self.keep_aside(&gid, epoch, &sender, known, bytes)?;
                 Ok(false)
             }
             Join::Invitation(gid, epoch, inviter) => {
@@ -120,12 +120,14 @@ impl State {
         }
     }
 
-    /// Keeps a Welcome for a group we hold, within the per-group cap (oldest dropped).
+    /// Keeps a Welcome for a group we hold, within the per-group cap: strangers' Welcomes
+    /// are dropped before known members', then the oldest.
     fn keep_aside(
         &mut self,
         gid: &GroupId,
         epoch: u64,
         sender: &UserId,
+        known: bool,
         bytes: &[u8],
     ) -> Result<()> {
         let exists: bool = self.db().query_row(
@@ -138,13 +140,13 @@ impl State {
             return Ok(());
         }
         self.db().execute(
-            "INSERT INTO pqmls_welcomes (group_id, epoch, payload, inviter_id) VALUES (?1, ?2, ?3, ?4)",
-            params![gid.0, to_i64(epoch), bytes, &sender.0[..]],
+            "INSERT INTO pqmls_welcomes (group_id, epoch, payload, inviter_id, sender_known) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![gid.0, to_i64(epoch), bytes, &sender.0[..], known],
         )?;
         let cap = to_i64(self.config.limits.kept_welcomes as u64);
         self.db().execute(
             "DELETE FROM pqmls_welcomes WHERE group_id = ?1 AND id NOT IN
-             (SELECT id FROM pqmls_welcomes WHERE group_id = ?1 ORDER BY id DESC LIMIT ?2)",
+             (SELECT id FROM pqmls_welcomes WHERE group_id = ?1 ORDER BY sender_known DESC, id DESC LIMIT ?2)",
             params![gid.0, cap],
         )?;
         Ok(())
@@ -282,28 +284,24 @@ impl State {
         }
         // Removed by a merged commit (in the grace period, or gone), left, or dropped after
         // a withdrawal.
-        let (dead_epoch, left): (Option<i64>, bool) = self.db().query_row(
-            "SELECT dead_epoch, left_on_purpose OR EXISTS
+        let left: bool = self.db().query_row(
+            "SELECT left_on_purpose OR EXISTS
                  (SELECT 1 FROM pqmls_intents WHERE group_id = ?1 AND kind = 'leave')
              FROM pqmls_groups WHERE group_id = ?1",
             [&gid.0],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let last_epoch = match dead_epoch {
-            Some(e) => to_u64(e),
-            None => self.last_member_epoch(gid)?,
-        };
-        Ok(Held::Dead { last_epoch, left })
-    }
-
-    /// The last epoch of our branch at which we were a member of the group.
-    pub(crate) fn last_member_epoch(&self, gid: &GroupId) -> Result<u64> {
-        let e: Option<i64> = self.db().query_row(
-            "SELECT MAX(epoch) FROM pqmls_epochs WHERE group_id = ?1",
-            [&gid.0],
             |r| r.get(0),
         )?;
-        Ok(e.map_or(0, to_u64))
+        Ok(Held::Dead { left })
+    }
+
+    /// Whether we joined with this Welcome before.
+    fn used_welcome(&self, hash: &[u8; 32]) -> Result<bool> {
+        Ok(self
+            .db()
+            .prepare_cached("SELECT 1 FROM pqmls_used_welcomes WHERE welcome_hash = ?1")?
+            .query_row([&hash[..]], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     /// Joins from a Welcome, or decides not to.
@@ -347,18 +345,20 @@ impl State {
         let inviter_key = sender.signature_key().as_slice().to_vec();
         let held = self.held(&gid)?;
         let known = self.known_in_group(&gid, &inviter.id)?;
-        match welcome_action(held, known, epoch) {
+        let action = welcome_action(held, known, self.used_welcome(hash)?);
+        match action {
             WelcomeAction::Refuse => {
                 tracing::debug!(
-                    "{}: refusing a Welcome to {gid} at epoch {epoch} from {} (a key never \
-                     seen in it, or older than the state it would continue)",
+                    "{}: refusing a replayed Welcome to {gid} from {}",
                     self.name,
                     inviter.id.short()
                 );
                 self.stats.rejected += 1;
                 return Ok(Join::Refused);
             }
-            WelcomeAction::KeepAside => return Ok(Join::KeptAside(gid, epoch, inviter.id)),
+            WelcomeAction::KeepAside => {
+                return Ok(Join::KeptAside(gid, epoch, inviter.id, known));
+            }
             WelcomeAction::Invitation => {
                 let ask = source != Source::Accepted
                     && !join_without_asking(self.config.invitations, self.is_contact(&inviter.id)?);
@@ -377,15 +377,10 @@ impl State {
             self.stats.ignored += 1;
             return Ok(Join::Refused);
         }
-        tracing::debug!("{}: joining {gid} at epoch {epoch}", self.name);
-        let replaced_epoch = self
-            .groups
-            .get(&gid)
-            .filter(|g| g.mls.is_active())
-            .map(|g| g.mls.epoch().as_u64());
+        tracing::debug!("{}: joining {gid} at epoch {epoch} ({action:?})", self.name);
         if let Some(mut old) = self.groups.remove(&gid) {
-            // Removed and invited again: the new Welcome replaces the old state, whose
-            // snapshots and plans are void.
+            // Removed (in the grace period) and invited again: the new Welcome replaces the
+            // dead state, whose snapshots and plans are void.
             self.topics.remove(&old.topic);
             old.mls
                 .delete(self.provider.storage())
@@ -407,7 +402,16 @@ impl State {
         let group = staged.into_group(&self.provider).map_err(mls)?;
         self.add_group(&gid, group)?;
         self.db().execute(
-            "UPDATE pqmls_groups SET dead_epoch = NULL, left_on_purpose = 0 WHERE group_id = ?1",
+            "UPDATE pqmls_groups SET left_on_purpose = 0 WHERE group_id = ?1",
+            [&gid.0],
+        )?;
+        self.db().execute(
+            "INSERT OR IGNORE INTO pqmls_used_welcomes (welcome_hash, group_id, used_ms) VALUES (?1, ?2, ?3)",
+            params![&hash[..], gid.0, to_i64(self.wall_ms())],
+        )?;
+        self.db().execute(
+            "DELETE FROM pqmls_used_welcomes WHERE group_id = ?1 AND welcome_hash NOT IN
+             (SELECT welcome_hash FROM pqmls_used_welcomes WHERE group_id = ?1 ORDER BY used_ms DESC, rowid DESC LIMIT 64)",
             [&gid.0],
         )?;
         self.db().execute(
@@ -434,14 +438,9 @@ impl State {
         )?;
         self.todo.sync.insert(gid.clone());
         self.replay_pending(&gid)?;
-        if let Some(old_epoch) = replaced_epoch {
-            // Our recent messages may have gone to a branch that lost.
-            self.resend_own(
-                &gid,
-                to_i64(old_epoch.saturating_sub(self.config.rollback_window)),
-            )?;
-        } else {
-            // Those sent on a state whose Welcome was withdrawn.
+        if action == WelcomeAction::Continue {
+            // A member we know continues the group: what we sent on a state whose Welcome
+            // was withdrawn goes out again. Never into an invitation from a stranger.
             self.resend_own(&gid, -1)?;
         }
         Ok(Join::Joined)
@@ -544,18 +543,8 @@ impl State {
             "{}: the Welcome we joined {gid} with was withdrawn: leaving its dead branch",
             self.name
         );
-        let joined_epoch: i64 = self.db().query_row(
-            "SELECT epoch FROM pqmls_joins WHERE group_id = ?1",
-            [&gid.0],
-            |r| r.get(0),
-        )?;
         self.db()
             .execute("DELETE FROM pqmls_joins WHERE group_id = ?1", [&gid.0])?;
-        // A continuation must come from the live branch, later than the withdrawn join.
-        self.db().execute(
-            "UPDATE pqmls_groups SET dead_epoch = ?2 WHERE group_id = ?1",
-            params![gid.0, joined_epoch],
-        )?;
         // What we sent on that state reached nobody on the live branch: it goes out again
         // (epoch -1 marks it) when we are in the group again.
         self.db().execute(

@@ -468,18 +468,16 @@ impl State {
     /// Drops our state of a group. `keep_pending`: the buffered messages stay, for a
     /// state we expect to get soon (after a withdrawn Welcome, the live branch's).
     pub(crate) fn deactivate(&mut self, gid: &GroupId, keep_pending: bool) -> Result<()> {
-        // The last epoch we were a member at, unless a withdrawal set it already; and
-        // whether we had asked to leave.
-        let last = self.last_member_epoch(gid)?;
+        // Whether we had asked to leave: an invitation back then asks for consent again.
         let left: bool = self.db().query_row(
             "SELECT EXISTS (SELECT 1 FROM pqmls_intents WHERE group_id = ?1 AND kind = 'leave')",
             [&gid.0],
             |r| r.get(0),
         )?;
         self.db().execute(
-            "UPDATE pqmls_groups SET active = 0, dead_epoch = COALESCE(dead_epoch, ?2),
-                 left_on_purpose = ?3 WHERE group_id = ?1",
-            params![gid.0, to_i64(last), left],
+            "UPDATE pqmls_groups SET active = 0, left_on_purpose = left_on_purpose OR ?2
+             WHERE group_id = ?1",
+            params![gid.0, left],
         )?;
         self.db()
             .execute("DELETE FROM pqmls_intents WHERE group_id = ?1", [&gid.0])?;
