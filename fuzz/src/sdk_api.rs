@@ -24,6 +24,11 @@
 //! | 9 | [`OP_INJECT_INBOX`] | `user`, payload as above |
 //! | 10 | [`OP_ONLINE`] | `x`, `on` (bit 0): [`SimTransport::set_online`] |
 //! | 11 | [`OP_REPLAY`] | `from`, `k`, `to`, XOR list (`n` mod 9, `n` times `pos: u16`, `mask`) |
+//! | 12 | [`OP_FOREIGN_WELCOME`] | `g`, `user`: the outsider makes a group with `g`'s id, adds `user`'s last-resort key package, sends the Welcome to `user`'s inbox |
+//! | 13 | [`OP_FORGE_SIGNALS`] | `g`, `k`, `tag`: message `k` of `g`'s history re-sent with another epoch-authenticator tag (if it is an application message), and a commit and a message of the outsider's fake group (from [`OP_FOREIGN_WELCOME`]) at its epoch |
+//! | 14 | [`OP_REWRAP`] | `from`, `k`, `how`: message `k` of topic `from`'s history re-encoded (`how % 3`: a trailing byte, an overlong length, both) and re-published |
+//! | 15 | [`OP_PLANT`] | `user`, `slot` (`% 5`, 4 = last resort): the outsider's key package, signed by the outsider, written under `user`'s slot, through the store's validator (refused) and as a malicious store would serve it (planted) |
+//! | 16 | [`OP_FLOOD`] | `g`, `n` (`% 64 + 1`): `n` forged commits and messages with `g`'s id for epochs around and far beyond the current one, and `n` withdrawals on the inboxes |
 //!
 //! `x` is a client (`% 3`); `user` a user id (`% 4`: a's, b's, c's, an id nobody has); `g` a group (`% (groups + 1)`: the groups created so far in order, or an
 //! unknown id); `from` / `to` a topic (`% (groups + 3)`: the group topics, then the inbox
@@ -31,6 +36,9 @@
 //! the maximum size, 3 one byte over it. [`OP_REPLAY`] takes message `k` (mod the page
 //! length) of the store's history of topic `from`, applies the XORs and publishes it on
 //! topic `to` (an exact copy on the same topic is dropped by the network as a duplicate).
+//!
+//! The outsider (ops 12 to 16) has an MLS identity and provider of its own and can build
+//! real MLS messages in groups it makes, but holds no secret of the clients' groups.
 //!
 //! Errors of the API are expected and ignored. What must hold:
 //!
@@ -44,6 +52,8 @@
 //!   disagreement. The check is asserted only when the loss rate was 0: under loss a
 //!   run can end before the SDK's repairs (branch moves, withdrawn Welcomes) have had
 //!   the messages they need; lossy runs that do not converge are counted
+//! - (always) the outsider never becomes a member of a group a client holds, and none of
+//!   its fake groups can read any application message on the clients' group topics;
 //!   ([`lossy_counts`]). With the environment
 //!   variable `PQMLS_FUZZ_STRICT` set it is asserted for lossy runs too; with
 //!   `PQMLS_FUZZ_LENIENT` set it is asserted never, and every input prints one line
@@ -58,8 +68,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
 use pqmls::sim::{SimConfig, SimNetwork, SimTransport};
 use pqmls::{Client, Config, GroupId, InvitePolicy, Transport as _, UserId};
+use pqmls_provider::{PqCrypto, Provider, SignatureKeyPair, SqliteStorage};
 use pqmls_transport::Topic;
 use pqmls_transport::store::Cursor;
 
@@ -110,8 +123,18 @@ pub const OP_INJECT_INBOX: u8 = 9;
 pub const OP_ONLINE: u8 = 10;
 /// Opcode: re-publish a mutated message from the store's history.
 pub const OP_REPLAY: u8 = 11;
+/// Opcode: the outsider's Welcome into a fake group with a victim group's id.
+pub const OP_FOREIGN_WELCOME: u8 = 12;
+/// Opcode: forged fork signals (a changed tag, a fake group's commit and message).
+pub const OP_FORGE_SIGNALS: u8 = 13;
+/// Opcode: a message from history re-wrapped non-canonically.
+pub const OP_REWRAP: u8 = 14;
+/// Opcode: a key package planted under a client's directory slot.
+pub const OP_PLANT: u8 = 15;
+/// Opcode: a flood of forged commits, messages and withdrawals.
+pub const OP_FLOOD: u8 = 16;
 /// Number of opcodes.
-pub const OPS: u8 = 12;
+pub const OPS: u8 = 17;
 
 /// The topic of a group, as the SDK computes it.
 pub fn group_topic(gid: &GroupId) -> Topic {
@@ -171,12 +194,202 @@ pub fn lossy_counts() -> (u64, u64) {
     )
 }
 
+/// The outsider: an MLS identity and provider of its own, and its fake groups (one per
+/// victim group id it targeted).
+struct Outsider {
+    provider: Provider<SqliteStorage>,
+    signer: SignatureKeyPair,
+    credential: CredentialWithKey,
+    fakes: Vec<MlsGroup>,
+}
+
+const SUITE: Ciphersuite = pqmls::DEFAULT_SUITE;
+
+impl Outsider {
+    fn new() -> Outsider {
+        let provider = Provider::from_parts(
+            PqCrypto::new().expect("crypto"),
+            SqliteStorage::open_in_memory().expect("storage"),
+        );
+        let signer = SignatureKeyPair::generate(SUITE.signature_algorithm()).expect("a key");
+        // It poses with a client's name.
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(b"a".to_vec()).into(),
+            signature_key: signer.public().to_vec().into(),
+        };
+        Outsider {
+            provider,
+            signer,
+            credential,
+            fakes: Vec::new(),
+        }
+    }
+
+    fn capabilities() -> Capabilities {
+        Capabilities::new(
+            None,
+            Some(&[SUITE]),
+            Some(&[ExtensionType::LastResort]),
+            None,
+            None,
+        )
+    }
+
+    /// A fake group with `gid`'s id (a previous one with that id is dropped): its index.
+    fn fake(&mut self, gid: &GroupId) -> Option<usize> {
+        let id = openmls::group::GroupId::from_slice(gid.as_bytes());
+        self.fakes.retain(|g| g.group_id() != &id);
+        if let Ok(Some(mut old)) = MlsGroup::load(self.provider.storage(), &id) {
+            let _ = old.delete(self.provider.storage());
+        }
+        let g = MlsGroup::builder()
+            .with_group_id(id)
+            .ciphersuite(SUITE)
+            .use_ratchet_tree_extension(true)
+            .with_capabilities(Self::capabilities())
+            .build(&self.provider, &self.signer, self.credential.clone())
+            .ok()?;
+        self.fakes.push(g);
+        Some(self.fakes.len() - 1)
+    }
+
+    fn key_package(&self) -> Vec<u8> {
+        KeyPackage::builder()
+            .leaf_node_capabilities(Self::capabilities())
+            .build(SUITE, &self.provider, &self.signer, self.credential.clone())
+            .ok()
+            .and_then(|b| {
+                MlsMessageOut::from(b.key_package().clone())
+                    .tls_serialize_detached()
+                    .ok()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A directory entry in the SDK's format (`PQD1`...), signed by the outsider.
+    fn entry(&self, key: &[u8], value: &[u8]) -> Vec<u8> {
+        use openmls_traits::signatures::Signer as _;
+        let mut body = b"PQD1".to_vec();
+        body.extend_from_slice(&(SUITE.signature_algorithm() as u16).to_be_bytes());
+        body.extend_from_slice(&(self.signer.public().len() as u32).to_be_bytes());
+        body.extend_from_slice(self.signer.public());
+        body.extend_from_slice(&1u64.to_be_bytes());
+        body.extend_from_slice(&u64::MAX.to_be_bytes());
+        body.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        body.extend_from_slice(value);
+        let mut tbs = b"pqmls directory entry v1".to_vec();
+        tbs.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        tbs.extend_from_slice(key);
+        tbs.extend_from_slice(&body);
+        let sig = self.signer.sign(&tbs).unwrap_or_default();
+        body.extend_from_slice(&(sig.len() as u32).to_be_bytes());
+        body.extend_from_slice(&sig);
+        body
+    }
+
+    fn id(&self) -> UserId {
+        UserId::of_key(SUITE.signature_algorithm(), self.signer.public())
+    }
+
+    /// Whether a fake group can read an application message among `messages`.
+    fn reads_any(&mut self, messages: &[pqmls_transport::Message]) -> bool {
+        let provider = &self.provider;
+        messages.iter().any(|m| {
+            let Some((1, _, mls)) = unwire(&m.data) else {
+                return false;
+            };
+            self.fakes.iter_mut().any(|g| {
+                let Some(pm) = MlsMessageIn::tls_deserialize_exact(&mls)
+                    .ok()
+                    .and_then(|m| m.try_into_protocol_message().ok())
+                else {
+                    return false;
+                };
+                matches!(
+                    g.process_message(provider, pm).map(|p| p.into_content()),
+                    Ok(ProcessedMessageContent::ApplicationMessage(_))
+                )
+            })
+        })
+    }
+}
+
+/// LEB128, as postcard writes lengths.
+fn leb128(mut n: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            v.push(b);
+            return v;
+        }
+        v.push(b | 0x80);
+    }
+}
+
+/// A pqmls envelope: variant, prefix (16-byte tag of application messages, 32-byte id of
+/// withdrawals), LEB128 length, bytes.
+pub fn wire(variant: u8, prefix: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut v = vec![variant];
+    v.extend_from_slice(prefix);
+    v.extend_from_slice(&leb128(body.len()));
+    v.extend_from_slice(body);
+    v
+}
+
+/// (variant, prefix, body) of an envelope, if it is one.
+fn unwire(payload: &[u8]) -> Option<(u8, Vec<u8>, Vec<u8>)> {
+    let variant = *payload.first()?;
+    let prefix_len = match variant {
+        1 => 16,
+        3 => 32,
+        0 | 2 => 0,
+        _ => return None,
+    };
+    let prefix = payload.get(1..1 + prefix_len)?.to_vec();
+    let mut i = 1 + prefix_len;
+    let (mut n, mut shift) = (0usize, 0u32);
+    loop {
+        let b = *payload.get(i)?;
+        i += 1;
+        n |= usize::from(b & 0x7f).checked_shl(shift)?;
+        shift += 7;
+        if b & 0x80 == 0 || shift > 28 {
+            break;
+        }
+    }
+    (payload.len() == i.checked_add(n)?).then(|| (variant, prefix, payload[i..].to_vec()))
+}
+
+/// An MLS `PrivateMessage` with `gid`'s id, `epoch` and `content_type` in the framing and
+/// noise inside (RFC 9420 §6.3, canonical varints).
+fn fake_private(gid: &GroupId, epoch: u64, content_type: u8, noise: u8) -> Vec<u8> {
+    fn vec(out: &mut Vec<u8>, b: &[u8]) {
+        if b.len() < 64 {
+            out.push(b.len() as u8);
+        } else {
+            out.extend_from_slice(&(0x4000 | b.len() as u16).to_be_bytes());
+        }
+        out.extend_from_slice(b);
+    }
+    let mut out = vec![0, 1, 0, 2];
+    vec(&mut out, gid.as_bytes());
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.push(content_type);
+    vec(&mut out, &[]);
+    vec(&mut out, &[noise; 16]);
+    vec(&mut out, &[noise ^ 0x5a; 80]);
+    out
+}
+
 struct World {
     net: SimNetwork,
     clients: Vec<Client>,
     transports: Vec<Arc<SimTransport>>,
     injector: Arc<SimTransport>,
     groups: Vec<GroupId>,
+    outsider: Outsider,
 }
 
 impl World {
@@ -212,6 +425,7 @@ impl World {
             transports,
             injector,
             groups: Vec::new(),
+            outsider: Outsider::new(),
         }
     }
 
@@ -309,6 +523,155 @@ impl World {
             OP_ONLINE => {
                 let (x, on) = (client(r.byte()), r.byte() & 1 == 1);
                 self.transports[x].set_online(on);
+                true
+            }
+            OP_FOREIGN_WELCOME => {
+                let (g, u) = (self.group(r.byte()), user(r.byte()));
+                let Ok(Some(blob)) = self
+                    .injector
+                    .get(format!("pqmls/kp/v2/{u}/last-resort").into_bytes())
+                    .await
+                else {
+                    return false;
+                };
+                let Some(kp) = entry_key_package(&blob) else {
+                    return false;
+                };
+                let Some(i) = self.outsider.fake(&g) else {
+                    return false;
+                };
+                let o = &mut self.outsider;
+                let (provider, signer) = (&o.provider, &o.signer);
+                let welcome = {
+                    let fake = &mut o.fakes[i];
+                    let Ok((_, welcome, _)) = fake.add_members(provider, signer, &[kp]) else {
+                        return false;
+                    };
+                    let _ = fake.merge_pending_commit(provider);
+                    welcome.tls_serialize_detached().unwrap_or_default()
+                };
+                self.injector
+                    .publish(&inbox_topic(&u), wire(2, &[], &welcome))
+                    .await
+                    .is_ok()
+            }
+            OP_FORGE_SIGNALS => {
+                let (g, k, tag) = (self.group(r.byte()), r.byte(), r.byte());
+                let topic = group_topic(&g);
+                let mut ok = false;
+                if let Ok(page) = self.injector.history(&topic, Cursor::beginning()).await
+                    && !page.messages.is_empty()
+                    && let Some((1, _, mls)) =
+                        unwire(&page.messages[usize::from(k) % page.messages.len()].data)
+                {
+                    ok |= self
+                        .injector
+                        .publish(&topic, wire(1, &[tag; 16], &mls))
+                        .await
+                        .is_ok();
+                }
+                let o = &mut self.outsider;
+                let (provider, signer) = (&o.provider, &o.signer);
+                let id = openmls::group::GroupId::from_slice(g.as_bytes());
+                let forged = o
+                    .fakes
+                    .iter_mut()
+                    .find(|f| f.group_id() == &id)
+                    .map(|fake| {
+                        let msg = fake
+                            .create_message(provider, signer, b"outsider")
+                            .ok()
+                            .and_then(|m| m.tls_serialize_detached().ok());
+                        let commit = fake
+                            .self_update(provider, signer, LeafNodeParameters::default())
+                            .ok()
+                            .and_then(|b| b.commit().tls_serialize_detached().ok());
+                        let _ = fake.merge_pending_commit(provider);
+                        (msg, commit)
+                    });
+                if let Some((msg, commit)) = forged {
+                    for p in [
+                        msg.map(|m| wire(1, &[tag; 16], &m)),
+                        commit.map(|c| wire(0, &[], &c)),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        ok |= self.injector.publish(&topic, p).await.is_ok();
+                    }
+                }
+                ok
+            }
+            OP_REWRAP => {
+                let (from, k, how) = (self.topic(r.byte()), r.byte(), r.byte() % 3);
+                let Ok(page) = self.injector.history(&from, Cursor::beginning()).await else {
+                    return false;
+                };
+                if page.messages.is_empty() {
+                    return false;
+                }
+                let data = &page.messages[usize::from(k) % page.messages.len()].data;
+                let Some((variant, prefix, body)) = unwire(data) else {
+                    return false;
+                };
+                let mut out = vec![variant];
+                out.extend_from_slice(&prefix);
+                let mut len = leb128(body.len());
+                if how != 0 {
+                    let last = len.len() - 1;
+                    len[last] |= 0x80;
+                    len.push(0);
+                }
+                out.extend_from_slice(&len);
+                out.extend_from_slice(&body);
+                if how != 1 {
+                    out.push(0);
+                }
+                self.injector.publish(&from, out).await.is_ok()
+            }
+            OP_PLANT => {
+                let (u, slot) = (user(r.byte()), r.byte() % 5);
+                let slot = if slot == 4 {
+                    "last-resort".to_owned()
+                } else {
+                    slot.to_string()
+                };
+                let key = format!("pqmls/kp/v2/{u}/{slot}").into_bytes();
+                let entry = self.outsider.entry(&key, &self.outsider.key_package());
+                // Through a store with the validator: refused.
+                let refused = self.injector.put(key.clone(), entry.clone()).await.is_err();
+                // As a malicious store would serve it.
+                self.net.plant(key, entry);
+                refused
+            }
+            OP_FLOOD => {
+                let (g, n) = (self.group(r.byte()), r.byte() % 64 + 1);
+                let epoch = match self.clients.first() {
+                    Some(c) => c.status(&g).await.map(|s| s.epoch).unwrap_or(0),
+                    None => 0,
+                };
+                let topic = group_topic(&g);
+                for i in 0..n {
+                    let e = match i % 4 {
+                        0 => epoch,
+                        1 => epoch + 1,
+                        2 => epoch + u64::from(i),
+                        _ => u64::MAX - u64::from(i),
+                    };
+                    let _ = self
+                        .injector
+                        .publish(&topic, wire(0, &[], &fake_private(&g, e, 3, i)))
+                        .await;
+                    let _ = self
+                        .injector
+                        .publish(&topic, wire(1, &[i; 16], &fake_private(&g, e, 1, i)))
+                        .await;
+                    let inbox = inbox_topic(&user(i));
+                    let _ = self
+                        .injector
+                        .publish(&inbox, wire(3, &[i; 32], &[i; 64]))
+                        .await;
+                }
                 true
             }
             _ => {
@@ -427,6 +790,22 @@ impl World {
     }
 }
 
+/// The key package in a signed directory entry, validated.
+fn entry_key_package(blob: &[u8]) -> Option<KeyPackage> {
+    let len = |at: usize| -> Option<usize> {
+        Some(u32::from_be_bytes(blob.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    let at = 6 + 4 + len(6)? + 16;
+    let value = blob.get(at + 4..at + 4 + len(at)?)?;
+    let MlsMessageBodyIn::KeyPackage(kp) =
+        MlsMessageIn::tls_deserialize_exact(value).ok()?.extract()
+    else {
+        return None;
+    };
+    kp.validate(&PqCrypto::new().ok()?, ProtocolVersion::Mls10)
+        .ok()
+}
+
 /// `body` repeated (or zeros) up to exactly `len` bytes.
 fn fill(body: &[u8], len: usize) -> Vec<u8> {
     if body.is_empty() {
@@ -471,6 +850,23 @@ pub fn run(data: &[u8]) -> Outcome {
         outcome.converged = verdict.is_ok();
         outcome.failure = verdict.err();
         outcome.groups = views;
+        // The outsider is no member of anything, and reads nothing.
+        let outsider = world.outsider.id();
+        for g in &world.groups {
+            for c in &world.clients {
+                if let Ok(members) = c.members(g).await {
+                    assert!(
+                        members.iter().all(|m| m.id != outsider),
+                        "the outsider is a member of {g}"
+                    );
+                }
+            }
+            let history = world.net.history_of(&group_topic(g));
+            assert!(
+                !world.outsider.reads_any(&history),
+                "the outsider read a message of {g}"
+            );
+        }
         for c in world.clients {
             c.shutdown().await;
         }

@@ -13,8 +13,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: panics are failures.
 
 use pqmls_fuzz::sdk_api::{
-    OP_ADVANCE, OP_CREATE, OP_INJECT_GROUP, OP_INJECT_INBOX, OP_INVITE, OP_LEAVE, OP_ONLINE,
-    OP_REMOVE, OP_REPLAY, OP_SEND, OP_SYNC, OP_UPDATE, Outcome, run,
+    OP_ADVANCE, OP_CREATE, OP_FLOOD, OP_FOREIGN_WELCOME, OP_FORGE_SIGNALS, OP_INJECT_GROUP,
+    OP_INJECT_INBOX, OP_INVITE, OP_LEAVE, OP_ONLINE, OP_PLANT, OP_REMOVE, OP_REPLAY, OP_REWRAP,
+    OP_SEND, OP_SYNC, OP_UPDATE, Outcome, run,
 };
 use pqmls_pq::{
     Kem, MlDsa44, MlDsa44Ed25519, MlDsa65, MlDsa65Ed25519, MlDsa87, MlKem768, MlKem1024,
@@ -741,6 +742,21 @@ impl Ops {
     fn replay(self, from: u8, k: u8, to: u8, list: &[(u16, u8)]) -> Self {
         self.op(&[OP_REPLAY, from, k, to]).op(&xors(list))
     }
+    fn foreign_welcome(self, g: u8, user: u8) -> Self {
+        self.op(&[OP_FOREIGN_WELCOME, g, user])
+    }
+    fn forge(self, g: u8, k: u8, tag: u8) -> Self {
+        self.op(&[OP_FORGE_SIGNALS, g, k, tag])
+    }
+    fn rewrap(self, from: u8, k: u8, how: u8) -> Self {
+        self.op(&[OP_REWRAP, from, k, how])
+    }
+    fn plant(self, user: u8, slot: u8) -> Self {
+        self.op(&[OP_PLANT, user, slot])
+    }
+    fn flood(self, g: u8, n: u8) -> Self {
+        self.op(&[OP_FLOOD, g, n])
+    }
     /// a creates group 0 and invites b and c, waiting for each to join.
     fn trio(self) -> Self {
         self.create(A)
@@ -912,6 +928,46 @@ fn sdk_api_ops() {
             .replay(2, 0, 3, &[])
             .replay(3, 0, 2, &[(500, 4)])
             .advance(40),
+        none,
+    );
+    add(
+        "outsider-takeover",
+        Ops::new(0, 12)
+            .trio()
+            .send(B, 0, 0, b"recent")
+            .foreign_welcome(0, B)
+            .forge(0, 0, 0x55)
+            .forge(0, 1, 0x66)
+            .advance(100)
+            .send(B, 0, 0, b"after")
+            .advance(40),
+        trio_formed,
+    );
+    add(
+        "rewrap-and-plant",
+        Ops::new(0, 13)
+            .plant(C, 0)
+            .plant(C, 4)
+            .create(A)
+            .invite(A, B, 0)
+            .advance(60)
+            .update(B, 0)
+            .rewrap(0, 1, 0)
+            .rewrap(0, 1, 1)
+            .rewrap(0, 2, 2)
+            .advance(40)
+            .invite(A, C, 0)
+            .advance(60),
+        none,
+    );
+    add(
+        "flood",
+        Ops::new(0, 14)
+            .trio()
+            .flood(0, 40)
+            .send(A, 0, 0, b"through")
+            .update(C, 0)
+            .advance(100),
         none,
     );
     add(
