@@ -789,3 +789,54 @@ fn withdrawals_name_nothing_an_observer_can_link() {
     }
     assert!(seen > 0, "no seed produced a withdrawal to look at");
 }
+
+/// A message read after the epoch it was sent in is attributed to the member who held
+/// its sender's leaf *then*: here b's leaf is given to d before c reads b's late message.
+/// (A sender read from the current tree would be d, who never wrote it.)
+#[tokio::test(start_paused = true)]
+async fn a_late_message_is_attributed_to_its_sender_not_to_the_leafs_next_holder() {
+    let net = net();
+    let a = client(&net, config("a")).await;
+    let b = client(&net, config("b")).await;
+    let mut cc = config("c");
+    // c catches up only when told to (below).
+    cc.sync_interval = None;
+    cc.sync_backoff = Duration::from_secs(3600);
+    let c = client(&net, cc).await;
+    let d = client(&net, config("d")).await;
+    let g = group(&[&a, &b, &c]).await;
+    // c's catch-up after its join runs now, before b's message exists.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // b's message reaches nobody by gossip (c reads it from the store later).
+    net.set_loss(1.0);
+    b.send(&g, b"from b").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    net.set_loss(0.0);
+    a.remove(&g, &b.id()).await.unwrap();
+    converge(&[&a, &c], &g, 3).await;
+    a.invite(&g, &d.id()).await.unwrap();
+    converge(&[&a, &c, &d], &g, 4).await;
+    let leaves: Vec<UserId> = a.members(&g).await.unwrap().iter().map(|m| m.id).collect();
+    assert_eq!(leaves[1], d.id(), "d took b's leaf");
+    assert!(
+        c.history(&g, 10).await.unwrap().is_empty(),
+        "c must not have read b's message before d took the leaf"
+    );
+    c.sync().await.unwrap();
+    until("c read b's late message", async || {
+        c.history(&g, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.body == b"from b")
+    })
+    .await;
+    let m = c
+        .history(&g, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.body == b"from b")
+        .unwrap();
+    assert_eq!((m.sender.id, m.sender.name.as_str()), (b.id(), "b"));
+}

@@ -256,7 +256,7 @@ impl State {
                 return Ok(None);
             };
             let epoch = processed.epoch().as_u64();
-            let Some(sender) = self.sender_member(&past, &processed) else {
+            let Some(sender) = self.sender_member(gid, &past, &processed) else {
                 return Ok(None);
             };
             Ok(match processed.into_content() {
@@ -340,7 +340,7 @@ impl State {
                 Err(e) => return Ok(Err(format!("{e:?}"))),
             };
             let g = self.group(gid)?;
-            let Some(sender) = self.sender_member(&g.mls, &processed) else {
+            let Some(sender) = self.sender_member(gid, &g.mls, &processed) else {
                 return Ok(Err("not sent by a member".into()));
             };
             (processed, sender)

@@ -166,22 +166,27 @@ pub(crate) fn capabilities(suite: Ciphersuite) -> Capabilities {
 }
 
 /// Encodes a member list for `pqmls_epochs`: one `<id hex> <name>` line each.
-fn encode_members(members: &[Member]) -> String {
+/// Encodes a member list for `pqmls_epochs`: one `<leaf index> <id hex> <name>` line each.
+fn encode_members(members: &[(u32, Member)]) -> String {
     members
         .iter()
-        .map(|m| format!("{} {}", m.id, m.name.replace('\n', " ")))
+        .map(|(leaf, m)| format!("{leaf} {} {}", m.id, m.name.replace('\n', " ")))
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-fn decode_members(text: &str) -> Vec<Member> {
+fn decode_members(text: &str) -> Vec<(u32, Member)> {
     text.split('\n')
         .filter_map(|line| {
-            let (id, name) = line.split_once(' ')?;
-            Some(Member {
-                id: id.parse().ok()?,
-                name: name.to_owned(),
-            })
+            let (leaf, rest) = line.split_once(' ')?;
+            let (id, name) = rest.split_once(' ')?;
+            Some((
+                leaf.parse().ok()?,
+                Member {
+                    id: id.parse().ok()?,
+                    name: name.to_owned(),
+                },
+            ))
         })
         .collect()
 }
@@ -204,20 +209,41 @@ impl State {
         }
     }
 
-    /// The member who sent a processed message: its leaf in `mls` (the state the message
-    /// was processed in), whose key MLS checked the signature with. `None` for senders
-    /// that are not members (external senders, which this SDK does not use).
+    /// The member who sent a processed message: the leaf it names in the tree of the
+    /// message's epoch, whose key MLS checked the signature with. For the epoch `mls` is
+    /// at, that tree is `mls`'s; for a past epoch (OpenMLS reads messages of recent past
+    /// epochs), it is our record of that epoch (`pqmls_epochs`): the current tree may
+    /// hold someone else at that leaf by now. The credential OpenMLS reports must match.
+    /// `None` for senders that are not members (external senders, which this SDK does not
+    /// use) or when the epoch's record is missing.
     pub(crate) fn sender_member(
         &self,
+        gid: &GroupId,
         mls: &MlsGroup,
         processed: &ProcessedMessage,
     ) -> Option<Member> {
-        match processed.sender() {
-            Sender::Member(leaf) => mls
-                .member_at(*leaf)
-                .map(|m| self.member_of(&m.credential, &m.signature_key)),
-            _ => None,
-        }
+        let Sender::Member(leaf) = processed.sender() else {
+            return None;
+        };
+        let epoch = processed.epoch().as_u64();
+        let member = if epoch == mls.epoch().as_u64() {
+            mls.member_at(*leaf)
+                .map(|m| self.member_of(&m.credential, &m.signature_key))?
+        } else {
+            let text: String = self
+                .db()
+                .prepare_cached(
+                    "SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch = ?2",
+                )
+                .ok()?
+                .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
+                .ok()?;
+            decode_members(&text)
+                .into_iter()
+                .find(|(l, _)| *l == leaf.u32())
+                .map(|(_, m)| m)?
+        };
+        (member.name == credential_name(processed.credential())).then_some(member)
     }
 
     fn join_config(&self) -> MlsGroupJoinConfig {
@@ -486,10 +512,11 @@ impl State {
     /// in this group (see [`crate::trust::welcome_action`]).
     pub(crate) fn record_epoch(&mut self, gid: &GroupId) -> Result<()> {
         let epoch = self.group(gid)?.mls.epoch().as_u64();
-        let members: Vec<Member> = self.member_list(gid)?.into_iter().map(|(_, m)| m).collect();
+        let leaves = self.member_list(gid)?;
         self.db()
             .prepare_cached("INSERT OR REPLACE INTO pqmls_epochs (group_id, epoch, members) VALUES (?1, ?2, ?3)")?
-            .execute(params![gid.0, to_i64(epoch), encode_members(&members)])?;
+            .execute(params![gid.0, to_i64(epoch), encode_members(&leaves)])?;
+        let members: Vec<Member> = leaves.into_iter().map(|(_, m)| m).collect();
         // Older records than the rollback window are of no use to `members_at` callers
         // beyond history display; a long-lived group must not grow this table forever.
         self.db()
@@ -529,7 +556,7 @@ impl State {
                 |r| r.get(0),
             )
             .optional()?;
-        Ok(row.map(|m| decode_members(&m)))
+        Ok(row.map(|m| decode_members(&m).into_iter().map(|(_, m)| m).collect()))
     }
 
     // ----- contacts -----
