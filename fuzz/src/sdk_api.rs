@@ -1,7 +1,8 @@
 //! The `sdk_api_ops` target: the public [`pqmls::Client`] API driven by fuzz input.
 //!
 //! Three real clients (`a`, `b`, `c`; in memory, [`SETTLE`] settle time, [`TICK`] tick, no
-//! periodic self-updates) run on one [`SimNetwork`] together with a fourth, bare endpoint
+//! periodic self-updates, each other's contacts, invitations from contacts joined at once
+//! and the others held for consent) run on one [`SimNetwork`] together with a fourth, bare endpoint
 //! (the *injector*) that publishes raw or mutated payloads on group and inbox topics. Every
 //! input gets a fresh network and a fresh current-thread tokio runtime with paused time,
 //! so timers and network delays run on virtual time.
@@ -409,12 +410,22 @@ impl World {
             c.tick = TICK;
             c.one_time_key_packages = 1;
             c.max_message_size = MAX_MESSAGE_SIZE;
-            c.invitations = InvitePolicy::Everyone;
+            // Invitations from each other join at once, the outsider's wait for consent.
+            c.invitations = InvitePolicy::Contacts;
             let client = Client::open(c, t.clone(), inbox)
                 .await
                 .expect("opening an in-memory client");
             clients.push(client);
             transports.push(t);
+        }
+        for c in &clients {
+            for other in &clients {
+                if other.id() != c.id() {
+                    c.add_contact(&other.id(), other.name())
+                        .await
+                        .expect("a contact");
+                }
+            }
         }
         net.set_directory_validator(pqmls::directory_validator().expect("a validator"));
         // The injector only publishes and reads history: its inbox stays empty.
@@ -857,7 +868,7 @@ pub fn run(data: &[u8]) -> Outcome {
                 if let Ok(members) = c.members(g).await {
                     assert!(
                         members.iter().all(|m| m.id != outsider),
-                        "the outsider is a member of {g}"
+                        "the outsider is a member of {g}: {members:?}, outsider {outsider:?}"
                     );
                 }
             }
