@@ -35,6 +35,11 @@
 //! - No panics on any input: malformed input is a typed [`Error`]. Crypto failures are
 //!   opaque ([`Error::InvalidSignature`]); ML-KEM decapsulation rejects implicitly.
 //! - Randomness is injected: every randomised operation has a `*_derand` twin.
+//!
+//! ## Features
+//!
+//! - `force-portable`: libcrux's portable ML-KEM code only, also on x86_64 (CI tests that
+//!   path; every target other than x86_64 gets it anyway). See [`kem::ml_kem::backend`].
 //! - Pure Rust: libcrux for ML-KEM and ML-DSA (formally verified, AVX2 at run time),
 //!   curve25519-dalek for X25519 and Ed25519 (AVX2 at run time).
 

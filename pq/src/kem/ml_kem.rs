@@ -12,8 +12,16 @@
 //! - A prepared key is libcrux's unpacked public key: the matrix `Â` sampled and `t̂`
 //!   decoded once, `H(ek)` hashed once.
 //!
-//! libcrux has portable and AVX2 code paths whose unpacked types differ; we pick one at
-//! run time as libcrux's own multiplexer does (`libcrux_platform::simd256_support`).
+//! libcrux has portable and AVX2 code paths whose unpacked types differ. The AVX2 path
+//! (libcrux's `avx2` modules) exists only when compiling for x86_64, so it is selected
+//! by target: on x86_64 we pick it at run time as libcrux's own multiplexer does
+//! (`libcrux_platform::simd256_support`); on every other target (aarch64 phones and Apple
+//! Silicon, 32-bit ARM, wasm, RISC-V) only the portable path is compiled. The feature
+//! `force-portable` compiles the portable path alone on x86_64 too, so that CI tests it on
+//! this kind of machine (and so that a build with `LIBCRUX_DISABLE_SIMD256=1`, which
+//! removes libcrux's `avx2` modules, still compiles). libcrux's NEON path for aarch64 is
+//! not used yet: we cannot run it here. [`backend`] says which path runs.
+//!
 //! libcrux's unpacked key pair does not zeroize itself: on drop we overwrite it with the
 //! all-zero default and pass it through `black_box` so the store is not elided.
 
@@ -21,9 +29,36 @@ use super::{DeriveProfile, Kem, derive::derive_seed};
 use crate::{Error, Result, Seed64, SharedSecret, error::exact};
 use std::sync::OnceLock;
 
-/// Whether the AVX2 code path of libcrux can run on this CPU.
+/// The ML-KEM code path of libcrux that runs in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// libcrux's AVX2 code (x86_64 with AVX2, chosen at run time).
+    Avx2,
+    /// libcrux's portable code (every other CPU and target, or `force-portable`).
+    Portable,
+}
+
+/// The ML-KEM code path this process uses: AVX2 on an x86_64 CPU that has it (unless the
+/// crate was built with `force-portable`), portable otherwise.
+pub fn backend() -> Backend {
+    if use_avx2() {
+        Backend::Avx2
+    } else {
+        Backend::Portable
+    }
+}
+
+/// Whether the AVX2 code path of libcrux is compiled in and can run on this CPU.
+#[cfg(all(target_arch = "x86_64", not(feature = "force-portable")))]
 fn use_avx2() -> bool {
     libcrux_platform::simd256_support()
+}
+
+/// The AVX2 code path is not compiled for this target (or `force-portable` is on).
+#[cfg(not(all(target_arch = "x86_64", not(feature = "force-portable"))))]
+fn use_avx2() -> bool {
+    false
 }
 
 macro_rules! ml_kem_parameter_set {
@@ -40,7 +75,9 @@ macro_rules! ml_kem_parameter_set {
         pub mod $modname {
             use super::*;
             use libcrux_ml_kem::$lib as lib;
-            use lib::{avx2::unpacked as avx2, portable::unpacked as portable};
+            use lib::portable::unpacked as portable;
+            #[cfg(all(target_arch = "x86_64", not(feature = "force-portable")))]
+            use lib::avx2::unpacked as avx2;
 
             /// The scheme; implements [`Kem`].
             #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +147,7 @@ macro_rules! ml_kem_parameter_set {
             }
 
             enum UnpackedKeyPair {
+                #[cfg(all(target_arch = "x86_64", not(feature = "force-portable")))]
                 Avx2(avx2::$KpUnpacked),
                 Portable(portable::$KpUnpacked),
             }
@@ -127,6 +165,7 @@ macro_rules! ml_kem_parameter_set {
                 fn drop(&mut self) {
                     if let Some(unpacked) = self.unpacked.get_mut() {
                         match &mut **unpacked {
+                            #[cfg(all(target_arch = "x86_64", not(feature = "force-portable")))]
                             UnpackedKeyPair::Avx2(kp) => *kp = Default::default(),
                             UnpackedKeyPair::Portable(kp) => *kp = Default::default(),
                         }
@@ -144,11 +183,11 @@ macro_rules! ml_kem_parameter_set {
             /// `ML-KEM.KeyGen_internal(d, z)` in libcrux's unpacked form.
             fn unpacked_key_pair(seed: &Seed64) -> UnpackedKeyPair {
                 let d_z = zeroize::Zeroizing::new(*seed.as_bytes());
+                #[cfg(all(target_arch = "x86_64", not(feature = "force-portable")))]
                 if use_avx2() {
-                    UnpackedKeyPair::Avx2(avx2::generate_key_pair(*d_z))
-                } else {
-                    UnpackedKeyPair::Portable(portable::generate_key_pair(*d_z))
+                    return UnpackedKeyPair::Avx2(avx2::generate_key_pair(*d_z));
                 }
+                UnpackedKeyPair::Portable(portable::generate_key_pair(*d_z))
             }
 
             impl DecapsulationKey {
@@ -178,6 +217,7 @@ macro_rules! ml_kem_parameter_set {
                 pub fn decapsulate(&self, ct: &Ciphertext) -> SharedSecret {
                     let unpacked = self.unpacked.get_or_init(|| Box::new(unpacked_key_pair(&self.seed)));
                     let ss = match &**unpacked {
+                        #[cfg(all(target_arch = "x86_64", not(feature = "force-portable")))]
                         UnpackedKeyPair::Avx2(kp) => avx2::decapsulate(kp, &ct.0),
                         UnpackedKeyPair::Portable(kp) => portable::decapsulate(kp, &ct.0),
                     };
@@ -186,6 +226,7 @@ macro_rules! ml_kem_parameter_set {
             }
 
             enum UnpackedPublicKey {
+                #[cfg(all(target_arch = "x86_64", not(feature = "force-portable")))]
                 Avx2(avx2::$PkUnpacked),
                 Portable(portable::$PkUnpacked),
             }
@@ -204,21 +245,21 @@ macro_rules! ml_kem_parameter_set {
             impl PreparedEncapsulationKey {
                 /// Precomputes from a validated key.
                 pub fn new(ek: &EncapsulationKey) -> Self {
-                    let unpacked = if use_avx2() {
+                    #[cfg(all(target_arch = "x86_64", not(feature = "force-portable")))]
+                    if use_avx2() {
                         let mut pk = avx2::init_public_key();
                         avx2::unpacked_public_key(&ek.0, &mut pk);
-                        UnpackedPublicKey::Avx2(pk)
-                    } else {
-                        let mut pk = portable::init_public_key();
-                        portable::unpacked_public_key(&ek.0, &mut pk);
-                        UnpackedPublicKey::Portable(pk)
-                    };
-                    Self { unpacked: Box::new(unpacked) }
+                        return Self { unpacked: Box::new(UnpackedPublicKey::Avx2(pk)) };
+                    }
+                    let mut pk = portable::init_public_key();
+                    portable::unpacked_public_key(&ek.0, &mut pk);
+                    Self { unpacked: Box::new(UnpackedPublicKey::Portable(pk)) }
                 }
 
                 /// `ML-KEM.Encaps_internal(ek, m)` on the precomputed key.
                 pub fn encapsulate_derand(&self, m: &[u8; 32]) -> (Ciphertext, SharedSecret) {
                     let (ct, ss) = match &*self.unpacked {
+                        #[cfg(all(target_arch = "x86_64", not(feature = "force-portable")))]
                         UnpackedPublicKey::Avx2(pk) => avx2::encapsulate(pk, *m),
                         UnpackedPublicKey::Portable(pk) => portable::encapsulate(pk, *m),
                     };
@@ -357,5 +398,21 @@ mod tests {
         }
         check::<MlKem768>();
         check::<MlKem1024>();
+    }
+
+    /// The path CI forces with `--features force-portable` is the one that runs.
+    #[test]
+    fn backend_follows_target_and_feature() {
+        let expect_avx2 = cfg!(all(target_arch = "x86_64", not(feature = "force-portable")))
+            && libcrux_platform::simd256_support();
+        let expected = if expect_avx2 {
+            Backend::Avx2
+        } else {
+            Backend::Portable
+        };
+        assert_eq!(backend(), expected);
+        if cfg!(feature = "force-portable") {
+            assert_eq!(backend(), Backend::Portable);
+        }
     }
 }
