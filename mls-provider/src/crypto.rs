@@ -41,24 +41,16 @@ pub const SUPPORTED_CIPHERSUITES: [Ciphersuite; 17] = [
 ];
 
 /// Settings of a [`PqCrypto`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CryptoConfig {
     /// The DeriveKeyPair profile of the post-quantum KEMs (ML-KEM-768/1024, X-Wing);
-    /// DHKEMs always follow RFC 9180. Default: [`DeriveProfile::Plain`], the derivation of
-    /// the OpenMLS 0.9 providers, without which a group mixing them with us breaks (see
-    /// the crate docs). [`DeriveProfile::HpkePq`] is draft-ietf-hpke-pq's labelled form.
+    /// DHKEMs always follow RFC 9180. Default: `DeriveProfile::default()`, stated once in
+    /// `pqmls-pq` ([`DeriveProfile::Plain`], the derivation of the OpenMLS 0.9 providers,
+    /// without which a group mixing them with us breaks; see the crate docs).
+    /// [`DeriveProfile::HpkePq`] is draft-ietf-hpke-pq's labelled form.
     pub derive_profile: DeriveProfile,
     /// The recipient-key cache.
     pub cache: CacheConfig,
-}
-
-impl Default for CryptoConfig {
-    fn default() -> Self {
-        CryptoConfig {
-            derive_profile: DeriveProfile::Plain,
-            cache: CacheConfig::default(),
-        }
-    }
 }
 
 /// The crypto and randomness of the provider.
@@ -149,6 +141,7 @@ impl PqCrypto {
             HpkeError::InvalidPublicKey | HpkeError::NonContributory => {
                 CryptoError::InvalidPublicKey
             }
+            HpkeError::Randomness => CryptoError::InsufficientRandomness,
             _ => CryptoError::SenderSetupError,
         })
     }
@@ -441,3 +434,19 @@ impl TryRng for ProviderRng<'_> {
 }
 
 impl TryCryptoRng for ProviderRng<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One DeriveKeyPair default for the project, `pqmls-pq`'s, and it is the profile of
+    /// the OpenMLS 0.9 providers (DESIGN.md item 6).
+    #[test]
+    fn one_derive_profile_default() {
+        assert_eq!(DeriveProfile::default(), DeriveProfile::Plain);
+        assert_eq!(
+            CryptoConfig::default().derive_profile,
+            DeriveProfile::default()
+        );
+    }
+}

@@ -29,6 +29,25 @@ use super::{DeriveProfile, Kem, derive::derive_seed};
 use crate::{Error, Result, Seed64, SharedSecret, error::exact};
 use std::sync::OnceLock;
 
+#[cfg(test)]
+thread_local! {
+    /// ML-KEM key generations (packed or unpacked) on this thread, for the tests.
+    static KEYGENS: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+/// Counts one ML-KEM key generation (tests only).
+#[inline(always)]
+fn count_keygen() {
+    #[cfg(test)]
+    KEYGENS.with(|c| c.set(c.get() + 1));
+}
+
+/// ML-KEM key generations on this thread so far (tests only).
+#[cfg(test)]
+pub(crate) fn keygens() -> usize {
+    KEYGENS.with(core::cell::Cell::get)
+}
+
 /// The ML-KEM code path of libcrux that runs in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -180,14 +199,35 @@ macro_rules! ml_kem_parameter_set {
                 }
             }
 
-            /// `ML-KEM.KeyGen_internal(d, z)` in libcrux's unpacked form.
-            fn unpacked_key_pair(seed: &Seed64) -> UnpackedKeyPair {
+            /// `ML-KEM.KeyGen_internal(d, z)` in libcrux's unpacked form, written straight
+            /// into its heap allocation: the box is made first, holding the all-zero
+            /// (public) initial key, and libcrux expands the seed into it in place, so no
+            /// copy of the expanded key is left on the stack by a move into the box.
+            fn unpacked_key_pair(seed: &Seed64) -> Box<UnpackedKeyPair> {
                 let d_z = zeroize::Zeroizing::new(*seed.as_bytes());
+                count_keygen();
                 #[cfg(all(target_arch = "x86_64", not(feature = "force-portable")))]
                 if use_avx2() {
-                    return UnpackedKeyPair::Avx2(avx2::generate_key_pair(*d_z));
+                    let mut boxed = Box::new(UnpackedKeyPair::Avx2(avx2::init_key_pair()));
+                    if let UnpackedKeyPair::Avx2(kp) = &mut *boxed {
+                        avx2::generate_key_pair_mut(*d_z, kp);
+                    }
+                    return boxed;
                 }
-                UnpackedKeyPair::Portable(portable::generate_key_pair(*d_z))
+                let mut boxed = Box::new(UnpackedKeyPair::Portable(portable::init_key_pair()));
+                if let UnpackedKeyPair::Portable(kp) = &mut *boxed {
+                    portable::generate_key_pair_mut(*d_z, kp);
+                }
+                boxed
+            }
+
+            /// The encapsulation key of an unpacked key pair (a serialization, no keygen).
+            fn unpacked_ek(kp: &UnpackedKeyPair) -> lib::$Pk {
+                match kp {
+                    #[cfg(all(target_arch = "x86_64", not(feature = "force-portable")))]
+                    UnpackedKeyPair::Avx2(kp) => avx2::key_pair_serialized_public_key(kp),
+                    UnpackedKeyPair::Portable(kp) => portable::key_pair_serialized_public_key(kp),
+                }
             }
 
             impl DecapsulationKey {
@@ -197,10 +237,21 @@ macro_rules! ml_kem_parameter_set {
                 /// check a public key).
                 pub fn from_seed(seed: Seed64) -> Self {
                     let d_z = zeroize::Zeroizing::new(*seed.as_bytes());
+                    count_keygen();
                     let (mut sk, pk) = lib::generate_key_pair(*d_z).into_parts();
                     // libcrux's packed private key does not zeroize itself.
                     zeroize::Zeroize::zeroize(&mut sk[0..]);
                     Self { seed, ek: EncapsulationKey(pk), unpacked: OnceLock::new() }
+                }
+
+                /// `ML-KEM.KeyGen_internal(d, z)` from the seed, expanded now: one key
+                /// generation gives both the expanded key and `ek`, for a key that is about
+                /// to decapsulate (an HPKE open). [`Self::from_seed`] followed by
+                /// [`Self::decapsulate`] would generate the key twice.
+                pub fn from_seed_expanded(seed: Seed64) -> Self {
+                    let unpacked = unpacked_key_pair(&seed);
+                    let ek = EncapsulationKey(unpacked_ek(&unpacked));
+                    Self { seed, ek, unpacked: OnceLock::from(unpacked) }
                 }
 
                 /// The seed `d || z`.
@@ -215,7 +266,7 @@ macro_rules! ml_kem_parameter_set {
 
                 /// `ML-KEM.Decaps` with implicit rejection. The first call expands the key.
                 pub fn decapsulate(&self, ct: &Ciphertext) -> SharedSecret {
-                    let unpacked = self.unpacked.get_or_init(|| Box::new(unpacked_key_pair(&self.seed)));
+                    let unpacked = self.unpacked.get_or_init(|| unpacked_key_pair(&self.seed));
                     let ss = match &**unpacked {
                         #[cfg(all(target_arch = "x86_64", not(feature = "force-portable")))]
                         UnpackedKeyPair::Avx2(kp) => avx2::decapsulate(kp, &ct.0),
@@ -256,8 +307,15 @@ macro_rules! ml_kem_parameter_set {
                     Self { unpacked: Box::new(UnpackedPublicKey::Portable(pk)) }
                 }
 
-                /// `ML-KEM.Encaps_internal(ek, m)` on the precomputed key.
+                /// `ML-KEM.Encaps_internal(ek, m)` on the precomputed key. Hazardous: `m`
+                /// must be fresh randomness, never reused (feature `hazmat`).
+                #[cfg(feature = "hazmat")]
                 pub fn encapsulate_derand(&self, m: &[u8; 32]) -> (Ciphertext, SharedSecret) {
+                    self.encaps_internal(m)
+                }
+
+                /// `ML-KEM.Encaps_internal(ek, m)` on the precomputed key.
+                pub(crate) fn encaps_internal(&self, m: &[u8; 32]) -> (Ciphertext, SharedSecret) {
                     let (ct, ss) = match &*self.unpacked {
                         #[cfg(all(target_arch = "x86_64", not(feature = "force-portable")))]
                         UnpackedPublicKey::Avx2(pk) => avx2::encapsulate(pk, *m),
@@ -281,8 +339,15 @@ macro_rules! ml_kem_parameter_set {
                     }
                 }
 
-                /// `ML-KEM.Encaps_internal(ek, m)` with the 32-byte message `m`.
+                /// `ML-KEM.Encaps_internal(ek, m)` with the 32-byte message `m`. Hazardous:
+                /// `m` must be fresh randomness, never reused (feature `hazmat`).
+                #[cfg(feature = "hazmat")]
                 pub fn encapsulate_derand(&self, m: &[u8; 32]) -> (Ciphertext, SharedSecret) {
+                    self.encaps_internal(m)
+                }
+
+                /// `ML-KEM.Encaps_internal(ek, m)` with the 32-byte message `m`.
+                pub(crate) fn encaps_internal(&self, m: &[u8; 32]) -> (Ciphertext, SharedSecret) {
                     let (ct, ss) = lib::encapsulate(&self.0, *m);
                     (Ciphertext(ct), SharedSecret::from_bytes(ss))
                 }
@@ -325,15 +390,39 @@ macro_rules! ml_kem_parameter_set {
                     Ciphertext::from_slice(bytes)
                 }
 
+                #[cfg(feature = "hazmat")]
                 fn encapsulate_derand(ek: &EncapsulationKey, eseed: &[u8]) -> Result<(Ciphertext, SharedSecret)> {
-                    Ok(ek.encapsulate_derand(exact::<32>("ML-KEM encapsulation randomness", eseed)?))
+                    Ok(ek.encaps_internal(exact::<32>("ML-KEM encapsulation randomness", eseed)?))
                 }
 
+                #[cfg(feature = "hazmat")]
                 fn encapsulate_prepared_derand(
                     ek: &PreparedEncapsulationKey,
                     eseed: &[u8],
                 ) -> Result<(Ciphertext, SharedSecret)> {
-                    Ok(ek.encapsulate_derand(exact::<32>("ML-KEM encapsulation randomness", eseed)?))
+                    Ok(ek.encaps_internal(exact::<32>("ML-KEM encapsulation randomness", eseed)?))
+                }
+
+                fn encapsulate<R: rand_core::TryCryptoRng + ?Sized>(
+                    ek: &EncapsulationKey,
+                    rng: &mut R,
+                ) -> Result<(Ciphertext, SharedSecret)> {
+                    let mut m = zeroize::Zeroizing::new([0u8; 32]);
+                    crate::rng::fill(rng, m.as_mut_slice())?;
+                    Ok(ek.encaps_internal(&m))
+                }
+
+                fn encapsulate_prepared<R: rand_core::TryCryptoRng + ?Sized>(
+                    ek: &PreparedEncapsulationKey,
+                    rng: &mut R,
+                ) -> Result<(Ciphertext, SharedSecret)> {
+                    let mut m = zeroize::Zeroizing::new([0u8; 32]);
+                    crate::rng::fill(rng, m.as_mut_slice())?;
+                    Ok(ek.encaps_internal(&m))
+                }
+
+                fn expanded_decapsulation_key_from_seed(seed: &[u8]) -> Result<DecapsulationKey> {
+                    Ok(DecapsulationKey::from_seed_expanded(Seed64::from_slice(seed)?))
                 }
 
                 fn decapsulate(dk: &DecapsulationKey, ct: &Ciphertext) -> Result<SharedSecret> {
@@ -381,23 +470,54 @@ pub use ml_kem_1024::MlKem1024;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kem::Kem;
 
     #[test]
     fn round_trip_both_parameter_sets() {
-        fn check<K: Kem>() {
-            let dk = K::decapsulation_key_from_seed(&[7u8; 64]).unwrap();
-            let (ct, ss) = K::encapsulate_derand(K::encapsulation_key(&dk), &[9u8; 32]).unwrap();
-            assert_eq!(ct.as_ref().len(), K::CT_LEN);
-            let ss2 = K::decapsulate(&dk, &ct).unwrap();
-            assert_eq!(ss.as_bytes(), ss2.as_bytes());
-            let prepared = K::prepare(K::encapsulation_key(&dk));
-            let (ct3, ss3) = K::encapsulate_prepared_derand(&prepared, &[9u8; 32]).unwrap();
-            assert_eq!(ct3.as_ref(), ct.as_ref());
-            assert_eq!(ss3.as_bytes(), ss.as_bytes());
+        macro_rules! check {
+            ($m:ident) => {{
+                let dk = $m::DecapsulationKey::from_seed(Seed64::from_bytes([7u8; 64]));
+                let (ct, ss) = dk.encapsulation_key().encaps_internal(&[9u8; 32]);
+                assert_eq!(ct.as_ref().len(), $m::CT_LEN);
+                let ss2 = dk.decapsulate(&ct);
+                assert_eq!(ss.as_bytes(), ss2.as_bytes());
+                let prepared = $m::PreparedEncapsulationKey::new(dk.encapsulation_key());
+                let (ct3, ss3) = prepared.encaps_internal(&[9u8; 32]);
+                assert_eq!(ct3.as_ref(), ct.as_ref());
+                assert_eq!(ss3.as_bytes(), ss.as_bytes());
+            }};
         }
-        check::<MlKem768>();
-        check::<MlKem1024>();
+        check!(ml_kem_768);
+        check!(ml_kem_1024);
+    }
+
+    /// An HPKE open expands the key once: `from_seed_expanded` + `decapsulate` is one key
+    /// generation, where `from_seed` + `decapsulate` is two; both give the same key and secret.
+    #[test]
+    fn expanded_key_is_generated_once() {
+        macro_rules! check {
+            ($m:ident) => {{
+                let seed = Seed64::from_bytes([5u8; 64]);
+                let lazy = $m::DecapsulationKey::from_seed(seed.clone());
+                let (ct, ss) = lazy.encapsulation_key().encaps_internal(&[3u8; 32]);
+
+                let before = keygens();
+                let dk = $m::DecapsulationKey::from_seed_expanded(seed.clone());
+                let ss_expanded = dk.decapsulate(&ct);
+                assert_eq!(keygens() - before, 1, "one key generation per open");
+                assert_eq!(
+                    dk.encapsulation_key().as_bytes(),
+                    lazy.encapsulation_key().as_bytes()
+                );
+                assert_eq!(ss_expanded.as_bytes(), ss.as_bytes());
+
+                let before = keygens();
+                let dk = $m::DecapsulationKey::from_seed(seed);
+                let _ = dk.decapsulate(&ct);
+                assert_eq!(keygens() - before, 2, "the lazy path expands on first use");
+            }};
+        }
+        check!(ml_kem_768);
+        check!(ml_kem_1024);
     }
 
     /// The path CI forces with `--features force-portable` is the one that runs.
