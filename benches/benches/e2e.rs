@@ -92,13 +92,14 @@ fn client_config(name: &str, suite: Ciphersuite, dir: &Path) -> Config {
         .with_data_dir(dir.join(name));
     c.settle = SETTLE;
     c.self_update_interval = None;
+    c.invitations = pqmls::InvitePolicy::Everyone;
     c
 }
 
 /// The inbox topic of `user`, as `pqmls` computes it (sdk/src/wire.rs), to wait until the
 /// store meshes with a fresh invitee before the timer starts.
-fn inbox_topic(user: &str) -> Topic {
-    let mut id = b"pqmls/inbox/v1/".to_vec();
+fn inbox_topic(user: &pqmls::UserId) -> Topic {
+    let mut id = b"pqmls/inbox/v2/".to_vec();
     id.extend_from_slice(user.as_bytes());
     Topic::from_group_id(&id)
 }
@@ -200,14 +201,14 @@ impl Fleet {
         let events: Vec<Events> = members.iter().map(Client::events).collect();
         let creator = &members[0];
         for m in &members[1..] {
-            pqmls::wait_for_key_packages(creator, m.name())
+            pqmls::wait_for_key_packages(creator, &m.id())
                 .await
                 .unwrap();
         }
         let group = creator.create_group().await.unwrap();
         // The adds queue up as intents of member 0 and are committed one per epoch.
         for m in &members[1..] {
-            creator.invite(&group, m.name()).await.unwrap();
+            creator.invite(&group, &m.id()).await.unwrap();
         }
         let want = u64::try_from(n - 1).unwrap();
         loop {
@@ -269,13 +270,13 @@ impl Fleet {
         within(
             "invitee key packages",
             STEP_TIMEOUT,
-            pqmls::wait_for_key_packages(&inviter, &name),
+            pqmls::wait_for_key_packages(&inviter, &invitee.id()),
         )
         .await
         .unwrap();
         // The Welcome goes to the invitee's inbox topic through the store: wait (at most
         // 5 s, untimed) until the store is in that topic's mesh.
-        let inbox = inbox_topic(&name);
+        let inbox = inbox_topic(&invitee.id());
         let node = invitee.node().unwrap().clone();
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while node.mesh_peers(&inbox).await.unwrap_or(0) == 0 {
@@ -288,13 +289,13 @@ impl Fleet {
         self.events.iter_mut().for_each(drain);
 
         let t0 = Instant::now();
-        inviter.invite(&group, &name).await.unwrap();
+        inviter.invite(&group, &invitee.id()).await.unwrap();
         let invited = t0.elapsed();
         within(
             "MemberJoined at the inviter",
             STEP_TIMEOUT,
             wait_event(&mut self.events[0], |e| {
-                matches!(e, Event::MemberJoined { group: g, member } if *g == group && *member == name)
+                matches!(e, Event::MemberJoined { group: g, member } if *g == group && member.id == invitee.id())
             }),
         )
         .await;
@@ -315,7 +316,7 @@ impl Fleet {
             STEP_TIMEOUT,
             wait_event(
                 &mut inv_events,
-                |e| matches!(e, Event::Message(m) if m.group == group && m.sender == inviter.name()),
+                |e| matches!(e, Event::Message(m) if m.group == group && m.sender.id == inviter.id()),
             ),
         )
         .await;
@@ -323,7 +324,7 @@ impl Fleet {
         phases.push([invited, joined_inviter, joined_invitee, total]);
 
         // Untimed: back to N members, everyone at the same epoch.
-        inviter.remove(&group, &name).await.unwrap();
+        inviter.remove(&group, &invitee.id()).await.unwrap();
         within(
             "removal of the invitee at every member",
             STEP_TIMEOUT,

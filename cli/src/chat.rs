@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use pqmls::{Ciphersuite, Client, Config, Event, GroupId};
+use pqmls::{Ciphersuite, Client, Config, Event, GroupId, InvitePolicy, UserId};
 use pqmls_transport::Multiaddr;
 use pqmls_transport::node::Config as NodeConfig;
 use pqmls_transport::{Node, store};
@@ -23,17 +23,26 @@ Two terminals on one machine (alice's node is also the store, so nothing else is
   terminal 2:
     cargo run --release -p pqmls-cli -- chat --name bob --data-dir /tmp/pqmls-bob --bootstrap /ip4/127.0.0.1/tcp/7001
 
-Then in terminal 1 type `/create` and `/invite bob`; bob joins from the Welcome and the
-group becomes his current one. Type lines to chat; `/help` lists the commands.
+Each prints its user id at start (`/whoami` shows it again). A user is their key: invite
+by id, never by name. In terminal 1 type `/contact bob <bob's id>`, `/create` and
+`/invite bob`; bob sees the invitation with alice's id and types `/accept 1` (or first
+`/contact alice <alice's id>`, and invitations from alice join at once). `/verify bob`
+shows the safety number to compare over a channel you trust. Type lines to chat; `/help`
+lists the commands.
 A bootstrap address may omit the /p2p/<peer id> suffix; each process prints its full
 listen addresses at start. Data directories keep identity and groups across restarts.";
 
 /// Arguments of `pqmls chat`.
 #[derive(Debug, Args)]
 pub struct ChatArgs {
-    /// Your user name (1 to 64 letters, digits and -_.@+); others invite you by it.
+    /// Your display name (1 to 64 letters, digits and -_.@+): a label others see. Others
+    /// invite you by your user id, printed at start.
     #[arg(long)]
     name: String,
+    /// Which invitations are joined without asking: everyone, contacts (the default), or
+    /// nobody; the others wait for /accept.
+    #[arg(long, default_value = "contacts", value_parser = parse_policy)]
+    accept_invitations: InvitePolicy,
     /// Your data directory: identity, groups and history (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
@@ -58,20 +67,35 @@ pub struct ChatArgs {
 }
 
 const HELP: &str = "\
-commands:
-  /create            create a group and make it the current one
-  /invite <user>     invite a user to the current group
-  /join <group-hex>  make a group you are in the current one (joining itself is automatic
-                     when you are invited)
-  /groups            list your groups
-  /members           members of the current group
-  /history [n]       the last n (default 20) messages of the current group
-  /update            commit a fresh key for yourself in the current group
-  /remove <user>     remove a user from the current group
-  /leave             leave the current group
-  /help              this text
-  /quit              exit (also Ctrl-D or Ctrl-C)
+commands (<user> is a user id, or the label of one of your contacts):
+  /whoami              your user id
+  /contact <label> <id>  store a contact (a user id under a label of your choosing)
+  /contacts            your contacts
+  /verify <user>       the safety number of you and that user: compare it with them
+  /create              create a group and make it the current one
+  /invite <user>       invite a user to the current group
+  /invitations         invitations waiting for your consent
+  /accept <n>          join the group of invitation n
+  /decline <n>         forget invitation n
+  /join <group-hex>    make a group you are in the current one
+  /groups              list your groups
+  /members             members of the current group, with their ids
+  /history [n]         the last n (default 20) messages of the current group
+  /update              commit a fresh key for yourself in the current group
+  /remove <user>       remove a user from the current group
+  /leave               leave the current group
+  /help                this text
+  /quit                exit (also Ctrl-D or Ctrl-C)
 anything else is sent to the current group";
+
+fn parse_policy(s: &str) -> Result<InvitePolicy, String> {
+    match s {
+        "everyone" => Ok(InvitePolicy::Everyone),
+        "contacts" => Ok(InvitePolicy::Contacts),
+        "nobody" => Ok(InvitePolicy::Nobody),
+        other => Err(format!("{other:?}: expected everyone, contacts or nobody")),
+    }
+}
 
 /// A short form of a group id for message lines.
 fn short(g: &GroupId) -> String {
@@ -105,7 +129,8 @@ impl Chat {
         let mut words = command.split_whitespace();
         let verb = words.next().unwrap_or("");
         let arg = words.next();
-        if words.next().is_some() {
+        let arg2 = words.next();
+        if words.next().is_some() || (arg2.is_some() && verb != "contact") {
             bail!("too many arguments; see /help");
         }
         let need = |what: &str| arg.ok_or_else(|| anyhow!("/{verb} needs {what}; see /help"));
@@ -117,8 +142,65 @@ impl Chat {
                 println!("* created group {g}; it is now the current group");
                 self.current = Some(g);
             }
+            "whoami" => println!(
+                "* you are {} with user id {}",
+                util::clean(self.client.name(), false),
+                self.client.id()
+            ),
+            "contact" => {
+                let label = need("a label and a user id")?;
+                let id: UserId = arg2
+                    .ok_or_else(|| anyhow!("/contact needs a label and a user id"))?
+                    .parse()?;
+                self.client.add_contact(&id, label).await?;
+                println!("* {label} is {id}");
+            }
+            "contacts" => {
+                let contacts = self.client.contacts().await?;
+                if contacts.is_empty() {
+                    println!("* no contacts yet: /contact <label> <user id>");
+                }
+                for c in contacts {
+                    println!("  {} {}", util::clean(&c.name, false), c.id);
+                }
+            }
+            "verify" => {
+                let user = self.user(need("a user")?).await?;
+                println!(
+                    "* safety number with {}:\n  {}\n  it must read the same on their side",
+                    user.short(),
+                    self.client.safety_number(&user)
+                );
+            }
+            "invitations" => {
+                let pending = self.client.invitations().await?;
+                if pending.is_empty() {
+                    println!("* no invitations waiting");
+                }
+                for i in pending {
+                    println!(
+                        "  {}: group {} from {}",
+                        i.id,
+                        short(&i.group),
+                        util::member(&i.inviter)
+                    );
+                }
+            }
+            "accept" => {
+                let n: u64 = need("an invitation number")?
+                    .parse()
+                    .map_err(|_| anyhow!("/accept takes an invitation number; see /invitations"))?;
+                self.client.accept(n).await?;
+            }
+            "decline" => {
+                let n: u64 = need("an invitation number")?.parse().map_err(|_| {
+                    anyhow!("/decline takes an invitation number; see /invitations")
+                })?;
+                self.client.decline(n).await?;
+                println!("* declined invitation {n}");
+            }
             "invite" => {
-                let user = need("a user name")?.to_owned();
+                let user = self.user(need("a user id or contact")?).await?;
                 let g = self.current()?;
                 let client = self.client.clone();
                 // Inviting may wait for the user's key packages to reach a store: in the
@@ -126,7 +208,10 @@ impl Chat {
                 tokio::spawn(async move {
                     let mut r = client.invite(&g, &user).await;
                     if matches!(r, Err(pqmls::Error::NoKeyPackage(_))) {
-                        println!("* no key package for {user} yet; waiting up to 20 s for one");
+                        println!(
+                            "* no key package for {} yet; waiting up to 20 s for one",
+                            user.short()
+                        );
                         r = match pqmls::wait_for_key_packages(&client, &user).await {
                             Ok(()) => client.invite(&g, &user).await,
                             Err(e) => Err(e),
@@ -134,10 +219,11 @@ impl Chat {
                     }
                     match r {
                         Ok(()) => println!(
-                            "* invited {user} to {}: they join from the Welcome once the commit is merged",
+                            "* invited {} to {}: they join from the Welcome once the commit is merged",
+                            user.short(),
                             short(&g)
                         ),
-                        Err(e) => println!("error: inviting {user}: {e}"),
+                        Err(e) => println!("error: inviting {}: {e}", user.short()),
                     }
                 });
             }
@@ -166,7 +252,11 @@ impl Chat {
                         Ok(s) => println!(
                             "{mark} {g} epoch {} members [{}]",
                             s.epoch,
-                            s.members.join(", ")
+                            s.members
+                                .iter()
+                                .map(util::member)
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                         Err(e) => println!("{mark} {g} ({e})"),
                     }
@@ -174,11 +264,15 @@ impl Chat {
             }
             "members" => {
                 let g = self.current()?;
-                println!(
-                    "* members of {}: {}",
-                    short(&g),
-                    self.client.members(&g).await?.join(", ")
-                );
+                println!("* members of {}:", short(&g));
+                for m in self.client.members(&g).await? {
+                    let me = if m.id == self.client.id() {
+                        " (you)"
+                    } else {
+                        ""
+                    };
+                    println!("  {}{me}  {}", util::clean(&m.name, false), m.id);
+                }
             }
             "history" => {
                 let n = match arg {
@@ -189,11 +283,15 @@ impl Chat {
                 };
                 let g = self.current()?;
                 for m in self.client.history(&g, n).await? {
-                    let who = if m.own { "me" } else { m.sender.as_str() };
+                    let who = if m.own {
+                        "me".to_owned()
+                    } else {
+                        util::member(&m.sender)
+                    };
                     println!(
                         "  [epoch {}] <{who}> {}",
                         m.epoch,
-                        String::from_utf8_lossy(&m.body)
+                        util::clean_bytes(&m.body, true)
                     );
                 }
             }
@@ -203,10 +301,12 @@ impl Chat {
                 println!("* update committed in {}", short(&g));
             }
             "remove" => {
-                let user = need("a user name")?;
                 let g = self.current()?;
-                self.client.remove(&g, user).await?;
-                println!("* removal of {user} committed in {}", short(&g));
+                let user = self
+                    .member(&g, need("a user id, contact or member name")?)
+                    .await?;
+                self.client.remove(&g, &user).await?;
+                println!("* removal of {} committed in {}", user.short(), short(&g));
             }
             "leave" => {
                 let g = self.current()?;
@@ -218,25 +318,89 @@ impl Chat {
         Ok(false)
     }
 
+    /// A user named on the command line: a user id, or the label of a contact.
+    async fn user(&self, text: &str) -> Result<UserId> {
+        if let Ok(id) = text.parse::<UserId>() {
+            return Ok(id);
+        }
+        let found: Vec<UserId> = self
+            .client
+            .contacts()
+            .await?
+            .into_iter()
+            .filter(|c| c.name == text)
+            .map(|c| c.id)
+            .collect();
+        match found.as_slice() {
+            [id] => Ok(*id),
+            [] => bail!(
+                "{text:?} is neither a user id (64 hex digits) nor a contact; /contact <label> <id> first"
+            ),
+            _ => bail!("several contacts are labelled {text:?}; use the user id"),
+        }
+    }
+
+    /// A member of `g` named on the command line: a user id, a contact's label, or a display
+    /// name that exactly one member has.
+    async fn member(&self, g: &GroupId, text: &str) -> Result<UserId> {
+        if let Ok(id) = self.user(text).await {
+            return Ok(id);
+        }
+        let found: Vec<UserId> = self
+            .client
+            .members(g)
+            .await?
+            .into_iter()
+            .filter(|m| m.name == text)
+            .map(|m| m.id)
+            .collect();
+        match found.as_slice() {
+            [id] => Ok(*id),
+            [] => bail!("no member, contact or user id {text:?}"),
+            _ => bail!("several members call themselves {text:?}; use the user id (/members)"),
+        }
+    }
+
     /// Prints an event (and follows the current group on joins and removals).
     fn event(&mut self, e: Event) {
         match e {
             Event::Message(m) => println!(
                 "[{}] <{}> {}",
                 short(&m.group),
-                m.sender,
-                String::from_utf8_lossy(&m.body)
+                util::member(&m.sender),
+                util::clean_bytes(&m.body, true)
             ),
             Event::Joined { group, inviter } => {
                 println!(
-                    "* joined group {group} (invited by {inviter}); it is now the current group"
+                    "* joined group {group} (invited by {}); it is now the current group",
+                    util::member(&inviter)
                 );
                 self.current = Some(group);
             }
+            Event::Invited(i) => println!(
+                "* invitation {} to group {} from {} (user id {}): /accept {} or /decline {}",
+                i.id,
+                short(&i.group),
+                util::clean(&i.inviter.name, false),
+                i.inviter.id,
+                i.id,
+                i.id
+            ),
+            Event::ContactKeyChanged { label, known, seen } => println!(
+                "* WARNING: someone shows your contact's name {:?} with another key: {} \
+                 instead of {}. It may be a new device of theirs, or someone posing as them: \
+                 compare safety numbers (/verify {}) before you trust it.",
+                util::clean(&label, false),
+                seen,
+                known,
+                seen
+            ),
             Event::MemberJoined { group, member } => {
-                println!("* {member} joined {}", short(&group));
+                println!("* {} joined {}", util::member(&member), short(&group));
             }
-            Event::MemberLeft { group, member } => println!("* {member} left {}", short(&group)),
+            Event::MemberLeft { group, member } => {
+                println!("* {} left {}", util::member(&member), short(&group))
+            }
             Event::EpochChanged { group, epoch } => {
                 println!("* {} is at epoch {epoch}", short(&group))
             }
@@ -304,9 +468,10 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     }
     // A stable peer id across restarts.
     node.data_dir = Some(args.data_dir.join("node"));
-    let config = Config::new(args.name.clone())
+    let mut config = Config::new(args.name.clone())
         .with_data_dir(&args.data_dir)
         .with_suite(args.suite);
+    config.invitations = args.accept_invitations;
     let client = Client::start(config, node).await.with_context(|| {
         format!(
             "cannot start the chat client in {}",
@@ -315,12 +480,12 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     })?;
     let mut events = client.events();
     println!(
-        "pqmls chat: {} ({}), suite {}{}",
+        "pqmls chat: {}, suite {}{}",
         client.name(),
-        pqmls::fingerprint(client.public_key()),
         util::suite_label(client.suite()),
         if args.store { ", store node" } else { "" }
     );
+    println!("user id: {}", client.id());
     let n = client
         .node()
         .cloned()

@@ -59,7 +59,7 @@ impl Member {
             .map(|l| {
                 l.iter()
                     .filter_map(|(t, e)| match e {
-                        Event::Message(m) => Some((m.sender.clone(), m.body.clone(), *t)),
+                        Event::Message(m) => Some((m.sender.name.clone(), m.body.clone(), *t)),
                         _ => None,
                     })
                     .collect()
@@ -251,14 +251,24 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         within(
             limit,
             format!("{}'s key packages in the directory", m.name),
-            async { Ok(pqmls::wait_for_key_packages(&members[0].client, &m.name).await?) },
+            async { Ok(pqmls::wait_for_key_packages(&members[0].client, &m.client.id()).await?) },
         )
         .await?;
     }
     p.step(format!(
-        "{n} clients started, key packages published: {}",
-        names.join(", ")
+        "{n} clients started, key packages published (signed by each user's key): {}",
+        members
+            .iter()
+            .map(|m| format!("{} [{}]", m.name, m.client.id().short()))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
+    // Consent: invitations from contacts are joined at once; everyone takes the creator's
+    // id (exchanged out of band in real life) as a contact.
+    let creator = members[0].client.id();
+    for m in &members[1..] {
+        m.client.add_contact(&creator, &names[0]).await?;
+    }
 
     // The group.
     let t = Instant::now();
@@ -276,7 +286,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         within(
             limit,
             format!("{} to invite {}", names[0], names[i]),
-            async { Ok(members[0].client.invite(&group, &names[i]).await?) },
+            async {
+                Ok(members[0]
+                    .client
+                    .invite(&group, &members[i].client.id())
+                    .await?)
+            },
         )
         .await?;
         poll_until(
@@ -322,7 +337,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "all {n} members agree: epoch {}, authenticator {}…, members [{}]",
         status.epoch,
         hex_prefix(&status.epoch_authenticator),
-        status.members.join(", ")
+        status
+            .members
+            .iter()
+            .map(|m| m.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
 
     // Every member sends; every other member must receive each message.

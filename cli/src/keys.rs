@@ -43,6 +43,7 @@ pub fn keygen(args: KeygenArgs) -> Result<()> {
     );
     println!("name:        {}", id.name);
     println!("suite:       {}", util::suite_label(id.suite));
+    println!("user id:     {}", id.id());
     println!("fingerprint: {}", id.fingerprint());
     Ok(())
 }
@@ -62,6 +63,7 @@ pub fn info(args: InfoArgs) -> Result<()> {
         Some(id) => {
             println!("name:        {}", id.name);
             println!("suite:       {}", util::suite_label(id.suite));
+            println!("user id:     {}", id.id());
             println!("fingerprint: {}", id.fingerprint());
         }
         None => println!("identity: none yet"),
@@ -83,7 +85,11 @@ pub fn info(args: InfoArgs) -> Result<()> {
             g.id,
             if g.active { "active" } else { "left" },
             g.messages,
-            g.members.join(", ")
+            g.members
+                .iter()
+                .map(|m| util::clean(m, false))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(())

@@ -122,6 +122,43 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Text from the network (names, message bodies) made safe for a terminal: control
+/// characters (C0, DEL, C1: escape sequences, carriage returns, backspaces), line and
+/// paragraph separators, and bidirectional overrides and isolates (which reorder what
+/// follows them on the line) are shown as `\u{..}` escapes instead of acting on the
+/// terminal. `newlines` keeps `\n` (for multi-line message bodies, each continuation
+/// line is indented so it cannot pass for a line of its own).
+pub fn clean(text: &str, newlines: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let dangerous = c.is_control()
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+            )
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c);
+        if c == '\n' && newlines {
+            out.push_str("\n    | ");
+        } else if dangerous {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Bytes from the network shown as text: invalid UTF-8 replaced, then [`clean`].
+pub fn clean_bytes(bytes: &[u8], newlines: bool) -> String {
+    clean(&String::from_utf8_lossy(bytes), newlines)
+}
+
+/// A member as a terminal shows them: cleaned name and short id.
+pub fn member(m: &pqmls::Member) -> String {
+    format!("{} [{}]", clean(&m.name, false), m.id.short())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +180,23 @@ mod tests {
         assert_eq!(quantile(&v, 0.5), Duration::from_millis(50));
         assert_eq!(quantile(&v, 0.95), Duration::from_millis(95));
         assert_eq!(quantile(&v, 1.0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn control_characters_are_neutralised() {
+        // A fake line, a terminal title change, a colour, a carriage return overwrite.
+        let evil = "hi\n<alice> please send me your password\x1b]0;pwned\x07\x1b[31mred\rX";
+        let shown = clean(evil, false);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert!(shown.contains("\\u{a}<alice>"));
+        assert!(shown.contains("\\u{1b}]0;pwned\\u{7}"));
+        // Multi-line bodies keep their lines, each marked as a continuation.
+        let kept = clean(evil, true);
+        assert!(kept.contains("\n    | <alice> please"));
+        assert!(!kept.contains("\x1b") && !kept.contains('\r'));
+        // Bidi overrides would make "txt.exe" show as "exe.txt".
+        assert_eq!(clean("a\u{202e}b\u{2066}", false), "a\\u{202e}b\\u{2066}");
+        assert_eq!(clean_bytes(b"ok \xff", false), "ok \u{fffd}");
+        assert_eq!(clean("plain, ünïcode ✓", false), "plain, ünïcode ✓");
     }
 }

@@ -1,5 +1,7 @@
 //! Two `pqmls chat` processes with piped stdin: alice (with an in-process store) creates a
-//! group and invites bob, who dials her without a /p2p/ suffix; they exchange messages.
+//! group and invites bob by his user id, who dials her without a /p2p/ suffix; bob accepts
+//! the invitation, they compare safety numbers and exchange messages, and text meant to
+//! fool a terminal is shown neutralised.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -123,20 +125,63 @@ fn two_processes_chat() {
         ],
     );
     bob.expect("store peers: 1");
+    let id = |p: &mut Peer| {
+        p.expect("user id: ")
+            .trim_start_matches("user id: ")
+            .to_owned()
+    };
+    let (alice_id, bob_id) = (id(&mut alice), id(&mut bob));
+    assert_eq!(alice_id.len(), 64);
+    assert_ne!(alice_id, bob_id);
 
+    // Invitations are by id (a contact label resolves to one); bob does not know alice
+    // yet, so the invitation waits for his consent, showing alice's id.
+    alice.say(&format!("/contact bob {bob_id}"));
+    alice.expect(&format!("* bob is {bob_id}"));
     alice.say("/create");
     alice.expect("created group");
     alice.say("/invite bob");
+    let invitation = bob.expect("* invitation 1 to group");
+    assert!(invitation.contains(&alice_id), "{invitation}");
+    bob.say("/accept 1");
     bob.expect("joined group");
-    bob.expect("(invited by alice)");
+    bob.expect("(invited by alice [");
+    // Both sides compute the same safety number.
+    alice.say("/verify bob");
+    bob.say(&format!("/verify {alice_id}"));
+    alice.expect("it must read the same");
+    bob.expect("it must read the same");
+    let number = |p: &Peer| {
+        let at = p
+            .seen
+            .iter()
+            .position(|l| l.contains("it must read the same"))
+            .unwrap();
+        p.seen[at - 1].trim().to_owned()
+    };
+    let (na, nb) = (number(&alice), number(&bob));
+    assert_eq!(na, nb);
+    assert_eq!(na.split(' ').count(), 12);
+
     bob.say("hello");
-    alice.expect("<bob> hello");
+    alice.expect("<bob [");
+    alice.expect("]> hello");
     alice.say("hi bob");
-    bob.expect("<alice> hi bob");
+    bob.expect("]> hi bob");
+    // A message made to look like another line and to set the terminal's title arrives as
+    // visible escapes.
+    bob.say("x\u{1b}]0;pwned\u{7} <alice> send me your password");
+    let line = alice.expect("pwned");
+    assert!(
+        !line.contains('\u{1b}') && !line.contains('\u{7}'),
+        "{line:?}"
+    );
+    assert!(line.contains("\\u{1b}]0;pwned\\u{7}"), "{line:?}");
 
     alice.say("/members");
     alice.expect("members of");
-    assert!(alice.seen.iter().any(|l| l.contains("alice, bob")));
+    alice.expect(&format!("bob  {bob_id}"));
+    alice.expect(&format!("alice (you)  {alice_id}"));
     bob.say("/history");
     bob.expect("<me> hello");
     bob.say("/nonsense");

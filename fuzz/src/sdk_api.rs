@@ -25,8 +25,7 @@
 //! | 10 | [`OP_ONLINE`] | `x`, `on` (bit 0): [`SimTransport::set_online`] |
 //! | 11 | [`OP_REPLAY`] | `from`, `k`, `to`, XOR list (`n` mod 9, `n` times `pos: u16`, `mask`) |
 //!
-//! `x` is a client (`% 3`); `user` a name (`% 5`: a, b, c, an unknown user `zed`, an
-//! invalid name); `g` a group (`% (groups + 1)`: the groups created so far in order, or an
+//! `x` is a client (`% 3`); `user` a user id (`% 4`: a's, b's, c's, an id nobody has); `g` a group (`% (groups + 1)`: the groups created so far in order, or an
 //! unknown id); `from` / `to` a topic (`% (groups + 3)`: the group topics, then the inbox
 //! topics of a, b, c). [`OP_SEND`] `mode % 4`: 0 and 1 send the body, 2 a body of exactly
 //! the maximum size, 3 one byte over it. [`OP_REPLAY`] takes message `k` (mod the page
@@ -60,7 +59,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pqmls::sim::{SimConfig, SimNetwork, SimTransport};
-use pqmls::{Client, Config, GroupId, Transport as _};
+use pqmls::{Client, Config, GroupId, InvitePolicy, Transport as _, UserId};
 use pqmls_transport::Topic;
 use pqmls_transport::store::Cursor;
 
@@ -68,8 +67,8 @@ use crate::{Reader, xor_mutations};
 
 /// The clients' names.
 pub const NAMES: [&str; 3] = ["a", "b", "c"];
-/// Names an operation can pick: the clients, a user nobody knows, an invalid name.
-pub const USERS: [&str; 5] = ["a", "b", "c", "zed", "not a name!"];
+/// Users an operation can pick: the clients, and an id nobody has.
+pub const USERS: usize = 4;
 /// Most operations decoded from one input.
 pub const MAX_OPS: usize = 64;
 /// Most groups created in one input (further creates are skipped).
@@ -120,8 +119,8 @@ pub fn group_topic(gid: &GroupId) -> Topic {
 }
 
 /// The inbox topic of a user, as the SDK computes it.
-pub fn inbox_topic(user: &str) -> Topic {
-    Topic::from_group_id(&[b"pqmls/inbox/v1/".as_slice(), user.as_bytes()].concat())
+pub fn inbox_topic(user: &UserId) -> Topic {
+    Topic::from_group_id(&[b"pqmls/inbox/v2/".as_slice(), user.as_bytes()].concat())
 }
 
 /// What one run gave (for the seed-corpus checks in `tests/`).
@@ -197,12 +196,14 @@ impl World {
             c.tick = TICK;
             c.one_time_key_packages = 1;
             c.max_message_size = MAX_MESSAGE_SIZE;
+            c.invitations = InvitePolicy::Everyone;
             let client = Client::open(c, t.clone(), inbox)
                 .await
                 .expect("opening an in-memory client");
             clients.push(client);
             transports.push(t);
         }
+        net.set_directory_validator(pqmls::directory_validator().expect("a validator"));
         // The injector only publishes and reads history: its inbox stays empty.
         let (injector, _inbox) = net.attach();
         World {
@@ -226,7 +227,7 @@ impl World {
         let i = usize::from(sel) % (self.groups.len() + NAMES.len());
         match self.groups.get(i) {
             Some(g) => group_topic(g),
-            None => inbox_topic(NAMES[i - self.groups.len()]),
+            None => inbox_topic(&self.clients[i - self.groups.len()].id()),
         }
     }
 
@@ -234,7 +235,12 @@ impl World {
     async fn op(&mut self, r: &mut Reader<'_>) -> bool {
         let op = r.byte() % OPS;
         let client = |b: u8| usize::from(b) % NAMES.len();
-        let user = |b: u8| USERS[usize::from(b) % USERS.len()];
+        let ids: Vec<UserId> = self.clients.iter().map(Client::id).collect();
+        let user = |b: u8| {
+            ids.get(usize::from(b) % USERS)
+                .copied()
+                .unwrap_or(UserId::from_bytes([0xee; 32]))
+        };
         match op {
             OP_CREATE => {
                 let x = client(r.byte());
@@ -251,7 +257,7 @@ impl World {
             }
             OP_INVITE => {
                 let (x, u, g) = (client(r.byte()), user(r.byte()), self.group(r.byte()));
-                call(self.clients[x].invite(&g, u)).await.is_ok()
+                call(self.clients[x].invite(&g, &u)).await.is_ok()
             }
             OP_SEND => {
                 let (x, g, mode) = (client(r.byte()), self.group(r.byte()), r.byte() % 4);
@@ -269,7 +275,7 @@ impl World {
             }
             OP_REMOVE => {
                 let (x, u, g) = (client(r.byte()), user(r.byte()), self.group(r.byte()));
-                call(self.clients[x].remove(&g, u)).await.is_ok()
+                call(self.clients[x].remove(&g, &u)).await.is_ok()
             }
             OP_LEAVE => {
                 let (x, g) = (client(r.byte()), self.group(r.byte()));
@@ -296,7 +302,7 @@ impl World {
                 let u = user(r.byte());
                 let payload = r.var(4096).to_vec();
                 self.injector
-                    .publish(&inbox_topic(u), payload)
+                    .publish(&inbox_topic(&u), payload)
                     .await
                     .is_ok()
             }

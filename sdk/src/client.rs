@@ -17,11 +17,14 @@ use tokio::time::Instant;
 
 use crate::config::{Config, DATABASE_FILE, FailPoint};
 use crate::db;
-use crate::engine::{Group, State, Todo};
+use crate::directory;
+use crate::engine::{Group, Outcome, State, Todo, intents};
 use crate::error::{Error, Result};
-use crate::event::{Event, Events, ReceivedMessage};
+use crate::event::{Event, Events, Invitation, ReceivedMessage};
+use crate::identity::{Member, UserId, safety_number};
 use crate::net::{Inbox, Transport, full_history};
 use crate::offline::check_name;
+use crate::trust::Budget;
 use crate::wire::{self, Slot, Wire};
 use crate::{GroupId, GroupStatus, Stats};
 
@@ -48,6 +51,7 @@ struct Inner {
     stop: watch::Sender<bool>,
     flush_lock: Mutex<()>,
     name: String,
+    id: UserId,
     suite: Ciphersuite,
     public_key: Vec<u8>,
     /// Topics to catch up and when each was last caught up.
@@ -128,18 +132,21 @@ impl Client {
         db::migrate(storage.connection())?;
         let (signer, _) = crate::offline::load_or_create_signer(storage.connection(), &config)?;
         let public_key = signer.public().to_vec();
+        let id = UserId::of_key(config.suite.signature_algorithm(), &public_key);
         let credential = CredentialWithKey {
             credential: BasicCredential::new(config.name.as_bytes().to_vec()).into(),
             signature_key: public_key.clone().into(),
         };
         let crypto = PqCrypto::new().map_err(|e| Error::Crypto(format!("{e:?}")))?;
         let provider = pqmls_provider::Provider::from_parts(crypto, storage);
-        let inbox_topic = wire::inbox_topic(&config.name);
+        let inbox_topic = wire::inbox_topic(&id);
+        let welcome_burst = config.limits.welcomes_per_min.max(1);
         let mut state = State {
             provider,
             signer,
             credential,
             name: config.name.clone(),
+            id,
             config: config.clone(),
             groups: BTreeMap::new(),
             topics: BTreeMap::new(),
@@ -149,6 +156,9 @@ impl Client {
             stats: Stats::default(),
             crashed: false,
             armed: None,
+            clock_skew_ms: 0,
+            welcome_budget: Budget::new(welcome_burst, crate::engine::mono_ms()),
+            key_changes: Default::default(),
         };
         state.reload_groups()?;
         let mut subscribe = vec![inbox_topic];
@@ -161,6 +171,7 @@ impl Client {
             stop,
             flush_lock: Mutex::new(()),
             name: config.name.clone(),
+            id,
             suite: config.suite,
             public_key,
             syncs: StdMutex::new(SyncPlan::default()),
@@ -182,9 +193,20 @@ impl Client {
         Ok(Client { inner })
     }
 
-    /// This client's name.
+    /// This client's display name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// This client's id: what others invite it by (see [`UserId`]).
+    pub fn id(&self) -> UserId {
+        self.inner.id
+    }
+
+    /// The safety number of this client and `other`: read it to each other over a channel
+    /// you trust; if it matches, each of you holds the other's real id.
+    pub fn safety_number(&self, other: &UserId) -> String {
+        safety_number(&self.inner.id, other)
     }
 
     /// This client's cipher suite.
@@ -222,24 +244,27 @@ impl Client {
         Ok(gid)
     }
 
-    /// Invites `user`: fetches one of their key packages from the directory and commits
-    /// their addition. Returns once the commit is published; the user is a member when it is
-    /// merged ([`Event::MemberJoined`]), and joins on their side from the Welcome that is
-    /// then sent to them. If a competing commit wins the epoch, the invitation is committed
-    /// again in the next one.
+    /// Invites the user with id `user`: fetches one of their key packages from the
+    /// directory (signed by their key: nobody else can put one there for them) and commits
+    /// their addition. Returns once the commit is published; the user is a member when it
+    /// is merged ([`Event::MemberJoined`]), and joins on their side from the Welcome that is
+    /// then sent to them (subject to their consent policy). If a competing commit wins the
+    /// epoch, the invitation is committed again in the next one.
     ///
     /// # Errors
     /// [`Error::UnknownGroup`], [`Error::NotMember`], [`Error::AlreadyMember`],
     /// [`Error::NoKeyPackage`] if the directory has none for the user,
     /// [`Error::InvalidKeyPackage`] if what it has is unusable, [`Error::Transport`].
-    pub async fn invite(&self, group: &GroupId, user: &str) -> Result<()> {
-        check_name(user)?;
+    pub async fn invite(&self, group: &GroupId, user: &UserId) -> Result<()> {
         self.inner
             .locked(|s| {
-                if s.member_list_checked(group)?.iter().any(|(_, n)| n == user) {
+                if s.member_list_checked(group)?
+                    .iter()
+                    .any(|(_, m)| m.id == *user)
+                {
                     return Err(Error::AlreadyMember {
                         group: group.clone(),
-                        user: user.to_owned(),
+                        user: *user,
                     });
                 }
                 Ok(())
@@ -247,31 +272,35 @@ impl Client {
             .await?;
         let kp = self.inner.fetch_key_package(user).await?;
         self.inner
-            .locked(|s| s.add_intent(group, "add", user, Some(kp)))
+            .locked(|s| s.add_intent(group, intents::ADD, Some(user), Some(kp)))
             .await?;
         self.inner.drive().await;
         Ok(())
     }
 
-    /// Removes `user` from the group (committed like an invitation).
+    /// Removes the member with id `user` from the group (committed like an invitation).
     ///
     /// # Errors
     /// [`Error::UnknownGroup`], [`Error::NotMember`], [`Error::UnknownMember`],
-    /// [`Error::RemoveSelf`] for the client's own name.
-    pub async fn remove(&self, group: &GroupId, user: &str) -> Result<()> {
+    /// [`Error::RemoveSelf`] for the client's own id.
+    pub async fn remove(&self, group: &GroupId, user: &UserId) -> Result<()> {
         self.inner
             .locked(|s| {
-                if user == s.name {
+                if *user == s.id {
                     s.member_list_checked(group)?;
                     return Err(Error::RemoveSelf(group.clone()));
                 }
-                if !s.member_list_checked(group)?.iter().any(|(_, n)| n == user) {
+                if !s
+                    .member_list_checked(group)?
+                    .iter()
+                    .any(|(_, m)| m.id == *user)
+                {
                     return Err(Error::UnknownMember {
                         group: group.clone(),
-                        user: user.to_owned(),
+                        user: *user,
                     });
                 }
-                s.add_intent(group, "remove", user, None)
+                s.add_intent(group, intents::REMOVE, Some(user), None)
             })
             .await?;
         self.inner.drive().await;
@@ -288,7 +317,7 @@ impl Client {
         self.inner
             .locked(|s| {
                 s.member_list_checked(group)?;
-                s.add_intent(group, "leave", "", None)
+                s.add_intent(group, intents::LEAVE, None, None)
             })
             .await?;
         self.inner.drive().await;
@@ -304,7 +333,7 @@ impl Client {
         self.inner
             .locked(|s| {
                 s.member_list_checked(group)?;
-                s.add_intent(group, "update", "", None)
+                s.add_intent(group, intents::UPDATE, None, None)
             })
             .await?;
         self.inner.drive().await;
@@ -341,16 +370,16 @@ impl Client {
             .await
     }
 
-    /// The member names of a group, in leaf order.
+    /// The members of a group, in leaf order.
     ///
     /// # Errors
     /// [`Error::UnknownGroup`], [`Error::NotMember`].
-    pub async fn members(&self, group: &GroupId) -> Result<Vec<String>> {
+    pub async fn members(&self, group: &GroupId) -> Result<Vec<Member>> {
         self.inner
             .locked(|s| {
                 Ok(s.member_list_checked(group)?
                     .into_iter()
-                    .map(|(_, n)| n)
+                    .map(|(_, m)| m)
                     .collect())
             })
             .await
@@ -366,7 +395,7 @@ impl Client {
                 let members = s
                     .member_list_checked(group)?
                     .into_iter()
-                    .map(|(_, n)| n)
+                    .map(|(_, m)| m)
                     .collect();
                 let g = s
                     .groups
@@ -405,14 +434,20 @@ impl Client {
                 let mut rows: Vec<ReceivedMessage> = s
                     .db()
                     .prepare(
-                        "SELECT seq, sender, body, epoch, sent_ms, own FROM pqmls_messages
+                        "SELECT seq, sender, body, epoch, sent_ms, own, sender_id FROM pqmls_messages
                          WHERE group_id = ?1 ORDER BY seq DESC LIMIT ?2",
                     )?
                     .query_map(rusqlite::params![group.0, db::to_i64(limit as u64)], |r| {
+                        let id: Option<Vec<u8>> = r.get(6)?;
                         Ok(ReceivedMessage {
                             group: group.clone(),
                             seq: r.get(0)?,
-                            sender: r.get(1)?,
+                            sender: Member {
+                                id: UserId::from_bytes(
+                                    id.and_then(|i| i.try_into().ok()).unwrap_or([0; 32]),
+                                ),
+                                name: r.get(1)?,
+                            },
                             body: r.get(2)?,
                             epoch: db::to_u64(r.get(3)?),
                             sent_ms: db::to_u64(r.get(4)?),
@@ -427,12 +462,108 @@ impl Client {
     }
 
     /// Who was in the group at `epoch` on this client's branch (`None` if this client was
-    /// not in the group then, or the epoch is older than the rollback window's records).
+    /// not in the group then, or the epoch is older than the records kept: 256 epochs).
     ///
     /// # Errors
     /// [`Error::Database`].
-    pub async fn members_at(&self, group: &GroupId, epoch: u64) -> Result<Option<Vec<String>>> {
+    pub async fn members_at(&self, group: &GroupId, epoch: u64) -> Result<Option<Vec<Member>>> {
         self.inner.locked(|s| s.members_at(group, epoch)).await
+    }
+
+    /// The invitations waiting for consent, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::Database`].
+    pub async fn invitations(&self) -> Result<Vec<Invitation>> {
+        self.inner.locked(|s| s.invitations()).await
+    }
+
+    /// Accepts a pending invitation: joins the group from its Welcome ([`Event::Joined`]).
+    ///
+    /// # Errors
+    /// [`Error::UnknownInvitation`]; [`Error::InvitationUnusable`] if its Welcome can no
+    /// longer be used (its key package was used or replaced meanwhile).
+    pub async fn accept(&self, invitation: u64) -> Result<()> {
+        let joined = self
+            .inner
+            .locked(|s| s.accept_invitation(invitation))
+            .await?;
+        self.inner.drive().await;
+        if joined {
+            Ok(())
+        } else {
+            Err(Error::InvitationUnusable(invitation))
+        }
+    }
+
+    /// Declines a pending invitation (it is forgotten; the inviter is not told).
+    ///
+    /// # Errors
+    /// [`Error::UnknownInvitation`].
+    pub async fn decline(&self, invitation: u64) -> Result<()> {
+        self.inner
+            .locked(|s| s.decline_invitation(invitation))
+            .await
+    }
+
+    /// Stores `user` as a contact under `label` (replacing the label if they are one).
+    /// Invitations from contacts are joined without asking under
+    /// [`crate::InvitePolicy::Contacts`], and someone showing a contact's label under
+    /// another key is reported ([`Event::ContactKeyChanged`]).
+    ///
+    /// # Errors
+    /// [`Error::Database`].
+    pub async fn add_contact(&self, user: &UserId, label: &str) -> Result<()> {
+        self.inner
+            .locked(|s| {
+                s.db().execute(
+                    "INSERT OR REPLACE INTO pqmls_contacts (user_id, label, added_ms) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![&user.as_bytes()[..], label, db::to_i64(s.wall_ms())],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Forgets a contact.
+    ///
+    /// # Errors
+    /// [`Error::Database`].
+    pub async fn remove_contact(&self, user: &UserId) -> Result<()> {
+        self.inner
+            .locked(|s| {
+                s.db().execute(
+                    "DELETE FROM pqmls_contacts WHERE user_id = ?1",
+                    [&user.as_bytes()[..]],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The contacts, by label (`name` is the label).
+    ///
+    /// # Errors
+    /// [`Error::Database`].
+    pub async fn contacts(&self) -> Result<Vec<Member>> {
+        self.inner
+            .locked(|s| {
+                let rows: Vec<(Vec<u8>, String)> = s
+                    .db()
+                    .prepare("SELECT user_id, label FROM pqmls_contacts ORDER BY label, user_id")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|(id, label)| {
+                        Some(Member {
+                            id: UserId::from_bytes(id.try_into().ok()?),
+                            name: label,
+                        })
+                    })
+                    .collect())
+            })
+            .await
     }
 
     /// Catches up every group and the inbox from the store nodes now, and waits for it.
@@ -469,8 +600,8 @@ impl Client {
     }
 
     /// Waits (up to 20 s) until the directory holds `user`'s last-resort key package.
-    pub(crate) async fn wait_for_key_packages(&self, user: &str) -> Result<()> {
-        let key = wire::key_package_key(user, Slot::LastResort);
+    pub(crate) async fn wait_for_key_packages(&self, user: &UserId) -> Result<()> {
+        let key = directory::key_package_key(user, Slot::LastResort);
         for _ in 0..400 {
             if let Ok(Some(b)) = self.inner.transport.get(key.clone()).await
                 && !b.is_empty()
@@ -479,7 +610,34 @@ impl Client {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        Err(Error::NoKeyPackage(user.to_owned()))
+        Err(Error::NoKeyPackage(*user))
+    }
+
+    /// Test hook: row counts of the tables others can make this client fill.
+    #[doc(hidden)]
+    pub async fn table_sizes(&self) -> Result<BTreeMap<&'static str, u64>> {
+        self.inner.locked(|s| s.table_sizes()).await
+    }
+
+    /// Test hook: moves this client's wall clock forward (key-package rotation and
+    /// expiry), as if that much time had passed.
+    #[doc(hidden)]
+    pub async fn skew_clock(&self, by: std::time::Duration) {
+        let mut s = self.inner.state.lock().await;
+        s.clock_skew_ms = s
+            .clock_skew_ms
+            .saturating_add(u64::try_from(by.as_millis()).unwrap_or(u64::MAX));
+        drop(s);
+        self.inner.key_packages_due.store(true, Ordering::Relaxed);
+    }
+
+    /// Test hook: refreshes this client's key packages in the directory now (rotation,
+    /// claimed slots) instead of at the next periodic check.
+    #[doc(hidden)]
+    pub async fn refresh_key_packages(&self) {
+        self.inner.check_claims().await;
+        self.inner.key_packages_due.store(true, Ordering::Relaxed);
+        self.inner.publish_key_packages().await;
     }
 
     /// Waits (up to 20 s) until the group's topic has a gossip peer (libp2p only).
@@ -513,7 +671,7 @@ impl Client {
 
 impl State {
     /// The members of an active group, or the right error.
-    fn member_list_checked(&self, gid: &GroupId) -> Result<Vec<(u32, String)>> {
+    fn member_list_checked(&self, gid: &GroupId) -> Result<Vec<(u32, Member)>> {
         self.active_members(gid)
     }
 }
@@ -736,51 +894,83 @@ impl Inner {
         self.key_packages_due.store(!ok, Ordering::Relaxed);
     }
 
-    /// A usable key package of `user` from the directory: a one-time one if any is left
-    /// (claimed by overwriting its slot with an empty entry), else the last-resort one.
-    async fn fetch_key_package(&self, user: &str) -> Result<Vec<u8>> {
+    /// A usable key package of `user` from the directory, as bytes: a one-time one if one
+    /// is left unclaimed (claimed here, see [`crate::directory`]), else the last-resort one.
+    /// Every entry must be signed by `user`'s key over its directory key; what is not is
+    /// skipped, whoever wrote it and whichever store served it.
+    async fn fetch_key_package(&self, user: &UserId) -> Result<Vec<u8>> {
         let mut last_error = None;
         for i in 0..64u32 {
-            let key = wire::key_package_key(user, Slot::OneTime(i));
+            let key = directory::key_package_key(user, Slot::OneTime(i));
             let Some(blob) = self.transport.get(key.clone()).await? else {
                 break;
             };
-            if blob.is_empty() {
-                continue;
-            }
-            match self
-                .locked(|s| s.check_key_package(user, &blob).map(|_| ()))
+            let kp = match self
+                .locked(|s| s.check_key_package(user, &key, &blob))
                 .await
             {
-                Ok(()) => {
-                    self.transport.put(key, Vec::new()).await?;
-                    return Ok(blob);
+                Ok(kp) => kp,
+                Err(e) => {
+                    tracing::debug!("skipping key package {i} of {}: {e}", user.short());
+                    last_error = Some(e);
+                    continue;
                 }
-                Err(e) => last_error = Some(e),
+            };
+            let claim = directory::claim_key(user, &kp);
+            if self.transport.get(claim.clone()).await?.is_some() {
+                continue;
+            }
+            match self.transport.put(claim, Vec::new()).await {
+                Ok(()) => return Ok(kp),
+                // Another inviter claimed it first (the store keeps the first claim).
+                Err(pqmls_transport::Error::Refused(_)) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
-        if let Some(blob) = self
-            .transport
-            .get(wire::key_package_key(user, Slot::LastResort))
-            .await?
-            .filter(|b| !b.is_empty())
-        {
-            self.locked(|s| s.check_key_package(user, &blob).map(|_| ()))
-                .await?;
-            return Ok(blob);
+        let key = directory::key_package_key(user, Slot::LastResort);
+        if let Some(blob) = self.transport.get(key.clone()).await? {
+            return self
+                .locked(|s| s.check_key_package(user, &key, &blob))
+                .await;
         }
-        Err(last_error.unwrap_or_else(|| Error::NoKeyPackage(user.to_owned())))
+        Err(last_error.unwrap_or(Error::NoKeyPackage(*user)))
+    }
+
+    /// Marks our one-time key packages that an inviter claimed, so they are replaced.
+    async fn check_claims(&self) {
+        let claims = match self.locked(|s| s.own_claim_keys()).await {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        let mut claimed = false;
+        for (slot, key) in claims {
+            if let Ok(Some(_)) = self.transport.get(key).await {
+                claimed = true;
+                let _ = self.locked(|s| s.mark_claimed(slot)).await;
+            }
+        }
+        if claimed {
+            self.key_packages_due.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Reads `topic`'s history after the saved cursor and handles it.
+    /// The cursor does not move past the first payload that was deferred (see
+    /// [`Outcome::Deferred`]), so the next catch-up brings it again; what was handled is
+    /// then skipped cheaply by its seen id.
     async fn sync_topic(&self, topic: &Topic) -> Result<()> {
         let from = self.locked(|s| s.cursor(topic)).await?;
         let (messages, cursor) = full_history(self.transport.as_ref(), topic, from).await?;
         self.locked(|s| {
+            let mut held: Option<pqmls_transport::store::Cursor> = None;
+            let mut before = from;
             for m in &messages {
-                s.handle(m)?;
+                if s.handle(m)? == Outcome::Deferred && held.is_none() {
+                    held = Some(before);
+                }
+                before = pqmls_transport::store::Cursor::after(m);
             }
-            s.set_cursor(topic, cursor)
+            s.set_cursor(topic, held.unwrap_or(cursor))
         })
         .await?;
         if let Ok(mut p) = self.syncs.lock() {
@@ -796,7 +986,6 @@ impl Inner {
             .locked(|s| {
                 s.settle_due(now)?;
                 s.finalize_removals(now)?;
-                s.request_rejoins(now)?;
                 s.schedule_updates()
             })
             .await;
@@ -829,6 +1018,18 @@ impl Inner {
             for t in self.all_topics().await {
                 self.want_sync(t);
             }
+            // Housekeeping at the same pace: forget old seen ids, notice claimed and
+            // expiring key packages.
+            let due = self
+                .locked(|s| {
+                    s.tx(|s| s.prune_seen())?;
+                    s.key_packages_due()
+                })
+                .await;
+            self.check_claims().await;
+            if due.unwrap_or(false) {
+                self.key_packages_due.store(true, Ordering::Relaxed);
+            }
         }
         let due: Vec<Topic> = match self.syncs.lock() {
             Ok(mut p) => {
@@ -859,8 +1060,11 @@ impl Inner {
 
     /// Handles one inbound payload.
     async fn inbound(&self, msg: pqmls_transport::Message) {
-        if let Err(e) = self.locked(|s| s.handle(&msg)).await {
-            tracing::warn!("{}: handling a message failed: {e}", self.name);
+        match self.locked(|s| s.handle(&msg)).await {
+            // Left for the store: catch this topic up later.
+            Ok(Outcome::Deferred) => self.want_sync(msg.topic.clone()),
+            Ok(Outcome::Done) => {}
+            Err(e) => tracing::warn!("{}: handling a message failed: {e}", self.name),
         }
         self.drive().await;
     }

@@ -16,8 +16,9 @@ pub const DATABASE_FILE: &str = "pqmls.sqlite3";
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// The user's name: the identity in their MLS credential, how others invite them, and
-    /// the name of their directory entries and inbox. 1 to 64 bytes of printable UTF-8.
+    /// The user's display name, carried in their MLS credential: a label others see, not
+    /// an identity (a user *is* their identity key, see [`crate::UserId`]). 1 to 64
+    /// letters, digits and `-_.@+`.
     pub name: String,
     /// Where the database lives (`pqmls.sqlite3`). `None` keeps everything in memory (for
     /// tests and simulations): nothing survives the client.
@@ -45,11 +46,17 @@ pub struct Config {
     /// How long a group is kept after a commit removed us, in case a branch move undoes
     /// the removal. [`crate::Event::Removed`] is reported when it ends.
     pub removal_grace: std::time::Duration,
-    /// After how long without progress a member that sees others ahead of it asks to be
-    /// removed and invited again (a signed request on the group topic). `None` (the
-    /// default) turns the request off: in the simulation it did not improve convergence
-    /// (see sdk/DESIGN.md), so it stays experimental.
-    pub rejoin_after: Option<Duration>,
+    /// Which invitations are joined without asking: the others become pending
+    /// invitations ([`crate::Event::Invited`]) that the application accepts or declines.
+    pub invitations: InvitePolicy,
+    /// How long a published key package is used before it is replaced by a fresh one (its
+    /// private key is kept for [`Config::key_package_grace`] more, for Welcomes already on
+    /// their way). Must be well below the key packages' 84-day lifetime.
+    pub key_package_rotation: Duration,
+    /// How long the private key of a replaced (rotated or claimed) key package is kept.
+    pub key_package_grace: Duration,
+    /// Caps on what others can make this client store or compute.
+    pub limits: Limits,
     /// Period of the client's timer (commit settling, retries, self-updates).
     pub tick: Duration,
     /// Test hook: stop the client dead at a point, as a crash would.
@@ -59,7 +66,8 @@ pub struct Config {
 
 impl Config {
     /// A configuration for `name` with the defaults: in memory, suite 0x004F, 4 one-time
-    /// key packages, 250 ms settle time, a self-update every 24 hours, 64 KiB messages.
+    /// key packages rotated weekly, 250 ms settle time, a self-update every 24 hours,
+    /// 64 KiB messages, invitations from contacts joined and the others held for consent.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -73,7 +81,10 @@ impl Config {
             max_message_size: 64 * 1024,
             rollback_window: 16,
             removal_grace: Duration::from_secs(30),
-            rejoin_after: None,
+            invitations: InvitePolicy::Contacts,
+            key_package_rotation: Duration::from_secs(7 * 24 * 3600),
+            key_package_grace: Duration::from_secs(24 * 3600),
+            limits: Limits::default(),
             tick: Duration::from_millis(20),
             fail_point: None,
         }
@@ -89,6 +100,79 @@ impl Config {
     pub fn with_suite(mut self, suite: Ciphersuite) -> Self {
         self.suite = suite;
         self
+    }
+}
+
+/// Which invitations a client joins without asking the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvitePolicy {
+    /// Join every invitation at once (simulations, demos, bots).
+    Everyone,
+    /// Join invitations from contacts ([`crate::Client::add_contact`]) at once; hold the
+    /// others as pending invitations.
+    Contacts,
+    /// Hold every invitation as pending.
+    Nobody,
+}
+
+/// Caps on what anyone who can publish on a group's topic or a user's inbox (members or
+/// not) can make a client store or compute. The defaults fit groups of hundreds; every
+/// cap is per group unless it says otherwise.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Commits and messages for epochs further than this beyond ours are not kept yet:
+    /// they are left for a later catch-up from the store nodes.
+    pub future_epochs: u64,
+    /// Commit candidates kept per epoch.
+    pub candidates_per_epoch: usize,
+    /// Commits kept (all epochs of the rollback window and the future window).
+    pub commits: usize,
+    /// Bytes of commits kept.
+    pub commit_bytes: usize,
+    /// Messages kept for a later epoch or another branch.
+    pub pending: usize,
+    /// Bytes of those messages.
+    pub pending_bytes: usize,
+    /// Welcomes kept aside for a group we hold (each from a member we know).
+    pub kept_welcomes: usize,
+    /// Pending invitations, over all groups.
+    pub invitations: usize,
+    /// Pending invitations from one inviter.
+    pub invitations_per_inviter: usize,
+    /// Withdrawals (`Void`s) kept for Welcomes that may still arrive, over all groups.
+    pub voids: usize,
+    /// Transport ids of handled payloads kept for de-duplication, over all topics (the
+    /// oldest are forgotten first; catch-up cursors and the epoch windows make a
+    /// forgotten id harmless).
+    pub seen: usize,
+    /// Snapshot restores (reading a late message of a past epoch, or trying a competing
+    /// commit for a past epoch) per second and group, with a burst of four times as many;
+    /// above it the payload is left for a later catch-up.
+    pub past_reads_per_sec: u32,
+    /// Welcomes processed per minute (each costs a key-package decryption); above it they
+    /// are left for a later catch-up.
+    pub welcomes_per_min: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            future_epochs: 64,
+            candidates_per_epoch: 32,
+            commits: 1024,
+            commit_bytes: 64 << 20,
+            pending: 2048,
+            pending_bytes: 16 << 20,
+            kept_welcomes: 4,
+            invitations: 32,
+            invitations_per_inviter: 2,
+            voids: 256,
+            seen: 200_000,
+            past_reads_per_sec: 16,
+            welcomes_per_min: 60,
+        }
     }
 }
 

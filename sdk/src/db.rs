@@ -10,14 +10,86 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 
 /// Version of the SDK schema, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
-/// Creates the SDK's tables if they do not exist yet.
+/// Creates the SDK's tables if they do not exist yet, and brings an older schema up to date.
 pub(crate) fn migrate(db: &Connection) -> Result<()> {
     let version: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version >= SCHEMA_VERSION {
         return Ok(());
     }
+    if version < 1 {
+        create_v1(db)?;
+    }
+    migrate_v2(db)
+}
+
+/// Version 2: users are identified by key (ids beside names), signed and rotated key
+/// packages, withdrawals that name nothing in clear, consent to invitations, contacts, and
+/// bounded de-duplication.
+fn migrate_v2(db: &Connection) -> Result<()> {
+    db.execute_batch(
+        "BEGIN;
+         ALTER TABLE pqmls_messages ADD COLUMN sender_id BLOB;
+         ALTER TABLE pqmls_seen ADD COLUMN seen_ms INTEGER NOT NULL DEFAULT 0;
+         CREATE INDEX IF NOT EXISTS pqmls_seen_age ON pqmls_seen (seen_ms);
+         ALTER TABLE pqmls_commits ADD COLUMN void_id BLOB;
+         ALTER TABLE pqmls_commits ADD COLUMN void_key BLOB;
+         ALTER TABLE pqmls_joins ADD COLUMN void_id BLOB;
+         ALTER TABLE pqmls_joins ADD COLUMN void_key BLOB;
+         ALTER TABLE pqmls_welcomes ADD COLUMN inviter_id BLOB;
+         -- Withdrawals whose Welcome has not arrived (or that name nothing of ours).
+         DROP TABLE IF EXISTS pqmls_voids;
+         CREATE TABLE pqmls_voids (
+             void_id BLOB PRIMARY KEY,
+             sealed BLOB NOT NULL,
+             received_ms INTEGER NOT NULL
+         );
+         -- Key packages: the bytes as published (re-published as they are while the
+         -- directory is unreachable), the entry's sequence number, when it was made and
+         -- when it was last replaced, and whether an inviter claimed it.
+         ALTER TABLE pqmls_key_packages ADD COLUMN bytes BLOB;
+         ALTER TABLE pqmls_key_packages ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE pqmls_key_packages ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE pqmls_key_packages ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;
+         -- Replaced key packages, whose private keys are deleted after a grace period.
+         CREATE TABLE IF NOT EXISTS pqmls_retired_key_packages (
+             kp_ref BLOB PRIMARY KEY,
+             delete_after_ms INTEGER NOT NULL
+         );
+         -- Every (user id, name) seen as a member of a group: a Welcome may continue a
+         -- group only if its sender is one of them.
+         CREATE TABLE IF NOT EXISTS pqmls_known_keys (
+             group_id BLOB NOT NULL,
+             user_id BLOB NOT NULL,
+             name TEXT NOT NULL,
+             PRIMARY KEY (group_id, user_id)
+         );
+         -- Invitations waiting for the application's consent.
+         CREATE TABLE IF NOT EXISTS pqmls_invitations (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             group_id BLOB NOT NULL,
+             inviter_id BLOB NOT NULL,
+             inviter_name TEXT NOT NULL,
+             epoch INTEGER NOT NULL,
+             received_ms INTEGER NOT NULL,
+             welcome_hash BLOB NOT NULL UNIQUE,
+             payload BLOB NOT NULL
+         );
+         -- The application's contacts: user ids with a label of its choosing.
+         CREATE TABLE IF NOT EXISTS pqmls_contacts (
+             user_id BLOB PRIMARY KEY,
+             label TEXT NOT NULL,
+             added_ms INTEGER NOT NULL
+         );
+         PRAGMA user_version = 2;
+         COMMIT;",
+    )?;
+    Ok(())
+}
+
+/// The schema of version 1.
+fn create_v1(db: &Connection) -> Result<()> {
     db.execute_batch(
         "BEGIN;
          CREATE TABLE IF NOT EXISTS pqmls_identity (

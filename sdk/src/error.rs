@@ -37,32 +37,33 @@ pub enum Error {
     #[error("not a member of group {0} any more")]
     NotMember(GroupId),
     /// The user is not a member of the group (for `remove`).
-    #[error("{user:?} is not a member of group {group}")]
+    #[error("{user} is not a member of group {group}")]
     UnknownMember {
         /// The group.
         group: GroupId,
-        /// The user name given.
-        user: String,
+        /// The user's id.
+        user: crate::UserId,
     },
     /// `remove` was given the client's own name: MLS members cannot commit their own
     /// removal; [`crate::Client::leave`] asks the others to.
     #[error("cannot remove yourself from group {0}: use leave")]
     RemoveSelf(GroupId),
     /// The user is already a member of the group (for `invite`).
-    #[error("{user:?} is already a member of group {group}")]
+    #[error("{user} is already a member of group {group}")]
     AlreadyMember {
         /// The group.
         group: GroupId,
-        /// The user name given.
-        user: String,
+        /// The user's id.
+        user: crate::UserId,
     },
     /// The directory holds no usable key package for this user.
-    #[error("no key package found for {0:?}")]
-    NoKeyPackage(String),
-    /// A key package from the directory was invalid (bad signature, wrong suite, wrong name).
-    #[error("invalid key package for {user:?}: {reason}")]
+    #[error("no key package found for {0}")]
+    NoKeyPackage(crate::UserId),
+    /// A key package from the directory was invalid (not signed by the user's key, wrong
+    /// suite, expired).
+    #[error("invalid key package for {user}: {reason}")]
     InvalidKeyPackage {
-        /// The user it was fetched for.
+        /// The id (hex) of the user it was fetched for.
         user: String,
         /// Why it was refused.
         reason: String,
@@ -93,6 +94,13 @@ pub enum Error {
     /// Randomness or key generation failed.
     #[error("crypto error: {0}")]
     Crypto(String),
+    /// No pending invitation has this number.
+    #[error("no pending invitation {0}")]
+    UnknownInvitation(u64),
+    /// A pending invitation's Welcome can no longer be used (its key package was used or
+    /// replaced meanwhile); the inviter can invite again.
+    #[error("invitation {0} can no longer be used")]
+    InvitationUnusable(u64),
     /// The client has shut down (or stopped at a test fail point).
     #[error("the client has shut down")]
     Shutdown,

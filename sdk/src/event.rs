@@ -7,6 +7,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 use crate::GroupId;
+use crate::identity::{Member, UserId};
 
 /// Something that happened in one of the client's groups. Messages are persisted before
 /// they are reported, so an event missed because the application was not listening can be
@@ -21,21 +22,36 @@ pub enum Event {
         /// The group.
         group: GroupId,
         /// The member whose commit added us.
-        inviter: String,
+        inviter: Member,
     },
+    /// An invitation waits for the application's consent (see
+    /// [`crate::Config::invitations`]): [`crate::Client::accept`] or
+    /// [`crate::Client::decline`] it.
+    Invited(Invitation),
     /// A member was added.
     MemberJoined {
         /// The group.
         group: GroupId,
-        /// The new member's name.
-        member: String,
+        /// The new member.
+        member: Member,
     },
     /// A member left or was removed.
     MemberLeft {
         /// The group.
         group: GroupId,
-        /// The member's name.
-        member: String,
+        /// The member.
+        member: Member,
+    },
+    /// Someone carries the label of a contact under another key: the contact's key
+    /// changed (a new device, a reinstall) or someone poses as them. Compare safety
+    /// numbers before trusting the new id.
+    ContactKeyChanged {
+        /// The contact's label (and the display name seen).
+        label: String,
+        /// The id stored for the contact.
+        known: UserId,
+        /// The id seen with that name.
+        seen: UserId,
     },
     /// The group moved to a new epoch.
     EpochChanged {
@@ -49,7 +65,8 @@ pub enum Event {
         /// The group.
         group: GroupId,
     },
-    /// A member at our epoch number holds a different epoch authenticator: the group forked.
+    /// A member signed a valid commit for an epoch where we merged another one: the group
+    /// forked. (Reported only on such authenticated evidence.)
     ForkDetected {
         /// The group.
         group: GroupId,
@@ -72,8 +89,8 @@ pub enum Event {
 pub struct ReceivedMessage {
     /// The group.
     pub group: GroupId,
-    /// The sender's name (from their MLS credential).
-    pub sender: String,
+    /// The sender (id from their credential's key, name from its content).
+    pub sender: Member,
     /// The application's bytes.
     pub body: Vec<u8>,
     /// The epoch it was sent in.
@@ -84,6 +101,20 @@ pub struct ReceivedMessage {
     pub own: bool,
     /// Its position in this client's history of the group (increasing).
     pub seq: i64,
+}
+
+/// An invitation waiting for consent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Invitation {
+    /// Its number, for [`crate::Client::accept`] and [`crate::Client::decline`].
+    pub id: u64,
+    /// The group.
+    pub group: GroupId,
+    /// Who invited us (the member whose signature is on the Welcome's GroupInfo).
+    pub inviter: Member,
+    /// When it arrived (milliseconds since the Unix epoch).
+    pub received_ms: u64,
 }
 
 /// The stream of [`Event`]s of a client, from [`crate::Client::events`]. Unbounded, so a

@@ -24,13 +24,16 @@
 //! let node = || NodeConfig::loopback().with_bootstrap(bootstrap.clone());
 //!
 //! // Two users, each with a data directory that keeps identity and groups across restarts.
+//! // A user is their key: `id()` is what others invite them by (exchanged out of band, and
+//! // checked with `safety_number`); the name is only a label.
 //! let alice = Client::start(Config::new("alice").with_data_dir(dir.path().join("alice")), node()).await?;
 //! let bob = Client::start(Config::new("bob").with_data_dir(dir.path().join("bob")), node()).await?;
+//! bob.add_contact(&alice.id(), "alice").await?; // invitations from contacts join at once
 //! let mut bob_events = bob.events();
-//! # pqmls::wait_for_key_packages(&alice, "bob").await?;
+//! # pqmls::wait_for_key_packages(&alice, &bob.id()).await?;
 //!
 //! let group = alice.create_group().await?;
-//! alice.invite(&group, "bob").await?; // bob joins from the Welcome, automatically
+//! alice.invite(&group, &bob.id()).await?; // bob joins from the Welcome, automatically
 //! loop {
 //!     if let Some(Event::Joined { .. }) = bob_events.recv().await { break }
 //! }
@@ -50,12 +53,19 @@
 //!
 //! # How it works
 //!
+//! - **Identity.** A user is identified by their identity signature key ([`UserId`]); the
+//!   display name in their credential is a label. Invitations, removals, directory entries
+//!   and inboxes are keyed by the id.
 //! - **Key packages.** Each client keeps [`Config::one_time_key_packages`] one-time key
 //!   packages and one last-resort key package in the directory of the store nodes, under its
-//!   name. An inviter claims a one-time one by overwriting its entry with an empty one, and
-//!   falls back to the last-resort one; the owner replaces consumed ones.
+//!   id, each entry signed by its identity key (see [`directory_validator`]). An inviter
+//!   claims a one-time one and falls back to the last-resort one; the owner replaces
+//!   consumed and claimed ones and rotates them weekly.
+//! - **Consent.** Invitations are joined at once or held for the application to accept,
+//!   per [`Config::invitations`].
 //! - **Topics.** Each group has a gossip topic (a hash of its id); each user an inbox topic
-//!   where Welcomes arrive. Store nodes follow every topic their peers subscribe to.
+//!   (a hash of their id) where Welcomes arrive. Store nodes follow every topic their peers
+//!   subscribe to.
 //! - **Commit ordering without a server.** See the `engine` module: competing commits for an
 //!   epoch are resolved by the smallest commit hash after a settle time, losers are
 //!   committed again, future-epoch messages are buffered, and forks (detected by epoch
@@ -73,20 +83,25 @@
 mod client;
 mod config;
 mod db;
+mod directory;
 mod engine;
 mod error;
 mod event;
+mod identity;
 mod net;
 mod offline;
 pub mod sim;
+mod trust;
 mod wire;
 
 use std::fmt;
 
 pub use client::Client;
-pub use config::{Config, DATABASE_FILE, DEFAULT_SUITE, FailPoint};
+pub use config::{Config, DATABASE_FILE, DEFAULT_SUITE, FailPoint, InvitePolicy, Limits};
+pub use directory::{DirectoryRule, directory_validator};
 pub use error::{Error, Result};
-pub use event::{Event, Events, ReceivedMessage};
+pub use event::{Event, Events, Invitation, ReceivedMessage};
+pub use identity::{Member, UserId, safety_number};
 pub use net::{Inbox, Transport};
 pub use offline::{DataDirInfo, GroupInfo, IdentityInfo, fingerprint, init_identity, inspect};
 pub use openmls::prelude::Ciphersuite;
@@ -151,8 +166,8 @@ pub struct GroupStatus {
     pub epoch: u64,
     /// The epoch authenticator (RFC 9420 §8.7): equal for members with the same view.
     pub epoch_authenticator: Vec<u8>,
-    /// Member names in leaf order.
-    pub members: Vec<String>,
+    /// Members in leaf order.
+    pub members: Vec<Member>,
     /// Whether commits are waiting to be ordered and merged.
     pub pending_commit: bool,
 }
@@ -169,6 +184,8 @@ pub struct Stats {
     pub malformed: u64,
     /// Payloads for unknown topics or of unused kinds.
     pub ignored: u64,
+    /// Payloads left for a later catch-up (a cap or budget was full, or too far ahead).
+    pub deferred: u64,
     /// Messages MLS refused (bad signature, wrong epoch secrets, replay).
     pub rejected: u64,
     /// Messages kept for a later epoch or another branch.
@@ -177,14 +194,15 @@ pub struct Stats {
     pub commits_merged: u64,
     /// Commit candidates found invalid.
     pub commits_rejected: u64,
-    /// Forks noticed.
+    /// Unauthenticated signs of a fork (an envelope's epoch-authenticator tag that is not
+    /// ours, commits for our epoch none of which is valid): they only trigger a catch-up.
+    pub fork_hints: u64,
+    /// Forks proven by a valid commit for an epoch where we merged another one.
     pub forks_detected: u64,
     /// Moves to a winning branch.
     pub forks_recovered: u64,
     /// Own messages re-sent after a branch move or a re-invitation.
     pub resent: u64,
-    /// Requests to be invited again, sent when stuck on a branch that lost.
-    pub rejoin_requests: u64,
     /// Payloads published.
     pub published: u64,
     /// Publish attempts the transport refused (retried later).
@@ -205,7 +223,7 @@ pub struct Stats {
 /// # Errors
 /// [`Error::NoKeyPackage`] on timeout.
 #[doc(hidden)]
-pub async fn wait_for_key_packages(client: &Client, user: &str) -> Result<()> {
+pub async fn wait_for_key_packages(client: &Client, user: &UserId) -> Result<()> {
     client.wait_for_key_packages(user).await
 }
 

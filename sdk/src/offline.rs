@@ -31,6 +31,11 @@ pub struct IdentityInfo {
 }
 
 impl IdentityInfo {
+    /// The user's id (what others invite them by).
+    pub fn id(&self) -> crate::UserId {
+        crate::UserId::of_key(self.suite.signature_algorithm(), &self.public_key)
+    }
+
     /// A short fingerprint of the public key: the first 16 bytes of its SHA-256, in hex
     /// groups of four digits (`a1b2:c3d4:…`).
     pub fn fingerprint(&self) -> String {

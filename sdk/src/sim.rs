@@ -79,8 +79,11 @@ struct Endpoint {
     online: bool,
 }
 
+use crate::directory::DirectoryRule as DirectoryValidator;
+
 struct Net {
     config: SimConfig,
+    validator: Option<DirectoryValidator>,
     rng: SimRng,
     endpoints: Vec<Endpoint>,
     history: BTreeMap<Topic, Vec<Message>>,
@@ -118,6 +121,7 @@ impl SimNetwork {
         SimNetwork {
             net: Arc::new(Mutex::new(Net {
                 config,
+                validator: None,
                 rng,
                 endpoints: Vec::new(),
                 history: BTreeMap::new(),
@@ -153,6 +157,32 @@ impl SimNetwork {
             }),
             inbox,
         )
+    }
+
+    /// Makes the simulated store check every directory write with `validator` (as a real
+    /// store does with [`crate::directory_validator`]); refused writes fail with
+    /// [`Error::Refused`].
+    pub fn set_directory_validator(&self, validator: DirectoryValidator) {
+        if let Ok(mut n) = self.net.lock() {
+            n.validator = Some(validator);
+        }
+    }
+
+    /// Writes a directory entry as a raw store would accept it from anyone, bypassing the
+    /// validator (tests: what a malicious store serves).
+    pub fn plant(&self, key: Vec<u8>, blob: Vec<u8>) {
+        if let Ok(mut n) = self.net.lock() {
+            n.directory.insert(key, blob);
+        }
+    }
+
+    /// Every message the simulated store holds on `topic`, in arrival order (tests: what an
+    /// observer of the network saw).
+    pub fn history_of(&self, topic: &Topic) -> Vec<Message> {
+        self.net
+            .lock()
+            .map(|n| n.history.get(topic).cloned().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Changes the loss rate (for example to 0 for a final sync phase).
@@ -275,6 +305,11 @@ impl Transport for SimTransport {
 
     fn put(&self, key: Vec<u8>, blob: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<()>> {
         let r = self.with(|n, _| {
+            if let Some(v) = &n.validator
+                && !v(&key, n.directory.get(&key).map(Vec::as_slice), &blob)
+            {
+                return Err(Error::Refused("directory entry refused".into()));
+            }
             n.directory.insert(key, blob);
             Ok(())
         });
@@ -401,18 +436,26 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         loss: s.loss,
         ..SimConfig::default()
     });
+    net.set_directory_validator(crate::directory_validator()?);
     let mut rng = SimRng::new(s.seed ^ 0x0005_eed0_fac7_10e5);
     let mut clients = Vec::new();
     for i in 0..s.members {
         let (t, inbox) = net.attach();
         let mut c = Config::new(format!("m{i}")).with_suite(s.suite);
+        c.invitations = crate::InvitePolicy::Everyone;
         c.self_update_interval = None;
         c.settle = s.settle;
         c.sync_interval = Some(Duration::from_secs(2));
         c.sync_backoff = Duration::from_millis(300);
         clients.push(Client::open(c, t, inbox).await?);
     }
-    let names: Vec<String> = (0..s.members).map(|i| format!("m{i}")).collect();
+    let names: Vec<crate::UserId> = clients.iter().map(Client::id).collect();
+    let label = |id: &crate::UserId| {
+        names
+            .iter()
+            .position(|n| n == id)
+            .map_or_else(|| id.short(), |i| format!("m{i}"))
+    };
     let mut report = TrialReport {
         seed: s.seed,
         ..TrialReport::default()
@@ -432,13 +475,13 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
                 && clients[0]
                     .members(&group)
                     .await
-                    .map(|m| m.contains(name))
+                    .map(|m| m.iter().any(|m| m.id == *name))
                     .unwrap_or(false)
         })
         .await;
     }
     // Chaos: actions at random times by random members.
-    let mut sent: Vec<(String, Vec<u8>, Vec<String>)> = Vec::new();
+    let mut sent: Vec<(crate::UserId, Vec<u8>, Vec<crate::UserId>)> = Vec::new();
     let start = tokio::time::Instant::now();
     let mut k = 0u64;
     while start.elapsed() < s.chaos {
@@ -449,19 +492,21 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         let Ok(members) = c.members(&group).await else {
             continue;
         };
+        let members: Vec<crate::UserId> = members.into_iter().map(|m| m.id).collect();
         let roll = rng.below(100);
         if roll < 70 {
             k += 1;
-            let body = format!("{}:{}:{k}", s.seed, names[actor]).into_bytes();
+            let body = format!("{}:m{actor}:{k}", s.seed).into_bytes();
             if c.send(&group, &body).await.is_ok() {
-                sent.push((names[actor].clone(), body, members));
+                sent.push((names[actor], body, members));
             }
         } else if roll < 85 {
             if c.update(&group).await.is_ok() {
                 report.operations += 1;
             }
         } else if roll < 95 {
-            let outside: Vec<&String> = names.iter().filter(|n| !members.contains(n)).collect();
+            let outside: Vec<&crate::UserId> =
+                names.iter().filter(|n| !members.contains(n)).collect();
             if !outside.is_empty() {
                 let pick = outside[usize::try_from(rng.below(outside.len() as u64)).unwrap_or(0)];
                 if c.invite(&group, pick).await.is_ok() {
@@ -469,9 +514,9 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
                 }
             }
         } else if members.len() > 4 {
-            let others: Vec<&String> = members
+            let others: Vec<&crate::UserId> = members
                 .iter()
-                .filter(|n| **n != names[actor] && *n != "m0")
+                .filter(|n| **n != names[actor] && **n != names[0])
                 .collect();
             if !others.is_empty() {
                 let pick = others[usize::try_from(rng.below(others.len() as u64)).unwrap_or(0)];
@@ -539,8 +584,13 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         }
     }
     for (sender, body, at_send) in &sent {
-        let members = match final_epochs.get(body) {
-            Some(e) => clients[0].members_at(&group, *e).await.ok().flatten(),
+        let members: Vec<crate::UserId> = match final_epochs.get(body) {
+            Some(e) => clients[0]
+                .members_at(&group, *e)
+                .await
+                .ok()
+                .flatten()
+                .map(|ms| ms.into_iter().map(|m| m.id).collect()),
             None => None,
         }
         .unwrap_or_else(|| at_send.clone());
@@ -555,9 +605,10 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
                     report.deliveries += 1;
                 } else if report.missing.len() < 20 {
                     report.missing.push(format!(
-                        "{} (final epoch {:?}) not at {m}",
+                        "{} (final epoch {:?}) not at {}",
                         String::from_utf8_lossy(body),
-                        final_epochs.get(body)
+                        final_epochs.get(body),
+                        label(m)
                     ));
                 }
             }
@@ -590,26 +641,32 @@ async fn wait<F: AsyncFnMut() -> bool>(limit: Duration, mut f: F) -> bool {
 /// members, nothing is pending, and exactly the listed members hold the group.
 async fn agreement(
     clients: &[crate::Client],
-    names: &[String],
+    names: &[crate::UserId],
     group: &crate::GroupId,
 ) -> Result<u64, String> {
-    let mut view: Option<(u64, Vec<u8>, Vec<String>)> = None;
+    let mut view: Option<(u64, Vec<u8>, Vec<crate::UserId>)> = None;
     let mut holders = Vec::new();
     for (c, name) in clients.iter().zip(names) {
         let Ok(st) = c.status(group).await else {
             continue;
         };
         if st.pending_commit {
-            return Err(format!("{name} has commits pending"));
+            return Err(format!("{} has commits pending", name.short()));
         }
-        holders.push(name.clone());
-        let v = (st.epoch, st.epoch_authenticator, st.members);
+        holders.push(*name);
+        let v = (
+            st.epoch,
+            st.epoch_authenticator,
+            st.members.into_iter().map(|m| m.id).collect(),
+        );
         match &view {
             None => view = Some(v),
             Some(first) if *first != v => {
                 return Err(format!(
-                    "{name} at epoch {} differs from the first member's epoch {}",
-                    v.0, first.0
+                    "{} at epoch {} differs from the first member's epoch {}",
+                    name.short(),
+                    v.0,
+                    first.0
                 ));
             }
             Some(_) => {}

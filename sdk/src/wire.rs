@@ -1,14 +1,36 @@
 //! What the client puts on the wire around MLS messages, and the names it derives.
 //!
 //! Every gossip payload is a postcard-encoded [`Wire`] value. MLS does the authentication
-//! and encryption; the envelope only says what kind of MLS message is inside, and for
-//! application messages carries a hash of the sender's epoch authenticator so members on
-//! different branches of a fork notice (RFC 9420 §8.7: the epoch authenticator is meant to
-//! be compared to confirm a shared view of the group).
+//! and encryption; the envelope only says what kind of MLS message is inside.
+//!
+//! # Canonical encoding
+//!
+//! Anyone who relays a payload can re-encode it. postcard by itself ignores trailing bytes
+//! and accepts overlong varints, and a re-encoded copy of a commit would have another
+//! commit hash and another transport id while carrying the same MLS content: a relay could
+//! choose which commit wins, and defeat de-duplication. So [`Wire::decode`] accepts a
+//! payload only if it is *the* encoding of its value: the value re-encodes to exactly the
+//! same bytes, and so does the MLS message inside (TLS presentation language, RFC 9420
+//! §2.1, whose variable-length integers OpenMLS already requires to be minimal). Every hash
+//! derived from a payload (commit hash, Welcome hash, transport id) is therefore a hash of
+//! the one byte string that carries this MLS content. A payload that fails is counted as
+//! malformed and changes nothing.
+//!
+//! # What an observer sees
+//!
+//! The topic (a hash of the group id or of the user id), the size, the timing, the kind of
+//! payload, and the MLS framing in clear: for a `PrivateMessage` the group id, the epoch
+//! and the content type (RFC 9420 §6.3.2), and for application messages a 16-byte hash of
+//! the sender's epoch authenticator (shared by every member at that epoch). A `Void`
+//! carries only values that look random to anyone but the invitee.
 
+use openmls::prelude::MlsMessageIn;
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use pqmls_transport::Topic;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::identity::UserId;
 
 /// Length of the truncated epoch-authenticator hash carried by application messages.
 pub(crate) const AUTH_TAG_LEN: usize = 16;
@@ -23,7 +45,8 @@ pub(crate) enum Wire {
     },
     /// An application message (an MLS `PrivateMessage`), on the group topic.
     Application {
-        /// Truncated hash of the sender's epoch authenticator.
+        /// Truncated hash of the sender's epoch authenticator: an unauthenticated hint
+        /// that the sender may be on another branch, used only to catch up sooner.
         auth: [u8; AUTH_TAG_LEN],
         /// The serialized `MlsMessageOut`.
         mls: Vec<u8>,
@@ -33,31 +56,17 @@ pub(crate) enum Wire {
         /// The serialized `MlsMessageOut` holding the Welcome.
         mls: Vec<u8>,
     },
-    /// A member stuck on a branch that lost asks to be removed and invited again, on the
-    /// group topic. Signed with its credential's key (see [`rejoin_tbs`]).
-    Rejoin {
-        /// The member's name.
-        name: String,
-        /// The epoch it is stuck at.
-        epoch: u64,
-        /// Its epoch-authenticator tag there.
-        auth: [u8; AUTH_TAG_LEN],
-        /// Random, so repeated requests are distinct payloads.
-        nonce: [u8; 16],
-        /// Signature over [`rejoin_tbs`].
-        sig: Vec<u8>,
-    },
     /// The inviter withdraws a Welcome, on the invitee's inbox topic: the add commit it
-    /// came with lost the ordering (the inviter moved to a branch without it), so the
-    /// group state it gives is on a dead branch. Signed with the inviter's credential key
-    /// (see [`void_tbs`]); the invitee checks it against the key of the Welcome's sender.
+    /// came with lost the ordering, so the state it gives is on a dead branch. See
+    /// [`VoidKeys`]: `id` names the Welcome only to whoever joined with it, and `sealed`
+    /// is the inviter's signature over [`void_tbs`], encrypted under a key only the
+    /// members of the join epoch know, so that outsiders cannot link the invitee to the
+    /// group or to the inviter.
     Void {
-        /// The group.
-        group_id: Vec<u8>,
-        /// [`welcome_hash`] of the Welcome withdrawn.
-        welcome: [u8; 32],
-        /// Signature over [`void_tbs`].
-        sig: Vec<u8>,
+        /// [`VoidKeys::id`] of the Welcome withdrawn.
+        id: [u8; 32],
+        /// AEAD ciphertext of the inviter's signature.
+        sealed: Vec<u8>,
     },
 }
 
@@ -71,36 +80,58 @@ pub(crate) fn welcome_hash(mls: &[u8]) -> [u8; 32] {
 
 /// What a [`Wire::Void`] signature covers.
 pub(crate) fn void_tbs(group_id: &[u8], welcome: &[u8; 32]) -> Vec<u8> {
-    let mut out = b"pqmls void welcome v1".to_vec();
+    let mut out = b"pqmls void welcome v2".to_vec();
     out.extend_from_slice(&(group_id.len() as u64).to_be_bytes());
     out.extend_from_slice(group_id);
     out.extend_from_slice(welcome);
     out
 }
 
-/// What a rejoin request's signature covers.
-pub(crate) fn rejoin_tbs(
-    group_id: &[u8],
-    name: &str,
-    epoch: u64,
-    auth: &[u8; AUTH_TAG_LEN],
-    nonce: &[u8; 16],
-) -> Vec<u8> {
-    let mut out = b"pqmls rejoin request v1".to_vec();
-    for field in [group_id, name.as_bytes()] {
-        out.extend_from_slice(&(field.len() as u64).to_be_bytes());
-        out.extend_from_slice(field);
-    }
-    out.extend_from_slice(&epoch.to_be_bytes());
-    out.extend_from_slice(auth);
-    out.extend_from_slice(nonce);
-    out
+/// The exporter label (RFC 9420 §8.5) of the secret behind a Welcome's [`VoidKeys`].
+pub(crate) const VOID_EXPORTER_LABEL: &str = "pqmls void v2";
+
+/// Names and key of a possible [`Wire::Void`] for one Welcome, derived from
+/// `MLS-Exporter("pqmls void v2", welcome hash, 32)` of the epoch the Welcome joins: the
+/// inviter computes it when its add commit merges, the invitee when it joins. Nobody else
+/// outside that epoch's members can compute either value.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct VoidKeys {
+    /// What the Void carries to name the Welcome.
+    pub id: [u8; 32],
+    /// The AEAD key that seals the inviter's signature (the first bytes of a 32-byte
+    /// derivation, as many as the suite's AEAD needs; the nonce is all zero: one message
+    /// per key).
+    pub key: [u8; 32],
 }
 
-/// Whether the view `a` (epoch, epoch-authenticator tag) is ahead of `b`: a later epoch,
-/// or the same epoch with a smaller tag (an arbitrary but shared tie-break).
-pub(crate) fn ahead(a: (u64, [u8; AUTH_TAG_LEN]), b: (u64, [u8; AUTH_TAG_LEN])) -> bool {
-    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
+impl VoidKeys {
+    pub(crate) fn derive(exported: &[u8]) -> Self {
+        let label = |l: &[u8]| -> [u8; 32] {
+            let mut h = Sha256::new();
+            h.update(l);
+            h.update(exported);
+            h.finalize().into()
+        };
+        VoidKeys {
+            id: label(b"pqmls void id v2"),
+            key: label(b"pqmls void key v2"),
+        }
+    }
+}
+
+impl std::fmt::Debug for VoidKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VoidKeys(..)")
+    }
+}
+
+/// Whether `mls` is the canonical TLS encoding of an MLS message: it parses with nothing
+/// left over, and the parsed message serializes back to the same bytes.
+pub(crate) fn canonical_mls(mls: &[u8]) -> bool {
+    MlsMessageIn::tls_deserialize_exact(mls)
+        .ok()
+        .and_then(|m| m.tls_serialize_detached().ok())
+        .is_some_and(|again| again == mls)
 }
 
 impl Wire {
@@ -109,8 +140,19 @@ impl Wire {
         postcard::to_stdvec(self).unwrap_or_default()
     }
 
+    /// Decodes a payload; `None` unless it is the canonical encoding of a [`Wire`] value
+    /// whose MLS message (if any) is canonical too (see the module docs).
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
-        postcard::from_bytes(bytes).ok()
+        let w: Wire = postcard::from_bytes(bytes).ok()?;
+        if w.encode() != bytes {
+            return None;
+        }
+        match &w {
+            Wire::Handshake { mls } | Wire::Application { mls, .. } | Wire::Welcome { mls } => {
+                canonical_mls(mls).then_some(w)
+            }
+            Wire::Void { .. } => Some(w),
+        }
     }
 }
 
@@ -141,8 +183,10 @@ impl AppPayload {
         postcard::to_stdvec(self).unwrap_or_default()
     }
 
+    /// Decodes a plaintext; `None` unless it is the canonical encoding of one.
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
-        postcard::from_bytes(bytes).ok()
+        let p: AppPayload = postcard::from_bytes(bytes).ok()?;
+        (p.encode() == bytes).then_some(p)
     }
 }
 
@@ -157,17 +201,18 @@ pub(crate) fn auth_tag(epoch_authenticator: &[u8]) -> [u8; AUTH_TAG_LEN] {
     out
 }
 
-/// The hash that orders competing commits: SHA-256 over the whole gossip payload.
-pub(crate) fn commit_hash(payload: &[u8]) -> [u8; 32] {
+/// The hash that orders competing commits: SHA-256 over the commit's canonical MLS
+/// message (which names the group and the epoch in its framing).
+pub(crate) fn commit_hash(mls: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(b"pqmls commit order v1");
-    h.update(payload);
+    h.update(b"pqmls commit order v2");
+    h.update(mls);
     h.finalize().into()
 }
 
 /// The inbox topic of a user, where Welcomes for them are published.
-pub(crate) fn inbox_topic(user: &str) -> Topic {
-    let mut id = b"pqmls/inbox/v1/".to_vec();
+pub(crate) fn inbox_topic(user: &UserId) -> Topic {
+    let mut id = b"pqmls/inbox/v2/".to_vec();
     id.extend_from_slice(user.as_bytes());
     Topic::from_group_id(&id)
 }
@@ -196,7 +241,6 @@ impl Slot {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn from_code(code: i64) -> Self {
         match u32::try_from(code) {
             Ok(i) => Slot::OneTime(i),
@@ -205,26 +249,15 @@ impl Slot {
     }
 }
 
-/// The directory key of a user's key package slot.
-pub(crate) fn key_package_key(user: &str, slot: Slot) -> Vec<u8> {
-    let mut k = b"pqmls/kp/v1/".to_vec();
-    k.extend_from_slice(user.as_bytes());
-    match slot {
-        Slot::OneTime(i) => k.extend_from_slice(format!("/{i}").as_bytes()),
-        Slot::LastResort => k.extend_from_slice(b"/last-resort"),
-    }
-    k
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn wire_round_trip_and_garbage() {
-        let w = Wire::Application {
-            auth: [7; AUTH_TAG_LEN],
-            mls: vec![1, 2, 3],
+        let w = Wire::Void {
+            id: [7; 32],
+            sealed: vec![1, 2, 3],
         };
         assert_eq!(Wire::decode(&w.encode()), Some(w));
         assert_eq!(Wire::decode(&[]), None);
@@ -238,12 +271,53 @@ mod tests {
     }
 
     #[test]
-    fn names_are_distinct() {
-        assert_ne!(inbox_topic("a"), group_topic(b"a"));
-        assert_ne!(
-            key_package_key("a", Slot::OneTime(0)),
-            key_package_key("a", Slot::LastResort)
+    fn non_canonical_encodings_are_refused() {
+        let w = Wire::Void {
+            id: [7; 32],
+            sealed: vec![1, 2, 3],
+        };
+        let good = w.encode();
+        // Trailing bytes.
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(Wire::decode(&trailing), None);
+        // An overlong varint for the length of `sealed` (3 as 0x83 0x00).
+        let len_at = good.len() - 4;
+        assert_eq!(good[len_at], 3);
+        let mut overlong = good[..len_at].to_vec();
+        overlong.extend_from_slice(&[0x83, 0x00, 1, 2, 3]);
+        assert!(
+            postcard::from_bytes::<Wire>(&overlong).is_ok(),
+            "postcard alone accepts it"
         );
+        assert_eq!(Wire::decode(&overlong), None);
+        // The same for the application plaintext.
+        let p = AppPayload {
+            uid: [1; 16],
+            sent_ms: 300,
+            content: Content::Leave,
+        };
+        let mut t = p.encode();
+        t.push(1);
+        assert_eq!(AppPayload::decode(&t), None);
+        // A Handshake whose bytes are not an MLS message.
+        let junk = Wire::Handshake { mls: vec![0, 1] }.encode();
+        assert_eq!(Wire::decode(&junk), None);
+    }
+
+    #[test]
+    fn void_keys_are_independent_labels() {
+        let a = VoidKeys::derive(&[1; 32]);
+        let b = VoidKeys::derive(&[2; 32]);
+        assert_ne!(a.id, a.key);
+        assert_ne!(a.id, b.id);
+        assert_eq!(a, VoidKeys::derive(&[1; 32]));
+    }
+
+    #[test]
+    fn names_are_distinct() {
+        let u = UserId::from_bytes([1; 32]);
+        assert_ne!(inbox_topic(&u), group_topic(u.as_bytes()));
         assert_eq!(Slot::from_code(Slot::LastResort.code()), Slot::LastResort);
         assert_eq!(Slot::from_code(Slot::OneTime(3).code()), Slot::OneTime(3));
     }

@@ -25,6 +25,7 @@ fn config(name: &str, dir: &Path, fail_point: Option<FailPoint>) -> Config {
     let mut c = Config::new(name).with_data_dir(dir);
     c.self_update_interval = None;
     c.fail_point = fail_point;
+    c.invitations = pqmls::InvitePolicy::Everyone;
     c
 }
 
@@ -84,10 +85,11 @@ async fn converge(members: &[&Member], g: &GroupId, epoch: u64, names: &[&str]) 
             let Ok(s) = m.client.status(g).await else {
                 return false;
             };
-            if s.pending_commit || s.epoch != epoch || s.members != names {
+            let ms: Vec<String> = s.members.iter().map(|m| m.name.clone()).collect();
+            if s.pending_commit || s.epoch != epoch || ms != names {
                 return false;
             }
-            let v = (s.epoch, s.epoch_authenticator, s.members);
+            let v = (s.epoch, s.epoch_authenticator, ms);
             match &first {
                 None => first = Some(v),
                 Some(f) if *f != v => return false,
@@ -122,7 +124,8 @@ async fn group3(net: &SimNetwork, root: &Path, extra: &[&str]) -> (Vec<Member>, 
     }
     let g = ms[0].client.create_group().await.unwrap();
     for i in 1..3 {
-        ms[0].client.invite(&g, &ms[i].name).await.unwrap();
+        let id = ms[i].client.id();
+        ms[0].client.invite(&g, &id).await.unwrap();
         until("join", async || {
             ms[i].client.groups().await.unwrap().contains(&g)
         })
@@ -404,7 +407,8 @@ async fn offline_catch_up(reopen: bool) {
         ms[0].client.status(&g).await.unwrap().epoch == 3
     })
     .await;
-    ms[0].client.invite(&g, "dave").await.unwrap();
+    let dave = ms[2].client.id();
+    ms[0].client.invite(&g, &dave).await.unwrap();
     until("dave joined", async || {
         ms[2].client.groups().await.unwrap().contains(&g)
     })

@@ -51,7 +51,7 @@ async fn messages(events: &mut Events, n: usize) -> Vec<(String, Vec<u8>)> {
         while got.len() < n {
             if let Event::Message(m) = events.recv().await.expect("event stream ended") {
                 assert!(!m.own, "own message delivered as an event: {m:?}");
-                got.push((m.sender, m.body));
+                got.push((m.sender.name, m.body));
             }
         }
     })
@@ -72,7 +72,7 @@ async fn agree(clients: &[&Client], g: &GroupId, epoch: u64, members: &[&str]) {
                 let Ok(s) = c.status(g).await else {
                     return false;
                 };
-                if s.pending_commit || s.epoch != epoch || s.members != members {
+                if s.pending_commit || s.epoch != epoch || names(&s) != members {
                     return false;
                 }
                 if let Some(f) = &first
@@ -89,7 +89,7 @@ async fn agree(clients: &[&Client], g: &GroupId, epoch: u64, members: &[&str]) {
     // And exactly, once more, now that it held.
     let first = clients[0].status(g).await.unwrap();
     assert_eq!(first.epoch, epoch);
-    assert_eq!(first.members, members);
+    assert_eq!(names(&first), members);
     assert!(!first.epoch_authenticator.is_empty());
     for c in &clients[1..] {
         let s = c.status(g).await.unwrap();
@@ -101,6 +101,10 @@ async fn agree(clients: &[&Client], g: &GroupId, epoch: u64, members: &[&str]) {
             clients[0].name()
         );
     }
+}
+
+fn names(s: &pqmls::GroupStatus) -> Vec<String> {
+    s.members.iter().map(|m| m.name.clone()).collect()
 }
 
 fn pair(sender: &str, body: &str) -> (String, Vec<u8>) {
@@ -121,6 +125,7 @@ async fn scenario(suite: Ciphersuite) {
             .with_suite(suite);
         c.self_update_interval = None;
         c.removal_grace = Duration::from_millis(500);
+        c.invitations = pqmls::InvitePolicy::Everyone;
         Client::start(c, NodeConfig::loopback().with_bootstrap(bootstrap.clone()))
             .await
             .unwrap()
@@ -132,34 +137,33 @@ async fn scenario(suite: Ciphersuite) {
     let mut alice_ev = alice.events();
     let mut bob_ev = bob.events();
     let mut carol_ev = carol.events();
-    pqmls::wait_for_key_packages(&alice, "bob").await.unwrap();
-    pqmls::wait_for_key_packages(&alice, "carol").await.unwrap();
+    pqmls::wait_for_key_packages(&alice, &bob.id())
+        .await
+        .unwrap();
+    pqmls::wait_for_key_packages(&alice, &carol.id())
+        .await
+        .unwrap();
 
     // Create, invite bob, invite carol.
     let g = alice.create_group().await.unwrap();
     assert_eq!(alice.status(&g).await.unwrap().epoch, 0);
-    alice.invite(&g, "bob").await.unwrap();
-    expect_event(&mut bob_ev, "bob joined", |e| {
-        *e == Event::Joined {
-            group: g.clone(),
-            inviter: "alice".into(),
-        }
-    })
+    alice.invite(&g, &bob.id()).await.unwrap();
+    expect_event(
+        &mut bob_ev,
+        "bob joined",
+        |e| matches!(e, Event::Joined { group, inviter } if *group == g && inviter.name == "alice"),
+    )
     .await;
     agree(&[&alice, &bob], &g, 1, &["alice", "bob"]).await;
-    alice.invite(&g, "carol").await.unwrap();
-    expect_event(&mut carol_ev, "carol joined", |e| {
-        *e == Event::Joined {
-            group: g.clone(),
-            inviter: "alice".into(),
-        }
-    })
+    alice.invite(&g, &carol.id()).await.unwrap();
+    expect_event(
+        &mut carol_ev,
+        "carol joined",
+        |e| matches!(e, Event::Joined { group, inviter } if *group == g && inviter.name == "alice"),
+    )
     .await;
     expect_event(&mut bob_ev, "bob saw carol join", |e| {
-        *e == Event::MemberJoined {
-            group: g.clone(),
-            member: "carol".into(),
-        }
+        matches!(e, Event::MemberJoined { group, member } if *group == g && member.name == "carol")
     })
     .await;
     agree(&[&alice, &bob, &carol], &g, 2, &["alice", "bob", "carol"]).await;
@@ -173,7 +177,10 @@ async fn scenario(suite: Ciphersuite) {
         let body = format!("hello from {}", c.name());
         let m = c.send(&g, body.as_bytes()).await.unwrap();
         assert!(m.own);
-        assert_eq!((m.sender.as_str(), m.epoch), (c.name(), 2));
+        assert_eq!(
+            (m.sender.name.as_str(), m.sender.id, m.epoch),
+            (c.name(), c.id(), 2)
+        );
         assert_eq!(m.body, body.as_bytes());
     }
     assert_eq!(
@@ -203,7 +210,7 @@ async fn scenario(suite: Ciphersuite) {
             .await
             .unwrap()
             .into_iter()
-            .map(|m| (m.sender, m.body))
+            .map(|m| (m.sender.name, m.body))
             .collect();
         h.sort();
         assert_eq!(
@@ -220,12 +227,9 @@ async fn scenario(suite: Ciphersuite) {
     agree(&[&alice, &bob, &carol], &g, 2, &["alice", "bob", "carol"]).await;
 
     // Alice removes carol.
-    alice.remove(&g, "carol").await.unwrap();
+    alice.remove(&g, &carol.id()).await.unwrap();
     expect_event(&mut bob_ev, "bob saw carol leave", |e| {
-        *e == Event::MemberLeft {
-            group: g.clone(),
-            member: "carol".into(),
-        }
+        matches!(e, Event::MemberLeft { group, member } if *group == g && member.name == "carol")
     })
     .await;
     agree(&[&alice, &bob], &g, 3, &["alice", "bob"]).await;
@@ -250,12 +254,11 @@ async fn scenario(suite: Ciphersuite) {
 
     // Bob leaves: alice commits his removal and ends alone.
     bob.leave(&g).await.unwrap();
-    expect_event(&mut alice_ev, "alice saw bob leave", |e| {
-        *e == Event::MemberLeft {
-            group: g.clone(),
-            member: "bob".into(),
-        }
-    })
+    expect_event(
+        &mut alice_ev,
+        "alice saw bob leave",
+        |e| matches!(e, Event::MemberLeft { group, member } if *group == g && member.name == "bob"),
+    )
     .await;
     agree(&[&alice], &g, 4, &["alice"]).await;
     expect_event(&mut bob_ev, "bob removed", |e| {

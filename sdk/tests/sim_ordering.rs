@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use pqmls::sim::{Scenario, SimConfig, SimNetwork, TrialReport, run_trial};
-use pqmls::{Client, Config, GroupId};
+use pqmls::{Client, Config, GroupId, InvitePolicy};
 
 fn trial(scenario: Scenario) -> TrialReport {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -86,6 +86,7 @@ fn race(
             c.self_update_interval = None;
             c.settle = Duration::from_millis(50);
             c.one_time_key_packages = 1;
+            c.invitations = InvitePolicy::Everyone;
             clients.push(Client::open(c, t, inbox).await.unwrap());
         }
         let g = scenario(&clients[0], &clients[1], &clients[2]).await;
@@ -108,7 +109,8 @@ fn race(
             stable = if agree { stable + 1 } else { 0 };
             if stable == 2 {
                 // Exactly the members hold the group.
-                let members = views[0].members.clone();
+                let members: Vec<String> =
+                    views[0].members.iter().map(|m| m.name.clone()).collect();
                 assert_eq!(views.len(), members.len(), "holders vs members: {views:?}");
                 return members;
             }
@@ -124,11 +126,11 @@ fn race(
 #[test]
 fn a_welcome_from_a_losing_branch_is_withdrawn() {
     for seed in 0..6 {
-        let members = race(seed, async |a, _b, _c| {
+        let members = race(seed, async |a, b, c| {
             let g = a.create_group().await.unwrap();
-            a.invite(&g, "c").await.unwrap();
+            a.invite(&g, &c.id()).await.unwrap();
             a.leave(&g).await.unwrap();
-            a.invite(&g, "b").await.unwrap();
+            a.invite(&g, &b.id()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(205)).await;
             g
         });
@@ -147,14 +149,14 @@ fn concurrent_updates_and_a_removal_end_on_one_chain() {
     for seed in 0..6 {
         let members = race(seed, async |a, b, c| {
             let g = a.create_group().await.unwrap();
-            a.invite(&g, "b").await.unwrap();
+            a.invite(&g, &b.id()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(305)).await;
-            a.invite(&g, "c").await.unwrap();
+            a.invite(&g, &c.id()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(305)).await;
             for x in [a, b, c] {
                 x.update(&g).await.unwrap();
             }
-            c.remove(&g, "a").await.unwrap();
+            c.remove(&g, &a.id()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(505)).await;
             g
         });

@@ -1,0 +1,426 @@
+//! Operations we want committed (add, remove, update, leave), our own commits and
+//! application messages.
+//!
+//! An operation is an *intent* row that stays until a merged commit of ours did it, and is
+//! committed again in the next epoch if ours lost the ordering. Adds keep the key package
+//! they claimed; a Welcome is sent only when our add commit is merged.
+
+use openmls::prelude::*;
+use rusqlite::params;
+use tokio::time::Instant;
+
+use super::{State, ser};
+use crate::GroupId;
+use crate::config::FailPoint;
+use crate::db::{to_i64, to_u64};
+use crate::error::{Error, Result};
+use crate::event::ReceivedMessage;
+use crate::identity::UserId;
+use crate::wire::{self, AppPayload, Content, Wire};
+
+/// The kinds of intents.
+pub(crate) const ADD: &str = "add";
+pub(crate) const REMOVE: &str = "remove";
+pub(crate) const UPDATE: &str = "update";
+pub(crate) const LEAVE: &str = "leave";
+
+impl State {
+    /// Records an operation to commit and tries to commit it now. `user` is the hex id of
+    /// the member to add or remove (empty for update and leave).
+    pub(crate) fn add_intent(
+        &mut self,
+        gid: &GroupId,
+        kind: &str,
+        user: Option<&UserId>,
+        key_package: Option<Vec<u8>>,
+    ) -> Result<()> {
+        self.active_members(gid)?;
+        let user = user.map(UserId::to_string).unwrap_or_default();
+        self.tx(|s| {
+            s.db().execute(
+                "INSERT INTO pqmls_intents (group_id, kind, user, key_package) VALUES (?1, ?2, ?3, ?4)",
+                params![gid.0, kind, user, key_package],
+            )?;
+            s.drive_intents(gid)
+        })
+    }
+
+    /// Commits the first outstanding operation of a group, unless a commit of ours is
+    /// already waiting to be ordered; drops operations the group already reflects.
+    pub(crate) fn drive_intents(&mut self, gid: &GroupId) -> Result<()> {
+        let Some(group) = self.groups.get(gid) else {
+            return Ok(());
+        };
+        if !group.mls.is_active() || group.mls.pending_commit().is_some() {
+            return Ok(());
+        }
+        let epoch = group.mls.epoch().as_u64();
+        let own = group.mls.own_leaf_index().u32();
+        let intents: Vec<(i64, String, String, Option<Vec<u8>>)> = self
+            .db()
+            .prepare_cached(
+                "SELECT id, kind, user, key_package FROM pqmls_intents WHERE group_id = ?1 AND done_epoch IS NULL ORDER BY id",
+            )?
+            .query_map([&gid.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, kind, user, key_package) in intents {
+            let target: Option<UserId> = user.parse().ok();
+            let members = self.member_list(gid)?;
+            let leaf =
+                target.and_then(|t| members.iter().find(|(_, m)| m.id == t).map(|(i, _)| *i));
+            match kind.as_str() {
+                ADD => {
+                    let Some(target) = target else {
+                        self.drop_intent(id)?;
+                        continue;
+                    };
+                    if leaf.is_some() {
+                        self.drop_intent(id)?;
+                        continue;
+                    }
+                    let Some(kp_bytes) = key_package else {
+                        self.todo.fetch.push((id, target));
+                        continue;
+                    };
+                    let kp = match self.validate_key_package(&target, &kp_bytes) {
+                        Ok(kp) => kp,
+                        Err(e) => {
+                            tracing::warn!("dropping the invitation of {}: {e}", target.short());
+                            self.drop_intent(id)?;
+                            continue;
+                        }
+                    };
+                    let (commit, welcome) = {
+                        let g = self
+                            .groups
+                            .get_mut(gid)
+                            .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
+                        match g.mls.add_members(&self.provider, &self.signer, &[kp]) {
+                            Ok((commit, welcome, _)) => (commit, Some(welcome)),
+                            Err(e) => {
+                                self.refused_intent(id, &kind, &user, &e)?;
+                                continue;
+                            }
+                        }
+                    };
+                    return self.own_commit(
+                        gid,
+                        epoch,
+                        id,
+                        &commit,
+                        welcome.as_ref(),
+                        Some(&target),
+                    );
+                }
+                REMOVE => {
+                    let Some(leaf) = leaf.filter(|l| *l != own) else {
+                        // Gone already, or our own leaf (MLS forbids committing our own
+                        // removal; `Client::remove` refuses it, older rows may hold it).
+                        self.drop_intent(id)?;
+                        continue;
+                    };
+                    let commit = {
+                        let g = self
+                            .groups
+                            .get_mut(gid)
+                            .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
+                        match g.mls.remove_members(
+                            &self.provider,
+                            &self.signer,
+                            &[LeafNodeIndex::new(leaf)],
+                        ) {
+                            Ok((commit, _, _)) => commit,
+                            Err(e) => {
+                                self.refused_intent(id, &kind, &user, &e)?;
+                                continue;
+                            }
+                        }
+                    };
+                    return self.own_commit(gid, epoch, id, &commit, None, None);
+                }
+                UPDATE => {
+                    let commit = {
+                        let g = self
+                            .groups
+                            .get_mut(gid)
+                            .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
+                        match g.mls.self_update(
+                            &self.provider,
+                            &self.signer,
+                            LeafNodeParameters::default(),
+                        ) {
+                            Ok(bundle) => bundle.commit().clone(),
+                            Err(e) => {
+                                self.refused_intent(id, &kind, &user, &e)?;
+                                continue;
+                            }
+                        }
+                    };
+                    return self.own_commit(gid, epoch, id, &commit, None, None);
+                }
+                LEAVE => {
+                    let g = self.group(gid)?;
+                    if g.leave_sent != Some(epoch) {
+                        self.send_content(gid, Content::Leave)?;
+                        self.group_mut(gid)?.leave_sent = Some(epoch);
+                    }
+                }
+                _ => self.drop_intent(id)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops an operation OpenMLS refuses to commit. Propagating the error would roll
+    /// back the whole step (a merge, say) and leave the refused row to fail every step
+    /// after it.
+    fn refused_intent(
+        &mut self,
+        id: i64,
+        kind: &str,
+        user: &str,
+        e: &impl std::fmt::Display,
+    ) -> Result<()> {
+        tracing::warn!("dropping the {kind} of {user:?}: OpenMLS refused to commit it: {e}");
+        self.drop_intent(id)
+    }
+
+    pub(crate) fn drop_intent(&mut self, id: i64) -> Result<()> {
+        self.db()
+            .prepare_cached("DELETE FROM pqmls_intents WHERE id = ?1")?
+            .execute([id])?;
+        Ok(())
+    }
+
+    /// Gives an add intent the key package fetched for it.
+    pub(crate) fn set_intent_key_package(
+        &mut self,
+        gid: &GroupId,
+        id: i64,
+        kp: Vec<u8>,
+    ) -> Result<()> {
+        self.tx(|s| {
+            s.db().execute(
+                "UPDATE pqmls_intents SET key_package = ?2 WHERE id = ?1",
+                params![id, kp],
+            )?;
+            s.drive_intents(gid)
+        })
+    }
+
+    /// Drops an add intent whose user has no key package.
+    pub(crate) fn abandon_intent(&mut self, id: i64) -> Result<()> {
+        self.tx(|s| s.drop_intent(id))
+    }
+
+    /// Publishes an own commit as a candidate for `epoch`.
+    fn own_commit(
+        &mut self,
+        gid: &GroupId,
+        epoch: u64,
+        intent: i64,
+        commit: &MlsMessageOut,
+        welcome: Option<&MlsMessageOut>,
+        invitee: Option<&UserId>,
+    ) -> Result<()> {
+        let mls = ser(commit)?;
+        let hash = wire::commit_hash(&mls);
+        let payload = Wire::Handshake { mls }.encode();
+        let welcome = welcome.map(ser).transpose()?;
+        // OpenMLS holds one pending commit, this one: an older own candidate still
+        // waiting (one made on a branch we have since left) can no longer be merged, and
+        // must not stand for this one when `try_merge` merges "the" pending commit.
+        self.db()
+            .prepare_cached(
+                "UPDATE pqmls_commits SET merged = -1 WHERE group_id = ?1 AND own = 1 AND merged = 0",
+            )?
+            .execute([&gid.0])?;
+        self.db().execute(
+            "INSERT OR IGNORE INTO pqmls_commits (group_id, epoch, hash, payload, own, welcome, invitee, intent)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7)",
+            params![
+                gid.0,
+                to_i64(epoch),
+                &hash[..],
+                payload,
+                welcome,
+                invitee.map(UserId::to_string),
+                intent
+            ],
+        )?;
+        self.stats.last_commit_bytes = payload.len() as u64;
+        let topic = self.group(gid)?.topic.clone();
+        self.enqueue(&topic, payload)?;
+        self.armed = Some(FailPoint::CommitBeforePublish);
+        let settle = self.config.settle;
+        let g = self.group_mut(gid)?;
+        if g.settle_at.is_none() {
+            g.settle_at = Some(Instant::now() + settle);
+        }
+        Ok(())
+    }
+
+    /// Encrypts an application message into the outbox and the history.
+    pub(crate) fn send(&mut self, gid: &GroupId, body: &[u8]) -> Result<ReceivedMessage> {
+        if body.len() > self.config.max_message_size {
+            return Err(Error::MessageTooLarge {
+                len: body.len(),
+                max: self.config.max_message_size,
+            });
+        }
+        let g = self.group(gid)?;
+        if !g.mls.is_active() {
+            return Err(Error::NotMember(gid.clone()));
+        }
+        self.tx(|s| {
+            let m = s.send_content(gid, Content::Text(body.to_vec()))?;
+            s.armed = Some(FailPoint::SendBeforePublish);
+            Ok(m)
+        })
+    }
+
+    fn send_content(&mut self, gid: &GroupId, content: Content) -> Result<ReceivedMessage> {
+        let payload = AppPayload {
+            uid: self.random::<16>()?,
+            sent_ms: self.wall_ms(),
+            content,
+        };
+        self.encrypt_app(gid, &payload)?;
+        let epoch = self.group(gid)?.mls.epoch().as_u64();
+        let me = crate::identity::Member {
+            id: self.id,
+            name: self.name.clone(),
+        };
+        let body = match &payload.content {
+            Content::Text(b) => b.clone(),
+            Content::Leave => {
+                return Ok(ReceivedMessage {
+                    group: gid.clone(),
+                    sender: me,
+                    body: Vec::new(),
+                    epoch,
+                    sent_ms: payload.sent_ms,
+                    own: true,
+                    seq: -1,
+                });
+            }
+        };
+        let seq = self
+            .db()
+            .prepare_cached(
+                "INSERT INTO pqmls_messages (group_id, uid, sender, sender_id, epoch, sent_ms, own, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)",
+            )?
+            .insert(params![
+                gid.0,
+                &payload.uid[..],
+                self.name,
+                &self.id.0[..],
+                to_i64(epoch),
+                to_i64(payload.sent_ms),
+                body
+            ])?;
+        Ok(ReceivedMessage {
+            group: gid.clone(),
+            sender: me,
+            body,
+            epoch,
+            sent_ms: payload.sent_ms,
+            own: true,
+            seq,
+        })
+    }
+
+    pub(crate) fn encrypt_app(&mut self, gid: &GroupId, payload: &AppPayload) -> Result<()> {
+        let plain = payload.encode();
+        let (out, auth, topic) = {
+            let g = self
+                .groups
+                .get_mut(gid)
+                .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
+            let out = g
+                .mls
+                .create_message(&self.provider, &self.signer, &plain)
+                .map_err(crate::error::mls)?;
+            let auth = wire::auth_tag(g.mls.epoch_authenticator().as_slice());
+            (out, auth, g.topic.clone())
+        };
+        let wire = Wire::Application {
+            auth,
+            mls: ser(&out)?,
+        }
+        .encode();
+        self.stats.last_message_bytes = wire.len() as u64;
+        self.enqueue(&topic, wire)
+    }
+
+    /// Re-sends our messages recorded at `from_epoch` or later, or with `from_epoch` -1,
+    /// those marked -1 (sent on a state that turned out dead), at the current epoch
+    /// (receivers drop the ones they already have, by uid). Called only when the current
+    /// state continues the one they were sent in (a branch move, or a Welcome from a
+    /// member we know, see [`crate::trust::welcome_action`]).
+    pub(crate) fn resend_own(&mut self, gid: &GroupId, from_epoch: i64) -> Result<()> {
+        let now_epoch = self.group(gid)?.mls.epoch().as_u64();
+        let (sql, arg) = if from_epoch < 0 {
+            (
+                "SELECT uid, sent_ms, body FROM pqmls_messages WHERE group_id = ?1 AND own = 1 AND epoch = ?2 ORDER BY seq",
+                -1,
+            )
+        } else {
+            (
+                "SELECT uid, sent_ms, body FROM pqmls_messages WHERE group_id = ?1 AND own = 1 AND epoch >= ?2 ORDER BY seq",
+                from_epoch,
+            )
+        };
+        let resend: Vec<(Vec<u8>, i64, Vec<u8>)> = self
+            .db()
+            .prepare_cached(sql)?
+            .query_map(params![gid.0, arg], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (uid, sent_ms, body) in resend {
+            let Ok(u) = <[u8; 16]>::try_from(uid.as_slice()) else {
+                continue;
+            };
+            let payload = AppPayload {
+                uid: u,
+                sent_ms: to_u64(sent_ms),
+                content: Content::Text(body),
+            };
+            self.encrypt_app(gid, &payload)?;
+            self.db().execute(
+                "UPDATE pqmls_messages SET epoch = ?3 WHERE group_id = ?1 AND uid = ?2",
+                params![gid.0, uid, to_i64(now_epoch)],
+            )?;
+            self.stats.resent += 1;
+        }
+        Ok(())
+    }
+
+    /// Queues self-updates for groups whose last one is older than the interval.
+    pub(crate) fn schedule_updates(&mut self) -> Result<()> {
+        let Some(interval) = self.config.self_update_interval else {
+            return Ok(());
+        };
+        let due_before = to_i64(
+            self.wall_ms()
+                .saturating_sub(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX)),
+        );
+        let due: Vec<Vec<u8>> = self
+            .db()
+            .prepare_cached(
+                "SELECT g.group_id FROM pqmls_groups g WHERE g.active = 1 AND g.last_update_ms < ?1
+                 AND NOT EXISTS (SELECT 1 FROM pqmls_intents i WHERE i.group_id = g.group_id AND i.kind = 'update')",
+            )?
+            .query_map([due_before], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for id in due {
+            let gid = GroupId(id);
+            if self.groups.contains_key(&gid) {
+                self.add_intent(&gid, UPDATE, None, None)?;
+            }
+        }
+        Ok(())
+    }
+}

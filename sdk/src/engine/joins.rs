@@ -1,0 +1,605 @@
+//! Welcomes: new invitations and consent, Welcomes kept aside for a group we hold,
+//! re-invitations that continue a dead state, and withdrawals (`Void`).
+//!
+//! What a Welcome may do is decided by [`crate::trust::welcome_action`]; this module
+//! gathers the facts (what we hold of the group, whether the sender's key is one we know
+//! in it) and carries the decision out. Every Welcome is processed inside a SQLite
+//! savepoint that is rolled back unless we join: OpenMLS deletes the key package a Welcome
+//! names before it has validated the rest of it, so a forged Welcome, one kept aside or
+//! one waiting for consent must not burn a key package.
+
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::*;
+use openmls_traits::OpenMlsProvider;
+use openmls_traits::crypto::OpenMlsCrypto;
+use openmls_traits::signatures::Signer as _;
+use openmls_traits::types::AeadType;
+use rusqlite::{OptionalExtension, params};
+
+use super::{Outcome, State, mono_ms};
+use crate::GroupId;
+use crate::db::{self, to_i64, to_u64};
+use crate::error::{Error, Result, mls};
+use crate::event::{Event, Invitation};
+use crate::identity::{Member, UserId};
+use crate::trust::{Held, WelcomeAction, join_without_asking, welcome_action};
+use crate::wire::{self, VOID_EXPORTER_LABEL, VoidKeys, Wire};
+
+/// Where a Welcome comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Just arrived on our inbox.
+    Inbox,
+    /// Kept aside earlier, tried again now that our state is dead.
+    Kept,
+    /// A pending invitation the application accepted.
+    Accepted,
+}
+
+/// What a Welcome gave.
+#[derive(Debug)]
+enum Join {
+    Joined,
+    Refused,
+    /// Kept aside: (group, epoch, sender).
+    KeptAside(GroupId, u64, UserId),
+    /// Held for consent.
+    Invitation(GroupId, u64, Member),
+}
+
+/// The AEAD of a suite, with its key length (the nonce is 12 bytes for all three).
+fn void_aead(suite: Ciphersuite) -> (AeadType, usize) {
+    let aead = suite.aead_algorithm();
+    (aead, aead.key_size())
+}
+
+impl State {
+    /// A Welcome on our inbox.
+    pub(crate) fn on_welcome(&mut self, bytes: &[u8]) -> Result<Outcome> {
+        let rate = f64::from(self.config.limits.welcomes_per_min) / 60.0;
+        let burst = self.config.limits.welcomes_per_min.max(1);
+        if !self.welcome_budget.take(rate, burst, mono_ms()) {
+            return Ok(Outcome::Deferred);
+        }
+        self.welcome(bytes, Source::Inbox)?;
+        Ok(Outcome::Done)
+    }
+
+    /// Retries the Welcomes kept for a group whose state is dead, newest epoch first,
+    /// until one joins.
+    pub(crate) fn retry_welcomes(&mut self, gid: &GroupId) -> Result<()> {
+        let rows: Vec<(i64, Vec<u8>)> = self
+            .db()
+            .prepare_cached("SELECT id, payload FROM pqmls_welcomes WHERE group_id = ?1 ORDER BY epoch DESC, id DESC")?
+            .query_map([&gid.0], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, payload) in rows {
+            self.db()
+                .execute("DELETE FROM pqmls_welcomes WHERE id = ?1", [id])?;
+            if self.welcome(&payload, Source::Kept)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a Welcome; `true` if we joined.
+    pub(crate) fn welcome(&mut self, bytes: &[u8], source: Source) -> Result<bool> {
+        let Ok(msg) = MlsMessageIn::tls_deserialize_exact(bytes) else {
+            self.stats.malformed += 1;
+            return Ok(false);
+        };
+        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+            self.stats.malformed += 1;
+            return Ok(false);
+        };
+        let hash = wire::welcome_hash(bytes);
+        self.db().execute_batch("SAVEPOINT pqmls_welcome")?;
+        let outcome = self.join(welcome, &hash, source);
+        if !matches!(outcome, Ok(Join::Joined)) {
+            self.db()
+                .execute_batch("ROLLBACK TO pqmls_welcome; RELEASE pqmls_welcome")?;
+            // `join` may have dropped the state the Welcome was to replace.
+            self.reload_groups()?;
+        }
+        match outcome? {
+            Join::Joined => {
+                self.db().execute_batch("RELEASE pqmls_welcome")?;
+                self.todo.key_packages = true;
+                Ok(true)
+            }
+            Join::Refused => Ok(false),
+            Join::KeptAside(gid, epoch, sender) => {
+                self.keep_aside(&gid, epoch, &sender, bytes)?;
+                Ok(false)
+            }
+            Join::Invitation(gid, epoch, inviter) => {
+                self.hold_invitation(&gid, epoch, &inviter, &hash, bytes)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Keeps a Welcome for a group we hold, within the per-group cap (oldest dropped).
+    fn keep_aside(
+        &mut self,
+        gid: &GroupId,
+        epoch: u64,
+        sender: &UserId,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let exists: bool = self.db().query_row(
+            "SELECT EXISTS (SELECT 1 FROM pqmls_welcomes WHERE group_id = ?1 AND payload = ?2)",
+            params![gid.0, bytes],
+            |r| r.get(0),
+        )?;
+        if exists {
+            self.stats.duplicates += 1;
+            return Ok(());
+        }
+        self.db().execute(
+            "INSERT INTO pqmls_welcomes (group_id, epoch, payload, inviter_id) VALUES (?1, ?2, ?3, ?4)",
+            params![gid.0, to_i64(epoch), bytes, &sender.0[..]],
+        )?;
+        let cap = to_i64(self.config.limits.kept_welcomes as u64);
+        self.db().execute(
+            "DELETE FROM pqmls_welcomes WHERE group_id = ?1 AND id NOT IN
+             (SELECT id FROM pqmls_welcomes WHERE group_id = ?1 ORDER BY id DESC LIMIT ?2)",
+            params![gid.0, cap],
+        )?;
+        Ok(())
+    }
+
+    /// Holds an invitation for the application's consent (caps: per inviter, then over
+    /// all, oldest dropped first).
+    fn hold_invitation(
+        &mut self,
+        gid: &GroupId,
+        epoch: u64,
+        inviter: &Member,
+        hash: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<()> {
+        let exists: bool = self.db().query_row(
+            "SELECT EXISTS (SELECT 1 FROM pqmls_invitations WHERE welcome_hash = ?1)",
+            [&hash[..]],
+            |r| r.get(0),
+        )?;
+        if exists {
+            self.stats.duplicates += 1;
+            return Ok(());
+        }
+        let from_inviter: i64 = self.db().query_row(
+            "SELECT COUNT(*) FROM pqmls_invitations WHERE inviter_id = ?1",
+            [&inviter.id.0[..]],
+            |r| r.get(0),
+        )?;
+        if to_u64(from_inviter) >= self.config.limits.invitations_per_inviter as u64 {
+            self.stats.ignored += 1;
+            return Ok(());
+        }
+        let received_ms = self.wall_ms();
+        let id = self
+            .db()
+            .prepare_cached(
+                "INSERT INTO pqmls_invitations (group_id, inviter_id, inviter_name, epoch, received_ms, welcome_hash, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .insert(params![
+                gid.0,
+                &inviter.id.0[..],
+                inviter.name,
+                to_i64(epoch),
+                to_i64(received_ms),
+                &hash[..],
+                bytes
+            ])?;
+        let cap = to_i64(self.config.limits.invitations as u64);
+        self.db().execute(
+            "DELETE FROM pqmls_invitations WHERE id NOT IN
+             (SELECT id FROM pqmls_invitations ORDER BY id DESC LIMIT ?1)",
+            [cap],
+        )?;
+        self.check_contact_key(inviter);
+        self.events.push(Event::Invited(Invitation {
+            id: to_u64(id),
+            group: gid.clone(),
+            inviter: inviter.clone(),
+            received_ms,
+        }));
+        Ok(())
+    }
+
+    /// The pending invitations, oldest first.
+    pub(crate) fn invitations(&self) -> Result<Vec<Invitation>> {
+        type Row = (i64, Vec<u8>, Vec<u8>, String, i64);
+        let rows: Vec<Row> = self
+            .db()
+            .prepare(
+                "SELECT id, group_id, inviter_id, inviter_name, received_ms FROM pqmls_invitations ORDER BY id",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, group, inviter, name, at)| {
+                Some(Invitation {
+                    id: to_u64(id),
+                    group: GroupId(group),
+                    inviter: Member {
+                        id: UserId(inviter.try_into().ok()?),
+                        name,
+                    },
+                    received_ms: to_u64(at),
+                })
+            })
+            .collect())
+    }
+
+    /// Accepts a pending invitation: joins from its Welcome. `Ok(false)` if the Welcome can
+    /// no longer be used (its key package is gone, the group was joined meanwhile).
+    pub(crate) fn accept_invitation(&mut self, id: u64) -> Result<bool> {
+        self.tx(|s| {
+            let payload: Option<Vec<u8>> = s
+                .db()
+                .query_row(
+                    "SELECT payload FROM pqmls_invitations WHERE id = ?1",
+                    [to_i64(id)],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(payload) = payload else {
+                return Err(Error::UnknownInvitation(id));
+            };
+            s.db()
+                .execute("DELETE FROM pqmls_invitations WHERE id = ?1", [to_i64(id)])?;
+            s.welcome(&payload, Source::Accepted)
+        })
+    }
+
+    /// Declines (forgets) a pending invitation.
+    pub(crate) fn decline_invitation(&mut self, id: u64) -> Result<()> {
+        self.tx(|s| {
+            let n = s
+                .db()
+                .execute("DELETE FROM pqmls_invitations WHERE id = ?1", [to_i64(id)])?;
+            if n == 0 {
+                return Err(Error::UnknownInvitation(id));
+            }
+            Ok(())
+        })
+    }
+
+    /// What we hold of a group, for [`welcome_action`].
+    fn held(&self, gid: &GroupId) -> Result<Held> {
+        Ok(match self.groups.get(gid) {
+            Some(g) if g.mls.is_active() => Held::Live,
+            // Removed by a merged commit, in the grace period.
+            Some(_) => Held::Dead,
+            // Left, removed, or dropped after a withdrawal.
+            None if self.ever_member(gid)? => Held::Dead,
+            None => Held::Unknown,
+        })
+    }
+
+    /// Joins from a Welcome, or decides not to.
+    fn join(&mut self, welcome: Welcome, hash: &[u8; 32], source: Source) -> Result<Join> {
+        let processed = match ProcessedWelcome::new_from_welcome(
+            &self.provider,
+            &self.join_config(),
+            welcome,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("{}: dropping a Welcome: {e:?}", self.name);
+                self.stats.rejected += 1;
+                return Ok(Join::Refused);
+            }
+        };
+        let info = processed.unverified_group_info();
+        let gid = GroupId(info.group_id().as_slice().to_vec());
+        let epoch = info.epoch().as_u64();
+        // Staging verifies the GroupInfo signature and the tree (RFC 9420 §12.4.3.1), so
+        // the sender below is the member whose key signed it.
+        let staged = match processed.into_staged_welcome(&self.provider, None) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("{}: dropping a Welcome: {e:?}", self.name);
+                self.stats.rejected += 1;
+                return Ok(Join::Refused);
+            }
+        };
+        let Ok(sender) = staged.welcome_sender() else {
+            self.stats.rejected += 1;
+            return Ok(Join::Refused);
+        };
+        let inviter = self.member_of(sender.credential(), sender.signature_key().as_slice());
+        let inviter_key = sender.signature_key().as_slice().to_vec();
+        let held = self.held(&gid)?;
+        let known = self.known_in_group(&gid, &inviter.id)?;
+        match welcome_action(held, known) {
+            WelcomeAction::Refuse => {
+                tracing::debug!(
+                    "{}: refusing a Welcome to {gid} from {} (a key never seen in it)",
+                    self.name,
+                    inviter.id.short()
+                );
+                self.stats.rejected += 1;
+                return Ok(Join::Refused);
+            }
+            WelcomeAction::KeepAside => return Ok(Join::KeptAside(gid, epoch, inviter.id)),
+            WelcomeAction::Invitation => {
+                let ask = source != Source::Accepted
+                    && !join_without_asking(self.config.invitations, self.is_contact(&inviter.id)?);
+                if ask {
+                    return Ok(Join::Invitation(gid, epoch, inviter));
+                }
+            }
+            WelcomeAction::Continue => {}
+        }
+        let exported = staged
+            .export_secret(self.provider.crypto(), VOID_EXPORTER_LABEL, hash, 32)
+            .map_err(mls)?;
+        let void = VoidKeys::derive(&exported);
+        if self.voided(&gid, hash, &void, &inviter_key)? {
+            tracing::debug!("{}: dropping a Welcome its sender withdrew", self.name);
+            self.stats.ignored += 1;
+            return Ok(Join::Refused);
+        }
+        tracing::debug!("{}: joining {gid} at epoch {epoch}", self.name);
+        let replaced_epoch = self
+            .groups
+            .get(&gid)
+            .filter(|g| g.mls.is_active())
+            .map(|g| g.mls.epoch().as_u64());
+        if let Some(mut old) = self.groups.remove(&gid) {
+            // Removed and invited again: the new Welcome replaces the old state, whose
+            // snapshots and plans are void.
+            self.topics.remove(&old.topic);
+            old.mls
+                .delete(self.provider.storage())
+                .map_err(Error::Database)?;
+            // The old state's snapshots of earlier epochs stay: late messages of those
+            // epochs (before a removal and re-invitation) can still be read with them.
+            db::drop_snapshots_from(self.db(), &gid.0, epoch)?;
+            self.db()
+                .execute("DELETE FROM pqmls_intents WHERE group_id = ?1", [&gid.0])?;
+            self.db()
+                .execute("DELETE FROM pqmls_epochs WHERE group_id = ?1", [&gid.0])?;
+        }
+        // A fresh state: what we merged or found invalid on an earlier state of this group
+        // says nothing about this one, and every commit of others is a candidate again.
+        self.db().execute(
+            "UPDATE pqmls_commits SET merged = CASE own WHEN 1 THEN -1 ELSE 0 END WHERE group_id = ?1",
+            [&gid.0],
+        )?;
+        let group = staged.into_group(&self.provider).map_err(mls)?;
+        self.add_group(&gid, group)?;
+        self.db().execute(
+            "INSERT OR REPLACE INTO pqmls_joins (group_id, welcome_hash, inviter_key, joined_seq, epoch, void_id, void_key)
+             VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) FROM pqmls_messages), ?4, ?5, ?6)",
+            params![gid.0, &hash[..], inviter_key, to_i64(epoch), &void.id[..], &void.key[..]],
+        )?;
+        self.db().execute(
+            "DELETE FROM pqmls_invitations WHERE group_id = ?1",
+            [&gid.0],
+        )?;
+        self.check_contact_key(&inviter);
+        self.events.push(Event::Joined {
+            group: gid.clone(),
+            inviter,
+        });
+        // Catch up from the start of the topic's history: after a rejoin our cursor may be
+        // past commits we skipped while we did not hold the group (seen ids make the
+        // messages we did handle cheap to skip).
+        let topic = wire::group_topic(&gid.0);
+        self.db().execute(
+            "DELETE FROM pqmls_cursors WHERE topic = ?1",
+            [topic.as_str()],
+        )?;
+        self.todo.sync.insert(gid.clone());
+        self.replay_pending(&gid)?;
+        if let Some(old_epoch) = replaced_epoch {
+            // Our recent messages may have gone to a branch that lost.
+            self.resend_own(
+                &gid,
+                to_i64(old_epoch.saturating_sub(self.config.rollback_window)),
+            )?;
+        } else {
+            // Those sent on a state whose Welcome was withdrawn.
+            self.resend_own(&gid, -1)?;
+        }
+        Ok(Join::Joined)
+    }
+
+    /// Opens a sealed Void with `keys` and checks the signature in it: the inviter's
+    /// (`inviter_key`) over [`wire::void_tbs`] of this group and Welcome.
+    fn void_valid(
+        &self,
+        gid: &GroupId,
+        hash: &[u8; 32],
+        keys: &VoidKeys,
+        inviter_key: &[u8],
+        sealed: &[u8],
+    ) -> bool {
+        let (aead, key_len) = void_aead(self.config.suite);
+        let Some(key) = keys.key.get(..key_len) else {
+            return false;
+        };
+        let Ok(sig) = self
+            .provider
+            .crypto()
+            .aead_decrypt(aead, key, sealed, &[0u8; 12], &keys.id)
+        else {
+            return false;
+        };
+        self.provider
+            .crypto()
+            .verify_signature(
+                self.config.suite.signature_algorithm(),
+                &wire::void_tbs(&gid.0, hash),
+                inviter_key,
+                &sig,
+            )
+            .is_ok()
+    }
+
+    /// Whether a Void received earlier withdraws this Welcome.
+    fn voided(
+        &self,
+        gid: &GroupId,
+        hash: &[u8; 32],
+        keys: &VoidKeys,
+        inviter_key: &[u8],
+    ) -> Result<bool> {
+        let sealed: Option<Vec<u8>> = self
+            .db()
+            .query_row(
+                "SELECT sealed FROM pqmls_voids WHERE void_id = ?1",
+                [&keys.id[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(sealed.is_some_and(|s| self.void_valid(gid, hash, keys, inviter_key, &s)))
+    }
+
+    /// A withdrawal on our inbox. If it names the Welcome we joined a group with and the
+    /// signature inside is that Welcome's sender's, our state is on a dead branch: it is
+    /// dropped, and Welcomes kept aside are tried. Otherwise it is kept (within a cap), for
+    /// a Welcome that may still arrive.
+    pub(crate) fn on_void(&mut self, id: &[u8; 32], sealed: &[u8]) -> Result<Outcome> {
+        type JoinRow = (Vec<u8>, Vec<u8>, Vec<u8>, i64, Vec<u8>);
+        let joined: Option<JoinRow> = self
+            .db()
+            .query_row(
+                "SELECT group_id, welcome_hash, inviter_key, joined_seq, void_key FROM pqmls_joins WHERE void_id = ?1",
+                [&id[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let Some((group, hash, inviter_key, joined_seq, key)) = joined else {
+            self.db().execute(
+                "INSERT OR IGNORE INTO pqmls_voids (void_id, sealed, received_ms) VALUES (?1, ?2, ?3)",
+                params![&id[..], sealed, to_i64(self.wall_ms())],
+            )?;
+            let cap = to_i64(self.config.limits.voids as u64);
+            self.db().execute(
+                "DELETE FROM pqmls_voids WHERE void_id NOT IN
+                 (SELECT void_id FROM pqmls_voids ORDER BY received_ms DESC, rowid DESC LIMIT ?1)",
+                [cap],
+            )?;
+            self.stats.ignored += 1;
+            return Ok(Outcome::Done);
+        };
+        let gid = GroupId(group);
+        let (Ok(hash), Ok(key)) = (<[u8; 32]>::try_from(hash), <[u8; 32]>::try_from(key)) else {
+            self.stats.rejected += 1;
+            return Ok(Outcome::Done);
+        };
+        let keys = VoidKeys { id: *id, key };
+        if !self.groups.contains_key(&gid) {
+            self.stats.ignored += 1;
+            return Ok(Outcome::Done);
+        }
+        if !self.void_valid(&gid, &hash, &keys, &inviter_key, sealed) {
+            self.stats.rejected += 1;
+            return Ok(Outcome::Done);
+        }
+        tracing::debug!(
+            "{}: the Welcome we joined {gid} with was withdrawn: leaving its dead branch",
+            self.name
+        );
+        self.db()
+            .execute("DELETE FROM pqmls_joins WHERE group_id = ?1", [&gid.0])?;
+        // What we sent on that state reached nobody on the live branch: it goes out again
+        // (epoch -1 marks it) when we are in the group again.
+        self.db().execute(
+            "UPDATE pqmls_messages SET epoch = -1 WHERE group_id = ?1 AND own = 1 AND seq > ?2",
+            params![gid.0, joined_seq],
+        )?;
+        // Invitations we made on that state went to the dead branch too.
+        self.void_abandoned(&gid, 0, &[])?;
+        self.deactivate(&gid, true)?;
+        self.retry_welcomes(&gid)?;
+        Ok(Outcome::Done)
+    }
+
+    /// Withdraws the Welcomes of our add commits at `from_epoch` and later on the branch
+    /// we are leaving (merged, other than `keep`): their invitees joined a dead branch.
+    pub(crate) fn void_abandoned(
+        &mut self,
+        gid: &GroupId,
+        from_epoch: u64,
+        keep: &[u8],
+    ) -> Result<()> {
+        type Row = (Vec<u8>, String, Vec<u8>, Vec<u8>);
+        let rows: Vec<Row> = self
+            .db()
+            .prepare_cached(
+                "SELECT welcome, invitee, void_id, void_key FROM pqmls_commits WHERE group_id = ?1 AND epoch >= ?2
+                 AND merged = 1 AND own = 1 AND hash != ?3 AND welcome IS NOT NULL AND invitee IS NOT NULL
+                 AND void_id IS NOT NULL AND void_key IS NOT NULL",
+            )?
+            .query_map(params![gid.0, to_i64(from_epoch), keep], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let (aead, key_len) = void_aead(self.config.suite);
+        for (welcome, invitee, id, key) in rows {
+            let (Ok(invitee), Ok(id)) = (invitee.parse::<UserId>(), <[u8; 32]>::try_from(id))
+            else {
+                continue;
+            };
+            let hash = wire::welcome_hash(&welcome);
+            let sig = self
+                .signer
+                .sign(&wire::void_tbs(&gid.0, &hash))
+                .map_err(|e| Error::Crypto(format!("{e:?}")))?;
+            let sealed = self
+                .provider
+                .crypto()
+                .aead_encrypt(
+                    aead,
+                    key.get(..key_len).unwrap_or(&key),
+                    &sig,
+                    &[0u8; 12],
+                    &id,
+                )
+                .map_err(|e| Error::Crypto(format!("{e:?}")))?;
+            tracing::debug!(
+                "{}: withdrawing the Welcome of {} to {gid}",
+                self.name,
+                invitee.short()
+            );
+            let payload = Wire::Void { id, sealed }.encode();
+            self.enqueue(&wire::inbox_topic(&invitee), payload)?;
+        }
+        Ok(())
+    }
+
+    /// After our add commit merged: the Welcome goes out, and the keys of a possible
+    /// withdrawal of it are derived from the new epoch (the invitee derives the same when
+    /// it joins).
+    pub(crate) fn send_welcome(
+        &mut self,
+        gid: &GroupId,
+        commit_hash: &[u8],
+        welcome: Vec<u8>,
+        invitee: &UserId,
+    ) -> Result<()> {
+        let hash = wire::welcome_hash(&welcome);
+        let exported = self
+            .group(gid)?
+            .mls
+            .export_secret(self.provider.crypto(), VOID_EXPORTER_LABEL, &hash, 32)
+            .map_err(mls)?;
+        let void = VoidKeys::derive(&exported);
+        self.db().execute(
+            "UPDATE pqmls_commits SET void_id = ?3, void_key = ?4 WHERE group_id = ?1 AND hash = ?2",
+            params![gid.0, commit_hash, &void.id[..], &void.key[..]],
+        )?;
+        let payload = Wire::Welcome { mls: welcome }.encode();
+        self.stats.last_welcome_bytes = payload.len() as u64;
+        self.enqueue(&wire::inbox_topic(invitee), payload)
+    }
+}

@@ -1,0 +1,621 @@
+//! The client's state machine: groups, commit ordering, fork repair, message handling.
+//!
+//! Everything here is synchronous and runs under the client's lock, one SQLite transaction
+//! per step ([`State::tx`]). What has to go to the network is written to the outbox inside
+//! the same transaction, and what the async side must do next (subscribe, catch up, fetch a
+//! key package) is collected in [`Todo`].
+//!
+//! The modules, by concern:
+//! - [`key_packages`]: our key packages in the directory (signed, rotated, replaced);
+//! - [`intents`]: operations we want committed (add, remove, update, leave) and our commits;
+//! - [`inbound`]: payloads from the network, application messages, buffering, history;
+//! - [`joins`]: Welcomes, invitations and consent, withdrawals (`Void`);
+//! - [`ordering`]: commit candidates, the merge rule, snapshots and branch moves.
+//!
+//! The safety decisions are pure functions in [`crate::trust`].
+
+mod inbound;
+pub(crate) mod intents;
+mod joins;
+mod key_packages;
+mod ordering;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openmls::prelude::tls_codec::Serialize as _;
+use openmls::prelude::*;
+use openmls_traits::OpenMlsProvider;
+use openmls_traits::random::OpenMlsRand;
+use pqmls_provider::{SignatureKeyPair, SqliteStorage};
+use pqmls_transport::store::Cursor;
+use pqmls_transport::{MessageId, Topic};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::time::Instant;
+
+use crate::config::{Config, FailPoint};
+use crate::db::{to_i64, to_u64};
+use crate::error::{Error, Result, mls};
+use crate::event::Event;
+use crate::identity::{Member, UserId};
+use crate::trust::Budget;
+use crate::wire;
+use crate::{GroupId, Stats};
+
+/// The provider the client runs on.
+pub(crate) type Prov = pqmls_provider::Provider<SqliteStorage>;
+
+/// Work for the async side, collected while the lock is held.
+#[derive(Debug, Default)]
+pub(crate) struct Todo {
+    pub subscribe: Vec<Topic>,
+    pub unsubscribe: Vec<Topic>,
+    /// Groups to catch up from the store nodes.
+    pub sync: BTreeSet<GroupId>,
+    /// Key packages were consumed: refresh the directory.
+    pub key_packages: bool,
+    /// Add intents that need a key package: (intent id, user).
+    pub fetch: Vec<(i64, UserId)>,
+    /// Something was written to the outbox.
+    pub flush: bool,
+}
+
+/// What handling one inbound payload came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Handled (used, kept, or dropped as useless): marked as seen.
+    Done,
+    /// Not kept now because a cap or budget is full, or it is too far ahead: not marked as
+    /// seen, so a later catch-up from the store nodes brings it again, and the catch-up
+    /// cursor does not move past it.
+    Deferred,
+}
+
+/// One group this client is in.
+pub(crate) struct Group {
+    pub mls: MlsGroup,
+    pub topic: Topic,
+    /// When the current epoch's candidates are merged.
+    pub settle_at: Option<Instant>,
+    /// The epoch for which a fork was last reported.
+    pub fork_reported: Option<u64>,
+    /// The epoch in which we last asked to be removed.
+    pub leave_sent: Option<u64>,
+    /// When a commit removing us was merged (the group is kept for
+    /// [`Config::removal_grace`] in case a branch move undoes it).
+    pub removed_at: Option<Instant>,
+    /// Snapshot restores allowed (see [`crate::config::Limits::past_reads_per_sec`]).
+    pub past_reads: Budget,
+    /// Buffered messages are waiting for budget to be replayed.
+    pub replay_due: bool,
+}
+
+/// The client's state, behind its lock.
+pub(crate) struct State {
+    pub provider: Prov,
+    pub signer: SignatureKeyPair,
+    pub credential: CredentialWithKey,
+    /// Our display name.
+    pub name: String,
+    /// Our id (from our identity key).
+    pub id: UserId,
+    pub config: Config,
+    pub groups: BTreeMap<GroupId, Group>,
+    /// Group topics to group ids.
+    pub topics: BTreeMap<Topic, GroupId>,
+    pub inbox: Topic,
+    pub events: Vec<Event>,
+    pub todo: Todo,
+    pub stats: Stats,
+    /// Set when a fail point was hit: the client is dead.
+    pub crashed: bool,
+    /// A fail point reached inside a step, to fire once the step has committed.
+    pub armed: Option<FailPoint>,
+    /// Test hook: added to the wall clock (key-package rotation and expiry).
+    pub clock_skew_ms: u64,
+    /// Welcomes processed (see [`crate::config::Limits::welcomes_per_min`]).
+    pub welcome_budget: Budget,
+    /// (contact label, new id) pairs already reported as a key change.
+    pub key_changes: BTreeSet<(String, UserId)>,
+}
+
+/// A short hex prefix of a hash, for logs.
+pub(crate) fn short(hash: &[u8]) -> String {
+    hash.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Milliseconds of the tokio clock (virtual in simulations), for budgets.
+pub(crate) fn mono_ms() -> u64 {
+    // Only differences matter; a fixed origin per process is enough.
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    u64::try_from(Instant::now().saturating_duration_since(origin).as_millis()).unwrap_or(0)
+}
+
+/// The display name in a credential (basic credentials carry it as their content).
+pub(crate) fn credential_name(c: &Credential) -> String {
+    String::from_utf8_lossy(c.serialized_content()).into_owned()
+}
+
+pub(crate) fn ser(m: &MlsMessageOut) -> Result<Vec<u8>> {
+    m.tls_serialize_detached().map_err(mls)
+}
+
+/// Leaf capabilities that name the suite (OpenMLS's defaults list only some suites) and
+/// the last-resort extension, which a last-resort key package carries (RFC 9420 §13.4:
+/// extensions a key package uses must be listed in its leaf's capabilities; without it
+/// inviters refuse it with `UnsupportedExtension`).
+pub(crate) fn capabilities(suite: Ciphersuite) -> Capabilities {
+    Capabilities::new(
+        None,
+        Some(&[suite]),
+        Some(&[ExtensionType::LastResort]),
+        None,
+        None,
+    )
+}
+
+/// Encodes a member list for `pqmls_epochs`: one `<id hex> <name>` line each.
+fn encode_members(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|m| format!("{} {}", m.id, m.name.replace('\n', " ")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn decode_members(text: &str) -> Vec<Member> {
+    text.split('\n')
+        .filter_map(|line| {
+            let (id, name) = line.split_once(' ')?;
+            Some(Member {
+                id: id.parse().ok()?,
+                name: name.to_owned(),
+            })
+        })
+        .collect()
+}
+
+impl State {
+    pub(crate) fn db(&self) -> &Connection {
+        self.provider.storage().connection()
+    }
+
+    /// The wall clock (plus the test hook's skew).
+    pub(crate) fn wall_ms(&self) -> u64 {
+        now_ms().saturating_add(self.clock_skew_ms)
+    }
+
+    /// The member behind an MLS leaf: id from its signature key, name from its credential.
+    pub(crate) fn member_of(&self, credential: &Credential, signature_key: &[u8]) -> Member {
+        Member {
+            id: UserId::of_key(self.config.suite.signature_algorithm(), signature_key),
+            name: credential_name(credential),
+        }
+    }
+
+    /// The member who sent a processed message: its leaf in `mls` (the state the message
+    /// was processed in), whose key MLS checked the signature with. `None` for senders
+    /// that are not members (external senders, which this SDK does not use).
+    pub(crate) fn sender_member(
+        &self,
+        mls: &MlsGroup,
+        processed: &ProcessedMessage,
+    ) -> Option<Member> {
+        match processed.sender() {
+            Sender::Member(leaf) => mls
+                .member_at(*leaf)
+                .map(|m| self.member_of(&m.credential, &m.signature_key)),
+            _ => None,
+        }
+    }
+
+    fn join_config(&self) -> MlsGroupJoinConfig {
+        MlsGroupJoinConfig::builder()
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(usize::try_from(self.config.rollback_window).unwrap_or(16))
+            .build()
+    }
+
+    /// Runs `f` in one SQLite transaction. On error everything it wrote is rolled back, the
+    /// in-memory groups are reloaded from the database and its events are dropped.
+    pub(crate) fn tx<T>(&mut self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        if self.crashed {
+            return Err(Error::Shutdown);
+        }
+        self.db().execute_batch("BEGIN IMMEDIATE")?;
+        let events_before = self.events.len();
+        self.armed = None;
+        let result = f(self).and_then(|v| {
+            self.db().execute_batch("COMMIT")?;
+            Ok(v)
+        });
+        // Fail points "after the step is persisted, before it is published" fire here.
+        if result.is_ok()
+            && let Some(point) = self.armed.take()
+        {
+            self.fail(point)?;
+        }
+        if result.is_err() {
+            let _ = self.db().execute_batch("ROLLBACK");
+            self.events.truncate(events_before);
+            if let Err(e) = self.reload_groups() {
+                tracing::error!("reloading groups after a rollback failed: {e}");
+            }
+        }
+        result
+    }
+
+    /// Stops the client dead if `point` is the configured fail point.
+    pub(crate) fn fail(&mut self, point: FailPoint) -> Result<()> {
+        if self.config.fail_point == Some(point) {
+            self.crashed = true;
+            return Err(Error::Shutdown);
+        }
+        Ok(())
+    }
+
+    fn new_group(&self, mls: MlsGroup, topic: Topic) -> Group {
+        Group {
+            mls,
+            topic,
+            settle_at: None,
+            fork_reported: None,
+            leave_sent: None,
+            removed_at: None,
+            past_reads: Budget::new(self.config.limits.past_reads_per_sec * 4, mono_ms()),
+            replay_due: false,
+        }
+    }
+
+    /// Loads every active group from the database.
+    pub(crate) fn reload_groups(&mut self) -> Result<()> {
+        let ids: Vec<Vec<u8>> = self
+            .db()
+            .prepare("SELECT group_id FROM pqmls_groups WHERE active = 1")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut old = std::mem::take(&mut self.groups);
+        self.topics.clear();
+        for id in ids {
+            let gid = GroupId(id);
+            let Some(mls) = MlsGroup::load(
+                self.provider.storage(),
+                &openmls::group::GroupId::from_slice(&gid.0),
+            )
+            .map_err(mls)?
+            else {
+                tracing::warn!("group {gid} is in the SDK tables but not in OpenMLS storage");
+                continue;
+            };
+            let topic = wire::group_topic(&gid.0);
+            let mut group = self.new_group(mls, topic.clone());
+            if let Some(prev) = old.remove(&gid) {
+                group.settle_at = prev.settle_at;
+                group.fork_reported = prev.fork_reported;
+                group.leave_sent = prev.leave_sent;
+                group.removed_at = prev.removed_at;
+                group.past_reads = prev.past_reads;
+            }
+            group.removed_at = if group.mls.is_active() {
+                None
+            } else {
+                group.removed_at.or_else(|| Some(Instant::now()))
+            };
+            self.topics.insert(topic, gid.clone());
+            if group.settle_at.is_none() && self.has_candidates(&gid, group.mls.epoch().as_u64())? {
+                group.settle_at = Some(Instant::now() + self.config.settle);
+            }
+            self.groups.insert(gid, group);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn group(&self, gid: &GroupId) -> Result<&Group> {
+        match self.groups.get(gid) {
+            Some(g) => Ok(g),
+            None => Err(self.missing(gid)),
+        }
+    }
+
+    pub(crate) fn group_mut(&mut self, gid: &GroupId) -> Result<&mut Group> {
+        if !self.groups.contains_key(gid) {
+            return Err(self.missing(gid));
+        }
+        self.groups
+            .get_mut(gid)
+            .ok_or_else(|| Error::UnknownGroup(gid.clone()))
+    }
+
+    /// `NotMember` for a group we were in, `UnknownGroup` otherwise.
+    fn missing(&self, gid: &GroupId) -> Error {
+        if self.ever_member(gid).unwrap_or(false) {
+            Error::NotMember(gid.clone())
+        } else {
+            Error::UnknownGroup(gid.clone())
+        }
+    }
+
+    /// Whether we were ever a member of a group with this id.
+    pub(crate) fn ever_member(&self, gid: &GroupId) -> Result<bool> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT 1 FROM pqmls_groups WHERE group_id = ?1",
+                [&gid.0],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Writes a payload to the outbox (published after the transaction) and remembers its
+    /// transport id as seen, so our own messages coming back from a store are skipped.
+    pub(crate) fn enqueue(&mut self, topic: &Topic, payload: Vec<u8>) -> Result<()> {
+        let id = MessageId::compute(topic, &payload);
+        self.mark_seen(&id)?;
+        self.db()
+            .prepare_cached("INSERT INTO pqmls_outbox (topic, payload) VALUES (?1, ?2)")?
+            .execute(params![topic.as_str(), payload])?;
+        self.todo.flush = true;
+        Ok(())
+    }
+
+    pub(crate) fn random<const N: usize>(&self) -> Result<[u8; N]> {
+        let v = self
+            .provider
+            .rand()
+            .random_vec(N)
+            .map_err(|e| Error::Crypto(format!("{e:?}")))?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(&v);
+        Ok(out)
+    }
+
+    // ----- de-duplication -----
+
+    pub(crate) fn is_seen(&self, id: &MessageId) -> Result<bool> {
+        Ok(self
+            .db()
+            .prepare_cached("SELECT 1 FROM pqmls_seen WHERE id = ?1")?
+            .query_row([&id.0[..]], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    pub(crate) fn mark_seen(&mut self, id: &MessageId) -> Result<()> {
+        self.db()
+            .prepare_cached("INSERT OR IGNORE INTO pqmls_seen (id, seen_ms) VALUES (?1, ?2)")?
+            .execute(params![&id.0[..], to_i64(self.wall_ms())])?;
+        Ok(())
+    }
+
+    /// Forgets the oldest seen ids beyond [`crate::config::Limits::seen`].
+    pub(crate) fn prune_seen(&mut self) -> Result<()> {
+        let n: i64 = self
+            .db()
+            .query_row("SELECT COUNT(*) FROM pqmls_seen", [], |r| r.get(0))?;
+        let cap = to_i64(self.config.limits.seen as u64);
+        if n > cap {
+            self.db().execute(
+                "DELETE FROM pqmls_seen WHERE rowid IN (SELECT rowid FROM pqmls_seen ORDER BY seen_ms, rowid LIMIT ?1)",
+                [n - cap],
+            )?;
+        }
+        Ok(())
+    }
+
+    // ----- groups and members -----
+
+    /// Creates a group with us as the only member.
+    pub(crate) fn create_group(&mut self) -> Result<GroupId> {
+        let gid = GroupId(self.random::<16>()?.to_vec());
+        self.tx(|s| {
+            let mls = MlsGroup::builder()
+                .with_group_id(openmls::group::GroupId::from_slice(&gid.0))
+                .ciphersuite(s.config.suite)
+                .use_ratchet_tree_extension(true)
+                .max_past_epochs(usize::try_from(s.config.rollback_window).unwrap_or(16))
+                .with_capabilities(capabilities(s.config.suite))
+                .build(&s.provider, &s.signer, s.credential.clone())
+                .map_err(mls)?;
+            s.add_group(&gid, mls)?;
+            Ok(())
+        })?;
+        Ok(gid)
+    }
+
+    pub(crate) fn add_group(&mut self, gid: &GroupId, mls: MlsGroup) -> Result<()> {
+        let now = to_i64(self.wall_ms());
+        self.db().execute(
+            "INSERT OR REPLACE INTO pqmls_groups (group_id, active, joined_ms, last_update_ms) VALUES (?1, 1, ?2, ?2)",
+            params![gid.0, now],
+        )?;
+        let topic = wire::group_topic(&gid.0);
+        self.topics.insert(topic.clone(), gid.clone());
+        self.todo.subscribe.push(topic.clone());
+        let group = self.new_group(mls, topic);
+        self.groups.insert(gid.clone(), group);
+        self.record_epoch(gid)
+    }
+
+    /// The members of a group we are in, or `NotMember` / `UnknownGroup`.
+    pub(crate) fn active_members(&self, gid: &GroupId) -> Result<Vec<(u32, Member)>> {
+        if !self.group(gid)?.mls.is_active() {
+            return Err(Error::NotMember(gid.clone()));
+        }
+        self.member_list(gid)
+    }
+
+    /// The members of a group with their leaf indices.
+    pub(crate) fn member_list(&self, gid: &GroupId) -> Result<Vec<(u32, Member)>> {
+        Ok(self
+            .group(gid)?
+            .mls
+            .members()
+            .map(|m| {
+                (
+                    m.index.u32(),
+                    self.member_of(&m.credential, &m.signature_key),
+                )
+            })
+            .collect())
+    }
+
+    pub(crate) fn is_member(&self, gid: &GroupId, user: &UserId) -> Result<bool> {
+        Ok(self.member_list(gid)?.iter().any(|(_, m)| m.id == *user))
+    }
+
+    /// Records who is in the group at its current epoch, and every member's key as known
+    /// in this group (see [`crate::trust::welcome_action`]).
+    pub(crate) fn record_epoch(&mut self, gid: &GroupId) -> Result<()> {
+        let epoch = self.group(gid)?.mls.epoch().as_u64();
+        let members: Vec<Member> = self.member_list(gid)?.into_iter().map(|(_, m)| m).collect();
+        self.db()
+            .prepare_cached("INSERT OR REPLACE INTO pqmls_epochs (group_id, epoch, members) VALUES (?1, ?2, ?3)")?
+            .execute(params![gid.0, to_i64(epoch), encode_members(&members)])?;
+        // Older records than the rollback window are of no use to `members_at` callers
+        // beyond history display; a long-lived group must not grow this table forever.
+        self.db()
+            .prepare_cached("DELETE FROM pqmls_epochs WHERE group_id = ?1 AND epoch < ?2")?
+            .execute(params![
+                gid.0,
+                to_i64(epoch.saturating_sub(self.config.rollback_window.max(256)))
+            ])?;
+        for m in &members {
+            self.db()
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO pqmls_known_keys (group_id, user_id, name) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![gid.0, &m.id.0[..], m.name])?;
+            self.check_contact_key(m);
+        }
+        Ok(())
+    }
+
+    /// Whether `user` was ever a member of the group in a state we held.
+    pub(crate) fn known_in_group(&self, gid: &GroupId, user: &UserId) -> Result<bool> {
+        Ok(self
+            .db()
+            .prepare_cached("SELECT 1 FROM pqmls_known_keys WHERE group_id = ?1 AND user_id = ?2")?
+            .query_row(params![gid.0, &user.0[..]], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Who was in the group at `epoch` of our branch, if we were in it then.
+    pub(crate) fn members_at(&self, gid: &GroupId, epoch: u64) -> Result<Option<Vec<Member>>> {
+        let row: Option<String> = self
+            .db()
+            .query_row(
+                "SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch = ?2",
+                params![gid.0, to_i64(epoch)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(row.map(|m| decode_members(&m)))
+    }
+
+    // ----- contacts -----
+
+    pub(crate) fn is_contact(&self, user: &UserId) -> Result<bool> {
+        Ok(self
+            .db()
+            .prepare_cached("SELECT 1 FROM pqmls_contacts WHERE user_id = ?1")?
+            .query_row([&user.0[..]], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Reports [`Event::ContactKeyChanged`] if `m` carries the label of a contact under
+    /// another id (once per label and id).
+    pub(crate) fn check_contact_key(&mut self, m: &Member) {
+        let known: Option<Vec<u8>> = self
+            .db()
+            .prepare_cached("SELECT user_id FROM pqmls_contacts WHERE label = ?1 AND user_id != ?2")
+            .and_then(|mut st| {
+                st.query_row(params![m.name, &m.id.0[..]], |r| r.get(0))
+                    .optional()
+            })
+            .ok()
+            .flatten();
+        let Some(known) = known.and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok()) else {
+            return;
+        };
+        let exact: bool = self
+            .db()
+            .prepare_cached("SELECT 1 FROM pqmls_contacts WHERE user_id = ?1")
+            .and_then(|mut st| st.query_row([&m.id.0[..]], |_| Ok(())).optional())
+            .ok()
+            .flatten()
+            .is_some();
+        if exact || !self.key_changes.insert((m.name.clone(), m.id)) {
+            return;
+        }
+        self.events.push(Event::ContactKeyChanged {
+            label: m.name.clone(),
+            known: UserId(known),
+            seen: m.id,
+        });
+    }
+
+    // ----- catch-up cursors -----
+
+    /// How far `topic`'s history has been read.
+    pub(crate) fn cursor(&self, topic: &Topic) -> Result<Cursor> {
+        let row: Option<(i64, Option<Vec<u8>>)> = self
+            .db()
+            .prepare_cached("SELECT after_ms, after_id FROM pqmls_cursors WHERE topic = ?1")?
+            .query_row([topic.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(match row {
+            Some((ms, id)) => {
+                let id = id
+                    .and_then(|i| <[u8; 32]>::try_from(i.as_slice()).ok())
+                    .map(MessageId);
+                Cursor::from_parts(to_u64(ms), id)
+            }
+            None => Cursor::beginning(),
+        })
+    }
+
+    /// Saves how far `topic`'s history has been read.
+    pub(crate) fn set_cursor(&mut self, topic: &Topic, c: Cursor) -> Result<()> {
+        self.db()
+            .prepare_cached("INSERT OR REPLACE INTO pqmls_cursors (topic, after_ms, after_id) VALUES (?1, ?2, ?3)")?
+            .execute(params![topic.as_str(), to_i64(c.after_ms()), c.after_id().map(|i| i.0.to_vec())])?;
+        Ok(())
+    }
+
+    /// Row counts of the tables others can make us fill (tests check the caps with it).
+    pub(crate) fn table_sizes(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let mut out = BTreeMap::new();
+        for table in [
+            "pqmls_seen",
+            "pqmls_commits",
+            "pqmls_pending",
+            "pqmls_welcomes",
+            "pqmls_voids",
+            "pqmls_invitations",
+            "pqmls_outbox",
+            "pqmls_key_packages",
+            "pqmls_retired_key_packages",
+            "openmls_key_packages",
+        ] {
+            let n: i64 = self
+                .db()
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap_or(-1);
+            out.insert(table, to_u64(n));
+        }
+        Ok(out)
+    }
+}
