@@ -16,7 +16,9 @@ use crate::util;
 
 /// The two-terminal recipe shown by `pqmls chat --help`.
 pub const TWO_TERMINALS: &str = "\
-Two terminals on one machine (alice's node is also the store, so nothing else is needed):
+Two terminals on one machine (alice's node is also the store, so nothing else is needed;
+start alice first). Each asks for its database passphrase, or reads PQMLS_PASSPHRASE, or
+PQMLS_KEY_FILE (a file with a 32-byte key), and says which:
 
   terminal 1:
     cargo run --release -p pqmls-cli -- chat --name alice --data-dir /tmp/pqmls-alice --listen /ip4/127.0.0.1/tcp/7001 --store
@@ -470,6 +472,7 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     node.data_dir = Some(args.data_dir.join("node"));
     let mut config = Config::new(args.name.clone())
         .with_data_dir(&args.data_dir)
+        .with_database_key(crate::dbkey::database_key(&args.data_dir)?)
         .with_suite(args.suite);
     config.invitations = args.accept_invitations;
     let client = Client::start(config, node).await.with_context(|| {

@@ -34,6 +34,7 @@ pub struct InfoArgs {
 pub fn keygen(args: KeygenArgs) -> Result<()> {
     let config = Config::new(args.name)
         .with_data_dir(&args.data_dir)
+        .with_database_key(crate::dbkey::database_key(&args.data_dir)?)
         .with_suite(args.suite);
     let id = pqmls::init_identity(&config)?;
     println!(
@@ -57,7 +58,7 @@ pub fn info(args: InfoArgs) -> Result<()> {
             pqmls::DATABASE_FILE
         );
     }
-    let info = pqmls::inspect(&args.data_dir)?;
+    let info = pqmls::inspect(&args.data_dir, &crate::dbkey::database_key(&args.data_dir)?)?;
     println!("database: {}", info.database.display());
     match &info.identity {
         Some(id) => {

@@ -11,6 +11,7 @@
 //! unless `RUST_LOG` says otherwise.
 
 mod chat;
+mod dbkey;
 mod demo;
 mod keys;
 mod sim;
