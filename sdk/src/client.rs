@@ -160,6 +160,7 @@ impl Client {
             clock_skew_ms: 0,
             welcome_budget: Budget::new(welcome_burst, crate::engine::mono_ms()),
             key_changes: Default::default(),
+            seen_marks: 0,
         };
         state.reload_groups()?;
         let mut subscribe = vec![inbox_topic];
@@ -182,7 +183,11 @@ impl Client {
             task: StdMutex::new(None),
         });
         for topic in &subscribe {
-            inner.transport.subscribe(topic).await?;
+            // Offline at start is not an error: subscriptions are renewed at every full
+            // catch-up, and the outbox and key packages wait for the network.
+            if let Err(e) = inner.transport.subscribe(topic).await {
+                tracing::debug!("subscribing failed (retried later): {e}");
+            }
             inner.want_sync(topic.clone());
         }
         inner.flush().await;
@@ -1017,6 +1022,8 @@ impl Inner {
         };
         if full {
             for t in self.all_topics().await {
+                // Renewed (idempotent): a subscription may have failed while offline.
+                let _ = self.transport.subscribe(&t).await;
                 self.want_sync(t);
             }
             // Housekeeping at the same pace: forget old seen ids, notice claimed and

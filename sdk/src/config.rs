@@ -159,8 +159,8 @@ pub struct Limits {
     /// Withdrawals (`Void`s) kept for Welcomes that may still arrive, over all groups.
     pub voids: usize,
     /// Transport ids of handled payloads kept for de-duplication, over all topics (the
-    /// oldest are forgotten first; catch-up cursors and the epoch windows make a
-    /// forgotten id harmless).
+    /// oldest are forgotten first, in batches of up to 256; catch-up cursors, the epoch
+    /// windows and the message uids make a forgotten id harmless).
     pub seen: usize,
     /// Snapshot restores (reading a late message of a past epoch, or trying a competing
     /// commit for a past epoch) per second and group, with a burst of four times as many;

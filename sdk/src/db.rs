@@ -38,6 +38,10 @@ fn migrate_v2(db: &Connection) -> Result<()> {
          ALTER TABLE pqmls_joins ADD COLUMN void_id BLOB;
          ALTER TABLE pqmls_joins ADD COLUMN void_key BLOB;
          ALTER TABLE pqmls_welcomes ADD COLUMN inviter_id BLOB;
+         -- For a group whose state ended: the epoch a continuation must be later than, and
+         -- whether we left on purpose.
+         ALTER TABLE pqmls_groups ADD COLUMN dead_epoch INTEGER;
+         ALTER TABLE pqmls_groups ADD COLUMN left_on_purpose INTEGER NOT NULL DEFAULT 0;
          -- Withdrawals whose Welcome has not arrived (or that name nothing of ours).
          DROP TABLE IF EXISTS pqmls_voids;
          CREATE TABLE pqmls_voids (

@@ -176,6 +176,20 @@ impl SimNetwork {
         }
     }
 
+    /// Delivers `msg` again to every subscriber of its topic, as a relay replaying it after
+    /// gossip's de-duplication window would (tests). Not stored again.
+    pub fn replay(&self, msg: &Message) {
+        if let Ok(n) = self.net.lock() {
+            for e in n
+                .endpoints
+                .iter()
+                .filter(|e| e.online && e.topics.contains(&msg.topic))
+            {
+                let _ = e.tx.send(msg.clone());
+            }
+        }
+    }
+
     /// Every message the simulated store holds on `topic`, in arrival order (tests: what an
     /// observer of the network saw).
     pub fn history_of(&self, topic: &Topic) -> Vec<Message> {

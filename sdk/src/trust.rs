@@ -20,8 +20,15 @@ pub(crate) enum Held {
     Live,
     /// A state that authenticated input ended: a merged commit removed us (still in the
     /// grace period, or gone), or the inviter of the Welcome we joined with withdrew it
-    /// (a `Void` with its signature).
-    Dead,
+    /// (a `Void` with its signature). `last_epoch`: the last epoch of that state that a
+    /// continuation must be later than (the last epoch we were a member at, or the epoch
+    /// of the withdrawn join). `left`: we asked to leave.
+    Dead {
+        /// See above.
+        last_epoch: u64,
+        /// We left on purpose: being invited back needs consent again.
+        left: bool,
+    },
 }
 
 /// What to do with a Welcome.
@@ -37,9 +44,9 @@ pub(crate) enum WelcomeAction {
     Refuse,
 }
 
-/// Decides what a Welcome may do, given what we hold of its group and whether its sender
-/// (the member whose signature is on its GroupInfo) is a key we have seen as a member of
-/// this group.
+/// Decides what a Welcome for epoch `epoch` may do, given what we hold of its group and
+/// whether its sender (the member whose signature is on its GroupInfo) is a key we have
+/// seen as a member of this group.
 ///
 /// Argument. A group id is public (MLS framing), so anyone can create a group with the id
 /// of ours and invite us into it with one of our published key packages: only the
@@ -50,18 +57,23 @@ pub(crate) enum WelcomeAction {
 ///   a member we know);
 /// - a live state is never replaced, whoever sends the Welcome: the Welcome is kept aside.
 ///   Loss of a live state needs authenticated evidence ([`Held::Dead`]);
-/// - a dead state is replaced by a Welcome from a known member: this is a re-invitation
-///   after a removal, or the invitation again after the inviter moved branch;
+/// - a dead state is replaced by a Welcome from a known member for a *later* epoch than
+///   the dead state's last one: a re-invitation after a removal, or the invitation again
+///   after the inviter moved branch. An older Welcome is a replay (a relay can re-send the
+///   Welcome we once joined with, and a last-resort key package still opens it): refused;
+/// - after we left on purpose, a re-invitation is a new invitation again (consent);
 /// - a group we were never in is a new invitation: the consent policy decides.
 ///
 /// Unauthenticated hints (an epoch-authenticator tag in an envelope, commits for our epoch
 /// that do not decrypt) never make a state [`Held::Dead`]; they only make us catch up.
-pub(crate) fn welcome_action(held: Held, sender_known: bool) -> WelcomeAction {
+pub(crate) fn welcome_action(held: Held, sender_known: bool, epoch: u64) -> WelcomeAction {
     match (held, sender_known) {
         (Held::Unknown, _) => WelcomeAction::Invitation,
         (_, false) => WelcomeAction::Refuse,
         (Held::Live, true) => WelcomeAction::KeepAside,
-        (Held::Dead, true) => WelcomeAction::Continue,
+        (Held::Dead { last_epoch, .. }, true) if epoch <= last_epoch => WelcomeAction::Refuse,
+        (Held::Dead { left: true, .. }, true) => WelcomeAction::Invitation,
+        (Held::Dead { left: false, .. }, true) => WelcomeAction::Continue,
     }
 }
 
@@ -150,19 +162,37 @@ mod tests {
 
     #[test]
     fn strangers_never_replace_or_continue_a_group() {
-        for held in [Held::Live, Held::Dead] {
-            assert_eq!(welcome_action(held, false), WelcomeAction::Refuse);
+        let dead = Held::Dead {
+            last_epoch: 4,
+            left: false,
+        };
+        for held in [Held::Live, dead] {
+            for epoch in [0, 4, 5, u64::MAX] {
+                assert_eq!(welcome_action(held, false, epoch), WelcomeAction::Refuse);
+            }
         }
         // Not even a known member replaces a live state.
-        assert_eq!(welcome_action(Held::Live, true), WelcomeAction::KeepAside);
-        assert_eq!(welcome_action(Held::Dead, true), WelcomeAction::Continue);
+        assert_eq!(
+            welcome_action(Held::Live, true, 9),
+            WelcomeAction::KeepAside
+        );
+        assert_eq!(welcome_action(dead, true, 5), WelcomeAction::Continue);
+        // A replayed (older) Welcome does not bring a dead state back.
+        assert_eq!(welcome_action(dead, true, 4), WelcomeAction::Refuse);
+        assert_eq!(welcome_action(dead, true, 1), WelcomeAction::Refuse);
+        // After leaving on purpose, consent again.
+        let left = Held::Dead {
+            last_epoch: 4,
+            left: true,
+        };
+        assert_eq!(welcome_action(left, true, 5), WelcomeAction::Invitation);
         // A group never seen is an invitation, whoever sends it.
         assert_eq!(
-            welcome_action(Held::Unknown, false),
+            welcome_action(Held::Unknown, false, 0),
             WelcomeAction::Invitation
         );
         assert_eq!(
-            welcome_action(Held::Unknown, true),
+            welcome_action(Held::Unknown, true, 7),
             WelcomeAction::Invitation
         );
     }

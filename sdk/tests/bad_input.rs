@@ -3,85 +3,13 @@
 //! counted and dropped while the group keeps working.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use futures::StreamExt;
-use openmls::prelude::tls_codec::Deserialize as _;
-use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, ProtocolVersion};
-use pqmls::sim::{SimConfig, SimNetwork, SimTransport};
-use pqmls::{
-    Ciphersuite, Client, Config, Error, GroupId, Inbox, InvitePolicy, Stats, Transport, UserId,
-};
-use pqmls_transport::Topic;
-
-fn config(name: &str) -> Config {
-    let mut c = Config::new(name);
-    c.self_update_interval = None;
-    c.invitations = InvitePolicy::Everyone;
-    c
-}
-
-/// The display names of a group's members, in leaf order.
-async fn names(c: &Client, g: &GroupId) -> Vec<String> {
-    c.members(g)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.name)
-        .collect()
-}
-
-async fn client(net: &SimNetwork, c: Config) -> Client {
-    let (t, inbox) = net.attach();
-    Client::open(c, t, inbox).await.unwrap()
-}
-
-/// Waits (virtual time, at most 60 s) until `f` holds.
-async fn until<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
-    for _ in 0..3000 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-async fn converge(clients: &[&Client], g: &GroupId, epoch: u64) {
-    until(&format!("convergence at epoch {epoch}"), async || {
-        let mut first = None;
-        for c in clients {
-            let Ok(s) = c.status(g).await else {
-                return false;
-            };
-            if s.pending_commit || s.epoch != epoch {
-                return false;
-            }
-            match &first {
-                None => first = Some((s.epoch_authenticator, s.members)),
-                Some(f) => {
-                    if *f != (s.epoch_authenticator, s.members) {
-                        return false;
-                    }
-                }
-            }
-        }
-        true
-    })
-    .await;
-}
-
-/// The group of alice and the others, invited in order.
-async fn group(clients: &[&Client]) -> GroupId {
-    let g = clients[0].create_group().await.unwrap();
-    for (i, c) in clients.iter().enumerate().skip(1) {
-        clients[0].invite(&g, &c.id()).await.unwrap();
-        until("join", async || c.groups().await.unwrap().contains(&g)).await;
-        converge(&clients[..=i], &g, i as u64).await;
-    }
-    g
-}
+use common::*;
+use pqmls::sim::{SimConfig, SimNetwork};
+use pqmls::{Ciphersuite, Client, Error, GroupId, Transport, UserId};
 
 #[tokio::test(start_paused = true)]
 async fn group_ids_parse_only_from_hex() {
@@ -332,77 +260,6 @@ async fn data_dir_of_another_identity() {
 
 // ----- garbage from the network -----
 
-fn group_topic(g: &GroupId) -> Topic {
-    Topic::from_group_id(&[b"pqmls/group/v1/".as_slice(), g.as_bytes()].concat())
-}
-
-fn inbox_topic(user: &Client) -> Topic {
-    Topic::from_group_id(&[b"pqmls/inbox/v2/".as_slice(), user.id().as_bytes()].concat())
-}
-
-/// Postcard variant indices of the SDK's gossip envelope.
-const HANDSHAKE: u8 = 0;
-const APPLICATION: u8 = 1;
-const WELCOME: u8 = 2;
-
-/// An envelope: variant, fixed prefix (the auth tag of application messages), then the
-/// MLS bytes with a LEB128 length, as postcard writes it.
-fn envelope(variant: u8, prefix: &[u8], mls: &[u8]) -> Vec<u8> {
-    let mut v = vec![variant];
-    v.extend_from_slice(prefix);
-    let mut n = mls.len();
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            v.push(b);
-            break;
-        }
-        v.push(b | 0x80);
-    }
-    v.extend_from_slice(mls);
-    v
-}
-
-/// A `Wire::Void` envelope (variant 3): the withdrawal's id, then the sealed signature.
-fn void(id: &[u8; 32], sealed: &[u8]) -> Vec<u8> {
-    envelope(3, id, sealed)
-}
-
-/// (variant, prefix, MLS bytes) of an envelope.
-fn open_envelope(payload: &[u8]) -> (u8, Vec<u8>, Vec<u8>) {
-    let variant = payload[0];
-    let prefix_len = if variant == APPLICATION { 16 } else { 0 };
-    let prefix = payload[1..1 + prefix_len].to_vec();
-    let mut i = 1 + prefix_len;
-    let (mut n, mut shift) = (0usize, 0);
-    loop {
-        let b = payload[i];
-        i += 1;
-        n |= usize::from(b & 0x7f) << shift;
-        shift += 7;
-        if b & 0x80 == 0 {
-            break;
-        }
-    }
-    assert_eq!(payload.len(), i + n, "not an envelope");
-    (variant, prefix, payload[i..].to_vec())
-}
-
-/// Reads the observer's inbox until a payload of `variant` on `topic` arrives.
-async fn capture(inbox: &mut Inbox, topic: &Topic, variant: u8) -> Vec<u8> {
-    let r = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let m = inbox.next().await.expect("observer inbox ended");
-            if m.topic == *topic && m.data.first() == Some(&variant) {
-                return m.data;
-            }
-        }
-    })
-    .await;
-    r.expect("nothing captured")
-}
-
 /// An MLS variable-length integer (RFC 9000 style): (value, bytes used).
 fn varint(b: &[u8]) -> (usize, usize) {
     match b[0] >> 6 {
@@ -429,63 +286,6 @@ fn welcome_ref_range(mls: &[u8]) -> std::ops::Range<usize> {
     at + m..at + m + len
 }
 
-/// The value of a signed directory entry (`PQD1`, scheme, key, seq, expiry, value, sig).
-fn entry_value(blob: &[u8]) -> Vec<u8> {
-    assert_eq!(&blob[..4], b"PQD1");
-    let len = |at: usize| u32::from_be_bytes(blob[at..at + 4].try_into().unwrap()) as usize;
-    let key_len = len(6);
-    let at = 6 + 4 + key_len + 16;
-    blob[at + 4..at + 4 + len(at)].to_vec()
-}
-
-/// The reference of the key package in a user's directory slot.
-async fn key_package_ref(t: &SimTransport, user: &UserId, slot: &str) -> Vec<u8> {
-    let blob = t
-        .get(format!("pqmls/kp/v2/{user}/{slot}").into_bytes())
-        .await
-        .unwrap()
-        .expect("no key package entry");
-    let blob = entry_value(&blob);
-    let MlsMessageBodyIn::KeyPackage(kp) = MlsMessageIn::tls_deserialize_exact(&blob)
-        .unwrap()
-        .extract()
-    else {
-        panic!("not a key package");
-    };
-    let crypto = pqmls_provider::PqCrypto::new().unwrap();
-    let kp = kp.validate(&crypto, ProtocolVersion::Mls10).unwrap();
-    kp.hash_ref(&crypto).unwrap().as_slice().to_vec()
-}
-
-fn flip(mut v: Vec<u8>, at: usize) -> Vec<u8> {
-    v[at] ^= 0x01;
-    v
-}
-
-/// Sum of a counter over clients.
-async fn total(clients: &[&Client], f: impl Fn(&Stats) -> u64) -> u64 {
-    let mut n = 0;
-    for c in clients {
-        n += f(&c.stats().await);
-    }
-    n
-}
-
-/// Per-client values of a counter.
-async fn each(clients: &[&Client], f: impl Fn(&Stats) -> u64) -> Vec<u64> {
-    let mut v = Vec::new();
-    for c in clients {
-        v.push(f(&c.stats().await));
-    }
-    v
-}
-
-async fn publish(obs: &Arc<SimTransport>, topic: &Topic, payloads: &[Vec<u8>]) {
-    for p in payloads {
-        obs.publish(topic, p.clone()).await.unwrap();
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn garbage_from_the_network() {
     let net = SimNetwork::new(SimConfig::default());
@@ -498,7 +298,7 @@ async fn garbage_from_the_network() {
 
     let g = group(&[&alice, &bob, &carol]).await;
     let gt = group_topic(&g);
-    for t in [&gt, &inbox_topic(&dave), &inbox_topic(&erin)] {
+    for t in [&gt, &inbox_topic(&dave.id()), &inbox_topic(&erin.id())] {
         obs.subscribe(t).await.unwrap();
     }
     // Real payloads: a commit, a Welcome (for dave), an application message.
@@ -506,7 +306,7 @@ async fn garbage_from_the_network() {
     let commit = capture(&mut obs_in, &gt, HANDSHAKE).await;
     converge(&[&alice, &bob, &carol], &g, 3).await;
     alice.invite(&g, &dave.id()).await.unwrap();
-    let welcome = capture(&mut obs_in, &inbox_topic(&dave), WELCOME).await;
+    let welcome = capture(&mut obs_in, &inbox_topic(&dave.id()), WELCOME).await;
     let members = [&alice, &bob, &carol, &dave];
     converge(&members, &g, 4).await;
     alice.send(&g, b"real").await.unwrap();
@@ -586,7 +386,7 @@ async fn garbage_from_the_network() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // 4. Broken Welcomes for dave (already in): malformed or refused.
-    let dave_in = inbox_topic(&dave);
+    let dave_in = inbox_topic(&dave.id());
     let (m0, r0) = (dave.stats().await.malformed, dave.stats().await.rejected);
     publish(
         &obs,
@@ -618,9 +418,9 @@ async fn garbage_from_the_network() {
         &obs,
         &dave_in,
         &[
-            void(&[7; 32], &[7; 64]),
-            void(&[9; 32], &[]),
-            void(&[0; 32], &[1; 100]),
+            envelope(VOID, &[7; 32], &[7; 64]),
+            envelope(VOID, &[9; 32], &[]),
+            envelope(VOID, &[0; 32], &[1; 100]),
         ],
     )
     .await;
@@ -638,7 +438,7 @@ async fn garbage_from_the_network() {
     let mut forged = welcome_mls.clone();
     forged[range.clone()].copy_from_slice(&erin_ref);
     let erin_before = erin.stats().await;
-    let erin_in = inbox_topic(&erin);
+    let erin_in = inbox_topic(&erin.id());
     publish(
         &obs,
         &erin_in,

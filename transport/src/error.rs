@@ -69,6 +69,18 @@ pub enum Error {
     /// A store node refused the request.
     #[error("store node refused the request: {0}")]
     Refused(String),
+    /// A store node holds as many response bytes as its budget allows (for this node or
+    /// in total, see [`crate::node::Limits::response_bytes_per_peer`]); retry later.
+    #[error("store node is busy; retry later")]
+    StoreBusy,
+    /// The directory validator of a store (see [`crate::store::DirectoryValidator`]) refused
+    /// the entry.
+    #[error("directory entry rejected by the store's validator")]
+    EntryRejected,
+    /// The put would exceed this writer's directory quota on a store, or the store's
+    /// directory is full (see [`crate::store::Config::max_entries_per_peer`]).
+    #[error("directory quota exceeded")]
+    QuotaExceeded,
     /// Subscribing to a topic failed in gossipsub.
     #[error("subscription failed: {0}")]
     Subscription(String),

@@ -115,19 +115,54 @@
 //! **Directory.** `put(key, blob)` writes to the local store (on a store node) and to every
 //! connected store; `get(key)` reads the local store, then asks connected stores one after
 //! another. Stores are recognised by identify: only they accept [`STORE_PROTOCOL`] inbound.
-//! Entries are last-writer-wins and unauthenticated: MLS key packages are signed, so a forged
-//! blob is detected by whoever uses it, but anyone can overwrite a key (denial of service),
-//! which a later version should fix with signed or multi-valued entries.
+//! A store checks every put, remote or its own, before writing it:
+//! - the application's [`store::DirectoryValidator`] (any `Fn(key, old, new) -> bool`, set
+//!   with [`store::Config::with_directory_validator`]) sees the key, the live entry it would
+//!   replace and the new blob, and may refuse ([`Error::EntryRejected`]). The transport stays
+//!   agnostic of what entries mean; the SDK uses the hook to require entries signed by the
+//!   identity key named in the key and replaceable only by their owner. Without a validator
+//!   entries are last-writer-wins and unauthenticated;
+//! - quotas: each remote peer id may have written at most
+//!   [`store::Config::max_entries_per_peer`] live entries and
+//!   [`store::Config::max_bytes_per_peer`] bytes (an entry counts for its last writer), and
+//!   the whole table holds at most [`store::Config::max_directory_entries`] entries and
+//!   [`store::Config::max_directory_bytes`] bytes, since peer ids cost nothing to make
+//!   ([`Error::QuotaExceeded`]);
+//! - expiry: an entry lives [`store::Config::directory_ttl`] (default 30 days) after its
+//!   last write; expired entries are not served, not shown to the validator, not counted
+//!   against quotas, and deleted at the next prune. Writers refresh by putting again.
 //!
 //! **Bounds.** Every queue and size is in [`node::Limits`]: message size, inbound stream and
-//! command queue capacity, gossip send queue and its timeout, connected peers, concurrent
+//! command queue capacity, gossip send queue and its timeout, connection slots, concurrent
 //! request streams, outstanding requests, request timeout, directory key and blob size,
-//! history page count and bytes, de-duplication window. The store protocol's codec checks
-//! every length against these limits before allocating, and counts unreadable requests.
-//! When the inbound stream is full, messages are dropped and counted rather than blocking the
-//! node (a store still has them). Nodes of one network should share their size limits: a
-//! peer with a larger message limit forwards messages this node counts as oversized, and a
-//! store whose history pages exceed a client's response limit fails that client's request.
+//! history page count and bytes, response bytes in flight, de-duplication window. The store
+//! protocol's codec checks every length against these limits before allocating, and counts
+//! unreadable requests. When the inbound stream is full, messages are dropped and counted
+//! rather than blocking the node (a store still has them). Nodes of one network should share
+//! their size limits: a peer with a larger message limit forwards messages this node counts
+//! as oversized, and a store whose history pages exceed a client's response limit fails that
+//! client's request.
+//!
+//! *Response memory.* A request-response stream holds its response until the requester has
+//! read it, so a requester that never reads made a store hold whole history pages (1.8 GiB
+//! from 128 requests). Every history page and directory blob is charged its encoded size
+//! from the moment it is built until libp2p reports it sent or the request failed (timeout
+//! [`node::Limits::request_timeout`], closed connection), against a budget per peer
+//! ([`node::Limits::response_bytes_per_peer`], 16 MiB) and in total
+//! ([`node::Limits::response_bytes_in_flight`], 64 MiB). A page is cut to what the budget
+//! still allows; if not even one message fits the store answers "busy"
+//! ([`Error::StoreBusy`]; the client tries its next store). Counters:
+//! [`node::Counters::response_bytes_in_flight`], `..._peak`, `requests_busy`.
+//!
+//! *Connection slots.* Pending inbound connections (in their Noise/muxer handshake) are
+//! bounded in total and per IP address; established inbound connections per IP address
+//! (default 8; the Nim Waku node has the like, `--ip-colocation-limit`), connections per peer id
+//! (4), and peers ([`node::Limits::max_peers`], 64). When the peer table is full a newcomer
+//! is let in by evicting the newest peer of the address with the most inbound peers, if
+//! that address has at least two more than the newcomer's: one address (or a few) cannot
+//! keep newcomers out, and honest peers on distinct addresses are never evicted for one
+//! another. [`node::Config::loopback`] lifts the per-address limits (all its nodes share
+//! 127.0.0.1); the tests set them back and attack from 127.0.0.2 and up.
 //!
 //! **Penalties.** Gossipsub peer scoring is on for one component only, invalid messages
 //! (P4): every message rejected by the transport's checks or by the [`Validator`] counts
@@ -144,7 +179,10 @@
 //! store with following off has only the topics it was told to subscribe to; followed topics
 //! are never dropped by themselves, so any peer can make a store serve up to `max_topics`
 //! topics, after which it follows no new group; graylisted peers stay connected (they are
-//! ignored, not disconnected).
+//! ignored, not disconnected); connection slots are limited per address, not per subnet, and
+//! peers are not ranked by behaviour, so an attacker with many addresses can still fill most
+//! slots; per-peer directory quotas bind a peer id, which costs nothing to make: the
+//! table-wide caps and the validator are what bound a determined writer.
 //!
 //! **Simulation-friendly.** [`Message`], [`Topic`], [`MessageId`], [`Validator`],
 //! [`Error`], [`store::Cursor`] and [`store::Page`] hold no libp2p types, so an in-process
@@ -152,10 +190,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod budget;
 mod error;
 mod message;
 pub mod node;
 mod rpc;
+mod slots;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use futures::{Stream, StreamExt};
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
@@ -20,10 +20,12 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::budget::Budget;
 use crate::error::{Error, Result};
 use crate::message::{self, Message, MessageId, Topic, Validator, Verdict};
 use crate::rpc::{self, Refusal, Request, Response};
-use crate::store::{self, Cursor, Page, Store};
+use crate::slots;
+use crate::store::{self, Cursor, Page, PageLimits, Store};
 
 /// Identify protocol version: nodes of other networks are not confused with ours.
 const IDENTIFY_PROTOCOL: &str = "/pqmls/0.1.0";
@@ -49,8 +51,24 @@ pub struct Limits {
     pub inbound_queue: usize,
     /// Capacity of the command queue from handles to the node task (default 256).
     pub command_queue: usize,
-    /// Maximum number of connected peers; further connections are closed (default 64).
+    /// Maximum number of connected peers (default 64). When full, a new peer is let in only
+    /// by evicting a peer of the address with the most inbound peers, if that address has
+    /// at least two more than the newcomer's (see the crate's design notes, "Bounds");
+    /// otherwise it is refused and counted in [`Counters::connections_refused`].
     pub max_peers: usize,
+    /// Maximum connections one peer id may hold (default 4).
+    pub max_connections_per_peer: usize,
+    /// Maximum inbound connections from one IP address (default 8; unlimited in
+    /// [`Config::loopback`], where every node shares 127.0.0.1). Outbound connections are
+    /// not counted per address.
+    pub max_connections_per_ip: usize,
+    /// Maximum inbound connections still in their handshake (TCP or QUIC accepted, Noise and
+    /// the muxer not yet done), over all addresses (default 64; 256 in
+    /// [`Config::loopback`]).
+    pub max_pending_incoming: usize,
+    /// Maximum inbound connections in their handshake from one IP address (default 8;
+    /// unlimited in [`Config::loopback`]).
+    pub max_pending_per_ip: usize,
     /// Maximum concurrent request-response streams per connection (default 32).
     pub max_concurrent_streams: usize,
     /// Maximum outstanding outbound requests (default 256).
@@ -75,6 +93,16 @@ pub struct Limits {
     /// How many recent message ids the inbound stream remembers to suppress duplicates
     /// (default 65 536).
     pub dedupe_window: usize,
+    /// Store side: bytes of history pages and directory blobs that may be held at once in
+    /// responses not yet fully written, over all peers (default 64 MiB). A response is held
+    /// from the moment it is built until the requester has read it (or the request times
+    /// out or its connection closes), so a reader that does not read keeps it in memory;
+    /// over the budget the store cuts pages short or answers "busy", see
+    /// [`Counters::requests_busy`].
+    pub response_bytes_in_flight: usize,
+    /// Store side: the same budget for the responses to one peer (default 16 MiB; at least
+    /// one maximum-size message plus framing, so any stored message can be served).
+    pub response_bytes_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -84,6 +112,10 @@ impl Default for Limits {
             inbound_queue: 4096,
             command_queue: 256,
             max_peers: 64,
+            max_connections_per_peer: 4,
+            max_connections_per_ip: 8,
+            max_pending_incoming: 64,
+            max_pending_per_ip: 8,
             max_concurrent_streams: 32,
             max_pending_requests: 256,
             request_timeout: Duration::from_secs(30),
@@ -94,6 +126,8 @@ impl Default for Limits {
             history_page_messages: 256,
             history_page_bytes: 8 * 1024 * 1024,
             dedupe_window: 65_536,
+            response_bytes_in_flight: 64 * 1024 * 1024,
+            response_bytes_per_peer: 16 * 1024 * 1024,
         }
     }
 }
@@ -169,8 +203,18 @@ impl Default for Config {
 
 impl Config {
     /// Listens on 127.0.0.1 only (random TCP and QUIC ports), with mDNS and Kademlia off:
-    /// the configuration for tests and local benchmarks.
+    /// the configuration for tests, local benchmarks and the demo. As all their nodes share
+    /// 127.0.0.1, the per-address limits ([`Limits::max_connections_per_ip`],
+    /// [`Limits::max_pending_per_ip`]) are lifted and [`Limits::max_pending_incoming`] is
+    /// 256, so 50 or more clients can dial one node at once; set them back to test the
+    /// limits themselves.
     pub fn loopback() -> Self {
+        let limits = Limits {
+            max_connections_per_ip: usize::MAX,
+            max_pending_per_ip: usize::MAX,
+            max_pending_incoming: 256,
+            ..Limits::default()
+        };
         Self {
             listen: vec![
                 Multiaddr::empty()
@@ -183,6 +227,7 @@ impl Config {
             ],
             mdns: false,
             kademlia: false,
+            limits,
             ..Self::default()
         }
     }
@@ -254,6 +299,27 @@ pub struct Counters {
     /// Peer subscriptions this store did not follow because it already served
     /// [`store::Config::max_topics`] topics.
     pub topics_not_followed: u64,
+    /// Inbound connections refused during their handshake
+    /// ([`Limits::max_pending_incoming`], [`Limits::max_pending_per_ip`]).
+    pub handshakes_refused: u64,
+    /// Established connections refused ([`Limits::max_peers`],
+    /// [`Limits::max_connections_per_peer`], [`Limits::max_connections_per_ip`]).
+    pub connections_refused: u64,
+    /// Peers disconnected to make room for a peer from a less crowded address.
+    pub peers_evicted: u64,
+    /// Store requests answered "busy" because the response would have exceeded
+    /// [`Limits::response_bytes_in_flight`] or [`Limits::response_bytes_per_peer`].
+    pub requests_busy: u64,
+    /// Bytes of responses built but not yet fully written (history pages and directory
+    /// blobs), over all peers: never above [`Limits::response_bytes_in_flight`].
+    pub response_bytes_in_flight: u64,
+    /// The highest [`Counters::response_bytes_in_flight`] since the node started.
+    pub response_bytes_in_flight_peak: u64,
+    /// Directory puts (remote or local) the [`store::DirectoryValidator`] refused.
+    pub puts_rejected: u64,
+    /// Directory puts (remote or local) refused for exceeding a quota
+    /// ([`store::Config::max_entries_per_peer`] and the others).
+    pub puts_over_quota: u64,
 }
 
 #[derive(Default)]
@@ -278,6 +344,12 @@ struct Stats {
     slow_peers: AtomicU64,
     topics_followed: AtomicU64,
     topics_not_followed: AtomicU64,
+    slots: Arc<slots::Tally>,
+    requests_busy: AtomicU64,
+    response_bytes_in_flight: AtomicU64,
+    response_bytes_in_flight_peak: AtomicU64,
+    puts_rejected: AtomicU64,
+    puts_over_quota: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -312,6 +384,14 @@ impl Stats {
             slow_peers: g(&self.slow_peers),
             topics_followed: g(&self.topics_followed),
             topics_not_followed: g(&self.topics_not_followed),
+            handshakes_refused: g(&self.slots.pending_refused),
+            connections_refused: g(&self.slots.refused),
+            peers_evicted: g(&self.slots.evicted),
+            requests_busy: g(&self.requests_busy),
+            response_bytes_in_flight: g(&self.response_bytes_in_flight),
+            response_bytes_in_flight_peak: g(&self.response_bytes_in_flight_peak),
+            puts_rejected: g(&self.puts_rejected),
+            puts_over_quota: g(&self.puts_over_quota),
         }
     }
 }
@@ -377,6 +457,8 @@ impl Stream for Inbound {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// First, so connections it refuses never reach the other behaviours.
+    slots: slots::Behaviour,
     gossipsub: gossipsub::Behaviour,
     rpc: request_response::Behaviour<rpc::Codec>,
     identify: identify::Behaviour,
@@ -407,11 +489,26 @@ impl Node {
             || limits.gossip_queue == 0
             || limits.max_concurrent_streams == 0
             || limits.max_peers == 0
+            || limits.max_connections_per_peer == 0
+            || limits.max_connections_per_ip == 0
+            || limits.max_pending_incoming == 0
+            || limits.max_pending_per_ip == 0
         {
             return Err(Error::Config("limits must be non-zero".into()));
         }
         if limits.max_message_size > u32::MAX as usize / 4 {
             return Err(Error::Config("max_message_size is too large".into()));
+        }
+        let largest_response = (limits.max_message_size + rpc::ENTRY_OVERHEAD)
+            .max(limits.max_directory_blob)
+            + rpc::PAGE_OVERHEAD;
+        if limits.response_bytes_per_peer < largest_response
+            || limits.response_bytes_in_flight < limits.response_bytes_per_peer
+        {
+            return Err(Error::Config(format!(
+                "response_bytes_per_peer must hold the largest response ({largest_response} \
+                 bytes) and response_bytes_in_flight at least that"
+            )));
         }
         let keypair = match &config.data_dir {
             Some(dir) => {
@@ -503,6 +600,10 @@ impl Node {
             puts: HashMap::new(),
             next_put: 0,
             topic_limit_warned: false,
+            responses: Budget::new(
+                limits.response_bytes_in_flight,
+                limits.response_bytes_per_peer,
+            ),
         };
         task.resubscribe_served_topics();
         for addr in &config.bootstrap {
@@ -758,7 +859,18 @@ fn build_behaviour(
     } else {
         None
     };
+    let slots = slots::Behaviour::new(
+        slots::SlotLimits {
+            max_peers: limits.max_peers,
+            max_connections_per_peer: limits.max_connections_per_peer,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            max_pending_incoming: limits.max_pending_incoming,
+            max_pending_per_ip: limits.max_pending_per_ip,
+        },
+        stats.slots.clone(),
+    );
     Ok(Behaviour {
+        slots,
         gossipsub,
         rpc,
         identify,
@@ -930,6 +1042,8 @@ struct Task {
     next_put: u64,
     /// Whether the store already warned that it serves `max_topics` topics.
     topic_limit_warned: bool,
+    /// Bytes held in responses not yet written, see [`Limits::response_bytes_in_flight`].
+    responses: Budget<PeerId, InboundRequestId>,
 }
 
 impl Task {
@@ -1119,11 +1233,23 @@ impl Task {
     fn put(&mut self, key: Vec<u8>, blob: Vec<u8>, reply: Reply<()>) {
         let mut stored_locally = false;
         if let Some(store) = &self.store {
-            if let Err(e) = store.put(&key, &blob) {
-                let _ = reply.send(Err(e));
-                return;
+            match store.put(&key, &blob, store::Writer::Local, SystemTime::now()) {
+                Ok(store::PutOutcome::Stored) => stored_locally = true,
+                Ok(store::PutOutcome::Rejected) => {
+                    bump(&self.stats.puts_rejected);
+                    let _ = reply.send(Err(Error::EntryRejected));
+                    return;
+                }
+                Ok(store::PutOutcome::OverQuota) => {
+                    bump(&self.stats.puts_over_quota);
+                    let _ = reply.send(Err(Error::QuotaExceeded));
+                    return;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
             }
-            stored_locally = true;
         }
         let peers = self.store_candidates();
         if peers.is_empty() {
@@ -1190,7 +1316,7 @@ impl Task {
     fn get(&mut self, key: Vec<u8>, reply: Reply<Option<Vec<u8>>>) {
         let local = self.store.is_some();
         if let Some(store) = &self.store {
-            match store.get(&key) {
+            match store.get(&key, SystemTime::now()) {
                 Ok(Some(blob)) => {
                     let _ = reply.send(Ok(Some(blob)));
                     return;
@@ -1231,13 +1357,12 @@ impl Task {
         if self.subscribed.contains(&topic)
             && let Some(store) = &self.store
         {
+            let limits = PageLimits::unbudgeted(
+                self.limits.history_page_messages,
+                self.limits.history_page_bytes,
+            );
             let r = store
-                .history(
-                    &topic,
-                    &from,
-                    self.limits.history_page_messages,
-                    self.limits.history_page_bytes,
-                )
+                .history(&topic, &from, limits)
                 .map(|(entries, more)| make_page(&topic, entries, more));
             let _ = reply.send(r);
             return;
@@ -1316,18 +1441,7 @@ impl Task {
                     }
                 }
             }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                num_established,
-                ..
-            } => {
-                let peers = self.swarm.connected_peers().count();
-                if num_established.get() == 1 && peers > self.limits.max_peers {
-                    tracing::debug!("peer limit reached, closing connection to {peer_id}");
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                }
-                self.update_peer_counts();
-            }
+            SwarmEvent::ConnectionEstablished { .. } => self.update_peer_counts(),
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
@@ -1484,23 +1598,44 @@ impl Task {
     fn on_rpc(&mut self, event: request_response::Event<Request, Response>) {
         match event {
             request_response::Event::Message {
+                peer,
                 message:
                     request_response::Message::Request {
-                        request, channel, ..
+                        request_id,
+                        request,
+                        channel,
                     },
                 ..
             } => {
-                let response = self.serve(request);
-                if matches!(response, Response::Refused(_)) {
-                    bump(&self.stats.requests_refused);
-                } else {
-                    bump(&self.stats.requests_served);
+                let response = self.serve(peer, request);
+                match response {
+                    Response::Refused(Refusal::Busy) => bump(&self.stats.requests_busy),
+                    Response::Refused(Refusal::Rejected) => {
+                        bump(&self.stats.requests_refused);
+                        bump(&self.stats.puts_rejected);
+                    }
+                    Response::Refused(Refusal::OverQuota) => {
+                        bump(&self.stats.requests_refused);
+                        bump(&self.stats.puts_over_quota);
+                    }
+                    Response::Refused(_) => bump(&self.stats.requests_refused),
+                    _ => bump(&self.stats.requests_served),
                 }
-                let _ = self
+                // Charged before it is handed over: from here until libp2p reports the
+                // response sent (or the request failed) the connection task holds it.
+                self.responses
+                    .charge(request_id, peer, rpc::response_len(&response));
+                if self
                     .swarm
                     .behaviour_mut()
                     .rpc
-                    .send_response(channel, response);
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    // The stream is already gone: the response was dropped.
+                    self.responses.release(&request_id);
+                }
+                self.update_response_bytes();
             }
             request_response::Event::Message {
                 message:
@@ -1513,22 +1648,62 @@ impl Task {
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => self.on_response(request_id, Err(Error::Request(error.to_string()))),
-            request_response::Event::InboundFailure { peer, error, .. } => {
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
                 tracing::debug!("inbound store request from {peer} failed: {error}");
                 bump(&self.stats.requests_failed);
+                self.responses.release(&request_id);
+                self.update_response_bytes();
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.responses.release(&request_id);
+                self.update_response_bytes();
+            }
         }
     }
 
-    fn serve(&mut self, request: Request) -> Response {
+    fn update_response_bytes(&self) {
+        let now = u64::try_from(self.responses.total()).unwrap_or(u64::MAX);
+        self.stats
+            .response_bytes_in_flight
+            .store(now, Ordering::Relaxed);
+        self.stats
+            .response_bytes_in_flight_peak
+            .fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Answers a store request from `peer`, within what the response budget still allows
+    /// for that peer: a shorter page, or "busy", rather than more bytes held.
+    fn serve(&mut self, peer: PeerId, request: Request) -> Response {
         let Some(store) = &self.store else {
             return Response::Refused(Refusal::BadRequest);
         };
+        let budget = self.responses.available(&peer);
+        let now = SystemTime::now();
         let result = match request {
-            Request::Put { key, blob } => store.put(&key, &blob).map(|()| Response::Stored),
-            Request::Get { key } => store.get(&key).map(|b| match b {
-                Some(blob) => Response::Found(blob),
+            Request::Put { key, blob } => {
+                let writer = peer.to_bytes();
+                store
+                    .put(&key, &blob, store::Writer::Remote(&writer), now)
+                    .map(|outcome| match outcome {
+                        store::PutOutcome::Stored => Response::Stored,
+                        store::PutOutcome::Rejected => Response::Refused(Refusal::Rejected),
+                        store::PutOutcome::OverQuota => Response::Refused(Refusal::OverQuota),
+                    })
+            }
+            Request::Get { key } => store.get(&key, now).map(|b| match b {
+                Some(blob) => {
+                    let response = Response::Found(blob);
+                    if rpc::response_len(&response) > budget {
+                        Response::Refused(Refusal::Busy)
+                    } else {
+                        response
+                    }
+                }
                 None => Response::NotFound,
             }),
             Request::History {
@@ -1539,12 +1714,24 @@ impl Task {
                 let Some(topic) = Topic::parse(&topic) else {
                     return Response::Refused(Refusal::BadRequest);
                 };
-                let max = usize::try_from(limit)
+                let messages = usize::try_from(limit)
                     .unwrap_or(usize::MAX)
                     .clamp(1, self.limits.history_page_messages);
+                let limits = PageLimits {
+                    messages,
+                    bytes: self.limits.history_page_bytes,
+                    budget: budget.saturating_sub(rpc::PAGE_OVERHEAD),
+                    entry_overhead: rpc::ENTRY_OVERHEAD,
+                };
                 store
-                    .history(&topic, &after, max, self.limits.history_page_bytes)
-                    .map(|(entries, more)| Response::Page { entries, more })
+                    .history(&topic, &after, limits)
+                    .map(|(entries, more)| {
+                        if entries.is_empty() && more {
+                            Response::Refused(Refusal::Busy)
+                        } else {
+                            Response::Page { entries, more }
+                        }
+                    })
             }
         };
         result.unwrap_or_else(|e| {
@@ -1561,7 +1748,7 @@ impl Task {
             Pending::Put(op) => {
                 let r = match outcome {
                     Ok(Response::Stored) => Ok(()),
-                    Ok(Response::Refused(why)) => Err(Error::Refused(format!("{why:?}"))),
+                    Ok(Response::Refused(why)) => Err(refusal_error(why)),
                     Ok(_) => Err(Error::Request("unexpected response to put".into())),
                     Err(e) => Err(e),
                 };
@@ -1576,7 +1763,7 @@ impl Task {
                 }
                 Ok(_) | Err(_) if !rest.is_empty() => self.send_get(key, rest, reply),
                 Ok(Response::Refused(why)) => {
-                    let _ = reply.send(Err(Error::Refused(format!("{why:?}"))));
+                    let _ = reply.send(Err(refusal_error(why)));
                 }
                 Ok(_) => {
                     let _ = reply.send(Err(Error::Request("unexpected response to get".into())));
@@ -1596,7 +1783,7 @@ impl Task {
                 }
                 Ok(_) | Err(_) if !rest.is_empty() => self.send_history(topic, from, rest, reply),
                 Ok(Response::Refused(why)) => {
-                    let _ = reply.send(Err(Error::Refused(format!("{why:?}"))));
+                    let _ = reply.send(Err(refusal_error(why)));
                 }
                 Ok(_) => {
                     let _ =
@@ -1607,6 +1794,16 @@ impl Task {
                 }
             },
         }
+    }
+}
+
+/// The error a client reports for a store's refusal.
+fn refusal_error(why: Refusal) -> Error {
+    match why {
+        Refusal::Busy => Error::StoreBusy,
+        Refusal::Rejected => Error::EntryRejected,
+        Refusal::OverQuota => Error::QuotaExceeded,
+        Refusal::BadRequest | Refusal::Internal => Error::Refused(format!("{why:?}")),
     }
 }
 
@@ -1646,6 +1843,12 @@ mod tests {
         assert!(matches!(Node::start(c).await, Err(Error::Config(_))));
         let mut c = Config::loopback();
         c.limits.inbound_queue = 0;
+        assert!(matches!(Node::start(c).await, Err(Error::Config(_))));
+        let mut c = Config::loopback();
+        c.limits.response_bytes_per_peer = c.limits.max_message_size;
+        assert!(matches!(Node::start(c).await, Err(Error::Config(_))));
+        let mut c = Config::loopback();
+        c.limits.response_bytes_in_flight = c.limits.response_bytes_per_peer - 1;
         assert!(matches!(Node::start(c).await, Err(Error::Config(_))));
         let mut c = Config::loopback();
         c.listen = vec![

@@ -36,6 +36,26 @@ pub(crate) fn max_response_frame(limits: &Limits) -> usize {
         + 1024
 }
 
+/// Encoded bytes a history entry adds to a page besides its payload: id, arrival time and
+/// payload length.
+pub(crate) const ENTRY_OVERHEAD: usize = 32 + 8 + 4;
+
+/// Encoded bytes of a page besides its entries: tag, flag and entry count.
+pub(crate) const PAGE_OVERHEAD: usize = 1 + 1 + 4;
+
+/// The encoded size of the variable-size responses (history pages and directory blobs),
+/// which the store charges to its response budget; 0 for the fixed ones of a few bytes.
+pub(crate) fn response_len(res: &Response) -> usize {
+    match res {
+        Response::Page { entries, .. } => entries.iter().fold(PAGE_OVERHEAD, |n, e| {
+            n.saturating_add(ENTRY_OVERHEAD)
+                .saturating_add(e.data.len())
+        }),
+        Response::Found(blob) => 1usize.saturating_add(4).saturating_add(blob.len()),
+        Response::Stored | Response::NotFound | Response::Refused(_) => 0,
+    }
+}
+
 /// Size limits the codec enforces on both sides.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -68,6 +88,13 @@ pub(crate) enum Refusal {
     BadRequest = 1,
     /// The store's database failed.
     Internal = 2,
+    /// The store holds as many response bytes as its budget allows (for this peer or in
+    /// total); retry later.
+    Busy = 3,
+    /// The store's directory validator refused the put.
+    Rejected = 4,
+    /// The put would exceed the writer's directory quota or the directory's size.
+    OverQuota = 5,
 }
 
 /// A store node's answer.
@@ -330,6 +357,9 @@ impl Codec {
             RES_REFUSED => Response::Refused(match r.u8()? {
                 1 => Refusal::BadRequest,
                 2 => Refusal::Internal,
+                3 => Refusal::Busy,
+                4 => Refusal::Rejected,
+                5 => Refusal::OverQuota,
                 _ => return Err(invalid("unknown refusal")),
             }),
             _ => return Err(invalid("unknown response")),
@@ -410,6 +440,8 @@ impl libp2p::request_response::Codec for Codec {
         T: AsyncWrite + Unpin + Send,
     {
         let body = self.encode_response(&res)?;
+        // Only the encoded copy is held while a slow reader drains it.
+        drop(res);
         write_frame(io, &body, max_response_frame(&self.limits)).await
     }
 }
@@ -472,7 +504,16 @@ mod tests {
                 more: true,
             },
             Response::Refused(Refusal::BadRequest),
+            Response::Refused(Refusal::Internal),
+            Response::Refused(Refusal::Busy),
+            Response::Refused(Refusal::Rejected),
+            Response::Refused(Refusal::OverQuota),
         ];
+        for res in &ress {
+            let body = c.encode_response(res).unwrap();
+            let charged = response_len(res);
+            assert!(charged == 0 || charged == body.len(), "{res:?}");
+        }
         for res in ress {
             let body = c.encode_response(&res).unwrap();
             assert_eq!(c.decode_response(&body).unwrap(), res);

@@ -272,14 +272,38 @@ impl State {
 
     /// What we hold of a group, for [`welcome_action`].
     fn held(&self, gid: &GroupId) -> Result<Held> {
-        Ok(match self.groups.get(gid) {
-            Some(g) if g.mls.is_active() => Held::Live,
-            // Removed by a merged commit, in the grace period.
-            Some(_) => Held::Dead,
-            // Left, removed, or dropped after a withdrawal.
-            None if self.ever_member(gid)? => Held::Dead,
-            None => Held::Unknown,
-        })
+        if let Some(g) = self.groups.get(gid)
+            && g.mls.is_active()
+        {
+            return Ok(Held::Live);
+        }
+        if !self.ever_member(gid)? {
+            return Ok(Held::Unknown);
+        }
+        // Removed by a merged commit (in the grace period, or gone), left, or dropped after
+        // a withdrawal.
+        let (dead_epoch, left): (Option<i64>, bool) = self.db().query_row(
+            "SELECT dead_epoch, left_on_purpose OR EXISTS
+                 (SELECT 1 FROM pqmls_intents WHERE group_id = ?1 AND kind = 'leave')
+             FROM pqmls_groups WHERE group_id = ?1",
+            [&gid.0],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let last_epoch = match dead_epoch {
+            Some(e) => to_u64(e),
+            None => self.last_member_epoch(gid)?,
+        };
+        Ok(Held::Dead { last_epoch, left })
+    }
+
+    /// The last epoch of our branch at which we were a member of the group.
+    pub(crate) fn last_member_epoch(&self, gid: &GroupId) -> Result<u64> {
+        let e: Option<i64> = self.db().query_row(
+            "SELECT MAX(epoch) FROM pqmls_epochs WHERE group_id = ?1",
+            [&gid.0],
+            |r| r.get(0),
+        )?;
+        Ok(e.map_or(0, to_u64))
     }
 
     /// Joins from a Welcome, or decides not to.
@@ -301,7 +325,13 @@ impl State {
         let epoch = info.epoch().as_u64();
         // Staging verifies the GroupInfo signature and the tree (RFC 9420 §12.4.3.1), so
         // the sender below is the member whose key signed it.
-        let staged = match processed.into_staged_welcome(&self.provider, None) {
+        // A state of ours with this id may exist in storage (one removed in the grace
+        // period): staging must not fail on it. Whether it is replaced is decided below by
+        // the trust rule; a Welcome that does not join is rolled back.
+        let staged = match JoinBuilder::new(&self.provider, processed)
+            .replace_old_group()
+            .build()
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!("{}: dropping a Welcome: {e:?}", self.name);
@@ -317,10 +347,11 @@ impl State {
         let inviter_key = sender.signature_key().as_slice().to_vec();
         let held = self.held(&gid)?;
         let known = self.known_in_group(&gid, &inviter.id)?;
-        match welcome_action(held, known) {
+        match welcome_action(held, known, epoch) {
             WelcomeAction::Refuse => {
                 tracing::debug!(
-                    "{}: refusing a Welcome to {gid} from {} (a key never seen in it)",
+                    "{}: refusing a Welcome to {gid} at epoch {epoch} from {} (a key never \
+                     seen in it, or older than the state it would continue)",
                     self.name,
                     inviter.id.short()
                 );
@@ -375,6 +406,10 @@ impl State {
         )?;
         let group = staged.into_group(&self.provider).map_err(mls)?;
         self.add_group(&gid, group)?;
+        self.db().execute(
+            "UPDATE pqmls_groups SET dead_epoch = NULL, left_on_purpose = 0 WHERE group_id = ?1",
+            [&gid.0],
+        )?;
         self.db().execute(
             "INSERT OR REPLACE INTO pqmls_joins (group_id, welcome_hash, inviter_key, joined_seq, epoch, void_id, void_key)
              VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) FROM pqmls_messages), ?4, ?5, ?6)",
@@ -509,8 +544,18 @@ impl State {
             "{}: the Welcome we joined {gid} with was withdrawn: leaving its dead branch",
             self.name
         );
+        let joined_epoch: i64 = self.db().query_row(
+            "SELECT epoch FROM pqmls_joins WHERE group_id = ?1",
+            [&gid.0],
+            |r| r.get(0),
+        )?;
         self.db()
             .execute("DELETE FROM pqmls_joins WHERE group_id = ?1", [&gid.0])?;
+        // A continuation must come from the live branch, later than the withdrawn join.
+        self.db().execute(
+            "UPDATE pqmls_groups SET dead_epoch = ?2 WHERE group_id = ?1",
+            params![gid.0, joined_epoch],
+        )?;
         // What we sent on that state reached nobody on the live branch: it goes out again
         // (epoch -1 marks it) when we are in the group again.
         self.db().execute(

@@ -117,6 +117,8 @@ pub(crate) struct State {
     pub welcome_budget: Budget,
     /// (contact label, new id) pairs already reported as a key change.
     pub key_changes: BTreeSet<(String, UserId)>,
+    /// Seen ids recorded since the last pruning.
+    pub seen_marks: usize,
 }
 
 /// A short hex prefix of a hash, for logs.
@@ -395,6 +397,12 @@ impl State {
         self.db()
             .prepare_cached("INSERT OR IGNORE INTO pqmls_seen (id, seen_ms) VALUES (?1, ?2)")?
             .execute(params![&id.0[..], to_i64(self.wall_ms())])?;
+        // Pruned in batches: the table holds at most `seen` + min(`seen`, 256) ids.
+        self.seen_marks += 1;
+        if self.seen_marks >= self.config.limits.seen.clamp(1, 256) {
+            self.seen_marks = 0;
+            self.prune_seen()?;
+        }
         Ok(())
     }
 
@@ -599,6 +607,7 @@ impl State {
     pub(crate) fn table_sizes(&self) -> Result<BTreeMap<&'static str, u64>> {
         let mut out = BTreeMap::new();
         for table in [
+            "pqmls_groups",
             "pqmls_seen",
             "pqmls_commits",
             "pqmls_pending",

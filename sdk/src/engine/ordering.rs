@@ -101,6 +101,10 @@ impl State {
         }
         let payload = Wire::Handshake { mls: mls.to_vec() }.encode();
         if !self.commit_fits(gid, epoch, payload.len())? {
+            tracing::debug!(
+                "{}: group {gid}: commit for epoch {epoch} deferred (caps)",
+                self.name
+            );
             self.todo.sync.insert(gid.clone());
             return Ok(Outcome::Deferred);
         }
@@ -140,23 +144,41 @@ impl State {
     }
 
     /// Whether a commit for `epoch` fits the caps (per epoch, per group in rows and bytes).
+    /// Others' commits that were tried and found invalid make room first: anyone can fill
+    /// the caps with garbage, but garbage is found out at the next settle, and must not
+    /// keep an honest commit out after that.
     fn commit_fits(&self, gid: &GroupId, epoch: u64, len: usize) -> Result<bool> {
         let limits = &self.config.limits;
-        let in_epoch: i64 = self
-            .db()
+        let usage = |s: &State| -> Result<(u64, u64, u64)> {
+            let in_epoch: i64 = s
+                .db()
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM pqmls_commits
+                     WHERE group_id = ?1 AND epoch = ?2 AND (merged != -1 OR own = 1)",
+                )?
+                .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))?;
+            let (rows, bytes): (i64, i64) = s
+                .db()
+                .prepare_cached(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM pqmls_commits WHERE group_id = ?1",
+                )?
+                .query_row([&gid.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok((to_u64(in_epoch), to_u64(rows), to_u64(bytes)))
+        };
+        let fits = |(in_epoch, rows, bytes): (u64, u64, u64)| {
+            in_epoch < limits.candidates_per_epoch as u64
+                && rows < limits.commits as u64
+                && bytes.saturating_add(len as u64) <= limits.commit_bytes as u64
+        };
+        if fits(usage(self)?) {
+            return Ok(true);
+        }
+        self.db()
             .prepare_cached(
-                "SELECT COUNT(*) FROM pqmls_commits WHERE group_id = ?1 AND epoch = ?2",
+                "DELETE FROM pqmls_commits WHERE group_id = ?1 AND merged = -1 AND own = 0",
             )?
-            .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))?;
-        let (rows, bytes): (i64, i64) = self
-            .db()
-            .prepare_cached(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM pqmls_commits WHERE group_id = ?1",
-            )?
-            .query_row([&gid.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(to_u64(in_epoch) < limits.candidates_per_epoch as u64
-            && to_u64(rows) < limits.commits as u64
-            && to_u64(bytes).saturating_add(len as u64) <= limits.commit_bytes as u64)
+            .execute([&gid.0])?;
+        Ok(fits(usage(self)?))
     }
 
     /// Whether `hash` is smaller than the commit we merged at `epoch` and we have the
@@ -446,9 +468,18 @@ impl State {
     /// Drops our state of a group. `keep_pending`: the buffered messages stay, for a
     /// state we expect to get soon (after a withdrawn Welcome, the live branch's).
     pub(crate) fn deactivate(&mut self, gid: &GroupId, keep_pending: bool) -> Result<()> {
-        self.db().execute(
-            "UPDATE pqmls_groups SET active = 0 WHERE group_id = ?1",
+        // The last epoch we were a member at, unless a withdrawal set it already; and
+        // whether we had asked to leave.
+        let last = self.last_member_epoch(gid)?;
+        let left: bool = self.db().query_row(
+            "SELECT EXISTS (SELECT 1 FROM pqmls_intents WHERE group_id = ?1 AND kind = 'leave')",
             [&gid.0],
+            |r| r.get(0),
+        )?;
+        self.db().execute(
+            "UPDATE pqmls_groups SET active = 0, dead_epoch = COALESCE(dead_epoch, ?2),
+                 left_on_purpose = ?3 WHERE group_id = ?1",
+            params![gid.0, to_i64(last), left],
         )?;
         self.db()
             .execute("DELETE FROM pqmls_intents WHERE group_id = ?1", [&gid.0])?;

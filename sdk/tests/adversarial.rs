@@ -1,0 +1,786 @@
+//! The attacks of the "trust nothing from the network" issue, one test each, on the
+//! simulated network, each asserting the secure outcome: the victim's state and member
+//! list unchanged, the attacker reads nothing, nothing counted twice, every table a
+//! stranger can fill under its cap.
+//!
+//! The attacker ("mallory", see `common::Mallory`) is an outsider with an MLS identity of
+//! its own: it can build real MLS messages in groups it makes (also with a victim's group
+//! id, which MLS framing shows in clear), publish anything on any topic, re-wrap what it
+//! relays, and write to (or, as a store, serve anything from) the directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pqmls::sim::{SimConfig, SimNetwork};
+use pqmls::{Client, Error, Event, Events, GroupId, InvitePolicy, Limits, Transport, UserId};
+use sha2::Digest as _;
+
+fn net() -> SimNetwork {
+    let net = SimNetwork::new(SimConfig::default());
+    net.set_directory_validator(pqmls::directory_validator().unwrap());
+    net
+}
+
+/// Every event waiting on `ev`.
+fn drain(ev: &mut Events) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(e) = ev.try_recv() {
+        out.push(e);
+    }
+    out
+}
+
+/// An MLS `PrivateMessage` (RFC 9420 §6.3) with the given framing and random-looking
+/// content, canonically encoded: what any outsider can put on a group topic.
+fn fake_private(gid: &GroupId, epoch: u64, content_type: u8, noise: u64) -> Vec<u8> {
+    fn vec(out: &mut Vec<u8>, b: &[u8]) {
+        let n = b.len();
+        if n < 64 {
+            out.push(n as u8);
+        } else if n < 16384 {
+            out.extend_from_slice(&(0x4000 | n as u16).to_be_bytes());
+        } else {
+            out.extend_from_slice(&(0x8000_0000 | n as u32).to_be_bytes());
+        }
+        out.extend_from_slice(b);
+    }
+    let mut out = vec![0, 1, 0, 2];
+    vec(&mut out, gid.as_bytes());
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.push(content_type);
+    vec(&mut out, &[]);
+    let seed = sha2::Sha256::digest(noise.to_be_bytes());
+    vec(&mut out, &seed[..16]);
+    vec(&mut out, &seed.repeat(4));
+    out
+}
+
+/// Attack 1: An outsider builds a Welcome into a group of its own that carries the victim's
+/// group id, made with one of the victim's published key packages, and sends it to the
+/// victim's inbox; then it forges every fork signal it can (an epoch-authenticator tag
+/// that is not the group's on a real message, a commit and a message of its fake group
+/// for the group's current epoch). Before: the victim kept the Welcome aside, took the
+/// forged tag as a fork, joined the fake group, deleted its live state and re-sent its
+/// recent messages into it. Now: nothing changes, and the outsider reads nothing.
+#[tokio::test(start_paused = true)]
+async fn an_outsider_cannot_take_over_a_members_group() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let bob = client(&net, config("bob")).await;
+    let carol = client(&net, config("carol")).await;
+    let mut mallory = Mallory::new(&net, "alice");
+    let g = group(&[&alice, &bob, &carol]).await;
+    let gt = group_topic(&g);
+    mallory.transport.subscribe(&gt).await.unwrap();
+    bob.send(&g, b"bob's recent message").await.unwrap();
+    until("delivered", async || {
+        alice.history(&g, 10).await.unwrap().len() == 1
+    })
+    .await;
+    let before = bob.status(&g).await.unwrap();
+    let mut bob_ev = bob.events();
+
+    // The fake group: same id, mallory posing with alice's name, bob's key package.
+    let kp = key_package(&mallory.transport, &bob.id(), "last-resort").await;
+    let mut fake = mallory.group_with_id(&g);
+    let (_, welcome) = mallory.add(&mut fake, &[kp]);
+    publish(
+        &mallory.transport,
+        &inbox_topic(&bob.id()),
+        &[envelope(WELCOME, &[], &welcome)],
+    )
+    .await;
+    // Forged fork signals.
+    alice.send(&g, b"real").await.unwrap();
+    let app = capture(&mut mallory.inbox, &gt, APPLICATION).await;
+    let (_, _, app_mls) = open_envelope(&app);
+    while fake.epoch().as_u64() < before.epoch {
+        mallory.update(&mut fake);
+    }
+    let fake_msg = mallory.message(&mut fake, b"mallory at your epoch");
+    let fake_commit = mallory.update(&mut fake);
+    publish(
+        &mallory.transport,
+        &gt,
+        &[
+            envelope(APPLICATION, &[0x55; 16], &app_mls),
+            envelope(HANDSHAKE, &[], &fake_commit),
+            envelope(APPLICATION, &[0x66; 16], &fake_msg),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // The victim's state is the group's, unchanged; nothing was joined or kept.
+    converge(&[&alice, &bob, &carol], &g, before.epoch).await;
+    assert_eq!(bob.status(&g).await.unwrap(), before);
+    let events = drain(&mut bob_ev);
+    assert!(
+        !events.iter().any(|e| matches!(
+            e,
+            Event::Joined { .. } | Event::Invited(_) | Event::Removed { .. }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(bob.table_sizes().await.unwrap()["pqmls_welcomes"], 0);
+    // The forged signals were hints (a catch-up), never evidence of a fork.
+    let s = bob.stats().await;
+    assert!(s.fork_hints >= 1, "{s:?}");
+    assert_eq!(
+        (s.forks_detected, s.forks_recovered, s.resent),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    assert!(s.rejected >= 1, "the Welcome was refused: {s:?}");
+    // The group works, mallory is no member anywhere, and reads nothing of it.
+    bob.send(&g, b"after the attack").await.unwrap();
+    until("delivered after the attack", async || {
+        carol
+            .history(&g, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.body == b"after the attack")
+    })
+    .await;
+    for c in [&alice, &bob, &carol] {
+        assert!(
+            !c.members(&g)
+                .await
+                .unwrap()
+                .iter()
+                .any(|m| m.id == mallory.id())
+        );
+    }
+    assert!(!mallory.reads_any(&mut fake, &net.history_of(&gt)));
+}
+
+/// A Welcome into a group of mallory's that carries `g`'s id, for `victim`'s last-resort
+/// key package.
+async fn fake_welcome(mallory: &Mallory, g: &GroupId, victim: &UserId) -> Vec<u8> {
+    let kp = key_package(&mallory.transport, victim, "last-resort").await;
+    let mut fake = mallory.group_with_id(g);
+    let (_, w) = mallory.add(&mut fake, &[kp]);
+    envelope(WELCOME, &[], &w)
+}
+
+/// Attack 1b: The same while the victim's state is inactive: bob is removed (in the grace period,
+/// then gone), and mallory's Welcome with the group's id must not make him a member of
+/// anything; nor may a relay's replay of the genuine Welcome he once joined with (it
+/// names the last-resort key package, which stays usable) bring the dead state back. A
+/// member he knows can invite him back.
+#[tokio::test(start_paused = true)]
+async fn dead_states_are_continued_only_by_known_members_and_never_by_replays() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let mut bc = config("bob");
+    bc.one_time_key_packages = 0; // every Welcome for bob names his last-resort package
+    bc.removal_grace = Duration::from_secs(2);
+    bc.limits.seen = 1; // forgets seen ids at once: replays get through de-duplication
+    let bob = client(&net, bc).await;
+    let mallory = Mallory::new(&net, "alice");
+    let g = group(&[&alice, &bob]).await;
+    let bob_inbox = inbox_topic(&bob.id());
+    let original = net
+        .history_of(&bob_inbox)
+        .into_iter()
+        .find(|m| m.data.first() == Some(&WELCOME))
+        .expect("bob's Welcome");
+    alice.send(&g, b"before the removal").await.unwrap();
+    alice.remove(&g, &bob.id()).await.unwrap();
+    until("bob removed", async || {
+        matches!(bob.status(&g).await, Err(Error::NotMember(_)))
+    })
+    .await;
+    let mut bob_ev = bob.events();
+    // Mallory's Welcomes in the grace period, then after it; the replay after both.
+    let w = fake_welcome(&mallory, &g, &bob.id()).await;
+    publish(&mallory.transport, &bob_inbox, &[w]).await;
+    net.replay(&original);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(bob.table_sizes().await.unwrap()["pqmls_groups"] > 0);
+    let w = fake_welcome(&mallory, &g, &bob.id()).await;
+    publish(&mallory.transport, &bob_inbox, &[w]).await;
+    net.replay(&original);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(bob.groups().await.unwrap().is_empty());
+    let events = drain(&mut bob_ev);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Joined { .. } | Event::Invited(_))),
+        "{events:?}"
+    );
+    assert!(bob.stats().await.rejected >= 4);
+    // Alice, whom bob knows from the group, invites him back: he continues.
+    alice.invite(&g, &bob.id()).await.unwrap();
+    until("bob back", async || {
+        bob.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    converge(&[&alice, &bob], &g, 3).await;
+}
+
+/// Attack 2: A relay re-wraps what it forwards: trailing bytes, an overlong length varint, a
+/// non-minimal length inside the MLS message. Before: each copy got another commit hash
+/// and transport id for the same MLS content, so a relay chose which commit won (12 of 12
+/// runs split the group) and de-duplication was bypassed. Now: every re-wrapped copy is
+/// malformed and changes nothing.
+#[tokio::test(start_paused = true)]
+async fn rewrapped_payloads_are_malformed_and_change_nothing() {
+    let net = net();
+    let a = client(&net, config("a")).await;
+    let b = client(&net, config("b")).await;
+    let c = client(&net, config("c")).await;
+    let mut relay = Mallory::new(&net, "relay");
+    let g = group(&[&a, &b, &c]).await;
+    let gt = group_topic(&g);
+    relay.transport.subscribe(&gt).await.unwrap();
+    let all = [&a, &b, &c];
+
+    let rewraps = |payload: &[u8]| -> Vec<Vec<u8>> {
+        let (variant, prefix, mls) = open_envelope(payload);
+        let mut trailing = payload.to_vec();
+        trailing.push(0);
+        // The envelope's length as LEB128 with one extra, empty continuation byte.
+        let mut overlong = vec![variant];
+        overlong.extend_from_slice(&prefix);
+        let mut len = leb128(mls.len());
+        let last = len.len() - 1;
+        len[last] |= 0x80;
+        len.push(0);
+        overlong.extend_from_slice(&len);
+        overlong.extend_from_slice(&mls);
+        // Inside MLS: the group id's length (16, one byte) as a two-byte varint.
+        assert_eq!(mls[4], 16, "group id length");
+        let mut mls2 = mls[..4].to_vec();
+        mls2.extend_from_slice(&[0x40, 16]);
+        mls2.extend_from_slice(&mls[5..]);
+        vec![trailing, overlong, envelope(variant, &prefix, &mls2)]
+    };
+
+    // Two concurrent commits; the relay re-wraps both, so that one copy of each has a
+    // smaller hash than the other commit (it tries until it gets a flip).
+    let before_merged = each(&all, |s| s.commits_merged).await;
+    let malformed0 = each(&all, |s| s.malformed).await;
+    b.update(&g).await.unwrap();
+    c.update(&g).await.unwrap();
+    let c1 = capture(&mut relay.inbox, &gt, HANDSHAKE).await;
+    let c2 = capture(&mut relay.inbox, &gt, HANDSHAKE).await;
+    let mut copies = rewraps(&c1);
+    copies.extend(rewraps(&c2));
+    publish(&relay.transport, &gt, &copies).await;
+    // One of the two wins epoch 2; the loser's update is committed again in epoch 3.
+    converge(&all, &g, 4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    converge(&all, &g, 4).await;
+    // Each member merged exactly those two commits, counted every copy as malformed,
+    // moved no branch.
+    let merged = each(&all, |s| s.commits_merged).await;
+    for (m, b0) in merged.iter().zip(&before_merged) {
+        assert_eq!(*m, b0 + 2);
+    }
+    let malformed = each(&all, |s| s.malformed).await;
+    for (m, m0) in malformed.iter().zip(&malformed0) {
+        assert_eq!(*m, m0 + copies.len() as u64);
+    }
+    assert_eq!(total(&all, |s| s.forks_recovered).await, 0);
+    assert_eq!(total(&all, |s| s.forks_detected).await, 0);
+    for x in all {
+        assert_eq!(names(x, &g).await, ["a", "b", "c"]);
+    }
+
+    // An application message re-wrapped: delivered once, the copies malformed.
+    let delivered0 = each(&all, |s| s.delivered).await;
+    a.send(&g, b"once").await.unwrap();
+    let app = capture(&mut relay.inbox, &gt, APPLICATION).await;
+    publish(&relay.transport, &gt, &rewraps(&app)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        each(&all, |s| s.delivered).await,
+        [delivered0[0], delivered0[1] + 1, delivered0[2] + 1]
+    );
+    for x in [&b, &c] {
+        let h = x.history(&g, 10).await.unwrap();
+        assert_eq!(h.iter().filter(|m| m.body == b"once").count(), 1);
+    }
+}
+
+/// Attack 3: Whoever writes `pqmls/kp/v2/<carol's id>/<slot>`, or a store that serves a planted
+/// entry, cannot get invited as carol: entries must be signed by carol's key. Before
+/// (v1, keyed by name, unauthenticated): the planted key joined and read the message.
+#[tokio::test(start_paused = true)]
+async fn planted_directory_entries_invite_nobody_else() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let carol = client(&net, config("carol")).await;
+    let mallory = Mallory::new(&net, "carol");
+    until("carol's key packages", async || {
+        alice.table_sizes().await.is_ok()
+            && mallory
+                .transport
+                .get(format!("pqmls/kp/v2/{}/last-resort", carol.id()).into_bytes())
+                .await
+                .unwrap()
+                .is_some()
+    })
+    .await;
+    let key = |slot: &str| format!("pqmls/kp/v2/{}/{slot}", carol.id()).into_bytes();
+    let planted = |slot: &str| mallory.entry(&key(slot), &mallory.key_package());
+    // The store refuses mallory's writes under carol's id (and the old, name-keyed form).
+    for slot in ["0", "last-resort"] {
+        let r = mallory.transport.put(key(slot), planted(slot)).await;
+        assert!(
+            matches!(r, Err(pqmls_transport::Error::Refused(_))),
+            "{r:?}"
+        );
+    }
+    let r = mallory
+        .transport
+        .put(b"pqmls/kp/v1/carol/0".to_vec(), mallory.key_package())
+        .await;
+    assert!(
+        matches!(r, Err(pqmls_transport::Error::Refused(_))),
+        "{r:?}"
+    );
+    // A malicious store serves planted entries anyway: slot 0 and the last resort.
+    net.plant(key("0"), planted("0"));
+    net.plant(key("last-resort"), planted("last-resort"));
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &carol.id()).await.unwrap();
+    until("carol joined", async || {
+        carol.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    converge(&[&alice, &carol], &g, 1).await;
+    let ids: Vec<UserId> = alice
+        .members(&g)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids, [alice.id(), carol.id()]);
+    assert!(net.history_of(&inbox_topic(&mallory.id())).is_empty());
+    alice.send(&g, b"for carol only").await.unwrap();
+    // Every slot planted: the invitation fails; mallory is invited nowhere.
+    for slot in ["0", "1", "2", "3", "last-resort"] {
+        net.plant(key(slot), planted(slot));
+    }
+    let g2 = alice.create_group().await.unwrap();
+    let r = alice.invite(&g2, &carol.id()).await;
+    assert!(matches!(r, Err(Error::InvalidKeyPackage { .. })), "{r:?}");
+    assert_eq!(names(&alice, &g2).await, ["alice"]);
+    // Welcomes only ever went to carol's inbox.
+    let welcomes: Vec<_> = net
+        .history_of(&inbox_topic(&carol.id()))
+        .into_iter()
+        .filter(|m| m.data.first() == Some(&WELCOME))
+        .collect();
+    assert_eq!(welcomes.len(), 1);
+}
+
+/// Attack 4: The last-resort key package is usable (its extension is in the leaf's
+/// capabilities), and stays usable for further inviters once the one-time slots are
+/// claimed. Before: `InvalidKeyPackage { reason: "UnsupportedExtension" }`.
+#[tokio::test(start_paused = true)]
+async fn the_last_resort_key_package_is_usable() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let dave = client(&net, config("dave")).await;
+    let erin = client(&net, config("erin")).await;
+    let mut cc = config("carol");
+    cc.one_time_key_packages = 1;
+    let carol = client(&net, cc).await;
+    let mut groups = Vec::new();
+    for inviter in [&alice, &dave, &erin] {
+        let g = inviter.create_group().await.unwrap();
+        inviter.invite(&g, &carol.id()).await.unwrap();
+        groups.push(g);
+    }
+    for g in &groups {
+        until("carol in every group", async || {
+            carol.groups().await.unwrap().contains(g)
+        })
+        .await;
+    }
+    // One one-time key package was used, then the last resort, twice.
+    assert_eq!(carol.groups().await.unwrap().len(), 3);
+}
+
+/// Attack 5: Key packages are rotated before they expire, claimed and consumed ones are
+/// replaced (claims at most once per five minutes), and replaced ones' private keys are
+/// deleted after the grace period. Before: never rotated (expired after 84 days),
+/// drained slots never refilled.
+#[tokio::test(start_paused = true)]
+async fn key_packages_rotate_and_are_replaced() {
+    let net = net();
+    let carol = client(&net, config("carol")).await;
+    let obs = Mallory::new(&net, "observer");
+    let slots = ["0", "1", "2", "3", "last-resort"];
+    let entries = async || {
+        let mut v = Vec::new();
+        for s in slots {
+            v.push(
+                obs.transport
+                    .get(format!("pqmls/kp/v2/{}/{s}", carol.id()).into_bytes())
+                    .await
+                    .unwrap()
+                    .unwrap_or_default(),
+            );
+        }
+        v
+    };
+    until("published", async || {
+        entries().await.iter().all(|e| !e.is_empty())
+    })
+    .await;
+    let first = entries().await;
+    let private_keys = async || carol.table_sizes().await.unwrap()["openmls_key_packages"];
+    assert_eq!(private_keys().await, 5);
+
+    // A week later: every slot has a fresh key package; the old ones' keys are kept for
+    // the grace period (a day), then deleted.
+    carol.skew_clock(Duration::from_secs(8 * 24 * 3600)).await;
+    carol.refresh_key_packages().await;
+    let rotated = entries().await;
+    for (a, b) in first.iter().zip(&rotated) {
+        assert_ne!(entry_value(a), entry_value(b));
+    }
+    assert_eq!(private_keys().await, 10);
+    carol.skew_clock(Duration::from_secs(2 * 24 * 3600)).await;
+    carol.refresh_key_packages().await;
+    assert_eq!(private_keys().await, 5);
+    assert!(entries().await == rotated, "not due again yet");
+
+    // An inviter claims one: consumed by the join, replaced at once.
+    let alice = client(&net, config("alice")).await;
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &carol.id()).await.unwrap();
+    until("carol joined", async || {
+        carol.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    until("slot 0 refilled", async || {
+        entry_value(&entries().await[0]) != entry_value(&rotated[0])
+    })
+    .await;
+    // A stranger claims key packages and never sends a Welcome: each claimed one is
+    // replaced, but never sooner than five minutes after it was made.
+    let claim = |kp: &[u8]| {
+        let hex: String = sha2::Sha256::digest(kp)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("pqmls/claim/v2/{}/{hex}", carol.id()).into_bytes()
+    };
+    let fresh = entry_value(&entries().await[0]);
+    let old = entry_value(&rotated[1]);
+    for kp in [&fresh, &old] {
+        obs.transport.put(claim(kp), Vec::new()).await.unwrap();
+    }
+    carol.refresh_key_packages().await;
+    let now = entries().await;
+    assert!(
+        entry_value(&now[0]) == fresh,
+        "a fresh claimed key package is replaced later"
+    );
+    assert!(
+        entry_value(&now[1]) != old,
+        "an old claimed key package is replaced at once"
+    );
+    carol.skew_clock(Duration::from_secs(6 * 60)).await;
+    carol.refresh_key_packages().await;
+    assert!(entry_value(&entries().await[0]) != fresh);
+    // A second claim of a claimed key package is refused by the store (first writer wins).
+    let r = obs.transport.put(claim(&old), Vec::new()).await;
+    assert!(
+        matches!(r, Err(pqmls_transport::Error::Refused(_))),
+        "{r:?}"
+    );
+}
+
+/// Attack 6: While no store is reachable, the same key packages are offered again and again.
+/// Before: a fresh set was generated and stored at every tick, without bound.
+#[tokio::test(start_paused = true)]
+async fn no_key_package_growth_while_the_directory_is_unreachable() {
+    let net = net();
+    let (t, inbox) = net.attach();
+    t.set_online(false);
+    let mut cc = config("carol");
+    cc.tick = Duration::from_millis(200);
+    let carol = Client::open(cc, t.clone(), inbox).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(
+        carol.table_sizes().await.unwrap()["openmls_key_packages"],
+        5
+    );
+    // Back online: published, still five.
+    t.set_online(true);
+    let alice = client(&net, config("alice")).await;
+    let g = alice.create_group().await.unwrap();
+    until("carol's key packages reach the store", async || {
+        alice.invite(&g, &carol.id()).await.is_ok()
+    })
+    .await;
+    until("carol joined", async || {
+        carol.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    assert!(carol.table_sizes().await.unwrap()["openmls_key_packages"] <= 5);
+}
+
+/// Attack 7: A flood from non-members (commits and messages for the current, later and absurd
+/// epochs, Welcomes, withdrawals): every table stays under its cap and the group keeps
+/// working. Before: the commit, pending, welcome, void and seen tables grew without
+/// bound, for epochs as far in the future as anyone liked.
+#[tokio::test(start_paused = true)]
+async fn a_flood_from_non_members_stays_under_every_cap() {
+    let net = net();
+    let mut limits = Limits::default();
+    limits.candidates_per_epoch = 4;
+    limits.commits = 16;
+    limits.pending = 16;
+    limits.pending_bytes = 16 * 1024;
+    limits.kept_welcomes = 2;
+    limits.invitations = 4;
+    limits.invitations_per_inviter = 1;
+    limits.voids = 8;
+    limits.seen = 64;
+    let small = |name: &str| {
+        let mut c = config(name);
+        c.limits = limits.clone();
+        c.invitations = InvitePolicy::Contacts;
+        c
+    };
+    let alice = client(&net, small("alice")).await;
+    let bob = client(&net, small("bob")).await;
+    bob.add_contact(&alice.id(), "alice").await.unwrap();
+    let g = group(&[&alice, &bob]).await;
+    let gt = group_topic(&g);
+    let inbox = inbox_topic(&bob.id());
+    let flooder = Mallory::new(&net, "flooder");
+    let mut payloads = Vec::new();
+    for k in 0..60u64 {
+        for (epoch, ct) in [
+            (1, 3),
+            (2, 3),
+            (5, 3),
+            (1 << 40, 3),
+            (2, 1),
+            (30, 1),
+            (u64::MAX, 1),
+        ] {
+            let mls = fake_private(&g, epoch, ct, k * 1000 + epoch % 1000 + u64::from(ct));
+            let variant = if ct == 3 { HANDSHAKE } else { APPLICATION };
+            let prefix = if ct == 3 {
+                Vec::new()
+            } else {
+                vec![k as u8; 16]
+            };
+            payloads.push(envelope(variant, &prefix, &mls));
+        }
+    }
+    publish(&flooder.transport, &gt, &payloads).await;
+    // Welcomes from ten strangers, each with a group of their own, and withdrawals.
+    for k in 0..10 {
+        let m = Mallory::new(&net, &format!("stranger{k}"));
+        let kp = key_package(&m.transport, &bob.id(), "last-resort").await;
+        let mut own = m.group_with_id(&GroupId::from_bytes(&[k; 16]));
+        let (_, w) = m.add(&mut own, &[kp]);
+        publish(&m.transport, &inbox, &[envelope(WELCOME, &[], &w)]).await;
+    }
+    let voids: Vec<Vec<u8>> = (0..40u8)
+        .map(|k| envelope(VOID, &[k; 32], &[k; 80]))
+        .collect();
+    publish(&flooder.transport, &inbox, &voids).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let sizes = bob.table_sizes().await.unwrap();
+    assert!(sizes["pqmls_commits"] <= 16, "{sizes:?}");
+    assert!(sizes["pqmls_pending"] <= 16, "{sizes:?}");
+    assert!(sizes["pqmls_welcomes"] <= 2, "{sizes:?}");
+    assert!(sizes["pqmls_invitations"] <= 4, "{sizes:?}");
+    assert!(sizes["pqmls_voids"] <= 8, "{sizes:?}");
+    // Seen ids are pruned in batches (see `Limits::seen`).
+    assert!(sizes["pqmls_seen"] <= 64 + 256, "{sizes:?}");
+    let s = bob.stats().await;
+    assert!(s.deferred > 0, "{s:?}");
+    assert_eq!(bob.invitations().await.unwrap().len(), 4);
+    // Still a working group.
+    alice.send(&g, b"through the flood").await.unwrap();
+    until("delivered", async || {
+        bob.history(&g, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.body == b"through the flood")
+    })
+    .await;
+    bob.update(&g).await.unwrap();
+    converge(&[&alice, &bob], &g, 2).await;
+}
+
+/// Attack 8: A Welcome from a stranger is a pending invitation the application accepts or
+/// declines; the policy says which are joined at once. Before: every Welcome was joined.
+#[tokio::test(start_paused = true)]
+async fn invitations_need_consent() {
+    let net = net();
+    let policy = |name: &str, p: InvitePolicy| {
+        let mut c = config(name);
+        c.invitations = p;
+        c
+    };
+    let alice = client(&net, policy("alice", InvitePolicy::Everyone)).await;
+    let bob = client(&net, policy("bob", InvitePolicy::Contacts)).await;
+    let carol = client(&net, policy("carol", InvitePolicy::Nobody)).await;
+    let dave = client(&net, policy("dave", InvitePolicy::Everyone)).await;
+    let mut bob_ev = bob.events();
+    let g = alice.create_group().await.unwrap();
+    for u in [&bob, &carol, &dave] {
+        alice.invite(&g, &u.id()).await.unwrap();
+    }
+    until("dave joined", async || {
+        dave.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    until("bob's invitation", async || {
+        bob.invitations().await.unwrap().len() == 1
+    })
+    .await;
+    until("carol's invitation", async || {
+        carol.invitations().await.unwrap().len() == 1
+    })
+    .await;
+    assert!(bob.groups().await.unwrap().is_empty());
+    let inv = bob.invitations().await.unwrap().remove(0);
+    assert_eq!((inv.group.clone(), inv.inviter.id), (g.clone(), alice.id()));
+    assert!(
+        drain(&mut bob_ev)
+            .iter()
+            .any(|e| matches!(e, Event::Invited(i) if i.id == inv.id))
+    );
+    // Accepting joins (the key package was not burnt while it waited).
+    bob.accept(inv.id).await.unwrap();
+    assert!(bob.groups().await.unwrap().contains(&g));
+    assert!(matches!(
+        bob.accept(inv.id).await,
+        Err(Error::UnknownInvitation(_))
+    ));
+    // Declining forgets; carol never joins.
+    let ci = carol.invitations().await.unwrap().remove(0);
+    carol.decline(ci.id).await.unwrap();
+    assert!(carol.invitations().await.unwrap().is_empty());
+    assert!(carol.groups().await.unwrap().is_empty());
+    // From a contact: joined at once under `Contacts`, still held under `Nobody`.
+    bob.add_contact(&dave.id(), "dave").await.unwrap();
+    carol.add_contact(&dave.id(), "dave").await.unwrap();
+    let g2 = dave.create_group().await.unwrap();
+    dave.invite(&g2, &bob.id()).await.unwrap();
+    dave.invite(&g2, &carol.id()).await.unwrap();
+    until("bob joined g2", async || {
+        bob.groups().await.unwrap().contains(&g2)
+    })
+    .await;
+    until("carol's second invitation", async || {
+        carol.invitations().await.unwrap().len() == 1
+    })
+    .await;
+    assert!(!carol.groups().await.unwrap().contains(&g2));
+}
+
+/// Attack 9: A second process with the same name and its own data directory is another user:
+/// it receives nothing meant for the first. Before: it received the next invitation.
+#[tokio::test(start_paused = true)]
+async fn a_namesake_gets_nothing_meant_for_another() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let carol = client(&net, config("carol")).await;
+    let namesake = client(&net, config("carol")).await;
+    assert_ne!(carol.id(), namesake.id());
+    let mut ev = namesake.events();
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &carol.id()).await.unwrap();
+    until("carol joined", async || {
+        carol.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    alice.send(&g, b"for carol").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(namesake.groups().await.unwrap().is_empty());
+    assert!(namesake.invitations().await.unwrap().is_empty());
+    assert!(drain(&mut ev).is_empty());
+    // Two members with one name are two members.
+    let g2 = alice.create_group().await.unwrap();
+    alice.invite(&g2, &carol.id()).await.unwrap();
+    alice.invite(&g2, &namesake.id()).await.unwrap();
+    until("both in", async || {
+        alice.members(&g2).await.unwrap().len() == 3
+    })
+    .await;
+    let m = alice.members(&g2).await.unwrap();
+    assert_eq!(m.iter().filter(|m| m.name == "carol").count(), 2);
+    assert_ne!(m[1].id, m[2].id);
+}
+
+/// Attack 10: Withdrawals (`Void`) do not link names to groups: a real one, produced by the
+/// ordering race that needs it, carries neither the group id, nor the inviter's key, nor
+/// the withdrawn Welcome's hash. Before: the group id in clear on the invitee's inbox
+/// (a hash of their name) and the inviter's signature verifiable by anyone.
+#[test]
+fn withdrawals_name_nothing_an_observer_can_link() {
+    let mut seen = 0;
+    for seed in 0..8 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        seen += rt.block_on(async {
+            let net = SimNetwork::new(SimConfig {
+                seed,
+                ..SimConfig::default()
+            });
+            let mut cs = Vec::new();
+            for name in ["a", "b", "c"] {
+                let mut c = config(name);
+                c.settle = Duration::from_millis(50);
+                c.one_time_key_packages = 1;
+                cs.push(client(&net, c).await);
+            }
+            let (a, b, c) = (&cs[0], &cs[1], &cs[2]);
+            let g = a.create_group().await.unwrap();
+            a.invite(&g, &c.id()).await.unwrap();
+            a.leave(&g).await.unwrap();
+            a.invite(&g, &b.id()).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let inbox = net.history_of(&inbox_topic(&b.id()));
+            let welcome_hashes: Vec<[u8; 32]> = inbox
+                .iter()
+                .filter(|m| m.data.first() == Some(&WELCOME))
+                .map(|m| {
+                    let (_, _, mls) = open_envelope(&m.data);
+                    let mut h = sha2::Sha256::new();
+                    h.update(b"pqmls welcome v1");
+                    h.update(&mls);
+                    h.finalize().into()
+                })
+                .collect();
+            let mut voids = 0;
+            for m in inbox.iter().filter(|m| m.data.first() == Some(&VOID)) {
+                voids += 1;
+                let has = |needle: &[u8]| m.data.windows(needle.len()).any(|w| w == needle);
+                assert!(!has(g.as_bytes()), "the group id in a Void");
+                assert!(!has(a.public_key()), "the inviter's key in a Void");
+                for h in &welcome_hashes {
+                    assert!(!has(h), "the Welcome's hash in a Void");
+                }
+            }
+            voids
+        });
+    }
+    assert!(seen > 0, "no seed produced a withdrawal to look at");
+}
