@@ -205,10 +205,13 @@ fn codecs(c: &mut Criterion) {
     });
 }
 
+/// Opens one of the storages compared in [`at_rest`].
+type Opener<'a> = Box<dyn Fn() -> SqliteStorage<BinaryCodec> + 'a>;
+
 /// Encryption at rest: the binary codec in memory, in a plain file and in an encrypted file.
 fn at_rest(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let stores: [(&str, Box<dyn Fn() -> SqliteStorage<BinaryCodec>>); 3] = [
+    let stores: [(&str, Opener<'_>); 3] = [
         (
             "memory",
             Box::new(|| SqliteStorage::open_in_memory().unwrap()),
