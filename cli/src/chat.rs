@@ -125,7 +125,14 @@ impl Chat {
         }
         let Some(command) = line.strip_prefix('/') else {
             let g = self.current()?;
-            self.client.send(&g, line.as_bytes()).await?;
+            let m = self.client.send(&g, line.as_bytes()).await?;
+            // Delivery mark: `send` hands the message to the transport; whatever it could
+            // not take yet stays in the outbox and goes out when a peer is reachable.
+            let mark = match self.client.outbox_len().await? {
+                0 => "sent",
+                _ => "queued: no peer took it yet, it goes out when one does",
+            };
+            println!("{} [{}] (#{} {mark})", clock(m.sent_ms), short(&g), m.seq);
             return Ok(false);
         };
         let mut words = command.split_whitespace();

@@ -1,5 +1,6 @@
 //! The chat as a daily tool (issue 12 item 7), one process: a line that is not UTF-8 is
-//! reported and the chat goes on; `/history 0` says why it prints nothing; Ctrl-C ends the
+//! reported and the chat goes on; `/history 0` says why it prints nothing; an own message
+//! that no peer took is marked queued; Ctrl-C ends the
 //! chat at once (it used to print `* bye` and hang until Enter). Also `pqmls --version`,
 //! and `pqmls info` into a closed pipe exits cleanly (it used to panic).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -62,6 +63,13 @@ fn chat_survives_bad_input_and_ends_on_ctrl_c() {
     stdin.write_all(b"/join 0000\n").unwrap();
     stdin.flush().unwrap();
     wait_for("in no group 0000");
+    // With no peer at all, an own message stays queued, and the chat says so.
+    stdin.write_all(b"/create\n").unwrap();
+    stdin.flush().unwrap();
+    wait_for("created group");
+    stdin.write_all(b"hello, nobody\n").unwrap();
+    stdin.flush().unwrap();
+    wait_for("(#1 queued");
     // Ctrl-C, with stdin still open and nothing more typed.
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
