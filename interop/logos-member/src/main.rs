@@ -78,7 +78,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> R<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("odd hex length".into());
     }
     (0..s.len())
