@@ -89,7 +89,8 @@ async fn within<T>(what: &str, limit: Duration, f: impl Future<Output = T>) -> T
 fn client_config(name: &str, suite: Ciphersuite, dir: &Path) -> Config {
     let mut c = Config::new(name)
         .with_suite(suite)
-        .with_data_dir(dir.join(name));
+        .with_data_dir(dir.join(name))
+        .with_database_key(pqmls::DatabaseKey::from_bytes([9; 32]));
     c.settle = SETTLE;
     c.self_update_interval = None;
     c.invitations = pqmls::InvitePolicy::Everyone;

@@ -384,5 +384,37 @@ fn composite(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, xwing, ml_kem_768, ml_dsa_65, composite);
+/// The provider's randomness (mls-provider DESIGN.md item 9): the operating system per
+/// request (`ours`, what `PqCrypto` does) next to the ChaCha20 seeded once that it replaced
+/// (`chacha20-seeded-once`, `rand_chacha` behind a mutex as the provider had it).
+fn provider_rand(c: &mut Criterion) {
+    use openmls_traits::random::OpenMlsRand;
+    use rand::{Rng as _, SeedableRng as _};
+    let ours = pqmls_provider::PqCrypto::new().unwrap();
+    let old = std::sync::Mutex::new(rand_chacha::ChaCha20Rng::from_seed([7; 32]));
+    let mut g = c.benchmark_group("provider_rand");
+    g.bench_function(BenchmarkId::new("ours", "32B"), |b| {
+        b.iter(|| black_box(ours.random_array::<32>().unwrap()))
+    });
+    g.bench_function(BenchmarkId::new("chacha20-seeded-once", "32B"), |b| {
+        b.iter(|| {
+            let mut out = [0u8; 32];
+            old.lock().unwrap().fill_bytes(&mut out);
+            black_box(out)
+        })
+    });
+    g.bench_function(BenchmarkId::new("ours", "4B"), |b| {
+        b.iter(|| black_box(ours.random_array::<4>().unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    xwing,
+    ml_kem_768,
+    ml_dsa_65,
+    composite,
+    provider_rand
+);
 criterion_main!(benches);

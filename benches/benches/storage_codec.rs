@@ -6,6 +6,7 @@
 //! | `storage_codec/self_update_32` | a self-update commit and its merge in a 32-member group (crypto included) |
 //! | `storage_codec/load_32` | `MlsGroup::load` of that group |
 //! | `storage_codec/tree_encode_32`, `tree_decode_32` | encode / decode of the stored ratchet tree (`TreeSync`), the largest value |
+//! | `storage_at_rest/self_update_32`, `load_32` | the same two on the binary codec in memory, in a plain file (`open_file`) and in an encrypted file (`open_file_encrypted`, SQLCipher): the cost of encryption at rest |
 //!
 //! The setup prints the bytes each codec stored per table. Run with
 //! `taskset -c 0 nice cargo bench -p pqmls-benches --bench storage_codec -- --warm-up-time 1
@@ -36,9 +37,13 @@ struct Provider<C: Codec> {
 
 impl<C: Codec> Provider<C> {
     fn new() -> Self {
+        Self::with_storage(SqliteStorage::open_in_memory().unwrap())
+    }
+
+    fn with_storage(storage: SqliteStorage<C>) -> Self {
         Self {
             crypto: RustCrypto::default(),
-            storage: SqliteStorage::open_in_memory().unwrap(),
+            storage,
         }
     }
 }
@@ -69,7 +74,11 @@ fn credential(name: String, signer: &SignatureKeyPair) -> CredentialWithKey {
 /// A `MEMBERS`-member group seen by its creator, whose state is in `C`-encoded SQLite.
 /// The other members' key packages come from a throwaway provider.
 fn group<C: Codec>() -> (Provider<C>, SignatureKeyPair, MlsGroup) {
-    let provider = Provider::<C>::new();
+    group_in(Provider::<C>::new())
+}
+
+/// As [`group`], in the given provider.
+fn group_in<C: Codec>(provider: Provider<C>) -> (Provider<C>, SignatureKeyPair, MlsGroup) {
     let signer = SignatureKeyPair::new(SUITE.signature_algorithm()).unwrap();
     let mut group = MlsGroup::builder()
         .ciphersuite(SUITE)
@@ -196,5 +205,52 @@ fn codecs(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, codecs);
+/// Opens one of the storages compared in [`at_rest`].
+type Opener<'a> = Box<dyn Fn() -> SqliteStorage<BinaryCodec> + 'a>;
+
+/// Encryption at rest: the binary codec in memory, in a plain file and in an encrypted file.
+fn at_rest(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let stores: [(&str, Opener<'_>); 3] = [
+        (
+            "memory",
+            Box::new(|| SqliteStorage::open_in_memory().unwrap()),
+        ),
+        (
+            "file",
+            Box::new(|| SqliteStorage::open_file(dir.path().join("plain.sqlite3")).unwrap()),
+        ),
+        (
+            "file-encrypted",
+            Box::new(|| {
+                SqliteStorage::open_file_encrypted(
+                    dir.path().join("encrypted.sqlite3"),
+                    &pqmls_provider::CipherKey::from_bytes([7; 32]),
+                )
+                .unwrap()
+            }),
+        ),
+    ];
+    for (name, open) in &stores {
+        let (provider, signer, mut group) = group_in(Provider::with_storage(open()));
+        {
+            let mut g = c.benchmark_group("storage_at_rest/self_update_32");
+            g.bench_function(BenchmarkId::new(*name, PARAM), |b| {
+                b.iter(|| {
+                    group
+                        .self_update(&provider, &signer, LeafNodeParameters::default())
+                        .unwrap();
+                    group.merge_pending_commit(&provider).unwrap();
+                })
+            });
+        }
+        let mut g = c.benchmark_group("storage_at_rest/load_32");
+        let id = group.group_id().clone();
+        g.bench_function(BenchmarkId::new(*name, PARAM), |b| {
+            b.iter(|| black_box(MlsGroup::load(&provider.storage, black_box(&id)).unwrap()))
+        });
+    }
+}
+
+criterion_group!(benches, codecs, at_rest);
 criterion_main!(benches);

@@ -16,7 +16,9 @@ use crate::util;
 
 /// The two-terminal recipe shown by `pqmls chat --help`.
 pub const TWO_TERMINALS: &str = "\
-Two terminals on one machine (alice's node is also the store, so nothing else is needed):
+Two terminals on one machine (alice's node is also the store, so nothing else is needed;
+start alice first). Each asks for its database passphrase, or reads PQMLS_PASSPHRASE, or
+PQMLS_KEY_FILE (a file with a 32-byte key), and says which:
 
   terminal 1:
     cargo run --release -p pqmls-cli -- chat --name alice --data-dir /tmp/pqmls-alice --listen /ip4/127.0.0.1/tcp/7001 --store
@@ -77,7 +79,7 @@ commands (<user> is a user id, or the label of one of your contacts):
   /invitations         invitations waiting for your consent
   /accept <n>          join the group of invitation n
   /decline <n>         forget invitation n
-  /join <group-hex>    make a group you are in the current one
+  /join <group-hex>    make a group you are in the current one (a unique prefix will do)
   /groups              list your groups
   /members             members of the current group, with their ids
   /history [n]         the last n (default 20) messages of the current group
@@ -123,7 +125,14 @@ impl Chat {
         }
         let Some(command) = line.strip_prefix('/') else {
             let g = self.current()?;
-            self.client.send(&g, line.as_bytes()).await?;
+            let m = self.client.send(&g, line.as_bytes()).await?;
+            // Delivery mark: `send` hands the message to the transport; whatever it could
+            // not take yet stays in the outbox and goes out when a peer is reachable.
+            let mark = match self.client.outbox_len().await? {
+                0 => "sent",
+                _ => "queued: no peer took it yet, it goes out when one does",
+            };
+            println!("{} [{}] (#{} {mark})", clock(m.sent_ms), short(&g), m.seq);
             return Ok(false);
         };
         let mut words = command.split_whitespace();
@@ -228,12 +237,8 @@ impl Chat {
                 });
             }
             "join" => {
-                let g: GroupId = need("a group id (hex)")?.parse()?;
-                if !self.client.groups().await?.contains(&g) {
-                    bail!(
-                        "you are not in group {g}; you join automatically when a member invites you"
-                    );
-                }
+                let want = need("a group id (hex, or a unique prefix of it)")?;
+                let g = group_by_prefix(&self.client.groups().await?, want)?;
                 println!("* current group is now {g}");
                 self.current = Some(g);
             }
@@ -281,15 +286,23 @@ impl Chat {
                         .map_err(|_| anyhow!("/history takes a number, not {a:?}"))?,
                     None => 20,
                 };
+                if n == 0 {
+                    bail!("/history takes a positive number of messages");
+                }
                 let g = self.current()?;
-                for m in self.client.history(&g, n).await? {
+                let history = self.client.history(&g, n).await?;
+                if history.is_empty() {
+                    println!("* no messages in {} yet", short(&g));
+                }
+                for m in history {
                     let who = if m.own {
                         "me".to_owned()
                     } else {
                         util::member(&m.sender)
                     };
                     println!(
-                        "  [epoch {}] <{who}> {}",
+                        "  {} [epoch {}] <{who}> {}",
+                        clock(m.sent_ms),
                         m.epoch,
                         util::clean_bytes(&m.body, true)
                     );
@@ -365,7 +378,8 @@ impl Chat {
     fn event(&mut self, e: Event) {
         match e {
             Event::Message(m) => println!(
-                "[{}] <{}> {}",
+                "{} [{}] <{}> {}",
+                clock(m.sent_ms),
                 short(&m.group),
                 util::member(&m.sender),
                 util::clean_bytes(&m.body, true)
@@ -473,6 +487,7 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     node.data_dir = Some(args.data_dir.join("node"));
     let mut config = Config::new(args.name.clone())
         .with_data_dir(&args.data_dir)
+        .with_database_key(crate::dbkey::database_key(&args.data_dir)?)
         .with_suite(args.suite);
     config.invitations = args.accept_invitations;
     let client = Client::start(config, node).await.with_context(|| {
@@ -520,23 +535,33 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     };
     let mut chat = Chat {
         client: client.clone(),
-        current: client.groups().await?.into_iter().last(),
+        current: most_recent_group(&client).await?,
     };
     if let Some(g) = &chat.current {
         println!("* current group: {g} (/groups lists all)");
     }
     println!("type /help for commands");
 
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    // Lines are read as bytes (read_until is cancel safe: a partial line stays in `buf`), so
+    // that a line that is not UTF-8 is reported and skipped instead of ending the chat.
+    let mut input = BufReader::new(tokio::io::stdin());
+    let mut buf = Vec::new();
     loop {
         tokio::select! {
-            line = lines.next_line() => match line {
-                Ok(Some(line)) => match chat.line(&line).await {
-                    Ok(true) => break,
-                    Ok(false) => {}
-                    Err(e) => println!("error: {e:#}"),
-                },
-                Ok(None) => break,
+            read = input.read_until(b'\n', &mut buf) => match read {
+                Ok(0) if buf.is_empty() => break,
+                Ok(_) => {
+                    let bytes = std::mem::take(&mut buf);
+                    let Ok(line) = String::from_utf8(bytes) else {
+                        println!("error: that line is not valid UTF-8; nothing was sent");
+                        continue;
+                    };
+                    match chat.line(line.trim_end_matches(['\n', '\r'])).await {
+                        Ok(true) => break,
+                        Ok(false) => {}
+                        Err(e) => println!("error: {e:#}"),
+                    }
+                }
                 Err(e) => {
                     println!("error: reading input: {e}");
                     break;
@@ -556,4 +581,75 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         let _ = s.shutdown().await;
     }
     Ok(())
+}
+
+/// `HH:MM` (UTC) of a time in milliseconds since the Unix epoch, for the chat's lines.
+fn clock(ms: u64) -> String {
+    let minutes = ms / 60_000;
+    format!("{:02}:{:02}Z", (minutes / 60) % 24, minutes % 60)
+}
+
+/// The group of `groups` whose id (hex) starts with `prefix`, if exactly one does.
+fn group_by_prefix(groups: &[GroupId], prefix: &str) -> Result<GroupId> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("{prefix:?} is not a group id (hex)");
+    }
+    let found: Vec<&GroupId> = groups
+        .iter()
+        .filter(|g| g.to_string().starts_with(&prefix))
+        .collect();
+    match found.as_slice() {
+        [g] => Ok((*g).clone()),
+        [] => bail!(
+            "you are in no group {prefix}...; you join automatically when a member invites you"
+        ),
+        many => bail!(
+            "{prefix} matches {} of your groups; type more of the id",
+            many.len()
+        ),
+    }
+}
+
+/// The group with the latest message (sent or received), else the last one listed: the
+/// current group after a restart.
+async fn most_recent_group(client: &Client) -> Result<Option<GroupId>> {
+    let mut best: Option<(u64, GroupId)> = None;
+    let groups = client.groups().await?;
+    for g in &groups {
+        let last = client
+            .history(g, 1)
+            .await?
+            .first()
+            .map(|m| m.sent_ms)
+            .unwrap_or(0);
+        if best.as_ref().is_none_or(|(t, _)| last >= *t) {
+            best = Some((last, g.clone()));
+        }
+    }
+    Ok(best.map(|(_, g)| g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_is_utc_hours_and_minutes() {
+        assert_eq!(clock(0), "00:00Z");
+        assert_eq!(clock((13 * 60 + 7) * 60_000 + 59_999), "13:07Z");
+        assert_eq!(clock(86_400_000 + 60_000), "00:01Z");
+    }
+
+    #[test]
+    fn join_by_prefix() {
+        let a: GroupId = "a1b2c3d4e5f60718293a4b5c6d7e8f90".parse().unwrap();
+        let b: GroupId = "a1ff0000000000000000000000000000".parse().unwrap();
+        let groups = vec![a.clone(), b.clone()];
+        assert_eq!(group_by_prefix(&groups, "a1b2c3d4").unwrap(), a);
+        assert_eq!(group_by_prefix(&groups, "A1FF").unwrap(), b);
+        assert!(group_by_prefix(&groups, "a1").is_err(), "ambiguous");
+        assert!(group_by_prefix(&groups, "ffff").is_err(), "none");
+        assert!(group_by_prefix(&groups, "xyz").is_err(), "not hex");
+    }
 }

@@ -75,6 +75,16 @@ impl Member {
     }
 }
 
+/// The demo's database key: random, one per run (its data directories are throwaway).
+fn demo_key() -> Result<pqmls::DatabaseKey> {
+    static KEY: std::sync::OnceLock<pqmls::DatabaseKey> = std::sync::OnceLock::new();
+    if let Some(k) = KEY.get() {
+        return Ok(k.clone());
+    }
+    let k = pqmls::DatabaseKey::random()?;
+    Ok(KEY.get_or_init(|| k).clone())
+}
+
 /// Starts a client on a fresh node bootstrapping to the store, and a task that logs its events.
 async fn start_member(
     name: &str,
@@ -82,7 +92,10 @@ async fn start_member(
     suite: Ciphersuite,
     bootstrap: &Multiaddr,
 ) -> Result<Member> {
-    let mut config = Config::new(name).with_data_dir(&dir).with_suite(suite);
+    let mut config = Config::new(name)
+        .with_data_dir(&dir)
+        .with_database_key(demo_key()?)
+        .with_suite(suite);
     config.settle = Duration::from_millis(200);
     config.self_update_interval = None;
     let client = Client::start(

@@ -30,26 +30,38 @@ pub struct InfoArgs {
     data_dir: PathBuf,
 }
 
+/// `writeln!` into the output buffer (writing to a `String` cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 /// Creates the identity if missing and prints it.
 pub fn keygen(args: KeygenArgs) -> Result<()> {
+    let mut out = String::new();
     let config = Config::new(args.name)
         .with_data_dir(&args.data_dir)
+        .with_database_key(crate::dbkey::database_key(&args.data_dir)?)
         .with_suite(args.suite);
     let id = pqmls::init_identity(&config)?;
-    println!(
+    outln!(
+        out,
         "{} identity in {}",
         if id.created { "created" } else { "existing" },
         args.data_dir.display()
     );
-    println!("name:        {}", id.name);
-    println!("suite:       {}", util::suite_label(id.suite));
-    println!("user id:     {}", id.id());
-    println!("fingerprint: {}", id.fingerprint());
-    Ok(())
+    outln!(out, "name:        {}", id.name);
+    outln!(out, "suite:       {}", util::suite_label(id.suite));
+    outln!(out, "user id:     {}", id.id());
+    outln!(out, "fingerprint: {}", id.fingerprint());
+    util::print_stdout(&out)
 }
 
 /// Prints the identity, the supported suites and every group of a data directory.
 pub fn info(args: InfoArgs) -> Result<()> {
+    let mut out = String::new();
     if !args.data_dir.join(pqmls::DATABASE_FILE).is_file() {
         bail!(
             "{} holds no pqmls database ({}); create one with `pqmls keygen`",
@@ -57,30 +69,36 @@ pub fn info(args: InfoArgs) -> Result<()> {
             pqmls::DATABASE_FILE
         );
     }
-    let info = pqmls::inspect(&args.data_dir)?;
-    println!("database: {}", info.database.display());
+    let info = pqmls::inspect(&args.data_dir, &crate::dbkey::database_key(&args.data_dir)?)?;
+    outln!(out, "database: {}", info.database.display());
     match &info.identity {
         Some(id) => {
-            println!("name:        {}", id.name);
-            println!("suite:       {}", util::suite_label(id.suite));
-            println!("user id:     {}", id.id());
-            println!("fingerprint: {}", id.fingerprint());
+            outln!(out, "name:        {}", id.name);
+            outln!(out, "suite:       {}", util::suite_label(id.suite));
+            outln!(out, "user id:     {}", id.id());
+            outln!(out, "fingerprint: {}", id.fingerprint());
         }
-        None => println!("identity: none yet"),
+        None => outln!(out, "identity: none yet"),
     }
-    println!("supported suites:");
+    outln!(out, "supported suites:");
     for cs in pqmls_provider::SUPPORTED_CIPHERSUITES {
         let default = if cs == pqmls::DEFAULT_SUITE {
             " (default)"
         } else {
             ""
         };
-        println!("  {:#06x} {}{default}", u16::from(cs), util::suite_name(cs));
+        outln!(
+            out,
+            "  {:#06x} {}{default}",
+            u16::from(cs),
+            util::suite_name(cs)
+        );
     }
-    println!("groups: {}", info.groups.len());
+    outln!(out, "groups: {}", info.groups.len());
     for g in &info.groups {
         let epoch = g.epoch.map(|e| e.to_string()).unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
+            out,
             "  {} {} epoch {epoch}, {} messages, members [{}]",
             g.id,
             if g.active { "active" } else { "left" },
@@ -92,5 +110,5 @@ pub fn info(args: InfoArgs) -> Result<()> {
                 .join(", ")
         );
     }
-    Ok(())
+    util::print_stdout(&out)
 }

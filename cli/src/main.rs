@@ -11,6 +11,7 @@
 //! unless `RUST_LOG` says otherwise.
 
 mod chat;
+mod dbkey;
 mod demo;
 mod keys;
 mod sim;
@@ -65,7 +66,14 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::Keygen(args) => keys::keygen(args),
         Command::Info(args) => keys::info(args),
-        Command::Chat(args) => util::runtime().and_then(|rt| rt.block_on(chat::run(args))),
+        Command::Chat(args) => util::runtime().and_then(|rt| {
+            let r = rt.block_on(chat::run(args));
+            // Tokio reads stdin on a blocking thread that stays in read(2) until a line
+            // comes; dropping the runtime would wait for it (after Ctrl-C the chat hung until
+            // Enter, which it then swallowed). Leave that thread behind instead.
+            rt.shutdown_background();
+            r
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

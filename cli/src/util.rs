@@ -48,6 +48,22 @@ pub fn suite_label(cs: Ciphersuite) -> String {
 /// The default suite as `--suite` shows it.
 pub const DEFAULT_SUITE_ARG: &str = "0x004f";
 
+/// Writes `text` to stdout. A closed pipe (`pqmls info | head`) ends the output quietly
+/// instead of panicking as `println!` does; other write errors are errors.
+pub fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A multi-thread runtime with two workers (the machines this runs on are small).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

@@ -20,6 +20,7 @@ struct Peer {
 impl Peer {
     fn start(name: &'static str, args: &[&str]) -> Peer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pqmls"))
+            .env("PQMLS_PASSPHRASE", "a test passphrase")
             .arg("chat")
             .args(args)
             .stdin(Stdio::piped())

@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 
 fn pqmls(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pqmls"))
+        .env("PQMLS_PASSPHRASE", "a test passphrase")
         .args(args)
         .output()
         .expect("the pqmls binary runs")

@@ -129,6 +129,17 @@ where
 mod tests {
     use super::*;
 
+    /// The AES key schedules (round keys), ChaCha20-Poly1305's key and GHASH's key are
+    /// wiped on drop: this fails to compile if a crate feature that does it is dropped.
+    #[test]
+    fn key_schedules_zeroize_on_drop() {
+        fn zeroize_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        zeroize_on_drop::<aes::Aes128>();
+        zeroize_on_drop::<aes::Aes256>();
+        zeroize_on_drop::<ChaCha20Poly1305>();
+        zeroize_on_drop::<chacha20::ChaCha20>();
+    }
+
     fn h(s: &str) -> Vec<u8> {
         (0..s.len())
             .step_by(2)

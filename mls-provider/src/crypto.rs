@@ -1,18 +1,15 @@
 //! [`PqCrypto`]: OpenMLS's `OpenMlsCrypto` and `OpenMlsRand` for all 17 cipher suites of
 //! openmls_traits 0.6.
 
-use std::sync::{Mutex, PoisonError};
-
 use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::random::OpenMlsRand;
 use openmls_traits::types::{
     AeadType, Ciphersuite, CryptoError, ExporterSecret, HashType, HpkeAeadType, HpkeCiphertext,
     HpkeConfig, HpkeKdfType, HpkeKemType, HpkeKeyPair, KemOutput, SignatureScheme,
 };
-use pqmls_pq::rand_core::{Rng as _, SeedableRng as _, TryCryptoRng, TryRng};
-use rand_chacha::ChaCha20Rng;
+use pqmls_pq::OsRng;
+use pqmls_pq::rand_core::{TryCryptoRng, TryRng};
 use tls_codec::SecretVLBytes;
-use zeroize::Zeroizing;
 
 use crate::aead::{AeadAlg, AeadError};
 use crate::cache::{CacheConfig, CacheStats, KeyCache};
@@ -41,33 +38,38 @@ pub const SUPPORTED_CIPHERSUITES: [Ciphersuite; 17] = [
 ];
 
 /// Settings of a [`PqCrypto`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CryptoConfig {
     /// The DeriveKeyPair profile of the post-quantum KEMs (ML-KEM-768/1024, X-Wing);
-    /// DHKEMs always follow RFC 9180. Default: [`DeriveProfile::Plain`], the derivation of
-    /// the OpenMLS 0.9 providers, without which a group mixing them with us breaks (see
-    /// the crate docs). [`DeriveProfile::HpkePq`] is draft-ietf-hpke-pq's labelled form.
+    /// DHKEMs always follow RFC 9180. Default: `DeriveProfile::default()`, stated once in
+    /// `pqmls-pq` ([`DeriveProfile::Plain`], the derivation of the OpenMLS 0.9 providers,
+    /// without which a group mixing them with us breaks; see the crate docs).
+    /// [`DeriveProfile::HpkePq`] is draft-ietf-hpke-pq's labelled form.
     pub derive_profile: DeriveProfile,
     /// The recipient-key cache.
     pub cache: CacheConfig,
 }
 
-impl Default for CryptoConfig {
-    fn default() -> Self {
-        CryptoConfig {
-            derive_profile: DeriveProfile::Plain,
-            cache: CacheConfig::default(),
-        }
-    }
-}
-
 /// The crypto and randomness of the provider.
 ///
-/// Randomness comes from ChaCha20 seeded with 32 bytes from the operating system when the
-/// value is created (`rand_chacha`'s `ChaCha20Rng`, a CSPRNG), behind a mutex.
+/// # Randomness
+/// Every random byte comes from the operating system at the moment it is needed
+/// (`getrandom`: the `getrandom(2)` system call on Linux and Android, `getentropy` or
+/// `SecRandomCopyBytes` on Apple systems, `ProcessPrng` on Windows). The provider keeps no
+/// generator state in its own memory, so:
+/// - a memory dump of the process reveals no past or future output (the kernel's generator
+///   erases its own state forward, which is what a user-space fast-key-erasure design
+///   would have to reimplement);
+/// - a forked child shares nothing with its parent: each draw after the fork is a fresh
+///   system call (`tests/randomness.rs` forks and compares);
+/// - two providers in one process never share a stream.
+///
+/// The cost is one system call per request, about 0.23 us for 32 bytes here
+/// (BENCHMARKS.md, `provider_rand`), small next to anything MLS does with the bytes.
+/// Temporaries that hold random secrets on their way (HPKE encapsulation randomness,
+/// signature seeds, P-521 nonce seeds) are `Zeroizing`.
 pub struct PqCrypto {
     config: CryptoConfig,
-    rng: Mutex<ChaCha20Rng>,
     cache: KeyCache,
     vk_cache: crate::sign::VerifyingKeyCache,
 }
@@ -89,7 +91,8 @@ impl PqCrypto {
     /// A provider with the default settings.
     ///
     /// # Errors
-    /// [`RandError`] if the operating system gives no randomness for the seed.
+    /// [`RandError`] if the operating system's generator cannot be read (checked once
+    /// here, so that a broken system fails at start rather than mid-protocol).
     pub fn new() -> Result<Self, RandError> {
         Self::with_config(CryptoConfig::default())
     }
@@ -97,15 +100,12 @@ impl PqCrypto {
     /// A provider with the given settings.
     ///
     /// # Errors
-    /// [`RandError`] if the operating system gives no randomness for the seed.
+    /// As [`PqCrypto::new`].
     pub fn with_config(config: CryptoConfig) -> Result<Self, RandError> {
-        let mut seed = Zeroizing::new([0u8; 32]);
-        pqmls_pq::OsRng
-            .try_fill_bytes(seed.as_mut_slice())
-            .map_err(|_| RandError)?;
+        let mut probe = [0u8; 1];
+        OsRng.try_fill_bytes(&mut probe).map_err(|_| RandError)?;
         Ok(PqCrypto {
             config,
-            rng: Mutex::new(ChaCha20Rng::from_seed(*seed)),
             cache: KeyCache::new(config.cache),
             vk_cache: crate::sign::VerifyingKeyCache::default(),
         })
@@ -121,18 +121,6 @@ impl PqCrypto {
         self.cache.stats()
     }
 
-    fn with_rng<T>(&self, f: impl FnOnce(&mut ChaCha20Rng) -> T) -> T {
-        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut rng)
-    }
-
-    /// Fresh randomness for one operation, drawn under the lock, used outside it.
-    fn fresh_rng(&self) -> ChaCha20Rng {
-        let mut seed = Zeroizing::new([0u8; 32]);
-        self.with_rng(|r| r.fill_bytes(seed.as_mut_slice()));
-        ChaCha20Rng::from_seed(*seed)
-    }
-
     fn seal_with(
         &self,
         config: &HpkeConfig,
@@ -144,11 +132,11 @@ impl PqCrypto {
             .cache
             .get(suite.kem, pk_r)
             .map_err(|_| CryptoError::InvalidPublicKey)?;
-        let mut rng = self.fresh_rng();
-        hpke::setup_base_sender(suite, &key, info, &mut rng).map_err(|e| match e {
+        hpke::setup_base_sender(suite, &key, info, &mut OsRng).map_err(|e| match e {
             HpkeError::InvalidPublicKey | HpkeError::NonContributory => {
                 CryptoError::InvalidPublicKey
             }
+            HpkeError::Randomness => CryptoError::InsufficientRandomness,
             _ => CryptoError::SenderSetupError,
         })
     }
@@ -298,8 +286,7 @@ impl OpenMlsCrypto for PqCrypto {
     }
 
     fn signature_key_gen(&self, alg: SignatureScheme) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
-        let mut rng = self.fresh_rng();
-        let (sk, pk) = crate::sign::generate(alg, &mut rng)?;
+        let (sk, pk) = crate::sign::generate(alg, &mut OsRng)?;
         Ok((sk.to_vec(), pk))
     }
 
@@ -402,42 +389,58 @@ impl OpenMlsRand for PqCrypto {
 
     fn random_array<const N: usize>(&self) -> Result<[u8; N], Self::Error> {
         let mut out = [0u8; N];
-        self.with_rng(|r| r.fill_bytes(&mut out));
+        OsRng.try_fill_bytes(&mut out).map_err(|_| RandError)?;
         Ok(out)
     }
 
     fn random_vec(&self, len: usize) -> Result<Vec<u8>, Self::Error> {
         let mut out = vec![0u8; len];
-        self.with_rng(|r| r.fill_bytes(&mut out));
+        OsRng.try_fill_bytes(&mut out).map_err(|_| RandError)?;
         Ok(out)
     }
 }
 
-/// A `TryCryptoRng` view of the provider's generator, for callers outside OpenMLS.
-pub struct ProviderRng<'a>(&'a PqCrypto);
+/// A `TryCryptoRng` view of the provider's randomness (the operating system's, per
+/// request), for callers outside OpenMLS.
+pub struct ProviderRng<'a>(core::marker::PhantomData<&'a PqCrypto>);
 
 impl PqCrypto {
-    /// The provider's generator as a `rand_core` RNG.
+    /// The provider's randomness as a `rand_core` RNG.
     pub fn rng(&self) -> ProviderRng<'_> {
-        ProviderRng(self)
+        ProviderRng(core::marker::PhantomData)
     }
 }
 
 impl TryRng for ProviderRng<'_> {
-    type Error = core::convert::Infallible;
+    type Error = RandError;
 
     fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        Ok(self.0.with_rng(|r| r.next_u32()))
+        OsRng.try_next_u32().map_err(|_| RandError)
     }
 
     fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        Ok(self.0.with_rng(|r| r.next_u64()))
+        OsRng.try_next_u64().map_err(|_| RandError)
     }
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        self.0.with_rng(|r| r.fill_bytes(dst));
-        Ok(())
+        OsRng.try_fill_bytes(dst).map_err(|_| RandError)
     }
 }
 
 impl TryCryptoRng for ProviderRng<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One DeriveKeyPair default for the project, `pqmls-pq`'s, and it is the profile of
+    /// the OpenMLS 0.9 providers (DESIGN.md item 6).
+    #[test]
+    fn one_derive_profile_default() {
+        assert_eq!(DeriveProfile::default(), DeriveProfile::Plain);
+        assert_eq!(
+            CryptoConfig::default().derive_profile,
+            DeriveProfile::default()
+        );
+    }
+}

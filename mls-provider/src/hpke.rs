@@ -534,10 +534,18 @@ fn x448_dh(sk: &x448::StaticSecret, pk: &[u8]) -> Result<Zeroizing<Vec<u8>>, Hpk
     let pk = x448::PublicKey::from_bytes(pk).ok_or(HpkeError::NonContributory)?;
     let ss = sk.diffie_hellman(&pk);
     let out = Zeroizing::new(ss.as_bytes().to_vec());
-    if out.iter().all(|b| *b == 0) {
+    if is_all_zero(&out) {
         return Err(HpkeError::NonContributory);
     }
     Ok(out)
+}
+
+/// Whether a secret is all zero, in constant time up to the final decision
+/// (`subtle`: no early exit on the first non-zero byte).
+fn is_all_zero(secret: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let zero = vec![0u8; secret.len()];
+    bool::from(secret.ct_eq(&zero[..]))
 }
 
 /// A recipient public key, parsed and validated once, optionally prepared for repeated
@@ -651,13 +659,14 @@ impl RecipientKey {
     /// Encap(pkR) with explicit randomness: for a DHKEM the ephemeral key pair is
     /// DeriveKeyPair(`ikm_e`) (as in RFC 9180's test vectors); for the post-quantum KEMs
     /// `ikm_e` is the encapsulation randomness (32 bytes for ML-KEM, 64 for X-Wing).
-    /// Returns `(shared_secret, enc)`.
+    /// Returns `(shared_secret, enc)`. Hazardous: `ikm_e` must be fresh and secret
+    /// (feature `hazmat`, for known-answer tests and fuzzers).
     ///
     /// # Errors
     /// [`HpkeError::InvalidLength`] for randomness of the wrong length,
     /// [`HpkeError::NonContributory`] for a small-order X25519 or X448 key.
+    #[cfg(feature = "hazmat")]
     pub fn encap_derand(&self, ikm_e: &[u8]) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), HpkeError> {
-        let kem = self.kem;
         let pq = |ss: pqmls_pq::SharedSecret, ct: &[u8]| {
             (Zeroizing::new(ss.as_bytes().to_vec()), ct.to_vec())
         };
@@ -686,54 +695,78 @@ impl RecipientKey {
                 let (ct, ss) = XWing::encapsulate_prepared_derand(ek, ikm_e)?;
                 Ok(pq(ss, ct.as_ref()))
             }
-            dh => {
-                // RFC 9180 section 4.1, Encap.
-                let eph = derive_key_pair(kem, ikm_e, DeriveProfile::default())?;
-                let dh_out = match dh {
-                    Recipient::P256(pk) => {
-                        ec_dh(&ec_secret::<p256::NistP256>(kem, &eph.private)?, pk)
-                    }
-                    Recipient::P384(pk) => {
-                        ec_dh(&ec_secret::<p384::NistP384>(kem, &eph.private)?, pk)
-                    }
-                    Recipient::P521(pk) => {
-                        ec_dh(&ec_secret::<p521::NistP521>(kem, &eph.private)?, pk)
-                    }
-                    Recipient::X25519(pk) => {
-                        let ss = x25519_secret(&eph.private)?.diffie_hellman(pk)?;
-                        Zeroizing::new(ss.as_bytes().to_vec())
-                    }
-                    Recipient::X25519Prepared(pk) => {
-                        let ss = x25519_secret(&eph.private)?.diffie_hellman_prepared(pk)?;
-                        Zeroizing::new(ss.as_bytes().to_vec())
-                    }
-                    Recipient::X448(pk) => x448_dh(&x448_secret(&eph.private)?, pk)?,
-                    _ => return Err(HpkeError::InvalidPublicKey),
-                };
-                let ss = dh_extract_and_expand(kem, &dh_out, &eph.public, &self.bytes)?;
-                Ok((ss, eph.public))
-            }
+            _ => self.dh_encap(ikm_e),
         }
+    }
+
+    /// DHKEM Encap(pkR) (RFC 9180 section 4.1) with the ephemeral key pair
+    /// DeriveKeyPair(`ikm_e`).
+    fn dh_encap(&self, ikm_e: &[u8]) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), HpkeError> {
+        let kem = self.kem;
+        let eph = derive_key_pair(kem, ikm_e, DeriveProfile::default())?;
+        let dh_out = match &self.inner {
+            Recipient::P256(pk) => ec_dh(&ec_secret::<p256::NistP256>(kem, &eph.private)?, pk),
+            Recipient::P384(pk) => ec_dh(&ec_secret::<p384::NistP384>(kem, &eph.private)?, pk),
+            Recipient::P521(pk) => ec_dh(&ec_secret::<p521::NistP521>(kem, &eph.private)?, pk),
+            Recipient::X25519(pk) => {
+                let ss = x25519_secret(&eph.private)?.diffie_hellman(pk)?;
+                Zeroizing::new(ss.as_bytes().to_vec())
+            }
+            Recipient::X25519Prepared(pk) => {
+                let ss = x25519_secret(&eph.private)?.diffie_hellman_prepared(pk)?;
+                Zeroizing::new(ss.as_bytes().to_vec())
+            }
+            Recipient::X448(pk) => x448_dh(&x448_secret(&eph.private)?, pk)?,
+            _ => return Err(HpkeError::InvalidPublicKey),
+        };
+        let ss = dh_extract_and_expand(kem, &dh_out, &eph.public, &self.bytes)?;
+        Ok((ss, eph.public))
     }
 
     /// Encap(pkR) with randomness from `rng`.
     ///
     /// # Errors
-    /// As [`Self::encap_derand`], and [`HpkeError::Randomness`].
+    /// [`HpkeError::NonContributory`] for a small-order X25519 or X448 key;
+    /// [`HpkeError::Randomness`] if `rng` fails.
     pub fn encap<R: TryCryptoRng + ?Sized>(
         &self,
         rng: &mut R,
     ) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), HpkeError> {
-        let len = match self.kem {
-            Kem::MlKem768 => MlKem768::ESEED_LEN,
-            Kem::MlKem1024 => MlKem1024::ESEED_LEN,
-            Kem::XWing => XWing::ESEED_LEN,
-            dh => dh.private_key_len(),
+        let pq = |ss: pqmls_pq::SharedSecret, ct: &[u8]| {
+            (Zeroizing::new(ss.as_bytes().to_vec()), ct.to_vec())
         };
-        let mut ikm_e = Zeroizing::new(vec![0u8; len]);
-        rng.try_fill_bytes(&mut ikm_e)
-            .map_err(|_| HpkeError::Randomness)?;
-        self.encap_derand(&ikm_e)
+        match &self.inner {
+            Recipient::MlKem768(ek) => {
+                let (ct, ss) = MlKem768::encapsulate(ek, rng)?;
+                Ok(pq(ss, ct.as_ref()))
+            }
+            Recipient::MlKem768Prepared(ek) => {
+                let (ct, ss) = MlKem768::encapsulate_prepared(ek, rng)?;
+                Ok(pq(ss, ct.as_ref()))
+            }
+            Recipient::MlKem1024(ek) => {
+                let (ct, ss) = MlKem1024::encapsulate(ek, rng)?;
+                Ok(pq(ss, ct.as_ref()))
+            }
+            Recipient::MlKem1024Prepared(ek) => {
+                let (ct, ss) = MlKem1024::encapsulate_prepared(ek, rng)?;
+                Ok(pq(ss, ct.as_ref()))
+            }
+            Recipient::XWing(ek) => {
+                let (ct, ss) = XWing::encapsulate(ek, rng)?;
+                Ok(pq(ss, ct.as_ref()))
+            }
+            Recipient::XWingPrepared(ek) => {
+                let (ct, ss) = XWing::encapsulate_prepared(ek, rng)?;
+                Ok(pq(ss, ct.as_ref()))
+            }
+            _ => {
+                let mut ikm_e = Zeroizing::new(vec![0u8; self.kem.private_key_len()]);
+                rng.try_fill_bytes(&mut ikm_e)
+                    .map_err(|_| HpkeError::Randomness)?;
+                self.dh_encap(&ikm_e)
+            }
+        }
     }
 }
 
@@ -774,21 +807,21 @@ pub fn decap(kem: Kem, enc: &[u8], sk_r: &[u8]) -> Result<Zeroizing<Vec<u8>>, Hp
     let pq = |ss: pqmls_pq::SharedSecret| Zeroizing::new(ss.as_bytes().to_vec());
     let (dh, pk_rm) = match kem {
         Kem::MlKem768 => {
-            let dk = MlKem768::decapsulation_key_from_seed(sk_r)?;
+            let dk = MlKem768::expanded_decapsulation_key_from_seed(sk_r)?;
             return Ok(pq(MlKem768::decapsulate(
                 &dk,
                 &MlKem768::ciphertext_from_bytes(enc)?,
             )?));
         }
         Kem::MlKem1024 => {
-            let dk = MlKem1024::decapsulation_key_from_seed(sk_r)?;
+            let dk = MlKem1024::expanded_decapsulation_key_from_seed(sk_r)?;
             return Ok(pq(MlKem1024::decapsulate(
                 &dk,
                 &MlKem1024::ciphertext_from_bytes(enc)?,
             )?));
         }
         Kem::XWing => {
-            let dk = XWing::decapsulation_key_from_seed(sk_r)?;
+            let dk = XWing::expanded_decapsulation_key_from_seed(sk_r)?;
             return Ok(pq(XWing::decapsulate(
                 &dk,
                 &XWing::ciphertext_from_bytes(enc)?,
@@ -884,10 +917,12 @@ fn key_schedule(suite: Suite, shared_secret: &[u8], info: &[u8]) -> Result<Conte
 }
 
 /// SetupBaseS with explicit encapsulation randomness (see [`RecipientKey::encap_derand`]).
-/// Returns `(enc, context)`.
+/// Returns `(enc, context)`. Hazardous, as [`RecipientKey::encap_derand`] (feature
+/// `hazmat`).
 ///
 /// # Errors
 /// As [`RecipientKey::parse`] and [`RecipientKey::encap_derand`].
+#[cfg(feature = "hazmat")]
 pub fn setup_base_sender_derand(
     suite: Suite,
     pk_r: &[u8],
@@ -1005,18 +1040,36 @@ impl Context {
         )
     }
 
-    /// The AEAD key (for known-answer tests).
+    /// The AEAD key (for known-answer tests; feature `hazmat`).
+    #[cfg(feature = "hazmat")]
     pub fn key(&self) -> &[u8] {
         &self.key
     }
 
-    /// The base nonce (for known-answer tests).
+    /// The base nonce (for known-answer tests; feature `hazmat`).
+    #[cfg(feature = "hazmat")]
     pub fn base_nonce(&self) -> &[u8] {
         &self.base_nonce
     }
 
-    /// The exporter secret (for known-answer tests).
+    /// The exporter secret (for known-answer tests; feature `hazmat`).
+    #[cfg(feature = "hazmat")]
     pub fn exporter_secret(&self) -> &[u8] {
         &self.exporter_secret
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_zero_check() {
+        assert!(is_all_zero(&[0u8; 56]));
+        for i in [0, 27, 55] {
+            let mut v = [0u8; 56];
+            v[i] = 0x80;
+            assert!(!is_all_zero(&v), "non-zero byte at {i}");
+        }
     }
 }

@@ -151,6 +151,21 @@ impl HashAlg {
 mod tests {
     use super::*;
 
+    /// HMAC's key schedule is its two keyed hash states (`HmacCore { digest, opad_digest }`,
+    /// each the hash's block-level core after absorbing `K ^ ipad` / `K ^ opad`). hmac 0.13
+    /// does not declare `ZeroizeOnDrop` for `Hmac` itself, but dropping it drops those two
+    /// cores, and with sha2's `zeroize` feature each core wipes its state on drop. This
+    /// fails to compile if that feature is dropped.
+    #[test]
+    fn hmac_states_zeroize_on_drop() {
+        use hmac::digest::block_api::CoreProxy;
+        fn zeroize_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        zeroize_on_drop::<<Sha256 as CoreProxy>::Core>();
+        zeroize_on_drop::<<Sha384 as CoreProxy>::Core>();
+        zeroize_on_drop::<<Sha512 as CoreProxy>::Core>();
+        zeroize_on_drop::<Sha256>();
+    }
+
     fn h(s: &str) -> Vec<u8> {
         (0..s.len())
             .step_by(2)

@@ -66,7 +66,7 @@ pub mod storage;
 pub use crypto::{CryptoConfig, PqCrypto, ProviderRng, RandError, SUPPORTED_CIPHERSUITES};
 pub use hpke::DeriveProfile;
 pub use sign::SignatureKeyPair;
-pub use storage::{BinaryCodec, JsonCodec, SqliteStorage, StorageError};
+pub use storage::{BinaryCodec, CipherKey, JsonCodec, SqliteStorage, StorageError};
 
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};

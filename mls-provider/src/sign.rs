@@ -106,10 +106,19 @@ impl Key {
         }
     }
 
+    /// Signs with the OS generator for the randomised schemes (ML-DSA hedging, P-521 nonces).
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.sign_with(msg, &mut pqmls_pq::OsRng)
+    }
+
+    /// Signs, drawing randomness from `rng`; a failing `rng` is an error, never a panic.
+    fn sign_with<R: TryCryptoRng + ?Sized>(
+        &self,
+        msg: &[u8],
+        rng: &mut R,
+    ) -> Result<Vec<u8>, CryptoError> {
         use p256::ecdsa::signature::Signer as _;
         let fail = |_| CryptoError::CryptoLibraryError;
-        let mut rng = pqmls_pq::OsRng;
         Ok(match self {
             Key::Ed25519(k) => Ed25519::sign_deterministic(k, msg, &[])
                 .map_err(fail)?
@@ -125,26 +134,82 @@ impl Key {
                 s.to_der().as_bytes().to_vec()
             }
             Key::P521(k) => {
-                // p521 0.13 has no RFC 6979 nonces: its signer draws the nonce from the OS.
-                let s: p521::ecdsa::Signature = p521::ecdsa::signature::Signer::try_sign(&**k, msg)
+                // p521 0.13 has no RFC 6979 nonces, and its own `Signer` draws the nonce
+                // from the OS through an infallible rand_core 0.6 call that panics if the
+                // OS generator fails. We draw a 32-byte seed fallibly instead and give the
+                // signer a ChaCha20 keystream from it (zeroized on drop): an RNG failure
+                // is an error, and the nonce is as random as before.
+                use p521::ecdsa::signature::RandomizedSigner as _;
+                let mut nonce_rng = NonceRng::from_rng(rng)?;
+                let s: p521::ecdsa::Signature = k
+                    .try_sign_with_rng(&mut nonce_rng, msg)
                     .map_err(|_| CryptoError::SigningError)?;
                 s.to_der().as_bytes().to_vec()
             }
-            Key::MlDsa44(k) => MlDsa44::sign(k, msg, &[], &mut rng)
+            Key::MlDsa44(k) => MlDsa44::sign(k, msg, &[], rng)
                 .map_err(fail)?
                 .as_ref()
                 .to_vec(),
-            Key::MlDsa65(k) => MlDsa65::sign(k, msg, &[], &mut rng)
+            Key::MlDsa65(k) => MlDsa65::sign(k, msg, &[], rng)
                 .map_err(fail)?
                 .as_ref()
                 .to_vec(),
-            Key::MlDsa87(k) => MlDsa87::sign(k, msg, &[], &mut rng)
+            Key::MlDsa87(k) => MlDsa87::sign(k, msg, &[], rng)
                 .map_err(fail)?
                 .as_ref()
                 .to_vec(),
         })
     }
 }
+
+/// The rand_core 0.6 generator p521 0.13's signer takes: a ChaCha20 keystream (key = 32
+/// fresh bytes drawn fallibly from the caller's generator, zero nonce), used for one
+/// signature. The cipher state zeroizes on drop (chacha20's `zeroize` feature).
+struct NonceRng(chacha20::ChaCha20);
+
+impl NonceRng {
+    fn from_rng<R: TryCryptoRng + ?Sized>(rng: &mut R) -> Result<Self, CryptoError> {
+        use chacha20::cipher::KeyIvInit as _;
+        let mut key = Zeroizing::new([0u8; 32]);
+        rng.try_fill_bytes(key.as_mut_slice())
+            .map_err(|_| CryptoError::InsufficientRandomness)?;
+        Ok(NonceRng(chacha20::ChaCha20::new(
+            (&*key).into(),
+            &[0u8; 12].into(),
+        )))
+    }
+}
+
+impl p521::elliptic_curve::rand_core::RngCore for NonceRng {
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.fill_bytes(&mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill_bytes(&mut b);
+        u64::from_le_bytes(b)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        use chacha20::cipher::StreamCipher as _;
+        dest.fill(0);
+        // 2^38 bytes of keystream per key; one signature draws a few hundred bytes.
+        self.0.apply_keystream(dest);
+    }
+
+    fn try_fill_bytes(
+        &mut self,
+        dest: &mut [u8],
+    ) -> Result<(), p521::elliptic_curve::rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl p521::elliptic_curve::rand_core::CryptoRng for NonceRng {}
 
 /// Generates a private key for `scheme` and returns `(private, public)`.
 pub(crate) fn generate<R: TryCryptoRng + ?Sized>(
@@ -196,23 +261,35 @@ pub(crate) fn verify(
             vk.verify_raw(&sig, msg).map_err(invalid)
         }
         SignatureScheme::ECDSA_SECP256R1_SHA256 => {
-            let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(pk)
+            let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(uncompressed(pk, 65)?)
                 .map_err(|_| CryptoError::CryptoLibraryError)?;
             let sig = p256::ecdsa::Signature::from_der(sig).map_err(invalid)?;
             vk.verify(msg, &sig).map_err(invalid)
         }
         SignatureScheme::ECDSA_SECP384R1_SHA384 => {
-            let vk = p384::ecdsa::VerifyingKey::from_sec1_bytes(pk)
+            let vk = p384::ecdsa::VerifyingKey::from_sec1_bytes(uncompressed(pk, 97)?)
                 .map_err(|_| CryptoError::CryptoLibraryError)?;
             let sig = p384::ecdsa::Signature::from_der(sig).map_err(invalid)?;
             vk.verify(msg, &sig).map_err(invalid)
         }
         SignatureScheme::ECDSA_SECP521R1_SHA512 => {
-            let vk = p521::ecdsa::VerifyingKey::from_sec1_bytes(pk)
+            let vk = p521::ecdsa::VerifyingKey::from_sec1_bytes(uncompressed(pk, 133)?)
                 .map_err(|_| CryptoError::CryptoLibraryError)?;
             let sig = p521::ecdsa::Signature::from_der(sig).map_err(invalid)?;
             vk.verify(msg, &sig).map_err(invalid)
         }
+    }
+}
+
+/// An ECDSA public key in the only encoding MLS uses: uncompressed SEC1,
+/// `0x04 || x || y`, `len` bytes (RFC 9420 section 5.1.1: an encoded
+/// `UncompressedPointRepresentation` of RFC 8446). Compressed (0x02, 0x03) and other
+/// encodings are refused.
+fn uncompressed(pk: &[u8], len: usize) -> Result<&[u8], CryptoError> {
+    if pk.len() == len && pk.first() == Some(&0x04) {
+        Ok(pk)
+    } else {
+        Err(CryptoError::CryptoLibraryError)
     }
 }
 
@@ -451,6 +528,82 @@ impl storage::traits::SignatureKeyPair<CURRENT_VERSION> for SignatureKeyPair {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A generator that always fails, like an OS generator that cannot be read.
+    struct FailingRng;
+
+    impl pqmls_pq::rand_core::TryRng for FailingRng {
+        type Error = crate::RandError;
+        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+            Err(crate::RandError)
+        }
+        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+            Err(crate::RandError)
+        }
+        fn try_fill_bytes(&mut self, _: &mut [u8]) -> Result<(), Self::Error> {
+            Err(crate::RandError)
+        }
+    }
+
+    impl TryCryptoRng for FailingRng {}
+
+    /// A failing generator makes the randomised signers (P-521's nonce, ML-DSA's hedge)
+    /// return an error; P-521 used to panic inside p521's own OS draw.
+    #[test]
+    fn failing_rng_is_an_error_not_a_panic() {
+        for scheme in [
+            SignatureScheme::ECDSA_SECP521R1_SHA512,
+            SignatureScheme::MLDSA44,
+            SignatureScheme::MLDSA65,
+            SignatureScheme::MLDSA87,
+        ] {
+            let kp = SignatureKeyPair::generate(scheme).unwrap();
+            assert!(
+                kp.key.sign_with(b"m", &mut FailingRng).is_err(),
+                "{scheme:?}"
+            );
+            // With a working generator the same path signs and verifies.
+            let sig = kp.key.sign_with(b"m", &mut pqmls_pq::OsRng).unwrap();
+            verify(scheme, b"m", kp.public(), &sig).unwrap();
+        }
+    }
+
+    /// RFC 9420 carries ECDSA keys uncompressed: the compressed form of a valid key is
+    /// refused, although it names the same point.
+    #[test]
+    fn ecdsa_compressed_public_keys_are_refused() {
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+        let check = |scheme, compressed: Vec<u8>, kp: &SignatureKeyPair| {
+            let sig = Signer::sign(kp, b"m").unwrap();
+            verify(scheme, b"m", kp.public(), &sig).unwrap();
+            assert!(matches!(compressed[0], 0x02 | 0x03));
+            assert!(
+                verify(scheme, b"m", &compressed, &sig).is_err(),
+                "{scheme:?}"
+            );
+        };
+        let kp = SignatureKeyPair::generate(SignatureScheme::ECDSA_SECP256R1_SHA256).unwrap();
+        let pk = p256::PublicKey::from_sec1_bytes(kp.public()).unwrap();
+        check(
+            SignatureScheme::ECDSA_SECP256R1_SHA256,
+            pk.to_encoded_point(true).as_bytes().to_vec(),
+            &kp,
+        );
+        let kp = SignatureKeyPair::generate(SignatureScheme::ECDSA_SECP384R1_SHA384).unwrap();
+        let pk = p384::PublicKey::from_sec1_bytes(kp.public()).unwrap();
+        check(
+            SignatureScheme::ECDSA_SECP384R1_SHA384,
+            pk.to_encoded_point(true).as_bytes().to_vec(),
+            &kp,
+        );
+        let kp = SignatureKeyPair::generate(SignatureScheme::ECDSA_SECP521R1_SHA512).unwrap();
+        let pk = p521::PublicKey::from_sec1_bytes(kp.public()).unwrap();
+        check(
+            SignatureScheme::ECDSA_SECP521R1_SHA512,
+            pk.to_encoded_point(true).as_bytes().to_vec(),
+            &kp,
+        );
+    }
 
     const ALL: [SignatureScheme; 8] = [
         SignatureScheme::ED25519,

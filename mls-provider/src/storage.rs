@@ -2,8 +2,10 @@
 //!
 //! [`SqliteStorage`] is `openmls_sqlite_storage`'s provider (rusqlite 0.37, bundled
 //! SQLite) on a connection it owns, with the schema migrations run on open:
-//! [`SqliteStorage::open_file`] for real use (WAL, `synchronous = FULL`, busy timeout,
-//! foreign keys; see there why), [`SqliteStorage::open_in_memory`] for tests. The SDK's
+//! [`SqliteStorage::open_file_encrypted`] for real use (the whole file encrypted with
+//! SQLCipher, locked to one process, 0600, secure delete; see there), [`SqliteStorage::open_file`]
+//! for an unencrypted file (WAL, `synchronous = FULL`, busy timeout, foreign keys; see there
+//! why), [`SqliteStorage::open_in_memory`] for tests. The SDK's
 //! own tables go in the same file through [`SqliteStorage::connection`].
 //!
 //! # Codec
@@ -39,7 +41,12 @@
 //! Changing the codec of an existing file is not supported: rows are not tagged with
 //! their codec.
 
-use std::{fmt, marker::PhantomData, path::Path, time::Duration};
+use std::{
+    fmt,
+    marker::PhantomData,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use openmls_sqlite_storage::SqliteStorageProvider;
 use openmls_traits::storage::{CURRENT_VERSION, StorageProvider, traits};
@@ -112,6 +119,96 @@ pub enum StorageError {
     /// The OpenMLS schema migrations failed.
     #[error("cannot set up the OpenMLS storage schema")]
     Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The key does not open the encrypted database: a wrong key, or a file that is not a
+    /// database of ours. Nothing was written.
+    #[error("the database key is wrong, or {0} is not an encrypted pqmls database")]
+    WrongKey(PathBuf),
+    /// The database file exists but is empty (0 bytes): refused, so that a damaged or
+    /// half-restored file never turns silently into a fresh database.
+    #[error("the database file {0} is empty")]
+    EmptyFile(PathBuf),
+    /// The database file is a plain (unencrypted) SQLite file where an encrypted one is
+    /// expected.
+    #[error("the database file {0} is not encrypted")]
+    NotEncrypted(PathBuf),
+    /// The database opened but is damaged (truncated or altered): `PRAGMA quick_check` or a
+    /// page authentication failed.
+    #[error("the database file {path} is damaged: {detail}")]
+    Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite reported.
+        detail: String,
+    },
+    /// Another process (or another handle in this one) holds the database.
+    #[error("the database {0} is in use by another process")]
+    Locked(PathBuf),
+    /// A file operation around the database (lock file, permissions) failed.
+    #[error("cannot prepare the database file {path}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A 256-bit key for an encrypted database (SQLCipher 4: AES-256-CBC per page with an
+/// HMAC-SHA512 per page, keys derived from this one with PBKDF2 skipped because it is a raw
+/// key). Zeroized on drop, redacted in `Debug`, compared in constant time.
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct CipherKey([u8; 32]);
+
+impl CipherKey {
+    /// Wraps 32 key bytes (from a KDF or a key file; the caller zeroizes its copy).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        CipherKey(bytes)
+    }
+
+    /// The key bytes. Handle with care.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl subtle::ConstantTimeEq for CipherKey {
+    fn ct_eq(&self, other: &Self) -> subtle::Choice {
+        self.0.ct_eq(&other.0)
+    }
+}
+
+impl fmt::Debug for CipherKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CipherKey(<redacted>)")
+    }
+}
+
+/// The first 16 bytes of every plain SQLite 3 file (an encrypted file has random bytes there).
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Creates `path` with mode 0600 if missing; makes an existing one 0600.
+fn private_file(path: &Path) -> Result<(std::fs::File, bool), StorageError> {
+    let err = |source| StorageError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let existed = path.exists();
+    let file = options.open(path).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
+    }
+    Ok((file, existed))
 }
 
 /// OpenMLS storage in SQLite: `openmls_sqlite_storage`'s provider with codec `C`
@@ -130,6 +227,9 @@ pub enum StorageError {
 pub struct SqliteStorage<C: Codec = BinaryCodec> {
     connection: Connection,
     codec: PhantomData<C>,
+    /// The exclusive lock on `<database>.lock` of [`Self::open_file_encrypted`], held as long
+    /// as the storage lives.
+    _lock: Option<std::fs::File>,
 }
 
 impl<C: Codec> fmt::Debug for SqliteStorage<C> {
@@ -191,6 +291,170 @@ impl<C: Codec> SqliteStorage<C> {
         Self::from_connection(connection)
     }
 
+    /// Opens the encrypted database at `path` (SQLCipher, through rusqlite's
+    /// `bundled-sqlcipher`), creating it if it does not exist, keyed with `key`; configured
+    /// as [`Self::open_file`] plus:
+    ///
+    /// - the whole file is encrypted (every page, the schema and the WAL), so keys,
+    ///   message bodies and metadata are unreadable without `key`;
+    /// - an exclusive lock on `<path>.lock` (created 0600) for as long as the storage lives:
+    ///   a second opener gets [`StorageError::Locked`] at once;
+    /// - the database file is created 0600 (SQLite gives the WAL and shared-memory files the
+    ///   same mode), and an existing one is set to 0600;
+    /// - `secure_delete = ON`: deleted rows are overwritten in the file;
+    /// - an existing file must open with `key` ([`StorageError::WrongKey`] otherwise, with
+    ///   nothing written), must not be empty ([`StorageError::EmptyFile`]) or plain SQLite
+    ///   ([`StorageError::NotEncrypted`]), and must pass `PRAGMA quick_check`
+    ///   ([`StorageError::Damaged`]; it reads every page, so a truncated file is caught here).
+    ///
+    /// # Errors
+    /// Those above, and as [`Self::open_file`].
+    pub fn open_file_encrypted(
+        path: impl AsRef<Path>,
+        key: &CipherKey,
+    ) -> Result<Self, StorageError> {
+        let path = path.as_ref();
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let (lock, _) = private_file(&lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::Locked(path.to_path_buf()));
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StorageError::File {
+                    path: lock_path,
+                    source,
+                });
+            }
+        }
+        let (file, existed) = private_file(path)?;
+        if existed {
+            let mut head = [0u8; 16];
+            let len = file
+                .metadata()
+                .map_err(|source| StorageError::File {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+                .len();
+            if len == 0 {
+                return Err(StorageError::EmptyFile(path.to_path_buf()));
+            }
+            use std::io::Read as _;
+            let n = (&file)
+                .read(&mut head)
+                .map_err(|source| StorageError::File {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            if n == 16 && &head == SQLITE_MAGIC {
+                return Err(StorageError::NotEncrypted(path.to_path_buf()));
+            }
+        }
+        drop(file);
+        let connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(StorageError::Open)?;
+        // SQLCipher logs decryption failures to stderr by default; a wrong key is reported
+        // as an error value instead (older SQLCipher builds without the pragma ignore it).
+        let _ = connection.execute_batch("PRAGMA cipher_log_level = NONE;");
+        // The raw-key form `x'..'` (64 hex digits): SQLCipher uses it as the key itself.
+        let mut statement = zeroize::Zeroizing::new(String::with_capacity(80));
+        statement.push_str("PRAGMA key = \"x'");
+        for b in key.as_bytes() {
+            use std::fmt::Write as _;
+            let _ = write!(statement, "{b:02x}");
+        }
+        statement.push_str("'\";");
+        connection
+            .execute_batch(&statement)
+            .map_err(|source| StorageError::Configure {
+                setting: "key",
+                source,
+            })?;
+        drop(statement);
+        // The first read decrypts page 1: a wrong key (or a foreign file) fails here.
+        let first: Result<i64, _> =
+            connection.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
+        match first {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::NotADatabase =>
+            {
+                return Err(StorageError::WrongKey(path.to_path_buf()));
+            }
+            Err(e) => {
+                return Err(StorageError::Damaged {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                });
+            }
+        }
+        if existed {
+            let check: Result<String, _> =
+                connection.query_row("PRAGMA quick_check", [], |r| r.get(0));
+            match check {
+                Ok(ok) if ok == "ok" => {}
+                Ok(detail) => {
+                    return Err(StorageError::Damaged {
+                        path: path.to_path_buf(),
+                        detail,
+                    });
+                }
+                Err(e) => {
+                    return Err(StorageError::Damaged {
+                        path: path.to_path_buf(),
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+        connection
+            .pragma_update(None, "secure_delete", true)
+            .map_err(|source| StorageError::Configure {
+                setting: "secure_delete",
+                source,
+            })?;
+        let mode: String = connection
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(|source| StorageError::Configure {
+                setting: "journal_mode",
+                source,
+            })?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StorageError::JournalMode(mode));
+        }
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(|source| StorageError::Configure {
+                setting: "synchronous",
+                source,
+            })?;
+        let mut storage = Self::from_connection(connection)?;
+        storage._lock = Some(lock);
+        Ok(storage)
+    }
+
+    /// Moves everything in the write-ahead log into the database file and truncates the log
+    /// to zero bytes (`PRAGMA wal_checkpoint(TRUNCATE)`), so that deleted rows do not linger
+    /// in old log frames. Call it after deletions that matter (message retention, wiping a
+    /// group). Needs no other connection reading at the time.
+    ///
+    /// # Errors
+    /// SQLite's error.
+    pub fn checkpoint_truncate(&self) -> Result<(), rusqlite::Error> {
+        self.connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+    }
+
     /// Opens a private in-memory database (for tests), configured like [`Self::open_file`]
     /// where that applies (no WAL or fsync in memory), with the OpenMLS schema set up.
     ///
@@ -225,6 +489,7 @@ impl<C: Codec> SqliteStorage<C> {
         Ok(Self {
             connection,
             codec: PhantomData,
+            _lock: None,
         })
     }
 

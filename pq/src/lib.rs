@@ -34,7 +34,15 @@
 //! - Every encapsulation key from outside is validated when parsed (FIPS 203 section 7.2).
 //! - No panics on any input: malformed input is a typed [`Error`]. Crypto failures are
 //!   opaque ([`Error::InvalidSignature`]); ML-KEM decapsulation rejects implicitly.
-//! - Randomness is injected: every randomised operation has a `*_derand` twin.
+//! - Randomness is injected: every randomised operation takes an RNG. Encapsulation's
+//!   derandomised twins (`*_derand`, for known-answer tests and fuzzers) exist only with
+//!   the feature `hazmat`: reused encapsulation randomness reveals the shared secret.
+//!
+//! ## Features
+//!
+//! - `hazmat`: derandomised encapsulation ([`Kem::encapsulate_derand`] and friends).
+//! - `force-portable`: libcrux's portable ML-KEM code only, also on x86_64 (CI tests that
+//!   path; every target other than x86_64 gets it anyway). See [`kem::ml_kem::backend`].
 //! - Pure Rust: libcrux for ML-KEM and ML-DSA (formally verified, AVX2 at run time),
 //!   curve25519-dalek for X25519 and Ed25519 (AVX2 at run time).
 

@@ -1,6 +1,6 @@
-//! Randomness is injected: every randomised operation takes an RNG, and each has a
-//! derandomised twin that takes the bytes. [`OsRng`] is the operating system's
-//! generator, for callers that have none of their own.
+//! Randomness is injected: every randomised operation takes an RNG (encapsulation's
+//! derandomised twins, which take the bytes, are behind the feature `hazmat`). [`OsRng`]
+//! is the operating system's generator, for callers that have none of their own.
 
 use crate::{Error, Result};
 use rand_core::TryCryptoRng;

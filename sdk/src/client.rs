@@ -15,7 +15,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{Config, DATABASE_FILE, FailPoint};
+use crate::config::{Config, FailPoint};
 use crate::db;
 use crate::directory;
 use crate::engine::{Group, Outcome, State, Todo, intents};
@@ -27,6 +27,8 @@ use crate::offline::check_name;
 use crate::trust::Budget;
 use crate::wire::{self, Slot, Wire};
 use crate::{GroupId, GroupStatus, Stats};
+
+mod retention;
 
 /// A pqmls client: one identity, its groups, on one transport. Cheap to clone.
 ///
@@ -151,8 +153,7 @@ impl Client {
         }
         let storage = match &config.data_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir)?;
-                SqliteStorage::open_file(dir.join(DATABASE_FILE))?
+                crate::at_rest::open(dir, config.database_key.as_ref(), config.history_retention)?
             }
             None => SqliteStorage::open_in_memory()?,
         };

@@ -23,6 +23,13 @@ pub struct Config {
     /// Where the database lives (`pqmls.sqlite3`). `None` keeps everything in memory (for
     /// tests and simulations): nothing survives the client.
     pub data_dir: Option<PathBuf>,
+    /// The key of the data directory's database, which is encrypted as a whole (see
+    /// [`crate::DatabaseKey`]); required with a [`Config::data_dir`].
+    pub database_key: Option<crate::DatabaseKey>,
+    /// How long application messages are kept in the history (by the time they were sent);
+    /// older ones are deleted when the client opens and by
+    /// [`crate::Client::expire_history`]. `None` keeps them until deleted.
+    pub history_retention: Option<Duration>,
     /// The cipher suite of the identity and of the groups this client creates.
     pub suite: Ciphersuite,
     /// How many one-time key packages are kept in the directory (besides the last-resort one).
@@ -72,6 +79,8 @@ impl Config {
         Self {
             name: name.into(),
             data_dir: None,
+            database_key: None,
+            history_retention: None,
             suite: DEFAULT_SUITE,
             one_time_key_packages: 4,
             settle: Duration::from_millis(250),
@@ -93,6 +102,12 @@ impl Config {
     /// Keeps the database in `dir` (created if missing).
     pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Keys the data directory's database with `key`.
+    pub fn with_database_key(mut self, key: crate::DatabaseKey) -> Self {
+        self.database_key = Some(key);
         self
     }
 

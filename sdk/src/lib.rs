@@ -10,7 +10,7 @@
 //! # Example
 //!
 //! ```
-//! use pqmls::{Client, Config, Event};
+//! use pqmls::{Client, Config, DatabaseKey, Event};
 //! use pqmls_transport::node::Config as NodeConfig;
 //! use pqmls_transport::{Node, store};
 //!
@@ -27,8 +27,14 @@
 //! // Two users, each with a data directory that keeps identity and groups across restarts.
 //! // A user is their key: `id()` is what others invite them by (exchanged out of band, and
 //! // checked with `safety_number`); the name is only a label.
-//! let alice = Client::start(Config::new("alice").with_data_dir(dir.path().join("alice")), node()).await?;
-//! let bob = Client::start(Config::new("bob").with_data_dir(dir.path().join("bob")), node()).await?;
+//! // Each database is encrypted with a key the application keeps (or a passphrase).
+//! let config = |name: &str| {
+//!     Config::new(name)
+//!         .with_data_dir(dir.path().join(name))
+//!         .with_database_key(DatabaseKey::from_bytes([7; 32])) // a real key, in real use
+//! };
+//! let alice = Client::start(config("alice"), node()).await?;
+//! let bob = Client::start(config("bob"), node()).await?;
 //! bob.add_contact(&alice.id(), "alice").await?; // invitations from contacts join at once
 //! let mut bob_events = bob.events();
 //! # pqmls::wait_for_key_packages(&alice, &bob.id()).await?;
@@ -81,6 +87,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod at_rest;
 mod client;
 mod config;
 mod db;
@@ -97,6 +104,7 @@ mod wire;
 
 use std::fmt;
 
+pub use at_rest::{DatabaseKey, SALT_FILE};
 pub use client::{Client, gossip_validator, store_node};
 pub use config::{Config, DATABASE_FILE, DEFAULT_SUITE, FailPoint, InvitePolicy, Limits};
 pub use directory::{DirectoryRule, directory_validator};

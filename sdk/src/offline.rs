@@ -1,14 +1,15 @@
 //! Offline access to a data directory: create the identity without starting a client, and
 //! read what a data directory holds (identity, groups, epochs, members) without a network.
 //!
-//! These functions open the SQLite file directly; they are meant for tools such as
-//! `pqmls keygen` and `pqmls info`. They can run while a client has the same directory
-//! open (SQLite serialises the writers), but what they report is a snapshot.
+//! These functions open the (encrypted) database directly, with the application's key;
+//! they are meant for tools such as `pqmls keygen` and `pqmls info`. The database is locked
+//! to one opener at a time, so they fail with [`pqmls_provider::StorageError::Locked`]
+//! while a client has the directory open.
 
 use std::path::{Path, PathBuf};
 
 use openmls::prelude::*;
-use pqmls_provider::{SignatureKeyPair, SqliteStorage};
+use pqmls_provider::SignatureKeyPair;
 use rusqlite::OptionalExtension;
 use sha2::{Digest, Sha256};
 
@@ -103,14 +104,6 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// Opens (creating if needed) the database of a data directory and its schema.
-fn open(dir: &Path) -> Result<SqliteStorage> {
-    std::fs::create_dir_all(dir)?;
-    let storage = SqliteStorage::open_file(dir.join(DATABASE_FILE))?;
-    db::migrate(storage.connection())?;
-    Ok(storage)
-}
-
 fn suite_from_code(code: u16) -> Result<Ciphersuite> {
     pqmls_provider::SUPPORTED_CIPHERSUITES
         .iter()
@@ -146,7 +139,7 @@ pub fn init_identity(config: &Config) -> Result<IdentityInfo> {
     check_name(&config.name)?;
     let suite_code = u16::from(config.suite);
     suite_from_code(suite_code)?;
-    let storage = open(dir)?;
+    let storage = crate::at_rest::open(dir, config.database_key.as_ref(), None)?;
     let (signer, created) = load_or_create_signer(storage.connection(), config)?;
     Ok(IdentityInfo {
         name: config.name.clone(),
@@ -186,15 +179,16 @@ pub(crate) fn load_or_create_signer(
 }
 
 /// Reads what a data directory holds: its identity and every group with its epoch and
-/// members. Needs no network, and changes nothing but creating the (empty) schema when
-/// the directory has no database yet.
+/// members, with the database's key. Needs no network and changes nothing: a directory
+/// without a database is an error, nothing is created or migrated (the lock file beside the
+/// database is made if missing).
 ///
 /// # Errors
 /// [`Error::UnsupportedSuite`] if the stored identity names an unknown suite,
 /// [`Error::Mls`] if a group's stored state cannot be loaded, [`Error::Crypto`],
 /// [`Error::Io`], [`Error::Storage`], [`Error::Database`].
-pub fn inspect(data_dir: &Path) -> Result<DataDirInfo> {
-    let storage = open(data_dir)?;
+pub fn inspect(data_dir: &Path, key: &crate::DatabaseKey) -> Result<DataDirInfo> {
+    let storage = crate::at_rest::open_existing(data_dir, key)?;
     let identity = match read_identity(storage.connection())? {
         Some((name, suite, signer)) => {
             let signer = SignatureKeyPair::from_bytes(&signer)

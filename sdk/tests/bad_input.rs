@@ -193,12 +193,25 @@ async fn api_errors() {
 async fn data_dir_of_another_identity() {
     let net = SimNetwork::new(SimConfig::default());
     let dir = tempfile::tempdir().unwrap();
-    let dora = client(&net, config("dora").with_data_dir(dir.path())).await;
+    let dora = client(
+        &net,
+        config("dora")
+            .with_data_dir(dir.path())
+            .with_database_key(pqmls::DatabaseKey::from_bytes([1; 32])),
+    )
+    .await;
     let key = dora.public_key().to_vec();
     dora.shutdown().await;
 
     let (t, inbox) = net.attach();
-    let r = Client::open(config("eve").with_data_dir(dir.path()), t, inbox).await;
+    let r = Client::open(
+        config("eve")
+            .with_data_dir(dir.path())
+            .with_database_key(pqmls::DatabaseKey::from_bytes([1; 32])),
+        t,
+        inbox,
+    )
+    .await;
     match r {
         Err(Error::IdentityMismatch {
             found,
@@ -216,6 +229,7 @@ async fn data_dir_of_another_identity() {
     let r = Client::open(
         config("dora")
             .with_data_dir(dir.path())
+            .with_database_key(pqmls::DatabaseKey::from_bytes([1; 32]))
             .with_suite(other_suite),
         t,
         inbox,
@@ -234,7 +248,13 @@ async fn data_dir_of_another_identity() {
         other => panic!("{:?}", other.map(|c| c.name().to_owned())),
     }
     // The directory is still dora's, unharmed.
-    let dora = client(&net, config("dora").with_data_dir(dir.path())).await;
+    let dora = client(
+        &net,
+        config("dora")
+            .with_data_dir(dir.path())
+            .with_database_key(pqmls::DatabaseKey::from_bytes([1; 32])),
+    )
+    .await;
     assert_eq!(dora.public_key(), key);
 }
 

@@ -22,7 +22,9 @@ struct Member {
 }
 
 fn config(name: &str, dir: &Path, fail_point: Option<FailPoint>) -> Config {
-    let mut c = Config::new(name).with_data_dir(dir);
+    let mut c = Config::new(name)
+        .with_data_dir(dir)
+        .with_database_key(pqmls::DatabaseKey::from_bytes([3; 32]));
     c.self_update_interval = None;
     c.fail_point = fail_point;
     c.invitations = pqmls::InvitePolicy::Everyone;
@@ -427,7 +429,15 @@ async fn offline_catch_up(reopen: bool) {
             c.client.sync().await.unwrap();
             c
         }
-        Err(c) => open(&net, &c.name, &c.dir, None).await,
+        Err(c) => {
+            // The old handle goes first: the database admits one opener at a time, as
+            // after a real restart (the process that held it is gone).
+            let Member {
+                name, dir, client, ..
+            } = c;
+            drop(client);
+            open(&net, &name, &dir, None).await
+        }
     };
     ms.insert(2, carol);
     // ms: alice, bob, carol, dave.

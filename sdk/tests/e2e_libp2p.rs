@@ -127,6 +127,7 @@ async fn scenario(suite: Ciphersuite) {
     let start = async |name: &str| {
         let mut c = Config::new(name)
             .with_data_dir(dir.path().join(name))
+            .with_database_key(pqmls::DatabaseKey::from_bytes([5; 32]))
             .with_suite(suite);
         c.self_update_interval = None;
         c.removal_grace = Duration::from_millis(500);

@@ -17,12 +17,17 @@
 use zeroize::Zeroizing;
 
 /// Which DeriveKeyPair construction to use (DESIGN.md item 6).
+///
+/// The default, stated here once for the whole project (the MLS provider's
+/// `CryptoConfig` takes it from here), is [`DeriveProfile::Plain`]: DESIGN.md item 6 asks
+/// for whatever interoperates with the OpenMLS 0.9 providers, and they derive that way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DeriveProfile {
     /// The labelled SHAKE256 derivation of draft-ietf-hpke-pq (the spec profile).
-    #[default]
     HpkePq,
-    /// The plain `SHAKE256(ikm, L)` of hpke-rs 0.7 and the OpenMLS 0.9 providers.
+    /// The plain `SHAKE256(ikm, L)` of hpke-rs 0.7 and the OpenMLS 0.9 providers: the
+    /// default (see the type's documentation).
+    #[default]
     Plain,
 }
 

@@ -6,8 +6,10 @@
 //! (private) key, `ct` ciphertext, `ss` shared secret, `_m` the ML-KEM part and `_x`
 //! the X25519 part of a hybrid value.
 //!
-//! Each randomised operation has a derandomised form (`*_derand`) that takes the
-//! random bytes, for known-answer tests and fuzzing, and a form that takes an RNG.
+//! Each randomised operation takes an RNG. Encapsulation also has a derandomised form
+//! (`*_derand`) that takes the random bytes, for known-answer tests and fuzzing; it is
+//! hazardous (reused randomness reveals the shared secret), so it exists only with the
+//! feature `hazmat`.
 
 pub mod derive;
 pub mod ml_kem;
@@ -16,7 +18,7 @@ pub mod xwing;
 
 pub use derive::DeriveProfile;
 
-use crate::{Result, SharedSecret, rng::fill};
+use crate::{Result, SharedSecret};
 use rand_core::TryCryptoRng;
 
 /// A key encapsulation mechanism, with its sizes as associated constants.
@@ -50,11 +52,22 @@ pub trait Kem {
     /// Ciphertext.
     type Ciphertext: Clone + AsRef<[u8]>;
 
-    /// Expands a private key from its seed.
+    /// Expands a private key from its seed. The expanded form that decapsulation uses may
+    /// be made lazily, on the first decapsulation.
     ///
     /// # Errors
     /// [`crate::Error::InvalidLength`] if `seed` is not [`Self::SEED_LEN`] bytes.
     fn decapsulation_key_from_seed(seed: &[u8]) -> Result<Self::DecapsulationKey>;
+
+    /// Expands a private key from its seed for a decapsulation that follows at once (an
+    /// HPKE open): the key is generated once, where [`Self::decapsulation_key_from_seed`]
+    /// followed by [`Self::decapsulate`] may generate it twice.
+    ///
+    /// # Errors
+    /// As [`Self::decapsulation_key_from_seed`].
+    fn expanded_decapsulation_key_from_seed(seed: &[u8]) -> Result<Self::DecapsulationKey> {
+        Self::decapsulation_key_from_seed(seed)
+    }
 
     /// The seed a decapsulation key was made from (its serialized form).
     fn seed(dk: &Self::DecapsulationKey) -> &[u8];
@@ -80,20 +93,25 @@ pub trait Kem {
     fn ciphertext_from_bytes(bytes: &[u8]) -> Result<Self::Ciphertext>;
 
     /// Encapsulates to `ek` with the given randomness ([`Self::ESEED_LEN`] bytes).
+    /// Hazardous: the randomness must be fresh and secret (feature `hazmat`, for
+    /// known-answer tests and fuzzing).
     ///
     /// # Errors
     /// [`crate::Error::InvalidLength`] for a wrong `eseed` length;
     /// [`crate::Error::NonContributory`] for a hybrid key with a small-order X25519 point.
+    #[cfg(feature = "hazmat")]
     fn encapsulate_derand(
         ek: &Self::EncapsulationKey,
         eseed: &[u8],
     ) -> Result<(Self::Ciphertext, SharedSecret)>;
 
     /// Encapsulates to a prepared key with the given randomness; same output as
-    /// [`Self::encapsulate_derand`] on the key it was prepared from.
+    /// [`Self::encapsulate_derand`] on the key it was prepared from. Hazardous, as
+    /// [`Self::encapsulate_derand`] (feature `hazmat`).
     ///
     /// # Errors
     /// As [`Self::encapsulate_derand`].
+    #[cfg(feature = "hazmat")]
     fn encapsulate_prepared_derand(
         ek: &Self::PreparedEncapsulationKey,
         eseed: &[u8],
@@ -120,31 +138,20 @@ pub trait Kem {
     /// Encapsulates to `ek` with fresh randomness from `rng`.
     ///
     /// # Errors
-    /// As [`Self::encapsulate_derand`], and [`crate::Error::Randomness`].
+    /// [`crate::Error::NonContributory`] for a hybrid key with a small-order X25519 point;
+    /// [`crate::Error::Randomness`] if `rng` fails.
     fn encapsulate<R: TryCryptoRng + ?Sized>(
         ek: &Self::EncapsulationKey,
         rng: &mut R,
-    ) -> Result<(Self::Ciphertext, SharedSecret)> {
-        let mut eseed = zeroize::Zeroizing::new([0u8; MAX_ESEED_LEN]);
-        let eseed = &mut eseed[..Self::ESEED_LEN];
-        fill(rng, eseed)?;
-        Self::encapsulate_derand(ek, eseed)
-    }
+    ) -> Result<(Self::Ciphertext, SharedSecret)>;
 
-    /// Encapsulates to a prepared key with fresh randomness from `rng`.
+    /// Encapsulates to a prepared key with fresh randomness from `rng`; the same as
+    /// [`Self::encapsulate`] on the key it was prepared from.
     ///
     /// # Errors
     /// As [`Self::encapsulate`].
     fn encapsulate_prepared<R: TryCryptoRng + ?Sized>(
         ek: &Self::PreparedEncapsulationKey,
         rng: &mut R,
-    ) -> Result<(Self::Ciphertext, SharedSecret)> {
-        let mut eseed = zeroize::Zeroizing::new([0u8; MAX_ESEED_LEN]);
-        let eseed = &mut eseed[..Self::ESEED_LEN];
-        fill(rng, eseed)?;
-        Self::encapsulate_prepared_derand(ek, eseed)
-    }
+    ) -> Result<(Self::Ciphertext, SharedSecret)>;
 }
-
-/// The largest [`Kem::ESEED_LEN`] of this crate (X-Wing's 64 bytes).
-const MAX_ESEED_LEN: usize = 64;

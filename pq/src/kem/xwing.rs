@@ -89,16 +89,26 @@ impl EncapsulationKey {
         &self.bytes
     }
 
-    /// `Encaps_derand(ek, eseed)`.
+    /// `Encaps_derand(ek, eseed)`. Hazardous: `eseed` must be fresh and secret
+    /// (feature `hazmat`).
     ///
     /// # Errors
     /// [`crate::Error::NonContributory`] if `pk_x` has small order.
+    #[cfg(feature = "hazmat")]
     pub fn encapsulate_derand(
         &self,
         eseed: &[u8; ESEED_LEN],
     ) -> Result<(Ciphertext, SharedSecret)> {
+        self.encaps_internal(eseed)
+    }
+
+    /// `Encaps_derand(ek, eseed)`.
+    pub(crate) fn encaps_internal(
+        &self,
+        eseed: &[u8; ESEED_LEN],
+    ) -> Result<(Ciphertext, SharedSecret)> {
         let (m, ek_x) = split_eseed(eseed);
-        let (ct_m, ss_m) = self.ek_m.encapsulate_derand(&m);
+        let (ct_m, ss_m) = self.ek_m.encaps_internal(&m);
         let ct_x = x25519::x25519_base(&ek_x);
         let ss_x = contributory(x25519::x25519(&ek_x, &self.pk_x))?;
         let ss = combiner(&ss_m, &ss_x, &ct_x, &self.pk_x);
@@ -186,14 +196,25 @@ impl core::fmt::Debug for DecapsulationKey {
 }
 
 impl DecapsulationKey {
-    /// `expandDecapsulationKey(seed)`.
+    /// `expandDecapsulationKey(seed)`; the ML-KEM part's unpacked key is made on the
+    /// first decapsulation.
     pub fn from_seed(seed: Seed32) -> Self {
+        Self::expand(seed, ml_kem_768::DecapsulationKey::from_seed)
+    }
+
+    /// `expandDecapsulationKey(seed)` with the ML-KEM part expanded now, by one key
+    /// generation: for a key that decapsulates at once (an HPKE open).
+    pub fn from_seed_expanded(seed: Seed32) -> Self {
+        Self::expand(seed, ml_kem_768::DecapsulationKey::from_seed_expanded)
+    }
+
+    fn expand(seed: Seed32, ml_kem: fn(Seed64) -> ml_kem_768::DecapsulationKey) -> Self {
         let expanded = Zeroizing::new(libcrux_sha3::shake256::<96>(seed.as_bytes()));
         let mut d_z = Zeroizing::new([0u8; 64]);
         let mut sk_x = Zeroizing::new([0u8; 32]);
         d_z.copy_from_slice(&expanded[..64]);
         sk_x.copy_from_slice(&expanded[64..]);
-        let dk_m = ml_kem_768::DecapsulationKey::from_seed(Seed64::from_bytes(*d_z));
+        let dk_m = ml_kem(Seed64::from_bytes(*d_z));
         let sk_x = x25519::SecretKey::from_seed(Seed32::from_bytes(*sk_x));
         let pk_x = *sk_x.public_key().as_bytes();
         let mut bytes = [0u8; EK_LEN];
@@ -262,16 +283,26 @@ impl PreparedEncapsulationKey {
         }
     }
 
-    /// `Encaps_derand(ek, eseed)`, same output as [`EncapsulationKey::encapsulate_derand`].
+    /// `Encaps_derand(ek, eseed)`, same output as the unprepared key's. Hazardous:
+    /// `eseed` must be fresh and secret (feature `hazmat`).
     ///
     /// # Errors
     /// [`crate::Error::NonContributory`] if `pk_x` has small order.
+    #[cfg(feature = "hazmat")]
     pub fn encapsulate_derand(
         &self,
         eseed: &[u8; ESEED_LEN],
     ) -> Result<(Ciphertext, SharedSecret)> {
+        self.encaps_internal(eseed)
+    }
+
+    /// `Encaps_derand(ek, eseed)` on the prepared key.
+    pub(crate) fn encaps_internal(
+        &self,
+        eseed: &[u8; ESEED_LEN],
+    ) -> Result<(Ciphertext, SharedSecret)> {
         let (m, ek_x) = split_eseed(eseed);
-        let (ct_m, ss_m) = self.ek_m.encapsulate_derand(&m);
+        let (ct_m, ss_m) = self.ek_m.encaps_internal(&m);
         let ct_x = x25519::x25519_base(&ek_x);
         let ss_x = contributory(self.pk_x.x25519(&ek_x))?;
         let ss = combiner(&ss_m, &ss_x, &ct_x, &self.pk_x_bytes);
@@ -316,24 +347,50 @@ impl Kem for XWing {
         Ciphertext::from_bytes(bytes)
     }
 
+    fn expanded_decapsulation_key_from_seed(seed: &[u8]) -> Result<DecapsulationKey> {
+        Ok(DecapsulationKey::from_seed_expanded(Seed32::from_slice(
+            seed,
+        )?))
+    }
+
+    #[cfg(feature = "hazmat")]
     fn encapsulate_derand(
         ek: &EncapsulationKey,
         eseed: &[u8],
     ) -> Result<(Ciphertext, SharedSecret)> {
-        ek.encapsulate_derand(exact::<ESEED_LEN>(
+        ek.encaps_internal(exact::<ESEED_LEN>(
             "X-Wing encapsulation randomness",
             eseed,
         )?)
     }
 
+    #[cfg(feature = "hazmat")]
     fn encapsulate_prepared_derand(
         ek: &PreparedEncapsulationKey,
         eseed: &[u8],
     ) -> Result<(Ciphertext, SharedSecret)> {
-        ek.encapsulate_derand(exact::<ESEED_LEN>(
+        ek.encaps_internal(exact::<ESEED_LEN>(
             "X-Wing encapsulation randomness",
             eseed,
         )?)
+    }
+
+    fn encapsulate<R: rand_core::TryCryptoRng + ?Sized>(
+        ek: &EncapsulationKey,
+        rng: &mut R,
+    ) -> Result<(Ciphertext, SharedSecret)> {
+        let mut eseed = Zeroizing::new([0u8; ESEED_LEN]);
+        crate::rng::fill(rng, eseed.as_mut_slice())?;
+        ek.encaps_internal(&eseed)
+    }
+
+    fn encapsulate_prepared<R: rand_core::TryCryptoRng + ?Sized>(
+        ek: &PreparedEncapsulationKey,
+        rng: &mut R,
+    ) -> Result<(Ciphertext, SharedSecret)> {
+        let mut eseed = Zeroizing::new([0u8; ESEED_LEN]);
+        crate::rng::fill(rng, eseed.as_mut_slice())?;
+        ek.encaps_internal(&eseed)
     }
 
     fn decapsulate(dk: &DecapsulationKey, ct: &Ciphertext) -> Result<SharedSecret> {
@@ -355,7 +412,7 @@ impl Kem for XWing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Error;
+    use crate::{Error, kem::ml_kem};
 
     #[test]
     fn small_order_x25519_parts_are_rejected() {
@@ -373,13 +430,30 @@ mod tests {
         ek[ml_kem_768::EK_LEN] = 1;
         let ek = EncapsulationKey::from_bytes(&ek).unwrap();
         assert!(matches!(
-            ek.encapsulate_derand(&[1; 64]),
+            ek.encaps_internal(&[1; 64]),
             Err(Error::NonContributory)
         ));
         let prepared = PreparedEncapsulationKey::new(&ek);
         assert!(matches!(
-            prepared.encapsulate_derand(&[1; 64]),
+            prepared.encaps_internal(&[1; 64]),
             Err(Error::NonContributory)
         ));
+    }
+
+    /// An HPKE open of X-Wing runs one ML-KEM key generation (`from_seed_expanded`),
+    /// not two, and agrees with the lazily expanded key.
+    #[test]
+    fn expanded_key_is_generated_once() {
+        let lazy = DecapsulationKey::from_seed(Seed32::from_bytes([8; 32]));
+        let (ct, ss) = lazy.encapsulation_key().encaps_internal(&[2; 64]).unwrap();
+        let before = ml_kem::keygens();
+        let dk = DecapsulationKey::from_seed_expanded(Seed32::from_bytes([8; 32]));
+        let ss2 = dk.decapsulate(&ct).unwrap();
+        assert_eq!(ml_kem::keygens() - before, 1);
+        assert_eq!(ss2.as_bytes(), ss.as_bytes());
+        assert_eq!(
+            dk.encapsulation_key().as_bytes(),
+            lazy.encapsulation_key().as_bytes()
+        );
     }
 }
