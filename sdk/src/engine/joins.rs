@@ -378,13 +378,6 @@ impl State {
             return Ok(Join::Refused);
         }
         tracing::debug!("{}: joining {gid} at epoch {epoch} ({action:?})", self.name);
-        // The last epoch of the dead state we were a member at: what we sent in its last
-        // epochs may not have reached the branch that removed us.
-        let dead_last: Option<i64> = self.db().query_row(
-            "SELECT MAX(epoch) FROM pqmls_epochs WHERE group_id = ?1",
-            [&gid.0],
-            |r| r.get(0),
-        )?;
         if let Some(mut old) = self.groups.remove(&gid) {
             // Removed (in the grace period) and invited again: the new Welcome replaces the
             // dead state, whose snapshots and plans are void.
@@ -447,14 +440,9 @@ impl State {
         self.replay_pending(&gid)?;
         if action == WelcomeAction::Continue {
             // A member we know continues the group: what we sent on a state whose Welcome
-            // was withdrawn, and in the last epochs of the state that was ended, goes out
-            // again (receivers drop what they have, by uid). Never into an invitation
-            // from a stranger.
+            // was withdrawn goes out again (receivers drop what they have, by uid). Never
+            // into an invitation from a stranger.
             self.resend_own(&gid, -1)?;
-            if let Some(last) = dead_last {
-                let window = to_i64(self.config.rollback_window);
-                self.resend_own(&gid, last.saturating_sub(window).max(0))?;
-            }
         }
         Ok(Join::Joined)
     }

@@ -165,6 +165,16 @@ pub(crate) fn capabilities(suite: Ciphersuite) -> Capabilities {
     )
 }
 
+/// How far out of order, and how far ahead, a sender's messages of one epoch may arrive
+/// and still be read (RFC 9420 §9.1 leaves this to the application; OpenMLS's default is
+/// 5 behind and 1000 ahead). A member re-sends its messages of a dead branch in a burst,
+/// and gossip delivers a burst in any order: with 5, the receivers refused most of a burst
+/// for good (`TooDistantInThePast`, the lost deliveries of the simulation). Keeping up to
+/// 1000 skipped keys per sender costs at most about 50 KB per sender and epoch.
+pub(crate) fn ratchet_config() -> SenderRatchetConfiguration {
+    SenderRatchetConfiguration::new(1000, 10_000)
+}
+
 /// Encodes a member list for `pqmls_epochs`: one `<id hex> <name>` line each.
 /// Encodes a member list for `pqmls_epochs`: one `<leaf index> <id hex> <name>` line each.
 fn encode_members(members: &[(u32, Member)]) -> String {
@@ -248,6 +258,7 @@ impl State {
 
     fn join_config(&self) -> MlsGroupJoinConfig {
         MlsGroupJoinConfig::builder()
+            .sender_ratchet_configuration(ratchet_config())
             .use_ratchet_tree_extension(true)
             .max_past_epochs(usize::try_from(self.config.rollback_window).unwrap_or(16))
             .build()
@@ -458,6 +469,7 @@ impl State {
                 .ciphersuite(s.config.suite)
                 .use_ratchet_tree_extension(true)
                 .max_past_epochs(usize::try_from(s.config.rollback_window).unwrap_or(16))
+                .sender_ratchet_configuration(ratchet_config())
                 .with_capabilities(capabilities(s.config.suite))
                 .build(&s.provider, &s.signer, s.credential.clone())
                 .map_err(mls)?;
