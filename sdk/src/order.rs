@@ -1,0 +1,396 @@
+//! The ordering core: which commit ends an epoch, and when that is final. Sans-IO: no
+//! OpenMLS, no SQLite, no clock. The engine feeds it facts it has checked (valid
+//! candidates with their priorities, votes it has read and authenticated, the member list
+//! of the epoch) and acts on what it decides.
+//!
+//! # The rule
+//!
+//! **Priority.** Every candidate commit for epoch `e` has a priority that neither its
+//! author nor a relay can choose: `SHA-256("pqmls commit priority v1" | K_e | leaf)`, where
+//! `K_e` is a secret of epoch `e` (an MLS exporter value, RFC 9420 §8.5, known to exactly
+//! the members of `e`) and `leaf` is the author's leaf index, which MLS authenticates. A
+//! member's priority for an epoch is fixed before it commits: it can commit or not, but
+//! it cannot grind (several commits of one author share one priority; among them the
+//! commit hash decides, which only chooses between the author's own commits). Outsiders
+//! cannot compute priorities at all. The lowest priority wins ([`Candidate`]'s order).
+//!
+//! **Votes.** After its settle time, a member merges the best candidate it knows and casts
+//! one *vote* for it (round 1). A vote names the epoch, the round and the commit; it is
+//! signed by the voter's leaf key and sealed with a key of epoch `e`, so the members of
+//! `e` can read it whichever branch they are on. An honest member casts at most one vote
+//! per epoch and round.
+//!
+//! **Finality** ([`Tally::final_commit`]). A commit is final when the votes of one round
+//! for it come from a quorum of the members of `e`: more than half ([`quorum`]). Then
+//! every member that sees it moves to it (even from a better-priority candidate it had
+//! merged), never moves away again, ignores later candidates for `e`, and deletes what it
+//! kept to move (snapshots, old epoch secrets).
+//!
+//! **Split.** Loss can make members vote for different candidates, none with a quorum.
+//! A member that has read round-1 votes from every member of `e` and sees no quorum
+//! casts a round-2 vote for the best-priority candidate among those voted for in round 1
+//! ([`Tally::round2_choice`]): every such member makes the same choice, so round 2 is
+//! unanimous among honest members.
+//!
+//! # Argument
+//!
+//! *Safety* (no two honest members finalise different commits for one epoch). Two
+//! quorums of one round intersect (each is more than half of the same member list), and
+//! an honest member votes once per round: two commits cannot both have a quorum in one
+//! round. Round 2 happens only when a member has read *every* member's round-1 vote and
+//! none has a quorum, so no member can ever see a round-1 quorum; and all round-2 votes
+//! of honest members name the same commit. The member list of `e` is the same on every
+//! branch that competes for `e` (they all start from `e`), as long as `e - 1` was final
+//! before; the engine finalises epochs in order.
+//!
+//! *Liveness* (every honest member finalises under bounded loss: every message is
+//! eventually delivered, by gossip or by the stores). Every member votes in round 1 once
+//! its settle time passes; eventually every member reads every vote. Either some commit
+//! has a round-1 quorum, which everyone then sees, or nobody has one and everyone casts
+//! the same round-2 vote, which is a quorum. An offline member stops round 2 (its round-1
+//! vote is missing) but not a round-1 quorum: the group keeps going on the best-priority
+//! branch, without finality, until it is back.
+//!
+//! *Against a malicious member.* It cannot forge votes of others (signatures), nor raise
+//! its priority. It can vote twice (equivocate): then two quorums could form if the vote
+//! split is within one vote of the threshold. Equivocation is visible (two signed votes
+//! for one epoch and round) and reported ([`Tally::equivocators`]); it is not tolerated.
+//! Checked by an exhaustive search of small schedules (the tests of this module).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha2::{Digest, Sha256};
+
+/// A commit, by its hash.
+pub(crate) type CommitId = [u8; 32];
+/// A voter, by user id bytes.
+pub(crate) type Voter = [u8; 32];
+
+/// A valid candidate commit for an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Candidate {
+    /// Lower wins.
+    pub priority: [u8; 32],
+    /// The commit hash (ties between commits of one author).
+    pub id: CommitId,
+}
+
+/// The priority of the author at `leaf` for an epoch whose ordering key is `key`.
+pub(crate) fn priority(key: &[u8; 32], leaf: u32) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"pqmls commit priority v1");
+    h.update(key);
+    h.update(leaf.to_be_bytes());
+    h.finalize().into()
+}
+
+/// The number of votes that makes a commit final among `n` members: more than half.
+pub(crate) fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// The best candidate, if any.
+pub(crate) fn best(candidates: &[Candidate]) -> Option<Candidate> {
+    candidates.iter().min().copied()
+}
+
+/// Whether a member that merged `current` for an epoch should move to `incoming`: to a
+/// final commit always (and only to it once one is final), otherwise to a better one.
+pub(crate) fn should_move(
+    current: &Candidate,
+    incoming: &Candidate,
+    final_commit: Option<CommitId>,
+) -> bool {
+    match final_commit {
+        Some(f) => incoming.id == f && current.id != f,
+        None => incoming < current,
+    }
+}
+
+/// Whether a candidate for an epoch may still be considered: not once the epoch is final
+/// with another commit (a removed member's late commit, a replay of an old one).
+pub(crate) fn admissible(id: &CommitId, final_commit: Option<CommitId>) -> bool {
+    final_commit.is_none_or(|f| f == *id)
+}
+
+/// The votes read for one epoch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Tally {
+    /// (round, voter) -> the commits it voted for (more than one: equivocation).
+    votes: BTreeMap<(u8, Voter), BTreeSet<CommitId>>,
+}
+
+impl Tally {
+    /// Records a vote; `false` if it was known.
+    pub(crate) fn add(&mut self, round: u8, voter: Voter, commit: CommitId) -> bool {
+        self.votes.entry((round, voter)).or_default().insert(commit)
+    }
+
+    /// Voters of `members` who voted for `commit` in `round`.
+    pub(crate) fn count(&self, members: &BTreeSet<Voter>, round: u8, commit: &CommitId) -> usize {
+        self.votes
+            .iter()
+            .filter(|((r, v), set)| *r == round && members.contains(v) && set.contains(commit))
+            .count()
+    }
+
+    /// Members who voted in `round`.
+    pub(crate) fn voters(&self, members: &BTreeSet<Voter>, round: u8) -> usize {
+        self.votes
+            .keys()
+            .filter(|(r, v)| *r == round && members.contains(v))
+            .count()
+    }
+
+    /// Members who voted for two commits in one round.
+    pub(crate) fn equivocators(&self) -> BTreeSet<Voter> {
+        self.votes
+            .iter()
+            .filter(|(_, set)| set.len() > 1)
+            .map(|((_, v), _)| *v)
+            .collect()
+    }
+
+    /// The commits voted for in `round`.
+    pub(crate) fn voted(&self, round: u8) -> BTreeSet<CommitId> {
+        self.votes
+            .iter()
+            .filter(|((r, _), _)| *r == round)
+            .flat_map(|(_, set)| set.iter().copied())
+            .collect()
+    }
+
+    /// The final commit, if a round gave one a quorum of `members`.
+    pub(crate) fn final_commit(&self, members: &BTreeSet<Voter>) -> Option<CommitId> {
+        let q = quorum(members.len());
+        for round in [1, 2] {
+            for c in self.voted(round) {
+                if self.count(members, round, &c) >= q {
+                    return Some(c);
+                }
+            }
+        }
+        None
+    }
+
+    /// The round-2 vote to cast, once every member's round-1 vote has been read and none
+    /// has a quorum: the best-priority commit among those voted for in round 1.
+    /// `priority_of` gives the priority of a commit we know (`None`: not known yet, then
+    /// there is no choice yet: the engine fetches the candidate first).
+    pub(crate) fn round2_choice(
+        &self,
+        members: &BTreeSet<Voter>,
+        priority_of: impl Fn(&CommitId) -> Option<[u8; 32]>,
+    ) -> Option<CommitId> {
+        if self.voters(members, 1) < members.len() || self.final_commit(members).is_some() {
+            return None;
+        }
+        let mut voted = Vec::new();
+        for id in self.voted(1) {
+            voted.push(Candidate {
+                priority: priority_of(&id)?,
+                id,
+            });
+        }
+        best(&voted).map(|c| c.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    fn cand(p: u8, id: u8) -> Candidate {
+        Candidate {
+            priority: [p; 32],
+            id: [id; 32],
+        }
+    }
+
+    #[test]
+    fn priorities_depend_on_the_key_and_the_leaf_only() {
+        let k = [7; 32];
+        assert_eq!(priority(&k, 3), priority(&k, 3));
+        assert_ne!(priority(&k, 3), priority(&k, 4));
+        assert_ne!(priority(&k, 3), priority(&[8; 32], 3));
+    }
+
+    #[test]
+    fn lower_priority_wins_then_lower_id() {
+        assert_eq!(best(&[cand(2, 1), cand(1, 9), cand(1, 5)]), Some(cand(1, 5)));
+        assert_eq!(best(&[]), None);
+        assert!(should_move(&cand(2, 1), &cand(1, 2), None));
+        assert!(!should_move(&cand(1, 1), &cand(2, 2), None));
+        // Once final, only towards the final commit, whatever the priorities.
+        assert!(should_move(&cand(1, 1), &cand(2, 2), Some([2; 32])));
+        assert!(!should_move(&cand(2, 2), &cand(1, 1), Some([2; 32])));
+        assert!(admissible(&[3; 32], None));
+        assert!(!admissible(&[3; 32], Some([2; 32])));
+    }
+
+    #[test]
+    fn quorums_and_rounds() {
+        assert_eq!((quorum(1), quorum(2), quorum(3), quorum(4), quorum(12)), (1, 2, 2, 3, 7));
+        let members: BTreeSet<Voter> = (0..4u8).map(|i| [i; 32]).collect();
+        let mut t = Tally::default();
+        let (a, b) = ([1; 32], [2; 32]);
+        t.add(1, [0; 32], a);
+        t.add(1, [1; 32], a);
+        t.add(1, [2; 32], b);
+        assert_eq!(t.final_commit(&members), None);
+        // Not all round-1 votes are in: no round 2 yet.
+        assert_eq!(t.round2_choice(&members, |_| Some([0; 32])), None);
+        t.add(1, [3; 32], b);
+        // 2-2: round 2 for the better priority.
+        let prio = |c: &CommitId| Some(if *c == a { [9; 32] } else { [1; 32] });
+        assert_eq!(t.round2_choice(&members, prio), Some(b));
+        // Unknown priority: no choice yet.
+        assert_eq!(t.round2_choice(&members, |_| None), None);
+        for v in 0..3u8 {
+            t.add(2, [v; 32], b);
+        }
+        assert_eq!(t.final_commit(&members), Some(b));
+        // Votes of non-members do not count; equivocation is seen.
+        let mut u = Tally::default();
+        for v in 5..9u8 {
+            u.add(1, [v; 32], a);
+        }
+        assert_eq!(u.final_commit(&members), None);
+        u.add(1, [5; 32], b);
+        assert_eq!(u.equivocators(), BTreeSet::from([[5; 32]]));
+    }
+
+    /// A model of `n` honest members voting on candidates of one epoch under every
+    /// delivery schedule: who knows which candidates at settle time (any non-empty subset),
+    /// in which order votes arrive. Checks that no two members finalise different commits,
+    /// and that once every vote is delivered, every member has finalised.
+    #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+    struct Model {
+        /// Per member: its votes sent (round, candidate index).
+        sent: Vec<Vec<(u8, u8)>>,
+        /// Per member: votes received (sender, round, candidate).
+        inbox: Vec<BTreeSet<(u8, u8, u8)>>,
+        /// Votes in flight: (to, from, round, candidate).
+        flight: BTreeSet<(u8, u8, u8, u8)>,
+        /// Per member: whether it has settled (voted in round 1).
+        settled: Vec<bool>,
+    }
+
+    fn tally(m: &Model, me: usize) -> Tally {
+        let mut t = Tally::default();
+        for &(from, round, c) in &m.inbox[me] {
+            t.add(round, [from; 32], [c; 32]);
+        }
+        for &(round, c) in &m.sent[me] {
+            t.add(round, [me as u8; 32], [c; 32]);
+        }
+        t
+    }
+
+    fn members(n: usize) -> BTreeSet<Voter> {
+        (0..n as u8).map(|i| [i; 32]).collect()
+    }
+
+    /// Candidate `i` has priority `i` (0 is the best).
+    fn prio(c: &CommitId) -> Option<[u8; 32]> {
+        Some([c[0]; 32])
+    }
+
+    fn broadcast(m: &mut Model, n: usize, me: usize, round: u8, c: u8) {
+        m.sent[me].push((round, c));
+        for to in 0..n {
+            if to != me {
+                m.flight.insert((to as u8, me as u8, round, c));
+            }
+        }
+    }
+
+    /// Round-2 votes a member casts after reading votes (and what it knows of candidates:
+    /// a member learns every candidate voted for, as it fetches them).
+    fn react(m: &mut Model, n: usize, me: usize) {
+        let t = tally(m, me);
+        if !m.sent[me].iter().any(|(r, _)| *r == 2)
+            && let Some(c) = t.round2_choice(&members(n), prio)
+        {
+            broadcast(m, n, me, 2, c[0]);
+        }
+    }
+
+    fn explore(n: usize, k: usize) -> usize {
+        let start = Model {
+            sent: vec![Vec::new(); n],
+            inbox: vec![BTreeSet::new(); n],
+            flight: BTreeSet::new(),
+            settled: vec![false; n],
+        };
+        let mut seen = BTreeSet::new();
+        let mut queue = VecDeque::from([start]);
+        while let Some(m) = queue.pop_front() {
+            if !seen.insert(m.clone()) {
+                continue;
+            }
+            // Safety, in every state.
+            let finals: BTreeSet<CommitId> = (0..n)
+                .filter_map(|i| tally(&m, i).final_commit(&members(n)))
+                .collect();
+            assert!(finals.len() <= 1, "two commits final: {m:?}");
+            let mut next = Vec::new();
+            // A member settles, knowing any non-empty set of candidates, and votes for
+            // the best of them: any candidate can be the best one it knows.
+            for me in 0..n {
+                if m.settled[me] {
+                    continue;
+                }
+                for c in 0..k as u8 {
+                    let mut s = m.clone();
+                    s.settled[me] = true;
+                    broadcast(&mut s, n, me, 1, c);
+                    react(&mut s, n, me);
+                    next.push(s);
+                }
+            }
+            // A vote is delivered.
+            for &(to, from, round, c) in &m.flight {
+                let mut s = m.clone();
+                s.flight.remove(&(to, from, round, c));
+                s.inbox[to as usize].insert((from, round, c));
+                if s.settled[to as usize] {
+                    react(&mut s, n, to as usize);
+                }
+                next.push(s);
+            }
+            if next.is_empty() {
+                // Quiescent: every vote delivered, every member settled. Liveness.
+                for i in 0..n {
+                    assert!(
+                        tally(&m, i).final_commit(&members(n)).is_some(),
+                        "member {i} never finalised: {m:?}"
+                    );
+                }
+            }
+            queue.extend(next);
+        }
+        seen.len()
+    }
+
+    #[test]
+    fn model_check_two_members_two_candidates() {
+        // 1-1 splits need round 2.
+        let states = explore(2, 2);
+        assert!(states > 50, "{states} states");
+    }
+
+    #[test]
+    fn model_check_three_members_two_candidates() {
+        let states = explore(3, 2);
+        assert!(states > 1000, "{states} states");
+    }
+
+    #[test]
+    fn model_check_three_members_three_candidates() {
+        // 1-1-1 splits need round 2.
+        let states = explore(3, 3);
+        assert!(states > 10_000, "{states} states");
+    }
+}
