@@ -438,6 +438,10 @@ impl Chat {
                 "* moved {} to the winning branch (from epoch {from_epoch} to {epoch})",
                 short(&group)
             ),
+            Event::Unrecoverable { group, epoch } => println!(
+                "* {} went on without you at epoch {epoch}: ask a member to invite you again",
+                short(&group)
+            ),
             other => println!("* {other:?}"),
         }
     }

@@ -343,9 +343,9 @@ pub fn wire(variant: u8, prefix: &[u8], body: &[u8]) -> Vec<u8> {
 fn unwire(payload: &[u8]) -> Option<(u8, Vec<u8>, Vec<u8>)> {
     let variant = *payload.first()?;
     let prefix_len = match variant {
+        0 | 3 => 32,
         1 => 16,
-        3 => 32,
-        0 | 2 => 0,
+        2 => 0,
         _ => return None,
     };
     let prefix = payload.get(1..1 + prefix_len)?.to_vec();
@@ -603,7 +603,7 @@ impl World {
                 if let Some((msg, commit)) = forged {
                     for p in [
                         msg.map(|m| wire(1, &[tag; 16], &m)),
-                        commit.map(|c| wire(0, &[], &c)),
+                        commit.map(|c| wire(0, &[0; 32], &c)),
                     ]
                     .into_iter()
                     .flatten()
@@ -671,7 +671,7 @@ impl World {
                     };
                     let _ = self
                         .injector
-                        .publish(&topic, wire(0, &[], &fake_private(&g, e, 3, i)))
+                        .publish(&topic, wire(0, &[0; 32], &fake_private(&g, e, 3, i)))
                         .await;
                     let _ = self
                         .injector

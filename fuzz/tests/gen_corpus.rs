@@ -901,12 +901,12 @@ fn sdk_api_ops() {
             .trio()
             .inject_group(0, b"")
             .inject_group(0, &det("sdk garbage", 300))
-            .inject_group(0, &wire(0, &[], &det("sdk handshake", 200)))
+            .inject_group(0, &wire(0, &[0; 32], &det("sdk handshake", 200)))
             .inject_group(0, &wire(1, &[7; 16], &det("sdk application", 200)))
             .inject_group(0, &wire(2, &[], &det("sdk welcome", 200)))
             .inject_inbox(B, &wire(2, &[], &det("sdk welcome 2", 200)))
             .inject_inbox(ZED, &det("sdk garbage 2", 50))
-            .inject_group(1, &wire(0, &[], b""))
+            .inject_group(1, &wire(0, &[0; 32], b""))
             .send(A, 0, 0, b"still works")
             .advance(40),
         trio_formed,

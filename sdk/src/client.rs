@@ -1021,6 +1021,7 @@ impl Inner {
             .locked(|s| {
                 s.settle_due(now)?;
                 s.finalize_removals(now)?;
+                s.expire_snapshots()?;
                 s.schedule_updates()
             })
             .await;

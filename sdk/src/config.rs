@@ -50,6 +50,12 @@ pub struct Config {
     /// late messages. Their key material is deleted once they fall out of the window, so
     /// forward secrecy for an epoch starts this many epochs later.
     pub rollback_window: u64,
+    /// How long after leaving an epoch its snapshot is kept when the votes have not made
+    /// its ending final: the bound in time on how long a state that could still move to
+    /// another branch keeps that epoch's key material. Past it, a final commit this client
+    /// cannot reach gives [`crate::Event::Unrecoverable`]. Final epochs' snapshots are
+    /// deleted at once.
+    pub fork_horizon: Duration,
     /// How long a group is kept after a commit removed us, in case a branch move undoes
     /// the removal. [`crate::Event::Removed`] is reported when it ends.
     pub removal_grace: std::time::Duration,
@@ -89,6 +95,7 @@ impl Config {
             sync_backoff: Duration::from_millis(500),
             max_message_size: 64 * 1024,
             rollback_window: 16,
+            fork_horizon: Duration::from_secs(600),
             removal_grace: Duration::from_secs(30),
             invitations: InvitePolicy::Contacts,
             key_package_rotation: Duration::from_secs(7 * 24 * 3600),

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 
 /// Version of the SDK schema, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Creates the SDK's tables if they do not exist yet, and brings an older schema up to date.
 pub(crate) fn migrate(db: &Connection) -> Result<()> {
@@ -21,7 +21,55 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
     if version < 1 {
         create_v1(db)?;
     }
-    migrate_v2(db)
+    if version < 2 {
+        migrate_v2(db)?;
+    }
+    migrate_v3(db)
+}
+
+/// Version 3: the ordering (see `order.rs`): the priority each candidate commit claims
+/// and, once MLS authenticated it, its author's leaf and the leaves it removes; the keys
+/// of each epoch of our branch, the votes read, and the last final epoch.
+fn migrate_v3(db: &Connection) -> Result<()> {
+    db.execute_batch(
+        "BEGIN;
+         ALTER TABLE pqmls_commits ADD COLUMN priority BLOB;
+         ALTER TABLE pqmls_commits ADD COLUMN author INTEGER;
+         ALTER TABLE pqmls_commits ADD COLUMN removes TEXT;
+         -- For our own commits: OpenMLS's pending-commit state right after making it, so
+         -- we can move back to it from a snapshot that holds another one.
+         ALTER TABLE pqmls_commits ADD COLUMN pending_state BLOB;
+         ALTER TABLE pqmls_groups ADD COLUMN final_epoch INTEGER;
+         CREATE TABLE IF NOT EXISTS pqmls_epoch_keys (
+             group_id BLOB NOT NULL,
+             epoch INTEGER NOT NULL,
+             order_key BLOB NOT NULL,
+             vote_key BLOB NOT NULL,
+             vote_tag BLOB NOT NULL,
+             entered_ms INTEGER NOT NULL DEFAULT 0,
+             PRIMARY KEY (group_id, epoch)
+         );
+         CREATE INDEX IF NOT EXISTS pqmls_epoch_keys_tag ON pqmls_epoch_keys (vote_tag);
+         CREATE TABLE IF NOT EXISTS pqmls_votes (
+             group_id BLOB NOT NULL,
+             vote_tag BLOB NOT NULL,
+             epoch INTEGER NOT NULL,
+             round INTEGER NOT NULL,
+             voter BLOB NOT NULL,
+             commit_hash BLOB NOT NULL,
+             PRIMARY KEY (group_id, vote_tag, round, voter, commit_hash)
+         );
+         -- Votes for epochs we do not hold (yet): tried again when we enter them.
+         CREATE TABLE IF NOT EXISTS pqmls_votes_pending (
+             vote_tag BLOB NOT NULL,
+             sealed BLOB NOT NULL,
+             received_ms INTEGER NOT NULL,
+             PRIMARY KEY (vote_tag, sealed)
+         );
+         PRAGMA user_version = 3;
+         COMMIT;",
+    )?;
+    Ok(())
 }
 
 /// Version 2: users are identified by key (ids beside names), signed and rotated key

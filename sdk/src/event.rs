@@ -73,6 +73,15 @@ pub enum Event {
         /// The epoch number at which the views differ.
         epoch: u64,
     },
+    /// This client cannot follow the group any more: the group finalised a commit for
+    /// `epoch` that this client cannot reach from its state (it lacks what it would need
+    /// to move there). It waits for a member to invite it again.
+    Unrecoverable {
+        /// The group.
+        group: GroupId,
+        /// The epoch whose final commit it cannot reach.
+        epoch: u64,
+    },
     /// This client moved from a losing branch to the winning one.
     ForkRecovered {
         /// The group.

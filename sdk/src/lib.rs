@@ -98,6 +98,7 @@ mod event;
 mod identity;
 mod net;
 mod offline;
+mod order;
 pub mod sim;
 mod trust;
 mod wire;
@@ -210,6 +211,10 @@ pub struct Stats {
     pub forks_detected: u64,
     /// Moves to a winning branch.
     pub forks_recovered: u64,
+    /// Votes cast on which commit ends an epoch.
+    pub votes_cast: u64,
+    /// Epochs whose ending became final here.
+    pub epochs_final: u64,
     /// Own messages re-sent after a branch move or a re-invitation.
     pub resent: u64,
     /// Payloads published.

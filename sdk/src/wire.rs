@@ -38,8 +38,12 @@ pub(crate) const AUTH_TAG_LEN: usize = 16;
 /// A gossip payload.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) enum Wire {
-    /// A commit or proposal (an MLS `PrivateMessage`), on the group topic.
+    /// A commit (an MLS `PrivateMessage`), on the group topic.
     Handshake {
+        /// The author's priority for this epoch (see [`crate::order`]): random-looking to
+        /// anyone but the epoch's members, who check it against the author's leaf once MLS
+        /// has authenticated the commit. It lets them rank candidates before decrypting.
+        priority: [u8; 32],
         /// The serialized `MlsMessageOut`.
         mls: Vec<u8>,
     },
@@ -66,6 +70,15 @@ pub(crate) enum Wire {
         /// [`VoidKeys::id`] of the Welcome withdrawn.
         id: [u8; 32],
         /// AEAD ciphertext of the inviter's signature.
+        sealed: Vec<u8>,
+    },
+    /// A vote on which commit ends an epoch (see [`crate::order`]), on the group topic:
+    /// `tag` names the epoch to its members only, `sealed` is the [`VoteBody`] sealed with
+    /// the epoch's vote key (a random nonce first).
+    Vote {
+        /// [`EpochKeys::vote_tag`] of the epoch voted on.
+        tag: [u8; 16],
+        /// Nonce, then the AEAD ciphertext of the [`VoteBody`].
         sealed: Vec<u8>,
     },
 }
@@ -148,12 +161,92 @@ impl Wire {
             return None;
         }
         match &w {
-            Wire::Handshake { mls } | Wire::Application { mls, .. } | Wire::Welcome { mls } => {
+            Wire::Handshake { mls, .. } | Wire::Application { mls, .. } | Wire::Welcome { mls } => {
                 canonical_mls(mls).then_some(w)
             }
-            Wire::Void { .. } => Some(w),
+            Wire::Void { .. } | Wire::Vote { .. } => Some(w),
         }
     }
+}
+
+/// Secrets of one epoch that the ordering uses, exported from it (RFC 9420 §8.5) when a
+/// member enters it: only the epoch's members know them.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct EpochKeys {
+    /// Ranks the epoch's candidate commits (see [`crate::order::priority`]).
+    pub order_key: [u8; 32],
+    /// Seals the votes on the epoch.
+    pub vote_key: [u8; 32],
+    /// Names the epoch on the wire to its members.
+    pub vote_tag: [u8; 16],
+}
+
+/// The exporter labels of [`EpochKeys`].
+pub(crate) const ORDER_EXPORTER_LABEL: &str = "pqmls order v1";
+pub(crate) const VOTE_EXPORTER_LABEL: &str = "pqmls vote v1";
+
+impl EpochKeys {
+    pub(crate) fn new(order_key: [u8; 32], vote_key: [u8; 32]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"pqmls vote tag v1");
+        h.update(vote_key);
+        let d = h.finalize();
+        let mut vote_tag = [0u8; 16];
+        vote_tag.copy_from_slice(&d[..16]);
+        EpochKeys {
+            order_key,
+            vote_key,
+            vote_tag,
+        }
+    }
+}
+
+impl std::fmt::Debug for EpochKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EpochKeys(..)")
+    }
+}
+
+/// A vote, inside [`Wire::Vote`]: the voter's signature (with its leaf's key, given here
+/// and checked against the epoch's member list) over [`vote_tbs`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct VoteBody {
+    pub epoch: u64,
+    pub round: u8,
+    pub commit: [u8; 32],
+    pub leaf: u32,
+    pub public_key: Vec<u8>,
+    pub sig: Vec<u8>,
+}
+
+impl VoteBody {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Decodes a vote; `None` unless it is the canonical encoding of one.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let v: VoteBody = postcard::from_bytes(bytes).ok()?;
+        (v.encode() == bytes).then_some(v)
+    }
+}
+
+/// What a vote's signature covers.
+pub(crate) fn vote_tbs(
+    group_id: &[u8],
+    epoch: u64,
+    round: u8,
+    commit: &[u8; 32],
+    leaf: u32,
+) -> Vec<u8> {
+    let mut out = b"pqmls vote v1".to_vec();
+    out.extend_from_slice(&(group_id.len() as u64).to_be_bytes());
+    out.extend_from_slice(group_id);
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.push(round);
+    out.extend_from_slice(commit);
+    out.extend_from_slice(&leaf.to_be_bytes());
+    out
 }
 
 /// The plaintext of an application message (inside MLS).
@@ -301,7 +394,11 @@ mod tests {
         t.push(1);
         assert_eq!(AppPayload::decode(&t), None);
         // A Handshake whose bytes are not an MLS message.
-        let junk = Wire::Handshake { mls: vec![0, 1] }.encode();
+        let junk = Wire::Handshake {
+            priority: [0; 32],
+            mls: vec![0, 1],
+        }
+        .encode();
         assert_eq!(Wire::decode(&junk), None);
     }
 

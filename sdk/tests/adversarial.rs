@@ -107,7 +107,7 @@ async fn an_outsider_cannot_take_over_a_members_group() {
         &gt,
         &[
             envelope(APPLICATION, &[0x55; 16], &app_mls),
-            envelope(HANDSHAKE, &[], &fake_commit),
+            envelope(HANDSHAKE, &[0; 32], &fake_commit),
             envelope(APPLICATION, &[0x66; 16], &fake_msg),
         ],
     )

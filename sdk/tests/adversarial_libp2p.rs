@@ -183,7 +183,7 @@ async fn an_outsider_cannot_take_over_a_members_group_over_libp2p() {
     let fake_commit = mallory.update(&mut fake);
     for p in [
         envelope(APPLICATION, &[0x55; 16], &app_mls),
-        envelope(HANDSHAKE, &[], &fake_commit),
+        envelope(HANDSHAKE, &[0; 32], &fake_commit),
         envelope(APPLICATION, &[0x66; 16], &fake_msg),
     ] {
         node.publish(&gt, p).await.unwrap();

@@ -330,10 +330,10 @@ async fn garbage_from_the_network() {
         app[..app.len() / 2].to_vec(),
         app[..app.len() - 1].to_vec(),
         commit[..commit.len() - 1].to_vec(),
-        envelope(HANDSHAKE, &[], b"not mls"),
+        envelope(HANDSHAKE, &[0; 32], b"not mls"),
         envelope(APPLICATION, &auth, &[0; 40]),
         envelope(APPLICATION, &auth, &app_mls[..app_mls.len() - 1]),
-        envelope(HANDSHAKE, &[], &commit_mls[..commit_mls.len() / 2]),
+        envelope(HANDSHAKE, &[0; 32], &commit_mls[..commit_mls.len() / 2]),
         welcome.clone(),
     ];
     publish(&obs, &gt, &malformed).await;

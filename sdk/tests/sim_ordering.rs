@@ -73,6 +73,12 @@ fn race(
         .start_paused(true)
         .build()
         .unwrap();
+    if std::env::var("PQMLS_TEST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("pqmls=debug")
+            .with_test_writer()
+            .try_init();
+    }
     rt.block_on(async {
         let net = SimNetwork::new(SimConfig {
             seed,

@@ -77,7 +77,8 @@ impl State {
             return Ok(Outcome::Done);
         };
         match wire {
-            Wire::Handshake { mls } => self.on_handshake(&gid, &mls),
+            Wire::Handshake { priority, mls } => self.on_handshake(&gid, &priority, &mls),
+            Wire::Vote { tag, sealed } => self.on_vote(&gid, &tag, &sealed),
             Wire::Application { auth, mls } => {
                 self.on_application(&gid, msg.id, &msg.data, auth, &mls)
             }

@@ -225,7 +225,9 @@ impl State {
     ) -> Result<()> {
         let mls = ser(commit)?;
         let hash = wire::commit_hash(&mls);
-        let payload = Wire::Handshake { mls }.encode();
+        // The pending commit is for the epoch the group is at: our priority there.
+        let priority = self.own_priority(gid)?;
+        let payload = Wire::Handshake { priority, mls }.encode();
         let welcome = welcome.map(ser).transpose()?;
         // OpenMLS holds one pending commit, this one: an older own candidate still
         // waiting (one made on a branch we have since left) can no longer be merged, and
@@ -236,8 +238,8 @@ impl State {
             )?
             .execute([&gid.0])?;
         self.db().execute(
-            "INSERT OR IGNORE INTO pqmls_commits (group_id, epoch, hash, payload, own, welcome, invitee, intent)
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7)",
+            "INSERT OR IGNORE INTO pqmls_commits (group_id, epoch, hash, payload, own, welcome, invitee, intent, priority)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8)",
             params![
                 gid.0,
                 to_i64(epoch),
@@ -245,8 +247,17 @@ impl State {
                 payload,
                 welcome,
                 invitee.map(UserId::to_string),
-                intent
+                intent,
+                &priority[..]
             ],
+        )?;
+        // OpenMLS's state holding this pending commit (see `switch_branch`).
+        let (key, _) = self.storage_keys(gid)?;
+        self.db().execute(
+            "UPDATE pqmls_commits SET pending_state =
+                 (SELECT group_data FROM openmls_group_data WHERE group_id = ?3 AND data_type = 'group_state')
+             WHERE group_id = ?1 AND hash = ?2",
+            params![gid.0, &hash[..], key],
         )?;
         self.stats.last_commit_bytes = payload.len() as u64;
         let topic = self.group(gid)?.topic.clone();

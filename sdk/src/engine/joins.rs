@@ -405,6 +405,8 @@ impl State {
             "UPDATE pqmls_groups SET left_on_purpose = 0 WHERE group_id = ?1",
             [&gid.0],
         )?;
+        // What came before the epoch we join at is history to us: final.
+        self.set_final_epoch(&gid, epoch.checked_sub(1))?;
         self.db().execute(
             "INSERT OR IGNORE INTO pqmls_used_welcomes (welcome_hash, group_id, used_ms) VALUES (?1, ?2, ?3)",
             params![&hash[..], gid.0, to_i64(self.wall_ms())],

@@ -14,6 +14,7 @@
 //!
 //! The safety decisions are pure functions in [`crate::trust`].
 
+mod finality;
 mod inbound;
 pub(crate) mod intents;
 mod joins;
@@ -88,6 +89,8 @@ pub(crate) struct Group {
     pub past_reads: Budget,
     /// Buffered messages are waiting for budget to be replayed.
     pub replay_due: bool,
+    /// The epoch at which we last reported that we cannot follow the group.
+    pub unrecoverable: Option<u64>,
 }
 
 /// The client's state, behind its lock.
@@ -185,7 +188,7 @@ fn encode_members(members: &[(u32, Member)]) -> String {
         .join("\n")
 }
 
-fn decode_members(text: &str) -> Vec<(u32, Member)> {
+pub(crate) fn decode_members(text: &str) -> Vec<(u32, Member)> {
     text.split('\n')
         .filter_map(|line| {
             let (leaf, rest) = line.split_once(' ')?;
@@ -312,6 +315,7 @@ impl State {
             removed_at: None,
             past_reads: Budget::new(self.config.limits.past_reads_per_sec * 4, mono_ms()),
             replay_due: false,
+            unrecoverable: None,
         }
     }
 
@@ -529,6 +533,7 @@ impl State {
             .prepare_cached("INSERT OR REPLACE INTO pqmls_epochs (group_id, epoch, members) VALUES (?1, ?2, ?3)")?
             .execute(params![gid.0, to_i64(epoch), encode_members(&leaves)])?;
         let members: Vec<Member> = leaves.into_iter().map(|(_, m)| m).collect();
+        self.store_epoch_keys(gid)?;
         // Older records than the rollback window are of no use to `members_at` callers
         // beyond history display; a long-lived group must not grow this table forever.
         self.db()
@@ -656,6 +661,10 @@ impl State {
             "pqmls_outbox",
             "pqmls_key_packages",
             "pqmls_retired_key_packages",
+            "pqmls_snap_group_data",
+            "pqmls_votes",
+            "pqmls_votes_pending",
+            "pqmls_epoch_keys",
             "openmls_key_packages",
         ] {
             let n: i64 = self

@@ -3,21 +3,21 @@
 //!
 //! Every commit is a candidate for the epoch it was made in. A member collects the
 //! candidates for its current epoch for [`crate::Config::settle`] after the first one
-//! arrives, then merges the *valid candidate with the smallest commit hash*
-//! ([`crate::wire::commit_hash`], over the canonical MLS message). Its own commit is a
-//! candidate like any other: if another wins, the own one is dropped and the operation is
-//! proposed again in the next epoch (the intents table keeps it until the group reflects
-//! it).
+//! arrives, processes them all, then merges the winner of [`crate::order::winner`]: the
+//! best *priority* (derived from the epoch's secrets and the author's leaf, claimed in the
+//! envelope and checked once MLS authenticated the author), a removal before a commit of
+//! the member it removes. Its own commit is a candidate like any other: if another wins,
+//! the own one is dropped and the operation is proposed again in the next epoch (the
+//! intents table keeps it until the group reflects it).
 //!
 //! Loss and delay can still make two members merge different winners. So before merging,
-//! a member snapshots its group state; when a valid commit for a past epoch arrives whose
-//! hash is smaller than the one it merged there, it restores that snapshot, merges the
-//! better commit and replays the later commits it knows that are valid on the new branch
-//! (again smallest hash first), then re-sends its own application messages of the
-//! abandoned epochs. Every member thus converges on the same chain once it has seen the
-//! same commits: at every epoch, the smallest valid hash. A move happens only for a commit
-//! that MLS accepts on the snapshot (signed by a member of that epoch); nothing
-//! unauthenticated moves a member.
+//! a member snapshots its group state; when a commit for a past, non-final epoch arrives
+//! that ranks before the one it merged there ([`crate::order::should_try`]), it restores
+//! that snapshot, merges the better commit and replays the later commits it knows that
+//! are valid on the new branch, then re-sends its own application messages of the
+//! abandoned epochs. Votes make an epoch's ending final (`finality.rs`), after which it
+//! never changes. A move happens only for a commit that MLS accepts on the snapshot
+//! (signed by a member of that epoch); nothing unauthenticated moves a member.
 
 use std::collections::BTreeSet;
 
@@ -32,6 +32,7 @@ use crate::db::{self, to_i64, to_u64};
 use crate::error::{Error, Result, mls};
 use crate::event::Event;
 use crate::identity::{Member, UserId};
+use crate::order::{self, CommitId};
 use crate::trust::EpochSlot;
 use crate::wire::{self, Wire};
 use pqmls_provider::BinaryCodec;
@@ -39,6 +40,28 @@ use pqmls_provider::storage::Codec;
 
 /// What merging an own commit leaves to do: (Welcome, invitee, intent id).
 type OwnCommitEffects = (Option<Vec<u8>>, Option<String>, Option<i64>);
+
+/// A candidate processed against our state, not merged yet.
+pub(crate) struct Staged {
+    /// `None`: our own (OpenMLS's pending commit).
+    commit: Option<Box<StagedCommit>>,
+    /// What MLS authenticated about it.
+    pub(crate) contender: order::Contender,
+}
+
+/// Leaf indices as stored (`"3,7"`).
+pub(crate) fn encode_leaves(leaves: &BTreeSet<u32>) -> String {
+    leaves
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The inverse of [`encode_leaves`].
+pub(crate) fn decode_leaves(text: &str) -> BTreeSet<u32> {
+    text.split(',').filter_map(|l| l.parse().ok()).collect()
+}
 
 /// What trying one commit candidate gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +89,12 @@ impl State {
     /// A commit from the group topic: kept as a candidate of its epoch (within the windows
     /// and caps), merged at settle time if it is for ours, or tried as a better commit for
     /// a past epoch.
-    pub(crate) fn on_handshake(&mut self, gid: &GroupId, mls: &[u8]) -> Result<Outcome> {
+    pub(crate) fn on_handshake(
+        &mut self,
+        gid: &GroupId,
+        priority: &[u8; 32],
+        mls: &[u8],
+    ) -> Result<Outcome> {
         let Some(pm) = self.parse_protocol(gid, mls) else {
             return Ok(Outcome::Done);
         };
@@ -88,6 +116,12 @@ impl State {
             }
             _ => {}
         }
+        if self.is_final(gid, epoch)? {
+            // The epoch's ending is final: a late candidate (a removed member's, a replay)
+            // can change nothing.
+            self.stats.ignored += 1;
+            return Ok(Outcome::Done);
+        }
         let hash = wire::commit_hash(mls);
         let stored: bool = self
             .db()
@@ -99,7 +133,11 @@ impl State {
             self.stats.duplicates += 1;
             return Ok(Outcome::Done);
         }
-        let payload = Wire::Handshake { mls: mls.to_vec() }.encode();
+        let payload = Wire::Handshake {
+            priority: *priority,
+            mls: mls.to_vec(),
+        }
+        .encode();
         if !self.commit_fits(gid, epoch, payload.len())? {
             tracing::debug!(
                 "{}: group {gid}: commit for epoch {epoch} deferred (caps)",
@@ -108,16 +146,16 @@ impl State {
             self.todo.sync.insert(gid.clone());
             return Ok(Outcome::Deferred);
         }
-        let switch = slot == EpochSlot::Past && self.beats_merged(gid, epoch, &hash)?;
+        let switch = slot == EpochSlot::Past && self.beats_merged(gid, epoch, priority, &hash)?;
         if switch && !self.take_past_read(gid) {
             // Each try costs a snapshot restore: left for a later catch-up.
             return Ok(Outcome::Deferred);
         }
         self.db()
             .prepare_cached(
-                "INSERT OR IGNORE INTO pqmls_commits (group_id, epoch, hash, payload, own) VALUES (?1, ?2, ?3, ?4, 0)",
+                "INSERT OR IGNORE INTO pqmls_commits (group_id, epoch, hash, payload, own, priority) VALUES (?1, ?2, ?3, ?4, 0, ?5)",
             )?
-            .execute(params![gid.0, to_i64(epoch), &hash[..], payload])?;
+            .execute(params![gid.0, to_i64(epoch), &hash[..], payload, &priority[..]])?;
         match slot {
             EpochSlot::Current => {
                 let settle = self.config.settle;
@@ -181,9 +219,17 @@ impl State {
         Ok(fits(usage(self)?))
     }
 
-    /// Whether `hash` is smaller than the commit we merged at `epoch` and we have the
-    /// snapshot to try it on.
-    fn beats_merged(&self, gid: &GroupId, epoch: u64, hash: &[u8; 32]) -> Result<bool> {
+    /// Whether a candidate claiming `priority` should be tried against the commit we
+    /// merged at `epoch` (see [`order::should_try`]: it ranks before it, and its author is
+    /// not one the merged commit removes) and we have the snapshot to try it on. The claim
+    /// is checked when the candidate is processed there.
+    fn beats_merged(
+        &self,
+        gid: &GroupId,
+        epoch: u64,
+        priority: &[u8; 32],
+        hash: &[u8; 32],
+    ) -> Result<bool> {
         let merged: Option<Vec<u8>> = self
             .db()
             .prepare_cached(
@@ -191,10 +237,27 @@ impl State {
             )?
             .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
             .optional()?;
-        let Some(merged) = merged else {
+        let Some(current) = merged
+            .and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+            .and_then(|h| self.contender_of(gid, epoch, &h))
+        else {
             return Ok(false);
         };
-        Ok(hash[..] < merged[..] && db::has_snapshot(self.db(), &gid.0, epoch)?)
+        let author = match (
+            self.epoch_keys(gid, epoch)?,
+            self.epoch_members(gid, epoch)?,
+        ) {
+            (Some(keys), Some(members)) => {
+                order::author_of(&keys.order_key, members.iter().map(|(l, _)| *l), priority)
+            }
+            _ => None,
+        };
+        let incoming = order::Candidate {
+            priority: *priority,
+            id: *hash,
+        };
+        Ok(order::should_try(&current, &incoming, author, None)
+            && db::has_snapshot(self.db(), &gid.0, epoch)?)
     }
 
     /// Merges the winner among the candidates of every group whose settle time has passed.
@@ -243,7 +306,7 @@ impl State {
         Ok(())
     }
 
-    /// Merges the smallest-hash valid candidate for the current epoch, then keeps going
+    /// Merges the winning candidate for the current epoch, then keeps going
     /// while later epochs already have candidates.
     fn settle(&mut self, gid: &GroupId) -> Result<()> {
         let mut advanced = false;
@@ -258,7 +321,8 @@ impl State {
         Ok(())
     }
 
-    /// Tries the candidates of the current epoch in hash order; merges the first valid one.
+    /// Processes the candidates of the current epoch and merges the winner (the final
+    /// commit, if the votes made one final).
     fn merge_best(&mut self, gid: &GroupId) -> Result<bool> {
         let Some(g) = self.groups.get(gid) else {
             return Ok(false);
@@ -267,29 +331,88 @@ impl State {
             return Ok(false);
         }
         let epoch = g.mls.epoch().as_u64();
-        let candidates: Vec<(Vec<u8>, Vec<u8>, bool)> = self
+        // Best priority first (see `order`); a commit the votes made final is the only one.
+        let forced = self.final_of(gid, epoch)?;
+        if let Some(f) = forced {
+            self.revive_own(gid, epoch, &f)?;
+        }
+        let mut candidates: Vec<(Vec<u8>, Vec<u8>, bool)> = self
             .db()
             .prepare_cached(
-                "SELECT hash, payload, own FROM pqmls_commits WHERE group_id = ?1 AND epoch = ?2 AND merged = 0 ORDER BY hash",
+                "SELECT hash, payload, own FROM pqmls_commits WHERE group_id = ?1 AND epoch = ?2 AND merged = 0
+                 ORDER BY priority, hash",
             )?
             .query_map(params![gid.0, to_i64(epoch)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
+        if let Some(f) = forced {
+            candidates.retain(|(h, _, _)| h[..] == f[..]);
+            if candidates.is_empty() {
+                // Final elsewhere, not here yet: fetch it.
+                self.todo.sync.insert(gid.clone());
+                return Ok(false);
+            }
+        }
         if candidates.is_empty() {
             return Ok(false);
         }
         self.take_snapshot(gid, epoch)?;
+        // Every candidate is processed (MLS authenticates its author and what it removes),
+        // then the winner (see `order::winner`) is merged.
+        let mut staged = Vec::new();
         for (hash, payload, own) in candidates {
-            match self.try_merge(gid, &hash, &payload, own)? {
-                Merge::Merged => return Ok(true),
-                Merge::Left => return Ok(false),
-                Merge::Invalid => {}
+            if let Some(s) = self.stage(gid, &hash, &payload, own)? {
+                staged.push(s);
             }
+        }
+        let contenders: Vec<order::Contender> =
+            staged.iter().map(|s| s.contender.clone()).collect();
+        if let Some(w) = order::winner(&contenders)
+            && let Some(win) = staged.into_iter().find(|s| s.contender.candidate == w)
+        {
+            // Our round-1 vote: the winner among the candidates we knew at settle time.
+            self.cast_vote(gid, epoch, 1, &w.id)?;
+            return Ok(match self.apply(gid, win)? {
+                Merge::Merged => true,
+                Merge::Left | Merge::Invalid => false,
+            });
         }
         // Commits for our epoch that none of us can use: perhaps we are on another branch,
         // perhaps they are garbage (anyone can publish some). Only a hint: catch up.
         self.stats.fork_hints += 1;
         self.todo.sync.insert(gid.clone());
         Ok(false)
+    }
+
+    /// When the final commit of our current epoch is an own commit we had given up (a
+    /// branch move replaced OpenMLS's pending commit), puts back the pending-commit state
+    /// saved when we made it, so it can be merged. Only for a final commit: the votes
+    /// that made it final were sealed with this epoch's keys on our branch, so it was
+    /// made on the state we hold.
+    fn revive_own(&mut self, gid: &GroupId, epoch: u64, f: &CommitId) -> Result<()> {
+        let (key, _) = self.storage_keys(gid)?;
+        let n = self.db().execute(
+            "INSERT OR REPLACE INTO openmls_group_data (provider_version, group_id, data_type, group_data)
+             SELECT (SELECT provider_version FROM openmls_group_data WHERE group_id = ?3 LIMIT 1),
+                    ?3, 'group_state', pending_state
+             FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2 AND epoch = ?4 AND own = 1
+                  AND merged = -1 AND pending_state IS NOT NULL",
+            params![gid.0, &f[..], key, to_i64(epoch)],
+        )?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.db().execute(
+            "UPDATE pqmls_commits SET merged = 0 WHERE group_id = ?1 AND hash = ?2",
+            params![gid.0, &f[..]],
+        )?;
+        let mls = MlsGroup::load(
+            self.provider.storage(),
+            &openmls::group::GroupId::from_slice(&gid.0),
+        )
+        .map_err(mls)?
+        .ok_or_else(|| Error::Mls("group vanished".into()))?;
+        self.group_mut(gid)?.mls = mls;
+        Ok(())
     }
 
     pub(crate) fn storage_keys(&self, gid: &GroupId) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
@@ -321,26 +444,50 @@ impl State {
         payload: &[u8],
         own: bool,
     ) -> Result<Merge> {
-        let before = self.members_now(gid)?;
+        match self.stage(gid, hash, payload, own)? {
+            Some(staged) => self.apply(gid, staged),
+            None => Ok(Merge::Invalid),
+        }
+    }
+
+    /// Processes one candidate against our state without merging it: `None` if it is not
+    /// valid here (then it is marked so). What MLS authenticated about it (its author's
+    /// leaf, the leaves it removes) is recorded for the ordering.
+    pub(crate) fn stage(
+        &mut self,
+        gid: &GroupId,
+        hash: &[u8],
+        payload: &[u8],
+        own: bool,
+    ) -> Result<Option<Staged>> {
         let old_epoch = self.group(gid)?.mls.epoch().as_u64();
-        let mut removed_self = false;
-        if own {
-            let g = self
-                .groups
-                .get_mut(gid)
-                .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
-            if g.mls.pending_commit().is_none() {
-                return Ok(Merge::Invalid);
-            }
-            g.mls.merge_pending_commit(&self.provider).map_err(mls)?;
+        let Ok(id) = <[u8; 32]>::try_from(hash) else {
+            return Ok(None);
+        };
+        let (commit, author, removes, priority) = if own {
+            let g = self.group(gid)?;
+            let Some(pending) = g.mls.pending_commit() else {
+                return Ok(None);
+            };
+            let removes: BTreeSet<u32> = pending
+                .remove_proposals()
+                .map(|r| r.remove_proposal().removed().u32())
+                .collect();
+            let author = g.mls.own_leaf_index().u32();
+            let priority = self.own_priority(gid)?;
+            (None, author, removes, priority)
         } else {
-            let Some(Wire::Handshake { mls: bytes }) = Wire::decode(payload) else {
+            let Some(Wire::Handshake {
+                priority: claimed,
+                mls: bytes,
+            }) = Wire::decode(payload)
+            else {
                 self.invalid_commit(gid, hash)?;
-                return Ok(Merge::Invalid);
+                return Ok(None);
             };
             let Some(pm) = self.parse_protocol(gid, &bytes) else {
                 self.invalid_commit(gid, hash)?;
-                return Ok(Merge::Invalid);
+                return Ok(None);
             };
             let processed = {
                 let g = self
@@ -349,12 +496,8 @@ impl State {
                     .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
                 g.mls.process_message(&self.provider, pm)
             };
-            let staged = match processed.map(|p| p.into_content()) {
-                Ok(ProcessedMessageContent::StagedCommitMessage(sc)) => sc,
-                Ok(_) => {
-                    self.invalid_commit(gid, hash)?;
-                    return Ok(Merge::Invalid);
-                }
+            let processed = match processed {
+                Ok(p) => p,
                 Err(e) => {
                     tracing::debug!(
                         "{}: group {gid} epoch {old_epoch}: candidate {} invalid: {e:?}",
@@ -362,19 +505,84 @@ impl State {
                         short(hash)
                     );
                     self.invalid_commit(gid, hash)?;
-                    return Ok(Merge::Invalid);
+                    return Ok(None);
                 }
             };
-            removed_self = staged.self_removed();
-            self.fail(FailPoint::MergeBeforeCommit)?;
-            let g = self
-                .groups
-                .get_mut(gid)
-                .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
-            g.mls
-                .merge_staged_commit(&self.provider, *staged)
-                .map_err(mls)?;
+            // The priority the envelope claims must be the author's (see `order`): a
+            // commit that lies about it is not a candidate.
+            let author = match processed.sender() {
+                Sender::Member(leaf) => leaf.u32(),
+                _ => {
+                    self.invalid_commit(gid, hash)?;
+                    return Ok(None);
+                }
+            };
+            let expected = self
+                .epoch_keys(gid, old_epoch)?
+                .map(|keys| order::priority(&keys.order_key, author));
+            if expected != Some(claimed) {
+                tracing::debug!(
+                    "{}: group {gid} epoch {old_epoch}: candidate {} claims another priority",
+                    self.name,
+                    short(hash)
+                );
+                self.invalid_commit(gid, hash)?;
+                return Ok(None);
+            }
+            let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content()
+            else {
+                self.invalid_commit(gid, hash)?;
+                return Ok(None);
+            };
+            let removes: BTreeSet<u32> = staged
+                .remove_proposals()
+                .map(|r| r.remove_proposal().removed().u32())
+                .collect();
+            (Some(staged), author, removes, claimed)
+        };
+        self.db()
+            .prepare_cached(
+                "UPDATE pqmls_commits SET author = ?3, removes = ?4 WHERE group_id = ?1 AND hash = ?2",
+            )?
+            .execute(params![gid.0, hash, i64::from(author), encode_leaves(&removes)])?;
+        Ok(Some(Staged {
+            commit,
+            contender: order::Contender {
+                candidate: order::Candidate { priority, id },
+                author,
+                removes,
+            },
+        }))
+    }
+
+    /// Merges a candidate [`State::stage`] accepted.
+    fn apply(&mut self, gid: &GroupId, staged: Staged) -> Result<Merge> {
+        let before = self.members_now(gid)?;
+        let old_epoch = self.group(gid)?.mls.epoch().as_u64();
+        let hash = staged.contender.candidate.id;
+        let own = staged.commit.is_none();
+        let mut removed_self = false;
+        match staged.commit {
+            None => {
+                let g = self
+                    .groups
+                    .get_mut(gid)
+                    .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
+                g.mls.merge_pending_commit(&self.provider).map_err(mls)?;
+            }
+            Some(commit) => {
+                removed_self = commit.self_removed();
+                self.fail(FailPoint::MergeBeforeCommit)?;
+                let g = self
+                    .groups
+                    .get_mut(gid)
+                    .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
+                g.mls
+                    .merge_staged_commit(&self.provider, *commit)
+                    .map_err(mls)?;
+            }
         }
+        let hash = &hash[..];
         self.db()
             .prepare_cached(
                 "UPDATE pqmls_commits SET merged = 1 WHERE group_id = ?1 AND hash = ?2",
@@ -518,6 +726,7 @@ impl State {
         if let Some(g) = self.groups.get_mut(gid) {
             g.fork_reported = None;
         }
+        self.evaluate_finality(gid)?;
         if self.groups.contains_key(gid) && self.has_candidates(gid, epoch)? {
             let settle = self.config.settle;
             if let Some(g) = self.groups.get_mut(gid) {
@@ -529,13 +738,28 @@ impl State {
 
     /// Restores the snapshot at `epoch`, merges the commit `hash` and replays what follows.
     /// Nothing changes if the commit is not valid there.
-    fn switch_branch(&mut self, gid: &GroupId, epoch: u64, hash: &[u8; 32]) -> Result<()> {
+    pub(crate) fn switch_branch(
+        &mut self,
+        gid: &GroupId,
+        epoch: u64,
+        hash: &[u8; 32],
+    ) -> Result<()> {
         let current = self.group(gid)?.mls.epoch().as_u64();
         let (key, _) = self.storage_keys(gid)?;
         self.db().execute_batch("SAVEPOINT pqmls_switch")?;
         let events_before = self.events.len();
         let attempt = (|| -> Result<bool> {
             db::restore(self.db(), &gid.0, epoch, &key)?;
+            // Our own commit (moving back to it, once final): the snapshot may hold
+            // another pending commit of ours (made later in that epoch), so the state
+            // that held this one is put back.
+            self.db().execute(
+                "INSERT OR REPLACE INTO openmls_group_data (provider_version, group_id, data_type, group_data)
+                 SELECT (SELECT provider_version FROM openmls_group_data WHERE group_id = ?3 LIMIT 1),
+                        ?3, 'group_state', pending_state
+                 FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2 AND own = 1 AND pending_state IS NOT NULL",
+                params![gid.0, &hash[..], key],
+            )?;
             let mls = MlsGroup::load(
                 self.provider.storage(),
                 &openmls::group::GroupId::from_slice(&gid.0),
@@ -543,12 +767,12 @@ impl State {
             .map_err(mls)?
             .ok_or_else(|| Error::Mls("snapshot has no group".into()))?;
             self.group_mut(gid)?.mls = mls;
-            let payload: Vec<u8> = self.db().query_row(
-                "SELECT payload FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2",
+            let (payload, own): (Vec<u8>, bool) = self.db().query_row(
+                "SELECT payload, own FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2",
                 params![gid.0, &hash[..]],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            Ok(self.try_merge(gid, hash, &payload, false)? != Merge::Invalid)
+            Ok(self.try_merge(gid, hash, &payload, own)? != Merge::Invalid)
         })();
         match attempt {
             Ok(true) => {

@@ -97,6 +97,7 @@ pub const HANDSHAKE: u8 = 0;
 pub const APPLICATION: u8 = 1;
 pub const WELCOME: u8 = 2;
 pub const VOID: u8 = 3;
+pub const VOTE: u8 = 4;
 
 /// LEB128, as postcard writes lengths.
 pub fn leb128(mut n: usize) -> Vec<u8> {
@@ -112,8 +113,8 @@ pub fn leb128(mut n: usize) -> Vec<u8> {
     }
 }
 
-/// An envelope: variant, fixed prefix (the auth tag of application messages, the id of a
-/// withdrawal), then the bytes with a LEB128 length, as postcard writes it.
+/// An envelope: variant, fixed prefix (the 32-byte priority claim of a commit, the auth tag
+/// of application messages, the id of a withdrawal), then the bytes with a LEB128 length, as postcard writes it.
 pub fn envelope(variant: u8, prefix: &[u8], mls: &[u8]) -> Vec<u8> {
     let mut v = vec![variant];
     v.extend_from_slice(prefix);
@@ -126,8 +127,8 @@ pub fn envelope(variant: u8, prefix: &[u8], mls: &[u8]) -> Vec<u8> {
 pub fn open_envelope(payload: &[u8]) -> (u8, Vec<u8>, Vec<u8>) {
     let variant = payload[0];
     let prefix_len = match variant {
-        APPLICATION => 16,
-        VOID => 32,
+        HANDSHAKE | VOID => 32,
+        APPLICATION | VOTE => 16,
         _ => 0,
     };
     let prefix = payload[1..1 + prefix_len].to_vec();
@@ -354,6 +355,103 @@ impl Mallory {
         body.extend_from_slice(&(sig.len() as u32).to_be_bytes());
         body.extend_from_slice(&sig);
         body
+    }
+
+    /// Publishes a key package of mallory's in her own (signed) directory slot 0, so a
+    /// member can invite her by her user id.
+    pub async fn publish_key_package(&self) {
+        let key = format!("pqmls/kp/v2/{}/0", self.id()).into_bytes();
+        let entry = self.entry(&key, &self.key_package());
+        self.transport.put(key, entry).await.unwrap();
+    }
+
+    /// Joins with a Welcome envelope from mallory's inbox: a member state of her own.
+    pub fn join(&self, welcome_envelope: &[u8]) -> MlsGroup {
+        let (_, _, mls) = open_envelope(welcome_envelope);
+        let MlsMessageBodyIn::Welcome(welcome) =
+            MlsMessageIn::tls_deserialize_exact(&mls).unwrap().extract()
+        else {
+            panic!("not a Welcome");
+        };
+        let config = MlsGroupJoinConfig::builder()
+            .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+            .build();
+        StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None)
+            .unwrap()
+            .into_group(&self.provider)
+            .unwrap()
+    }
+
+    /// An exporter secret of `group`'s current epoch (RFC 9420 §8.5).
+    pub fn export(&self, group: &MlsGroup, label: &str) -> [u8; 32] {
+        group
+            .export_secret(self.provider.crypto(), label, &[], 32)
+            .unwrap()
+            .try_into()
+            .unwrap()
+    }
+
+    /// The ordering priority of `leaf` at `group`'s current epoch, as members compute it.
+    pub fn priority(&self, group: &MlsGroup, leaf: u32) -> [u8; 32] {
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut h, b"pqmls commit priority v1");
+        sha2::Digest::update(&mut h, self.export(group, "pqmls order v1"));
+        sha2::Digest::update(&mut h, leaf.to_be_bytes());
+        sha2::Digest::finalize(h).into()
+    }
+
+    /// A vote of mallory's (round 1) for `commit` as the end of `group`'s current epoch,
+    /// as a member casts it: signed with her leaf key, sealed with the epoch's vote key.
+    pub fn vote(&self, group: &MlsGroup, commit: &[u8; 32]) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct VoteBody {
+            epoch: u64,
+            round: u8,
+            commit: [u8; 32],
+            leaf: u32,
+            public_key: Vec<u8>,
+            sig: Vec<u8>,
+        }
+        use openmls_traits::signatures::Signer as _;
+        let epoch = group.epoch().as_u64();
+        let leaf = group.own_leaf_index().u32();
+        let gid = group.group_id().as_slice();
+        let mut tbs = b"pqmls vote v1".to_vec();
+        tbs.extend_from_slice(&(gid.len() as u64).to_be_bytes());
+        tbs.extend_from_slice(gid);
+        tbs.extend_from_slice(&epoch.to_be_bytes());
+        tbs.push(1);
+        tbs.extend_from_slice(commit);
+        tbs.extend_from_slice(&leaf.to_be_bytes());
+        let body = VoteBody {
+            epoch,
+            round: 1,
+            commit: *commit,
+            leaf,
+            public_key: self.signer.public().to_vec(),
+            sig: self.signer.sign(&tbs).unwrap(),
+        };
+        let vote_key = self.export(group, "pqmls vote v1");
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut h, b"pqmls vote tag v1");
+        sha2::Digest::update(&mut h, vote_key);
+        let tag: [u8; 16] = sha2::Digest::finalize(h)[..16].try_into().unwrap();
+        let aead = SUITE.aead_algorithm();
+        let nonce = [7u8; 12];
+        let mut sealed = nonce.to_vec();
+        sealed.extend(
+            self.provider
+                .crypto()
+                .aead_encrypt(
+                    aead,
+                    &vote_key[..aead.key_size()],
+                    &postcard::to_stdvec(&body).unwrap(),
+                    &nonce,
+                    &tag,
+                )
+                .unwrap(),
+        );
+        envelope(VOTE, &tag, &sealed)
     }
 
     /// Whether mallory's `group` can read any application message in `messages`.

@@ -1,0 +1,638 @@
+//! Epoch keys, votes and finality: the engine's side of [`crate::order`].
+//!
+//! When a member enters an epoch it exports the epoch's [`EpochKeys`] (ordering key, vote
+//! key, vote tag) and keeps them until the epoch is final. After merging the winner of an
+//! epoch it casts a round-1 vote for it; it reads the votes of others on the group topic,
+//! and asks [`crate::order::Tally`] whether an epoch is final (or a round 2 is due). A
+//! final epoch is never left again: the member moves to its final commit if it had merged
+//! another one, later candidates for it are ignored, and what was kept to move away from
+//! it (snapshots, the epoch's keys, its candidates and votes) is deleted.
+
+use std::collections::BTreeSet;
+
+use openmls::group::MlsGroup;
+use openmls_traits::OpenMlsProvider;
+use openmls_traits::crypto::OpenMlsCrypto;
+use openmls_traits::signatures::Signer as _;
+use rusqlite::{OptionalExtension, params};
+use tokio::time::Instant;
+
+use super::{Outcome, State};
+use crate::GroupId;
+use crate::db::{self, to_i64, to_u64};
+use crate::error::{Error, Result, mls};
+use crate::event::Event;
+use crate::identity::{Member, UserId};
+use crate::order::{self, CommitId, Tally, Voter};
+use crate::wire::{self, EpochKeys, ORDER_EXPORTER_LABEL, VOTE_EXPORTER_LABEL, VoteBody, Wire};
+
+/// Most votes kept waiting for an epoch we do not hold yet (over all groups).
+const PENDING_VOTES: i64 = 1024;
+
+impl State {
+    /// Exports and keeps the [`EpochKeys`] of the epoch the group is at.
+    pub(crate) fn store_epoch_keys(&mut self, gid: &GroupId) -> Result<()> {
+        let (epoch, keys) = {
+            let g = self.group(gid)?;
+            let export = |label: &str| -> Result<[u8; 32]> {
+                let v = g
+                    .mls
+                    .export_secret(self.provider.crypto(), label, &[], 32)
+                    .map_err(mls)?;
+                v.try_into()
+                    .map_err(|_| Error::Mls("exporter length".into()))
+            };
+            (
+                g.mls.epoch().as_u64(),
+                EpochKeys::new(export(ORDER_EXPORTER_LABEL)?, export(VOTE_EXPORTER_LABEL)?),
+            )
+        };
+        self.db().execute(
+            "INSERT OR REPLACE INTO pqmls_epoch_keys (group_id, epoch, order_key, vote_key, vote_tag, entered_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                gid.0,
+                to_i64(epoch),
+                &keys.order_key[..],
+                &keys.vote_key[..],
+                &keys.vote_tag[..],
+                to_i64(self.wall_ms())
+            ],
+        )?;
+        // Votes that came before we entered the epoch.
+        let waiting: Vec<Vec<u8>> = self
+            .db()
+            .prepare_cached("SELECT sealed FROM pqmls_votes_pending WHERE vote_tag = ?1")?
+            .query_map([&keys.vote_tag[..]], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        self.db().execute(
+            "DELETE FROM pqmls_votes_pending WHERE vote_tag = ?1",
+            [&keys.vote_tag[..]],
+        )?;
+        for sealed in waiting {
+            self.read_vote(gid, epoch, &keys, &sealed)?;
+        }
+        Ok(())
+    }
+
+    /// The keys of `epoch` on our branch.
+    pub(crate) fn epoch_keys(&self, gid: &GroupId, epoch: u64) -> Result<Option<EpochKeys>> {
+        let row: Option<(Vec<u8>, Vec<u8>)> = self
+            .db()
+            .prepare_cached(
+                "SELECT order_key, vote_key FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch = ?2",
+            )?
+            .query_row(params![gid.0, to_i64(epoch)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(row.and_then(|(o, v)| Some(EpochKeys::new(o.try_into().ok()?, v.try_into().ok()?))))
+    }
+
+    /// Our priority for the epoch the group is at.
+    pub(crate) fn own_priority(&mut self, gid: &GroupId) -> Result<[u8; 32]> {
+        let g = self.group(gid)?;
+        let epoch = g.mls.epoch().as_u64();
+        let leaf = g.mls.own_leaf_index().u32();
+        if self.epoch_keys(gid, epoch)?.is_none() {
+            // A state from before the ordering kept epoch keys.
+            self.store_epoch_keys(gid)?;
+        }
+        let keys = self
+            .epoch_keys(gid, epoch)?
+            .ok_or_else(|| Error::Mls(format!("no ordering key for epoch {epoch}")))?;
+        Ok(order::priority(&keys.order_key, leaf))
+    }
+
+    /// The last epoch whose ending commit is final on our side (`None`: none yet).
+    pub(crate) fn final_epoch(&self, gid: &GroupId) -> Result<Option<u64>> {
+        let e: Option<i64> = self
+            .db()
+            .prepare_cached("SELECT final_epoch FROM pqmls_groups WHERE group_id = ?1")?
+            .query_row([&gid.0], |r| r.get(0))
+            .optional()?
+            .flatten();
+        Ok(e.and_then(|e| u64::try_from(e).ok()))
+    }
+
+    /// Whether the ending of `epoch` is final (no candidate for it is considered again).
+    pub(crate) fn is_final(&self, gid: &GroupId, epoch: u64) -> Result<bool> {
+        Ok(self.final_epoch(gid)?.is_some_and(|f| epoch <= f))
+    }
+
+    pub(crate) fn set_final_epoch(&mut self, gid: &GroupId, epoch: Option<u64>) -> Result<()> {
+        self.db().execute(
+            "UPDATE pqmls_groups SET final_epoch = ?2 WHERE group_id = ?1",
+            params![gid.0, epoch.map(to_i64)],
+        )?;
+        Ok(())
+    }
+
+    /// The members of `epoch` on our branch, by leaf (our record of it).
+    pub(crate) fn epoch_members(
+        &self,
+        gid: &GroupId,
+        epoch: u64,
+    ) -> Result<Option<Vec<(u32, Member)>>> {
+        let text: Option<String> = self
+            .db()
+            .prepare_cached("SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch = ?2")?
+            .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
+            .optional()?;
+        Ok(text.map(|t| super::decode_members(&t)))
+    }
+
+    /// The votes read for `epoch` (by its tag on our branch).
+    fn tally(&self, gid: &GroupId, tag: &[u8; 16]) -> Result<Tally> {
+        let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = self
+            .db()
+            .prepare_cached(
+                "SELECT round, voter, commit_hash FROM pqmls_votes WHERE group_id = ?1 AND vote_tag = ?2",
+            )?
+            .query_map(params![gid.0, &tag[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut t = Tally::default();
+        for (round, voter, commit) in rows {
+            if let (Ok(round), Ok(voter), Ok(commit)) = (
+                u8::try_from(round),
+                <Voter>::try_from(voter.as_slice()),
+                <CommitId>::try_from(commit.as_slice()),
+            ) {
+                t.add(round, voter, commit);
+            }
+        }
+        Ok(t)
+    }
+
+    fn has_voted(&self, gid: &GroupId, tag: &[u8; 16], round: u8) -> Result<bool> {
+        Ok(self
+            .db()
+            .prepare_cached(
+                "SELECT 1 FROM pqmls_votes WHERE group_id = ?1 AND vote_tag = ?2 AND round = ?3 AND voter = ?4",
+            )?
+            .query_row(
+                params![gid.0, &tag[..], i64::from(round), &self.id.0[..]],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Casts our vote for `commit` as the end of `epoch` in `round` (once per epoch and
+    /// round), then looks at finality.
+    pub(crate) fn cast_vote(
+        &mut self,
+        gid: &GroupId,
+        epoch: u64,
+        round: u8,
+        commit: &CommitId,
+    ) -> Result<()> {
+        let Some(keys) = self.epoch_keys(gid, epoch)? else {
+            return Ok(());
+        };
+        if self.has_voted(gid, &keys.vote_tag, round)? {
+            return Ok(());
+        }
+        let Some(leaf) = self.epoch_members(gid, epoch)?.and_then(|ms| {
+            ms.into_iter()
+                .find(|(_, m)| m.id == self.id)
+                .map(|(l, _)| l)
+        }) else {
+            return Ok(());
+        };
+        let sig = self
+            .signer
+            .sign(&wire::vote_tbs(&gid.0, epoch, round, commit, leaf))
+            .map_err(|e| Error::Crypto(format!("{e:?}")))?;
+        let body = VoteBody {
+            epoch,
+            round,
+            commit: *commit,
+            leaf,
+            public_key: self.signer.public().to_vec(),
+            sig,
+        };
+        let nonce = self.random::<12>()?;
+        let aead = self.config.suite.aead_algorithm();
+        let key = keys
+            .vote_key
+            .get(..aead.key_size())
+            .unwrap_or(&keys.vote_key);
+        let mut sealed = nonce.to_vec();
+        sealed.extend(
+            self.provider
+                .crypto()
+                .aead_encrypt(aead, key, &body.encode(), &nonce, &keys.vote_tag)
+                .map_err(|e| Error::Crypto(format!("{e:?}")))?,
+        );
+        let topic = self.group(gid)?.topic.clone();
+        self.enqueue(
+            &topic,
+            Wire::Vote {
+                tag: keys.vote_tag,
+                sealed,
+            }
+            .encode(),
+        )?;
+        self.db().execute(
+            "INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![gid.0, &keys.vote_tag[..], to_i64(epoch), i64::from(round), &self.id.0[..], &commit[..]],
+        )?;
+        self.stats.votes_cast += 1;
+        tracing::debug!(
+            "{}: group {gid} epoch {epoch}: round-{round} vote for {}",
+            self.name,
+            super::short(commit)
+        );
+        Ok(())
+    }
+
+    /// A vote on the group topic: read it if we hold its epoch, keep it (bounded) if we
+    /// may enter that epoch later.
+    pub(crate) fn on_vote(
+        &mut self,
+        gid: &GroupId,
+        tag: &[u8; 16],
+        sealed: &[u8],
+    ) -> Result<Outcome> {
+        let row: Option<i64> = self
+            .db()
+            .prepare_cached(
+                "SELECT epoch FROM pqmls_epoch_keys WHERE group_id = ?1 AND vote_tag = ?2",
+            )?
+            .query_row(params![gid.0, &tag[..]], |r| r.get(0))
+            .optional()?;
+        let Some(epoch) = row.map(to_u64) else {
+            self.db().execute(
+                "INSERT OR IGNORE INTO pqmls_votes_pending (vote_tag, sealed, received_ms) VALUES (?1, ?2, ?3)",
+                params![&tag[..], sealed, to_i64(self.wall_ms())],
+            )?;
+            self.db().execute(
+                "DELETE FROM pqmls_votes_pending WHERE rowid NOT IN
+                 (SELECT rowid FROM pqmls_votes_pending ORDER BY received_ms DESC, rowid DESC LIMIT ?1)",
+                [PENDING_VOTES],
+            )?;
+            return Ok(Outcome::Done);
+        };
+        let Some(keys) = self.epoch_keys(gid, epoch)? else {
+            return Ok(Outcome::Done);
+        };
+        self.read_vote(gid, epoch, &keys, sealed)?;
+        self.evaluate_finality(gid)?;
+        Ok(Outcome::Done)
+    }
+
+    /// Opens and checks a vote for `epoch`; records it if it is a member's.
+    fn read_vote(
+        &mut self,
+        gid: &GroupId,
+        epoch: u64,
+        keys: &EpochKeys,
+        sealed: &[u8],
+    ) -> Result<()> {
+        let aead = self.config.suite.aead_algorithm();
+        let key = keys
+            .vote_key
+            .get(..aead.key_size())
+            .unwrap_or(&keys.vote_key);
+        let (Some(nonce), Some(ct)) = (sealed.get(..12), sealed.get(12..)) else {
+            self.stats.rejected += 1;
+            return Ok(());
+        };
+        let Ok(plain) = self
+            .provider
+            .crypto()
+            .aead_decrypt(aead, key, ct, nonce, &keys.vote_tag)
+        else {
+            self.stats.rejected += 1;
+            return Ok(());
+        };
+        let Some(vote) = VoteBody::decode(&plain) else {
+            self.stats.rejected += 1;
+            return Ok(());
+        };
+        let voter = self.epoch_members(gid, epoch)?.and_then(|ms| {
+            ms.into_iter()
+                .find(|(l, _)| *l == vote.leaf)
+                .map(|(_, m)| m.id)
+        });
+        let scheme = self.config.suite.signature_algorithm();
+        let valid = vote.epoch == epoch
+            && matches!(vote.round, 1 | 2)
+            && voter == Some(UserId::of_key(scheme, &vote.public_key))
+            && self
+                .provider
+                .crypto()
+                .verify_signature(
+                    scheme,
+                    &wire::vote_tbs(&gid.0, epoch, vote.round, &vote.commit, vote.leaf),
+                    &vote.public_key,
+                    &vote.sig,
+                )
+                .is_ok();
+        let Some(voter) = voter.filter(|_| valid) else {
+            self.stats.rejected += 1;
+            return Ok(());
+        };
+        // At most two votes of one voter per round are kept: one is the vote, two show
+        // an equivocation; more would only cost space.
+        let n: i64 = self.db().query_row(
+            "SELECT COUNT(*) FROM pqmls_votes WHERE group_id = ?1 AND vote_tag = ?2 AND round = ?3 AND voter = ?4",
+            params![gid.0, &keys.vote_tag[..], i64::from(vote.round), &voter.0[..]],
+            |r| r.get(0),
+        )?;
+        if n >= 2 {
+            return Ok(());
+        }
+        self.db().execute(
+            "INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![gid.0, &keys.vote_tag[..], to_i64(epoch), i64::from(vote.round), &voter.0[..], &vote.commit[..]],
+        )?;
+        Ok(())
+    }
+
+    /// The final commit of `epoch` on our branch, if the votes read give one.
+    pub(crate) fn final_of(&self, gid: &GroupId, epoch: u64) -> Result<Option<CommitId>> {
+        let (Some(keys), Some(members)) = (
+            self.epoch_keys(gid, epoch)?,
+            self.epoch_members(gid, epoch)?,
+        ) else {
+            return Ok(None);
+        };
+        let ids: BTreeSet<Voter> = members.iter().map(|(_, m)| m.id.0).collect();
+        Ok(self.tally(gid, &keys.vote_tag)?.final_commit(&ids))
+    }
+
+    /// The merged commit at `epoch` on our branch and its priority.
+    fn merged_at(&self, gid: &GroupId, epoch: u64) -> Result<Option<CommitId>> {
+        let h: Option<Vec<u8>> = self
+            .db()
+            .prepare_cached(
+                "SELECT hash FROM pqmls_commits WHERE group_id = ?1 AND epoch = ?2 AND merged = 1",
+            )?
+            .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
+            .optional()?;
+        Ok(h.and_then(|h| h.try_into().ok()))
+    }
+
+    /// Finalises every epoch in order whose votes allow it, moving to final commits where
+    /// we merged others; casts round-2 votes where a split calls for them.
+    pub(crate) fn evaluate_finality(&mut self, gid: &GroupId) -> Result<()> {
+        loop {
+            let Some(g) = self.groups.get(gid) else {
+                return Ok(());
+            };
+            let current = g.mls.epoch().as_u64();
+            let next = match self.final_epoch(gid)? {
+                Some(f) => f + 1,
+                None => 0,
+            };
+            if next > current {
+                return Ok(());
+            }
+            let (Some(keys), Some(members)) =
+                (self.epoch_keys(gid, next)?, self.epoch_members(gid, next)?)
+            else {
+                return Ok(());
+            };
+            let ids: BTreeSet<Voter> = members.iter().map(|(_, m)| m.id.0).collect();
+            let tally = self.tally(gid, &keys.vote_tag)?;
+            if let Some(equivocator) = tally.equivocators().into_iter().next() {
+                tracing::warn!(
+                    "{}: group {gid} epoch {next}: member {} voted twice",
+                    self.name,
+                    UserId(equivocator).short()
+                );
+            }
+            let Some(f) = tally.final_commit(&ids) else {
+                // A split: a round-2 vote once every member's round-1 vote is in.
+                if self.has_voted(gid, &keys.vote_tag, 1)?
+                    && !self.has_voted(gid, &keys.vote_tag, 2)?
+                {
+                    let choice = tally.round2_choice(&ids, |id| self.contender_of(gid, next, id));
+                    match choice {
+                        Some(c) => self.cast_vote(gid, next, 2, &c)?,
+                        None if tally.voters(&ids, 1) == ids.len() => {
+                            // Every vote in, a voted candidate we have not processed: we
+                            // probe it on its snapshot, or fetch it if we lack it.
+                            let mut probed = false;
+                            for id in tally.voted(1) {
+                                if self.contender_of(gid, next, &id).is_none() {
+                                    self.probe(gid, next, &id)?;
+                                    probed = true;
+                                }
+                            }
+                            let choice =
+                                tally.round2_choice(&ids, |id| self.contender_of(gid, next, id));
+                            match choice {
+                                Some(c) if probed => {
+                                    self.cast_vote(gid, next, 2, &c)?;
+                                    continue;
+                                }
+                                _ => {
+                                    self.todo.sync.insert(gid.clone());
+                                }
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                return Ok(());
+            };
+            if next == current {
+                // Final before we merged anything for it: settle now, on it.
+                if let Some(g) = self.groups.get_mut(gid) {
+                    g.settle_at = Some(Instant::now());
+                }
+                return Ok(());
+            }
+            if self.merged_at(gid, next)? != Some(f) {
+                if !self.move_to_final(gid, next, &f)? {
+                    return Ok(());
+                }
+                if self.is_final(gid, next)? {
+                    // The move itself went on to finalise it (and maybe more).
+                    continue;
+                }
+            }
+            self.finalize(gid, next)?;
+        }
+    }
+
+    /// What MLS authenticated about a candidate of `epoch` we processed (on any branch:
+    /// the author and removals are set only when MLS accepted it somewhere).
+    pub(crate) fn contender_of(
+        &self,
+        gid: &GroupId,
+        epoch: u64,
+        id: &CommitId,
+    ) -> Option<order::Contender> {
+        let (priority, author, removes): (Option<Vec<u8>>, Option<i64>, Option<String>) = self
+            .db()
+            .prepare_cached(
+                "SELECT priority, author, removes FROM pqmls_commits
+                 WHERE group_id = ?1 AND epoch = ?2 AND hash = ?3",
+            )
+            .ok()?
+            .query_row(params![gid.0, to_i64(epoch), &id[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .ok()?;
+        Some(order::Contender {
+            candidate: order::Candidate {
+                priority: priority?.try_into().ok()?,
+                id: *id,
+            },
+            author: u32::try_from(author?).ok()?,
+            removes: super::ordering::decode_leaves(&removes?),
+        })
+    }
+
+    /// Processes a stored candidate of the past `epoch` on its snapshot, to learn what it
+    /// is (for a round-2 choice), and changes nothing else.
+    fn probe(&mut self, gid: &GroupId, epoch: u64, id: &CommitId) -> Result<()> {
+        if !db::has_snapshot(self.db(), &gid.0, epoch)? {
+            return Ok(());
+        }
+        let payload: Option<Vec<u8>> = self
+            .db()
+            .query_row(
+                "SELECT payload FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2 AND own = 0 AND author IS NULL AND merged != -1",
+                params![gid.0, &id[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(payload) = payload else {
+            return Ok(());
+        };
+        let (key, _) = self.storage_keys(gid)?;
+        self.db().execute_batch("SAVEPOINT pqmls_probe")?;
+        let events_before = self.events.len();
+        let learned = (|| -> Result<Option<order::Contender>> {
+            db::restore(self.db(), &gid.0, epoch, &key)?;
+            let mls = MlsGroup::load(
+                self.provider.storage(),
+                &openmls::group::GroupId::from_slice(&gid.0),
+            )
+            .map_err(mls)?
+            .ok_or_else(|| Error::Mls("snapshot has no group".into()))?;
+            self.group_mut(gid)?.mls = mls;
+            Ok(self.stage(gid, id, &payload, false)?.map(|s| s.contender))
+        })();
+        self.db()
+            .execute_batch("ROLLBACK TO pqmls_probe; RELEASE pqmls_probe")?;
+        self.events.truncate(events_before);
+        self.reload_groups()?;
+        match learned? {
+            Some(c) => {
+                self.db().execute(
+                    "UPDATE pqmls_commits SET author = ?3, removes = ?4 WHERE group_id = ?1 AND hash = ?2",
+                    params![gid.0, &id[..], i64::from(c.author), super::ordering::encode_leaves(&c.removes)],
+                )?;
+            }
+            None => {
+                self.db().execute(
+                    "UPDATE pqmls_commits SET merged = -1 WHERE group_id = ?1 AND hash = ?2 AND merged = 0",
+                    params![gid.0, &id[..]],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves to the final commit `f` of `epoch`; `false` if we cannot (yet).
+    fn move_to_final(&mut self, gid: &GroupId, epoch: u64, f: &CommitId) -> Result<bool> {
+        let known: bool = self.db().query_row(
+            "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND epoch = ?2 AND hash = ?3)",
+            params![gid.0, to_i64(epoch), &f[..]],
+            |r| r.get(0),
+        )?;
+        if !known {
+            self.todo.sync.insert(gid.clone());
+            return Ok(false);
+        }
+        if !db::has_snapshot(self.db(), &gid.0, epoch)? {
+            self.unrecoverable(gid, epoch);
+            return Ok(false);
+        }
+        // Tried again even if it failed on this snapshot before, or is our own from a
+        // branch we left (marked -1).
+        self.db().execute(
+            "UPDATE pqmls_commits SET merged = 0 WHERE group_id = ?1 AND hash = ?2 AND merged = -1",
+            params![gid.0, &f[..]],
+        )?;
+        self.switch_branch(gid, epoch, f)?;
+        if !self.groups.contains_key(gid) {
+            return Ok(false);
+        }
+        // The move looks at finality again once on the branch, and may have finalised
+        // `epoch` already (then its commits are deleted).
+        if self.is_final(gid, epoch)? || self.merged_at(gid, epoch)? == Some(*f) {
+            Ok(true)
+        } else {
+            self.unrecoverable(gid, epoch);
+            Ok(false)
+        }
+    }
+
+    /// Reports once that we cannot follow the group's final chain at `epoch`.
+    pub(crate) fn unrecoverable(&mut self, gid: &GroupId, epoch: u64) {
+        let Some(g) = self.groups.get_mut(gid) else {
+            return;
+        };
+        if g.unrecoverable == Some(epoch) {
+            return;
+        }
+        g.unrecoverable = Some(epoch);
+        tracing::warn!(
+            "{}: group {gid}: cannot reach the final commit of epoch {epoch}",
+            self.name
+        );
+        self.events.push(Event::Unrecoverable {
+            group: gid.clone(),
+            epoch,
+        });
+    }
+
+    /// `epoch` is final: never left again; what was kept to leave it is deleted.
+    fn finalize(&mut self, gid: &GroupId, epoch: u64) -> Result<()> {
+        // Never backwards (a nested evaluation may have gone further).
+        self.db().execute(
+            "UPDATE pqmls_groups SET final_epoch = MAX(COALESCE(final_epoch, -1), ?2) WHERE group_id = ?1",
+            params![gid.0, to_i64(epoch)],
+        )?;
+        db::prune_snapshots(self.db(), &gid.0, epoch + 1)?;
+        let e = to_i64(epoch);
+        for sql in [
+            "DELETE FROM pqmls_commits WHERE group_id = ?1 AND epoch <= ?2",
+            "DELETE FROM pqmls_votes WHERE group_id = ?1 AND epoch <= ?2",
+            "DELETE FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch <= ?2",
+        ] {
+            self.db().prepare_cached(sql)?.execute(params![gid.0, e])?;
+        }
+        self.stats.epochs_final += 1;
+        Ok(())
+    }
+
+    /// Deletes the snapshots of epochs we left longer than [`crate::Config::fork_horizon`]
+    /// ago, final or not (final ones are gone already).
+    pub(crate) fn expire_snapshots(&mut self) -> Result<()> {
+        let horizon = u64::try_from(self.config.fork_horizon.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = to_i64(self.wall_ms().saturating_sub(horizon));
+        let gids: Vec<GroupId> = self.groups.keys().cloned().collect();
+        for gid in gids {
+            // The newest epoch entered before the cutoff: every epoch before it was left
+            // before the cutoff.
+            let entered: Option<i64> = self
+                .db()
+                .prepare_cached(
+                    "SELECT MAX(epoch) FROM pqmls_epoch_keys WHERE group_id = ?1 AND entered_ms <= ?2",
+                )?
+                .query_row(params![gid.0, cutoff], |r| r.get(0))?;
+            if let Some(e) = entered {
+                db::prune_snapshots(self.db(), &gid.0, to_u64(e))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! Finality (issue 11): once the votes of a majority of an epoch's members make its
+//! ending final, what was kept to move away from it is deleted; without a majority, the
+//! snapshots last until `Config::fork_horizon`, a bound in time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pqmls::Client;
+use pqmls::sim::{SimConfig, SimNetwork};
+
+fn net() -> SimNetwork {
+    let net = SimNetwork::new(SimConfig::default());
+    net.set_directory_validator(pqmls::directory_validator().unwrap());
+    net
+}
+
+async fn size(c: &Client, table: &str) -> u64 {
+    c.table_sizes().await.unwrap()[table]
+}
+
+#[tokio::test(start_paused = true)]
+async fn final_epochs_keep_no_snapshots_candidates_or_votes() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let bob = client(&net, config("bob")).await;
+    let carol = client(&net, config("carol")).await;
+    let g = group(&[&alice, &bob, &carol]).await;
+    bob.update(&g).await.unwrap();
+    converge(&[&alice, &bob, &carol], &g, 3).await;
+    // Epochs 0-2 final at alice (she held them all), 1-2 at bob, 2 at carol.
+    until("final", async || {
+        alice.stats().await.epochs_final >= 3
+            && bob.stats().await.epochs_final >= 2
+            && carol.stats().await.epochs_final >= 1
+    })
+    .await;
+    for c in [&alice, &bob, &carol] {
+        assert!(c.stats().await.votes_cast >= 1);
+        assert_eq!(size(c, "pqmls_snap_group_data").await, 0);
+        assert_eq!(size(c, "pqmls_commits").await, 0);
+        assert_eq!(size(c, "pqmls_votes").await, 0);
+        // Only the current epoch's ordering keys.
+        assert_eq!(size(c, "pqmls_epoch_keys").await, 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_majority_snapshots_last_until_the_horizon() {
+    let net = net();
+    let mut short = config("alice");
+    short.fork_horizon = Duration::ZERO;
+    let alice = client(&net, short).await;
+    let bob = client(&net, config("bob")).await;
+    let (ct, cin) = net.attach();
+    let carol = Client::open(config("carol"), ct.clone(), cin)
+        .await
+        .unwrap();
+    let (dt, din) = net.attach();
+    let dave = Client::open(config("dave"), dt.clone(), din).await.unwrap();
+    let g = group(&[&alice, &bob, &carol, &dave]).await;
+    // Two of four offline: alice's and bob's votes are no majority.
+    ct.set_online(false);
+    dt.set_online(false);
+    let before = (
+        alice.stats().await.epochs_final,
+        bob.stats().await.epochs_final,
+    );
+    bob.update(&g).await.unwrap();
+    converge(&[&alice, &bob], &g, 4).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        (
+            alice.stats().await.epochs_final,
+            bob.stats().await.epochs_final
+        ),
+        before,
+        "epoch 3 final without a majority"
+    );
+    // Bob keeps epoch 3's snapshot (he could still move); alice's horizon is zero.
+    assert!(size(&bob, "pqmls_snap_group_data").await >= 1);
+    assert_eq!(size(&alice, "pqmls_snap_group_data").await, 0);
+    // Back online, the votes complete and bob's snapshot goes too.
+    ct.set_online(true);
+    dt.set_online(true);
+    for c in [&carol, &dave] {
+        c.sync().await.unwrap();
+    }
+    converge(&[&alice, &bob, &carol, &dave], &g, 4).await;
+    until("final with the majority back", async || {
+        size(&bob, "pqmls_snap_group_data").await == 0
+    })
+    .await;
+}
