@@ -38,6 +38,19 @@ pub struct SimArgs {
     /// OS threads running trials.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: u16,
+    /// Adversary: member m1 makes each self-update this many times and publishes the
+    /// smallest commit hash (1: honest).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    grind: u32,
+    /// Fault: share of messages the store misses for good (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_loss)]
+    store_miss: f64,
+    /// Fault: this many members go offline for the middle half of the chaos phase.
+    #[arg(long, default_value_t = 0)]
+    offline: u16,
+    /// Fault: longest gossip delay in milliseconds (the settle time is 250 ms).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u64).range(5..=60_000))]
+    max_delay_ms: u64,
 }
 
 fn parse_loss(s: &str) -> Result<f64, String> {
@@ -72,6 +85,13 @@ pub fn run(args: SimArgs) -> Result<()> {
         util::suite_label(args.suite),
         args.threads
     );
+    println!(
+        "faults: store misses {:.0} %, {} offline, gossip delay up to {} ms; adversary: grind {}",
+        args.store_miss * 100.0,
+        args.offline,
+        args.max_delay_ms,
+        args.grind
+    );
     let wall = Instant::now();
     let next = Arc::new(AtomicU64::new(first));
     let (tx, rx) = mpsc::channel::<(u64, Result<TrialReport>)>();
@@ -84,6 +104,10 @@ pub fn run(args: SimArgs) -> Result<()> {
             loss: args.loss,
             chaos: Duration::from_secs(args.chaos_secs),
             suite: args.suite,
+            grind: args.grind,
+            store_miss: args.store_miss,
+            offline: usize::from(args.offline),
+            max_delay: Duration::from_millis(args.max_delay_ms),
             ..Scenario::default()
         };
         threads.push(std::thread::spawn(move || {
@@ -110,12 +134,14 @@ pub fn run(args: SimArgs) -> Result<()> {
         match r {
             Ok(r) => {
                 println!(
-                    "seed {:>5}: {} epoch {:>3}, {:>4} messages, deliveries {:>5}/{:<5} forks {:>3}/{:<3} (detected/recovered), converged in {:>7.3} s{}",
+                    "seed {:>5}: {} epoch {:>3}, {:>4} messages, deliveries {:>5}/{:<5} forks {:>3}/{:<3} (detected/recovered), final {:>4}, converged in {:>7.3} s{}",
                     r.seed,
                     if r.converged {
                         "converged    "
+                    } else if r.unrecoverable > 0 {
+                        "unrecoverable"
                     } else {
-                        "NOT converged"
+                        "SILENT FORK  "
                     },
                     r.epoch,
                     r.messages,
@@ -123,6 +149,7 @@ pub fn run(args: SimArgs) -> Result<()> {
                     r.expected_deliveries,
                     r.forks_detected,
                     r.forks_recovered,
+                    r.epochs_final,
                     r.converge_time.as_secs_f64(),
                     r.failure
                         .as_deref()
@@ -181,6 +208,33 @@ pub fn run(args: SimArgs) -> Result<()> {
         quantile(&times, 0.95).as_secs_f64(),
         times.last().copied().unwrap_or_default().as_secs_f64()
     );
+    let unrecoverable = reports
+        .iter()
+        .filter(|r| !r.converged && r.unrecoverable > 0)
+        .count();
+    let silent = reports
+        .iter()
+        .filter(|r| !r.converged && r.unrecoverable == 0)
+        .count();
+    println!("not converged: {unrecoverable} with an Unrecoverable event, {silent} silent forks");
+    let contests: u64 = reports.iter().map(|r| r.grinder_contests).sum();
+    if args.grind > 1 || contests > 0 {
+        let wins: u64 = reports.iter().map(|r| r.grinder_wins).sum();
+        let fair: u64 = reports.iter().map(|r| r.grinder_fair_milli).sum();
+        let share = |x: u64| {
+            if contests == 0 {
+                0.0
+            } else {
+                x as f64 * 100.0 / contests as f64
+            }
+        };
+        println!(
+            "member m1 (grind {}): won {wins} of {contests} contests ({:.1} %), fair share {:.1} %",
+            args.grind,
+            share(wins),
+            share(fair) / 1000.0
+        );
+    }
     println!("wall time: {:.1} s", wall.as_secs_f64());
 
     let mut failed: Vec<u64> = reports

@@ -56,6 +56,11 @@ pub struct Config {
     /// cannot reach gives [`crate::Event::Unrecoverable`]. Final epochs' snapshots are
     /// deleted at once.
     pub fork_horizon: Duration,
+    /// Simulation only (an adversary of the ordering): each self-update commit is made
+    /// this many times and the one with the smallest commit hash is published, which is
+    /// how a member could steer the smallest-hash rule of earlier versions. 1: honest.
+    #[doc(hidden)]
+    pub grind: u32,
     /// How long a group is kept after a commit removed us, in case a branch move undoes
     /// the removal. [`crate::Event::Removed`] is reported when it ends.
     pub removal_grace: std::time::Duration,
@@ -96,6 +101,7 @@ impl Config {
             max_message_size: 64 * 1024,
             rollback_window: 16,
             fork_horizon: Duration::from_secs(600),
+            grind: 1,
             removal_grace: Duration::from_secs(30),
             invitations: InvitePolicy::Contacts,
             key_package_rotation: Duration::from_secs(7 * 24 * 3600),

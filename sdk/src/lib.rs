@@ -215,6 +215,15 @@ pub struct Stats {
     pub votes_cast: u64,
     /// Epochs whose ending became final here.
     pub epochs_final: u64,
+    /// Final commits this client could not reach ([`Event::Unrecoverable`]).
+    pub unrecoverable: u64,
+    /// Epochs where our own commit competed with commits of other members at our
+    /// settle time (contests, as this client saw them).
+    pub contests: u64,
+    /// Of those, the ones our commit won.
+    pub contests_won: u64,
+    /// The sum over contests of the fair share, 1/(number of authors), in thousandths.
+    pub contests_fair_milli: u64,
     /// Own messages re-sent after a branch move or a re-invitation.
     pub resent: u64,
     /// Payloads published.

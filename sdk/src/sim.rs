@@ -60,6 +60,8 @@ pub struct SimConfig {
     pub min_delay: Duration,
     /// Longest delivery delay.
     pub max_delay: Duration,
+    /// Probability that the store misses one published message (it is still gossiped).
+    pub store_miss: f64,
 }
 
 impl Default for SimConfig {
@@ -69,6 +71,7 @@ impl Default for SimConfig {
             loss: 0.0,
             min_delay: Duration::from_millis(5),
             max_delay: Duration::from_millis(80),
+            store_miss: 0.0,
         }
     }
 }
@@ -285,10 +288,12 @@ impl Transport for SimTransport {
                 id,
                 received: UNIX_EPOCH + Duration::from_millis(n.clock_ms),
             };
-            n.history
-                .entry(topic.clone())
-                .or_default()
-                .push(msg.clone());
+            if n.config.store_miss <= 0.0 || n.rng.unit() >= n.config.store_miss {
+                n.history
+                    .entry(topic.clone())
+                    .or_default()
+                    .push(msg.clone());
+            }
             let (min, max) = (n.config.min_delay, n.config.max_delay);
             let span = u64::try_from(max.saturating_sub(min).as_micros()).unwrap_or(0);
             let loss = n.config.loss;
@@ -383,6 +388,16 @@ pub struct Scenario {
     pub suite: crate::Ciphersuite,
     /// Settle time of the clients.
     pub settle: Duration,
+    /// Longest gossip delivery delay (the shortest is 5 ms).
+    pub max_delay: Duration,
+    /// Probability that the store misses a message (it stays missing for good).
+    pub store_miss: f64,
+    /// Member `m1` is a grinding adversary: each of its self-updates is made this many
+    /// times and the smallest commit hash published (1: honest).
+    pub grind: u32,
+    /// This many members (the last ones of the initial group) go offline for the middle
+    /// half of the chaos phase, and come back for the sync phase.
+    pub offline: usize,
 }
 
 impl Default for Scenario {
@@ -395,6 +410,10 @@ impl Default for Scenario {
             action_every: Duration::from_millis(250),
             suite: crate::DEFAULT_SUITE,
             settle: Duration::from_millis(250),
+            max_delay: Duration::from_millis(80),
+            store_miss: 0.0,
+            grind: 1,
+            offline: 0,
         }
     }
 }
@@ -435,6 +454,16 @@ pub struct TrialReport {
     pub failure: Option<String>,
     /// The first undelivered (message, recipient) pairs, described.
     pub missing: Vec<String>,
+    /// Members that reported [`crate::Event::Unrecoverable`] (each once per epoch).
+    pub unrecoverable: u64,
+    /// Contests the grinding member (`m1`) took part in, as it saw them at settle time.
+    pub grinder_contests: u64,
+    /// Of those, the ones it won.
+    pub grinder_wins: u64,
+    /// Its fair share of those contests (sum of 1/authors), in thousandths.
+    pub grinder_fair_milli: u64,
+    /// Epochs made final, summed over members.
+    pub epochs_final: u64,
 }
 
 /// Runs one trial on the current runtime, which should be a current-thread runtime with
@@ -448,19 +477,26 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
     let net = SimNetwork::new(SimConfig {
         seed: s.seed,
         loss: s.loss,
+        max_delay: s.max_delay,
+        store_miss: s.store_miss,
         ..SimConfig::default()
     });
     net.set_directory_validator(crate::directory_validator()?);
     let mut rng = SimRng::new(s.seed ^ 0x0005_eed0_fac7_10e5);
     let mut clients = Vec::new();
+    let mut transports = Vec::new();
     for i in 0..s.members {
         let (t, inbox) = net.attach();
+        transports.push(t.clone());
         let mut c = Config::new(format!("m{i}")).with_suite(s.suite);
         c.invitations = crate::InvitePolicy::Everyone;
         c.self_update_interval = None;
         c.settle = s.settle;
         c.sync_interval = Some(Duration::from_secs(2));
         c.sync_backoff = Duration::from_millis(300);
+        if i == 1 {
+            c.grind = s.grind.max(1);
+        }
         clients.push(Client::open(c, t, inbox).await?);
     }
     let names: Vec<crate::UserId> = clients.iter().map(Client::id).collect();
@@ -498,7 +534,23 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
     let mut sent: Vec<(crate::UserId, Vec<u8>, Vec<crate::UserId>)> = Vec::new();
     let start = tokio::time::Instant::now();
     let mut k = 0u64;
+    let offline: Vec<usize> =
+        (initial.saturating_sub(s.offline.min(initial / 2))..initial).collect();
+    let mut offline_state = 0u8;
     while start.elapsed() < s.chaos {
+        // The offline members leave for the middle half of the chaos phase.
+        let phase = start.elapsed().as_secs_f64() / s.chaos.as_secs_f64().max(1e-9);
+        if offline_state == 0 && phase >= 0.25 {
+            for &i in &offline {
+                transports[i].set_online(false);
+            }
+            offline_state = 1;
+        } else if offline_state == 1 && phase >= 0.75 {
+            for &i in &offline {
+                transports[i].set_online(true);
+            }
+            offline_state = 2;
+        }
         let gap = rng.below(2 * u64::try_from(s.action_every.as_millis()).unwrap_or(250) + 1);
         tokio::time::sleep(Duration::from_millis(gap)).await;
         let actor = usize::try_from(rng.below(s.members as u64)).unwrap_or(0);
@@ -539,6 +591,9 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
                 }
             }
         }
+    }
+    for &i in &offline {
+        transports[i].set_online(true);
     }
     // Sync phase: no more loss, everyone catches up until all agree.
     net.set_loss(0.0);
@@ -632,6 +687,14 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         let st = c.stats().await;
         report.forks_detected += st.forks_detected;
         report.forks_recovered += st.forks_recovered;
+        report.unrecoverable += st.unrecoverable;
+        report.epochs_final += st.epochs_final;
+    }
+    if let Some(g) = clients.get(1) {
+        let st = g.stats().await;
+        report.grinder_contests = st.contests;
+        report.grinder_wins = st.contests_won;
+        report.grinder_fair_milli = st.contests_fair_milli;
     }
     report.dropped = net.counters().1;
     for c in clients {

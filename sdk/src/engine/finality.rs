@@ -584,6 +584,7 @@ impl State {
             return;
         }
         g.unrecoverable = Some(epoch);
+        self.stats.unrecoverable += 1;
         tracing::warn!(
             "{}: group {gid}: cannot reach the final commit of epoch {epoch}",
             self.name

@@ -13,7 +13,7 @@ use super::{State, ser};
 use crate::GroupId;
 use crate::config::FailPoint;
 use crate::db::{to_i64, to_u64};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, mls};
 use crate::event::ReceivedMessage;
 use crate::identity::UserId;
 use crate::wire::{self, AppPayload, Content, Wire};
@@ -138,6 +138,17 @@ impl State {
                     };
                     return self.own_commit(gid, epoch, id, &commit, None, None);
                 }
+                UPDATE if self.config.grind > 1 => {
+                    let commit = match self.grind_update(gid) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!("grinding failed: {e}");
+                            self.drop_intent(id)?;
+                            continue;
+                        }
+                    };
+                    return self.own_commit(gid, epoch, id, &commit, None, None);
+                }
                 UPDATE => {
                     let commit = {
                         let g = self
@@ -211,6 +222,54 @@ impl State {
     /// Drops an add intent whose user has no key package.
     pub(crate) fn abandon_intent(&mut self, id: i64) -> Result<()> {
         self.tx(|s| s.drop_intent(id))
+    }
+
+    /// The grinding adversary of the simulation ([`crate::Config::grind`]): makes that
+    /// many self-update commits and keeps the one with the smallest commit hash as
+    /// OpenMLS's pending commit.
+    fn grind_update(&mut self, gid: &GroupId) -> Result<MlsMessageOut> {
+        let (key, _) = self.storage_keys(gid)?;
+        let mut best: Option<([u8; 32], MlsMessageOut, Vec<u8>)> = None;
+        for _ in 0..self.config.grind {
+            let commit = {
+                let g = self
+                    .groups
+                    .get_mut(gid)
+                    .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
+                if g.mls.pending_commit().is_some() {
+                    g.mls
+                        .clear_pending_commit(self.provider.storage())
+                        .map_err(|e| Error::Mls(format!("{e:?}")))?;
+                }
+                g.mls
+                    .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
+                    .map_err(mls)?
+                    .commit()
+                    .clone()
+            };
+            let hash = wire::commit_hash(&ser(&commit)?);
+            let state: Vec<u8> = self.db().query_row(
+                "SELECT group_data FROM openmls_group_data WHERE group_id = ?1 AND data_type = 'group_state'",
+                [&key],
+                |r| r.get(0),
+            )?;
+            if best.as_ref().is_none_or(|(h, _, _)| hash < *h) {
+                best = Some((hash, commit, state));
+            }
+        }
+        let (_, commit, state) = best.ok_or_else(|| Error::Mls("no commit".into()))?;
+        self.db().execute(
+            "UPDATE openmls_group_data SET group_data = ?2 WHERE group_id = ?1 AND data_type = 'group_state'",
+            params![key, state],
+        )?;
+        let mls = MlsGroup::load(
+            self.provider.storage(),
+            &openmls::group::GroupId::from_slice(&gid.0),
+        )
+        .map_err(mls)?
+        .ok_or_else(|| Error::Mls("group vanished".into()))?;
+        self.group_mut(gid)?.mls = mls;
+        Ok(commit)
     }
 
     /// Publishes an own commit as a candidate for `epoch`.

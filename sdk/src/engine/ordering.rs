@@ -366,6 +366,7 @@ impl State {
         }
         let contenders: Vec<order::Contender> =
             staged.iter().map(|s| s.contender.clone()).collect();
+        self.count_contest(&staged, order::winner(&contenders));
         if let Some(w) = order::winner(&contenders)
             && let Some(win) = staged.into_iter().find(|s| s.contender.candidate == w)
         {
@@ -381,6 +382,26 @@ impl State {
         self.stats.fork_hints += 1;
         self.todo.sync.insert(gid.clone());
         Ok(false)
+    }
+
+    /// Counts a contest our own commit took part in (for the fairness measurement).
+    fn count_contest(&mut self, staged: &[Staged], winner: Option<order::Candidate>) {
+        let Some(own) = staged.iter().find(|s| s.commit.is_none()) else {
+            return;
+        };
+        let authors: BTreeSet<u32> = staged.iter().map(|s| s.contender.author).collect();
+        if authors.len() < 2 {
+            return;
+        }
+        self.stats.contests += 1;
+        self.stats.contests_fair_milli += 1000 / authors.len() as u64;
+        if winner.is_some_and(|w| {
+            staged
+                .iter()
+                .any(|s| s.contender.candidate == w && s.contender.author == own.contender.author)
+        }) {
+            self.stats.contests_won += 1;
+        }
     }
 
     /// When the final commit of our current epoch is an own commit we had given up (a
