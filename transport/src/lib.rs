@@ -197,6 +197,7 @@ pub mod node;
 mod rpc;
 mod slots;
 pub mod store;
+pub mod waku;
 
 pub use error::{Error, Result};
 pub use libp2p::{Multiaddr, PeerId, multiaddr};
