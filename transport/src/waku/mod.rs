@@ -17,6 +17,8 @@
 //!   small dependencies already in the tree.
 
 pub mod message;
+pub mod metadata;
+pub mod relay;
 pub mod segmentation;
 pub mod sharding;
 
