@@ -184,6 +184,14 @@
 //! slots; per-peer directory quotas bind a peer id, which costs nothing to make: the
 //! table-wide caps and the validator are what bound a determined writer.
 //!
+//! **Waku (in progress).** [`waku`] holds the first pieces of a pure-Rust Waku node, beside
+//! this crate's own protocols (which [`Node`] still speaks): the `WakuMessage` envelope and
+//! its deterministic hash, shards and autosharding, relay's gossipsub settings and message
+//! checks, the metadata protocol's messages and cluster gate, and segmentation with
+//! Reed-Solomon parity. Not yet done: a Waku node type running relay and metadata on a
+//! swarm, store v3, lightpush v3, filter v2, peer exchange, redial and discovery, a clear
+//! error for a listen port in use, and the js-waku interop tests.
+//!
 //! **Simulation-friendly.** [`Message`], [`Topic`], [`MessageId`], [`Validator`],
 //! [`Error`], [`store::Cursor`] and [`store::Page`] hold no libp2p types, so an in-process
 //! simulated network can offer the same interface.
@@ -197,6 +205,7 @@ pub mod node;
 mod rpc;
 mod slots;
 pub mod store;
+pub mod waku;
 
 pub use error::{Error, Result};
 pub use libp2p::{Multiaddr, PeerId, multiaddr};

@@ -1,0 +1,26 @@
+//! Waku, the wire protocols of the Logos Messaging network, in pure Rust.
+//!
+//! Specs: logos-co/logos-lips, `docs/messaging/`. Each module cites the sections it
+//! implements. Built piece by piece beside the crate's own protocols, which stay as they
+//! are until the SDK moves onto Waku.
+//!
+//! Dependencies, and why:
+//! - `prost` for the protobuf messages (`WakuMessage`, the segment message, later store,
+//!   lightpush, filter, metadata): proto3 with optional fields and zigzag `sint64`, which a
+//!   hand-written codec would have to reproduce exactly; prost is already in the tree
+//!   through libp2p, so it costs no build time.
+//! - `sha3` for the Keccak-256 of segmentation (not SHA3-256: the original Keccak padding),
+//!   already in the tree through ml-kem.
+//! - `leopard-codec` for segmentation parity: Reed-Solomon in GF(2^8) by the Leopard
+//!   algorithm with Leopard's field polynomial (0x11D) and Cantor basis, the algorithm the
+//!   reference implementation uses through nim-leopard (up to 256 shards). Pure Rust, two
+//!   small dependencies already in the tree.
+
+pub mod message;
+pub mod metadata;
+pub mod relay;
+pub mod segmentation;
+pub mod sharding;
+
+pub use message::{MessageError, MessageHash, WakuMessage, message_hash, message_hash_js};
+pub use sharding::{ContentTopic, PubsubTopic};
