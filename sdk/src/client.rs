@@ -184,6 +184,7 @@ impl Client {
             stats: Stats::default(),
             crashed: false,
             armed: None,
+            republished: BTreeMap::new(),
             clock_skew_ms: 0,
             welcome_budget: Budget::new(welcome_burst, crate::engine::mono_ms()),
             key_changes: Default::default(),
@@ -1017,12 +1018,18 @@ impl Inner {
     /// One tick of the timer.
     async fn tick(&self) {
         let now = Instant::now();
+        let connected = self.transport.connected();
         let settled = self
             .locked(|s| {
                 s.settle_due(now)?;
                 s.finalize_removals(now)?;
                 s.expire_snapshots()?;
-                s.schedule_updates()
+                if connected {
+                    s.republish_own(now)?;
+                    // A self-update made without peers would be a branch of one.
+                    s.schedule_updates()?;
+                }
+                Ok(())
             })
             .await;
         if let Err(e) = settled {

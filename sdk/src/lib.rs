@@ -215,6 +215,8 @@ pub struct Stats {
     pub votes_cast: u64,
     /// Epochs whose ending became final here.
     pub epochs_final: u64,
+    /// Own commits published again because they were not final after a while.
+    pub republished: u64,
     /// Final commits this client could not reach ([`Event::Unrecoverable`]).
     pub unrecoverable: u64,
     /// Epochs where our own commit competed with commits of other members at our

@@ -34,6 +34,11 @@ pub trait Transport: Send + Sync + 'static {
         topic: &'a Topic,
         from: Cursor,
     ) -> BoxFuture<'a, pqmls_transport::Result<Page>>;
+    /// Whether any peer is connected now (timers that commit wait while none is);
+    /// `true` when the transport cannot tell.
+    fn connected(&self) -> bool {
+        true
+    }
 }
 
 /// The inbound side of a [`Transport`]: every accepted message of the subscribed topics.
@@ -70,6 +75,10 @@ impl Transport for Node {
         from: Cursor,
     ) -> BoxFuture<'a, pqmls_transport::Result<Page>> {
         Box::pin(Node::history(self, topic, from))
+    }
+
+    fn connected(&self) -> bool {
+        self.counters().connected_peers > 0
     }
 }
 

@@ -202,6 +202,13 @@ impl SimNetwork {
             .unwrap_or_default()
     }
 
+    /// Changes the share of messages the store misses.
+    pub fn set_store_miss(&self, p: f64) {
+        if let Ok(mut n) = self.net.lock() {
+            n.config.store_miss = p;
+        }
+    }
+
     /// Changes the loss rate (for example to 0 for a final sync phase).
     pub fn set_loss(&self, loss: f64) {
         if let Ok(mut n) = self.net.lock() {
@@ -338,6 +345,16 @@ impl Transport for SimTransport {
     fn get(&self, key: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<Option<Vec<u8>>>> {
         let r = self.with(|n, _| Ok(n.directory.get(&key).cloned()));
         Box::pin(async move { r })
+    }
+
+    fn connected(&self) -> bool {
+        self.net.lock().is_ok_and(|n| {
+            n.endpoints.get(self.index).is_some_and(|e| e.online)
+                && n.endpoints
+                    .iter()
+                    .enumerate()
+                    .any(|(i, e)| i != self.index && e.online)
+        })
     }
 
     fn history<'a>(

@@ -94,3 +94,56 @@ async fn without_a_majority_snapshots_last_until_the_horizon() {
     })
     .await;
 }
+
+/// Delivery evidence: alice's commit reaches nobody (bob is offline, the store misses
+/// it). She merged it, but it is not final; she publishes it again once she has peers,
+/// bob merges it, votes, and it becomes final. Before, an author whose commit reached no
+/// store stayed on a branch of its own for good.
+#[tokio::test(start_paused = true)]
+async fn a_commit_that_reached_no_one_is_published_again() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let (bt, bin) = net.attach();
+    let bob = Client::open(config("bob"), bt.clone(), bin).await.unwrap();
+    let g = group(&[&alice, &bob]).await;
+    bt.set_online(false);
+    net.set_store_miss(1.0);
+    alice.update(&g).await.unwrap();
+    until("alice merged her commit", async || {
+        alice.status(&g).await.unwrap().epoch == 2
+    })
+    .await;
+    net.set_store_miss(0.0);
+    bt.set_online(true);
+    bob.sync().await.unwrap();
+    assert_eq!(bob.status(&g).await.unwrap().epoch, 1, "the store had it");
+    converge(&[&alice, &bob], &g, 2).await;
+    assert!(alice.stats().await.republished >= 1);
+    until("final at both", async || {
+        alice.stats().await.epochs_final >= 2 && bob.stats().await.epochs_final >= 1
+    })
+    .await;
+}
+
+/// Timers that commit wait while the client has no peers: an offline device does not
+/// run its self-update alone (it would be a branch of one).
+#[tokio::test(start_paused = true)]
+async fn self_updates_wait_for_peers() {
+    let net = net();
+    let (at, ain) = net.attach();
+    let mut c = config("alice");
+    c.self_update_interval = Some(Duration::from_secs(3600));
+    let alice = Client::open(c, at.clone(), ain).await.unwrap();
+    let bob = client(&net, config("bob")).await;
+    let g = group(&[&alice, &bob]).await;
+    at.set_online(false);
+    // A day passes offline.
+    alice.skew_clock(Duration::from_secs(24 * 3600)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(alice.status(&g).await.unwrap().epoch, 1, "updated alone");
+    at.set_online(true);
+    until("updated with peers", async || {
+        alice.status(&g).await.unwrap().epoch >= 2
+    })
+    .await;
+}

@@ -198,6 +198,34 @@ impl State {
         }) else {
             return Ok(());
         };
+        let sealed = self.seal_vote(gid, epoch, &keys, round, commit, leaf)?;
+        let topic = self.group(gid)?.topic.clone();
+        self.enqueue(&topic, sealed)?;
+        self.db().execute(
+            "INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![gid.0, &keys.vote_tag[..], to_i64(epoch), i64::from(round), &self.id.0[..], &commit[..]],
+        )?;
+        self.stats.votes_cast += 1;
+        tracing::debug!(
+            "{}: group {gid} epoch {epoch}: round-{round} vote for {}",
+            self.name,
+            super::short(commit)
+        );
+        Ok(())
+    }
+
+    /// Our vote as it goes on the wire: signed, sealed with the epoch's vote key under a
+    /// fresh nonce.
+    fn seal_vote(
+        &mut self,
+        gid: &GroupId,
+        epoch: u64,
+        keys: &EpochKeys,
+        round: u8,
+        commit: &CommitId,
+        leaf: u32,
+    ) -> Result<Vec<u8>> {
         let sig = self
             .signer
             .sign(&wire::vote_tbs(&gid.0, epoch, round, commit, leaf))
@@ -223,26 +251,44 @@ impl State {
                 .aead_encrypt(aead, key, &body.encode(), &nonce, &keys.vote_tag)
                 .map_err(|e| Error::Crypto(format!("{e:?}")))?,
         );
-        let topic = self.group(gid)?.topic.clone();
-        self.enqueue(
-            &topic,
-            Wire::Vote {
-                tag: keys.vote_tag,
-                sealed,
-            }
-            .encode(),
-        )?;
-        self.db().execute(
-            "INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![gid.0, &keys.vote_tag[..], to_i64(epoch), i64::from(round), &self.id.0[..], &commit[..]],
-        )?;
-        self.stats.votes_cast += 1;
-        tracing::debug!(
-            "{}: group {gid} epoch {epoch}: round-{round} vote for {}",
-            self.name,
-            super::short(commit)
-        );
+        Ok(Wire::Vote {
+            tag: keys.vote_tag,
+            sealed,
+        }
+        .encode())
+    }
+
+    /// Publishes our votes on the epochs after the last final one again (fresh nonces):
+    /// a vote lost for good would keep an epoch from being final at the others.
+    fn revote(&mut self, gid: &GroupId) -> Result<()> {
+        let after = self.final_epoch(gid)?.map_or(-1, to_i64);
+        let ours: Vec<(i64, i64, Vec<u8>)> = self
+            .db()
+            .prepare_cached(
+                "SELECT epoch, round, commit_hash FROM pqmls_votes WHERE group_id = ?1 AND voter = ?2 AND epoch > ?3",
+            )?
+            .query_map(params![gid.0, &self.id.0[..], after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (epoch, round, commit) in ours {
+            let epoch = to_u64(epoch);
+            let (Some(keys), Ok(round), Ok(commit)) = (
+                self.epoch_keys(gid, epoch)?,
+                u8::try_from(round),
+                <CommitId>::try_from(commit.as_slice()),
+            ) else {
+                continue;
+            };
+            let Some(leaf) = self.epoch_members(gid, epoch)?.and_then(|ms| {
+                ms.into_iter()
+                    .find(|(_, m)| m.id == self.id)
+                    .map(|(l, _)| l)
+            }) else {
+                continue;
+            };
+            let sealed = self.seal_vote(gid, epoch, &keys, round, &commit, leaf)?;
+            let topic = self.group(gid)?.topic.clone();
+            self.enqueue(&topic, sealed)?;
+        }
         Ok(())
     }
 
@@ -636,4 +682,69 @@ impl State {
         }
         Ok(())
     }
+
+    /// Publishes again our own merged commits that are not final after a while (at most
+    /// [`REPUBLISH_TIMES`] times, [`REPUBLISH_AFTER`] settle times apart): a commit that
+    /// reached no one (gossip dropped it, the stores missed it) would otherwise leave us
+    /// on a branch of our own. A commit that was delivered gets votes and becomes final,
+    /// or loses to one that does and we move.
+    pub(crate) fn republish_own(&mut self, now: Instant) -> Result<()> {
+        let gids: Vec<GroupId> = self.groups.keys().cloned().collect();
+        let gap = self.config.settle.saturating_mul(REPUBLISH_AFTER);
+        let mut live = BTreeSet::new();
+        for gid in gids {
+            let after = self.final_epoch(&gid)?.map_or(-1, to_i64);
+            let own: Vec<(Vec<u8>, Vec<u8>)> = self
+                .db()
+                .prepare_cached(
+                    "SELECT hash, payload FROM pqmls_commits WHERE group_id = ?1 AND own = 1 AND merged = 1 AND epoch > ?2",
+                )?
+                .query_map(params![gid.0, after], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            // Our votes too, on the same schedule, while something is not final.
+            let pending: bool = self.db().query_row(
+                "SELECT EXISTS (SELECT 1 FROM pqmls_votes WHERE group_id = ?1 AND voter = ?2 AND epoch > ?3)",
+                params![gid.0, &self.id.0[..], after],
+                |r| r.get(0),
+            )?;
+            if pending {
+                let key = vote_marker(&gid);
+                live.insert(key);
+                let (last, times) = *self.republished.entry(key).or_insert((now, 0));
+                if times < REPUBLISH_TIMES && now >= last + gap {
+                    self.revote(&gid)?;
+                    self.republished.insert(key, (now, times + 1));
+                }
+            }
+            for (hash, payload) in own {
+                let Ok(id) = <[u8; 32]>::try_from(hash.as_slice()) else {
+                    continue;
+                };
+                live.insert(id);
+                let (last, times) = *self.republished.entry(id).or_insert((now, 0));
+                if times >= REPUBLISH_TIMES || now < last + gap {
+                    continue;
+                }
+                let topic = self.group(&gid)?.topic.clone();
+                self.enqueue(&topic, payload)?;
+                self.republished.insert(id, (now, times + 1));
+                self.stats.republished += 1;
+            }
+        }
+        self.republished.retain(|id, _| live.contains(id));
+        Ok(())
+    }
+}
+
+/// Settle times between two publications of an own commit that is not final.
+const REPUBLISH_AFTER: u32 = 8;
+/// Publications of an own commit after the first, at most.
+const REPUBLISH_TIMES: u32 = 3;
+
+/// The key under which [`State::republish_own`] tracks re-sending a group's votes.
+fn vote_marker(gid: &GroupId) -> [u8; 32] {
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, b"pqmls revote");
+    sha2::Digest::update(&mut h, &gid.0);
+    sha2::Digest::finalize(h).into()
 }

@@ -122,6 +122,9 @@ pub(crate) struct State {
     pub key_changes: BTreeSet<(String, UserId)>,
     /// Seen ids recorded since the last pruning.
     pub seen_marks: usize,
+    /// Own commits merged but not final yet: when each was last published, and how
+    /// often (see `finality::republish_own`).
+    pub republished: BTreeMap<[u8; 32], (Instant, u32)>,
 }
 
 /// A short hex prefix of a hash, for logs.
