@@ -643,6 +643,9 @@ impl State {
 
     /// `epoch` is final: never left again; what was kept to leave it is deleted.
     fn finalize(&mut self, gid: &GroupId, epoch: u64) -> Result<()> {
+        if let Some(f) = self.merged_at(gid, epoch)? {
+            self.void_dead(gid, epoch, &f)?;
+        }
         // Never backwards (a nested evaluation may have gone further).
         self.db().execute(
             "UPDATE pqmls_groups SET final_epoch = MAX(COALESCE(final_epoch, -1), ?2) WHERE group_id = ?1",

@@ -53,6 +53,9 @@ fn void_aead(suite: Ciphersuite) -> (AeadType, usize) {
     (aead, aead.key_size())
 }
 
+/// (Welcome, invitee, void id, void key) of an own add commit.
+type VoidRow = (Vec<u8>, String, Vec<u8>, Vec<u8>);
+
 impl State {
     /// A Welcome on our inbox.
     pub(crate) fn on_welcome(&mut self, bytes: &[u8]) -> Result<Outcome> {
@@ -569,8 +572,7 @@ impl State {
         from_epoch: u64,
         keep: &[u8],
     ) -> Result<()> {
-        type Row = (Vec<u8>, String, Vec<u8>, Vec<u8>);
-        let rows: Vec<Row> = self
+        let rows: Vec<VoidRow> = self
             .db()
             .prepare_cached(
                 "SELECT welcome, invitee, void_id, void_key FROM pqmls_commits WHERE group_id = ?1 AND epoch >= ?2
@@ -581,6 +583,29 @@ impl State {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
             .collect::<Result<_, _>>()?;
+        self.send_voids(gid, rows)
+    }
+
+    /// Withdraws the Welcomes of our add commits for `epoch` other than its final commit
+    /// `keep`: once an epoch is final, no other commit for it can ever be merged, so
+    /// their invitees hold dead states. (Withdrawing earlier, at a branch move, would
+    /// withdraw a Welcome whose commit could still become final.)
+    pub(crate) fn void_dead(&mut self, gid: &GroupId, epoch: u64, keep: &[u8]) -> Result<()> {
+        let rows: Vec<VoidRow> = self
+            .db()
+            .prepare_cached(
+                "SELECT welcome, invitee, void_id, void_key FROM pqmls_commits WHERE group_id = ?1 AND epoch = ?2
+                 AND own = 1 AND hash != ?3 AND welcome IS NOT NULL AND invitee IS NOT NULL
+                 AND void_id IS NOT NULL AND void_key IS NOT NULL",
+            )?
+            .query_map(params![gid.0, to_i64(epoch), keep], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        self.send_voids(gid, rows)
+    }
+
+    fn send_voids(&mut self, gid: &GroupId, rows: Vec<VoidRow>) -> Result<()> {
         let (aead, key_len) = void_aead(self.config.suite);
         for (welcome, invitee, id, key) in rows {
             let (Ok(invitee), Ok(id)) = (invitee.parse::<UserId>(), <[u8; 32]>::try_from(id))

@@ -826,9 +826,9 @@ impl State {
             );
         }
         // The abandoned branch: its merged commits are candidates again, our own commits in
-        // it can no longer be merged, and their invitations must be redone (the Welcomes
-        // that went out are withdrawn).
-        self.void_abandoned(gid, epoch, &hash[..])?;
+        // it can no longer be merged (unless the votes make one final), and their
+        // invitations must be redone. The Welcomes that went out are withdrawn once their
+        // epochs are final with other commits (`finalize`).
         self.db().execute(
             "UPDATE pqmls_commits SET merged = CASE own WHEN 1 THEN -1 ELSE 0 END
              WHERE group_id = ?1 AND epoch >= ?2 AND merged = 1 AND hash != ?3",
