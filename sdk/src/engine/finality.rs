@@ -651,7 +651,10 @@ impl State {
             "UPDATE pqmls_groups SET final_epoch = MAX(COALESCE(final_epoch, -1), ?2) WHERE group_id = ?1",
             params![gid.0, to_i64(epoch)],
         )?;
-        db::prune_snapshots(self.db(), &gid.0, epoch + 1)?;
+        // A member that this epoch's commit removed keeps the state it was last in until
+        // the removal grace ends, to read late messages of its epochs.
+        let removed = self.groups.get(gid).is_some_and(|g| !g.mls.is_active());
+        db::prune_snapshots(self.db(), &gid.0, if removed { epoch } else { epoch + 1 })?;
         let e = to_i64(epoch);
         for sql in [
             "DELETE FROM pqmls_commits WHERE group_id = ?1 AND epoch <= ?2",

@@ -231,12 +231,16 @@ impl State {
         Ok(first.map(to_u64))
     }
 
-    /// Reads an application message of a past `epoch` with the snapshot of that epoch (in
-    /// a savepoint that is rolled back: the group state does not change) and records it.
+    /// Reads an application message of a past `epoch` with a snapshot (in a savepoint
+    /// that is rolled back: the group state does not change) and records it.
     fn decrypt_past(&mut self, gid: &GroupId, epoch: u64, pm: ProtocolMessage) -> Result<PastRead> {
-        if !db::has_snapshot(self.db(), &gid.0, epoch)? {
+        // That epoch's snapshot, or a later one (its state keeps the secrets of the
+        // epochs before it that OpenMLS keeps for late messages): once an epoch is final
+        // its own snapshot is gone.
+        let window = self.config.rollback_window;
+        let Some(at) = db::snapshot_from(self.db(), &gid.0, epoch, window)? else {
             return Ok(PastRead::Unreadable);
-        }
+        };
         // Anyone can name an old epoch in the framing: each try costs a restore.
         if !self.take_past_read(gid) {
             return Ok(PastRead::NoBudget);
@@ -244,7 +248,7 @@ impl State {
         let (key, _) = self.storage_keys(gid)?;
         self.db().execute_batch("SAVEPOINT pqmls_past")?;
         let read = (|| -> Result<Option<(Member, u64, Vec<u8>)>> {
-            db::restore(self.db(), &gid.0, epoch, &key)?;
+            db::restore(self.db(), &gid.0, at, &key)?;
             let Some(mut past) = MlsGroup::load(
                 self.provider.storage(),
                 &openmls::group::GroupId::from_slice(&gid.0),
