@@ -185,8 +185,9 @@ impl Client {
             crashed: false,
             armed: None,
             republished: BTreeMap::new(),
+            origin: tokio::time::Instant::now(),
             clock_skew_ms: 0,
-            welcome_budget: Budget::new(welcome_burst, crate::engine::mono_ms()),
+            welcome_budget: Budget::new(welcome_burst, 0),
             key_changes: Default::default(),
             seen_marks: 0,
         };

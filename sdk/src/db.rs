@@ -337,18 +337,19 @@ pub(crate) fn snapshot(
     Ok(())
 }
 
-/// The earliest snapshot of `group` at `epoch` or later, up to `epoch + window`: its
-/// OpenMLS state keeps the secrets of the epochs before it that OpenMLS keeps for late
-/// messages.
-pub(crate) fn snapshot_from(db: &Connection, group: &[u8], epoch: u64, window: u64) -> Result<Option<u64>> {
+/// The earliest snapshot of `group` from `epoch` to `last`: its OpenMLS state keeps the
+/// secrets of the epochs before it that OpenMLS keeps for late messages.
+pub(crate) fn snapshot_between(
+    db: &Connection,
+    group: &[u8],
+    epoch: u64,
+    last: u64,
+) -> Result<Option<u64>> {
     let e: Option<i64> = db
         .prepare_cached(
             "SELECT MIN(snap_epoch) FROM pqmls_snap_group_data WHERE snap_group = ?1 AND snap_epoch >= ?2 AND snap_epoch <= ?3",
         )?
-        .query_row(
-            params![group, to_i64(epoch), to_i64(epoch.saturating_add(window))],
-            |r| r.get(0),
-        )?;
+        .query_row(params![group, to_i64(epoch), to_i64(last)], |r| r.get(0))?;
     Ok(e.map(to_u64))
 }
 

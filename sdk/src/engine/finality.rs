@@ -643,6 +643,7 @@ impl State {
 
     /// `epoch` is final: never left again; what was kept to leave it is deleted.
     fn finalize(&mut self, gid: &GroupId, epoch: u64) -> Result<()> {
+        tracing::debug!("{}: group {gid} epoch {epoch} final", self.name);
         if let Some(f) = self.merged_at(gid, epoch)? {
             self.void_dead(gid, epoch, &f)?;
         }

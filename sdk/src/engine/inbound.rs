@@ -12,7 +12,7 @@ use openmls::prelude::*;
 use pqmls_transport::{Message, MessageId};
 use rusqlite::{OptionalExtension, params};
 
-use super::{Outcome, State, mono_ms};
+use super::{Outcome, State};
 use crate::GroupId;
 use crate::config::FailPoint;
 use crate::db::{self, to_i64, to_u64};
@@ -117,9 +117,10 @@ impl State {
     pub(crate) fn take_past_read(&mut self, gid: &GroupId) -> bool {
         let rate = f64::from(self.config.limits.past_reads_per_sec);
         let burst = self.config.limits.past_reads_per_sec.saturating_mul(4);
+        let now_ms = self.mono_ms();
         self.groups
             .get_mut(gid)
-            .is_some_and(|g| g.past_reads.take(rate, burst, mono_ms()))
+            .is_some_and(|g| g.past_reads.take(rate, burst, now_ms))
     }
 
     fn on_application(
@@ -237,8 +238,16 @@ impl State {
         // That epoch's snapshot, or a later one (its state keeps the secrets of the
         // epochs before it that OpenMLS keeps for late messages): once an epoch is final
         // its own snapshot is gone.
-        let window = self.config.rollback_window;
-        let Some(at) = db::snapshot_from(self.db(), &gid.0, epoch, window)? else {
+        // Only a snapshot of the state the message's epoch belongs to: of an earlier
+        // state for an epoch before our join, of this one otherwise. (Any other cannot read
+        // it, and each try costs a restore from the budget.)
+        let mut last = epoch.saturating_add(self.config.rollback_window);
+        if let Some(first) = self.first_epoch(gid)?
+            && epoch < first
+        {
+            last = last.min(first - 1);
+        }
+        let Some(at) = db::snapshot_between(self.db(), &gid.0, epoch, last)? else {
             return Ok(PastRead::Unreadable);
         };
         // Anyone can name an old epoch in the framing: each try costs a restore.

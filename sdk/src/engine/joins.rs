@@ -16,7 +16,7 @@ use openmls_traits::signatures::Signer as _;
 use openmls_traits::types::AeadType;
 use rusqlite::{OptionalExtension, params};
 
-use super::{Outcome, State, mono_ms};
+use super::{Outcome, State};
 use crate::GroupId;
 use crate::db::{self, to_i64, to_u64};
 use crate::error::{Error, Result, mls};
@@ -61,7 +61,8 @@ impl State {
     pub(crate) fn on_welcome(&mut self, bytes: &[u8]) -> Result<Outcome> {
         let rate = f64::from(self.config.limits.welcomes_per_min) / 60.0;
         let burst = self.config.limits.welcomes_per_min.max(1);
-        if !self.welcome_budget.take(rate, burst, mono_ms()) {
+        let now_ms = self.mono_ms();
+        if !self.welcome_budget.take(rate, burst, now_ms) {
             return Ok(Outcome::Deferred);
         }
         self.welcome(bytes, Source::Inbox)?;

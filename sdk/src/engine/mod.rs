@@ -125,6 +125,8 @@ pub(crate) struct State {
     /// Own commits merged but not final yet: when each was last published, and how
     /// often (see `finality::republish_own`).
     pub republished: BTreeMap<[u8; 32], (Instant, u32)>,
+    /// When this state was opened, on the tokio clock (budgets count from it).
+    pub origin: Instant,
 }
 
 /// A short hex prefix of a hash, for logs.
@@ -138,14 +140,6 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-/// Milliseconds of the tokio clock (virtual in simulations), for budgets.
-pub(crate) fn mono_ms() -> u64 {
-    // Only differences matter; a fixed origin per process is enough.
-    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    u64::try_from(Instant::now().saturating_duration_since(origin).as_millis()).unwrap_or(0)
 }
 
 /// The display name in a credential (basic credentials carry it as their content).
@@ -208,6 +202,17 @@ pub(crate) fn decode_members(text: &str) -> Vec<(u32, Member)> {
 }
 
 impl State {
+    /// Milliseconds since this state was opened, on the tokio clock (virtual in
+    /// simulations, where each runtime has its own), for budgets.
+    pub(crate) fn mono_ms(&self) -> u64 {
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.origin)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX)
+    }
+
     pub(crate) fn db(&self) -> &Connection {
         self.provider.storage().connection()
     }
@@ -316,7 +321,7 @@ impl State {
             fork_reported: None,
             leave_sent: None,
             removed_at: None,
-            past_reads: Budget::new(self.config.limits.past_reads_per_sec * 4, mono_ms()),
+            past_reads: Budget::new(self.config.limits.past_reads_per_sec * 4, self.mono_ms()),
             replay_due: false,
             unrecoverable: None,
         }

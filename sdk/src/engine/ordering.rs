@@ -119,6 +119,11 @@ impl State {
         if self.is_final(gid, epoch)? {
             // The epoch's ending is final: a late candidate (a removed member's, a replay)
             // can change nothing.
+            tracing::debug!(
+                "{}: group {gid} epoch {epoch}: late candidate {} ignored (final)",
+                self.name,
+                short(&wire::commit_hash(mls))
+            );
             self.stats.ignored += 1;
             return Ok(Outcome::Done);
         }
@@ -130,6 +135,11 @@ impl State {
             )?
             .query_row(params![gid.0, &hash[..]], |r| r.get(0))?;
         if stored {
+            tracing::trace!(
+                "{}: group {gid} epoch {epoch}: candidate {} known",
+                self.name,
+                short(&hash)
+            );
             self.stats.duplicates += 1;
             return Ok(Outcome::Done);
         }
@@ -147,8 +157,17 @@ impl State {
             return Ok(Outcome::Deferred);
         }
         let switch = slot == EpochSlot::Past && self.beats_merged(gid, epoch, priority, &hash)?;
+        if slot == EpochSlot::Past {
+            tracing::debug!(
+                "{}: group {gid} epoch {epoch}: past candidate {} {}",
+                self.name,
+                short(&hash),
+                if switch { "to try" } else { "kept" }
+            );
+        }
         if switch && !self.take_past_read(gid) {
             // Each try costs a snapshot restore: left for a later catch-up.
+            tracing::debug!("{}: group {gid}: snapshot budget spent", self.name);
             return Ok(Outcome::Deferred);
         }
         self.db()
@@ -355,6 +374,12 @@ impl State {
         if candidates.is_empty() {
             return Ok(false);
         }
+        tracing::debug!(
+            "{}: group {gid} epoch {epoch}: settling {} candidate(s){}",
+            self.name,
+            candidates.len(),
+            if forced.is_some() { " (final one)" } else { "" }
+        );
         self.take_snapshot(gid, epoch)?;
         // Every candidate is processed (MLS authenticates its author and what it removes),
         // then the winner (see `order::winner`) is merged.
