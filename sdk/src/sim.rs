@@ -410,7 +410,8 @@ pub struct Scenario {
     /// Probability that the store misses a message (it stays missing for good).
     pub store_miss: f64,
     /// Member `m1` is a grinding adversary: each of its self-updates is made this many
-    /// times and the smallest commit hash published (1: honest).
+    /// times and the smallest commit hash published, and a third of all actions are its
+    /// self-updates (1: honest).
     pub grind: u32,
     /// This many members (the last ones of the initial group) go offline for the middle
     /// half of the chaos phase, and come back for the sync phase.
@@ -570,13 +571,19 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         }
         let gap = rng.below(2 * u64::try_from(s.action_every.as_millis()).unwrap_or(250) + 1);
         tokio::time::sleep(Duration::from_millis(gap)).await;
-        let actor = usize::try_from(rng.below(s.members as u64)).unwrap_or(0);
+        let mut actor = usize::try_from(rng.below(s.members as u64)).unwrap_or(0);
+        let mut roll = rng.below(100);
+        if s.grind > 1 && rng.below(3) == 0 {
+            // The grinder contests as often as it can: a third of all actions are its
+            // self-updates.
+            actor = 1;
+            roll = 70;
+        }
         let c = &clients[actor];
         let Ok(members) = c.members(&group).await else {
             continue;
         };
         let members: Vec<crate::UserId> = members.into_iter().map(|m| m.id).collect();
-        let roll = rng.below(100);
         if roll < 70 {
             k += 1;
             let body = format!("{}:m{actor}:{k}", s.seed).into_bytes();
