@@ -186,6 +186,7 @@ impl Client {
             armed: None,
             republished: BTreeMap::new(),
             origin: tokio::time::Instant::now(),
+            needs: BTreeMap::new(),
             clock_skew_ms: 0,
             welcome_budget: Budget::new(welcome_burst, 0),
             key_changes: Default::default(),
@@ -1027,6 +1028,7 @@ impl Inner {
                 s.expire_snapshots()?;
                 if connected {
                     s.republish_own(now)?;
+                    s.ask_missing(now)?;
                     // A self-update made without peers would be a branch of one.
                     s.schedule_updates()?;
                 }

@@ -217,6 +217,10 @@ pub struct Stats {
     pub epochs_final: u64,
     /// Own commits published again because they were not final after a while.
     pub republished: u64,
+    /// Requests sent for a commit we missed (it ended our epoch; the group went on).
+    pub needs_sent: u64,
+    /// Commits published again for a member that asked for one.
+    pub needs_answered: u64,
     /// Final commits this client could not reach ([`Event::Unrecoverable`]).
     pub unrecoverable: u64,
     /// Epochs where our own commit competed with commits of other members at our

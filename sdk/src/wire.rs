@@ -81,6 +81,14 @@ pub(crate) enum Wire {
         /// Nonce, then the AEAD ciphertext of the [`VoteBody`].
         sealed: Vec<u8>,
     },
+    /// A member that holds an epoch but no commit ending it, while the group has gone
+    /// further (it missed the commit, and so did the stores), asks for it on the group
+    /// topic: members that merged a commit ending that epoch publish it again. `tag`
+    /// names the epoch to its members only ([`EpochKeys::vote_tag`]).
+    Need {
+        /// [`EpochKeys::vote_tag`] of the epoch whose ending commit is missing.
+        tag: [u8; 16],
+    },
 }
 
 /// The hash that names a Welcome (over its serialized MLS message).
@@ -164,7 +172,7 @@ impl Wire {
             Wire::Handshake { mls, .. } | Wire::Application { mls, .. } | Wire::Welcome { mls } => {
                 canonical_mls(mls).then_some(w)
             }
-            Wire::Void { .. } | Wire::Vote { .. } => Some(w),
+            Wire::Void { .. } | Wire::Vote { .. } | Wire::Need { .. } => Some(w),
         }
     }
 }

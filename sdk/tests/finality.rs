@@ -38,12 +38,14 @@ async fn final_epochs_keep_no_snapshots_candidates_or_votes() {
     })
     .await;
     for c in [&alice, &bob, &carol] {
+        let finals = c.stats().await.epochs_final;
         assert!(c.stats().await.votes_cast >= 1);
         assert_eq!(size(c, "pqmls_snap_group_data").await, 0);
-        assert_eq!(size(c, "pqmls_commits").await, 0);
         assert_eq!(size(c, "pqmls_votes").await, 0);
-        // Only the current epoch's ordering keys.
-        assert_eq!(size(c, "pqmls_epoch_keys").await, 1);
+        // Of the candidates, only each final epoch's commit (a public ciphertext, kept
+        // to answer a member that missed it), with the epochs' tags.
+        assert!(size(c, "pqmls_commits").await <= finals);
+        assert!(size(c, "pqmls_epoch_keys").await <= finals + 1);
     }
 }
 
@@ -144,6 +146,44 @@ async fn self_updates_wait_for_peers() {
     at.set_online(true);
     until("updated with peers", async || {
         alice.status(&g).await.unwrap().epoch >= 2
+    })
+    .await;
+}
+
+/// A commit that a member missed and the store missed too: the member sees the group go
+/// on (later commits and messages wait in its buffers), asks for the commit ending its
+/// epoch, and a member that merged it publishes it again. Before, it stayed behind for
+/// good (77 of 87 simulated trials with the store missing 10 % of messages).
+#[tokio::test(start_paused = true)]
+async fn a_member_asks_for_a_commit_it_and_the_store_missed() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let (ct, cin) = net.attach();
+    let carol = Client::open(config("carol"), ct.clone(), cin)
+        .await
+        .unwrap();
+    let bob = client(&net, config("bob")).await;
+    let g = group(&[&alice, &carol, &bob]).await;
+    // Bob's update reaches alice only: carol is offline and the store misses it.
+    ct.set_online(false);
+    net.set_store_miss(1.0);
+    bob.update(&g).await.unwrap();
+    converge(&[&alice, &bob], &g, 3).await;
+    net.set_store_miss(0.0);
+    ct.set_online(true);
+    // The group goes on; carol sees it but cannot follow without the commit.
+    alice.update(&g).await.unwrap();
+    alice.send(&g, b"after both updates").await.unwrap();
+    converge(&[&alice, &bob, &carol], &g, 4).await;
+    assert!(carol.stats().await.needs_sent >= 1);
+    assert!(total(&[&alice, &bob], |s| s.needs_answered).await >= 1);
+    until("delivered", async || {
+        carol
+            .history(&g, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.body == b"after both updates")
     })
     .await;
 }

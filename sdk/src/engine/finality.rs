@@ -319,6 +319,11 @@ impl State {
             )?;
             return Ok(Outcome::Done);
         };
+        if self.is_final(gid, epoch)? {
+            // Decided already: a late vote changes nothing.
+            self.stats.ignored += 1;
+            return Ok(Outcome::Done);
+        }
         let Some(keys) = self.epoch_keys(gid, epoch)? else {
             return Ok(Outcome::Done);
         };
@@ -657,12 +662,30 @@ impl State {
         let removed = self.groups.get(gid).is_some_and(|g| !g.mls.is_active());
         db::prune_snapshots(self.db(), &gid.0, if removed { epoch } else { epoch + 1 })?;
         let e = to_i64(epoch);
-        for sql in [
-            "DELETE FROM pqmls_commits WHERE group_id = ?1 AND epoch <= ?2",
-            "DELETE FROM pqmls_votes WHERE group_id = ?1 AND epoch <= ?2",
-            "DELETE FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch <= ?2",
+        // The final commit itself is kept (a public ciphertext) for `KEEP_FINAL` epochs, to
+        // publish it again for a member that missed it (`on_need`), with the epoch's tag.
+        let keep = to_i64(epoch.saturating_sub(KEEP_FINAL));
+        for (sql, bound) in [
+            (
+                "DELETE FROM pqmls_commits WHERE group_id = ?1 AND epoch <= ?2 AND merged != 1",
+                e,
+            ),
+            (
+                "DELETE FROM pqmls_commits WHERE group_id = ?1 AND epoch <= ?2",
+                keep,
+            ),
+            (
+                "DELETE FROM pqmls_votes WHERE group_id = ?1 AND epoch <= ?2",
+                e,
+            ),
+            (
+                "DELETE FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch <= ?2",
+                keep,
+            ),
         ] {
-            self.db().prepare_cached(sql)?.execute(params![gid.0, e])?;
+            self.db()
+                .prepare_cached(sql)?
+                .execute(params![gid.0, bound])?;
         }
         self.stats.epochs_final += 1;
         Ok(())
@@ -743,6 +766,13 @@ impl State {
     }
 }
 
+/// Final commits (and their epochs' tags) kept to answer [`Wire::Need`], in epochs.
+const KEEP_FINAL: u64 = 64;
+/// Settle times between two requests for a missing commit (and two answers for one).
+const NEED_AFTER: u32 = 8;
+/// Requests for one missing commit, at most.
+const NEED_TIMES: u32 = 5;
+
 /// Settle times between two publications of an own commit that is not final.
 const REPUBLISH_AFTER: u32 = 8;
 /// Publications of an own commit after the first, at most.
@@ -754,4 +784,108 @@ fn vote_marker(gid: &GroupId) -> [u8; 32] {
     sha2::Digest::update(&mut h, b"pqmls revote");
     sha2::Digest::update(&mut h, &gid.0);
     sha2::Digest::finalize(h).into()
+}
+
+impl State {
+    /// Asks for the commit ending our epoch when the group has visibly gone further
+    /// (commits or messages of later epochs are waiting here) and we have no candidate for
+    /// it: we missed it, and so did the stores. Bounded: [`NEED_TIMES`] requests per epoch,
+    /// [`NEED_AFTER`] settle times apart.
+    pub(crate) fn ask_missing(&mut self, now: Instant) -> Result<()> {
+        let gap = self.config.settle.saturating_mul(NEED_AFTER);
+        let gids: Vec<GroupId> = self.groups.keys().cloned().collect();
+        for gid in gids {
+            let Some(g) = self.groups.get(&gid) else {
+                continue;
+            };
+            if !g.mls.is_active() || g.settle_at.is_some() {
+                continue;
+            }
+            let epoch = g.mls.epoch().as_u64();
+            let e = to_i64(epoch);
+            let ahead: bool = self.db().query_row(
+                "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND epoch > ?2)
+                     OR EXISTS (SELECT 1 FROM pqmls_pending WHERE group_id = ?1 AND epoch > ?2)",
+                params![gid.0, e],
+                |r| r.get(0),
+            )?;
+            if !ahead || self.has_candidates(&gid, epoch)? {
+                continue;
+            }
+            let key = (gid.clone(), epoch, true);
+            let (last, times) = self
+                .needs
+                .get(&key)
+                .copied()
+                .map_or((None, 0), |(t, n)| (Some(t), n));
+            if times >= NEED_TIMES || last.is_some_and(|t| now < t + gap) {
+                continue;
+            }
+            let Some(keys) = self.epoch_keys(&gid, epoch)? else {
+                continue;
+            };
+            tracing::debug!(
+                "{}: group {gid}: asking for the commit ending epoch {epoch}",
+                self.name
+            );
+            let topic = self.group(&gid)?.topic.clone();
+            self.enqueue(&topic, Wire::Need { tag: keys.vote_tag }.encode())?;
+            self.needs.insert(key, (now, times + 1));
+            self.stats.needs_sent += 1;
+        }
+        let current: BTreeSet<(GroupId, u64)> = self
+            .groups
+            .iter()
+            .map(|(id, g)| (id.clone(), g.mls.epoch().as_u64()))
+            .collect();
+        self.needs.retain(|(g, e, asked), (t, _)| {
+            !*asked || current.contains(&(g.clone(), *e)) || now < *t + gap
+        });
+        Ok(())
+    }
+
+    /// A member asks for the commit ending an epoch: if we merged one for it (final or
+    /// not), we publish it again, at most once per [`NEED_AFTER`] settle times. The tag
+    /// is in clear in every vote, so anyone can ask; the answer is a ciphertext that was
+    /// on the topic already, and the rate limit bounds what asking costs us.
+    pub(crate) fn on_need(&mut self, gid: &GroupId, tag: &[u8; 16]) -> Result<Outcome> {
+        let row: Option<i64> = self
+            .db()
+            .prepare_cached(
+                "SELECT epoch FROM pqmls_epoch_keys WHERE group_id = ?1 AND vote_tag = ?2",
+            )?
+            .query_row(params![gid.0, &tag[..]], |r| r.get(0))
+            .optional()?;
+        let Some(epoch) = row.map(to_u64) else {
+            self.stats.ignored += 1;
+            return Ok(Outcome::Done);
+        };
+        let now = Instant::now();
+        let gap = self.config.settle.saturating_mul(NEED_AFTER);
+        let key = (gid.clone(), epoch, false);
+        if self.needs.get(&key).is_some_and(|(t, _)| now < *t + gap) {
+            return Ok(Outcome::Done);
+        }
+        let payload: Option<Vec<u8>> = self
+            .db()
+            .prepare_cached(
+                "SELECT payload FROM pqmls_commits WHERE group_id = ?1 AND epoch = ?2 AND merged = 1",
+            )?
+            .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
+            .optional()?;
+        let Some(payload) = payload else {
+            return Ok(Outcome::Done);
+        };
+        tracing::debug!(
+            "{}: group {gid}: publishing the commit ending epoch {epoch} again",
+            self.name
+        );
+        let topic = self.group(gid)?.topic.clone();
+        self.enqueue(&topic, payload)?;
+        self.needs.insert(key, (now, 1));
+        self.needs
+            .retain(|(_, _, asked), (t, _)| *asked || now < *t + gap);
+        self.stats.needs_answered += 1;
+        Ok(Outcome::Done)
+    }
 }

@@ -127,6 +127,9 @@ pub(crate) struct State {
     pub republished: BTreeMap<[u8; 32], (Instant, u32)>,
     /// When this state was opened, on the tokio clock (budgets count from it).
     pub origin: Instant,
+    /// Requests for missing commits: (group, epoch) -> when we last asked or answered,
+    /// and how often we asked (see `finality::ask_missing`, `finality::on_need`).
+    pub needs: BTreeMap<(GroupId, u64, bool), (Instant, u32)>,
 }
 
 /// A short hex prefix of a hash, for logs.
