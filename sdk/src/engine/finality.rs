@@ -761,6 +761,31 @@ impl State {
                 self.stats.republished += 1;
             }
         }
+        // The Welcomes of our add commits on the chain, for invitees that missed them
+        // (a Welcome the stores missed is never fetched again); an invitee that joined
+        // refuses a copy by its hash.
+        let welcomes: Vec<(Vec<u8>, String)> = self
+            .db()
+            .prepare_cached(
+                "SELECT welcome, invitee FROM pqmls_commits WHERE own = 1 AND merged = 1
+                 AND welcome IS NOT NULL AND invitee IS NOT NULL",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (welcome, invitee) in welcomes {
+            let Ok(invitee) = invitee.parse::<UserId>() else {
+                continue;
+            };
+            let id = wire::welcome_hash(&welcome);
+            live.insert(id);
+            let (last, times) = *self.republished.entry(id).or_insert((now, 0));
+            if times >= REPUBLISH_TIMES || now < last + gap {
+                continue;
+            }
+            let payload = Wire::Welcome { mls: welcome }.encode();
+            self.enqueue(&wire::inbox_topic(&invitee), payload)?;
+            self.republished.insert(id, (now, times + 1));
+        }
         self.republished.retain(|id, _| live.contains(id));
         Ok(())
     }
@@ -771,7 +796,7 @@ const KEEP_FINAL: u64 = 64;
 /// Settle times between two requests for a missing commit (and two answers for one).
 const NEED_AFTER: u32 = 8;
 /// Requests for one missing commit, at most.
-const NEED_TIMES: u32 = 5;
+const NEED_TIMES: u32 = 20;
 
 /// Settle times between two publications of an own commit that is not final.
 const REPUBLISH_AFTER: u32 = 8;
@@ -809,7 +834,9 @@ impl State {
                 params![gid.0, e],
                 |r| r.get(0),
             )?;
-            if !ahead || self.has_candidates(&gid, epoch)? {
+            // Idle (no settle due) at an epoch the group has left: whatever candidates we
+            // hold for it did not move us (invalid here, or not the final one).
+            if !ahead {
                 continue;
             }
             let key = (gid.clone(), epoch, true);
