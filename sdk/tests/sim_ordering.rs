@@ -62,6 +62,28 @@ fn concurrent_commits_under_loss_converge() {
     }
 }
 
+/// A short adversarial run: member m1 grinds (8 commits per self-update, the smallest
+/// hash published, a third of all actions) under 20 % loss. The group still converges on
+/// one chain; whether the grinder wins more than its share is measured by `pqmls sim
+/// --grind 8` over hundreds of contests (BENCHMARKS.md), not in a test.
+#[test]
+fn a_grinding_member_does_not_split_the_group() {
+    let r = trial(Scenario {
+        members: 8,
+        loss: 0.2,
+        seed: 7,
+        chaos: Duration::from_secs(6),
+        grind: 8,
+        ..Scenario::default()
+    });
+    eprintln!("{r:?}");
+    assert!(r.converged, "{:?}", r.failure);
+    assert!(
+        r.grinder_contests > 0 || r.operations > 0,
+        "nothing happened"
+    );
+}
+
 /// Runs `scenario` on three fresh clients `a`, `b`, `c` (no loss, 50 ms settle), then
 /// syncs until every holder of the group agrees twice in a row; the members at the end.
 fn race(
