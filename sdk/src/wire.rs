@@ -88,6 +88,8 @@ pub(crate) enum Wire {
     Need {
         /// [`EpochKeys::vote_tag`] of the epoch whose ending commit is missing.
         tag: [u8; 16],
+        /// Random, so that asking again is not dropped as a duplicate.
+        nonce: [u8; 8],
     },
 }
 

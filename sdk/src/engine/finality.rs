@@ -826,19 +826,38 @@ impl State {
             if !g.mls.is_active() || g.settle_at.is_some() {
                 continue;
             }
-            let epoch = g.mls.epoch().as_u64();
-            let e = to_i64(epoch);
-            let ahead: bool = self.db().query_row(
-                "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND epoch > ?2)
-                     OR EXISTS (SELECT 1 FROM pqmls_pending WHERE group_id = ?1 AND epoch > ?2)",
-                params![gid.0, e],
-                |r| r.get(0),
-            )?;
-            // Idle (no settle due) at an epoch the group has left: whatever candidates we
-            // hold for it did not move us (invalid here, or not the final one).
-            if !ahead {
-                continue;
+            let current = g.mls.epoch().as_u64();
+            // The commit we lack: a final one (by the votes) we do not have, for the first
+            // epoch not final here; else the one ending our epoch, if the group has visibly
+            // gone further (later commits or messages wait here) while we are idle.
+            let first_open = self.final_epoch(&gid)?.map_or(0, |f| f + 1);
+            let mut wanted = None;
+            if first_open < current
+                && let Some(f) = self.final_of(&gid, first_open)?
+            {
+                let known: bool = self.db().query_row(
+                    "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2)",
+                    params![gid.0, &f[..]],
+                    |r| r.get(0),
+                )?;
+                if !known {
+                    wanted = Some(first_open);
+                }
             }
+            if wanted.is_none() {
+                let ahead: bool = self.db().query_row(
+                    "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND epoch > ?2)
+                         OR EXISTS (SELECT 1 FROM pqmls_pending WHERE group_id = ?1 AND epoch > ?2)",
+                    params![gid.0, to_i64(current)],
+                    |r| r.get(0),
+                )?;
+                if ahead {
+                    wanted = Some(current);
+                }
+            }
+            let Some(epoch) = wanted else {
+                continue;
+            };
             let key = (gid.clone(), epoch, true);
             let (last, times) = self
                 .needs
@@ -855,18 +874,33 @@ impl State {
                 "{}: group {gid}: asking for the commit ending epoch {epoch}",
                 self.name
             );
+            let nonce = self.random::<8>()?;
             let topic = self.group(&gid)?.topic.clone();
-            self.enqueue(&topic, Wire::Need { tag: keys.vote_tag }.encode())?;
+            self.enqueue(
+                &topic,
+                Wire::Need {
+                    tag: keys.vote_tag,
+                    nonce,
+                }
+                .encode(),
+            )?;
             self.needs.insert(key, (now, times + 1));
             self.stats.needs_sent += 1;
         }
-        let current: BTreeSet<(GroupId, u64)> = self
-            .groups
-            .iter()
-            .map(|(id, g)| (id.clone(), g.mls.epoch().as_u64()))
-            .collect();
+        // Our requests are remembered while their epoch is still open here (so the count
+        // bounds them); the answers we gave, for one gap.
+        let mut open = std::collections::BTreeMap::new();
+        for (id, g) in &self.groups {
+            let first = self.final_epoch(id)?.map_or(0, |f| f + 1);
+            open.insert(id.clone(), (first, g.mls.epoch().as_u64()));
+        }
         self.needs.retain(|(g, e, asked), (t, _)| {
-            !*asked || current.contains(&(g.clone(), *e)) || now < *t + gap
+            if *asked {
+                open.get(g)
+                    .is_some_and(|(first, cur)| (*first..=*cur).contains(e))
+            } else {
+                now < *t + gap
+            }
         });
         Ok(())
     }
