@@ -10,7 +10,6 @@
 
 use std::collections::BTreeSet;
 
-use openmls::group::MlsGroup;
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::signatures::Signer as _;
@@ -561,13 +560,7 @@ impl State {
         let events_before = self.events.len();
         let learned = (|| -> Result<Option<order::Contender>> {
             db::restore(self.db(), &gid.0, epoch, &key)?;
-            let mls = MlsGroup::load(
-                self.provider.storage(),
-                &openmls::group::GroupId::from_slice(&gid.0),
-            )
-            .map_err(mls)?
-            .ok_or_else(|| Error::Mls("snapshot has no group".into()))?;
-            self.group_mut(gid)?.mls = mls;
+            self.reload_group(gid)?;
             Ok(self.stage(gid, id, &payload, false)?.map(|s| s.contender))
         })();
         self.db()

@@ -262,13 +262,7 @@ impl State {
             "UPDATE openmls_group_data SET group_data = ?2 WHERE group_id = ?1 AND data_type = 'group_state'",
             params![key, state],
         )?;
-        let mls = MlsGroup::load(
-            self.provider.storage(),
-            &openmls::group::GroupId::from_slice(&gid.0),
-        )
-        .map_err(mls)?
-        .ok_or_else(|| Error::Mls("group vanished".into()))?;
-        self.group_mut(gid)?.mls = mls;
+        self.reload_group(gid)?;
         Ok(commit)
     }
 

@@ -207,6 +207,19 @@ pub(crate) fn decode_members(text: &str) -> Vec<(u32, Member)> {
 impl State {
     /// Milliseconds since this state was opened, on the tokio clock (virtual in
     /// simulations, where each runtime has its own), for budgets.
+    /// Loads the group's OpenMLS state again from storage (after a snapshot was restored
+    /// or its pending commit put back).
+    pub(crate) fn reload_group(&mut self, gid: &GroupId) -> Result<()> {
+        let mls = MlsGroup::load(
+            self.provider.storage(),
+            &openmls::group::GroupId::from_slice(&gid.0),
+        )
+        .map_err(mls)?
+        .ok_or_else(|| Error::Mls("no group state in storage".into()))?;
+        self.group_mut(gid)?.mls = mls;
+        Ok(())
+    }
+
     pub(crate) fn mono_ms(&self) -> u64 {
         u64::try_from(
             Instant::now()

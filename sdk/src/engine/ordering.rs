@@ -451,13 +451,7 @@ impl State {
             "UPDATE pqmls_commits SET merged = 0 WHERE group_id = ?1 AND hash = ?2",
             params![gid.0, &f[..]],
         )?;
-        let mls = MlsGroup::load(
-            self.provider.storage(),
-            &openmls::group::GroupId::from_slice(&gid.0),
-        )
-        .map_err(mls)?
-        .ok_or_else(|| Error::Mls("group vanished".into()))?;
-        self.group_mut(gid)?.mls = mls;
+        self.reload_group(gid)?;
         Ok(())
     }
 
@@ -806,13 +800,7 @@ impl State {
                  FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2 AND own = 1 AND pending_state IS NOT NULL",
                 params![gid.0, &hash[..], key],
             )?;
-            let mls = MlsGroup::load(
-                self.provider.storage(),
-                &openmls::group::GroupId::from_slice(&gid.0),
-            )
-            .map_err(mls)?
-            .ok_or_else(|| Error::Mls("snapshot has no group".into()))?;
-            self.group_mut(gid)?.mls = mls;
+            self.reload_group(gid)?;
             let (payload, own): (Vec<u8>, bool) = self.db().query_row(
                 "SELECT payload, own FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2",
                 params![gid.0, &hash[..]],
