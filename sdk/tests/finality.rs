@@ -187,3 +187,29 @@ async fn a_member_asks_for_a_commit_it_and_the_store_missed() {
     })
     .await;
 }
+
+/// Votes for epochs a member does not hold are kept for when it enters them, bounded in
+/// rows (1024) and, since anyone can publish one, in bytes: a "vote" larger than any
+/// member's is kept nowhere.
+#[tokio::test(start_paused = true)]
+async fn votes_from_strangers_are_bounded_in_bytes() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let bob = client(&net, config("bob")).await;
+    let g = group(&[&alice, &bob]).await;
+    let mallory = Mallory::new(&net, "mallory");
+    let gt = group_topic(&g);
+    publish(
+        &mallory.transport,
+        &gt,
+        &[
+            envelope(VOTE, &[1; 16], &vec![0x42; 20 * 1024]),
+            envelope(VOTE, &[2; 16], &[0x42; 200]),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The small one waits (it could be a vote for an epoch not reached yet); the large
+    // one is dropped.
+    assert_eq!(size(&alice, "pqmls_votes_pending").await, 1);
+}

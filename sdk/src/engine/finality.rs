@@ -27,6 +27,11 @@ use crate::wire::{self, EpochKeys, ORDER_EXPORTER_LABEL, VOTE_EXPORTER_LABEL, Vo
 
 /// Most votes kept waiting for an epoch we do not hold yet (over all groups).
 const PENDING_VOTES: i64 = 1024;
+/// The largest sealed vote a member can make, in bytes: nonce, AEAD tag, and a
+/// [`VoteBody`] with the largest signature key and signature of our suites (ML-DSA-87
+/// with Ed25519, 2.6 KB and 4.7 KB), with room to spare. So the pending votes take at most
+/// 16 MiB, whatever non-members publish.
+const MAX_SEALED_VOTE: usize = 16 * 1024;
 
 impl State {
     /// Exports and keeps the [`EpochKeys`] of the epoch the group is at.
@@ -299,6 +304,12 @@ impl State {
         tag: &[u8; 16],
         sealed: &[u8],
     ) -> Result<Outcome> {
+        if sealed.len() > MAX_SEALED_VOTE {
+            // Larger than any member's vote: kept nowhere (anyone can publish one, and
+            // the pending table's bound is in rows).
+            self.stats.rejected += 1;
+            return Ok(Outcome::Done);
+        }
         let row: Option<i64> = self
             .db()
             .prepare_cached(
