@@ -439,7 +439,15 @@ impl Chat {
                 short(&group)
             ),
             Event::Unrecoverable { group, epoch } => println!(
-                "* {} went on without you at epoch {epoch}: ask a member to invite you again",
+                "* {} went on without you at epoch {epoch}: asking the members to add you again",
+                short(&group)
+            ),
+            Event::Rejoined {
+                group,
+                lost_epoch,
+                epoch,
+            } => println!(
+                "* back in {} at epoch {epoch} (messages since epoch {lost_epoch} are not readable here)",
                 short(&group)
             ),
             other => println!("* {other:?}"),

@@ -187,6 +187,8 @@ impl Client {
             republished: BTreeMap::new(),
             origin: tokio::time::Instant::now(),
             needs: BTreeMap::new(),
+            lost_asks: BTreeMap::new(),
+            rejoins: BTreeMap::new(),
             clock_skew_ms: 0,
             welcome_budget: Budget::new(welcome_burst, 0),
             key_changes: Default::default(),
@@ -1026,9 +1028,11 @@ impl Inner {
                 s.settle_due(now)?;
                 s.finalize_removals(now)?;
                 s.expire_snapshots()?;
+                s.rejoin_due(now)?;
                 if connected {
                     s.republish_own(now)?;
                     s.ask_missing(now)?;
+                    s.ask_rejoin(now)?;
                     // A self-update made without peers would be a branch of one.
                     s.schedule_updates()?;
                 }

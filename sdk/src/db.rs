@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 
 /// Version of the SDK schema, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Creates the SDK's tables if they do not exist yet, and brings an older schema up to date.
 pub(crate) fn migrate(db: &Connection) -> Result<()> {
@@ -24,7 +24,28 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
     if version < 2 {
         migrate_v2(db)?;
     }
-    migrate_v3(db)
+    if version < 3 {
+        migrate_v3(db)?;
+    }
+    migrate_v4(db)
+}
+
+/// Version 4: recovery beyond the horizon. The key packages of rejoin requests
+/// (`Wire::Lost`) that we honoured, so that a replayed request is not honoured again;
+/// kept as long as the keys of the epoch that opens them.
+fn migrate_v4(db: &Connection) -> Result<()> {
+    db.execute_batch(
+        "BEGIN;
+         CREATE TABLE IF NOT EXISTS pqmls_rejoins (
+             group_id BLOB NOT NULL,
+             kp_ref BLOB NOT NULL,
+             epoch INTEGER NOT NULL,
+             PRIMARY KEY (group_id, kp_ref)
+         );
+         PRAGMA user_version = 4;
+         COMMIT;",
+    )?;
+    Ok(())
 }
 
 /// Version 3: the ordering (see `order.rs`): the priority each candidate commit claims

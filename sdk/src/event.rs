@@ -75,11 +75,24 @@ pub enum Event {
     },
     /// This client cannot follow the group any more: the group finalised a commit for
     /// `epoch` that this client cannot reach from its state (it lacks what it would need
-    /// to move there). It waits for a member to invite it again.
+    /// to move there). It asks the members to add it again (a sealed request on the
+    /// group topic); [`Event::Rejoined`] follows when one does.
     Unrecoverable {
         /// The group.
         group: GroupId,
         /// The epoch whose final commit it cannot reach.
+        epoch: u64,
+    },
+    /// This client, which could not follow the group ([`Event::Unrecoverable`]), was
+    /// added again by a member and holds the group's live state. Messages of the epochs
+    /// from `lost_epoch` to `epoch` are not readable here (MLS gives a member nothing of
+    /// epochs before it joined); its own messages sent meanwhile are sent again.
+    Rejoined {
+        /// The group.
+        group: GroupId,
+        /// The epoch whose final commit this client could not reach.
+        lost_epoch: u64,
+        /// The epoch it joined at.
         epoch: u64,
     },
     /// This client moved from a losing branch to the winning one.

@@ -223,6 +223,12 @@ pub struct Stats {
     pub needs_answered: u64,
     /// Final commits this client could not reach ([`Event::Unrecoverable`]).
     pub unrecoverable: u64,
+    /// Rejoin requests we published (we could not follow a group).
+    pub rejoins_asked: u64,
+    /// Rejoin requests of others that we turned into a re-add.
+    pub rejoins_honoured: u64,
+    /// Groups we got back into after losing them ([`Event::Rejoined`]).
+    pub rejoined: u64,
     /// Epochs where our own commit competed with commits of other members at our
     /// settle time (contests, as this client saw them).
     pub contests: u64,

@@ -76,6 +76,67 @@ pub(crate) fn welcome_action(held: Held, sender_known: bool, replayed: bool) -> 
     }
 }
 
+/// What a member knows when a rejoin request ([`crate::wire::Wire::Lost`]) has been
+/// opened and its signature checked: the requester's key signed it and a fresh key
+/// package, and the request was sealed under the keys of an epoch we held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RejoinRequest {
+    /// The requester is us.
+    pub from_self: bool,
+    /// The requester is a member of our live state now (listed in its tree).
+    pub listed_now: bool,
+    /// The requester was a member of the epoch the request is sealed for, on our branch.
+    pub member_then: bool,
+    /// We (or a member whose commit we merged) already honoured this key package.
+    pub honoured: bool,
+    /// Our state of the group is live (we are a member and can commit).
+    pub we_are_live: bool,
+}
+
+/// Whether a member re-adds the requester of a rejoin request (removes its old leaf and
+/// adds its new key package in one commit, and sends it the Welcome).
+///
+/// Argument. The request proves three things: the sender knew the keys of epoch `e`
+/// (only members of `e` do: they are exported from it, RFC 9420 §8.5), the user it names
+/// signed it (its signature over the group, the epoch and the key package, with the key
+/// its user id is the hash of), and the key package is that user's (its own signature,
+/// RFC 9420 §10.1). So:
+/// - only a user who is still listed is re-added: a removal is never undone this way (a
+///   removed member's request names a user the tree no longer lists), and nobody is added
+///   who was not already a member;
+/// - the user must have been a member of `e` on our branch: a request sealed under an
+///   epoch it never held is someone else's (the same user's own signature still covers
+///   it, so this only narrows what a replay can reach);
+/// - a key package honoured once is not honoured again: a relay that replays an old
+///   request cannot make the group swap a member's current leaf for a key package whose
+///   private key was used up when it rejoined (that would lock it out). The record lasts
+///   as long as the epoch's keys that open the request ([`crate::engine`] deletes both
+///   64 epochs after finality), so a replay after that cannot be opened at all;
+/// - a re-add is a commit like any other: the ordering decides between concurrent ones,
+///   and the member's own requests are bounded in number, so a request costs at most one
+///   commit per member that hears it (members act in turn, see `rejoin_delay`).
+pub(crate) fn rejoin_action(r: RejoinRequest) -> bool {
+    !r.from_self && r.listed_now && r.member_then && !r.honoured && r.we_are_live
+}
+
+/// How many turns a member waits before re-adding a requester itself: its rank among the
+/// live members other than the requester, in leaf order (the lowest leaf acts first; a
+/// member later in the order acts only if the re-add has not happened by its turn).
+/// `None` if we are not among them.
+pub(crate) fn rejoin_turn(live_leaves: &[u32], own: u32, requester: u32) -> Option<u32> {
+    let mut others: Vec<u32> = live_leaves
+        .iter()
+        .copied()
+        .filter(|l| *l != requester)
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    others
+        .iter()
+        .position(|l| *l == own)
+        .and_then(|p| u32::try_from(p).ok())
+}
+
 /// Whether an invitation to a group we were never in is joined at once (`true`) or held
 /// for the application to accept or decline.
 pub(crate) fn join_without_asking(policy: InvitePolicy, inviter_is_contact: bool) -> bool {
@@ -191,6 +252,61 @@ mod tests {
                 WelcomeAction::Invitation
             );
         }
+    }
+
+    #[test]
+    fn rejoin_needs_a_listed_member_of_the_epoch_and_a_fresh_key_package() {
+        let ok = RejoinRequest {
+            from_self: false,
+            listed_now: true,
+            member_then: true,
+            honoured: false,
+            we_are_live: true,
+        };
+        assert!(rejoin_action(ok));
+        // Each condition alone refuses.
+        for bad in [
+            RejoinRequest {
+                from_self: true,
+                ..ok
+            },
+            // A removed member: the removal stands.
+            RejoinRequest {
+                listed_now: false,
+                ..ok
+            },
+            RejoinRequest {
+                member_then: false,
+                ..ok
+            },
+            // A replay of a request already honoured.
+            RejoinRequest {
+                honoured: true,
+                ..ok
+            },
+            RejoinRequest {
+                we_are_live: false,
+                ..ok
+            },
+        ] {
+            assert!(!rejoin_action(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rejoin_turns_follow_leaf_order_without_the_requester() {
+        let live = [5, 0, 2, 7];
+        assert_eq!(rejoin_turn(&live, 0, 2), Some(0));
+        assert_eq!(rejoin_turn(&live, 5, 2), Some(1));
+        assert_eq!(rejoin_turn(&live, 7, 2), Some(2));
+        assert_eq!(rejoin_turn(&live, 2, 2), None, "the requester itself");
+        assert_eq!(rejoin_turn(&live, 3, 2), None, "not a member");
+        // Every member other than the requester has its own turn.
+        let turns: Vec<_> = [0, 5, 7]
+            .iter()
+            .map(|o| rejoin_turn(&live, *o, 2).unwrap())
+            .collect();
+        assert_eq!(turns, vec![0, 1, 2]);
     }
 
     #[test]

@@ -91,6 +91,17 @@ pub(crate) enum Wire {
         /// Random, so that asking again is not dropped as a duplicate.
         nonce: [u8; 8],
     },
+    /// A member that cannot reach the group's final chain any more (its state is on a
+    /// dead branch past the horizon: `Event::Unrecoverable`) asks to be added again, on
+    /// the group topic. `tag` names the last epoch it shares with the group
+    /// ([`EpochKeys::vote_tag`]); `sealed` is a [`LostBody`] sealed with that epoch's
+    /// [`lost_key`] (a random nonce first), so only the epoch's members can read who asks.
+    Lost {
+        /// [`EpochKeys::vote_tag`] of the epoch the request is sealed for.
+        tag: [u8; 16],
+        /// Nonce, then the AEAD ciphertext of the [`LostBody`].
+        sealed: Vec<u8>,
+    },
 }
 
 /// The hash that names a Welcome (over its serialized MLS message).
@@ -174,7 +185,9 @@ impl Wire {
             Wire::Handshake { mls, .. } | Wire::Application { mls, .. } | Wire::Welcome { mls } => {
                 canonical_mls(mls).then_some(w)
             }
-            Wire::Void { .. } | Wire::Vote { .. } | Wire::Need { .. } => Some(w),
+            Wire::Void { .. } | Wire::Vote { .. } | Wire::Need { .. } | Wire::Lost { .. } => {
+                Some(w)
+            }
         }
     }
 }
@@ -257,6 +270,48 @@ pub(crate) fn vote_tbs(
     out.extend_from_slice(commit);
     out.extend_from_slice(&leaf.to_be_bytes());
     out
+}
+
+/// A rejoin request, inside [`Wire::Lost`]: a fresh key package of the requester (an
+/// `MlsMessageOut`) and the requester's signature, with the key in that key package's
+/// leaf, over [`lost_tbs`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct LostBody {
+    pub epoch: u64,
+    pub key_package: Vec<u8>,
+    pub sig: Vec<u8>,
+}
+
+impl LostBody {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Decodes a request; `None` unless it is the canonical encoding of one.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let v: LostBody = postcard::from_bytes(bytes).ok()?;
+        (v.encode() == bytes).then_some(v)
+    }
+}
+
+/// What a rejoin request's signature covers: the group, the epoch it is sealed for and
+/// the key package, so that neither can be moved to another request.
+pub(crate) fn lost_tbs(group_id: &[u8], epoch: u64, key_package: &[u8]) -> Vec<u8> {
+    let mut out = b"pqmls lost v1".to_vec();
+    out.extend_from_slice(&(group_id.len() as u64).to_be_bytes());
+    out.extend_from_slice(group_id);
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.extend_from_slice(&Sha256::digest(key_package));
+    out
+}
+
+/// The key that seals rejoin requests for an epoch, derived from its vote key under a
+/// label of its own (a vote never opens as a request, nor the reverse).
+pub(crate) fn lost_key(vote_key: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"pqmls lost key v1");
+    h.update(vote_key);
+    h.finalize().into()
 }
 
 /// The plaintext of an application message (inside MLS).
@@ -410,6 +465,32 @@ mod tests {
         }
         .encode();
         assert_eq!(Wire::decode(&junk), None);
+    }
+
+    #[test]
+    fn rejoin_requests_round_trip_and_bind_their_fields() {
+        let w = Wire::Lost {
+            tag: [3; 16],
+            sealed: vec![4; 40],
+        };
+        assert_eq!(Wire::decode(&w.encode()), Some(w));
+        let b = LostBody {
+            epoch: 9,
+            key_package: vec![1, 2, 3],
+            sig: vec![5; 8],
+        };
+        assert_eq!(LostBody::decode(&b.encode()), Some(b.clone()));
+        let mut t = b.encode();
+        t.push(0);
+        assert_eq!(LostBody::decode(&t), None);
+        // The signed bytes change with each field.
+        let base = lost_tbs(b"g", 9, b"kp");
+        assert_ne!(base, lost_tbs(b"h", 9, b"kp"));
+        assert_ne!(base, lost_tbs(b"g", 10, b"kp"));
+        assert_ne!(base, lost_tbs(b"g", 9, b"kq"));
+        // Its key is not the vote key it comes from.
+        assert_ne!(lost_key(&[7; 32]), [7; 32]);
+        assert_ne!(lost_key(&[7; 32]), lost_key(&[8; 32]));
     }
 
     #[test]

@@ -686,6 +686,12 @@ impl State {
                 "DELETE FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch <= ?2",
                 keep,
             ),
+            // Honoured rejoin requests are remembered while their epoch's keys can
+            // open a replay of them.
+            (
+                "DELETE FROM pqmls_rejoins WHERE group_id = ?1 AND epoch <= ?2",
+                keep,
+            ),
         ] {
             self.db()
                 .prepare_cached(sql)?

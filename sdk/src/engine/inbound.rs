@@ -11,6 +11,7 @@ use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
 use pqmls_transport::{Message, MessageId};
 use rusqlite::{OptionalExtension, params};
+use tokio::time::Instant;
 
 use super::{Outcome, State};
 use crate::GroupId;
@@ -80,6 +81,7 @@ impl State {
             Wire::Handshake { priority, mls } => self.on_handshake(&gid, &priority, &mls),
             Wire::Vote { tag, sealed } => self.on_vote(&gid, &tag, &sealed),
             Wire::Need { tag, .. } => self.on_need(&gid, &tag),
+            Wire::Lost { tag, sealed } => self.on_lost(&gid, &tag, &sealed, Instant::now()),
             Wire::Application { auth, mls } => {
                 self.on_application(&gid, msg.id, &msg.data, auth, &mls)
             }

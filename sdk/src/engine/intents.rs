@@ -23,6 +23,10 @@ pub(crate) const ADD: &str = "add";
 pub(crate) const REMOVE: &str = "remove";
 pub(crate) const UPDATE: &str = "update";
 pub(crate) const LEAVE: &str = "leave";
+/// A member that could not follow the group asked to be added again
+/// (`recovery::on_lost`): its old leaf is removed and its new key package added in one
+/// commit.
+pub(crate) const READD: &str = "readd";
 
 impl State {
     /// Records an operation to commit and tries to commit it now. `user` is the hex id of
@@ -103,6 +107,65 @@ impl State {
                             }
                         }
                     };
+                    return self.own_commit(
+                        gid,
+                        epoch,
+                        id,
+                        &commit,
+                        welcome.as_ref(),
+                        Some(&target),
+                    );
+                }
+                READD => {
+                    // Still listed (a removal since is never undone), not us, and not
+                    // done by someone else's merged commit.
+                    let (Some(target), Some(old), Some(kp_bytes)) =
+                        (target, leaf.filter(|l| *l != own), key_package)
+                    else {
+                        self.drop_intent(id)?;
+                        continue;
+                    };
+                    if self.readd_done(gid, &kp_bytes)? {
+                        self.drop_intent(id)?;
+                        continue;
+                    }
+                    let Ok(kp) = self.validate_key_package(&target, &kp_bytes) else {
+                        self.drop_intent(id)?;
+                        continue;
+                    };
+                    let bundle = {
+                        let g = self
+                            .groups
+                            .get_mut(gid)
+                            .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
+                        let staged = g
+                            .mls
+                            .commit_builder()
+                            .propose_removals([LeafNodeIndex::new(old)])
+                            .propose_adds([kp])
+                            .load_psks(self.provider.storage());
+                        match staged.and_then(|b| {
+                            b.build(
+                                self.provider.rand(),
+                                self.provider.crypto(),
+                                &self.signer,
+                                |_| true,
+                            )
+                        }) {
+                            Ok(b) => match b.stage_commit(&self.provider) {
+                                Ok(bundle) => bundle,
+                                Err(e) => {
+                                    self.refused_intent(id, &kind, &user, &e)?;
+                                    continue;
+                                }
+                            },
+                            Err(e) => {
+                                self.refused_intent(id, &kind, &user, &e)?;
+                                continue;
+                            }
+                        }
+                    };
+                    let (commit, welcome, _) = bundle.into_messages();
                     return self.own_commit(
                         gid,
                         epoch,

@@ -281,7 +281,13 @@ impl State {
         if let Some(g) = self.groups.get(gid)
             && g.mls.is_active()
         {
-            return Ok(Held::Live);
+            // A state whose group finalised a commit it cannot reach is dead, on the
+            // authenticated evidence of a majority's votes (`finality::move_to_final`).
+            return Ok(if g.unrecoverable.is_some() {
+                Held::Dead { left: false }
+            } else {
+                Held::Live
+            });
         }
         if !self.ever_member(gid)? {
             return Ok(Held::Unknown);
@@ -382,6 +388,7 @@ impl State {
             return Ok(Join::Refused);
         }
         tracing::debug!("{}: joining {gid} at epoch {epoch} ({action:?})", self.name);
+        let lost_epoch = self.groups.get(&gid).and_then(|g| g.unrecoverable);
         if let Some(mut old) = self.groups.remove(&gid) {
             // Removed (in the grace period) and invited again: the new Welcome replaces the
             // dead state, whose snapshots and plans are void.
@@ -396,6 +403,12 @@ impl State {
                 .execute("DELETE FROM pqmls_intents WHERE group_id = ?1", [&gid.0])?;
             self.db()
                 .execute("DELETE FROM pqmls_epochs WHERE group_id = ?1", [&gid.0])?;
+            // The old state's epoch keys too: what they name (votes, requests for
+            // commits or for a re-add) is decided by those who were there.
+            self.db().execute(
+                "DELETE FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch < ?2",
+                params![gid.0, to_i64(epoch)],
+            )?;
         }
         // A fresh state: what we merged or found invalid on an earlier state of this group
         // says nothing about this one, and every commit of others is a candidate again.
@@ -430,10 +443,24 @@ impl State {
             [&gid.0],
         )?;
         self.check_contact_key(&inviter);
-        self.events.push(Event::Joined {
-            group: gid.clone(),
-            inviter,
-        });
+        if let Some(lost_epoch) = lost_epoch {
+            tracing::info!(
+                "{}: back in {gid} at epoch {epoch} (lost at epoch {lost_epoch})",
+                self.name
+            );
+            self.lost_asks.remove(&gid);
+            self.stats.rejoined += 1;
+            self.events.push(Event::Rejoined {
+                group: gid.clone(),
+                lost_epoch,
+                epoch,
+            });
+        } else {
+            self.events.push(Event::Joined {
+                group: gid.clone(),
+                inviter,
+            });
+        }
         // Catch up from the start of the topic's history: after a rejoin our cursor may be
         // past commits we skipped while we did not hold the group (seen ids make the
         // messages we did handle cheap to skip).

@@ -10,7 +10,9 @@
 //! - [`intents`]: operations we want committed (add, remove, update, leave) and our commits;
 //! - [`inbound`]: payloads from the network, application messages, buffering, history;
 //! - [`joins`]: Welcomes, invitations and consent, withdrawals (`Void`);
-//! - [`ordering`]: commit candidates, the merge rule, snapshots and branch moves.
+//! - [`ordering`]: commit candidates, the merge rule, snapshots and branch moves;
+//! - [`finality`]: epoch keys, votes, finality, re-publishing and requests for missing commits;
+//! - [`recovery`]: rejoin requests of members that cannot follow the group, and re-adds.
 //!
 //! The safety decisions are pure functions in [`crate::trust`].
 
@@ -20,6 +22,7 @@ pub(crate) mod intents;
 mod joins;
 mod key_packages;
 mod ordering;
+mod recovery;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -130,6 +133,11 @@ pub(crate) struct State {
     /// Requests for missing commits: (group, epoch) -> when we last asked or answered,
     /// and how often we asked (see `finality::ask_missing`, `finality::on_need`).
     pub needs: BTreeMap<(GroupId, u64, bool), (Instant, u32)>,
+    /// Our rejoin requests, per group we cannot follow (see `recovery::ask_rejoin`).
+    pub lost_asks: BTreeMap<GroupId, recovery::LostAsk>,
+    /// Others' rejoin requests we honour at our turn (one per group and requester, so
+    /// bounded by the members listed).
+    pub rejoins: BTreeMap<(GroupId, UserId), recovery::PendingRejoin>,
 }
 
 /// A short hex prefix of a hash, for logs.
@@ -689,6 +697,7 @@ impl State {
             "pqmls_votes",
             "pqmls_votes_pending",
             "pqmls_epoch_keys",
+            "pqmls_rejoins",
             "openmls_key_packages",
         ] {
             let n: i64 = self

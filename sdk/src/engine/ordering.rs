@@ -602,6 +602,13 @@ impl State {
         let hash = staged.contender.candidate.id;
         let own = staged.commit.is_none();
         let mut removed_self = false;
+        let added = {
+            let commit = match &staged.commit {
+                Some(c) => Some(&**c),
+                None => self.group(gid)?.mls.pending_commit(),
+            };
+            commit.map_or_else(Vec::new, |c| self.added_key_packages(c))
+        };
         match staged.commit {
             None => {
                 let g = self
@@ -629,6 +636,15 @@ impl State {
             )?
             .execute(params![gid.0, hash])?;
         self.stats.commits_merged += 1;
+        // The key packages this commit added are used up: a rejoin request naming one of
+        // them is a replay (`recovery::on_lost`).
+        for kp_ref in added {
+            self.db()
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO pqmls_rejoins (group_id, kp_ref, epoch) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![gid.0, kp_ref, to_i64(old_epoch)])?;
+        }
         // Effects of our own commit: the Welcome goes out, the intent is done.
         if own {
             let row: Option<OwnCommitEffects> = self

@@ -1,0 +1,399 @@
+//! Recovery beyond the horizon (issue 11, item 4): a member that cannot reach its group's
+//! final chain asks to be added again, and the members re-add it.
+//!
+//! A member whose branch lost after its snapshots were deleted (a partition longer than
+//! `Config::fork_horizon`, a store that missed the commits it needed) reports
+//! [`Event::Unrecoverable`]. It then publishes a [`Wire::Lost`] request on the group
+//! topic: a fresh key package of its own and its signature over it, sealed under the keys
+//! of the last epoch it shares with the group (the epoch whose final commit it cannot
+//! reach; members keep those keys 64 epochs after finality). A member that opens it and
+//! finds the requester still listed ([`crate::trust::rejoin_action`]) waits for its turn
+//! ([`crate::trust::rejoin_turn`]), then commits the removal of the requester's old leaf
+//! and the addition of its new key package in one commit, and sends it the Welcome. The
+//! requester, whose state is dead to it, continues with that Welcome
+//! ([`crate::trust::welcome_action`]) and reports [`Event::Rejoined`]. Messages of the
+//! epochs in between are lost to it (MLS gives a new member nothing of them); its own
+//! messages sent on the dead branch are sent again.
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_traits::OpenMlsProvider;
+use openmls_traits::crypto::OpenMlsCrypto;
+use openmls_traits::signatures::Signer as _;
+use rusqlite::{OptionalExtension, params};
+use tokio::time::Instant;
+
+use super::{Outcome, State, intents};
+use crate::GroupId;
+use crate::db::{to_i64, to_u64};
+use crate::error::{Error, Result, mls};
+use crate::identity::UserId;
+use crate::trust::{RejoinRequest, rejoin_action, rejoin_turn};
+use crate::wire::{self, LostBody, Wire};
+
+/// The largest sealed rejoin request a member can make, in bytes: nonce, AEAD tag, and a
+/// [`LostBody`] with a key package and a signature of our largest suite (ML-DSA-87 with
+/// Ed25519 and X-Wing: about 12 KB), with room to spare.
+const MAX_SEALED_LOST: usize = 32 * 1024;
+/// Settle times between two of our requests.
+const LOST_AFTER: u32 = 8;
+/// Requests per lost epoch, at most.
+const LOST_TIMES: u32 = 20;
+/// Settle times between the turns of two members to re-add a requester.
+const TURN: u32 = 8;
+
+/// A request of ours, published until we are back.
+#[derive(Debug, Clone)]
+pub(crate) struct LostAsk {
+    /// The epoch it is sealed for.
+    pub epoch: u64,
+    /// The encoded [`LostBody`] (one key package per lost epoch), sealed again under a
+    /// fresh nonce each time, so that a member that dropped an earlier copy (it could
+    /// not act on it then) does not drop this one as a duplicate.
+    pub body: Vec<u8>,
+    pub last: Instant,
+    pub times: u32,
+}
+
+/// A request of another member that we will honour at our turn.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingRejoin {
+    pub due: Instant,
+    pub key_package: Vec<u8>,
+    pub kp_ref: Vec<u8>,
+    /// The epoch the request was sealed for.
+    pub epoch: u64,
+}
+
+impl State {
+    /// Publishes our rejoin request for each group we cannot follow any more, on the
+    /// schedule of [`LOST_AFTER`] and [`LOST_TIMES`].
+    pub(crate) fn ask_rejoin(&mut self, now: Instant) -> Result<()> {
+        let gap = self.config.settle.saturating_mul(LOST_AFTER);
+        let lost: Vec<(GroupId, u64)> = self
+            .groups
+            .iter()
+            .filter_map(|(gid, g)| g.unrecoverable.map(|e| (gid.clone(), e)))
+            .collect();
+        self.lost_asks
+            .retain(|gid, _| lost.iter().any(|(g, _)| g == gid));
+        for (gid, epoch) in lost {
+            let stale = self.lost_asks.get(&gid).is_none_or(|a| a.epoch != epoch);
+            if stale {
+                // A Welcome kept aside from a member may already be our way back.
+                self.retry_welcomes(&gid)?;
+                if self
+                    .groups
+                    .get(&gid)
+                    .is_none_or(|g| g.unrecoverable != Some(epoch))
+                {
+                    continue;
+                }
+                let Some(body) = self.lost_request(&gid, epoch)? else {
+                    continue;
+                };
+                self.lost_asks.insert(
+                    gid.clone(),
+                    LostAsk {
+                        epoch,
+                        body,
+                        last: now,
+                        times: 0,
+                    },
+                );
+            }
+            let Some(ask) = self.lost_asks.get(&gid).cloned() else {
+                continue;
+            };
+            if ask.times >= LOST_TIMES || (ask.times > 0 && now < ask.last + gap) {
+                continue;
+            }
+            tracing::debug!(
+                "{}: group {gid}: asking to be added again (lost at epoch {epoch})",
+                self.name
+            );
+            let Some(keys) = self.epoch_keys(&gid, epoch)? else {
+                continue;
+            };
+            let key = wire::lost_key(&keys.vote_key);
+            let aead = self.config.suite.aead_algorithm();
+            let key = key.get(..aead.key_size()).unwrap_or(&key);
+            let nonce = self.random::<12>()?;
+            let mut sealed = nonce.to_vec();
+            sealed.extend(
+                self.provider
+                    .crypto()
+                    .aead_encrypt(aead, key, &ask.body, &nonce, &keys.vote_tag)
+                    .map_err(|e| Error::Crypto(format!("{e:?}")))?,
+            );
+            let payload = Wire::Lost {
+                tag: keys.vote_tag,
+                sealed,
+            }
+            .encode();
+            let topic = self.group(&gid)?.topic.clone();
+            self.enqueue(&topic, payload)?;
+            if let Some(a) = self.lost_asks.get_mut(&gid) {
+                a.last = now;
+                a.times += 1;
+            }
+            self.stats.rejoins_asked += 1;
+        }
+        Ok(())
+    }
+
+    /// Our request for `gid`, for `epoch` (encoded, not sealed yet): a fresh key package
+    /// (its private keys stay in our storage until a Welcome uses them) and our signature.
+    fn lost_request(&mut self, gid: &GroupId, epoch: u64) -> Result<Option<Vec<u8>>> {
+        if self.epoch_keys(gid, epoch)?.is_none() {
+            tracing::warn!(
+                "{}: group {gid}: no keys of epoch {epoch} left to ask to be added again",
+                self.name
+            );
+            return Ok(None);
+        };
+        let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(super::capabilities(self.config.suite))
+            .build(
+                self.config.suite,
+                &self.provider,
+                &self.signer,
+                self.credential.clone(),
+            )
+            .map_err(mls)?;
+        let key_package = super::ser(&MlsMessageOut::from(bundle.key_package().clone()))?;
+        let sig = self
+            .signer
+            .sign(&wire::lost_tbs(&gid.0, epoch, &key_package))
+            .map_err(|e| Error::Crypto(format!("{e:?}")))?;
+        Ok(Some(
+            LostBody {
+                epoch,
+                key_package,
+                sig,
+            }
+            .encode(),
+        ))
+    }
+
+    /// A rejoin request on the group topic. Anything that does not open under the keys
+    /// of an epoch we hold, or whose signatures fail, is dropped; a valid one from a
+    /// listed member is honoured at our turn ([`State::rejoin_due`]).
+    pub(crate) fn on_lost(
+        &mut self,
+        gid: &GroupId,
+        tag: &[u8; 16],
+        sealed: &[u8],
+        now: Instant,
+    ) -> Result<Outcome> {
+        if sealed.len() > MAX_SEALED_LOST {
+            self.stats.rejected += 1;
+            return Ok(Outcome::Done);
+        }
+        let row: Option<i64> = self
+            .db()
+            .prepare_cached(
+                "SELECT epoch FROM pqmls_epoch_keys WHERE group_id = ?1 AND vote_tag = ?2",
+            )?
+            .query_row(params![gid.0, &tag[..]], |r| r.get(0))
+            .optional()?;
+        let (Some(epoch), Some((nonce, ct))) = (row.map(to_u64), sealed.split_at_checked(12))
+        else {
+            self.stats.ignored += 1;
+            return Ok(Outcome::Done);
+        };
+        let Some(keys) = self.epoch_keys(gid, epoch)? else {
+            self.stats.ignored += 1;
+            return Ok(Outcome::Done);
+        };
+        let key = wire::lost_key(&keys.vote_key);
+        let aead = self.config.suite.aead_algorithm();
+        let key = key.get(..aead.key_size()).unwrap_or(&key);
+        let Some(body) = self
+            .provider
+            .crypto()
+            .aead_decrypt(aead, key, ct, nonce, &keys.vote_tag)
+            .ok()
+            .and_then(|p| LostBody::decode(&p))
+            .filter(|b| b.epoch == epoch)
+        else {
+            self.stats.rejected += 1;
+            return Ok(Outcome::Done);
+        };
+        // The key package names its user (its leaf's signature key); `validate` checks
+        // its own signature and lifetime.
+        let Some((user, kp)) = self.key_package_owner(&body.key_package) else {
+            self.stats.rejected += 1;
+            return Ok(Outcome::Done);
+        };
+        let scheme = self.config.suite.signature_algorithm();
+        let signed = self
+            .provider
+            .crypto()
+            .verify_signature(
+                scheme,
+                &wire::lost_tbs(&gid.0, epoch, &body.key_package),
+                kp.leaf_node().signature_key().as_slice(),
+                &body.sig,
+            )
+            .is_ok();
+        if !signed {
+            self.stats.rejected += 1;
+            return Ok(Outcome::Done);
+        }
+        let kp_ref = kp
+            .hash_ref(self.provider.crypto())
+            .map_err(mls)?
+            .tls_serialize_detached()
+            .map_err(mls)?;
+        let g = self.group(gid)?;
+        let we_are_live = g.mls.is_active() && g.unrecoverable.is_none();
+        let listed = self.member_list(gid)?;
+        let requester = listed.iter().find(|(_, m)| m.id == user).map(|(l, _)| *l);
+        let member_then = self
+            .epoch_members(gid, epoch)?
+            .is_some_and(|ms| ms.iter().any(|(_, m)| m.id == user));
+        let request = RejoinRequest {
+            from_self: user == self.id,
+            listed_now: requester.is_some(),
+            member_then,
+            honoured: self.rejoin_honoured(gid, &kp_ref)?,
+            we_are_live,
+        };
+        let (true, Some(requester)) = (rejoin_action(request), requester) else {
+            tracing::debug!(
+                "{}: group {gid}: not re-adding {}: {request:?}",
+                self.name,
+                user.short()
+            );
+            self.stats.ignored += 1;
+            return Ok(Outcome::Done);
+        };
+        let own = g.mls.own_leaf_index().u32();
+        let leaves: Vec<u32> = listed.iter().map(|(l, _)| *l).collect();
+        let Some(turn) = rejoin_turn(&leaves, own, requester) else {
+            return Ok(Outcome::Done);
+        };
+        let due = now + self.config.settle.saturating_mul(TURN.saturating_mul(turn));
+        tracing::debug!(
+            "{}: group {gid}: {} asks to be added again (epoch {epoch}); our turn is {turn}",
+            self.name,
+            user.short()
+        );
+        // One pending request per requester: a newer one replaces it (keeping our turn).
+        let entry = self
+            .rejoins
+            .entry((gid.clone(), user))
+            .or_insert(PendingRejoin {
+                due,
+                key_package: Vec::new(),
+                kp_ref: Vec::new(),
+                epoch,
+            });
+        entry.key_package = body.key_package;
+        entry.kp_ref = kp_ref;
+        entry.epoch = epoch;
+        self.rejoin_due(now)?;
+        Ok(Outcome::Done)
+    }
+
+    /// Honours the requests whose turn has come and that nobody honoured before us:
+    /// records the key package as honoured and makes the re-add an intent (committed
+    /// again in later epochs if ours loses, dropped once the group has it).
+    pub(crate) fn rejoin_due(&mut self, now: Instant) -> Result<()> {
+        let due: Vec<((GroupId, UserId), PendingRejoin)> = self
+            .rejoins
+            .iter()
+            .filter(|(_, p)| p.due <= now)
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        for ((gid, user), p) in due {
+            self.rejoins.remove(&(gid.clone(), user));
+            if !self.groups.contains_key(&gid) || self.rejoin_honoured(&gid, &p.kp_ref)? {
+                continue;
+            }
+            if self.readd_done(&gid, &p.key_package)? {
+                continue;
+            }
+            self.db().execute(
+                "INSERT OR IGNORE INTO pqmls_rejoins (group_id, kp_ref, epoch) VALUES (?1, ?2, ?3)",
+                params![gid.0, p.kp_ref, to_i64(p.epoch)],
+            )?;
+            tracing::debug!("{}: group {gid}: re-adding {}", self.name, user.short());
+            self.db().execute(
+                "INSERT INTO pqmls_intents (group_id, kind, user, key_package) VALUES (?1, ?2, ?3, ?4)",
+                params![gid.0, intents::READD, user.to_string(), p.key_package],
+            )?;
+            self.stats.rejoins_honoured += 1;
+            self.drive_intents(&gid)?;
+        }
+        Ok(())
+    }
+
+    /// The references of the key packages a commit adds.
+    pub(crate) fn added_key_packages(&self, commit: &StagedCommit) -> Vec<Vec<u8>> {
+        commit
+            .add_proposals()
+            .filter_map(|p| {
+                p.add_proposal()
+                    .key_package()
+                    .hash_ref(self.provider.crypto())
+                    .ok()?
+                    .tls_serialize_detached()
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// Whether this key package was honoured here before, or added to the group by a
+    /// commit we merged.
+    fn rejoin_honoured(&self, gid: &GroupId, kp_ref: &[u8]) -> Result<bool> {
+        Ok(self
+            .db()
+            .prepare_cached("SELECT 1 FROM pqmls_rejoins WHERE group_id = ?1 AND kp_ref = ?2")?
+            .query_row(params![gid.0, kp_ref], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Whether the group already holds the leaf of this key package (someone's re-add
+    /// of it was merged).
+    pub(crate) fn readd_done(&self, gid: &GroupId, key_package: &[u8]) -> Result<bool> {
+        let Some((_, kp)) = self.key_package_owner(key_package) else {
+            return Ok(true);
+        };
+        // `encryption_key` is an `HPKEPublicKey`, a variable-length vector (RFC 9420
+        // §7.2); OpenMLS exposes its bytes only through that encoding.
+        let Some(enc) = kp
+            .leaf_node()
+            .encryption_key()
+            .tls_serialize_detached()
+            .ok()
+            .and_then(|b| VLBytes::tls_deserialize_exact(&b).ok())
+        else {
+            return Ok(true);
+        };
+        Ok(self
+            .group(gid)?
+            .mls
+            .members()
+            .any(|m| m.encryption_key == enc.as_slice()))
+    }
+
+    /// A key package's user and the validated key package, if it is a valid one of our
+    /// suite.
+    fn key_package_owner(&self, bytes: &[u8]) -> Option<(UserId, KeyPackage)> {
+        let msg = MlsMessageIn::tls_deserialize_exact(bytes).ok()?;
+        let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
+            return None;
+        };
+        // Who it claims to be; `validate_key_package` checks the claim (its signature,
+        // suite and lifetime).
+        let claimed = kp.unverified_credential();
+        let user = self
+            .member_of(&claimed.credential, claimed.signature_key.as_slice())
+            .id;
+        let kp = self.validate_key_package(&user, bytes).ok()?;
+        Some((user, kp))
+    }
+}

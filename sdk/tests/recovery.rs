@@ -1,0 +1,261 @@
+//! Recovery beyond the horizon (issue 11, item 4): a member whose branch lost after its
+//! snapshots were deleted reports `Event::Unrecoverable`, asks to be added again, and a
+//! member re-adds it; a removed member's request, a stranger's and a replayed one change
+//! nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use pqmls::sim::{SimConfig, SimNetwork, SimTransport};
+use pqmls::{Client, Event, Events, GroupId, Inbox, Transport};
+
+/// Postcard variant index of a rejoin request.
+const LOST: u8 = 6;
+
+fn net() -> SimNetwork {
+    let net = SimNetwork::new(SimConfig::default());
+    net.set_directory_validator(pqmls::directory_validator().unwrap());
+    net
+}
+
+fn drain(ev: &mut Events) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(e) = ev.try_recv() {
+        out.push(e);
+    }
+    out
+}
+
+/// The three of a test, each with the transport the test controls.
+struct Three {
+    alice: Client,
+    bob: Client,
+    carol: Client,
+    at: Arc<SimTransport>,
+    bt: Arc<SimTransport>,
+    ct: Arc<SimTransport>,
+    g: GroupId,
+}
+
+async fn open(net: &SimNetwork, c: pqmls::Config) -> (Client, Arc<SimTransport>) {
+    let (t, inbox): (Arc<SimTransport>, Inbox) = net.attach();
+    (Client::open(c, t.clone(), inbox).await.unwrap(), t)
+}
+
+/// Alice, bob and carol (carol with a zero horizon); carol commits alone while offline,
+/// and the others finalise alice's commit for the same epoch (2) and go one epoch
+/// further, to 4.
+async fn carol_left_behind(net: &SimNetwork) -> Three {
+    let (alice, at) = open(net, config("alice")).await;
+    let (bob, bt) = open(net, config("bob")).await;
+    let mut c = config("carol");
+    c.fork_horizon = Duration::ZERO;
+    let (carol, ct) = open(net, c).await;
+    let g = group(&[&alice, &bob, &carol]).await;
+    ct.set_online(false);
+    carol.update(&g).await.unwrap();
+    until("carol on her own branch", async || {
+        carol.status(&g).await.unwrap().epoch == 3
+    })
+    .await;
+    alice.update(&g).await.unwrap();
+    converge(&[&alice, &bob], &g, 3).await;
+    bob.update(&g).await.unwrap();
+    converge(&[&alice, &bob], &g, 4).await;
+    until("epoch 2 final at alice and bob", async || {
+        alice.stats().await.epochs_final >= 3 && bob.stats().await.epochs_final >= 2
+    })
+    .await;
+    Three {
+        alice,
+        bob,
+        carol,
+        at,
+        bt,
+        ct,
+        g,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_past_the_horizon_is_added_again() {
+    let net = net();
+    let Three {
+        alice,
+        bob,
+        carol,
+        ct,
+        g,
+        ..
+    } = carol_left_behind(&net).await;
+    let mut ev = carol.events();
+    ct.set_online(true);
+    carol.sync().await.unwrap();
+    until("carol back", async || carol.stats().await.rejoined == 1).await;
+    // The re-add is one commit: the live group is one epoch further.
+    converge(&[&alice, &bob, &carol], &g, 5).await;
+    let events = drain(&mut ev);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Unrecoverable { epoch: 2, .. })),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Rejoined {
+                lost_epoch: 2,
+                epoch: 5,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(
+        total(&[&alice, &bob], |s| s.rejoins_honoured).await,
+        1,
+        "one member re-added her (the other's turn came after it was done)"
+    );
+    assert_eq!(names(&carol, &g).await.len(), 3);
+    // The group works with her again, both ways.
+    carol.send(&g, b"back").await.unwrap();
+    alice.send(&g, b"welcome back").await.unwrap();
+    until("messages both ways", async || {
+        let a = alice.history(&g, 10).await.unwrap();
+        let c = carol.history(&g, 10).await.unwrap();
+        a.iter().any(|m| m.body == b"back") && c.iter().any(|m| m.body == b"welcome back")
+    })
+    .await;
+    // And it goes on: a later commit by her is merged by everyone.
+    carol.update(&g).await.unwrap();
+    converge(&[&alice, &bob, &carol], &g, 6).await;
+}
+
+/// A rejoin request replayed after it was honoured, which the members never saw (a relay
+/// kept an early copy from them and sends it once carol updated her leaf), does not make
+/// anyone swap her current leaf for the key package she used up: she stays in. Fails
+/// without the record of honoured key packages.
+#[tokio::test(start_paused = true)]
+async fn a_replayed_rejoin_request_changes_nothing() {
+    let net = net();
+    let Three {
+        alice,
+        bob,
+        carol,
+        at,
+        bt,
+        ct,
+        g,
+    } = carol_left_behind(&net).await;
+    let (obs, mut obs_in) = net.attach();
+    let gt = group_topic(&g);
+    obs.subscribe(&gt).await.unwrap();
+    // Carol's first request reaches only the relay (the observer): the others are away
+    // and the store misses it.
+    at.set_online(false);
+    bt.set_online(false);
+    net.set_store_miss(1.0);
+    ct.set_online(true);
+    carol.sync().await.unwrap();
+    let early = capture(&mut obs_in, &gt, LOST).await;
+    net.set_store_miss(0.0);
+    at.set_online(true);
+    bt.set_online(true);
+    until("carol back", async || carol.stats().await.rejoined == 1).await;
+    converge(&[&alice, &bob, &carol], &g, 5).await;
+    carol.update(&g).await.unwrap();
+    converge(&[&alice, &bob, &carol], &g, 6).await;
+    let honoured = total(&[&alice, &bob], |s| s.rejoins_honoured).await;
+    publish(&obs, &gt, &[early]).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        total(&[&alice, &bob], |s| s.rejoins_honoured).await,
+        honoured
+    );
+    converge(&[&alice, &bob, &carol], &g, 6).await;
+    carol.send(&g, b"still here").await.unwrap();
+    until("carol is still read", async || {
+        alice
+            .history(&g, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.body == b"still here")
+    })
+    .await;
+}
+
+/// A member removed while it was away asks to be added again: nobody does (a removal is
+/// never undone by a rejoin request), and it learns nothing of the live group.
+#[tokio::test(start_paused = true)]
+async fn a_removed_member_is_not_added_again() {
+    let net = net();
+    let Three {
+        alice,
+        bob,
+        carol,
+        ct,
+        g,
+        ..
+    } = carol_left_behind(&net).await;
+    alice.remove(&g, &carol.id()).await.unwrap();
+    converge(&[&alice, &bob], &g, 5).await;
+    ct.set_online(true);
+    carol.sync().await.unwrap();
+    until("carol asked", async || {
+        carol.stats().await.rejoins_asked >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(total(&[&alice, &bob], |s| s.rejoins_honoured).await, 0);
+    assert_eq!(carol.stats().await.rejoined, 0);
+    converge(&[&alice, &bob], &g, 5).await;
+    assert_eq!(names(&alice, &g).await, vec!["alice", "bob"]);
+}
+
+/// Garbage and forged requests on the group topic (wrong tag, a valid tag with a
+/// ciphertext that does not open, oversized) are dropped and change nothing.
+#[tokio::test(start_paused = true)]
+async fn forged_rejoin_requests_are_dropped() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let bob = client(&net, config("bob")).await;
+    let g = group(&[&alice, &bob]).await;
+    let (obs, mut obs_in) = net.attach();
+    let gt = group_topic(&g);
+    obs.subscribe(&gt).await.unwrap();
+    bob.update(&g).await.unwrap();
+    // A real vote shows an epoch's tag, as an outsider sees it.
+    let vote = capture(&mut obs_in, &gt, VOTE).await;
+    converge(&[&alice, &bob], &g, 2).await;
+    let tag = vote[1..17].to_vec();
+    let lost = |tag: &[u8], sealed: &[u8]| {
+        let mut p = vec![LOST];
+        p.extend_from_slice(tag);
+        p.extend(leb128(sealed.len()));
+        p.extend_from_slice(sealed);
+        p
+    };
+    let before = total(&[&alice, &bob], |s| s.rejected + s.ignored).await;
+    publish(
+        &obs,
+        &gt,
+        &[
+            lost(&[9; 16], &[1; 64]),
+            lost(&tag, &[2; 200]),
+            lost(&tag, &vec![3; 40 * 1024]),
+        ],
+    )
+    .await;
+    until("all dropped", async || {
+        total(&[&alice, &bob], |s| s.rejected + s.ignored).await >= before + 6
+    })
+    .await;
+    assert_eq!(total(&[&alice, &bob], |s| s.rejoins_honoured).await, 0);
+    converge(&[&alice, &bob], &g, 2).await;
+}
