@@ -45,9 +45,22 @@ pub struct SimArgs {
     /// Fault: share of messages the store misses for good (0 to 1).
     #[arg(long, default_value_t = 0.0, value_parser = parse_loss)]
     store_miss: f64,
-    /// Fault: this many members go offline for the middle half of the chaos phase.
+    /// Fault: this many members go offline for the middle half of the chaos phase (see
+    /// --partition-secs). They keep acting while away.
     #[arg(long, default_value_t = 0)]
     offline: u16,
+    /// Fault: the offline members stay away this long from a quarter of the chaos phase
+    /// (virtual seconds; longer than --horizon-secs, they must be added again).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    partition_secs: Option<u64>,
+    /// Adversary: an outsider re-wraps, forges fork signals, replays, publishes random
+    /// sealed payloads and foreign Welcomes (users then join only their contacts'
+    /// invitations, the SDK's default).
+    #[arg(long)]
+    outsider: bool,
+    /// The members' fork horizon in virtual seconds (default: the SDK's, 600).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    horizon_secs: u64,
     /// Fault: longest gossip delay in milliseconds (the settle time is 250 ms).
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u64).range(5..=60_000))]
     max_delay_ms: u64,
@@ -86,11 +99,16 @@ pub fn run(args: SimArgs) -> Result<()> {
         args.threads
     );
     println!(
-        "faults: store misses {:.0} %, {} offline, gossip delay up to {} ms; adversary: grind {}",
+        "faults: store misses {:.0} %, {} offline{}, gossip delay up to {} ms, horizon {} s; adversaries: grind {}, outsider {}",
         args.store_miss * 100.0,
         args.offline,
+        args.partition_secs
+            .map(|p| format!(" for {p} s"))
+            .unwrap_or_default(),
         args.max_delay_ms,
-        args.grind
+        args.horizon_secs,
+        args.grind,
+        if args.outsider { "on" } else { "off" }
     );
     let wall = Instant::now();
     let next = Arc::new(AtomicU64::new(first));
@@ -107,6 +125,9 @@ pub fn run(args: SimArgs) -> Result<()> {
             grind: args.grind,
             store_miss: args.store_miss,
             offline: usize::from(args.offline),
+            partition: args.partition_secs.map(Duration::from_secs),
+            horizon: Duration::from_secs(args.horizon_secs),
+            outsider: args.outsider,
             max_delay: Duration::from_millis(args.max_delay_ms),
             ..Scenario::default()
         };
@@ -138,7 +159,7 @@ pub fn run(args: SimArgs) -> Result<()> {
                     r.seed,
                     if r.converged {
                         "converged    "
-                    } else if r.unrecoverable > 0 {
+                    } else if r.still_lost > 0 {
                         "unrecoverable"
                     } else {
                         "SILENT FORK  "
@@ -210,13 +231,28 @@ pub fn run(args: SimArgs) -> Result<()> {
     );
     let unrecoverable = reports
         .iter()
-        .filter(|r| !r.converged && r.unrecoverable > 0)
+        .filter(|r| !r.converged && r.still_lost > 0)
         .count();
     let silent = reports
         .iter()
-        .filter(|r| !r.converged && r.unrecoverable == 0)
+        .filter(|r| !r.converged && r.still_lost == 0)
         .count();
-    println!("not converged: {unrecoverable} with an Unrecoverable event, {silent} silent forks");
+    println!(
+        "not converged: {unrecoverable} with a member that reported Unrecoverable and is still out, {silent} silent forks"
+    );
+    let lost: u64 = reports.iter().map(|r| r.unrecoverable).sum();
+    let rejoined: u64 = reports.iter().map(|r| r.rejoined).sum();
+    println!(
+        "recovery beyond the horizon: {lost} Unrecoverable events, {rejoined} members added again"
+    );
+    if args.outsider {
+        let published: u64 = reports.iter().map(|r| r.outsider_published).sum();
+        let states: u64 = reports.iter().map(|r| r.outsider_states).sum();
+        let held: u64 = reports.iter().map(|r| r.outsider_invitations).sum();
+        println!(
+            "outsider: {published} payloads published; member states with it in: {states}; its invitations held for consent, not joined: {held}"
+        );
+    }
     let contests: u64 = reports.iter().map(|r| r.grinder_contests).sum();
     if args.grind > 1 || contests > 0 {
         let wins: u64 = reports.iter().map(|r| r.grinder_wins).sum();

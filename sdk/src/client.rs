@@ -186,6 +186,7 @@ impl Client {
             armed: None,
             republished: BTreeMap::new(),
             origin: tokio::time::Instant::now(),
+            origin_wall_ms: crate::engine::now_ms(),
             needs: BTreeMap::new(),
             lost_asks: BTreeMap::new(),
             rejoins: BTreeMap::new(),
@@ -444,6 +445,7 @@ impl Client {
                     epoch_authenticator: g.mls.epoch_authenticator().as_slice().to_vec(),
                     members,
                     pending_commit: g.mls.pending_commit().is_some() || g.settle_at.is_some(),
+                    lost_at: g.unrecoverable,
                 })
             })
             .await

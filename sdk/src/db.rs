@@ -31,8 +31,9 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
 }
 
 /// Version 4: recovery beyond the horizon. The key packages of rejoin requests
-/// (`Wire::Lost`) that we honoured, so that a replayed request is not honoured again;
-/// kept as long as the keys of the epoch that opens them.
+/// (`Wire::Lost`) that we honoured or saw added, so that a replayed request is not
+/// honoured again, kept as long as the keys of the epoch that opens them; and the epoch
+/// at which we lost a group, so that we go on asking after a restart.
 fn migrate_v4(db: &Connection) -> Result<()> {
     db.execute_batch(
         "BEGIN;
@@ -42,6 +43,9 @@ fn migrate_v4(db: &Connection) -> Result<()> {
              epoch INTEGER NOT NULL,
              PRIMARY KEY (group_id, kp_ref)
          );
+         -- The epoch whose final commit we cannot reach (Event::Unrecoverable), until a
+         -- Welcome brings us back.
+         ALTER TABLE pqmls_groups ADD COLUMN lost_epoch INTEGER;
          PRAGMA user_version = 4;
          COMMIT;",
     )?;

@@ -180,6 +180,9 @@ pub struct GroupStatus {
     pub members: Vec<Member>,
     /// Whether commits are waiting to be ordered and merged.
     pub pending_commit: bool,
+    /// The epoch whose final commit this client cannot reach, while it waits to be
+    /// added again ([`Event::Unrecoverable`]); `None` when it follows the group.
+    pub lost_at: Option<u64>,
 }
 
 /// Counters of what a client handled.

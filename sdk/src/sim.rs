@@ -414,8 +414,21 @@ pub struct Scenario {
     /// self-updates (1: honest).
     pub grind: u32,
     /// This many members (the last ones of the initial group) go offline for the middle
-    /// half of the chaos phase, and come back for the sync phase.
+    /// half of the chaos phase (or for [`Scenario::partition`] from a quarter of it), and
+    /// come back for the sync phase at the latest. They keep acting while away (sending,
+    /// committing on a branch of their own).
     pub offline: usize,
+    /// How long the offline members stay away (`None`: the middle half of the chaos
+    /// phase). Longer than [`Scenario::horizon`], their branch is past recovery by a
+    /// branch move, and they must be added again.
+    pub partition: Option<Duration>,
+    /// The members' `Config::fork_horizon` (on the virtual clock).
+    pub horizon: Duration,
+    /// An outsider attacks during the chaos phase (see `Outsider`): re-wrapped payloads,
+    /// forged fork signals, random sealed payloads, replays, foreign Welcomes. The users
+    /// then accept invitations from their contacts only (every other user), the SDK's
+    /// default policy.
+    pub outsider: bool,
 }
 
 impl Default for Scenario {
@@ -432,6 +445,9 @@ impl Default for Scenario {
             store_miss: 0.0,
             grind: 1,
             offline: 0,
+            partition: None,
+            horizon: crate::Config::new("-").fork_horizon,
+            outsider: false,
         }
     }
 }
@@ -482,6 +498,19 @@ pub struct TrialReport {
     pub grinder_fair_milli: u64,
     /// Epochs made final, summed over members.
     pub epochs_final: u64,
+    /// Members that got back into the group after reporting it unrecoverable
+    /// ([`crate::Event::Rejoined`]), summed over members.
+    pub rejoined: u64,
+    /// If the trial did not converge only because of members that hold the group in a
+    /// state they reported as unrecoverable (waiting to be added again;
+    /// [`crate::GroupStatus::lost_at`]): how many. Zero otherwise (a silent fork).
+    pub still_lost: u64,
+    /// Payloads the outsider published (or replayed).
+    pub outsider_published: u64,
+    /// Users whose group state has the outsider in it, or came from it, at the end.
+    pub outsider_states: u64,
+    /// Invitations from the outsider held for consent at the end (not joined).
+    pub outsider_invitations: u64,
 }
 
 /// Runs one trial on the current runtime, which should be a current-thread runtime with
@@ -507,17 +536,31 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         let (t, inbox) = net.attach();
         transports.push(t.clone());
         let mut c = Config::new(format!("m{i}")).with_suite(s.suite);
-        c.invitations = crate::InvitePolicy::Everyone;
+        c.invitations = if s.outsider {
+            crate::InvitePolicy::Contacts
+        } else {
+            crate::InvitePolicy::Everyone
+        };
         c.self_update_interval = None;
         c.settle = s.settle;
         c.sync_interval = Some(Duration::from_secs(2));
         c.sync_backoff = Duration::from_millis(300);
+        c.fork_horizon = s.horizon;
         if i == 1 {
             c.grind = s.grind.max(1);
         }
         clients.push(Client::open(c, t, inbox).await?);
     }
     let names: Vec<crate::UserId> = clients.iter().map(Client::id).collect();
+    if s.outsider {
+        for (i, c) in clients.iter().enumerate() {
+            for (j, n) in names.iter().enumerate() {
+                if i != j {
+                    c.add_contact(n, &format!("m{j}")).await?;
+                }
+            }
+        }
+    }
     let label = |id: &crate::UserId| {
         names
             .iter()
@@ -548,6 +591,14 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         })
         .await;
     }
+    let mut outsider = if s.outsider {
+        let mut topics = vec![crate::wire::group_topic(&group.0)];
+        topics.extend(names.iter().map(crate::wire::inbox_topic));
+        Some(Outsider::new(&net, s.suite, &topics).await?)
+    } else {
+        None
+    };
+    let mut outsider_rng = SimRng::new(s.seed ^ 0x0bad_0bad_0bad_0bad);
     // Chaos: actions at random times by random members.
     let mut sent: Vec<(crate::UserId, Vec<u8>, Vec<crate::UserId>)> = Vec::new();
     let start = tokio::time::Instant::now();
@@ -558,12 +609,16 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
     while start.elapsed() < s.chaos {
         // The offline members leave for the middle half of the chaos phase.
         let phase = start.elapsed().as_secs_f64() / s.chaos.as_secs_f64().max(1e-9);
+        let back = match s.partition {
+            Some(p) => start.elapsed() >= s.chaos.mul_f64(0.25) + p,
+            None => phase >= 0.75,
+        };
         if offline_state == 0 && phase >= 0.25 {
             for &i in &offline {
                 transports[i].set_online(false);
             }
             offline_state = 1;
-        } else if offline_state == 1 && phase >= 0.75 {
+        } else if offline_state == 1 && back {
             for &i in &offline {
                 transports[i].set_online(true);
             }
@@ -571,6 +626,9 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         }
         let gap = rng.below(2 * u64::try_from(s.action_every.as_millis()).unwrap_or(250) + 1);
         tokio::time::sleep(Duration::from_millis(gap)).await;
+        if let Some(o) = outsider.as_mut() {
+            o.act(&mut outsider_rng, &net, &group, &names).await;
+        }
         let mut actor = usize::try_from(rng.below(s.members as u64)).unwrap_or(0);
         let mut roll = rng.below(100);
         if s.grind > 1 && rng.below(3) == 0 {
@@ -635,7 +693,7 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         }
         tick += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        match agreement(&clients, &names, &group).await {
+        match agreement(&clients, &names, &group, &BTreeSet::new()).await {
             Ok(epoch) => {
                 let since = *agreed_since.get_or_insert(chaos_end.elapsed());
                 if chaos_end.elapsed() >= since + Duration::from_secs(1) {
@@ -707,11 +765,26 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
             }
         }
     }
+    let mut lost = BTreeSet::new();
+    for (c, name) in clients.iter().zip(&names) {
+        if c.status(&group).await.is_ok_and(|s| s.lost_at.is_some()) {
+            lost.insert(*name);
+        }
+    }
+    // Not converged only because of members that said they cannot follow (and wait to
+    // be added again): the target's "reports unrecoverable", not a silent fork.
+    if !report.converged
+        && !lost.is_empty()
+        && agreement(&clients, &names, &group, &lost).await.is_ok()
+    {
+        report.still_lost = lost.len() as u64;
+    }
     for c in &clients {
         let st = c.stats().await;
         report.forks_detected += st.forks_detected;
         report.forks_recovered += st.forks_recovered;
         report.unrecoverable += st.unrecoverable;
+        report.rejoined += st.rejoined;
         report.epochs_final += st.epochs_final;
     }
     if let Some(g) = clients.get(1) {
@@ -719,6 +792,24 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         report.grinder_contests = st.contests;
         report.grinder_wins = st.contests_won;
         report.grinder_fair_milli = st.contests_fair_milli;
+    }
+    if let Some(o) = &outsider {
+        report.outsider_published = o.published;
+        let bad = crate::UserId::of_key(s.suite.signature_algorithm(), o.signer.public());
+        for c in &clients {
+            let has = c
+                .members(&group)
+                .await
+                .is_ok_and(|ms| ms.iter().any(|m| m.id == bad));
+            if has {
+                report.outsider_states += 1;
+            }
+            for inv in c.invitations().await.unwrap_or_default() {
+                if inv.inviter.id == bad {
+                    report.outsider_invitations += 1;
+                }
+            }
+        }
     }
     report.dropped = net.counters().1;
     for c in clients {
@@ -744,10 +835,14 @@ async fn agreement(
     clients: &[crate::Client],
     names: &[crate::UserId],
     group: &crate::GroupId,
+    skip: &BTreeSet<crate::UserId>,
 ) -> Result<u64, String> {
     let mut view: Option<(u64, Vec<u8>, Vec<crate::UserId>)> = None;
     let mut holders = Vec::new();
     for (c, name) in clients.iter().zip(names) {
+        if skip.contains(name) {
+            continue;
+        }
         let Ok(st) = c.status(group).await else {
             continue;
         };
@@ -776,10 +871,198 @@ async fn agreement(
     let Some((epoch, _, mut members)) = view else {
         return Err("nobody holds the group".into());
     };
+    members.retain(|m| !skip.contains(m));
     members.sort();
     holders.sort();
     if members != holders {
         return Err(format!("member list {members:?} but held by {holders:?}"));
     }
     Ok(epoch)
+}
+
+/// The outsider of [`Scenario::outsider`]: an MLS identity and provider of its own, never
+/// invited, that reads everything on the group topic and the users' inboxes and publishes
+/// what an attacker on the network can: copies of members' payloads re-wrapped (trailing
+/// bytes), application messages with a forged epoch-authenticator tag (a fork signal),
+/// votes, requests for commits and rejoin requests with random contents, replays, and
+/// Welcomes into a group of its own that has the real group's id (for every user, with
+/// their published key packages).
+struct Outsider {
+    provider: crate::engine::Prov,
+    signer: pqmls_provider::SignatureKeyPair,
+    credential: openmls::prelude::CredentialWithKey,
+    transport: Arc<SimTransport>,
+    inbox: Inbox,
+    seen: Vec<Message>,
+    suite: crate::Ciphersuite,
+    published: u64,
+}
+
+impl Outsider {
+    async fn new(
+        net: &SimNetwork,
+        suite: crate::Ciphersuite,
+        topics: &[Topic],
+    ) -> crate::Result<Self> {
+        use openmls::prelude::{BasicCredential, CredentialWithKey};
+        let provider = pqmls_provider::Provider::from_parts(
+            pqmls_provider::PqCrypto::new().map_err(|e| crate::Error::Crypto(format!("{e:?}")))?,
+            pqmls_provider::SqliteStorage::open_in_memory()?,
+        );
+        let signer = pqmls_provider::SignatureKeyPair::generate(suite.signature_algorithm())
+            .map_err(|e| crate::Error::Crypto(format!("{e:?}")))?;
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(b"outsider".to_vec()).into(),
+            signature_key: signer.public().to_vec().into(),
+        };
+        let (transport, inbox) = net.attach();
+        for t in topics {
+            transport
+                .subscribe(t)
+                .await
+                .map_err(crate::Error::Transport)?;
+        }
+        Ok(Self {
+            provider,
+            signer,
+            credential,
+            transport,
+            inbox,
+            seen: Vec::new(),
+            suite,
+            published: 0,
+        })
+    }
+
+    /// One attack, drawn with `rng`.
+    async fn act(
+        &mut self,
+        rng: &mut SimRng,
+        net: &SimNetwork,
+        group: &crate::GroupId,
+        users: &[crate::UserId],
+    ) {
+        use futures::FutureExt as _;
+        while let Some(Some(m)) = self.inbox.next().now_or_never() {
+            if self.seen.len() >= 256 {
+                self.seen.remove(0);
+            }
+            self.seen.push(m);
+        }
+        let topic = crate::wire::group_topic(&group.0);
+        let on_topic: Vec<&Message> = self.seen.iter().filter(|m| m.topic == topic).collect();
+        let pick = |rng: &mut SimRng, n: usize| usize::try_from(rng.below(n as u64)).unwrap_or(0);
+        let mut out: Vec<(Topic, Vec<u8>)> = Vec::new();
+        match rng.below(6) {
+            // A member's payload re-wrapped: not the canonical encoding.
+            0 if !on_topic.is_empty() => {
+                let mut d = on_topic[pick(rng, on_topic.len())].data.clone();
+                d.push(0);
+                out.push((topic.clone(), d));
+            }
+            // A fork signal: a member's application message under a forged tag.
+            1 => {
+                let apps: Vec<(Vec<u8>,)> = on_topic
+                    .iter()
+                    .filter_map(|m| match crate::wire::Wire::decode(&m.data) {
+                        Some(crate::wire::Wire::Application { mls, .. }) => Some((mls,)),
+                        _ => None,
+                    })
+                    .collect();
+                if !apps.is_empty() {
+                    let (mls,) = apps[pick(rng, apps.len())].clone();
+                    let mut auth = [0u8; crate::wire::AUTH_TAG_LEN];
+                    for b in &mut auth {
+                        *b = u8::try_from(rng.below(256)).unwrap_or(0);
+                    }
+                    out.push((
+                        topic.clone(),
+                        crate::wire::Wire::Application { auth, mls }.encode(),
+                    ));
+                }
+            }
+            // Sealed messages with random contents, under a tag seen in a real vote.
+            2 => {
+                let tag = on_topic
+                    .iter()
+                    .find_map(|m| match crate::wire::Wire::decode(&m.data) {
+                        Some(crate::wire::Wire::Vote { tag, .. }) => Some(tag),
+                        _ => None,
+                    })
+                    .unwrap_or([7; 16]);
+                let junk: Vec<u8> = (0..200)
+                    .map(|_| u8::try_from(rng.below(256)).unwrap_or(0))
+                    .collect();
+                let nonce = [u8::try_from(rng.below(256)).unwrap_or(0); 8];
+                for w in [
+                    crate::wire::Wire::Vote {
+                        tag,
+                        sealed: junk.clone(),
+                    },
+                    crate::wire::Wire::Lost {
+                        tag,
+                        sealed: junk.clone(),
+                    },
+                    crate::wire::Wire::Need { tag, nonce },
+                ] {
+                    out.push((topic.clone(), w.encode()));
+                }
+            }
+            // A replay of anything seen, after gossip's de-duplication.
+            3 if !self.seen.is_empty() => {
+                let m = self.seen[pick(rng, self.seen.len())].clone();
+                net.replay(&m);
+                self.published += 1;
+            }
+            // A Welcome into the outsider's group with the real group's id.
+            _ => {
+                let user = users[pick(rng, users.len())];
+                if let Some(w) = self.foreign_welcome(group, &user).await {
+                    out.push((crate::wire::inbox_topic(&user), w));
+                }
+            }
+        }
+        for (t, d) in out {
+            if self.transport.publish(&t, d).await.is_ok() {
+                self.published += 1;
+            }
+        }
+    }
+
+    async fn foreign_welcome(
+        &self,
+        group: &crate::GroupId,
+        user: &crate::UserId,
+    ) -> Option<Vec<u8>> {
+        use openmls::prelude::*;
+        let key = crate::directory::key_package_key(user, crate::wire::Slot::LastResort);
+        let blob = self.transport.get(key.clone()).await.ok()??;
+        let entry =
+            crate::directory::verify(self.provider.crypto(), &key, &blob, crate::engine::now_ms())
+                .ok()?;
+        let MlsMessageBodyIn::KeyPackage(kp) =
+            <MlsMessageIn as tls_codec::Deserialize>::tls_deserialize_exact(&entry.value)
+                .ok()?
+                .extract()
+        else {
+            return None;
+        };
+        let kp = kp
+            .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+            .ok()?;
+        let id = openmls::group::GroupId::from_slice(&group.0);
+        if let Ok(Some(mut old)) = MlsGroup::load(self.provider.storage(), &id) {
+            old.delete(self.provider.storage()).ok()?;
+        }
+        let mut g = MlsGroup::builder()
+            .with_group_id(id)
+            .ciphersuite(self.suite)
+            .use_ratchet_tree_extension(true)
+            .with_capabilities(crate::engine::capabilities(self.suite))
+            .build(&self.provider, &self.signer, self.credential.clone())
+            .ok()?;
+        let (_, welcome, _) = g.add_members(&self.provider, &self.signer, &[kp]).ok()?;
+        let mls = tls_codec::Serialize::tls_serialize_detached(&welcome).ok()?;
+        Some(crate::wire::Wire::Welcome { mls }.encode())
+    }
 }

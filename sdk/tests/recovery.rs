@@ -62,6 +62,7 @@ async fn carol_left_behind(net: &SimNetwork) -> Three {
         carol.status(&g).await.unwrap().epoch == 3
     })
     .await;
+    carol.send(&g, b"sent on the dead branch").await.unwrap();
     alice.update(&g).await.unwrap();
     converge(&[&alice, &bob], &g, 3).await;
     bob.update(&g).await.unwrap();
@@ -131,6 +132,11 @@ async fn a_member_past_the_horizon_is_added_again() {
         a.iter().any(|m| m.body == b"back") && c.iter().any(|m| m.body == b"welcome back")
     })
     .await;
+    // What she wrote while away went out again once she was back.
+    for c in [&alice, &bob] {
+        let h = c.history(&g, 10).await.unwrap();
+        assert!(h.iter().any(|m| m.body == b"sent on the dead branch"));
+    }
     // And it goes on: a later commit by her is merged by everyone.
     carol.update(&g).await.unwrap();
     converge(&[&alice, &bob, &carol], &g, 6).await;

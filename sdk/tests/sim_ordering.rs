@@ -84,6 +84,60 @@ fn a_grinding_member_does_not_split_the_group() {
     );
 }
 
+/// An outsider attacks all through the chaos phase (re-wrapped payloads, forged fork
+/// signals, random sealed votes and requests, replays, foreign Welcomes to every user):
+/// no member state has it in, none of its invitations is joined, and the group converges
+/// with every message delivered. `pqmls sim --outsider` runs it on hundreds of seeds.
+#[test]
+fn an_outsider_changes_no_member_state() {
+    let r = trial(Scenario {
+        members: 8,
+        loss: 0.0,
+        seed: 3,
+        chaos: Duration::from_secs(6),
+        outsider: true,
+        ..Scenario::default()
+    });
+    eprintln!("{r:?}");
+    assert!(r.converged, "{:?}", r.failure);
+    assert!(r.outsider_published > 10, "the outsider did nothing");
+    assert_eq!(r.outsider_states, 0);
+    assert_eq!(r.deliveries, r.expected_deliveries, "{:?}", r.missing);
+}
+
+/// A partition longer than the horizon: two members are away for 4 s with a 1 s horizon
+/// (virtual time) while the others commit; they cannot move to the final chain, report
+/// it, and are added again. Every trial ends with all members on one chain, or with only
+/// members that reported `Unrecoverable` (removed while away) outside it: never a silent
+/// fork.
+#[test]
+fn a_partition_longer_than_the_horizon_ends_in_a_rejoin_not_a_silent_fork() {
+    let mut rejoined = 0;
+    for seed in [1, 2] {
+        let r = trial(Scenario {
+            members: 8,
+            loss: 0.2,
+            seed,
+            chaos: Duration::from_secs(8),
+            offline: 2,
+            partition: Some(Duration::from_secs(4)),
+            horizon: Duration::from_secs(1),
+            ..Scenario::default()
+        });
+        eprintln!("{r:?}");
+        assert!(
+            r.converged || r.still_lost > 0,
+            "seed {seed}: silent fork: {:?}",
+            r.failure
+        );
+        rejoined += r.rejoined;
+    }
+    assert!(
+        rejoined > 0,
+        "nobody needed or got a re-add: the scenario tests nothing"
+    );
+}
+
 /// Runs `scenario` on three fresh clients `a`, `b`, `c` (no loss, 50 ms settle), then
 /// syncs until every holder of the group agrees twice in a row; the members at the end.
 fn race(

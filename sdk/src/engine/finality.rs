@@ -60,7 +60,7 @@ impl State {
                 &keys.order_key[..],
                 &keys.vote_key[..],
                 &keys.vote_tag[..],
-                to_i64(self.wall_ms())
+                to_i64(self.horizon_ms())
             ],
         )?;
         // Votes that came before we entered the epoch.
@@ -607,7 +607,7 @@ impl State {
             return Ok(false);
         }
         if !db::has_snapshot(self.db(), &gid.0, epoch)? {
-            self.unrecoverable(gid, epoch);
+            self.unrecoverable(gid, epoch)?;
             return Ok(false);
         }
         // Tried again even if it failed on this snapshot before, or is our own from a
@@ -625,20 +625,24 @@ impl State {
         if self.is_final(gid, epoch)? || self.merged_at(gid, epoch)? == Some(*f) {
             Ok(true)
         } else {
-            self.unrecoverable(gid, epoch);
+            self.unrecoverable(gid, epoch)?;
             Ok(false)
         }
     }
 
     /// Reports once that we cannot follow the group's final chain at `epoch`.
-    pub(crate) fn unrecoverable(&mut self, gid: &GroupId, epoch: u64) {
+    pub(crate) fn unrecoverable(&mut self, gid: &GroupId, epoch: u64) -> Result<()> {
         let Some(g) = self.groups.get_mut(gid) else {
-            return;
+            return Ok(());
         };
         if g.unrecoverable == Some(epoch) {
-            return;
+            return Ok(());
         }
         g.unrecoverable = Some(epoch);
+        self.db().execute(
+            "UPDATE pqmls_groups SET lost_epoch = ?2 WHERE group_id = ?1",
+            params![gid.0, to_i64(epoch)],
+        )?;
         self.stats.unrecoverable += 1;
         tracing::warn!(
             "{}: group {gid}: cannot reach the final commit of epoch {epoch}",
@@ -648,6 +652,7 @@ impl State {
             group: gid.clone(),
             epoch,
         });
+        Ok(())
     }
 
     /// `epoch` is final: never left again; what was kept to leave it is deleted.
@@ -705,7 +710,7 @@ impl State {
     /// ago, final or not (final ones are gone already).
     pub(crate) fn expire_snapshots(&mut self) -> Result<()> {
         let horizon = u64::try_from(self.config.fork_horizon.as_millis()).unwrap_or(u64::MAX);
-        let cutoff = to_i64(self.wall_ms().saturating_sub(horizon));
+        let cutoff = to_i64(self.horizon_ms().saturating_sub(horizon));
         let gids: Vec<GroupId> = self.groups.keys().cloned().collect();
         for gid in gids {
             // The newest epoch entered before the cutoff: every epoch before it was left

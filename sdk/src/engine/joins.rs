@@ -476,6 +476,11 @@ impl State {
             // was withdrawn goes out again (receivers drop what they have, by uid). Never
             // into an invitation from a stranger.
             self.resend_own(&gid, -1)?;
+            // Back after a lost branch: what we sent from the last epoch we shared with
+            // the group on (on the dead branch) goes out again.
+            if let Some(e) = lost_epoch {
+                self.resend_own(&gid, to_i64(e))?;
+            }
         }
         Ok(Join::Joined)
     }

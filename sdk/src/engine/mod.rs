@@ -130,6 +130,8 @@ pub(crate) struct State {
     pub republished: BTreeMap<[u8; 32], (Instant, u32)>,
     /// When this state was opened, on the tokio clock (budgets count from it).
     pub origin: Instant,
+    /// The wall clock then (milliseconds since the Unix epoch).
+    pub origin_wall_ms: u64,
     /// Requests for missing commits: (group, epoch) -> when we last asked or answered,
     /// and how often we asked (see `finality::ask_missing`, `finality::on_need`).
     pub needs: BTreeMap<(GroupId, u64, bool), (Instant, u32)>,
@@ -244,6 +246,15 @@ impl State {
     /// The wall clock (plus the test hook's skew).
     pub(crate) fn wall_ms(&self) -> u64 {
         now_ms().saturating_add(self.clock_skew_ms)
+    }
+
+    /// The clock of the fork horizon ([`Config::fork_horizon`]): the wall clock, but never
+    /// behind the time elapsed on the tokio clock since we opened, so that a wall clock
+    /// set back does not stretch the horizon, and in the simulation (paused tokio time,
+    /// far ahead of the wall clock) the horizon follows virtual time.
+    pub(crate) fn horizon_ms(&self) -> u64 {
+        self.wall_ms()
+            .max(self.origin_wall_ms.saturating_add(self.mono_ms()))
     }
 
     /// The member behind an MLS leaf: id from its signature key, name from its credential.
@@ -380,6 +391,18 @@ impl State {
                 group.removed_at = prev.removed_at;
                 group.past_reads = prev.past_reads;
             }
+            // Kept in the database: a reload (after a Welcome that did not join, or a
+            // restart) must not forget that we are to ask to be added again.
+            let lost: Option<i64> = self
+                .db()
+                .query_row(
+                    "SELECT lost_epoch FROM pqmls_groups WHERE group_id = ?1",
+                    [&gid.0],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            group.unrecoverable = lost.map(to_u64);
             group.removed_at = if group.mls.is_active() {
                 None
             } else {
