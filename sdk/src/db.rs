@@ -46,6 +46,16 @@ fn migrate_v4(db: &Connection) -> Result<()> {
          -- The epoch whose final commit we cannot reach (Event::Unrecoverable), until a
          -- Welcome brings us back.
          ALTER TABLE pqmls_groups ADD COLUMN lost_epoch INTEGER;
+         -- Each vote as it went on the wire, and the votes that made an epoch final, kept
+         -- with its final commit: a member whose copies were lost for good gets them
+         -- again when it asks (`Wire::Need`).
+         ALTER TABLE pqmls_votes ADD COLUMN payload BLOB;
+         CREATE TABLE IF NOT EXISTS pqmls_final_votes (
+             group_id BLOB NOT NULL,
+             epoch INTEGER NOT NULL,
+             payload BLOB NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS pqmls_final_votes_epoch ON pqmls_final_votes (group_id, epoch);
          PRAGMA user_version = 4;
          COMMIT;",
     )?;

@@ -213,3 +213,44 @@ async fn votes_from_strangers_are_bounded_in_bytes() {
     // one is dropped.
     assert_eq!(size(&alice, "pqmls_votes_pending").await, 1);
 }
+
+/// Votes lost for good: carol is away and the store misses alice's commit and every vote
+/// on it; alice and bob make it final and stop sending their votes. Back, carol sees a
+/// later message, asks for the commit, and gets it with the votes that made it final, so
+/// the epoch is final at her too. Before, she merged the commit but the epoch never became
+/// final at her (the votes were nowhere), and her finality stopped there for good.
+#[tokio::test(start_paused = true)]
+async fn votes_lost_for_good_come_back_with_the_final_commit() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let bob = client(&net, config("bob")).await;
+    let (ct, cin) = net.attach();
+    let carol = Client::open(config("carol"), ct.clone(), cin)
+        .await
+        .unwrap();
+    let g = group(&[&alice, &bob, &carol]).await;
+    let (a0, b0, c0) = (
+        alice.stats().await.epochs_final,
+        bob.stats().await.epochs_final,
+        carol.stats().await.epochs_final,
+    );
+    ct.set_online(false);
+    net.set_store_miss(1.0);
+    alice.update(&g).await.unwrap();
+    converge(&[&alice, &bob], &g, 3).await;
+    until("epoch 2 final at alice and bob", async || {
+        alice.stats().await.epochs_final > a0 && bob.stats().await.epochs_final > b0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    net.set_store_miss(0.0);
+    ct.set_online(true);
+    alice.send(&g, b"later").await.unwrap();
+    carol.sync().await.unwrap();
+    converge(&[&alice, &bob, &carol], &g, 3).await;
+    until("epoch 2 final at carol", async || {
+        carol.stats().await.epochs_final > c0
+    })
+    .await;
+    assert!(carol.stats().await.needs_sent >= 1);
+}

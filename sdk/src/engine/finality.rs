@@ -204,11 +204,11 @@ impl State {
         };
         let sealed = self.seal_vote(gid, epoch, &keys, round, commit, leaf)?;
         let topic = self.group(gid)?.topic.clone();
-        self.enqueue(&topic, sealed)?;
+        self.enqueue(&topic, sealed.clone())?;
         self.db().execute(
-            "INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![gid.0, &keys.vote_tag[..], to_i64(epoch), i64::from(round), &self.id.0[..], &commit[..]],
+            "INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![gid.0, &keys.vote_tag[..], to_i64(epoch), i64::from(round), &self.id.0[..], &commit[..], sealed],
         )?;
         self.stats.votes_cast += 1;
         tracing::debug!(
@@ -404,10 +404,16 @@ impl State {
         if n >= 2 {
             return Ok(());
         }
+        // As it was on the wire (the canonical encoding is the only one accepted).
+        let payload = Wire::Vote {
+            tag: keys.vote_tag,
+            sealed: sealed.to_vec(),
+        }
+        .encode();
         self.db().execute(
-            "INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![gid.0, &keys.vote_tag[..], to_i64(epoch), i64::from(vote.round), &voter.0[..], &vote.commit[..]],
+            "INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![gid.0, &keys.vote_tag[..], to_i64(epoch), i64::from(vote.round), &voter.0[..], &vote.commit[..], payload],
         )?;
         Ok(())
     }
@@ -660,6 +666,14 @@ impl State {
         tracing::debug!("{}: group {gid} epoch {epoch} final", self.name);
         if let Some(f) = self.merged_at(gid, epoch)? {
             self.void_dead(gid, epoch, &f)?;
+            // The votes for it are what made it final: kept with it, for a member that
+            // lost its copies for good and asks (`on_need`).
+            self.db().execute(
+                "INSERT INTO pqmls_final_votes (group_id, epoch, payload)
+                 SELECT group_id, epoch, payload FROM pqmls_votes
+                 WHERE group_id = ?1 AND epoch = ?2 AND commit_hash = ?3 AND payload IS NOT NULL",
+                params![gid.0, to_i64(epoch), &f[..]],
+            )?;
         }
         // Never backwards (a nested evaluation may have gone further).
         self.db().execute(
@@ -689,6 +703,10 @@ impl State {
             ),
             (
                 "DELETE FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch <= ?2",
+                keep,
+            ),
+            (
+                "DELETE FROM pqmls_final_votes WHERE group_id = ?1 AND epoch <= ?2",
                 keep,
             ),
             // Honoured rejoin requests are remembered while their epoch's keys can
@@ -859,6 +877,22 @@ impl State {
                     wanted = Some(first_open);
                 }
             }
+            // An epoch we left that is still not final here well after we left it: its
+            // votes (or some) are lost to us. Asking makes the members that hold them
+            // publish them again with the final commit.
+            if wanted.is_none() && first_open < current {
+                let left: Option<i64> = self
+                    .db()
+                    .prepare_cached(
+                        "SELECT entered_ms FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch = ?2",
+                    )?
+                    .query_row(params![gid.0, to_i64(first_open + 1)], |r| r.get(0))
+                    .optional()?;
+                let gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
+                if left.is_some_and(|t| self.horizon_ms().saturating_sub(to_u64(t)) >= gap_ms) {
+                    wanted = Some(first_open);
+                }
+            }
             if wanted.is_none() {
                 let ahead: bool = self.db().query_row(
                     "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND epoch > ?2)
@@ -949,15 +983,26 @@ impl State {
             )?
             .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
             .optional()?;
+        let votes: Vec<Vec<u8>> = self
+            .db()
+            .prepare_cached(
+                "SELECT payload FROM pqmls_final_votes WHERE group_id = ?1 AND epoch = ?2",
+            )?
+            .query_map(params![gid.0, to_i64(epoch)], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         let Some(payload) = payload else {
             return Ok(Outcome::Done);
         };
         tracing::debug!(
-            "{}: group {gid}: publishing the commit ending epoch {epoch} again",
-            self.name
+            "{}: group {gid}: publishing the commit ending epoch {epoch} again, with {} vote(s)",
+            self.name,
+            votes.len()
         );
         let topic = self.group(gid)?.topic.clone();
         self.enqueue(&topic, payload)?;
+        for v in votes {
+            self.enqueue(&topic, v)?;
+        }
         self.needs.insert(key, (now, 1));
         self.needs
             .retain(|(_, _, asked), (t, _)| *asked || now < *t + gap);

@@ -721,6 +721,7 @@ impl State {
             "pqmls_votes_pending",
             "pqmls_epoch_keys",
             "pqmls_rejoins",
+            "pqmls_final_votes",
             "openmls_key_packages",
         ] {
             let n: i64 = self
