@@ -87,6 +87,16 @@ pub enum Error {
     /// Publishing failed in gossipsub for a reason not listed above.
     #[error("publish failed: {0}")]
     Publish(String),
+    /// A Waku content topic that cannot be autosharded (not
+    /// `/{application}/{version}/{name}/{encoding}` of generation 0).
+    #[error("content topic cannot be autosharded: {0}")]
+    ContentTopic(String),
+    /// A Waku shard that is not one of this node's cluster, or a shard number not below 1024.
+    #[error("not a shard of this node's cluster: {0}")]
+    Shard(String),
+    /// A `WakuMessage` the spec forbids.
+    #[error(transparent)]
+    WakuMessage(#[from] crate::waku::MessageError),
 }
 
 /// Result alias for this crate.

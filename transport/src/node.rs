@@ -3,8 +3,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +26,7 @@ use crate::message::{self, Message, MessageId, Topic, Validator, Verdict};
 use crate::rpc::{self, Refusal, Request, Response};
 use crate::slots;
 use crate::store::{self, Cursor, Page, PageLimits, Store};
+use crate::waku::{self, ContentTopic, MessageHash, PubsubTopic, WakuMessage, metadata, relay};
 
 /// Identify protocol version: nodes of other networks are not confused with ours.
 const IDENTIFY_PROTOCOL: &str = "/pqmls/0.1.0";
@@ -39,6 +40,8 @@ const IDONTWANT_THRESHOLD: usize = 16 * 1024;
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// File name of the persisted identity key in the data directory.
 const IDENTITY_FILE: &str = "identity.key";
+/// How long a peer has to answer the Waku metadata request before it is disconnected.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every bound the node enforces. The defaults suit a phone or a small server.
 #[derive(Debug, Clone)]
@@ -158,6 +161,10 @@ pub struct Config {
     pub validator: Option<Arc<dyn Validator>>,
     /// Bounds on queues, sizes and requests.
     pub limits: Limits,
+    /// Waku: `Some` runs Waku relay (`/vac/waku/relay/2.0.0`) on the shards of a cluster
+    /// and the metadata protocol's cluster gate beside this crate's own protocols. See
+    /// [`Config::with_waku`].
+    pub waku: Option<relay::Config>,
 }
 
 impl std::fmt::Debug for Config {
@@ -172,6 +179,7 @@ impl std::fmt::Debug for Config {
             .field("gossip_heartbeat", &self.gossip_heartbeat)
             .field("validator", &self.validator.is_some())
             .field("limits", &self.limits)
+            .field("waku", &self.waku)
             .finish()
     }
 }
@@ -197,6 +205,7 @@ impl Default for Config {
             gossip_heartbeat: Duration::from_secs(1),
             validator: None,
             limits: Limits::default(),
+            waku: None,
         }
     }
 }
@@ -248,6 +257,17 @@ impl Config {
     /// Sets the validation hook.
     pub fn with_validator(mut self, validator: impl Validator) -> Self {
         self.validator = Some(Arc::new(validator));
+        self
+    }
+
+    /// Makes this node a Waku relay node of `relay.cluster`, subscribed to `relay.shards`:
+    /// it relays `WakuMessage`s on `/vac/waku/relay/2.0.0` ([`Node::relay_publish`],
+    /// [`Node::relay_inbound`]), answers `/vac/waku/metadata/1.0.0`, asks it of every new
+    /// peer, and disconnects a peer that does not answer within 10 s, answers no cluster or
+    /// another cluster (as the Nim node does; so every peer of a Waku node must speak the
+    /// metadata protocol, pqmls nodes included).
+    pub fn with_waku(mut self, relay: relay::Config) -> Self {
+        self.waku = Some(relay);
         self
     }
 }
@@ -320,6 +340,20 @@ pub struct Counters {
     /// Directory puts (remote or local) refused for exceeding a quota
     /// ([`store::Config::max_entries_per_peer`] and the others).
     pub puts_over_quota: u64,
+    /// Waku messages this node published on relay.
+    pub relay_published: u64,
+    /// Waku relay messages delivered to the [`RelayInbound`] stream.
+    pub relay_delivered: u64,
+    /// Waku relay messages rejected: not a shard of this cluster, over the size limit, or
+    /// not a well-formed `WakuMessage` (see [`relay::check`]).
+    pub relay_rejected: u64,
+    /// Accepted relay messages dropped because the [`RelayInbound`] stream was full (or
+    /// nobody took it).
+    pub relay_inbound_dropped: u64,
+    /// Peers whose metadata named this node's cluster.
+    pub metadata_admitted: u64,
+    /// Peers disconnected by the metadata gate: another cluster, no cluster, or no answer.
+    pub metadata_refused: u64,
 }
 
 #[derive(Default)]
@@ -350,6 +384,12 @@ struct Stats {
     response_bytes_in_flight_peak: AtomicU64,
     puts_rejected: AtomicU64,
     puts_over_quota: AtomicU64,
+    relay_published: AtomicU64,
+    relay_delivered: AtomicU64,
+    relay_rejected: AtomicU64,
+    relay_inbound_dropped: AtomicU64,
+    metadata_admitted: AtomicU64,
+    metadata_refused: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -392,6 +432,12 @@ impl Stats {
             response_bytes_in_flight_peak: g(&self.response_bytes_in_flight_peak),
             puts_rejected: g(&self.puts_rejected),
             puts_over_quota: g(&self.puts_over_quota),
+            relay_published: g(&self.relay_published),
+            relay_delivered: g(&self.relay_delivered),
+            relay_rejected: g(&self.relay_rejected),
+            relay_inbound_dropped: g(&self.relay_inbound_dropped),
+            metadata_admitted: g(&self.metadata_admitted),
+            metadata_refused: g(&self.metadata_refused),
         }
     }
 }
@@ -408,6 +454,10 @@ enum Command {
     Dial(Multiaddr, Reply<()>),
     ListenAddrs(Reply<Vec<Multiaddr>>),
     MeshPeers(Topic, Reply<usize>),
+    RelayPublish(PubsubTopic, WakuMessage, Reply<MessageHash>),
+    RelaySubscribe(u16, Reply<bool>),
+    RelayUnsubscribe(u16, Reply<bool>),
+    RelayMeshPeers(PubsubTopic, Reply<usize>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -419,6 +469,8 @@ pub struct Node {
     peer_id: PeerId,
     stats: Arc<Stats>,
     limits: Limits,
+    waku: Option<relay::Config>,
+    relay_inbound: Arc<Mutex<Option<RelayInbound>>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -455,6 +507,36 @@ impl Stream for Inbound {
     }
 }
 
+/// The stream of accepted Waku relay messages of a node started with
+/// [`Config::with_waku`], taken once with [`Node::relay_inbound`]. Bounded by
+/// [`Limits::inbound_queue`]; messages that find it full are dropped and counted in
+/// [`Counters::relay_inbound_dropped`]. Gossipsub's seen cache (two minutes, ids are
+/// SHA-256 of the encoded message) keeps a message from being delivered twice.
+#[derive(Debug)]
+pub struct RelayInbound {
+    rx: mpsc::Receiver<relay::Received>,
+}
+
+impl RelayInbound {
+    /// The next message, or `None` once the node has stopped.
+    pub async fn recv(&mut self) -> Option<relay::Received> {
+        self.rx.recv().await
+    }
+
+    /// The next message if one is waiting, without blocking.
+    pub fn try_recv(&mut self) -> Option<relay::Received> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Stream for RelayInbound {
+    type Item = relay::Received;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<relay::Received>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     /// First, so connections it refuses never reach the other behaviours.
@@ -465,6 +547,10 @@ struct Behaviour {
     ping: ping::Behaviour,
     kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Waku relay: a second gossipsub on its own protocol id and topics.
+    relay: Toggle<gossipsub::Behaviour>,
+    /// Waku metadata, the cluster gate.
+    metadata: Toggle<request_response::Behaviour<metadata::Codec>>,
 }
 
 impl Node {
@@ -509,6 +595,19 @@ impl Node {
                 "response_bytes_per_peer must hold the largest response ({largest_response} \
                  bytes) and response_bytes_in_flight at least that"
             )));
+        }
+        if let Some(w) = &config.waku {
+            if w.shard_count == 0 || w.shard_count > waku::sharding::MAX_SHARDS {
+                return Err(Error::Config("waku shard_count must be in 1..=1024".into()));
+            }
+            if w.shards.iter().any(|s| *s >= waku::sharding::MAX_SHARDS) {
+                return Err(Error::Config("waku shards must be below 1024".into()));
+            }
+            if w.max_message_size == 0 || w.max_message_size > u32::MAX as usize / 4 {
+                return Err(Error::Config(
+                    "waku max_message_size is out of range".into(),
+                ));
+            }
         }
         let keypair = match &config.data_dir {
             Some(dir) => {
@@ -585,6 +684,18 @@ impl Node {
 
         let (cmd_tx, cmd_rx) = mpsc::channel(limits.command_queue);
         let (in_tx, in_rx) = mpsc::channel(limits.inbound_queue);
+        let (waku, relay_inbound) = match &config.waku {
+            Some(w) => {
+                let (tx, rx) = mpsc::channel(limits.inbound_queue);
+                let state = WakuState {
+                    config: w.clone(),
+                    inbound: tx,
+                    shards: HashSet::new(),
+                };
+                (Some(state), Some(RelayInbound { rx }))
+            }
+            None => (None, None),
+        };
         let mut task = Task {
             swarm,
             store,
@@ -604,8 +715,12 @@ impl Node {
                 limits.response_bytes_in_flight,
                 limits.response_bytes_per_peer,
             ),
+            waku,
         };
         task.resubscribe_served_topics();
+        for shard in config.waku.iter().flat_map(|w| w.shards.iter()) {
+            task.relay_subscribe(*shard)?;
+        }
         for addr in &config.bootstrap {
             task.dial_bootstrap(addr.clone());
         }
@@ -616,6 +731,8 @@ impl Node {
                 peer_id,
                 stats,
                 limits,
+                waku: config.waku.clone(),
+                relay_inbound: Arc::new(Mutex::new(relay_inbound)),
             },
             Inbound { rx: in_rx },
         ))
@@ -762,6 +879,126 @@ impl Node {
         self.call(|r| Command::MeshPeers(t, r)).await
     }
 
+    /// The stream of received Waku relay messages. Returns it on the first call only (every
+    /// later call, and a node without [`Config::with_waku`], gets `None`); until it is
+    /// taken, accepted messages are counted in [`Counters::relay_inbound_dropped`] once
+    /// the queue is full.
+    pub fn relay_inbound(&self) -> Option<RelayInbound> {
+        // A poisoned lock only means another thread panicked while taking the stream.
+        match self.relay_inbound.lock() {
+            Ok(mut g) => g.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+
+    fn relay_config(&self) -> Result<&relay::Config> {
+        self.waku
+            .as_ref()
+            .ok_or_else(|| Error::Config("Waku relay is off (see Config::with_waku)".into()))
+    }
+
+    /// Publishes `payload` on Waku relay as a `WakuMessage` on `content_topic`, stamped
+    /// with the current time, on the topic's shard (autosharding over
+    /// [`relay::Config::shard_count`] shards). Returns the message's deterministic hash.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Node::relay_publish_message`].
+    pub async fn relay_publish(
+        &self,
+        content_topic: &ContentTopic,
+        payload: Vec<u8>,
+    ) -> Result<MessageHash> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let message = WakuMessage::new(content_topic.to_string(), payload).with_timestamp(now);
+        Ok(self.relay_publish_message(message).await?.1)
+    }
+
+    /// Publishes `message` on Waku relay on the shard of its content topic (autosharding).
+    /// Returns the shard and the message's deterministic hash.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ContentTopic`] if the content topic cannot be autosharded, and the errors of
+    /// [`Node::relay_publish_on`].
+    pub async fn relay_publish_message(
+        &self,
+        message: WakuMessage,
+    ) -> Result<(PubsubTopic, MessageHash)> {
+        let config = self.relay_config()?;
+        let shard = ContentTopic::parse(&message.content_topic)
+            .and_then(|t| t.pubsub_topic(config.cluster, config.shard_count))
+            .ok_or_else(|| Error::ContentTopic(message.content_topic.chars().take(64).collect()))?;
+        Ok((shard, self.relay_publish_on(shard, message).await?))
+    }
+
+    /// Publishes `message` on Waku relay on `shard` (static sharding; the node need not
+    /// subscribe to it). Returns the message's deterministic hash.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if Waku is off, [`Error::Shard`] for a shard of another cluster,
+    /// [`Error::WakuMessage`] for a message the spec forbids (`meta` over 64 bytes),
+    /// [`Error::MessageTooLarge`] if its encoding exceeds
+    /// [`relay::Config::max_message_size`], and as for [`Node::publish`]:
+    /// [`Error::Duplicate`], [`Error::NoPeers`], [`Error::QueueFull`], [`Error::Publish`],
+    /// [`Error::Shutdown`].
+    pub async fn relay_publish_on(
+        &self,
+        shard: PubsubTopic,
+        message: WakuMessage,
+    ) -> Result<MessageHash> {
+        let config = self.relay_config()?;
+        if shard.cluster != config.cluster {
+            return Err(Error::Shard(shard.to_string()));
+        }
+        message.check()?;
+        let len = prost::Message::encoded_len(&message);
+        if len > config.max_message_size {
+            return Err(Error::MessageTooLarge {
+                len,
+                max: config.max_message_size,
+            });
+        }
+        self.call(|r| Command::RelayPublish(shard, message, r))
+            .await
+    }
+
+    /// Subscribes to `shard` of this node's cluster on Waku relay; false if already
+    /// subscribed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if Waku is off, [`Error::Shard`] for a shard number not below
+    /// 1024, [`Error::Subscription`] if gossipsub refuses, [`Error::Shutdown`].
+    pub async fn relay_subscribe(&self, shard: u16) -> Result<bool> {
+        self.relay_config()?;
+        self.call(|r| Command::RelaySubscribe(shard, r)).await
+    }
+
+    /// Unsubscribes from `shard`; false if not subscribed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if Waku is off, [`Error::Shutdown`].
+    pub async fn relay_unsubscribe(&self, shard: u16) -> Result<bool> {
+        self.relay_config()?;
+        self.call(|r| Command::RelayUnsubscribe(shard, r)).await
+    }
+
+    /// Number of peers in this node's relay mesh for `shard`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if Waku is off, [`Error::Shutdown`].
+    pub async fn relay_mesh_peers(&self, shard: PubsubTopic) -> Result<usize> {
+        self.relay_config()?;
+        self.call(|r| Command::RelayMeshPeers(shard, r)).await
+    }
+
     /// Stops the node and waits until its connections, listeners and store are closed.
     ///
     /// # Errors
@@ -869,6 +1106,29 @@ fn build_behaviour(
         },
         stats.slots.clone(),
     );
+    let (relay, metadata) = match &config.waku {
+        Some(w) => {
+            let mut relay = relay::behaviour(w).map_err(Error::Setup)?;
+            relay
+                .with_peer_score(
+                    peer_score_params(),
+                    gossipsub::PeerScoreThresholds::default(),
+                )
+                .map_err(Error::Setup)?;
+            let metadata = request_response::Behaviour::with_codec(
+                metadata::Codec,
+                [(
+                    StreamProtocol::new(metadata::PROTOCOL),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(METADATA_TIMEOUT)
+                    .with_max_concurrent_streams(limits.max_concurrent_streams),
+            );
+            (Some(relay), Some(metadata))
+        }
+        None => (None, None),
+    };
     Ok(Behaviour {
         slots,
         gossipsub,
@@ -877,6 +1137,8 @@ fn build_behaviour(
         ping,
         kad: Toggle::from(kad),
         mdns: Toggle::from(mdns),
+        relay: Toggle::from(relay),
+        metadata: Toggle::from(metadata),
     })
 }
 
@@ -1044,6 +1306,16 @@ struct Task {
     topic_limit_warned: bool,
     /// Bytes held in responses not yet written, see [`Limits::response_bytes_in_flight`].
     responses: Budget<PeerId, InboundRequestId>,
+    /// Waku relay and metadata, when on.
+    waku: Option<WakuState>,
+}
+
+/// The node task's Waku state.
+struct WakuState {
+    config: relay::Config,
+    inbound: mpsc::Sender<relay::Received>,
+    /// Shards subscribed to on relay (announced in metadata).
+    shards: HashSet<u16>,
 }
 
 impl Task {
@@ -1146,6 +1418,25 @@ impl Task {
                 let n = self.swarm.behaviour().gossipsub.mesh_peers(&hash).count();
                 let _ = reply.send(Ok(n));
             }
+            Command::RelayPublish(shard, message, reply) => {
+                let _ = reply.send(self.relay_publish(shard, &message));
+            }
+            Command::RelaySubscribe(shard, reply) => {
+                let _ = reply.send(self.relay_subscribe(shard));
+            }
+            Command::RelayUnsubscribe(shard, reply) => {
+                let _ = reply.send(self.relay_unsubscribe(shard));
+            }
+            Command::RelayMeshPeers(shard, reply) => {
+                let hash = gossipsub::TopicHash::from_raw(shard.to_string());
+                let n = self
+                    .swarm
+                    .behaviour()
+                    .relay
+                    .as_ref()
+                    .map_or(0, |r| r.mesh_peers(&hash).count());
+                let _ = reply.send(Ok(n));
+            }
             Command::Shutdown(_) => {
                 // Handled by the loop in `run`.
             }
@@ -1206,6 +1497,178 @@ impl Task {
             }),
             Err(gossipsub::PublishError::AllQueuesFull(_)) => Err(Error::QueueFull),
             Err(e) => Err(Error::Publish(e.to_string())),
+        }
+    }
+
+    fn relay_subscribe(&mut self, shard: u16) -> Result<bool> {
+        let Some(waku) = &mut self.waku else {
+            return Err(Error::Config("Waku relay is off".into()));
+        };
+        let topic = PubsubTopic::new(waku.config.cluster, shard)
+            .ok_or_else(|| Error::Shard(format!("shard {shard}")))?;
+        let t = gossipsub::IdentTopic::new(topic.to_string());
+        let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() else {
+            return Err(Error::Config("Waku relay is off".into()));
+        };
+        relay
+            .set_topic_params(t.clone(), topic_score_params())
+            .map_err(|e| Error::Subscription(e.to_string()))?;
+        let new = relay
+            .subscribe(&t)
+            .map_err(|e| Error::Subscription(e.to_string()))?;
+        waku.shards.insert(shard);
+        Ok(new)
+    }
+
+    fn relay_unsubscribe(&mut self, shard: u16) -> Result<bool> {
+        let Some(waku) = &mut self.waku else {
+            return Err(Error::Config("Waku relay is off".into()));
+        };
+        let Some(topic) = PubsubTopic::new(waku.config.cluster, shard) else {
+            return Ok(false);
+        };
+        waku.shards.remove(&shard);
+        let t = gossipsub::IdentTopic::new(topic.to_string());
+        Ok(self
+            .swarm
+            .behaviour_mut()
+            .relay
+            .as_mut()
+            .is_some_and(|r| r.unsubscribe(&t)))
+    }
+
+    fn relay_publish(&mut self, shard: PubsubTopic, message: &WakuMessage) -> Result<MessageHash> {
+        let topic = shard.to_string();
+        let hash = waku::message_hash(&topic, message);
+        let data = message.to_bytes();
+        let len = data.len();
+        let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() else {
+            return Err(Error::Config("Waku relay is off".into()));
+        };
+        match relay.publish(gossipsub::TopicHash::from_raw(topic), data) {
+            Ok(_) => {
+                bump(&self.stats.relay_published);
+                Ok(hash)
+            }
+            Err(gossipsub::PublishError::Duplicate) => Err(Error::Duplicate),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Err(Error::NoPeers),
+            Err(gossipsub::PublishError::MessageTooLarge) => Err(Error::MessageTooLarge {
+                len,
+                max: self.waku.as_ref().map_or(0, |w| w.config.max_message_size),
+            }),
+            Err(gossipsub::PublishError::AllQueuesFull(_)) => Err(Error::QueueFull),
+            Err(e) => Err(Error::Publish(e.to_string())),
+        }
+    }
+
+    /// A relay message: [`relay::check`], verdict to gossipsub, delivery if accepted.
+    fn on_relay(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } = event
+        else {
+            if let gossipsub::Event::SlowPeer { .. } = event {
+                bump(&self.stats.slow_peers);
+            }
+            return;
+        };
+        let Some(waku) = &self.waku else {
+            return;
+        };
+        let checked = relay::check(&waku.config, message.topic.as_str(), &message.data);
+        let acceptance = if checked.is_ok() {
+            gossipsub::MessageAcceptance::Accept
+        } else {
+            bump(&self.stats.relay_rejected);
+            gossipsub::MessageAcceptance::Reject
+        };
+        if let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() {
+            relay.report_message_validation_result(&message_id, &propagation_source, acceptance);
+        }
+        let Ok((shard, message)) = checked else {
+            return;
+        };
+        let received = relay::Received {
+            hash: waku::message_hash(&shard.to_string(), &message),
+            shard,
+            message,
+            received: SystemTime::now(),
+        };
+        // Count before sending, so a reader never sees a message before its count.
+        bump(&self.stats.relay_delivered);
+        if waku.inbound.try_send(received).is_err() {
+            self.stats.relay_delivered.fetch_sub(1, Ordering::Relaxed);
+            bump(&self.stats.relay_inbound_dropped);
+        }
+    }
+
+    /// This node's metadata: its cluster and the relay shards it subscribes to.
+    fn own_metadata(&self) -> Option<metadata::Metadata> {
+        let waku = self.waku.as_ref()?;
+        let mut shards: Vec<u32> = waku.shards.iter().map(|s| u32::from(*s)).collect();
+        shards.sort_unstable();
+        Some(metadata::Metadata {
+            cluster_id: Some(u32::from(waku.config.cluster)),
+            shards,
+        })
+    }
+
+    /// The metadata gate: a new peer is asked its cluster.
+    fn ask_metadata(&mut self, peer: PeerId) {
+        let Some(mine) = self.own_metadata() else {
+            return;
+        };
+        if let Some(m) = self.swarm.behaviour_mut().metadata.as_mut() {
+            m.send_request(&peer, mine);
+        }
+    }
+
+    fn on_metadata(
+        &mut self,
+        event: request_response::Event<metadata::Metadata, metadata::Metadata>,
+    ) {
+        let Some(cluster) = self.waku.as_ref().map(|w| w.config.cluster) else {
+            return;
+        };
+        match event {
+            request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            } => {
+                if let Some(mine) = self.own_metadata()
+                    && let Some(m) = self.swarm.behaviour_mut().metadata.as_mut()
+                {
+                    // An error means the stream is already gone; nothing to do.
+                    let _ = m.send_response(channel, mine);
+                }
+            }
+            request_response::Event::Message {
+                peer,
+                message: request_response::Message::Response { response, .. },
+                ..
+            } => {
+                if metadata::admits(cluster, &response) {
+                    bump(&self.stats.metadata_admitted);
+                } else {
+                    tracing::debug!(
+                        "disconnecting {peer}: cluster {:?}, ours {cluster}",
+                        response.cluster_id
+                    );
+                    bump(&self.stats.metadata_refused);
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                if self.swarm.is_connected(&peer) {
+                    tracing::debug!("disconnecting {peer}: no metadata ({error})");
+                    bump(&self.stats.metadata_refused);
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+            request_response::Event::InboundFailure { .. }
+            | request_response::Event::ResponseSent { .. } => {}
         }
     }
 
@@ -1410,6 +1873,8 @@ impl Task {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Metadata(e)) => self.on_metadata(e),
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) => self.on_rpc(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -1441,7 +1906,16 @@ impl Task {
                     }
                 }
             }
-            SwarmEvent::ConnectionEstablished { .. } => self.update_peer_counts(),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established.get() == 1 {
+                    self.ask_metadata(peer_id);
+                }
+                self.update_peer_counts();
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,

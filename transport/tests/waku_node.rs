@@ -1,0 +1,321 @@
+//! A [`Node`] in Waku mode on 127.0.0.1 over real libp2p sockets: relay between nodes in
+//! both directions, shards kept apart, size limits, a hostile relay peer, and the metadata
+//! protocol's cluster gate.
+
+// Tests may unwrap: a panic is a test failure (clippy.toml allows it only inside #[test] fns).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Swarm, gossipsub, noise, request_response, tcp, yamux};
+use pqmls_transport::node::{Config, RelayInbound};
+use pqmls_transport::waku::relay::{self, Received};
+use pqmls_transport::waku::{ContentTopic, PubsubTopic, WakuMessage, message_hash, metadata};
+use pqmls_transport::{Error, Node};
+use support::{TIMEOUT, tcp_addr, wait_until};
+
+const CLUSTER: u16 = 3;
+
+/// A loopback Waku node of `cluster` relaying `shards`, with fast heartbeats.
+fn waku_config(cluster: u16, shards: &[u16]) -> Config {
+    let mut relay = relay::Config::new(cluster).with_shards(shards.iter().copied());
+    relay.heartbeat = Duration::from_millis(100);
+    let mut c = support::config();
+    c.listen.retain(|a| a.to_string().contains("/tcp/"));
+    c.with_waku(relay)
+}
+
+async fn start(c: Config) -> (Node, RelayInbound) {
+    let (node, _) = Node::start(c).await.expect("node starts");
+    let inbound = node.relay_inbound().expect("waku inbound, first take");
+    assert!(node.relay_inbound().is_none(), "the stream is taken once");
+    (node, inbound)
+}
+
+/// A content topic that autoshards to `shard` of 8.
+fn topic_on(shard: u16) -> ContentTopic {
+    (0..)
+        .map(|i| ContentTopic::parse(&format!("/app{i}/1/chat/proto")).unwrap())
+        .find(|t| t.shard(8) == Some(shard))
+        .unwrap()
+}
+
+async fn recv(inbound: &mut RelayInbound) -> Received {
+    tokio::time::timeout(TIMEOUT, inbound.recv())
+        .await
+        .expect("relay message within timeout")
+        .expect("node running")
+}
+
+async fn wait_mesh(node: &Node, shard: PubsubTopic, n: usize) {
+    wait_until("relay mesh", || async {
+        node.relay_mesh_peers(shard).await.unwrap() >= n
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_relay_waku_messages_both_ways_on_one_shard() {
+    let (a, mut a_in) = start(waku_config(CLUSTER, &[0, 1])).await;
+    let a_addr = tcp_addr(&a).await;
+    let (b, mut b_in) = start(waku_config(CLUSTER, &[0, 1]).with_bootstrap(a_addr.clone())).await;
+    // c relays shard 0 only, and reaches b through a.
+    let (c, mut c_in) = start(waku_config(CLUSTER, &[0]).with_bootstrap(a_addr)).await;
+    let s0 = PubsubTopic::new(CLUSTER, 0).unwrap();
+    let s1 = PubsubTopic::new(CLUSTER, 1).unwrap();
+    wait_mesh(&a, s0, 2).await;
+    wait_mesh(&b, s0, 1).await;
+    wait_mesh(&c, s0, 1).await;
+    wait_mesh(&b, s1, 1).await;
+
+    // a -> b and c.
+    let t0 = topic_on(0);
+    let hash = a.relay_publish(&t0, b"from a".to_vec()).await.unwrap();
+    for inbound in [&mut b_in, &mut c_in] {
+        let got = recv(inbound).await;
+        assert_eq!(got.shard, s0);
+        assert_eq!(got.message.payload, b"from a");
+        assert_eq!(got.message.content_topic, t0.to_string());
+        assert!(got.message.timestamp.is_some());
+        assert_eq!(got.hash, hash);
+        assert_eq!(got.hash, message_hash(&s0.to_string(), &got.message));
+    }
+
+    // b -> a, and c two hops away (a forwards).
+    let sent = WakuMessage::new(t0.to_string(), b"from b".to_vec()).with_meta(vec![9; 64]);
+    let (shard, hash) = b.relay_publish_message(sent.clone()).await.unwrap();
+    assert_eq!(shard, s0);
+    for inbound in [&mut a_in, &mut c_in] {
+        let got = recv(inbound).await;
+        assert_eq!((got.shard, got.hash, &got.message), (s0, hash, &sent));
+    }
+
+    // A message on shard 1 reaches b, not c; c's next message is the one on shard 0.
+    let on_s1 = WakuMessage::new(topic_on(1).to_string(), b"shard 1".to_vec());
+    let (shard, _) = a.relay_publish_message(on_s1).await.unwrap();
+    assert_eq!(shard, s1);
+    assert_eq!(recv(&mut b_in).await.message.payload, b"shard 1");
+    a.relay_publish(&t0, b"shard 0 again".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut c_in).await.message.payload, b"shard 0 again");
+    assert_eq!(recv(&mut b_in).await.message.payload, b"shard 0 again");
+    assert!(c_in.try_recv().is_none());
+    assert!(
+        a_in.try_recv().is_none(),
+        "a does not receive its own messages"
+    );
+    assert_eq!(a.counters().relay_published, 3);
+    assert_eq!(c.counters().relay_delivered, 3);
+    assert_eq!(b.counters().relay_rejected, 0);
+    // Both sides asked and admitted each other.
+    assert_eq!(a.counters().metadata_admitted, 2);
+    assert_eq!(a.counters().metadata_refused, 0);
+
+    // The pqmls protocols still run beside relay.
+    let group = pqmls_transport::Topic::from_group_id(b"beside waku");
+    a.subscribe(&group).await.unwrap();
+    b.subscribe(&group).await.unwrap();
+    wait_until("pqmls mesh", || async {
+        a.mesh_peers(&group).await.unwrap() > 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_invalid_and_foreign_publications_are_refused() {
+    let (a, _a_in) = start(waku_config(CLUSTER, &[0])).await;
+    let t0 = topic_on(0);
+    let too_big = vec![0u8; relay::DEFAULT_MAX_MESSAGE_SIZE];
+    assert!(matches!(
+        a.relay_publish(&t0, too_big).await,
+        Err(Error::MessageTooLarge { max, .. }) if max == relay::DEFAULT_MAX_MESSAGE_SIZE
+    ));
+    // Just under the limit passes the size check (and fails only for lack of peers).
+    let fits = vec![0u8; relay::DEFAULT_MAX_MESSAGE_SIZE - 100];
+    assert!(matches!(
+        a.relay_publish(&t0, fits).await,
+        Err(Error::NoPeers)
+    ));
+    let not_autosharded = WakuMessage::new("no-slashes", vec![1]);
+    assert!(matches!(
+        a.relay_publish_message(not_autosharded).await,
+        Err(Error::ContentTopic(_))
+    ));
+    let other_cluster = PubsubTopic::new(CLUSTER + 1, 0).unwrap();
+    assert!(matches!(
+        a.relay_publish_on(other_cluster, WakuMessage::new(t0.to_string(), vec![1]))
+            .await,
+        Err(Error::Shard(_))
+    ));
+    let long_meta = WakuMessage::new(t0.to_string(), vec![1]).with_meta(vec![0; 65]);
+    assert!(matches!(
+        a.relay_publish_message(long_meta).await,
+        Err(Error::WakuMessage(_))
+    ));
+    assert!(matches!(
+        a.relay_subscribe(1024).await,
+        Err(Error::Shard(_))
+    ));
+    // A node without Waku refuses the relay calls.
+    let (plain, _) = Node::start(support::config()).await.unwrap();
+    assert!(plain.relay_inbound().is_none());
+    assert!(matches!(
+        plain.relay_publish(&t0, vec![1]).await,
+        Err(Error::Config(_))
+    ));
+}
+
+/// A raw swarm speaking relay (with a larger limit than the node's) and metadata.
+#[derive(NetworkBehaviour)]
+struct Raw {
+    relay: gossipsub::Behaviour,
+    metadata: request_response::Behaviour<metadata::Codec>,
+}
+
+fn raw_swarm(cluster: u16) -> Swarm<Raw> {
+    let mut rc = relay::Config::new(cluster);
+    rc.heartbeat = Duration::from_millis(100);
+    rc.max_message_size = 1024 * 1024;
+    let behaviour = Raw {
+        relay: relay::behaviour(&rc).unwrap(),
+        metadata: request_response::Behaviour::with_codec(
+            metadata::Codec,
+            [(
+                libp2p::StreamProtocol::new(metadata::PROTOCOL),
+                request_response::ProtocolSupport::Full,
+            )],
+            request_response::Config::default(),
+        ),
+    };
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build()
+}
+
+/// Drives `raw` (answering metadata as `cluster`) until `done` holds.
+async fn drive(raw: &mut Swarm<Raw>, cluster: u16, mut done: impl FnMut(&mut Swarm<Raw>) -> bool) {
+    let run = async {
+        loop {
+            if done(raw) {
+                return;
+            }
+            let ev = tokio::time::timeout(Duration::from_millis(50), raw.select_next_some()).await;
+            if let Ok(SwarmEvent::Behaviour(RawEvent::Metadata(
+                request_response::Event::Message {
+                    message: request_response::Message::Request { channel, .. },
+                    ..
+                },
+            ))) = ev
+            {
+                let mine = metadata::Metadata {
+                    cluster_id: Some(u32::from(cluster)),
+                    shards: vec![0],
+                };
+                let _ = raw.behaviour_mut().metadata.send_response(channel, mine);
+            }
+        }
+    };
+    tokio::time::timeout(TIMEOUT, run)
+        .await
+        .expect("raw peer done in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_relay_peer_gets_only_valid_messages_through() {
+    let (a, mut a_in) = start(waku_config(CLUSTER, &[0])).await;
+    let s0 = PubsubTopic::new(CLUSTER, 0).unwrap();
+    let topic = gossipsub::IdentTopic::new(s0.to_string());
+    let mut raw = raw_swarm(CLUSTER);
+    raw.behaviour_mut().relay.subscribe(&topic).unwrap();
+    raw.dial(tcp_addr(&a).await).unwrap();
+    drive(&mut raw, CLUSTER, |r| {
+        r.behaviour()
+            .relay
+            .all_peers()
+            .any(|(_, t)| t.contains(&&topic.hash()))
+    })
+    .await;
+
+    let t0 = topic_on(0).to_string();
+    let valid = WakuMessage::new(t0.clone(), b"valid".to_vec());
+    // Over the node's 150 KiB limit, under its gossip frame limit: refused by the check.
+    let oversized = WakuMessage::new(t0.clone(), vec![7; relay::DEFAULT_MAX_MESSAGE_SIZE + 1024]);
+    let long_meta = WakuMessage::new(t0.clone(), b"meta".to_vec()).with_meta(vec![0; 65]);
+    for data in [
+        vec![0xff, 0xff, 0xff],
+        oversized.to_bytes(),
+        valid.to_bytes(),
+        long_meta.to_bytes(),
+    ] {
+        raw.behaviour_mut()
+            .relay
+            .publish(topic.clone(), data)
+            .unwrap();
+    }
+    drive(&mut raw, CLUSTER, |_| a.counters().relay_rejected >= 3).await;
+    let got = recv(&mut a_in).await;
+    assert_eq!(got.message, valid);
+    assert!(a_in.try_recv().is_none());
+    let counters = a.counters();
+    assert_eq!((counters.relay_rejected, counters.relay_delivered), (3, 1));
+    assert_eq!(counters.connected_peers, 1, "a same-cluster peer stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_keeps_the_same_cluster_and_disconnects_others() {
+    let (a, _a_in) = start(waku_config(CLUSTER, &[0])).await;
+    let a_addr = tcp_addr(&a).await;
+    let (same, _s_in) = start(waku_config(CLUSTER, &[0]).with_bootstrap(a_addr.clone())).await;
+    wait_until("both admitted", || async {
+        a.counters().metadata_admitted == 1 && same.counters().metadata_admitted == 1
+    })
+    .await;
+
+    // Both sides gate, so whichever reads the other's answer first disconnects.
+    // (Dialed once, not as bootstrap peers, which would be dialed again with backoff.)
+    let (other, _o_in) = start(waku_config(CLUSTER + 1, &[0])).await;
+    other.dial(a_addr.clone()).await.unwrap();
+    wait_until("other cluster refused", || async {
+        a.counters().metadata_refused + other.counters().metadata_refused >= 1
+            && other.counters().connected_peers == 0
+    })
+    .await;
+
+    // A pqmls node without Waku cannot answer metadata: disconnected too.
+    let refused = a.counters().metadata_refused;
+    let (plain, _) = Node::start(support::config()).await.unwrap();
+    plain.dial(a_addr.clone()).await.unwrap();
+    wait_until("node without metadata refused", || async {
+        a.counters().metadata_refused == refused + 1 && plain.counters().connected_peers == 0
+    })
+    .await;
+
+    // A raw peer answering with another cluster is dropped as well.
+    let mut raw = raw_swarm(CLUSTER + 7);
+    raw.dial(a_addr).unwrap();
+    drive(&mut raw, CLUSTER + 7, |_| {
+        a.counters().metadata_refused == refused + 2
+    })
+    .await;
+    drive(&mut raw, CLUSTER + 7, |r| r.connected_peers().count() == 0).await;
+
+    // The same-cluster peer is still there after all that.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(same.counters().connected_peers, 1);
+    assert_eq!(a.counters().connected_peers, 1);
+    assert_eq!(a.counters().metadata_admitted, 1);
+}
