@@ -17,6 +17,12 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// A TCP listen address is already in use by another socket (another node, or any other
+    /// program). Checked before listening, because libp2p's TCP listeners set
+    /// `SO_REUSEPORT`, so a second node would otherwise share the port with the first and
+    /// the kernel would split incoming connections between them.
+    #[error("listen address {0} is already in use")]
+    AddressInUse(String),
     /// Building the libp2p transport or behaviours failed.
     #[error("failed to build the libp2p node: {0}")]
     Setup(String),

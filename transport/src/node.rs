@@ -562,8 +562,9 @@ impl Node {
     /// # Errors
     ///
     /// [`Error::Config`] for an inconsistent configuration, [`Error::Io`] or [`Error::Store`]
-    /// when the data directory cannot be used, [`Error::Address`] for a listen address that
-    /// cannot be bound, [`Error::Setup`] if libp2p cannot be built.
+    /// when the data directory cannot be used, [`Error::AddressInUse`] for a TCP listen
+    /// port another socket listens on, [`Error::Address`] for a listen address that cannot
+    /// be bound otherwise, [`Error::Setup`] if libp2p cannot be built.
     pub async fn start(config: Config) -> Result<(Node, Inbound)> {
         let limits = config.limits.clone();
         if limits.max_message_size == 0
@@ -647,6 +648,7 @@ impl Node {
 
         let mut listeners: HashSet<ListenerId> = HashSet::new();
         for addr in &config.listen {
+            check_tcp_port_free(addr)?;
             let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Address {
                 addr: addr.to_string(),
                 reason: e.to_string(),
@@ -1188,6 +1190,47 @@ fn gossip_message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
         None => MessageId::compute_raw(topic, &m.data),
     };
     gossipsub::MessageId::new(id.as_bytes())
+}
+
+/// Refuses a TCP listen address with a fixed port that another socket listens on.
+///
+/// libp2p-tcp sets `SO_REUSEPORT` on its listening sockets (so that dials can reuse the
+/// port), and Linux lets any number of such sockets of one user listen on one port, handing
+/// each incoming connection to one of them: a second node started on a port in use would
+/// start without error and silently split the network. A plain socket (`SO_REUSEADDR`
+/// only, which still allows a port whose previous owner left connections in `TIME_WAIT`)
+/// cannot bind where any socket listens, so binding one for a moment tells whether the
+/// port is free. Two nodes starting at the same instant on one port can still both pass
+/// this check; a node started after another one is listening cannot.
+fn check_tcp_port_free(addr: &Multiaddr) -> Result<()> {
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(Error::AddressInUse(addr.to_string()))
+        }
+        // Anything else (an address not on this host, no permission) is left to libp2p,
+        // which reports it as `Error::Address`.
+        Err(_) => Ok(()),
+    }
 }
 
 fn load_or_create_identity(dir: &Path) -> Result<identity::Keypair> {
