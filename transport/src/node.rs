@@ -13,7 +13,8 @@ use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, mdns, noise,
     ping, tcp, yamux,
@@ -40,6 +41,16 @@ const IDONTWANT_THRESHOLD: usize = 16 * 1024;
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// File name of the persisted identity key in the data directory.
 const IDENTITY_FILE: &str = "identity.key";
+/// First wait before a bootstrap peer that went away (or could not be reached) is dialed
+/// again; doubled after each failure up to [`REDIAL_MAX`].
+const REDIAL_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between two dials of a bootstrap peer.
+const REDIAL_MAX: Duration = Duration::from_secs(60);
+/// A bootstrap connection that lasted this long resets the backoff when it closes; one
+/// closed sooner (a peer that refuses us, a flapping link) doubles it.
+const REDIAL_STABLE: Duration = Duration::from_secs(10);
+/// How often due redials are looked for.
+const REDIAL_TICK: Duration = Duration::from_millis(250);
 /// How long a peer has to answer the Waku metadata request before it is disconnected.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -142,6 +153,10 @@ pub struct Config {
     /// Addresses to listen on (TCP `/ip4/…/tcp/…` and QUIC `/ip4/…/udp/…/quic-v1`).
     pub listen: Vec<Multiaddr>,
     /// Peers to dial at start. With a `/p2p/<peer id>` suffix they also seed Kademlia.
+    /// A bootstrap peer that cannot be reached, or whose last connection closes, is dialed
+    /// again after a backoff: 0.5 s, doubled after each failure up to 60 s, and back to
+    /// 0.5 s once a connection has lasted 10 s (so a peer that keeps refusing us, such as
+    /// a Waku node of another cluster, is not dialed in a tight loop).
     pub bootstrap: Vec<Multiaddr>,
     /// The store role: `Some` makes this node keep history and serve the directory.
     /// Requires [`Config::data_dir`].
@@ -718,13 +733,24 @@ impl Node {
                 limits.response_bytes_per_peer,
             ),
             waku,
+            bootstrap: Vec::new(),
         };
         task.resubscribe_served_topics();
         for shard in config.waku.iter().flat_map(|w| w.shards.iter()) {
             task.relay_subscribe(*shard)?;
         }
         for addr in &config.bootstrap {
-            task.dial_bootstrap(addr.clone());
+            task.bootstrap.push(Bootstrap {
+                addr: addr.clone(),
+                peer: None,
+                dialing: None,
+                connected_at: None,
+                backoff: REDIAL_MIN,
+                next: None,
+            });
+        }
+        for i in 0..task.bootstrap.len() {
+            task.dial_bootstrap(i);
         }
         tokio::spawn(task.run(cmd_rx));
         Ok((
@@ -1351,6 +1377,32 @@ struct Task {
     responses: Budget<PeerId, InboundRequestId>,
     /// Waku relay and metadata, when on.
     waku: Option<WakuState>,
+    /// The bootstrap peers, dialed again with backoff when they go away.
+    bootstrap: Vec<Bootstrap>,
+}
+
+/// A bootstrap peer and its redial state.
+struct Bootstrap {
+    addr: Multiaddr,
+    /// Learnt from the first connection (or the address's `/p2p/` suffix).
+    peer: Option<PeerId>,
+    /// The dial in progress.
+    dialing: Option<ConnectionId>,
+    /// When the current connection was established.
+    connected_at: Option<tokio::time::Instant>,
+    /// Wait before the next dial after a failure.
+    backoff: Duration,
+    /// When to dial next; `None` while connected or dialing.
+    next: Option<tokio::time::Instant>,
+}
+
+impl Bootstrap {
+    /// Schedules the next dial after the current backoff, and doubles the backoff.
+    fn schedule(&mut self, now: tokio::time::Instant) {
+        self.dialing = None;
+        self.next = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(REDIAL_MAX);
+    }
 }
 
 /// The node task's Waku state.
@@ -1369,6 +1421,7 @@ impl Task {
             .map_or(Duration::from_secs(3600), |c| c.prune_interval)
             .max(Duration::from_secs(1));
         let mut prune = tokio::time::interval(prune_every);
+        let mut redial = tokio::time::interval(REDIAL_TICK);
         let mut done = None;
         loop {
             tokio::select! {
@@ -1382,6 +1435,7 @@ impl Task {
                     Some(command) => self.on_command(command),
                 },
                 _ = prune.tick() => self.prune(),
+                _ = redial.tick() => self.redial_due(),
             }
         }
         // Close connections, listeners and the database before reporting completion.
@@ -1415,14 +1469,80 @@ impl Task {
         }
     }
 
-    fn dial_bootstrap(&mut self, addr: Multiaddr) {
-        if let Some(Protocol::P2p(peer)) = addr.iter().last()
-            && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
-        {
-            kad.add_address(&peer, addr.clone());
+    fn dial_bootstrap(&mut self, i: usize) {
+        let Some(b) = self.bootstrap.get_mut(i) else {
+            return;
+        };
+        let addr = b.addr.clone();
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            b.peer = Some(peer);
+            if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                kad.add_address(&peer, addr.clone());
+            }
         }
-        if let Err(e) = self.swarm.dial(addr.clone()) {
-            tracing::warn!("cannot dial bootstrap peer {addr}: {e}");
+        let opts = DialOpts::from(addr.clone());
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                b.dialing = Some(id);
+                b.next = None;
+            }
+            Err(e) => {
+                tracing::warn!("cannot dial bootstrap peer {addr}: {e}");
+                b.schedule(tokio::time::Instant::now());
+            }
+        }
+    }
+
+    /// Dials the bootstrap peers whose backoff has run out and that are not connected.
+    fn redial_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        for i in 0..self.bootstrap.len() {
+            let b = &mut self.bootstrap[i];
+            if b.next.is_none_or(|t| t > now) {
+                continue;
+            }
+            if b.peer.is_some_and(|p| self.swarm.is_connected(&p)) {
+                b.next = None;
+                continue;
+            }
+            tracing::debug!("dialing bootstrap peer {} again", b.addr);
+            self.dial_bootstrap(i);
+        }
+    }
+
+    fn bootstrap_connected(&mut self, peer: PeerId, connection: ConnectionId) {
+        for b in &mut self.bootstrap {
+            if b.dialing == Some(connection) || b.peer == Some(peer) {
+                b.peer = Some(peer);
+                b.dialing = None;
+                b.next = None;
+                b.connected_at.get_or_insert_with(tokio::time::Instant::now);
+            }
+        }
+    }
+
+    fn bootstrap_dial_failed(&mut self, connection: ConnectionId) {
+        let now = tokio::time::Instant::now();
+        for b in &mut self.bootstrap {
+            if b.dialing == Some(connection) {
+                b.schedule(now);
+            }
+        }
+    }
+
+    fn bootstrap_gone(&mut self, peer: PeerId) {
+        let now = tokio::time::Instant::now();
+        for b in &mut self.bootstrap {
+            if b.peer == Some(peer) && b.dialing.is_none() {
+                if b.connected_at
+                    .take()
+                    .is_some_and(|t| now - t >= REDIAL_STABLE)
+                {
+                    b.backoff = REDIAL_MIN;
+                }
+                b.schedule(now);
+            }
         }
     }
 
@@ -1951,13 +2071,18 @@ impl Task {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 num_established,
                 ..
             } => {
                 if num_established.get() == 1 {
                     self.ask_metadata(peer_id);
                 }
+                self.bootstrap_connected(peer_id, connection_id);
                 self.update_peer_counts();
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, .. } => {
+                self.bootstrap_dial_failed(connection_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -1966,6 +2091,7 @@ impl Task {
             } => {
                 if num_established == 0 {
                     self.store_peers.remove(&peer_id);
+                    self.bootstrap_gone(peer_id);
                 }
                 self.update_peer_counts();
             }
@@ -2351,6 +2477,28 @@ mod tests {
         assert!(seen.insert(id(3)));
         assert!(seen.insert(id(1)), "oldest id was evicted");
         assert!(!seen.insert(id(3)));
+    }
+
+    #[test]
+    fn redial_backoff_doubles_up_to_the_cap() {
+        let mut b = Bootstrap {
+            addr: Multiaddr::empty(),
+            peer: None,
+            dialing: None,
+            connected_at: None,
+            backoff: REDIAL_MIN,
+            next: None,
+        };
+        let now = tokio::time::Instant::now();
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            b.schedule(now);
+            waits.push(b.next.map(|t| t - now));
+        }
+        assert_eq!(waits[0], Some(REDIAL_MIN));
+        assert_eq!(waits[1], Some(REDIAL_MIN * 2));
+        assert_eq!(waits[9], Some(REDIAL_MAX));
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
     }
 
     #[tokio::test]

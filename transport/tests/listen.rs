@@ -12,8 +12,9 @@ use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use pqmls_transport::multiaddr::Protocol;
 use pqmls_transport::node::Config;
+use pqmls_transport::store;
 use pqmls_transport::{Error, Multiaddr, Node};
-use support::tcp_addr;
+use support::{tcp_addr, wait_until};
 
 fn tcp_port(addr: &Multiaddr) -> u16 {
     addr.iter()
@@ -88,4 +89,61 @@ async fn a_tcp_port_in_use_is_a_clear_error() {
     // Once the port is free again the node starts on it.
     let (again, _) = Node::start(listen_tcp([127, 0, 0, 1], port)).await.unwrap();
     assert_eq!(tcp_port(&tcp_addr(&again).await), port);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dials_its_store_again_after_the_store_restarts() {
+    let dir = support::temp_dir("redial");
+    let store_config =
+        |port| listen_tcp([127, 0, 0, 1], port).with_store(&dir, store::Config::default());
+    let (store, _) = Node::start(store_config(0)).await.unwrap();
+    let addr = tcp_addr(&store).await;
+    let port = tcp_port(&addr);
+    let (client, _) = Node::start(support::config().with_bootstrap(addr.clone()))
+        .await
+        .unwrap();
+    wait_until("store connected", || async {
+        client.counters().store_peers == 1
+    })
+    .await;
+
+    store.shutdown().await.unwrap();
+    wait_until("store gone", || async {
+        client.counters().connected_peers == 0
+    })
+    .await;
+    // Down long enough for the first redial to fail.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(client.counters().connected_peers, 0);
+
+    let (store, _) = Node::start(store_config(port)).await.unwrap();
+    assert_eq!(tcp_addr(&store).await, addr, "same peer id and port");
+    wait_until("store connected again", || async {
+        client.counters().store_peers == 1
+    })
+    .await;
+    // The directory works again through it.
+    client.put(b"k".to_vec(), b"v".to_vec()).await.unwrap();
+    assert_eq!(store.get(b"k".to_vec()).await.unwrap(), Some(b"v".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_started_before_its_bootstrap_peer_reaches_it_later() {
+    // A port that was free a moment ago, and a peer that is not there yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (client, _) = Node::start(
+        support::config().with_bootstrap(format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (late, _) = Node::start(listen_tcp([127, 0, 0, 1], port)).await.unwrap();
+    wait_until("client connected", || async {
+        late.counters().connected_peers == 1 && client.counters().connected_peers == 1
+    })
+    .await;
 }
