@@ -184,13 +184,20 @@
 //! slots; per-peer directory quotas bind a peer id, which costs nothing to make: the
 //! table-wide caps and the validator are what bound a determined writer.
 //!
-//! **Waku (in progress).** [`waku`] holds the first pieces of a pure-Rust Waku node, beside
-//! this crate's own protocols (which [`Node`] still speaks): the `WakuMessage` envelope and
-//! its deterministic hash, shards and autosharding, relay's gossipsub settings and message
-//! checks, the metadata protocol's messages and cluster gate, and segmentation with
-//! Reed-Solomon parity. Not yet done: a Waku node type running relay and metadata on a
-//! swarm, store v3, lightpush v3, filter v2, peer exchange, redial and discovery, a clear
-//! error for a listen port in use, and the js-waku interop tests.
+//! **Waku (in progress).** [`waku`] holds the pieces of a pure-Rust Waku node: the
+//! `WakuMessage` envelope and its deterministic hash, shards and autosharding, relay's
+//! gossipsub settings and message checks, the metadata protocol, and segmentation with
+//! Reed-Solomon parity. A [`Node`] started with
+//! [`Config::with_waku`](node::Config::with_waku) runs Waku relay
+//! (`/vac/waku/relay/2.0.0` on `/waku/2/rs/<cluster>/<shard>`, [`Node::relay_publish`],
+//! [`Node::relay_inbound`]) beside this crate's own protocols, answers the metadata
+//! protocol, asks it of every new peer and disconnects peers of another cluster (or none),
+//! as the Nim node does; tested between our own nodes and raw rust-libp2p peers only.
+//! Every node refuses a TCP listen port already in use ([`Error::AddressInUse`]) and dials
+//! its bootstrap peers again, with backoff, when they go away. Not yet done: relay over
+//! mplex (js-waku's default muxer) and the js-waku interop tests, store v3, lightpush v3,
+//! filter v2, peer exchange and discovery beyond the bootstrap peers, catch-up resumed
+//! when a store comes back, segmentation wired into publishing.
 //!
 //! **Simulation-friendly.** [`Message`], [`Topic`], [`MessageId`], [`Validator`],
 //! [`Error`], [`store::Cursor`] and [`store::Page`] hold no libp2p types, so an in-process
