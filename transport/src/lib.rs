@@ -192,12 +192,18 @@
 //! (`/vac/waku/relay/2.0.0` on `/waku/2/rs/<cluster>/<shard>`, [`Node::relay_publish`],
 //! [`Node::relay_inbound`]) beside this crate's own protocols, answers the metadata
 //! protocol, asks it of every new peer and disconnects peers of another cluster (or none),
-//! as the Nim node does; tested between our own nodes and raw rust-libp2p peers only.
+//! as the Nim node does. A Waku node with the store role also archives relay messages in
+//! SQLite and serves store v3 (`/vac/waku/store-query/3.0.0`: content topic, time range
+//! and hash queries, both directions of pagination, pages bounded in entries and in bytes
+//! while they are built, responses charged to the response budget until written), and
+//! [`Node::store_query`] is its client. All of it is tested between our own nodes and raw
+//! rust-libp2p peers only, not yet against js-waku or the Nim node.
 //! Every node refuses a TCP listen port already in use ([`Error::AddressInUse`]) and dials
 //! its bootstrap peers again, with backoff, when they go away. Not yet done: relay over
-//! mplex (js-waku's default muxer) and the js-waku interop tests, store v3, lightpush v3,
+//! mplex (js-waku's default muxer) and the js-waku interop tests, lightpush v3,
 //! filter v2, peer exchange and discovery beyond the bootstrap peers, catch-up resumed
-//! when a store comes back, segmentation wired into publishing.
+//! when a store comes back, segmentation wired into publishing, choosing a store for
+//! [`Node::store_query`] among connected peers (the caller names one).
 //!
 //! **Simulation-friendly.** [`Message`], [`Topic`], [`MessageId`], [`Validator`],
 //! [`Error`], [`store::Cursor`] and [`store::Page`] hold no libp2p types, so an in-process

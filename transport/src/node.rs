@@ -280,7 +280,11 @@ impl Config {
     /// [`Node::relay_inbound`]), answers `/vac/waku/metadata/1.0.0`, asks it of every new
     /// peer, and disconnects a peer that does not answer within 10 s, answers no cluster or
     /// another cluster (as the Nim node does; so every peer of a Waku node must speak the
-    /// metadata protocol, pqmls nodes included).
+    /// metadata protocol, pqmls nodes included). A node that also has the store role
+    /// ([`Config::with_store`]) archives every eligible relay message it accepts or
+    /// publishes (`waku_store.sqlite3` in its data directory, pruned after
+    /// [`store::Config::retention`]) and answers Waku store v3 queries
+    /// ([`waku::store`]); every Waku node can ask them ([`Node::store_query`]).
     pub fn with_waku(mut self, relay: relay::Config) -> Self {
         self.waku = Some(relay);
         self
@@ -473,6 +477,11 @@ enum Command {
     RelaySubscribe(u16, Reply<bool>),
     RelayUnsubscribe(u16, Reply<bool>),
     RelayMeshPeers(PubsubTopic, Reply<usize>),
+    StoreQuery(
+        PeerId,
+        waku::store::QueryRequest,
+        Reply<waku::store::QueryResponse>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -566,6 +575,8 @@ struct Behaviour {
     relay: Toggle<gossipsub::Behaviour>,
     /// Waku metadata, the cluster gate.
     metadata: Toggle<request_response::Behaviour<metadata::Codec>>,
+    /// Waku store v3: served by store nodes, asked by every Waku node.
+    waku_store: Toggle<request_response::Behaviour<waku::store::Codec>>,
 }
 
 impl Node {
@@ -640,6 +651,10 @@ impl Node {
                 ));
             }
             (None, _) => None,
+        };
+        let archive = match (&config.waku, &config.store, &config.data_dir) {
+            (Some(_), Some(_), Some(dir)) => Some(waku::store::Archive::open(dir)?),
+            _ => None,
         };
         let peer_id = keypair.public().to_peer_id();
         let stats = Arc::new(Stats::default());
@@ -734,6 +749,8 @@ impl Node {
             ),
             waku,
             bootstrap: Vec::new(),
+            archive,
+            store_queries: HashMap::new(),
         };
         task.resubscribe_served_topics();
         for shard in config.waku.iter().flat_map(|w| w.shards.iter()) {
@@ -1027,6 +1044,27 @@ impl Node {
         self.call(|r| Command::RelayMeshPeers(shard, r)).await
     }
 
+    /// Asks `peer` a Waku store v3 query (`/vac/waku/store-query/3.0.0`). The answer's
+    /// entries are checked: an entry whose message does not hash to its key is dropped.
+    /// Continue a paginated query by sending the same request with
+    /// `pagination_cursor` set to the response's.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if Waku is off, [`Error::StoreBusy`] for status 503,
+    /// [`Error::Refused`] for any other non-2xx status, [`Error::Request`] if the request
+    /// failed (timeout, closed connection, a peer without the protocol, a response frame
+    /// over 4 MiB), [`Error::Busy`] with too many requests outstanding,
+    /// [`Error::Shutdown`].
+    pub async fn store_query(
+        &self,
+        peer: PeerId,
+        request: waku::store::QueryRequest,
+    ) -> Result<waku::store::QueryResponse> {
+        self.relay_config()?;
+        self.call(|r| Command::StoreQuery(peer, request, r)).await
+    }
+
     /// Stops the node and waits until its connections, listeners and store are closed.
     ///
     /// # Errors
@@ -1134,7 +1172,7 @@ fn build_behaviour(
         },
         stats.slots.clone(),
     );
-    let (relay, metadata) = match &config.waku {
+    let (relay, metadata, waku_store) = match &config.waku {
         Some(w) => {
             let mut relay = relay::behaviour(w).map_err(Error::Setup)?;
             relay
@@ -1153,9 +1191,21 @@ fn build_behaviour(
                     .with_request_timeout(METADATA_TIMEOUT)
                     .with_max_concurrent_streams(limits.max_concurrent_streams),
             );
-            (Some(relay), Some(metadata))
+            let support = if is_store {
+                ProtocolSupport::Full
+            } else {
+                ProtocolSupport::Outbound
+            };
+            let waku_store = request_response::Behaviour::with_codec(
+                waku::store::Codec,
+                [(StreamProtocol::new(waku::store::PROTOCOL), support)],
+                request_response::Config::default()
+                    .with_request_timeout(limits.request_timeout)
+                    .with_max_concurrent_streams(limits.max_concurrent_streams),
+            );
+            (Some(relay), Some(metadata), Some(waku_store))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     Ok(Behaviour {
         slots,
@@ -1167,6 +1217,7 @@ fn build_behaviour(
         mdns: Toggle::from(mdns),
         relay: Toggle::from(relay),
         metadata: Toggle::from(metadata),
+        waku_store: Toggle::from(waku_store),
     })
 }
 
@@ -1374,7 +1425,11 @@ struct Task {
     /// Whether the store already warned that it serves `max_topics` topics.
     topic_limit_warned: bool,
     /// Bytes held in responses not yet written, see [`Limits::response_bytes_in_flight`].
-    responses: Budget<PeerId, InboundRequestId>,
+    responses: Budget<PeerId, Held>,
+    /// A store node's Waku archive (store v3), when Waku and the store role are both on.
+    archive: Option<waku::store::Archive>,
+    /// Outstanding Waku store queries of this node.
+    store_queries: HashMap<OutboundRequestId, Reply<waku::store::QueryResponse>>,
     /// Waku relay and metadata, when on.
     waku: Option<WakuState>,
     /// The bootstrap peers, dialed again with backoff when they go away.
@@ -1403,6 +1458,14 @@ impl Bootstrap {
         self.next = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(REDIAL_MAX);
     }
+}
+
+/// A response charged to the response budget: request ids are counted per protocol, so
+/// the protocol is part of the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Held {
+    Rpc(InboundRequestId),
+    WakuStore(InboundRequestId),
 }
 
 /// The node task's Waku state.
@@ -1446,6 +1509,15 @@ impl Task {
     }
 
     fn prune(&mut self) {
+        if let (Some(archive), Some(config)) = (&self.archive, &self.store_config) {
+            let cutoff = SystemTime::now()
+                .checked_sub(config.retention)
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+            if let Err(e) = archive.prune(cutoff) {
+                tracing::warn!("pruning the Waku archive failed: {e}");
+            }
+        }
         if let Some(store) = &self.store
             && let Err(e) = store.prune(SystemTime::now())
         {
@@ -1600,6 +1672,7 @@ impl Task {
                     .map_or(0, |r| r.mesh_peers(&hash).count());
                 let _ = reply.send(Ok(n));
             }
+            Command::StoreQuery(peer, request, reply) => self.store_query(peer, request, reply),
             Command::Shutdown(_) => {
                 // Handled by the loop in `run`.
             }
@@ -1703,6 +1776,7 @@ impl Task {
     fn relay_publish(&mut self, shard: PubsubTopic, message: &WakuMessage) -> Result<MessageHash> {
         let topic = shard.to_string();
         let hash = waku::message_hash(&topic, message);
+        self.archive_message(&shard, &hash, message);
         let data = message.to_bytes();
         let len = data.len();
         let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() else {
@@ -1753,8 +1827,13 @@ impl Task {
         let Ok((shard, message)) = checked else {
             return;
         };
+        let hash = waku::message_hash(&shard.to_string(), &message);
+        self.archive_message(&shard, &hash, &message);
+        let Some(waku) = &self.waku else {
+            return;
+        };
         let received = relay::Received {
-            hash: waku::message_hash(&shard.to_string(), &message),
+            hash,
             shard,
             message,
             received: SystemTime::now(),
@@ -1764,6 +1843,108 @@ impl Task {
         if waku.inbound.try_send(received).is_err() {
             self.stats.relay_delivered.fetch_sub(1, Ordering::Relaxed);
             bump(&self.stats.relay_inbound_dropped);
+        }
+    }
+
+    /// A store node archives every relay message it accepts or publishes (if eligible).
+    fn archive_message(&self, shard: &PubsubTopic, hash: &MessageHash, message: &WakuMessage) {
+        if let Some(archive) = &self.archive {
+            match archive.insert(&shard.to_string(), hash, message) {
+                Ok(true) => bump(&self.stats.stored),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("archiving a Waku message failed: {e}"),
+            }
+        }
+    }
+
+    fn store_query(
+        &mut self,
+        peer: PeerId,
+        request: waku::store::QueryRequest,
+        reply: Reply<waku::store::QueryResponse>,
+    ) {
+        if !self.has_room(1 + self.store_queries.len()) {
+            let _ = reply.send(Err(Error::Busy));
+            return;
+        }
+        let Some(b) = self.swarm.behaviour_mut().waku_store.as_mut() else {
+            let _ = reply.send(Err(Error::Config("Waku is off".into())));
+            return;
+        };
+        let id = b.send_request(&peer, request);
+        self.store_queries.insert(id, reply);
+    }
+
+    fn on_waku_store(
+        &mut self,
+        event: request_response::Event<waku::store::QueryRequest, waku::store::QueryResponse>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request_id,
+                        request,
+                        channel,
+                    },
+                ..
+            } => {
+                let Some(archive) = &self.archive else {
+                    return;
+                };
+                // Framing of the response around its entries: ids, status, cursor.
+                let budget = self.responses.available(&peer).saturating_sub(1024);
+                let response = archive.query(request, budget);
+                if response.status_code == Some(waku::store::STATUS_UNAVAILABLE) {
+                    bump(&self.stats.requests_busy);
+                } else if response.is_success() {
+                    bump(&self.stats.requests_served);
+                } else {
+                    bump(&self.stats.requests_refused);
+                }
+                let held = Held::WakuStore(request_id);
+                self.responses
+                    .charge(held, peer, prost::Message::encoded_len(&response));
+                let sent = self
+                    .swarm
+                    .behaviour_mut()
+                    .waku_store
+                    .as_mut()
+                    .map(|b| b.send_response(channel, response).is_ok());
+                if sent != Some(true) {
+                    self.responses.release(&held);
+                }
+                self.update_response_bytes();
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.store_queries.remove(&request_id) {
+                    let _ = reply.send(check_store_response(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(reply) = self.store_queries.remove(&request_id) {
+                    let _ = reply.send(Err(Error::Request(error.to_string())));
+                }
+            }
+            request_response::Event::InboundFailure { request_id, .. } => {
+                bump(&self.stats.requests_failed);
+                self.responses.release(&Held::WakuStore(request_id));
+                self.update_response_bytes();
+            }
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.responses.release(&Held::WakuStore(request_id));
+                self.update_response_bytes();
+            }
         }
     }
 
@@ -2038,6 +2219,7 @@ impl Task {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay(e),
             SwarmEvent::Behaviour(BehaviourEvent::Metadata(e)) => self.on_metadata(e),
+            SwarmEvent::Behaviour(BehaviourEvent::WakuStore(e)) => self.on_waku_store(e),
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) => self.on_rpc(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -2267,7 +2449,7 @@ impl Task {
                 // Charged before it is handed over: from here until libp2p reports the
                 // response sent (or the request failed) the connection task holds it.
                 self.responses
-                    .charge(request_id, peer, rpc::response_len(&response));
+                    .charge(Held::Rpc(request_id), peer, rpc::response_len(&response));
                 if self
                     .swarm
                     .behaviour_mut()
@@ -2276,7 +2458,7 @@ impl Task {
                     .is_err()
                 {
                     // The stream is already gone: the response was dropped.
-                    self.responses.release(&request_id);
+                    self.responses.release(&Held::Rpc(request_id));
                 }
                 self.update_response_bytes();
             }
@@ -2299,11 +2481,11 @@ impl Task {
             } => {
                 tracing::debug!("inbound store request from {peer} failed: {error}");
                 bump(&self.stats.requests_failed);
-                self.responses.release(&request_id);
+                self.responses.release(&Held::Rpc(request_id));
                 self.update_response_bytes();
             }
             request_response::Event::ResponseSent { request_id, .. } => {
-                self.responses.release(&request_id);
+                self.responses.release(&Held::Rpc(request_id));
                 self.update_response_bytes();
             }
         }
@@ -2438,6 +2620,35 @@ impl Task {
             },
         }
     }
+}
+
+/// A Waku store's answer as the client sees it: an error for a non-2xx status, and
+/// entries whose message does not match their hash dropped (a store can withhold
+/// messages, not alter them).
+fn check_store_response(mut r: waku::store::QueryResponse) -> Result<waku::store::QueryResponse> {
+    if r.status_code == Some(waku::store::STATUS_UNAVAILABLE) {
+        return Err(Error::StoreBusy);
+    }
+    if !r.is_success() {
+        return Err(Error::Refused(format!(
+            "status {:?}: {}",
+            r.status_code,
+            r.status_desc
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(128)
+                .collect::<String>()
+        )));
+    }
+    r.messages.retain(
+        |kv| match (&kv.message_hash, &kv.message, &kv.pubsub_topic) {
+            (Some(h), Some(m), Some(t)) => waku::message_hash(t, m).as_bytes().as_slice() == h,
+            (Some(h), None, None) => h.len() == 32,
+            _ => false,
+        },
+    );
+    Ok(r)
 }
 
 /// The error a client reports for a store's refusal.

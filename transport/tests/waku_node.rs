@@ -319,3 +319,137 @@ async fn metadata_keeps_the_same_cluster_and_disconnects_others() {
     assert_eq!(a.counters().connected_peers, 1);
     assert_eq!(a.counters().metadata_admitted, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_node_answers_store_v3_queries_by_topic_time_and_hash() {
+    use pqmls_transport::store;
+    use pqmls_transport::waku::store::{MAX_PAGE_BYTES, QueryRequest};
+
+    let dir = support::temp_dir("waku-store");
+    let (server, _s_in) =
+        start(waku_config(CLUSTER, &[0]).with_store(&dir, store::Config::default())).await;
+    let server_addr = tcp_addr(&server).await;
+    let (client, _c_in) = start(waku_config(CLUSTER, &[0]).with_bootstrap(server_addr)).await;
+    let s0 = PubsubTopic::new(CLUSTER, 0).unwrap();
+    wait_mesh(&client, s0, 1).await;
+    wait_mesh(&server, s0, 1).await;
+
+    // Twelve messages of 140 KiB on two content topics, timestamps 1..=12 s.
+    let chat = topic_on(0);
+    let other = (1..)
+        .map(|i| ContentTopic::parse(&format!("/other{i}/1/x/proto")).unwrap())
+        .find(|t| t.shard(8) == Some(0))
+        .unwrap();
+    let mut hashes = Vec::new();
+    for i in 1..=12i64 {
+        let topic = if i % 3 == 0 { &other } else { &chat };
+        let m = WakuMessage::new(topic.to_string(), vec![i as u8; 140 * 1024])
+            .with_timestamp(i * 1_000_000_000);
+        hashes.push(client.relay_publish_message(m).await.unwrap().1);
+    }
+    // Ephemeral and timestamp-less messages are relayed but not archived.
+    client
+        .relay_publish_message(WakuMessage::new(chat.to_string(), vec![1]).with_ephemeral(true))
+        .await
+        .unwrap();
+    client
+        .relay_publish_message(WakuMessage::new(chat.to_string(), vec![2]))
+        .await
+        .unwrap();
+    wait_until("archived", || async {
+        server.counters().relay_delivered == 14
+    })
+    .await;
+    assert_eq!(server.counters().stored, 12);
+
+    // Everything, forward, with data: pages cut by bytes, not by the limit of 100.
+    let peer = server.peer_id();
+    let mut req = QueryRequest {
+        request_id: "all".into(),
+        include_data: true,
+        pagination_forward: true,
+        pagination_limit: Some(100),
+        ..Default::default()
+    };
+    let mut got = Vec::new();
+    let mut pages = 0;
+    loop {
+        let r = client.store_query(peer, req.clone()).await.unwrap();
+        pages += 1;
+        assert_eq!(r.request_id, "all");
+        let bytes: usize = r.messages.iter().map(prost::Message::encoded_len).sum();
+        assert!(bytes <= MAX_PAGE_BYTES, "page of {bytes} bytes");
+        assert!(!r.messages.is_empty());
+        got.extend(r.messages.iter().map(|kv| kv.message_hash.clone().unwrap()));
+        match r.pagination_cursor {
+            Some(c) => req.pagination_cursor = Some(c),
+            None => break,
+        }
+    }
+    assert!(pages >= 2, "1.7 MB does not fit one page");
+    assert_eq!(got, hashes.iter().map(|h| h.0.to_vec()).collect::<Vec<_>>());
+
+    // Content topic and time range, backward, hashes only.
+    let r = client
+        .store_query(
+            peer,
+            QueryRequest {
+                request_id: "chat".into(),
+                pubsub_topic: Some(s0.to_string()),
+                content_topics: vec![chat.to_string()],
+                time_start: Some(2_000_000_000),
+                time_end: Some(8_000_000_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let want: Vec<Vec<u8>> = [2, 4, 5, 7]
+        .iter()
+        .map(|i| hashes[i - 1].0.to_vec())
+        .collect();
+    assert_eq!(
+        r.messages
+            .iter()
+            .map(|kv| kv.message_hash.clone().unwrap())
+            .collect::<Vec<_>>(),
+        want
+    );
+    assert!(r.messages.iter().all(|kv| kv.message.is_none()));
+
+    // Lookup by hash, with data.
+    let r = client
+        .store_query(
+            peer,
+            QueryRequest {
+                include_data: true,
+                message_hashes: vec![hashes[10].0.to_vec(), vec![0; 32]],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.messages.len(), 1);
+    assert_eq!(r.messages[0].message.as_ref().unwrap().payload[0], 11);
+
+    // A bad request is refused; a peer that is no store has no such protocol.
+    assert!(matches!(
+        client
+            .store_query(
+                peer,
+                QueryRequest {
+                    pubsub_topic: Some(s0.to_string()),
+                    ..Default::default()
+                },
+            )
+            .await,
+        Err(Error::Refused(_))
+    ));
+    assert!(matches!(
+        server
+            .store_query(client.peer_id(), QueryRequest::default())
+            .await,
+        Err(Error::Request(_))
+    ));
+    assert_eq!(server.counters().response_bytes_in_flight, 0);
+}
