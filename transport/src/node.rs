@@ -319,14 +319,15 @@ pub struct Counters {
     pub ignored: u64,
     /// Accepted messages dropped because the inbound stream was full.
     pub inbound_dropped: u64,
-    /// Messages written to this node's store.
+    /// Messages written to this node's store (the pqmls history and, on a Waku store, the
+    /// Waku archive).
     pub stored: u64,
-    /// Store requests answered successfully.
+    /// Store requests answered successfully (pqmls store and Waku store v3).
     pub requests_served: u64,
     /// Store requests refused (invalid topic, database error, not a store).
     pub requests_refused: u64,
-    /// Inbound store requests that could not be read: unknown, malformed, truncated or
-    /// oversized frames.
+    /// Inbound store requests (pqmls store and Waku store v3) that could not be read:
+    /// unknown, malformed, truncated or oversized frames.
     pub requests_malformed: u64,
     /// Inbound store requests that failed after being read (timeout, closed stream).
     pub requests_failed: u64,
@@ -1197,7 +1198,7 @@ fn build_behaviour(
                 ProtocolSupport::Outbound
             };
             let waku_store = request_response::Behaviour::with_codec(
-                waku::store::Codec,
+                waku::store::Codec::counting(stats.requests_malformed.clone()),
                 [(StreamProtocol::new(waku::store::PROTOCOL), support)],
                 request_response::Config::default()
                     .with_request_timeout(limits.request_timeout)

@@ -453,3 +453,181 @@ async fn a_store_node_answers_store_v3_queries_by_topic_time_and_hash() {
     ));
     assert_eq!(server.counters().response_bytes_in_flight, 0);
 }
+
+/// Writes its request bytes as they are and reads whatever comes back (up to 1 MiB).
+#[derive(Debug, Clone, Copy, Default)]
+struct RawBytes;
+
+impl request_response::Codec for RawBytes {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, _: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+
+    async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        use futures::AsyncReadExt;
+        let mut out = Vec::new();
+        io.take(1 << 20).read_to_end(&mut out).await?;
+        Ok(out)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use futures::AsyncWriteExt;
+        io.write_all(&req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct RawStoreClient {
+    metadata: request_response::Behaviour<metadata::Codec>,
+    store: request_response::Behaviour<RawBytes>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_survives_garbage_queries_and_still_answers() {
+    use pqmls_transport::store;
+    use pqmls_transport::waku::store::{PROTOCOL, QueryRequest};
+
+    let dir = support::temp_dir("waku-store-garbage");
+    let (server, _s_in) =
+        start(waku_config(CLUSTER, &[0]).with_store(&dir, store::Config::default())).await;
+    let addr = tcp_addr(&server).await;
+    let full = request_response::ProtocolSupport::Full;
+    let behaviour = RawStoreClient {
+        metadata: request_response::Behaviour::with_codec(
+            metadata::Codec,
+            [(
+                libp2p::StreamProtocol::new(metadata::PROTOCOL),
+                full.clone(),
+            )],
+            request_response::Config::default(),
+        ),
+        store: request_response::Behaviour::with_codec(
+            RawBytes,
+            [(
+                libp2p::StreamProtocol::new(PROTOCOL),
+                request_response::ProtocolSupport::Outbound,
+            )],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+        ),
+    };
+    let mut raw = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build();
+    raw.dial(addr).unwrap();
+    let peer = server.peer_id();
+    let valid = prost::Message::encode_length_delimited_to_vec(&QueryRequest {
+        request_id: "ok".into(),
+        ..Default::default()
+    });
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0x80, 0x80, 0x80, 0x80, 0x04], // 1 GiB announced
+        vec![0xff, 0xff, 0x04],             // 64 KiB + a bit announced
+        vec![4, 0xff, 0xff, 0xff, 0xff],    // a malformed protobuf
+        vec![100, 1, 2, 3],                 // truncated
+    ];
+    let run = async {
+        let mut answers = 0;
+        let mut failures = 0;
+        let mut sent = false;
+        loop {
+            if !sent && raw.is_connected(&peer) {
+                for g in &garbage {
+                    raw.behaviour_mut().store.send_request(&peer, g.clone());
+                }
+                raw.behaviour_mut().store.send_request(&peer, valid.clone());
+                sent = true;
+            }
+            match raw.select_next_some().await {
+                SwarmEvent::Behaviour(RawStoreClientEvent::Metadata(
+                    request_response::Event::Message {
+                        message: request_response::Message::Request { channel, .. },
+                        ..
+                    },
+                )) => {
+                    let mine = metadata::Metadata {
+                        cluster_id: Some(u32::from(CLUSTER)),
+                        shards: vec![0],
+                    };
+                    let _ = raw.behaviour_mut().metadata.send_response(channel, mine);
+                }
+                SwarmEvent::Behaviour(RawStoreClientEvent::Store(
+                    request_response::Event::Message {
+                        message: request_response::Message::Response { response, .. },
+                        ..
+                    },
+                )) if response.is_empty() => failures += 1, // closed without an answer
+                SwarmEvent::Behaviour(RawStoreClientEvent::Store(
+                    request_response::Event::Message {
+                        message: request_response::Message::Response { response, .. },
+                        ..
+                    },
+                )) => {
+                    // Only the valid request gets an answer: status 200, empty page.
+                    let r: pqmls_transport::waku::store::QueryResponse =
+                        prost::Message::decode_length_delimited(response.as_slice()).unwrap();
+                    assert_eq!((r.request_id.as_str(), r.status_code), ("ok", Some(200)));
+                    assert!(r.messages.is_empty() && r.pagination_cursor.is_none());
+                    answers += 1;
+                }
+                SwarmEvent::Behaviour(RawStoreClientEvent::Store(
+                    request_response::Event::OutboundFailure { .. },
+                )) => failures += 1,
+                _ => {}
+            }
+            if answers + failures == garbage.len() + 1 {
+                return (answers, failures);
+            }
+        }
+    };
+    let (answers, failures) = tokio::time::timeout(TIMEOUT, run).await.unwrap();
+    assert_eq!((answers, failures), (1, garbage.len()));
+    wait_until("unreadable requests counted", || async {
+        server.counters().requests_malformed == garbage.len() as u64
+    })
+    .await;
+    assert_eq!(server.counters().requests_served, 1);
+    assert_eq!(
+        server.counters().connected_peers,
+        1,
+        "still connected and serving"
+    );
+}

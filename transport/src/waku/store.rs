@@ -24,6 +24,8 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
@@ -146,8 +148,24 @@ impl QueryResponse {
 
 /// The request-response codec: one unsigned-varint length-prefixed protobuf each way, the
 /// length checked against [`MAX_REQUEST`] or [`MAX_RESPONSE`] before anything is allocated.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Codec;
+/// Requests that cannot be read (oversized, truncated, malformed) are counted, since
+/// libp2p does not report them.
+#[derive(Debug, Clone, Default)]
+pub struct Codec {
+    malformed: Arc<AtomicU64>,
+}
+
+impl Codec {
+    /// A codec that counts unreadable requests in `malformed`.
+    pub fn counting(malformed: Arc<AtomicU64>) -> Self {
+        Self { malformed }
+    }
+
+    /// Unreadable requests so far.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+}
 
 fn invalid(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
@@ -190,8 +208,15 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let body = read_frame(io, MAX_REQUEST).await?;
-        QueryRequest::decode(body.as_slice()).map_err(|_| invalid("malformed store request"))
+        let request = match read_frame(io, MAX_REQUEST).await {
+            Ok(body) => QueryRequest::decode(body.as_slice())
+                .map_err(|_| invalid("malformed store request")),
+            Err(e) => Err(e),
+        };
+        if request.is_err() {
+            self.malformed.fetch_add(1, Ordering::Relaxed);
+        }
+        request
     }
 
     async fn read_response<T>(
@@ -664,21 +689,29 @@ mod tests {
                 ..Default::default()
             };
             let mut buf = Vec::new();
-            Codec
+            Codec::default()
                 .write_request(&p, &mut buf, req.clone())
                 .await
                 .unwrap();
             let mut r = futures::io::Cursor::new(buf);
-            assert_eq!(Codec.read_request(&p, &mut r).await.unwrap(), req);
+            assert_eq!(
+                Codec::default().read_request(&p, &mut r).await.unwrap(),
+                req
+            );
             // 64 KiB + 1 announced: refused before reading.
             let mut over = Vec::new();
             prost::encoding::encode_varint(MAX_REQUEST as u64 + 1, &mut over);
             let mut r = futures::io::Cursor::new(over);
-            assert!(Codec.read_request(&p, &mut r).await.is_err());
+            let mut codec = Codec::default();
+            assert!(codec.read_request(&p, &mut r).await.is_err());
+            assert_eq!(codec.malformed(), 1);
             let mut r = futures::io::Cursor::new(vec![0xff, 0xff, 0xff, 0xff, 0x7f]);
-            assert!(Codec.read_response(&p, &mut r).await.is_err());
+            assert!(Codec::default().read_response(&p, &mut r).await.is_err());
             let mut r = futures::io::Cursor::new(vec![3, 0xff, 0xff, 0xff]);
-            assert!(Codec.read_response(&p, &mut r).await.is_err(), "malformed");
+            assert!(
+                Codec::default().read_response(&p, &mut r).await.is_err(),
+                "malformed"
+            );
         });
     }
 }
