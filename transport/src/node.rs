@@ -1571,7 +1571,9 @@ impl Task {
     fn redial_due(&mut self) {
         let now = tokio::time::Instant::now();
         for i in 0..self.bootstrap.len() {
-            let b = &mut self.bootstrap[i];
+            let Some(b) = self.bootstrap.get_mut(i) else {
+                continue;
+            };
             if b.next.is_none_or(|t| t > now) {
                 continue;
             }
