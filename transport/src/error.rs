@@ -17,6 +17,12 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// A TCP listen address is already in use by another socket (another node, or any other
+    /// program). Checked before listening, because libp2p's TCP listeners set
+    /// `SO_REUSEPORT`, so a second node would otherwise share the port with the first and
+    /// the kernel would split incoming connections between them.
+    #[error("listen address {0} is already in use")]
+    AddressInUse(String),
     /// Building the libp2p transport or behaviours failed.
     #[error("failed to build the libp2p node: {0}")]
     Setup(String),
@@ -87,6 +93,16 @@ pub enum Error {
     /// Publishing failed in gossipsub for a reason not listed above.
     #[error("publish failed: {0}")]
     Publish(String),
+    /// A Waku content topic that cannot be autosharded (not
+    /// `/{application}/{version}/{name}/{encoding}` of generation 0).
+    #[error("content topic cannot be autosharded: {0}")]
+    ContentTopic(String),
+    /// A Waku shard that is not one of this node's cluster, or a shard number not below 1024.
+    #[error("not a shard of this node's cluster: {0}")]
+    Shard(String),
+    /// A `WakuMessage` the spec forbids.
+    #[error(transparent)]
+    WakuMessage(#[from] crate::waku::MessageError),
 }
 
 /// Result alias for this crate.

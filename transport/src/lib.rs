@@ -184,13 +184,26 @@
 //! slots; per-peer directory quotas bind a peer id, which costs nothing to make: the
 //! table-wide caps and the validator are what bound a determined writer.
 //!
-//! **Waku (in progress).** [`waku`] holds the first pieces of a pure-Rust Waku node, beside
-//! this crate's own protocols (which [`Node`] still speaks): the `WakuMessage` envelope and
-//! its deterministic hash, shards and autosharding, relay's gossipsub settings and message
-//! checks, the metadata protocol's messages and cluster gate, and segmentation with
-//! Reed-Solomon parity. Not yet done: a Waku node type running relay and metadata on a
-//! swarm, store v3, lightpush v3, filter v2, peer exchange, redial and discovery, a clear
-//! error for a listen port in use, and the js-waku interop tests.
+//! **Waku (in progress).** [`waku`] holds the pieces of a pure-Rust Waku node: the
+//! `WakuMessage` envelope and its deterministic hash, shards and autosharding, relay's
+//! gossipsub settings and message checks, the metadata protocol, and segmentation with
+//! Reed-Solomon parity. A [`Node`] started with
+//! [`Config::with_waku`](node::Config::with_waku) runs Waku relay
+//! (`/vac/waku/relay/2.0.0` on `/waku/2/rs/<cluster>/<shard>`, [`Node::relay_publish`],
+//! [`Node::relay_inbound`]) beside this crate's own protocols, answers the metadata
+//! protocol, asks it of every new peer and disconnects peers of another cluster (or none),
+//! as the Nim node does. A Waku node with the store role also archives relay messages in
+//! SQLite and serves store v3 (`/vac/waku/store-query/3.0.0`: content topic, time range
+//! and hash queries, both directions of pagination, pages bounded in entries and in bytes
+//! while they are built, responses charged to the response budget until written), and
+//! [`Node::store_query`] is its client. All of it is tested between our own nodes and raw
+//! rust-libp2p peers only, not yet against js-waku or the Nim node.
+//! Every node refuses a TCP listen port already in use ([`Error::AddressInUse`]) and dials
+//! its bootstrap peers again, with backoff, when they go away. Not yet done: relay over
+//! mplex (js-waku's default muxer) and the js-waku interop tests, lightpush v3,
+//! filter v2, peer exchange and discovery beyond the bootstrap peers, catch-up resumed
+//! when a store comes back, segmentation wired into publishing, choosing a store for
+//! [`Node::store_query`] among connected peers (the caller names one).
 //!
 //! **Simulation-friendly.** [`Message`], [`Topic`], [`MessageId`], [`Validator`],
 //! [`Error`], [`store::Cursor`] and [`store::Page`] hold no libp2p types, so an in-process

@@ -3,8 +3,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +13,8 @@ use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, mdns, noise,
     ping, tcp, yamux,
@@ -26,6 +27,7 @@ use crate::message::{self, Message, MessageId, Topic, Validator, Verdict};
 use crate::rpc::{self, Refusal, Request, Response};
 use crate::slots;
 use crate::store::{self, Cursor, Page, PageLimits, Store};
+use crate::waku::{self, ContentTopic, MessageHash, PubsubTopic, WakuMessage, metadata, relay};
 
 /// Identify protocol version: nodes of other networks are not confused with ours.
 const IDENTIFY_PROTOCOL: &str = "/pqmls/0.1.0";
@@ -39,6 +41,18 @@ const IDONTWANT_THRESHOLD: usize = 16 * 1024;
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// File name of the persisted identity key in the data directory.
 const IDENTITY_FILE: &str = "identity.key";
+/// First wait before a bootstrap peer that went away (or could not be reached) is dialed
+/// again; doubled after each failure up to [`REDIAL_MAX`].
+const REDIAL_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between two dials of a bootstrap peer.
+const REDIAL_MAX: Duration = Duration::from_secs(60);
+/// A bootstrap connection that lasted this long resets the backoff when it closes; one
+/// closed sooner (a peer that refuses us, a flapping link) doubles it.
+const REDIAL_STABLE: Duration = Duration::from_secs(10);
+/// How often due redials are looked for.
+const REDIAL_TICK: Duration = Duration::from_millis(250);
+/// How long a peer has to answer the Waku metadata request before it is disconnected.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every bound the node enforces. The defaults suit a phone or a small server.
 #[derive(Debug, Clone)]
@@ -139,6 +153,10 @@ pub struct Config {
     /// Addresses to listen on (TCP `/ip4/…/tcp/…` and QUIC `/ip4/…/udp/…/quic-v1`).
     pub listen: Vec<Multiaddr>,
     /// Peers to dial at start. With a `/p2p/<peer id>` suffix they also seed Kademlia.
+    /// A bootstrap peer that cannot be reached, or whose last connection closes, is dialed
+    /// again after a backoff: 0.5 s, doubled after each failure up to 60 s, and back to
+    /// 0.5 s once a connection has lasted 10 s (so a peer that keeps refusing us, such as
+    /// a Waku node of another cluster, is not dialed in a tight loop).
     pub bootstrap: Vec<Multiaddr>,
     /// The store role: `Some` makes this node keep history and serve the directory.
     /// Requires [`Config::data_dir`].
@@ -158,6 +176,10 @@ pub struct Config {
     pub validator: Option<Arc<dyn Validator>>,
     /// Bounds on queues, sizes and requests.
     pub limits: Limits,
+    /// Waku: `Some` runs Waku relay (`/vac/waku/relay/2.0.0`) on the shards of a cluster
+    /// and the metadata protocol's cluster gate beside this crate's own protocols. See
+    /// [`Config::with_waku`].
+    pub waku: Option<relay::Config>,
 }
 
 impl std::fmt::Debug for Config {
@@ -172,6 +194,7 @@ impl std::fmt::Debug for Config {
             .field("gossip_heartbeat", &self.gossip_heartbeat)
             .field("validator", &self.validator.is_some())
             .field("limits", &self.limits)
+            .field("waku", &self.waku)
             .finish()
     }
 }
@@ -197,6 +220,7 @@ impl Default for Config {
             gossip_heartbeat: Duration::from_secs(1),
             validator: None,
             limits: Limits::default(),
+            waku: None,
         }
     }
 }
@@ -250,6 +274,21 @@ impl Config {
         self.validator = Some(Arc::new(validator));
         self
     }
+
+    /// Makes this node a Waku relay node of `relay.cluster`, subscribed to `relay.shards`:
+    /// it relays `WakuMessage`s on `/vac/waku/relay/2.0.0` ([`Node::relay_publish`],
+    /// [`Node::relay_inbound`]), answers `/vac/waku/metadata/1.0.0`, asks it of every new
+    /// peer, and disconnects a peer that does not answer within 10 s, answers no cluster or
+    /// another cluster (as the Nim node does; so every peer of a Waku node must speak the
+    /// metadata protocol, pqmls nodes included). A node that also has the store role
+    /// ([`Config::with_store`]) archives every eligible relay message it accepts or
+    /// publishes (`waku_store.sqlite3` in its data directory, pruned after
+    /// [`store::Config::retention`]) and answers Waku store v3 queries
+    /// ([`waku::store`]); every Waku node can ask them ([`Node::store_query`]).
+    pub fn with_waku(mut self, relay: relay::Config) -> Self {
+        self.waku = Some(relay);
+        self
+    }
 }
 
 /// A snapshot of the node's peer and traffic counters.
@@ -280,14 +319,15 @@ pub struct Counters {
     pub ignored: u64,
     /// Accepted messages dropped because the inbound stream was full.
     pub inbound_dropped: u64,
-    /// Messages written to this node's store.
+    /// Messages written to this node's store (the pqmls history and, on a Waku store, the
+    /// Waku archive).
     pub stored: u64,
-    /// Store requests answered successfully.
+    /// Store requests answered successfully (pqmls store and Waku store v3).
     pub requests_served: u64,
     /// Store requests refused (invalid topic, database error, not a store).
     pub requests_refused: u64,
-    /// Inbound store requests that could not be read: unknown, malformed, truncated or
-    /// oversized frames.
+    /// Inbound store requests (pqmls store and Waku store v3) that could not be read:
+    /// unknown, malformed, truncated or oversized frames.
     pub requests_malformed: u64,
     /// Inbound store requests that failed after being read (timeout, closed stream).
     pub requests_failed: u64,
@@ -320,6 +360,20 @@ pub struct Counters {
     /// Directory puts (remote or local) refused for exceeding a quota
     /// ([`store::Config::max_entries_per_peer`] and the others).
     pub puts_over_quota: u64,
+    /// Waku messages this node published on relay.
+    pub relay_published: u64,
+    /// Waku relay messages delivered to the [`RelayInbound`] stream.
+    pub relay_delivered: u64,
+    /// Waku relay messages rejected: not a shard of this cluster, over the size limit, or
+    /// not a well-formed `WakuMessage` (see [`relay::check`]).
+    pub relay_rejected: u64,
+    /// Accepted relay messages dropped because the [`RelayInbound`] stream was full (or
+    /// nobody took it).
+    pub relay_inbound_dropped: u64,
+    /// Peers whose metadata named this node's cluster.
+    pub metadata_admitted: u64,
+    /// Peers disconnected by the metadata gate: another cluster, no cluster, or no answer.
+    pub metadata_refused: u64,
 }
 
 #[derive(Default)]
@@ -350,6 +404,12 @@ struct Stats {
     response_bytes_in_flight_peak: AtomicU64,
     puts_rejected: AtomicU64,
     puts_over_quota: AtomicU64,
+    relay_published: AtomicU64,
+    relay_delivered: AtomicU64,
+    relay_rejected: AtomicU64,
+    relay_inbound_dropped: AtomicU64,
+    metadata_admitted: AtomicU64,
+    metadata_refused: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -392,6 +452,12 @@ impl Stats {
             response_bytes_in_flight_peak: g(&self.response_bytes_in_flight_peak),
             puts_rejected: g(&self.puts_rejected),
             puts_over_quota: g(&self.puts_over_quota),
+            relay_published: g(&self.relay_published),
+            relay_delivered: g(&self.relay_delivered),
+            relay_rejected: g(&self.relay_rejected),
+            relay_inbound_dropped: g(&self.relay_inbound_dropped),
+            metadata_admitted: g(&self.metadata_admitted),
+            metadata_refused: g(&self.metadata_refused),
         }
     }
 }
@@ -408,6 +474,15 @@ enum Command {
     Dial(Multiaddr, Reply<()>),
     ListenAddrs(Reply<Vec<Multiaddr>>),
     MeshPeers(Topic, Reply<usize>),
+    RelayPublish(PubsubTopic, WakuMessage, Reply<MessageHash>),
+    RelaySubscribe(u16, Reply<bool>),
+    RelayUnsubscribe(u16, Reply<bool>),
+    RelayMeshPeers(PubsubTopic, Reply<usize>),
+    StoreQuery(
+        PeerId,
+        waku::store::QueryRequest,
+        Reply<waku::store::QueryResponse>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -419,6 +494,8 @@ pub struct Node {
     peer_id: PeerId,
     stats: Arc<Stats>,
     limits: Limits,
+    waku: Option<relay::Config>,
+    relay_inbound: Arc<Mutex<Option<RelayInbound>>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -455,6 +532,36 @@ impl Stream for Inbound {
     }
 }
 
+/// The stream of accepted Waku relay messages of a node started with
+/// [`Config::with_waku`], taken once with [`Node::relay_inbound`]. Bounded by
+/// [`Limits::inbound_queue`]; messages that find it full are dropped and counted in
+/// [`Counters::relay_inbound_dropped`]. Gossipsub's seen cache (two minutes, ids are
+/// SHA-256 of the encoded message) keeps a message from being delivered twice.
+#[derive(Debug)]
+pub struct RelayInbound {
+    rx: mpsc::Receiver<relay::Received>,
+}
+
+impl RelayInbound {
+    /// The next message, or `None` once the node has stopped.
+    pub async fn recv(&mut self) -> Option<relay::Received> {
+        self.rx.recv().await
+    }
+
+    /// The next message if one is waiting, without blocking.
+    pub fn try_recv(&mut self) -> Option<relay::Received> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Stream for RelayInbound {
+    type Item = relay::Received;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<relay::Received>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     /// First, so connections it refuses never reach the other behaviours.
@@ -465,6 +572,12 @@ struct Behaviour {
     ping: ping::Behaviour,
     kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Waku relay: a second gossipsub on its own protocol id and topics.
+    relay: Toggle<gossipsub::Behaviour>,
+    /// Waku metadata, the cluster gate.
+    metadata: Toggle<request_response::Behaviour<metadata::Codec>>,
+    /// Waku store v3: served by store nodes, asked by every Waku node.
+    waku_store: Toggle<request_response::Behaviour<waku::store::Codec>>,
 }
 
 impl Node {
@@ -476,8 +589,9 @@ impl Node {
     /// # Errors
     ///
     /// [`Error::Config`] for an inconsistent configuration, [`Error::Io`] or [`Error::Store`]
-    /// when the data directory cannot be used, [`Error::Address`] for a listen address that
-    /// cannot be bound, [`Error::Setup`] if libp2p cannot be built.
+    /// when the data directory cannot be used, [`Error::AddressInUse`] for a TCP listen
+    /// port another socket listens on, [`Error::Address`] for a listen address that cannot
+    /// be bound otherwise, [`Error::Setup`] if libp2p cannot be built.
     pub async fn start(config: Config) -> Result<(Node, Inbound)> {
         let limits = config.limits.clone();
         if limits.max_message_size == 0
@@ -510,6 +624,19 @@ impl Node {
                  bytes) and response_bytes_in_flight at least that"
             )));
         }
+        if let Some(w) = &config.waku {
+            if w.shard_count == 0 || w.shard_count > waku::sharding::MAX_SHARDS {
+                return Err(Error::Config("waku shard_count must be in 1..=1024".into()));
+            }
+            if w.shards.iter().any(|s| *s >= waku::sharding::MAX_SHARDS) {
+                return Err(Error::Config("waku shards must be below 1024".into()));
+            }
+            if w.max_message_size == 0 || w.max_message_size > u32::MAX as usize / 4 {
+                return Err(Error::Config(
+                    "waku max_message_size is out of range".into(),
+                ));
+            }
+        }
         let keypair = match &config.data_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)?;
@@ -525,6 +652,10 @@ impl Node {
                 ));
             }
             (None, _) => None,
+        };
+        let archive = match (&config.waku, &config.store, &config.data_dir) {
+            (Some(_), Some(_), Some(dir)) => Some(waku::store::Archive::open(dir)?),
+            _ => None,
         };
         let peer_id = keypair.public().to_peer_id();
         let stats = Arc::new(Stats::default());
@@ -548,6 +679,7 @@ impl Node {
 
         let mut listeners: HashSet<ListenerId> = HashSet::new();
         for addr in &config.listen {
+            check_tcp_port_free(addr)?;
             let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Address {
                 addr: addr.to_string(),
                 reason: e.to_string(),
@@ -585,6 +717,18 @@ impl Node {
 
         let (cmd_tx, cmd_rx) = mpsc::channel(limits.command_queue);
         let (in_tx, in_rx) = mpsc::channel(limits.inbound_queue);
+        let (waku, relay_inbound) = match &config.waku {
+            Some(w) => {
+                let (tx, rx) = mpsc::channel(limits.inbound_queue);
+                let state = WakuState {
+                    config: w.clone(),
+                    inbound: tx,
+                    shards: HashSet::new(),
+                };
+                (Some(state), Some(RelayInbound { rx }))
+            }
+            None => (None, None),
+        };
         let mut task = Task {
             swarm,
             store,
@@ -604,10 +748,27 @@ impl Node {
                 limits.response_bytes_in_flight,
                 limits.response_bytes_per_peer,
             ),
+            waku,
+            bootstrap: Vec::new(),
+            archive,
+            store_queries: HashMap::new(),
         };
         task.resubscribe_served_topics();
+        for shard in config.waku.iter().flat_map(|w| w.shards.iter()) {
+            task.relay_subscribe(*shard)?;
+        }
         for addr in &config.bootstrap {
-            task.dial_bootstrap(addr.clone());
+            task.bootstrap.push(Bootstrap {
+                addr: addr.clone(),
+                peer: None,
+                dialing: None,
+                connected_at: None,
+                backoff: REDIAL_MIN,
+                next: None,
+            });
+        }
+        for i in 0..task.bootstrap.len() {
+            task.dial_bootstrap(i);
         }
         tokio::spawn(task.run(cmd_rx));
         Ok((
@@ -616,6 +777,8 @@ impl Node {
                 peer_id,
                 stats,
                 limits,
+                waku: config.waku.clone(),
+                relay_inbound: Arc::new(Mutex::new(relay_inbound)),
             },
             Inbound { rx: in_rx },
         ))
@@ -762,6 +925,147 @@ impl Node {
         self.call(|r| Command::MeshPeers(t, r)).await
     }
 
+    /// The stream of received Waku relay messages. Returns it on the first call only (every
+    /// later call, and a node without [`Config::with_waku`], gets `None`); until it is
+    /// taken, accepted messages are counted in [`Counters::relay_inbound_dropped`] once
+    /// the queue is full.
+    pub fn relay_inbound(&self) -> Option<RelayInbound> {
+        // A poisoned lock only means another thread panicked while taking the stream.
+        match self.relay_inbound.lock() {
+            Ok(mut g) => g.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+
+    fn relay_config(&self) -> Result<&relay::Config> {
+        self.waku
+            .as_ref()
+            .ok_or_else(|| Error::Config("Waku relay is off (see Config::with_waku)".into()))
+    }
+
+    /// Publishes `payload` on Waku relay as a `WakuMessage` on `content_topic`, stamped
+    /// with the current time, on the topic's shard (autosharding over
+    /// [`relay::Config::shard_count`] shards). Returns the message's deterministic hash.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Node::relay_publish_message`].
+    pub async fn relay_publish(
+        &self,
+        content_topic: &ContentTopic,
+        payload: Vec<u8>,
+    ) -> Result<MessageHash> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let message = WakuMessage::new(content_topic.to_string(), payload).with_timestamp(now);
+        Ok(self.relay_publish_message(message).await?.1)
+    }
+
+    /// Publishes `message` on Waku relay on the shard of its content topic (autosharding).
+    /// Returns the shard and the message's deterministic hash.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ContentTopic`] if the content topic cannot be autosharded, and the errors of
+    /// [`Node::relay_publish_on`].
+    pub async fn relay_publish_message(
+        &self,
+        message: WakuMessage,
+    ) -> Result<(PubsubTopic, MessageHash)> {
+        let config = self.relay_config()?;
+        let shard = ContentTopic::parse(&message.content_topic)
+            .and_then(|t| t.pubsub_topic(config.cluster, config.shard_count))
+            .ok_or_else(|| Error::ContentTopic(message.content_topic.chars().take(64).collect()))?;
+        Ok((shard, self.relay_publish_on(shard, message).await?))
+    }
+
+    /// Publishes `message` on Waku relay on `shard` (static sharding; the node need not
+    /// subscribe to it). Returns the message's deterministic hash.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if Waku is off, [`Error::Shard`] for a shard of another cluster,
+    /// [`Error::WakuMessage`] for a message the spec forbids (`meta` over 64 bytes),
+    /// [`Error::MessageTooLarge`] if its encoding exceeds
+    /// [`relay::Config::max_message_size`], and as for [`Node::publish`]:
+    /// [`Error::Duplicate`], [`Error::NoPeers`], [`Error::QueueFull`], [`Error::Publish`],
+    /// [`Error::Shutdown`].
+    pub async fn relay_publish_on(
+        &self,
+        shard: PubsubTopic,
+        message: WakuMessage,
+    ) -> Result<MessageHash> {
+        let config = self.relay_config()?;
+        if shard.cluster != config.cluster {
+            return Err(Error::Shard(shard.to_string()));
+        }
+        message.check()?;
+        let len = prost::Message::encoded_len(&message);
+        if len > config.max_message_size {
+            return Err(Error::MessageTooLarge {
+                len,
+                max: config.max_message_size,
+            });
+        }
+        self.call(|r| Command::RelayPublish(shard, message, r))
+            .await
+    }
+
+    /// Subscribes to `shard` of this node's cluster on Waku relay; false if already
+    /// subscribed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if Waku is off, [`Error::Shard`] for a shard number not below
+    /// 1024, [`Error::Subscription`] if gossipsub refuses, [`Error::Shutdown`].
+    pub async fn relay_subscribe(&self, shard: u16) -> Result<bool> {
+        self.relay_config()?;
+        self.call(|r| Command::RelaySubscribe(shard, r)).await
+    }
+
+    /// Unsubscribes from `shard`; false if not subscribed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if Waku is off, [`Error::Shutdown`].
+    pub async fn relay_unsubscribe(&self, shard: u16) -> Result<bool> {
+        self.relay_config()?;
+        self.call(|r| Command::RelayUnsubscribe(shard, r)).await
+    }
+
+    /// Number of peers in this node's relay mesh for `shard`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if Waku is off, [`Error::Shutdown`].
+    pub async fn relay_mesh_peers(&self, shard: PubsubTopic) -> Result<usize> {
+        self.relay_config()?;
+        self.call(|r| Command::RelayMeshPeers(shard, r)).await
+    }
+
+    /// Asks `peer` a Waku store v3 query (`/vac/waku/store-query/3.0.0`). The answer's
+    /// entries are checked: an entry whose message does not hash to its key is dropped.
+    /// Continue a paginated query by sending the same request with
+    /// `pagination_cursor` set to the response's.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if Waku is off, [`Error::StoreBusy`] for status 503,
+    /// [`Error::Refused`] for any other non-2xx status, [`Error::Request`] if the request
+    /// failed (timeout, closed connection, a peer without the protocol, a response frame
+    /// over 4 MiB), [`Error::Busy`] with too many requests outstanding,
+    /// [`Error::Shutdown`].
+    pub async fn store_query(
+        &self,
+        peer: PeerId,
+        request: waku::store::QueryRequest,
+    ) -> Result<waku::store::QueryResponse> {
+        self.relay_config()?;
+        self.call(|r| Command::StoreQuery(peer, request, r)).await
+    }
+
     /// Stops the node and waits until its connections, listeners and store are closed.
     ///
     /// # Errors
@@ -869,6 +1173,41 @@ fn build_behaviour(
         },
         stats.slots.clone(),
     );
+    let (relay, metadata, waku_store) = match &config.waku {
+        Some(w) => {
+            let mut relay = relay::behaviour(w).map_err(Error::Setup)?;
+            relay
+                .with_peer_score(
+                    peer_score_params(),
+                    gossipsub::PeerScoreThresholds::default(),
+                )
+                .map_err(Error::Setup)?;
+            let metadata = request_response::Behaviour::with_codec(
+                metadata::Codec,
+                [(
+                    StreamProtocol::new(metadata::PROTOCOL),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(METADATA_TIMEOUT)
+                    .with_max_concurrent_streams(limits.max_concurrent_streams),
+            );
+            let support = if is_store {
+                ProtocolSupport::Full
+            } else {
+                ProtocolSupport::Outbound
+            };
+            let waku_store = request_response::Behaviour::with_codec(
+                waku::store::Codec::counting(stats.requests_malformed.clone()),
+                [(StreamProtocol::new(waku::store::PROTOCOL), support)],
+                request_response::Config::default()
+                    .with_request_timeout(limits.request_timeout)
+                    .with_max_concurrent_streams(limits.max_concurrent_streams),
+            );
+            (Some(relay), Some(metadata), Some(waku_store))
+        }
+        None => (None, None, None),
+    };
     Ok(Behaviour {
         slots,
         gossipsub,
@@ -877,6 +1216,9 @@ fn build_behaviour(
         ping,
         kad: Toggle::from(kad),
         mdns: Toggle::from(mdns),
+        relay: Toggle::from(relay),
+        metadata: Toggle::from(metadata),
+        waku_store: Toggle::from(waku_store),
     })
 }
 
@@ -926,6 +1268,47 @@ fn gossip_message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
         None => MessageId::compute_raw(topic, &m.data),
     };
     gossipsub::MessageId::new(id.as_bytes())
+}
+
+/// Refuses a TCP listen address with a fixed port that another socket listens on.
+///
+/// libp2p-tcp sets `SO_REUSEPORT` on its listening sockets (so that dials can reuse the
+/// port), and Linux lets any number of such sockets of one user listen on one port, handing
+/// each incoming connection to one of them: a second node started on a port in use would
+/// start without error and silently split the network. A plain socket (`SO_REUSEADDR`
+/// only, which still allows a port whose previous owner left connections in `TIME_WAIT`)
+/// cannot bind where any socket listens, so binding one for a moment tells whether the
+/// port is free. Two nodes starting at the same instant on one port can still both pass
+/// this check; a node started after another one is listening cannot.
+fn check_tcp_port_free(addr: &Multiaddr) -> Result<()> {
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(Error::AddressInUse(addr.to_string()))
+        }
+        // Anything else (an address not on this host, no permission) is left to libp2p,
+        // which reports it as `Error::Address`.
+        Err(_) => Ok(()),
+    }
 }
 
 fn load_or_create_identity(dir: &Path) -> Result<identity::Keypair> {
@@ -1043,7 +1426,55 @@ struct Task {
     /// Whether the store already warned that it serves `max_topics` topics.
     topic_limit_warned: bool,
     /// Bytes held in responses not yet written, see [`Limits::response_bytes_in_flight`].
-    responses: Budget<PeerId, InboundRequestId>,
+    responses: Budget<PeerId, Held>,
+    /// A store node's Waku archive (store v3), when Waku and the store role are both on.
+    archive: Option<waku::store::Archive>,
+    /// Outstanding Waku store queries of this node.
+    store_queries: HashMap<OutboundRequestId, Reply<waku::store::QueryResponse>>,
+    /// Waku relay and metadata, when on.
+    waku: Option<WakuState>,
+    /// The bootstrap peers, dialed again with backoff when they go away.
+    bootstrap: Vec<Bootstrap>,
+}
+
+/// A bootstrap peer and its redial state.
+struct Bootstrap {
+    addr: Multiaddr,
+    /// Learnt from the first connection (or the address's `/p2p/` suffix).
+    peer: Option<PeerId>,
+    /// The dial in progress.
+    dialing: Option<ConnectionId>,
+    /// When the current connection was established.
+    connected_at: Option<tokio::time::Instant>,
+    /// Wait before the next dial after a failure.
+    backoff: Duration,
+    /// When to dial next; `None` while connected or dialing.
+    next: Option<tokio::time::Instant>,
+}
+
+impl Bootstrap {
+    /// Schedules the next dial after the current backoff, and doubles the backoff.
+    fn schedule(&mut self, now: tokio::time::Instant) {
+        self.dialing = None;
+        self.next = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(REDIAL_MAX);
+    }
+}
+
+/// A response charged to the response budget: request ids are counted per protocol, so
+/// the protocol is part of the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Held {
+    Rpc(InboundRequestId),
+    WakuStore(InboundRequestId),
+}
+
+/// The node task's Waku state.
+struct WakuState {
+    config: relay::Config,
+    inbound: mpsc::Sender<relay::Received>,
+    /// Shards subscribed to on relay (announced in metadata).
+    shards: HashSet<u16>,
 }
 
 impl Task {
@@ -1054,6 +1485,7 @@ impl Task {
             .map_or(Duration::from_secs(3600), |c| c.prune_interval)
             .max(Duration::from_secs(1));
         let mut prune = tokio::time::interval(prune_every);
+        let mut redial = tokio::time::interval(REDIAL_TICK);
         let mut done = None;
         loop {
             tokio::select! {
@@ -1067,6 +1499,7 @@ impl Task {
                     Some(command) => self.on_command(command),
                 },
                 _ = prune.tick() => self.prune(),
+                _ = redial.tick() => self.redial_due(),
             }
         }
         // Close connections, listeners and the database before reporting completion.
@@ -1077,6 +1510,15 @@ impl Task {
     }
 
     fn prune(&mut self) {
+        if let (Some(archive), Some(config)) = (&self.archive, &self.store_config) {
+            let cutoff = SystemTime::now()
+                .checked_sub(config.retention)
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+            if let Err(e) = archive.prune(cutoff) {
+                tracing::warn!("pruning the Waku archive failed: {e}");
+            }
+        }
         if let Some(store) = &self.store
             && let Err(e) = store.prune(SystemTime::now())
         {
@@ -1100,14 +1542,82 @@ impl Task {
         }
     }
 
-    fn dial_bootstrap(&mut self, addr: Multiaddr) {
-        if let Some(Protocol::P2p(peer)) = addr.iter().last()
-            && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
-        {
-            kad.add_address(&peer, addr.clone());
+    fn dial_bootstrap(&mut self, i: usize) {
+        let Some(b) = self.bootstrap.get_mut(i) else {
+            return;
+        };
+        let addr = b.addr.clone();
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            b.peer = Some(peer);
+            if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                kad.add_address(&peer, addr.clone());
+            }
         }
-        if let Err(e) = self.swarm.dial(addr.clone()) {
-            tracing::warn!("cannot dial bootstrap peer {addr}: {e}");
+        let opts = DialOpts::from(addr.clone());
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                b.dialing = Some(id);
+                b.next = None;
+            }
+            Err(e) => {
+                tracing::warn!("cannot dial bootstrap peer {addr}: {e}");
+                b.schedule(tokio::time::Instant::now());
+            }
+        }
+    }
+
+    /// Dials the bootstrap peers whose backoff has run out and that are not connected.
+    fn redial_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        for i in 0..self.bootstrap.len() {
+            let Some(b) = self.bootstrap.get_mut(i) else {
+                continue;
+            };
+            if b.next.is_none_or(|t| t > now) {
+                continue;
+            }
+            if b.peer.is_some_and(|p| self.swarm.is_connected(&p)) {
+                b.next = None;
+                continue;
+            }
+            tracing::debug!("dialing bootstrap peer {} again", b.addr);
+            self.dial_bootstrap(i);
+        }
+    }
+
+    fn bootstrap_connected(&mut self, peer: PeerId, connection: ConnectionId) {
+        for b in &mut self.bootstrap {
+            if b.dialing == Some(connection) || b.peer == Some(peer) {
+                b.peer = Some(peer);
+                b.dialing = None;
+                b.next = None;
+                b.connected_at.get_or_insert_with(tokio::time::Instant::now);
+            }
+        }
+    }
+
+    fn bootstrap_dial_failed(&mut self, connection: ConnectionId) {
+        let now = tokio::time::Instant::now();
+        for b in &mut self.bootstrap {
+            if b.dialing == Some(connection) {
+                b.schedule(now);
+            }
+        }
+    }
+
+    fn bootstrap_gone(&mut self, peer: PeerId) {
+        let now = tokio::time::Instant::now();
+        for b in &mut self.bootstrap {
+            if b.peer == Some(peer) && b.dialing.is_none() {
+                if b.connected_at
+                    .take()
+                    .is_some_and(|t| now - t >= REDIAL_STABLE)
+                {
+                    b.backoff = REDIAL_MIN;
+                }
+                b.schedule(now);
+            }
         }
     }
 
@@ -1146,6 +1656,26 @@ impl Task {
                 let n = self.swarm.behaviour().gossipsub.mesh_peers(&hash).count();
                 let _ = reply.send(Ok(n));
             }
+            Command::RelayPublish(shard, message, reply) => {
+                let _ = reply.send(self.relay_publish(shard, &message));
+            }
+            Command::RelaySubscribe(shard, reply) => {
+                let _ = reply.send(self.relay_subscribe(shard));
+            }
+            Command::RelayUnsubscribe(shard, reply) => {
+                let _ = reply.send(self.relay_unsubscribe(shard));
+            }
+            Command::RelayMeshPeers(shard, reply) => {
+                let hash = gossipsub::TopicHash::from_raw(shard.to_string());
+                let n = self
+                    .swarm
+                    .behaviour()
+                    .relay
+                    .as_ref()
+                    .map_or(0, |r| r.mesh_peers(&hash).count());
+                let _ = reply.send(Ok(n));
+            }
+            Command::StoreQuery(peer, request, reply) => self.store_query(peer, request, reply),
             Command::Shutdown(_) => {
                 // Handled by the loop in `run`.
             }
@@ -1206,6 +1736,286 @@ impl Task {
             }),
             Err(gossipsub::PublishError::AllQueuesFull(_)) => Err(Error::QueueFull),
             Err(e) => Err(Error::Publish(e.to_string())),
+        }
+    }
+
+    fn relay_subscribe(&mut self, shard: u16) -> Result<bool> {
+        let Some(waku) = &mut self.waku else {
+            return Err(Error::Config("Waku relay is off".into()));
+        };
+        let topic = PubsubTopic::new(waku.config.cluster, shard)
+            .ok_or_else(|| Error::Shard(format!("shard {shard}")))?;
+        let t = gossipsub::IdentTopic::new(topic.to_string());
+        let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() else {
+            return Err(Error::Config("Waku relay is off".into()));
+        };
+        relay
+            .set_topic_params(t.clone(), topic_score_params())
+            .map_err(|e| Error::Subscription(e.to_string()))?;
+        let new = relay
+            .subscribe(&t)
+            .map_err(|e| Error::Subscription(e.to_string()))?;
+        waku.shards.insert(shard);
+        Ok(new)
+    }
+
+    fn relay_unsubscribe(&mut self, shard: u16) -> Result<bool> {
+        let Some(waku) = &mut self.waku else {
+            return Err(Error::Config("Waku relay is off".into()));
+        };
+        let Some(topic) = PubsubTopic::new(waku.config.cluster, shard) else {
+            return Ok(false);
+        };
+        waku.shards.remove(&shard);
+        let t = gossipsub::IdentTopic::new(topic.to_string());
+        Ok(self
+            .swarm
+            .behaviour_mut()
+            .relay
+            .as_mut()
+            .is_some_and(|r| r.unsubscribe(&t)))
+    }
+
+    fn relay_publish(&mut self, shard: PubsubTopic, message: &WakuMessage) -> Result<MessageHash> {
+        let topic = shard.to_string();
+        let hash = waku::message_hash(&topic, message);
+        self.archive_message(&shard, &hash, message);
+        let data = message.to_bytes();
+        let len = data.len();
+        let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() else {
+            return Err(Error::Config("Waku relay is off".into()));
+        };
+        match relay.publish(gossipsub::TopicHash::from_raw(topic), data) {
+            Ok(_) => {
+                bump(&self.stats.relay_published);
+                Ok(hash)
+            }
+            Err(gossipsub::PublishError::Duplicate) => Err(Error::Duplicate),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Err(Error::NoPeers),
+            Err(gossipsub::PublishError::MessageTooLarge) => Err(Error::MessageTooLarge {
+                len,
+                max: self.waku.as_ref().map_or(0, |w| w.config.max_message_size),
+            }),
+            Err(gossipsub::PublishError::AllQueuesFull(_)) => Err(Error::QueueFull),
+            Err(e) => Err(Error::Publish(e.to_string())),
+        }
+    }
+
+    /// A relay message: [`relay::check`], verdict to gossipsub, delivery if accepted.
+    fn on_relay(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } = event
+        else {
+            if let gossipsub::Event::SlowPeer { .. } = event {
+                bump(&self.stats.slow_peers);
+            }
+            return;
+        };
+        let Some(waku) = &self.waku else {
+            return;
+        };
+        let checked = relay::check(&waku.config, message.topic.as_str(), &message.data);
+        let acceptance = if checked.is_ok() {
+            gossipsub::MessageAcceptance::Accept
+        } else {
+            bump(&self.stats.relay_rejected);
+            gossipsub::MessageAcceptance::Reject
+        };
+        if let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() {
+            relay.report_message_validation_result(&message_id, &propagation_source, acceptance);
+        }
+        let Ok((shard, message)) = checked else {
+            return;
+        };
+        let hash = waku::message_hash(&shard.to_string(), &message);
+        self.archive_message(&shard, &hash, &message);
+        let Some(waku) = &self.waku else {
+            return;
+        };
+        let received = relay::Received {
+            hash,
+            shard,
+            message,
+            received: SystemTime::now(),
+        };
+        // Count before sending, so a reader never sees a message before its count.
+        bump(&self.stats.relay_delivered);
+        if waku.inbound.try_send(received).is_err() {
+            self.stats.relay_delivered.fetch_sub(1, Ordering::Relaxed);
+            bump(&self.stats.relay_inbound_dropped);
+        }
+    }
+
+    /// A store node archives every relay message it accepts or publishes (if eligible).
+    fn archive_message(&self, shard: &PubsubTopic, hash: &MessageHash, message: &WakuMessage) {
+        if let Some(archive) = &self.archive {
+            match archive.insert(&shard.to_string(), hash, message) {
+                Ok(true) => bump(&self.stats.stored),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("archiving a Waku message failed: {e}"),
+            }
+        }
+    }
+
+    fn store_query(
+        &mut self,
+        peer: PeerId,
+        request: waku::store::QueryRequest,
+        reply: Reply<waku::store::QueryResponse>,
+    ) {
+        if !self.has_room(1 + self.store_queries.len()) {
+            let _ = reply.send(Err(Error::Busy));
+            return;
+        }
+        let Some(b) = self.swarm.behaviour_mut().waku_store.as_mut() else {
+            let _ = reply.send(Err(Error::Config("Waku is off".into())));
+            return;
+        };
+        let id = b.send_request(&peer, request);
+        self.store_queries.insert(id, reply);
+    }
+
+    fn on_waku_store(
+        &mut self,
+        event: request_response::Event<waku::store::QueryRequest, waku::store::QueryResponse>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request_id,
+                        request,
+                        channel,
+                    },
+                ..
+            } => {
+                let Some(archive) = &self.archive else {
+                    return;
+                };
+                // Framing of the response around its entries: ids, status, cursor.
+                let budget = self.responses.available(&peer).saturating_sub(1024);
+                let response = archive.query(request, budget);
+                if response.status_code == Some(waku::store::STATUS_UNAVAILABLE) {
+                    bump(&self.stats.requests_busy);
+                } else if response.is_success() {
+                    bump(&self.stats.requests_served);
+                } else {
+                    bump(&self.stats.requests_refused);
+                }
+                let held = Held::WakuStore(request_id);
+                self.responses
+                    .charge(held, peer, prost::Message::encoded_len(&response));
+                let sent = self
+                    .swarm
+                    .behaviour_mut()
+                    .waku_store
+                    .as_mut()
+                    .map(|b| b.send_response(channel, response).is_ok());
+                if sent != Some(true) {
+                    self.responses.release(&held);
+                }
+                self.update_response_bytes();
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.store_queries.remove(&request_id) {
+                    let _ = reply.send(check_store_response(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(reply) = self.store_queries.remove(&request_id) {
+                    let _ = reply.send(Err(Error::Request(error.to_string())));
+                }
+            }
+            request_response::Event::InboundFailure { request_id, .. } => {
+                bump(&self.stats.requests_failed);
+                self.responses.release(&Held::WakuStore(request_id));
+                self.update_response_bytes();
+            }
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.responses.release(&Held::WakuStore(request_id));
+                self.update_response_bytes();
+            }
+        }
+    }
+
+    /// This node's metadata: its cluster and the relay shards it subscribes to.
+    fn own_metadata(&self) -> Option<metadata::Metadata> {
+        let waku = self.waku.as_ref()?;
+        let mut shards: Vec<u32> = waku.shards.iter().map(|s| u32::from(*s)).collect();
+        shards.sort_unstable();
+        Some(metadata::Metadata {
+            cluster_id: Some(u32::from(waku.config.cluster)),
+            shards,
+        })
+    }
+
+    /// The metadata gate: a new peer is asked its cluster.
+    fn ask_metadata(&mut self, peer: PeerId) {
+        let Some(mine) = self.own_metadata() else {
+            return;
+        };
+        if let Some(m) = self.swarm.behaviour_mut().metadata.as_mut() {
+            m.send_request(&peer, mine);
+        }
+    }
+
+    fn on_metadata(
+        &mut self,
+        event: request_response::Event<metadata::Metadata, metadata::Metadata>,
+    ) {
+        let Some(cluster) = self.waku.as_ref().map(|w| w.config.cluster) else {
+            return;
+        };
+        match event {
+            request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            } => {
+                if let Some(mine) = self.own_metadata()
+                    && let Some(m) = self.swarm.behaviour_mut().metadata.as_mut()
+                {
+                    // An error means the stream is already gone; nothing to do.
+                    let _ = m.send_response(channel, mine);
+                }
+            }
+            request_response::Event::Message {
+                peer,
+                message: request_response::Message::Response { response, .. },
+                ..
+            } => {
+                if metadata::admits(cluster, &response) {
+                    bump(&self.stats.metadata_admitted);
+                } else {
+                    tracing::debug!(
+                        "disconnecting {peer}: cluster {:?}, ours {cluster}",
+                        response.cluster_id
+                    );
+                    bump(&self.stats.metadata_refused);
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                if self.swarm.is_connected(&peer) {
+                    tracing::debug!("disconnecting {peer}: no metadata ({error})");
+                    bump(&self.stats.metadata_refused);
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+            request_response::Event::InboundFailure { .. }
+            | request_response::Event::ResponseSent { .. } => {}
         }
     }
 
@@ -1410,6 +2220,9 @@ impl Task {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Metadata(e)) => self.on_metadata(e),
+            SwarmEvent::Behaviour(BehaviourEvent::WakuStore(e)) => self.on_waku_store(e),
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) => self.on_rpc(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -1441,7 +2254,21 @@ impl Task {
                     }
                 }
             }
-            SwarmEvent::ConnectionEstablished { .. } => self.update_peer_counts(),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                if num_established.get() == 1 {
+                    self.ask_metadata(peer_id);
+                }
+                self.bootstrap_connected(peer_id, connection_id);
+                self.update_peer_counts();
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, .. } => {
+                self.bootstrap_dial_failed(connection_id);
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
@@ -1449,6 +2276,7 @@ impl Task {
             } => {
                 if num_established == 0 {
                     self.store_peers.remove(&peer_id);
+                    self.bootstrap_gone(peer_id);
                 }
                 self.update_peer_counts();
             }
@@ -1624,7 +2452,7 @@ impl Task {
                 // Charged before it is handed over: from here until libp2p reports the
                 // response sent (or the request failed) the connection task holds it.
                 self.responses
-                    .charge(request_id, peer, rpc::response_len(&response));
+                    .charge(Held::Rpc(request_id), peer, rpc::response_len(&response));
                 if self
                     .swarm
                     .behaviour_mut()
@@ -1633,7 +2461,7 @@ impl Task {
                     .is_err()
                 {
                     // The stream is already gone: the response was dropped.
-                    self.responses.release(&request_id);
+                    self.responses.release(&Held::Rpc(request_id));
                 }
                 self.update_response_bytes();
             }
@@ -1656,11 +2484,11 @@ impl Task {
             } => {
                 tracing::debug!("inbound store request from {peer} failed: {error}");
                 bump(&self.stats.requests_failed);
-                self.responses.release(&request_id);
+                self.responses.release(&Held::Rpc(request_id));
                 self.update_response_bytes();
             }
             request_response::Event::ResponseSent { request_id, .. } => {
-                self.responses.release(&request_id);
+                self.responses.release(&Held::Rpc(request_id));
                 self.update_response_bytes();
             }
         }
@@ -1797,6 +2625,35 @@ impl Task {
     }
 }
 
+/// A Waku store's answer as the client sees it: an error for a non-2xx status, and
+/// entries whose message does not match their hash dropped (a store can withhold
+/// messages, not alter them).
+fn check_store_response(mut r: waku::store::QueryResponse) -> Result<waku::store::QueryResponse> {
+    if r.status_code == Some(waku::store::STATUS_UNAVAILABLE) {
+        return Err(Error::StoreBusy);
+    }
+    if !r.is_success() {
+        return Err(Error::Refused(format!(
+            "status {:?}: {}",
+            r.status_code,
+            r.status_desc
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(128)
+                .collect::<String>()
+        )));
+    }
+    r.messages.retain(
+        |kv| match (&kv.message_hash, &kv.message, &kv.pubsub_topic) {
+            (Some(h), Some(m), Some(t)) => waku::message_hash(t, m).as_bytes().as_slice() == h,
+            (Some(h), None, None) => h.len() == 32,
+            _ => false,
+        },
+    );
+    Ok(r)
+}
+
 /// The error a client reports for a store's refusal.
 fn refusal_error(why: Refusal) -> Error {
     match why {
@@ -1834,6 +2691,28 @@ mod tests {
         assert!(seen.insert(id(3)));
         assert!(seen.insert(id(1)), "oldest id was evicted");
         assert!(!seen.insert(id(3)));
+    }
+
+    #[test]
+    fn redial_backoff_doubles_up_to_the_cap() {
+        let mut b = Bootstrap {
+            addr: Multiaddr::empty(),
+            peer: None,
+            dialing: None,
+            connected_at: None,
+            backoff: REDIAL_MIN,
+            next: None,
+        };
+        let now = tokio::time::Instant::now();
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            b.schedule(now);
+            waits.push(b.next.map(|t| t - now));
+        }
+        assert_eq!(waits[0], Some(REDIAL_MIN));
+        assert_eq!(waits[1], Some(REDIAL_MIN * 2));
+        assert_eq!(waits[9], Some(REDIAL_MAX));
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
     }
 
     #[tokio::test]

@@ -10,6 +10,10 @@
 //! the packed proto3 default wrongly (`[0]` fails to decode, `[0, 3]` reads as `[2]`) and
 //! drops the peer. Both forms are accepted on input.
 
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
 use prost::Message as _;
 
 /// Protocol id.
@@ -56,6 +60,86 @@ pub fn decode_framed(bytes: &[u8]) -> Result<Metadata, &'static str> {
         return Err("length prefix does not match the message");
     }
     Metadata::decode(buf).map_err(|_| "malformed metadata")
+}
+
+/// The request-response codec of the protocol: one framed [`Metadata`] each way. Reads
+/// stop at the end of the frame (the Nim node does not close its side before reading the
+/// answer), and a length above [`MAX_MESSAGE`] is refused before anything is allocated.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Codec;
+
+fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Reads one unsigned-varint length prefix and that many bytes, at most [`MAX_MESSAGE`].
+async fn read_framed<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Metadata> {
+    let mut len: u64 = 0;
+    // MAX_MESSAGE needs two varint bytes; a third means the length is too large.
+    for i in 0..3 {
+        let mut b = [0u8; 1];
+        io.read_exact(&mut b).await?;
+        len |= u64::from(b[0] & 0x7f) << (7 * i);
+        if b[0] & 0x80 == 0 {
+            let len = usize::try_from(len).map_err(|_| invalid("length too large"))?;
+            if len > MAX_MESSAGE {
+                return Err(invalid("metadata message too large"));
+            }
+            let mut body = vec![0u8; len];
+            io.read_exact(&mut body).await?;
+            return Metadata::decode(body.as_slice()).map_err(|_| invalid("malformed metadata"));
+        }
+    }
+    Err(invalid("metadata message too large"))
+}
+
+async fn write_framed<T: AsyncWrite + Unpin + Send>(io: &mut T, m: &Metadata) -> io::Result<()> {
+    io.write_all(&encode_framed(m)).await?;
+    io.flush().await
+}
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Metadata;
+    type Response = Metadata;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Metadata>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_framed(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Metadata>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_framed(io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Metadata,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_framed(io, &req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Metadata,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_framed(io, &res).await
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +193,35 @@ mod tests {
                 shards: vec![]
             }
         ));
+    }
+
+    #[test]
+    fn the_codec_reads_one_frame_and_refuses_long_or_bad_ones() {
+        use libp2p::request_response::Codec as _;
+        let p = StreamProtocol::new(PROTOCOL);
+        let m = Metadata {
+            cluster_id: Some(3),
+            shards: vec![0, 7],
+        };
+        futures::executor::block_on(async {
+            let mut buf = Vec::new();
+            Codec.write_request(&p, &mut buf, m.clone()).await.unwrap();
+            assert_eq!(buf, encode_framed(&m));
+            // Bytes after the frame are left unread.
+            buf.extend_from_slice(&[0xde, 0xad]);
+            let mut r = futures::io::Cursor::new(buf);
+            assert_eq!(Codec.read_response(&p, &mut r).await.unwrap(), m);
+            assert_eq!(r.position(), 7);
+            for bad in [
+                &[0x80, 0x80, 0x01][..], // three-byte length: over MAX_MESSAGE
+                &[0x81, 0x40],           // 8193 bytes
+                &[5, 0x08, 3],           // truncated
+                &[2, 0xff, 0xff],        // malformed
+                &[],                     // nothing
+            ] {
+                let mut r = futures::io::Cursor::new(bad.to_vec());
+                assert!(Codec.read_request(&p, &mut r).await.is_err(), "{bad:?}");
+            }
+        });
     }
 }

@@ -21,6 +21,7 @@ pub mod metadata;
 pub mod relay;
 pub mod segmentation;
 pub mod sharding;
+pub mod store;
 
 pub use message::{MessageError, MessageHash, WakuMessage, message_hash, message_hash_js};
 pub use sharding::{ContentTopic, PubsubTopic};

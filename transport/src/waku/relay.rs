@@ -16,12 +16,12 @@
 //! (gossipsub's `validate_messages` mode): the topic must be a shard of this node's cluster,
 //! the data a well-formed `WakuMessage` within the size limit.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use libp2p::gossipsub;
 use sha2::{Digest, Sha256};
 
-use super::message::{MessageError, WakuMessage};
+use super::message::{MessageError, MessageHash, WakuMessage};
 use super::sharding::PubsubTopic;
 
 /// Gossipsub protocol id of Waku relay.
@@ -33,6 +33,10 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 150 * 1024;
 /// Bytes gossipsub adds around a message in a frame (topic, control, protobuf framing).
 const FRAME_OVERHEAD: usize = 16 * 1024;
 
+/// Shards per cluster on every Waku network (The Waku Network, logos.test, logos.dev), the
+/// default shard count for autosharding.
+pub const DEFAULT_SHARD_COUNT: u16 = 8;
+
 /// Relay settings.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -43,17 +47,53 @@ pub struct Config {
     pub max_message_size: usize,
     /// Gossipsub heartbeat (default 1 s, as the Nim node).
     pub heartbeat: Duration,
+    /// Shards of the cluster, the modulus of autosharding (default
+    /// [`DEFAULT_SHARD_COUNT`]).
+    pub shard_count: u16,
+    /// The shards a node subscribes to when it starts (default: all of
+    /// `0..shard_count`). More can be added and removed while it runs.
+    pub shards: Vec<u16>,
 }
 
 impl Config {
-    /// Relay on `cluster` with the Nim node's defaults.
+    /// Relay on `cluster` with the Nim node's defaults, subscribed to all
+    /// [`DEFAULT_SHARD_COUNT`] shards.
     pub fn new(cluster: u16) -> Self {
         Self {
             cluster,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             heartbeat: Duration::from_secs(1),
+            shard_count: DEFAULT_SHARD_COUNT,
+            shards: (0..DEFAULT_SHARD_COUNT).collect(),
         }
     }
+
+    /// Subscribes to `shards` only, at start.
+    pub fn with_shards(mut self, shards: impl IntoIterator<Item = u16>) -> Self {
+        self.shards = shards.into_iter().collect();
+        self
+    }
+
+    /// The pubsub topic of `shard` in this cluster; `None` above the static sharding range.
+    pub fn shard(&self, shard: u16) -> Option<PubsubTopic> {
+        PubsubTopic::new(self.cluster, shard)
+    }
+}
+
+/// A relay message delivered to the application: checked by [`check`], accepted, and
+/// forwarded to the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Received {
+    /// The shard it arrived on.
+    pub shard: PubsubTopic,
+    /// Its deterministic hash on that shard ([`message_hash`](super::message_hash), the Nim
+    /// node's form), the key stores index it by.
+    pub hash: MessageHash,
+    /// The message.
+    pub message: WakuMessage,
+    /// When this node received it.
+    pub received: SystemTime,
 }
 
 /// The gossipsub message id of Waku relay: SHA-256 of the data.
