@@ -51,9 +51,12 @@ fn main() -> ExitCode {
     // OpenMLS logs every message it cannot decrypt (expected for messages of a losing
     // branch, which the SDK counts) at error level: off unless RUST_LOG asks. In `sim`, the
     // simulated clients' warnings are what the trials measure and report: errors only.
+    // gossipsub warns when asked to publish again a payload it still remembers (the SDK
+    // publishes commits and votes again for members that missed them; the stores have
+    // them either way): errors only.
     let default = match cli.command {
         Command::Sim(_) => "error,openmls=off",
-        _ => "warn,openmls=off",
+        _ => "warn,openmls=off,libp2p_gossipsub=error",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
