@@ -79,6 +79,56 @@ impl State {
         Ok(())
     }
 
+    /// The epoch of our branch that `tag` ([`EpochKeys::vote_tag`]) names, if we hold
+    /// its keys.
+    pub(crate) fn epoch_of_tag(&self, gid: &GroupId, tag: &[u8; 16]) -> Result<Option<u64>> {
+        Ok(self
+            .db()
+            .prepare_cached(
+                "SELECT epoch FROM pqmls_epoch_keys WHERE group_id = ?1 AND vote_tag = ?2",
+            )?
+            .query_row(params![gid.0, &tag[..]], |r| r.get(0))
+            .optional()?
+            .map(to_u64))
+    }
+
+    /// Seals `plain` under a key exported from an epoch (votes, rejoin requests): a fresh
+    /// nonce, then the suite's AEAD ciphertext, with the epoch's tag as associated data.
+    pub(crate) fn seal_for_epoch(
+        &self,
+        key: &[u8; 32],
+        tag: &[u8; 16],
+        plain: &[u8],
+    ) -> Result<Vec<u8>> {
+        let aead = self.config.suite.aead_algorithm();
+        let key = key.get(..aead.key_size()).unwrap_or(key);
+        let nonce = self.random::<12>()?;
+        let mut sealed = nonce.to_vec();
+        sealed.extend(
+            self.provider
+                .crypto()
+                .aead_encrypt(aead, key, plain, &nonce, tag)
+                .map_err(|e| Error::Crypto(format!("{e:?}")))?,
+        );
+        Ok(sealed)
+    }
+
+    /// Opens what [`State::seal_for_epoch`] sealed; `None` if it does not open.
+    pub(crate) fn open_for_epoch(
+        &self,
+        key: &[u8; 32],
+        tag: &[u8; 16],
+        sealed: &[u8],
+    ) -> Option<Vec<u8>> {
+        let aead = self.config.suite.aead_algorithm();
+        let key = key.get(..aead.key_size()).unwrap_or(key);
+        let (nonce, ct) = sealed.split_at_checked(12)?;
+        self.provider
+            .crypto()
+            .aead_decrypt(aead, key, ct, nonce, tag)
+            .ok()
+    }
+
     /// The keys of `epoch` on our branch.
     pub(crate) fn epoch_keys(&self, gid: &GroupId, epoch: u64) -> Result<Option<EpochKeys>> {
         let row: Option<(Vec<u8>, Vec<u8>)> = self
@@ -242,19 +292,7 @@ impl State {
             public_key: self.signer.public().to_vec(),
             sig,
         };
-        let nonce = self.random::<12>()?;
-        let aead = self.config.suite.aead_algorithm();
-        let key = keys
-            .vote_key
-            .get(..aead.key_size())
-            .unwrap_or(&keys.vote_key);
-        let mut sealed = nonce.to_vec();
-        sealed.extend(
-            self.provider
-                .crypto()
-                .aead_encrypt(aead, key, &body.encode(), &nonce, &keys.vote_tag)
-                .map_err(|e| Error::Crypto(format!("{e:?}")))?,
-        );
+        let sealed = self.seal_for_epoch(&keys.vote_key, &keys.vote_tag, &body.encode())?;
         Ok(Wire::Vote {
             tag: keys.vote_tag,
             sealed,
@@ -310,14 +348,7 @@ impl State {
             self.stats.rejected += 1;
             return Ok(Outcome::Done);
         }
-        let row: Option<i64> = self
-            .db()
-            .prepare_cached(
-                "SELECT epoch FROM pqmls_epoch_keys WHERE group_id = ?1 AND vote_tag = ?2",
-            )?
-            .query_row(params![gid.0, &tag[..]], |r| r.get(0))
-            .optional()?;
-        let Some(epoch) = row.map(to_u64) else {
+        let Some(epoch) = self.epoch_of_tag(gid, tag)? else {
             self.db().execute(
                 "INSERT OR IGNORE INTO pqmls_votes_pending (vote_tag, sealed, received_ms) VALUES (?1, ?2, ?3)",
                 params![&tag[..], sealed, to_i64(self.wall_ms())],
@@ -350,20 +381,7 @@ impl State {
         keys: &EpochKeys,
         sealed: &[u8],
     ) -> Result<()> {
-        let aead = self.config.suite.aead_algorithm();
-        let key = keys
-            .vote_key
-            .get(..aead.key_size())
-            .unwrap_or(&keys.vote_key);
-        let (Some(nonce), Some(ct)) = (sealed.get(..12), sealed.get(12..)) else {
-            self.stats.rejected += 1;
-            return Ok(());
-        };
-        let Ok(plain) = self
-            .provider
-            .crypto()
-            .aead_decrypt(aead, key, ct, nonce, &keys.vote_tag)
-        else {
+        let Some(plain) = self.open_for_epoch(&keys.vote_key, &keys.vote_tag, sealed) else {
             self.stats.rejected += 1;
             return Ok(());
         };
@@ -959,14 +977,7 @@ impl State {
     /// is in clear in every vote, so anyone can ask; the answer is a ciphertext that was
     /// on the topic already, and the rate limit bounds what asking costs us.
     pub(crate) fn on_need(&mut self, gid: &GroupId, tag: &[u8; 16]) -> Result<Outcome> {
-        let row: Option<i64> = self
-            .db()
-            .prepare_cached(
-                "SELECT epoch FROM pqmls_epoch_keys WHERE group_id = ?1 AND vote_tag = ?2",
-            )?
-            .query_row(params![gid.0, &tag[..]], |r| r.get(0))
-            .optional()?;
-        let Some(epoch) = row.map(to_u64) else {
+        let Some(epoch) = self.epoch_of_tag(gid, tag)? else {
             self.stats.ignored += 1;
             return Ok(Outcome::Done);
         };

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::{Outcome, State, intents};
 use crate::GroupId;
-use crate::db::{to_i64, to_u64};
+use crate::db::to_i64;
 use crate::error::{Error, Result, mls};
 use crate::identity::UserId;
 use crate::trust::{RejoinRequest, rejoin_action, rejoin_turn};
@@ -115,17 +115,8 @@ impl State {
             let Some(keys) = self.epoch_keys(&gid, epoch)? else {
                 continue;
             };
-            let key = wire::lost_key(&keys.vote_key);
-            let aead = self.config.suite.aead_algorithm();
-            let key = key.get(..aead.key_size()).unwrap_or(&key);
-            let nonce = self.random::<12>()?;
-            let mut sealed = nonce.to_vec();
-            sealed.extend(
-                self.provider
-                    .crypto()
-                    .aead_encrypt(aead, key, &ask.body, &nonce, &keys.vote_tag)
-                    .map_err(|e| Error::Crypto(format!("{e:?}")))?,
-            );
+            let sealed =
+                self.seal_for_epoch(&wire::lost_key(&keys.vote_key), &keys.vote_tag, &ask.body)?;
             let payload = Wire::Lost {
                 tag: keys.vote_tag,
                 sealed,
@@ -190,15 +181,7 @@ impl State {
             self.stats.rejected += 1;
             return Ok(Outcome::Done);
         }
-        let row: Option<i64> = self
-            .db()
-            .prepare_cached(
-                "SELECT epoch FROM pqmls_epoch_keys WHERE group_id = ?1 AND vote_tag = ?2",
-            )?
-            .query_row(params![gid.0, &tag[..]], |r| r.get(0))
-            .optional()?;
-        let (Some(epoch), Some((nonce, ct))) = (row.map(to_u64), sealed.split_at_checked(12))
-        else {
+        let Some(epoch) = self.epoch_of_tag(gid, tag)? else {
             self.stats.ignored += 1;
             return Ok(Outcome::Done);
         };
@@ -206,14 +189,8 @@ impl State {
             self.stats.ignored += 1;
             return Ok(Outcome::Done);
         };
-        let key = wire::lost_key(&keys.vote_key);
-        let aead = self.config.suite.aead_algorithm();
-        let key = key.get(..aead.key_size()).unwrap_or(&key);
         let Some(body) = self
-            .provider
-            .crypto()
-            .aead_decrypt(aead, key, ct, nonce, &keys.vote_tag)
-            .ok()
+            .open_for_epoch(&wire::lost_key(&keys.vote_key), &keys.vote_tag, sealed)
             .and_then(|p| LostBody::decode(&p))
             .filter(|b| b.epoch == epoch)
         else {
