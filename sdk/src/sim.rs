@@ -577,7 +577,7 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
     for name in names.iter().take(initial).skip(1) {
         creator.invite(&group, name).await?;
         let idx = names.iter().position(|n| n == name).unwrap_or(0);
-        wait(Duration::from_secs(30), async || {
+        let joined = wait(Duration::from_secs(30), async || {
             clients[idx]
                 .groups()
                 .await
@@ -590,6 +590,9 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
                     .unwrap_or(false)
         })
         .await;
+        if !joined {
+            tracing::debug!("sim: m{idx} is not in the group 30 s after its invitation");
+        }
     }
     let mut outsider = if s.outsider {
         let mut topics = vec![crate::wire::group_topic(&group.0)];
@@ -847,7 +850,8 @@ async fn agreement(
             continue;
         };
         if st.pending_commit {
-            return Err(format!("{} has commits pending", name.short()));
+            let i = names.iter().position(|n| n == name).unwrap_or(usize::MAX);
+            return Err(format!("m{i} ({}) has commits pending", name.short()));
         }
         holders.push(*name);
         let v = (
@@ -858,8 +862,9 @@ async fn agreement(
         match &view {
             None => view = Some(v),
             Some(first) if *first != v => {
+                let i = names.iter().position(|n| n == name).unwrap_or(usize::MAX);
                 return Err(format!(
-                    "{} at epoch {} differs from the first member's epoch {}",
+                    "m{i} ({}) at epoch {} differs from the first member's epoch {}",
                     name.short(),
                     v.0,
                     first.0
@@ -875,7 +880,32 @@ async fn agreement(
     members.sort();
     holders.sort();
     if members != holders {
-        return Err(format!("member list {members:?} but held by {holders:?}"));
+        // Named as the simulation names its users (m0, m1, ...), with why a listed
+        // member does not hold the group.
+        let name = |u: &crate::UserId| {
+            names
+                .iter()
+                .position(|n| n == u)
+                .map_or_else(|| u.short(), |i| format!("m{i}"))
+        };
+        let mut why = Vec::new();
+        for m in members.iter().filter(|m| !holders.contains(m)) {
+            if let Some(i) = names.iter().position(|n| n == m) {
+                let e = clients[i].status(group).await.err();
+                why.push(format!(
+                    "{} ({})",
+                    name(m),
+                    e.map_or_else(String::new, |e| e.to_string())
+                ));
+            }
+        }
+        let list = |v: &[crate::UserId]| v.iter().map(name).collect::<Vec<_>>().join(" ");
+        return Err(format!(
+            "member list [{}] but held by [{}]; listed, not holding: {}",
+            list(&members),
+            list(&holders),
+            why.join(", ")
+        ));
     }
     Ok(epoch)
 }

@@ -705,7 +705,9 @@ impl State {
         let e = to_i64(epoch);
         // The final commit itself is kept (a public ciphertext) for `KEEP_FINAL` epochs, to
         // publish it again for a member that missed it (`on_need`), with the epoch's tag.
-        let keep = to_i64(epoch.saturating_sub(KEEP_FINAL));
+        // Nothing to drop before epoch `KEEP_FINAL` (a saturating bound of 0 would drop
+        // epoch 0's commit, and the Welcome it would send again, at once).
+        let keep = epoch.checked_sub(KEEP_FINAL).map_or(-1, to_i64);
         for (sql, bound) in [
             (
                 "DELETE FROM pqmls_commits WHERE group_id = ?1 AND epoch <= ?2 AND merged != 1",
@@ -833,6 +835,11 @@ impl State {
             if times >= REPUBLISH_TIMES || now < last + gap {
                 continue;
             }
+            tracing::debug!(
+                "{}: publishing the Welcome to {} again",
+                self.name,
+                invitee.short()
+            );
             let payload = Wire::Welcome { mls: welcome }.encode();
             self.enqueue(&wire::inbox_topic(&invitee), payload)?;
             self.republished.insert(id, (now, times + 1));
@@ -843,7 +850,7 @@ impl State {
 }
 
 /// Final commits (and their epochs' tags) kept to answer [`Wire::Need`], in epochs.
-const KEEP_FINAL: u64 = 64;
+pub(crate) const KEEP_FINAL: u64 = 64;
 /// Settle times between two requests for a missing commit (and two answers for one).
 const NEED_AFTER: u32 = 8;
 /// Requests for one missing commit, at most.
@@ -863,12 +870,21 @@ fn vote_marker(gid: &GroupId) -> [u8; 32] {
 }
 
 impl State {
-    /// Asks for the commit ending our epoch when the group has visibly gone further
-    /// (commits or messages of later epochs are waiting here) and we have no candidate for
-    /// it: we missed it, and so did the stores. Bounded: [`NEED_TIMES`] requests per epoch,
-    /// [`NEED_AFTER`] settle times apart.
+    /// Asks for a commit we lack, for each of these reasons (each epoch on its own budget:
+    /// [`NEED_TIMES`] requests, [`NEED_AFTER`] settle times apart, so an old epoch whose
+    /// requests are spent hides no newer one):
+    /// - the votes make a commit final for the first epoch not final here (the one we are
+    ///   in included: the last commit of a quiet group may reach us no other way) and we
+    ///   do not hold it;
+    /// - an epoch we left is still not final here well after we left it (its votes, or
+    ///   some, are lost to us; the members that hold them publish them with the commit);
+    /// - a vote of a member of our epoch names a commit ending it that we do not hold,
+    ///   still so one gap after we first saw it (a vote may come before its commit);
+    /// - the group has visibly gone further (commits or messages of later epochs wait
+    ///   here) while we are idle.
     pub(crate) fn ask_missing(&mut self, now: Instant) -> Result<()> {
         let gap = self.config.settle.saturating_mul(NEED_AFTER);
+        let gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
         let gids: Vec<GroupId> = self.groups.keys().cloned().collect();
         for gid in gids {
             let Some(g) = self.groups.get(&gid) else {
@@ -878,27 +894,15 @@ impl State {
                 continue;
             }
             let current = g.mls.epoch().as_u64();
-            // The commit we lack: a final one (by the votes) we do not have, for the first
-            // epoch not final here; else the one ending our epoch, if the group has visibly
-            // gone further (later commits or messages wait here) while we are idle.
             let first_open = self.final_epoch(&gid)?.map_or(0, |f| f + 1);
-            let mut wanted = None;
-            if first_open < current
+            let mut wanted = BTreeSet::new();
+            if first_open <= current
                 && let Some(f) = self.final_of(&gid, first_open)?
+                && !self.holds_commit(&gid, &f)?
             {
-                let known: bool = self.db().query_row(
-                    "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2)",
-                    params![gid.0, &f[..]],
-                    |r| r.get(0),
-                )?;
-                if !known {
-                    wanted = Some(first_open);
-                }
+                wanted.insert(first_open);
             }
-            // An epoch we left that is still not final here well after we left it: its
-            // votes (or some) are lost to us. Asking makes the members that hold them
-            // publish them again with the final commit.
-            if wanted.is_none() && first_open < current {
+            if first_open < current {
                 let left: Option<i64> = self
                     .db()
                     .prepare_cached(
@@ -906,53 +910,58 @@ impl State {
                     )?
                     .query_row(params![gid.0, to_i64(first_open + 1)], |r| r.get(0))
                     .optional()?;
-                let gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
                 if left.is_some_and(|t| self.horizon_ms().saturating_sub(to_u64(t)) >= gap_ms) {
-                    wanted = Some(first_open);
+                    wanted.insert(first_open);
                 }
             }
-            if wanted.is_none() {
-                let ahead: bool = self.db().query_row(
-                    "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND epoch > ?2)
-                         OR EXISTS (SELECT 1 FROM pqmls_pending WHERE group_id = ?1 AND epoch > ?2)",
-                    params![gid.0, to_i64(current)],
-                    |r| r.get(0),
-                )?;
-                if ahead {
-                    wanted = Some(current);
+            if self.voted_unknown(&gid, current)? {
+                let key = (gid.clone(), current, true);
+                match self.needs.get(&key) {
+                    None => {
+                        // A first sighting (`times` 0) is not a request: it starts the gap.
+                        self.needs.insert(key, (now, 0));
+                    }
+                    Some((t, 0)) if now < *t + gap => {}
+                    Some(_) => {
+                        wanted.insert(current);
+                    }
                 }
             }
-            let Some(epoch) = wanted else {
-                continue;
-            };
-            let key = (gid.clone(), epoch, true);
-            let (last, times) = self
-                .needs
-                .get(&key)
-                .copied()
-                .map_or((None, 0), |(t, n)| (Some(t), n));
-            if times >= NEED_TIMES || last.is_some_and(|t| now < t + gap) {
-                continue;
-            }
-            let Some(keys) = self.epoch_keys(&gid, epoch)? else {
-                continue;
-            };
-            tracing::debug!(
-                "{}: group {gid}: asking for the commit ending epoch {epoch}",
-                self.name
-            );
-            let nonce = self.random::<8>()?;
-            let topic = self.group(&gid)?.topic.clone();
-            self.enqueue(
-                &topic,
-                Wire::Need {
-                    tag: keys.vote_tag,
-                    nonce,
-                }
-                .encode(),
+            let ahead: bool = self.db().query_row(
+                "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND epoch > ?2)
+                     OR EXISTS (SELECT 1 FROM pqmls_pending WHERE group_id = ?1 AND epoch > ?2)",
+                params![gid.0, to_i64(current)],
+                |r| r.get(0),
             )?;
-            self.needs.insert(key, (now, times + 1));
-            self.stats.needs_sent += 1;
+            if ahead {
+                wanted.insert(current);
+            }
+            for epoch in wanted {
+                let key = (gid.clone(), epoch, true);
+                let (last, times) = self.needs.get(&key).copied().unwrap_or((now, 0));
+                if times >= NEED_TIMES || (times > 0 && now < last + gap) {
+                    continue;
+                }
+                let Some(keys) = self.epoch_keys(&gid, epoch)? else {
+                    continue;
+                };
+                tracing::debug!(
+                    "{}: group {gid}: asking for the commit ending epoch {epoch}",
+                    self.name
+                );
+                let nonce = self.random::<8>()?;
+                let topic = self.group(&gid)?.topic.clone();
+                self.enqueue(
+                    &topic,
+                    Wire::Need {
+                        tag: keys.vote_tag,
+                        nonce,
+                    }
+                    .encode(),
+                )?;
+                self.needs.insert(key, (now, times + 1));
+                self.stats.needs_sent += 1;
+            }
         }
         // Our requests are remembered while their epoch is still open here (so the count
         // bounds them); the answers we gave, for one gap.
@@ -970,6 +979,27 @@ impl State {
             }
         });
         Ok(())
+    }
+
+    fn holds_commit(&self, gid: &GroupId, id: &CommitId) -> Result<bool> {
+        Ok(self.db().query_row(
+            "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2)",
+            params![gid.0, &id[..]],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Whether a vote read for `epoch` (on our branch) names a commit we do not hold.
+    fn voted_unknown(&self, gid: &GroupId, epoch: u64) -> Result<bool> {
+        let Some(keys) = self.epoch_keys(gid, epoch)? else {
+            return Ok(false);
+        };
+        Ok(self.db().query_row(
+            "SELECT EXISTS (SELECT 1 FROM pqmls_votes v WHERE v.group_id = ?1 AND v.vote_tag = ?2
+             AND NOT EXISTS (SELECT 1 FROM pqmls_commits c WHERE c.group_id = ?1 AND c.hash = v.commit_hash))",
+            params![gid.0, &keys.vote_tag[..]],
+            |r| r.get(0),
+        )?)
     }
 
     /// A member asks for the commit ending an epoch: if we merged one for it (final or
@@ -994,13 +1024,26 @@ impl State {
             )?
             .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
             .optional()?;
-        let votes: Vec<Vec<u8>> = self
+        let mut votes: Vec<Vec<u8>> = self
             .db()
             .prepare_cached(
                 "SELECT payload FROM pqmls_final_votes WHERE group_id = ?1 AND epoch = ?2",
             )?
             .query_map(params![gid.0, to_i64(epoch)], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
+        if votes.is_empty() {
+            // Not final here: the votes we read for it, one per voter and round (a member
+            // voting for many commits gets one republished), so that a stalled epoch gets
+            // the evidence its members lost.
+            votes = self
+                .db()
+                .prepare_cached(
+                    "SELECT payload FROM pqmls_votes WHERE group_id = ?1 AND vote_tag = ?2
+                     AND payload IS NOT NULL GROUP BY voter, round",
+                )?
+                .query_map(params![gid.0, &tag[..]], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+        }
         let Some(payload) = payload else {
             return Ok(Outcome::Done);
         };

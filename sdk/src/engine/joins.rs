@@ -98,6 +98,7 @@ impl State {
             return Ok(false);
         };
         let hash = wire::welcome_hash(bytes);
+        tracing::trace!("{}: a Welcome ({source:?})", self.name);
         self.db().execute_batch("SAVEPOINT pqmls_welcome")?;
         let outcome = self.join(welcome, &hash, source);
         if !matches!(outcome, Ok(Join::Joined)) {

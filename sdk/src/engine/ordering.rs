@@ -769,9 +769,18 @@ impl State {
         let epoch = g.mls.epoch().as_u64();
         let keep_from = epoch.saturating_sub(self.config.rollback_window);
         db::prune_snapshots(self.db(), &gid.0, keep_from)?;
+        // Merged commits stay longer (`finality::KEEP_FINAL` epochs): they answer a member
+        // that missed one (`Wire::Need`), and an own add commit's Welcome is sent again
+        // from its row.
         self.db()
-            .prepare_cached("DELETE FROM pqmls_commits WHERE group_id = ?1 AND epoch < ?2")?
-            .execute(params![gid.0, to_i64(keep_from)])?;
+            .prepare_cached(
+                "DELETE FROM pqmls_commits WHERE group_id = ?1 AND epoch < ?2 AND (merged != 1 OR epoch < ?3)",
+            )?
+            .execute(params![
+                gid.0,
+                to_i64(keep_from),
+                to_i64(epoch.saturating_sub(super::finality::KEEP_FINAL))
+            ])?;
         self.db()
             .prepare_cached("DELETE FROM pqmls_pending WHERE group_id = ?1 AND epoch < ?2")?
             .execute(params![gid.0, to_i64(keep_from)])?;
