@@ -24,6 +24,13 @@ pub(crate) enum Held {
     Dead {
         /// We had asked to leave.
         left: bool,
+        /// The epoch of the state when authenticated input ended it, if only a Welcome
+        /// for a later epoch can be the way back: after a merged commit removed us (the
+        /// state's epoch is the removal's), or after the group finalised a commit we
+        /// cannot reach (the epoch it ended). `None` after a withdrawal (the way back is
+        /// on another branch, whose epochs say nothing next to ours) and once a removed
+        /// state is forgotten.
+        ended_at: Option<u64>,
     },
 }
 
@@ -63,15 +70,32 @@ pub(crate) enum WelcomeAction {
 ///   a stranger's group with our group's id: consent is what tells them apart.)
 /// - a Welcome we already joined with is a replay (a relay can re-send it, and a
 ///   last-resort key package still opens it): refused;
+/// - a Welcome for an epoch no later than the one in which a removal or an unreachable
+///   final commit ended our state comes from before that end: from a branch that lost
+///   (kept aside while we were live) or replayed. An invitation back is made after the
+///   end, so its epoch is later. Refused: continuing with it put a removed member back on
+///   a dead branch, at an epoch the group had left long ago (seen in a simulated trial);
 /// - after we left on purpose, even a known member's invitation asks again.
-pub(crate) fn welcome_action(held: Held, sender_known: bool, replayed: bool) -> WelcomeAction {
+pub(crate) fn welcome_action(
+    held: Held,
+    welcome_epoch: u64,
+    sender_known: bool,
+    replayed: bool,
+) -> WelcomeAction {
     if replayed {
         return WelcomeAction::Refuse;
     }
     match (held, sender_known) {
         (Held::Unknown, _) => WelcomeAction::Invitation,
         (Held::Live, _) => WelcomeAction::KeepAside,
-        (Held::Dead { left: false }, true) => WelcomeAction::Continue,
+        (
+            Held::Dead {
+                left: false,
+                ended_at: Some(end),
+            },
+            true,
+        ) if welcome_epoch <= end => WelcomeAction::Refuse,
+        (Held::Dead { left: false, .. }, true) => WelcomeAction::Continue,
         (Held::Dead { .. }, _) => WelcomeAction::Invitation,
     }
 }
@@ -222,36 +246,83 @@ mod tests {
 
     #[test]
     fn strangers_never_replace_or_continue_a_group() {
-        let dead = Held::Dead { left: false };
+        let dead = Held::Dead {
+            left: false,
+            ended_at: None,
+        };
         // Nobody replaces a live state: kept aside.
         for known in [false, true] {
             assert_eq!(
-                welcome_action(Held::Live, known, false),
+                welcome_action(Held::Live, 7, known, false),
                 WelcomeAction::KeepAside
             );
         }
         // Only a known member continues a dead state; a stranger only invites.
-        assert_eq!(welcome_action(dead, true, false), WelcomeAction::Continue);
         assert_eq!(
-            welcome_action(dead, false, false),
+            welcome_action(dead, 7, true, false),
+            WelcomeAction::Continue
+        );
+        assert_eq!(
+            welcome_action(dead, 7, false, false),
             WelcomeAction::Invitation
         );
         // A replayed Welcome does nothing, whoever sent it.
         for held in [Held::Unknown, Held::Live, dead] {
             for known in [false, true] {
-                assert_eq!(welcome_action(held, known, true), WelcomeAction::Refuse);
+                assert_eq!(welcome_action(held, 7, known, true), WelcomeAction::Refuse);
             }
         }
         // After leaving on purpose, consent again.
-        let left = Held::Dead { left: true };
-        assert_eq!(welcome_action(left, true, false), WelcomeAction::Invitation);
+        let left = Held::Dead {
+            left: true,
+            ended_at: None,
+        };
+        assert_eq!(
+            welcome_action(left, 7, true, false),
+            WelcomeAction::Invitation
+        );
         // A group never seen is an invitation, whoever sends it.
         for known in [false, true] {
             assert_eq!(
-                welcome_action(Held::Unknown, known, false),
+                welcome_action(Held::Unknown, 7, known, false),
                 WelcomeAction::Invitation
             );
         }
+    }
+
+    /// Seen in a simulated trial (store misses, seed 62): a member removed at epoch 21
+    /// retried a Welcome kept aside from epoch 11 (an add on a branch that lost) and
+    /// continued with it, holding the group at an epoch the others had left for good.
+    #[test]
+    fn a_state_ended_at_an_epoch_is_continued_only_by_a_later_welcome() {
+        let removed = Held::Dead {
+            left: false,
+            ended_at: Some(21),
+        };
+        for stale in [0, 11, 20, 21] {
+            assert_eq!(
+                welcome_action(removed, stale, true, false),
+                WelcomeAction::Refuse
+            );
+        }
+        assert_eq!(
+            welcome_action(removed, 22, true, false),
+            WelcomeAction::Continue
+        );
+        // A stranger's Welcome stays an invitation (consent decides; nothing carried).
+        assert_eq!(
+            welcome_action(removed, 22, false, false),
+            WelcomeAction::Invitation
+        );
+        // Without a bound (after a withdrawal), any epoch may continue.
+        let withdrawn = Held::Dead {
+            left: false,
+            ended_at: None,
+        };
+        assert_eq!(
+            welcome_action(withdrawn, 3, true, false),
+            WelcomeAction::Continue
+        );
     }
 
     #[test]

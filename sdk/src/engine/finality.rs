@@ -1024,6 +1024,7 @@ impl State {
             )?
             .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
             .optional()?;
+        let mut commits: Vec<Vec<u8>> = payload.into_iter().collect();
         let mut votes: Vec<Vec<u8>> = self
             .db()
             .prepare_cached(
@@ -1031,7 +1032,7 @@ impl State {
             )?
             .query_map(params![gid.0, to_i64(epoch)], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        if votes.is_empty() {
+        if !self.is_final(gid, epoch)? {
             // Not final here: the votes we read for it, one per voter and round (a member
             // voting for many commits gets one republished), so that a stalled epoch gets
             // the evidence its members lost.
@@ -1043,17 +1044,33 @@ impl State {
                 )?
                 .query_map(params![gid.0, &tag[..]], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
+            // And the other commits those votes name that we hold: a member choosing its
+            // round-2 vote must have processed every commit voted for in round 1, and the
+            // authors may have moved on or be gone (seen: a 4-4 split that four members
+            // could never resolve because one side's commit had reached none of them).
+            let others: Vec<Vec<u8>> = self
+                .db()
+                .prepare_cached(
+                    "SELECT payload FROM pqmls_commits WHERE group_id = ?1 AND epoch = ?2 AND merged != 1
+                     AND hash IN (SELECT commit_hash FROM pqmls_votes WHERE group_id = ?1 AND vote_tag = ?3)",
+                )?
+                .query_map(params![gid.0, to_i64(epoch), &tag[..]], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            commits.extend(others);
         }
-        let Some(payload) = payload else {
+        if commits.is_empty() {
             return Ok(Outcome::Done);
-        };
+        }
         tracing::debug!(
-            "{}: group {gid}: publishing the commit ending epoch {epoch} again, with {} vote(s)",
+            "{}: group {gid}: publishing {} commit(s) ending epoch {epoch} again, with {} vote(s)",
             self.name,
+            commits.len(),
             votes.len()
         );
         let topic = self.group(gid)?.topic.clone();
-        self.enqueue(&topic, payload)?;
+        for c in commits {
+            self.enqueue(&topic, c)?;
+        }
         for v in votes {
             self.enqueue(&topic, v)?;
         }

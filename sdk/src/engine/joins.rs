@@ -279,30 +279,50 @@ impl State {
 
     /// What we hold of a group, for [`welcome_action`].
     fn held(&self, gid: &GroupId) -> Result<Held> {
-        if let Some(g) = self.groups.get(gid)
-            && g.mls.is_active()
-        {
-            // A state whose group finalised a commit it cannot reach is dead, on the
-            // authenticated evidence of a majority's votes (`finality::move_to_final`).
-            return Ok(if g.unrecoverable.is_some() {
-                Held::Dead { left: false }
-            } else {
-                Held::Live
+        if let Some(g) = self.groups.get(gid) {
+            if g.mls.is_active() {
+                // A state whose group finalised a commit it cannot reach is dead, on the
+                // authenticated evidence of a majority's votes (`finality::move_to_final`);
+                // the way back is a Welcome made after that commit.
+                return Ok(match g.unrecoverable {
+                    Some(e) => Held::Dead {
+                        left: false,
+                        ended_at: Some(e),
+                    },
+                    None => Held::Live,
+                });
+            }
+            // Removed by a merged commit, in the grace period: the way back is a Welcome
+            // made after the removal.
+            let left = self.left_group(gid)?;
+            return Ok(Held::Dead {
+                left,
+                ended_at: Some(g.mls.epoch().as_u64()),
             });
         }
         if !self.ever_member(gid)? {
             return Ok(Held::Unknown);
         }
-        // Removed by a merged commit (in the grace period, or gone), left, or dropped after
-        // a withdrawal.
-        let left: bool = self.db().query_row(
-            "SELECT left_on_purpose OR EXISTS
-                 (SELECT 1 FROM pqmls_intents WHERE group_id = ?1 AND kind = 'leave')
-             FROM pqmls_groups WHERE group_id = ?1",
-            [&gid.0],
-            |r| r.get(0),
-        )?;
-        Ok(Held::Dead { left })
+        // Removed and forgotten after the grace period, left, or dropped after a withdrawal.
+        Ok(Held::Dead {
+            left: self.left_group(gid)?,
+            ended_at: None,
+        })
+    }
+
+    /// Whether we left the group on purpose (or asked to).
+    fn left_group(&self, gid: &GroupId) -> Result<bool> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT left_on_purpose OR EXISTS
+                     (SELECT 1 FROM pqmls_intents WHERE group_id = ?1 AND kind = 'leave')
+                 FROM pqmls_groups WHERE group_id = ?1",
+                [&gid.0],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false))
     }
 
     /// Whether we joined with this Welcome before.
@@ -356,11 +376,11 @@ impl State {
         let inviter_key = sender.signature_key().as_slice().to_vec();
         let held = self.held(&gid)?;
         let known = self.known_in_group(&gid, &inviter.id)?;
-        let action = welcome_action(held, known, self.used_welcome(hash)?);
+        let action = welcome_action(held, epoch, known, self.used_welcome(hash)?);
         match action {
             WelcomeAction::Refuse => {
                 tracing::debug!(
-                    "{}: refusing a replayed Welcome to {gid} from {}",
+                    "{}: refusing a Welcome to {gid} at epoch {epoch} from {} (replayed, or from before our state ended)",
                     self.name,
                     inviter.id.short()
                 );
