@@ -35,7 +35,8 @@ pub struct Config {
     /// How many one-time key packages are kept in the directory (besides the last-resort one).
     pub one_time_key_packages: u32,
     /// How long a member collects competing commits for its epoch before it merges the
-    /// winner (the one with the smallest commit hash). Longer means fewer forks to repair.
+    /// winner by the ordering rule (`order.rs`: removals first, then a per-epoch priority
+    /// no committer can choose). Longer means fewer forks to repair.
     pub settle: Duration,
     /// How often each member refreshes its leaf (post-compromise security); `None` only on demand.
     pub self_update_interval: Option<Duration>,

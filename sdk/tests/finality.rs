@@ -328,3 +328,58 @@ async fn a_member_that_missed_the_last_commit_asks_for_it_by_the_votes() {
     converge(&[&alice, &bob, &carol], &g, 3).await;
     assert!(carol.stats().await.needs_sent >= 1);
 }
+
+/// Issue 11, recovery: "when nothing works, an explicit unrecoverable event, never a silent
+/// fork". A member holds the votes that make a commit final for its epoch but can get the
+/// commit from nobody (the stores missed it, and the members that hold it are gone). Once
+/// its requests are spent it reports `Unrecoverable` (and asks to be added again), rather
+/// than waiting an epoch behind for good.
+#[tokio::test(start_paused = true)]
+async fn a_final_commit_nobody_can_send_ends_in_unrecoverable_not_silence() {
+    use pqmls::Transport as _;
+    let net = net();
+    let (at, ain) = net.attach();
+    let alice = Client::open(config("alice"), at.clone(), ain)
+        .await
+        .unwrap();
+    let (bt, bin) = net.attach();
+    let bob = Client::open(config("bob"), bt.clone(), bin).await.unwrap();
+    let (ct, cin) = net.attach();
+    let carol = Client::open(config("carol"), ct.clone(), cin)
+        .await
+        .unwrap();
+    let g = group(&[&alice, &bob, &carol]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut events = carol.events();
+    // A relay (the observer) sees the group topic.
+    let (obs, mut obs_in) = net.attach();
+    let gt = group_topic(&g);
+    obs.subscribe(&gt).await.unwrap();
+    // Carol is away and the stores miss everything: bob's commit and the two votes that
+    // make it final reach alice, bob and the relay only.
+    ct.set_online(false);
+    net.set_store_miss(1.0);
+    bob.update(&g).await.unwrap();
+    let votes = [
+        capture(&mut obs_in, &gt, VOTE).await,
+        capture(&mut obs_in, &gt, VOTE).await,
+    ];
+    converge(&[&alice, &bob], &g, 3).await;
+    // Then alice and bob are gone, and carol is back: the relay gives her the votes, and
+    // nobody can send her the commit.
+    at.set_online(false);
+    bt.set_online(false);
+    ct.set_online(true);
+    publish(&obs, &gt, &votes).await;
+    until("carol reports the group unrecoverable", async || {
+        carol.status(&g).await.unwrap().lost_at == Some(2)
+    })
+    .await;
+    assert_eq!(carol.status(&g).await.unwrap().epoch, 2);
+    assert!(carol.stats().await.needs_sent >= 20);
+    let mut reported = false;
+    while let Some(e) = events.try_recv() {
+        reported |= matches!(e, pqmls::Event::Unrecoverable { epoch: 2, .. });
+    }
+    assert!(reported, "an Unrecoverable event for epoch 2");
+}

@@ -900,7 +900,19 @@ impl State {
                 && let Some(f) = self.final_of(&gid, first_open)?
                 && !self.holds_commit(&gid, &f)?
             {
-                wanted.insert(first_open);
+                // A majority's votes (authenticated: sealed under the epoch's keys and
+                // signed) say how the epoch ended, and nobody sent us that commit in all
+                // our requests: we cannot follow the group. Said out loud, and the
+                // recovery asks to be added again (`recovery.rs`).
+                let spent = self
+                    .needs
+                    .get(&(gid.clone(), first_open, true))
+                    .is_some_and(|(t, n)| *n >= NEED_TIMES && now >= *t + gap);
+                if spent {
+                    self.unrecoverable(&gid, first_open)?;
+                } else {
+                    wanted.insert(first_open);
+                }
             }
             if first_open < current {
                 let left: Option<i64> = self
