@@ -776,11 +776,17 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
     }
     // Not converged only because of members that said they cannot follow (and wait to
     // be added again): the target's "reports unrecoverable", not a silent fork.
-    if !report.converged
-        && !lost.is_empty()
-        && agreement(&clients, &names, &group, &lost).await.is_ok()
-    {
-        report.still_lost = lost.len() as u64;
+    if !report.converged && !lost.is_empty() {
+        match agreement(&clients, &names, &group, &lost).await {
+            Ok(_) => report.still_lost = lost.len() as u64,
+            Err(why) => {
+                let first = report.failure.take().unwrap_or_default();
+                report.failure = Some(format!(
+                    "{first}; without the {} member(s) that reported Unrecoverable: {why}",
+                    lost.len()
+                ));
+            }
+        }
     }
     for c in &clients {
         let st = c.stats().await;
