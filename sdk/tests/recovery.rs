@@ -265,3 +265,57 @@ async fn forged_rejoin_requests_are_dropped() {
     assert_eq!(total(&[&alice, &bob], |s| s.rejoins_honoured).await, 0);
     converge(&[&alice, &bob], &g, 2).await;
 }
+
+/// Found in a simulated partition (seed 100): a member cut off from the group invited a
+/// user on its own branch; the Welcome went out when it came back, the user joined that
+/// branch, and the member then learnt that the group had finalised another commit for an
+/// epoch of its branch. It was added again, but its invitation on the dead branch was
+/// never withdrawn, so the user held a group nobody else was in, for good. Once a member
+/// reports a state unrecoverable, the Welcomes of its add commits on the dead part of it
+/// are withdrawn (`Void`), and the invitee drops that state.
+#[tokio::test(start_paused = true)]
+async fn an_invitation_made_on_a_branch_past_the_horizon_is_withdrawn() {
+    let net = net();
+    let (alice, at) = open(&net, config("alice")).await;
+    let (bob, bt) = open(&net, config("bob")).await;
+    let mut c = config("carol");
+    c.fork_horizon = Duration::ZERO;
+    let (carol, ct) = open(&net, c).await;
+    let (dave, _dt) = open(&net, config("dave")).await;
+    let g = group(&[&alice, &bob, &carol]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Alice and bob are cut off (and nothing reaches the stores): carol adds dave on a
+    // branch of her own, and dave joins it.
+    at.set_online(false);
+    bt.set_online(false);
+    net.set_store_miss(1.0);
+    carol.invite(&g, &dave.id()).await.unwrap();
+    until("dave joined carol's branch", async || {
+        dave.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    // Now carol is away, and alice and bob end epoch 2 their way, final.
+    ct.set_online(false);
+    at.set_online(true);
+    bt.set_online(true);
+    net.set_store_miss(0.0);
+    alice.update(&g).await.unwrap();
+    converge(&[&alice, &bob], &g, 3).await;
+    bob.update(&g).await.unwrap();
+    converge(&[&alice, &bob], &g, 4).await;
+    until("epoch 2 final at alice and bob", async || {
+        alice.stats().await.epochs_final >= 3 && bob.stats().await.epochs_final >= 2
+    })
+    .await;
+    // Carol comes back: her branch is past recovery (Unrecoverable, then added again),
+    // and dave's state on it is withdrawn.
+    ct.set_online(true);
+    carol.sync().await.unwrap();
+    until("carol back", async || carol.stats().await.rejoined == 1).await;
+    until("dave's dead state withdrawn", async || {
+        !dave.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    converge(&[&alice, &bob, &carol], &g, 5).await;
+    assert!(!names(&alice, &g).await.contains(&"dave".to_string()));
+}

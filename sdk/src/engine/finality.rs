@@ -667,6 +667,10 @@ impl State {
             "UPDATE pqmls_groups SET lost_epoch = ?2 WHERE group_id = ?1",
             params![gid.0, to_i64(epoch)],
         )?;
+        // Our commits ending `epoch` and later are off the final chain for good: the
+        // invitees of our adds among them joined a branch nobody else is on. Withdrawn
+        // (`Void`), they drop it, as after any branch move of ours.
+        self.void_abandoned(gid, epoch, &[])?;
         self.stats.unrecoverable += 1;
         tracing::warn!(
             "{}: group {gid}: cannot reach the final commit of epoch {epoch}",

@@ -408,7 +408,11 @@ impl State {
             self.stats.ignored += 1;
             return Ok(Join::Refused);
         }
-        tracing::debug!("{}: joining {gid} at epoch {epoch} ({action:?})", self.name);
+        tracing::debug!(
+            "{}: joining {gid} at epoch {epoch} ({action:?}), invited by {}",
+            self.name,
+            inviter.name
+        );
         let lost_epoch = self.groups.get(&gid).and_then(|g| g.unrecoverable);
         if let Some(mut old) = self.groups.remove(&gid) {
             // Removed (in the grace period) and invited again: the new Welcome replaces the
