@@ -319,3 +319,47 @@ async fn an_invitation_made_on_a_branch_past_the_horizon_is_withdrawn() {
     converge(&[&alice, &bob, &carol], &g, 5).await;
     assert!(!names(&alice, &g).await.contains(&"dave".to_string()));
 }
+
+/// The same partition trace (seed 100), the other half: the member had already reported
+/// its state unrecoverable when it made that invitation. A state known to be dead makes
+/// no commits: its operations wait for the way back.
+#[tokio::test(start_paused = true)]
+async fn a_state_known_to_be_dead_makes_no_commits() {
+    let net = net();
+    let Three {
+        alice,
+        carol,
+        at,
+        bt,
+        ct,
+        g,
+        ..
+    } = carol_left_behind(&net).await;
+    let (dave, _dt) = open(&net, config("dave")).await;
+    // Carol learns from the store that her branch is past recovery; nobody is there to
+    // add her again.
+    at.set_online(false);
+    bt.set_online(false);
+    ct.set_online(true);
+    carol.sync().await.unwrap();
+    until("carol reports the group unrecoverable", async || {
+        carol.status(&g).await.unwrap().lost_at == Some(2)
+    })
+    .await;
+    let epoch = carol.status(&g).await.unwrap().epoch;
+    carol.invite(&g, &dave.id()).await.unwrap();
+    carol.update(&g).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!dave.groups().await.unwrap().contains(&g));
+    assert_eq!(carol.status(&g).await.unwrap().epoch, epoch);
+    // Once alice and bob are back, carol is added again, and what she asked for while
+    // she waited is done on the live group: dave is in it.
+    at.set_online(true);
+    bt.set_online(true);
+    until("carol back", async || carol.stats().await.rejoined == 1).await;
+    until("dave in the live group", async || {
+        dave.groups().await.unwrap().contains(&g)
+            && names(&alice, &g).await.contains(&"dave".to_string())
+    })
+    .await;
+}

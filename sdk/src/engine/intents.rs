@@ -55,7 +55,13 @@ impl State {
         let Some(group) = self.groups.get(gid) else {
             return Ok(());
         };
-        if !group.mls.is_active() || group.mls.pending_commit().is_some() {
+        // A state we know is dead (`Event::Unrecoverable`) makes no commits: they would
+        // go to a branch nobody else is on (an add there leaves its invitee on it). The
+        // operations wait for the way back.
+        if !group.mls.is_active()
+            || group.mls.pending_commit().is_some()
+            || group.unrecoverable.is_some()
+        {
             return Ok(());
         }
         let epoch = group.mls.epoch().as_u64();

@@ -424,8 +424,20 @@ impl State {
             // The old state's snapshots of earlier epochs stay: late messages of those
             // epochs (before a removal and re-invitation) can still be read with them.
             db::drop_snapshots_from(self.db(), &gid.0, epoch)?;
-            self.db()
-                .execute("DELETE FROM pqmls_intents WHERE group_id = ?1", [&gid.0])?;
+            // Operations we asked for on the dead state and that never made it into the
+            // group carry over when the group continues with us (a state past the
+            // horizon makes no commits while it waits: `drive_intents`); they are
+            // checked against the new state before any commit. Re-adds named leaves of
+            // the old tree, and a fresh invitation starts with nothing of ours.
+            if action == WelcomeAction::Continue {
+                self.db().execute(
+                    "DELETE FROM pqmls_intents WHERE group_id = ?1 AND (kind = ?2 OR done_epoch IS NOT NULL)",
+                    params![gid.0, super::intents::READD],
+                )?;
+            } else {
+                self.db()
+                    .execute("DELETE FROM pqmls_intents WHERE group_id = ?1", [&gid.0])?;
+            }
             self.db()
                 .execute("DELETE FROM pqmls_epochs WHERE group_id = ?1", [&gid.0])?;
             // The old state's epoch keys too: what they name (votes, requests for
@@ -506,6 +518,8 @@ impl State {
             if let Some(e) = lost_epoch {
                 self.resend_own(&gid, to_i64(e))?;
             }
+            // And the operations we asked for meanwhile go ahead on the live group.
+            self.drive_intents(&gid)?;
         }
         Ok(Join::Joined)
     }
