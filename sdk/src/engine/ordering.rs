@@ -371,6 +371,16 @@ impl State {
                 return Ok(false);
             }
         }
+        if self
+            .groups
+            .get(gid)
+            .is_some_and(|g| g.unrecoverable.is_some())
+        {
+            // A state known to be dead merges no commit of ours (made before we knew):
+            // an add there would leave its invitee on a branch nobody else is on. The
+            // operation stays outstanding for the way back (`intents::drive_intents`).
+            candidates.retain(|(_, _, own)| !own);
+        }
         if candidates.is_empty() {
             return Ok(false);
         }
