@@ -24,12 +24,15 @@ pub(crate) enum Held {
     Dead {
         /// We had asked to leave.
         left: bool,
-        /// The epoch of the state when authenticated input ended it, if only a Welcome
-        /// for a later epoch can be the way back: after a merged commit removed us (the
-        /// state's epoch is the removal's), or after the group finalised a commit we
-        /// cannot reach (the epoch it ended). `None` after a withdrawal (the way back is
-        /// on another branch, whose epochs say nothing next to ours) and once a removed
-        /// state is forgotten.
+        /// An epoch of the live chain up to which no Welcome can be the way back: after
+        /// a merged commit removed us, the last epoch final here (through it we were a
+        /// member on the chain everyone agreed on, so an add of us ending an epoch up to
+        /// it is from a branch that lost; the removal's own epoch bounds nothing, as it
+        /// may be on a branch whose epoch numbers ran ahead of the live chain's, and a
+        /// bound on it kept members re-invited on the live chain out); after the group
+        /// finalised a commit we cannot reach, the epoch it ended. `None` after a
+        /// withdrawal (the way back is on another branch) and once a removed state is
+        /// forgotten.
         ended_at: Option<u64>,
     },
 }
@@ -70,11 +73,12 @@ pub(crate) enum WelcomeAction {
 ///   a stranger's group with our group's id: consent is what tells them apart.)
 /// - a Welcome we already joined with is a replay (a relay can re-send it, and a
 ///   last-resort key package still opens it): refused;
-/// - a Welcome for an epoch no later than the one in which a removal or an unreachable
-///   final commit ended our state comes from before that end: from a branch that lost
-///   (kept aside while we were live) or replayed. An invitation back is made after the
-///   end, so its epoch is later. Refused: continuing with it put a removed member back on
-///   a dead branch, at an epoch the group had left long ago (seen in a simulated trial);
+/// - a Welcome for an epoch no later than [`Held::Dead`]'s `ended_at` (the last final
+///   epoch of a removed state, or the epoch whose final commit a lost state cannot reach)
+///   comes from a branch that lost (kept aside while we were live) or is replayed: an
+///   invitation back ends a later epoch of the live chain. Refused: continuing with it
+///   put a removed member back on a dead branch, at an epoch the group had left long ago
+///   (seen in a simulated trial);
 /// - after we left on purpose, even a known member's invitation asks again.
 pub(crate) fn welcome_action(
     held: Held,
@@ -290,9 +294,10 @@ mod tests {
         }
     }
 
-    /// Seen in a simulated trial (store misses, seed 62): a member removed at epoch 21
-    /// retried a Welcome kept aside from epoch 11 (an add on a branch that lost) and
-    /// continued with it, holding the group at an epoch the others had left for good.
+    /// Seen in a simulated trial (store misses, seed 62): a removed member retried a
+    /// Welcome kept aside from epoch 11 (an add on a branch that lost) and continued with
+    /// it, holding the group at an epoch the others had left for good. Here its last
+    /// final epoch is 21.
     #[test]
     fn a_state_ended_at_an_epoch_is_continued_only_by_a_later_welcome() {
         let removed = Held::Dead {

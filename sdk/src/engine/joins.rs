@@ -292,12 +292,16 @@ impl State {
                     None => Held::Live,
                 });
             }
-            // Removed by a merged commit, in the grace period: the way back is a Welcome
-            // made after the removal.
+            // Removed by a merged commit, in the grace period. The removal may be on a
+            // branch whose epoch numbers ran ahead of the live chain's, so its epoch
+            // bounds nothing; the last final epoch does: epochs up to it are the live
+            // chain's, we were a member through them, and an add of us ending one of them
+            // is from a branch that lost.
             let left = self.left_group(gid)?;
+            let final_epoch = self.final_epoch(gid)?;
             return Ok(Held::Dead {
                 left,
-                ended_at: Some(g.mls.epoch().as_u64()),
+                ended_at: final_epoch,
             });
         }
         if !self.ever_member(gid)? {
