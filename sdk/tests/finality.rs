@@ -266,8 +266,7 @@ async fn votes_lost_for_good_come_back_with_the_final_commit() {
 async fn the_first_welcome_of_a_group_is_sent_again_when_it_was_lost() {
     let net = net();
     let alice = client(&net, config("alice")).await;
-    let (bt, bin) = net.attach();
-    let bob = Client::open(config("bob"), bt.clone(), bin).await.unwrap();
+    let (bob, bt) = client_on(&net, config("bob")).await;
     let g = alice.create_group().await.unwrap();
     // Bob's key package is in the directory; the Welcome itself reaches neither him
     // (offline) nor the stores (they miss everything for now).
@@ -305,10 +304,7 @@ async fn a_member_that_missed_the_last_commit_asks_for_it_by_the_votes() {
     let net = net();
     let alice = client(&net, config("alice")).await;
     let bob = client(&net, config("bob")).await;
-    let (ct, cin) = net.attach();
-    let carol = Client::open(config("carol"), ct.clone(), cin)
-        .await
-        .unwrap();
+    let (carol, ct) = client_on(&net, config("carol")).await;
     let g = group(&[&alice, &bob, &carol]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Bob's commit reaches alice only: carol is away and the stores miss it. The votes
@@ -338,16 +334,9 @@ async fn a_member_that_missed_the_last_commit_asks_for_it_by_the_votes() {
 async fn a_final_commit_nobody_can_send_ends_in_unrecoverable_not_silence() {
     use pqmls::Transport as _;
     let net = net();
-    let (at, ain) = net.attach();
-    let alice = Client::open(config("alice"), at.clone(), ain)
-        .await
-        .unwrap();
-    let (bt, bin) = net.attach();
-    let bob = Client::open(config("bob"), bt.clone(), bin).await.unwrap();
-    let (ct, cin) = net.attach();
-    let carol = Client::open(config("carol"), ct.clone(), cin)
-        .await
-        .unwrap();
+    let (alice, at) = client_on(&net, config("alice")).await;
+    let (bob, bt) = client_on(&net, config("bob")).await;
+    let (carol, ct) = client_on(&net, config("carol")).await;
     let g = group(&[&alice, &bob, &carol]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut events = carol.events();

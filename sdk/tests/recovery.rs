@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use pqmls::sim::{SimConfig, SimNetwork, SimTransport};
-use pqmls::{Client, Event, Events, GroupId, Inbox, Transport};
+use pqmls::{Client, Event, Events, GroupId, Transport};
 
 /// Postcard variant index of a rejoin request.
 const LOST: u8 = 6;
@@ -41,20 +41,15 @@ struct Three {
     g: GroupId,
 }
 
-async fn open(net: &SimNetwork, c: pqmls::Config) -> (Client, Arc<SimTransport>) {
-    let (t, inbox): (Arc<SimTransport>, Inbox) = net.attach();
-    (Client::open(c, t.clone(), inbox).await.unwrap(), t)
-}
-
 /// Alice, bob and carol (carol with a zero horizon); carol commits alone while offline,
 /// and the others finalise alice's commit for the same epoch (2) and go one epoch
 /// further, to 4.
 async fn carol_left_behind(net: &SimNetwork) -> Three {
-    let (alice, at) = open(net, config("alice")).await;
-    let (bob, bt) = open(net, config("bob")).await;
+    let (alice, at) = client_on(net, config("alice")).await;
+    let (bob, bt) = client_on(net, config("bob")).await;
     let mut c = config("carol");
     c.fork_horizon = Duration::ZERO;
-    let (carol, ct) = open(net, c).await;
+    let (carol, ct) = client_on(net, c).await;
     let g = group(&[&alice, &bob, &carol]).await;
     ct.set_online(false);
     carol.update(&g).await.unwrap();
@@ -276,12 +271,12 @@ async fn forged_rejoin_requests_are_dropped() {
 #[tokio::test(start_paused = true)]
 async fn an_invitation_made_on_a_branch_past_the_horizon_is_withdrawn() {
     let net = net();
-    let (alice, at) = open(&net, config("alice")).await;
-    let (bob, bt) = open(&net, config("bob")).await;
+    let (alice, at) = client_on(&net, config("alice")).await;
+    let (bob, bt) = client_on(&net, config("bob")).await;
     let mut c = config("carol");
     c.fork_horizon = Duration::ZERO;
-    let (carol, ct) = open(&net, c).await;
-    let (dave, _dt) = open(&net, config("dave")).await;
+    let (carol, ct) = client_on(&net, c).await;
+    let (dave, _dt) = client_on(&net, config("dave")).await;
     let g = group(&[&alice, &bob, &carol]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Alice and bob are cut off (and nothing reaches the stores): carol adds dave on a
@@ -335,7 +330,7 @@ async fn a_state_known_to_be_dead_makes_no_commits() {
         g,
         ..
     } = carol_left_behind(&net).await;
-    let (dave, _dt) = open(&net, config("dave")).await;
+    let (dave, _dt) = client_on(&net, config("dave")).await;
     // Carol learns from the store that her branch is past recovery; nobody is there to
     // add her again.
     at.set_online(false);

@@ -27,6 +27,12 @@ pub async fn client(net: &SimNetwork, c: Config) -> Client {
     Client::open(c, t, inbox).await.unwrap()
 }
 
+/// A test client and the transport the test controls (online, offline).
+pub async fn client_on(net: &SimNetwork, c: Config) -> (Client, Arc<SimTransport>) {
+    let (t, inbox) = net.attach();
+    (Client::open(c, t.clone(), inbox).await.unwrap(), t)
+}
+
 /// The display names of a group's members, in leaf order.
 pub async fn names(c: &Client, g: &GroupId) -> Vec<String> {
     c.members(g)
