@@ -372,3 +372,97 @@ async fn a_final_commit_nobody_can_send_ends_in_unrecoverable_not_silence() {
     }
     assert!(reported, "an Unrecoverable event for epoch 2");
 }
+
+/// Found in a simulated partition (seed 67): an epoch that can never be final (a round-1
+/// split whose deciding vote belongs to a member away for good: round 2 waits for every
+/// round-1 vote) stops finality, which goes in epoch order. A later epoch was then split
+/// again, and the members on the losing side, their snapshots expired, never learned
+/// their branch was dead: a fork nobody reported. The votes of that later epoch, sealed
+/// under its keys, come from members on the same branch up to it; a quorum of them for
+/// another commit ends our branch in every future. So carol, on her own commit of epoch
+/// 6 while epoch 4 is stalled, reads that quorum and reports `Unrecoverable` (her
+/// snapshot is gone), and is added again.
+#[tokio::test(start_paused = true)]
+async fn a_quorum_past_a_stalled_epoch_ends_a_dead_branch_out_loud() {
+    let net = net();
+    let (alice, at) = client_on(&net, config("alice")).await;
+    let (bob, bt) = client_on(&net, config("bob")).await;
+    let mut short = config("carol");
+    short.fork_horizon = Duration::from_secs(8);
+    let (carol, ct) = client_on(&net, short).await;
+    let (dave, dt) = client_on(&net, config("dave")).await;
+    let (erin, et) = client_on(&net, config("erin")).await;
+    let g = group(&[&alice, &bob, &carol, &dave, &erin]).await;
+    converge(&[&alice, &bob, &carol, &dave, &erin], &g, 4).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Erin is away for good; the stores miss everything from now on.
+    et.set_online(false);
+    net.set_store_miss(1.0);
+    // Epoch 4 splits 2-2: alice and carol have alice's commit, bob and dave bob's.
+    bt.set_online(false);
+    dt.set_online(false);
+    alice.update(&g).await.unwrap();
+    converge(&[&alice, &carol], &g, 5).await;
+    at.set_online(false);
+    ct.set_online(false);
+    bt.set_online(true);
+    dt.set_online(true);
+    bob.update(&g).await.unwrap();
+    converge(&[&bob, &dave], &g, 5).await;
+    at.set_online(true);
+    ct.set_online(true);
+    // Everyone moves to the better commit, and the author of the other commits again
+    // (its update is still to do): epoch 5. Epoch 4 stays open without erin's vote.
+    converge(&[&alice, &bob, &carol, &dave], &g, 6).await;
+    let final_before = alice.stats().await.epochs_final;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        alice.stats().await.epochs_final,
+        final_before,
+        "epoch 4 final without erin's vote"
+    );
+    // Epoch 6 splits: carol, away, commits alone; the three others commit another, a
+    // quorum of epoch 6's five members.
+    let mut events = carol.events();
+    ct.set_online(false);
+    carol.update(&g).await.unwrap();
+    until("carol on her own commit", async || {
+        carol.status(&g).await.unwrap().epoch == 7
+    })
+    .await;
+    alice.update(&g).await.unwrap();
+    converge(&[&alice, &bob, &dave], &g, 7).await;
+    // Carol's snapshot of epoch 6 expires; then she is back.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    ct.set_online(true);
+    until("carol reports her branch dead at epoch 6", async || {
+        carol.status(&g).await.unwrap().lost_at == Some(6)
+    })
+    .await;
+    let mut reported = false;
+    while let Some(e) = events.try_recv() {
+        reported |= matches!(e, pqmls::Event::Unrecoverable { epoch: 6, .. });
+    }
+    assert!(reported, "an Unrecoverable event for epoch 6");
+    // And she is added again: one group of four (erin's leaf is still listed).
+    until("carol back in the group", async || {
+        let mut seen = None;
+        for c in [&alice, &bob, &carol, &dave] {
+            let Ok(s) = c.status(&g).await else {
+                return false;
+            };
+            if s.pending_commit || s.lost_at.is_some() {
+                return false;
+            }
+            let now = (s.epoch, s.epoch_authenticator, s.members);
+            match &seen {
+                None => seen = Some(now),
+                Some(first) if *first != now => return false,
+                Some(_) => {}
+            }
+        }
+        true
+    })
+    .await;
+    drop(erin);
+}

@@ -23,6 +23,7 @@ use crate::error::{Error, Result, mls};
 use crate::event::Event;
 use crate::identity::{Member, UserId};
 use crate::order::{self, CommitId, Tally, Voter};
+use super::short;
 use crate::wire::{self, EpochKeys, ORDER_EXPORTER_LABEL, VOTE_EXPORTER_LABEL, VoteBody, Wire};
 
 /// Most votes kept waiting for an epoch we do not hold yet (over all groups).
@@ -522,7 +523,9 @@ impl State {
                         None => {}
                     }
                 }
-                return Ok(());
+                // Later epochs may be decided already: a branch past this one that a
+                // quorum of its members left is dead whatever happens here.
+                return self.follow_later_quorums(gid, next, current);
             };
             if next == current {
                 // Final before we merged anything for it: settle now, on it.
@@ -542,6 +545,51 @@ impl State {
             }
             self.finalize(gid, next)?;
         }
+    }
+
+    /// Epochs after `first_open` (the first one not final here) that a quorum of their
+    /// members decided on our branch: we move to that commit if we merged another, or
+    /// report that we cannot.
+    ///
+    /// Why this is sound before `first_open` is final: the votes of an epoch are sealed
+    /// under a key of that epoch's state, so the ones we read for a later epoch `e` come
+    /// from members on our branch up to `e` (the same epochs before it). If a quorum of
+    /// them voted for `f` in a round, no other commit for `e` can ever be final on this
+    /// branch ([`order::Tally::final_commit`]: quorums of one round intersect, and round 2
+    /// follows only a round 1 without one); if `first_open` is later decided against our
+    /// branch, every member on it moves, those who chose `f` as well. So a branch that
+    /// left `f` at `e` is dead in every future, and staying on it would be a fork nobody
+    /// reports: seen when `first_open` could never be final (a round-1 split whose
+    /// deciding member was away for good) and members on the losing side of a later
+    /// split at `e` had no snapshot left to move with. Nothing is finalised here: that
+    /// stays in epoch order.
+    fn follow_later_quorums(&mut self, gid: &GroupId, first_open: u64, current: u64) -> Result<()> {
+        let from = (first_open + 1).max(current.saturating_sub(KEEP_FINAL));
+        for epoch in from..=current {
+            let Some(f) = self.final_of(gid, epoch)? else {
+                continue;
+            };
+            if epoch == current {
+                // Decided before we merged anything for it: settle now, on it.
+                if let Some(g) = self.groups.get_mut(gid)
+                    && g.settle_at.is_none()
+                {
+                    g.settle_at = Some(Instant::now());
+                }
+                return Ok(());
+            }
+            if self.merged_at(gid, epoch)? == Some(f) {
+                continue;
+            }
+            tracing::debug!(
+                "{}: group {gid} epoch {epoch}: a quorum chose {} while epoch {first_open} is open",
+                self.name,
+                short(&f)
+            );
+            self.move_to_final(gid, epoch, &f)?;
+            return Ok(());
+        }
+        Ok(())
     }
 
     /// What MLS authenticated about a candidate of `epoch` we processed (on any branch:
@@ -877,11 +925,11 @@ impl State {
     /// Asks for a commit we lack, for each of these reasons (each epoch on its own budget:
     /// [`NEED_TIMES`] requests, [`NEED_AFTER`] settle times apart, so an old epoch whose
     /// requests are spent hides no newer one):
-    /// - the votes make a commit final for the first epoch not final here (the one we are
-    ///   in included: the last commit of a quiet group may reach us no other way) and we
-    ///   do not hold it;
-    /// - an epoch we left is still not final here well after we left it (its votes, or
-    ///   some, are lost to us; the members that hold them publish them with the commit);
+    /// - the votes make a commit final for an epoch from the first one not final here on
+    ///   (the one we are in included: the last commit of a quiet group may reach us no
+    ///   other way; later ones: see `follow_later_quorums`) and we do not hold it;
+    /// - an epoch we left is still undecided here well after we left it (its votes, or
+    ///   some, are lost to us; the members that hold them publish them with the commits);
     /// - a vote of a member of our epoch names a commit ending it that we do not hold,
     ///   still so one gap after we first saw it (a vote may come before its commit);
     /// - the group has visibly gone further (commits or messages of later epochs wait
@@ -900,34 +948,42 @@ impl State {
             let current = g.mls.epoch().as_u64();
             let first_open = self.final_epoch(&gid)?.map_or(0, |f| f + 1);
             let mut wanted = BTreeSet::new();
-            if first_open <= current
-                && let Some(f) = self.final_of(&gid, first_open)?
-                && !self.holds_commit(&gid, &f)?
-            {
-                // A majority's votes (authenticated: sealed under the epoch's keys and
-                // signed) say how the epoch ended, and nobody sent us that commit in all
-                // our requests: we cannot follow the group. Said out loud, and the
-                // recovery asks to be added again (`recovery.rs`).
-                let spent = self
-                    .needs
-                    .get(&(gid.clone(), first_open, true))
-                    .is_some_and(|(t, n)| *n >= NEED_TIMES && now >= *t + gap);
-                if spent {
-                    self.unrecoverable(&gid, first_open)?;
-                } else {
-                    wanted.insert(first_open);
-                }
-            }
-            if first_open < current {
-                let left: Option<i64> = self
-                    .db()
-                    .prepare_cached(
-                        "SELECT entered_ms FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch = ?2",
-                    )?
-                    .query_row(params![gid.0, to_i64(first_open + 1)], |r| r.get(0))
-                    .optional()?;
-                if left.is_some_and(|t| self.horizon_ms().saturating_sub(to_u64(t)) >= gap_ms) {
-                    wanted.insert(first_open);
+            // From the first open epoch on (later ones too: `follow_later_quorums`).
+            let from = first_open.max(current.saturating_sub(KEEP_FINAL));
+            for epoch in from..=current {
+                let decided = self.final_of(&gid, epoch)?;
+                if let Some(f) = decided {
+                    if self.holds_commit(&gid, &f)? {
+                        continue;
+                    }
+                    // A quorum's votes (authenticated: sealed under the epoch's keys and
+                    // signed) say how the epoch ended, and nobody sent us that commit in
+                    // all our requests: we cannot follow the group. Said out loud, and
+                    // the recovery asks to be added again (`recovery.rs`).
+                    let spent = self
+                        .needs
+                        .get(&(gid.clone(), epoch, true))
+                        .is_some_and(|(t, n)| *n >= NEED_TIMES && now >= *t + gap);
+                    if spent {
+                        self.unrecoverable(&gid, epoch)?;
+                        break;
+                    }
+                    wanted.insert(epoch);
+                } else if epoch < current {
+                    // An epoch we left that is still open here well after we left it:
+                    // its votes, or some, are lost to us (the members that hold them
+                    // publish them with the commits they name).
+                    let left: Option<i64> = self
+                        .db()
+                        .prepare_cached(
+                            "SELECT entered_ms FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch = ?2",
+                        )?
+                        .query_row(params![gid.0, to_i64(epoch + 1)], |r| r.get(0))
+                        .optional()?;
+                    if left.is_some_and(|t| self.horizon_ms().saturating_sub(to_u64(t)) >= gap_ms)
+                    {
+                        wanted.insert(epoch);
+                    }
                 }
             }
             if self.voted_unknown(&gid, current)? {
