@@ -466,3 +466,54 @@ async fn a_quorum_past_a_stalled_epoch_ends_a_dead_branch_out_loud() {
     .await;
     drop(erin);
 }
+
+/// Found in simulated partitions (a listed member whose state said "not a member any
+/// more"): a member removed by a commit of a branch that then lost dropped the group when
+/// the removal grace ended, final or not, while the group, on the live branch, still
+/// listed it. And while removed it never asked what became of that epoch. Here alice
+/// removes carol on a branch only the two of them see, and is then gone; bob, dave and
+/// erin finalise bob's update for that epoch; carol, away through the grace period, comes
+/// back, learns the final commit, moves to it, and is a member again, with no `Removed`.
+#[tokio::test(start_paused = true)]
+async fn a_removal_on_a_branch_that_lost_does_not_end_the_group_for_its_target() {
+    let net = net();
+    let (alice, at) = client_on(&net, config("alice")).await;
+    let (bob, bt) = client_on(&net, config("bob")).await;
+    let (carol, ct) = client_on(&net, config("carol")).await;
+    let (dave, dt) = client_on(&net, config("dave")).await;
+    let (erin, et) = client_on(&net, config("erin")).await;
+    let g = group(&[&alice, &bob, &carol, &dave, &erin]).await;
+    converge(&[&alice, &bob, &carol, &dave, &erin], &g, 4).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    net.set_store_miss(1.0);
+    let mut events = carol.events();
+    // Alice removes carol where only carol sees it; then alice is gone for good.
+    for t in [&bt, &dt, &et] {
+        t.set_online(false);
+    }
+    alice.remove(&g, &carol.id()).await.unwrap();
+    until("carol removed on alice's branch", async || {
+        !carol.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    at.set_online(false);
+    ct.set_online(false);
+    // Bob, dave and erin: a quorum of epoch 4's five members, for bob's update.
+    for t in [&bt, &dt, &et] {
+        t.set_online(true);
+    }
+    bob.update(&g).await.unwrap();
+    converge(&[&bob, &dave, &erin], &g, 5).await;
+    assert!(names(&bob, &g).await.contains(&"carol".to_string()));
+    // Carol is away past the removal grace, then back.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    ct.set_online(true);
+    converge(&[&bob, &carol, &dave, &erin], &g, 5).await;
+    while let Some(e) = events.try_recv() {
+        assert!(
+            !matches!(e, pqmls::Event::Removed { .. }),
+            "carol told she was removed by a commit that lost"
+        );
+    }
+    drop(alice);
+}

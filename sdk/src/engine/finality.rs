@@ -16,6 +16,7 @@ use openmls_traits::signatures::Signer as _;
 use rusqlite::{OptionalExtension, params};
 use tokio::time::Instant;
 
+use super::short;
 use super::{Outcome, State};
 use crate::GroupId;
 use crate::db::{self, to_i64, to_u64};
@@ -23,7 +24,6 @@ use crate::error::{Error, Result, mls};
 use crate::event::Event;
 use crate::identity::{Member, UserId};
 use crate::order::{self, CommitId, Tally, Voter};
-use super::short;
 use crate::wire::{self, EpochKeys, ORDER_EXPORTER_LABEL, VOTE_EXPORTER_LABEL, VoteBody, Wire};
 
 /// Most votes kept waiting for an epoch we do not hold yet (over all groups).
@@ -942,12 +942,17 @@ impl State {
             let Some(g) = self.groups.get(&gid) else {
                 continue;
             };
-            if !g.mls.is_active() || g.settle_at.is_some() {
+            // A state a commit removed us from asks too: that commit may be on a branch
+            // that lost, and the group, on the live one, may still list us.
+            if (!g.mls.is_active() && g.removed_at.is_none()) || g.settle_at.is_some() {
                 continue;
             }
             let current = g.mls.epoch().as_u64();
             let first_open = self.final_epoch(&gid)?.map_or(0, |f| f + 1);
             let mut wanted = BTreeSet::new();
+            if g.removed_at.is_some_and(|t| now >= t + gap) && first_open < current {
+                wanted.insert(first_open);
+            }
             // From the first open epoch on (later ones too: `follow_later_quorums`).
             let from = first_open.max(current.saturating_sub(KEEP_FINAL));
             for epoch in from..=current {
@@ -980,8 +985,7 @@ impl State {
                         )?
                         .query_row(params![gid.0, to_i64(epoch + 1)], |r| r.get(0))
                         .optional()?;
-                    if left.is_some_and(|t| self.horizon_ms().saturating_sub(to_u64(t)) >= gap_ms)
-                    {
+                    if left.is_some_and(|t| self.horizon_ms().saturating_sub(to_u64(t)) >= gap_ms) {
                         wanted.insert(epoch);
                     }
                 }

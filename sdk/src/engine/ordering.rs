@@ -195,6 +195,11 @@ impl State {
                 );
                 self.switch_branch(gid, epoch, &hash)?;
             }
+            EpochSlot::Past if self.final_of(gid, epoch)? == Some(hash) => {
+                // The votes had decided it and we lacked it (we cannot move: no snapshot):
+                // finality says so now (`Unrecoverable`), as no later vote may come.
+                self.evaluate_finality(gid)?;
+            }
             _ => {}
         }
         Ok(Outcome::Done)
@@ -275,7 +280,12 @@ impl State {
             priority: *priority,
             id: *hash,
         };
-        Ok(order::should_try(&current, &incoming, author, None)
+        // A commit the votes made final (or decided, past an open epoch:
+        // `finality::follow_later_quorums`) is tried whatever its priority: it may arrive
+        // after the votes, and then no later vote comes to make us move (seen: a member a
+        // losing branch removed had every vote and the commit, and stayed removed).
+        let decided = self.final_of(gid, epoch)?;
+        Ok(order::should_try(&current, &incoming, author, decided)
             && db::has_snapshot(self.db(), &gid.0, epoch)?)
     }
 
@@ -961,8 +971,32 @@ impl State {
             .map(|(id, _)| id.clone())
             .collect();
         for gid in due {
-            self.tx(|s| s.deactivate(&gid, false))?;
+            // Only a final removal ends the group here: one on a branch that loses leaves
+            // us listed on the live one (the votes of its epoch move us there, or say we
+            // cannot follow: `Unrecoverable`, and the way back). The votes may have made
+            // it final before we merged it (ours is cast first), with nothing read since.
+            if !self.removal_final(&gid)? {
+                self.tx(|s| s.evaluate_finality(&gid))?;
+            }
+            if self.groups.contains_key(&gid) && self.removal_final(&gid)? {
+                self.tx(|s| s.deactivate(&gid, false))?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether the commit that removed us (the last one we merged) is final here.
+    fn removal_final(&self, gid: &GroupId) -> Result<bool> {
+        let epoch: Option<i64> = self
+            .db()
+            .prepare_cached(
+                "SELECT MAX(epoch) FROM pqmls_commits WHERE group_id = ?1 AND merged = 1",
+            )?
+            .query_row([&gid.0], |r| r.get(0))?;
+        match epoch {
+            // Merged commits go 64 epochs after finality: none left, final long ago.
+            None => Ok(true),
+            Some(e) => self.is_final(gid, to_u64(e)),
+        }
     }
 }
