@@ -27,7 +27,12 @@ use crate::message::{self, Message, MessageId, Topic, Validator, Verdict};
 use crate::rpc::{self, Refusal, Request, Response};
 use crate::slots;
 use crate::store::{self, Cursor, Page, PageLimits, Store};
-use crate::waku::{self, ContentTopic, MessageHash, PubsubTopic, WakuMessage, metadata, relay};
+use crate::waku::framing::ReadSlots;
+use crate::waku::{
+    self, ContentTopic, MessageHash, PubsubTopic, WakuMessage, lightpush, metadata, relay,
+};
+
+mod waku_lightpush;
 
 /// Identify protocol version: nodes of other networks are not confused with ours.
 const IDENTIFY_PROTOCOL: &str = "/pqmls/0.1.0";
@@ -180,6 +185,10 @@ pub struct Config {
     /// and the metadata protocol's cluster gate beside this crate's own protocols. See
     /// [`Config::with_waku`].
     pub waku: Option<relay::Config>,
+    /// Waku lightpush service: `Some` answers `/vac/waku/lightpush/3.0.0` and publishes
+    /// what light clients push on relay. Needs [`Config::waku`]. See
+    /// [`Config::with_lightpush_service`].
+    pub lightpush: Option<lightpush::Config>,
 }
 
 impl std::fmt::Debug for Config {
@@ -195,6 +204,7 @@ impl std::fmt::Debug for Config {
             .field("validator", &self.validator.is_some())
             .field("limits", &self.limits)
             .field("waku", &self.waku)
+            .field("lightpush", &self.lightpush)
             .finish()
     }
 }
@@ -221,6 +231,7 @@ impl Default for Config {
             validator: None,
             limits: Limits::default(),
             waku: None,
+            lightpush: None,
         }
     }
 }
@@ -287,6 +298,15 @@ impl Config {
     /// ([`waku::store`]); every Waku node can ask them ([`Node::store_query`]).
     pub fn with_waku(mut self, relay: relay::Config) -> Self {
         self.waku = Some(relay);
+        self
+    }
+
+    /// Makes this Waku node a lightpush v3 service ([`waku::lightpush`]): it checks each
+    /// pushed message, publishes it on relay and answers with the spec's status and the
+    /// relay peer count. Every Waku node can push through a service
+    /// ([`Node::lightpush`]). Needs [`Config::with_waku`].
+    pub fn with_lightpush_service(mut self, lightpush: lightpush::Config) -> Self {
+        self.lightpush = Some(lightpush);
         self
     }
 }
@@ -374,6 +394,14 @@ pub struct Counters {
     pub metadata_admitted: u64,
     /// Peers disconnected by the metadata gate: another cluster, no cluster, or no answer.
     pub metadata_refused: u64,
+    /// Lightpush requests this service is reading now (at most
+    /// [`lightpush::Config::max_concurrent_requests`]).
+    pub lightpush_reading: u64,
+    /// Lightpush requests this service relayed (status 200).
+    pub lightpush_served: u64,
+    /// Lightpush requests this service refused with an error status (including 429), or
+    /// could not read at all (too long, closed early, timed out while being read).
+    pub lightpush_refused: u64,
 }
 
 #[derive(Default)]
@@ -410,6 +438,9 @@ struct Stats {
     relay_inbound_dropped: AtomicU64,
     metadata_admitted: AtomicU64,
     metadata_refused: AtomicU64,
+    lightpush_reading: Arc<AtomicU64>,
+    lightpush_served: AtomicU64,
+    lightpush_refused: Arc<AtomicU64>,
 }
 
 fn bump(c: &AtomicU64) {
@@ -458,6 +489,9 @@ impl Stats {
             relay_inbound_dropped: g(&self.relay_inbound_dropped),
             metadata_admitted: g(&self.metadata_admitted),
             metadata_refused: g(&self.metadata_refused),
+            lightpush_reading: g(&self.lightpush_reading),
+            lightpush_served: g(&self.lightpush_served),
+            lightpush_refused: g(&self.lightpush_refused),
         }
     }
 }
@@ -483,6 +517,7 @@ enum Command {
         waku::store::QueryRequest,
         Reply<waku::store::QueryResponse>,
     ),
+    LightPush(PeerId, Option<PubsubTopic>, WakuMessage, Reply<u32>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -578,6 +613,8 @@ struct Behaviour {
     metadata: Toggle<request_response::Behaviour<metadata::Codec>>,
     /// Waku store v3: served by store nodes, asked by every Waku node.
     waku_store: Toggle<request_response::Behaviour<waku::store::Codec>>,
+    /// Waku lightpush v3: served by lightpush services, used by every Waku node.
+    lightpush: Toggle<request_response::Behaviour<lightpush::Codec>>,
 }
 
 impl Node {
@@ -634,6 +671,18 @@ impl Node {
             if w.max_message_size == 0 || w.max_message_size > u32::MAX as usize / 4 {
                 return Err(Error::Config(
                     "waku max_message_size is out of range".into(),
+                ));
+            }
+        }
+        if let Some(lp) = &config.lightpush {
+            if config.waku.is_none() {
+                return Err(Error::Config(
+                    "the lightpush service needs Waku relay (Config::with_waku)".into(),
+                ));
+            }
+            if lp.max_concurrent_requests == 0 {
+                return Err(Error::Config(
+                    "lightpush max_concurrent_requests must be non-zero".into(),
                 ));
             }
         }
@@ -752,6 +801,9 @@ impl Node {
             bootstrap: Vec::new(),
             archive,
             store_queries: HashMap::new(),
+            lightpush_service: config.lightpush.clone(),
+            lightpushes: HashMap::new(),
+            next_request_id: 0,
         };
         task.resubscribe_served_topics();
         for shard in config.waku.iter().flat_map(|w| w.shards.iter()) {
@@ -1173,7 +1225,7 @@ fn build_behaviour(
         },
         stats.slots.clone(),
     );
-    let (relay, metadata, waku_store) = match &config.waku {
+    let (relay, metadata, waku_store, lightpush) = match &config.waku {
         Some(w) => {
             let mut relay = relay::behaviour(w).map_err(Error::Setup)?;
             relay
@@ -1204,9 +1256,36 @@ fn build_behaviour(
                     .with_request_timeout(limits.request_timeout)
                     .with_max_concurrent_streams(limits.max_concurrent_streams),
             );
-            (Some(relay), Some(metadata), Some(waku_store))
+            let support = if config.lightpush.is_some() {
+                ProtocolSupport::Full
+            } else {
+                ProtocolSupport::Outbound
+            };
+            let lightpush = request_response::Behaviour::with_codec(
+                lightpush::Codec::new(
+                    w.max_message_size,
+                    ReadSlots::new(
+                        stats.lightpush_reading.clone(),
+                        stats.lightpush_refused.clone(),
+                        config
+                            .lightpush
+                            .as_ref()
+                            .map_or(1, |c| c.max_concurrent_requests),
+                    ),
+                ),
+                [(StreamProtocol::new(lightpush::PROTOCOL), support)],
+                request_response::Config::default()
+                    .with_request_timeout(limits.request_timeout)
+                    .with_max_concurrent_streams(limits.max_concurrent_streams),
+            );
+            (
+                Some(relay),
+                Some(metadata),
+                Some(waku_store),
+                Some(lightpush),
+            )
         }
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     Ok(Behaviour {
         slots,
@@ -1219,6 +1298,7 @@ fn build_behaviour(
         relay: Toggle::from(relay),
         metadata: Toggle::from(metadata),
         waku_store: Toggle::from(waku_store),
+        lightpush: Toggle::from(lightpush),
     })
 }
 
@@ -1431,6 +1511,12 @@ struct Task {
     archive: Option<waku::store::Archive>,
     /// Outstanding Waku store queries of this node.
     store_queries: HashMap<OutboundRequestId, Reply<waku::store::QueryResponse>>,
+    /// The lightpush service's settings, when this node is one.
+    lightpush_service: Option<lightpush::Config>,
+    /// Outstanding lightpush requests of this node (as a client).
+    lightpushes: HashMap<OutboundRequestId, Reply<u32>>,
+    /// Numbers the request ids of this node's lightpush and filter requests.
+    next_request_id: u64,
     /// Waku relay and metadata, when on.
     waku: Option<WakuState>,
     /// The bootstrap peers, dialed again with backoff when they go away.
@@ -1676,6 +1762,9 @@ impl Task {
                 let _ = reply.send(Ok(n));
             }
             Command::StoreQuery(peer, request, reply) => self.store_query(peer, request, reply),
+            Command::LightPush(peer, shard, message, reply) => {
+                self.lightpush(peer, shard, message, reply);
+            }
             Command::Shutdown(_) => {
                 // Handled by the loop in `run`.
             }
@@ -1777,6 +1866,18 @@ impl Task {
     }
 
     fn relay_publish(&mut self, shard: PubsubTopic, message: &WakuMessage) -> Result<MessageHash> {
+        self.relay_publish_counted(shard, message)
+            .map(|(hash, _)| hash)
+    }
+
+    /// Publishes on relay; returns the message's hash and the number of relay peers known
+    /// on the shard when it was published (flood publishing sends it to each of them, less
+    /// any gossipsub scores below its publish threshold).
+    fn relay_publish_counted(
+        &mut self,
+        shard: PubsubTopic,
+        message: &WakuMessage,
+    ) -> Result<(MessageHash, usize)> {
         let topic = shard.to_string();
         let hash = waku::message_hash(&topic, message);
         self.archive_message(&shard, &hash, message);
@@ -1785,10 +1886,15 @@ impl Task {
         let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() else {
             return Err(Error::Config("Waku relay is off".into()));
         };
-        match relay.publish(gossipsub::TopicHash::from_raw(topic), data) {
+        let topic = gossipsub::TopicHash::from_raw(topic);
+        let peers = relay
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&topic))
+            .count();
+        match relay.publish(topic, data) {
             Ok(_) => {
                 bump(&self.stats.relay_published);
-                Ok(hash)
+                Ok((hash, peers))
             }
             Err(gossipsub::PublishError::Duplicate) => Err(Error::Duplicate),
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Err(Error::NoPeers),
@@ -1866,7 +1972,7 @@ impl Task {
         request: waku::store::QueryRequest,
         reply: Reply<waku::store::QueryResponse>,
     ) {
-        if !self.has_room(1 + self.store_queries.len()) {
+        if !self.has_room(1 + self.waku_requests()) {
             let _ = reply.send(Err(Error::Busy));
             return;
         }
@@ -2038,6 +2144,17 @@ impl Task {
 
     fn has_room(&self, n: usize) -> bool {
         self.pending.len().saturating_add(n) <= self.limits.max_pending_requests
+    }
+
+    /// Outstanding Waku requests of this node as a client (store, lightpush, filter).
+    fn waku_requests(&self) -> usize {
+        self.store_queries.len() + self.lightpushes.len()
+    }
+
+    /// A request id unique to this node: its peer id and a counter.
+    fn request_id(&mut self) -> String {
+        self.next_request_id += 1;
+        format!("{}-{}", self.swarm.local_peer_id(), self.next_request_id)
     }
 
     fn put(&mut self, key: Vec<u8>, blob: Vec<u8>, reply: Reply<()>) {
@@ -2223,6 +2340,7 @@ impl Task {
             SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay(e),
             SwarmEvent::Behaviour(BehaviourEvent::Metadata(e)) => self.on_metadata(e),
             SwarmEvent::Behaviour(BehaviourEvent::WakuStore(e)) => self.on_waku_store(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Lightpush(e)) => self.on_lightpush(e),
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) => self.on_rpc(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,

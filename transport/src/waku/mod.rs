@@ -17,6 +17,7 @@
 //!   small dependencies already in the tree.
 
 pub mod framing;
+pub mod lightpush;
 pub mod message;
 pub mod metadata;
 pub mod relay;
