@@ -103,6 +103,9 @@ pub enum Error {
     /// A Waku lightpush service refused the message, with the status it answered.
     #[error(transparent)]
     LightPush(#[from] crate::waku::lightpush::Refused),
+    /// A Waku filter service refused the request, with the status it answered.
+    #[error(transparent)]
+    Filter(#[from] crate::waku::filter::Refused),
     /// A `WakuMessage` the spec forbids.
     #[error(transparent)]
     WakuMessage(#[from] crate::waku::MessageError),

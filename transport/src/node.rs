@@ -29,10 +29,13 @@ use crate::slots;
 use crate::store::{self, Cursor, Page, PageLimits, Store};
 use crate::waku::framing::ReadSlots;
 use crate::waku::{
-    self, ContentTopic, MessageHash, PubsubTopic, WakuMessage, lightpush, metadata, relay,
+    self, ContentTopic, MessageHash, PubsubTopic, WakuMessage, filter, lightpush, metadata, relay,
 };
 
+mod waku_filter;
 mod waku_lightpush;
+
+pub use waku_filter::FilterInbound;
 
 /// Identify protocol version: nodes of other networks are not confused with ours.
 const IDENTIFY_PROTOCOL: &str = "/pqmls/0.1.0";
@@ -189,6 +192,10 @@ pub struct Config {
     /// what light clients push on relay. Needs [`Config::waku`]. See
     /// [`Config::with_lightpush_service`].
     pub lightpush: Option<lightpush::Config>,
+    /// Waku filter service: `Some` answers `/vac/waku/filter-subscribe/2.0.0-beta1` and
+    /// pushes matching relay messages to subscribers. Needs [`Config::waku`]. See
+    /// [`Config::with_filter_service`].
+    pub filter: Option<filter::Config>,
 }
 
 impl std::fmt::Debug for Config {
@@ -205,6 +212,7 @@ impl std::fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("waku", &self.waku)
             .field("lightpush", &self.lightpush)
+            .field("filter", &self.filter)
             .finish()
     }
 }
@@ -232,6 +240,7 @@ impl Default for Config {
             limits: Limits::default(),
             waku: None,
             lightpush: None,
+            filter: None,
         }
     }
 }
@@ -307,6 +316,16 @@ impl Config {
     /// ([`Node::lightpush`]). Needs [`Config::with_waku`].
     pub fn with_lightpush_service(mut self, lightpush: lightpush::Config) -> Self {
         self.lightpush = Some(lightpush);
+        self
+    }
+
+    /// Makes this Waku node a filter v2 service ([`waku::filter`]): it keeps clients'
+    /// subscriptions within [`filter::Config`]'s bounds and pushes each relay message it
+    /// accepts or publishes (lightpushed ones included) to the subscribers it matches.
+    /// Every Waku node can subscribe with a service ([`Node::filter_subscribe`]) and
+    /// receive its pushes ([`Node::filter_inbound`]). Needs [`Config::with_waku`].
+    pub fn with_filter_service(mut self, filter: filter::Config) -> Self {
+        self.filter = Some(filter);
         self
     }
 }
@@ -402,6 +421,35 @@ pub struct Counters {
     /// Lightpush requests this service refused with an error status (including 429), or
     /// could not read at all (too long, closed early, timed out while being read).
     pub lightpush_refused: u64,
+    /// Filter subscription requests this service is reading now (at most
+    /// [`filter::Config::max_concurrent_requests`]).
+    pub filter_reading: u64,
+    /// Clients with an active subscription at this filter service (updated on each
+    /// request and every few seconds).
+    pub filter_subscribers: u64,
+    /// Filter subscription requests this service answered with a 2xx status.
+    pub filter_requests_served: u64,
+    /// Filter subscription requests refused with an error status (including the N+1th
+    /// subscriber's 503 and 429s), or that could not be read at all.
+    pub filter_requests_refused: u64,
+    /// Pushes this filter service sent, one per message and matching subscriber (counted
+    /// when sent; those that fail are also counted in [`Counters::filter_pushes_failed`]).
+    pub filter_pushed: u64,
+    /// Pushes not made because the subscriber already had
+    /// [`filter::Config::max_pushes_in_flight`] pushes in flight.
+    pub filter_pushes_dropped: u64,
+    /// Pushes that failed (no connection, protocol not supported, timeout).
+    pub filter_pushes_failed: u64,
+    /// Pushed messages this node accepted as a filter client and delivered to the
+    /// [`FilterInbound`] stream.
+    pub filter_delivered: u64,
+    /// Pushes this node refused as a filter client: from a peer it has no subscription
+    /// with, for criteria it did not subscribe to, malformed, over the size limit, or
+    /// unreadable.
+    pub filter_rejected: u64,
+    /// Accepted pushes dropped because the [`FilterInbound`] stream was full (or nobody
+    /// took it).
+    pub filter_inbound_dropped: u64,
 }
 
 #[derive(Default)]
@@ -441,6 +489,17 @@ struct Stats {
     lightpush_reading: Arc<AtomicU64>,
     lightpush_served: AtomicU64,
     lightpush_refused: Arc<AtomicU64>,
+    filter_reading: Arc<AtomicU64>,
+    filter_subscribers: AtomicU64,
+    filter_requests_served: AtomicU64,
+    filter_requests_refused: Arc<AtomicU64>,
+    filter_pushed: AtomicU64,
+    filter_pushes_dropped: AtomicU64,
+    filter_pushes_failed: AtomicU64,
+    filter_push_reading: Arc<AtomicU64>,
+    filter_delivered: AtomicU64,
+    filter_rejected: Arc<AtomicU64>,
+    filter_inbound_dropped: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -492,6 +551,16 @@ impl Stats {
             lightpush_reading: g(&self.lightpush_reading),
             lightpush_served: g(&self.lightpush_served),
             lightpush_refused: g(&self.lightpush_refused),
+            filter_reading: g(&self.filter_reading),
+            filter_subscribers: g(&self.filter_subscribers),
+            filter_requests_served: g(&self.filter_requests_served),
+            filter_requests_refused: g(&self.filter_requests_refused),
+            filter_pushed: g(&self.filter_pushed),
+            filter_pushes_dropped: g(&self.filter_pushes_dropped),
+            filter_pushes_failed: g(&self.filter_pushes_failed),
+            filter_delivered: g(&self.filter_delivered),
+            filter_rejected: g(&self.filter_rejected),
+            filter_inbound_dropped: g(&self.filter_inbound_dropped),
         }
     }
 }
@@ -518,6 +587,7 @@ enum Command {
         Reply<waku::store::QueryResponse>,
     ),
     LightPush(PeerId, Option<PubsubTopic>, WakuMessage, Reply<u32>),
+    Filter(PeerId, waku_filter::Op, Reply<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -531,6 +601,7 @@ pub struct Node {
     limits: Limits,
     waku: Option<relay::Config>,
     relay_inbound: Arc<Mutex<Option<RelayInbound>>>,
+    filter_inbound: Arc<Mutex<Option<FilterInbound>>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -615,6 +686,10 @@ struct Behaviour {
     waku_store: Toggle<request_response::Behaviour<waku::store::Codec>>,
     /// Waku lightpush v3: served by lightpush services, used by every Waku node.
     lightpush: Toggle<request_response::Behaviour<lightpush::Codec>>,
+    /// Waku filter v2 subscriptions: served by filter services, asked by every Waku node.
+    filter_subscribe: Toggle<request_response::Behaviour<filter::SubscribeCodec>>,
+    /// Waku filter v2 pushes: sent by filter services, received by every Waku node.
+    filter_push: Toggle<request_response::Behaviour<filter::PushCodec>>,
 }
 
 impl Node {
@@ -684,6 +759,20 @@ impl Node {
                 return Err(Error::Config(
                     "lightpush max_concurrent_requests must be non-zero".into(),
                 ));
+            }
+        }
+        if let Some(f) = &config.filter {
+            if config.waku.is_none() {
+                return Err(Error::Config(
+                    "the filter service needs Waku relay (Config::with_waku)".into(),
+                ));
+            }
+            if f.max_subscribers == 0
+                || f.max_criteria_per_subscriber == 0
+                || f.max_pushes_in_flight == 0
+                || f.max_concurrent_requests == 0
+            {
+                return Err(Error::Config("filter limits must be non-zero".into()));
             }
         }
         let keypair = match &config.data_dir {
@@ -766,17 +855,23 @@ impl Node {
 
         let (cmd_tx, cmd_rx) = mpsc::channel(limits.command_queue);
         let (in_tx, in_rx) = mpsc::channel(limits.inbound_queue);
-        let (waku, relay_inbound) = match &config.waku {
+        let (waku, relay_inbound, filter_inbound) = match &config.waku {
             Some(w) => {
                 let (tx, rx) = mpsc::channel(limits.inbound_queue);
+                let (filter_tx, filter_rx) = mpsc::channel(limits.inbound_queue);
                 let state = WakuState {
                     config: w.clone(),
                     inbound: tx,
                     shards: HashSet::new(),
+                    filter: waku_filter::State::new(config.filter.clone(), filter_tx),
                 };
-                (Some(state), Some(RelayInbound { rx }))
+                (
+                    Some(state),
+                    Some(RelayInbound { rx }),
+                    Some(FilterInbound::new(filter_rx)),
+                )
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let mut task = Task {
             swarm,
@@ -831,6 +926,7 @@ impl Node {
                 limits,
                 waku: config.waku.clone(),
                 relay_inbound: Arc::new(Mutex::new(relay_inbound)),
+                filter_inbound: Arc::new(Mutex::new(filter_inbound)),
             },
             Inbound { rx: in_rx },
         ))
@@ -1225,7 +1321,7 @@ fn build_behaviour(
         },
         stats.slots.clone(),
     );
-    let (relay, metadata, waku_store, lightpush) = match &config.waku {
+    let (relay, metadata, waku_store, lightpush, filters) = match &config.waku {
         Some(w) => {
             let mut relay = relay::behaviour(w).map_err(Error::Setup)?;
             relay
@@ -1278,15 +1374,18 @@ fn build_behaviour(
                     .with_request_timeout(limits.request_timeout)
                     .with_max_concurrent_streams(limits.max_concurrent_streams),
             );
+            let filters = waku_filter::behaviours(config, w, limits, stats);
             (
                 Some(relay),
                 Some(metadata),
                 Some(waku_store),
                 Some(lightpush),
+                Some(filters),
             )
         }
-        None => (None, None, None, None),
+        None => (None, None, None, None, None),
     };
+    let (filter_subscribe, filter_push) = filters.unzip();
     Ok(Behaviour {
         slots,
         gossipsub,
@@ -1299,6 +1398,8 @@ fn build_behaviour(
         metadata: Toggle::from(metadata),
         waku_store: Toggle::from(waku_store),
         lightpush: Toggle::from(lightpush),
+        filter_subscribe: Toggle::from(filter_subscribe),
+        filter_push: Toggle::from(filter_push),
     })
 }
 
@@ -1561,6 +1662,8 @@ struct WakuState {
     inbound: mpsc::Sender<relay::Received>,
     /// Shards subscribed to on relay (announced in metadata).
     shards: HashSet<u16>,
+    /// Filter service and client state.
+    filter: waku_filter::State,
 }
 
 impl Task {
@@ -1572,6 +1675,7 @@ impl Task {
             .max(Duration::from_secs(1));
         let mut prune = tokio::time::interval(prune_every);
         let mut redial = tokio::time::interval(REDIAL_TICK);
+        let mut filter_tick = tokio::time::interval(waku_filter::TICK);
         let mut done = None;
         loop {
             tokio::select! {
@@ -1586,6 +1690,7 @@ impl Task {
                 },
                 _ = prune.tick() => self.prune(),
                 _ = redial.tick() => self.redial_due(),
+                _ = filter_tick.tick() => self.filter_tick(),
             }
         }
         // Close connections, listeners and the database before reporting completion.
@@ -1765,6 +1870,7 @@ impl Task {
             Command::LightPush(peer, shard, message, reply) => {
                 self.lightpush(peer, shard, message, reply);
             }
+            Command::Filter(peer, op, reply) => self.filter_request(peer, op, reply),
             Command::Shutdown(_) => {
                 // Handled by the loop in `run`.
             }
@@ -1894,6 +2000,7 @@ impl Task {
         match relay.publish(topic, data) {
             Ok(_) => {
                 bump(&self.stats.relay_published);
+                self.filter_push(shard, message);
                 Ok((hash, peers))
             }
             Err(gossipsub::PublishError::Duplicate) => Err(Error::Duplicate),
@@ -1938,6 +2045,7 @@ impl Task {
         };
         let hash = waku::message_hash(&shard.to_string(), &message);
         self.archive_message(&shard, &hash, &message);
+        self.filter_push(shard, &message);
         let Some(waku) = &self.waku else {
             return;
         };
@@ -2148,7 +2256,9 @@ impl Task {
 
     /// Outstanding Waku requests of this node as a client (store, lightpush, filter).
     fn waku_requests(&self) -> usize {
-        self.store_queries.len() + self.lightpushes.len()
+        self.store_queries.len()
+            + self.lightpushes.len()
+            + self.waku.as_ref().map_or(0, |w| w.filter.requests())
     }
 
     /// A request id unique to this node: its peer id and a counter.
@@ -2341,6 +2451,10 @@ impl Task {
             SwarmEvent::Behaviour(BehaviourEvent::Metadata(e)) => self.on_metadata(e),
             SwarmEvent::Behaviour(BehaviourEvent::WakuStore(e)) => self.on_waku_store(e),
             SwarmEvent::Behaviour(BehaviourEvent::Lightpush(e)) => self.on_lightpush(e),
+            SwarmEvent::Behaviour(BehaviourEvent::FilterSubscribe(e)) => {
+                self.on_filter_subscribe(e);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::FilterPush(e)) => self.on_filter_push(e),
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) => self.on_rpc(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,

@@ -272,3 +272,81 @@ fn lightpush_payloads_use_the_field_numbers_of_the_spec() {
     );
     assert_eq!(response.relay_peer_count, None);
 }
+
+#[test]
+fn filter_payloads_use_the_field_numbers_of_the_spec() {
+    use pqmls_transport::waku::filter::{
+        self, MessagePush, SubscribeRequest, SubscribeResponse, SubscribeType,
+    };
+    use prost::Message as _;
+
+    let spec = std::fs::read_to_string(data().join("waku/filter.md")).unwrap();
+    for id in [filter::SUBSCRIBE_PROTOCOL, filter::PUSH_PROTOCOL] {
+        assert!(spec.contains(&format!("`{id}`")), "{id}");
+    }
+    assert_eq!(
+        filter::SUBSCRIBE_PROTOCOL,
+        "/vac/waku/filter-subscribe/2.0.0-beta1"
+    );
+    assert_eq!(filter::PUSH_PROTOCOL, "/vac/waku/filter-push/2.0.0-beta1");
+
+    let f = proto_fields(&spec, "FilterSubscribeRequest");
+    // The enum's values, as the spec numbers them.
+    for (name, ours) in [
+        ("SUBSCRIBER_PING", SubscribeType::SubscriberPing),
+        ("SUBSCRIBE", SubscribeType::Subscribe),
+        ("UNSUBSCRIBE", SubscribeType::Unsubscribe),
+        ("UNSUBSCRIBE_ALL", SubscribeType::UnsubscribeAll),
+    ] {
+        assert_eq!(number(&f, name, "enum"), ours as u64, "{name}");
+    }
+    let want = [
+        bytes_field(number(&f, "request_id", "string"), b"s1"),
+        varint_field(
+            number(&f, "filter_subscribe_type", "FilterSubscribeType"),
+            number(&f, "SUBSCRIBE", "enum"),
+        ),
+        bytes_field(number(&f, "pubsub_topic", "string"), b"/waku/2/rs/3/0"),
+        bytes_field(number(&f, "content_topics", "string"), b"/a/1/b/c"),
+        bytes_field(number(&f, "content_topics", "string"), b"/a/1/d/c"),
+    ]
+    .concat();
+    let request = SubscribeRequest {
+        request_id: "s1".into(),
+        filter_subscribe_type: SubscribeType::Subscribe as i32,
+        pubsub_topic: Some("/waku/2/rs/3/0".into()),
+        content_topics: vec!["/a/1/b/c".into(), "/a/1/d/c".into()],
+    };
+    assert_eq!(request.encode_to_vec(), want);
+    assert_eq!(SubscribeRequest::decode(want.as_slice()).unwrap(), request);
+
+    let f = proto_fields(&spec, "FilterSubscribeResponse");
+    assert_eq!(f.len(), 3, "{f:?}");
+    let bytes = [
+        bytes_field(number(&f, "request_id", "string"), b"s1"),
+        varint_field(number(&f, "status_code", "uint32"), 503),
+        bytes_field(number(&f, "status_desc", "string"), b"full"),
+    ]
+    .concat();
+    let response = SubscribeResponse::decode(bytes.as_slice()).unwrap();
+    assert_eq!(
+        response,
+        SubscribeResponse::new("s1", filter::Status::ServiceUnavailable, "full")
+    );
+    assert_eq!(response.encode_to_vec(), bytes);
+
+    let f = proto_fields(&spec, "MessagePush");
+    assert_eq!(f.len(), 2, "{f:?}");
+    let (message, message_bytes) = spec_waku_message();
+    let want = [
+        bytes_field(number(&f, "waku_message", "WakuMessage"), &message_bytes),
+        bytes_field(number(&f, "pubsub_topic", "string"), b"/waku/2/rs/3/0"),
+    ]
+    .concat();
+    let push = MessagePush {
+        waku_message: Some(message),
+        pubsub_topic: Some("/waku/2/rs/3/0".into()),
+    };
+    assert_eq!(push.encode_to_vec(), want);
+    assert_eq!(MessagePush::decode(want.as_slice()).unwrap(), push);
+}

@@ -16,6 +16,7 @@
 //!   reference implementation uses through nim-leopard (up to 256 shards). Pure Rust, two
 //!   small dependencies already in the tree.
 
+pub mod filter;
 pub mod framing;
 pub mod lightpush;
 pub mod message;
