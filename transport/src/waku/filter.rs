@@ -8,7 +8,7 @@
 //!   service sends [`MessagePush`]es and the client does not answer (section "Message
 //!   Push"). Each message is one length-prefixed frame ([`super::framing`]); this service
 //!   opens a stream per push (the Nim node keeps one open and writes many; see the crate's
-//!   design notes for what that means for our client).
+//!   design notes, "Lightpush and filter", for what that means for our client).
 //! - Filter criteria (section "Filter matching"): a pubsub topic and a non-empty set of
 //!   content topics; a message matches when it was published on that pubsub topic and its
 //!   content topic is in the set. A request with criteria missing or partial is refused
