@@ -100,6 +100,12 @@ pub enum Error {
     /// A Waku shard that is not one of this node's cluster, or a shard number not below 1024.
     #[error("not a shard of this node's cluster: {0}")]
     Shard(String),
+    /// A Waku lightpush service refused the message, with the status it answered.
+    #[error(transparent)]
+    LightPush(#[from] crate::waku::lightpush::Refused),
+    /// A Waku filter service refused the request, with the status it answered.
+    #[error(transparent)]
+    Filter(#[from] crate::waku::filter::Refused),
     /// A `WakuMessage` the spec forbids.
     #[error(transparent)]
     WakuMessage(#[from] crate::waku::MessageError),

@@ -200,10 +200,58 @@
 //! rust-libp2p peers only, not yet against js-waku or the Nim node.
 //! Every node refuses a TCP listen port already in use ([`Error::AddressInUse`]) and dials
 //! its bootstrap peers again, with backoff, when they go away. Not yet done: relay over
-//! mplex (js-waku's default muxer) and the js-waku interop tests, lightpush v3,
-//! filter v2, peer exchange and discovery beyond the bootstrap peers, catch-up resumed
-//! when a store comes back, segmentation wired into publishing, choosing a store for
-//! [`Node::store_query`] among connected peers (the caller names one).
+//! mplex (js-waku's default muxer) and the js-waku interop tests, peer exchange and
+//! discovery beyond the bootstrap peers, catch-up resumed when a store comes back,
+//! segmentation wired into publishing, choosing a store for [`Node::store_query`] (or a
+//! lightpush or filter service) among connected peers (the caller names one).
+//!
+//! *Lightpush and filter* (issue 13 item 1: a light client publishes and receives without
+//! relaying). A Waku node can be a lightpush v3 service
+//! ([`Config::with_lightpush_service`](node::Config::with_lightpush_service),
+//! [`waku::lightpush`]) and a filter v2 service
+//! ([`Config::with_filter_service`](node::Config::with_filter_service), [`waku::filter`]);
+//! every Waku node is a client of both ([`Node::lightpush`]; [`Node::filter_subscribe`] and
+//! [`Node::filter_inbound`]), so a light client is a Waku node that relays no shard. A
+//! lightpushed message is checked (well-formed, content topic set, 150 KiB, a shard of the
+//! cluster or an autoshardable content topic), published on relay and answered with the
+//! spec's status and the relay peer count (the peers gossipsub knows on the shard at
+//! publication, not confirmed deliveries). A filter service pushes every relay message it
+//! accepts or publishes, lightpushed ones included, to each matching subscriber; a client
+//! accepts a push only from a service it subscribed with and for criteria it subscribed
+//! to there. The service's decisions are a sans-IO core ([`waku::filter::Subscriptions`]).
+//! Bounds, and why:
+//! - frames: lightpush requests and filter pushes of at most the message limit plus 64 KiB
+//!   (the Nim node's margin), subscription requests of at most 100 topics of 1 KiB,
+//!   responses 64 KiB; a lightpush frame announced longer, up to 1 MiB (the most js-waku
+//!   sends), is read in 4 KiB pieces and discarded so the client gets 413 instead of a
+//!   reset, with memory still bounded by the frame limit;
+//! - requests read at once, over all peers: 32 per service (beyond it 429 without reading)
+//!   and 64 pushes on a client. Request-response bounds streams per connection only: 64
+//!   peers with 4 connections of 32 streams, each announcing a 214 KiB frame, could make a
+//!   service allocate 1.7 GiB; with the slots it holds at most 7 MiB. Reads that never
+//!   finish (too long, closed early, timed out) are counted, as libp2p reports nothing for a
+//!   request it never read;
+//! - every stream times out after [`node::Limits::request_timeout`], which frees the read slot
+//!   of a sender that stalls;
+//! - filter: the Nim node's defaults (100 subscribers, the 101st refused with 503; 1000
+//!   criteria each; 100 content topics per request; a subscription lives 5 minutes after its
+//!   last subscribe, unsubscribe or ping), a subscriber whose pushes have failed for 1 minute
+//!   is dropped (the spec's recommendation), at most 16 pushes in flight to one subscriber
+//!   (below the 32 streams a connection allows; beyond it messages are not pushed to that
+//!   subscriber, which the spec allows of a best-effort service). A client subscribes again
+//!   to all its criteria every minute, well within the TTL, which also restores them at a
+//!   service that restarted.
+//!
+//! Status codes: lightpush uses the spec's table (400, 413, 421, 429, 500, 503 for no relay
+//! peers), not the Nim node's 420 and 505, which are outside it; filter uses the Nim node's
+//! (400, 404, 429, 503), as the spec fixes only "2xx is success". Not yet done: this
+//! service opens one stream per push, but the Nim service keeps a push stream open and
+//! writes further pushes on it until the client closes it; our client reads one push per
+//! stream and closes, so from a Nim service it can lose pushes sent in a burst (a push
+//! handler that reads frames until the stream ends is needed); no per-peer request rate
+//! limits (the Nim node has them); pushes of two messages may arrive in either order (one
+//! stream each), and a client subscribed with two services gets a message twice. None of it
+//! is tested against js-waku or the Nim node yet.
 //!
 //! **Simulation-friendly.** [`Message`], [`Topic`], [`MessageId`], [`Validator`],
 //! [`Error`], [`store::Cursor`] and [`store::Page`] hold no libp2p types, so an in-process

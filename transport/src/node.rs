@@ -27,7 +27,15 @@ use crate::message::{self, Message, MessageId, Topic, Validator, Verdict};
 use crate::rpc::{self, Refusal, Request, Response};
 use crate::slots;
 use crate::store::{self, Cursor, Page, PageLimits, Store};
-use crate::waku::{self, ContentTopic, MessageHash, PubsubTopic, WakuMessage, metadata, relay};
+use crate::waku::framing::ReadSlots;
+use crate::waku::{
+    self, ContentTopic, MessageHash, PubsubTopic, WakuMessage, filter, lightpush, metadata, relay,
+};
+
+mod waku_filter;
+mod waku_lightpush;
+
+pub use waku_filter::FilterInbound;
 
 /// Identify protocol version: nodes of other networks are not confused with ours.
 const IDENTIFY_PROTOCOL: &str = "/pqmls/0.1.0";
@@ -180,6 +188,14 @@ pub struct Config {
     /// and the metadata protocol's cluster gate beside this crate's own protocols. See
     /// [`Config::with_waku`].
     pub waku: Option<relay::Config>,
+    /// Waku lightpush service: `Some` answers `/vac/waku/lightpush/3.0.0` and publishes
+    /// what light clients push on relay. Needs [`Config::waku`]. See
+    /// [`Config::with_lightpush_service`].
+    pub lightpush: Option<lightpush::Config>,
+    /// Waku filter service: `Some` answers `/vac/waku/filter-subscribe/2.0.0-beta1` and
+    /// pushes matching relay messages to subscribers. Needs [`Config::waku`]. See
+    /// [`Config::with_filter_service`].
+    pub filter: Option<filter::Config>,
 }
 
 impl std::fmt::Debug for Config {
@@ -195,6 +211,8 @@ impl std::fmt::Debug for Config {
             .field("validator", &self.validator.is_some())
             .field("limits", &self.limits)
             .field("waku", &self.waku)
+            .field("lightpush", &self.lightpush)
+            .field("filter", &self.filter)
             .finish()
     }
 }
@@ -221,6 +239,8 @@ impl Default for Config {
             validator: None,
             limits: Limits::default(),
             waku: None,
+            lightpush: None,
+            filter: None,
         }
     }
 }
@@ -287,6 +307,25 @@ impl Config {
     /// ([`waku::store`]); every Waku node can ask them ([`Node::store_query`]).
     pub fn with_waku(mut self, relay: relay::Config) -> Self {
         self.waku = Some(relay);
+        self
+    }
+
+    /// Makes this Waku node a lightpush v3 service ([`waku::lightpush`]): it checks each
+    /// pushed message, publishes it on relay and answers with the spec's status and the
+    /// relay peer count. Every Waku node can push through a service
+    /// ([`Node::lightpush`]). Needs [`Config::with_waku`].
+    pub fn with_lightpush_service(mut self, lightpush: lightpush::Config) -> Self {
+        self.lightpush = Some(lightpush);
+        self
+    }
+
+    /// Makes this Waku node a filter v2 service ([`waku::filter`]): it keeps clients'
+    /// subscriptions within [`filter::Config`]'s bounds and pushes each relay message it
+    /// accepts or publishes (lightpushed ones included) to the subscribers it matches.
+    /// Every Waku node can subscribe with a service ([`Node::filter_subscribe`]) and
+    /// receive its pushes ([`Node::filter_inbound`]). Needs [`Config::with_waku`].
+    pub fn with_filter_service(mut self, filter: filter::Config) -> Self {
+        self.filter = Some(filter);
         self
     }
 }
@@ -374,6 +413,43 @@ pub struct Counters {
     pub metadata_admitted: u64,
     /// Peers disconnected by the metadata gate: another cluster, no cluster, or no answer.
     pub metadata_refused: u64,
+    /// Lightpush requests this service is reading now (at most
+    /// [`lightpush::Config::max_concurrent_requests`]).
+    pub lightpush_reading: u64,
+    /// Lightpush requests this service relayed (status 200).
+    pub lightpush_served: u64,
+    /// Lightpush requests this service refused with an error status (including 429), or
+    /// could not read at all (too long, closed early, timed out while being read).
+    pub lightpush_refused: u64,
+    /// Filter subscription requests this service is reading now (at most
+    /// [`filter::Config::max_concurrent_requests`]).
+    pub filter_reading: u64,
+    /// Clients with an active subscription at this filter service (updated on each
+    /// request and every few seconds).
+    pub filter_subscribers: u64,
+    /// Filter subscription requests this service answered with a 2xx status.
+    pub filter_requests_served: u64,
+    /// Filter subscription requests refused with an error status (including the N+1th
+    /// subscriber's 503 and 429s), or that could not be read at all.
+    pub filter_requests_refused: u64,
+    /// Pushes this filter service sent, one per message and matching subscriber (counted
+    /// when sent; those that fail are also counted in [`Counters::filter_pushes_failed`]).
+    pub filter_pushed: u64,
+    /// Pushes not made because the subscriber already had
+    /// [`filter::Config::max_pushes_in_flight`] pushes in flight.
+    pub filter_pushes_dropped: u64,
+    /// Pushes that failed (no connection, protocol not supported, timeout).
+    pub filter_pushes_failed: u64,
+    /// Pushed messages this node accepted as a filter client and delivered to the
+    /// [`FilterInbound`] stream.
+    pub filter_delivered: u64,
+    /// Pushes this node refused as a filter client: from a peer it has no subscription
+    /// with, for criteria it did not subscribe to, malformed, over the size limit, or
+    /// unreadable.
+    pub filter_rejected: u64,
+    /// Accepted pushes dropped because the [`FilterInbound`] stream was full (or nobody
+    /// took it).
+    pub filter_inbound_dropped: u64,
 }
 
 #[derive(Default)]
@@ -410,6 +486,20 @@ struct Stats {
     relay_inbound_dropped: AtomicU64,
     metadata_admitted: AtomicU64,
     metadata_refused: AtomicU64,
+    lightpush_reading: Arc<AtomicU64>,
+    lightpush_served: AtomicU64,
+    lightpush_refused: Arc<AtomicU64>,
+    filter_reading: Arc<AtomicU64>,
+    filter_subscribers: AtomicU64,
+    filter_requests_served: AtomicU64,
+    filter_requests_refused: Arc<AtomicU64>,
+    filter_pushed: AtomicU64,
+    filter_pushes_dropped: AtomicU64,
+    filter_pushes_failed: AtomicU64,
+    filter_push_reading: Arc<AtomicU64>,
+    filter_delivered: AtomicU64,
+    filter_rejected: Arc<AtomicU64>,
+    filter_inbound_dropped: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -458,6 +548,19 @@ impl Stats {
             relay_inbound_dropped: g(&self.relay_inbound_dropped),
             metadata_admitted: g(&self.metadata_admitted),
             metadata_refused: g(&self.metadata_refused),
+            lightpush_reading: g(&self.lightpush_reading),
+            lightpush_served: g(&self.lightpush_served),
+            lightpush_refused: g(&self.lightpush_refused),
+            filter_reading: g(&self.filter_reading),
+            filter_subscribers: g(&self.filter_subscribers),
+            filter_requests_served: g(&self.filter_requests_served),
+            filter_requests_refused: g(&self.filter_requests_refused),
+            filter_pushed: g(&self.filter_pushed),
+            filter_pushes_dropped: g(&self.filter_pushes_dropped),
+            filter_pushes_failed: g(&self.filter_pushes_failed),
+            filter_delivered: g(&self.filter_delivered),
+            filter_rejected: g(&self.filter_rejected),
+            filter_inbound_dropped: g(&self.filter_inbound_dropped),
         }
     }
 }
@@ -483,6 +586,8 @@ enum Command {
         waku::store::QueryRequest,
         Reply<waku::store::QueryResponse>,
     ),
+    LightPush(PeerId, Option<PubsubTopic>, WakuMessage, Reply<u32>),
+    Filter(PeerId, waku_filter::Op, Reply<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -496,6 +601,7 @@ pub struct Node {
     limits: Limits,
     waku: Option<relay::Config>,
     relay_inbound: Arc<Mutex<Option<RelayInbound>>>,
+    filter_inbound: Arc<Mutex<Option<FilterInbound>>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -578,6 +684,12 @@ struct Behaviour {
     metadata: Toggle<request_response::Behaviour<metadata::Codec>>,
     /// Waku store v3: served by store nodes, asked by every Waku node.
     waku_store: Toggle<request_response::Behaviour<waku::store::Codec>>,
+    /// Waku lightpush v3: served by lightpush services, used by every Waku node.
+    lightpush: Toggle<request_response::Behaviour<lightpush::Codec>>,
+    /// Waku filter v2 subscriptions: served by filter services, asked by every Waku node.
+    filter_subscribe: Toggle<request_response::Behaviour<filter::SubscribeCodec>>,
+    /// Waku filter v2 pushes: sent by filter services, received by every Waku node.
+    filter_push: Toggle<request_response::Behaviour<filter::PushCodec>>,
 }
 
 impl Node {
@@ -635,6 +747,32 @@ impl Node {
                 return Err(Error::Config(
                     "waku max_message_size is out of range".into(),
                 ));
+            }
+        }
+        if let Some(lp) = &config.lightpush {
+            if config.waku.is_none() {
+                return Err(Error::Config(
+                    "the lightpush service needs Waku relay (Config::with_waku)".into(),
+                ));
+            }
+            if lp.max_concurrent_requests == 0 {
+                return Err(Error::Config(
+                    "lightpush max_concurrent_requests must be non-zero".into(),
+                ));
+            }
+        }
+        if let Some(f) = &config.filter {
+            if config.waku.is_none() {
+                return Err(Error::Config(
+                    "the filter service needs Waku relay (Config::with_waku)".into(),
+                ));
+            }
+            if f.max_subscribers == 0
+                || f.max_criteria_per_subscriber == 0
+                || f.max_pushes_in_flight == 0
+                || f.max_concurrent_requests == 0
+            {
+                return Err(Error::Config("filter limits must be non-zero".into()));
             }
         }
         let keypair = match &config.data_dir {
@@ -717,17 +855,23 @@ impl Node {
 
         let (cmd_tx, cmd_rx) = mpsc::channel(limits.command_queue);
         let (in_tx, in_rx) = mpsc::channel(limits.inbound_queue);
-        let (waku, relay_inbound) = match &config.waku {
+        let (waku, relay_inbound, filter_inbound) = match &config.waku {
             Some(w) => {
                 let (tx, rx) = mpsc::channel(limits.inbound_queue);
+                let (filter_tx, filter_rx) = mpsc::channel(limits.inbound_queue);
                 let state = WakuState {
                     config: w.clone(),
                     inbound: tx,
                     shards: HashSet::new(),
+                    filter: waku_filter::State::new(config.filter.clone(), filter_tx),
                 };
-                (Some(state), Some(RelayInbound { rx }))
+                (
+                    Some(state),
+                    Some(RelayInbound { rx }),
+                    Some(FilterInbound::new(filter_rx)),
+                )
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let mut task = Task {
             swarm,
@@ -752,6 +896,9 @@ impl Node {
             bootstrap: Vec::new(),
             archive,
             store_queries: HashMap::new(),
+            lightpush_service: config.lightpush.clone(),
+            lightpushes: HashMap::new(),
+            next_request_id: 0,
         };
         task.resubscribe_served_topics();
         for shard in config.waku.iter().flat_map(|w| w.shards.iter()) {
@@ -779,6 +926,7 @@ impl Node {
                 limits,
                 waku: config.waku.clone(),
                 relay_inbound: Arc::new(Mutex::new(relay_inbound)),
+                filter_inbound: Arc::new(Mutex::new(filter_inbound)),
             },
             Inbound { rx: in_rx },
         ))
@@ -1173,7 +1321,7 @@ fn build_behaviour(
         },
         stats.slots.clone(),
     );
-    let (relay, metadata, waku_store) = match &config.waku {
+    let (relay, metadata, waku_store, lightpush, filters) = match &config.waku {
         Some(w) => {
             let mut relay = relay::behaviour(w).map_err(Error::Setup)?;
             relay
@@ -1204,10 +1352,40 @@ fn build_behaviour(
                     .with_request_timeout(limits.request_timeout)
                     .with_max_concurrent_streams(limits.max_concurrent_streams),
             );
-            (Some(relay), Some(metadata), Some(waku_store))
+            let support = if config.lightpush.is_some() {
+                ProtocolSupport::Full
+            } else {
+                ProtocolSupport::Outbound
+            };
+            let lightpush = request_response::Behaviour::with_codec(
+                lightpush::Codec::new(
+                    w.max_message_size,
+                    ReadSlots::new(
+                        stats.lightpush_reading.clone(),
+                        stats.lightpush_refused.clone(),
+                        config
+                            .lightpush
+                            .as_ref()
+                            .map_or(1, |c| c.max_concurrent_requests),
+                    ),
+                ),
+                [(StreamProtocol::new(lightpush::PROTOCOL), support)],
+                request_response::Config::default()
+                    .with_request_timeout(limits.request_timeout)
+                    .with_max_concurrent_streams(limits.max_concurrent_streams),
+            );
+            let filters = waku_filter::behaviours(config, w, limits, stats);
+            (
+                Some(relay),
+                Some(metadata),
+                Some(waku_store),
+                Some(lightpush),
+                Some(filters),
+            )
         }
-        None => (None, None, None),
+        None => (None, None, None, None, None),
     };
+    let (filter_subscribe, filter_push) = filters.unzip();
     Ok(Behaviour {
         slots,
         gossipsub,
@@ -1219,6 +1397,9 @@ fn build_behaviour(
         relay: Toggle::from(relay),
         metadata: Toggle::from(metadata),
         waku_store: Toggle::from(waku_store),
+        lightpush: Toggle::from(lightpush),
+        filter_subscribe: Toggle::from(filter_subscribe),
+        filter_push: Toggle::from(filter_push),
     })
 }
 
@@ -1431,6 +1612,12 @@ struct Task {
     archive: Option<waku::store::Archive>,
     /// Outstanding Waku store queries of this node.
     store_queries: HashMap<OutboundRequestId, Reply<waku::store::QueryResponse>>,
+    /// The lightpush service's settings, when this node is one.
+    lightpush_service: Option<lightpush::Config>,
+    /// Outstanding lightpush requests of this node (as a client).
+    lightpushes: HashMap<OutboundRequestId, Reply<u32>>,
+    /// Numbers the request ids of this node's lightpush and filter requests.
+    next_request_id: u64,
     /// Waku relay and metadata, when on.
     waku: Option<WakuState>,
     /// The bootstrap peers, dialed again with backoff when they go away.
@@ -1475,6 +1662,8 @@ struct WakuState {
     inbound: mpsc::Sender<relay::Received>,
     /// Shards subscribed to on relay (announced in metadata).
     shards: HashSet<u16>,
+    /// Filter service and client state.
+    filter: waku_filter::State,
 }
 
 impl Task {
@@ -1486,6 +1675,7 @@ impl Task {
             .max(Duration::from_secs(1));
         let mut prune = tokio::time::interval(prune_every);
         let mut redial = tokio::time::interval(REDIAL_TICK);
+        let mut filter_tick = tokio::time::interval(waku_filter::TICK);
         let mut done = None;
         loop {
             tokio::select! {
@@ -1500,6 +1690,7 @@ impl Task {
                 },
                 _ = prune.tick() => self.prune(),
                 _ = redial.tick() => self.redial_due(),
+                _ = filter_tick.tick() => self.filter_tick(),
             }
         }
         // Close connections, listeners and the database before reporting completion.
@@ -1676,6 +1867,10 @@ impl Task {
                 let _ = reply.send(Ok(n));
             }
             Command::StoreQuery(peer, request, reply) => self.store_query(peer, request, reply),
+            Command::LightPush(peer, shard, message, reply) => {
+                self.lightpush(peer, shard, message, reply);
+            }
+            Command::Filter(peer, op, reply) => self.filter_request(peer, op, reply),
             Command::Shutdown(_) => {
                 // Handled by the loop in `run`.
             }
@@ -1777,6 +1972,18 @@ impl Task {
     }
 
     fn relay_publish(&mut self, shard: PubsubTopic, message: &WakuMessage) -> Result<MessageHash> {
+        self.relay_publish_counted(shard, message)
+            .map(|(hash, _)| hash)
+    }
+
+    /// Publishes on relay; returns the message's hash and the number of relay peers known
+    /// on the shard when it was published (flood publishing sends it to each of them, less
+    /// any gossipsub scores below its publish threshold).
+    fn relay_publish_counted(
+        &mut self,
+        shard: PubsubTopic,
+        message: &WakuMessage,
+    ) -> Result<(MessageHash, usize)> {
         let topic = shard.to_string();
         let hash = waku::message_hash(&topic, message);
         self.archive_message(&shard, &hash, message);
@@ -1785,10 +1992,16 @@ impl Task {
         let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() else {
             return Err(Error::Config("Waku relay is off".into()));
         };
-        match relay.publish(gossipsub::TopicHash::from_raw(topic), data) {
+        let topic = gossipsub::TopicHash::from_raw(topic);
+        let peers = relay
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&topic))
+            .count();
+        match relay.publish(topic, data) {
             Ok(_) => {
                 bump(&self.stats.relay_published);
-                Ok(hash)
+                self.filter_push(shard, message);
+                Ok((hash, peers))
             }
             Err(gossipsub::PublishError::Duplicate) => Err(Error::Duplicate),
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Err(Error::NoPeers),
@@ -1832,6 +2045,7 @@ impl Task {
         };
         let hash = waku::message_hash(&shard.to_string(), &message);
         self.archive_message(&shard, &hash, &message);
+        self.filter_push(shard, &message);
         let Some(waku) = &self.waku else {
             return;
         };
@@ -1866,7 +2080,7 @@ impl Task {
         request: waku::store::QueryRequest,
         reply: Reply<waku::store::QueryResponse>,
     ) {
-        if !self.has_room(1 + self.store_queries.len()) {
+        if !self.has_room(1 + self.waku_requests()) {
             let _ = reply.send(Err(Error::Busy));
             return;
         }
@@ -2038,6 +2252,19 @@ impl Task {
 
     fn has_room(&self, n: usize) -> bool {
         self.pending.len().saturating_add(n) <= self.limits.max_pending_requests
+    }
+
+    /// Outstanding Waku requests of this node as a client (store, lightpush, filter).
+    fn waku_requests(&self) -> usize {
+        self.store_queries.len()
+            + self.lightpushes.len()
+            + self.waku.as_ref().map_or(0, |w| w.filter.requests())
+    }
+
+    /// A request id unique to this node: its peer id and a counter.
+    fn request_id(&mut self) -> String {
+        self.next_request_id += 1;
+        format!("{}-{}", self.swarm.local_peer_id(), self.next_request_id)
     }
 
     fn put(&mut self, key: Vec<u8>, blob: Vec<u8>, reply: Reply<()>) {
@@ -2223,6 +2450,11 @@ impl Task {
             SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay(e),
             SwarmEvent::Behaviour(BehaviourEvent::Metadata(e)) => self.on_metadata(e),
             SwarmEvent::Behaviour(BehaviourEvent::WakuStore(e)) => self.on_waku_store(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Lightpush(e)) => self.on_lightpush(e),
+            SwarmEvent::Behaviour(BehaviourEvent::FilterSubscribe(e)) => {
+                self.on_filter_subscribe(e);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::FilterPush(e)) => self.on_filter_push(e),
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) => self.on_rpc(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,

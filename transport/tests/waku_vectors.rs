@@ -137,3 +137,216 @@ fn autosharding_example_of_relay_sharding() {
         );
     }
 }
+
+/// The fields of protobuf `message` in the spec's protobuf blocks, by name: (type, field
+/// number); values of an enum declared inside it appear as (`"enum"`, value).
+fn proto_fields(spec: &str, message: &str) -> std::collections::HashMap<String, (String, u64)> {
+    let mut fields = std::collections::HashMap::new();
+    let start = spec
+        .find(&format!("message {message} {{"))
+        .unwrap_or_else(|| panic!("no message {message}"));
+    let mut depth = 0;
+    for line in spec[start..].lines() {
+        let line = line.split("//").next().unwrap().trim();
+        depth += line.matches('{').count();
+        depth -= line.matches('}').count();
+        if depth == 0 {
+            break;
+        }
+        let Some((decl, number)) = line.strip_suffix(';').and_then(|l| l.split_once('=')) else {
+            continue;
+        };
+        let number: u64 = number.trim().parse().unwrap();
+        let words: Vec<&str> = decl
+            .split_whitespace()
+            .filter(|w| *w != "optional" && *w != "repeated")
+            .collect();
+        match words.as_slice() {
+            [ty, name] => fields.insert((*name).to_owned(), ((*ty).to_owned(), number)),
+            [value] => fields.insert((*value).to_owned(), ("enum".to_owned(), number)),
+            _ => panic!("unexpected declaration {line}"),
+        };
+    }
+    fields
+}
+
+fn varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out
+}
+
+/// A field of wire type 0 (varint) with `value`.
+fn varint_field(number: u64, value: u64) -> Vec<u8> {
+    [varint(number << 3), varint(value)].concat()
+}
+
+/// A field of wire type 2 (length-delimited) holding `bytes`.
+fn bytes_field(number: u64, bytes: &[u8]) -> Vec<u8> {
+    [
+        varint((number << 3) | 2),
+        varint(bytes.len() as u64),
+        bytes.to_vec(),
+    ]
+    .concat()
+}
+
+/// Field `name` of `fields`, checked to have type `ty`: its number.
+fn number(fields: &std::collections::HashMap<String, (String, u64)>, name: &str, ty: &str) -> u64 {
+    let (t, n) = fields
+        .get(name)
+        .unwrap_or_else(|| panic!("no field {name}"));
+    assert_eq!(t, ty, "type of {name}");
+    *n
+}
+
+/// `WakuMessage { payload: [1, 2, 3], content_topic: "/a/1/b/c", timestamp: -1 }` encoded
+/// from the field numbers of 14/WAKU2-MESSAGE (timestamp is sint64: zigzag, -1 is 1).
+fn spec_waku_message() -> (WakuMessage, Vec<u8>) {
+    let spec = std::fs::read_to_string(data().join("waku/message.md")).unwrap();
+    let f = proto_fields(&spec, "WakuMessage");
+    let bytes = [
+        bytes_field(number(&f, "payload", "bytes"), &[1, 2, 3]),
+        bytes_field(number(&f, "content_topic", "string"), b"/a/1/b/c"),
+        varint_field(number(&f, "timestamp", "sint64"), 1),
+    ]
+    .concat();
+    let m = WakuMessage::new("/a/1/b/c", vec![1, 2, 3]).with_timestamp(-1);
+    (m, bytes)
+}
+
+#[test]
+fn lightpush_payloads_use_the_field_numbers_of_the_spec() {
+    use pqmls_transport::waku::lightpush::{LightPushRequest, LightPushResponse};
+    use prost::Message as _;
+
+    let spec = std::fs::read_to_string(data().join("waku/lightpush.md")).unwrap();
+    assert!(spec.contains("**Protocol identifier**: `/vac/waku/lightpush/3.0.0`"));
+    assert_eq!(
+        pqmls_transport::waku::lightpush::PROTOCOL,
+        "/vac/waku/lightpush/3.0.0"
+    );
+    let (message, message_bytes) = spec_waku_message();
+
+    let f = proto_fields(&spec, "LightPushRequest");
+    assert_eq!(f.len(), 3, "{f:?}");
+    let want = [
+        bytes_field(number(&f, "request_id", "string"), b"r1"),
+        bytes_field(number(&f, "pubsub_topic", "string"), b"/waku/2/rs/3/0"),
+        bytes_field(number(&f, "message", "WakuMessage"), &message_bytes),
+    ]
+    .concat();
+    let request = LightPushRequest {
+        request_id: "r1".into(),
+        pubsub_topic: Some("/waku/2/rs/3/0".into()),
+        message: Some(message),
+    };
+    assert_eq!(request.encode_to_vec(), want);
+    assert_eq!(LightPushRequest::decode(want.as_slice()).unwrap(), request);
+
+    let f = proto_fields(&spec, "LightPushResponse");
+    assert_eq!(f.len(), 4, "{f:?}");
+    let success = [
+        bytes_field(number(&f, "request_id", "string"), b"r1"),
+        varint_field(number(&f, "status_code", "uint32"), 200),
+        varint_field(number(&f, "relay_peer_count", "uint32"), 5),
+    ]
+    .concat();
+    let response = LightPushResponse::decode(success.as_slice()).unwrap();
+    assert_eq!(response, LightPushResponse::success("r1", 5));
+    assert_eq!(response.encode_to_vec(), success);
+    let refusal = [
+        bytes_field(number(&f, "request_id", "string"), b"r2"),
+        varint_field(number(&f, "status_code", "uint32"), 413),
+        bytes_field(number(&f, "status_desc", "string"), b"too big"),
+    ]
+    .concat();
+    let response = LightPushResponse::decode(refusal.as_slice()).unwrap();
+    assert_eq!(
+        (response.status_code, response.status_desc.as_deref()),
+        (413, Some("too big"))
+    );
+    assert_eq!(response.relay_peer_count, None);
+}
+
+#[test]
+fn filter_payloads_use_the_field_numbers_of_the_spec() {
+    use pqmls_transport::waku::filter::{
+        self, MessagePush, SubscribeRequest, SubscribeResponse, SubscribeType,
+    };
+    use prost::Message as _;
+
+    let spec = std::fs::read_to_string(data().join("waku/filter.md")).unwrap();
+    for id in [filter::SUBSCRIBE_PROTOCOL, filter::PUSH_PROTOCOL] {
+        assert!(spec.contains(&format!("`{id}`")), "{id}");
+    }
+    assert_eq!(
+        filter::SUBSCRIBE_PROTOCOL,
+        "/vac/waku/filter-subscribe/2.0.0-beta1"
+    );
+    assert_eq!(filter::PUSH_PROTOCOL, "/vac/waku/filter-push/2.0.0-beta1");
+
+    let f = proto_fields(&spec, "FilterSubscribeRequest");
+    // The enum's values, as the spec numbers them.
+    for (name, ours) in [
+        ("SUBSCRIBER_PING", SubscribeType::SubscriberPing),
+        ("SUBSCRIBE", SubscribeType::Subscribe),
+        ("UNSUBSCRIBE", SubscribeType::Unsubscribe),
+        ("UNSUBSCRIBE_ALL", SubscribeType::UnsubscribeAll),
+    ] {
+        assert_eq!(number(&f, name, "enum"), ours as u64, "{name}");
+    }
+    let want = [
+        bytes_field(number(&f, "request_id", "string"), b"s1"),
+        varint_field(
+            number(&f, "filter_subscribe_type", "FilterSubscribeType"),
+            number(&f, "SUBSCRIBE", "enum"),
+        ),
+        bytes_field(number(&f, "pubsub_topic", "string"), b"/waku/2/rs/3/0"),
+        bytes_field(number(&f, "content_topics", "string"), b"/a/1/b/c"),
+        bytes_field(number(&f, "content_topics", "string"), b"/a/1/d/c"),
+    ]
+    .concat();
+    let request = SubscribeRequest {
+        request_id: "s1".into(),
+        filter_subscribe_type: SubscribeType::Subscribe as i32,
+        pubsub_topic: Some("/waku/2/rs/3/0".into()),
+        content_topics: vec!["/a/1/b/c".into(), "/a/1/d/c".into()],
+    };
+    assert_eq!(request.encode_to_vec(), want);
+    assert_eq!(SubscribeRequest::decode(want.as_slice()).unwrap(), request);
+
+    let f = proto_fields(&spec, "FilterSubscribeResponse");
+    assert_eq!(f.len(), 3, "{f:?}");
+    let bytes = [
+        bytes_field(number(&f, "request_id", "string"), b"s1"),
+        varint_field(number(&f, "status_code", "uint32"), 503),
+        bytes_field(number(&f, "status_desc", "string"), b"full"),
+    ]
+    .concat();
+    let response = SubscribeResponse::decode(bytes.as_slice()).unwrap();
+    assert_eq!(
+        response,
+        SubscribeResponse::new("s1", filter::Status::ServiceUnavailable, "full")
+    );
+    assert_eq!(response.encode_to_vec(), bytes);
+
+    let f = proto_fields(&spec, "MessagePush");
+    assert_eq!(f.len(), 2, "{f:?}");
+    let (message, message_bytes) = spec_waku_message();
+    let want = [
+        bytes_field(number(&f, "waku_message", "WakuMessage"), &message_bytes),
+        bytes_field(number(&f, "pubsub_topic", "string"), b"/waku/2/rs/3/0"),
+    ]
+    .concat();
+    let push = MessagePush {
+        waku_message: Some(message),
+        pubsub_topic: Some("/waku/2/rs/3/0".into()),
+    };
+    assert_eq!(push.encode_to_vec(), want);
+    assert_eq!(MessagePush::decode(want.as_slice()).unwrap(), push);
+}

@@ -5,7 +5,7 @@
 //! are until the SDK moves onto Waku.
 //!
 //! Dependencies, and why:
-//! - `prost` for the protobuf messages (`WakuMessage`, the segment message, later store,
+//! - `prost` for the protobuf messages (`WakuMessage`, the segment message, store,
 //!   lightpush, filter, metadata): proto3 with optional fields and zigzag `sint64`, which a
 //!   hand-written codec would have to reproduce exactly; prost is already in the tree
 //!   through libp2p, so it costs no build time.
@@ -16,6 +16,9 @@
 //!   reference implementation uses through nim-leopard (up to 256 shards). Pure Rust, two
 //!   small dependencies already in the tree.
 
+pub mod filter;
+pub mod framing;
+pub mod lightpush;
 pub mod message;
 pub mod metadata;
 pub mod relay;

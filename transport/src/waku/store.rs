@@ -27,11 +27,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWrite};
 use libp2p::StreamProtocol;
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::framing::{invalid, read_frame, write_frame};
 use super::message::{MessageHash, WakuMessage};
 
 /// Protocol id.
@@ -167,38 +168,6 @@ impl Codec {
     }
 }
 
-fn invalid(msg: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
-    let mut len: u64 = 0;
-    // Four varint bytes reach 2^28, above both limits; a fifth means too large.
-    for i in 0..4 {
-        let mut b = [0u8; 1];
-        io.read_exact(&mut b).await?;
-        len |= u64::from(b[0] & 0x7f) << (7 * i);
-        if b[0] & 0x80 == 0 {
-            let len = usize::try_from(len).map_err(|_| invalid("length too large"))?;
-            if len > max {
-                return Err(invalid("store frame too large"));
-            }
-            let mut body = vec![0u8; len];
-            io.read_exact(&mut body).await?;
-            return Ok(body);
-        }
-    }
-    Err(invalid("store frame too large"))
-}
-
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: Vec<u8>) -> io::Result<()> {
-    let mut framed = Vec::with_capacity(body.len() + 5);
-    prost::encoding::encode_varint(body.len() as u64, &mut framed);
-    framed.extend_from_slice(&body);
-    io.write_all(&framed).await?;
-    io.flush().await
-}
-
 impl libp2p::request_response::Codec for Codec {
     type Protocol = StreamProtocol;
     type Request = QueryRequest;
@@ -240,7 +209,7 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, req.encode_to_vec()).await
+        write_frame(io, &req.encode_to_vec()).await
     }
 
     async fn write_response<T>(
@@ -252,7 +221,7 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, res.encode_to_vec()).await
+        write_frame(io, &res.encode_to_vec()).await
     }
 }
 

@@ -1,0 +1,253 @@
+//! Length-prefixed frames, as every Waku request-response protocol sends its protobufs (the
+//! Nim node's `readLp`/`writeLp`, js-waku's `it-length-prefixed`): an unsigned-varint length,
+//! then that many bytes. Every read is bounded: a length is checked against the caller's
+//! maximum before anything is allocated.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A frame read by a service: the decoded message, or why there is none. A service answers
+/// the last two with an error status (the Nim node answers an undecodable lightpush request
+/// with 400 and request id `N/A`) instead of dropping the stream without a word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Framed<T> {
+    /// A frame within the bound that decoded.
+    Message(T),
+    /// A frame within the bound that is not the protocol's protobuf.
+    Malformed,
+    /// A frame announced longer than the bound (but not longer than the drain limit); its
+    /// bytes were read and thrown away. Holds the announced length.
+    TooLarge(usize),
+    /// Not read: as many requests as [`ReadSlots`] allows were being read already.
+    Busy,
+}
+
+/// A bound on the requests of one protocol being read at once, over all connections and
+/// peers (request-response bounds streams per connection only). A read holds a slot from
+/// its first byte to its last, which is when a request holds up to a frame of memory and
+/// where a slow sender can keep it; a request that finds every slot taken is answered
+/// "busy" without being read. The count is shared with the node's counters, and so is a
+/// count of reads that never finished (an I/O error, a frame too long, the stream timeout):
+/// libp2p does not report those.
+#[derive(Debug, Clone)]
+pub struct ReadSlots {
+    reading: Arc<AtomicU64>,
+    unreadable: Arc<AtomicU64>,
+    max: u64,
+}
+
+/// A taken slot, given back when dropped; a slot dropped before [`Slot::finish`] counts
+/// as an unreadable request.
+#[derive(Debug)]
+pub struct Slot {
+    reading: Arc<AtomicU64>,
+    unreadable: Arc<AtomicU64>,
+    finished: bool,
+}
+
+impl Slot {
+    /// Marks the read as complete (whatever the bytes were).
+    pub fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.reading.fetch_sub(1, Ordering::AcqRel);
+        if !self.finished {
+            self.unreadable.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl ReadSlots {
+    /// At most `max` reads at once, counted in `reading`; reads that never finish are
+    /// counted in `unreadable`.
+    pub fn new(reading: Arc<AtomicU64>, unreadable: Arc<AtomicU64>, max: usize) -> Self {
+        Self {
+            reading,
+            unreadable,
+            max: u64::try_from(max).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Takes a slot if one is free.
+    pub fn try_take(&self) -> Option<Slot> {
+        self.reading
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot {
+                reading: self.reading.clone(),
+                unreadable: self.unreadable.clone(),
+                finished: false,
+            })
+    }
+
+    /// Reads being made now.
+    pub fn reading(&self) -> u64 {
+        self.reading.load(Ordering::Acquire)
+    }
+
+    /// Reads that never finished so far.
+    pub fn unreadable(&self) -> u64 {
+        self.unreadable.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Reads an unsigned-varint length prefix of at most five bytes (up to 2^35 - 1).
+async fn read_len<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<u64> {
+    let mut len: u64 = 0;
+    for i in 0..5 {
+        let mut b = [0u8; 1];
+        io.read_exact(&mut b).await?;
+        len |= u64::from(b[0] & 0x7f) << (7 * i);
+        if b[0] & 0x80 == 0 {
+            return Ok(len);
+        }
+    }
+    Err(invalid("frame length prefix too long"))
+}
+
+/// Reads one frame of at most `max` bytes.
+///
+/// # Errors
+///
+/// The I/O error, or `InvalidData` for a length above `max`, which is refused before
+/// anything is read or allocated.
+pub async fn read_frame<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(read_len(io).await?).map_err(|_| invalid("frame too large"))?;
+    if len > max {
+        return Err(invalid("frame too large"));
+    }
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Reads one frame for a service: at most `max` bytes are kept and decoded with `decode`; a
+/// frame announced longer, up to `drain`, is read in small pieces and discarded so the
+/// service can still answer ([`Framed::TooLarge`]). Memory stays bounded by `max` either way.
+///
+/// # Errors
+///
+/// The I/O error, or `InvalidData` for an announced length above `drain`, refused before it
+/// is read.
+pub async fn read_service_frame<T, M>(
+    io: &mut T,
+    max: usize,
+    drain: usize,
+    decode: impl FnOnce(&[u8]) -> Option<M>,
+) -> io::Result<Framed<M>>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    let len = usize::try_from(read_len(io).await?).map_err(|_| invalid("frame too large"))?;
+    if len > drain.max(max) {
+        return Err(invalid("frame too large"));
+    }
+    if len > max {
+        let mut left = len;
+        let mut chunk = [0u8; 4096];
+        while left > 0 {
+            let n = left.min(chunk.len());
+            io.read_exact(&mut chunk[..n]).await?;
+            left -= n;
+        }
+        return Ok(Framed::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await?;
+    Ok(decode(&body).map_or(Framed::Malformed, Framed::Message))
+}
+
+/// Writes `body` as one frame and flushes.
+///
+/// # Errors
+///
+/// The I/O error.
+pub async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: &[u8]) -> io::Result<()> {
+    let mut framed = Vec::with_capacity(body.len() + 5);
+    prost::encoding::encode_varint(body.len() as u64, &mut framed);
+    framed.extend_from_slice(body);
+    io.write_all(&framed).await?;
+    io.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        futures::executor::block_on(f)
+    }
+
+    #[test]
+    fn frames_round_trip_and_lengths_are_bounded() {
+        let mut buf = Vec::new();
+        run(write_frame(&mut buf, b"hello")).unwrap();
+        assert_eq!(buf, b"\x05hello");
+        let mut r = futures::io::Cursor::new(buf.clone());
+        assert_eq!(run(read_frame(&mut r, 5)).unwrap(), b"hello");
+        let mut r = futures::io::Cursor::new(buf);
+        assert!(run(read_frame(&mut r, 4)).is_err(), "over the bound");
+        // Six continuation bytes: refused before any body is read.
+        let mut r = futures::io::Cursor::new(vec![0xff; 6]);
+        assert!(run(read_frame(&mut r, usize::MAX)).is_err());
+        let mut r = futures::io::Cursor::new(vec![3, 1]);
+        assert!(run(read_frame(&mut r, 5)).is_err(), "truncated");
+    }
+
+    #[test]
+    fn read_slots_are_bounded_given_back_and_count_unfinished_reads() {
+        let slots = ReadSlots::new(Default::default(), Default::default(), 2);
+        let a = slots.try_take().unwrap();
+        let b = slots.try_take().unwrap();
+        assert!(slots.try_take().is_none());
+        assert_eq!(slots.reading(), 2);
+        a.finish();
+        let c = slots.try_take().unwrap();
+        b.finish();
+        drop(c);
+        assert_eq!((slots.reading(), slots.unreadable()), (0, 1));
+    }
+
+    #[test]
+    fn a_service_frame_over_the_bound_is_drained_up_to_the_drain_limit() {
+        let decode = |b: &[u8]| (b != b"bad").then(|| b.to_vec());
+        let mut framed = Vec::new();
+        run(write_frame(&mut framed, &[7; 10_000])).unwrap();
+        framed.extend_from_slice(b"\x02ok");
+        let mut r = futures::io::Cursor::new(framed);
+        assert_eq!(
+            run(read_service_frame(&mut r, 100, 20_000, decode)).unwrap(),
+            Framed::TooLarge(10_000)
+        );
+        // The stream is positioned after the drained frame.
+        assert_eq!(
+            run(read_service_frame(&mut r, 100, 20_000, decode)).unwrap(),
+            Framed::Message(b"ok".to_vec())
+        );
+        let mut r = futures::io::Cursor::new(b"\x03bad".to_vec());
+        assert_eq!(
+            run(read_service_frame(&mut r, 100, 20_000, decode)).unwrap(),
+            Framed::Malformed
+        );
+        let mut over = Vec::new();
+        prost::encoding::encode_varint(20_001, &mut over);
+        let mut r = futures::io::Cursor::new(over);
+        assert!(run(read_service_frame(&mut r, 100, 20_000, decode)).is_err());
+    }
+}

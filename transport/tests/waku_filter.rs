@@ -1,0 +1,404 @@
+//! Waku filter v2 between nodes on 127.0.0.1 over real libp2p sockets: a light client
+//! subscribes with a service and gets the messages a third node relays, once each, until it
+//! unsubscribes; pushes from peers it did not subscribe with, or for criteria it did not
+//! subscribe to, are dropped; the service's subscriber and criteria limits hold; garbage
+//! requests are answered and leave the service serving.
+
+// Tests may unwrap: a panic is a test failure (clippy.toml allows it only inside #[test] fns).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+#[path = "support/waku.rs"]
+mod waku_support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, request_response};
+use pqmls_transport::node::FilterInbound;
+use pqmls_transport::waku::filter::{
+    self, MessagePush, PushCodec, Received, Refused, Status, SubscribeCodec, SubscribeResponse,
+};
+use pqmls_transport::waku::framing::{Framed, ReadSlots};
+use pqmls_transport::waku::{ContentTopic, WakuMessage, lightpush, message_hash, metadata};
+use pqmls_transport::{Error, Node};
+use support::{TIMEOUT, tcp_addr, wait_until};
+use tokio::sync::mpsc;
+use waku_support::{
+    RawOutcome, RawPeer, metadata_behaviour, our_metadata, shard, start, swarm, topic_on,
+    wait_admitted, wait_mesh, waku_config,
+};
+
+fn refused(r: pqmls_transport::Result<()>) -> Status {
+    match r {
+        Err(Error::Filter(Refused { status, .. })) => status,
+        other => panic!("expected a filter refusal, got {other:?}"),
+    }
+}
+
+async fn next(inbound: &mut FilterInbound) -> Received {
+    tokio::time::timeout(TIMEOUT, inbound.recv())
+        .await
+        .expect("push within timeout")
+        .expect("node running")
+}
+
+/// A light client (relaying nothing) connected to `service`, with its push stream.
+async fn light_client(service: &Node) -> (Node, FilterInbound) {
+    let (c, _c_in) = start(waku_config(&[]).with_bootstrap(tcp_addr(service).await)).await;
+    wait_admitted(&c, 1).await;
+    let inbound = c.filter_inbound().expect("filter inbound, first take");
+    assert!(c.filter_inbound().is_none(), "the stream is taken once");
+    (c, inbound)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_messages_reach_a_filter_client_once_each_until_it_unsubscribes() {
+    let (s, _s_in) = start(waku_config(&[0]).with_filter_service(filter::Config::default())).await;
+    let (r, _r_in) = start(waku_config(&[0]).with_bootstrap(tcp_addr(&s).await)).await;
+    wait_mesh(&s, shard(0), 1).await;
+    wait_mesh(&r, shard(0), 1).await;
+    let (c, mut c_in) = light_client(&s).await;
+    let sp = s.peer_id();
+    let (t_a, t_b, t_other) = (topic_on(0, 0), topic_on(0, 1), topic_on(0, 2));
+
+    c.filter_subscribe(sp, shard(0), &[t_a.clone(), t_b.clone()])
+        .await
+        .unwrap();
+    assert_eq!(s.counters().filter_subscribers, 1);
+    c.filter_ping(sp).await.unwrap();
+
+    // The third node relays three messages; two match.
+    let a1 = r.relay_publish(&t_a, b"a1".to_vec()).await.unwrap();
+    r.relay_publish(&t_other, b"o1".to_vec()).await.unwrap();
+    let b1 = r.relay_publish(&t_b, b"b1".to_vec()).await.unwrap();
+    let mut got = HashSet::new();
+    for _ in 0..2 {
+        let m = next(&mut c_in).await;
+        assert_eq!((m.peer, m.shard), (sp, shard(0)));
+        assert_eq!(m.hash, message_hash(&shard(0).to_string(), &m.message));
+        got.insert((m.hash, m.message.payload));
+    }
+    assert_eq!(
+        got,
+        HashSet::from([(a1, b"a1".to_vec()), (b1, b"b1".to_vec())])
+    );
+    // Pushes are sent when the service accepts a relay message: with all three accepted,
+    // exactly the two matching ones were pushed, and nothing else arrived.
+    wait_until("service got all three", || async {
+        s.counters().relay_delivered == 3
+    })
+    .await;
+    assert_eq!(s.counters().filter_pushed, 2);
+    assert!(c_in.try_recv().is_none());
+    assert_eq!(
+        (c.counters().filter_delivered, c.counters().filter_rejected),
+        (2, 0)
+    );
+
+    // Unsubscribing from a stops its pushes; b still comes.
+    c.filter_unsubscribe(sp, shard(0), std::slice::from_ref(&t_a))
+        .await
+        .unwrap();
+    r.relay_publish(&t_a, b"a2".to_vec()).await.unwrap();
+    r.relay_publish(&t_b, b"b2".to_vec()).await.unwrap();
+    assert_eq!(next(&mut c_in).await.message.payload, b"b2");
+    wait_until("service got a2 and b2", || async {
+        s.counters().relay_delivered == 5
+    })
+    .await;
+    assert_eq!(s.counters().filter_pushed, 3, "a2 was not pushed");
+    assert!(c_in.try_recv().is_none());
+    assert_eq!(
+        refused(c.filter_unsubscribe(sp, shard(0), &[t_a]).await),
+        Status::NotFound
+    );
+
+    // Unsubscribing from everything ends the subscription.
+    c.filter_unsubscribe_all(sp).await.unwrap();
+    assert_eq!(refused(c.filter_ping(sp).await), Status::NotFound);
+    assert_eq!(s.counters().filter_subscribers, 0);
+    r.relay_publish(&t_b, b"b3".to_vec()).await.unwrap();
+    wait_until("service got b3", || async {
+        s.counters().relay_delivered == 6
+    })
+    .await;
+    assert_eq!(s.counters().filter_pushed, 3);
+    assert_eq!(s.counters().filter_pushes_failed, 0);
+    assert!(c_in.try_recv().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lightpushed_message_reaches_a_filter_client_of_the_same_service() {
+    let service = waku_config(&[0])
+        .with_filter_service(filter::Config::default())
+        .with_lightpush_service(lightpush::Config::default());
+    let (s, _s_in) = start(service).await;
+    let (r, _r_in) = start(waku_config(&[0]).with_bootstrap(tcp_addr(&s).await)).await;
+    wait_mesh(&s, shard(0), 1).await;
+    let (c, mut c_in) = light_client(&s).await;
+    let (pusher, _p_in) = light_client(&s).await;
+    let t = topic_on(0, 0);
+    c.filter_subscribe(s.peer_id(), shard(0), std::slice::from_ref(&t))
+        .await
+        .unwrap();
+    let m = WakuMessage::new(t.to_string(), b"light to light".to_vec());
+    assert_eq!(
+        pusher
+            .lightpush(s.peer_id(), None, m.clone())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(next(&mut c_in).await.message, m);
+    drop(r);
+}
+
+/// A raw filter peer: answers metadata, answers every subscription request 200, and pushes
+/// what it is told to.
+#[derive(NetworkBehaviour)]
+struct RawFilter {
+    metadata: request_response::Behaviour<metadata::Codec>,
+    subscribe: request_response::Behaviour<SubscribeCodec>,
+    push: request_response::Behaviour<PushCodec>,
+}
+
+/// Starts a raw filter peer on its own task; returns its peer id, listen address, and a
+/// sender of (target, push) commands.
+async fn raw_filter() -> (
+    PeerId,
+    Multiaddr,
+    mpsc::UnboundedSender<(PeerId, MessagePush)>,
+) {
+    let slots = || ReadSlots::new(Default::default(), Default::default(), 8);
+    let mut s = swarm(RawFilter {
+        metadata: metadata_behaviour(),
+        subscribe: request_response::Behaviour::with_codec(
+            SubscribeCodec::new(slots()),
+            [(
+                StreamProtocol::new(filter::SUBSCRIBE_PROTOCOL),
+                request_response::ProtocolSupport::Inbound,
+            )],
+            request_response::Config::default(),
+        ),
+        push: request_response::Behaviour::with_codec(
+            PushCodec::new(1 << 20, slots()),
+            [(
+                StreamProtocol::new(filter::PUSH_PROTOCOL),
+                request_response::ProtocolSupport::Outbound,
+            )],
+            request_response::Config::default(),
+        ),
+    });
+    s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
+            break address;
+        }
+    };
+    let peer = *s.local_peer_id();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(PeerId, MessagePush)>();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some((to, push)) => {
+                        s.behaviour_mut().push.send_request(&to, push);
+                    }
+                    None => return,
+                },
+                ev = s.select_next_some() => match ev {
+                    SwarmEvent::Behaviour(RawFilterEvent::Metadata(
+                        request_response::Event::Message {
+                            message: request_response::Message::Request { channel, .. },
+                            ..
+                        },
+                    )) => {
+                        let _ = s.behaviour_mut().metadata.send_response(channel, our_metadata());
+                    }
+                    SwarmEvent::Behaviour(RawFilterEvent::Subscribe(
+                        request_response::Event::Message {
+                            message: request_response::Message::Request { request, channel, .. },
+                            ..
+                        },
+                    )) => {
+                        let Framed::Message(request) = request else {
+                            continue;
+                        };
+                        let ok = SubscribeResponse::new(request.request_id, Status::Success, "");
+                        let _ = s.behaviour_mut().subscribe.send_response(channel, ok);
+                    }
+                    _ => {}
+                },
+            }
+        }
+    });
+    (peer, addr.with(libp2p::multiaddr::Protocol::P2p(peer)), tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_from_other_peers_or_for_other_criteria_are_dropped() {
+    let (c, _c_in) = start(waku_config(&[])).await;
+    let mut c_in = c.filter_inbound().unwrap();
+    let (a, a_addr, a_push) = raw_filter().await;
+    let (_b, b_addr, b_push) = raw_filter().await;
+    c.dial(a_addr).await.unwrap();
+    c.dial(b_addr).await.unwrap();
+    wait_admitted(&c, 2).await;
+    let t = topic_on(0, 0);
+    c.filter_subscribe(a, shard(0), std::slice::from_ref(&t))
+        .await
+        .unwrap();
+
+    let push = |topic: &ContentTopic, on: u16, payload: &[u8]| MessagePush {
+        waku_message: Some(WakuMessage::new(topic.to_string(), payload.to_vec())),
+        pubsub_topic: Some(shard(on).to_string()),
+    };
+    let cp = c.peer_id();
+    // b: no subscription with it. a: another content topic, another shard, no message,
+    // no pubsub topic, a meta field the spec forbids.
+    b_push.send((cp, push(&t, 0, b"from b"))).unwrap();
+    a_push
+        .send((cp, push(&topic_on(0, 1), 0, b"other topic")))
+        .unwrap();
+    a_push.send((cp, push(&t, 1, b"other shard"))).unwrap();
+    a_push
+        .send((
+            cp,
+            MessagePush {
+                waku_message: None,
+                pubsub_topic: Some(shard(0).to_string()),
+            },
+        ))
+        .unwrap();
+    let mut no_topic = push(&t, 0, b"no topic");
+    no_topic.pubsub_topic = None;
+    a_push.send((cp, no_topic)).unwrap();
+    let mut long_meta = push(&t, 0, b"meta");
+    long_meta.waku_message = long_meta.waku_message.map(|m| m.with_meta(vec![0; 65]));
+    a_push.send((cp, long_meta)).unwrap();
+    wait_until("six pushes refused", || async {
+        c.counters().filter_rejected == 6
+    })
+    .await;
+    assert!(c_in.try_recv().is_none());
+
+    // The one push that matches arrives, from a.
+    a_push.send((cp, push(&t, 0, b"good"))).unwrap();
+    let got = next(&mut c_in).await;
+    assert_eq!(
+        (got.peer, got.message.payload.as_slice()),
+        (a, &b"good"[..])
+    );
+    // After unsubscribing, a's pushes are refused too.
+    let _ = c.filter_unsubscribe_all(a).await;
+    a_push.send((cp, push(&t, 0, b"late"))).unwrap();
+    wait_until("late push refused", || async {
+        c.counters().filter_rejected == 7
+    })
+    .await;
+    assert!(c_in.try_recv().is_none());
+    assert_eq!(c.counters().filter_delivered, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_and_criteria_limits_hold() {
+    let mut config = filter::Config::default();
+    config.max_subscribers = 2;
+    config.max_criteria_per_subscriber = 3;
+    let (s, _s_in) = start(waku_config(&[0]).with_filter_service(config)).await;
+    let sp = s.peer_id();
+    let (c1, _) = light_client(&s).await;
+    let (c2, _) = light_client(&s).await;
+    let (c3, _) = light_client(&s).await;
+    let t = |i| topic_on(0, i);
+    c1.filter_subscribe(sp, shard(0), &[t(0)]).await.unwrap();
+    c2.filter_subscribe(sp, shard(0), &[t(0)]).await.unwrap();
+    // The third subscriber is refused with 503, and holds nothing.
+    assert_eq!(
+        refused(c3.filter_subscribe(sp, shard(0), &[t(0)]).await),
+        Status::ServiceUnavailable
+    );
+    assert_eq!(refused(c3.filter_ping(sp).await), Status::NotFound);
+    assert_eq!(s.counters().filter_subscribers, 2);
+
+    // c1 may hold three criteria, not four.
+    c1.filter_subscribe(sp, shard(0), &[t(1), t(2)])
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(c1.filter_subscribe(sp, shard(0), &[t(3)]).await),
+        Status::ServiceUnavailable
+    );
+    // Over 100 content topics in one request; a shard the service does not relay.
+    let many: Vec<ContentTopic> = (0..101).map(t).collect();
+    assert_eq!(
+        refused(c2.filter_subscribe(sp, shard(0), &many).await),
+        Status::BadRequest
+    );
+    assert_eq!(
+        refused(c2.filter_subscribe(sp, shard(1), &[t(0)]).await),
+        Status::BadRequest
+    );
+
+    // When c2 leaves, c3 gets its place.
+    c2.filter_unsubscribe_all(sp).await.unwrap();
+    c3.filter_subscribe(sp, shard(0), &[t(0)]).await.unwrap();
+    c3.filter_ping(sp).await.unwrap();
+    assert_eq!(s.counters().filter_subscribers, 2);
+    let c = s.counters();
+    // Served: c1 x2, c2, c2 leaving, c3, c3's ping. Refused: c3 x2, c1, c2 x2.
+    assert_eq!(
+        (c.filter_requests_served, c.filter_requests_refused),
+        (6, 5)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_subscription_requests_are_answered_and_the_service_keeps_serving() {
+    let (s, _s_in) = start(waku_config(&[0]).with_filter_service(filter::Config::default())).await;
+    let sp = s.peer_id();
+    let mut raw = RawPeer::spawn(
+        filter::SUBSCRIBE_PROTOCOL,
+        Duration::from_secs(5),
+        sp,
+        tcp_addr(&s).await,
+    );
+    let mut huge = Vec::new();
+    prost::encoding::encode_varint(4 << 20, &mut huge);
+    raw.send(vec![4, 0xff, 0xff, 0xff, 0xff], false);
+    raw.send(huge, false);
+    let ping = pqmls_transport::waku::filter::SubscribeRequest {
+        request_id: "ping".into(),
+        ..Default::default()
+    };
+    raw.send(prost::Message::encode_length_delimited_to_vec(&ping), false);
+    let mut answers = [None, None, None];
+    for _ in 0..3 {
+        let (n, outcome) = raw.next().await;
+        answers[n] = match outcome {
+            RawOutcome::Answer(b) if !b.is_empty() => Some(
+                prost::Message::decode_length_delimited(b.as_slice())
+                    .map(|r: SubscribeResponse| (r.request_id, r.status_code))
+                    .unwrap(),
+            ),
+            _ => None,
+        };
+    }
+    assert_eq!(answers[0], Some(("N/A".to_owned(), 400)), "garbage");
+    assert_eq!(answers[1], None, "closed without an answer");
+    assert_eq!(
+        answers[2],
+        Some(("ping".to_owned(), 404)),
+        "no subscription"
+    );
+    // A real client is still served.
+    let (c, _) = light_client(&s).await;
+    c.filter_subscribe(sp, shard(0), &[topic_on(0, 0)])
+        .await
+        .unwrap();
+    assert_eq!(s.counters().filter_requests_refused, 3);
+}
