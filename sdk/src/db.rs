@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 
 /// Version of the SDK schema, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Creates the SDK's tables if they do not exist yet, and brings an older schema up to date.
 pub(crate) fn migrate(db: &Connection) -> Result<()> {
@@ -27,7 +27,35 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
     if version < 3 {
         migrate_v3(db)?;
     }
-    migrate_v4(db)
+    if version < 4 {
+        migrate_v4(db)?;
+    }
+    migrate_v5(db)
+}
+
+/// Version 5: abstentions. A member that lost the group at an epoch says, with its rejoin
+/// request, under which vote tags of later epochs it voted (none after it knew): in every
+/// other later epoch where its leaf of then is still listed, it casts no vote, which lets
+/// a split round 1 go to round 2 without it (`order::ABSTAIN`).
+fn migrate_v5(db: &Connection) -> Result<()> {
+    db.execute_batch(
+        "BEGIN;
+         CREATE TABLE IF NOT EXISTS pqmls_abstentions (
+             group_id BLOB NOT NULL,
+             voter BLOB NOT NULL,
+             -- The epoch it lost the group at: it abstains in later ones.
+             epoch INTEGER NOT NULL,
+             -- SHA-256 of its leaf's HPKE key at that epoch: the leaf that abstains (a
+             -- leaf added for it later has another key, and votes).
+             leaf_key BLOB NOT NULL,
+             -- The vote tags it did vote under after that epoch, 16 bytes each.
+             voted_tags BLOB NOT NULL,
+             PRIMARY KEY (group_id, voter, epoch)
+         );
+         PRAGMA user_version = 5;
+         COMMIT;",
+    )?;
+    Ok(())
 }
 
 /// Version 4: recovery beyond the horizon. The key packages of rejoin requests

@@ -279,8 +279,16 @@ pub(crate) fn vote_tbs(
 pub(crate) struct LostBody {
     pub epoch: u64,
     pub key_package: Vec<u8>,
+    /// The requester's abstention: the vote tags it voted under in epochs after `epoch`
+    /// (it votes no more once it knows it lost the group). In every other later epoch
+    /// where its leaf of `epoch` is listed, it casts no vote (`order::ABSTAIN`). `None`:
+    /// no statement (more tags than [`MAX_VOTED_TAGS`]).
+    pub voted: Option<Vec<[u8; 16]>>,
     pub sig: Vec<u8>,
 }
+
+/// Most vote tags an abstention lists.
+pub(crate) const MAX_VOTED_TAGS: usize = 256;
 
 impl LostBody {
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -296,12 +304,27 @@ impl LostBody {
 
 /// What a rejoin request's signature covers: the group, the epoch it is sealed for and
 /// the key package, so that neither can be moved to another request.
-pub(crate) fn lost_tbs(group_id: &[u8], epoch: u64, key_package: &[u8]) -> Vec<u8> {
-    let mut out = b"pqmls lost v1".to_vec();
+pub(crate) fn lost_tbs(
+    group_id: &[u8],
+    epoch: u64,
+    key_package: &[u8],
+    voted: Option<&[[u8; 16]]>,
+) -> Vec<u8> {
+    let mut out = b"pqmls lost v2".to_vec();
     out.extend_from_slice(&(group_id.len() as u64).to_be_bytes());
     out.extend_from_slice(group_id);
     out.extend_from_slice(&epoch.to_be_bytes());
     out.extend_from_slice(&Sha256::digest(key_package));
+    match voted {
+        None => out.push(0),
+        Some(tags) => {
+            out.push(1);
+            out.extend_from_slice(&(tags.len() as u64).to_be_bytes());
+            for t in tags {
+                out.extend_from_slice(t);
+            }
+        }
+    }
     out
 }
 
@@ -477,6 +500,7 @@ mod tests {
         let b = LostBody {
             epoch: 9,
             key_package: vec![1, 2, 3],
+            voted: Some(vec![[6; 16]]),
             sig: vec![5; 8],
         };
         assert_eq!(LostBody::decode(&b.encode()), Some(b.clone()));
@@ -484,10 +508,17 @@ mod tests {
         t.push(0);
         assert_eq!(LostBody::decode(&t), None);
         // The signed bytes change with each field.
-        let base = lost_tbs(b"g", 9, b"kp");
-        assert_ne!(base, lost_tbs(b"h", 9, b"kp"));
-        assert_ne!(base, lost_tbs(b"g", 10, b"kp"));
-        assert_ne!(base, lost_tbs(b"g", 9, b"kq"));
+        let tags = [[1; 16], [2; 16]];
+        let base = lost_tbs(b"g", 9, b"kp", Some(&tags));
+        assert_ne!(base, lost_tbs(b"h", 9, b"kp", Some(&tags)));
+        assert_ne!(base, lost_tbs(b"g", 10, b"kp", Some(&tags)));
+        assert_ne!(base, lost_tbs(b"g", 9, b"kq", Some(&tags)));
+        assert_ne!(base, lost_tbs(b"g", 9, b"kp", Some(&tags[..1])));
+        assert_ne!(base, lost_tbs(b"g", 9, b"kp", None));
+        assert_ne!(
+            lost_tbs(b"g", 9, b"kp", None),
+            lost_tbs(b"g", 9, b"kp", Some(&[]))
+        );
         // Its key is not the vote key it comes from.
         assert_ne!(lost_key(&[7; 32]), [7; 32]);
         assert_ne!(lost_key(&[7; 32]), lost_key(&[8; 32]));

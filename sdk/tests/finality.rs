@@ -517,3 +517,87 @@ async fn a_removal_on_a_branch_that_lost_does_not_end_the_group_for_its_target()
     }
     drop(alice);
 }
+
+/// The stall above, ended: a member that lost the group says, with its signed rejoin
+/// request, that it casts no vote in later epochs (but under the tags it lists), and a
+/// round 1 that split and waited for its vote goes to round 2. Erin commits alone while
+/// away, the others finalise another commit for that epoch (4), then split 2-2 on epoch
+/// 5, where erin's old leaf is still listed; erin comes back past her horizon, reports
+/// `Unrecoverable` at 4, and her abstention lets epoch 5 become final. She is added again.
+#[tokio::test(start_paused = true)]
+async fn an_abstention_from_a_member_that_lost_the_group_ends_a_stalled_split() {
+    let net = net();
+    let (alice, at) = client_on(&net, config("alice")).await;
+    let (bob, bt) = client_on(&net, config("bob")).await;
+    let (carol, ct) = client_on(&net, config("carol")).await;
+    let (dave, dt) = client_on(&net, config("dave")).await;
+    let mut short = config("erin");
+    short.fork_horizon = Duration::from_secs(2);
+    let (erin, et) = client_on(&net, short).await;
+    let g = group(&[&alice, &bob, &carol, &dave, &erin]).await;
+    converge(&[&alice, &bob, &carol, &dave, &erin], &g, 4).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    net.set_store_miss(1.0);
+    // Erin, away, commits alone for epoch 4; the four others finalise alice's.
+    et.set_online(false);
+    erin.update(&g).await.unwrap();
+    until("erin on her own commit", async || {
+        erin.status(&g).await.unwrap().epoch == 5
+    })
+    .await;
+    alice.update(&g).await.unwrap();
+    converge(&[&alice, &bob, &carol, &dave], &g, 5).await;
+    // Epoch 5 splits 2-2, as in the test above; erin's vote would decide it.
+    bt.set_online(false);
+    dt.set_online(false);
+    bob.update(&g).await.unwrap();
+    alice.update(&g).await.unwrap();
+    converge(&[&alice, &carol], &g, 6).await;
+    at.set_online(false);
+    ct.set_online(false);
+    bt.set_online(true);
+    dt.set_online(true);
+    converge(&[&bob, &dave], &g, 6).await;
+    at.set_online(true);
+    ct.set_online(true);
+    converge(&[&alice, &bob, &carol, &dave], &g, 7).await;
+    let four = [&alice, &bob, &carol, &dave];
+    let stalled = each(&four, |s| s.epochs_final).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        each(&four, |s| s.epochs_final).await,
+        stalled,
+        "epoch 5 final without erin"
+    );
+    // Erin is back: past her horizon she cannot follow, says so, and abstains.
+    et.set_online(true);
+    until("erin reports the group lost at epoch 4", async || {
+        erin.status(&g).await.is_ok_and(|s| s.lost_at == Some(4))
+    })
+    .await;
+    until("epoch 5 final at the four", async || {
+        let now = each(&four, |s| s.epochs_final).await;
+        now.iter().zip(&stalled).all(|(n, s)| n > s)
+    })
+    .await;
+    // And erin is added again: one group of five.
+    until("erin back in the group", async || {
+        let mut seen = None;
+        for c in [&alice, &bob, &carol, &dave, &erin] {
+            let Ok(s) = c.status(&g).await else {
+                return false;
+            };
+            if s.pending_commit || s.lost_at.is_some() {
+                return false;
+            }
+            let now = (s.epoch, s.epoch_authenticator, s.members);
+            match &seen {
+                None => seen = Some(now),
+                Some(first) if *first != now => return false,
+                Some(_) => {}
+            }
+        }
+        true
+    })
+    .await;
+}

@@ -214,7 +214,68 @@ impl State {
                 t.add(round, voter, commit);
             }
         }
+        self.add_abstentions(gid, tag, &mut t)?;
         Ok(t)
+    }
+
+    /// The members that said, signed, that they cast no vote in the epoch of `tag`: they
+    /// lost the group at an earlier epoch, their leaf of then is still listed here (same
+    /// HPKE key: a leaf added for them later has another), they are listed once, and they
+    /// did not vote under this tag (see `recovery::record_abstention`).
+    ///
+    /// Why this is safe: an honest member that reports `Unrecoverable` at `L` holds no
+    /// state of our branch after `L` (it could not move to the commit that ended `L`
+    /// here), votes no more, and lists every tag it did vote under after `L`; so for a
+    /// tag it does not list it never cast, and never will cast, a round-1 vote. Its
+    /// abstention is then exactly the vote round 2 waits for (`order::ABSTAIN`): round 1
+    /// can get no quorum from it. A member that abstains and votes under one tag is an
+    /// equivocator, as one voting twice.
+    fn add_abstentions(&self, gid: &GroupId, tag: &[u8; 16], t: &mut Tally) -> Result<()> {
+        let Some(epoch) = self.epoch_of_tag(gid, tag)? else {
+            return Ok(());
+        };
+        let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = self
+            .db()
+            .prepare_cached(
+                "SELECT voter, leaf_key, voted_tags FROM pqmls_abstentions WHERE group_id = ?1 AND epoch < ?2",
+            )?
+            .query_map(params![gid.0, to_i64(epoch)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let text: Option<String> = self
+            .db()
+            .prepare_cached("SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch = ?2")?
+            .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
+            .optional()?;
+        let Some(text) = text else {
+            return Ok(());
+        };
+        let leaves = super::decode_leaf_keys(&text);
+        for (voter, leaf_key, voted) in rows {
+            let (Ok(voter), Ok(leaf_key)) = (
+                <Voter>::try_from(voter.as_slice()),
+                <[u8; 32]>::try_from(leaf_key.as_slice()),
+            ) else {
+                continue;
+            };
+            let theirs: Vec<[u8; 32]> = leaves
+                .iter()
+                .filter(|(_, id, _)| id.0 == voter)
+                .map(|(_, _, key)| *key)
+                .collect();
+            let voted: Vec<[u8; 16]> = voted
+                .chunks_exact(16)
+                .filter_map(|c| c.try_into().ok())
+                .collect();
+            if order::abstains(&theirs, &leaf_key, &voted, tag) {
+                t.abstain(voter);
+            }
+        }
+        Ok(())
     }
 
     fn has_voted(&self, gid: &GroupId, tag: &[u8; 16], round: u8) -> Result<bool> {
@@ -240,6 +301,15 @@ impl State {
         round: u8,
         commit: &CommitId,
     ) -> Result<()> {
+        if self
+            .groups
+            .get(gid)
+            .is_some_and(|g| g.unrecoverable.is_some())
+        {
+            // A state known to be dead votes no more: its abstention lists the tags it
+            // voted under (`recovery::lost_request`), and must stay complete.
+            return Ok(());
+        }
         let Some(keys) = self.epoch_keys(gid, epoch)? else {
             return Ok(());
         };

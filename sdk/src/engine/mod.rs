@@ -190,28 +190,73 @@ pub(crate) fn ratchet_config() -> SenderRatchetConfiguration {
 
 /// Encodes a member list for `pqmls_epochs`: one `<id hex> <name>` line each.
 /// Encodes a member list for `pqmls_epochs`: one `<leaf index> <id hex> <name>` line each.
-fn encode_members(members: &[(u32, Member)]) -> String {
+/// One line per leaf: `leaf id name`, then a tab and the hex SHA-256 of the leaf's HPKE
+/// key when known (records made before it have none).
+fn encode_members(members: &[(u32, Member, [u8; 32])]) -> String {
     members
         .iter()
-        .map(|(leaf, m)| format!("{leaf} {} {}", m.id, m.name.replace('\n', " ")))
+        .map(|(leaf, m, key)| {
+            format!(
+                "{leaf} {} {}\t{}",
+                m.id,
+                m.name.replace(['\n', '\t'], " "),
+                key.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
 
+fn decode_line(line: &str) -> Option<(u32, Member, Option<[u8; 32]>)> {
+    let (leaf, rest) = line.split_once(' ')?;
+    let (id, rest) = rest.split_once(' ')?;
+    let (name, key) = match rest.split_once('\t') {
+        Some((name, key)) => (name, hex32(key)),
+        None => (rest, None),
+    };
+    Some((
+        leaf.parse().ok()?,
+        Member {
+            id: id.parse().ok()?,
+            name: name.to_owned(),
+        },
+        key,
+    ))
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
 pub(crate) fn decode_members(text: &str) -> Vec<(u32, Member)> {
     text.split('\n')
-        .filter_map(|line| {
-            let (leaf, rest) = line.split_once(' ')?;
-            let (id, name) = rest.split_once(' ')?;
-            Some((
-                leaf.parse().ok()?,
-                Member {
-                    id: id.parse().ok()?,
-                    name: name.to_owned(),
-                },
-            ))
-        })
+        .filter_map(decode_line)
+        .map(|(leaf, m, _)| (leaf, m))
         .collect()
+}
+
+/// The leaves of a member record with the hash of their HPKE key, where recorded.
+pub(crate) fn decode_leaf_keys(text: &str) -> Vec<(u32, UserId, [u8; 32])> {
+    text.split('\n')
+        .filter_map(decode_line)
+        .filter_map(|(leaf, m, key)| Some((leaf, m.id, key?)))
+        .collect()
+}
+
+/// What identifies a leaf across epochs while its owner does not commit: its HPKE key.
+pub(crate) fn leaf_key_hash(encryption_key: &[u8]) -> [u8; 32] {
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, b"pqmls leaf key v1");
+    sha2::Digest::update(&mut h, encryption_key);
+    sha2::Digest::finalize(h).into()
 }
 
 impl State {
@@ -584,9 +629,19 @@ impl State {
     pub(crate) fn record_epoch(&mut self, gid: &GroupId) -> Result<()> {
         let epoch = self.group(gid)?.mls.epoch().as_u64();
         let leaves = self.member_list(gid)?;
+        let keys: std::collections::BTreeMap<u32, [u8; 32]> = self
+            .group(gid)?
+            .mls
+            .members()
+            .map(|m| (m.index.u32(), leaf_key_hash(&m.encryption_key)))
+            .collect();
+        let record: Vec<(u32, Member, [u8; 32])> = leaves
+            .iter()
+            .map(|(l, m)| (*l, m.clone(), keys.get(l).copied().unwrap_or_default()))
+            .collect();
         self.db()
             .prepare_cached("INSERT OR REPLACE INTO pqmls_epochs (group_id, epoch, members) VALUES (?1, ?2, ?3)")?
-            .execute(params![gid.0, to_i64(epoch), encode_members(&leaves)])?;
+            .execute(params![gid.0, to_i64(epoch), encode_members(&record)])?;
         let members: Vec<Member> = leaves.into_iter().map(|(_, m)| m).collect();
         self.store_epoch_keys(gid)?;
         // Older records than the rollback window are of no use to `members_at` callers

@@ -35,6 +35,8 @@ use crate::wire::{self, LostBody, Wire};
 /// [`LostBody`] with a key package and a signature of our largest suite (ML-DSA-87 with
 /// Ed25519 and X-Wing: about 12 KB), with room to spare.
 const MAX_SEALED_LOST: usize = 32 * 1024;
+/// Most abstentions kept per group (a member can make one per epoch it lost).
+const MAX_ABSTENTIONS: i64 = 256;
 /// Settle times between two of our requests.
 const LOST_AFTER: u32 = 8;
 /// Requests per lost epoch, at most.
@@ -153,14 +155,35 @@ impl State {
             )
             .map_err(mls)?;
         let key_package = super::ser(&MlsMessageOut::from(bundle.key_package().clone()))?;
+        // Our abstention: every tag we voted under after `epoch` (a dead state votes no
+        // more, so the list is complete). Our own votes are deleted only by finalisation,
+        // which stops before `epoch` here.
+        let tags: Vec<Vec<u8>> = self
+            .db()
+            .prepare_cached(
+                "SELECT DISTINCT vote_tag FROM pqmls_votes WHERE group_id = ?1 AND voter = ?2 AND epoch > ?3",
+            )?
+            .query_map(params![gid.0, &self.id.0[..], to_i64(epoch)], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let voted: Option<Vec<[u8; 16]>> = (tags.len() <= wire::MAX_VOTED_TAGS).then(|| {
+            tags.iter()
+                .filter_map(|t| t.as_slice().try_into().ok())
+                .collect()
+        });
         let sig = self
             .signer
-            .sign(&wire::lost_tbs(&gid.0, epoch, &key_package))
+            .sign(&wire::lost_tbs(
+                &gid.0,
+                epoch,
+                &key_package,
+                voted.as_deref(),
+            ))
             .map_err(|e| Error::Crypto(format!("{e:?}")))?;
         Ok(Some(
             LostBody {
                 epoch,
                 key_package,
+                voted,
                 sig,
             }
             .encode(),
@@ -209,7 +232,7 @@ impl State {
             .crypto()
             .verify_signature(
                 scheme,
-                &wire::lost_tbs(&gid.0, epoch, &body.key_package),
+                &wire::lost_tbs(&gid.0, epoch, &body.key_package, body.voted.as_deref()),
                 kp.leaf_node().signature_key().as_slice(),
                 &body.sig,
             )
@@ -217,6 +240,13 @@ impl State {
         if !signed {
             self.stats.rejected += 1;
             return Ok(Outcome::Done);
+        }
+        if user != self.id
+            && let Some(voted) = &body.voted
+        {
+            // Its abstention may complete a split round 1 that waited for it.
+            self.record_abstention(gid, &user, epoch, voted)?;
+            self.evaluate_finality(gid)?;
         }
         let kp_ref = kp
             .hash_ref(self.provider.crypto())
@@ -272,6 +302,52 @@ impl State {
         entry.epoch = epoch;
         self.rejoin_due(now)?;
         Ok(Outcome::Done)
+    }
+
+    /// Keeps a member's signed abstention (see [`LostBody::voted`]) for its leaf of
+    /// `epoch` as we recorded it; nothing if we have no record of that leaf's key, or it
+    /// had several leaves then.
+    fn record_abstention(
+        &self,
+        gid: &GroupId,
+        user: &UserId,
+        epoch: u64,
+        voted: &[[u8; 16]],
+    ) -> Result<()> {
+        let text: Option<String> = self
+            .db()
+            .prepare_cached("SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch = ?2")?
+            .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
+            .optional()?;
+        let Some(text) = text else {
+            return Ok(());
+        };
+        let leaves: Vec<[u8; 32]> = super::decode_leaf_keys(&text)
+            .into_iter()
+            .filter(|(_, id, _)| id == user)
+            .map(|(_, _, key)| key)
+            .collect();
+        let [leaf_key] = leaves[..] else {
+            return Ok(());
+        };
+        self.db().execute(
+            "INSERT OR IGNORE INTO pqmls_abstentions (group_id, voter, epoch, leaf_key, voted_tags)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                gid.0,
+                &user.0[..],
+                to_i64(epoch),
+                &leaf_key[..],
+                voted.concat()
+            ],
+        )?;
+        // Bounded per group: the newest rows by epoch.
+        self.db().execute(
+            "DELETE FROM pqmls_abstentions WHERE group_id = ?1 AND rowid NOT IN
+             (SELECT rowid FROM pqmls_abstentions WHERE group_id = ?1 ORDER BY epoch DESC LIMIT ?2)",
+            params![gid.0, MAX_ABSTENTIONS],
+        )?;
+        Ok(())
     }
 
     /// Honours the requests whose turn has come and that nobody honoured before us:
