@@ -486,3 +486,46 @@ async fn retention_and_wipe() {
     let again = open(&net, config("bob", &db, key(2))).await.unwrap();
     assert_ne!(again.id(), id);
 }
+
+/// History retention on the client's timer, with no call to `expire_history`: alice keeps
+/// messages 60 s. 30 s (virtual) after a conversation she still has them; 90 s after they
+/// are gone, while bob (no retention) keeps his. The rows are gone from her file too: her
+/// decrypted pages (database and WAL) held every body before and hold none after
+/// (`secure_delete` overwrote them, the WAL was truncated); bob's still hold them all.
+#[tokio::test(start_paused = true)]
+async fn history_retention_runs_on_the_timer() {
+    let net = SimNetwork::new(SimConfig::default());
+    let root = tempfile::tempdir().unwrap();
+    let (da, db) = (root.path().join("alice"), root.path().join("bob"));
+    let mut c = config("alice", &da, key(1));
+    c.history_retention = Some(Duration::from_secs(60));
+    let alice = open(&net, c).await.unwrap();
+    let bob = open(&net, config("bob", &db, key(2))).await.unwrap();
+    let (g, bodies) = conversation(&alice, &bob, 3).await;
+    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    assert_eq!(
+        scan::found(&scan::decrypt_data_dir(&da, &[1; 32]), &refs).len(),
+        bodies.len(),
+        "the bodies were on alice's disk"
+    );
+
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(alice.history(&g, 100).await.unwrap().len(), 6, "kept 30 s");
+
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(alice.history(&g, 100).await.unwrap().is_empty());
+    assert_eq!(bob.history(&g, 100).await.unwrap().len(), 6);
+    let hits = scan::found(&scan::decrypt_data_dir(&da, &[1; 32]), &refs);
+    assert!(
+        hits.is_empty(),
+        "{} deleted bodies are still in alice's pages",
+        hits.len()
+    );
+    assert_eq!(
+        scan::found(&scan::decrypt_data_dir(&db, &[2; 32]), &refs).len(),
+        bodies.len()
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+    assert!(scan::found(&scan::decrypt_data_dir(&da, &[1; 32]), &refs).is_empty());
+}
