@@ -54,6 +54,11 @@ pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// Whether `needle` (of any length) occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
 /// Shortest needle [`found`] takes: 32 bytes (a key, a seed, a secret; message bodies are
 /// made longer).
 pub const NEEDLE: usize = 32;
