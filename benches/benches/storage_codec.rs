@@ -7,6 +7,7 @@
 //! | `storage_codec/load_32` | `MlsGroup::load` of that group |
 //! | `storage_codec/tree_encode_32`, `tree_decode_32` | encode / decode of the stored ratchet tree (`TreeSync`), the largest value |
 //! | `storage_at_rest/self_update_32`, `load_32` | the same two on the binary codec in memory, in a plain file (`open_file`) and in an encrypted file (`open_file_encrypted`, SQLCipher): the cost of encryption at rest |
+//! | `storage_at_rest/message_row` | the rows the SDK writes for one message sent (history + outbox, one transaction), on the same three storages |
 //!
 //! The setup prints the bytes each codec stored per table. Run with
 //! `taskset -c 0 nice cargo bench -p pqmls-benches --bench storage_codec -- --warm-up-time 1
@@ -244,10 +245,38 @@ fn at_rest(c: &mut Criterion) {
                 })
             });
         }
-        let mut g = c.benchmark_group("storage_at_rest/load_32");
-        let id = group.group_id().clone();
+        {
+            let mut g = c.benchmark_group("storage_at_rest/load_32");
+            let id = group.group_id().clone();
+            g.bench_function(BenchmarkId::new(*name, PARAM), |b| {
+                b.iter(|| black_box(MlsGroup::load(&provider.storage, black_box(&id)).unwrap()))
+            });
+        }
+        // What the SDK writes for one message sent, without MLS: a history row (a 100-byte
+        // body) and an outbox row (a 222-byte ciphertext, the demo's size) in one transaction.
+        let db = provider.storage.connection();
+        db.execute_batch(
+            "CREATE TABLE bench_messages (seq INTEGER PRIMARY KEY, group_id BLOB, body BLOB);
+             CREATE TABLE bench_outbox (id INTEGER PRIMARY KEY, payload BLOB);",
+        )
+        .unwrap();
+        let (body, payload) = ([b'x'; 100], [7u8; 222]);
+        let mut g = c.benchmark_group("storage_at_rest/message_row");
         g.bench_function(BenchmarkId::new(*name, PARAM), |b| {
-            b.iter(|| black_box(MlsGroup::load(&provider.storage, black_box(&id)).unwrap()))
+            b.iter(|| {
+                let tx = db.unchecked_transaction().unwrap();
+                tx.execute(
+                    "INSERT INTO bench_messages (group_id, body) VALUES (?1, ?2)",
+                    (&[1u8; 16][..], &body[..]),
+                )
+                .unwrap();
+                tx.execute(
+                    "INSERT INTO bench_outbox (payload) VALUES (?1)",
+                    [&payload[..]],
+                )
+                .unwrap();
+                tx.commit().unwrap();
+            })
         });
     }
 }

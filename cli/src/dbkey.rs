@@ -37,26 +37,39 @@ fn parse_key_file(bytes: &[u8]) -> Option<[u8; 32]> {
     Some(key)
 }
 
+/// The key in the file `PQMLS_KEY_FILE` names, if that variable is set; tells on stderr
+/// that the key for `data_dir` came from there.
+///
+/// # Errors
+/// The file cannot be read or holds no key.
+pub fn key_file(data_dir: &Path) -> Result<Option<DatabaseKey>> {
+    let Some(path) = std::env::var_os(KEY_FILE_VAR) else {
+        return Ok(None);
+    };
+    let bytes =
+        Zeroizing::new(std::fs::read(&path).with_context(|| {
+            format!("cannot read {KEY_FILE_VAR}={}", Path::new(&path).display())
+        })?);
+    let Some(key) = parse_key_file(&bytes) else {
+        bail!(
+            "{KEY_FILE_VAR}={}: expected 32 bytes or 64 hex digits",
+            Path::new(&path).display()
+        );
+    };
+    let key = Zeroizing::new(key);
+    eprintln!(
+        "database key for {}: from the key file {} ({KEY_FILE_VAR})",
+        data_dir.display(),
+        Path::new(&path).display()
+    );
+    Ok(Some(DatabaseKey::from_bytes(*key)))
+}
+
 /// The database key for `data_dir`, from the first source that has one; tells on stderr
 /// which source it was.
 pub fn database_key(data_dir: &Path) -> Result<DatabaseKey> {
-    if let Some(path) = std::env::var_os(KEY_FILE_VAR) {
-        let bytes = Zeroizing::new(std::fs::read(&path).with_context(|| {
-            format!("cannot read {KEY_FILE_VAR}={}", Path::new(&path).display())
-        })?);
-        let Some(key) = parse_key_file(&bytes) else {
-            bail!(
-                "{KEY_FILE_VAR}={}: expected 32 bytes or 64 hex digits",
-                Path::new(&path).display()
-            );
-        };
-        let key = Zeroizing::new(key);
-        eprintln!(
-            "database key for {}: from the key file {} ({KEY_FILE_VAR})",
-            data_dir.display(),
-            Path::new(&path).display()
-        );
-        return Ok(DatabaseKey::from_bytes(*key));
+    if let Some(key) = key_file(data_dir)? {
+        return Ok(key);
     }
     if let Ok(passphrase) = std::env::var(PASSPHRASE_VAR) {
         let passphrase = Zeroizing::new(passphrase);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use pqmls::{Ciphersuite, Client, Config, Event, GroupId, GroupStatus};
+use pqmls::{Ciphersuite, Client, Config, DatabaseKey, Event, GroupId, GroupStatus};
 use pqmls_transport::node::Config as NodeConfig;
 use pqmls_transport::{Multiaddr, Node, store};
 use tokio::task::JoinHandle;
@@ -25,7 +25,9 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(3..=26))]
     clients: u16,
     /// Where the store and the clients keep their data (default: a temporary directory,
-    /// deleted at the end).
+    /// deleted at the end). The clients' databases are keyed with the key in
+    /// `PQMLS_KEY_FILE` if it is set (so `pqmls info` can read them), otherwise with a
+    /// random key that is never shown.
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Longest wait for any one step, in seconds.
@@ -75,26 +77,30 @@ impl Member {
     }
 }
 
-/// The demo's database key: random, one per run (its data directories are throwaway).
-fn demo_key() -> Result<pqmls::DatabaseKey> {
-    static KEY: std::sync::OnceLock<pqmls::DatabaseKey> = std::sync::OnceLock::new();
-    if let Some(k) = KEY.get() {
-        return Ok(k.clone());
+/// The demo's database key. When the data is kept (`--dir`) and `PQMLS_KEY_FILE` is set,
+/// that key, so that `pqmls info` (and the at-rest test) can open the directories
+/// afterwards; otherwise a random key, one per run, never shown: the data directories are
+/// then unreadable once the demo ends.
+fn demo_key(kept: Option<&std::path::Path>) -> Result<DatabaseKey> {
+    if let Some(dir) = kept
+        && let Some(key) = crate::dbkey::key_file(dir)?
+    {
+        return Ok(key);
     }
-    let k = pqmls::DatabaseKey::random()?;
-    Ok(KEY.get_or_init(|| k).clone())
+    Ok(DatabaseKey::random()?)
 }
 
 /// Starts a client on a fresh node bootstrapping to the store, and a task that logs its events.
 async fn start_member(
     name: &str,
     dir: PathBuf,
+    key: &DatabaseKey,
     suite: Ciphersuite,
     bootstrap: &Multiaddr,
 ) -> Result<Member> {
     let mut config = Config::new(name)
         .with_data_dir(&dir)
-        .with_database_key(demo_key()?)
+        .with_database_key(key.clone())
         .with_suite(suite);
     config.settle = Duration::from_millis(200);
     config.self_update_interval = None;
@@ -235,6 +241,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         util::suite_label(args.suite)
     );
     println!("data in {}", root.display());
+    let key = demo_key(args.dir.as_deref())?;
 
     // The store node: history and the key-package directory.
     let (store_node, _store_inbound) = Node::start(pqmls::store_node(
@@ -255,7 +262,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     // The clients.
     let starts = (0..n).map(|i| {
         let name = NAMES[i];
-        start_member(name, root.join(name), args.suite, &bootstrap)
+        start_member(name, root.join(name), &key, args.suite, &bootstrap)
     });
     let mut members: Vec<Member> = within(limit, "the clients to start", async {
         futures::future::try_join_all(starts).await
@@ -481,7 +488,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         offline_bodies.len()
     ));
     let t_restart = Instant::now();
-    let back = start_member(&gone_name, gone_dir, args.suite, &bootstrap).await?;
+    let back = start_member(&gone_name, gone_dir, &key, args.suite, &bootstrap).await?;
     let node = back
         .client
         .node()

@@ -15,7 +15,7 @@
 //!   database this call created.
 //! - **Deletion.** `secure_delete` is on; after retention deletions the WAL is checkpointed
 //!   and truncated ([`crate::Client::delete_message`], [`crate::Client::delete_history`],
-//!   [`crate::Config::history_retention`]).
+//!   [`crate::Config::history_retention`], applied at open and by the client's timer).
 
 use std::path::Path;
 use std::time::Duration;
@@ -229,7 +229,7 @@ fn open_with(
         }
     }
     if let Some(keep) = history_retention {
-        expire_history(&storage, keep)?;
+        expire_history(&storage, keep, now_ms())?;
     }
     Ok(storage)
 }
@@ -242,11 +242,12 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Deletes the application messages sent more than `keep` ago (by the sender's clock, the
-/// time the history shows), then checkpoints and truncates the WAL. Returns how many.
-pub(crate) fn expire_history(storage: &SqliteStorage, keep: Duration) -> Result<u64> {
+/// Deletes the application messages sent more than `keep` before `now_ms` (milliseconds
+/// since the Unix epoch; sent by the sender's clock, the time the history shows), then
+/// checkpoints and truncates the WAL. Returns how many.
+pub(crate) fn expire_history(storage: &SqliteStorage, keep: Duration, now_ms: u64) -> Result<u64> {
     let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
-    let cutoff = now_ms().saturating_sub(keep_ms);
+    let cutoff = now_ms.saturating_sub(keep_ms);
     let n = storage.connection().execute(
         "DELETE FROM pqmls_messages WHERE sent_ms < ?1",
         [db::to_i64(cutoff)],

@@ -61,6 +61,8 @@ struct Inner {
     /// Retry flags for work that failed on the network.
     outbox_pending: AtomicBool,
     key_packages_due: AtomicBool,
+    /// When the timer next applies the history retention (`retention.rs`).
+    retention_next: StdMutex<Option<Instant>>,
     node: Option<Node>,
     task: StdMutex<Option<JoinHandle<()>>>,
 }
@@ -212,6 +214,7 @@ impl Client {
             syncs: StdMutex::new(SyncPlan::default()),
             outbox_pending: AtomicBool::new(true),
             key_packages_due: AtomicBool::new(true),
+            retention_next: StdMutex::new(None),
             node,
             task: StdMutex::new(None),
         });
@@ -1051,6 +1054,7 @@ impl Inner {
         if self.key_packages_due.load(Ordering::Relaxed) {
             self.publish_key_packages().await;
         }
+        self.retention_due(now).await;
         // Catch-ups: wanted ones once the backoff allows, all of them periodically.
         let (backoff, interval) = {
             let s = self.state.lock().await;

@@ -27,8 +27,10 @@ pub struct Config {
     /// [`crate::DatabaseKey`]); required with a [`Config::data_dir`].
     pub database_key: Option<crate::DatabaseKey>,
     /// How long application messages are kept in the history (by the time they were sent);
-    /// older ones are deleted when the client opens and by
-    /// [`crate::Client::expire_history`]. `None` keeps them until deleted.
+    /// older ones are deleted when the client opens, then by its timer every tenth of this
+    /// time (at least every [`Config::tick`], at most every minute), so a message stays at
+    /// most this long plus that period; [`crate::Client::expire_history`] applies it at
+    /// once. `None` keeps them until deleted.
     pub history_retention: Option<Duration>,
     /// The cipher suite of the identity and of the groups this client creates.
     pub suite: Ciphersuite,

@@ -5,13 +5,15 @@
 //! retention (delete a message, a group's history, history retention) and wiping.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
 use pqmls::sim::{SimConfig, SimNetwork};
 use pqmls::{Client, Config, DatabaseKey, Error, GroupId, InvitePolicy};
 use pqmls_provider::{CipherKey, SqliteStorage, StorageError};
+
+#[path = "support/at_rest_scan.rs"]
+mod scan;
 
 fn key(b: u8) -> DatabaseKey {
     DatabaseKey::from_bytes([b; 32])
@@ -65,30 +67,11 @@ async fn conversation(alice: &Client, bob: &Client, n: usize) -> (GroupId, Vec<V
     (g, bodies)
 }
 
-/// Every file under `dir`, recursively, concatenated (with separators).
-fn raw_files(dir: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(raw_files(&p));
-        } else {
-            out.extend(std::fs::read(&p).unwrap());
-            out.extend([0u8; 64]);
-        }
-    }
-    out
-}
-
-/// The identity seed and every 32-byte-aligned chunk of every blob stored in the
-/// (decrypted) database: keys, secrets, states, bodies.
-fn stored_secrets(dir: &Path, k: u8) -> Vec<Vec<u8>> {
-    let s: SqliteStorage = SqliteStorage::open_file_encrypted(
-        dir.join(pqmls::DATABASE_FILE),
-        &CipherKey::from_bytes([k; 32]),
-    )
-    .unwrap();
-    let c = s.connection();
+/// Every 32-byte-aligned chunk of every blob stored in the (decrypted) database of `dir`:
+/// keys, secrets, states, bodies; whatever the SDK or OpenMLS keeps, known to
+/// [`scan::secrets`] or not.
+fn blob_chunks(storage: &SqliteStorage) -> Vec<Vec<u8>> {
+    let c = storage.connection();
     let tables: Vec<String> = c
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
         .unwrap()
@@ -97,10 +80,6 @@ fn stored_secrets(dir: &Path, k: u8) -> Vec<Vec<u8>> {
         .collect::<Result<_, _>>()
         .unwrap();
     let mut out = Vec::new();
-    let seed: Vec<u8> = c
-        .query_row("SELECT signer FROM pqmls_identity", [], |r| r.get(0))
-        .unwrap();
-    out.push(seed[2..].to_vec());
     for t in tables {
         let mut stmt = c.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
         let cols = stmt.column_count();
@@ -120,43 +99,212 @@ fn stored_secrets(dir: &Path, k: u8) -> Vec<Vec<u8>> {
     out
 }
 
-/// Whether any 32-byte needle occurs in `hay`.
-fn any_found(hay: &[u8], needles: &[Vec<u8>]) -> usize {
-    let set: HashSet<&[u8]> = needles
-        .iter()
-        .filter(|n| n.len() >= 32)
-        .map(|n| &n[..32])
-        .collect();
-    hay.windows(32).filter(|w| set.contains(w)).count()
+/// Waits until every client is at the same epoch, at least `epoch`; returns it.
+async fn agree(clients: &[&Client], g: &GroupId, epoch: u64) -> u64 {
+    let mut at = 0;
+    until("the members agree on the epoch", async || {
+        let mut epochs = Vec::new();
+        for c in clients {
+            let s = c.status(g).await.unwrap();
+            if s.pending_commit {
+                return false;
+            }
+            epochs.push(s.epoch);
+        }
+        at = epochs[0];
+        epochs.iter().all(|e| *e == at) && at >= epoch
+    })
+    .await;
+    at
 }
 
+/// Every member of `senders` sends one message of round `round` with a distinctive body.
+async fn round(senders: &[(&Client, &str)], g: &GroupId, round: usize) -> Vec<Vec<u8>> {
+    let mut bodies = Vec::new();
+    for (c, who) in senders {
+        let body = format!("{who} says secret #{round}: the eagle lands at dawn, tell no one")
+            .into_bytes();
+        c.send(g, &body).await.unwrap();
+        bodies.push(body);
+    }
+    bodies
+}
+
+/// A session as the demo runs one, on file data directories: a group of three, messages
+/// from everyone, two self-updates, a removal, more messages; every client shut down
+/// cleanly. Then every file under the data directories (database, WAL, shared memory,
+/// lock, anything) is scanned for each message body and for every secret the databases
+/// hold (`scan::secrets`: identity seeds, HPKE private keys, key-package private keys,
+/// epoch secrets, the ordering's exporter keys; plus every 32-byte chunk of every stored
+/// blob). None may appear. Controls, so the scan cannot pass by being blind: every body and
+/// every secret is found in the same files once their pages are decrypted with the key,
+/// and in a plain (unencrypted) export of a database.
 #[tokio::test(start_paused = true)]
-async fn no_plaintext_in_the_data_directories() {
+async fn no_secret_bytes_in_any_file_after_a_session() {
     let net = SimNetwork::new(SimConfig::default());
     let root = tempfile::tempdir().unwrap();
-    let (da, db) = (root.path().join("alice"), root.path().join("bob"));
-    let alice = open(&net, config("alice", &da, key(1))).await.unwrap();
-    let bob = open(&net, config("bob", &db, key(2))).await.unwrap();
-    let (_, bodies) = conversation(&alice, &bob, 5).await;
-    alice.shutdown().await;
-    bob.shutdown().await;
-    let raw = raw_files(root.path());
-    assert!(raw.len() > 100_000, "{} bytes", raw.len());
-    for body in &bodies {
+    let dirs: Vec<_> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|n| root.path().join(n))
+        .collect();
+    let alice = open(&net, config("alice", &dirs[0], key(1))).await.unwrap();
+    let bob = open(&net, config("bob", &dirs[1], key(2))).await.unwrap();
+    let carol = open(&net, config("carol", &dirs[2], key(3))).await.unwrap();
+
+    let g = alice.create_group().await.unwrap();
+    for c in [&bob, &carol] {
+        alice.invite(&g, &c.id()).await.unwrap();
+        until("the invitee joins", async || {
+            c.groups().await.unwrap().contains(&g)
+        })
+        .await;
+    }
+    let all = [&alice, &bob, &carol];
+    let e = agree(&all, &g, 2).await;
+    let three = [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")];
+    let mut bodies = round(&three, &g, 0).await;
+    bob.update(&g).await.unwrap();
+    let e = agree(&all, &g, e + 1).await;
+    carol.update(&g).await.unwrap();
+    let e = agree(&all, &g, e + 1).await;
+    bodies.extend(round(&three, &g, 1).await);
+    until("round 1 everywhere", async || {
+        for c in all {
+            if c.history(&g, 1000).await.unwrap().len() != 6 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    alice.remove(&g, &carol.id()).await.unwrap();
+    agree(&[&alice, &bob], &g, e + 1).await;
+    bodies.extend(round(&[(&alice, "alice"), (&bob, "bob")], &g, 2).await);
+    until("every message in alice's and bob's histories", async || {
+        alice.history(&g, 1000).await.unwrap().len() == bodies.len()
+            && bob.history(&g, 1000).await.unwrap().len() == bodies.len()
+    })
+    .await;
+    for c in [alice, bob, carol] {
+        c.shutdown().await;
+    }
+
+    // The files as the session left them.
+    let stored = scan::files(root.path());
+    assert!(stored.len() >= 6, "{} files", stored.len());
+    // Their pages decrypted, and the secrets read through the key.
+    let mut decrypted = Vec::new();
+    let mut secrets = Vec::new();
+    let mut chunks = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let k = [u8::try_from(i + 1).unwrap(); 32];
+        decrypted.push(scan::decrypt_data_dir(dir, &k));
+        let s: SqliteStorage = SqliteStorage::open_file_encrypted(
+            dir.join(pqmls::DATABASE_FILE),
+            &CipherKey::from_bytes(k),
+        )
+        .unwrap();
+        secrets.push(scan::secrets(&s));
+        chunks.push(blob_chunks(&s));
+    }
+    for (dir, s) in dirs.iter().zip(&secrets) {
+        let kinds = scan::kinds(s);
+        eprintln!("{}: {kinds:?}", dir.display());
+        for kind in [
+            "identity seed",
+            "HPKE tree private key (own leaf, path)",
+            "key-package init private key",
+            "key-package leaf private key",
+            "init secret",
+            "exporter secret",
+            "ordering exporter key",
+        ] {
+            assert!(kinds.contains_key(kind), "no {kind} in {}", dir.display());
+        }
+    }
+    assert!(chunks.iter().all(|c| c.len() > 50));
+
+    // Control 1: the same files, decrypted, hold every body and every secret.
+    let body_refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    assert_eq!(
+        scan::found(&decrypted[0], &body_refs).len(),
+        bodies.len(),
+        "alice's decrypted pages lack a body"
+    );
+    for ((dir, s), plain) in dirs.iter().zip(&secrets).zip(&decrypted) {
+        let refs: Vec<&[u8]> = s.iter().map(|s| s.bytes.as_slice()).collect();
+        let hits = scan::found(plain, &refs);
+        let missing: Vec<_> = (0..s.len()).filter(|i| !hits.contains(i)).collect();
         assert!(
-            !raw.windows(body.len()).any(|w| w == body.as_slice()),
-            "a message body is in clear on disk"
+            missing.is_empty(),
+            "{}: not in the decrypted pages: {:?}",
+            dir.display(),
+            missing.iter().map(|i| &s[*i]).collect::<Vec<_>>()
         );
     }
-    assert!(!raw.windows(15).any(|w| w == b"SQLite format 3"));
-    for (dir, k) in [(&da, 1), (&db, 2)] {
-        let secrets = stored_secrets(dir, k);
-        assert!(secrets.len() > 50, "{}", secrets.len());
-        assert_eq!(
-            any_found(&raw, &secrets),
-            0,
-            "stored bytes of {} are in clear on disk",
-            dir.display()
+
+    // Control 2: a plain export of alice's database (as with encryption off) shows the
+    // bodies and her secrets to the same scan.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain_db = plain_dir.path().join("plain.sqlite3");
+    {
+        let s: SqliteStorage = SqliteStorage::open_file_encrypted(
+            dirs[0].join(pqmls::DATABASE_FILE),
+            &CipherKey::from_bytes([1; 32]),
+        )
+        .unwrap();
+        s.connection()
+            .execute(
+                "ATTACH DATABASE ?1 AS plaintext KEY ''",
+                [plain_db.to_str().unwrap()],
+            )
+            .unwrap();
+        s.connection()
+            .query_row("SELECT sqlcipher_export('plaintext')", [], |_| Ok(()))
+            .unwrap();
+        s.connection()
+            .execute_batch("DETACH DATABASE plaintext")
+            .unwrap();
+    }
+    let plain: Vec<u8> = scan::files(plain_dir.path())
+        .into_iter()
+        .flat_map(|(_, b)| b)
+        .collect();
+    assert!(plain.starts_with(b"SQLite format 3\0"));
+    assert_eq!(scan::found(&plain, &body_refs).len(), bodies.len());
+    let alice_refs: Vec<&[u8]> = secrets[0].iter().map(|s| s.bytes.as_slice()).collect();
+    assert_eq!(scan::found(&plain, &alice_refs).len(), alice_refs.len());
+
+    // The test: nothing of it in any stored file.
+    let mut needles: Vec<(String, &[u8])> = bodies
+        .iter()
+        .map(|b| ("a message body".to_string(), b.as_slice()))
+        .collect();
+    for (dir, s) in dirs.iter().zip(&secrets) {
+        needles.extend(
+            s.iter()
+                .map(|s| (format!("{:?} of {}", s, dir.display()), s.bytes.as_slice())),
+        );
+    }
+    for (dir, c) in dirs.iter().zip(&chunks) {
+        needles.extend(
+            c.iter()
+                .map(|c| (format!("a stored blob of {}", dir.display()), c.as_slice())),
+        );
+    }
+    let refs: Vec<&[u8]> = needles.iter().map(|(_, n)| *n).collect();
+    for (path, bytes) in &stored {
+        assert!(
+            !bytes.starts_with(b"SQLite format 3"),
+            "{} is plain SQLite",
+            path.display()
+        );
+        let hits = scan::found(bytes, &refs);
+        assert!(
+            hits.is_empty(),
+            "{} holds in clear: {:?}",
+            path.display(),
+            hits.iter().map(|i| &needles[*i].0).collect::<Vec<_>>()
         );
     }
 }
@@ -337,4 +485,47 @@ async fn retention_and_wipe() {
     );
     let again = open(&net, config("bob", &db, key(2))).await.unwrap();
     assert_ne!(again.id(), id);
+}
+
+/// History retention on the client's timer, with no call to `expire_history`: alice keeps
+/// messages 60 s. 30 s (virtual) after a conversation she still has them; 90 s after they
+/// are gone, while bob (no retention) keeps his. The rows are gone from her file too: her
+/// decrypted pages (database and WAL) held every body before and hold none after
+/// (`secure_delete` overwrote them, the WAL was truncated); bob's still hold them all.
+#[tokio::test(start_paused = true)]
+async fn history_retention_runs_on_the_timer() {
+    let net = SimNetwork::new(SimConfig::default());
+    let root = tempfile::tempdir().unwrap();
+    let (da, db) = (root.path().join("alice"), root.path().join("bob"));
+    let mut c = config("alice", &da, key(1));
+    c.history_retention = Some(Duration::from_secs(60));
+    let alice = open(&net, c).await.unwrap();
+    let bob = open(&net, config("bob", &db, key(2))).await.unwrap();
+    let (g, bodies) = conversation(&alice, &bob, 3).await;
+    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    assert_eq!(
+        scan::found(&scan::decrypt_data_dir(&da, &[1; 32]), &refs).len(),
+        bodies.len(),
+        "the bodies were on alice's disk"
+    );
+
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(alice.history(&g, 100).await.unwrap().len(), 6, "kept 30 s");
+
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(alice.history(&g, 100).await.unwrap().is_empty());
+    assert_eq!(bob.history(&g, 100).await.unwrap().len(), 6);
+    let hits = scan::found(&scan::decrypt_data_dir(&da, &[1; 32]), &refs);
+    assert!(
+        hits.is_empty(),
+        "{} deleted bodies are still in alice's pages",
+        hits.len()
+    );
+    assert_eq!(
+        scan::found(&scan::decrypt_data_dir(&db, &[2; 32]), &refs).len(),
+        bodies.len()
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+    assert!(scan::found(&scan::decrypt_data_dir(&da, &[1; 32]), &refs).is_empty());
 }
