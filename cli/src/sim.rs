@@ -110,6 +110,14 @@ pub fn run(args: SimArgs) -> Result<()> {
         args.grind,
         if args.outsider { "on" } else { "off" }
     );
+    println!(
+        "randomness: {}",
+        if pqmls::sim::SEEDED_CRYPTO {
+            "seeded per member (INSECURE, simulation build): a seed replays exactly"
+        } else {
+            "crypto from the OS (network and schedule seeded); build with --features sim-rng for exact replay"
+        }
+    );
     let wall = Instant::now();
     let next = Arc::new(AtomicU64::new(first));
     let (tx, rx) = mpsc::channel::<(u64, Result<TrialReport>)>();
@@ -155,7 +163,7 @@ pub fn run(args: SimArgs) -> Result<()> {
         match r {
             Ok(r) => {
                 println!(
-                    "seed {:>5}: {} epoch {:>3}, {:>4} messages, deliveries {:>5}/{:<5} forks {:>3}/{:<3} (detected/recovered), final {:>4}, converged in {:>7.3} s{}",
+                    "seed {:>5}: {} epoch {:>3}, {:>4} messages, deliveries {:>5}/{:<5} forks {:>3}/{:<3} (detected/recovered), final {:>4}, converged in {:>7.3} s, trace {}{}",
                     r.seed,
                     if r.converged {
                         "converged    "
@@ -172,6 +180,10 @@ pub fn run(args: SimArgs) -> Result<()> {
                     r.forks_recovered,
                     r.epochs_final,
                     r.converge_time.as_secs_f64(),
+                    r.trace[..6]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>(),
                     r.failure
                         .as_deref()
                         .map(|f| format!(": {f}"))

@@ -6,6 +6,14 @@
 //! and the clients' timers run on virtual time: a minute of simulated chat takes as long as
 //! the CPU work in it. Loss and delay come from a seeded generator; with one runtime thread
 //! the same seed gives the same run up to the randomness of the cryptography itself.
+//!
+//! [`run_trial`] removes that last part too when the feature `sim-rng` is on
+//! ([`SEEDED_CRYPTO`]): every member's provider and signer draw from a ChaCha20 stream of
+//! (trial seed, member index) instead of the operating system, and the members' wall clock
+//! is virtual (it starts at [`VIRTUAL_EPOCH_MS`] and follows tokio's clock), so a seed
+//! replays byte for byte; [`TrialReport::trace`] is the check. Without the feature, the
+//! network, the schedule and the members' choices are still seeded, but keys, commit
+//! hashes, and so which commits win, differ from run to run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -18,6 +26,60 @@ use pqmls_transport::{Error, Message, MessageId, Topic};
 use tokio::sync::mpsc;
 
 use crate::net::{Inbox, Transport};
+
+/// Whether [`run_trial`] seeds the members' cryptographic randomness (feature `sim-rng`),
+/// so that a seed replays exactly. Insecure by design, simulations only.
+pub const SEEDED_CRYPTO: bool = cfg!(feature = "sim-rng");
+
+/// Where the simulated members' wall clock starts (2026-01-01T00:00:00Z, in ms since the
+/// Unix epoch): fixed, so that what they derive from the time (key package lifetimes,
+/// timestamps inside messages) is the same in every run of a seed.
+pub const VIRTUAL_EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// Lifetime of the simulated members' key packages: their clock is fixed at
+/// [`VIRTUAL_EPOCH_MS`], and OpenMLS checks key packages against the real clock, so they
+/// must be valid from then to well past today (a century).
+const SIM_KEY_PACKAGE_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The seed of simulated member `index`'s randomness in the trial of `seed` (`u64::MAX`:
+/// the outsider; `u64::MAX - 1`: the removed member's retained state).
+#[cfg_attr(not(feature = "sim-rng"), allow(dead_code))]
+fn member_seed(seed: u64, index: u64) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"pqmls sim member rng v1");
+    h.update(seed.to_be_bytes());
+    h.update(index.to_be_bytes());
+    h.finalize().into()
+}
+
+/// The lifetime of a leaf node made by a simulated party that is not a client, as the
+/// clients make theirs at the start of the virtual clock.
+fn sim_lifetime() -> openmls::prelude::Lifetime {
+    let now = VIRTUAL_EPOCH_MS / 1000;
+    openmls::prelude::Lifetime::init(
+        now.saturating_sub(3600),
+        now.saturating_add(SIM_KEY_PACKAGE_LIFETIME.as_secs()),
+    )
+}
+
+/// A provider for a simulated party that is not a [`crate::Client`] (the outsider, the
+/// removed member's copies): seeded like a member's with the feature `sim-rng`, the
+/// operating system's otherwise.
+fn party_provider(seed: u64, index: u64) -> crate::Result<crate::engine::Prov> {
+    #[cfg(feature = "sim-rng")]
+    let crypto =
+        pqmls_provider::PqCrypto::insecure_deterministic_for_simulation(member_seed(seed, index));
+    #[cfg(not(feature = "sim-rng"))]
+    let crypto = {
+        let _ = (seed, index);
+        pqmls_provider::PqCrypto::new().map_err(|e| crate::Error::Crypto(format!("{e:?}")))?
+    };
+    Ok(pqmls_provider::Provider::from_parts(
+        crypto,
+        pqmls_provider::SqliteStorage::open_in_memory()?,
+    ))
+}
 
 /// SplitMix64: a small, seedable, well-distributed generator (not for cryptography).
 #[derive(Debug, Clone)]
@@ -94,6 +156,8 @@ struct Net {
     clock_ms: u64,
     sent: u64,
     dropped: u64,
+    /// SHA-256 over everything published and replayed, in order.
+    trace: sha2::Sha256,
 }
 
 /// The shared network. Clone it to hand it around.
@@ -132,6 +196,7 @@ impl SimNetwork {
                 clock_ms: 0,
                 sent: 0,
                 dropped: 0,
+                trace: <sha2::Sha256 as sha2::Digest>::new(),
             })),
         }
     }
@@ -182,7 +247,8 @@ impl SimNetwork {
     /// Delivers `msg` again to every subscriber of its topic, as a relay replaying it after
     /// gossip's de-duplication window would (tests). Not stored again.
     pub fn replay(&self, msg: &Message) {
-        if let Ok(n) = self.net.lock() {
+        if let Ok(mut n) = self.net.lock() {
+            trace(&mut n.trace, b"replay", &msg.topic, &msg.data);
             for e in n
                 .endpoints
                 .iter()
@@ -216,6 +282,15 @@ impl SimNetwork {
         }
     }
 
+    /// SHA-256 over every payload published or replayed so far (topic and bytes, in
+    /// order): equal in two runs exactly when they put the same bytes on the network.
+    pub fn trace(&self) -> [u8; 32] {
+        self.net
+            .lock()
+            .map(|n| sha2::Digest::finalize(n.trace.clone()).into())
+            .unwrap_or_default()
+    }
+
     /// (gossip deliveries attempted, deliveries dropped by loss).
     pub fn counters(&self) -> (u64, u64) {
         self.net
@@ -244,6 +319,15 @@ impl SimTransport {
             return Err(Error::NoStore);
         }
         f(&mut n, self.index)
+    }
+}
+
+/// Adds one payload to a network trace.
+fn trace(h: &mut sha2::Sha256, what: &[u8], topic: &Topic, data: &[u8]) {
+    use sha2::Digest as _;
+    for part in [what, topic.as_str().as_bytes(), data] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
     }
 }
 
@@ -289,6 +373,7 @@ impl Transport for SimTransport {
                 return Err(Error::Duplicate);
             }
             n.clock_ms += 1;
+            trace(&mut n.trace, b"publish", topic, &data);
             let msg = Message {
                 topic: topic.clone(),
                 data,
@@ -453,10 +538,16 @@ impl Default for Scenario {
 }
 
 /// What one trial of a [`Scenario`] gave.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrialReport {
     /// Seed of the trial.
     pub seed: u64,
+    /// SHA-256 over everything the trial put on the network, in order
+    /// ([`SimNetwork::trace`]): with [`SEEDED_CRYPTO`], the same for every run of a seed.
+    pub trace: [u8; 32],
+    /// The epoch authenticator the members agreed on at the end (the first member's, if
+    /// they did not agree).
+    pub epoch_authenticator: Vec<u8>,
     /// Every member ended in the same epoch with the same epoch authenticator, and the
     /// members' own view of who is in the group matches the group's member list.
     pub converged: bool,
@@ -549,6 +640,12 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         if i == 1 {
             c.grind = s.grind.max(1);
         }
+        c.virtual_wall_clock_ms = Some(VIRTUAL_EPOCH_MS);
+        c.key_package_lifetime = SIM_KEY_PACKAGE_LIFETIME;
+        #[cfg(feature = "sim-rng")]
+        {
+            c.insecure_rng_seed = Some(member_seed(s.seed, i as u64));
+        }
         clients.push(Client::open(c, t, inbox).await?);
     }
     let names: Vec<crate::UserId> = clients.iter().map(Client::id).collect();
@@ -597,7 +694,7 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
     let mut outsider = if s.outsider {
         let mut topics = vec![crate::wire::group_topic(&group.0)];
         topics.extend(names.iter().map(crate::wire::inbox_topic));
-        Some(Outsider::new(&net, s.suite, &topics).await?)
+        Some(Outsider::new(&net, s.suite, &topics, party_provider(s.seed, u64::MAX)?).await?)
     } else {
         None
     };
@@ -821,6 +918,12 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         }
     }
     report.dropped = net.counters().1;
+    report.epoch_authenticator = clients[0]
+        .status(&group)
+        .await
+        .map(|st| st.epoch_authenticator)
+        .unwrap_or_default();
+    report.trace = net.trace();
     for c in clients {
         c.shutdown().await;
     }
@@ -939,14 +1042,23 @@ impl Outsider {
         net: &SimNetwork,
         suite: crate::Ciphersuite,
         topics: &[Topic],
+        provider: crate::engine::Prov,
     ) -> crate::Result<Self> {
         use openmls::prelude::{BasicCredential, CredentialWithKey};
-        let provider = pqmls_provider::Provider::from_parts(
-            pqmls_provider::PqCrypto::new().map_err(|e| crate::Error::Crypto(format!("{e:?}")))?,
-            pqmls_provider::SqliteStorage::open_in_memory()?,
-        );
-        let signer = pqmls_provider::SignatureKeyPair::generate(suite.signature_algorithm())
-            .map_err(|e| crate::Error::Crypto(format!("{e:?}")))?;
+        let signer = pqmls_provider::SignatureKeyPair::generate_with_rng(
+            suite.signature_algorithm(),
+            &mut provider.pq_crypto().rng(),
+        )
+        .map_err(|e| crate::Error::Crypto(format!("{e:?}")))?;
+        #[cfg(feature = "sim-rng")]
+        let signer = {
+            use openmls_traits::random::OpenMlsRand as _;
+            let seed = provider
+                .pq_crypto()
+                .random_array::<32>()
+                .map_err(|e| crate::Error::Crypto(format!("{e:?}")))?;
+            signer.insecure_deterministic_signing_for_simulation(seed)
+        };
         let credential = CredentialWithKey {
             credential: BasicCredential::new(b"outsider".to_vec()).into(),
             signature_key: signer.public().to_vec().into(),
@@ -1095,6 +1207,7 @@ impl Outsider {
             .ciphersuite(self.suite)
             .use_ratchet_tree_extension(true)
             .with_capabilities(crate::engine::capabilities(self.suite))
+            .lifetime(sim_lifetime())
             .build(&self.provider, &self.signer, self.credential.clone())
             .ok()?;
         let (_, welcome, _) = g.add_members(&self.provider, &self.signer, &[kp]).ok()?;
