@@ -676,6 +676,12 @@ impl Client {
             .await
     }
 
+    /// Simulation hook ([`crate::sim`]): runs `f` on the client's state machine under its
+    /// lock.
+    pub(crate) async fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        self.inner.locked(f).await
+    }
+
     /// Waits (up to 20 s) until the directory holds `user`'s last-resort key package.
     pub(crate) async fn wait_for_key_packages(&self, user: &UserId) -> Result<()> {
         let key = directory::key_package_key(user, Slot::LastResort);

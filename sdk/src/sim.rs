@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 
 use crate::net::{Inbox, Transport};
 
+mod revenant;
+
 /// Whether [`run_trial`] seeds the members' cryptographic randomness (feature `sim-rng`),
 /// so that a seed replays exactly. Insecure by design, simulations only.
 pub const SEEDED_CRYPTO: bool = cfg!(feature = "sim-rng");
@@ -158,6 +160,8 @@ struct Net {
     dropped: u64,
     /// SHA-256 over everything published and replayed, in order.
     trace: sha2::Sha256,
+    /// Who published each message (endpoint index).
+    authors: BTreeMap<MessageId, usize>,
 }
 
 /// The shared network. Clone it to hand it around.
@@ -197,6 +201,7 @@ impl SimNetwork {
                 sent: 0,
                 dropped: 0,
                 trace: <sha2::Sha256 as sha2::Digest>::new(),
+                authors: BTreeMap::new(),
             })),
         }
     }
@@ -265,6 +270,25 @@ impl SimNetwork {
         self.net
             .lock()
             .map(|n| n.history.get(topic).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// The messages on `topic` that endpoint `index` (in [`SimNetwork::attach`] order)
+    /// published and the store holds, in arrival order.
+    pub(crate) fn published_by(&self, topic: &Topic, index: usize) -> Vec<Message> {
+        self.net
+            .lock()
+            .map(|n| {
+                n.history
+                    .get(topic)
+                    .map(|h| {
+                        h.iter()
+                            .filter(|m| n.authors.get(&m.id) == Some(&index))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
             .unwrap_or_default()
     }
 
@@ -374,6 +398,7 @@ impl Transport for SimTransport {
             }
             n.clock_ms += 1;
             trace(&mut n.trace, b"publish", topic, &data);
+            n.authors.insert(id, me);
             let msg = Message {
                 topic: topic.clone(),
                 data,
@@ -514,6 +539,13 @@ pub struct Scenario {
     /// then accept invitations from their contacts only (every other user), the SDK's
     /// default policy.
     pub outsider: bool,
+    /// A removed member replays (see `revenant`): member `m2` is removed during the chaos
+    /// phase (by `m0` at a third of it, if nobody has removed it by then) and never
+    /// invited back; it keeps copies of the group states it held as a member and keeps
+    /// committing for their epochs (smallest hashes, true or false priorities, with its
+    /// votes), on branches of its own, and replays what it published, trying to undo its
+    /// removal and to read on. The group starts with at least three members for it.
+    pub replay_removed: bool,
 }
 
 impl Default for Scenario {
@@ -533,6 +565,7 @@ impl Default for Scenario {
             partition: None,
             horizon: crate::Config::new("-").fork_horizon,
             outsider: false,
+            replay_removed: false,
         }
     }
 }
@@ -602,6 +635,27 @@ pub struct TrialReport {
     pub outsider_states: u64,
     /// Invitations from the outsider held for consent at the end (not joined).
     pub outsider_invitations: u64,
+    /// [`Scenario::replay_removed`]: the group removed the member (the first member's
+    /// view stopped listing it) during the trial.
+    pub replay_removed: bool,
+    /// The removal was final at the first member by the end (its votes made the epoch the
+    /// removal ended final).
+    pub replay_removal_final: bool,
+    /// Members whose state lists the removed member again at the end: removals undone
+    /// (it is never invited back).
+    pub replay_undone: u64,
+    /// Payloads the removed member published or replayed after its removal.
+    pub replay_published: u64,
+    /// Application messages sent after its removal (received by it afterwards) that it
+    /// tried to read.
+    pub replay_tried: u64,
+    /// Of those, the ones it read with a state its own commits led to, or honest commits
+    /// on top of them: messages of members who accepted its branch after removing it.
+    pub replay_read_after: u64,
+    /// Of those, the ones it read with a state it held as a member: messages sent in an
+    /// epoch it was a member of, by members that had not merged its removal yet (MLS
+    /// gives those to every member of that epoch).
+    pub replay_read_member_epoch: u64,
 }
 
 /// Runs one trial on the current runtime, which should be a current-thread runtime with
@@ -670,7 +724,11 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
     };
     let creator = &clients[0];
     let group = creator.create_group().await?;
-    let initial = (s.members * 2).div_ceil(3).max(2);
+    let mut initial = (s.members * 2).div_ceil(3).max(2);
+    if s.replay_removed {
+        // The removed member, m2, starts in the group.
+        initial = initial.max(3).min(s.members);
+    }
     for name in names.iter().take(initial).skip(1) {
         creator.invite(&group, name).await?;
         let idx = names.iter().position(|n| n == name).unwrap_or(0);
@@ -699,6 +757,16 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         None
     };
     let mut outsider_rng = SimRng::new(s.seed ^ 0x0bad_0bad_0bad_0bad);
+    let mut revenant = match clients.get(2) {
+        Some(c) if s.replay_removed => {
+            let mut r = revenant::Revenant::new(&net, c, 2, &group, s.seed).await?;
+            r.observe(c).await?;
+            Some(r)
+        }
+        _ => None,
+    };
+    let mut revenant_rng = SimRng::new(s.seed ^ 0x7e7e_7e7e_7e7e_7e7e);
+    let mut removals_asked = 0u32;
     // Chaos: actions at random times by random members.
     let mut sent: Vec<(crate::UserId, Vec<u8>, Vec<crate::UserId>)> = Vec::new();
     let start = tokio::time::Instant::now();
@@ -729,6 +797,27 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         if let Some(o) = outsider.as_mut() {
             o.act(&mut outsider_rng, &net, &group, &names).await;
         }
+        if let Some(r) = revenant.as_mut() {
+            if r.removed {
+                r.act(&mut revenant_rng, &net).await;
+            } else {
+                r.observe(&clients[r.index]).await?;
+                let listed = clients[0]
+                    .members(&group)
+                    .await
+                    .is_ok_and(|ms| ms.iter().any(|m| m.id == r.id));
+                if !listed {
+                    r.removed = true;
+                } else if (phase >= 1.0 / 3.0 && removals_asked == 0)
+                    || (phase >= 2.0 / 3.0 && removals_asked == 1)
+                {
+                    // m0 removes it (again, if the first removal lost to a branch).
+                    if clients[0].remove(&group, &r.id).await.is_ok() {
+                        removals_asked += 1;
+                    }
+                }
+            }
+        }
         let mut actor = usize::try_from(rng.below(s.members as u64)).unwrap_or(0);
         let mut roll = rng.below(100);
         if s.grind > 1 && rng.below(3) == 0 {
@@ -736,6 +825,13 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
             // self-updates.
             actor = 1;
             roll = 70;
+        }
+        if revenant
+            .as_ref()
+            .is_some_and(|r| r.removed && r.index == actor)
+        {
+            // The removed member acts as the revenant only.
+            continue;
         }
         let c = &clients[actor];
         let Ok(members) = c.members(&group).await else {
@@ -753,8 +849,11 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
                 report.operations += 1;
             }
         } else if roll < 95 {
-            let outside: Vec<&crate::UserId> =
-                names.iter().filter(|n| !members.contains(n)).collect();
+            let outside: Vec<&crate::UserId> = names
+                .iter()
+                .filter(|n| !members.contains(n))
+                .filter(|n| revenant.as_ref().is_none_or(|r| r.id != **n))
+                .collect();
             if !outside.is_empty() {
                 let pick = outside[usize::try_from(rng.below(outside.len() as u64)).unwrap_or(0)];
                 if c.invite(&group, pick).await.is_ok() {
@@ -787,6 +886,12 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
     let mut tick = 0u32;
     while chaos_end.elapsed() < deadline {
         if tick.is_multiple_of(5) {
+            // The removed member keeps at it for the first 20 s of the sync phase.
+            if let Some(r) = revenant.as_mut().filter(|r| r.removed)
+                && chaos_end.elapsed() < Duration::from_secs(20)
+            {
+                r.act(&mut revenant_rng, &net).await;
+            }
             for c in &clients {
                 let _ = c.sync().await;
             }
@@ -898,6 +1003,44 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         report.grinder_contests = st.contests;
         report.grinder_wins = st.contests_won;
         report.grinder_fair_milli = st.contests_fair_milli;
+    }
+    if let Some(r) = revenant.as_mut() {
+        r.finish().await;
+        report.replay_removed = r.removed;
+        report.replay_published = r.published;
+        report.replay_tried = r.tried;
+        report.replay_read_after = r.read_after;
+        report.replay_read_member_epoch = r.read_member_epoch;
+        if r.removed {
+            for (i, c) in clients.iter().enumerate() {
+                if i != r.index
+                    && c.members(&group)
+                        .await
+                        .is_ok_and(|ms| ms.iter().any(|m| m.id == r.id))
+                {
+                    report.replay_undone += 1;
+                }
+            }
+            // The last epoch of the first member's chain with the member in it is the one
+            // its removal ended; final if the first member's final epoch reached it.
+            let id = r.id;
+            let gid = group.clone();
+            report.replay_removal_final = clients[0]
+                .with_state(move |st| {
+                    let last = st.final_epoch(&gid)?;
+                    let now = st.group(&gid)?.mls.epoch().as_u64();
+                    for e in (0..=now).rev() {
+                        if let Some(ms) = st.members_at(&gid, e)?
+                            && ms.iter().any(|m| m.id == id)
+                        {
+                            return Ok(last.is_some_and(|f| f >= e) && e < now);
+                        }
+                    }
+                    Ok(false)
+                })
+                .await
+                .unwrap_or(false);
+        }
     }
     if let Some(o) = &outsider {
         report.outsider_published = o.published;

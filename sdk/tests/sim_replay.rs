@@ -58,3 +58,21 @@ fn a_seed_replays_exactly_and_another_seed_does_not() {
     assert_ne!(first.trace, other.trace);
     assert_ne!(first.epoch_authenticator, other.epoch_authenticator);
 }
+
+/// The same with the removed member replaying (its copies of the group state, its
+/// commits and votes on them, its replays): its providers are seeded too.
+#[test]
+fn a_seed_with_the_removed_member_replays_exactly() {
+    let scenario = Scenario {
+        members: 5,
+        loss: 0.2,
+        seed: 5,
+        chaos: Duration::from_secs(6),
+        replay_removed: true,
+        ..Scenario::default()
+    };
+    let first = trial(&scenario);
+    eprintln!("{first:?}");
+    assert!(first.replay_removed && first.replay_published > 0);
+    assert_eq!(first, trial(&scenario));
+}
