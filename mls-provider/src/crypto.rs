@@ -146,18 +146,20 @@ impl PqCrypto {
         self.cache.stats()
     }
 
+    /// HPKE's SetupBaseS to `pk_r`, its randomness from `rand`.
     fn seal_with(
         &self,
         config: &HpkeConfig,
         pk_r: &[u8],
         info: &[u8],
+        rand: &Source,
     ) -> Result<(Vec<u8>, hpke::Context), CryptoError> {
         let suite = suite(config)?;
         let key = self
             .cache
             .get(suite.kem, pk_r)
             .map_err(|_| CryptoError::InvalidPublicKey)?;
-        hpke::setup_base_sender(suite, &key, info, &mut self.rng()).map_err(|e| match e {
+        hpke::setup_base_sender(suite, &key, info, &mut ProviderRng(rand)).map_err(|e| match e {
             HpkeError::InvalidPublicKey | HpkeError::NonContributory => {
                 CryptoError::InvalidPublicKey
             }
@@ -337,7 +339,10 @@ impl OpenMlsCrypto for PqCrypto {
         aad: &[u8],
         ptxt: &[u8],
     ) -> Result<HpkeCiphertext, CryptoError> {
-        let (enc, mut ctx) = self.seal_with(&config, pk_r, info)?;
+        // OpenMLS seals path secrets in parallel: see `rng` for why a call has its own
+        // (seeded) stream.
+        let rand = self.rand.for_call(&[pk_r, info, aad, ptxt]);
+        let (enc, mut ctx) = self.seal_with(&config, pk_r, info, &rand)?;
         let ct = ctx
             .seal(aad, ptxt)
             .map_err(|_| CryptoError::HpkeEncryptionError)?;
@@ -370,7 +375,7 @@ impl OpenMlsCrypto for PqCrypto {
         exporter_context: &[u8],
         exporter_length: usize,
     ) -> Result<(KemOutput, ExporterSecret), CryptoError> {
-        let (enc, ctx) = self.seal_with(&config, pk_r, info)?;
+        let (enc, ctx) = self.seal_with(&config, pk_r, info, &self.rand)?;
         let secret = ctx
             .export(exporter_context, exporter_length)
             .map_err(|_| CryptoError::ExporterError)?;

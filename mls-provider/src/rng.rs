@@ -5,6 +5,14 @@
 //! - [`Source::Seeded`], feature `sim-rng` only: a ChaCha20 keystream (RFC 8439, zero
 //!   nonce) under a 32-byte seed the caller gives, so that a simulated run replays exactly.
 //!   Anyone who knows the seed knows every key drawn from it: simulations only.
+//!
+//! One seeded stream hands its bytes out in the order they are asked for, so a draw made
+//! on several threads at once would get them in thread order. OpenMLS seals the path
+//! secrets of a commit in parallel (rayon, in `treesync/treekem.rs` and
+//! `treesync/node/parent_node.rs` of openmls 0.9.2), so seeded HPKE seals do not draw from
+//! the stream: each takes a stream of its own derived from the seed and the seal's inputs
+//! ([`Source::for_call`]), which differ between the seals of one commit (another
+//! recipient key, or another fresh path secret).
 
 use pqmls_pq::OsRng;
 use pqmls_pq::rand_core::{TryCryptoRng, TryRng};
@@ -18,7 +26,12 @@ pub(crate) enum Source {
     /// A seeded ChaCha20 keystream (simulation only). The cipher state zeroizes on drop
     /// (chacha20's `zeroize` feature).
     #[cfg(feature = "sim-rng")]
-    Seeded(std::sync::Mutex<chacha20::ChaCha20>),
+    Seeded {
+        /// The seed, for the streams of [`Source::for_call`].
+        seed: zeroize::Zeroizing<[u8; 32]>,
+        /// The keystream of the seed.
+        stream: std::sync::Mutex<chacha20::ChaCha20>,
+    },
 }
 
 impl Source {
@@ -26,10 +39,35 @@ impl Source {
     #[cfg(feature = "sim-rng")]
     pub(crate) fn seeded(seed: &[u8; 32]) -> Self {
         use chacha20::cipher::KeyIvInit as _;
-        Source::Seeded(std::sync::Mutex::new(chacha20::ChaCha20::new(
-            seed.into(),
-            &[0u8; 12].into(),
-        )))
+        Source::Seeded {
+            seed: zeroize::Zeroizing::new(*seed),
+            stream: std::sync::Mutex::new(chacha20::ChaCha20::new(seed.into(), &[0u8; 12].into())),
+        }
+    }
+
+    /// The source for one call that may run in parallel with others (HPKE seals): this
+    /// one for the operating system; for a seeded source, a fresh stream keyed by
+    /// SHA-256 over a label, the seed and `inputs` (each length-prefixed).
+    pub(crate) fn for_call(&self, inputs: &[&[u8]]) -> Source {
+        match self {
+            Source::Os => {
+                let _ = inputs;
+                Source::Os
+            }
+            #[cfg(feature = "sim-rng")]
+            Source::Seeded { seed, .. } => {
+                use sha2::Digest as _;
+                let mut h = sha2::Sha256::new();
+                h.update(b"pqmls-provider sim-rng call v1");
+                h.update(seed.as_slice());
+                for part in inputs {
+                    h.update((part.len() as u64).to_be_bytes());
+                    h.update(part);
+                }
+                let key = zeroize::Zeroizing::new(<[u8; 32]>::from(h.finalize()));
+                Source::seeded(&key)
+            }
+        }
     }
 
     /// Fills `dst`.
@@ -41,7 +79,7 @@ impl Source {
         match self {
             Source::Os => OsRng.try_fill_bytes(dst).map_err(|_| RandError),
             #[cfg(feature = "sim-rng")]
-            Source::Seeded(stream) => {
+            Source::Seeded { stream, .. } => {
                 use chacha20::cipher::StreamCipher as _;
                 let mut stream = stream.lock().map_err(|_| RandError)?;
                 dst.fill(0);

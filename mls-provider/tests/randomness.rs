@@ -175,3 +175,57 @@ fn seeded_signer_replays_randomised_signatures() {
         );
     }
 }
+
+/// OpenMLS seals a commit's path secrets in parallel (rayon), so with a seeded provider a
+/// seal must not depend on the order in which concurrent seals ask for randomness: the
+/// same seals in order, in reverse and from eight threads at once give the same
+/// ciphertexts. (With one shared stream the reversed order gave other ones.)
+#[test]
+fn seeded_seals_do_not_depend_on_their_order() {
+    use openmls_traits::crypto::OpenMlsCrypto;
+    use openmls_traits::types::{HpkeAeadType, HpkeConfig, HpkeKdfType, HpkeKemType};
+    let config = || {
+        HpkeConfig(
+            HpkeKemType::XWingKemDraft6,
+            HpkeKdfType::HkdfSha256,
+            HpkeAeadType::AesGcm128,
+        )
+    };
+    let keys: Vec<Vec<u8>> = (0..8u8)
+        .map(|i| {
+            PqCrypto::new()
+                .unwrap()
+                .derive_hpke_keypair(config(), &[i; 32])
+                .unwrap()
+                .public
+        })
+        .collect();
+    let seal = |p: &PqCrypto, pk: &[u8]| {
+        let ct = p
+            .hpke_seal(config(), pk, b"group context", b"", b"path secret")
+            .unwrap();
+        (
+            ct.kem_output.as_slice().to_vec(),
+            ct.ciphertext.as_slice().to_vec(),
+        )
+    };
+    let seeded = || PqCrypto::insecure_deterministic_for_simulation([9; 32]);
+    let p = seeded();
+    let in_order: Vec<_> = keys.iter().map(|pk| seal(&p, pk)).collect();
+    let p = seeded();
+    let mut reversed: Vec<_> = keys.iter().rev().map(|pk| seal(&p, pk)).collect();
+    reversed.reverse();
+    assert_eq!(in_order, reversed);
+    let p = seeded();
+    let parallel: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = keys.iter().map(|pk| s.spawn(|| seal(&p, pk))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(in_order, parallel);
+    // Another seal to the same key with other contents gets other randomness.
+    let p = seeded();
+    let other = p
+        .hpke_seal(config(), &keys[0], b"group context", b"", b"another secret")
+        .unwrap();
+    assert_ne!(other.kem_output.as_slice(), in_order[0].0.as_slice());
+}
