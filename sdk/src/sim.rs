@@ -398,6 +398,15 @@ impl Transport for SimTransport {
             }
             n.clock_ms += 1;
             trace(&mut n.trace, b"publish", topic, &data);
+            // Two runs of a seed diverge at the first payload whose line differs
+            // (`RUST_LOG=pqmls::sim=trace`).
+            tracing::trace!(
+                "publish {} by endpoint {me} on {}: {} bytes, sha256 {}",
+                n.clock_ms,
+                topic.as_str(),
+                data.len(),
+                crate::engine::short(&<sha2::Sha256 as sha2::Digest>::digest(&data))
+            );
             n.authors.insert(id, me);
             let msg = Message {
                 topic: topic.clone(),
