@@ -58,6 +58,13 @@ pub struct SimArgs {
     /// invitations, the SDK's default).
     #[arg(long)]
     outsider: bool,
+    /// Adversary: member m2 is removed during the chaos phase (by m0 at a third of it at
+    /// the latest) and never invited back; it keeps the group states it held and keeps
+    /// committing for their epochs (smallest hashes, true and false priorities, its votes),
+    /// on branches of its own, and replays what it published, to undo its removal and
+    /// read on.
+    #[arg(long)]
+    replay_removed: bool,
     /// The members' fork horizon in virtual seconds (default: the SDK's, 600).
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     horizon_secs: u64,
@@ -99,7 +106,7 @@ pub fn run(args: SimArgs) -> Result<()> {
         args.threads
     );
     println!(
-        "faults: store misses {:.0} %, {} offline{}, gossip delay up to {} ms, horizon {} s; adversaries: grind {}, outsider {}",
+        "faults: store misses {:.0} %, {} offline{}, gossip delay up to {} ms, horizon {} s; adversaries: grind {}, outsider {}, removed member replaying {}",
         args.store_miss * 100.0,
         args.offline,
         args.partition_secs
@@ -108,7 +115,16 @@ pub fn run(args: SimArgs) -> Result<()> {
         args.max_delay_ms,
         args.horizon_secs,
         args.grind,
-        if args.outsider { "on" } else { "off" }
+        if args.outsider { "on" } else { "off" },
+        if args.replay_removed { "on" } else { "off" }
+    );
+    println!(
+        "randomness: {}",
+        if pqmls::sim::SEEDED_CRYPTO {
+            "seeded per member (INSECURE, simulation build): a seed replays exactly"
+        } else {
+            "crypto from the OS (network and schedule seeded); build with --features sim-rng for exact replay"
+        }
     );
     let wall = Instant::now();
     let next = Arc::new(AtomicU64::new(first));
@@ -128,6 +144,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             partition: args.partition_secs.map(Duration::from_secs),
             horizon: Duration::from_secs(args.horizon_secs),
             outsider: args.outsider,
+            replay_removed: args.replay_removed,
             max_delay: Duration::from_millis(args.max_delay_ms),
             ..Scenario::default()
         };
@@ -155,7 +172,7 @@ pub fn run(args: SimArgs) -> Result<()> {
         match r {
             Ok(r) => {
                 println!(
-                    "seed {:>5}: {} epoch {:>3}, {:>4} messages, deliveries {:>5}/{:<5} forks {:>3}/{:<3} (detected/recovered), final {:>4}, converged in {:>7.3} s{}",
+                    "seed {:>5}: {} epoch {:>3}, {:>4} messages, deliveries {:>5}/{:<5} forks {:>3}/{:<3} (detected/recovered), final {:>4}, converged in {:>7.3} s, trace {}{}",
                     r.seed,
                     if r.converged {
                         "converged    "
@@ -172,11 +189,27 @@ pub fn run(args: SimArgs) -> Result<()> {
                     r.forks_recovered,
                     r.epochs_final,
                     r.converge_time.as_secs_f64(),
+                    r.trace[..6]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>(),
                     r.failure
                         .as_deref()
                         .map(|f| format!(": {f}"))
                         .unwrap_or_default()
                 );
+                if args.replay_removed {
+                    println!(
+                        "    removed member: removed {}, final {}, undone in {} states, {} payloads, read {} of {} later messages through its branches ({} of its own epochs)",
+                        r.replay_removed,
+                        r.replay_removal_final,
+                        r.replay_undone,
+                        r.replay_published,
+                        r.replay_read_after,
+                        r.replay_tried,
+                        r.replay_read_member_epoch
+                    );
+                }
                 for m in r.missing.iter().take(3) {
                     println!("    missing: {m}");
                 }
@@ -251,6 +284,22 @@ pub fn run(args: SimArgs) -> Result<()> {
         let held: u64 = reports.iter().map(|r| r.outsider_invitations).sum();
         println!(
             "outsider: {published} payloads published; member states with it in: {states}; its invitations held for consent, not joined: {held}"
+        );
+    }
+    if args.replay_removed {
+        let removed = reports.iter().filter(|r| r.replay_removed).count();
+        let final_ = reports.iter().filter(|r| r.replay_removal_final).count();
+        let undone = reports.iter().filter(|r| r.replay_undone > 0).count();
+        let states: u64 = reports.iter().map(|r| r.replay_undone).sum();
+        let published: u64 = reports.iter().map(|r| r.replay_published).sum();
+        let tried: u64 = reports.iter().map(|r| r.replay_tried).sum();
+        let read: u64 = reports.iter().map(|r| r.replay_read_after).sum();
+        let own: u64 = reports.iter().map(|r| r.replay_read_member_epoch).sum();
+        println!(
+            "removed member replaying: removed in {removed}/{total} trials (final at m0 in {final_}); removals undone: {undone} trials ({states} member states list it again); {published} payloads published or replayed after its removal"
+        );
+        println!(
+            "  messages after its removal read through its own branches: {read} of {tried} tried ({own} more read with a state it held as a member: sent in its last epoch by members that had not merged its removal yet)"
         );
     }
     let contests: u64 = reports.iter().map(|r| r.grinder_contests).sum();

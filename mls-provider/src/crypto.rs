@@ -7,14 +7,13 @@ use openmls_traits::types::{
     AeadType, Ciphersuite, CryptoError, ExporterSecret, HashType, HpkeAeadType, HpkeCiphertext,
     HpkeConfig, HpkeKdfType, HpkeKemType, HpkeKeyPair, KemOutput, SignatureScheme,
 };
-use pqmls_pq::OsRng;
-use pqmls_pq::rand_core::{TryCryptoRng, TryRng};
 use tls_codec::SecretVLBytes;
 
 use crate::aead::{AeadAlg, AeadError};
 use crate::cache::{CacheConfig, CacheStats, KeyCache};
 use crate::hpke::{self, Aead, DeriveProfile, HpkeError, Kdf, Kem, Suite};
 use crate::kdf::HashAlg;
+use crate::rng::{ProviderRng, Source};
 
 /// Every cipher suite this provider runs: all 17 non-GREASE suites of openmls_traits 0.6.
 pub const SUPPORTED_CIPHERSUITES: [Ciphersuite; 17] = [
@@ -68,8 +67,13 @@ pub struct CryptoConfig {
 /// (BENCHMARKS.md, `provider_rand`), small next to anything MLS does with the bytes.
 /// Temporaries that hold random secrets on their way (HPKE encapsulation randomness,
 /// signature seeds, P-521 nonce seeds) are `Zeroizing`.
+///
+/// With the feature `sim-rng`, [`PqCrypto::insecure_deterministic_for_simulation`] makes a
+/// provider whose every draw comes from a seeded stream instead, for simulations that must
+/// replay exactly; every other constructor uses the operating system.
 pub struct PqCrypto {
     config: CryptoConfig,
+    rand: Source,
     cache: KeyCache,
     vk_cache: crate::sign::VerifyingKeyCache,
 }
@@ -78,13 +82,15 @@ impl core::fmt::Debug for PqCrypto {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("PqCrypto")
             .field("config", &self.config)
+            .field("os_randomness", &self.rand.is_os())
             .finish_non_exhaustive()
     }
 }
 
-/// The randomness source failed.
+/// The randomness source failed (the operating system's generator; with the feature
+/// `sim-rng`, a simulation's seeded stream ran out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the operating system's random number generator failed")]
+#[error("the random number generator failed")]
 pub struct RandError;
 
 impl PqCrypto {
@@ -102,13 +108,32 @@ impl PqCrypto {
     /// # Errors
     /// As [`PqCrypto::new`].
     pub fn with_config(config: CryptoConfig) -> Result<Self, RandError> {
+        let rand = Source::Os;
         let mut probe = [0u8; 1];
-        OsRng.try_fill_bytes(&mut probe).map_err(|_| RandError)?;
+        rand.fill(&mut probe)?;
         Ok(PqCrypto {
             config,
+            rand,
             cache: KeyCache::new(config.cache),
             vk_cache: crate::sign::VerifyingKeyCache::default(),
         })
+    }
+
+    /// **Insecure: simulations only.** A provider with the default settings whose every
+    /// random draw (HPKE encapsulations, key generation, signature keys, `OpenMlsRand`,
+    /// [`PqCrypto::rng`]) is the ChaCha20 keystream of `seed`, so that a simulated run
+    /// with the same seeds replays byte for byte. Whoever knows the seed knows every
+    /// secret this provider makes. Compiled only with the feature `sim-rng` (DESIGN.md
+    /// item 16).
+    #[cfg(feature = "sim-rng")]
+    pub fn insecure_deterministic_for_simulation(seed: [u8; 32]) -> Self {
+        let config = CryptoConfig::default();
+        PqCrypto {
+            config,
+            rand: Source::seeded(&seed),
+            cache: KeyCache::new(config.cache),
+            vk_cache: crate::sign::VerifyingKeyCache::default(),
+        }
     }
 
     /// The settings.
@@ -121,18 +146,20 @@ impl PqCrypto {
         self.cache.stats()
     }
 
+    /// HPKE's SetupBaseS to `pk_r`, its randomness from `rand`.
     fn seal_with(
         &self,
         config: &HpkeConfig,
         pk_r: &[u8],
         info: &[u8],
+        rand: &Source,
     ) -> Result<(Vec<u8>, hpke::Context), CryptoError> {
         let suite = suite(config)?;
         let key = self
             .cache
             .get(suite.kem, pk_r)
             .map_err(|_| CryptoError::InvalidPublicKey)?;
-        hpke::setup_base_sender(suite, &key, info, &mut OsRng).map_err(|e| match e {
+        hpke::setup_base_sender(suite, &key, info, &mut ProviderRng(rand)).map_err(|e| match e {
             HpkeError::InvalidPublicKey | HpkeError::NonContributory => {
                 CryptoError::InvalidPublicKey
             }
@@ -286,7 +313,7 @@ impl OpenMlsCrypto for PqCrypto {
     }
 
     fn signature_key_gen(&self, alg: SignatureScheme) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
-        let (sk, pk) = crate::sign::generate(alg, &mut OsRng)?;
+        let (sk, pk) = crate::sign::generate(alg, &mut self.rng())?;
         Ok((sk.to_vec(), pk))
     }
 
@@ -312,7 +339,10 @@ impl OpenMlsCrypto for PqCrypto {
         aad: &[u8],
         ptxt: &[u8],
     ) -> Result<HpkeCiphertext, CryptoError> {
-        let (enc, mut ctx) = self.seal_with(&config, pk_r, info)?;
+        // OpenMLS seals path secrets in parallel: see `rng` for why a call has its own
+        // (seeded) stream.
+        let rand = self.rand.for_call(&[pk_r, info, aad, ptxt]);
+        let (enc, mut ctx) = self.seal_with(&config, pk_r, info, &rand)?;
         let ct = ctx
             .seal(aad, ptxt)
             .map_err(|_| CryptoError::HpkeEncryptionError)?;
@@ -345,7 +375,7 @@ impl OpenMlsCrypto for PqCrypto {
         exporter_context: &[u8],
         exporter_length: usize,
     ) -> Result<(KemOutput, ExporterSecret), CryptoError> {
-        let (enc, ctx) = self.seal_with(&config, pk_r, info)?;
+        let (enc, ctx) = self.seal_with(&config, pk_r, info, &self.rand)?;
         let secret = ctx
             .export(exporter_context, exporter_length)
             .map_err(|_| CryptoError::ExporterError)?;
@@ -389,45 +419,24 @@ impl OpenMlsRand for PqCrypto {
 
     fn random_array<const N: usize>(&self) -> Result<[u8; N], Self::Error> {
         let mut out = [0u8; N];
-        OsRng.try_fill_bytes(&mut out).map_err(|_| RandError)?;
+        self.rand.fill(&mut out)?;
         Ok(out)
     }
 
     fn random_vec(&self, len: usize) -> Result<Vec<u8>, Self::Error> {
         let mut out = vec![0u8; len];
-        OsRng.try_fill_bytes(&mut out).map_err(|_| RandError)?;
+        self.rand.fill(&mut out)?;
         Ok(out)
     }
 }
 
-/// A `TryCryptoRng` view of the provider's randomness (the operating system's, per
-/// request), for callers outside OpenMLS.
-pub struct ProviderRng<'a>(core::marker::PhantomData<&'a PqCrypto>);
-
 impl PqCrypto {
-    /// The provider's randomness as a `rand_core` RNG.
+    /// The provider's randomness as a `rand_core` RNG (the operating system's, per
+    /// request, unless this is a simulation's seeded provider).
     pub fn rng(&self) -> ProviderRng<'_> {
-        ProviderRng(core::marker::PhantomData)
+        ProviderRng(&self.rand)
     }
 }
-
-impl TryRng for ProviderRng<'_> {
-    type Error = RandError;
-
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        OsRng.try_next_u32().map_err(|_| RandError)
-    }
-
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        OsRng.try_next_u64().map_err(|_| RandError)
-    }
-
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        OsRng.try_fill_bytes(dst).map_err(|_| RandError)
-    }
-}
-
-impl TryCryptoRng for ProviderRng<'_> {}
 
 #[cfg(test)]
 mod tests {

@@ -60,11 +60,13 @@ pub mod cache;
 mod crypto;
 pub mod hpke;
 pub mod kdf;
+mod rng;
 pub mod sign;
 pub mod storage;
 
-pub use crypto::{CryptoConfig, PqCrypto, ProviderRng, RandError, SUPPORTED_CIPHERSUITES};
+pub use crypto::{CryptoConfig, PqCrypto, RandError, SUPPORTED_CIPHERSUITES};
 pub use hpke::DeriveProfile;
+pub use rng::ProviderRng;
 pub use sign::SignatureKeyPair;
 pub use storage::{BinaryCodec, CipherKey, JsonCodec, SqliteStorage, StorageError};
 

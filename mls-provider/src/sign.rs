@@ -368,6 +368,9 @@ pub struct SignatureKeyPair {
     private: Zeroizing<Vec<u8>>,
     public: Vec<u8>,
     key: Key,
+    /// The randomness of hedged ML-DSA and P-521 nonces: the operating system's, unless
+    /// a simulation made it deterministic.
+    sign_rand: crate::rng::Source,
 }
 
 impl core::fmt::Debug for SignatureKeyPair {
@@ -386,8 +389,32 @@ impl SignatureKeyPair {
     /// # Errors
     /// [`CryptoError::InsufficientRandomness`] if the OS generator fails.
     pub fn generate(scheme: SignatureScheme) -> Result<Self, CryptoError> {
-        let (private, _) = generate(scheme, &mut pqmls_pq::OsRng)?;
+        Self::generate_with_rng(scheme, &mut pqmls_pq::OsRng)
+    }
+
+    /// Generates a key pair with randomness from `rng` (for example a provider's,
+    /// [`crate::PqCrypto::rng`]).
+    ///
+    /// # Errors
+    /// [`CryptoError::InsufficientRandomness`] if `rng` fails.
+    pub fn generate_with_rng<R: TryCryptoRng + ?Sized>(
+        scheme: SignatureScheme,
+        rng: &mut R,
+    ) -> Result<Self, CryptoError> {
+        let (private, _) = generate(scheme, rng)?;
         Self::from_seed(scheme, &private)
+    }
+
+    /// **Insecure: simulations only.** This key pair, signing with the ChaCha20 keystream
+    /// of `seed` wherever a scheme draws randomness (hedged ML-DSA, P-521 nonces) instead
+    /// of the operating system's generator, so that a simulated run replays exactly.
+    /// Ed25519, Ed448 and ECDSA P-256/P-384 sign deterministically anyway. A known seed
+    /// gives away P-521 nonces, and with them the key. Compiled only with the feature
+    /// `sim-rng` (DESIGN.md item 16).
+    #[cfg(feature = "sim-rng")]
+    pub fn insecure_deterministic_signing_for_simulation(mut self, seed: [u8; 32]) -> Self {
+        self.sign_rand = crate::rng::Source::seeded(&seed);
+        self
     }
 
     /// The key pair of a seed (private key) of `scheme`.
@@ -402,6 +429,7 @@ impl SignatureKeyPair {
             private: Zeroizing::new(seed.to_vec()),
             public: key.public(),
             key,
+            sign_rand: crate::rng::Source::Os,
         })
     }
 
@@ -475,7 +503,9 @@ impl SignatureKeyPair {
 
 impl Signer for SignatureKeyPair {
     fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
-        self.key.sign(payload).map_err(SignerError::CryptoError)
+        self.key
+            .sign_with(payload, &mut crate::rng::ProviderRng(&self.sign_rand))
+            .map_err(SignerError::CryptoError)
     }
 
     fn signature_scheme(&self) -> SignatureScheme {

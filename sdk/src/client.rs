@@ -107,6 +107,36 @@ pub fn store_node(
         .with_validator(gossip_validator))
 }
 
+/// The client's crypto provider: the operating system's randomness, or (feature `sim-rng`)
+/// the simulation's seeded stream when [`Config::insecure_rng_seed`] is set.
+fn client_crypto(config: &Config) -> Result<PqCrypto> {
+    #[cfg(feature = "sim-rng")]
+    if let Some(seed) = config.insecure_rng_seed {
+        return Ok(PqCrypto::insecure_deterministic_for_simulation(seed));
+    }
+    let _ = config;
+    PqCrypto::new().map_err(|e| Error::Crypto(format!("{e:?}")))
+}
+
+/// The identity signer as the client uses it: with the simulation's seeded randomness
+/// for hedged signatures (drawn from `crypto`'s stream) when the provider is seeded.
+fn client_signer(
+    config: &Config,
+    crypto: &PqCrypto,
+    signer: pqmls_provider::SignatureKeyPair,
+) -> Result<pqmls_provider::SignatureKeyPair> {
+    #[cfg(feature = "sim-rng")]
+    if config.insecure_rng_seed.is_some() {
+        use openmls_traits::random::OpenMlsRand as _;
+        let seed = crypto
+            .random_array::<32>()
+            .map_err(|e| Error::Crypto(format!("{e:?}")))?;
+        return Ok(signer.insecure_deterministic_signing_for_simulation(seed));
+    }
+    let _ = (config, crypto);
+    Ok(signer)
+}
+
 impl Client {
     /// Starts a libp2p node with `node` and opens a client on it. The node gets a validator
     /// that rejects payloads which are not pqmls messages, and is shut down with the client.
@@ -160,14 +190,19 @@ impl Client {
             None => SqliteStorage::open_in_memory()?,
         };
         db::migrate(storage.connection())?;
-        let (signer, _) = crate::offline::load_or_create_signer(storage.connection(), &config)?;
+        let crypto = client_crypto(&config)?;
+        let (signer, _) = crate::offline::load_or_create_signer(
+            storage.connection(),
+            &config,
+            &mut crypto.rng(),
+        )?;
+        let signer = client_signer(&config, &crypto, signer)?;
         let public_key = signer.public().to_vec();
         let id = UserId::of_key(config.suite.signature_algorithm(), &public_key);
         let credential = CredentialWithKey {
             credential: BasicCredential::new(config.name.as_bytes().to_vec()).into(),
             signature_key: public_key.clone().into(),
         };
-        let crypto = PqCrypto::new().map_err(|e| Error::Crypto(format!("{e:?}")))?;
         let provider = pqmls_provider::Provider::from_parts(crypto, storage);
         let inbox_topic = wire::inbox_topic(&id);
         let welcome_burst = config.limits.welcomes_per_min.max(1);
@@ -188,7 +223,9 @@ impl Client {
             armed: None,
             republished: BTreeMap::new(),
             origin: tokio::time::Instant::now(),
-            origin_wall_ms: crate::engine::now_ms(),
+            origin_wall_ms: config
+                .virtual_wall_clock_ms
+                .unwrap_or_else(crate::engine::now_ms),
             needs: BTreeMap::new(),
             lost_asks: BTreeMap::new(),
             rejoins: BTreeMap::new(),
@@ -640,6 +677,12 @@ impl Client {
                 Ok(usize::try_from(n).unwrap_or(0))
             })
             .await
+    }
+
+    /// Simulation hook ([`crate::sim`]): runs `f` on the client's state machine under its
+    /// lock.
+    pub(crate) async fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        self.inner.locked(f).await
     }
 
     /// Waits (up to 20 s) until the directory holds `user`'s last-resort key package.

@@ -9,6 +9,9 @@ use openmls::prelude::Ciphersuite;
 /// X-Wing for HPKE, Ed25519 signatures.
 pub const DEFAULT_SUITE: Ciphersuite = Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519;
 
+/// Lifetime of our key packages by default: OpenMLS's default, 84 days.
+pub(crate) const KEY_PACKAGE_LIFETIME_SECS: u64 = 84 * 24 * 3600;
+
 /// File name of the client's database in its data directory.
 pub const DATABASE_FILE: &str = "pqmls.sqlite3";
 
@@ -83,6 +86,21 @@ pub struct Config {
     /// Test hook: stop the client dead at a point, as a crash would.
     #[doc(hidden)]
     pub fail_point: Option<FailPoint>,
+    /// How long our key packages are valid from their creation on our wall clock (with an
+    /// hour's margin before it, as OpenMLS does). 84 days, OpenMLS's default; the
+    /// simulation, whose wall clock is fixed ([`Config::virtual_wall_clock_ms`]), makes
+    /// them valid long enough for OpenMLS's own check against the real clock.
+    pub(crate) key_package_lifetime: Duration,
+    /// Simulation only: the wall clock reads this (ms since the Unix epoch) when the client
+    /// opens and then advances with tokio's clock (virtual in the simulation), so that a
+    /// seeded run does not depend on when it runs. `None`: the system's clock.
+    pub(crate) virtual_wall_clock_ms: Option<u64>,
+    /// **Insecure, simulation only** (feature `sim-rng`): every random draw of this client
+    /// (its identity key, MLS's keys, encapsulations and nonces, the SDK's ids and nonces,
+    /// hedged signatures) comes from ChaCha20 streams of this seed instead of the operating
+    /// system, so that a simulated run replays exactly. Set only by [`crate::sim`].
+    #[cfg(feature = "sim-rng")]
+    pub(crate) insecure_rng_seed: Option<[u8; 32]>,
 }
 
 impl Config {
@@ -112,6 +130,10 @@ impl Config {
             limits: Limits::default(),
             tick: Duration::from_millis(20),
             fail_point: None,
+            key_package_lifetime: Duration::from_secs(KEY_PACKAGE_LIFETIME_SECS),
+            virtual_wall_clock_ms: None,
+            #[cfg(feature = "sim-rng")]
+            insecure_rng_seed: None,
         }
     }
 

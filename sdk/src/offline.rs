@@ -140,7 +140,8 @@ pub fn init_identity(config: &Config) -> Result<IdentityInfo> {
     let suite_code = u16::from(config.suite);
     suite_from_code(suite_code)?;
     let storage = crate::at_rest::open(dir, config.database_key.as_ref(), None)?;
-    let (signer, created) = load_or_create_signer(storage.connection(), config)?;
+    let crypto = pqmls_provider::PqCrypto::new().map_err(|e| Error::Crypto(format!("{e:?}")))?;
+    let (signer, created) = load_or_create_signer(storage.connection(), config, &mut crypto.rng())?;
     Ok(IdentityInfo {
         name: config.name.clone(),
         suite: config.suite,
@@ -150,10 +151,12 @@ pub fn init_identity(config: &Config) -> Result<IdentityInfo> {
 }
 
 /// The signing key of the identity in `db`, created (and stored) for `config` if there is
-/// none; `true` if it was created. Shared by [`init_identity`] and `Client::open`.
+/// none (drawn from `rng`, the provider's); `true` if it was created. Shared by
+/// [`init_identity`] and `Client::open`.
 pub(crate) fn load_or_create_signer(
     db: &rusqlite::Connection,
     config: &Config,
+    rng: &mut pqmls_provider::ProviderRng<'_>,
 ) -> Result<(SignatureKeyPair, bool)> {
     let suite_code = u16::from(config.suite);
     if let Some((name, suite, signer)) = read_identity(db)? {
@@ -169,7 +172,7 @@ pub(crate) fn load_or_create_signer(
             SignatureKeyPair::from_bytes(&signer).map_err(|e| Error::Crypto(format!("{e:?}")))?;
         return Ok((signer, false));
     }
-    let signer = SignatureKeyPair::generate(config.suite.signature_algorithm())
+    let signer = SignatureKeyPair::generate_with_rng(config.suite.signature_algorithm(), rng)
         .map_err(|e| Error::Crypto(format!("{e:?}")))?;
     db.execute(
         "INSERT INTO pqmls_identity (id, name, suite, signer) VALUES (1, ?1, ?2, ?3)",

@@ -6,6 +6,14 @@
 //! and the clients' timers run on virtual time: a minute of simulated chat takes as long as
 //! the CPU work in it. Loss and delay come from a seeded generator; with one runtime thread
 //! the same seed gives the same run up to the randomness of the cryptography itself.
+//!
+//! [`run_trial`] removes that last part too when the feature `sim-rng` is on
+//! ([`SEEDED_CRYPTO`]): every member's provider and signer draw from a ChaCha20 stream of
+//! (trial seed, member index) instead of the operating system, and the members' wall clock
+//! is virtual (it starts at [`VIRTUAL_EPOCH_MS`] and follows tokio's clock), so a seed
+//! replays byte for byte; [`TrialReport::trace`] is the check. Without the feature, the
+//! network, the schedule and the members' choices are still seeded, but keys, commit
+//! hashes, and so which commits win, differ from run to run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -18,6 +26,62 @@ use pqmls_transport::{Error, Message, MessageId, Topic};
 use tokio::sync::mpsc;
 
 use crate::net::{Inbox, Transport};
+
+mod revenant;
+
+/// Whether [`run_trial`] seeds the members' cryptographic randomness (feature `sim-rng`),
+/// so that a seed replays exactly. Insecure by design, simulations only.
+pub const SEEDED_CRYPTO: bool = cfg!(feature = "sim-rng");
+
+/// Where the simulated members' wall clock starts (2026-01-01T00:00:00Z, in ms since the
+/// Unix epoch): fixed, so that what they derive from the time (key package lifetimes,
+/// timestamps inside messages) is the same in every run of a seed.
+pub const VIRTUAL_EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// Lifetime of the simulated members' key packages: their clock is fixed at
+/// [`VIRTUAL_EPOCH_MS`], and OpenMLS checks key packages against the real clock, so they
+/// must be valid from then to well past today (a century).
+const SIM_KEY_PACKAGE_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The seed of simulated member `index`'s randomness in the trial of `seed` (`u64::MAX`:
+/// the outsider; `u64::MAX - 1`: the removed member's retained state).
+#[cfg_attr(not(feature = "sim-rng"), allow(dead_code))]
+fn member_seed(seed: u64, index: u64) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"pqmls sim member rng v1");
+    h.update(seed.to_be_bytes());
+    h.update(index.to_be_bytes());
+    h.finalize().into()
+}
+
+/// The lifetime of a leaf node made by a simulated party that is not a client, as the
+/// clients make theirs at the start of the virtual clock.
+fn sim_lifetime() -> openmls::prelude::Lifetime {
+    let now = VIRTUAL_EPOCH_MS / 1000;
+    openmls::prelude::Lifetime::init(
+        now.saturating_sub(3600),
+        now.saturating_add(SIM_KEY_PACKAGE_LIFETIME.as_secs()),
+    )
+}
+
+/// A provider for a simulated party that is not a [`crate::Client`] (the outsider, the
+/// removed member's copies): seeded like a member's with the feature `sim-rng`, the
+/// operating system's otherwise.
+fn party_provider(seed: u64, index: u64) -> crate::Result<crate::engine::Prov> {
+    #[cfg(feature = "sim-rng")]
+    let crypto =
+        pqmls_provider::PqCrypto::insecure_deterministic_for_simulation(member_seed(seed, index));
+    #[cfg(not(feature = "sim-rng"))]
+    let crypto = {
+        let _ = (seed, index);
+        pqmls_provider::PqCrypto::new().map_err(|e| crate::Error::Crypto(format!("{e:?}")))?
+    };
+    Ok(pqmls_provider::Provider::from_parts(
+        crypto,
+        pqmls_provider::SqliteStorage::open_in_memory()?,
+    ))
+}
 
 /// SplitMix64: a small, seedable, well-distributed generator (not for cryptography).
 #[derive(Debug, Clone)]
@@ -94,6 +158,10 @@ struct Net {
     clock_ms: u64,
     sent: u64,
     dropped: u64,
+    /// SHA-256 over everything published and replayed, in order.
+    trace: sha2::Sha256,
+    /// Who published each message (endpoint index).
+    authors: BTreeMap<MessageId, usize>,
 }
 
 /// The shared network. Clone it to hand it around.
@@ -132,6 +200,8 @@ impl SimNetwork {
                 clock_ms: 0,
                 sent: 0,
                 dropped: 0,
+                trace: <sha2::Sha256 as sha2::Digest>::new(),
+                authors: BTreeMap::new(),
             })),
         }
     }
@@ -182,7 +252,8 @@ impl SimNetwork {
     /// Delivers `msg` again to every subscriber of its topic, as a relay replaying it after
     /// gossip's de-duplication window would (tests). Not stored again.
     pub fn replay(&self, msg: &Message) {
-        if let Ok(n) = self.net.lock() {
+        if let Ok(mut n) = self.net.lock() {
+            trace(&mut n.trace, b"replay", &msg.topic, &msg.data);
             for e in n
                 .endpoints
                 .iter()
@@ -202,6 +273,25 @@ impl SimNetwork {
             .unwrap_or_default()
     }
 
+    /// The messages on `topic` that endpoint `index` (in [`SimNetwork::attach`] order)
+    /// published and the store holds, in arrival order.
+    pub(crate) fn published_by(&self, topic: &Topic, index: usize) -> Vec<Message> {
+        self.net
+            .lock()
+            .map(|n| {
+                n.history
+                    .get(topic)
+                    .map(|h| {
+                        h.iter()
+                            .filter(|m| n.authors.get(&m.id) == Some(&index))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+
     /// Changes the share of messages the store misses.
     pub fn set_store_miss(&self, p: f64) {
         if let Ok(mut n) = self.net.lock() {
@@ -214,6 +304,15 @@ impl SimNetwork {
         if let Ok(mut n) = self.net.lock() {
             n.config.loss = loss;
         }
+    }
+
+    /// SHA-256 over every payload published or replayed so far (topic and bytes, in
+    /// order): equal in two runs exactly when they put the same bytes on the network.
+    pub fn trace(&self) -> [u8; 32] {
+        self.net
+            .lock()
+            .map(|n| sha2::Digest::finalize(n.trace.clone()).into())
+            .unwrap_or_default()
     }
 
     /// (gossip deliveries attempted, deliveries dropped by loss).
@@ -244,6 +343,15 @@ impl SimTransport {
             return Err(Error::NoStore);
         }
         f(&mut n, self.index)
+    }
+}
+
+/// Adds one payload to a network trace.
+fn trace(h: &mut sha2::Sha256, what: &[u8], topic: &Topic, data: &[u8]) {
+    use sha2::Digest as _;
+    for part in [what, topic.as_str().as_bytes(), data] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
     }
 }
 
@@ -289,6 +397,17 @@ impl Transport for SimTransport {
                 return Err(Error::Duplicate);
             }
             n.clock_ms += 1;
+            trace(&mut n.trace, b"publish", topic, &data);
+            // Two runs of a seed diverge at the first payload whose line differs
+            // (`RUST_LOG=pqmls::sim=trace`).
+            tracing::trace!(
+                "publish {} by endpoint {me} on {}: {} bytes, sha256 {}",
+                n.clock_ms,
+                topic.as_str(),
+                data.len(),
+                crate::engine::short(&<sha2::Sha256 as sha2::Digest>::digest(&data))
+            );
+            n.authors.insert(id, me);
             let msg = Message {
                 topic: topic.clone(),
                 data,
@@ -429,6 +548,13 @@ pub struct Scenario {
     /// then accept invitations from their contacts only (every other user), the SDK's
     /// default policy.
     pub outsider: bool,
+    /// A removed member replays (see `revenant`): member `m2` is removed during the chaos
+    /// phase (by `m0` at a third of it, if nobody has removed it by then) and never
+    /// invited back; it keeps copies of the group states it held as a member and keeps
+    /// committing for their epochs (smallest hashes, true or false priorities, with its
+    /// votes), on branches of its own, and replays what it published, trying to undo its
+    /// removal and to read on. The group starts with at least three members for it.
+    pub replay_removed: bool,
 }
 
 impl Default for Scenario {
@@ -448,15 +574,22 @@ impl Default for Scenario {
             partition: None,
             horizon: crate::Config::new("-").fork_horizon,
             outsider: false,
+            replay_removed: false,
         }
     }
 }
 
 /// What one trial of a [`Scenario`] gave.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrialReport {
     /// Seed of the trial.
     pub seed: u64,
+    /// SHA-256 over everything the trial put on the network, in order
+    /// ([`SimNetwork::trace`]): with [`SEEDED_CRYPTO`], the same for every run of a seed.
+    pub trace: [u8; 32],
+    /// The epoch authenticator the members agreed on at the end (the first member's, if
+    /// they did not agree).
+    pub epoch_authenticator: Vec<u8>,
     /// Every member ended in the same epoch with the same epoch authenticator, and the
     /// members' own view of who is in the group matches the group's member list.
     pub converged: bool,
@@ -511,6 +644,27 @@ pub struct TrialReport {
     pub outsider_states: u64,
     /// Invitations from the outsider held for consent at the end (not joined).
     pub outsider_invitations: u64,
+    /// [`Scenario::replay_removed`]: the group removed the member (the first member's
+    /// view stopped listing it) during the trial.
+    pub replay_removed: bool,
+    /// The removal was final at the first member by the end (its votes made the epoch the
+    /// removal ended final).
+    pub replay_removal_final: bool,
+    /// Members whose state lists the removed member again at the end: removals undone
+    /// (it is never invited back).
+    pub replay_undone: u64,
+    /// Payloads the removed member published or replayed after its removal.
+    pub replay_published: u64,
+    /// Application messages sent after its removal (received by it afterwards) that it
+    /// tried to read.
+    pub replay_tried: u64,
+    /// Of those, the ones it read with a state its own commits led to, or honest commits
+    /// on top of them: messages of members who accepted its branch after removing it.
+    pub replay_read_after: u64,
+    /// Of those, the ones it read with a state it held as a member: messages sent in an
+    /// epoch it was a member of, by members that had not merged its removal yet (MLS
+    /// gives those to every member of that epoch).
+    pub replay_read_member_epoch: u64,
 }
 
 /// Runs one trial on the current runtime, which should be a current-thread runtime with
@@ -549,6 +703,12 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         if i == 1 {
             c.grind = s.grind.max(1);
         }
+        c.virtual_wall_clock_ms = Some(VIRTUAL_EPOCH_MS);
+        c.key_package_lifetime = SIM_KEY_PACKAGE_LIFETIME;
+        #[cfg(feature = "sim-rng")]
+        {
+            c.insecure_rng_seed = Some(member_seed(s.seed, i as u64));
+        }
         clients.push(Client::open(c, t, inbox).await?);
     }
     let names: Vec<crate::UserId> = clients.iter().map(Client::id).collect();
@@ -573,7 +733,11 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
     };
     let creator = &clients[0];
     let group = creator.create_group().await?;
-    let initial = (s.members * 2).div_ceil(3).max(2);
+    let mut initial = (s.members * 2).div_ceil(3).max(2);
+    if s.replay_removed {
+        // The removed member, m2, starts in the group.
+        initial = initial.max(3).min(s.members);
+    }
     for name in names.iter().take(initial).skip(1) {
         creator.invite(&group, name).await?;
         let idx = names.iter().position(|n| n == name).unwrap_or(0);
@@ -597,11 +761,21 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
     let mut outsider = if s.outsider {
         let mut topics = vec![crate::wire::group_topic(&group.0)];
         topics.extend(names.iter().map(crate::wire::inbox_topic));
-        Some(Outsider::new(&net, s.suite, &topics).await?)
+        Some(Outsider::new(&net, s.suite, &topics, party_provider(s.seed, u64::MAX)?).await?)
     } else {
         None
     };
     let mut outsider_rng = SimRng::new(s.seed ^ 0x0bad_0bad_0bad_0bad);
+    let mut revenant = match clients.get(2) {
+        Some(c) if s.replay_removed => {
+            let mut r = revenant::Revenant::new(&net, c, 2, &group, s.seed).await?;
+            r.observe(c).await?;
+            Some(r)
+        }
+        _ => None,
+    };
+    let mut revenant_rng = SimRng::new(s.seed ^ 0x7e7e_7e7e_7e7e_7e7e);
+    let mut removals_asked = 0u32;
     // Chaos: actions at random times by random members.
     let mut sent: Vec<(crate::UserId, Vec<u8>, Vec<crate::UserId>)> = Vec::new();
     let start = tokio::time::Instant::now();
@@ -632,6 +806,27 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         if let Some(o) = outsider.as_mut() {
             o.act(&mut outsider_rng, &net, &group, &names).await;
         }
+        if let Some(r) = revenant.as_mut() {
+            if r.removed {
+                r.act(&mut revenant_rng, &net).await;
+            } else {
+                r.observe(&clients[r.index]).await?;
+                let listed = clients[0]
+                    .members(&group)
+                    .await
+                    .is_ok_and(|ms| ms.iter().any(|m| m.id == r.id));
+                if !listed {
+                    r.removed = true;
+                } else if (phase >= 1.0 / 3.0 && removals_asked == 0)
+                    || (phase >= 2.0 / 3.0 && removals_asked == 1)
+                {
+                    // m0 removes it (again, if the first removal lost to a branch).
+                    if clients[0].remove(&group, &r.id).await.is_ok() {
+                        removals_asked += 1;
+                    }
+                }
+            }
+        }
         let mut actor = usize::try_from(rng.below(s.members as u64)).unwrap_or(0);
         let mut roll = rng.below(100);
         if s.grind > 1 && rng.below(3) == 0 {
@@ -639,6 +834,13 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
             // self-updates.
             actor = 1;
             roll = 70;
+        }
+        if revenant
+            .as_ref()
+            .is_some_and(|r| r.removed && r.index == actor)
+        {
+            // The removed member acts as the revenant only.
+            continue;
         }
         let c = &clients[actor];
         let Ok(members) = c.members(&group).await else {
@@ -656,8 +858,11 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
                 report.operations += 1;
             }
         } else if roll < 95 {
-            let outside: Vec<&crate::UserId> =
-                names.iter().filter(|n| !members.contains(n)).collect();
+            let outside: Vec<&crate::UserId> = names
+                .iter()
+                .filter(|n| !members.contains(n))
+                .filter(|n| revenant.as_ref().is_none_or(|r| r.id != **n))
+                .collect();
             if !outside.is_empty() {
                 let pick = outside[usize::try_from(rng.below(outside.len() as u64)).unwrap_or(0)];
                 if c.invite(&group, pick).await.is_ok() {
@@ -690,6 +895,12 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
     let mut tick = 0u32;
     while chaos_end.elapsed() < deadline {
         if tick.is_multiple_of(5) {
+            // The removed member keeps at it for the first 20 s of the sync phase.
+            if let Some(r) = revenant.as_mut().filter(|r| r.removed)
+                && chaos_end.elapsed() < Duration::from_secs(20)
+            {
+                r.act(&mut revenant_rng, &net).await;
+            }
             for c in &clients {
                 let _ = c.sync().await;
             }
@@ -802,6 +1013,44 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         report.grinder_wins = st.contests_won;
         report.grinder_fair_milli = st.contests_fair_milli;
     }
+    if let Some(r) = revenant.as_mut() {
+        r.finish().await;
+        report.replay_removed = r.removed;
+        report.replay_published = r.published;
+        report.replay_tried = r.tried;
+        report.replay_read_after = r.read_after;
+        report.replay_read_member_epoch = r.read_member_epoch;
+        if r.removed {
+            for (i, c) in clients.iter().enumerate() {
+                if i != r.index
+                    && c.members(&group)
+                        .await
+                        .is_ok_and(|ms| ms.iter().any(|m| m.id == r.id))
+                {
+                    report.replay_undone += 1;
+                }
+            }
+            // The last epoch of the first member's chain with the member in it is the one
+            // its removal ended; final if the first member's final epoch reached it.
+            let id = r.id;
+            let gid = group.clone();
+            report.replay_removal_final = clients[0]
+                .with_state(move |st| {
+                    let last = st.final_epoch(&gid)?;
+                    let now = st.group(&gid)?.mls.epoch().as_u64();
+                    for e in (0..=now).rev() {
+                        if let Some(ms) = st.members_at(&gid, e)?
+                            && ms.iter().any(|m| m.id == id)
+                        {
+                            return Ok(last.is_some_and(|f| f >= e) && e < now);
+                        }
+                    }
+                    Ok(false)
+                })
+                .await
+                .unwrap_or(false);
+        }
+    }
     if let Some(o) = &outsider {
         report.outsider_published = o.published;
         let bad = crate::UserId::of_key(s.suite.signature_algorithm(), o.signer.public());
@@ -821,6 +1070,12 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         }
     }
     report.dropped = net.counters().1;
+    report.epoch_authenticator = clients[0]
+        .status(&group)
+        .await
+        .map(|st| st.epoch_authenticator)
+        .unwrap_or_default();
+    report.trace = net.trace();
     for c in clients {
         c.shutdown().await;
     }
@@ -939,14 +1194,23 @@ impl Outsider {
         net: &SimNetwork,
         suite: crate::Ciphersuite,
         topics: &[Topic],
+        provider: crate::engine::Prov,
     ) -> crate::Result<Self> {
         use openmls::prelude::{BasicCredential, CredentialWithKey};
-        let provider = pqmls_provider::Provider::from_parts(
-            pqmls_provider::PqCrypto::new().map_err(|e| crate::Error::Crypto(format!("{e:?}")))?,
-            pqmls_provider::SqliteStorage::open_in_memory()?,
-        );
-        let signer = pqmls_provider::SignatureKeyPair::generate(suite.signature_algorithm())
-            .map_err(|e| crate::Error::Crypto(format!("{e:?}")))?;
+        let signer = pqmls_provider::SignatureKeyPair::generate_with_rng(
+            suite.signature_algorithm(),
+            &mut provider.pq_crypto().rng(),
+        )
+        .map_err(|e| crate::Error::Crypto(format!("{e:?}")))?;
+        #[cfg(feature = "sim-rng")]
+        let signer = {
+            use openmls_traits::random::OpenMlsRand as _;
+            let seed = provider
+                .pq_crypto()
+                .random_array::<32>()
+                .map_err(|e| crate::Error::Crypto(format!("{e:?}")))?;
+            signer.insecure_deterministic_signing_for_simulation(seed)
+        };
         let credential = CredentialWithKey {
             credential: BasicCredential::new(b"outsider".to_vec()).into(),
             signature_key: signer.public().to_vec().into(),
@@ -1095,6 +1359,7 @@ impl Outsider {
             .ciphersuite(self.suite)
             .use_ratchet_tree_extension(true)
             .with_capabilities(crate::engine::capabilities(self.suite))
+            .lifetime(sim_lifetime())
             .build(&self.provider, &self.signer, self.credential.clone())
             .ok()?;
         let (_, welcome, _) = g.add_members(&self.provider, &self.signer, &[kp]).ok()?;

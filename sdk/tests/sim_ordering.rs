@@ -245,3 +245,35 @@ fn concurrent_updates_and_a_removal_end_on_one_chain() {
         assert_eq!(members, ["b", "c"], "seed {seed}");
     }
 }
+
+/// A removed member replays (issue 11 item 6): m2 is removed, keeps the group states it
+/// held, and commits for their epochs (small hashes, true and false priorities, its votes
+/// in both rounds), commits on branches of its own and replays what it published, through
+/// the rest of the chaos phase and into the sync phase. No member state lists it again,
+/// and it reads no message through a branch of its own. `pqmls sim --replay-removed` runs
+/// it on a hundred seeds (BENCHMARKS.md).
+#[test]
+fn a_removed_member_replaying_commits_undoes_nothing_and_reads_nothing() {
+    for seed in [1, 2] {
+        let r = trial(Scenario {
+            members: 6,
+            loss: 0.2,
+            seed,
+            chaos: Duration::from_secs(8),
+            replay_removed: true,
+            ..Scenario::default()
+        });
+        eprintln!("{r:?}");
+        assert!(
+            r.replay_removed,
+            "seed {seed}: the member was never removed"
+        );
+        assert!(
+            r.replay_published > 0 && r.replay_tried > 0,
+            "seed {seed}: the attack did nothing"
+        );
+        assert!(r.converged, "seed {seed}: {:?}", r.failure);
+        assert_eq!(r.replay_undone, 0, "seed {seed}: removal undone");
+        assert_eq!(r.replay_read_after, 0, "seed {seed}: read after removal");
+    }
+}

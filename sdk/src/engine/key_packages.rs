@@ -49,8 +49,9 @@ impl State {
     /// A fresh key package (stored in the provider): its hash reference, its bytes as an
     /// `MlsMessageOut`, and the end of its lifetime (ms since the Unix epoch).
     fn new_key_package(&mut self, last_resort: bool) -> Result<(Vec<u8>, Vec<u8>, u64)> {
-        let mut builder =
-            KeyPackage::builder().leaf_node_capabilities(capabilities(self.config.suite));
+        let mut builder = KeyPackage::builder()
+            .leaf_node_capabilities(capabilities(self.config.suite))
+            .key_package_lifetime(self.leaf_lifetime());
         if last_resort {
             builder = builder.mark_as_last_resort();
         }

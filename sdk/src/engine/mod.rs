@@ -290,7 +290,30 @@ impl State {
 
     /// The wall clock (plus the test hook's skew).
     pub(crate) fn wall_ms(&self) -> u64 {
-        now_ms().saturating_add(self.clock_skew_ms)
+        self.clock_ms().saturating_add(self.clock_skew_ms)
+    }
+
+    /// The lifetime of a leaf node we make now (key packages, the creator's leaf): on our
+    /// clock ([`State::clock_ms`]; OpenMLS's default reads the system's, the simulation's
+    /// clock is virtual), from an hour back for skewed clocks as OpenMLS does, for
+    /// [`Config::key_package_lifetime`]. The test hook's skew is for rotation and expiry
+    /// only, as before.
+    pub(crate) fn leaf_lifetime(&self) -> Lifetime {
+        let now = self.clock_ms() / 1000;
+        Lifetime::init(
+            now.saturating_sub(3600),
+            now.saturating_add(self.config.key_package_lifetime.as_secs()),
+        )
+    }
+
+    /// The wall clock without the test hook's skew: the system's, or in the simulation
+    /// ([`Config::virtual_wall_clock_ms`]) the virtual one, which started at that value
+    /// when we opened and follows tokio's clock.
+    pub(crate) fn clock_ms(&self) -> u64 {
+        match self.config.virtual_wall_clock_ms {
+            Some(_) => self.origin_wall_ms.saturating_add(self.mono_ms()),
+            None => now_ms(),
+        }
     }
 
     /// The clock of the fork horizon ([`Config::fork_horizon`]): the wall clock, but never
@@ -575,6 +598,7 @@ impl State {
                 .max_past_epochs(usize::try_from(s.config.rollback_window).unwrap_or(16))
                 .sender_ratchet_configuration(ratchet_config())
                 .with_capabilities(capabilities(s.config.suite))
+                .lifetime(s.leaf_lifetime())
                 .build(&s.provider, &s.signer, s.credential.clone())
                 .map_err(mls)?;
             s.add_group(&gid, mls)?;

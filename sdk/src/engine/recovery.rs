@@ -147,6 +147,7 @@ impl State {
         };
         let bundle = KeyPackage::builder()
             .leaf_node_capabilities(super::capabilities(self.config.suite))
+            .key_package_lifetime(self.leaf_lifetime())
             .build(
                 self.config.suite,
                 &self.provider,
