@@ -223,6 +223,30 @@ impl Tally {
     }
 }
 
+impl Tally {
+    /// The round-2 vote of a member that cannot make the choice itself (a commit voted
+    /// for in round 1 that it can no longer process: that epoch's snapshot is gone): the
+    /// commit most round-2 votes of members name, among those voted for in round 1 (ties:
+    /// the lower id). `None` before round 1 is complete, or once a commit is final.
+    ///
+    /// Safety does not rest on which commit a round-2 vote names: round 2 starts only
+    /// when round 1 can have no quorum, and a member votes once per round, so at most one
+    /// commit gets a round-2 quorum. Unanimity is for liveness: honest members choosing
+    /// themselves all name the [`winner`], so following them joins it; a malicious member
+    /// naming another voted commit first can at worst split round 2 (no quorum: the
+    /// epoch stays open), not make two commits final.
+    pub(crate) fn adopted_round2(&self, members: &BTreeSet<Voter>) -> Option<CommitId> {
+        if self.voters(members, 1) < members.len() || self.final_commit(members).is_some() {
+            return None;
+        }
+        let voted = self.voted(1);
+        self.voted(2)
+            .into_iter()
+            .filter(|c| voted.contains(c))
+            .max_by_key(|c| (self.count(members, 2, c), std::cmp::Reverse(*c)))
+    }
+}
+
 /// A valid candidate with what MLS authenticated about it once processed: its author's
 /// leaf and the leaves it removes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -598,6 +622,41 @@ mod tests {
         // abstention.
         let states = explore_with(4, 2, 1);
         assert!(states >= 1000, "{states} states");
+    }
+
+    #[test]
+    fn a_member_that_cannot_choose_follows_the_round_two_votes() {
+        let members: BTreeSet<Voter> = (0..4u8).map(|i| [i; 32]).collect();
+        let (a, b, c) = ([1; 32], [2; 32], [3; 32]);
+        let mut t = Tally::default();
+        t.add(1, [0; 32], a);
+        t.add(1, [1; 32], b);
+        t.add(1, [2; 32], a);
+        // Round 1 not complete: nothing to follow, whatever round 2 says.
+        t.add(2, [1; 32], b);
+        assert_eq!(t.adopted_round2(&members), None);
+        t.abstain([3; 32]);
+        assert_eq!(t.adopted_round2(&members), Some(b));
+        // The most named; a commit nobody voted for in round 1 is never followed.
+        t.add(2, [0; 32], a);
+        t.add(2, [2; 32], a);
+        t.add(2, [3; 32], c);
+        assert_eq!(t.adopted_round2(&members), Some(a));
+        // Once final, nothing to follow.
+        let mut f = t.clone();
+        f.add(2, [3; 32], a);
+        assert_eq!(f.final_commit(&members), Some(a));
+        assert_eq!(f.adopted_round2(&members), None);
+        let mut u = Tally::default();
+        for (v, x) in [(0u8, a), (1, b), (2, b), (3, a)] {
+            u.add(1, [v; 32], x);
+        }
+        u.add(2, [0; 32], c);
+        assert_eq!(u.adopted_round2(&members), None);
+        u.add(2, [1; 32], a);
+        u.add(2, [2; 32], b);
+        // A tie: the lower id.
+        assert_eq!(u.adopted_round2(&members), Some(a));
     }
 
     #[test]

@@ -585,6 +585,17 @@ impl State {
                                     self.cast_vote(gid, next, 2, &c)?;
                                     continue;
                                 }
+                                _ if !db::has_snapshot(self.db(), &gid.0, next)? => {
+                                    // We can no longer process what was voted for (past
+                                    // the horizon): we follow the members' round-2 votes
+                                    // (`order::Tally::adopted_round2`; seen in simulated
+                                    // partitions: a majority that could never choose).
+                                    if let Some(c) = tally.adopted_round2(&ids) {
+                                        self.cast_vote(gid, next, 2, &c)?;
+                                        continue;
+                                    }
+                                    self.todo.sync.insert(gid.clone());
+                                }
                                 _ => {
                                     self.todo.sync.insert(gid.clone());
                                 }
