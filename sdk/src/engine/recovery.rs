@@ -145,9 +145,14 @@ impl State {
             );
             return Ok(None);
         };
+        // Last resort (OpenMLS keeps its private key after a join): a re-add whose commit
+        // loses is redone by the inviter with this same key package, and its Welcome must
+        // still open here (seen in a simulated partition: the first join consumed it, the
+        // first Welcome was withdrawn, and the member could never come back).
         let bundle = KeyPackage::builder()
             .leaf_node_capabilities(super::capabilities(self.config.suite))
             .key_package_lifetime(self.leaf_lifetime())
+            .mark_as_last_resort()
             .build(
                 self.config.suite,
                 &self.provider,
