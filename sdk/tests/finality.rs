@@ -521,9 +521,9 @@ async fn a_removal_on_a_branch_that_lost_does_not_end_the_group_for_its_target()
 /// The stall above, ended: a member that lost the group says, with its signed rejoin
 /// request, that it casts no vote in later epochs (but under the tags it lists), and a
 /// round 1 that split and waited for its vote goes to round 2. Erin commits alone while
-/// away, the others finalise another commit for that epoch (4), then split 2-2 on epoch
-/// 5, where erin's old leaf is still listed; erin comes back past her horizon, reports
-/// `Unrecoverable` at 4, and her abstention lets epoch 5 become final. She is added again.
+/// away, the others finalise another commit for that epoch (5), then split 2-2 on epoch
+/// 6, where erin's old leaf (her own commit's) is still listed; erin comes back past her
+/// horizon, reports `Unrecoverable` at 5, and her abstention lets epoch 6 become final. She is added again.
 #[tokio::test(start_paused = true)]
 async fn an_abstention_from_a_member_that_lost_the_group_ends_a_stalled_split() {
     let net = net();
@@ -535,47 +535,50 @@ async fn an_abstention_from_a_member_that_lost_the_group_ends_a_stalled_split() 
     short.fork_horizon = Duration::from_secs(2);
     let (erin, et) = client_on(&net, short).await;
     let g = group(&[&alice, &bob, &carol, &dave, &erin]).await;
-    converge(&[&alice, &bob, &carol, &dave, &erin], &g, 4).await;
+    // Erin commits once on the live chain: her leaf is then her own commit's, on this
+    // branch only (a leaf from a key package names no abstaining leaf: `record_epoch`).
+    erin.update(&g).await.unwrap();
+    converge(&[&alice, &bob, &carol, &dave, &erin], &g, 5).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     net.set_store_miss(1.0);
     // Erin, away, commits alone for epoch 4; the four others finalise alice's.
     et.set_online(false);
     erin.update(&g).await.unwrap();
     until("erin on her own commit", async || {
-        erin.status(&g).await.unwrap().epoch == 5
+        erin.status(&g).await.unwrap().epoch == 6
     })
     .await;
     alice.update(&g).await.unwrap();
-    converge(&[&alice, &bob, &carol, &dave], &g, 5).await;
+    converge(&[&alice, &bob, &carol, &dave], &g, 6).await;
     // Epoch 5 splits 2-2, as in the test above; erin's vote would decide it.
     bt.set_online(false);
     dt.set_online(false);
     bob.update(&g).await.unwrap();
     alice.update(&g).await.unwrap();
-    converge(&[&alice, &carol], &g, 6).await;
+    converge(&[&alice, &carol], &g, 7).await;
     at.set_online(false);
     ct.set_online(false);
     bt.set_online(true);
     dt.set_online(true);
-    converge(&[&bob, &dave], &g, 6).await;
+    converge(&[&bob, &dave], &g, 7).await;
     at.set_online(true);
     ct.set_online(true);
-    converge(&[&alice, &bob, &carol, &dave], &g, 7).await;
+    converge(&[&alice, &bob, &carol, &dave], &g, 8).await;
     let four = [&alice, &bob, &carol, &dave];
     let stalled = each(&four, |s| s.epochs_final).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         each(&four, |s| s.epochs_final).await,
         stalled,
-        "epoch 5 final without erin"
+        "epoch 6 final without erin"
     );
     // Erin is back: past her horizon she cannot follow, says so, and abstains.
     et.set_online(true);
-    until("erin reports the group lost at epoch 4", async || {
-        erin.status(&g).await.is_ok_and(|s| s.lost_at == Some(4))
+    until("erin reports the group lost at epoch 5", async || {
+        erin.status(&g).await.is_ok_and(|s| s.lost_at == Some(5))
     })
     .await;
-    until("epoch 5 final at the four", async || {
+    until("epoch 6 final at the four", async || {
         let now = each(&four, |s| s.epochs_final).await;
         now.iter().zip(&stalled).all(|(n, s)| n > s)
     })

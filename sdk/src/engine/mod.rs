@@ -192,7 +192,7 @@ pub(crate) fn ratchet_config() -> SenderRatchetConfiguration {
 /// Encodes a member list for `pqmls_epochs`: one `<leaf index> <id hex> <name>` line each.
 /// One line per leaf: `leaf id name`, then a tab and the hex SHA-256 of the leaf's HPKE
 /// key when known (records made before it have none).
-fn encode_members(members: &[(u32, Member, [u8; 32])]) -> String {
+fn encode_members(members: &[(u32, Member, Option<[u8; 32]>)]) -> String {
     members
         .iter()
         .map(|(leaf, m, key)| {
@@ -200,7 +200,10 @@ fn encode_members(members: &[(u32, Member, [u8; 32])]) -> String {
                 "{leaf} {} {}\t{}",
                 m.id,
                 m.name.replace(['\n', '\t'], " "),
-                key.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                key.iter()
+                    .flatten()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
             )
         })
         .collect::<Vec<_>>()
@@ -653,15 +656,27 @@ impl State {
     pub(crate) fn record_epoch(&mut self, gid: &GroupId) -> Result<()> {
         let epoch = self.group(gid)?.mls.epoch().as_u64();
         let leaves = self.member_list(gid)?;
-        let keys: std::collections::BTreeMap<u32, [u8; 32]> = self
-            .group(gid)?
-            .mls
+        // The key of a leaf that came from a key package is not recorded: the same key
+        // package (a last-resort one, or a re-add redone after its commit lost) can put
+        // the same leaf in states of other branches, which its owner may hold and vote
+        // in later, so it cannot name "the leaf that abstains" (`add_abstentions`). A
+        // leaf from a commit or an update exists on one branch only.
+        let mls = &self.group(gid)?.mls;
+        let keys: std::collections::BTreeMap<u32, [u8; 32]> = mls
             .members()
+            .filter(|m| {
+                mls.public_group().leaf(m.index).is_some_and(|leaf| {
+                    !matches!(
+                        leaf.leaf_node_source(),
+                        openmls::treesync::LeafNodeSource::KeyPackage(_)
+                    )
+                })
+            })
             .map(|m| (m.index.u32(), leaf_key_hash(&m.encryption_key)))
             .collect();
-        let record: Vec<(u32, Member, [u8; 32])> = leaves
+        let record: Vec<(u32, Member, Option<[u8; 32]>)> = leaves
             .iter()
-            .map(|(l, m)| (*l, m.clone(), keys.get(l).copied().unwrap_or_default()))
+            .map(|(l, m)| (*l, m.clone(), keys.get(l).copied()))
             .collect();
         self.db()
             .prepare_cached("INSERT OR REPLACE INTO pqmls_epochs (group_id, epoch, members) VALUES (?1, ?2, ?3)")?
