@@ -445,24 +445,11 @@ async fn a_quorum_past_a_stalled_epoch_ends_a_dead_branch_out_loud() {
     }
     assert!(reported, "an Unrecoverable event for epoch 6");
     // And she is added again: one group of four (erin's leaf is still listed).
-    until("carol back in the group", async || {
-        let mut seen = None;
-        for c in [&alice, &bob, &carol, &dave] {
-            let Ok(s) = c.status(&g).await else {
-                return false;
-            };
-            if s.pending_commit || s.lost_at.is_some() {
-                return false;
-            }
-            let now = (s.epoch, s.epoch_authenticator, s.members);
-            match &seen {
-                None => seen = Some(now),
-                Some(first) if *first != now => return false,
-                Some(_) => {}
-            }
-        }
-        true
-    })
+    converge_anywhere(
+        "carol back in the group",
+        &[&alice, &bob, &carol, &dave],
+        &g,
+    )
     .await;
     drop(erin);
 }
@@ -584,23 +571,10 @@ async fn an_abstention_from_a_member_that_lost_the_group_ends_a_stalled_split() 
     })
     .await;
     // And erin is added again: one group of five.
-    until("erin back in the group", async || {
-        let mut seen = None;
-        for c in [&alice, &bob, &carol, &dave, &erin] {
-            let Ok(s) = c.status(&g).await else {
-                return false;
-            };
-            if s.pending_commit || s.lost_at.is_some() {
-                return false;
-            }
-            let now = (s.epoch, s.epoch_authenticator, s.members);
-            match &seen {
-                None => seen = Some(now),
-                Some(first) if *first != now => return false,
-                Some(_) => {}
-            }
-        }
-        true
-    })
+    converge_anywhere(
+        "erin back in the group",
+        &[&alice, &bob, &carol, &dave, &erin],
+        &g,
+    )
     .await;
 }

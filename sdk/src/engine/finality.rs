@@ -195,6 +195,21 @@ impl State {
         Ok(text.map(|t| super::decode_members(&t)))
     }
 
+    /// The leaves of `epoch` on our branch (our record of it) with the hash of their HPKE
+    /// key, for those that came from a commit or an update (`record_epoch`).
+    pub(crate) fn epoch_leaf_keys(
+        &self,
+        gid: &GroupId,
+        epoch: u64,
+    ) -> Result<Option<Vec<(u32, UserId, [u8; 32])>>> {
+        let text: Option<String> = self
+            .db()
+            .prepare_cached("SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch = ?2")?
+            .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
+            .optional()?;
+        Ok(text.map(|t| super::decode_leaf_keys(&t)))
+    }
+
     /// The votes read for `epoch` (by its tag on our branch).
     fn tally(&self, gid: &GroupId, tag: &[u8; 16]) -> Result<Tally> {
         let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = self
@@ -231,6 +246,14 @@ impl State {
     /// can get no quorum from it. A member that abstains and votes under one tag is an
     /// equivocator, as one voting twice.
     fn add_abstentions(&self, gid: &GroupId, tag: &[u8; 16], t: &mut Tally) -> Result<()> {
+        // Most groups hold none: one indexed lookup on this path, which every tally takes.
+        let any: bool = self
+            .db()
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM pqmls_abstentions WHERE group_id = ?1)")?
+            .query_row([&gid.0], |r| r.get(0))?;
+        if !any {
+            return Ok(());
+        }
         let Some(epoch) = self.epoch_of_tag(gid, tag)? else {
             return Ok(());
         };
@@ -243,18 +266,9 @@ impl State {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?
             .collect::<Result<_, _>>()?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let text: Option<String> = self
-            .db()
-            .prepare_cached("SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch = ?2")?
-            .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
-            .optional()?;
-        let Some(text) = text else {
+        let Some(leaves) = self.epoch_leaf_keys(gid, epoch)? else {
             return Ok(());
         };
-        let leaves = super::decode_leaf_keys(&text);
         for (voter, leaf_key, voted) in rows {
             let (Ok(voter), Ok(leaf_key)) = (
                 <Voter>::try_from(voter.as_slice()),

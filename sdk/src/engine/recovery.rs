@@ -320,15 +320,14 @@ impl State {
         epoch: u64,
         voted: &[[u8; 16]],
     ) -> Result<()> {
-        let text: Option<String> = self
-            .db()
-            .prepare_cached("SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch = ?2")?
-            .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
-            .optional()?;
-        let Some(text) = text else {
+        if voted.len() > wire::MAX_VOTED_TAGS {
+            // More than any member makes (it sends none then): kept nowhere.
+            return Ok(());
+        }
+        let Some(leaves) = self.epoch_leaf_keys(gid, epoch)? else {
             return Ok(());
         };
-        let leaves: Vec<[u8; 32]> = super::decode_leaf_keys(&text)
+        let leaves: Vec<[u8; 32]> = leaves
             .into_iter()
             .filter(|(_, id, _)| id == user)
             .map(|(_, _, key)| key)

@@ -79,6 +79,30 @@ pub async fn converge(clients: &[&Client], g: &GroupId, epoch: u64) {
     .await;
 }
 
+/// Waits until all clients agree on epoch, authenticator and members, whatever the epoch,
+/// nothing pending and none holding a state it reported lost.
+pub async fn converge_anywhere(what: &str, clients: &[&Client], g: &GroupId) {
+    until(what, async || {
+        let mut seen = None;
+        for c in clients {
+            let Ok(s) = c.status(g).await else {
+                return false;
+            };
+            if s.pending_commit || s.lost_at.is_some() {
+                return false;
+            }
+            let now = (s.epoch, s.epoch_authenticator, s.members);
+            match &seen {
+                None => seen = Some(now),
+                Some(first) if *first != now => return false,
+                Some(_) => {}
+            }
+        }
+        true
+    })
+    .await;
+}
+
 /// The group of the first client and the others, invited in order.
 pub async fn group(clients: &[&Client]) -> GroupId {
     let g = clients[0].create_group().await.unwrap();
