@@ -201,7 +201,7 @@ impl State {
         &self,
         gid: &GroupId,
         epoch: u64,
-    ) -> Result<Option<Vec<(u32, UserId, [u8; 32])>>> {
+    ) -> Result<Option<Vec<super::LeafKey>>> {
         let text: Option<String> = self
             .db()
             .prepare_cached("SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch = ?2")?

@@ -246,8 +246,11 @@ pub(crate) fn decode_members(text: &str) -> Vec<(u32, Member)> {
         .collect()
 }
 
+/// A leaf of an epoch's member record: index, owner, hash of its HPKE key.
+pub(crate) type LeafKey = (u32, UserId, [u8; 32]);
+
 /// The leaves of a member record with the hash of their HPKE key, where recorded.
-pub(crate) fn decode_leaf_keys(text: &str) -> Vec<(u32, UserId, [u8; 32])> {
+pub(crate) fn decode_leaf_keys(text: &str) -> Vec<LeafKey> {
     text.split('\n')
         .filter_map(decode_line)
         .filter_map(|(leaf, m, key)| Some((leaf, m.id, key?)))
