@@ -273,6 +273,13 @@ pub fn run(args: SimArgs) -> Result<()> {
     println!(
         "not converged: {unrecoverable} with a member that reported Unrecoverable and is still out, {silent} silent forks"
     );
+    let twice: u64 = reports.iter().map(|r| r.equivocations_seen).sum();
+    let twice_trials: Vec<u64> = reports
+        .iter()
+        .filter(|r| r.equivocations_seen > 0)
+        .map(|r| r.seed)
+        .collect();
+    println!("votes seen cast twice in one round: {twice} (trials {twice_trials:?})");
     let lost: u64 = reports.iter().map(|r| r.unrecoverable).sum();
     let rejoined: u64 = reports.iter().map(|r| r.rejoined).sum();
     println!(

@@ -228,6 +228,9 @@ pub struct Stats {
     pub unrecoverable: u64,
     /// Rejoin requests we published (we could not follow a group).
     pub rejoins_asked: u64,
+    /// Members seen voting for two commits in one round of one epoch (each member and
+    /// epoch counted once): an honest member never does.
+    pub equivocations_seen: u64,
     /// Rejoin requests of others that we turned into a re-add.
     pub rejoins_honoured: u64,
     /// Groups we got back into after losing them ([`Event::Rejoined`]).

@@ -171,6 +171,15 @@ impl Tally {
         self.add(1, voter, ABSTAIN)
     }
 
+    /// What `voter` voted for, by round (for logs).
+    pub(crate) fn votes_of(&self, voter: &Voter) -> Vec<(u8, Vec<CommitId>)> {
+        self.votes
+            .iter()
+            .filter(|((_, v), _)| v == voter)
+            .map(|((r, _), set)| (*r, set.iter().copied().collect()))
+            .collect()
+    }
+
     /// Members who voted for two commits in one round (or voted and abstained).
     pub(crate) fn equivocators(&self) -> BTreeSet<Voter> {
         self.votes

@@ -631,6 +631,9 @@ pub struct TrialReport {
     pub grinder_fair_milli: u64,
     /// Epochs made final, summed over members.
     pub epochs_final: u64,
+    /// Members seen voting twice in one round of one epoch, summed over the members that
+    /// saw it ([`crate::Stats::equivocations_seen`]): zero unless an adversary votes.
+    pub equivocations_seen: u64,
     /// Members that got back into the group after reporting it unrecoverable
     /// ([`crate::Event::Rejoined`]), summed over members.
     pub rejoined: u64,
@@ -1006,6 +1009,7 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         report.unrecoverable += st.unrecoverable;
         report.rejoined += st.rejoined;
         report.epochs_final += st.epochs_final;
+        report.equivocations_seen += st.equivocations_seen;
     }
     if let Some(g) = clients.get(1) {
         let st = g.stats().await;

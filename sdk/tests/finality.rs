@@ -578,3 +578,57 @@ async fn an_abstention_from_a_member_that_lost_the_group_ends_a_stalled_split() 
     )
     .await;
 }
+
+/// Found in a simulated partition (seed 71, "voted twice" at an invitee): a member that
+/// voted on a branch that then lost, and moved to the winner, published its vote again
+/// sealed under the winner's keys of the same epoch number, for a commit of the branch it
+/// left. The members of the winner then saw it vote twice in one round, an honest member
+/// equivocating: its vote counts for both commits, and a commit nobody on the branch can
+/// merge is "voted" in round 1. Here both halves of a 2-2 partition commit twice; whoever
+/// moves has a vote of epoch 5 on the branch it left; once every vote was published again,
+/// nobody has seen anyone vote twice.
+#[tokio::test(start_paused = true)]
+async fn votes_of_a_branch_left_are_never_published_on_the_winner() {
+    let net = net();
+    let (alice, at) = client_on(&net, config("alice")).await;
+    let (bob, bt) = client_on(&net, config("bob")).await;
+    let (carol, ct) = client_on(&net, config("carol")).await;
+    let (dave, dt) = client_on(&net, config("dave")).await;
+    let all = [&alice, &bob, &carol, &dave];
+    let g = group(&all).await;
+    converge(&all, &g, 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    net.set_store_miss(1.0);
+    // Alice and carol: epochs 3 and 4 on their side; bob and dave on theirs.
+    bt.set_online(false);
+    dt.set_online(false);
+    alice.update(&g).await.unwrap();
+    converge(&[&alice, &carol], &g, 4).await;
+    carol.update(&g).await.unwrap();
+    converge(&[&alice, &carol], &g, 5).await;
+    at.set_online(false);
+    ct.set_online(false);
+    bt.set_online(true);
+    dt.set_online(true);
+    bob.update(&g).await.unwrap();
+    converge(&[&bob, &dave], &g, 4).await;
+    dave.update(&g).await.unwrap();
+    converge(&[&bob, &dave], &g, 5).await;
+    let voted = each(&all, |s| s.votes_cast).await;
+    assert!(
+        voted.iter().all(|v| *v >= 2),
+        "votes on both sides: {voted:?}"
+    );
+    at.set_online(true);
+    ct.set_online(true);
+    net.set_store_miss(0.0);
+    converge_anywhere("one branch", &all, &g).await;
+    // Long enough for every vote not final to be published again, several times.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    converge_anywhere("one branch, later", &all, &g).await;
+    assert_eq!(
+        each(&all, |s| s.equivocations_seen).await,
+        [0, 0, 0, 0],
+        "a member seen voting twice"
+    );
+}

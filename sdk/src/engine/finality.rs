@@ -387,16 +387,24 @@ impl State {
 
     /// Publishes our votes on the epochs after the last final one again (fresh nonces):
     /// a vote lost for good would keep an epoch from being final at the others.
+    ///
+    /// Only a vote cast under the tag of the epoch we hold now: after a move to another
+    /// branch, a vote of the same epoch number on the branch we left was cast in another
+    /// state, for a commit of that branch. Sealed again under this branch's keys it would
+    /// be a second round-1 vote here, an honest member equivocating (seed 71; test
+    /// `votes_of_a_branch_left_are_never_published_on_the_winner`).
     fn revote(&mut self, gid: &GroupId) -> Result<()> {
         let after = self.final_epoch(gid)?.map_or(-1, to_i64);
-        let ours: Vec<(i64, i64, Vec<u8>)> = self
+        let ours: Vec<(i64, Vec<u8>, i64, Vec<u8>)> = self
             .db()
             .prepare_cached(
-                "SELECT epoch, round, commit_hash FROM pqmls_votes WHERE group_id = ?1 AND voter = ?2 AND epoch > ?3",
+                "SELECT epoch, vote_tag, round, commit_hash FROM pqmls_votes WHERE group_id = ?1 AND voter = ?2 AND epoch > ?3",
             )?
-            .query_map(params![gid.0, &self.id.0[..], after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map(params![gid.0, &self.id.0[..], after], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
             .collect::<Result<_, _>>()?;
-        for (epoch, round, commit) in ours {
+        for (epoch, tag, round, commit) in ours {
             let epoch = to_u64(epoch);
             let (Some(keys), Ok(round), Ok(commit)) = (
                 self.epoch_keys(gid, epoch)?,
@@ -405,6 +413,9 @@ impl State {
             ) else {
                 continue;
             };
+            if keys.vote_tag[..] != tag[..] {
+                continue;
+            }
             let Some(leaf) = self.epoch_members(gid, epoch)?.and_then(|ms| {
                 ms.into_iter()
                     .find(|(_, m)| m.id == self.id)
@@ -513,11 +524,14 @@ impl State {
             sealed: sealed.to_vec(),
         }
         .encode();
-        self.db().execute(
+        let added = self.db().execute(
             "INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash, payload)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![gid.0, &keys.vote_tag[..], to_i64(epoch), i64::from(vote.round), &voter.0[..], &vote.commit[..], payload],
         )?;
+        if n == 1 && added == 1 {
+            self.stats.equivocations_seen += 1;
+        }
         Ok(())
     }
 
@@ -568,10 +582,19 @@ impl State {
             let ids: BTreeSet<Voter> = members.iter().map(|(_, m)| m.id.0).collect();
             let tally = self.tally(gid, &keys.vote_tag)?;
             if let Some(equivocator) = tally.equivocators().into_iter().next() {
+                let votes: Vec<String> = tally
+                    .votes_of(&equivocator)
+                    .into_iter()
+                    .map(|(r, cs)| {
+                        let cs: Vec<String> = cs.iter().map(|c| super::short(c)).collect();
+                        format!("round {r}: {}", cs.join(" "))
+                    })
+                    .collect();
                 tracing::warn!(
-                    "{}: group {gid} epoch {next}: member {} voted twice",
+                    "{}: group {gid} epoch {next}: member {} voted twice ({})",
                     self.name,
-                    UserId(equivocator).short()
+                    UserId(equivocator).short(),
+                    votes.join("; ")
                 );
             }
             let Some(f) = tally.final_commit(&ids) else {
