@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 
 /// Version of the SDK schema, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Creates the SDK's tables if they do not exist yet, and brings an older schema up to date.
 pub(crate) fn migrate(db: &Connection) -> Result<()> {
@@ -30,7 +30,29 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
     if version < 4 {
         migrate_v4(db)?;
     }
-    migrate_v5(db)
+    if version < 5 {
+        migrate_v5(db)?;
+    }
+    migrate_v6(db)
+}
+
+/// Version 6: the leaves we abstained with. A leaf from a key package can be in states of
+/// other branches too (the same key package added twice, or a last-resort one); once we
+/// said that our leaf of an epoch casts no vote later, we never join a state with that
+/// leaf again, nor vote with one (`recovery::lost_request`, `joins::join`).
+fn migrate_v6(db: &Connection) -> Result<()> {
+    db.execute_batch(
+        "BEGIN;
+         CREATE TABLE IF NOT EXISTS pqmls_abstained_leaves (
+             group_id BLOB NOT NULL,
+             -- SHA-256 of the leaf's HPKE key, as in pqmls_abstentions.
+             leaf_key BLOB NOT NULL,
+             PRIMARY KEY (group_id, leaf_key)
+         );
+         PRAGMA user_version = 6;
+         COMMIT;",
+    )?;
+    Ok(())
 }
 
 /// Version 5: abstentions. A member that lost the group at an epoch says, with its rejoin

@@ -292,6 +292,29 @@ impl State {
         Ok(())
     }
 
+    /// Whether a leaf of ours at `epoch` is one we abstained with (`recovery::lost_request`).
+    fn holds_abstained_leaf(&self, gid: &GroupId, epoch: u64) -> Result<bool> {
+        let Some(leaves) = self.epoch_leaf_keys(gid, epoch)? else {
+            return Ok(false);
+        };
+        for (_, id, key) in leaves {
+            if id == self.id && self.abstained_with(gid, &key)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether we abstained with the leaf whose HPKE key hashes to `key`.
+    pub(crate) fn abstained_with(&self, gid: &GroupId, key: &[u8; 32]) -> Result<bool> {
+        Ok(self
+            .db()
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM pqmls_abstained_leaves WHERE group_id = ?1 AND leaf_key = ?2)",
+            )?
+            .query_row(params![gid.0, &key[..]], |r| r.get(0))?)
+    }
+
     fn has_voted(&self, gid: &GroupId, tag: &[u8; 16], round: u8) -> Result<bool> {
         Ok(self
             .db()
@@ -328,6 +351,15 @@ impl State {
             return Ok(());
         };
         if self.has_voted(gid, &keys.vote_tag, round)? {
+            return Ok(());
+        }
+        if self.holds_abstained_leaf(gid, epoch)? {
+            // We said this leaf casts no vote in later epochs (a state we should never
+            // hold: `joins::join` refuses it); never a vote from it.
+            tracing::warn!(
+                "{}: group {gid} epoch {epoch}: no vote from a leaf we abstained with",
+                self.name
+            );
             return Ok(());
         }
         let Some(leaf) = self.epoch_members(gid, epoch)?.and_then(|ms| {

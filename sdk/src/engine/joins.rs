@@ -376,6 +376,20 @@ impl State {
             self.stats.rejected += 1;
             return Ok(Join::Refused);
         };
+        // Never a state with a leaf we abstained with: we said it casts no vote after the
+        // epoch we lost, and members count it so (`recovery::lost_request`).
+        let own = staged.own_leaf_index();
+        if let Some(leaf) = staged.members().find(|m| m.index == own) {
+            let key = super::leaf_key_hash(&leaf.encryption_key);
+            if self.abstained_with(&gid, &key)? {
+                tracing::debug!(
+                    "{}: refusing a Welcome to {gid} at epoch {epoch}: its leaf for us is one we abstained with",
+                    self.name
+                );
+                self.stats.rejected += 1;
+                return Ok(Join::Refused);
+            }
+        }
         let inviter = self.member_of(sender.credential(), sender.signature_key().as_slice());
         let inviter_key = sender.signature_key().as_slice().to_vec();
         let held = self.held(&gid)?;

@@ -659,22 +659,13 @@ impl State {
     pub(crate) fn record_epoch(&mut self, gid: &GroupId) -> Result<()> {
         let epoch = self.group(gid)?.mls.epoch().as_u64();
         let leaves = self.member_list(gid)?;
-        // The key of a leaf that came from a key package is not recorded: the same key
-        // package (a last-resort one, or a re-add redone after its commit lost) can put
-        // the same leaf in states of other branches, which its owner may hold and vote
-        // in later, so it cannot name "the leaf that abstains" (`add_abstentions`). A
-        // leaf from a commit or an update exists on one branch only.
+        // Every leaf's HPKE key names the leaf that abstains (`add_abstentions`). One from
+        // a key package can be in states of other branches too (the same key package
+        // added twice, or a last-resort one); its owner, once it abstained with it, never
+        // holds or votes in such a state again (`pqmls_abstained_leaves`).
         let mls = &self.group(gid)?.mls;
         let keys: std::collections::BTreeMap<u32, [u8; 32]> = mls
             .members()
-            .filter(|m| {
-                mls.public_group().leaf(m.index).is_some_and(|leaf| {
-                    !matches!(
-                        leaf.leaf_node_source(),
-                        openmls::treesync::LeafNodeSource::KeyPackage(_)
-                    )
-                })
-            })
             .map(|m| (m.index.u32(), leaf_key_hash(&m.encryption_key)))
             .collect();
         let record: Vec<(u32, Member, Option<[u8; 32]>)> = leaves
@@ -819,6 +810,7 @@ impl State {
             "pqmls_epoch_keys",
             "pqmls_rejoins",
             "pqmls_final_votes",
+            "pqmls_abstained_leaves",
             "openmls_key_packages",
         ] {
             let n: i64 = self

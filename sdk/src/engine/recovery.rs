@@ -171,11 +171,36 @@ impl State {
             )?
             .query_map(params![gid.0, &self.id.0[..], to_i64(epoch)], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        let voted: Option<Vec<[u8; 16]>> = (tags.len() <= wire::MAX_VOTED_TAGS).then(|| {
-            tags.iter()
-                .filter_map(|t| t.as_slice().try_into().ok())
-                .collect()
+        // Members count it for our leaf of `epoch` as they list it (one leaf of ours, by
+        // its HPKE key); we hold the same state of that epoch, so the same leaf. Before
+        // it goes out we bind ourselves never to join or vote in a state with that leaf
+        // again (a leaf from a key package can recur on other branches): otherwise no
+        // abstention.
+        let own_leaf: Option<[u8; 32]> = self.epoch_leaf_keys(gid, epoch)?.and_then(|leaves| {
+            let ours: Vec<[u8; 32]> = leaves
+                .into_iter()
+                .filter(|(_, id, _)| *id == self.id)
+                .map(|(_, _, key)| key)
+                .collect();
+            match ours[..] {
+                [key] => Some(key),
+                _ => None,
+            }
         });
+        let voted: Option<Vec<[u8; 16]>> = match own_leaf {
+            Some(key) if tags.len() <= wire::MAX_VOTED_TAGS => {
+                self.db().execute(
+                    "INSERT OR IGNORE INTO pqmls_abstained_leaves (group_id, leaf_key) VALUES (?1, ?2)",
+                    params![gid.0, &key[..]],
+                )?;
+                Some(
+                    tags.iter()
+                        .filter_map(|t| t.as_slice().try_into().ok())
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
         let sig = self
             .signer
             .sign(&wire::lost_tbs(
