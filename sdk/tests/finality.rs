@@ -708,3 +708,58 @@ async fn an_abstention_with_a_leaf_from_a_key_package_ends_a_stalled_split() {
         [0, 0, 0, 0, 0]
     );
 }
+
+/// Found in a simulated run with a store that misses messages (seed 78): an inviter whose
+/// add commit lost withdraws its Welcome once that epoch is final, and the withdrawal was
+/// sent once; lost, it left the invitee alone on the dead branch for good, without a word.
+/// Here alice adds erin on a branch only the two of them see; bob, carol and dave
+/// finalise bob's commit for that epoch; alice moves, and withdraws her Welcome while erin
+/// is away and the stores miss everything. Erin, back, gets the withdrawal published
+/// again, leaves the dead branch, and is in the group with the others.
+#[tokio::test(start_paused = true)]
+async fn a_withdrawal_is_published_again() {
+    let net = net();
+    let (alice, at) = client_on(&net, config("alice")).await;
+    let (bob, bt) = client_on(&net, config("bob")).await;
+    let (carol, ct) = client_on(&net, config("carol")).await;
+    let (dave, dt) = client_on(&net, config("dave")).await;
+    let (erin, et) = client_on(&net, config("erin")).await;
+    let four = [&alice, &bob, &carol, &dave];
+    let g = group(&four).await;
+    converge(&four, &g, 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    net.set_store_miss(1.0);
+    for t in [&bt, &ct, &dt] {
+        t.set_online(false);
+    }
+    alice.invite(&g, &erin.id()).await.unwrap();
+    until("erin joined alice's branch", async || {
+        erin.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    et.set_online(false);
+    at.set_online(false);
+    for t in [&bt, &ct, &dt] {
+        t.set_online(true);
+    }
+    bob.update(&g).await.unwrap();
+    converge(&[&bob, &carol, &dave], &g, 4).await;
+    // Alice is back: she moves to bob's final commit and withdraws her Welcome, which
+    // nobody stores and erin, away, does not get.
+    at.set_online(true);
+    until("alice on bob's commit", async || {
+        alice.status(&g).await.unwrap().epoch_authenticator
+            == bob.status(&g).await.unwrap().epoch_authenticator
+            || alice.status(&g).await.unwrap().epoch > 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    et.set_online(true);
+    converge_anywhere(
+        "erin in the group with the others",
+        &[&alice, &bob, &carol, &dave, &erin],
+        &g,
+    )
+    .await;
+    assert!(names(&bob, &g).await.contains(&"erin".to_string()));
+}

@@ -1046,6 +1046,43 @@ impl State {
             self.enqueue(&wire::inbox_topic(&invitee), payload)?;
             self.republished.insert(id, (now, times + 1));
         }
+        // Our withdrawals, as many times; then they are dropped.
+        let voids: Vec<(Vec<u8>, String, Vec<u8>)> = self
+            .db()
+            .prepare_cached("SELECT void_id, invitee, payload FROM pqmls_sent_voids")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (void_id, invitee, payload) in voids {
+            let (Ok(id), Ok(invitee)) = (
+                <[u8; 32]>::try_from(void_id.as_slice()),
+                invitee.parse::<UserId>(),
+            ) else {
+                self.db().execute(
+                    "DELETE FROM pqmls_sent_voids WHERE void_id = ?1",
+                    [&void_id],
+                )?;
+                continue;
+            };
+            let (last, times) = *self.republished.entry(id).or_insert((now, 0));
+            if times >= REPUBLISH_TIMES {
+                self.db().execute(
+                    "DELETE FROM pqmls_sent_voids WHERE void_id = ?1",
+                    [&void_id],
+                )?;
+                continue;
+            }
+            live.insert(id);
+            if now < last + gap {
+                continue;
+            }
+            tracing::debug!(
+                "{}: publishing the withdrawal of a Welcome to {} again",
+                self.name,
+                invitee.short()
+            );
+            self.enqueue(&wire::inbox_topic(&invitee), payload)?;
+            self.republished.insert(id, (now, times + 1));
+        }
         self.republished.retain(|id, _| live.contains(id));
         Ok(())
     }

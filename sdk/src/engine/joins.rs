@@ -724,7 +724,13 @@ impl State {
                 invitee.short()
             );
             let payload = Wire::Void { id, sealed }.encode();
-            self.enqueue(&wire::inbox_topic(&invitee), payload)?;
+            self.enqueue(&wire::inbox_topic(&invitee), payload.clone())?;
+            // Published again a few times (`finality::republish_own`): a Welcome whose
+            // withdrawal is lost leaves its invitee on a dead branch for good.
+            self.db().execute(
+                "INSERT OR IGNORE INTO pqmls_sent_voids (void_id, invitee, payload) VALUES (?1, ?2, ?3)",
+                params![&id[..], invitee.to_string(), payload],
+            )?;
         }
         Ok(())
     }
