@@ -148,3 +148,147 @@ async fn our_node_publishes_to_a_js_relay_node() {
     }
     js.finish().await;
 }
+
+/// One message as a js script prints it.
+fn js_message(v: &serde_json::Value) -> (String, String, i64, String) {
+    (
+        v["payloadHex"].as_str().unwrap().to_string(),
+        v["contentTopic"].as_str().unwrap().to_string(),
+        v["timestampMs"].as_i64().unwrap(),
+        v["hash"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node.js and `npm ci` in tests/js (run by .ci/run)"]
+async fn js_light_node_queries_our_store_by_topic_time_and_hash_with_pages() {
+    use pqmls_transport::store;
+
+    let dir = support::temp_dir("js-store");
+    let (s, _s_in) = start(waku_config(&[0]).with_store(&dir, store::Config::default())).await;
+    let s_addr = tcp_addr(&s).await;
+    let (r, _r_in) = start(waku_config(&[0]).with_bootstrap(s_addr.clone())).await;
+    wait_mesh(&r, shard(0), 1).await;
+
+    // Five messages on `chat`, one second apart, and one on `other` (same shard) between.
+    let chat = topic_on(0, 0);
+    let other = topic_on(0, 1);
+    let t0_ms: i64 = 1_700_000_000_000;
+    let mut chat_messages = Vec::new();
+    for i in 0..5i64 {
+        let m = WakuMessage::new(chat.to_string(), format!("chat {i}").into_bytes())
+            .with_timestamp((t0_ms + i * 1000) * 1_000_000);
+        let (_, hash) = r.relay_publish_message(m.clone()).await.unwrap();
+        chat_messages.push((m, hash));
+        if i == 2 {
+            let o = WakuMessage::new(other.to_string(), b"other".to_vec())
+                .with_timestamp((t0_ms + 2500) * 1_000_000);
+            r.relay_publish_message(o).await.unwrap();
+        }
+    }
+    support::wait_until("archived", || async { s.counters().stored == 6 }).await;
+
+    let expected = |i: usize| {
+        let (m, h) = &chat_messages[i];
+        (
+            hex(&m.payload),
+            m.content_topic.clone(),
+            m.timestamp.unwrap() / 1_000_000,
+            hex(&h.0),
+        )
+    };
+    let mut js = Js::spawn(
+        "light",
+        "store",
+        json!({
+            "addr": s_addr.to_string(),
+            "cluster": CLUSTER,
+            "contentTopic": chat.to_string(),
+            "queries": [
+                {"name": "topic"},
+                {"name": "time", "timeStartMs": t0_ms + 1000, "timeEndMs": t0_ms + 2500},
+                {"name": "hash", "hashes": [hex(&chat_messages[3].1.0)]},
+                {"name": "pages", "limit": 2},
+                {"name": "backward", "limit": 2, "forward": false},
+            ],
+        }),
+    );
+    // Each query's pages, as lists of message indices into `chat_messages`.
+    let want: [(&str, Vec<Vec<usize>>); 5] = [
+        ("topic", vec![vec![0, 1, 2, 3, 4]]),
+        ("time", vec![vec![1, 2]]),
+        ("hash", vec![vec![3]]),
+        ("pages", vec![vec![0, 1], vec![2, 3], vec![4]]),
+        ("backward", vec![vec![3, 4], vec![1, 2], vec![0]]),
+    ];
+    for (name, pages) in want {
+        let result = js.expect("result").await;
+        assert_eq!(result["name"], name);
+        let got: Vec<Vec<_>> = result["pages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_array().unwrap().iter().map(js_message).collect())
+            .collect();
+        let want: Vec<Vec<_>> = pages
+            .iter()
+            .map(|p| p.iter().map(|i| expected(*i)).collect())
+            .collect();
+        assert_eq!(got, want, "query {name}");
+    }
+    js.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node.js and `npm ci` in tests/js (run by .ci/run)"]
+async fn js_light_node_receives_filter_pushes_from_our_node() {
+    use pqmls_transport::waku::filter;
+
+    let (s, _s_in) = start(waku_config(&[0]).with_filter_service(filter::Config::default())).await;
+    let s_addr = tcp_addr(&s).await;
+    let (r, _r_in) = start(waku_config(&[0]).with_bootstrap(s_addr.clone())).await;
+    wait_mesh(&r, shard(0), 1).await;
+
+    let topic = topic_on(0, 0);
+    let mut js = Js::spawn(
+        "light",
+        "filter",
+        json!({
+            "addr": s_addr.to_string(),
+            "cluster": CLUSTER,
+            "contentTopic": topic.to_string(),
+            "expect": 2,
+        }),
+    );
+    js.expect("subscribed").await;
+    assert_eq!(s.counters().filter_subscribers, 1);
+    let mut sent = Vec::new();
+    for i in 0..2i64 {
+        let m = WakuMessage::new(topic.to_string(), format!("filtered {i}").into_bytes())
+            .with_timestamp((1_700_000_000_000 + i) * 1_000_000);
+        let (_, hash) = r.relay_publish_message(m.clone()).await.unwrap();
+        sent.push((m, hash));
+        // Not subscribed: never pushed.
+        r.relay_publish_message(WakuMessage::new(
+            topic_on(0, 1).to_string(),
+            vec![7, i as u8],
+        ))
+        .await
+        .unwrap();
+    }
+    for (m, hash) in &sent {
+        let got = js.expect("received").await;
+        assert_eq!(
+            js_message(&got),
+            (
+                hex(&m.payload),
+                m.content_topic.clone(),
+                m.timestamp.unwrap() / 1_000_000,
+                hex(&hash.0)
+            )
+        );
+        assert_eq!(got["pubsubTopic"], shard(0).to_string());
+    }
+    js.finish().await;
+    assert_eq!(s.counters().filter_pushed, 2, "only the subscribed topic");
+}
