@@ -11,9 +11,11 @@ import { createLightNode } from "@waku/sdk";
  *
  * Transports: @waku/sdk's default is WebSockets; our node listens on TCP, so TCP is given
  * through the sdk's `libp2p` options, which replace the defaults. Muxers: `muxer` is
- * "yamux" (what our node speaks) or "mplex" (the sdk's default).
+ * "yamux" (what our node speaks) or "mplex" (the sdk's default). `yamuxMaxMessageSize`
+ * raises js-yamux's largest frame (default 64 KiB): a frame is then bounded by the
+ * receiver's window only. `onCreate` is called with the node before it dials.
  */
-export async function lightNode({ addr, cluster, muxer = "yamux" }) {
+export async function lightNode({ addr, cluster, muxer = "yamux", yamuxMaxMessageSize, onCreate }) {
   const node = await createLightNode({
     networkConfig: { clusterId: cluster, numShardsInCluster: 8 },
     defaultBootstrap: false,
@@ -22,9 +24,13 @@ export async function lightNode({ addr, cluster, muxer = "yamux" }) {
       // The sdk prints a banner about WebSocket failures on stdout unless told not to.
       hideWebSocketInfo: true,
       transports: [tcp()],
-      streamMuxers: muxer === "mplex" ? [mplex()] : [yamux()],
+      streamMuxers:
+        muxer === "mplex"
+          ? [mplex()]
+          : [yamux(yamuxMaxMessageSize ? { maxMessageSize: yamuxMaxMessageSize } : {})],
     },
   });
+  if (onCreate) onCreate(node);
   await node.dial(addr);
   return node;
 }
