@@ -197,10 +197,13 @@
 //! and hash queries, both directions of pagination, pages bounded in entries and in bytes
 //! while they are built, responses charged to the response budget until written), and
 //! [`Node::store_query`] is its client. All of it is tested between our own nodes and raw
-//! rust-libp2p peers only, not yet against js-waku or the Nim node.
+//! rust-libp2p peers, and against js-waku (`tests/js_waku.rs`; the interop matrix and the
+//! js-waku versions are in `tests/js/README.md`): relay both ways, metadata's cluster gate,
+//! store, lightpush and filter with js-waku as the client. Not yet against the Nim node.
 //! Every node refuses a TCP listen port already in use ([`Error::AddressInUse`]) and dials
-//! its bootstrap peers again, with backoff, when they go away. Not yet done: relay over
-//! mplex (js-waku's default muxer) and the js-waku interop tests, peer exchange and
+//! its bootstrap peers again, with backoff, when they go away. Not yet done: mplex and
+//! WebSockets (js-waku's default muxer and transport; the interop tests give js-waku TCP
+//! and yamux), peer exchange and
 //! discovery beyond the bootstrap peers, catch-up resumed when a store comes back,
 //! segmentation wired into publishing, choosing a store for [`Node::store_query`] (or a
 //! lightpush or filter service) among connected peers (the caller names one).
@@ -251,7 +254,7 @@
 //! handler that reads frames until the stream ends is needed); no per-peer request rate
 //! limits (the Nim node has them); pushes of two messages may arrive in either order (one
 //! stream each), and a client subscribed with two services gets a message twice. None of it
-//! is tested against js-waku or the Nim node yet.
+//! is tested against the Nim node yet; against js-waku as a client, see above.
 //!
 //! **Simulation-friendly.** [`Message`], [`Topic`], [`MessageId`], [`Validator`],
 //! [`Error`], [`store::Cursor`] and [`store::Page`] hold no libp2p types, so an in-process

@@ -59,6 +59,9 @@ const REDIAL_MAX: Duration = Duration::from_secs(60);
 const REDIAL_STABLE: Duration = Duration::from_secs(10);
 /// How often due redials are looked for.
 const REDIAL_TICK: Duration = Duration::from_millis(250);
+/// Yamux streams allowed per connection, chosen so that no stream's receive window grows
+/// past yamux's initial 256 KiB (see [`yamux_config`]).
+const YAMUX_MAX_STREAMS: usize = 4096;
 /// How long a peer has to answer the Waku metadata request before it is disconnected.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -800,11 +803,7 @@ impl Node {
         let behaviour = build_behaviour(&config, &keypair, store.is_some(), &stats)?;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
+            .with_tcp(tcp::Config::default(), noise::Config::new, yamux_config)
             .map_err(|e| Error::Setup(e.to_string()))?
             .with_quic()
             .with_behaviour(|_| behaviour)
@@ -1238,6 +1237,23 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// The yamux muxer's settings. yamux 0.14 grows a busy stream's receive window (doubling
+/// it when the sender used half of it within two round trips) up to the connection's
+/// budget, 1 GiB less 256 KiB for each allowed stream, yet its frame decoder refuses any
+/// data frame over 1 MiB and closes the whole connection. js-yamux sends a data frame as
+/// large as the window it was granted when its frame cap (`maxMessageSize`, 64 KiB by
+/// default) is raised, so a js-libp2p peer sending a few MiB on one stream over a real
+/// link lost its connection to us (issue 13, item 3). With 4096 streams the budget is used
+/// up by the initial windows (4096 x 256 KiB = 1 GiB), so no window grows beyond the
+/// 256 KiB of the yamux spec ("Flow Control": initial window 256 KiB) and no peer is
+/// allowed a frame we refuse. The cost: one stream moves at most 256 KiB per round trip
+/// (2.5 MB/s at 100 ms), ample for relay's 150 KiB messages.
+fn yamux_config() -> yamux::Config {
+    let mut c = yamux::Config::default();
+    c.set_max_num_streams(YAMUX_MAX_STREAMS);
+    c
 }
 
 fn build_behaviour(

@@ -14,7 +14,8 @@
 //!   going forward, the first going backward.
 //! - Filters (section "Filter matching"): pubsub topic and content topics together, time
 //!   start inclusive, end exclusive; or a list of hashes. Both kinds together, or only one
-//!   of pubsub topic and content topics, is a bad request (status 400).
+//!   of pubsub topic and content topics, is a bad request (status 400), with one exception
+//!   for js-waku: a pubsub topic alone beside hashes restricts the lookup to that shard.
 //! - Bounds, ours: a request frame of at most [`MAX_REQUEST`] bytes, at most
 //!   [`MAX_CONTENT_TOPICS`] content topics and [`MAX_HASHES`] hashes; a page of at most
 //!   [`MAX_PAGE`] entries ([`DEFAULT_PAGE`] when the client sets none, as the Nim node) and
@@ -328,14 +329,21 @@ impl Archive {
     }
 
     fn try_query(&self, r: QueryRequest, budget: usize) -> Result<QueryResponse, QueryError> {
-        let by_content = r.pubsub_topic.is_some()
+        let lookup = !r.message_hashes.is_empty();
+        // Section "Message hash lookup queries": a lookup client MUST NOT set the content
+        // filter fields. js-waku (@waku/sdk 0.0.36) sends the pubsub topic of its decoder,
+        // with no content topics or time, beside the hashes; the Nim node ANDs every
+        // criterion it gets. So a pubsub topic alone is accepted with hashes and restricts
+        // the lookup to that shard; content topics or a time range with hashes stay a bad
+        // request.
+        let by_content = (r.pubsub_topic.is_some() && !lookup)
             || !r.content_topics.is_empty()
             || r.time_start.is_some()
             || r.time_end.is_some();
-        if by_content && !r.message_hashes.is_empty() {
+        if by_content && lookup {
             return Err(QueryError::Bad("content filter and hashes together"));
         }
-        if r.pubsub_topic.is_some() == r.content_topics.is_empty() {
+        if !lookup && r.pubsub_topic.is_some() == r.content_topics.is_empty() {
             return Err(QueryError::Bad(
                 "pubsub_topic and content_topics must be set together",
             ));
@@ -378,6 +386,9 @@ impl Archive {
         };
         if let Some(t) = &r.pubsub_topic {
             arg(&mut sql, " AND pubsub_topic = ?", t.clone().into());
+        }
+        // Empty only in a lookup (checked above), where the pubsub topic may come alone.
+        if !r.content_topics.is_empty() {
             sql.push_str(" AND content_topic IN (");
             for (i, c) in r.content_topics.iter().enumerate() {
                 arg(&mut sql, if i == 0 { "?" } else { ", ?" }, c.clone().into());
@@ -600,6 +611,33 @@ mod tests {
             usize::MAX,
         );
         assert_eq!(hashes_of(&r), vec![h[4].0.to_vec()], "presence query");
+    }
+
+    #[test]
+    fn a_lookup_with_a_pubsub_topic_alone_is_restricted_to_it() {
+        // What js-waku 0.0.36 sends: the hashes and its decoder's pubsub topic.
+        let (a, h, _dir) = archive_with(3);
+        let lookup = |topic: &str| QueryRequest {
+            pubsub_topic: Some(topic.into()),
+            message_hashes: vec![h[1].0.to_vec()],
+            include_data: true,
+            ..Default::default()
+        };
+        let r = a.query(lookup(SHARD), usize::MAX);
+        assert_eq!(r.status_code, Some(STATUS_OK));
+        assert_eq!(hashes_of(&r), vec![h[1].0.to_vec()]);
+        let r = a.query(lookup("/waku/2/rs/3/1"), usize::MAX);
+        assert_eq!(r.status_code, Some(STATUS_OK));
+        assert!(r.messages.is_empty(), "another shard holds no such message");
+        // Content topics beside hashes are still a bad request.
+        let mixed = QueryRequest {
+            content_topics: vec!["/a/1/odd/proto".into()],
+            ..lookup(SHARD)
+        };
+        assert_eq!(
+            a.query(mixed, usize::MAX).status_code,
+            Some(STATUS_BAD_REQUEST)
+        );
     }
 
     #[test]
