@@ -60,6 +60,9 @@ pub const STATUS_OK: u32 = 200;
 pub const STATUS_BAD_REQUEST: u32 = 400;
 /// Status: the store failed or is over its response budget; retry later.
 pub const STATUS_UNAVAILABLE: u32 = 503;
+/// Status: the requester is over its rate limit (the Nim node's `TOO_MANY_REQUESTS`,
+/// `waku_store/common.nim`; the spec lists no code for it).
+pub const STATUS_TOO_MANY_REQUESTS: u32 = 429;
 
 /// `WakuMessageKeyValue`: a hash, and the message with its pubsub topic when data was asked.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
@@ -131,6 +134,11 @@ pub struct QueryResponse {
 }
 
 impl QueryResponse {
+    /// The answer to a request over its peer's rate limit (429).
+    pub fn too_many_requests(request_id: String) -> Self {
+        Self::status(request_id, STATUS_TOO_MANY_REQUESTS, "too many requests")
+    }
+
     fn status(request_id: String, code: u32, desc: &str) -> Self {
         Self {
             request_id,
