@@ -933,7 +933,10 @@ impl Node {
             None => kind.generate(),
         };
         let store = match (&config.store, &config.data_dir) {
-            (Some(sc), Some(dir)) => Some(Store::open(dir, sc)?),
+            (Some(sc), Some(dir)) => {
+                ensure_private_file(&dir.join(store::FILE))?;
+                Some(Store::open(dir, sc)?)
+            }
             (Some(_), None) => {
                 return Err(Error::Config(
                     "the store role needs a data directory".into(),
@@ -942,7 +945,10 @@ impl Node {
             (None, _) => None,
         };
         let archive = match (&config.waku, &config.store, &config.data_dir) {
-            (Some(_), Some(_), Some(dir)) => Some(waku::store::Archive::open(dir)?),
+            (Some(_), Some(_), Some(dir)) => {
+                ensure_private_file(&dir.join(waku::store::ARCHIVE_FILE))?;
+                Some(waku::store::Archive::open(dir)?)
+            }
             _ => None,
         };
         let peer_id = keypair.public().to_peer_id();
@@ -1729,6 +1735,29 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+/// Creates `path` empty with mode 0600 if it does not exist, and takes group and other
+/// permissions away from an existing one (issue 12 item 3: a database made by an earlier
+/// version was 0644). SQLite gives its `-wal` and `-shm` files the mode of the database.
+#[cfg(unix)]
+fn ensure_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    let mode = f.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn ensure_private_file(_: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 #[cfg(not(unix))]

@@ -54,6 +54,9 @@ pub const MAX_PAGE: usize = 100;
 /// and one entry of a 150 KiB message fits).
 pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 
+/// The archive's database file in the data directory.
+pub const ARCHIVE_FILE: &str = "waku_store.sqlite3";
+
 /// Status: success.
 pub const STATUS_OK: u32 = 200;
 /// Status: a malformed or contradictory request.
@@ -254,7 +257,7 @@ impl Archive {
     ///
     /// The database error.
     pub fn open(dir: &Path) -> rusqlite::Result<Self> {
-        let db = Connection::open(dir.join("waku_store.sqlite3"))?;
+        let db = Connection::open(dir.join(ARCHIVE_FILE))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.execute_batch(
