@@ -270,6 +270,10 @@
 //! spec's "controlled neighbourhood"); the node asks several peers over time and the metadata
 //! gate drops peers of other clusters, but nothing ranks peers by behaviour yet.
 //!
+//! *Presets* ([`waku::preset`]): `local` (127.0.0.1, cluster 0, 8 shards, 150 KiB: tests
+//! and the demo) and `logos.dev` (cluster 3, 8 shards, 150 KiB, TCP 60000, entry nodes
+//! given by the user), each a full node configuration; `pqmls node --preset` uses them.
+//!
 //! *Rate limits.* Every Waku service a node answers (store, lightpush, filter subscribe,
 //! peer exchange, metadata) keeps a token bucket per peer ([`rate_limit`],
 //! [`node::RateLimits`]): by default 100 store queries and 100 lightpushes a minute, 30

@@ -30,6 +30,7 @@ pub mod lightpush;
 pub mod message;
 pub mod metadata;
 pub mod peer_exchange;
+pub mod preset;
 pub mod relay;
 pub mod segmentation;
 pub mod sharding;
