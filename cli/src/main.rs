@@ -6,6 +6,8 @@
 //! - `pqmls sim`: the ordering scenario on the simulated network, many seeded trials.
 //! - `pqmls keygen` / `pqmls info`: create or inspect a data directory, offline.
 //! - `pqmls chat`: an interactive terminal chat between processes.
+//! - `pqmls node`: a Waku node (relay, store, lightpush, filter, peer exchange) of a
+//!   network preset (`--preset local` or `logos.dev`).
 //!
 //! Logs go to stderr; the level is `warn` (`error` for `sim`, OpenMLS's own logs off)
 //! unless `RUST_LOG` says otherwise.
@@ -14,6 +16,7 @@ mod chat;
 mod dbkey;
 mod demo;
 mod keys;
+mod node;
 mod sim;
 mod util;
 
@@ -44,6 +47,8 @@ enum Command {
     /// An interactive terminal chat.
     #[command(after_long_help = chat::TWO_TERMINALS)]
     Chat(chat::ChatArgs),
+    /// Runs a Waku node (relay, store, lightpush, filter, peer exchange) until Ctrl-C.
+    Node(node::NodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::Keygen(args) => keys::keygen(args),
         Command::Info(args) => keys::info(args),
+        Command::Node(args) => util::runtime().and_then(|rt| rt.block_on(node::run(args))),
         Command::Chat(args) => util::runtime().and_then(|rt| {
             let r = rt.block_on(chat::run(args));
             // Tokio reads stdin on a blocking thread that stays in read(2) until a line

@@ -203,8 +203,7 @@
 //! Every node refuses a TCP listen port already in use ([`Error::AddressInUse`]) and dials
 //! its bootstrap peers again, with backoff, when they go away. Not yet done: mplex and
 //! WebSockets (js-waku's default muxer and transport; the interop tests give js-waku TCP
-//! and yamux), peer exchange and
-//! discovery beyond the bootstrap peers, catch-up resumed when a store comes back,
+//! and yamux), catch-up resumed when a store comes back,
 //! segmentation wired into publishing, choosing a store for [`Node::store_query`] (or a
 //! lightpush or filter service) among connected peers (the caller names one).
 //!
@@ -251,10 +250,40 @@
 //! service opens one stream per push, but the Nim service keeps a push stream open and
 //! writes further pushes on it until the client closes it; our client reads one push per
 //! stream and closes, so from a Nim service it can lose pushes sent in a burst (a push
-//! handler that reads frames until the stream ends is needed); no per-peer request rate
-//! limits (the Nim node has them); pushes of two messages may arrive in either order (one
-//! stream each), and a client subscribed with two services gets a message twice. None of it
-//! is tested against the Nim node yet; against js-waku as a client, see above.
+//! handler that reads frames until the stream ends is needed); pushes of two messages may
+//! arrive in either order (one stream each), and a client subscribed with two services gets
+//! a message twice. None of it is tested against the Nim node yet; against js-waku as a
+//! client, see above.
+//!
+//! *Peer exchange and discovery* (issue 13 items 1 and 4). A Waku node started with
+//! [`Config::with_peer_exchange`](node::Config::with_peer_exchange) speaks
+//! `/vac/waku/peer-exchange/2.0.0-alpha1` ([`waku::peer_exchange`]) with node records of
+//! EIP-778 and 31/WAKU2-ENR ([`waku::enr`]). Waku nodes now get secp256k1 node keys (as the
+//! Nim node has; other nodes keep Ed25519), because a record must be signed by the key its
+//! peer id comes from; an identity file made earlier keeps its key, and such a node has no
+//! record of its own. Each node asks every new peer that announces the protocol, and a
+//! random one every 30 s while below its target of peers, and dials (a few at a time, each
+//! peer at most once a minute) the peers the records name until it has 8. It answers with
+//! its own record and up to 59 it learnt, sampled at random: the spec wants records found
+//! by "ambient discovery" (discv5), which pqmls nodes do not run, and without its own
+//! record no pqmls node would ever be named. Every record received is verified (300 bytes,
+//! canonical RLP, sorted keys, v4 low-S signature), records of another cluster or naming
+//! the requester are dropped, no more than asked are kept, and answers are read only up to
+//! 60 records' worth of bytes. What a responder can still do: name peers it controls (the
+//! spec's "controlled neighbourhood"); the node asks several peers over time and the metadata
+//! gate drops peers of other clusters, but nothing ranks peers by behaviour yet.
+//!
+//! *Presets* ([`waku::preset`]): `local` (127.0.0.1, cluster 0, 8 shards, 150 KiB: tests
+//! and the demo) and `logos.dev` (cluster 3, 8 shards, 150 KiB, TCP 60000, entry nodes
+//! given by the user), each a full node configuration; `pqmls node --preset` uses them.
+//!
+//! *Rate limits.* Every Waku service a node answers (store, lightpush, filter subscribe,
+//! peer exchange, metadata) keeps a token bucket per peer ([`rate_limit`],
+//! [`node::RateLimits`]): by default 100 store queries and 100 lightpushes a minute, 30
+//! filter requests (the Nim node's default), 10 peer exchange and 10 metadata requests. A
+//! request over its peer's rate is answered 429 (lightpush's spec code; the Nim node's code
+//! for store, filter and peer exchange); a metadata request is then not answered. At most
+//! 1024 peers are tracked per service, the quietest forgotten first.
 //!
 //! **Simulation-friendly.** [`Message`], [`Topic`], [`MessageId`], [`Validator`],
 //! [`Error`], [`store::Cursor`] and [`store::Page`] hold no libp2p types, so an in-process
@@ -266,6 +295,7 @@ mod budget;
 mod error;
 mod message;
 pub mod node;
+pub mod rate_limit;
 mod rpc;
 mod slots;
 pub mod store;

@@ -24,16 +24,19 @@ use tokio::sync::{mpsc, oneshot};
 use crate::budget::Budget;
 use crate::error::{Error, Result};
 use crate::message::{self, Message, MessageId, Topic, Validator, Verdict};
+use crate::rate_limit::{self, Rate};
 use crate::rpc::{self, Refusal, Request, Response};
 use crate::slots;
 use crate::store::{self, Cursor, Page, PageLimits, Store};
 use crate::waku::framing::ReadSlots;
 use crate::waku::{
-    self, ContentTopic, MessageHash, PubsubTopic, WakuMessage, filter, lightpush, metadata, relay,
+    self, ContentTopic, MessageHash, PubsubTopic, WakuMessage, enr::Enr, filter, lightpush,
+    metadata, peer_exchange, relay,
 };
 
 mod waku_filter;
 mod waku_lightpush;
+mod waku_px;
 
 pub use waku_filter::FilterInbound;
 
@@ -62,6 +65,8 @@ const REDIAL_TICK: Duration = Duration::from_millis(250);
 /// Yamux streams allowed per connection, chosen so that no stream's receive window grows
 /// past yamux's initial 256 KiB (see [`yamux_config`]).
 const YAMUX_MAX_STREAMS: usize = 4096;
+/// How often peer exchange looks whether to ask for more peers or dial known ones.
+const PX_TICK: Duration = Duration::from_millis(500);
 /// How long a peer has to answer the Waku metadata request before it is disconnected.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -128,6 +133,91 @@ pub struct Limits {
     /// Store side: the same budget for the responses to one peer (default 16 MiB; at least
     /// one maximum-size message plus framing, so any stored message can be served).
     pub response_bytes_per_peer: usize,
+    /// Per-peer request rates of the Waku services this node answers, see [`RateLimits`].
+    pub rate_limits: RateLimits,
+}
+
+/// Per-peer request rates of the Waku request-response services a node answers: a token
+/// bucket per peer and service ([`rate_limit`]). A request over its peer's rate is answered
+/// "too many requests" (429) without being served: lightpush v3 (the spec's code), store v3,
+/// filter and peer exchange (the Nim node's codes); a metadata request over the rate is
+/// not answered (the protocol has no status). `None` turns a service's limit off.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RateLimits {
+    /// Store v3 queries (default 100 a minute, in bursts of up to 100).
+    pub store: Option<Rate>,
+    /// Lightpush requests (default 100 a minute).
+    pub lightpush: Option<Rate>,
+    /// Filter subscription requests (default 30 a minute, the Nim node's default).
+    pub filter: Option<Rate>,
+    /// Peer exchange requests (default 10 a minute).
+    pub peer_exchange: Option<Rate>,
+    /// Metadata requests (default 10 a minute; a peer asks once per connection).
+    pub metadata: Option<Rate>,
+    /// Peers tracked per service (default 1024); see [`rate_limit`] for what happens
+    /// beyond.
+    pub max_peers: usize,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        let minute = Duration::from_secs(60);
+        Self {
+            store: Some(Rate::new(100, minute)),
+            lightpush: Some(Rate::new(100, minute)),
+            filter: Some(Rate::new(30, minute)),
+            peer_exchange: Some(Rate::new(10, minute)),
+            metadata: Some(Rate::new(10, minute)),
+            max_peers: 1024,
+        }
+    }
+}
+
+impl RateLimits {
+    /// No limits at all.
+    pub fn unlimited() -> Self {
+        Self {
+            store: None,
+            lightpush: None,
+            filter: None,
+            peer_exchange: None,
+            metadata: None,
+            max_peers: 1024,
+        }
+    }
+}
+
+/// The services [`RateLimits`] covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Store,
+    Lightpush,
+    Filter,
+    PeerExchange,
+    Metadata,
+}
+
+/// The node task's buckets, one set per limited service.
+struct Limiters {
+    store: Option<rate_limit::Buckets<PeerId>>,
+    lightpush: Option<rate_limit::Buckets<PeerId>>,
+    filter: Option<rate_limit::Buckets<PeerId>>,
+    peer_exchange: Option<rate_limit::Buckets<PeerId>>,
+    metadata: Option<rate_limit::Buckets<PeerId>>,
+}
+
+impl Limiters {
+    fn new(r: &RateLimits) -> Self {
+        let b = |rate: Option<Rate>| rate.map(|rate| rate_limit::Buckets::new(rate, r.max_peers));
+        Self {
+            store: b(r.store),
+            lightpush: b(r.lightpush),
+            filter: b(r.filter),
+            peer_exchange: b(r.peer_exchange),
+            metadata: b(r.metadata),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -153,6 +243,7 @@ impl Default for Limits {
             dedupe_window: 65_536,
             response_bytes_in_flight: 64 * 1024 * 1024,
             response_bytes_per_peer: 16 * 1024 * 1024,
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -199,6 +290,11 @@ pub struct Config {
     /// pushes matching relay messages to subscribers. Needs [`Config::waku`]. See
     /// [`Config::with_filter_service`].
     pub filter: Option<filter::Config>,
+    /// Waku peer exchange: `Some` asks peers for node records, dials the peers they name
+    /// while below [`peer_exchange::Config::target_peers`], and (if
+    /// [`peer_exchange::Config::serve`]) answers `/vac/waku/peer-exchange/2.0.0-alpha1`.
+    /// Needs [`Config::waku`]. See [`Config::with_peer_exchange`].
+    pub peer_exchange: Option<peer_exchange::Config>,
 }
 
 impl std::fmt::Debug for Config {
@@ -216,6 +312,7 @@ impl std::fmt::Debug for Config {
             .field("waku", &self.waku)
             .field("lightpush", &self.lightpush)
             .field("filter", &self.filter)
+            .field("peer_exchange", &self.peer_exchange)
             .finish()
     }
 }
@@ -244,6 +341,7 @@ impl Default for Config {
             waku: None,
             lightpush: None,
             filter: None,
+            peer_exchange: None,
         }
     }
 }
@@ -329,6 +427,17 @@ impl Config {
     /// receive its pushes ([`Node::filter_inbound`]). Needs [`Config::with_waku`].
     pub fn with_filter_service(mut self, filter: filter::Config) -> Self {
         self.filter = Some(filter);
+        self
+    }
+
+    /// Turns on Waku peer exchange ([`waku::peer_exchange`]): the node keeps a signed node
+    /// record of its own ([`Node::enr`]; a Waku node's key is secp256k1 for that), asks
+    /// each new peer that announces the protocol for records and, while below the target,
+    /// a random one every [`peer_exchange::Config::interval`]; it dials the peers they name
+    /// while below [`peer_exchange::Config::target_peers`], and answers requests with its
+    /// own record and records it learnt. Needs [`Config::with_waku`].
+    pub fn with_peer_exchange(mut self, px: peer_exchange::Config) -> Self {
+        self.peer_exchange = Some(px);
         self
     }
 }
@@ -453,6 +562,19 @@ pub struct Counters {
     /// Accepted pushes dropped because the [`FilterInbound`] stream was full (or nobody
     /// took it).
     pub filter_inbound_dropped: u64,
+    /// Peer exchange requests this node answered with records (status 200).
+    pub px_served: u64,
+    /// Peer exchange requests refused (429 over the rate limit, 400 without a query).
+    pub px_refused: u64,
+    /// Node records this node learnt through peer exchange (new peers or newer records).
+    pub px_records_learnt: u64,
+    /// Node records in answers this node dropped: not verifying, of another cluster, this
+    /// node itself, repeated, or more than asked.
+    pub px_records_dropped: u64,
+    /// Dials of peers that peer exchange found.
+    pub px_dials: u64,
+    /// Requests refused for exceeding their peer's rate ([`RateLimits`]), all services.
+    pub rate_limited: u64,
 }
 
 #[derive(Default)]
@@ -503,6 +625,12 @@ struct Stats {
     filter_delivered: AtomicU64,
     filter_rejected: Arc<AtomicU64>,
     filter_inbound_dropped: AtomicU64,
+    px_served: AtomicU64,
+    px_refused: AtomicU64,
+    px_records_learnt: AtomicU64,
+    px_records_dropped: AtomicU64,
+    px_dials: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -564,6 +692,12 @@ impl Stats {
             filter_delivered: g(&self.filter_delivered),
             filter_rejected: g(&self.filter_rejected),
             filter_inbound_dropped: g(&self.filter_inbound_dropped),
+            px_served: g(&self.px_served),
+            px_refused: g(&self.px_refused),
+            px_records_learnt: g(&self.px_records_learnt),
+            px_records_dropped: g(&self.px_records_dropped),
+            px_dials: g(&self.px_dials),
+            rate_limited: g(&self.rate_limited),
         }
     }
 }
@@ -591,6 +725,7 @@ enum Command {
     ),
     LightPush(PeerId, Option<PubsubTopic>, WakuMessage, Reply<u32>),
     Filter(PeerId, waku_filter::Op, Reply<()>),
+    PeerExchange(PeerId, u64, Reply<Vec<Enr>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -605,6 +740,7 @@ pub struct Node {
     waku: Option<relay::Config>,
     relay_inbound: Arc<Mutex<Option<RelayInbound>>>,
     filter_inbound: Arc<Mutex<Option<FilterInbound>>>,
+    enr: Option<Enr>,
 }
 
 impl std::fmt::Debug for Node {
@@ -693,6 +829,8 @@ struct Behaviour {
     filter_subscribe: Toggle<request_response::Behaviour<filter::SubscribeCodec>>,
     /// Waku filter v2 pushes: sent by filter services, received by every Waku node.
     filter_push: Toggle<request_response::Behaviour<filter::PushCodec>>,
+    /// Waku peer exchange: asked by nodes with it on, answered by those that serve it.
+    peer_exchange: Toggle<request_response::Behaviour<peer_exchange::Codec>>,
 }
 
 impl Node {
@@ -778,15 +916,30 @@ impl Node {
                 return Err(Error::Config("filter limits must be non-zero".into()));
             }
         }
+        if config.peer_exchange.is_some() && config.waku.is_none() {
+            return Err(Error::Config(
+                "peer exchange needs Waku relay (Config::with_waku)".into(),
+            ));
+        }
+        // Waku nodes get secp256k1 keys, as the Nim node has: a node record (peer
+        // exchange) must be signed by the key its peer id comes from.
+        let kind = if config.waku.is_some() {
+            KeyKind::Secp256k1
+        } else {
+            KeyKind::Ed25519
+        };
         let keypair = match &config.data_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir)?;
-                load_or_create_identity(dir)?
+                create_private_dir(dir)?;
+                load_or_create_identity(dir, kind)?
             }
-            None => identity::Keypair::generate_ed25519(),
+            None => kind.generate(),
         };
         let store = match (&config.store, &config.data_dir) {
-            (Some(sc), Some(dir)) => Some(Store::open(dir, sc)?),
+            (Some(sc), Some(dir)) => {
+                ensure_private_file(&dir.join(store::FILE))?;
+                Some(Store::open(dir, sc)?)
+            }
             (Some(_), None) => {
                 return Err(Error::Config(
                     "the store role needs a data directory".into(),
@@ -795,12 +948,16 @@ impl Node {
             (None, _) => None,
         };
         let archive = match (&config.waku, &config.store, &config.data_dir) {
-            (Some(_), Some(_), Some(dir)) => Some(waku::store::Archive::open(dir)?),
+            (Some(_), Some(_), Some(dir)) => {
+                ensure_private_file(&dir.join(waku::store::ARCHIVE_FILE))?;
+                Some(waku::store::Archive::open(dir)?)
+            }
             _ => None,
         };
         let peer_id = keypair.public().to_peer_id();
         let stats = Arc::new(Stats::default());
         let behaviour = build_behaviour(&config, &keypair, store.is_some(), &stats)?;
+        let key_for_record = keypair.clone();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(tcp::Config::default(), noise::Config::new, yamux_config)
@@ -872,6 +1029,45 @@ impl Node {
             }
             None => (None, None, None),
         };
+        let px = match (&config.peer_exchange, &config.waku) {
+            (Some(pc), Some(w)) => {
+                let addrs: Vec<Multiaddr> = if pc.announce.is_empty() {
+                    swarm.listeners().cloned().collect()
+                } else {
+                    pc.announce.clone()
+                };
+                let mut flags = 0;
+                if !w.shards.is_empty() {
+                    flags |= waku::enr::WAKU2_RELAY;
+                }
+                if archive.is_some() {
+                    flags |= waku::enr::WAKU2_STORE;
+                }
+                if config.filter.is_some() {
+                    flags |= waku::enr::WAKU2_FILTER;
+                }
+                if config.lightpush.is_some() {
+                    flags |= waku::enr::WAKU2_LIGHTPUSH;
+                }
+                let own = waku_px::own_record(&key_for_record, &addrs, flags, w.cluster, &w.shards);
+                if own.is_none() {
+                    tracing::warn!(
+                        "no node record of this node (its key is not secp256k1, or it has \
+                         no address to announce): peer exchange will not name it"
+                    );
+                }
+                let seed = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+                    ^ peer_id
+                        .to_bytes()
+                        .iter()
+                        .fold(0u64, |h, b| h.rotate_left(8) ^ u64::from(*b));
+                Some(waku_px::State::new(pc.clone(), own, seed))
+            }
+            _ => None,
+        };
+        let own_enr = px.as_ref().and_then(|p| p.own.clone());
         let mut task = Task {
             swarm,
             store,
@@ -898,6 +1094,8 @@ impl Node {
             lightpush_service: config.lightpush.clone(),
             lightpushes: HashMap::new(),
             next_request_id: 0,
+            px,
+            limiters: Limiters::new(&limits.rate_limits),
         };
         task.resubscribe_served_topics();
         for shard in config.waku.iter().flat_map(|w| w.shards.iter()) {
@@ -926,6 +1124,7 @@ impl Node {
                 waku: config.waku.clone(),
                 relay_inbound: Arc::new(Mutex::new(relay_inbound)),
                 filter_inbound: Arc::new(Mutex::new(filter_inbound)),
+                enr: own_enr,
             },
             Inbound { rx: in_rx },
         ))
@@ -1402,6 +1601,23 @@ fn build_behaviour(
         None => (None, None, None, None, None),
     };
     let (filter_subscribe, filter_push) = filters.unzip();
+    let peer_exchange = match (&config.waku, &config.peer_exchange) {
+        (Some(_), Some(px)) => {
+            let support = if px.serve {
+                ProtocolSupport::Full
+            } else {
+                ProtocolSupport::Outbound
+            };
+            Some(request_response::Behaviour::with_codec(
+                peer_exchange::Codec,
+                [(StreamProtocol::new(peer_exchange::PROTOCOL), support)],
+                request_response::Config::default()
+                    .with_request_timeout(limits.request_timeout)
+                    .with_max_concurrent_streams(limits.max_concurrent_streams),
+            ))
+        }
+        _ => None,
+    };
     Ok(Behaviour {
         slots,
         gossipsub,
@@ -1416,6 +1632,7 @@ fn build_behaviour(
         lightpush: Toggle::from(lightpush),
         filter_subscribe: Toggle::from(filter_subscribe),
         filter_push: Toggle::from(filter_push),
+        peer_exchange: Toggle::from(peer_exchange),
     })
 }
 
@@ -1508,7 +1725,65 @@ fn check_tcp_port_free(addr: &Multiaddr) -> Result<()> {
     }
 }
 
-fn load_or_create_identity(dir: &Path) -> Result<identity::Keypair> {
+/// The kind of key a new identity gets.
+#[derive(Debug, Clone, Copy)]
+enum KeyKind {
+    Ed25519,
+    Secp256k1,
+}
+
+impl KeyKind {
+    fn generate(self) -> identity::Keypair {
+        match self {
+            KeyKind::Ed25519 => identity::Keypair::generate_ed25519(),
+            KeyKind::Secp256k1 => identity::Keypair::generate_secp256k1(),
+        }
+    }
+}
+
+/// Creates the data directory (and missing parents) with mode 0700 on Unix; an existing
+/// directory keeps its mode. Issue 12 item 3: the identity key and the databases live
+/// here.
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates `path` empty with mode 0600 if it does not exist, and takes group and other
+/// permissions away from an existing one (issue 12 item 3: a database made by an earlier
+/// version was 0644). SQLite gives its `-wal` and `-shm` files the mode of the database.
+#[cfg(unix)]
+fn ensure_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    let mode = f.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn ensure_private_file(_: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// Loads the identity key of `dir`, or creates one of `kind` (an existing key is used
+/// whatever its kind: a store keeps its peer id across versions).
+fn load_or_create_identity(dir: &Path, kind: KeyKind) -> Result<identity::Keypair> {
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
@@ -1518,7 +1793,7 @@ fn load_or_create_identity(dir: &Path) -> Result<identity::Keypair> {
             ))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = identity::Keypair::generate_ed25519();
+            let key = kind.generate();
             let bytes = key
                 .to_protobuf_encoding()
                 .map_err(|e| Error::Setup(e.to_string()))?;
@@ -1638,6 +1913,10 @@ struct Task {
     waku: Option<WakuState>,
     /// The bootstrap peers, dialed again with backoff when they go away.
     bootstrap: Vec<Bootstrap>,
+    /// Peer exchange, when on.
+    px: Option<waku_px::State>,
+    /// Per-peer request rates of the Waku services.
+    limiters: Limiters,
 }
 
 /// A bootstrap peer and its redial state.
@@ -1692,6 +1971,7 @@ impl Task {
         let mut prune = tokio::time::interval(prune_every);
         let mut redial = tokio::time::interval(REDIAL_TICK);
         let mut filter_tick = tokio::time::interval(waku_filter::TICK);
+        let mut px_tick = tokio::time::interval(PX_TICK);
         let mut done = None;
         loop {
             tokio::select! {
@@ -1707,6 +1987,7 @@ impl Task {
                 _ = prune.tick() => self.prune(),
                 _ = redial.tick() => self.redial_due(),
                 _ = filter_tick.tick() => self.filter_tick(),
+                _ = px_tick.tick() => self.px_tick(),
             }
         }
         // Close connections, listeners and the database before reporting completion.
@@ -1887,6 +2168,7 @@ impl Task {
                 self.lightpush(peer, shard, message, reply);
             }
             Command::Filter(peer, op, reply) => self.filter_request(peer, op, reply),
+            Command::PeerExchange(peer, n, reply) => self.px_request(peer, n, Some(reply)),
             Command::Shutdown(_) => {
                 // Handled by the loop in `run`.
             }
@@ -2123,6 +2405,18 @@ impl Task {
                     },
                 ..
             } => {
+                if self.archive.is_none() {
+                    return;
+                }
+                if !self.rate_allows(Service::Store, peer) {
+                    bump(&self.stats.requests_refused);
+                    let response =
+                        waku::store::QueryResponse::too_many_requests(request.request_id);
+                    if let Some(b) = self.swarm.behaviour_mut().waku_store.as_mut() {
+                        let _ = b.send_response(channel, response);
+                    }
+                    return;
+                }
                 let Some(archive) = &self.archive else {
                     return;
                 };
@@ -2211,9 +2505,15 @@ impl Task {
         };
         match event {
             request_response::Event::Message {
+                peer,
                 message: request_response::Message::Request { channel, .. },
                 ..
             } => {
+                // Metadata has no status to refuse with: a request over the rate is not
+                // answered (the channel is dropped, which resets the stream).
+                if !self.rate_allows(Service::Metadata, peer) {
+                    return;
+                }
                 if let Some(mine) = self.own_metadata()
                     && let Some(m) = self.swarm.behaviour_mut().metadata.as_mut()
                 {
@@ -2270,11 +2570,32 @@ impl Task {
         self.pending.len().saturating_add(n) <= self.limits.max_pending_requests
     }
 
-    /// Outstanding Waku requests of this node as a client (store, lightpush, filter).
+    /// Outstanding Waku requests of this node as a client (store, lightpush, filter, peer
+    /// exchange).
     fn waku_requests(&self) -> usize {
         self.store_queries.len()
             + self.lightpushes.len()
             + self.waku.as_ref().map_or(0, |w| w.filter.requests())
+            + self.px.as_ref().map_or(0, |p| p.requests())
+    }
+
+    /// Takes a token of `peer`'s bucket for `service`; false (and counted) when the peer is
+    /// over its rate ([`RateLimits`]).
+    fn rate_allows(&mut self, service: Service, peer: PeerId) -> bool {
+        let buckets = match service {
+            Service::Store => &mut self.limiters.store,
+            Service::Lightpush => &mut self.limiters.lightpush,
+            Service::Filter => &mut self.limiters.filter,
+            Service::PeerExchange => &mut self.limiters.peer_exchange,
+            Service::Metadata => &mut self.limiters.metadata,
+        };
+        let allowed = buckets
+            .as_mut()
+            .is_none_or(|b| b.allow(&peer, std::time::Instant::now()));
+        if !allowed {
+            bump(&self.stats.rate_limited);
+        }
+        allowed
     }
 
     /// A request id unique to this node: its peer id and a counter.
@@ -2471,6 +2792,7 @@ impl Task {
                 self.on_filter_subscribe(e);
             }
             SwarmEvent::Behaviour(BehaviourEvent::FilterPush(e)) => self.on_filter_push(e),
+            SwarmEvent::Behaviour(BehaviourEvent::PeerExchange(e)) => self.on_peer_exchange(e),
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) => self.on_rpc(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -2483,6 +2805,9 @@ impl Task {
                     for addr in &info.listen_addrs {
                         kad.add_address(&peer_id, addr.clone());
                     }
+                }
+                if self.swarm.is_connected(&peer_id) {
+                    self.px_identified(peer_id, &info.protocols);
                 }
                 let is_store = info.protocols.iter().any(|p| p.as_ref() == rpc::PROTOCOL);
                 if is_store && self.swarm.is_connected(&peer_id) {
@@ -2525,6 +2850,7 @@ impl Task {
                 if num_established == 0 {
                     self.store_peers.remove(&peer_id);
                     self.bootstrap_gone(peer_id);
+                    self.px_disconnected(&peer_id);
                 }
                 self.update_peer_counts();
             }

@@ -20,6 +20,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 use crate::message::{Message, MessageId, Topic, from_unix_ms, unix_ms};
 
+/// The store's database file in the data directory.
+pub(crate) const FILE: &str = "store.sqlite3";
+
 /// Configuration of the store role.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -337,7 +340,7 @@ pub(crate) struct Store {
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub(crate) fn open(dir: &Path, config: &Config) -> Result<Self> {
-        let db = Connection::open(dir.join("store.sqlite3"))?;
+        let db = Connection::open(dir.join(FILE))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.execute_batch(

@@ -13,7 +13,7 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::mpsc;
 
-use super::{Command, Config, Error, Limits, Node, Reply, Result, Stats, Task, bump};
+use super::{Command, Config, Error, Limits, Node, Reply, Result, Service, Stats, Task, bump};
 use crate::waku::filter::{
     self, ClientSubscriptions, MessagePush, PushCodec, Received, Refused, Status, SubscribeCodec,
     SubscribeRequest, SubscribeResponse, SubscribeType, Subscriptions, UNKNOWN_REQUEST_ID,
@@ -407,7 +407,15 @@ impl Task {
                     },
                 ..
             } => {
-                let response = self.serve_filter(peer, request);
+                let response = if self.rate_allows(Service::Filter, peer) {
+                    self.serve_filter(peer, request)
+                } else {
+                    let id = match &request {
+                        Framed::Message(r) => r.request_id.clone(),
+                        _ => UNKNOWN_REQUEST_ID.to_owned(),
+                    };
+                    SubscribeResponse::new(id, Status::TooManyRequests, "too many requests")
+                };
                 if response.status().is_success() {
                     bump(&self.stats.filter_requests_served);
                 } else {

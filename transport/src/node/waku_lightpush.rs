@@ -4,7 +4,7 @@
 use libp2p::PeerId;
 use libp2p::request_response;
 
-use super::{Command, Error, Node, Reply, Result, Task, bump};
+use super::{Command, Error, Node, Reply, Result, Service, Task, bump};
 use crate::waku::framing::Framed;
 use crate::waku::lightpush::{
     self, LightPushRequest, LightPushResponse, Refused, Status, UNKNOWN_REQUEST_ID,
@@ -129,13 +129,22 @@ impl Task {
     ) {
         match event {
             request_response::Event::Message {
+                peer,
                 message:
                     request_response::Message::Request {
                         request, channel, ..
                     },
                 ..
             } => {
-                let response = self.serve_lightpush(request);
+                let response = if self.rate_allows(Service::Lightpush, peer) {
+                    self.serve_lightpush(request)
+                } else {
+                    let id = match &request {
+                        Framed::Message(r) => r.request_id.as_str(),
+                        _ => UNKNOWN_REQUEST_ID,
+                    };
+                    LightPushResponse::error(id, Status::TooManyRequests, "too many requests")
+                };
                 if response.status() == Status::Success {
                     bump(&self.stats.lightpush_served);
                 } else {

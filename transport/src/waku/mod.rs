@@ -15,12 +15,22 @@
 //!   algorithm with Leopard's field polynomial (0x11D) and Cantor basis, the algorithm the
 //!   reference implementation uses through nim-leopard (up to 256 shards). Pure Rust, two
 //!   small dependencies already in the tree.
+//! - `k256` for the secp256k1 signatures of node records ([`enr`], the EIP-778 "v4"
+//!   scheme: ECDSA over a Keccak-256 prehash, `r || s`, low S). libp2p's secp256k1 keys
+//!   (which Waku nodes use as node keys, and which a record must be signed with so that
+//!   its peer id is the node's) are this same crate, but libp2p signs SHA-256 digests in
+//!   DER, so the prehash signer is used directly. The `enr` crate was not taken: it
+//!   brings its own RLP and key traits and a second copy of `k256`'s dependencies for
+//!   about 300 lines of code here that decode under our bounds.
 
+pub mod enr;
 pub mod filter;
 pub mod framing;
 pub mod lightpush;
 pub mod message;
 pub mod metadata;
+pub mod peer_exchange;
+pub mod preset;
 pub mod relay;
 pub mod segmentation;
 pub mod sharding;

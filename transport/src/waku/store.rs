@@ -55,12 +55,18 @@ pub const MAX_PAGE: usize = 100;
 /// and one entry of a 150 KiB message fits).
 pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 
+/// The archive's database file in the data directory.
+pub const ARCHIVE_FILE: &str = "waku_store.sqlite3";
+
 /// Status: success.
 pub const STATUS_OK: u32 = 200;
 /// Status: a malformed or contradictory request.
 pub const STATUS_BAD_REQUEST: u32 = 400;
 /// Status: the store failed or is over its response budget; retry later.
 pub const STATUS_UNAVAILABLE: u32 = 503;
+/// Status: the requester is over its rate limit (the Nim node's `TOO_MANY_REQUESTS`,
+/// `waku_store/common.nim`; the spec lists no code for it).
+pub const STATUS_TOO_MANY_REQUESTS: u32 = 429;
 
 /// `WakuMessageKeyValue`: a hash, and the message with its pubsub topic when data was asked.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
@@ -132,6 +138,11 @@ pub struct QueryResponse {
 }
 
 impl QueryResponse {
+    /// The answer to a request over its peer's rate limit (429).
+    pub fn too_many_requests(request_id: String) -> Self {
+        Self::status(request_id, STATUS_TOO_MANY_REQUESTS, "too many requests")
+    }
+
     fn status(request_id: String, code: u32, desc: &str) -> Self {
         Self {
             request_id,
@@ -247,7 +258,7 @@ impl Archive {
     ///
     /// The database error.
     pub fn open(dir: &Path) -> rusqlite::Result<Self> {
-        let db = Connection::open(dir.join("waku_store.sqlite3"))?;
+        let db = Connection::open(dir.join(ARCHIVE_FILE))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.execute_batch(
