@@ -246,14 +246,26 @@
 //!
 //! Status codes: lightpush uses the spec's table (400, 413, 421, 429, 500, 503 for no relay
 //! peers), not the Nim node's 420 and 505, which are outside it; filter uses the Nim node's
-//! (400, 404, 429, 503), as the spec fixes only "2xx is success". Not yet done: this
-//! service opens one stream per push, but the Nim service keeps a push stream open and
-//! writes further pushes on it until the client closes it; our client reads one push per
-//! stream and closes, so from a Nim service it can lose pushes sent in a burst (a push
-//! handler that reads frames until the stream ends is needed); pushes of two messages may
-//! arrive in either order (one stream each), and a client subscribed with two services gets
-//! a message twice. None of it is tested against the Nim node yet; against js-waku as a
-//! client, see above.
+//! (400, 404, 429, 503), as the spec fixes only "2xx is success". Push streams: the Nim
+//! service keeps the push stream to a subscriber open and writes each further push on it
+//! until the client closes it, so our client reads every frame of a push stream until it
+//! ends, with a behaviour of its own (`node/waku_filter_push.rs`; request-response reads
+//! one request per stream and closes it after its timeout, which lost the pushes of a
+//! burst). Each frame is bounded (message limit plus 64 KiB) and read in one of the 64
+//! push read slots; a stream carries at most
+//! [`node::Limits::filter_pushes_per_stream`] pushes, a peer holds at most
+//! [`node::Limits::filter_push_streams_per_peer`] push streams, and a stream idle for
+//! [`node::Limits::filter_push_idle`] is closed; a bad frame ends its own stream only. No
+//! dependency was added: `libp2p-stream` 0.5.0-alpha was tried and dropped, as it drops
+//! inbound streams that find its one-slot accept channel full, which lost pushes sent on
+//! several streams at once. Our service still writes one push per stream (with
+//! request-response): each push gets its own outcome, which drives the in-flight bound and
+//! the dropping of unreachable subscribers, and every client that reads frames until the
+//! stream ends (ours, the Nim node's, js-waku's) reads it. So pushes of two messages from
+//! our service may arrive in either order (one stream each), and a client subscribed with
+//! two services gets a message twice. None of it is tested against the Nim node yet
+//! (a raw peer writing pushes as it does stands in); against js-waku as a client, see
+//! above.
 //!
 //! *Peer exchange and discovery* (issue 13 items 1 and 4). A Waku node started with
 //! [`Config::with_peer_exchange`](node::Config::with_peer_exchange) speaks

@@ -35,6 +35,7 @@ use crate::waku::{
 };
 
 mod waku_filter;
+mod waku_filter_push;
 mod waku_lightpush;
 mod waku_px;
 
@@ -135,6 +136,20 @@ pub struct Limits {
     pub response_bytes_per_peer: usize,
     /// Per-peer request rates of the Waku services this node answers, see [`RateLimits`].
     pub rate_limits: RateLimits,
+    /// Filter client: pushes read from one push stream before it is closed (default
+    /// 100 000). A backstop, not a working limit: a Nim service writes every push to a
+    /// subscriber on one stream it keeps open, and one it writes while we close the stream
+    /// is lost (a store query finds it).
+    pub filter_pushes_per_stream: usize,
+    /// Filter client: push streams one peer may hold open at once, over its connections
+    /// (default 16: a service of ours opens one per push in flight, up to
+    /// [`filter::Config::max_pushes_in_flight`]; the Nim service one). Another is closed
+    /// unread and counted in [`Counters::filter_rejected`].
+    pub filter_push_streams_per_peer: usize,
+    /// Filter client: a push stream on which no push begins for this long is closed
+    /// (default 5 minutes); the service opens a new one for its next push. Once a push has
+    /// begun, the rest must come within [`Limits::request_timeout`].
+    pub filter_push_idle: Duration,
 }
 
 /// Per-peer request rates of the Waku request-response services a node answers: a token
@@ -244,6 +259,9 @@ impl Default for Limits {
             response_bytes_in_flight: 64 * 1024 * 1024,
             response_bytes_per_peer: 16 * 1024 * 1024,
             rate_limits: RateLimits::default(),
+            filter_pushes_per_stream: 100_000,
+            filter_push_streams_per_peer: 16,
+            filter_push_idle: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -827,8 +845,10 @@ struct Behaviour {
     lightpush: Toggle<request_response::Behaviour<lightpush::Codec>>,
     /// Waku filter v2 subscriptions: served by filter services, asked by every Waku node.
     filter_subscribe: Toggle<request_response::Behaviour<filter::SubscribeCodec>>,
-    /// Waku filter v2 pushes: sent by filter services, received by every Waku node.
+    /// Waku filter v2 pushes sent by a filter service, one per stream.
     filter_push: Toggle<request_response::Behaviour<filter::PushCodec>>,
+    /// Waku filter v2 pushes received by every Waku node: each stream read until it ends.
+    filter_push_in: Toggle<waku_filter_push::Behaviour>,
     /// Waku peer exchange: asked by nodes with it on, answered by those that serve it.
     peer_exchange: Toggle<request_response::Behaviour<peer_exchange::Codec>>,
 }
@@ -1601,6 +1621,10 @@ fn build_behaviour(
         None => (None, None, None, None, None),
     };
     let (filter_subscribe, filter_push) = filters.unzip();
+    let filter_push_in = config
+        .waku
+        .as_ref()
+        .map(|w| waku_filter::push_reader(w, limits, stats));
     let peer_exchange = match (&config.waku, &config.peer_exchange) {
         (Some(_), Some(px)) => {
             let support = if px.serve {
@@ -1632,6 +1656,7 @@ fn build_behaviour(
         lightpush: Toggle::from(lightpush),
         filter_subscribe: Toggle::from(filter_subscribe),
         filter_push: Toggle::from(filter_push),
+        filter_push_in: Toggle::from(filter_push_in),
         peer_exchange: Toggle::from(peer_exchange),
     })
 }
@@ -2792,6 +2817,9 @@ impl Task {
                 self.on_filter_subscribe(e);
             }
             SwarmEvent::Behaviour(BehaviourEvent::FilterPush(e)) => self.on_filter_push(e),
+            SwarmEvent::Behaviour(BehaviourEvent::FilterPushIn(p)) => {
+                self.receive_push(p.peer, p.push);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::PeerExchange(e)) => self.on_peer_exchange(e),
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) => self.on_rpc(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {

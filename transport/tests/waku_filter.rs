@@ -21,7 +21,7 @@ use pqmls_transport::node::FilterInbound;
 use pqmls_transport::waku::filter::{
     self, MessagePush, PushCodec, Received, Refused, Status, SubscribeCodec, SubscribeResponse,
 };
-use pqmls_transport::waku::framing::{Framed, ReadSlots};
+use pqmls_transport::waku::framing::{self, Framed, ReadSlots};
 use pqmls_transport::waku::{ContentTopic, WakuMessage, lightpush, message_hash, metadata};
 use pqmls_transport::{Error, Node};
 use support::{TIMEOUT, tcp_addr, wait_until};
@@ -157,20 +157,99 @@ async fn a_lightpushed_message_reaches_a_filter_client_of_the_same_service() {
 }
 
 /// A raw filter peer: answers metadata, answers every subscription request 200, and pushes
-/// what it is told to.
+/// what it is told to, one push per stream or scripted streams of several.
 #[derive(NetworkBehaviour)]
 struct RawFilter {
     metadata: request_response::Behaviour<metadata::Codec>,
     subscribe: request_response::Behaviour<SubscribeCodec>,
     push: request_response::Behaviour<PushCodec>,
+    script: request_response::Behaviour<Scripted>,
 }
 
-/// Starts a raw filter peer on its own task; returns its peer id, listen address, and a
-/// sender of (target, push) commands.
+/// What a scripted push stream does, in order.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Writes a length-prefixed frame.
+    Frame(Vec<u8>),
+    /// Writes bytes as they are.
+    Raw(Vec<u8>),
+    /// Waits, with the stream open.
+    Wait(Duration),
+}
+
+fn frame(push: &MessagePush) -> Step {
+    Step::Frame(prost::Message::encode_to_vec(push))
+}
+
+/// Writes a scripted push stream and then closes it: as the Nim filter service does, which
+/// keeps the push stream to a subscriber open and writes each further push on it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Scripted;
+
+impl request_response::Codec for Scripted {
+    type Protocol = StreamProtocol;
+    type Request = Vec<Step>;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> std::io::Result<Vec<Step>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, _: &mut T) -> std::io::Result<()>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        Ok(())
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        steps: Vec<Step>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use futures::AsyncWriteExt;
+        for step in steps {
+            match step {
+                Step::Frame(body) => framing::write_frame(io, &body).await?,
+                Step::Raw(bytes) => {
+                    io.write_all(&bytes).await?;
+                    io.flush().await?;
+                }
+                Step::Wait(d) => tokio::time::sleep(d).await,
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: (),
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        Ok(())
+    }
+}
+
+type Scripts = mpsc::UnboundedSender<(PeerId, Vec<Step>)>;
+
+/// Starts a raw filter peer on its own task; returns its peer id, listen address, a sender
+/// of (target, push) commands (one stream each), and a sender of scripted streams.
 async fn raw_filter() -> (
     PeerId,
     Multiaddr,
     mpsc::UnboundedSender<(PeerId, MessagePush)>,
+    Scripts,
 ) {
     let slots = || ReadSlots::new(Default::default(), Default::default(), 8);
     let mut s = swarm(RawFilter {
@@ -191,6 +270,14 @@ async fn raw_filter() -> (
             )],
             request_response::Config::default(),
         ),
+        script: request_response::Behaviour::with_codec(
+            Scripted,
+            [(
+                StreamProtocol::new(filter::PUSH_PROTOCOL),
+                request_response::ProtocolSupport::Outbound,
+            )],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+        ),
     });
     s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
@@ -201,15 +288,18 @@ async fn raw_filter() -> (
     };
     let peer = *s.local_peer_id();
     let (tx, mut rx) = mpsc::unbounded_channel::<(PeerId, MessagePush)>();
+    let (scripts, mut script_rx) = mpsc::unbounded_channel::<(PeerId, Vec<Step>)>();
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                cmd = rx.recv() => match cmd {
-                    Some((to, push)) => {
-                        s.behaviour_mut().push.send_request(&to, push);
-                    }
-                    None => return,
-                },
+                // A closed channel only disables its branch: the peer lives as long as
+                // the test's runtime.
+                Some((to, push)) = rx.recv() => {
+                    s.behaviour_mut().push.send_request(&to, push);
+                }
+                Some((to, steps)) = script_rx.recv() => {
+                    s.behaviour_mut().script.send_request(&to, steps);
+                }
                 ev = s.select_next_some() => match ev {
                     SwarmEvent::Behaviour(RawFilterEvent::Metadata(
                         request_response::Event::Message {
@@ -236,15 +326,188 @@ async fn raw_filter() -> (
             }
         }
     });
-    (peer, addr.with(libp2p::multiaddr::Protocol::P2p(peer)), tx)
+    (
+        peer,
+        addr.with(libp2p::multiaddr::Protocol::P2p(peer)),
+        tx,
+        scripts,
+    )
+}
+
+/// A client connected to a raw filter peer and subscribed there to one content topic on
+/// shard 0; returns the client, its pushes, the raw peer, its scripts, and a maker of
+/// pushes on that topic.
+async fn subscribed_to_raw(
+    client: pqmls_transport::node::Config,
+) -> (
+    Node,
+    FilterInbound,
+    PeerId,
+    Scripts,
+    impl Fn(&[u8]) -> MessagePush,
+) {
+    let (c, _c_in) = start(client).await;
+    let c_in = c.filter_inbound().unwrap();
+    let (a, a_addr, _, scripts) = raw_filter().await;
+    c.dial(a_addr).await.unwrap();
+    wait_admitted(&c, 1).await;
+    let t = topic_on(0, 0);
+    c.filter_subscribe(a, shard(0), std::slice::from_ref(&t))
+        .await
+        .unwrap();
+    let push = move |payload: &[u8]| MessagePush {
+        waku_message: Some(WakuMessage::new(t.to_string(), payload.to_vec())),
+        pubsub_topic: Some(shard(0).to_string()),
+    };
+    (c, c_in, a, scripts, push)
+}
+
+const GAP: Duration = Duration::from_millis(50);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_push_a_nim_style_service_writes_on_one_stream_arrives() {
+    let (c, mut c_in, a, scripts, push) = subscribed_to_raw(waku_config(&[])).await;
+    let cp = c.peer_id();
+    // A burst of five on one stream, then more on the same stream after a pause.
+    let mut steps: Vec<Step> = (0..5u8).map(|i| frame(&push(&[i]))).collect();
+    steps.push(Step::Wait(Duration::from_millis(300)));
+    steps.extend((5..8u8).flat_map(|i| [frame(&push(&[i])), Step::Wait(GAP)]));
+    scripts.send((cp, steps)).unwrap();
+    for i in 0..8u8 {
+        let m = next(&mut c_in).await;
+        assert_eq!(
+            (m.peer, m.message.payload),
+            (a, vec![i]),
+            "push {i}, in order"
+        );
+    }
+    // The stream ended; a new one is read too.
+    scripts
+        .send((cp, vec![frame(&push(b"again")), frame(&push(b"and again"))]))
+        .unwrap();
+    assert_eq!(next(&mut c_in).await.message.payload, b"again");
+    assert_eq!(next(&mut c_in).await.message.payload, b"and again");
+    let n = c.counters();
+    assert_eq!((n.filter_delivered, n.filter_rejected), (10, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_push_stream_ends_alone() {
+    let mut config = waku_config(&[]);
+    config.limits.filter_pushes_per_stream = 3;
+    let (c, mut c_in, _a, scripts, push) = subscribed_to_raw(config).await;
+    let cp = c.peer_id();
+    // A steady stream of three pushes (the bound) that outlives the bad ones.
+    let steady: Vec<Step> = (0..3u8)
+        .flat_map(|i| {
+            [
+                frame(&push(&[b's', i])),
+                Step::Wait(Duration::from_millis(250)),
+            ]
+        })
+        .collect();
+    scripts.send((cp, steady)).unwrap();
+    tokio::time::sleep(GAP).await;
+    // Garbage: a frame that is no MessagePush, then a good push nobody reads.
+    let garbage = vec![
+        frame(&push(b"g1")),
+        Step::Frame(vec![0xff; 40]),
+        Step::Wait(GAP),
+        frame(&push(b"g-lost")),
+    ];
+    // Oversized: a frame announced above the message limit plus overhead (150 KiB +
+    // 64 KiB), then bytes.
+    let mut prefix = Vec::new();
+    prost::encoding::encode_varint(150 * 1024 + 64 * 1024 + 1, &mut prefix);
+    let oversized = vec![
+        frame(&push(b"o1")),
+        Step::Raw(prefix),
+        Step::Raw(vec![0; 4096]),
+        Step::Wait(GAP),
+        frame(&push(b"o-lost")),
+    ];
+    // Too many: four pushes where three are read.
+    let many: Vec<Step> = (0..4u8)
+        .flat_map(|i| [frame(&push(&[b'm', i])), Step::Wait(GAP)])
+        .collect();
+    for script in [garbage, oversized, many] {
+        scripts.send((cp, script)).unwrap();
+    }
+    let mut got = HashSet::new();
+    for _ in 0..(3 + 1 + 1 + 3) {
+        got.insert(next(&mut c_in).await.message.payload);
+    }
+    let want: HashSet<Vec<u8>> = (0..3u8)
+        .map(|i| vec![b's', i])
+        .chain((0..3u8).map(|i| vec![b'm', i]))
+        .chain([b"g1".to_vec(), b"o1".to_vec()])
+        .collect();
+    assert_eq!(got, want);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        c_in.try_recv().is_none(),
+        "nothing after a bad frame or the bound"
+    );
+    let n = c.counters();
+    assert_eq!((n.filter_delivered, n.filter_rejected), (8, 2));
+    // The peer's next stream is read as usual.
+    scripts.send((cp, vec![frame(&push(b"later"))])).unwrap();
+    assert_eq!(next(&mut c_in).await.message.payload, b"later");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_streams_per_peer_are_bounded() {
+    let mut config = waku_config(&[]);
+    config.limits.filter_push_streams_per_peer = 2;
+    let (c, mut c_in, _a, scripts, push) = subscribed_to_raw(config).await;
+    let cp = c.peer_id();
+    // Three streams open at once, each quiet for a while before its push: the third is
+    // closed unread.
+    for i in 0..3u8 {
+        let steps = vec![Step::Wait(Duration::from_millis(500)), frame(&push(&[i]))];
+        scripts.send((cp, steps)).unwrap();
+    }
+    next(&mut c_in).await;
+    next(&mut c_in).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(c_in.try_recv().is_none());
+    let n = c.counters();
+    assert_eq!((n.filter_delivered, n.filter_rejected), (2, 1));
+    // With those streams ended, another is read.
+    scripts.send((cp, vec![frame(&push(b"next"))])).unwrap();
+    assert_eq!(next(&mut c_in).await.message.payload, b"next");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_push_stream_is_closed() {
+    let mut config = waku_config(&[]);
+    config.limits.filter_push_idle = Duration::from_millis(300);
+    config.limits.filter_push_streams_per_peer = 1;
+    let (c, mut c_in, _a, scripts, push) = subscribed_to_raw(config).await;
+    let cp = c.peer_id();
+    // One push, then silence past the idle timeout: the stream is closed, and its one slot
+    // is free for the next stream, while the push after the silence is lost.
+    let steps = vec![
+        frame(&push(b"first")),
+        Step::Wait(Duration::from_millis(1500)),
+        frame(&push(b"lost")),
+    ];
+    scripts.send((cp, steps)).unwrap();
+    assert_eq!(next(&mut c_in).await.message.payload, b"first");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    scripts.send((cp, vec![frame(&push(b"second"))])).unwrap();
+    assert_eq!(next(&mut c_in).await.message.payload, b"second");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(c_in.try_recv().is_none());
+    assert_eq!(c.counters().filter_rejected, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_from_other_peers_or_for_other_criteria_are_dropped() {
     let (c, _c_in) = start(waku_config(&[])).await;
     let mut c_in = c.filter_inbound().unwrap();
-    let (a, a_addr, a_push) = raw_filter().await;
-    let (_b, b_addr, b_push) = raw_filter().await;
+    let (a, a_addr, a_push, _) = raw_filter().await;
+    let (_b, b_addr, b_push, _) = raw_filter().await;
     c.dial(a_addr).await.unwrap();
     c.dial(b_addr).await.unwrap();
     wait_admitted(&c, 2).await;

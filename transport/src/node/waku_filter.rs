@@ -27,8 +27,8 @@ pub(super) const TICK: Duration = Duration::from_secs(5);
 /// subscriptions well within the service's TTL (5 minutes at the Nim node; js-waku pings
 /// every minute) and restores them at a service that restarted or dropped them.
 const REFRESH: Duration = Duration::from_secs(60);
-/// Pushes a client reads at once, over all services (a service sends at most
-/// [`filter::Config::max_pushes_in_flight`] at once).
+/// Push frames a client reads at once, over all services and streams (a service of ours
+/// sends at most [`filter::Config::max_pushes_in_flight`] at once, on as many streams).
 const MAX_PUSH_READS: usize = 64;
 
 /// A filter request of the client.
@@ -91,7 +91,31 @@ impl State {
     }
 }
 
-/// The two request-response behaviours of filter for a Waku node with relay `w`.
+/// The reader of the pushes sent to a Waku node with relay `w`
+/// ([`waku_filter_push`](super::waku_filter_push)).
+pub(super) fn push_reader(
+    w: &relay::Config,
+    limits: &Limits,
+    stats: &Stats,
+) -> super::waku_filter_push::Behaviour {
+    super::waku_filter_push::Behaviour::new(
+        super::waku_filter_push::Bounds::new(w.max_message_size, limits),
+        push_slots(stats),
+        stats.filter_rejected.clone(),
+    )
+}
+
+fn push_slots(stats: &Stats) -> ReadSlots {
+    ReadSlots::new(
+        stats.filter_push_reading.clone(),
+        stats.filter_rejected.clone(),
+        MAX_PUSH_READS,
+    )
+}
+
+/// The two request-response behaviours of filter for a Waku node with relay `w`: the
+/// push one only sends (a service's pushes, one per stream); pushes are received by
+/// [`push_reader`], which reads every frame of a stream.
 pub(super) fn behaviours(
     config: &Config,
     w: &relay::Config,
@@ -101,10 +125,12 @@ pub(super) fn behaviours(
     request_response::Behaviour<SubscribeCodec>,
     request_response::Behaviour<PushCodec>,
 ) {
-    let (subscribe, push) = match &config.filter {
-        Some(_) => (ProtocolSupport::Full, ProtocolSupport::Full),
-        None => (ProtocolSupport::Outbound, ProtocolSupport::Inbound),
+    let subscribe = match &config.filter {
+        Some(_) => ProtocolSupport::Full,
+        None => ProtocolSupport::Outbound,
     };
+    // Never inbound: two behaviours offering the push protocol would each take some streams.
+    let push = ProtocolSupport::Outbound;
     let rr = || {
         request_response::Config::default()
             .with_request_timeout(limits.request_timeout)
@@ -125,14 +151,7 @@ pub(super) fn behaviours(
             rr(),
         ),
         request_response::Behaviour::with_codec(
-            PushCodec::new(
-                w.max_message_size,
-                ReadSlots::new(
-                    stats.filter_push_reading.clone(),
-                    stats.filter_rejected.clone(),
-                    MAX_PUSH_READS,
-                ),
-            ),
+            PushCodec::new(w.max_message_size, push_slots(stats)),
             [(StreamProtocol::new(filter::PUSH_PROTOCOL), push)],
             rr(),
         ),
@@ -143,8 +162,9 @@ pub(super) fn behaviours(
 /// taken once with [`Node::filter_inbound`]. Only pushes from a service this node has a
 /// subscription with, matching criteria it subscribed to there, arrive. Bounded by
 /// [`Limits::inbound_queue`]; pushes that find it full are dropped and counted in
-/// [`super::Counters::filter_inbound_dropped`]. Each push travels on its own stream, so two
-/// messages may arrive in another order than the service received them.
+/// [`super::Counters::filter_inbound_dropped`]. Pushes on one stream arrive in the order
+/// the service wrote them; a service of ours writes each on its own stream, so from it two
+/// messages may arrive in another order than it received them.
 #[derive(Debug)]
 pub struct FilterInbound {
     rx: mpsc::Receiver<Received>,
@@ -525,7 +545,7 @@ impl Task {
 
     /// A push received as a client: accepted only from a service this node subscribed
     /// with, for criteria it subscribed to there.
-    fn receive_push(&mut self, peer: PeerId, push: MessagePush) {
+    pub(super) fn receive_push(&mut self, peer: PeerId, push: MessagePush) {
         let Some(waku) = self.waku.as_ref() else {
             return;
         };
@@ -562,27 +582,18 @@ impl Task {
     pub(super) fn on_filter_push(&mut self, event: request_response::Event<MessagePush, ()>) {
         match event {
             request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                // No answer is written; this closes the stream.
-                if let Some(b) = self.swarm.behaviour_mut().filter_push.as_mut() {
-                    let _ = b.send_response(channel, ());
-                }
-                self.receive_push(peer, request);
-            }
-            request_response::Event::Message {
                 message: request_response::Message::Response { request_id, .. },
                 ..
             } => self.push_done(request_id, true),
             request_response::Event::OutboundFailure { request_id, .. } => {
                 self.push_done(request_id, false);
             }
-            request_response::Event::InboundFailure { .. }
+            // Pushes are never received here (outbound only).
+            request_response::Event::Message {
+                message: request_response::Message::Request { .. },
+                ..
+            }
+            | request_response::Event::InboundFailure { .. }
             | request_response::Event::ResponseSent { .. } => {}
         }
     }

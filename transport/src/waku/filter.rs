@@ -674,10 +674,12 @@ impl libp2p::request_response::Codec for SubscribeCodec {
     }
 }
 
-/// The codec of `/vac/waku/filter-push/2.0.0-beta1`: one [`MessagePush`] frame per stream
-/// and no answer (the "response" is read as nothing). A client reads push frames of at most
-/// the message limit plus [`FRAME_OVERHEAD`] while a read slot is free; a frame it cannot
-/// take closes the stream.
+/// The codec of `/vac/waku/filter-push/2.0.0-beta1` for a sender that writes one
+/// [`MessagePush`] frame per stream, with no answer (the "response" is read as nothing).
+/// Reading with it takes one push per stream, while a Nim service writes many on one: the
+/// node reads pushes with a reader of every frame instead (`node/waku_filter_push.rs`);
+/// reading here (push frames of at most the message limit plus [`FRAME_OVERHEAD`] while a
+/// read slot is free) is kept for tests and peers that send one push per stream.
 #[derive(Debug, Clone)]
 pub struct PushCodec {
     max_push: usize,

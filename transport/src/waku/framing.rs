@@ -106,8 +106,18 @@ pub(crate) fn invalid(msg: &'static str) -> io::Error {
 
 /// Reads an unsigned-varint length prefix of at most five bytes (up to 2^35 - 1).
 async fn read_len<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<u64> {
-    let mut len: u64 = 0;
-    for i in 0..5 {
+    let mut b = [0u8; 1];
+    io.read_exact(&mut b).await?;
+    read_len_after(io, b[0]).await
+}
+
+/// Reads the rest of a length prefix whose first byte, `first`, was read already.
+async fn read_len_after<T: AsyncRead + Unpin + Send>(io: &mut T, first: u8) -> io::Result<u64> {
+    let mut len = u64::from(first & 0x7f);
+    if first & 0x80 == 0 {
+        return Ok(len);
+    }
+    for i in 1..5 {
         let mut b = [0u8; 1];
         io.read_exact(&mut b).await?;
         len |= u64::from(b[0] & 0x7f) << (7 * i);
@@ -116,6 +126,45 @@ async fn read_len<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<u64> {
         }
     }
     Err(invalid("frame length prefix too long"))
+}
+
+/// Waits for the first byte of the next frame on a stream that carries several: `None` if
+/// the stream ends cleanly instead (the sender closed it between frames).
+///
+/// # Errors
+///
+/// The I/O error.
+pub async fn read_frame_start<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Option<u8>> {
+    let mut b = [0u8; 1];
+    loop {
+        match io.read(&mut b).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(b[0])),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads the rest of a frame of at most `max` bytes whose first byte, `first`, came from
+/// [`read_frame_start`].
+///
+/// # Errors
+///
+/// As for [`read_frame`]; a stream that ends inside the frame is `UnexpectedEof`.
+pub async fn read_frame_after<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    first: u8,
+    max: usize,
+) -> io::Result<Vec<u8>> {
+    let len = read_len_after(io, first).await?;
+    let len = usize::try_from(len).map_err(|_| invalid("frame too large"))?;
+    if len > max {
+        return Err(invalid("frame too large"));
+    }
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await?;
+    Ok(body)
 }
 
 /// Reads one frame of at most `max` bytes.
@@ -208,6 +257,33 @@ mod tests {
         assert!(run(read_frame(&mut r, usize::MAX)).is_err());
         let mut r = futures::io::Cursor::new(vec![3, 1]);
         assert!(run(read_frame(&mut r, 5)).is_err(), "truncated");
+    }
+
+    #[test]
+    fn frames_are_read_one_after_another_until_the_stream_ends() {
+        let mut buf = Vec::new();
+        run(write_frame(&mut buf, b"one")).unwrap();
+        run(write_frame(&mut buf, &[7; 200])).unwrap();
+        let next = |r: &mut futures::io::Cursor<Vec<u8>>, max| {
+            run(async {
+                match read_frame_start(r).await? {
+                    Some(first) => read_frame_after(r, first, max).await.map(Some),
+                    None => Ok(None),
+                }
+            })
+        };
+        let mut r = futures::io::Cursor::new(buf.clone());
+        assert_eq!(next(&mut r, 300).unwrap().unwrap(), b"one");
+        assert_eq!(next(&mut r, 300).unwrap().unwrap(), vec![7; 200]);
+        assert_eq!(next(&mut r, 300).unwrap(), None, "a clean end");
+        let mut r = futures::io::Cursor::new(buf[..6].to_vec());
+        next(&mut r, 300).unwrap();
+        assert!(next(&mut r, 300).is_err(), "ends inside a frame");
+        let mut r = futures::io::Cursor::new(buf.clone());
+        next(&mut r, 300).unwrap();
+        assert!(next(&mut r, 100).is_err(), "over the bound");
+        let mut r = futures::io::Cursor::new(vec![0xff; 6]);
+        assert!(next(&mut r, usize::MAX).is_err(), "a prefix too long");
     }
 
     #[test]
