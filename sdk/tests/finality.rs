@@ -513,70 +513,7 @@ async fn a_removal_on_a_branch_that_lost_does_not_end_the_group_for_its_target()
 /// horizon, reports `Unrecoverable` at 5, and her abstention lets epoch 6 become final. She is added again.
 #[tokio::test(start_paused = true)]
 async fn an_abstention_from_a_member_that_lost_the_group_ends_a_stalled_split() {
-    let net = net();
-    let (alice, at) = client_on(&net, config("alice")).await;
-    let (bob, bt) = client_on(&net, config("bob")).await;
-    let (carol, ct) = client_on(&net, config("carol")).await;
-    let (dave, dt) = client_on(&net, config("dave")).await;
-    let mut short = config("erin");
-    short.fork_horizon = Duration::from_secs(2);
-    let (erin, et) = client_on(&net, short).await;
-    let g = group(&[&alice, &bob, &carol, &dave, &erin]).await;
-    // Erin commits once on the live chain: her leaf is then her own commit's, on this
-    // branch only (a leaf from a key package names no abstaining leaf: `record_epoch`).
-    erin.update(&g).await.unwrap();
-    converge(&[&alice, &bob, &carol, &dave, &erin], &g, 5).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    net.set_store_miss(1.0);
-    // Erin, away, commits alone for epoch 4; the four others finalise alice's.
-    et.set_online(false);
-    erin.update(&g).await.unwrap();
-    until("erin on her own commit", async || {
-        erin.status(&g).await.unwrap().epoch == 6
-    })
-    .await;
-    alice.update(&g).await.unwrap();
-    converge(&[&alice, &bob, &carol, &dave], &g, 6).await;
-    // Epoch 5 splits 2-2, as in the test above; erin's vote would decide it.
-    bt.set_online(false);
-    dt.set_online(false);
-    bob.update(&g).await.unwrap();
-    alice.update(&g).await.unwrap();
-    converge(&[&alice, &carol], &g, 7).await;
-    at.set_online(false);
-    ct.set_online(false);
-    bt.set_online(true);
-    dt.set_online(true);
-    converge(&[&bob, &dave], &g, 7).await;
-    at.set_online(true);
-    ct.set_online(true);
-    converge(&[&alice, &bob, &carol, &dave], &g, 8).await;
-    let four = [&alice, &bob, &carol, &dave];
-    let stalled = each(&four, |s| s.epochs_final).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        each(&four, |s| s.epochs_final).await,
-        stalled,
-        "epoch 6 final without erin"
-    );
-    // Erin is back: past her horizon she cannot follow, says so, and abstains.
-    et.set_online(true);
-    until("erin reports the group lost at epoch 5", async || {
-        erin.status(&g).await.is_ok_and(|s| s.lost_at == Some(5))
-    })
-    .await;
-    until("epoch 6 final at the four", async || {
-        let now = each(&four, |s| s.epochs_final).await;
-        now.iter().zip(&stalled).all(|(n, s)| n > s)
-    })
-    .await;
-    // And erin is added again: one group of five.
-    converge_anywhere(
-        "erin back in the group",
-        &[&alice, &bob, &carol, &dave, &erin],
-        &g,
-    )
-    .await;
+    stalled_split_ended_by_an_abstention(true).await;
 }
 
 /// Found in a simulated partition (seed 71, "voted twice" at an invitee): a member that
@@ -640,6 +577,14 @@ async fn votes_of_a_branch_left_are_never_published_on_the_winner() {
 /// with that leaf again before she abstains with it, and the split ends.
 #[tokio::test(start_paused = true)]
 async fn an_abstention_with_a_leaf_from_a_key_package_ends_a_stalled_split() {
+    stalled_split_ended_by_an_abstention(false).await;
+}
+
+/// The scenario of the two tests above. With `erin_commits_first`, erin's leaf is her own
+/// commit's; without, the one she was added with, from her key package. Epochs from the
+/// group of five at `base`: erin commits alone for `base`, the four others finalise
+/// alice's; `base + 1` splits 2-2, and only erin's abstention lets it be final.
+async fn stalled_split_ended_by_an_abstention(erin_commits_first: bool) {
     let net = net();
     let (alice, at) = client_on(&net, config("alice")).await;
     let (bob, bt) = client_on(&net, config("bob")).await;
@@ -648,65 +593,59 @@ async fn an_abstention_with_a_leaf_from_a_key_package_ends_a_stalled_split() {
     let mut short = config("erin");
     short.fork_horizon = Duration::from_secs(2);
     let (erin, et) = client_on(&net, short).await;
-    let g = group(&[&alice, &bob, &carol, &dave, &erin]).await;
-    converge(&[&alice, &bob, &carol, &dave, &erin], &g, 4).await;
+    let five = [&alice, &bob, &carol, &dave, &erin];
+    let g = group(&five).await;
+    if erin_commits_first {
+        erin.update(&g).await.unwrap();
+    }
+    let base = if erin_commits_first { 5 } else { 4 };
+    converge(&five, &g, base).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     net.set_store_miss(1.0);
-    // Erin, away, commits alone for epoch 4; the four others finalise alice's.
     et.set_online(false);
     erin.update(&g).await.unwrap();
     until("erin on her own commit", async || {
-        erin.status(&g).await.unwrap().epoch == 5
+        erin.status(&g).await.unwrap().epoch == base + 1
     })
     .await;
     alice.update(&g).await.unwrap();
-    converge(&[&alice, &bob, &carol, &dave], &g, 5).await;
-    // Epoch 5 splits 2-2; erin's vote would decide it.
+    converge(&[&alice, &bob, &carol, &dave], &g, base + 1).await;
     bt.set_online(false);
     dt.set_online(false);
     bob.update(&g).await.unwrap();
     alice.update(&g).await.unwrap();
-    converge(&[&alice, &carol], &g, 6).await;
+    converge(&[&alice, &carol], &g, base + 2).await;
     at.set_online(false);
     ct.set_online(false);
     bt.set_online(true);
     dt.set_online(true);
-    converge(&[&bob, &dave], &g, 6).await;
+    converge(&[&bob, &dave], &g, base + 2).await;
     at.set_online(true);
     ct.set_online(true);
-    converge(&[&alice, &bob, &carol, &dave], &g, 7).await;
+    converge(&[&alice, &bob, &carol, &dave], &g, base + 3).await;
     let four = [&alice, &bob, &carol, &dave];
     let stalled = each(&four, |s| s.epochs_final).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         each(&four, |s| s.epochs_final).await,
         stalled,
-        "epoch 5 final without erin"
+        "the split epoch final without erin"
     );
+    // Erin is back: past her horizon she cannot follow, says so, and abstains.
     et.set_online(true);
-    until("erin reports the group lost at epoch 4", async || {
-        erin.status(&g).await.is_ok_and(|s| s.lost_at == Some(4))
+    until("erin reports the group lost", async || {
+        erin.status(&g).await.is_ok_and(|s| s.lost_at == Some(base))
     })
     .await;
-    until("epoch 5 final at the four", async || {
+    until("the split epoch final at the four", async || {
         let now = each(&four, |s| s.epochs_final).await;
         now.iter().zip(&stalled).all(|(n, s)| n > s)
     })
     .await;
     // Bound before she abstained: never a state with that leaf again.
     assert_eq!(size(&erin, "pqmls_abstained_leaves").await, 1);
-    converge_anywhere(
-        "erin back in the group",
-        &[&alice, &bob, &carol, &dave, &erin],
-        &g,
-    )
-    .await;
-    assert_eq!(
-        each(&[&alice, &bob, &carol, &dave, &erin], |s| s
-            .equivocations_seen)
-        .await,
-        [0, 0, 0, 0, 0]
-    );
+    converge_anywhere("erin back in the group", &five, &g).await;
+    assert_eq!(each(&five, |s| s.equivocations_seen).await, [0; 5]);
 }
 
 /// Found in a simulated run with a store that misses messages (seed 78): an inviter whose
