@@ -630,6 +630,14 @@ impl State {
                 );
             }
             let Some(f) = tally.final_commit(&ids) else {
+                tracing::trace!(
+                    "{}: group {gid} epoch {next} open: {} of {} members voted in round 1, {} abstaining, {} commits voted",
+                    self.name,
+                    tally.voters(&ids, 1),
+                    ids.len(),
+                    tally.abstainers(&ids),
+                    tally.voted(1).len()
+                );
                 // A split: a round-2 vote once every member's round-1 vote is in.
                 if self.has_voted(gid, &keys.vote_tag, 1)?
                     && !self.has_voted(gid, &keys.vote_tag, 2)?

@@ -199,7 +199,15 @@ impl State {
                         .collect(),
                 )
             }
-            _ => None,
+            _ => {
+                tracing::debug!(
+                    "{}: group {gid}: no abstention with our request (own leaf of epoch {epoch} known: {}, {} tags)",
+                    self.name,
+                    own_leaf.is_some(),
+                    tags.len()
+                );
+                None
+            }
         };
         let sig = self
             .signer
@@ -358,8 +366,20 @@ impl State {
             .map(|(_, _, key)| key)
             .collect();
         let [leaf_key] = leaves[..] else {
+            tracing::debug!(
+                "{}: group {gid}: no abstention of {} at epoch {epoch}: {} leaves of it in our record",
+                self.name,
+                user.short(),
+                leaves.len()
+            );
             return Ok(());
         };
+        tracing::debug!(
+            "{}: group {gid}: {} abstains after epoch {epoch} (voted under {} tags)",
+            self.name,
+            user.short(),
+            voted.len()
+        );
         self.db().execute(
             "INSERT OR IGNORE INTO pqmls_abstentions (group_id, voter, epoch, leaf_key, voted_tags)
              VALUES (?1, ?2, ?3, ?4, ?5)",
