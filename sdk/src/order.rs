@@ -71,7 +71,7 @@
 //! quorum among those that can vote, neither could any epoch after half the group lost
 //! it (both seen in simulated partitions: 7 of 11 members lost the group at once in
 //! seed 71). Checked by the same search with one member, and with half the members,
-//! abstaining.
+//! abstaining. Which leaves of a member its abstention covers is [`abstains`].
 //!
 //! *Against a malicious member.* It cannot forge votes of others (signatures), nor raise
 //! its priority. It can vote twice (equivocate): then two quorums could form if the vote
@@ -112,18 +112,62 @@ pub(crate) fn priority(key: &[u8; 32], leaf: u32) -> [u8; 32] {
 /// start, and is never chosen or final.
 pub(crate) const ABSTAIN: CommitId = [0xff; 32];
 
+/// One of a member's leaves in an epoch's record, as [`abstains`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordedLeaf {
+    /// Its index in the tree.
+    pub index: u32,
+    /// The hash of its HPKE key (what names a leaf across epochs).
+    pub key: [u8; 32],
+    /// Whether the leaf node is one its owner made (`LeafNodeSource` commit or update,
+    /// RFC 9420 section 7.2), not one from a key package.
+    pub by_owner: bool,
+}
+
 /// Whether a member's abstention applies to an epoch (see `engine::finality`,
-/// `add_abstentions`, for the argument): `leaves_here` are the HPKE key hashes of the
-/// member's leaves listed in that epoch, `leaf_key` the one of its leaf when it lost the
-/// group, `voted` the vote tags it said it voted under after that, `tag` the epoch's.
-/// Only its own old leaf, listed once, in an epoch it did not vote in.
+/// `add_abstentions`, for the argument). `leaves(i)` are the member's leaves in the
+/// record of the epoch `i` epochs before the tallied one (`None` without a record), for
+/// `i` up to `depth`, the distance to the epoch it lost the group at; `leaf_key` names its
+/// leaf of that epoch, `voted` the vote tags it said it voted under after it, `tag` the
+/// tallied epoch's.
+///
+/// It applies when the member did not vote under `tag` and its one leaf of the tallied
+/// epoch is that old leaf, or descends from it only through leaves the member itself
+/// made: one leaf in each record back to the old one, at one index, each change of key a
+/// leaf of its own commit or update. Such a leaf is in no state the member holds after
+/// it lost the group (it cannot come back to the commit that ended that epoch here, and
+/// anything it made after that epoch on this branch needs that state); a leaf from a key
+/// package (the member added again) breaks the chain, and that leaf votes.
 pub(crate) fn abstains(
-    leaves_here: &[[u8; 32]],
+    mut leaves: impl FnMut(usize) -> Option<Vec<RecordedLeaf>>,
+    depth: usize,
     leaf_key: &[u8; 32],
     voted: &[[u8; 16]],
     tag: &[u8; 16],
 ) -> bool {
-    leaves_here == [*leaf_key] && !voted.contains(tag)
+    if voted.contains(tag) {
+        return false;
+    }
+    let one = |v: Option<Vec<RecordedLeaf>>| match v.as_deref() {
+        Some([leaf]) => Some(*leaf),
+        _ => None,
+    };
+    let Some(mut leaf) = one(leaves(0)) else {
+        return false;
+    };
+    for back in 1..=depth {
+        if leaf.key == *leaf_key {
+            return true;
+        }
+        let Some(before) = one(leaves(back)) else {
+            return false;
+        };
+        if before.index != leaf.index || (before.key != leaf.key && !leaf.by_owner) {
+            return false;
+        }
+        leaf = before;
+    }
+    leaf.key == *leaf_key
 }
 
 /// The number of votes that makes a commit final among `n` members: more than half.
@@ -715,18 +759,93 @@ mod tests {
         assert_eq!(u.adopted_round2(&members), Some(a));
     }
 
+    fn leaf(index: u32, key: u8, by_owner: bool) -> RecordedLeaf {
+        RecordedLeaf {
+            index,
+            key: [key; 32],
+            by_owner,
+        }
+    }
+
+    /// `abstains` over records given newest first.
+    fn applies(records: &[Vec<RecordedLeaf>], old: u8, voted: &[[u8; 16]], tag: u8) -> bool {
+        abstains(
+            |i| records.get(i).cloned(),
+            records.len().saturating_sub(1),
+            &[old; 32],
+            voted,
+            &[tag; 16],
+        )
+    }
+
     #[test]
     fn an_abstention_applies_to_the_old_leaf_and_the_epochs_it_did_not_vote_in() {
-        let (old, new) = ([1; 32], [2; 32]);
         let voted = [[7; 16], [8; 16]];
-        assert!(abstains(&[old], &old, &voted, &[9; 16]));
+        let old = vec![leaf(3, 1, false)];
+        let new = vec![leaf(5, 2, false)];
+        assert!(applies(&[old.clone(), old.clone()], 1, &voted, 9));
         // It voted under this tag: its vote counts, not an abstention.
-        assert!(!abstains(&[old], &old, &voted, &[7; 16]));
+        assert!(!applies(&[old.clone(), old.clone()], 1, &voted, 7));
         // Added again (another HPKE key): the new leaf votes.
-        assert!(!abstains(&[new], &old, &voted, &[9; 16]));
+        assert!(!applies(&[new.clone(), old.clone()], 1, &voted, 9));
         // Listed twice, or not at all: nothing is assumed.
-        assert!(!abstains(&[old, new], &old, &voted, &[9; 16]));
-        assert!(!abstains(&[], &old, &voted, &[9; 16]));
+        let both = vec![leaf(3, 1, false), leaf(5, 2, false)];
+        assert!(!applies(&[both, old.clone()], 1, &voted, 9));
+        assert!(!applies(&[vec![], old.clone()], 1, &voted, 9));
+        // No record of the tallied epoch.
+        assert!(!abstains(|_| None, 1, &[1; 32], &voted, &[9; 16]));
+    }
+
+    #[test]
+    fn an_abstention_follows_the_leaves_its_author_made_from_the_old_one() {
+        let voted = [[7; 16]];
+        let old = vec![leaf(3, 1, false)];
+        // The member's own commit ended the lost epoch (seed 71), then it updated again.
+        let committed = vec![leaf(3, 2, true)];
+        let updated = vec![leaf(3, 4, true)];
+        assert!(applies(&[committed.clone(), old.clone()], 1, &voted, 9));
+        assert!(applies(
+            &[
+                updated.clone(),
+                committed.clone(),
+                committed.clone(),
+                old.clone()
+            ],
+            1,
+            &voted,
+            9
+        ));
+        assert!(!applies(&[committed.clone(), old.clone()], 1, &voted, 7));
+        // Removed and added again from a key package at the same index: that leaf votes,
+        // and so do those it makes later.
+        let readded = vec![leaf(3, 2, false)];
+        assert!(!applies(&[readded.clone(), old.clone()], 1, &voted, 9));
+        assert!(!applies(
+            &[updated.clone(), readded, old.clone()],
+            1,
+            &voted,
+            9
+        ));
+        // A leaf made by its owner at another index is not the old one's.
+        let elsewhere = vec![leaf(6, 2, true)];
+        assert!(!applies(&[elsewhere, old.clone()], 1, &voted, 9));
+        // A record missing, or two leaves of it in one between: no chain.
+        assert!(!abstains(
+            |i| [Some(committed.clone()), None, Some(old.clone())][i].clone(),
+            2,
+            &[1; 32],
+            &voted,
+            &[9; 16]
+        ));
+        let two = vec![leaf(3, 2, true), leaf(6, 8, false)];
+        assert!(!applies(&[updated.clone(), two, old.clone()], 1, &voted, 9));
+        // The chain ends at the lost epoch: a leaf made before it is not the old one.
+        assert!(!applies(
+            &[committed.clone(), vec![leaf(3, 5, true)]],
+            1,
+            &voted,
+            9
+        ));
     }
 
     #[test]

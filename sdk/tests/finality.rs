@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use pqmls::Client;
 use pqmls::sim::{SimConfig, SimNetwork};
+use pqmls::{Client, Transport};
 
 fn net() -> SimNetwork {
     let net = SimNetwork::new(SimConfig::default());
@@ -701,4 +701,125 @@ async fn a_withdrawal_is_published_again() {
     )
     .await;
     assert!(names(&bob, &g).await.contains(&"erin".to_string()));
+}
+
+/// Found in a simulated partition (seed 71): the member that lost the group can be the
+/// author of the commit that ended the lost epoch. It moved away from its own commit to a
+/// better one that the majority never saw, its snapshot expired, and its own commit
+/// became final. Its leaf after that epoch is the one its commit made, not the one it
+/// abstains with, so its abstention counted for nothing and the split after it stayed
+/// open for good. Here alice and erin each commit for `base` where only the other and a
+/// relay see it; the relay gives the worse of the two to bob, carol and dave, who
+/// finalise it; both authors are lost (the better one never had the worse commit, the
+/// worse one moved away from it). `base + 1` splits 2-1 among the three, and only with
+/// both abstentions is it final.
+#[tokio::test(start_paused = true)]
+async fn the_author_of_the_final_commit_can_abstain() {
+    let net = net();
+    let mut short = config("alice");
+    short.fork_horizon = Duration::from_secs(4);
+    let (alice, at) = client_on(&net, short.clone()).await;
+    let (bob, bt) = client_on(&net, config("bob")).await;
+    let (carol, ct) = client_on(&net, config("carol")).await;
+    let (dave, dt) = client_on(&net, config("dave")).await;
+    short.name = "erin".into();
+    let (erin, et) = client_on(&net, short).await;
+    let (relay, mut relay_in) = net.attach();
+    let five = [&alice, &bob, &carol, &dave, &erin];
+    let g = group(&five).await;
+    let gt = group_topic(&g);
+    relay.subscribe(&gt).await.unwrap();
+    let base = 4;
+    converge(&five, &g, base).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    net.set_store_miss(1.0);
+    for t in [&at, &bt, &ct, &dt] {
+        t.set_online(false);
+    }
+    erin.update(&g).await.unwrap();
+    let from_erin = capture(&mut relay_in, &gt, HANDSHAKE).await;
+    converge(&[&erin], &g, base + 1).await;
+    let erin_auth = erin.status(&g).await.unwrap().epoch_authenticator;
+    et.set_online(false);
+    at.set_online(true);
+    alice.update(&g).await.unwrap();
+    let from_alice = loop {
+        let c = capture(&mut relay_in, &gt, HANDSHAKE).await;
+        if c != from_erin {
+            break c;
+        }
+    };
+    converge(&[&alice], &g, base + 1).await;
+    let alice_auth = alice.status(&g).await.unwrap().epoch_authenticator;
+    // The relay passes alice's commit to erin alone (well within their horizon): erin
+    // moves to it if it is the better one; otherwise erin's is, and alice moves to it.
+    // Either way the author of the worse commit moved away from it, and the author of
+    // the better one never saw the worse.
+    at.set_online(false);
+    et.set_online(true);
+    relay.publish(&gt, from_alice.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let worse = if erin.status(&g).await.unwrap().epoch_authenticator != erin_auth {
+        from_erin
+    } else {
+        et.set_online(false);
+        at.set_online(true);
+        relay.publish(&gt, from_erin.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_ne!(
+            alice.status(&g).await.unwrap().epoch_authenticator,
+            alice_auth,
+            "neither moved to the other's commit"
+        );
+        from_alice
+    };
+    // The relay gives only the worse commit to the three others, who finalise it.
+    at.set_online(false);
+    et.set_online(false);
+    for t in [&bt, &ct, &dt] {
+        t.set_online(true);
+    }
+    relay.publish(&gt, worse).await.unwrap();
+    converge(&[&bob, &carol, &dave], &g, base + 1).await;
+    // `base + 1` splits 2-1 among them: bob and dave finalise nothing without carol.
+    ct.set_online(false);
+    bob.update(&g).await.unwrap();
+    converge(&[&bob, &dave], &g, base + 2).await;
+    bt.set_online(false);
+    dt.set_online(false);
+    ct.set_online(true);
+    carol.update(&g).await.unwrap();
+    converge(&[&carol], &g, base + 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for t in [&bt, &dt] {
+        t.set_online(true);
+    }
+    // Carol moves to the better of the two and commits her update again.
+    converge_anywhere("one branch at the three", &[&bob, &carol, &dave], &g).await;
+    let three = [&bob, &carol, &dave];
+    let stalled = each(&three, |s| s.epochs_final).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        each(&three, |s| s.epochs_final).await,
+        stalled,
+        "the split epoch final without alice and erin"
+    );
+    // Both authors are back: past their horizon they cannot follow, and abstain.
+    at.set_online(true);
+    et.set_online(true);
+    until("alice and erin report the group lost", async || {
+        alice
+            .status(&g)
+            .await
+            .is_ok_and(|s| s.lost_at == Some(base))
+            && erin.status(&g).await.is_ok_and(|s| s.lost_at == Some(base))
+    })
+    .await;
+    until("the split epoch final at the three", async || {
+        let now = each(&three, |s| s.epochs_final).await;
+        now.iter().zip(&stalled).all(|(n, s)| n > s)
+    })
+    .await;
+    converge_anywhere("alice and erin back in the group", &five, &g).await;
+    assert_eq!(each(&five, |s| s.equivocations_seen).await, [0; 5]);
 }

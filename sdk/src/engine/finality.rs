@@ -8,7 +8,7 @@
 //! another one, later candidates for it are ignored, and what was kept to move away from
 //! it (snapshots, the epoch's keys, its candidates and votes) is deleted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::crypto::OpenMlsCrypto;
@@ -235,8 +235,9 @@ impl State {
 
     /// The members that said, signed, that they cast no vote in the epoch of `tag`: they
     /// lost the group at an earlier epoch, their leaf of then is still listed here (same
-    /// HPKE key: a leaf added for them later has another), they are listed once, and they
-    /// did not vote under this tag (see `recovery::record_abstention`).
+    /// HPKE key: a leaf added for them later has another) or one they made from it by
+    /// their own commits or updates on our branch, they are listed once, and they did not
+    /// vote under this tag (see `recovery::record_abstention`, `order::abstains`).
     ///
     /// Why this is safe: an honest member that reports `Unrecoverable` at `L` holds no
     /// state of our branch after `L` (it could not move to the commit that ended `L`
@@ -257,36 +258,59 @@ impl State {
         let Some(epoch) = self.epoch_of_tag(gid, tag)? else {
             return Ok(());
         };
-        let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = self
+        let rows: Vec<(Vec<u8>, i64, Vec<u8>, Vec<u8>)> = self
             .db()
             .prepare_cached(
-                "SELECT voter, leaf_key, voted_tags FROM pqmls_abstentions WHERE group_id = ?1 AND epoch < ?2",
+                "SELECT voter, epoch, leaf_key, voted_tags FROM pqmls_abstentions WHERE group_id = ?1 AND epoch < ?2",
             )?
             .query_map(params![gid.0, to_i64(epoch)], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
             .collect::<Result<_, _>>()?;
-        let Some(leaves) = self.epoch_leaf_keys(gid, epoch)? else {
-            return Ok(());
-        };
-        for (voter, leaf_key, voted) in rows {
-            let (Ok(voter), Ok(leaf_key)) = (
+        // Records read once per tally, only as far back as some abstainer's chain of
+        // leaves goes (`order::abstains`).
+        let mut records: BTreeMap<u64, Option<Vec<super::LeafKey>>> = BTreeMap::new();
+        for (voter, lost_at, leaf_key, voted) in rows {
+            let (Ok(voter), Ok(leaf_key), Ok(lost_at)) = (
                 <Voter>::try_from(voter.as_slice()),
                 <[u8; 32]>::try_from(leaf_key.as_slice()),
+                u64::try_from(lost_at),
             ) else {
                 continue;
             };
-            let theirs: Vec<[u8; 32]> = leaves
-                .iter()
-                .filter(|(_, id, _)| id.0 == voter)
-                .map(|(_, _, key)| *key)
-                .collect();
             let voted: Vec<[u8; 16]> = voted
                 .chunks_exact(16)
                 .filter_map(|c| c.try_into().ok())
                 .collect();
-            if order::abstains(&theirs, &leaf_key, &voted, tag) {
+            let mut failed = None;
+            let theirs = |back: usize| -> Option<Vec<order::RecordedLeaf>> {
+                let at = epoch.checked_sub(u64::try_from(back).ok()?)?;
+                if !records.contains_key(&at) {
+                    match self.epoch_leaf_keys(gid, at) {
+                        Ok(r) => {
+                            records.insert(at, r);
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            return None;
+                        }
+                    }
+                }
+                let leaves = records.get(&at)?.as_ref()?;
+                Some(
+                    leaves
+                        .iter()
+                        .filter(|(id, _)| id.0 == voter)
+                        .map(|(_, leaf)| *leaf)
+                        .collect(),
+                )
+            };
+            let depth = usize::try_from(epoch - lost_at).unwrap_or(usize::MAX);
+            if order::abstains(theirs, depth, &leaf_key, &voted, tag) {
                 t.abstain(voter);
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
         }
         Ok(())
@@ -297,8 +321,8 @@ impl State {
         let Some(leaves) = self.epoch_leaf_keys(gid, epoch)? else {
             return Ok(false);
         };
-        for (_, id, key) in leaves {
-            if id == self.id && self.abstained_with(gid, &key)? {
+        for (id, leaf) in leaves {
+            if id == self.id && self.abstained_with(gid, &leaf.key)? {
                 return Ok(true);
             }
         }

@@ -42,6 +42,7 @@ use crate::db::{to_i64, to_u64};
 use crate::error::{Error, Result, mls};
 use crate::event::Event;
 use crate::identity::{Member, UserId};
+use crate::order;
 use crate::trust::Budget;
 use crate::wire;
 use crate::{GroupId, Stats};
@@ -188,33 +189,42 @@ pub(crate) fn ratchet_config() -> SenderRatchetConfiguration {
     SenderRatchetConfiguration::new(1000, 10_000)
 }
 
-/// Encodes a member list for `pqmls_epochs`: one `<id hex> <name>` line each.
-/// Encodes a member list for `pqmls_epochs`: one `<leaf index> <id hex> <name>` line each.
-/// One line per leaf: `leaf id name`, then a tab and the hex SHA-256 of the leaf's HPKE
-/// key when known (records made before it have none).
-fn encode_members(members: &[(u32, Member, Option<[u8; 32]>)]) -> String {
+/// A leaf of an epoch's record for `pqmls_epochs`: index, owner, and the hash of its HPKE
+/// key with whether its owner made it (see [`order::RecordedLeaf`]), when known.
+pub(crate) type LeafLine = (u32, Member, Option<([u8; 32], bool)>);
+
+/// Encodes a member list for `pqmls_epochs`. One line per leaf: `leaf id name`, then a tab
+/// and the hex SHA-256 of the leaf's HPKE key, then a tab and `o` if its owner made the
+/// leaf node (commit or update) or `k` (key package). Records made before had no key, or
+/// a key and no source (read as `k`).
+fn encode_members(members: &[LeafLine]) -> String {
     members
         .iter()
         .map(|(leaf, m, key)| {
+            let key = key
+                .map(|(key, by_owner)| {
+                    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+                    format!("{hex}\t{}", if by_owner { 'o' } else { 'k' })
+                })
+                .unwrap_or_default();
             format!(
-                "{leaf} {} {}\t{}",
+                "{leaf} {} {}\t{key}",
                 m.id,
-                m.name.replace(['\n', '\t'], " "),
-                key.iter()
-                    .flatten()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
+                m.name.replace(['\n', '\t'], " ")
             )
         })
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-fn decode_line(line: &str) -> Option<(u32, Member, Option<[u8; 32]>)> {
+fn decode_line(line: &str) -> Option<LeafLine> {
     let (leaf, rest) = line.split_once(' ')?;
     let (id, rest) = rest.split_once(' ')?;
     let (name, key) = match rest.split_once('\t') {
-        Some((name, key)) => (name, hex32(key)),
+        Some((name, key)) => {
+            let (key, source) = key.split_once('\t').unwrap_or((key, "k"));
+            (name, hex32(key).map(|k| (k, source == "o")))
+        }
         None => (rest, None),
     };
     Some((
@@ -246,14 +256,24 @@ pub(crate) fn decode_members(text: &str) -> Vec<(u32, Member)> {
         .collect()
 }
 
-/// A leaf of an epoch's member record: index, owner, hash of its HPKE key.
-pub(crate) type LeafKey = (u32, UserId, [u8; 32]);
+/// A leaf of an epoch's member record whose key was recorded, with its owner.
+pub(crate) type LeafKey = (UserId, order::RecordedLeaf);
 
 /// The leaves of a member record with the hash of their HPKE key, where recorded.
 pub(crate) fn decode_leaf_keys(text: &str) -> Vec<LeafKey> {
     text.split('\n')
         .filter_map(decode_line)
-        .filter_map(|(leaf, m, key)| Some((leaf, m.id, key?)))
+        .filter_map(|(index, m, key)| {
+            let (key, by_owner) = key?;
+            Some((
+                m.id,
+                order::RecordedLeaf {
+                    index,
+                    key,
+                    by_owner,
+                },
+            ))
+        })
         .collect()
 }
 
@@ -663,12 +683,22 @@ impl State {
         // a key package can be in states of other branches too (the same key package
         // added twice, or a last-resort one); its owner, once it abstained with it, never
         // holds or votes in such a state again (`pqmls_abstained_leaves`).
+        // Whether the owner made the leaf node (its commit or update) tells a leaf that
+        // descends from an abstaining one from a leaf of the owner added again.
         let mls = &self.group(gid)?.mls;
-        let keys: std::collections::BTreeMap<u32, [u8; 32]> = mls
+        let keys: std::collections::BTreeMap<u32, ([u8; 32], bool)> = mls
             .members()
-            .map(|m| (m.index.u32(), leaf_key_hash(&m.encryption_key)))
+            .map(|m| {
+                let by_owner = mls.public_group().leaf(m.index).is_some_and(|l| {
+                    !matches!(
+                        l.leaf_node_source(),
+                        openmls::treesync::LeafNodeSource::KeyPackage(_)
+                    )
+                });
+                (m.index.u32(), (leaf_key_hash(&m.encryption_key), by_owner))
+            })
             .collect();
-        let record: Vec<(u32, Member, Option<[u8; 32]>)> = leaves
+        let record: Vec<LeafLine> = leaves
             .iter()
             .map(|(l, m)| (*l, m.clone(), keys.get(l).copied()))
             .collect();

@@ -179,8 +179,8 @@ impl State {
         let own_leaf: Option<[u8; 32]> = self.epoch_leaf_keys(gid, epoch)?.and_then(|leaves| {
             let ours: Vec<[u8; 32]> = leaves
                 .into_iter()
-                .filter(|(_, id, _)| *id == self.id)
-                .map(|(_, _, key)| key)
+                .filter(|(id, _)| *id == self.id)
+                .map(|(_, leaf)| leaf.key)
                 .collect();
             match ours[..] {
                 [key] => Some(key),
@@ -362,8 +362,8 @@ impl State {
         };
         let leaves: Vec<[u8; 32]> = leaves
             .into_iter()
-            .filter(|(_, id, _)| id == user)
-            .map(|(_, _, key)| key)
+            .filter(|(id, _)| id == user)
+            .map(|(_, leaf)| leaf.key)
             .collect();
         let [leaf_key] = leaves[..] else {
             tracing::debug!(
