@@ -909,6 +909,11 @@ impl Inner {
                     .store(!blocked.is_empty(), Ordering::Relaxed);
                 return;
             }
+            // Rows the transport took, deleted together after the batch: one transaction
+            // (one fsync) per batch instead of one per row. A crash before the delete
+            // publishes them again after the restart, which receivers drop as duplicates
+            // (the same as a crash right after publishing one row).
+            let mut sent: Vec<i64> = Vec::new();
             for (seq, topic, payload) in rows {
                 after = seq;
                 if blocked.contains(&topic) {
@@ -941,14 +946,18 @@ impl Inner {
                     let _ = self.stop.send(true);
                     return;
                 }
-                if let Err(e) = s
-                    .db()
-                    .prepare_cached("DELETE FROM pqmls_outbox WHERE seq = ?1")
-                    .and_then(|mut st| st.execute([seq]))
-                {
-                    tracing::error!("outbox delete failed: {e}");
-                    return;
-                }
+                sent.push(seq);
+            }
+            if sent.is_empty() {
+                continue;
+            }
+            let s = self.state.lock().await;
+            if s.crashed {
+                return;
+            }
+            if let Err(e) = delete_outbox_rows(s.db(), &sent) {
+                tracing::error!("outbox delete failed: {e}");
+                return;
             }
         }
     }
@@ -1168,6 +1177,23 @@ impl Inner {
             Err(e) => tracing::warn!("{}: handling a message failed: {e}", self.name),
         }
         self.drive().await;
+    }
+}
+
+/// Deletes published outbox rows in one transaction.
+fn delete_outbox_rows(db: &rusqlite::Connection, seqs: &[i64]) -> rusqlite::Result<()> {
+    db.execute_batch("BEGIN IMMEDIATE")?;
+    let deleted = seqs.iter().try_for_each(|seq| {
+        db.prepare_cached("DELETE FROM pqmls_outbox WHERE seq = ?1")?
+            .execute([seq])
+            .map(drop)
+    });
+    match deleted {
+        Ok(()) => db.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = db.execute_batch("ROLLBACK");
+            Err(e)
+        }
     }
 }
 
