@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use openmls::prelude::*;
 use pqmls_provider::{PqCrypto, SqliteStorage};
 use pqmls_transport::{Node, Topic};
@@ -221,6 +221,7 @@ impl Client {
             stats: Stats::default(),
             crashed: false,
             armed: None,
+            in_batch: false,
             republished: BTreeMap::new(),
             origin: tokio::time::Instant::now(),
             origin_wall_ms: config
@@ -1168,13 +1169,26 @@ impl Inner {
         self.drive().await;
     }
 
-    /// Handles one inbound payload.
-    async fn inbound(&self, msg: pqmls_transport::Message) {
-        match self.locked(|s| s.handle(&msg)).await {
-            // Left for the store: catch this topic up later.
-            Ok(Outcome::Deferred) => self.want_sync(msg.topic.clone()),
-            Ok(Outcome::Done) => {}
-            Err(e) => tracing::warn!("{}: handling a message failed: {e}", self.name),
+    /// Handles inbound payloads that arrived together, in one transaction
+    /// ([`State::batch`]), each as its own step.
+    async fn inbound(&self, msgs: Vec<pqmls_transport::Message>) {
+        let outcomes = self
+            .locked(|s| s.batch(|s| msgs.iter().map(|m| s.handle(m)).collect::<Vec<_>>()))
+            .await;
+        match outcomes {
+            Ok(outcomes) => {
+                for (msg, outcome) in msgs.iter().zip(outcomes) {
+                    match outcome {
+                        // Left for the store: catch this topic up later.
+                        Ok(Outcome::Deferred) => self.want_sync(msg.topic.clone()),
+                        Ok(Outcome::Done) => {}
+                        Err(e) => {
+                            tracing::warn!("{}: handling a message failed: {e}", self.name);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("{}: handling messages failed: {e}", self.name),
         }
         self.drive().await;
     }
@@ -1197,6 +1211,9 @@ fn delete_outbox_rows(db: &rusqlite::Connection, seqs: &[i64]) -> rusqlite::Resu
     }
 }
 
+/// Most inbound payloads handled in one transaction (see [`State::batch`]).
+const INBOUND_BATCH: usize = 32;
+
 /// The background task: inbound messages and the timer, until stopped.
 async fn run(
     inner: std::sync::Weak<Inner>,
@@ -1217,10 +1234,24 @@ async fn run(
             }
             m = inbox.next(), if inbox_open => {
                 match m {
-                    Some(m) => match inner.upgrade() {
-                        Some(i) => i.inbound(m).await,
-                        None => break,
-                    },
+                    Some(m) => {
+                        // What is queued already joins it, up to a bound.
+                        let mut msgs = vec![m];
+                        while msgs.len() < INBOUND_BATCH {
+                            match inbox.next().now_or_never() {
+                                Some(Some(m)) => msgs.push(m),
+                                Some(None) => {
+                                    inbox_open = false;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        match inner.upgrade() {
+                            Some(i) => i.inbound(msgs).await,
+                            None => break,
+                        }
+                    }
                     None => inbox_open = false,
                 }
             }
