@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use openmls::prelude::*;
 use pqmls_provider::{PqCrypto, SqliteStorage};
 use pqmls_transport::{Node, Topic};
@@ -221,6 +221,7 @@ impl Client {
             stats: Stats::default(),
             crashed: false,
             armed: None,
+            in_batch: false,
             republished: BTreeMap::new(),
             origin: tokio::time::Instant::now(),
             origin_wall_ms: config
@@ -909,6 +910,11 @@ impl Inner {
                     .store(!blocked.is_empty(), Ordering::Relaxed);
                 return;
             }
+            // Rows the transport took, deleted together after the batch: one transaction
+            // (one fsync) per batch instead of one per row. A crash before the delete
+            // publishes them again after the restart, which receivers drop as duplicates
+            // (the same as a crash right after publishing one row).
+            let mut sent: Vec<i64> = Vec::new();
             for (seq, topic, payload) in rows {
                 after = seq;
                 if blocked.contains(&topic) {
@@ -941,14 +947,18 @@ impl Inner {
                     let _ = self.stop.send(true);
                     return;
                 }
-                if let Err(e) = s
-                    .db()
-                    .prepare_cached("DELETE FROM pqmls_outbox WHERE seq = ?1")
-                    .and_then(|mut st| st.execute([seq]))
-                {
-                    tracing::error!("outbox delete failed: {e}");
-                    return;
-                }
+                sent.push(seq);
+            }
+            if sent.is_empty() {
+                continue;
+            }
+            let s = self.state.lock().await;
+            if s.crashed {
+                return;
+            }
+            if let Err(e) = delete_outbox_rows(s.db(), &sent) {
+                tracing::error!("outbox delete failed: {e}");
+                return;
             }
         }
     }
@@ -1159,17 +1169,50 @@ impl Inner {
         self.drive().await;
     }
 
-    /// Handles one inbound payload.
-    async fn inbound(&self, msg: pqmls_transport::Message) {
-        match self.locked(|s| s.handle(&msg)).await {
-            // Left for the store: catch this topic up later.
-            Ok(Outcome::Deferred) => self.want_sync(msg.topic.clone()),
-            Ok(Outcome::Done) => {}
-            Err(e) => tracing::warn!("{}: handling a message failed: {e}", self.name),
+    /// Handles inbound payloads that arrived together, in one transaction
+    /// ([`State::batch`]), each as its own step.
+    async fn inbound(&self, msgs: Vec<pqmls_transport::Message>) {
+        let outcomes = self
+            .locked(|s| s.batch(|s| msgs.iter().map(|m| s.handle(m)).collect::<Vec<_>>()))
+            .await;
+        match outcomes {
+            Ok(outcomes) => {
+                for (msg, outcome) in msgs.iter().zip(outcomes) {
+                    match outcome {
+                        // Left for the store: catch this topic up later.
+                        Ok(Outcome::Deferred) => self.want_sync(msg.topic.clone()),
+                        Ok(Outcome::Done) => {}
+                        Err(e) => {
+                            tracing::warn!("{}: handling a message failed: {e}", self.name);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("{}: handling messages failed: {e}", self.name),
         }
         self.drive().await;
     }
 }
+
+/// Deletes published outbox rows in one transaction.
+fn delete_outbox_rows(db: &rusqlite::Connection, seqs: &[i64]) -> rusqlite::Result<()> {
+    db.execute_batch("BEGIN IMMEDIATE")?;
+    let deleted = seqs.iter().try_for_each(|seq| {
+        db.prepare_cached("DELETE FROM pqmls_outbox WHERE seq = ?1")?
+            .execute([seq])
+            .map(drop)
+    });
+    match deleted {
+        Ok(()) => db.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = db.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Most inbound payloads handled in one transaction (see [`State::batch`]).
+const INBOUND_BATCH: usize = 32;
 
 /// The background task: inbound messages and the timer, until stopped.
 async fn run(
@@ -1191,10 +1234,24 @@ async fn run(
             }
             m = inbox.next(), if inbox_open => {
                 match m {
-                    Some(m) => match inner.upgrade() {
-                        Some(i) => i.inbound(m).await,
-                        None => break,
-                    },
+                    Some(m) => {
+                        // What is queued already joins it, up to a bound.
+                        let mut msgs = vec![m];
+                        while msgs.len() < INBOUND_BATCH {
+                            match inbox.next().now_or_never() {
+                                Some(Some(m)) => msgs.push(m),
+                                Some(None) => {
+                                    inbox_open = false;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        match inner.upgrade() {
+                            Some(i) => i.inbound(msgs).await,
+                            None => break,
+                        }
+                    }
                     None => inbox_open = false,
                 }
             }

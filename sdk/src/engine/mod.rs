@@ -118,6 +118,8 @@ pub(crate) struct State {
     pub crashed: bool,
     /// A fail point reached inside a step, to fire once the step has committed.
     pub armed: Option<FailPoint>,
+    /// Inside [`State::batch`]: a step is a savepoint of the batch's transaction.
+    pub in_batch: bool,
     /// Test hook: added to the wall clock (key-package rotation and expiry).
     pub clock_skew_ms: u64,
     /// Welcomes processed (see [`crate::config::Limits::welcomes_per_min`]).
@@ -410,6 +412,9 @@ impl State {
         if self.crashed {
             return Err(Error::Shutdown);
         }
+        if self.in_batch {
+            return self.savepoint(f);
+        }
         self.db().execute_batch("BEGIN IMMEDIATE")?;
         let events_before = self.events.len();
         self.armed = None;
@@ -431,6 +436,66 @@ impl State {
             }
         }
         result
+    }
+
+    /// One step inside [`State::batch`]: a savepoint, rolled back alone on error (with the
+    /// in-memory groups reloaded and the step's events dropped, as [`State::tx`] does).
+    fn savepoint<T>(&mut self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        self.db().execute_batch("SAVEPOINT pqmls_step")?;
+        let events_before = self.events.len();
+        let result = f(self).and_then(|v| {
+            self.db().execute_batch("RELEASE pqmls_step")?;
+            Ok(v)
+        });
+        if result.is_err() {
+            let _ = self
+                .db()
+                .execute_batch("ROLLBACK TO pqmls_step; RELEASE pqmls_step");
+            self.events.truncate(events_before);
+            if let Err(e) = self.reload_groups() {
+                tracing::error!("reloading groups after a rollback failed: {e}");
+            }
+        }
+        result
+    }
+
+    /// Runs `f` as one SQLite transaction in which every [`State::tx`] step is a savepoint:
+    /// steps that arrive together (inbound payloads already queued) share one commit, so
+    /// one fsync, instead of one each. Each step still succeeds or fails alone. Nothing of
+    /// the batch is published or reported before the commit (the outbox is flushed and the
+    /// events emitted after it), so a crash before the commit loses only steps nobody saw:
+    /// their payloads are not marked seen and are handled again after the restart. After a
+    /// fail point stopped the client inside the batch, nothing of it is committed.
+    pub(crate) fn batch<T>(&mut self, f: impl FnOnce(&mut State) -> T) -> Result<T> {
+        if self.crashed {
+            return Err(Error::Shutdown);
+        }
+        if self.in_batch {
+            return Ok(f(self));
+        }
+        self.db().execute_batch("BEGIN IMMEDIATE")?;
+        let events_before = self.events.len();
+        self.armed = None;
+        self.in_batch = true;
+        let out = f(self);
+        self.in_batch = false;
+        let committed = if self.crashed {
+            Err(Error::Shutdown)
+        } else {
+            self.db().execute_batch("COMMIT").map_err(Error::from)
+        };
+        if let Err(e) = committed {
+            let _ = self.db().execute_batch("ROLLBACK");
+            self.events.truncate(events_before);
+            if let Err(e) = self.reload_groups() {
+                tracing::error!("reloading groups after a rollback failed: {e}");
+            }
+            return Err(e);
+        }
+        if let Some(point) = self.armed.take() {
+            self.fail(point)?;
+        }
+        Ok(out)
     }
 
     /// Stops the client dead if `point` is the configured fail point.
