@@ -34,6 +34,9 @@ const PENDING_VOTES: i64 = 1024;
 /// 16 MiB, whatever non-members publish.
 const MAX_SEALED_VOTE: usize = 16 * 1024;
 
+/// A row of `pqmls_abstentions`: voter, lost epoch, leaf key, voted tags.
+type AbstentionRow = (Vec<u8>, i64, Vec<u8>, Vec<u8>);
+
 impl State {
     /// Exports and keeps the [`EpochKeys`] of the epoch the group is at.
     pub(crate) fn store_epoch_keys(&mut self, gid: &GroupId) -> Result<()> {
@@ -258,7 +261,7 @@ impl State {
         let Some(epoch) = self.epoch_of_tag(gid, tag)? else {
             return Ok(());
         };
-        let rows: Vec<(Vec<u8>, i64, Vec<u8>, Vec<u8>)> = self
+        let rows: Vec<AbstentionRow> = self
             .db()
             .prepare_cached(
                 "SELECT voter, epoch, leaf_key, voted_tags FROM pqmls_abstentions WHERE group_id = ?1 AND epoch < ?2",
@@ -285,10 +288,10 @@ impl State {
             let mut failed = None;
             let theirs = |back: usize| -> Option<Vec<order::RecordedLeaf>> {
                 let at = epoch.checked_sub(u64::try_from(back).ok()?)?;
-                if !records.contains_key(&at) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = records.entry(at) {
                     match self.epoch_leaf_keys(gid, at) {
                         Ok(r) => {
-                            records.insert(at, r);
+                            slot.insert(r);
                         }
                         Err(e) => {
                             failed = Some(e);
