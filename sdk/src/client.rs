@@ -223,6 +223,8 @@ impl Client {
             armed: None,
             in_batch: false,
             republished: BTreeMap::new(),
+            member_records: Default::default(),
+            last_followup: None,
             origin: tokio::time::Instant::now(),
             origin_wall_ms: config
                 .virtual_wall_clock_ms
@@ -1087,9 +1089,13 @@ impl Inner {
                 s.finalize_removals(now)?;
                 s.expire_snapshots()?;
                 s.rejoin_due(now)?;
-                if connected {
+                let followup = s.last_followup.is_none_or(|t| now >= t + s.config.settle);
+                if connected && followup {
+                    s.last_followup = Some(now);
                     s.republish_own(now)?;
                     s.ask_missing(now)?;
+                }
+                if connected {
                     s.ask_rejoin(now)?;
                     // A self-update made without peers would be a branch of one.
                     s.schedule_updates()?;

@@ -81,14 +81,22 @@ impl std::str::FromStr for UserId {
     /// Parses 64 hex digits (upper or lower case, `:` and spaces ignored).
     fn from_str(s: &str) -> Result<Self> {
         let bad = || Error::Config(format!("not a user id (64 hex digits): {s:?}"));
-        let digits: Vec<u8> = s.bytes().filter(|b| *b != b':' && *b != b' ').collect();
-        if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
-            return Err(bad());
-        }
+        // Without allocating: member records are parsed on hot paths (one per vote).
         let mut out = [0u8; 32];
-        for (i, pair) in digits.chunks(2).enumerate() {
-            let text = std::str::from_utf8(pair).map_err(|_| bad())?;
-            out[i] = u8::from_str_radix(text, 16).map_err(|_| bad())?;
+        let mut n = 0usize;
+        for b in s.bytes().filter(|b| *b != b':' && *b != b' ') {
+            let v = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                b'A'..=b'F' => b - b'A' + 10,
+                _ => return Err(bad()),
+            };
+            let slot = out.get_mut(n / 2).ok_or_else(bad)?;
+            *slot = (*slot << 4) | v;
+            n += 1;
+        }
+        if n != 64 {
+            return Err(bad());
         }
         Ok(UserId(out))
     }

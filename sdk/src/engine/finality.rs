@@ -195,7 +195,22 @@ impl State {
             .prepare_cached("SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch = ?2")?
             .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
             .optional()?;
-        Ok(text.map(|t| super::decode_members(&t)))
+        let Some(text) = text else {
+            return Ok(None);
+        };
+        let key = (gid.0.clone(), epoch);
+        if let Some((seen, members)) = self.member_records.borrow().get(&key)
+            && *seen == text
+        {
+            return Ok(Some(members.clone()));
+        }
+        let members = super::decode_members(&text);
+        let mut cache = self.member_records.borrow_mut();
+        if cache.len() >= super::MEMBER_RECORDS_KEPT {
+            cache.clear();
+        }
+        cache.insert(key, (text, members.clone()));
+        Ok(Some(members))
     }
 
     /// The leaves of `epoch` on our branch (our record of it) with the hash of their HPKE
@@ -1014,12 +1029,13 @@ impl State {
         let mut live = BTreeSet::new();
         for gid in gids {
             let after = self.final_epoch(&gid)?.map_or(-1, to_i64);
-            let own: Vec<(Vec<u8>, Vec<u8>)> = self
+            // Hashes only: the payload (tens of KB for a PQ commit) is read when due.
+            let own: Vec<Vec<u8>> = self
                 .db()
                 .prepare_cached(
-                    "SELECT hash, payload FROM pqmls_commits WHERE group_id = ?1 AND own = 1 AND merged = 1 AND epoch > ?2",
+                    "SELECT hash FROM pqmls_commits WHERE group_id = ?1 AND own = 1 AND merged = 1 AND epoch > ?2",
                 )?
-                .query_map(params![gid.0, after], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![gid.0, after], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             // Our votes too, on the same schedule, while something is not final.
             let pending: bool = self.db().query_row(
@@ -1036,7 +1052,7 @@ impl State {
                     self.republished.insert(key, (now, times + 1));
                 }
             }
-            for (hash, payload) in own {
+            for hash in own {
                 let Ok(id) = <[u8; 32]>::try_from(hash.as_slice()) else {
                     continue;
                 };
@@ -1045,6 +1061,12 @@ impl State {
                 if times >= REPUBLISH_TIMES || now < last + gap {
                     continue;
                 }
+                let payload: Vec<u8> = self
+                    .db()
+                    .prepare_cached(
+                        "SELECT payload FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2",
+                    )?
+                    .query_row(params![gid.0, hash], |r| r.get(0))?;
                 let topic = self.group(&gid)?.topic.clone();
                 self.enqueue(&topic, payload)?;
                 self.republished.insert(id, (now, times + 1));
@@ -1053,25 +1075,33 @@ impl State {
         }
         // The Welcomes of our add commits on the chain, for invitees that missed them
         // (a Welcome the stores missed is never fetched again); an invitee that joined
-        // refuses a copy by its hash.
-        let welcomes: Vec<(Vec<u8>, String)> = self
+        // refuses a copy by its hash. Named by their commit's hash: a Welcome (tens of KB)
+        // is read only when it is due, not on every call.
+        let welcomes: Vec<(Vec<u8>, Vec<u8>)> = self
             .db()
             .prepare_cached(
-                "SELECT welcome, invitee FROM pqmls_commits WHERE own = 1 AND merged = 1
+                "SELECT group_id, hash FROM pqmls_commits WHERE own = 1 AND merged = 1
                  AND welcome IS NOT NULL AND invitee IS NOT NULL",
             )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        for (welcome, invitee) in welcomes {
-            let Ok(invitee) = invitee.parse::<UserId>() else {
-                continue;
-            };
-            let id = wire::welcome_hash(&welcome);
+        for (group_id, hash) in welcomes {
+            let id = welcome_marker(&hash);
             live.insert(id);
             let (last, times) = *self.republished.entry(id).or_insert((now, 0));
             if times >= REPUBLISH_TIMES || now < last + gap {
                 continue;
             }
+            let row: Option<(Vec<u8>, String)> = self
+                .db()
+                .prepare_cached(
+                    "SELECT welcome, invitee FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2",
+                )?
+                .query_row(params![group_id, hash], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((welcome, Ok(invitee))) = row.map(|(w, i)| (w, i.parse::<UserId>())) else {
+                continue;
+            };
             tracing::debug!(
                 "{}: publishing the Welcome to {} again",
                 self.name,
@@ -1136,6 +1166,15 @@ const REPUBLISH_AFTER: u32 = 8;
 const REPUBLISH_TIMES: u32 = 3;
 
 /// The key under which [`State::republish_own`] tracks re-sending a group's votes.
+/// The key of an own add commit's Welcome in [`State::republished`] (its commit's hash
+/// names the commit itself there).
+fn welcome_marker(commit: &[u8]) -> [u8; 32] {
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, b"pqmls welcome again");
+    sha2::Digest::update(&mut h, commit);
+    sha2::Digest::finalize(h).into()
+}
+
 fn vote_marker(gid: &GroupId) -> [u8; 32] {
     let mut h = <sha2::Sha256 as sha2::Digest>::new();
     sha2::Digest::update(&mut h, b"pqmls revote");

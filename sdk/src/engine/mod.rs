@@ -131,6 +131,14 @@ pub(crate) struct State {
     /// Own commits merged but not final yet: when each was last published, and how
     /// often (see `finality::republish_own`).
     pub republished: BTreeMap<[u8; 32], (Instant, u32)>,
+    /// Member records decoded, by group and epoch, with the text they were decoded from:
+    /// read for every vote (`finality::epoch_members`), and used only while the stored
+    /// text is the same, so a rewrite or a rollback can never leave a stale list.
+    pub member_records: MemberRecords,
+    /// When the timer last looked for own commits to publish again and for missing
+    /// commits (`Inner::tick`): their delays are several settle times, so once per settle
+    /// time is enough.
+    pub last_followup: Option<Instant>,
     /// When this state was opened, on the tokio clock (budgets count from it).
     pub origin: Instant,
     /// The wall clock then (milliseconds since the Unix epoch).
@@ -190,6 +198,13 @@ pub(crate) fn capabilities(suite: Ciphersuite) -> Capabilities {
 pub(crate) fn ratchet_config() -> SenderRatchetConfiguration {
     SenderRatchetConfiguration::new(1000, 10_000)
 }
+
+/// See [`State::member_records`].
+pub(crate) type MemberRecords =
+    std::cell::RefCell<BTreeMap<(Vec<u8>, u64), (String, Vec<(u32, Member)>)>>;
+
+/// At most this many decoded member records are kept (a few epochs of a few groups).
+pub(crate) const MEMBER_RECORDS_KEPT: usize = 64;
 
 /// A leaf of an epoch's record for `pqmls_epochs`: index, owner, and the hash of its HPKE
 /// key with whether its owner made it (see [`order::RecordedLeaf`]), when known.
