@@ -215,6 +215,9 @@ macro_rules! ml_kem_parameter_set {
                     return boxed;
                 }
                 let mut boxed = Box::new(UnpackedKeyPair::Portable(portable::init_key_pair()));
+                // Irrefutable where the AVX2 variant is compiled out (aarch64, every other
+                // target, `force-portable`).
+                #[allow(irrefutable_let_patterns)]
                 if let UnpackedKeyPair::Portable(kp) = &mut *boxed {
                     portable::generate_key_pair_mut(*d_z, kp);
                 }
