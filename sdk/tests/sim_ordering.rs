@@ -105,6 +105,29 @@ fn an_outsider_changes_no_member_state() {
     assert_eq!(r.deliveries, r.expected_deliveries, "{:?}", r.missing);
 }
 
+/// Partition seed 83 of `pqmls sim --offline 2 --partition-secs 10 --horizon-secs 3` (12
+/// users, 20 % loss), replayed exactly: an inviter's add commit lost to a better commit it
+/// moved to, and then it lost the group, and was added again. Its Welcome was withdrawn
+/// neither when it lost the group (only adds on the state it still held were) nor when it
+/// joined again (that epoch was never final at its side), and the invitee stayed alone on
+/// the dead branch: a silent fork. Either withdrawal alone ends it (both checked by
+/// removing the other); without both this test fails.
+#[test]
+fn partition_seed_83_ends_without_a_silent_fork() {
+    let r = trial(Scenario {
+        seed: 83,
+        offline: 2,
+        partition: Some(Duration::from_secs(10)),
+        horizon: Duration::from_secs(3),
+        ..Scenario::default()
+    });
+    assert!(
+        r.converged || r.still_lost > 0,
+        "silent fork: {:?}",
+        r.failure
+    );
+}
+
 /// A partition longer than the horizon: two members are away for 4 s with a 1 s horizon
 /// (virtual time) while the others commit; they cannot move to the final chain, report
 /// it, and are added again. Every trial ends with all members on one chain, or with only

@@ -917,8 +917,14 @@ impl State {
         )?;
         // Our commits ending `epoch` and later are off the final chain for good: the
         // invitees of our adds among them joined a branch nobody else is on. Withdrawn
-        // (`Void`), they drop it, as after any branch move of ours.
+        // (`Void`), they drop it, as after any branch move of ours: those on the state we
+        // hold, and every other one for `epoch` but its final commit, also those we had
+        // moved away from (partition seed 83: an invitee left alone on the branch of an
+        // add its inviter had left before it lost the group).
         self.void_abandoned(gid, epoch, &[])?;
+        if let Some(last) = self.final_of(gid, epoch)? {
+            self.void_dead(gid, epoch, &last)?;
+        }
         self.stats.unrecoverable += 1;
         tracing::warn!(
             "{}: group {gid}: cannot reach the final commit of epoch {epoch}",

@@ -427,11 +427,27 @@ impl State {
             return Ok(Join::Refused);
         }
         tracing::debug!(
-            "{}: joining {gid} at epoch {epoch} ({action:?}), invited by {}",
+            "{}: joining {gid} at epoch {epoch} ({action:?}), invited by {} (withdrawal {})",
             self.name,
-            inviter.name
+            inviter.name,
+            super::short(&void.id)
         );
         let lost_epoch = self.groups.get(&gid).and_then(|g| g.unrecoverable);
+        if self.groups.contains_key(&gid) {
+            // The epochs of the state we had that we never finalised and that this join
+            // makes history: where the votes we hold show how one ended, the Welcomes of
+            // our other commits for it are withdrawn, as `finalize` does (honest simulated
+            // seed 46: an add of ours lost to a commit we then merged, we joined again
+            // before we saw that epoch final, and its invitee stayed alone on the dead
+            // branch).
+            let first = self.final_epoch(&gid)?.map_or(0, |f| f + 1);
+            let last = self.group(&gid)?.mls.epoch().as_u64();
+            for e in first.max(last.saturating_sub(super::finality::KEEP_FINAL))..=last {
+                if let Some(f) = self.final_of(&gid, e)? {
+                    self.void_dead(&gid, e, &f)?;
+                }
+            }
+        }
         if let Some(mut old) = self.groups.remove(&gid) {
             // Removed (in the grace period) and invited again: the new Welcome replaces the
             // dead state, whose snapshots and plans are void.
@@ -608,6 +624,11 @@ impl State {
             )
             .optional()?;
         let Some((group, hash, inviter_key, joined_seq, key)) = joined else {
+            tracing::debug!(
+                "{}: a withdrawal {} for no Welcome we joined with: kept for one we may join",
+                self.name,
+                super::short(id)
+            );
             self.db().execute(
                 "INSERT OR IGNORE INTO pqmls_voids (void_id, sealed, received_ms) VALUES (?1, ?2, ?3)",
                 params![&id[..], sealed, to_i64(self.wall_ms())],
@@ -632,6 +653,10 @@ impl State {
             return Ok(Outcome::Done);
         }
         if !self.void_valid(&gid, &hash, &keys, &inviter_key, sealed) {
+            tracing::debug!(
+                "{}: a withdrawal of the Welcome we joined {gid} with does not verify",
+                self.name
+            );
             self.stats.rejected += 1;
             return Ok(Outcome::Done);
         }
@@ -719,9 +744,10 @@ impl State {
                 )
                 .map_err(|e| Error::Crypto(format!("{e:?}")))?;
             tracing::debug!(
-                "{}: withdrawing the Welcome of {} to {gid}",
+                "{}: withdrawing the Welcome of {} to {gid} ({})",
                 self.name,
-                invitee.short()
+                invitee.short(),
+                super::short(&id)
             );
             let payload = Wire::Void { id, sealed }.encode();
             self.enqueue(&wire::inbox_topic(&invitee), payload.clone())?;
@@ -752,6 +778,13 @@ impl State {
             .export_secret(self.provider.crypto(), VOID_EXPORTER_LABEL, &hash, 32)
             .map_err(mls)?;
         let void = VoidKeys::derive(&exported);
+        tracing::trace!(
+            "{}: Welcome of {} to {gid} by {}: withdrawal {}",
+            self.name,
+            invitee.short(),
+            super::short(commit_hash),
+            super::short(&void.id)
+        );
         self.db().execute(
             "UPDATE pqmls_commits SET void_id = ?3, void_key = ?4 WHERE group_id = ?1 AND hash = ?2",
             params![gid.0, commit_hash, &void.id[..], &void.key[..]],

@@ -294,6 +294,21 @@ pub(crate) fn decode_leaf_keys(text: &str) -> Vec<LeafKey> {
         .collect()
 }
 
+/// [`leaf_key_hash`] of the leaf a key package adds. `encryption_key` is an
+/// `HPKEPublicKey`, a variable-length vector (RFC 9420 §7.2); OpenMLS exposes its bytes
+/// only through that encoding.
+pub(crate) fn key_package_leaf_key(kp: &KeyPackage) -> Option<[u8; 32]> {
+    let encoded = kp
+        .leaf_node()
+        .encryption_key()
+        .tls_serialize_detached()
+        .ok()?;
+    let bytes =
+        <VLBytes as openmls::prelude::tls_codec::Deserialize>::tls_deserialize_exact(&encoded)
+            .ok()?;
+    Some(leaf_key_hash(bytes.as_slice()))
+}
+
 /// What identifies a leaf across epochs while its owner does not commit: its HPKE key.
 pub(crate) fn leaf_key_hash(encryption_key: &[u8]) -> [u8; 32] {
     let mut h = <sha2::Sha256 as sha2::Digest>::new();

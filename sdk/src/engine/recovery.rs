@@ -465,22 +465,14 @@ impl State {
         let Some((_, kp)) = self.key_package_owner(key_package) else {
             return Ok(true);
         };
-        // `encryption_key` is an `HPKEPublicKey`, a variable-length vector (RFC 9420
-        // §7.2); OpenMLS exposes its bytes only through that encoding.
-        let Some(enc) = kp
-            .leaf_node()
-            .encryption_key()
-            .tls_serialize_detached()
-            .ok()
-            .and_then(|b| VLBytes::tls_deserialize_exact(&b).ok())
-        else {
+        let Some(key) = super::key_package_leaf_key(&kp) else {
             return Ok(true);
         };
         Ok(self
             .group(gid)?
             .mls
             .members()
-            .any(|m| m.encryption_key == enc.as_slice()))
+            .any(|m| super::leaf_key_hash(&m.encryption_key) == key))
     }
 
     /// A key package's user and the validated key package, if it is a valid one of our
