@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 
 /// Version of the SDK schema, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Creates the SDK's tables if they do not exist yet, and brings an older schema up to date.
 pub(crate) fn migrate(db: &Connection) -> Result<()> {
@@ -33,7 +33,23 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
     if version < 5 {
         migrate_v5(db)?;
     }
-    migrate_v6(db)
+    if version < 6 {
+        migrate_v6(db)?;
+    }
+    migrate_v7(db)
+}
+
+/// Version 7: the leaf each of our add commits adds (SHA-256 of its HPKE key, as in the
+/// member records), so that after we join a group again an add of ours that the joined
+/// tree shows off the chain has its Welcome withdrawn (`joins::void_adds_off_the_tree`).
+fn migrate_v7(db: &Connection) -> Result<()> {
+    db.execute_batch(
+        "BEGIN;
+         ALTER TABLE pqmls_commits ADD COLUMN added_key BLOB;
+         PRAGMA user_version = 7;
+         COMMIT;",
+    )?;
+    Ok(())
 }
 
 /// Version 6: the leaves we abstained with, and the withdrawals we sent. A leaf from a key package can be in states of

@@ -170,6 +170,18 @@ pub(crate) fn abstains(
     leaf.key == *leaf_key
 }
 
+/// Whether an add commit of ours, made on a state we no longer hold, is off the chain of
+/// a tree we joined later: `added` names the leaf it adds (its HPKE key), `invitee` are
+/// the invitee's leaves in the joined tree. On the chain, that leaf is still there unless
+/// its owner replaced it (a commit or update of its own: then nothing can be said) or it
+/// was removed since. So it is off the chain when the invitee has no leaf it made itself
+/// and none with that key: not listed at all (off the chain, or removed since: the
+/// withdrawal is then harmless), or listed only with leaves of other key packages (added
+/// again by another commit).
+pub(crate) fn add_off_chain(added: &[u8; 32], invitee: &[RecordedLeaf]) -> bool {
+    !invitee.iter().any(|l| l.key == *added || l.by_owner)
+}
+
 /// The number of votes that makes a commit final among `n` members: more than half.
 pub(crate) fn quorum(n: usize) -> usize {
     n / 2 + 1
@@ -845,6 +857,23 @@ mod tests {
             1,
             &voted,
             9
+        ));
+    }
+
+    #[test]
+    fn an_add_is_off_the_chain_only_when_no_leaf_can_be_its_own() {
+        let added = [1; 32];
+        // Not listed: off the chain (or removed since).
+        assert!(add_off_chain(&added, &[]));
+        // Its leaf is there: on the chain.
+        assert!(!add_off_chain(&added, &[leaf(4, 1, false)]));
+        // Added again from another key package: that add is not ours.
+        assert!(add_off_chain(&added, &[leaf(4, 2, false)]));
+        // A leaf the invitee made itself may descend from ours: nothing is withdrawn.
+        assert!(!add_off_chain(&added, &[leaf(4, 3, true)]));
+        assert!(!add_off_chain(
+            &added,
+            &[leaf(4, 2, false), leaf(6, 3, true)]
         ));
     }
 

@@ -105,6 +105,20 @@ fn an_outsider_changes_no_member_state() {
     assert_eq!(r.deliveries, r.expected_deliveries, "{:?}", r.missing);
 }
 
+/// Honest seed 46 of `pqmls sim` (12 users, 20 % loss), replayed exactly: an inviter's add
+/// commit lost to a better commit it moved to, and it joined the group again (a Welcome
+/// that continued its state) before it held the votes that made that epoch final. So it
+/// never withdrew the Welcome, and its invitee stayed alone on the dead branch. Now the
+/// tree it joins shows the add off the chain, and the Welcome is withdrawn.
+#[test]
+fn honest_seed_46_converges() {
+    let r = trial(Scenario {
+        seed: 46,
+        ..Scenario::default()
+    });
+    assert!(r.converged, "{:?}", r.failure);
+}
+
 /// Partition seed 83 of `pqmls sim --offline 2 --partition-secs 10 --horizon-secs 3` (12
 /// users, 20 % loss), replayed exactly: an inviter's add commit lost to a better commit it
 /// moved to, and then it lost the group, and was added again. Its Welcome was withdrawn

@@ -100,6 +100,10 @@ impl State {
                             continue;
                         }
                     };
+                    let Some(added) = super::key_package_leaf_key(&kp) else {
+                        self.drop_intent(id)?;
+                        continue;
+                    };
                     let (commit, welcome) = {
                         let g = self
                             .groups
@@ -119,7 +123,7 @@ impl State {
                         id,
                         &commit,
                         welcome.as_ref(),
-                        Some(&target),
+                        Some((&target, added)),
                     );
                 }
                 READD => {
@@ -136,6 +140,10 @@ impl State {
                         continue;
                     }
                     let Ok(kp) = self.validate_key_package(&target, &kp_bytes) else {
+                        self.drop_intent(id)?;
+                        continue;
+                    };
+                    let Some(added) = super::key_package_leaf_key(&kp) else {
                         self.drop_intent(id)?;
                         continue;
                     };
@@ -178,7 +186,7 @@ impl State {
                         id,
                         &commit,
                         welcome.as_ref(),
-                        Some(&target),
+                        Some((&target, added)),
                     );
                 }
                 REMOVE => {
@@ -343,7 +351,7 @@ impl State {
         intent: i64,
         commit: &MlsMessageOut,
         welcome: Option<&MlsMessageOut>,
-        invitee: Option<&UserId>,
+        invitee: Option<(&UserId, [u8; 32])>,
     ) -> Result<()> {
         let mls = ser(commit)?;
         let hash = wire::commit_hash(&mls);
@@ -360,17 +368,18 @@ impl State {
             )?
             .execute([&gid.0])?;
         self.db().execute(
-            "INSERT OR IGNORE INTO pqmls_commits (group_id, epoch, hash, payload, own, welcome, invitee, intent, priority)
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8)",
+            "INSERT OR IGNORE INTO pqmls_commits (group_id, epoch, hash, payload, own, welcome, invitee, intent, priority, added_key)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9)",
             params![
                 gid.0,
                 to_i64(epoch),
                 &hash[..],
                 payload,
                 welcome,
-                invitee.map(UserId::to_string),
+                invitee.map(|(u, _)| u.to_string()),
                 intent,
-                &priority[..]
+                &priority[..],
+                invitee.map(|(_, k)| k.to_vec())
             ],
         )?;
         // OpenMLS's state holding this pending commit (see `switch_branch`).

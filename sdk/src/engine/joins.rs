@@ -22,6 +22,7 @@ use crate::db::{self, to_i64, to_u64};
 use crate::error::{Error, Result, mls};
 use crate::event::{Event, Invitation};
 use crate::identity::{Member, UserId};
+use crate::order;
 use crate::trust::{Held, WelcomeAction, join_without_asking, welcome_action};
 use crate::wire::{self, VOID_EXPORTER_LABEL, VoidKeys, Wire};
 
@@ -433,13 +434,14 @@ impl State {
             super::short(&void.id)
         );
         let lost_epoch = self.groups.get(&gid).and_then(|g| g.unrecoverable);
+        // The epochs of the state we had that we never finalised and that this join makes
+        // history: where the votes we hold show how one ended, the Welcomes of our other
+        // commits for it are withdrawn, as `finalize` does (partition seed 83); the adds
+        // among them that the joined tree shows off the chain, once we hold it
+        // (`void_adds_off_the_tree`: honest seed 46, where we joined again before we held
+        // those votes).
+        let mut open_from = None;
         if self.groups.contains_key(&gid) {
-            // The epochs of the state we had that we never finalised and that this join
-            // makes history: where the votes we hold show how one ended, the Welcomes of
-            // our other commits for it are withdrawn, as `finalize` does (honest simulated
-            // seed 46: an add of ours lost to a commit we then merged, we joined again
-            // before we saw that epoch final, and its invitee stayed alone on the dead
-            // branch).
             let first = self.final_epoch(&gid)?.map_or(0, |f| f + 1);
             let last = self.group(&gid)?.mls.epoch().as_u64();
             for e in first.max(last.saturating_sub(super::finality::KEEP_FINAL))..=last {
@@ -447,6 +449,7 @@ impl State {
                     self.void_dead(&gid, e, &f)?;
                 }
             }
+            open_from = Some(first);
         }
         if let Some(mut old) = self.groups.remove(&gid) {
             // Removed (in the grace period) and invited again: the new Welcome replaces the
@@ -489,6 +492,9 @@ impl State {
         )?;
         let group = staged.into_group(&self.provider).map_err(mls)?;
         self.add_group(&gid, group)?;
+        if let Some(first) = open_from {
+            self.void_adds_off_the_tree(&gid, first, epoch)?;
+        }
         self.db().execute(
             "UPDATE pqmls_groups SET left_on_purpose = 0 WHERE group_id = ?1",
             [&gid.0],
@@ -699,6 +705,55 @@ impl State {
             })?
             .collect::<Result<_, _>>()?;
         self.send_voids(gid, rows)
+    }
+
+    /// After we joined `gid` again at `epoch`: withdraws the Welcomes of our add commits
+    /// for the epochs `from..epoch` that we never finalised and that the joined tree shows
+    /// off the chain ([`order::add_off_chain`]). Rows from before schema 7 name no leaf
+    /// and are left alone.
+    fn void_adds_off_the_tree(&mut self, gid: &GroupId, from: u64, epoch: u64) -> Result<()> {
+        type Row = (Vec<u8>, String, Vec<u8>, Vec<u8>, Vec<u8>);
+        let rows: Vec<Row> = self
+            .db()
+            .prepare_cached(
+                "SELECT welcome, invitee, void_id, void_key, added_key FROM pqmls_commits
+                 WHERE group_id = ?1 AND epoch >= ?2 AND epoch < ?3 AND own = 1
+                 AND welcome IS NOT NULL AND invitee IS NOT NULL AND void_id IS NOT NULL
+                 AND void_key IS NOT NULL AND added_key IS NOT NULL",
+            )?
+            .query_map(params![gid.0, to_i64(from), to_i64(epoch)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let keys = self.leaf_keys(gid)?;
+        let members = self.member_list(gid)?;
+        let mut off = Vec::new();
+        for (welcome, invitee, id, key, added) in rows {
+            let (Ok(user), Ok(added)) = (
+                invitee.parse::<UserId>(),
+                <[u8; 32]>::try_from(added.as_slice()),
+            ) else {
+                continue;
+            };
+            let theirs: Vec<order::RecordedLeaf> = members
+                .iter()
+                .filter(|(_, m)| m.id == user)
+                .filter_map(|(index, _)| {
+                    keys.get(index).map(|(key, by_owner)| order::RecordedLeaf {
+                        index: *index,
+                        key: *key,
+                        by_owner: *by_owner,
+                    })
+                })
+                .collect();
+            if order::add_off_chain(&added, &theirs) {
+                off.push((welcome, invitee, id, key));
+            }
+        }
+        self.send_voids(gid, off)
     }
 
     /// Withdraws the Welcomes of our add commits for `epoch` other than its final commit

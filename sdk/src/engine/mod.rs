@@ -769,6 +769,24 @@ impl State {
         Ok(self.member_list(gid)?.iter().any(|(_, m)| m.id == *user))
     }
 
+    /// Every leaf of the group's current tree: the hash of its HPKE key, and whether its
+    /// owner made the leaf node (`LeafNodeSource` commit or update, RFC 9420 section 7.2).
+    pub(crate) fn leaf_keys(&self, gid: &GroupId) -> Result<BTreeMap<u32, ([u8; 32], bool)>> {
+        let mls = &self.group(gid)?.mls;
+        Ok(mls
+            .members()
+            .map(|m| {
+                let by_owner = mls.public_group().leaf(m.index).is_some_and(|l| {
+                    !matches!(
+                        l.leaf_node_source(),
+                        openmls::treesync::LeafNodeSource::KeyPackage(_)
+                    )
+                });
+                (m.index.u32(), (leaf_key_hash(&m.encryption_key), by_owner))
+            })
+            .collect())
+    }
+
     /// Records who is in the group at its current epoch, and every member's key as known
     /// in this group (see [`crate::trust::welcome_action`]).
     pub(crate) fn record_epoch(&mut self, gid: &GroupId) -> Result<()> {
@@ -780,19 +798,7 @@ impl State {
         // holds or votes in such a state again (`pqmls_abstained_leaves`).
         // Whether the owner made the leaf node (its commit or update) tells a leaf that
         // descends from an abstaining one from a leaf of the owner added again.
-        let mls = &self.group(gid)?.mls;
-        let keys: std::collections::BTreeMap<u32, ([u8; 32], bool)> = mls
-            .members()
-            .map(|m| {
-                let by_owner = mls.public_group().leaf(m.index).is_some_and(|l| {
-                    !matches!(
-                        l.leaf_node_source(),
-                        openmls::treesync::LeafNodeSource::KeyPackage(_)
-                    )
-                });
-                (m.index.u32(), (leaf_key_hash(&m.encryption_key), by_owner))
-            })
-            .collect();
+        let keys = self.leaf_keys(gid)?;
         let record: Vec<LeafLine> = leaves
             .iter()
             .map(|(l, m)| (*l, m.clone(), keys.get(l).copied()))
