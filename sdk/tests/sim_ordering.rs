@@ -119,6 +119,22 @@ fn honest_seed_46_converges() {
     assert!(r.converged, "{:?}", r.failure);
 }
 
+/// Grinding seed 164 of `pqmls sim --grind 8` (12 users, 20 % loss), replayed exactly: an
+/// add was committed twice with one key package (its first commit was waiting while the
+/// epoch went to another, then it won after all). The invitee joined with the Welcome of
+/// the commit that lost, which consumed the key package, and could not open the one of
+/// the commit that won: listed on the chain, holding nothing. Each add commit now takes
+/// its own key package.
+#[test]
+fn grinding_seed_164_converges() {
+    let r = trial(Scenario {
+        seed: 164,
+        grind: 8,
+        ..Scenario::default()
+    });
+    assert!(r.converged, "{:?}", r.failure);
+}
+
 /// Partition seed 83 of `pqmls sim --offline 2 --partition-secs 10 --horizon-secs 3` (12
 /// users, 20 % loss), replayed exactly: an inviter's add commit lost to a better commit it
 /// moved to, and then it lost the group, and was added again. Its Welcome was withdrawn

@@ -117,6 +117,15 @@ impl State {
                             }
                         }
                     };
+                    // One key package per add commit: if this commit loses for now and the
+                    // add is committed again, the two Welcomes must not share a key package.
+                    // The invitee's join with one consumes it, and then it cannot open the
+                    // other, which may be the one that wins (grinding seed 164: the invitee
+                    // listed on the chain, holding nothing).
+                    self.db().execute(
+                        "UPDATE pqmls_intents SET key_package = NULL WHERE id = ?1",
+                        [id],
+                    )?;
                     return self.own_commit(
                         gid,
                         epoch,
