@@ -224,12 +224,15 @@ async fn an_outsider_cannot_take_over_a_members_group_over_libp2p() {
     // What the attacker's node received on the group topic, it cannot read. (Its copy of
     // the message above can arrive after carol's: gossip gives no order between peers.)
     let mut got = Vec::new();
-    soon("the attacker's node to get the group's traffic", async || {
-        while let Some(m) = inbound.try_recv() {
-            got.push(m);
-        }
-        got.iter().any(|m| m.topic == gt)
-    })
+    soon(
+        "the attacker's node to get the group's traffic",
+        async || {
+            while let Some(m) = inbound.try_recv() {
+                got.push(m);
+            }
+            got.iter().any(|m| m.topic == gt)
+        },
+    )
     .await;
     assert!(!mallory.reads_any(&mut fake, &got));
     for c in [alice, bob, carol] {
