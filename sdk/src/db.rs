@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 
 /// Version of the SDK schema, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// Creates the SDK's tables if they do not exist yet, and brings an older schema up to date.
 pub(crate) fn migrate(db: &Connection) -> Result<()> {
@@ -36,7 +36,22 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
     if version < 6 {
         migrate_v6(db)?;
     }
-    migrate_v7(db)
+    if version < 7 {
+        migrate_v7(db)?;
+    }
+    migrate_v8(db)
+}
+
+/// Version 8: each abstention's request as its owner signed it, so that we can forward
+/// it to members who join later (`recovery::forward_abstentions_to_newcomers`).
+fn migrate_v8(db: &Connection) -> Result<()> {
+    db.execute_batch(
+        "BEGIN;
+         ALTER TABLE pqmls_abstentions ADD COLUMN body BLOB;
+         PRAGMA user_version = 8;
+         COMMIT;",
+    )?;
+    Ok(())
 }
 
 /// Version 7: the leaf each of our add commits adds (SHA-256 of its HPKE key, as in the

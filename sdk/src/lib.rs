@@ -228,6 +228,9 @@ pub struct Stats {
     pub unrecoverable: u64,
     /// Rejoin requests we published (we could not follow a group).
     pub rejoins_asked: u64,
+    /// Abstentions of other members we forwarded to members who joined after they were
+    /// made (`Wire::Lost` sealed again under a later epoch's key).
+    pub abstentions_forwarded: u64,
     /// Members seen voting for two commits in one round of one epoch (each member and
     /// epoch counted once): an honest member never does.
     pub equivocations_seen: u64,

@@ -147,6 +147,31 @@ pub(crate) fn rejoin_action(r: RejoinRequest) -> bool {
     !r.from_self && r.listed_now && r.member_then && !r.honoured && r.we_are_live
 }
 
+/// The leaf an abstention applies to (`engine::recovery::record_abstention`), from our
+/// record of the member's leaves at the epoch it lost the group (`recorded`, `None` if we
+/// have no record of that epoch: we joined after it) and the leaf it signed in its
+/// request (`signed`, `None` in requests without one).
+///
+/// - With a record, the member must have exactly one leaf in it, and a signed leaf must
+///   be that one: the record is what we saw authenticated by MLS, and a request whose
+///   signature names another leaf says something about a state we never shared.
+/// - Without a record, the signed leaf: it is the member's own statement, under the
+///   signature key MLS binds to its identity, so a member who forwarded the request
+///   (sealed under a later epoch's key) vouches for nothing; the leaf then applies only
+///   where our records show that member with that leaf (`order::abstains` stops at the
+///   first record it reaches that differs).
+pub(crate) fn abstaining_leaf(
+    recorded: Option<&[[u8; 32]]>,
+    signed: Option<&[u8; 32]>,
+) -> Option<[u8; 32]> {
+    match (recorded, signed) {
+        (Some([one]), None) => Some(*one),
+        (Some([one]), Some(s)) if one == s => Some(*one),
+        (Some(_), _) | (None, None) => None,
+        (None, Some(s)) => Some(*s),
+    }
+}
+
 /// How many turns a member waits before re-adding a requester itself: its rank among the
 /// live members other than the requester, in leaf order (the lowest leaf acts first; a
 /// member later in the order acts only if the re-add has not happened by its turn).
@@ -417,5 +442,21 @@ mod tests {
         assert_eq!((0..10).filter(|_| b.take(2.0, 4, 100_000)).count(), 4);
         // A clock that goes back does not mint tokens.
         assert!(!b.take(2.0, 4, 0));
+    }
+
+    #[test]
+    fn an_abstention_names_the_recorded_leaf_or_without_a_record_the_signed_one() {
+        let (a, b) = ([1; 32], [2; 32]);
+        // Our record decides; a signature naming another leaf is refused.
+        assert_eq!(abstaining_leaf(Some(&[a]), None), Some(a));
+        assert_eq!(abstaining_leaf(Some(&[a]), Some(&a)), Some(a));
+        assert_eq!(abstaining_leaf(Some(&[a]), Some(&b)), None);
+        // Not in our record of that epoch, or twice in it: nothing.
+        assert_eq!(abstaining_leaf(Some(&[]), Some(&a)), None);
+        assert_eq!(abstaining_leaf(Some(&[a, b]), Some(&a)), None);
+        assert_eq!(abstaining_leaf(Some(&[a, b]), None), None);
+        // Joined after that epoch: the leaf its owner signed, or nothing.
+        assert_eq!(abstaining_leaf(None, Some(&b)), Some(b));
+        assert_eq!(abstaining_leaf(None, None), None);
     }
 }

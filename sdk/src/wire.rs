@@ -284,6 +284,12 @@ pub(crate) struct LostBody {
     /// where its leaf of `epoch` is listed, it casts no vote (`order::ABSTAIN`). `None`:
     /// no statement (more tags than [`MAX_VOTED_TAGS`]).
     pub voted: Option<Vec<[u8; 16]>>,
+    /// The abstaining leaf: SHA-256 of the requester's leaf HPKE key at `epoch`, as the
+    /// members' epoch records name it. Signed, so that a member who joined after `epoch`
+    /// (and has no record of it) can count the abstention when another member forwards
+    /// the request under a later epoch's key (`recovery::forward_abstention`). `None`
+    /// exactly when `voted` is.
+    pub leaf: Option<[u8; 32]>,
     pub sig: Vec<u8>,
 }
 
@@ -302,15 +308,17 @@ impl LostBody {
     }
 }
 
-/// What a rejoin request's signature covers: the group, the epoch it is sealed for and
-/// the key package, so that neither can be moved to another request.
+/// What a rejoin request's signature covers: the group, the epoch it lost the group at,
+/// the key package and the abstention (tags and leaf), so that none of them can be moved
+/// to another request.
 pub(crate) fn lost_tbs(
     group_id: &[u8],
     epoch: u64,
     key_package: &[u8],
     voted: Option<&[[u8; 16]]>,
+    leaf: Option<&[u8; 32]>,
 ) -> Vec<u8> {
-    let mut out = b"pqmls lost v2".to_vec();
+    let mut out = b"pqmls lost v3".to_vec();
     out.extend_from_slice(&(group_id.len() as u64).to_be_bytes());
     out.extend_from_slice(group_id);
     out.extend_from_slice(&epoch.to_be_bytes());
@@ -323,6 +331,13 @@ pub(crate) fn lost_tbs(
             for t in tags {
                 out.extend_from_slice(t);
             }
+        }
+    }
+    match leaf {
+        None => out.push(0),
+        Some(l) => {
+            out.push(1);
+            out.extend_from_slice(l);
         }
     }
     out
@@ -501,6 +516,7 @@ mod tests {
             epoch: 9,
             key_package: vec![1, 2, 3],
             voted: Some(vec![[6; 16]]),
+            leaf: Some([8; 32]),
             sig: vec![5; 8],
         };
         assert_eq!(LostBody::decode(&b.encode()), Some(b.clone()));
@@ -509,16 +525,21 @@ mod tests {
         assert_eq!(LostBody::decode(&t), None);
         // The signed bytes change with each field.
         let tags = [[1; 16], [2; 16]];
-        let base = lost_tbs(b"g", 9, b"kp", Some(&tags));
-        assert_ne!(base, lost_tbs(b"h", 9, b"kp", Some(&tags)));
-        assert_ne!(base, lost_tbs(b"g", 10, b"kp", Some(&tags)));
-        assert_ne!(base, lost_tbs(b"g", 9, b"kq", Some(&tags)));
-        assert_ne!(base, lost_tbs(b"g", 9, b"kp", Some(&tags[..1])));
-        assert_ne!(base, lost_tbs(b"g", 9, b"kp", None));
+        let base = lost_tbs(b"g", 9, b"kp", Some(&tags), Some(&[8; 32]));
+        assert_ne!(base, lost_tbs(b"h", 9, b"kp", Some(&tags), Some(&[8; 32])));
+        assert_ne!(base, lost_tbs(b"g", 10, b"kp", Some(&tags), Some(&[8; 32])));
+        assert_ne!(base, lost_tbs(b"g", 9, b"kq", Some(&tags), Some(&[8; 32])));
         assert_ne!(
-            lost_tbs(b"g", 9, b"kp", None),
-            lost_tbs(b"g", 9, b"kp", Some(&[]))
+            base,
+            lost_tbs(b"g", 9, b"kp", Some(&tags[..1]), Some(&[8; 32]))
         );
+        assert_ne!(base, lost_tbs(b"g", 9, b"kp", None, Some(&[8; 32])));
+        assert_ne!(
+            lost_tbs(b"g", 9, b"kp", None, Some(&[8; 32])),
+            lost_tbs(b"g", 9, b"kp", Some(&[]), Some(&[8; 32]))
+        );
+        assert_ne!(base, lost_tbs(b"g", 9, b"kp", Some(&tags), Some(&[9; 32])));
+        assert_ne!(base, lost_tbs(b"g", 9, b"kp", Some(&tags), None));
         // Its key is not the vote key it comes from.
         assert_ne!(lost_key(&[7; 32]), [7; 32]);
         assert_ne!(lost_key(&[7; 32]), lost_key(&[8; 32]));

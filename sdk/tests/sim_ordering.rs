@@ -158,6 +158,26 @@ fn partition_seed_83_ends_without_a_silent_fork() {
     );
 }
 
+/// Partition seed 369, replayed exactly: a member that lost the group at epoch 9 abstains
+/// (its leaf casts no vote later); at epoch 13 round 1 splits 5-4 with its vote the only
+/// one missing, so its abstention decides the epoch. A member added after epoch 9 could
+/// not open the request (sealed under epoch 9's key) and had no record of epoch 9 to check
+/// the leaf against: it never saw epoch 13 final and stayed on the losing branch without
+/// a word. Members now forward abstentions under a later epoch's key to those who joined
+/// since, with the leaf signed by its owner; then every member converges. Fails without
+/// the forwarding.
+#[test]
+fn partition_seed_369_later_members_count_earlier_abstentions() {
+    let r = trial(Scenario {
+        seed: 369,
+        offline: 2,
+        partition: Some(Duration::from_secs(10)),
+        horizon: Duration::from_secs(3),
+        ..Scenario::default()
+    });
+    assert!(r.converged, "not converged: {:?}", r.failure);
+}
+
 /// A partition longer than the horizon: two members are away for 4 s with a 1 s horizon
 /// (virtual time) while the others commit; they cannot move to the final chain, report
 /// it, and are added again. Every trial ends with all members on one chain, or with only

@@ -737,6 +737,10 @@ impl State {
             epoch: new_epoch,
         });
         self.record_epoch(gid)?;
+        if own && !after.is_subset(&before) {
+            // The members we added cannot open abstentions made before they came.
+            self.forward_abstentions_to_newcomers(gid)?;
+        }
         Ok(Merge::Merged)
     }
 

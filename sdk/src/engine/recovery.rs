@@ -15,6 +15,8 @@
 //! epochs in between are lost to it (MLS gives a new member nothing of them); its own
 //! messages sent on the dead branch are sent again.
 
+use std::collections::BTreeSet;
+
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
 use openmls_traits::OpenMlsProvider;
@@ -28,7 +30,7 @@ use crate::GroupId;
 use crate::db::to_i64;
 use crate::error::{Error, Result, mls};
 use crate::identity::UserId;
-use crate::trust::{RejoinRequest, rejoin_action, rejoin_turn};
+use crate::trust::{self, RejoinRequest, rejoin_action, rejoin_turn};
 use crate::wire::{self, LostBody, Wire};
 
 /// The largest sealed rejoin request a member can make, in bytes: nonce, AEAD tag, and a
@@ -37,6 +39,10 @@ use crate::wire::{self, LostBody, Wire};
 const MAX_SEALED_LOST: usize = 32 * 1024;
 /// Most abstentions kept per group (a member can make one per epoch it lost).
 const MAX_ABSTENTIONS: i64 = 256;
+/// How many members (the first after the requester in leaf order) forward an abstention
+/// to members who joined after it was made: two, so that one of them being away does not
+/// leave the newcomers without it; the inviter of each later add forwards too.
+const FORWARDERS: u32 = 2;
 /// Settle times between two of our requests.
 const LOST_AFTER: u32 = 8;
 /// Requests per lost epoch, at most.
@@ -209,6 +215,7 @@ impl State {
                 None
             }
         };
+        let leaf = voted.as_ref().and(own_leaf);
         let sig = self
             .signer
             .sign(&wire::lost_tbs(
@@ -216,6 +223,7 @@ impl State {
                 epoch,
                 &key_package,
                 voted.as_deref(),
+                leaf.as_ref(),
             ))
             .map_err(|e| Error::Crypto(format!("{e:?}")))?;
         Ok(Some(
@@ -223,6 +231,7 @@ impl State {
                 epoch,
                 key_package,
                 voted,
+                leaf,
                 sig,
             }
             .encode(),
@@ -251,10 +260,12 @@ impl State {
             self.stats.ignored += 1;
             return Ok(Outcome::Done);
         };
-        let Some(body) = self
+        // Sealed for the epoch it lost the group at, or forwarded by a member under a
+        // later epoch's key for members who joined since (`forward_abstention`).
+        let Some((body, raw)) = self
             .open_for_epoch(&wire::lost_key(&keys.vote_key), &keys.vote_tag, sealed)
-            .and_then(|p| LostBody::decode(&p))
-            .filter(|b| b.epoch == epoch)
+            .and_then(|p| LostBody::decode(&p).map(|b| (b, p)))
+            .filter(|(b, _)| b.epoch <= epoch && (b.voted.is_some() == b.leaf.is_some()))
         else {
             self.stats.rejected += 1;
             return Ok(Outcome::Done);
@@ -271,7 +282,13 @@ impl State {
             .crypto()
             .verify_signature(
                 scheme,
-                &wire::lost_tbs(&gid.0, epoch, &body.key_package, body.voted.as_deref()),
+                &wire::lost_tbs(
+                    &gid.0,
+                    body.epoch,
+                    &body.key_package,
+                    body.voted.as_deref(),
+                    body.leaf.as_ref(),
+                ),
                 kp.leaf_node().signature_key().as_slice(),
                 &body.sig,
             )
@@ -284,8 +301,28 @@ impl State {
             && let Some(voted) = &body.voted
         {
             // Its abstention may complete a split round 1 that waited for it.
-            self.record_abstention(gid, &user, epoch, voted)?;
+            let listed = epoch == body.epoch
+                || self
+                    .epoch_members(gid, epoch)?
+                    .is_some_and(|ms| ms.iter().any(|(_, m)| m.id == user));
+            if listed
+                && self.record_abstention(
+                    gid,
+                    &user,
+                    body.epoch,
+                    voted,
+                    body.leaf.as_ref(),
+                    &raw,
+                )?
+            {
+                self.forward_abstention(gid, &user, body.epoch, &raw)?;
+            }
             self.evaluate_finality(gid)?;
+        }
+        if body.epoch < epoch {
+            // A forwarded copy: only its abstention is news (the request itself is
+            // honoured by members of the epoch it was sealed for).
+            return Ok(Outcome::Done);
         }
         let kp_ref = kp
             .hash_ref(self.provider.crypto())
@@ -344,35 +381,39 @@ impl State {
     }
 
     /// Keeps a member's signed abstention (see [`LostBody::voted`]) for its leaf of
-    /// `epoch` as we recorded it; nothing if we have no record of that leaf's key, or it
-    /// had several leaves then.
+    /// `epoch`: the leaf as we recorded it, which must be the one it signed
+    /// ([`LostBody::leaf`]); the signed one if we have no record of `epoch` (we joined
+    /// after it). Nothing if the two differ, or our record lists several leaves of it
+    /// then. `raw` is the request as signed, kept to forward. Whether it is new here.
     fn record_abstention(
         &self,
         gid: &GroupId,
         user: &UserId,
         epoch: u64,
         voted: &[[u8; 16]],
-    ) -> Result<()> {
+        signed_leaf: Option<&[u8; 32]>,
+        raw: &[u8],
+    ) -> Result<bool> {
         if voted.len() > wire::MAX_VOTED_TAGS {
             // More than any member makes (it sends none then): kept nowhere.
-            return Ok(());
+            return Ok(false);
         }
-        let Some(leaves) = self.epoch_leaf_keys(gid, epoch)? else {
-            return Ok(());
-        };
-        let leaves: Vec<[u8; 32]> = leaves
-            .into_iter()
-            .filter(|(id, _)| id == user)
-            .map(|(_, leaf)| leaf.key)
-            .collect();
-        let [leaf_key] = leaves[..] else {
+        let recorded = self.epoch_leaf_keys(gid, epoch)?.map(|leaves| {
+            leaves
+                .into_iter()
+                .filter(|(id, _)| id == user)
+                .map(|(_, leaf)| leaf.key)
+                .collect::<Vec<[u8; 32]>>()
+        });
+        let Some(leaf_key) = trust::abstaining_leaf(recorded.as_deref(), signed_leaf) else {
             tracing::debug!(
-                "{}: group {gid}: no abstention of {} at epoch {epoch}: {} leaves of it in our record",
+                "{}: group {gid}: no abstention of {} at epoch {epoch}: our record {:?} leaves of it, signed leaf given: {}",
                 self.name,
                 user.short(),
-                leaves.len()
+                recorded.as_ref().map(Vec::len),
+                signed_leaf.is_some()
             );
-            return Ok(());
+            return Ok(false);
         };
         tracing::debug!(
             "{}: group {gid}: {} abstains after epoch {epoch} (voted under {} tags)",
@@ -380,15 +421,16 @@ impl State {
             user.short(),
             voted.len()
         );
-        self.db().execute(
-            "INSERT OR IGNORE INTO pqmls_abstentions (group_id, voter, epoch, leaf_key, voted_tags)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+        let added = self.db().execute(
+            "INSERT OR IGNORE INTO pqmls_abstentions (group_id, voter, epoch, leaf_key, voted_tags, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 gid.0,
                 &user.0[..],
                 to_i64(epoch),
                 &leaf_key[..],
-                voted.concat()
+                voted.concat(),
+                raw
             ],
         )?;
         // Bounded per group: the newest rows by epoch.
@@ -397,6 +439,96 @@ impl State {
              (SELECT rowid FROM pqmls_abstentions WHERE group_id = ?1 ORDER BY epoch DESC LIMIT ?2)",
             params![gid.0, MAX_ABSTENTIONS],
         )?;
+        Ok(added == 1)
+    }
+
+    /// Forwards an abstention we just recorded, sealed under our current epoch's key,
+    /// when members listed now were not members when it lost the group: they cannot open
+    /// the request as sent (sealed under that epoch's key), and without it a split
+    /// round 1 that its leaf would have voted in never completes for them (partition
+    /// seeds 98 and 369: a member that joined later could never see the epoch final and
+    /// stayed on the losing branch without a word). Its leaf is signed by its owner
+    /// ([`LostBody::leaf`]), so a forwarder vouches for nothing. Only the first
+    /// [`FORWARDERS`] members after the requester in leaf order forward, once each.
+    fn forward_abstention(
+        &mut self,
+        gid: &GroupId,
+        user: &UserId,
+        lost_at: u64,
+        raw: &[u8],
+    ) -> Result<()> {
+        let g = self.group(gid)?;
+        if !g.mls.is_active() || g.unrecoverable.is_some() {
+            return Ok(());
+        }
+        let now = g.mls.epoch().as_u64();
+        let own = g.mls.own_leaf_index().u32();
+        if now <= lost_at {
+            return Ok(());
+        }
+        let listed = self.member_list(gid)?;
+        let Some(requester) = listed.iter().find(|(_, m)| m.id == *user).map(|(l, _)| *l) else {
+            return Ok(());
+        };
+        let then: Option<BTreeSet<UserId>> = self
+            .epoch_members(gid, lost_at)?
+            .map(|ms| ms.into_iter().map(|(_, m)| m.id).collect());
+        // Without a record of that epoch we joined after it ourselves.
+        let newcomers = then.is_none_or(|t| listed.iter().any(|(_, m)| !t.contains(&m.id)));
+        let leaves: Vec<u32> = listed.iter().map(|(l, _)| *l).collect();
+        let turn = rejoin_turn(&leaves, own, requester);
+        if newcomers && turn.is_some_and(|t| t < FORWARDERS) {
+            tracing::debug!(
+                "{}: group {gid}: forwarding the abstention of {} (lost at {lost_at}) under epoch {now}",
+                self.name,
+                user.short()
+            );
+            self.send_lost_copy(gid, now, raw)?;
+        }
+        Ok(())
+    }
+
+    /// After our commit added members: every abstention we hold of a member still
+    /// listed, sealed under the new epoch's key, so that the new members can count it
+    /// (see [`State::forward_abstention`]).
+    pub(crate) fn forward_abstentions_to_newcomers(&mut self, gid: &GroupId) -> Result<()> {
+        let now = self.group(gid)?.mls.epoch().as_u64();
+        let listed: BTreeSet<UserId> = self
+            .member_list(gid)?
+            .into_iter()
+            .map(|(_, m)| m.id)
+            .collect();
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = self
+            .db()
+            .prepare_cached(
+                "SELECT voter, body FROM pqmls_abstentions WHERE group_id = ?1 AND epoch < ?2 AND body IS NOT NULL",
+            )?
+            .query_map(params![gid.0, to_i64(now)], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (voter, body) in rows {
+            let listed_now =
+                <[u8; 32]>::try_from(voter.as_slice()).is_ok_and(|v| listed.contains(&UserId(v)));
+            if listed_now {
+                self.send_lost_copy(gid, now, &body)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `body` (a signed [`LostBody`]) sealed under `epoch`'s rejoin key.
+    fn send_lost_copy(&mut self, gid: &GroupId, epoch: u64, body: &[u8]) -> Result<()> {
+        let Some(keys) = self.epoch_keys(gid, epoch)? else {
+            return Ok(());
+        };
+        let sealed = self.seal_for_epoch(&wire::lost_key(&keys.vote_key), &keys.vote_tag, body)?;
+        let payload = Wire::Lost {
+            tag: keys.vote_tag,
+            sealed,
+        }
+        .encode();
+        let topic = self.group(gid)?.topic.clone();
+        self.enqueue(&topic, payload)?;
+        self.stats.abstentions_forwarded += 1;
         Ok(())
     }
 
