@@ -71,6 +71,10 @@ pub struct SimArgs {
     /// Fault: longest gossip delay in milliseconds (the settle time is 250 ms).
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u64).range(5..=60_000))]
     max_delay_ms: u64,
+    /// How many past epochs' message secrets each member keeps to read late messages
+    /// (`Config::past_epoch_secrets`; default: the SDK's).
+    #[arg(long, default_value_t = pqmls::Config::new("-").past_epoch_secrets, value_parser = clap::value_parser!(u64).range(0..=16))]
+    past_epochs: u64,
 }
 
 fn parse_loss(s: &str) -> Result<f64, String> {
@@ -106,7 +110,7 @@ pub fn run(args: SimArgs) -> Result<()> {
         args.threads
     );
     println!(
-        "faults: store misses {:.0} %, {} offline{}, gossip delay up to {} ms, horizon {} s; adversaries: grind {}, outsider {}, removed member replaying {}",
+        "faults: store misses {:.0} %, {} offline{}, gossip delay up to {} ms, horizon {} s, past epochs kept {}; adversaries: grind {}, outsider {}, removed member replaying {}",
         args.store_miss * 100.0,
         args.offline,
         args.partition_secs
@@ -114,6 +118,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             .unwrap_or_default(),
         args.max_delay_ms,
         args.horizon_secs,
+        args.past_epochs,
         args.grind,
         if args.outsider { "on" } else { "off" },
         if args.replay_removed { "on" } else { "off" }
@@ -146,6 +151,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             outsider: args.outsider,
             replay_removed: args.replay_removed,
             max_delay: Duration::from_millis(args.max_delay_ms),
+            past_epochs: args.past_epochs,
             ..Scenario::default()
         };
         threads.push(std::thread::spawn(move || {
@@ -176,6 +182,8 @@ pub fn run(args: SimArgs) -> Result<()> {
                     r.seed,
                     if r.converged {
                         "converged    "
+                    } else if r.all_lost {
+                        "lost by all  "
                     } else if r.still_lost > 0 {
                         "unrecoverable"
                     } else {
@@ -264,14 +272,18 @@ pub fn run(args: SimArgs) -> Result<()> {
     );
     let unrecoverable = reports
         .iter()
-        .filter(|r| !r.converged && r.still_lost > 0)
+        .filter(|r| !r.converged && r.still_lost > 0 && !r.all_lost)
+        .count();
+    let all_lost = reports
+        .iter()
+        .filter(|r| !r.converged && r.all_lost)
         .count();
     let silent = reports
         .iter()
         .filter(|r| !r.converged && r.still_lost == 0)
         .count();
     println!(
-        "not converged: {unrecoverable} with a member that reported Unrecoverable and is still out, {silent} silent forks"
+        "not converged: {unrecoverable} with a member that reported Unrecoverable and is still out, {all_lost} where every holder reported Unrecoverable (the group is lost to all, loudly), {silent} silent forks"
     );
     let twice: u64 = reports.iter().map(|r| r.equivocations_seen).sum();
     let twice_trials: Vec<u64> = reports

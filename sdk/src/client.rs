@@ -183,6 +183,11 @@ impl Client {
                 "rollback_window and tick must be positive".into(),
             ));
         }
+        if config.past_epoch_secrets > config.rollback_window {
+            return Err(Error::Config(
+                "past_epoch_secrets must be at most rollback_window".into(),
+            ));
+        }
         let storage = match &config.data_dir {
             Some(dir) => {
                 crate::at_rest::open(dir, config.database_key.as_ref(), config.history_retention)?

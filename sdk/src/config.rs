@@ -56,6 +56,15 @@ pub struct Config {
     /// late messages. Their key material is deleted once they fall out of the window, so
     /// forward secrecy for an epoch starts this many epochs later.
     pub rollback_window: u64,
+    /// How many past epochs' application-message secrets OpenMLS keeps in the current
+    /// state to read late messages (its `max_past_epochs`), at most
+    /// [`Config::rollback_window`]. Each is kept with the epoch's member list (every
+    /// member's signature and encryption key), and OpenMLS rewrites the whole store on
+    /// every merge and every message it decrypts, so in large post-quantum groups this is
+    /// most of the storage cost of a commit (BENCHMARKS.md); and each is key material
+    /// that forward secrecy waits for. Messages of older epochs are read only while a
+    /// snapshot of a state that holds their secrets is kept.
+    pub past_epoch_secrets: u64,
     /// How long after leaving an epoch its snapshot is kept when the votes have not made
     /// its ending final: the bound in time on how long a state that could still move to
     /// another branch keeps that epoch's key material. Past it, a final commit this client
@@ -121,6 +130,7 @@ impl Config {
             sync_backoff: Duration::from_millis(500),
             max_message_size: 64 * 1024,
             rollback_window: 16,
+            past_epoch_secrets: 16,
             fork_horizon: Duration::from_secs(600),
             grind: 1,
             removal_grace: Duration::from_secs(30),

@@ -555,6 +555,8 @@ pub struct Scenario {
     /// votes), on branches of its own, and replays what it published, trying to undo its
     /// removal and to read on. The group starts with at least three members for it.
     pub replay_removed: bool,
+    /// The members' `Config::past_epoch_secrets`.
+    pub past_epochs: u64,
 }
 
 impl Default for Scenario {
@@ -575,6 +577,7 @@ impl Default for Scenario {
             horizon: crate::Config::new("-").fork_horizon,
             outsider: false,
             replay_removed: false,
+            past_epochs: crate::Config::new("-").past_epoch_secrets,
         }
     }
 }
@@ -641,6 +644,10 @@ pub struct TrialReport {
     /// state they reported as unrecoverable (waiting to be added again;
     /// [`crate::GroupStatus::lost_at`]): how many. Zero otherwise (a silent fork).
     pub still_lost: u64,
+    /// Every member that holds the group at the end reported it unrecoverable: nobody is
+    /// on a chain without knowing it, but the group is lost to all of them (counted in
+    /// [`TrialReport::still_lost`] too, and shown apart by `pqmls sim`).
+    pub all_lost: bool,
     /// Payloads the outsider published (or replayed).
     pub outsider_published: u64,
     /// Users whose group state has the outsider in it, or came from it, at the end.
@@ -703,6 +710,7 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         c.sync_interval = Some(Duration::from_secs(2));
         c.sync_backoff = Duration::from_millis(300);
         c.fork_horizon = s.horizon;
+        c.past_epoch_secrets = s.past_epochs;
         if i == 1 {
             c.grind = s.grind.max(1);
         }
@@ -990,7 +998,18 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
     }
     // Not converged only because of members that said they cannot follow (and wait to
     // be added again): the target's "reports unrecoverable", not a silent fork.
-    if !report.converged && !lost.is_empty() {
+    let mut others_hold = false;
+    for (c, name) in clients.iter().zip(&names) {
+        if !lost.contains(name) && c.status(&group).await.is_ok() {
+            others_hold = true;
+        }
+    }
+    if !report.converged && !lost.is_empty() && !others_hold {
+        // Loud, not silent: each holder was told (`Event::Unrecoverable`), but nobody is
+        // left on the final chain to add them again.
+        report.still_lost = lost.len() as u64;
+        report.all_lost = true;
+    } else if !report.converged && !lost.is_empty() {
         match agreement(&clients, &names, &group, &lost).await {
             Ok(_) => report.still_lost = lost.len() as u64,
             Err(why) => {

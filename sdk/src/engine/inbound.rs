@@ -244,7 +244,8 @@ impl State {
         // Only a snapshot of the state the message's epoch belongs to: of an earlier
         // state for an epoch before our join, of this one otherwise. (Any other cannot read
         // it, and each try costs a restore from the budget.)
-        let mut last = epoch.saturating_add(self.config.rollback_window);
+        // A later state keeps the secrets of `past_epoch_secrets` epochs before it.
+        let mut last = epoch.saturating_add(self.config.past_epoch_secrets);
         if let Some(first) = self.first_epoch(gid)?
             && epoch < first
         {

@@ -432,7 +432,7 @@ impl State {
         MlsGroupJoinConfig::builder()
             .sender_ratchet_configuration(ratchet_config())
             .use_ratchet_tree_extension(true)
-            .max_past_epochs(usize::try_from(self.config.rollback_window).unwrap_or(16))
+            .max_past_epochs(usize::try_from(self.config.past_epoch_secrets).unwrap_or(16))
             .build()
     }
 
@@ -716,7 +716,7 @@ impl State {
                 .with_group_id(openmls::group::GroupId::from_slice(&gid.0))
                 .ciphersuite(s.config.suite)
                 .use_ratchet_tree_extension(true)
-                .max_past_epochs(usize::try_from(s.config.rollback_window).unwrap_or(16))
+                .max_past_epochs(usize::try_from(s.config.past_epoch_secrets).unwrap_or(16))
                 .sender_ratchet_configuration(ratchet_config())
                 .with_capabilities(capabilities(s.config.suite))
                 .lifetime(s.leaf_lifetime())
