@@ -67,6 +67,18 @@ async fn invalid_names_are_refused() {
         Client::open(z, t, inbox).await,
         Err(Error::Config(_))
     ));
+    // More past epochs' secrets than snapshots: refused.
+    let mut p = config("pat");
+    p.past_epoch_secrets = p.rollback_window + 1;
+    let (t, inbox) = net.attach();
+    assert!(matches!(
+        Client::open(p, t, inbox).await,
+        Err(Error::Config(_))
+    ));
+    let mut p = config("pat");
+    p.past_epoch_secrets = 0;
+    let (t, inbox) = net.attach();
+    assert!(Client::open(p, t, inbox).await.is_ok());
 }
 
 #[tokio::test(start_paused = true)]
