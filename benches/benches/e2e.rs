@@ -29,6 +29,9 @@
 //! peers per 1 s heartbeat, for 3 heartbeats) or the next catch-up from the store.
 //! Invitees dial only the store.
 //!
+//! `PQMLS_E2E_PAST_EPOCHS` sets every client's `Config::past_epoch_secrets` (how many past
+//! epochs' message secrets OpenMLS keeps and rewrites on each merge).
+//!
 //! After each group, the per-phase medians of the iterations (warm-up included) go to
 //! stderr, with member 0's and the store's counters (forks, publish failures).
 //!
@@ -94,6 +97,14 @@ fn client_config(name: &str, suite: Ciphersuite, dir: &Path) -> Config {
     c.settle = SETTLE;
     c.self_update_interval = None;
     c.invitations = pqmls::InvitePolicy::Everyone;
+    // `PQMLS_E2E_PAST_EPOCHS`: `Config::past_epoch_secrets` (default: the SDK's), to
+    // measure what the kept past epochs cost a commit.
+    if let Some(n) = std::env::var("PQMLS_E2E_PAST_EPOCHS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        c.past_epoch_secrets = n;
+    }
     c
 }
 
