@@ -501,14 +501,19 @@ impl State {
         let rows: Vec<(Vec<u8>, Vec<u8>)> = self
             .db()
             .prepare_cached(
-                "SELECT voter, body FROM pqmls_abstentions WHERE group_id = ?1 AND epoch < ?2 AND body IS NOT NULL",
+                "SELECT voter, body FROM pqmls_abstentions WHERE group_id = ?1 AND epoch < ?2 AND body IS NOT NULL
+                 ORDER BY epoch DESC",
             )?
             .query_map(params![gid.0, to_i64(now)], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
+        // The newest of each listed member only: at most one copy per member, whatever
+        // the table holds.
+        let mut sent = BTreeSet::new();
         for (voter, body) in rows {
-            let listed_now =
-                <[u8; 32]>::try_from(voter.as_slice()).is_ok_and(|v| listed.contains(&UserId(v)));
-            if listed_now {
+            let Ok(voter) = <[u8; 32]>::try_from(voter.as_slice()).map(UserId) else {
+                continue;
+            };
+            if listed.contains(&voter) && sent.insert(voter) {
                 self.send_lost_copy(gid, now, &body)?;
             }
         }
