@@ -230,6 +230,7 @@ impl Client {
             republished: BTreeMap::new(),
             member_records: Default::default(),
             last_followup: None,
+            past_secrets_cleared: BTreeMap::new(),
             origin: tokio::time::Instant::now(),
             origin_wall_ms: config
                 .virtual_wall_clock_ms
@@ -1093,6 +1094,7 @@ impl Inner {
                 s.settle_due(now)?;
                 s.finalize_removals(now)?;
                 s.expire_snapshots()?;
+                s.expire_past_secrets()?;
                 s.rejoin_due(now)?;
                 let followup = s.last_followup.is_none_or(|t| now >= t + s.config.settle);
                 if connected && followup {

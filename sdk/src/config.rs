@@ -65,6 +65,12 @@ pub struct Config {
     /// that forward secrecy waits for. Messages of older epochs are read only while a
     /// snapshot of a state that holds their secrets is kept.
     pub past_epoch_secrets: u64,
+    /// How long after entering an epoch its application-message secrets may stay in the
+    /// current state once we left it: past it the timer deletes them (OpenMLS
+    /// `PastEpochDeletion::older_than_duration`, on the system clock), so forward secrecy
+    /// for late messages is bounded in time as well as by [`Config::past_epoch_secrets`].
+    /// A message of such an epoch that arrives later is unreadable.
+    pub past_epoch_secrets_max_age: Duration,
     /// How long after leaving an epoch its snapshot is kept when the votes have not made
     /// its ending final: the bound in time on how long a state that could still move to
     /// another branch keeps that epoch's key material. Past it, a final commit this client
@@ -131,6 +137,7 @@ impl Config {
             max_message_size: 64 * 1024,
             rollback_window: 16,
             past_epoch_secrets: 16,
+            past_epoch_secrets_max_age: Duration::from_secs(600),
             fork_horizon: Duration::from_secs(600),
             grind: 1,
             removal_grace: Duration::from_secs(30),

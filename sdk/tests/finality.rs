@@ -823,3 +823,50 @@ async fn the_author_of_the_final_commit_can_abstain() {
     converge_anywhere("alice and erin back in the group", &five, &g).await;
     assert_eq!(each(&five, |s| s.equivocations_seen).await, [0; 5]);
 }
+
+/// Whether c reads b's message of an epoch c left before the message reached it, when c
+/// keeps past epochs' message secrets at most `max_age` after entering them. b's message
+/// reaches nobody by gossip; a self-update moves everyone on; 5 s pass; then c fetches it
+/// from the store.
+async fn late_message_read(max_age: Duration) -> bool {
+    let net = net();
+    let a = client(&net, config("a")).await;
+    let b = client(&net, config("b")).await;
+    let mut cc = config("c");
+    cc.sync_interval = None;
+    cc.sync_backoff = Duration::from_secs(3600);
+    cc.past_epoch_secrets_max_age = max_age;
+    let c = client(&net, cc).await;
+    let g = group(&[&a, &b, &c]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    net.set_loss(1.0);
+    b.send(&g, b"from b").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    net.set_loss(0.0);
+    a.update(&g).await.unwrap();
+    converge(&[&a, &b, &c], &g, 3).await;
+    // The snapshot of the epoch left goes at finality; what remains is OpenMLS's store.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    c.sync().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.history(&g, 10)
+        .await
+        .unwrap()
+        .iter()
+        .any(|m| m.body == b"from b")
+}
+
+/// Forward secrecy in time for late messages: a past epoch's message secrets are deleted
+/// `past_epoch_secrets_max_age` after the member entered it, so a late message of that
+/// epoch is no longer readable; with the default age (10 minutes) it is.
+#[tokio::test(start_paused = true)]
+async fn past_epoch_secrets_are_deleted_for_age() {
+    assert!(
+        late_message_read(Duration::from_secs(600)).await,
+        "a late message within the age must be read"
+    );
+    assert!(
+        !late_message_read(Duration::from_secs(2)).await,
+        "a late message of an epoch entered longer ago than the age was read"
+    );
+}

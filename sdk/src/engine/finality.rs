@@ -1024,6 +1024,60 @@ impl State {
         Ok(())
     }
 
+    /// Has OpenMLS delete the application-message secrets of past epochs we entered
+    /// longer than [`crate::Config::past_epoch_secrets_max_age`] ago (it keeps up to
+    /// [`crate::Config::past_epoch_secrets`] of them to read late messages). Called on
+    /// every tick; acts once for each past epoch that comes of age, since a deletion
+    /// rewrites the group's whole secrets store. OpenMLS compares its own timestamps
+    /// (when it derived each epoch's secrets, on the system clock) with the cutoff on
+    /// our clock, the one that decided to ask (the same clock outside simulations).
+    pub(crate) fn expire_past_secrets(&mut self) -> Result<()> {
+        let age = self.config.past_epoch_secrets_max_age;
+        let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = to_i64(self.horizon_ms().saturating_sub(age_ms));
+        let gids: Vec<GroupId> = self.groups.keys().cloned().collect();
+        for gid in gids {
+            let current = self.group(&gid)?.mls.epoch().as_u64();
+            let oldest = current.saturating_sub(self.config.past_epoch_secrets);
+            let due: Option<i64> = self
+                .db()
+                .prepare_cached(
+                    "SELECT MAX(epoch) FROM pqmls_epoch_keys WHERE group_id = ?1 AND entered_ms <= ?2 AND epoch >= ?3 AND epoch < ?4",
+                )?
+                .query_row(params![gid.0, cutoff, to_i64(oldest), to_i64(current)], |r| {
+                    r.get(0)
+                })?;
+            let Some(due) = due.map(to_u64) else {
+                continue;
+            };
+            if self
+                .past_secrets_cleared
+                .get(&gid)
+                .is_some_and(|done| *done >= due)
+            {
+                continue;
+            }
+            let g = self
+                .groups
+                .get_mut(&gid)
+                .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
+            g.mls
+                .delete_past_epoch_secrets(
+                    &self.provider,
+                    openmls::group::PastEpochDeletion::before_timestamp(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(to_u64(cutoff)),
+                    ),
+                )
+                .map_err(|e| Error::Mls(e.to_string()))?;
+            tracing::debug!(
+                "{}: group {gid}: message secrets of past epochs up to {due} deleted for age",
+                self.name
+            );
+            self.past_secrets_cleared.insert(gid, due);
+        }
+        Ok(())
+    }
+
     /// Publishes again our own merged commits that are not final after a while (at most
     /// [`REPUBLISH_TIMES`] times, [`REPUBLISH_AFTER`] settle times apart): a commit that
     /// reached no one (gossip dropped it, the stores missed it) would otherwise leave us

@@ -139,6 +139,10 @@ pub(crate) struct State {
     /// commits (`Inner::tick`): their delays are several settle times, so once per settle
     /// time is enough.
     pub last_followup: Option<Instant>,
+    /// Per group, the newest past epoch whose message secrets the timer had OpenMLS
+    /// delete for age (`finality::expire_past_secrets`): each deletion rewrites the
+    /// group's secrets store, so it runs once per epoch that comes of age.
+    pub past_secrets_cleared: BTreeMap<GroupId, u64>,
     /// When this state was opened, on the tokio clock (budgets count from it).
     pub origin: Instant,
     /// The wall clock then (milliseconds since the Unix epoch).
@@ -330,6 +334,8 @@ impl State {
         .map_err(mls)?
         .ok_or_else(|| Error::Mls("no group state in storage".into()))?;
         self.group_mut(gid)?.mls = mls;
+        // A state restored from a snapshot holds the past secrets it held then.
+        self.past_secrets_cleared.remove(gid);
         Ok(())
     }
 
@@ -560,6 +566,7 @@ impl State {
             .collect::<Result<_, _>>()?;
         let mut old = std::mem::take(&mut self.groups);
         self.topics.clear();
+        self.past_secrets_cleared.clear();
         for id in ids {
             let gid = GroupId(id);
             let Some(mls) = MlsGroup::load(
