@@ -1094,9 +1094,12 @@ impl Inner {
                 s.settle_due(now)?;
                 s.finalize_removals(now)?;
                 s.expire_snapshots()?;
-                s.expire_past_secrets()?;
                 s.rejoin_due(now)?;
                 let followup = s.last_followup.is_none_or(|t| now >= t + s.config.settle);
+                if followup {
+                    // Ages are minutes; once per settle time is enough.
+                    s.expire_past_secrets()?;
+                }
                 if connected && followup {
                     s.last_followup = Some(now);
                     s.republish_own(now)?;
