@@ -995,16 +995,19 @@ impl Inner {
     /// A usable key package of `user` from the directory, as bytes: a one-time one if one
     /// is left unclaimed (claimed here, see [`crate::directory`]), else the last-resort one.
     /// Every entry must be signed by `user`'s key over its directory key; what is not is
-    /// skipped, whoever wrote it and whichever store served it.
+    /// skipped, whoever wrote it and whichever store served it. Of the candidates a
+    /// directory returns for a slot ([`Transport::get_all`]), the valid one with the highest
+    /// sequence number is used, so a newer blob planted by someone else hides nothing.
     async fn fetch_key_package(&self, user: &UserId) -> Result<Vec<u8>> {
         let mut last_error = None;
         for i in 0..64u32 {
             let key = directory::key_package_key(user, Slot::OneTime(i));
-            let Some(blob) = self.transport.get(key.clone()).await? else {
+            let blobs = self.transport.get_all(key.clone()).await?;
+            if blobs.is_empty() {
                 break;
-            };
+            }
             let kp = match self
-                .locked(|s| s.check_key_package(user, &key, &blob))
+                .locked(|s| s.best_key_package(user, &key, &blobs))
                 .await
             {
                 Ok(kp) => kp,
@@ -1028,9 +1031,10 @@ impl Inner {
             }
         }
         let key = directory::key_package_key(user, Slot::LastResort);
-        if let Some(blob) = self.transport.get(key.clone()).await? {
+        let blobs = self.transport.get_all(key.clone()).await?;
+        if !blobs.is_empty() {
             return self
-                .locked(|s| s.check_key_package(user, &key, &blob))
+                .locked(|s| s.best_key_package(user, &key, &blobs))
                 .await;
         }
         Err(last_error.unwrap_or(Error::NoKeyPackage(*user)))

@@ -97,6 +97,7 @@ mod error;
 mod event;
 mod identity;
 mod net;
+pub mod net_waku;
 mod offline;
 mod order;
 pub mod sim;
@@ -113,6 +114,7 @@ pub use error::{Error, Result};
 pub use event::{Event, Events, Invitation, ReceivedMessage};
 pub use identity::{Member, UserId, safety_number};
 pub use net::{Inbox, Transport};
+pub use net_waku::WakuTransport;
 pub use offline::{DataDirInfo, GroupInfo, IdentityInfo, fingerprint, init_identity, inspect};
 pub use openmls::prelude::Ciphersuite;
 

@@ -1,0 +1,382 @@
+//! The SDK over Waku on 127.0.0.1: a Waku node with relay and store v3, and clients on
+//! [`WakuTransport`] (relay for traffic, store v3 for history and the key-package
+//! directory), none of the transport's own protocols. Plus the transport alone: a 1 MiB
+//! payload segmented, forged and duplicated segments, history reassembled from the store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use pqmls::net_waku::{self, WakuTransport};
+use pqmls::{Client, Config, Event, Events, GroupId, Inbox, Transport};
+use pqmls_transport::multiaddr::Protocol;
+use pqmls_transport::node::{Config as NodeConfig, RateLimits};
+use pqmls_transport::store::Cursor;
+use pqmls_transport::waku::relay;
+use pqmls_transport::waku::segmentation::{self, SegmentMessage};
+use pqmls_transport::waku::{WakuMessage, relay::DEFAULT_MAX_MESSAGE_SIZE};
+use pqmls_transport::{Message, MessageId, Multiaddr, Node, PeerId, Topic, store};
+
+/// Longest wait for any one step (real time).
+const STEP: Duration = Duration::from_secs(30);
+const CLUSTER: u16 = 7;
+
+async fn until<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
+    let r = tokio::time::timeout(STEP, async {
+        while !f().await {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "timed out waiting for {what}");
+}
+
+/// A loopback Waku relay node of [`CLUSTER`] with fast heartbeats, on TCP only.
+fn waku_node() -> NodeConfig {
+    let mut r = relay::Config::new(CLUSTER);
+    r.heartbeat = Duration::from_millis(100);
+    let mut c = NodeConfig::loopback();
+    c.listen.retain(|a| a.to_string().contains("/tcp/"));
+    c.limits.rate_limits = RateLimits::unlimited();
+    c.with_waku(r)
+}
+
+/// A Waku node with relay and store v3 (and nothing of pqmls's own protocols is used).
+async fn store_node(dir: &Path) -> (Node, Multiaddr) {
+    let (node, _) = Node::start(waku_node().with_store(dir, store::Config::default()))
+        .await
+        .unwrap();
+    let addr = node.listen_addrs().await.unwrap().remove(0);
+    (node, addr)
+}
+
+fn peer_of(addr: &Multiaddr) -> PeerId {
+    addr.iter()
+        .find_map(|p| match p {
+            Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .unwrap()
+}
+
+async fn transport(bootstrap: &Multiaddr) -> (Arc<WakuTransport>, Inbox) {
+    let config = net_waku::Config::default().with_store_peer(peer_of(bootstrap));
+    let (t, inbox) = WakuTransport::start(waku_node().with_bootstrap(bootstrap.clone()), config)
+        .await
+        .unwrap();
+    (Arc::new(t), inbox)
+}
+
+/// A client on its own Waku node bootstrapping to the store; returns its transport too.
+async fn client(dir: &Path, name: &str, bootstrap: &Multiaddr) -> (Client, Arc<WakuTransport>) {
+    let (t, inbox) = transport(bootstrap).await;
+    let mut c = Config::new(name)
+        .with_data_dir(dir.join(name))
+        .with_database_key(pqmls::DatabaseKey::from_bytes([9; 32]));
+    c.self_update_interval = None;
+    c.settle = Duration::from_millis(200);
+    c.removal_grace = Duration::from_millis(500);
+    c.invitations = pqmls::InvitePolicy::Everyone;
+    let client = Client::open(c, t.clone(), inbox).await.unwrap();
+    (client, t)
+}
+
+async fn expect_event(events: &mut Events, what: &str, pred: impl Fn(&Event) -> bool) {
+    let mut seen = Vec::new();
+    let r = tokio::time::timeout(STEP, async {
+        loop {
+            let e = events.recv().await.expect("event stream ended");
+            let hit = pred(&e);
+            seen.push(e);
+            if hit {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "timed out waiting for {what}; saw {seen:?}");
+}
+
+/// Reads events until `n` messages arrived; returns them as sorted (sender, body) pairs.
+async fn messages(events: &mut Events, n: usize) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(STEP, async {
+        while got.len() < n {
+            if let Event::Message(m) = events.recv().await.expect("event stream ended") {
+                got.push((m.sender.name, String::from_utf8(m.body).unwrap()));
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "timed out waiting for {n} messages, got {got:?}");
+    got.sort();
+    got
+}
+
+fn pair(a: &str, b: &str) -> (String, String) {
+    (a.to_owned(), b.to_owned())
+}
+
+/// Waits until every client is at `epoch` with the same authenticator and nothing pending.
+async fn agree(clients: &[&Client], g: &GroupId, epoch: u64) {
+    until(&format!("agreement on epoch {epoch}"), async || {
+        let mut first: Option<pqmls::GroupStatus> = None;
+        for c in clients {
+            let Ok(s) = c.status(g).await else {
+                return false;
+            };
+            if s.pending_commit || s.epoch != epoch {
+                return false;
+            }
+            if let Some(f) = &first
+                && f.epoch_authenticator != s.epoch_authenticator
+            {
+                return false;
+            }
+            first = Some(s);
+        }
+        true
+    })
+    .await;
+}
+
+/// Three clients on Waku: invitations through key packages found in the store, messages
+/// both ways, a commit, and a member that was offline catching up from store v3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_clients_over_waku_relay_and_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node(&dir.path().join("store")).await;
+    let (alice, _) = client(dir.path(), "alice", &bootstrap).await;
+    let (bob, _) = client(dir.path(), "bob", &bootstrap).await;
+    let (carol, carol_t) = client(dir.path(), "carol", &bootstrap).await;
+    let mut alice_ev = alice.events();
+    let mut bob_ev = bob.events();
+    let mut carol_ev = carol.events();
+    // Key packages are Waku messages on their owner's content topic, found by store v3.
+    pqmls::wait_for_key_packages(&alice, &bob.id())
+        .await
+        .unwrap();
+    pqmls::wait_for_key_packages(&alice, &carol.id())
+        .await
+        .unwrap();
+
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    expect_event(
+        &mut bob_ev,
+        "bob joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    alice.invite(&g, &carol.id()).await.unwrap();
+    expect_event(
+        &mut carol_ev,
+        "carol joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    agree(&[&alice, &bob, &carol], &g, 2).await;
+
+    // Messages both ways, on relay.
+    alice.send(&g, b"hello from alice").await.unwrap();
+    bob.send(&g, b"hello from bob").await.unwrap();
+    assert_eq!(
+        messages(&mut carol_ev, 2).await,
+        [
+            pair("alice", "hello from alice"),
+            pair("bob", "hello from bob")
+        ]
+    );
+    assert_eq!(
+        messages(&mut alice_ev, 1).await,
+        [pair("bob", "hello from bob")]
+    );
+    assert_eq!(
+        messages(&mut bob_ev, 1).await,
+        [pair("alice", "hello from alice")]
+    );
+
+    // Carol goes offline (client and node); alice and bob talk and commit meanwhile.
+    carol.shutdown().await;
+    carol_t.node().clone().shutdown().await.unwrap();
+    drop(carol_ev);
+    alice.send(&g, b"while carol was away").await.unwrap();
+    bob.update(&g).await.unwrap();
+    agree(&[&alice, &bob], &g, 3).await;
+    bob.send(&g, b"after the commit").await.unwrap();
+    assert_eq!(
+        messages(&mut alice_ev, 1).await,
+        [pair("bob", "after the commit")]
+    );
+
+    // Carol comes back on a new node: everything comes from the store.
+    let (carol, _carol_t) = client(dir.path(), "carol", &bootstrap).await;
+    until("carol caught up", async || {
+        carol.sync().await.is_ok()
+            && carol.status(&g).await.is_ok_and(|s| s.epoch == 3)
+            && carol.history(&g, 100).await.is_ok_and(|h| h.len() == 4)
+    })
+    .await;
+    agree(&[&alice, &bob, &carol], &g, 3).await;
+    let mut h: Vec<(String, String)> = carol
+        .history(&g, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.sender.name, String::from_utf8(m.body).unwrap()))
+        .collect();
+    h.sort();
+    assert_eq!(
+        h,
+        [
+            pair("alice", "hello from alice"),
+            pair("alice", "while carol was away"),
+            pair("bob", "after the commit"),
+            pair("bob", "hello from bob"),
+        ]
+    );
+    // And she takes part again, live.
+    let mut carol_ev = carol.events();
+    carol.send(&g, b"back").await.unwrap();
+    assert_eq!(messages(&mut alice_ev, 1).await, [pair("carol", "back")]);
+    alice.send(&g, b"welcome back").await.unwrap();
+    assert_eq!(
+        messages(&mut carol_ev, 1).await,
+        [pair("alice", "welcome back")]
+    );
+
+    for c in [alice, bob, carol] {
+        c.shutdown().await;
+    }
+    store.shutdown().await.unwrap();
+}
+
+/// A pqmls payload of `len` bytes that the inbound side accepts: a withdrawal (`Void`)
+/// envelope around pseudo-random bytes.
+fn big_payload(len: usize, seed: u8) -> Vec<u8> {
+    let body: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+        .collect();
+    common::envelope(common::VOID, &[seed; 32], &body)
+}
+
+async fn next_message(inbox: &mut Inbox) -> Message {
+    tokio::time::timeout(STEP, inbox.next())
+        .await
+        .expect("a message within the step")
+        .expect("inbox open")
+}
+
+/// A 1 MiB payload goes through relay as segments under the relay limit, is delivered
+/// once and whole, and comes back whole from store v3; duplicated and forged segments are
+/// ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_mebibyte_payload_is_segmented_and_reassembled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node(&dir.path().join("store")).await;
+    let (alice, _alice_in) = transport(&bootstrap).await;
+    let (bob, mut bob_in) = transport(&bootstrap).await;
+    // A raw Waku node beside them: it watches what goes over relay and forges segments.
+    let (mallory, _) = Node::start(waku_node().with_bootstrap(bootstrap.clone()))
+        .await
+        .unwrap();
+    let mut watch = mallory.relay_inbound().unwrap();
+    let topic = Topic::from_group_id(b"a big group");
+    bob.subscribe(&topic).await.unwrap();
+    let shard = alice.shard();
+    for n in [alice.node(), bob.node(), &mallory] {
+        until("relay mesh", async || {
+            n.relay_mesh_peers(shard).await.unwrap() > 0
+        })
+        .await;
+    }
+
+    let payload = big_payload(1024 * 1024, 1);
+    let id = alice.publish(&topic, payload.clone()).await.unwrap();
+    assert_eq!(id, MessageId::compute(&topic, &payload));
+    assert_eq!(alice.counters().segmented, 1);
+    let got = next_message(&mut bob_in).await;
+    assert_eq!((got.id, got.topic.clone()), (id, topic.clone()));
+    assert!(got.data == payload, "reassembled payload differs");
+
+    // What went over relay: segments, each under the limit, none whole.
+    let mut segments = Vec::new();
+    while segments.len() < 12 {
+        let r = tokio::time::timeout(STEP, watch.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r.message.to_bytes().len() <= DEFAULT_MAX_MESSAGE_SIZE);
+        assert!(
+            r.message.content_topic.ends_with("/seg"),
+            "{}",
+            r.message.content_topic
+        );
+        segments.push(r.message);
+    }
+    // 11 data segments of 100 KiB and 2 parity segments.
+    let decoded: Vec<SegmentMessage> = segments
+        .iter()
+        .map(|m| prost::Message::decode(m.payload.as_slice()).unwrap())
+        .collect();
+    assert_eq!(decoded[0].data_segment_count, 11);
+    assert_eq!(decoded[0].parity_segment_count, 2);
+
+    // Replayed segments of the delivered payload (new timestamps, so relay passes them):
+    // nothing is delivered again.
+    for m in &segments[..3] {
+        let again = m.clone().with_timestamp(m.timestamp.unwrap() + 1);
+        mallory.relay_publish_on(shard, again).await.unwrap();
+    }
+    // A second payload, with a forged copy of its first segment sent after the genuine
+    // one, and a forged segment of a message that never completes.
+    let second = big_payload(300 * 1024, 2);
+    let config = segmentation::Config::default();
+    let genuine = segmentation::segment(&second, &config).unwrap();
+    let seg_topic = segments[0].content_topic.clone();
+    let ts = segments[0].timestamp.unwrap() + 1_000_000;
+    let publish = async |bytes: Vec<u8>, ts: i64| {
+        let m = WakuMessage::new(seg_topic.clone(), bytes).with_timestamp(ts);
+        mallory.relay_publish_on(shard, m).await.unwrap();
+    };
+    let mut forged: SegmentMessage = prost::Message::decode(genuine[0].as_slice()).unwrap();
+    forged.payload[0] ^= 1;
+    let mut stray = forged.clone();
+    stray.entire_message_hash = vec![7; 32];
+    publish(prost::Message::encode_to_vec(&stray), ts).await;
+    publish(genuine[0].clone(), ts).await;
+    publish(prost::Message::encode_to_vec(&forged), ts + 1).await;
+    for s in &genuine[1..] {
+        publish(s.clone(), ts).await;
+    }
+    let got = next_message(&mut bob_in).await;
+    assert_eq!(got.id, MessageId::compute(&topic, &second));
+    assert!(got.data == second);
+    // Nothing else: the replays and the forgeries deliver nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        futures::FutureExt::now_or_never(bob_in.next()).is_none(),
+        "a replayed or forged segment was delivered"
+    );
+
+    // History from store v3: both payloads, whole, once each.
+    let mut history = Vec::new();
+    let mut from = Cursor::beginning();
+    loop {
+        let page = bob.history(&topic, from).await.unwrap();
+        history.extend(page.messages);
+        match page.next {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    let ids: Vec<MessageId> = history.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [id, MessageId::compute(&topic, &second)]);
+    assert!(history[0].data == payload && history[1].data == second);
+
+    store.shutdown().await.unwrap();
+}
