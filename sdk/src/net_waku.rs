@@ -526,13 +526,15 @@ impl WakuTransport {
                 self.config.history_bytes,
             )
             .await?;
-        // Newest first (the query went backwards); reassembly keeps that order for whole
-        // messages.
-        let mut out: Vec<Vec<u8>> = self
+        // The query went backwards (newest pages first), but each page is in time order:
+        // sort, newest first.
+        let mut found: Vec<(i64, Vec<u8>)> = self
             .assemble(stored)
             .into_iter()
-            .filter_map(|(_, m)| decode_directory(&m, key).map(<[u8]>::to_vec))
+            .filter_map(|(ts, m)| decode_directory(&m, key).map(|b| (ts, b.to_vec())))
             .collect();
+        found.sort_by_key(|(ts, _)| std::cmp::Reverse(*ts));
+        let mut out: Vec<Vec<u8>> = found.into_iter().map(|(_, b)| b).collect();
         out.truncate(max);
         Ok(out)
     }

@@ -380,3 +380,86 @@ async fn a_one_mebibyte_payload_is_segmented_and_reassembled() {
 
     store.shutdown().await.unwrap();
 }
+
+/// Anyone can publish on a key's content topic, and no Waku store checks writers: a
+/// stranger's newer messages under bob's key-package keys (garbage, and an entry signed by
+/// another key) are what a newest-only read returns, yet alice still invites bob with his
+/// own key package, the valid entry with the highest sequence number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_directory_messages_hide_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node(&dir.path().join("store")).await;
+    let (alice, alice_t) = client(dir.path(), "alice", &bootstrap).await;
+    let (bob, _) = client(dir.path(), "bob", &bootstrap).await;
+    let (mallory, _) = client(dir.path(), "mallory", &bootstrap).await;
+    let mut bob_ev = bob.events();
+    pqmls::wait_for_key_packages(&alice, &bob.id())
+        .await
+        .unwrap();
+    pqmls::wait_for_key_packages(&alice, &mallory.id())
+        .await
+        .unwrap();
+
+    // Mallory's own last-resort entry: well-formed and signed, but by mallory's key.
+    let mallory_key = format!("pqmls/kp/v2/{}/last-resort", mallory.id());
+    let signed_by_mallory = alice_t
+        .get(mallory_key.into_bytes())
+        .await
+        .unwrap()
+        .unwrap();
+    let bob_topic = format!("/pqmls/1/kp-{}/proto", bob.id());
+    let (raw, _) = Node::start(waku_node().with_bootstrap(bootstrap.clone()))
+        .await
+        .unwrap();
+    until("raw node in the mesh", async || {
+        raw.relay_mesh_peers(alice_t.shard()).await.unwrap() > 0
+    })
+    .await;
+    let slots: Vec<String> = (0..4)
+        .map(|i| i.to_string())
+        .chain(["last-resort".to_owned()])
+        .collect();
+    for slot in &slots {
+        let key = format!("pqmls/kp/v2/{}/{slot}", bob.id()).into_bytes();
+        for blob in [b"garbage".to_vec(), signed_by_mallory.clone()] {
+            let mut payload = b"PQDW".to_vec();
+            payload.extend_from_slice(&(key.len() as u32).to_be_bytes());
+            payload.extend_from_slice(&key);
+            payload.extend_from_slice(&blob);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as i64;
+            let m = WakuMessage::new(bob_topic.clone(), payload).with_timestamp(now);
+            raw.relay_publish_on(alice_t.shard(), m).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    // The plants are the newest entries the store has for each slot.
+    let last_resort = format!("pqmls/kp/v2/{}/last-resort", bob.id()).into_bytes();
+    until("plants stored", async || {
+        alice_t.get(last_resort.clone()).await.unwrap() == Some(signed_by_mallory.clone())
+    })
+    .await;
+    assert!(alice_t.get_all(last_resort).await.unwrap().len() >= 3);
+
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    expect_event(
+        &mut bob_ev,
+        "bob joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    agree(&[&alice, &bob], &g, 1).await;
+    let members: Vec<_> = alice.status(&g).await.unwrap().members;
+    assert_eq!(
+        members.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [alice.id(), bob.id()]
+    );
+
+    for c in [alice, bob, mallory] {
+        c.shutdown().await;
+    }
+    store.shutdown().await.unwrap();
+}
