@@ -25,6 +25,11 @@
 //!   of a member that already caught up: such messages come again, and what the SDK
 //!   handled is skipped by its id. Messages stamped more than `max_future` ahead of our
 //!   clock are not asked for, so a stranger cannot move a member's cursor into the future.
+//! - **Light clients.** With [`Config::light_service`] the node relays nothing: it
+//!   publishes through a lightpush v3 service and receives through a filter v2
+//!   subscription with that service (both content topics of every subscribed topic);
+//!   history and the directory are store v3 as above. Filter pushes are mapped exactly as
+//!   relay messages are.
 //! - **Directory.** `put(key, blob)` publishes a message on a content topic of the key's
 //!   owner (`/pqmls/1/kp-<user hex>/proto` for key packages, `/pqmls/1/claim-<user
 //!   hex>/proto` for claims, `/pqmls/1/dir-<sha-256 of key>/proto` for other keys) holding
@@ -41,7 +46,6 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use pqmls_transport::node::Config as NodeConfig;
 use pqmls_transport::store::{Cursor, Page};
-use pqmls_transport::waku::relay::Received;
 use pqmls_transport::waku::segmentation::{self, Reassembler};
 use pqmls_transport::waku::store::QueryRequest;
 use pqmls_transport::waku::{ContentTopic, PubsubTopic, WakuMessage};
@@ -88,6 +92,11 @@ pub struct Config {
     pub max_future: Duration,
     /// Most directory entries read for one key (default 256; newest first).
     pub directory_candidates: usize,
+    /// Light-client mode: publish through this peer's lightpush service and receive
+    /// through its filter service, instead of relaying (default `None`: relay). The node
+    /// then needs no relay shards of its own (`relay::Config::with_shards([])`); history
+    /// and the directory still come from [`Config::store_peers`].
+    pub light_service: Option<PeerId>,
 }
 
 impl Default for Config {
@@ -100,6 +109,7 @@ impl Default for Config {
             lookback: Duration::from_secs(120),
             max_future: Duration::from_secs(60),
             directory_candidates: 256,
+            light_service: None,
         }
     }
 }
@@ -108,6 +118,13 @@ impl Config {
     /// Adds a store node to ask.
     pub fn with_store_peer(mut self, peer: PeerId) -> Self {
         self.store_peers.push(peer);
+        self
+    }
+
+    /// Light-client mode through `service` (lightpush and filter), see
+    /// [`Config::light_service`].
+    pub fn with_light_service(mut self, service: PeerId) -> Self {
+        self.light_service = Some(service);
         self
     }
 }
@@ -280,9 +297,6 @@ impl WakuTransport {
         let shard = ContentTopic::parse(&content_topic("x", WHOLE))
             .and_then(|t| t.pubsub_topic(relay.cluster, relay.shard_count))
             .ok_or_else(|| Error::Config("pqmls content topics cannot be autosharded".into()))?;
-        let inbound = node
-            .relay_inbound()
-            .ok_or_else(|| Error::Config("Waku relay is off or its stream was taken".into()))?;
         let shared = Arc::new(Shared {
             subscribed: Mutex::new(HashSet::new()),
             reassembler: Mutex::new(Reassembler::new(config.segmentation.clone())),
@@ -291,9 +305,17 @@ impl WakuTransport {
             dropped: AtomicU64::new(0),
         });
         let s = shared.clone();
-        let inbox = inbound
-            .filter_map(move |r| futures::future::ready(s.accept(r)))
-            .boxed();
+        let inbox = if config.light_service.is_some() {
+            node.filter_inbound()
+                .ok_or_else(|| Error::Config("Waku is off or the filter stream was taken".into()))?
+                .filter_map(move |r| futures::future::ready(s.accept(r.message, SystemTime::now())))
+                .boxed()
+        } else {
+            node.relay_inbound()
+                .ok_or_else(|| Error::Config("Waku relay is off or its stream was taken".into()))?
+                .filter_map(move |r| futures::future::ready(s.accept(r.message, r.received)))
+                .boxed()
+        };
         Ok((
             Self {
                 node,
@@ -318,6 +340,17 @@ impl WakuTransport {
             .clone()
             .ok_or_else(|| Error::Config("Waku relay is off (see Config::with_waku)".into()))?;
         let (node, _) = Node::start(node).await?;
+        if config.light_service.is_some() {
+            // The first filter subscriptions are made as soon as a client opens, and one
+            // that fails waits for the next full catch-up: give the bootstrap dial a moment
+            // (at most 5 s) to pass the metadata gate first.
+            for _ in 0..50 {
+                if node.counters().metadata_admitted > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         Self::new(node, &relay, config)
     }
 
@@ -340,6 +373,18 @@ impl WakuTransport {
         }
     }
 
+    /// Sends one message: on relay, or through the lightpush service.
+    async fn send(&self, m: WakuMessage) -> pqmls_transport::Result<()> {
+        match self.config.light_service {
+            Some(peer) => self
+                .node
+                .lightpush(peer, Some(self.shard), m)
+                .await
+                .map(|_| ()),
+            None => self.node.relay_publish_on(self.shard, m).await.map(|_| ()),
+        }
+    }
+
     /// Publishes `payload` under the content-topic name `name`: whole if it fits one
     /// relay message, else as segments. Every message gets the same timestamp.
     async fn publish_named(&self, name: &str, payload: &[u8]) -> pqmls_transport::Result<()> {
@@ -347,20 +392,34 @@ impl WakuTransport {
         let whole =
             WakuMessage::new(content_topic(name, WHOLE), payload.to_vec()).with_timestamp(now);
         if whole.to_bytes().len() <= self.max_message_size {
-            self.node.relay_publish_on(self.shard, whole).await?;
-            return Ok(());
+            return self.send(whole).await;
         }
         let segments = segmentation::segment(payload, &self.config.segmentation)
             .map_err(|e| Error::Publish(e.to_string()))?;
         let topic = content_topic(name, SEGMENT);
         for s in segments {
             let m = WakuMessage::new(topic.clone(), s).with_timestamp(now);
-            // Checked by `new` (segment size well below the limit); relay_publish_on
-            // refuses anything larger anyway.
-            self.node.relay_publish_on(self.shard, m).await?;
+            // `new` checked that segments stay well below the limit; checked again here
+            // because a lightpush service might take more than its relay forwards.
+            let len = m.to_bytes().len();
+            if len > self.max_message_size {
+                return Err(Error::MessageTooLarge {
+                    len,
+                    max: self.max_message_size,
+                });
+            }
+            self.send(m).await?;
         }
         self.shared.segmented.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The two content topics of `topic`, for filter subscriptions.
+    fn filter_topics(&self, topic: &Topic) -> Vec<ContentTopic> {
+        [WHOLE, SEGMENT]
+            .iter()
+            .filter_map(|e| ContentTopic::parse(&content_topic(topic_name(topic), e)))
+            .collect()
     }
 
     /// Reads the Waku messages of `name` (both encodings) from the first store that
@@ -542,16 +601,16 @@ impl WakuTransport {
 
 impl Shared {
     /// Maps an accepted relay message to a pqmls message, or drops it.
-    fn accept(&self, r: Received) -> Option<Message> {
-        let out = self.map(r);
+    fn accept(&self, m: WakuMessage, received: SystemTime) -> Option<Message> {
+        let out = self.map(m, received);
         if out.is_none() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         out
     }
 
-    fn map(&self, r: Received) -> Option<Message> {
-        let (topic, segment) = parse_content_topic(&r.message.content_topic)?;
+    fn map(&self, m: WakuMessage, received: SystemTime) -> Option<Message> {
+        let (topic, segment) = parse_content_topic(&m.content_topic)?;
         if !self.subscribed.lock().ok()?.contains(&topic) {
             return None;
         }
@@ -560,19 +619,19 @@ impl Shared {
                 .reassembler
                 .lock()
                 .ok()?
-                .push(&r.message.payload, Instant::now())
+                .push(&m.payload, Instant::now())
                 .ok()??;
             self.reassembled.fetch_add(1, Ordering::Relaxed);
             whole
         } else {
-            r.message.payload
+            m.payload
         };
         Wire::decode(&data)?;
         Some(Message {
             id: MessageId::compute(&topic, &data),
             topic,
             data,
-            received: r.received,
+            received,
         })
     }
 }
@@ -580,8 +639,17 @@ impl Shared {
 impl Transport for WakuTransport {
     fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
         Box::pin(async move {
-            // Relay is per shard; the node keeps the shard after the last unsubscribe.
-            self.node.relay_subscribe(self.shard.shard).await?;
+            match self.config.light_service {
+                Some(peer) => {
+                    self.node
+                        .filter_subscribe(peer, self.shard, &self.filter_topics(topic))
+                        .await?;
+                }
+                // Relay is per shard; the node keeps the shard after the last unsubscribe.
+                None => {
+                    self.node.relay_subscribe(self.shard.shard).await?;
+                }
+            }
             if let Ok(mut s) = self.shared.subscribed.lock() {
                 s.insert(topic.clone());
             }
@@ -593,6 +661,11 @@ impl Transport for WakuTransport {
         Box::pin(async move {
             if let Ok(mut s) = self.shared.subscribed.lock() {
                 s.remove(topic);
+            }
+            if let Some(peer) = self.config.light_service {
+                self.node
+                    .filter_unsubscribe(peer, self.shard, &self.filter_topics(topic))
+                    .await?;
             }
             Ok(())
         })

@@ -463,3 +463,86 @@ async fn planted_directory_messages_hide_nothing() {
     }
     store.shutdown().await.unwrap();
 }
+
+/// A light client (no relay: lightpush to publish, filter to receive, store v3 for
+/// history and key packages) in a group with a relay client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_client_talks_through_lightpush_and_filter() {
+    use pqmls_transport::waku::{filter, lightpush};
+    let dir = tempfile::tempdir().unwrap();
+    let (service, _) = Node::start(
+        waku_node()
+            .with_store(dir.path().join("store"), store::Config::default())
+            .with_lightpush_service(lightpush::Config::default())
+            .with_filter_service(filter::Config::default()),
+    )
+    .await
+    .unwrap();
+    let bootstrap = service.listen_addrs().await.unwrap().remove(0);
+    let (alice, _) = client(dir.path(), "alice", &bootstrap).await;
+    until("alice in the relay mesh", async || {
+        service.counters().metadata_admitted > 0
+    })
+    .await;
+
+    // Bob's node relays no shard at all.
+    let mut light = relay::Config::new(CLUSTER).with_shards([]);
+    light.heartbeat = Duration::from_millis(100);
+    let mut node = NodeConfig::loopback().with_bootstrap(bootstrap.clone());
+    node.listen.retain(|a| a.to_string().contains("/tcp/"));
+    let peer = peer_of(&bootstrap);
+    let waku = net_waku::Config::default()
+        .with_store_peer(peer)
+        .with_light_service(peer);
+    let (bob_t, bob_in) = WakuTransport::start(node.with_waku(light), waku)
+        .await
+        .unwrap();
+    let bob_t = Arc::new(bob_t);
+    let mut c = Config::new("bob")
+        .with_data_dir(dir.path().join("bob"))
+        .with_database_key(pqmls::DatabaseKey::from_bytes([9; 32]));
+    c.self_update_interval = None;
+    c.settle = Duration::from_millis(200);
+    c.invitations = pqmls::InvitePolicy::Everyone;
+    let bob = Client::open(c, bob_t.clone(), bob_in).await.unwrap();
+    let mut alice_ev = alice.events();
+    let mut bob_ev = bob.events();
+    // Bob's key packages went out by lightpush, and alice finds them in the store.
+    pqmls::wait_for_key_packages(&alice, &bob.id())
+        .await
+        .unwrap();
+
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    // The Welcome reaches bob by a filter push on his inbox topic.
+    expect_event(
+        &mut bob_ev,
+        "bob joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    agree(&[&alice, &bob], &g, 1).await;
+    bob.send(&g, b"pushed by a light client").await.unwrap();
+    assert_eq!(
+        messages(&mut alice_ev, 1).await,
+        [pair("bob", "pushed by a light client")]
+    );
+    alice.send(&g, b"filtered to a light client").await.unwrap();
+    assert_eq!(
+        messages(&mut bob_ev, 1).await,
+        [pair("alice", "filtered to a light client")]
+    );
+    bob.update(&g).await.unwrap();
+    agree(&[&alice, &bob], &g, 2).await;
+
+    // Bob relayed nothing: everything went through the service.
+    let bob_node = bob_t.node().counters();
+    assert_eq!((bob_node.relay_published, bob_node.relay_delivered), (0, 0));
+    assert!(bob_node.filter_delivered > 0);
+    assert!(service.counters().lightpush_served > 0);
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    bob_t.node().clone().shutdown().await.unwrap();
+    service.shutdown().await.unwrap();
+}
