@@ -46,10 +46,11 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use pqmls_transport::node::Config as NodeConfig;
 use pqmls_transport::store::{Cursor, Page};
-use pqmls_transport::waku::segmentation::{self, Reassembler};
+use pqmls_transport::waku::segmentation::{self, Reassembler, SegmentMessage};
 use pqmls_transport::waku::store::QueryRequest;
 use pqmls_transport::waku::{ContentTopic, PubsubTopic, WakuMessage};
 use pqmls_transport::{Error, Message, MessageId, Node, PeerId, Topic};
+use prost::Message as _;
 use sha2::{Digest, Sha256};
 
 use crate::net::{Inbox, Transport};
@@ -513,17 +514,46 @@ impl WakuTransport {
     }
 
     /// Whole payloads of stored messages, with the timestamp of the message (or of the
-    /// segment that completed it), in the order given; segments that do not complete a
-    /// payload within the segmentation bounds are dropped.
+    /// segment that completed it); segments that do not complete a payload within the
+    /// segmentation bounds are dropped.
+    ///
+    /// Anyone can publish a segment that claims to belong to someone else's message, with
+    /// the same timestamp, and the store may order it first: the first reassembly then
+    /// fails its hash. Such messages are tried again ([`retry`]) from the segments the
+    /// store holds for them.
     fn assemble(&self, stored: Vec<Stored>) -> Vec<(i64, Vec<u8>)> {
         let mut reassembler = Reassembler::new(self.config.segmentation.clone());
         let now = Instant::now();
         let mut out = Vec::new();
-        for s in stored {
+        let mut failed: Vec<Vec<u8>> = Vec::new();
+        let mut done: HashSet<Vec<u8>> = HashSet::new();
+        for s in &stored {
             if !s.segment {
-                out.push((s.timestamp, s.payload));
-            } else if let Ok(Some(whole)) = reassembler.push(&s.payload, now) {
-                out.push((s.timestamp, whole));
+                out.push((s.timestamp, s.payload.clone()));
+                continue;
+            }
+            match reassembler.push(&s.payload, now) {
+                Ok(Some(whole)) => {
+                    // Later segments of a failed reassembly can still complete it.
+                    if let Ok(m) = SegmentMessage::decode(s.payload.as_slice()) {
+                        done.insert(m.entire_message_hash);
+                    }
+                    out.push((s.timestamp, whole));
+                }
+                Err(segmentation::SegmentError::HashMismatch) => {
+                    if let Ok(m) = SegmentMessage::decode(s.payload.as_slice())
+                        && !failed.contains(&m.entire_message_hash)
+                        && failed.len() < MAX_RETRIED_MESSAGES
+                    {
+                        failed.push(m.entire_message_hash);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for hash in failed.iter().filter(|h| !done.contains(*h)) {
+            if let Some(r) = retry(&self.config.segmentation, &stored, hash) {
+                out.push(r);
             }
         }
         out
@@ -597,6 +627,75 @@ impl WakuTransport {
         out.truncate(max);
         Ok(out)
     }
+}
+
+/// Segmented messages of one history read whose reassembly is tried again.
+const MAX_RETRIED_MESSAGES: usize = 16;
+/// Distinct candidates kept for one segment slot (data or parity index) in a retry.
+const MAX_CANDIDATES: usize = 4;
+/// Combinations of conflicting candidates tried for one message.
+const MAX_TRIES: usize = 16;
+
+/// Reassembles the message `hash` from every stored segment claiming it, when more than
+/// one distinct segment claims a slot: first from the slots with a single candidate only
+/// (parity recovers up to its count of disputed slots), then from combinations of the
+/// candidates, at most [`MAX_TRIES`]. Only a payload matching `hash` comes out.
+fn retry(config: &segmentation::Config, stored: &[Stored], hash: &[u8]) -> Option<(i64, Vec<u8>)> {
+    let mut slots: std::collections::BTreeMap<(bool, u32), Vec<&[u8]>> = Default::default();
+    let mut timestamp = i64::MIN;
+    for s in stored.iter().filter(|s| s.segment) {
+        let Ok(m) = SegmentMessage::decode(s.payload.as_slice()) else {
+            continue;
+        };
+        if m.entire_message_hash != hash {
+            continue;
+        }
+        timestamp = timestamp.max(s.timestamp);
+        let index = if m.is_parity {
+            m.parity_segment_index
+        } else {
+            m.data_segment_index
+        };
+        let c = slots.entry((m.is_parity, index)).or_default();
+        if c.len() < MAX_CANDIDATES && !c.contains(&s.payload.as_slice()) {
+            c.push(&s.payload);
+        }
+    }
+    let now = Instant::now();
+    let attempt = |choose: &dyn Fn(usize, usize) -> Option<usize>| -> Option<Vec<u8>> {
+        let mut r = Reassembler::new(config.clone());
+        for (slot, candidates) in slots.values().enumerate() {
+            let Some(i) = choose(slot, candidates.len()) else {
+                continue;
+            };
+            match candidates.get(i).map(|c| r.push(c, now)) {
+                Some(Ok(Some(whole))) => return Some(whole),
+                Some(Err(segmentation::SegmentError::HashMismatch)) => return None,
+                _ => {}
+            }
+        }
+        None
+    };
+    if let Some(whole) = attempt(&|_, n| (n == 1).then_some(0)) {
+        return Some((timestamp, whole));
+    }
+    let radices: Vec<usize> = slots.values().map(Vec::len).collect();
+    for t in 0..MAX_TRIES {
+        // The t-th combination, in mixed radix over the slots' candidate counts.
+        let mut digits = vec![0usize; radices.len()];
+        let mut rest = t;
+        for (d, n) in digits.iter_mut().zip(&radices) {
+            *d = rest % n.max(&1);
+            rest /= n.max(&1);
+        }
+        if rest > 0 {
+            break;
+        }
+        if let Some(whole) = attempt(&|slot, _| digits.get(slot).copied()) {
+            return Some((timestamp, whole));
+        }
+    }
+    None
 }
 
 impl Shared {

@@ -18,7 +18,7 @@ use pqmls_transport::node::{Config as NodeConfig, RateLimits};
 use pqmls_transport::store::Cursor;
 use pqmls_transport::waku::relay;
 use pqmls_transport::waku::segmentation::{self, SegmentMessage};
-use pqmls_transport::waku::{WakuMessage, relay::DEFAULT_MAX_MESSAGE_SIZE};
+use pqmls_transport::waku::{WakuMessage, message_hash, relay::DEFAULT_MAX_MESSAGE_SIZE};
 use pqmls_transport::{Message, MessageId, Multiaddr, Node, PeerId, Topic, store};
 
 /// Longest wait for any one step (real time).
@@ -363,20 +363,54 @@ async fn a_one_mebibyte_payload_is_segmented_and_reassembled() {
         "a replayed or forged segment was delivered"
     );
 
-    // History from store v3: both payloads, whole, once each.
-    let mut history = Vec::new();
-    let mut from = Cursor::beginning();
-    loop {
-        let page = bob.history(&topic, from).await.unwrap();
-        history.extend(page.messages);
-        match page.next {
-            Some(n) => from = n,
-            None => break,
-        }
+    // A third payload whose data segment 1 has a forged twin with the same timestamp that
+    // the store orders first (ground until its message hash is the smaller): the first
+    // reassembly from the store fails its hash, and the retry finds the genuine one.
+    let third = big_payload(300 * 1024, 3);
+    let genuine = segmentation::segment(&third, &config).unwrap();
+    let ts3 = ts + 10_000_000;
+    let seg_message =
+        |bytes: Vec<u8>| WakuMessage::new(seg_topic.clone(), bytes).with_timestamp(ts3);
+    let genuine_hash = message_hash(&shard.to_string(), &seg_message(genuine[1].clone()));
+    let forged = (0..64)
+        .map(|i| {
+            let mut f: SegmentMessage = prost::Message::decode(genuine[1].as_slice()).unwrap();
+            f.payload[i] ^= 1;
+            prost::Message::encode_to_vec(&f)
+        })
+        .find(|f| message_hash(&shard.to_string(), &seg_message(f.clone())) < genuine_hash)
+        .unwrap();
+    publish(forged, ts3).await;
+    for s in &genuine {
+        publish(s.clone(), ts3).await;
     }
+    let third_id = MessageId::compute(&topic, &third);
+
+    // History from store v3: every payload, whole, once each.
+    let read_all = async || {
+        let mut history = Vec::new();
+        let mut from = Cursor::beginning();
+        loop {
+            let page = bob.history(&topic, from).await.unwrap();
+            history.extend(page.messages);
+            match page.next {
+                Some(n) => from = n,
+                None => return history,
+            }
+        }
+    };
+    // Wait until the store has every segment published (they arrive by relay): 13 of the
+    // first payload and 3 replays; of the second (4 data, 1 parity) the stray, the forged
+    // and the 5 genuine; of the third the forged and the 5 genuine.
+    until("the store has every segment", async || {
+        store.counters().stored >= 13 + 3 + 7 + 6
+    })
+    .await;
+    let history = read_all().await;
     let ids: Vec<MessageId> = history.iter().map(|m| m.id).collect();
-    assert_eq!(ids, [id, MessageId::compute(&topic, &second)]);
+    assert_eq!(ids, [id, MessageId::compute(&topic, &second), third_id]);
     assert!(history[0].data == payload && history[1].data == second);
+    assert!(history[2].data == third);
 
     store.shutdown().await.unwrap();
 }
