@@ -269,9 +269,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     // The store node: history and the key-package directory. Over Waku: a node of the
     // local preset with the store role, as `pqmls node --preset local` runs it.
     let store_config = if args.waku {
-        Preset::Local
+        let mut c = Preset::Local
             .node_config()
-            .with_store(root.join("store"), store::Config::default())
+            .with_store(root.join("store"), store::Config::default());
+        // The demo checks catch-up by calling `sync` every 20 ms, far above the store v3
+        // rate a Waku node grants one peer by default (100 queries a minute, answered 429
+        // beyond); `pqmls node` keeps the default.
+        c.limits.rate_limits.store = None;
+        c
     } else {
         pqmls::store_node(
             NodeConfig::loopback(),
