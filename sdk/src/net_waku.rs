@@ -478,8 +478,16 @@ impl WakuTransport {
         };
         let mut out = Vec::new();
         let mut bytes = 0usize;
+        // Entries read, kept or not: a store that keeps answering with a cursor (empty
+        // pages, entries of other topics) is not followed for ever.
+        let mut read = 0usize;
+        let max_read = max_messages.saturating_mul(2).saturating_add(PAGE as usize);
         loop {
             let response = self.node.store_query(peer, request.clone()).await?;
+            if response.messages.is_empty() {
+                return Ok((out, false));
+            }
+            read = read.saturating_add(response.messages.len());
             for kv in response.messages {
                 // A store may answer anything: keep only what was asked for.
                 let Some(m) = kv.message else { continue };
@@ -507,6 +515,7 @@ impl WakuTransport {
                 });
             }
             match response.pagination_cursor {
+                Some(_) if read >= max_read => return Ok((out, true)),
                 Some(c) => request.pagination_cursor = Some(c),
                 None => return Ok((out, false)),
             }
