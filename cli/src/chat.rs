@@ -35,7 +35,10 @@ by id, never by name. In terminal 1 type `/contact bob <bob's id>`, `/create` an
 shows the safety number to compare over a channel you trust. Type lines to chat; `/help`
 lists the commands.
 A bootstrap address may omit the /p2p/<peer id> suffix; each process prints its full
-listen addresses at start. Data directories keep identity and groups across restarts.";
+listen addresses at start. Data directories keep identity and groups across restarts.
+Over Waku, add --waku to both (alice's --store is then a Waku node), and give bob the
+address alice prints, with its /p2p/<peer id>: that is how bob knows whom to ask as a
+Waku store.";
 
 /// Arguments of `pqmls chat`.
 #[derive(Debug, Args)]

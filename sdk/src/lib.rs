@@ -70,6 +70,10 @@
 //!   consumed and claimed ones and rotates them weekly.
 //! - **Consent.** Invitations are joined at once or held for the application to accept,
 //!   per [`Config::invitations`].
+//! - **Waku.** [`Client::start_waku`] (or [`Client::open`] on a [`WakuTransport`]) runs the
+//!   same client on the wire protocols of the Logos Messaging network: relay (or, for a
+//!   light client, lightpush and filter) for traffic, store v3 for history and key
+//!   packages, segmentation for payloads above the relay limit (see [`net_waku`]).
 //! - **Topics.** Each group has a gossip topic (a hash of its id); each user an inbox topic
 //!   (a hash of their id) where Welcomes arrive. Store nodes follow every topic their peers
 //!   subscribe to.
