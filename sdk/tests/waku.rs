@@ -580,3 +580,126 @@ async fn a_light_client_talks_through_lightpush_and_filter() {
     bob_t.node().clone().shutdown().await.unwrap();
     service.shutdown().await.unwrap();
 }
+
+/// A hostile store: answers metadata as a node of [`CLUSTER`], and every store query with
+/// one entry of another content topic and a pagination cursor, for ever.
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct EndlessStore {
+    metadata: libp2p::request_response::Behaviour<pqmls_transport::waku::metadata::Codec>,
+    store: libp2p::request_response::Behaviour<pqmls_transport::waku::store::Codec>,
+}
+
+/// History from a store that pages for ever ends, bounded, instead of following it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_pages_for_ever_is_not_followed_for_ever() {
+    use libp2p::request_response::{self as rr, ProtocolSupport};
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{StreamProtocol, noise, tcp, yamux};
+    use pqmls_transport::waku::metadata::{self, Metadata};
+    use pqmls_transport::waku::store::{self as wstore, KeyValue, QueryResponse};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let behaviour = EndlessStore {
+        metadata: rr::Behaviour::with_codec(
+            metadata::Codec,
+            [(
+                StreamProtocol::new(metadata::PROTOCOL),
+                ProtocolSupport::Full,
+            )],
+            rr::Config::default(),
+        ),
+        store: rr::Behaviour::with_codec(
+            wstore::Codec::default(),
+            [(
+                StreamProtocol::new(wstore::PROTOCOL),
+                ProtocolSupport::Inbound,
+            )],
+            rr::Config::default(),
+        ),
+    };
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address.with(Protocol::P2p(*swarm.local_peer_id()));
+        }
+    };
+    let queries = Arc::new(AtomicU64::new(0));
+    let counted = queries.clone();
+    let server = tokio::spawn(async move {
+        let mut n = 0u8;
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(EndlessStoreEvent::Metadata(rr::Event::Message {
+                    message: rr::Message::Request { channel, .. },
+                    ..
+                })) => {
+                    let ours = Metadata {
+                        cluster_id: Some(u32::from(CLUSTER)),
+                        shards: (0..8).collect(),
+                    };
+                    let _ = swarm.behaviour_mut().metadata.send_response(channel, ours);
+                }
+                SwarmEvent::Behaviour(EndlessStoreEvent::Store(rr::Event::Message {
+                    message:
+                        rr::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                })) => {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    n = n.wrapping_add(1);
+                    let shard = request.pubsub_topic.clone().unwrap_or_default();
+                    let m = WakuMessage::new("/other/1/app/proto", vec![n]).with_timestamp(1);
+                    let entry = KeyValue {
+                        message_hash: Some(message_hash(&shard, &m).0.to_vec()),
+                        message: Some(m),
+                        pubsub_topic: Some(shard),
+                    };
+                    let response = QueryResponse {
+                        request_id: request.request_id,
+                        status_code: Some(wstore::STATUS_OK),
+                        status_desc: Some("OK".into()),
+                        messages: vec![entry],
+                        pagination_cursor: Some(vec![n; 32]),
+                    };
+                    let _ = swarm.behaviour_mut().store.send_response(channel, response);
+                }
+                _ => {}
+            }
+        }
+    });
+
+    let mut config = net_waku::Config::default().with_store_peer(peer_of(&addr));
+    config.history_messages = 10;
+    let (t, _inbox) = WakuTransport::start(waku_node().with_bootstrap(addr), config)
+        .await
+        .unwrap();
+    until("admitted by the metadata gate", async || {
+        t.node().counters().metadata_admitted > 0
+    })
+    .await;
+    let topic = Topic::from_group_id(b"any");
+    let page = tokio::time::timeout(STEP, t.history(&topic, Cursor::beginning()))
+        .await
+        .expect("history returns")
+        .unwrap();
+    assert!(page.messages.is_empty());
+    // At most twice the bound plus a page of entries are read (one entry per page here).
+    let asked = queries.load(Ordering::Relaxed);
+    assert!((100..=121).contains(&asked), "{asked} queries");
+    server.abort();
+}
