@@ -37,8 +37,18 @@ async fn until<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
 
 /// A loopback Waku relay node of [`CLUSTER`] with fast heartbeats, on TCP only.
 fn waku_node() -> NodeConfig {
+    waku_node_limited(DEFAULT_MAX_MESSAGE_SIZE)
+}
+
+/// The relay limit of the network where MLS traffic itself is segmented: a PQ Welcome
+/// (about 8 KB) or commit (about 7 KB) of a small group does not fit in one message.
+const SMALL_LIMIT: usize = 6 * 1024;
+
+/// As [`waku_node`] with a relay message limit of `max` bytes.
+fn waku_node_limited(max: usize) -> NodeConfig {
     let mut r = relay::Config::new(CLUSTER);
     r.heartbeat = Duration::from_millis(100);
+    r.max_message_size = max;
     let mut c = NodeConfig::loopback();
     c.listen.retain(|a| a.to_string().contains("/tcp/"));
     c.limits.rate_limits = RateLimits::unlimited();
@@ -47,7 +57,11 @@ fn waku_node() -> NodeConfig {
 
 /// A Waku node with relay and store v3 (and nothing of pqmls's own protocols is used).
 async fn store_node(dir: &Path) -> (Node, Multiaddr) {
-    let (node, _) = Node::start(waku_node().with_store(dir, store::Config::default()))
+    store_node_limited(dir, DEFAULT_MAX_MESSAGE_SIZE).await
+}
+
+async fn store_node_limited(dir: &Path, max: usize) -> (Node, Multiaddr) {
+    let (node, _) = Node::start(waku_node_limited(max).with_store(dir, store::Config::default()))
         .await
         .unwrap();
     let addr = node.listen_addrs().await.unwrap().remove(0);
@@ -64,16 +78,33 @@ fn peer_of(addr: &Multiaddr) -> PeerId {
 }
 
 async fn transport(bootstrap: &Multiaddr) -> (Arc<WakuTransport>, Inbox) {
-    let config = net_waku::Config::default().with_store_peer(peer_of(bootstrap));
-    let (t, inbox) = WakuTransport::start(waku_node().with_bootstrap(bootstrap.clone()), config)
-        .await
-        .unwrap();
+    transport_limited(bootstrap, DEFAULT_MAX_MESSAGE_SIZE).await
+}
+
+/// A transport whose relay limit is `max`; below the default, segments of 1 KiB.
+async fn transport_limited(bootstrap: &Multiaddr, max: usize) -> (Arc<WakuTransport>, Inbox) {
+    let mut config = net_waku::Config::default().with_store_peer(peer_of(bootstrap));
+    if max < DEFAULT_MAX_MESSAGE_SIZE {
+        config.segmentation.segment_size = 1024;
+        config.segmentation.max_message_size = 128 * 1024;
+    }
+    let node = waku_node_limited(max).with_bootstrap(bootstrap.clone());
+    let (t, inbox) = WakuTransport::start(node, config).await.unwrap();
     (Arc::new(t), inbox)
 }
 
 /// A client on its own Waku node bootstrapping to the store; returns its transport too.
 async fn client(dir: &Path, name: &str, bootstrap: &Multiaddr) -> (Client, Arc<WakuTransport>) {
-    let (t, inbox) = transport(bootstrap).await;
+    client_limited(dir, name, bootstrap, DEFAULT_MAX_MESSAGE_SIZE).await
+}
+
+async fn client_limited(
+    dir: &Path,
+    name: &str,
+    bootstrap: &Multiaddr,
+    max: usize,
+) -> (Client, Arc<WakuTransport>) {
+    let (t, inbox) = transport_limited(bootstrap, max).await;
     let mut c = Config::new(name)
         .with_data_dir(dir.join(name))
         .with_database_key(pqmls::DatabaseKey::from_bytes([9; 32]));
@@ -702,4 +733,92 @@ async fn a_store_that_pages_for_ever_is_not_followed_for_ever() {
     let asked = queries.load(Ordering::Relaxed);
     assert!((100..=121).contains(&asked), "{asked} queries");
     server.abort();
+}
+
+/// On a network whose relay limit is below a PQ Welcome and commit (6 KiB), the client's
+/// own traffic goes segmented: invitations, a commit, messages, and an offline member's
+/// catch-up reassembling a segmented commit from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mls_traffic_above_the_relay_limit_goes_segmented() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node_limited(&dir.path().join("store"), SMALL_LIMIT).await;
+    let start = async |name: &str| client_limited(dir.path(), name, &bootstrap, SMALL_LIMIT).await;
+    let (alice, alice_t) = start("alice").await;
+    let (bob, bob_t) = start("bob").await;
+    let (carol, carol_t) = start("carol").await;
+    let mut alice_ev = alice.events();
+    let mut bob_ev = bob.events();
+    let mut carol_ev = carol.events();
+    pqmls::wait_for_key_packages(&alice, &bob.id())
+        .await
+        .unwrap();
+    pqmls::wait_for_key_packages(&alice, &carol.id())
+        .await
+        .unwrap();
+
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    expect_event(
+        &mut bob_ev,
+        "bob joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    alice.invite(&g, &carol.id()).await.unwrap();
+    expect_event(
+        &mut carol_ev,
+        "carol joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    agree(&[&alice, &bob, &carol], &g, 2).await;
+    // The Welcomes and add commits went out in segments and came back whole.
+    assert!(
+        alice_t.counters().segmented >= 2,
+        "{:?}",
+        alice_t.counters()
+    );
+    assert!(
+        carol_t.counters().reassembled >= 1,
+        "{:?}",
+        carol_t.counters()
+    );
+
+    alice.send(&g, b"small message").await.unwrap();
+    assert_eq!(
+        messages(&mut bob_ev, 1).await,
+        [pair("alice", "small message")]
+    );
+    // Carol goes away; bob commits (segmented); carol catches up from the store.
+    carol.shutdown().await;
+    carol_t.node().clone().shutdown().await.unwrap();
+    drop(carol_ev);
+    let before = bob_t.counters().segmented;
+    bob.update(&g).await.unwrap();
+    agree(&[&alice, &bob], &g, 3).await;
+    assert!(bob_t.counters().segmented > before);
+    // A message too large for one relay message: only the store has it for carol
+    // (members send commits again to those who missed them, not application messages).
+    let long = "x".repeat(10_000);
+    bob.send(&g, long.as_bytes()).await.unwrap();
+    assert_eq!(messages(&mut alice_ev, 1).await, [pair("bob", &long)]);
+    let (carol, _) = start("carol").await;
+    until(
+        "carol caught up through segments in the store",
+        async || {
+            carol.sync().await.is_ok()
+                && carol.status(&g).await.is_ok_and(|s| s.epoch == 3)
+                && carol
+                    .history(&g, 100)
+                    .await
+                    .is_ok_and(|h| h.iter().any(|m| m.body == long.as_bytes()))
+        },
+    )
+    .await;
+    agree(&[&alice, &bob, &carol], &g, 3).await;
+
+    for c in [alice, bob, carol] {
+        c.shutdown().await;
+    }
+    store.shutdown().await.unwrap();
 }
