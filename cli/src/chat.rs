@@ -7,8 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use pqmls::{Ciphersuite, Client, Config, Event, GroupId, InvitePolicy, UserId};
-use pqmls_transport::Multiaddr;
+use pqmls_transport::multiaddr::Protocol;
 use pqmls_transport::node::Config as NodeConfig;
+use pqmls_transport::waku::peer_exchange;
+use pqmls_transport::waku::preset::Preset;
+use pqmls_transport::{Multiaddr, PeerId};
 use pqmls_transport::{Node, store};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -32,7 +35,10 @@ by id, never by name. In terminal 1 type `/contact bob <bob's id>`, `/create` an
 shows the safety number to compare over a channel you trust. Type lines to chat; `/help`
 lists the commands.
 A bootstrap address may omit the /p2p/<peer id> suffix; each process prints its full
-listen addresses at start. Data directories keep identity and groups across restarts.";
+listen addresses at start. Data directories keep identity and groups across restarts.
+Over Waku, add --waku to both (alice's --store is then a Waku node), and give bob the
+address alice prints, with its /p2p/<peer id>: that is how bob knows whom to ask as a
+Waku store.";
 
 /// Arguments of `pqmls chat`.
 #[derive(Debug, Args)]
@@ -66,6 +72,12 @@ pub struct ChatArgs {
     /// Cipher suite of your identity and the groups you create: hex code, decimal code or name.
     #[arg(long, default_value = util::DEFAULT_SUITE_ARG, value_parser = util::parse_suite)]
     suite: Ciphersuite,
+    /// Run on Waku (cluster of the `local` preset) instead of pqmls's own protocols: relay
+    /// for traffic, store v3 for history and key packages. With --store the store is a Waku
+    /// node in this process (as `pqmls node --preset local` runs one); otherwise every
+    /// --bootstrap address with a /p2p/<peer id> suffix is asked as a Waku store.
+    #[arg(long)]
+    waku: bool,
 }
 
 const HELP: &str = "\
@@ -466,12 +478,19 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     let mut public_addrs = Vec::new();
     let mut node = NodeConfig::loopback();
     node.mdns = args.mdns;
+    let mut waku_stores: Vec<PeerId> = args.bootstrap.iter().filter_map(peer_of).collect();
     if args.store {
-        let mut sc = pqmls::store_node(
-            NodeConfig::loopback(),
-            args.data_dir.join("store"),
-            store::Config::default(),
-        )?;
+        let mut sc = if args.waku {
+            Preset::Local
+                .node_config()
+                .with_store(args.data_dir.join("store"), store::Config::default())
+        } else {
+            pqmls::store_node(
+                NodeConfig::loopback(),
+                args.data_dir.join("store"),
+                store::Config::default(),
+            )?
+        };
         if !args.listen.is_empty() {
             sc.listen = args.listen.clone();
         }
@@ -486,6 +505,7 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         for a in &public_addrs {
             node = node.with_bootstrap(a.clone());
         }
+        waku_stores.insert(0, s.peer_id());
         store_node = Some(s);
     } else {
         if !args.listen.is_empty() {
@@ -502,7 +522,20 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         .with_database_key(crate::dbkey::database_key(&args.data_dir)?)
         .with_suite(args.suite);
     config.invitations = args.accept_invitations;
-    let client = Client::start(config, node).await.with_context(|| {
+    let client = if args.waku {
+        if waku_stores.is_empty() {
+            bail!("with --waku, use --store or a --bootstrap address ending in /p2p/<peer id>");
+        }
+        let mut waku = pqmls::net_waku::Config::default();
+        waku.store_peers = waku_stores;
+        let node = node
+            .with_waku(Preset::Local.relay())
+            .with_peer_exchange(peer_exchange::Config::default());
+        Client::start_waku(config, node, waku).await
+    } else {
+        Client::start(config, node).await
+    };
+    let client = client.with_context(|| {
         format!(
             "cannot start the chat client in {}",
             args.data_dir.display()
@@ -510,10 +543,11 @@ pub async fn run(args: ChatArgs) -> Result<()> {
     })?;
     let mut events = client.events();
     println!(
-        "pqmls chat: {}, suite {}{}",
+        "pqmls chat: {}, suite {}{}{}",
         client.name(),
         util::suite_label(client.suite()),
-        if args.store { ", store node" } else { "" }
+        if args.store { ", store node" } else { "" },
+        if args.waku { ", over Waku" } else { "" }
     );
     println!("user id: {}", client.id());
     let n = client
@@ -593,6 +627,14 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         let _ = s.shutdown().await;
     }
     Ok(())
+}
+
+/// The peer id at the end of an address (`/p2p/<peer id>`), if it has one.
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
 }
 
 /// `HH:MM` (UTC) of a time in milliseconds since the Unix epoch, for the chat's lines.

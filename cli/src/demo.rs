@@ -10,7 +10,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use pqmls::{Ciphersuite, Client, Config, DatabaseKey, Event, GroupId, GroupStatus};
 use pqmls_transport::node::Config as NodeConfig;
-use pqmls_transport::{Multiaddr, Node, store};
+use pqmls_transport::waku::peer_exchange;
+use pqmls_transport::waku::preset::Preset;
+use pqmls_transport::{Multiaddr, Node, PeerId, store};
 use tokio::task::JoinHandle;
 
 use crate::util::{self, hex_prefix, mean, ms, poll_until, within};
@@ -33,6 +35,11 @@ pub struct DemoArgs {
     /// Longest wait for any one step, in seconds.
     #[arg(long, default_value_t = 20)]
     timeout: u64,
+    /// Run on Waku instead of pqmls's own protocols: the store is a Waku node of the
+    /// `local` preset (relay, store v3, lightpush, filter, peer exchange, as `pqmls node`),
+    /// and the clients use Waku relay for traffic and store v3 for history and key packages.
+    #[arg(long)]
+    waku: bool,
 }
 
 const NAMES: [&str; 26] = [
@@ -90,13 +97,16 @@ fn demo_key(kept: Option<&std::path::Path>) -> Result<DatabaseKey> {
     Ok(DatabaseKey::random()?)
 }
 
-/// Starts a client on a fresh node bootstrapping to the store, and a task that logs its events.
+/// Starts a client on a fresh node bootstrapping to the store, and a task that logs its
+/// events. With `waku_store`, a Waku relay node whose history and key packages come from
+/// that store node over store v3.
 async fn start_member(
     name: &str,
     dir: PathBuf,
     key: &DatabaseKey,
     suite: Ciphersuite,
     bootstrap: &Multiaddr,
+    waku_store: Option<PeerId>,
 ) -> Result<Member> {
     let mut config = Config::new(name)
         .with_data_dir(&dir)
@@ -104,11 +114,19 @@ async fn start_member(
         .with_suite(suite);
     config.settle = Duration::from_millis(200);
     config.self_update_interval = None;
-    let client = Client::start(
-        config,
-        NodeConfig::loopback().with_bootstrap(bootstrap.clone()),
-    )
-    .await
+    let node = NodeConfig::loopback().with_bootstrap(bootstrap.clone());
+    let client = match waku_store {
+        Some(store) => {
+            let waku = pqmls::net_waku::Config::default().with_store_peer(store);
+            // Peer exchange: clients find each other through the store, so the relay
+            // mesh does not hang on the store alone (it keeps at most 8 mesh peers).
+            let mut px = peer_exchange::Config::default();
+            px.interval = Duration::from_secs(2);
+            let node = node.with_waku(Preset::Local.relay()).with_peer_exchange(px);
+            Client::start_waku(config, node, waku).await
+        }
+        None => Client::start(config, node).await,
+    }
     .with_context(|| format!("starting client {name}"))?;
     let log: Log = Arc::default();
     let mut events = client.events();
@@ -237,20 +255,39 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         step: 0,
     };
     println!(
-        "pqmls demo: {n} clients and a store node over libp2p on 127.0.0.1, suite {}",
+        "pqmls demo: {n} clients and a store node over {} on 127.0.0.1, suite {}",
+        if args.waku {
+            "Waku (relay, store v3)"
+        } else {
+            "libp2p"
+        },
         util::suite_label(args.suite)
     );
     println!("data in {}", root.display());
     let key = demo_key(args.dir.as_deref())?;
 
-    // The store node: history and the key-package directory.
-    let (store_node, _store_inbound) = Node::start(pqmls::store_node(
-        NodeConfig::loopback(),
-        root.join("store"),
-        store::Config::default(),
-    )?)
-    .await
-    .context("starting the store node")?;
+    // The store node: history and the key-package directory. Over Waku: a node of the
+    // local preset with the store role, as `pqmls node --preset local` runs it.
+    let store_config = if args.waku {
+        let mut c = Preset::Local
+            .node_config()
+            .with_store(root.join("store"), store::Config::default());
+        // The demo checks catch-up by calling `sync` every 20 ms, far above the store v3
+        // rate a Waku node grants one peer by default (100 queries a minute, answered 429
+        // beyond); `pqmls node` keeps the default.
+        c.limits.rate_limits.store = None;
+        c
+    } else {
+        pqmls::store_node(
+            NodeConfig::loopback(),
+            root.join("store"),
+            store::Config::default(),
+        )?
+    };
+    let (store_node, _store_inbound) = Node::start(store_config)
+        .await
+        .context("starting the store node")?;
+    let waku_store = args.waku.then(|| store_node.peer_id());
     let bootstrap = store_node
         .listen_addrs()
         .await?
@@ -262,7 +299,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     // The clients.
     let starts = (0..n).map(|i| {
         let name = NAMES[i];
-        start_member(name, root.join(name), &key, args.suite, &bootstrap)
+        start_member(
+            name,
+            root.join(name),
+            &key,
+            args.suite,
+            &bootstrap,
+            waku_store,
+        )
     });
     let mut members: Vec<Member> = within(limit, "the clients to start", async {
         futures::future::try_join_all(starts).await
@@ -488,7 +532,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         offline_bodies.len()
     ));
     let t_restart = Instant::now();
-    let back = start_member(&gone_name, gone_dir, &key, args.suite, &bootstrap).await?;
+    let back = start_member(
+        &gone_name, gone_dir, &key, args.suite, &bootstrap, waku_store,
+    )
+    .await?;
     let node = back
         .client
         .node()
@@ -498,7 +545,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         limit,
         format!("{gone_name}'s node to reach the store"),
         || async {
-            Ok(if node.counters().store_peers > 0 {
+            let c = node.counters();
+            // Over Waku, a peer is connected once the metadata gate admitted it.
+            let reached = if args.waku {
+                c.metadata_admitted > 0
+            } else {
+                c.store_peers > 0
+            };
+            Ok(if reached {
                 Ok(())
             } else {
                 Err("no store peer".into())

@@ -19,9 +19,15 @@ struct Peer {
 
 impl Peer {
     fn start(name: &'static str, args: &[&str]) -> Peer {
+        let mut all = vec!["chat"];
+        all.extend_from_slice(args);
+        Self::command(name, &all)
+    }
+
+    /// Any `pqmls` subcommand, with its output read line by line.
+    fn command(name: &'static str, args: &[&str]) -> Peer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pqmls"))
             .env("PQMLS_PASSPHRASE", "a test passphrase")
-            .arg("chat")
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -188,6 +194,151 @@ fn two_processes_chat() {
     bob.say("/nonsense");
     bob.expect("unknown command /nonsense");
 
+    alice.say("/quit");
+    bob.say("/quit");
+    alice.expect("bye");
+    bob.expect("bye");
+    assert!(alice.child.wait().unwrap().success());
+    assert!(bob.child.wait().unwrap().success());
+}
+
+/// The same two processes over Waku: alice's in-process store is a Waku node (relay, store
+/// v3), bob names it by its full address; invitation, consent and messages both ways.
+#[test]
+fn two_processes_chat_over_waku() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    let listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let mut alice = Peer::start(
+        "alice",
+        &[
+            "--name",
+            "alice",
+            "--data-dir",
+            a.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--store",
+            "--waku",
+        ],
+    );
+    alice.expect("over Waku");
+    let addr = alice
+        .expect("listening on /ip4/127.0.0.1/tcp/")
+        .trim_start_matches("listening on ")
+        .to_owned();
+    assert!(addr.contains("/p2p/"), "{addr}");
+    let mut bob = Peer::start(
+        "bob",
+        &[
+            "--name",
+            "bob",
+            "--data-dir",
+            b.to_str().unwrap(),
+            "--bootstrap",
+            &addr,
+            "--waku",
+        ],
+    );
+    bob.expect("over Waku");
+    bob.expect("store peers: 1");
+    let id = |p: &mut Peer| {
+        p.expect("user id: ")
+            .trim_start_matches("user id: ")
+            .to_owned()
+    };
+    let (alice_id, bob_id) = (id(&mut alice), id(&mut bob));
+    alice.say(&format!("/contact bob {bob_id}"));
+    alice.expect(&format!("* bob is {bob_id}"));
+    alice.say("/create");
+    alice.expect("created group");
+    alice.say("/invite bob");
+    let invitation = bob.expect("* invitation 1 to group");
+    assert!(invitation.contains(&alice_id), "{invitation}");
+    bob.say("/accept 1");
+    bob.expect("joined group");
+    bob.say("hello over waku");
+    alice.expect("]> hello over waku");
+    alice.say("hi bob");
+    bob.expect("]> hi bob");
+    alice.say("/quit");
+    bob.say("/quit");
+    alice.expect("bye");
+    bob.expect("bye");
+    assert!(alice.child.wait().unwrap().success());
+    assert!(bob.child.wait().unwrap().success());
+}
+
+/// Two chats over Waku with a separate `pqmls node` (relay, store v3, lightpush, filter,
+/// peer exchange) as their only store: neither chat runs one.
+#[test]
+fn two_chats_over_a_pqmls_waku_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let node_dir = dir.path().join("node");
+    let mut node = Peer::command(
+        "node",
+        &[
+            "node",
+            "--data-dir",
+            node_dir.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ],
+    );
+    node.expect("with a store");
+    let addr = node
+        .expect("listening on /ip4/127.0.0.1/tcp/")
+        .trim()
+        .trim_start_matches("listening on ")
+        .to_owned();
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    let mut alice = Peer::start(
+        "alice",
+        &[
+            "--name",
+            "alice",
+            "--data-dir",
+            a.to_str().unwrap(),
+            "--bootstrap",
+            &addr,
+            "--waku",
+        ],
+    );
+    let mut bob = Peer::start(
+        "bob",
+        &[
+            "--name",
+            "bob",
+            "--data-dir",
+            b.to_str().unwrap(),
+            "--bootstrap",
+            &addr,
+            "--waku",
+        ],
+    );
+    alice.expect("over Waku");
+    bob.expect("over Waku");
+    alice.expect("store peers: 1");
+    bob.expect("store peers: 1");
+    let id = |p: &mut Peer| {
+        p.expect("user id: ")
+            .trim_start_matches("user id: ")
+            .to_owned()
+    };
+    let (alice_id, bob_id) = (id(&mut alice), id(&mut bob));
+    bob.say(&format!("/contact alice {alice_id}"));
+    bob.expect(&format!("* alice is {alice_id}"));
+    alice.say(&format!("/contact bob {bob_id}"));
+    alice.expect(&format!("* bob is {bob_id}"));
+    alice.say("/create");
+    alice.expect("created group");
+    alice.say("/invite bob");
+    bob.expect("joined group");
+    bob.say("through the node");
+    alice.expect("]> through the node");
+    alice.say("and back");
+    bob.expect("]> and back");
     alice.say("/quit");
     bob.say("/quit");
     alice.expect("bye");

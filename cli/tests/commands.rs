@@ -37,6 +37,21 @@ fn demo_with_three_clients_prints_the_table() {
     }
 }
 
+#[test]
+fn demo_over_waku_with_three_clients() {
+    let o = pqmls(&["demo", "--waku", "--clients", "3"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "demo failed:\n{out}\n{err}");
+    for needle in [
+        "over Waku (relay, store v3)",
+        "competing commits resolved",
+        "caught up",
+        "demo OK",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
 /// Without loss the scenario must converge and deliver everything (the lossy numbers are
 /// measured with the full run, see BENCHMARKS.md).
 #[test]

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use futures::{FutureExt, StreamExt};
 use openmls::prelude::*;
 use pqmls_provider::{PqCrypto, SqliteStorage};
+use pqmls_transport::waku::PubsubTopic;
 use pqmls_transport::{Node, Topic};
 use rusqlite::OptionalExtension;
 use tokio::sync::{Mutex, mpsc, watch};
@@ -64,6 +65,8 @@ struct Inner {
     /// When the timer next applies the history retention (`retention.rs`).
     retention_next: StdMutex<Option<Instant>>,
     node: Option<Node>,
+    /// The Waku relay shard of the client's topics, when it runs over Waku.
+    relay_shard: Option<PubsubTopic>,
     task: StdMutex<Option<JoinHandle<()>>>,
 }
 
@@ -147,7 +150,28 @@ impl Client {
         let node = node.with_validator(gossip_validator);
         let (node, inbound) = Node::start(node).await?;
         let transport: Arc<dyn Transport> = Arc::new(node.clone());
-        Self::open_inner(config, transport, inbound.boxed(), Some(node)).await
+        Self::open_inner(config, transport, inbound.boxed(), Some(node), None).await
+    }
+
+    /// Starts a Waku node with `node` (which must have Waku relay on,
+    /// `node::Config::with_waku`) and opens a client on it over
+    /// [`WakuTransport`](crate::net_waku::WakuTransport): relay for group and inbox
+    /// traffic, the store nodes of `waku` for history and the key-package directory. The
+    /// node is shut down with the client.
+    ///
+    /// # Errors
+    /// As [`Client::open`], plus [`Error::Transport`] if the node cannot start or Waku is
+    /// off in `node`.
+    pub async fn start_waku(
+        config: Config,
+        node: pqmls_transport::node::Config,
+        waku: crate::net_waku::Config,
+    ) -> Result<Client> {
+        let (transport, inbox) = crate::net_waku::WakuTransport::start(node, waku).await?;
+        let node = transport.node().clone();
+        let shard = transport.shard();
+        let transport: Arc<dyn Transport> = Arc::new(transport);
+        Self::open_inner(config, transport, inbox, Some(node), Some(shard)).await
     }
 
     /// Opens a client on a transport: loads (or on first run creates) the identity from the
@@ -165,7 +189,7 @@ impl Client {
         transport: Arc<dyn Transport>,
         inbox: Inbox,
     ) -> Result<Client> {
-        Self::open_inner(config, transport, inbox, None).await
+        Self::open_inner(config, transport, inbox, None, None).await
     }
 
     async fn open_inner(
@@ -173,6 +197,7 @@ impl Client {
         transport: Arc<dyn Transport>,
         inbox: Inbox,
         node: Option<Node>,
+        relay_shard: Option<PubsubTopic>,
     ) -> Result<Client> {
         check_name(&config.name)?;
         if !pqmls_provider::SUPPORTED_CIPHERSUITES.contains(&config.suite) {
@@ -262,6 +287,7 @@ impl Client {
             key_packages_due: AtomicBool::new(true),
             retention_next: StdMutex::new(None),
             node,
+            relay_shard,
             task: StdMutex::new(None),
         });
         for topic in &subscribe {
@@ -307,7 +333,8 @@ impl Client {
         &self.inner.public_key
     }
 
-    /// The libp2p node, when the client was started with [`Client::start`].
+    /// The libp2p node, when the client was started with [`Client::start`] or
+    /// [`Client::start_waku`].
     pub fn node(&self) -> Option<&Node> {
         self.inner.node.as_ref()
     }
@@ -735,14 +762,19 @@ impl Client {
         self.inner.publish_key_packages().await;
     }
 
-    /// Waits (up to 20 s) until the group's topic has a gossip peer (libp2p only).
+    /// Waits (up to 20 s) until the group's topic has a gossip peer (libp2p only; over
+    /// Waku, the relay shard of the group's content topic).
     pub(crate) async fn wait_for_mesh(&self, group: &GroupId) -> Result<()> {
         let Some(node) = &self.inner.node else {
             return Ok(());
         };
         let topic = wire::group_topic(&group.0);
         for _ in 0..400 {
-            if node.mesh_peers(&topic).await? > 0 {
+            let peers = match self.inner.relay_shard {
+                Some(shard) => node.relay_mesh_peers(shard).await?,
+                None => node.mesh_peers(&topic).await?,
+            };
+            if peers > 0 {
                 return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -1001,16 +1033,19 @@ impl Inner {
     /// A usable key package of `user` from the directory, as bytes: a one-time one if one
     /// is left unclaimed (claimed here, see [`crate::directory`]), else the last-resort one.
     /// Every entry must be signed by `user`'s key over its directory key; what is not is
-    /// skipped, whoever wrote it and whichever store served it.
+    /// skipped, whoever wrote it and whichever store served it. Of the candidates a
+    /// directory returns for a slot ([`Transport::get_all`]), the valid one with the highest
+    /// sequence number is used, so a newer blob planted by someone else hides nothing.
     async fn fetch_key_package(&self, user: &UserId) -> Result<Vec<u8>> {
         let mut last_error = None;
         for i in 0..64u32 {
             let key = directory::key_package_key(user, Slot::OneTime(i));
-            let Some(blob) = self.transport.get(key.clone()).await? else {
+            let blobs = self.transport.get_all(key.clone()).await?;
+            if blobs.is_empty() {
                 break;
-            };
+            }
             let kp = match self
-                .locked(|s| s.check_key_package(user, &key, &blob))
+                .locked(|s| s.best_key_package(user, &key, &blobs))
                 .await
             {
                 Ok(kp) => kp,
@@ -1034,9 +1069,10 @@ impl Inner {
             }
         }
         let key = directory::key_package_key(user, Slot::LastResort);
-        if let Some(blob) = self.transport.get(key.clone()).await? {
+        let blobs = self.transport.get_all(key.clone()).await?;
+        if !blobs.is_empty() {
             return self
-                .locked(|s| s.check_key_package(user, &key, &blob))
+                .locked(|s| s.best_key_package(user, &key, &blobs))
                 .await;
         }
         Err(last_error.unwrap_or(Error::NoKeyPackage(*user)))

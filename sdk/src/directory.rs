@@ -39,8 +39,8 @@ use crate::wire::Slot;
 
 const MAGIC: &[u8; 4] = b"PQD1";
 const TBS_DOMAIN: &[u8] = b"pqmls directory entry v1";
-const KP_PREFIX: &str = "pqmls/kp/v2/";
-const CLAIM_PREFIX: &str = "pqmls/claim/v2/";
+pub(crate) const KP_PREFIX: &str = "pqmls/kp/v2/";
+pub(crate) const CLAIM_PREFIX: &str = "pqmls/claim/v2/";
 /// The largest key package an entry may hold (an ML-DSA-87 key package is under 12 KB).
 pub(crate) const MAX_VALUE: usize = 64 * 1024;
 /// Public keys and signatures: ML-DSA-87's are 2592 and 4627 bytes.

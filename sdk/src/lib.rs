@@ -70,6 +70,10 @@
 //!   consumed and claimed ones and rotates them weekly.
 //! - **Consent.** Invitations are joined at once or held for the application to accept,
 //!   per [`Config::invitations`].
+//! - **Waku.** [`Client::start_waku`] (or [`Client::open`] on a [`WakuTransport`]) runs the
+//!   same client on the wire protocols of the Logos Messaging network: relay (or, for a
+//!   light client, lightpush and filter) for traffic, store v3 for history and key
+//!   packages, segmentation for payloads above the relay limit (see [`net_waku`]).
 //! - **Topics.** Each group has a gossip topic (a hash of its id); each user an inbox topic
 //!   (a hash of their id) where Welcomes arrive. Store nodes follow every topic their peers
 //!   subscribe to.
@@ -97,6 +101,7 @@ mod error;
 mod event;
 mod identity;
 mod net;
+pub mod net_waku;
 mod offline;
 mod order;
 pub mod sim;
@@ -113,6 +118,7 @@ pub use error::{Error, Result};
 pub use event::{Event, Events, Invitation, ReceivedMessage};
 pub use identity::{Member, UserId, safety_number};
 pub use net::{Inbox, Transport};
+pub use net_waku::WakuTransport;
 pub use offline::{DataDirInfo, GroupInfo, IdentityInfo, fingerprint, init_identity, inspect};
 pub use openmls::prelude::Ciphersuite;
 

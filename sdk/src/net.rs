@@ -28,6 +28,13 @@ pub trait Transport: Send + Sync + 'static {
     fn put(&self, key: Vec<u8>, blob: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<()>>;
     /// Reads a directory entry.
     fn get(&self, key: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<Option<Vec<u8>>>>;
+    /// Every entry the directory holds for `key`, as candidates (the default: what
+    /// [`Transport::get`] returns). A directory whose stores cannot check writers (Waku:
+    /// anyone may publish on any content topic) returns all it found, so that a planted
+    /// newer blob cannot hide the owner's; the SDK keeps the newest one that validates.
+    fn get_all(&self, key: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<Vec<Vec<u8>>>> {
+        Box::pin(async move { Ok(self.get(key).await?.into_iter().collect()) })
+    }
     /// One page of a topic's history from a store node.
     fn history<'a>(
         &'a self,

@@ -203,9 +203,12 @@
 //! Every node refuses a TCP listen port already in use ([`Error::AddressInUse`]) and dials
 //! its bootstrap peers again, with backoff, when they go away. Not yet done: mplex and
 //! WebSockets (js-waku's default muxer and transport; the interop tests give js-waku TCP
-//! and yamux), catch-up resumed when a store comes back,
-//! segmentation wired into publishing, choosing a store for [`Node::store_query`] (or a
-//! lightpush or filter service) among connected peers (the caller names one).
+//! and yamux), catch-up resumed when a store comes back, choosing a store for
+//! [`Node::store_query`] (or a lightpush or filter service) among connected peers (the
+//! caller names one). Segmentation is wired into publishing one layer up, in the SDK's
+//! `pqmls::net_waku::WakuTransport` (segments above the relay limit, reassembly on relay,
+//! filter and store reads); [`Node::relay_publish`] itself still refuses what exceeds the
+//! limit.
 //!
 //! *Lightpush and filter* (issue 13 item 1: a light client publishes and receives without
 //! relaying). A Waku node can be a lightpush v3 service

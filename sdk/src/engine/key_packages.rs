@@ -290,25 +290,43 @@ impl State {
         Ok(retired)
     }
 
-    /// Checks a directory entry fetched for `user` under `key`: signed by `user`'s key (so
+    /// Of the candidate directory entries fetched for `user` under `key`, the key package
+    /// of the valid one with the highest sequence number. Valid: signed by `user`'s key (so
     /// no store or writer can make us invite someone else), over this key, not expired,
-    /// holding a valid key package of `user` ([`State::validate_key_package`]). Returns the
-    /// key package's bytes.
-    pub(crate) fn check_key_package(
+    /// holding a valid key package of `user` ([`State::validate_key_package`]). The first
+    /// refusal if none is valid.
+    pub(crate) fn best_key_package(
         &self,
         user: &UserId,
         key: &[u8],
-        blob: &[u8],
+        blobs: &[Vec<u8>],
     ) -> Result<Vec<u8>> {
-        let entry =
-            directory::verify(self.provider.crypto(), key, blob, self.wall_ms()).map_err(|r| {
-                Error::InvalidKeyPackage {
+        let mut best: Option<(u64, Vec<u8>)> = None;
+        let mut first_error = None;
+        for blob in blobs {
+            let checked = directory::verify(self.provider.crypto(), key, blob, self.wall_ms())
+                .map_err(|r| Error::InvalidKeyPackage {
                     user: user.to_string(),
                     reason: r.to_string(),
+                })
+                .and_then(|entry| {
+                    self.validate_key_package(user, &entry.value)?;
+                    Ok(entry)
+                });
+            match checked {
+                Ok(entry) if best.as_ref().is_none_or(|(seq, _)| entry.seq > *seq) => {
+                    best = Some((entry.seq, entry.value));
                 }
-            })?;
-        self.validate_key_package(user, &entry.value)?;
-        Ok(entry.value)
+                Ok(_) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match best {
+            Some((_, kp)) => Ok(kp),
+            None => Err(first_error.unwrap_or(Error::NoKeyPackage(*user))),
+        }
     }
 
     /// Validates a key package for `user`: well-formed and signed (RFC 9420 §10.1), of our

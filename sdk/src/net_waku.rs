@@ -1,0 +1,862 @@
+//! The client over Waku, the wire protocols of the Logos Messaging network: a
+//! [`Transport`] on a [`pqmls_transport::Node`] started with Waku relay
+//! (`node::Config::with_waku`), using only Waku protocols (relay, store v3) and none of
+//! the transport's own (`/pqmls/group/1/..` gossip, the home-made store and directory).
+//!
+//! - **Topics.** A pqmls [`Topic`] `/pqmls/group/1/<hex>` is the content topic
+//!   `/pqmls/1/<hex>/proto`, autosharded on the node's cluster. Payloads too large for one
+//!   relay message (150 KiB by default) are cut by the Logos segmentation
+//!   ([`pqmls_transport::waku::segmentation`]: 100 KiB segments, Keccak-256 of the whole,
+//!   Reed-Solomon parity) and published on the twin content topic `/pqmls/1/<hex>/seg`,
+//!   all with the same timestamp; nothing above the relay limit is ever sent. Receivers
+//!   reassemble within the segmentation module's bounds (messages, bytes and time in
+//!   reassembly), on relay and in history alike.
+//! - **Inbound.** Relay messages of subscribed content topics only, mapped to
+//!   [`Message`]s whose id is [`MessageId::compute`] of the pqmls topic and the whole
+//!   payload, so the SDK's de-duplication works as on the pqmls transport. Payloads that
+//!   are not pqmls wire messages are dropped here (relay is shared with other
+//!   applications, so they are not penalised).
+//! - **History** is Waku store v3: content-topic queries with a time range, all pages, see
+//!   [`Config`] for the bounds. Waku stores order by the *sender's* timestamp, not by
+//!   arrival, so a [`Cursor`] is read as a sender time: `(after_ms, None)` asks for every
+//!   message stamped at `after_ms` or later; `(after_ms, Some(_))` (a cursor after a
+//!   message) asks for those stamped at `after_ms - lookback` or later, because an
+//!   honest sender with a slow clock, or a message relayed late, lands before the cursor
+//!   of a member that already caught up: such messages come again, and what the SDK
+//!   handled is skipped by its id. Messages stamped more than `max_future` ahead of our
+//!   clock are not asked for, so a stranger cannot move a member's cursor into the future.
+//! - **Light clients.** With [`Config::light_service`] the node relays nothing: it
+//!   publishes through a lightpush v3 service and receives through a filter v2
+//!   subscription with that service (both content topics of every subscribed topic);
+//!   history and the directory are store v3 as above. Filter pushes are mapped exactly as
+//!   relay messages are.
+//! - **Directory.** `put(key, blob)` publishes a message on a content topic of the key's
+//!   owner (`/pqmls/1/kp-<user hex>/proto` for key packages, `/pqmls/1/claim-<user
+//!   hex>/proto` for claims, `/pqmls/1/dir-<sha-256 of key>/proto` for other keys) holding
+//!   the key and the blob; `get_all(key)` asks the store for that topic, newest first, and
+//!   returns every blob stored under the key. No Waku store can check who writes, so
+//!   the readers do (see `sdk/DESIGN.md`, "The directory over Waku").
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use pqmls_transport::node::Config as NodeConfig;
+use pqmls_transport::store::{Cursor, Page};
+use pqmls_transport::waku::segmentation::{self, Reassembler, SegmentMessage};
+use pqmls_transport::waku::store::QueryRequest;
+use pqmls_transport::waku::{ContentTopic, PubsubTopic, WakuMessage};
+use pqmls_transport::{Error, Message, MessageId, Node, PeerId, Topic};
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+
+use crate::net::{Inbox, Transport};
+use crate::wire::Wire;
+
+/// The prefix of every pqmls topic name, see [`Topic::from_group_id`].
+const TOPIC_PREFIX: &str = "/pqmls/group/1/";
+/// Content topics of pqmls: `/pqmls/1/<name>/<encoding>`.
+const CT_PREFIX: &str = "/pqmls/1/";
+/// Encoding of a whole payload.
+const WHOLE: &str = "proto";
+/// Encoding of a segment of a payload.
+const SEGMENT: &str = "seg";
+/// Magic of a directory message: `"PQDW" | key len u32 | key | blob`.
+const DIR_MAGIC: &[u8; 4] = b"PQDW";
+/// Largest store page asked for (the spec's maximum).
+const PAGE: u64 = 100;
+
+/// Settings of a [`WakuTransport`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Store nodes to ask for history and the directory, in order of preference (the
+    /// next one is asked when one fails). Without any, `history` and `get` fail with
+    /// [`Error::NoStore`].
+    pub store_peers: Vec<PeerId>,
+    /// Segmentation of large payloads, and the bounds of reassembly.
+    pub segmentation: segmentation::Config,
+    /// Most Waku messages read from stores for one `history` call (default 2048). When a
+    /// topic holds more, the page ends at the last whole millisecond and the next page
+    /// starts there.
+    pub history_messages: usize,
+    /// Most payload bytes read from stores for one `history` call (default 32 MiB).
+    pub history_bytes: usize,
+    /// How far before a cursor after a message history looks again (default 2 minutes),
+    /// see the module documentation.
+    pub lookback: Duration,
+    /// How far ahead of our clock a sender's timestamp may be for history to ask for it
+    /// (default 1 minute).
+    pub max_future: Duration,
+    /// Most directory entries read for one key (default 256; newest first).
+    pub directory_candidates: usize,
+    /// Light-client mode: publish through this peer's lightpush service and receive
+    /// through its filter service, instead of relaying (default `None`: relay). The node
+    /// then needs no relay shards of its own (`relay::Config::with_shards([])`); history
+    /// and the directory still come from [`Config::store_peers`].
+    pub light_service: Option<PeerId>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            store_peers: Vec::new(),
+            segmentation: segmentation::Config::default(),
+            history_messages: 2048,
+            history_bytes: 32 * 1024 * 1024,
+            lookback: Duration::from_secs(120),
+            max_future: Duration::from_secs(60),
+            directory_candidates: 256,
+            light_service: None,
+        }
+    }
+}
+
+impl Config {
+    /// Adds a store node to ask.
+    pub fn with_store_peer(mut self, peer: PeerId) -> Self {
+        self.store_peers.push(peer);
+        self
+    }
+
+    /// Light-client mode through `service` (lightpush and filter), see
+    /// [`Config::light_service`].
+    pub fn with_light_service(mut self, service: PeerId) -> Self {
+        self.light_service = Some(service);
+        self
+    }
+}
+
+/// Counts of what a [`WakuTransport`] dropped or reassembled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Payloads published as segments.
+    pub segmented: u64,
+    /// Segmented payloads reassembled from relay.
+    pub reassembled: u64,
+    /// Relay messages dropped: another application's content topic, a topic not
+    /// subscribed, a refused segment, or not a pqmls payload.
+    pub dropped: u64,
+}
+
+struct Shared {
+    subscribed: Mutex<HashSet<Topic>>,
+    reassembler: Mutex<Reassembler>,
+    segmented: AtomicU64,
+    reassembled: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// A [`Transport`] over Waku relay and store v3, see the module documentation.
+pub struct WakuTransport {
+    node: Node,
+    shard: PubsubTopic,
+    max_message_size: usize,
+    config: Config,
+    shared: Arc<Shared>,
+    requests: AtomicU64,
+}
+
+impl std::fmt::Debug for WakuTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WakuTransport")
+            .field("node", &self.node)
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A logical content topic of pqmls: `name` is the part between `/pqmls/1/` and the
+/// encoding.
+fn content_topic(name: &str, encoding: &str) -> String {
+    format!("{CT_PREFIX}{name}/{encoding}")
+}
+
+/// The content-topic name of a pqmls topic: the hex part of its name.
+fn topic_name(topic: &Topic) -> &str {
+    topic
+        .as_str()
+        .strip_prefix(TOPIC_PREFIX)
+        .unwrap_or(topic.as_str())
+}
+
+/// The pqmls topic and whether it is a segment, for a content topic of ours; `None` for
+/// anything else.
+fn parse_content_topic(ct: &str) -> Option<(Topic, bool)> {
+    let rest = ct.strip_prefix(CT_PREFIX)?;
+    let (name, encoding) = rest.split_once('/')?;
+    let seg = match encoding {
+        WHOLE => false,
+        SEGMENT => true,
+        _ => return None,
+    };
+    Some((Topic::parse(&format!("{TOPIC_PREFIX}{name}"))?, seg))
+}
+
+/// The content-topic name of a directory key: per owner for key packages and claims.
+fn directory_name(key: &[u8]) -> String {
+    let owner_part = |prefix: &str| -> Option<String> {
+        let text = std::str::from_utf8(key).ok()?;
+        let rest = text.strip_prefix(prefix)?;
+        let (hex, _) = rest.split_once('/')?;
+        (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| hex.to_owned())
+    };
+    if let Some(hex) = owner_part(crate::directory::KP_PREFIX) {
+        return format!("kp-{hex}");
+    }
+    if let Some(hex) = owner_part(crate::directory::CLAIM_PREFIX) {
+        return format!("claim-{hex}");
+    }
+    let digest = Sha256::digest(key);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("dir-{hex}")
+}
+
+fn encode_directory(key: &[u8], blob: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len() + blob.len());
+    out.extend_from_slice(DIR_MAGIC);
+    out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(blob);
+    out
+}
+
+/// The blob of a directory message if it is stored under `key`.
+fn decode_directory<'a>(bytes: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let rest = bytes.strip_prefix(DIR_MAGIC.as_slice())?;
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+    if rest.len() < len {
+        return None;
+    }
+    let (k, blob) = rest.split_at(len);
+    (k == key).then_some(blob)
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn nanos_to_ms(ns: i64) -> u64 {
+    u64::try_from(ns / 1_000_000).unwrap_or(0)
+}
+
+fn ms_to_nanos(ms: u64) -> i64 {
+    i64::try_from(ms)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1_000_000)
+}
+
+fn ms_time(ms: u64) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+fn duration_nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// A Waku message read from a store, of one of the two content topics asked for.
+struct Stored {
+    timestamp: i64,
+    segment: bool,
+    payload: Vec<u8>,
+}
+
+impl WakuTransport {
+    /// A transport on `node`, which must have been started with Waku relay
+    /// (`node::Config::with_waku`); takes the node's relay stream and returns the
+    /// client's inbox.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if Waku is off on `node`, its relay stream was already taken, or
+    /// the segmentation settings cannot work with the relay's message limit.
+    pub fn new(
+        node: Node,
+        relay: &pqmls_transport::waku::relay::Config,
+        config: Config,
+    ) -> pqmls_transport::Result<(Self, Inbox)> {
+        config
+            .segmentation
+            .check()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        // A segment is its payload plus at most a few hundred bytes of framing.
+        if config.segmentation.segment_size.saturating_add(4096) > relay.max_message_size {
+            return Err(Error::Config(
+                "segment size too close to the relay's message limit".into(),
+            ));
+        }
+        let shard = ContentTopic::parse(&content_topic("x", WHOLE))
+            .and_then(|t| t.pubsub_topic(relay.cluster, relay.shard_count))
+            .ok_or_else(|| Error::Config("pqmls content topics cannot be autosharded".into()))?;
+        let shared = Arc::new(Shared {
+            subscribed: Mutex::new(HashSet::new()),
+            reassembler: Mutex::new(Reassembler::new(config.segmentation.clone())),
+            segmented: AtomicU64::new(0),
+            reassembled: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let s = shared.clone();
+        let inbox = if config.light_service.is_some() {
+            node.filter_inbound()
+                .ok_or_else(|| Error::Config("Waku is off or the filter stream was taken".into()))?
+                .filter_map(move |r| futures::future::ready(s.accept(r.message, SystemTime::now())))
+                .boxed()
+        } else {
+            node.relay_inbound()
+                .ok_or_else(|| Error::Config("Waku relay is off or its stream was taken".into()))?
+                .filter_map(move |r| futures::future::ready(s.accept(r.message, r.received)))
+                .boxed()
+        };
+        Ok((
+            Self {
+                node,
+                shard,
+                max_message_size: relay.max_message_size,
+                config,
+                shared,
+                requests: AtomicU64::new(0),
+            },
+            inbox,
+        ))
+    }
+
+    /// Starts a Waku node with `node` (which must have Waku relay on) and a transport on
+    /// it.
+    ///
+    /// # Errors
+    /// The node's start errors, and as [`WakuTransport::new`].
+    pub async fn start(node: NodeConfig, config: Config) -> pqmls_transport::Result<(Self, Inbox)> {
+        let relay = node
+            .waku
+            .clone()
+            .ok_or_else(|| Error::Config("Waku relay is off (see Config::with_waku)".into()))?;
+        let (node, _) = Node::start(node).await?;
+        if config.light_service.is_some() {
+            // The first filter subscriptions are made as soon as a client opens, and one
+            // that fails waits for the next full catch-up: give the bootstrap dial a moment
+            // (at most 5 s) to pass the metadata gate first.
+            for _ in 0..50 {
+                if node.counters().metadata_admitted > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Self::new(node, &relay, config)
+    }
+
+    /// The node underneath.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The shard every pqmls content topic is on.
+    pub fn shard(&self) -> PubsubTopic {
+        self.shard
+    }
+
+    /// What was segmented, reassembled and dropped so far.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            segmented: self.shared.segmented.load(Ordering::Relaxed),
+            reassembled: self.shared.reassembled.load(Ordering::Relaxed),
+            dropped: self.shared.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends one message: on relay, or through the lightpush service.
+    async fn send(&self, m: WakuMessage) -> pqmls_transport::Result<()> {
+        match self.config.light_service {
+            Some(peer) => self
+                .node
+                .lightpush(peer, Some(self.shard), m)
+                .await
+                .map(|_| ()),
+            None => self.node.relay_publish_on(self.shard, m).await.map(|_| ()),
+        }
+    }
+
+    /// Publishes `payload` under the content-topic name `name`: whole if it fits one
+    /// relay message, else as segments. Every message gets the same timestamp.
+    async fn publish_named(&self, name: &str, payload: &[u8]) -> pqmls_transport::Result<()> {
+        let now = now_nanos();
+        let whole =
+            WakuMessage::new(content_topic(name, WHOLE), payload.to_vec()).with_timestamp(now);
+        if whole.to_bytes().len() <= self.max_message_size {
+            return self.send(whole).await;
+        }
+        let segments = segmentation::segment(payload, &self.config.segmentation)
+            .map_err(|e| Error::Publish(e.to_string()))?;
+        let topic = content_topic(name, SEGMENT);
+        for s in segments {
+            let m = WakuMessage::new(topic.clone(), s).with_timestamp(now);
+            // `new` checked that segments stay well below the limit; checked again here
+            // because a lightpush service might take more than its relay forwards.
+            let len = m.to_bytes().len();
+            if len > self.max_message_size {
+                return Err(Error::MessageTooLarge {
+                    len,
+                    max: self.max_message_size,
+                });
+            }
+            self.send(m).await?;
+        }
+        self.shared.segmented.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The two content topics of `topic`, for filter subscriptions.
+    fn filter_topics(&self, topic: &Topic) -> Vec<ContentTopic> {
+        [WHOLE, SEGMENT]
+            .iter()
+            .filter_map(|e| ContentTopic::parse(&content_topic(topic_name(topic), e)))
+            .collect()
+    }
+
+    /// Reads the Waku messages of `name` (both encodings) from the first store that
+    /// answers, within the bounds: `(messages in store order, whether cut short)`.
+    async fn query(
+        &self,
+        name: &str,
+        time_start: Option<i64>,
+        forward: bool,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> pqmls_transport::Result<(Vec<Stored>, bool)> {
+        if self.config.store_peers.is_empty() {
+            return Err(Error::NoStore);
+        }
+        let mut last = Error::NoStore;
+        for peer in &self.config.store_peers {
+            match self
+                .query_peer(*peer, name, time_start, forward, max_messages, max_bytes)
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    tracing::debug!("store query to {peer} failed: {e}");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn query_peer(
+        &self,
+        peer: PeerId,
+        name: &str,
+        time_start: Option<i64>,
+        forward: bool,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> pqmls_transport::Result<(Vec<Stored>, bool)> {
+        let whole = content_topic(name, WHOLE);
+        let seg = content_topic(name, SEGMENT);
+        let time_end = now_nanos().saturating_add(duration_nanos(self.config.max_future));
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut request = QueryRequest {
+            request_id: format!("pqmls-{n}"),
+            include_data: true,
+            pubsub_topic: Some(self.shard.to_string()),
+            content_topics: vec![whole.clone(), seg.clone()],
+            time_start,
+            time_end: Some(time_end),
+            pagination_forward: forward,
+            pagination_limit: Some(PAGE),
+            ..QueryRequest::default()
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        // Entries read, kept or not: a store that keeps answering with a cursor (empty
+        // pages, entries of other topics) is not followed for ever.
+        let mut read = 0usize;
+        let max_read = max_messages.saturating_mul(2).saturating_add(PAGE as usize);
+        loop {
+            let response = self.node.store_query(peer, request.clone()).await?;
+            if response.messages.is_empty() {
+                return Ok((out, false));
+            }
+            read = read.saturating_add(response.messages.len());
+            for kv in response.messages {
+                // A store may answer anything: keep only what was asked for.
+                let Some(m) = kv.message else { continue };
+                let segment = if m.content_topic == whole {
+                    false
+                } else if m.content_topic == seg {
+                    true
+                } else {
+                    continue;
+                };
+                let Some(timestamp) = m.timestamp else {
+                    continue;
+                };
+                if timestamp >= time_end || time_start.is_some_and(|s| timestamp < s) {
+                    continue;
+                }
+                if out.len() >= max_messages || bytes.saturating_add(m.payload.len()) > max_bytes {
+                    return Ok((out, true));
+                }
+                bytes += m.payload.len();
+                out.push(Stored {
+                    timestamp,
+                    segment,
+                    payload: m.payload,
+                });
+            }
+            match response.pagination_cursor {
+                Some(_) if read >= max_read => return Ok((out, true)),
+                Some(c) => request.pagination_cursor = Some(c),
+                None => return Ok((out, false)),
+            }
+        }
+    }
+
+    /// Whole payloads of stored messages, with the timestamp of the message (or of the
+    /// segment that completed it); segments that do not complete a payload within the
+    /// segmentation bounds are dropped.
+    ///
+    /// Anyone can publish a segment that claims to belong to someone else's message, with
+    /// the same timestamp, and the store may order it first: the first reassembly then
+    /// fails its hash. Such messages are tried again ([`retry`]) from the segments the
+    /// store holds for them.
+    fn assemble(&self, stored: Vec<Stored>) -> Vec<(i64, Vec<u8>)> {
+        let mut reassembler = Reassembler::new(self.config.segmentation.clone());
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut failed: Vec<Vec<u8>> = Vec::new();
+        let mut done: HashSet<Vec<u8>> = HashSet::new();
+        for s in &stored {
+            if !s.segment {
+                out.push((s.timestamp, s.payload.clone()));
+                continue;
+            }
+            match reassembler.push(&s.payload, now) {
+                Ok(Some(whole)) => {
+                    // Later segments of a failed reassembly can still complete it.
+                    if let Ok(m) = SegmentMessage::decode(s.payload.as_slice()) {
+                        done.insert(m.entire_message_hash);
+                    }
+                    out.push((s.timestamp, whole));
+                }
+                Err(segmentation::SegmentError::HashMismatch) => {
+                    if let Ok(m) = SegmentMessage::decode(s.payload.as_slice())
+                        && !failed.contains(&m.entire_message_hash)
+                        && failed.len() < MAX_RETRIED_MESSAGES
+                    {
+                        failed.push(m.entire_message_hash);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for hash in failed.iter().filter(|h| !done.contains(*h)) {
+            if let Some(r) = retry(&self.config.segmentation, &stored, hash) {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    async fn history_impl(&self, topic: &Topic, from: Cursor) -> pqmls_transport::Result<Page> {
+        let lookback = if from.after_id().is_some() {
+            u64::try_from(self.config.lookback.as_millis()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        let start_ms = from.after_ms().saturating_sub(lookback);
+        let time_start = (start_ms > 0).then(|| ms_to_nanos(start_ms));
+        let (mut stored, cut) = self
+            .query(
+                topic_name(topic),
+                time_start,
+                true,
+                self.config.history_messages,
+                self.config.history_bytes,
+            )
+            .await?;
+        let mut next = None;
+        if cut && let Some(last) = stored.last().map(|s| nanos_to_ms(s.timestamp)) {
+            if last > from.after_ms() {
+                // Keep whole milliseconds only (all segments of a payload share one
+                // timestamp, so none is split); the next page starts at `last`.
+                stored.retain(|s| nanos_to_ms(s.timestamp) < last);
+                next = Some(Cursor::from_parts(last, None));
+            } else {
+                // More than the bound within one millisecond at the cursor: only a
+                // flood does that. Take what was read and go on after it.
+                next = Some(Cursor::from_parts(last.saturating_add(1), None));
+            }
+        }
+        let mut messages: Vec<Message> = self
+            .assemble(stored)
+            .into_iter()
+            .filter(|(_, data)| Wire::decode(data).is_some())
+            .map(|(ts, data)| Message {
+                id: MessageId::compute(topic, &data),
+                topic: topic.clone(),
+                data,
+                received: ms_time(nanos_to_ms(ts)),
+            })
+            .collect();
+        messages.sort_by_key(|a| (a.received, a.id));
+        Ok(Page { messages, next })
+    }
+
+    async fn get_all_impl(&self, key: &[u8]) -> pqmls_transport::Result<Vec<Vec<u8>>> {
+        let max = self.config.directory_candidates;
+        let (stored, _) = self
+            .query(
+                &directory_name(key),
+                None,
+                false,
+                max.saturating_mul(4),
+                self.config.history_bytes,
+            )
+            .await?;
+        // The query went backwards (newest pages first), but each page is in time order:
+        // sort, newest first.
+        let mut found: Vec<(i64, Vec<u8>)> = self
+            .assemble(stored)
+            .into_iter()
+            .filter_map(|(ts, m)| decode_directory(&m, key).map(|b| (ts, b.to_vec())))
+            .collect();
+        found.sort_by_key(|(ts, _)| std::cmp::Reverse(*ts));
+        let mut out: Vec<Vec<u8>> = found.into_iter().map(|(_, b)| b).collect();
+        out.truncate(max);
+        Ok(out)
+    }
+}
+
+/// Segmented messages of one history read whose reassembly is tried again.
+const MAX_RETRIED_MESSAGES: usize = 16;
+/// Distinct candidates kept for one segment slot (data or parity index) in a retry.
+const MAX_CANDIDATES: usize = 4;
+/// Combinations of conflicting candidates tried for one message.
+const MAX_TRIES: usize = 16;
+
+/// Reassembles the message `hash` from every stored segment claiming it, when more than
+/// one distinct segment claims a slot: first from the slots with a single candidate only
+/// (parity recovers up to its count of disputed slots), then from combinations of the
+/// candidates, at most [`MAX_TRIES`]. Only a payload matching `hash` comes out.
+fn retry(config: &segmentation::Config, stored: &[Stored], hash: &[u8]) -> Option<(i64, Vec<u8>)> {
+    let mut slots: std::collections::BTreeMap<(bool, u32), Vec<&[u8]>> = Default::default();
+    let mut timestamp = i64::MIN;
+    for s in stored.iter().filter(|s| s.segment) {
+        let Ok(m) = SegmentMessage::decode(s.payload.as_slice()) else {
+            continue;
+        };
+        if m.entire_message_hash != hash {
+            continue;
+        }
+        timestamp = timestamp.max(s.timestamp);
+        let index = if m.is_parity {
+            m.parity_segment_index
+        } else {
+            m.data_segment_index
+        };
+        let c = slots.entry((m.is_parity, index)).or_default();
+        if c.len() < MAX_CANDIDATES && !c.contains(&s.payload.as_slice()) {
+            c.push(&s.payload);
+        }
+    }
+    let now = Instant::now();
+    let attempt = |choose: &dyn Fn(usize, usize) -> Option<usize>| -> Option<Vec<u8>> {
+        let mut r = Reassembler::new(config.clone());
+        for (slot, candidates) in slots.values().enumerate() {
+            let Some(i) = choose(slot, candidates.len()) else {
+                continue;
+            };
+            match candidates.get(i).map(|c| r.push(c, now)) {
+                Some(Ok(Some(whole))) => return Some(whole),
+                Some(Err(segmentation::SegmentError::HashMismatch)) => return None,
+                _ => {}
+            }
+        }
+        None
+    };
+    if let Some(whole) = attempt(&|_, n| (n == 1).then_some(0)) {
+        return Some((timestamp, whole));
+    }
+    let radices: Vec<usize> = slots.values().map(Vec::len).collect();
+    for t in 0..MAX_TRIES {
+        // The t-th combination, in mixed radix over the slots' candidate counts.
+        let mut digits = vec![0usize; radices.len()];
+        let mut rest = t;
+        for (d, n) in digits.iter_mut().zip(&radices) {
+            *d = rest % n.max(&1);
+            rest /= n.max(&1);
+        }
+        if rest > 0 {
+            break;
+        }
+        if let Some(whole) = attempt(&|slot, _| digits.get(slot).copied()) {
+            return Some((timestamp, whole));
+        }
+    }
+    None
+}
+
+impl Shared {
+    /// Maps an accepted relay message to a pqmls message, or drops it.
+    fn accept(&self, m: WakuMessage, received: SystemTime) -> Option<Message> {
+        let out = self.map(m, received);
+        if out.is_none() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        out
+    }
+
+    fn map(&self, m: WakuMessage, received: SystemTime) -> Option<Message> {
+        let (topic, segment) = parse_content_topic(&m.content_topic)?;
+        if !self.subscribed.lock().ok()?.contains(&topic) {
+            return None;
+        }
+        let data = if segment {
+            let whole = self
+                .reassembler
+                .lock()
+                .ok()?
+                .push(&m.payload, Instant::now())
+                .ok()??;
+            self.reassembled.fetch_add(1, Ordering::Relaxed);
+            whole
+        } else {
+            m.payload
+        };
+        Wire::decode(&data)?;
+        Some(Message {
+            id: MessageId::compute(&topic, &data),
+            topic,
+            data,
+            received,
+        })
+    }
+}
+
+impl Transport for WakuTransport {
+    fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
+        Box::pin(async move {
+            match self.config.light_service {
+                Some(peer) => {
+                    self.node
+                        .filter_subscribe(peer, self.shard, &self.filter_topics(topic))
+                        .await?;
+                }
+                // Relay is per shard; the node keeps the shard after the last unsubscribe.
+                None => {
+                    self.node.relay_subscribe(self.shard.shard).await?;
+                }
+            }
+            if let Ok(mut s) = self.shared.subscribed.lock() {
+                s.insert(topic.clone());
+            }
+            Ok(())
+        })
+    }
+
+    fn unsubscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
+        Box::pin(async move {
+            if let Ok(mut s) = self.shared.subscribed.lock() {
+                s.remove(topic);
+            }
+            if let Some(peer) = self.config.light_service {
+                self.node
+                    .filter_unsubscribe(peer, self.shard, &self.filter_topics(topic))
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        topic: &'a Topic,
+        data: Vec<u8>,
+    ) -> BoxFuture<'a, pqmls_transport::Result<MessageId>> {
+        Box::pin(async move {
+            self.publish_named(topic_name(topic), &data).await?;
+            Ok(MessageId::compute(topic, &data))
+        })
+    }
+
+    fn put(&self, key: Vec<u8>, blob: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<()>> {
+        Box::pin(async move {
+            let payload = encode_directory(&key, &blob);
+            self.publish_named(&directory_name(&key), &payload).await
+        })
+    }
+
+    fn get(&self, key: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<Option<Vec<u8>>>> {
+        Box::pin(async move { Ok(self.get_all_impl(&key).await?.into_iter().next()) })
+    }
+
+    fn get_all(&self, key: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<Vec<Vec<u8>>>> {
+        Box::pin(async move { self.get_all_impl(&key).await })
+    }
+
+    fn history<'a>(
+        &'a self,
+        topic: &'a Topic,
+        from: Cursor,
+    ) -> BoxFuture<'a, pqmls_transport::Result<Page>> {
+        Box::pin(self.history_impl(topic, from))
+    }
+
+    fn connected(&self) -> bool {
+        self.node.counters().connected_peers > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_topics_round_trip_and_reject_others() {
+        let t = Topic::from_group_id(b"g");
+        let ct = content_topic(topic_name(&t), WHOLE);
+        assert!(ct.starts_with("/pqmls/1/") && ct.ends_with("/proto"));
+        assert!(ContentTopic::parse(&ct).is_some());
+        assert_eq!(parse_content_topic(&ct), Some((t.clone(), false)));
+        let seg = content_topic(topic_name(&t), SEGMENT);
+        assert_eq!(parse_content_topic(&seg), Some((t, true)));
+        for bad in [
+            "/pqmls/1/xyz/proto",
+            "/other/1/abc/proto",
+            "/pqmls/1/kp-00/proto",
+        ] {
+            assert_eq!(parse_content_topic(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn directory_messages_name_their_key() {
+        let m = encode_directory(b"k1", b"blob");
+        assert_eq!(decode_directory(&m, b"k1"), Some(&b"blob"[..]));
+        assert_eq!(decode_directory(&m, b"k2"), None);
+        assert_eq!(decode_directory(&m[..7], b"k1"), None);
+        assert_eq!(decode_directory(b"XXXX\0\0\0\x02k1", b"k1"), None);
+        let owner = "ab".repeat(32);
+        let kp = format!("pqmls/kp/v2/{owner}/0");
+        let kp2 = format!("pqmls/kp/v2/{owner}/last-resort");
+        assert_eq!(directory_name(kp.as_bytes()), format!("kp-{owner}"));
+        assert_eq!(directory_name(kp2.as_bytes()), format!("kp-{owner}"));
+        let claim = format!("pqmls/claim/v2/{owner}/{owner}");
+        assert_eq!(directory_name(claim.as_bytes()), format!("claim-{owner}"));
+        assert!(directory_name(b"other").starts_with("dir-"));
+        for k in [kp.as_bytes(), claim.as_bytes(), b"other"] {
+            assert!(ContentTopic::parse(&content_topic(&directory_name(k), WHOLE)).is_some());
+        }
+    }
+}

@@ -1,0 +1,824 @@
+//! The SDK over Waku on 127.0.0.1: a Waku node with relay and store v3, and clients on
+//! [`WakuTransport`] (relay for traffic, store v3 for history and the key-package
+//! directory), none of the transport's own protocols. Plus the transport alone: a 1 MiB
+//! payload segmented, forged and duplicated segments, history reassembled from the store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use pqmls::net_waku::{self, WakuTransport};
+use pqmls::{Client, Config, Event, Events, GroupId, Inbox, Transport};
+use pqmls_transport::multiaddr::Protocol;
+use pqmls_transport::node::{Config as NodeConfig, RateLimits};
+use pqmls_transport::store::Cursor;
+use pqmls_transport::waku::relay;
+use pqmls_transport::waku::segmentation::{self, SegmentMessage};
+use pqmls_transport::waku::{WakuMessage, message_hash, relay::DEFAULT_MAX_MESSAGE_SIZE};
+use pqmls_transport::{Message, MessageId, Multiaddr, Node, PeerId, Topic, store};
+
+/// Longest wait for any one step (real time).
+const STEP: Duration = Duration::from_secs(30);
+const CLUSTER: u16 = 7;
+
+async fn until<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
+    let r = tokio::time::timeout(STEP, async {
+        while !f().await {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "timed out waiting for {what}");
+}
+
+/// A loopback Waku relay node of [`CLUSTER`] with fast heartbeats, on TCP only.
+fn waku_node() -> NodeConfig {
+    waku_node_limited(DEFAULT_MAX_MESSAGE_SIZE)
+}
+
+/// The relay limit of the network where MLS traffic itself is segmented: a PQ Welcome
+/// (about 8 KB) or commit (about 7 KB) of a small group does not fit in one message.
+const SMALL_LIMIT: usize = 6 * 1024;
+
+/// As [`waku_node`] with a relay message limit of `max` bytes.
+fn waku_node_limited(max: usize) -> NodeConfig {
+    let mut r = relay::Config::new(CLUSTER);
+    r.heartbeat = Duration::from_millis(100);
+    r.max_message_size = max;
+    let mut c = NodeConfig::loopback();
+    c.listen.retain(|a| a.to_string().contains("/tcp/"));
+    c.limits.rate_limits = RateLimits::unlimited();
+    c.with_waku(r)
+}
+
+/// A Waku node with relay and store v3 (and nothing of pqmls's own protocols is used).
+async fn store_node(dir: &Path) -> (Node, Multiaddr) {
+    store_node_limited(dir, DEFAULT_MAX_MESSAGE_SIZE).await
+}
+
+async fn store_node_limited(dir: &Path, max: usize) -> (Node, Multiaddr) {
+    let (node, _) = Node::start(waku_node_limited(max).with_store(dir, store::Config::default()))
+        .await
+        .unwrap();
+    let addr = node.listen_addrs().await.unwrap().remove(0);
+    (node, addr)
+}
+
+fn peer_of(addr: &Multiaddr) -> PeerId {
+    addr.iter()
+        .find_map(|p| match p {
+            Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .unwrap()
+}
+
+async fn transport(bootstrap: &Multiaddr) -> (Arc<WakuTransport>, Inbox) {
+    transport_limited(bootstrap, DEFAULT_MAX_MESSAGE_SIZE).await
+}
+
+/// A transport whose relay limit is `max`; below the default, segments of 1 KiB.
+async fn transport_limited(bootstrap: &Multiaddr, max: usize) -> (Arc<WakuTransport>, Inbox) {
+    let mut config = net_waku::Config::default().with_store_peer(peer_of(bootstrap));
+    if max < DEFAULT_MAX_MESSAGE_SIZE {
+        config.segmentation.segment_size = 1024;
+        config.segmentation.max_message_size = 128 * 1024;
+    }
+    let node = waku_node_limited(max).with_bootstrap(bootstrap.clone());
+    let (t, inbox) = WakuTransport::start(node, config).await.unwrap();
+    (Arc::new(t), inbox)
+}
+
+/// A client on its own Waku node bootstrapping to the store; returns its transport too.
+async fn client(dir: &Path, name: &str, bootstrap: &Multiaddr) -> (Client, Arc<WakuTransport>) {
+    client_limited(dir, name, bootstrap, DEFAULT_MAX_MESSAGE_SIZE).await
+}
+
+async fn client_limited(
+    dir: &Path,
+    name: &str,
+    bootstrap: &Multiaddr,
+    max: usize,
+) -> (Client, Arc<WakuTransport>) {
+    let (t, inbox) = transport_limited(bootstrap, max).await;
+    let mut c = Config::new(name)
+        .with_data_dir(dir.join(name))
+        .with_database_key(pqmls::DatabaseKey::from_bytes([9; 32]));
+    c.self_update_interval = None;
+    c.settle = Duration::from_millis(200);
+    c.removal_grace = Duration::from_millis(500);
+    c.invitations = pqmls::InvitePolicy::Everyone;
+    let client = Client::open(c, t.clone(), inbox).await.unwrap();
+    (client, t)
+}
+
+async fn expect_event(events: &mut Events, what: &str, pred: impl Fn(&Event) -> bool) {
+    let mut seen = Vec::new();
+    let r = tokio::time::timeout(STEP, async {
+        loop {
+            let e = events.recv().await.expect("event stream ended");
+            let hit = pred(&e);
+            seen.push(e);
+            if hit {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "timed out waiting for {what}; saw {seen:?}");
+}
+
+/// Reads events until `n` messages arrived; returns them as sorted (sender, body) pairs.
+async fn messages(events: &mut Events, n: usize) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(STEP, async {
+        while got.len() < n {
+            if let Event::Message(m) = events.recv().await.expect("event stream ended") {
+                got.push((m.sender.name, String::from_utf8(m.body).unwrap()));
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "timed out waiting for {n} messages, got {got:?}");
+    got.sort();
+    got
+}
+
+fn pair(a: &str, b: &str) -> (String, String) {
+    (a.to_owned(), b.to_owned())
+}
+
+/// Waits until every client is at `epoch` with the same authenticator and nothing pending.
+async fn agree(clients: &[&Client], g: &GroupId, epoch: u64) {
+    until(&format!("agreement on epoch {epoch}"), async || {
+        let mut first: Option<pqmls::GroupStatus> = None;
+        for c in clients {
+            let Ok(s) = c.status(g).await else {
+                return false;
+            };
+            if s.pending_commit || s.epoch != epoch {
+                return false;
+            }
+            if let Some(f) = &first
+                && f.epoch_authenticator != s.epoch_authenticator
+            {
+                return false;
+            }
+            first = Some(s);
+        }
+        true
+    })
+    .await;
+}
+
+/// Three clients on Waku: invitations through key packages found in the store, messages
+/// both ways, a commit, and a member that was offline catching up from store v3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_clients_over_waku_relay_and_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node(&dir.path().join("store")).await;
+    let (alice, _) = client(dir.path(), "alice", &bootstrap).await;
+    let (bob, _) = client(dir.path(), "bob", &bootstrap).await;
+    let (carol, carol_t) = client(dir.path(), "carol", &bootstrap).await;
+    let mut alice_ev = alice.events();
+    let mut bob_ev = bob.events();
+    let mut carol_ev = carol.events();
+    // Key packages are Waku messages on their owner's content topic, found by store v3.
+    pqmls::wait_for_key_packages(&alice, &bob.id())
+        .await
+        .unwrap();
+    pqmls::wait_for_key_packages(&alice, &carol.id())
+        .await
+        .unwrap();
+
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    expect_event(
+        &mut bob_ev,
+        "bob joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    alice.invite(&g, &carol.id()).await.unwrap();
+    expect_event(
+        &mut carol_ev,
+        "carol joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    agree(&[&alice, &bob, &carol], &g, 2).await;
+
+    // Messages both ways, on relay.
+    alice.send(&g, b"hello from alice").await.unwrap();
+    bob.send(&g, b"hello from bob").await.unwrap();
+    assert_eq!(
+        messages(&mut carol_ev, 2).await,
+        [
+            pair("alice", "hello from alice"),
+            pair("bob", "hello from bob")
+        ]
+    );
+    assert_eq!(
+        messages(&mut alice_ev, 1).await,
+        [pair("bob", "hello from bob")]
+    );
+    assert_eq!(
+        messages(&mut bob_ev, 1).await,
+        [pair("alice", "hello from alice")]
+    );
+
+    // Carol goes offline (client and node); alice and bob talk and commit meanwhile.
+    carol.shutdown().await;
+    carol_t.node().clone().shutdown().await.unwrap();
+    drop(carol_ev);
+    alice.send(&g, b"while carol was away").await.unwrap();
+    bob.update(&g).await.unwrap();
+    agree(&[&alice, &bob], &g, 3).await;
+    bob.send(&g, b"after the commit").await.unwrap();
+    assert_eq!(
+        messages(&mut alice_ev, 1).await,
+        [pair("bob", "after the commit")]
+    );
+
+    // Carol comes back on a new node: everything comes from the store.
+    let (carol, _carol_t) = client(dir.path(), "carol", &bootstrap).await;
+    until("carol caught up", async || {
+        carol.sync().await.is_ok()
+            && carol.status(&g).await.is_ok_and(|s| s.epoch == 3)
+            && carol.history(&g, 100).await.is_ok_and(|h| h.len() == 4)
+    })
+    .await;
+    agree(&[&alice, &bob, &carol], &g, 3).await;
+    let mut h: Vec<(String, String)> = carol
+        .history(&g, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.sender.name, String::from_utf8(m.body).unwrap()))
+        .collect();
+    h.sort();
+    assert_eq!(
+        h,
+        [
+            pair("alice", "hello from alice"),
+            pair("alice", "while carol was away"),
+            pair("bob", "after the commit"),
+            pair("bob", "hello from bob"),
+        ]
+    );
+    // And she takes part again, live.
+    let mut carol_ev = carol.events();
+    carol.send(&g, b"back").await.unwrap();
+    assert_eq!(messages(&mut alice_ev, 1).await, [pair("carol", "back")]);
+    alice.send(&g, b"welcome back").await.unwrap();
+    assert_eq!(
+        messages(&mut carol_ev, 1).await,
+        [pair("alice", "welcome back")]
+    );
+
+    for c in [alice, bob, carol] {
+        c.shutdown().await;
+    }
+    store.shutdown().await.unwrap();
+}
+
+/// A pqmls payload of `len` bytes that the inbound side accepts: a withdrawal (`Void`)
+/// envelope around pseudo-random bytes.
+fn big_payload(len: usize, seed: u8) -> Vec<u8> {
+    let body: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+        .collect();
+    common::envelope(common::VOID, &[seed; 32], &body)
+}
+
+async fn next_message(inbox: &mut Inbox) -> Message {
+    tokio::time::timeout(STEP, inbox.next())
+        .await
+        .expect("a message within the step")
+        .expect("inbox open")
+}
+
+/// A 1 MiB payload goes through relay as segments under the relay limit, is delivered
+/// once and whole, and comes back whole from store v3; duplicated and forged segments are
+/// ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_mebibyte_payload_is_segmented_and_reassembled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node(&dir.path().join("store")).await;
+    let (alice, _alice_in) = transport(&bootstrap).await;
+    let (bob, mut bob_in) = transport(&bootstrap).await;
+    // A raw Waku node beside them: it watches what goes over relay and forges segments.
+    let (mallory, _) = Node::start(waku_node().with_bootstrap(bootstrap.clone()))
+        .await
+        .unwrap();
+    let mut watch = mallory.relay_inbound().unwrap();
+    let topic = Topic::from_group_id(b"a big group");
+    bob.subscribe(&topic).await.unwrap();
+    let shard = alice.shard();
+    for n in [alice.node(), bob.node(), &mallory] {
+        until("relay mesh", async || {
+            n.relay_mesh_peers(shard).await.unwrap() > 0
+        })
+        .await;
+    }
+
+    let payload = big_payload(1024 * 1024, 1);
+    let id = alice.publish(&topic, payload.clone()).await.unwrap();
+    assert_eq!(id, MessageId::compute(&topic, &payload));
+    assert_eq!(alice.counters().segmented, 1);
+    let got = next_message(&mut bob_in).await;
+    assert_eq!((got.id, got.topic.clone()), (id, topic.clone()));
+    assert!(got.data == payload, "reassembled payload differs");
+
+    // What went over relay: segments, each under the limit, none whole.
+    let mut segments = Vec::new();
+    while segments.len() < 12 {
+        let r = tokio::time::timeout(STEP, watch.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r.message.to_bytes().len() <= DEFAULT_MAX_MESSAGE_SIZE);
+        assert!(
+            r.message.content_topic.ends_with("/seg"),
+            "{}",
+            r.message.content_topic
+        );
+        segments.push(r.message);
+    }
+    // 11 data segments of 100 KiB and 2 parity segments.
+    let decoded: Vec<SegmentMessage> = segments
+        .iter()
+        .map(|m| prost::Message::decode(m.payload.as_slice()).unwrap())
+        .collect();
+    assert_eq!(decoded[0].data_segment_count, 11);
+    assert_eq!(decoded[0].parity_segment_count, 2);
+
+    // Replayed segments of the delivered payload (new timestamps, so relay passes them):
+    // nothing is delivered again.
+    for m in &segments[..3] {
+        let again = m.clone().with_timestamp(m.timestamp.unwrap() + 1);
+        mallory.relay_publish_on(shard, again).await.unwrap();
+    }
+    // A second payload, with a forged copy of its first segment sent after the genuine
+    // one, and a forged segment of a message that never completes.
+    let second = big_payload(300 * 1024, 2);
+    let config = segmentation::Config::default();
+    let genuine = segmentation::segment(&second, &config).unwrap();
+    let seg_topic = segments[0].content_topic.clone();
+    let ts = segments[0].timestamp.unwrap() + 1_000_000;
+    let publish = async |bytes: Vec<u8>, ts: i64| {
+        let m = WakuMessage::new(seg_topic.clone(), bytes).with_timestamp(ts);
+        mallory.relay_publish_on(shard, m).await.unwrap();
+    };
+    let mut forged: SegmentMessage = prost::Message::decode(genuine[0].as_slice()).unwrap();
+    forged.payload[0] ^= 1;
+    let mut stray = forged.clone();
+    stray.entire_message_hash = vec![7; 32];
+    publish(prost::Message::encode_to_vec(&stray), ts).await;
+    publish(genuine[0].clone(), ts).await;
+    publish(prost::Message::encode_to_vec(&forged), ts + 1).await;
+    for s in &genuine[1..] {
+        publish(s.clone(), ts).await;
+    }
+    let got = next_message(&mut bob_in).await;
+    assert_eq!(got.id, MessageId::compute(&topic, &second));
+    assert!(got.data == second);
+    // Nothing else: the replays and the forgeries deliver nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        futures::FutureExt::now_or_never(bob_in.next()).is_none(),
+        "a replayed or forged segment was delivered"
+    );
+
+    // A third payload whose data segment 1 has a forged twin with the same timestamp that
+    // the store orders first (ground until its message hash is the smaller): the first
+    // reassembly from the store fails its hash, and the retry finds the genuine one.
+    let third = big_payload(300 * 1024, 3);
+    let genuine = segmentation::segment(&third, &config).unwrap();
+    let ts3 = ts + 10_000_000;
+    let seg_message =
+        |bytes: Vec<u8>| WakuMessage::new(seg_topic.clone(), bytes).with_timestamp(ts3);
+    let genuine_hash = message_hash(&shard.to_string(), &seg_message(genuine[1].clone()));
+    let forged = (0..64)
+        .map(|i| {
+            let mut f: SegmentMessage = prost::Message::decode(genuine[1].as_slice()).unwrap();
+            f.payload[i] ^= 1;
+            prost::Message::encode_to_vec(&f)
+        })
+        .find(|f| message_hash(&shard.to_string(), &seg_message(f.clone())) < genuine_hash)
+        .unwrap();
+    publish(forged, ts3).await;
+    for s in &genuine {
+        publish(s.clone(), ts3).await;
+    }
+    let third_id = MessageId::compute(&topic, &third);
+
+    // History from store v3: every payload, whole, once each.
+    let read_all = async || {
+        let mut history = Vec::new();
+        let mut from = Cursor::beginning();
+        loop {
+            let page = bob.history(&topic, from).await.unwrap();
+            history.extend(page.messages);
+            match page.next {
+                Some(n) => from = n,
+                None => return history,
+            }
+        }
+    };
+    // Wait until the store has every segment published (they arrive by relay): 13 of the
+    // first payload and 3 replays; of the second (4 data, 1 parity) the stray, the forged
+    // and the 5 genuine; of the third the forged and the 5 genuine.
+    until("the store has every segment", async || {
+        store.counters().stored >= 13 + 3 + 7 + 6
+    })
+    .await;
+    let history = read_all().await;
+    let ids: Vec<MessageId> = history.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [id, MessageId::compute(&topic, &second), third_id]);
+    assert!(history[0].data == payload && history[1].data == second);
+    assert!(history[2].data == third);
+
+    store.shutdown().await.unwrap();
+}
+
+/// Anyone can publish on a key's content topic, and no Waku store checks writers: a
+/// stranger's newer messages under bob's key-package keys (garbage, and an entry signed by
+/// another key) are what a newest-only read returns, yet alice still invites bob with his
+/// own key package, the valid entry with the highest sequence number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_directory_messages_hide_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node(&dir.path().join("store")).await;
+    let (alice, alice_t) = client(dir.path(), "alice", &bootstrap).await;
+    let (bob, _) = client(dir.path(), "bob", &bootstrap).await;
+    let (mallory, _) = client(dir.path(), "mallory", &bootstrap).await;
+    let mut bob_ev = bob.events();
+    pqmls::wait_for_key_packages(&alice, &bob.id())
+        .await
+        .unwrap();
+    pqmls::wait_for_key_packages(&alice, &mallory.id())
+        .await
+        .unwrap();
+
+    // Mallory's own last-resort entry: well-formed and signed, but by mallory's key.
+    let mallory_key = format!("pqmls/kp/v2/{}/last-resort", mallory.id());
+    let signed_by_mallory = alice_t
+        .get(mallory_key.into_bytes())
+        .await
+        .unwrap()
+        .unwrap();
+    let bob_topic = format!("/pqmls/1/kp-{}/proto", bob.id());
+    let (raw, _) = Node::start(waku_node().with_bootstrap(bootstrap.clone()))
+        .await
+        .unwrap();
+    until("raw node in the mesh", async || {
+        raw.relay_mesh_peers(alice_t.shard()).await.unwrap() > 0
+    })
+    .await;
+    let slots: Vec<String> = (0..4)
+        .map(|i| i.to_string())
+        .chain(["last-resort".to_owned()])
+        .collect();
+    for slot in &slots {
+        let key = format!("pqmls/kp/v2/{}/{slot}", bob.id()).into_bytes();
+        for blob in [b"garbage".to_vec(), signed_by_mallory.clone()] {
+            let mut payload = b"PQDW".to_vec();
+            payload.extend_from_slice(&(key.len() as u32).to_be_bytes());
+            payload.extend_from_slice(&key);
+            payload.extend_from_slice(&blob);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as i64;
+            let m = WakuMessage::new(bob_topic.clone(), payload).with_timestamp(now);
+            raw.relay_publish_on(alice_t.shard(), m).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    // The plants are the newest entries the store has for each slot.
+    let last_resort = format!("pqmls/kp/v2/{}/last-resort", bob.id()).into_bytes();
+    until("plants stored", async || {
+        alice_t.get(last_resort.clone()).await.unwrap() == Some(signed_by_mallory.clone())
+    })
+    .await;
+    assert!(alice_t.get_all(last_resort).await.unwrap().len() >= 3);
+
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    expect_event(
+        &mut bob_ev,
+        "bob joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    agree(&[&alice, &bob], &g, 1).await;
+    let members: Vec<_> = alice.status(&g).await.unwrap().members;
+    assert_eq!(
+        members.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [alice.id(), bob.id()]
+    );
+
+    for c in [alice, bob, mallory] {
+        c.shutdown().await;
+    }
+    store.shutdown().await.unwrap();
+}
+
+/// A light client (no relay: lightpush to publish, filter to receive, store v3 for
+/// history and key packages) in a group with a relay client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_client_talks_through_lightpush_and_filter() {
+    use pqmls_transport::waku::{filter, lightpush};
+    let dir = tempfile::tempdir().unwrap();
+    let (service, _) = Node::start(
+        waku_node()
+            .with_store(dir.path().join("store"), store::Config::default())
+            .with_lightpush_service(lightpush::Config::default())
+            .with_filter_service(filter::Config::default()),
+    )
+    .await
+    .unwrap();
+    let bootstrap = service.listen_addrs().await.unwrap().remove(0);
+    let (alice, _) = client(dir.path(), "alice", &bootstrap).await;
+    until("alice in the relay mesh", async || {
+        service.counters().metadata_admitted > 0
+    })
+    .await;
+
+    // Bob's node relays no shard at all.
+    let mut light = relay::Config::new(CLUSTER).with_shards([]);
+    light.heartbeat = Duration::from_millis(100);
+    let mut node = NodeConfig::loopback().with_bootstrap(bootstrap.clone());
+    node.listen.retain(|a| a.to_string().contains("/tcp/"));
+    let peer = peer_of(&bootstrap);
+    let waku = net_waku::Config::default()
+        .with_store_peer(peer)
+        .with_light_service(peer);
+    let (bob_t, bob_in) = WakuTransport::start(node.with_waku(light), waku)
+        .await
+        .unwrap();
+    let bob_t = Arc::new(bob_t);
+    let mut c = Config::new("bob")
+        .with_data_dir(dir.path().join("bob"))
+        .with_database_key(pqmls::DatabaseKey::from_bytes([9; 32]));
+    c.self_update_interval = None;
+    c.settle = Duration::from_millis(200);
+    c.invitations = pqmls::InvitePolicy::Everyone;
+    let bob = Client::open(c, bob_t.clone(), bob_in).await.unwrap();
+    let mut alice_ev = alice.events();
+    let mut bob_ev = bob.events();
+    // Bob's key packages went out by lightpush, and alice finds them in the store.
+    pqmls::wait_for_key_packages(&alice, &bob.id())
+        .await
+        .unwrap();
+
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    // The Welcome reaches bob by a filter push on his inbox topic.
+    expect_event(
+        &mut bob_ev,
+        "bob joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    agree(&[&alice, &bob], &g, 1).await;
+    bob.send(&g, b"pushed by a light client").await.unwrap();
+    assert_eq!(
+        messages(&mut alice_ev, 1).await,
+        [pair("bob", "pushed by a light client")]
+    );
+    alice.send(&g, b"filtered to a light client").await.unwrap();
+    assert_eq!(
+        messages(&mut bob_ev, 1).await,
+        [pair("alice", "filtered to a light client")]
+    );
+    bob.update(&g).await.unwrap();
+    agree(&[&alice, &bob], &g, 2).await;
+
+    // Bob relayed nothing: everything went through the service.
+    let bob_node = bob_t.node().counters();
+    assert_eq!((bob_node.relay_published, bob_node.relay_delivered), (0, 0));
+    assert!(bob_node.filter_delivered > 0);
+    assert!(service.counters().lightpush_served > 0);
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    bob_t.node().clone().shutdown().await.unwrap();
+    service.shutdown().await.unwrap();
+}
+
+/// A hostile store: answers metadata as a node of [`CLUSTER`], and every store query with
+/// one entry of another content topic and a pagination cursor, for ever.
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct EndlessStore {
+    metadata: libp2p::request_response::Behaviour<pqmls_transport::waku::metadata::Codec>,
+    store: libp2p::request_response::Behaviour<pqmls_transport::waku::store::Codec>,
+}
+
+/// History from a store that pages for ever ends, bounded, instead of following it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_pages_for_ever_is_not_followed_for_ever() {
+    use libp2p::request_response::{self as rr, ProtocolSupport};
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{StreamProtocol, noise, tcp, yamux};
+    use pqmls_transport::waku::metadata::{self, Metadata};
+    use pqmls_transport::waku::store::{self as wstore, KeyValue, QueryResponse};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let behaviour = EndlessStore {
+        metadata: rr::Behaviour::with_codec(
+            metadata::Codec,
+            [(
+                StreamProtocol::new(metadata::PROTOCOL),
+                ProtocolSupport::Full,
+            )],
+            rr::Config::default(),
+        ),
+        store: rr::Behaviour::with_codec(
+            wstore::Codec::default(),
+            [(
+                StreamProtocol::new(wstore::PROTOCOL),
+                ProtocolSupport::Inbound,
+            )],
+            rr::Config::default(),
+        ),
+    };
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address.with(Protocol::P2p(*swarm.local_peer_id()));
+        }
+    };
+    let queries = Arc::new(AtomicU64::new(0));
+    let counted = queries.clone();
+    let server = tokio::spawn(async move {
+        let mut n = 0u8;
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(EndlessStoreEvent::Metadata(rr::Event::Message {
+                    message: rr::Message::Request { channel, .. },
+                    ..
+                })) => {
+                    let ours = Metadata {
+                        cluster_id: Some(u32::from(CLUSTER)),
+                        shards: (0..8).collect(),
+                    };
+                    let _ = swarm.behaviour_mut().metadata.send_response(channel, ours);
+                }
+                SwarmEvent::Behaviour(EndlessStoreEvent::Store(rr::Event::Message {
+                    message:
+                        rr::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                })) => {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    n = n.wrapping_add(1);
+                    let shard = request.pubsub_topic.clone().unwrap_or_default();
+                    let m = WakuMessage::new("/other/1/app/proto", vec![n]).with_timestamp(1);
+                    let entry = KeyValue {
+                        message_hash: Some(message_hash(&shard, &m).0.to_vec()),
+                        message: Some(m),
+                        pubsub_topic: Some(shard),
+                    };
+                    let response = QueryResponse {
+                        request_id: request.request_id,
+                        status_code: Some(wstore::STATUS_OK),
+                        status_desc: Some("OK".into()),
+                        messages: vec![entry],
+                        pagination_cursor: Some(vec![n; 32]),
+                    };
+                    let _ = swarm.behaviour_mut().store.send_response(channel, response);
+                }
+                _ => {}
+            }
+        }
+    });
+
+    let mut config = net_waku::Config::default().with_store_peer(peer_of(&addr));
+    config.history_messages = 10;
+    let (t, _inbox) = WakuTransport::start(waku_node().with_bootstrap(addr), config)
+        .await
+        .unwrap();
+    until("admitted by the metadata gate", async || {
+        t.node().counters().metadata_admitted > 0
+    })
+    .await;
+    let topic = Topic::from_group_id(b"any");
+    let page = tokio::time::timeout(STEP, t.history(&topic, Cursor::beginning()))
+        .await
+        .expect("history returns")
+        .unwrap();
+    assert!(page.messages.is_empty());
+    // At most twice the bound plus a page of entries are read (one entry per page here).
+    let asked = queries.load(Ordering::Relaxed);
+    assert!((100..=121).contains(&asked), "{asked} queries");
+    server.abort();
+}
+
+/// On a network whose relay limit is below a PQ Welcome and commit (6 KiB), the client's
+/// own traffic goes segmented: invitations, a commit, messages, and an offline member's
+/// catch-up reassembling a segmented commit from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mls_traffic_above_the_relay_limit_goes_segmented() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node_limited(&dir.path().join("store"), SMALL_LIMIT).await;
+    let start = async |name: &str| client_limited(dir.path(), name, &bootstrap, SMALL_LIMIT).await;
+    let (alice, alice_t) = start("alice").await;
+    let (bob, bob_t) = start("bob").await;
+    let (carol, carol_t) = start("carol").await;
+    let mut alice_ev = alice.events();
+    let mut bob_ev = bob.events();
+    let mut carol_ev = carol.events();
+    pqmls::wait_for_key_packages(&alice, &bob.id())
+        .await
+        .unwrap();
+    pqmls::wait_for_key_packages(&alice, &carol.id())
+        .await
+        .unwrap();
+
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    expect_event(
+        &mut bob_ev,
+        "bob joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    alice.invite(&g, &carol.id()).await.unwrap();
+    expect_event(
+        &mut carol_ev,
+        "carol joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    agree(&[&alice, &bob, &carol], &g, 2).await;
+    // The Welcomes and add commits went out in segments and came back whole.
+    assert!(
+        alice_t.counters().segmented >= 2,
+        "{:?}",
+        alice_t.counters()
+    );
+    assert!(
+        carol_t.counters().reassembled >= 1,
+        "{:?}",
+        carol_t.counters()
+    );
+
+    alice.send(&g, b"small message").await.unwrap();
+    assert_eq!(
+        messages(&mut bob_ev, 1).await,
+        [pair("alice", "small message")]
+    );
+    // Carol goes away; bob commits (segmented); carol catches up from the store.
+    carol.shutdown().await;
+    carol_t.node().clone().shutdown().await.unwrap();
+    drop(carol_ev);
+    let before = bob_t.counters().segmented;
+    bob.update(&g).await.unwrap();
+    agree(&[&alice, &bob], &g, 3).await;
+    assert!(bob_t.counters().segmented > before);
+    // A message too large for one relay message: only the store has it for carol
+    // (members send commits again to those who missed them, not application messages).
+    let long = "x".repeat(10_000);
+    bob.send(&g, long.as_bytes()).await.unwrap();
+    assert_eq!(messages(&mut alice_ev, 1).await, [pair("bob", &long)]);
+    let (carol, _) = start("carol").await;
+    until(
+        "carol caught up through segments in the store",
+        async || {
+            carol.sync().await.is_ok()
+                && carol.status(&g).await.is_ok_and(|s| s.epoch == 3)
+                && carol
+                    .history(&g, 100)
+                    .await
+                    .is_ok_and(|h| h.iter().any(|m| m.body == long.as_bytes()))
+        },
+    )
+    .await;
+    agree(&[&alice, &bob, &carol], &g, 3).await;
+
+    for c in [alice, bob, carol] {
+        c.shutdown().await;
+    }
+    store.shutdown().await.unwrap();
+}
