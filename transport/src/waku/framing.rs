@@ -100,6 +100,101 @@ impl ReadSlots {
     }
 }
 
+/// A budget of bytes for the frames of one protocol being read at once, over all
+/// connections and peers (request-response bounds streams per connection only, so without
+/// it many peers each sending a frame of the protocol's largest size make the node hold
+/// that size times their number). A read reserves the length a frame announces, after its
+/// length prefix and before anything is allocated, and gives it back when the reservation
+/// is dropped (after decoding, or when the read fails or is abandoned); a frame that does
+/// not fit what is left is not read. The bytes held now and the most ever held are shared
+/// with the node's counters, and so is a count of frames refused.
+#[derive(Debug, Clone)]
+pub struct ReadBudget {
+    held: Arc<AtomicU64>,
+    peak: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    cap: u64,
+}
+
+/// Bytes reserved in a [`ReadBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct Reserved {
+    held: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl ReadBudget {
+    /// At most `cap` bytes at once, counted in `held` (and its highest value in `peak`);
+    /// refused frames are counted in `refused`.
+    pub fn new(
+        cap: usize,
+        held: Arc<AtomicU64>,
+        peak: Arc<AtomicU64>,
+        refused: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            held,
+            peak,
+            refused,
+            cap: u64::try_from(cap).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// A budget of `cap` bytes with counters of its own.
+    pub fn with_cap(cap: usize) -> Self {
+        Self::new(
+            cap,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        )
+    }
+
+    /// Reserves `bytes` if they fit what is left; counts a refusal otherwise.
+    pub fn try_reserve(&self, bytes: usize) -> Option<Reserved> {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        match self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                h.checked_add(bytes).filter(|n| *n <= self.cap)
+            }) {
+            Ok(before) => {
+                self.peak
+                    .fetch_max(before.saturating_add(bytes), Ordering::AcqRel);
+                Some(Reserved {
+                    held: self.held.clone(),
+                    bytes,
+                })
+            }
+            Err(_) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Bytes reserved now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// The most bytes ever reserved at once.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Acquire)
+    }
+
+    /// Frames refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
 pub(crate) fn invalid(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
@@ -184,6 +279,31 @@ pub async fn read_frame<T: AsyncRead + Unpin + Send>(
     let mut body = vec![0u8; len];
     io.read_exact(&mut body).await?;
     Ok(body)
+}
+
+/// Reads one frame of at most `max` bytes inside `budget`: the announced length is
+/// reserved before the body is allocated, and the reservation is returned with the body so
+/// the caller holds it while decoding. `Ok(None)` if the length does not fit what is left
+/// of the budget; only the length prefix was read then.
+///
+/// # Errors
+///
+/// As for [`read_frame`].
+pub async fn read_budgeted_frame<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+    budget: &ReadBudget,
+) -> io::Result<Option<(Vec<u8>, Reserved)>> {
+    let len = usize::try_from(read_len(io).await?).map_err(|_| invalid("frame too large"))?;
+    if len > max {
+        return Err(invalid("frame too large"));
+    }
+    let Some(reserved) = budget.try_reserve(len) else {
+        return Ok(None);
+    };
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await?;
+    Ok(Some((body, reserved)))
 }
 
 /// Reads one frame for a service: at most `max` bytes are kept and decoded with `decode`; a
@@ -298,6 +418,61 @@ mod tests {
         b.finish();
         drop(c);
         assert_eq!((slots.reading(), slots.unreadable()), (0, 1));
+    }
+
+    #[test]
+    fn a_read_budget_is_shared_given_back_and_keeps_its_peak() {
+        let budget = ReadBudget::with_cap(100);
+        let a = budget.try_reserve(60).unwrap();
+        assert!(budget.try_reserve(41).is_none(), "over what is left");
+        let b = budget.clone().try_reserve(40).unwrap();
+        assert_eq!(
+            (budget.held(), budget.peak(), budget.refused()),
+            (100, 100, 1)
+        );
+        drop(a);
+        assert!(budget.try_reserve(usize::MAX).is_none());
+        drop(b);
+        assert_eq!(
+            (budget.held(), budget.peak(), budget.refused()),
+            (0, 100, 2)
+        );
+    }
+
+    #[test]
+    fn a_budgeted_frame_is_refused_before_its_body_is_read() {
+        let budget = ReadBudget::with_cap(150);
+        let mut buf = Vec::new();
+        run(write_frame(&mut buf, &[1; 100])).unwrap();
+        let mut r = futures::io::Cursor::new(buf.clone());
+        let (body, held) = run(read_budgeted_frame(&mut r, 200, &budget))
+            .unwrap()
+            .unwrap();
+        assert_eq!((body.len(), budget.held()), (100, 100));
+        let mut r2 = futures::io::Cursor::new(buf.clone());
+        assert!(
+            run(read_budgeted_frame(&mut r2, 200, &budget))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(r2.position(), 1, "only the length prefix was read");
+        drop(held);
+        let mut r3 = futures::io::Cursor::new(buf.clone());
+        assert!(
+            run(read_budgeted_frame(&mut r3, 200, &budget))
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(budget.held(), 0, "dropped with the body");
+        let mut r4 = futures::io::Cursor::new(buf);
+        assert!(
+            run(read_budgeted_frame(&mut r4, 99, &budget)).is_err(),
+            "over max"
+        );
+        // A truncated body gives its reservation back.
+        let mut r5 = futures::io::Cursor::new(vec![100, 1, 2]);
+        assert!(run(read_budgeted_frame(&mut r5, 200, &budget)).is_err());
+        assert_eq!((budget.held(), budget.peak()), (0, 100));
     }
 
     #[test]

@@ -22,6 +22,12 @@
 //!   at most [`MAX_PAGE_BYTES`] encoded bytes, counted while the page is built; a response
 //!   frame read by a client of at most [`MAX_RESPONSE`] bytes (js-waku reads no frame over
 //!   4 MiB). The end of the results is a page without a cursor and status 200.
+//! - Frames being read at once, over all peers, are bounded in bytes by two shared
+//!   [`ReadBudget`]s, one for the requests a server reads and one for the responses a client
+//!   reads ([`DEFAULT_REQUEST_READ_BYTES`], [`DEFAULT_RESPONSE_READ_BYTES`]): the length a
+//!   frame announces is reserved before its body is allocated. A request that does not fit
+//!   is answered 503 without its body being read; a response that does not fit fails the
+//!   query (the stream is closed unread).
 
 use std::io;
 use std::path::Path;
@@ -33,7 +39,7 @@ use libp2p::StreamProtocol;
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::framing::{invalid, read_frame, write_frame};
+use super::framing::{Framed, ReadBudget, invalid, read_budgeted_frame, write_frame};
 use super::message::{MessageHash, WakuMessage};
 
 /// Protocol id.
@@ -43,6 +49,14 @@ pub const PROTOCOL: &str = "/vac/waku/store-query/3.0.0";
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// Largest response frame read.
 pub const MAX_RESPONSE: usize = 4 * 1024 * 1024;
+/// Default bytes of request frames a server reads at once, over all peers (16 requests of
+/// the largest size; real queries are a few hundred bytes).
+pub const DEFAULT_REQUEST_READ_BYTES: usize = 16 * MAX_REQUEST;
+/// Default bytes of response frames a client reads at once, over all the stores it asks
+/// (4 responses of the largest size; our pages are at most [`MAX_PAGE_BYTES`]).
+pub const DEFAULT_RESPONSE_READ_BYTES: usize = 4 * MAX_RESPONSE;
+/// Request id answered when the request was not read (as the Nim node's lightpush).
+pub const UNKNOWN_REQUEST_ID: &str = "N/A";
 /// Most content topics in one query.
 pub const MAX_CONTENT_TOPICS: usize = 10;
 /// Most hashes in one lookup query.
@@ -143,6 +157,16 @@ impl QueryResponse {
         Self::status(request_id, STATUS_TOO_MANY_REQUESTS, "too many requests")
     }
 
+    /// The answer to a request not read because the store's request read budget was
+    /// exhausted (503, request id [`UNKNOWN_REQUEST_ID`]).
+    pub fn busy() -> Self {
+        Self::status(
+            UNKNOWN_REQUEST_ID.to_owned(),
+            STATUS_UNAVAILABLE,
+            "store busy, retry later",
+        )
+    }
+
     fn status(request_id: String, code: u32, desc: &str) -> Self {
         Self {
             request_id,
@@ -160,18 +184,38 @@ impl QueryResponse {
 }
 
 /// The request-response codec: one unsigned-varint length-prefixed protobuf each way, the
-/// length checked against [`MAX_REQUEST`] or [`MAX_RESPONSE`] before anything is allocated.
+/// length checked against [`MAX_REQUEST`] or [`MAX_RESPONSE`] and reserved in the request
+/// or response [`ReadBudget`] before anything is allocated. A request that does not fit
+/// its budget is [`Framed::Busy`] (answered 503); a response that does not fit is an error.
 /// Requests that cannot be read (oversized, truncated, malformed) are counted, since
-/// libp2p does not report them.
-#[derive(Debug, Clone, Default)]
+/// libp2p does not report them. Only [`Framed::Message`] requests can be written.
+#[derive(Debug, Clone)]
 pub struct Codec {
     malformed: Arc<AtomicU64>,
+    requests: ReadBudget,
+    responses: ReadBudget,
+}
+
+impl Default for Codec {
+    /// Budgets of [`DEFAULT_REQUEST_READ_BYTES`] and [`DEFAULT_RESPONSE_READ_BYTES`].
+    fn default() -> Self {
+        Self::new(
+            Arc::default(),
+            ReadBudget::with_cap(DEFAULT_REQUEST_READ_BYTES),
+            ReadBudget::with_cap(DEFAULT_RESPONSE_READ_BYTES),
+        )
+    }
 }
 
 impl Codec {
-    /// A codec that counts unreadable requests in `malformed`.
-    pub fn counting(malformed: Arc<AtomicU64>) -> Self {
-        Self { malformed }
+    /// A codec that counts unreadable requests in `malformed` and reads requests within
+    /// `requests` and responses within `responses`.
+    pub fn new(malformed: Arc<AtomicU64>, requests: ReadBudget, responses: ReadBudget) -> Self {
+        Self {
+            malformed,
+            requests,
+            responses,
+        }
     }
 
     /// Unreadable requests so far.
@@ -182,16 +226,18 @@ impl Codec {
 
 impl libp2p::request_response::Codec for Codec {
     type Protocol = StreamProtocol;
-    type Request = QueryRequest;
+    type Request = Framed<QueryRequest>;
     type Response = QueryResponse;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<QueryRequest>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Self::Request>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let request = match read_frame(io, MAX_REQUEST).await {
-            Ok(body) => QueryRequest::decode(body.as_slice())
+        let request = match read_budgeted_frame(io, MAX_REQUEST, &self.requests).await {
+            Ok(Some((body, _held))) => QueryRequest::decode(body.as_slice())
+                .map(Framed::Message)
                 .map_err(|_| invalid("malformed store request")),
+            Ok(None) => return Ok(Framed::Busy),
             Err(e) => Err(e),
         };
         if request.is_err() {
@@ -208,7 +254,12 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let body = read_frame(io, MAX_RESPONSE).await?;
+        let Some((body, _held)) = read_budgeted_frame(io, MAX_RESPONSE, &self.responses).await?
+        else {
+            return Err(io::Error::other(
+                "store responses being read exceed the read budget",
+            ));
+        };
         QueryResponse::decode(body.as_slice()).map_err(|_| invalid("malformed store response"))
     }
 
@@ -216,12 +267,18 @@ impl libp2p::request_response::Codec for Codec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: QueryRequest,
+        req: Self::Request,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &req.encode_to_vec()).await
+        match req {
+            Framed::Message(r) => write_frame(io, &r.encode_to_vec()).await,
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only a request can be sent",
+            )),
+        }
     }
 
     async fn write_response<T>(
@@ -708,13 +765,13 @@ mod tests {
             };
             let mut buf = Vec::new();
             Codec::default()
-                .write_request(&p, &mut buf, req.clone())
+                .write_request(&p, &mut buf, Framed::Message(req.clone()))
                 .await
                 .unwrap();
             let mut r = futures::io::Cursor::new(buf);
             assert_eq!(
                 Codec::default().read_request(&p, &mut r).await.unwrap(),
-                req
+                Framed::Message(req)
             );
             // 64 KiB + 1 announced: refused before reading.
             let mut over = Vec::new();
@@ -730,6 +787,49 @@ mod tests {
                 Codec::default().read_response(&p, &mut r).await.is_err(),
                 "malformed"
             );
+        });
+    }
+
+    #[test]
+    fn the_codec_reads_within_its_budgets_and_gives_them_back() {
+        use libp2p::request_response::Codec as _;
+        let p = StreamProtocol::new(PROTOCOL);
+        futures::executor::block_on(async {
+            let requests = ReadBudget::with_cap(MAX_REQUEST);
+            let responses = ReadBudget::with_cap(MAX_RESPONSE);
+            let mut codec = Codec::new(Arc::default(), requests.clone(), responses.clone());
+            let big = QueryRequest {
+                request_id: "big".into(),
+                message_hashes: vec![vec![1; 32]; 1000],
+                ..Default::default()
+            };
+            let mut frame = Vec::new();
+            write_frame(&mut frame, &big.encode_to_vec()).await.unwrap();
+            // A read holding most of the budget leaves no room for a second frame.
+            let held = requests.try_reserve(MAX_REQUEST - 100).unwrap();
+            let mut r = futures::io::Cursor::new(frame.clone());
+            assert_eq!(codec.read_request(&p, &mut r).await.unwrap(), Framed::Busy);
+            assert_eq!((requests.refused(), codec.malformed()), (1, 0));
+            drop(held);
+            let mut r = futures::io::Cursor::new(frame);
+            assert_eq!(
+                codec.read_request(&p, &mut r).await.unwrap(),
+                Framed::Message(big)
+            );
+            assert_eq!(requests.held(), 0, "given back after decoding");
+
+            let page = QueryResponse::busy();
+            let mut frame = Vec::new();
+            write_frame(&mut frame, &page.encode_to_vec())
+                .await
+                .unwrap();
+            let held = responses.try_reserve(MAX_RESPONSE).unwrap();
+            let mut r = futures::io::Cursor::new(frame.clone());
+            assert!(codec.read_response(&p, &mut r).await.is_err(), "no room");
+            drop(held);
+            let mut r = futures::io::Cursor::new(frame);
+            assert_eq!(codec.read_response(&p, &mut r).await.unwrap(), page);
+            assert_eq!((responses.held(), responses.refused()), (0, 1));
         });
     }
 }
