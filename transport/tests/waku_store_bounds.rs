@@ -35,9 +35,10 @@ fn stalled_frame(len: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_large_store_requests_stay_within_the_read_budget() {
     let cap = BUDGET_FRAMES * MAX_REQUEST;
-    let mut config = waku_config(&[0]).with_store(support::temp_dir("store-read-cap"), {
-        store::Config::default()
-    });
+    let mut config = waku_config(&[0]).with_store(
+        support::temp_dir("store-read-cap"),
+        store::Config::default(),
+    );
     config.limits.store_request_read_bytes = cap;
     config.limits.request_timeout = Duration::from_secs(2);
     let (s, _s_in) = start(config).await;
