@@ -1385,7 +1385,10 @@ impl Node {
     }
 
     /// Publishes `message` on Waku relay on `shard` (static sharding; the node need not
-    /// subscribe to it). Returns the message's deterministic hash.
+    /// subscribe to it). Returns the message's deterministic hash. A store node archives
+    /// it once gossipsub has taken it: published, or refused with [`Error::NoPeers`] (as
+    /// the Nim node does) or [`Error::QueueFull`]; never when it is refused as a duplicate
+    /// or as too large.
     ///
     /// # Errors
     ///
@@ -2354,6 +2357,31 @@ impl Task {
     /// Publishes on relay; returns the message's hash and the number of relay peers known
     /// on the shard when it was published (flood publishing sends it to each of them, less
     /// any gossipsub scores below its publish threshold).
+    ///
+    /// A store archives the message only once gossipsub has taken it, so that it never
+    /// serves a message that was not published (before, it archived first: a message
+    /// gossipsub refused was still served). Taken means:
+    /// - published (`Ok`);
+    /// - `AllQueuesFull`: gossipsub has put it in its seen and message caches, so it
+    ///   advertises it to peers (IHAVE) and a retry is refused as a duplicate;
+    /// - `NoPeersSubscribedToTopic` (older rust-libp2p's `InsufficientPeers`): archived as
+    ///   the Nim node does. Its relay runs with `triggerSelf = true`
+    ///   (logos-delivery `waku_relay/protocol.nim`), and nim-libp2p's gossipsub `publish`
+    ///   calls the local handlers, the archive among them
+    ///   (logos-delivery `node/subscription_manager.nim`), before it looks for peers
+    ///   ("No peers for topic, skipping publish"). 13/WAKU2-STORE ("Waku Message Store
+    ///   Eligibility") asks only for a valid message with a timestamp that is not
+    ///   ephemeral, and the store then serves the message to the peers that query it
+    ///   later. The caller still gets [`Error::NoPeers`] (lightpush 503); a retry is
+    ///   not a duplicate for gossipsub (rust-libp2p records a message as seen only after
+    ///   finding peers) and the archive keeps one row per hash.
+    ///
+    /// Not archived: `MessageTooLarge` (64/WAKU2-NETWORK: a message "published to the
+    /// network MUST NOT exceed" the limit), `Duplicate` (a message with the same data was
+    /// published or received recently, and was archived then under its own shard: the same
+    /// bytes on another shard hash differently and were never relayed there), and
+    /// transform or signing failures. Here the Nim node differs: it archives a duplicate
+    /// too, since its local handlers run before the seen check.
     fn relay_publish_counted(
         &mut self,
         shard: PubsubTopic,
@@ -2361,7 +2389,6 @@ impl Task {
     ) -> Result<(MessageHash, usize)> {
         let topic = shard.to_string();
         let hash = waku::message_hash(&topic, message);
-        self.archive_message(&shard, &hash, message);
         let data = message.to_bytes();
         let len = data.len();
         let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() else {
@@ -2372,7 +2399,16 @@ impl Task {
             .all_peers()
             .filter(|(_, topics)| topics.contains(&&topic))
             .count();
-        match relay.publish(topic, data) {
+        let published = relay.publish(topic, data);
+        if matches!(
+            published,
+            Ok(_)
+                | Err(gossipsub::PublishError::NoPeersSubscribedToTopic
+                    | gossipsub::PublishError::AllQueuesFull(_))
+        ) {
+            self.archive_message(&shard, &hash, message);
+        }
+        match published {
             Ok(_) => {
                 bump(&self.stats.relay_published);
                 self.filter_push(shard, message);
