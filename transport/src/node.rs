@@ -1622,7 +1622,7 @@ fn build_behaviour(
                 ProtocolSupport::Outbound
             };
             let waku_store = request_response::Behaviour::with_codec(
-                waku::store::Codec::new(
+                waku::store::codec(
                     stats.requests_malformed.clone(),
                     ReadBudget::new(
                         limits.store_request_read_bytes,
@@ -1688,7 +1688,7 @@ fn build_behaviour(
                 ProtocolSupport::Outbound
             };
             Some(request_response::Behaviour::with_codec(
-                peer_exchange::Codec,
+                peer_exchange::codec(),
                 [(StreamProtocol::new(peer_exchange::PROTOCOL), support)],
                 request_response::Config::default()
                     .with_request_timeout(limits.request_timeout)
@@ -2524,14 +2524,23 @@ impl Task {
                 if self.archive.is_none() {
                     return;
                 }
-                let request = match request {
-                    Framed::Message(r) => r,
-                    // Not read: the request read budget was exhausted. Malformed and
-                    // oversized requests are read errors of the store codec, not frames.
-                    Framed::Busy | Framed::Malformed | Framed::TooLarge(_) => {
+                let refusal = match request {
+                    Framed::Message(r) => Ok(r),
+                    // Not read: the request read budget was exhausted.
+                    Framed::Busy => {
                         bump(&self.stats.requests_busy);
+                        Err(waku::store::QueryResponse::busy())
+                    }
+                    // Counted by the codec; oversized requests are read errors there.
+                    Framed::Malformed | Framed::TooLarge(_) => {
+                        Err(waku::store::QueryResponse::malformed())
+                    }
+                };
+                let request = match refusal {
+                    Ok(r) => r,
+                    Err(response) => {
                         if let Some(b) = self.swarm.behaviour_mut().waku_store.as_mut() {
-                            let _ = b.send_response(channel, waku::store::QueryResponse::busy());
+                            let _ = b.send_response(channel, response);
                         }
                         return;
                     }

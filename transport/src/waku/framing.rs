@@ -4,10 +4,12 @@
 //! maximum before anything is allocated.
 
 use std::io;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
 
 /// A frame read by a service: the decoded message, or why there is none. A service answers
 /// the last two with an error status (the Nim node answers an undecodable lightpush request
@@ -353,6 +355,193 @@ pub async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: &[u8]) 
     framed.extend_from_slice(body);
     io.write_all(&framed).await?;
     io.flush().await
+}
+
+/// The request-response codec of a protocol that sends one length-prefixed protobuf each
+/// way, `Req` one way and `Res` back. Every read is bounded by one frame length per
+/// direction, checked before anything is allocated, and optionally by a shared
+/// [`ReadBudget`] per direction, reserved before anything is allocated too:
+/// - a request is [`Framed::Message`], or [`Framed::Malformed`] if its frame is not a
+///   `Req`, or [`Framed::Busy`] if it did not fit the request budget (its body is not
+///   read); a frame announced longer than the bound, a truncated frame or an I/O error is
+///   an error (the stream is closed). Malformed and unreadable requests are counted.
+/// - a response is a `Res`; anything else (too long, not a `Res`, over the response
+///   budget) is an error.
+///
+/// Only [`Framed::Message`] requests can be written.
+pub struct ProtoCodec<Req, Res> {
+    max_request: usize,
+    max_response: usize,
+    requests: Option<ReadBudget>,
+    responses: Option<ReadBudget>,
+    unreadable: Arc<AtomicU64>,
+    what: &'static str,
+    messages: PhantomData<fn() -> (Req, Res)>,
+}
+
+impl<Req, Res> Clone for ProtoCodec<Req, Res> {
+    fn clone(&self) -> Self {
+        Self {
+            max_request: self.max_request,
+            max_response: self.max_response,
+            requests: self.requests.clone(),
+            responses: self.responses.clone(),
+            unreadable: self.unreadable.clone(),
+            what: self.what,
+            messages: PhantomData,
+        }
+    }
+}
+
+impl<Req, Res> std::fmt::Debug for ProtoCodec<Req, Res> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProtoCodec")
+            .field("what", &self.what)
+            .field("max_request", &self.max_request)
+            .field("max_response", &self.max_response)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req, Res> ProtoCodec<Req, Res> {
+    /// A codec of the protocol `what` (named in errors) reading requests of at most
+    /// `max_request` bytes and responses of at most `max_response`, with no budgets.
+    pub fn new(what: &'static str, max_request: usize, max_response: usize) -> Self {
+        Self {
+            max_request,
+            max_response,
+            requests: None,
+            responses: None,
+            unreadable: Arc::default(),
+            what,
+            messages: PhantomData,
+        }
+    }
+
+    /// Reads requests within `budget`.
+    #[must_use]
+    pub fn with_request_budget(mut self, budget: ReadBudget) -> Self {
+        self.requests = Some(budget);
+        self
+    }
+
+    /// Reads responses within `budget`.
+    #[must_use]
+    pub fn with_response_budget(mut self, budget: ReadBudget) -> Self {
+        self.responses = Some(budget);
+        self
+    }
+
+    /// Counts malformed and unreadable requests in `counter`.
+    #[must_use]
+    pub fn counting(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.unreadable = counter;
+        self
+    }
+
+    /// Malformed and unreadable requests so far.
+    pub fn unreadable(&self) -> u64 {
+        self.unreadable.load(Ordering::Relaxed)
+    }
+}
+
+/// One frame of at most `max` bytes, within `budget` if there is one; `None` if it did not
+/// fit the budget. The reservation is held until the frame is decoded.
+async fn read_bounded<T, M>(
+    io: &mut T,
+    max: usize,
+    budget: Option<&ReadBudget>,
+    decode: impl FnOnce(&[u8]) -> M,
+) -> io::Result<Option<M>>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    match budget {
+        Some(budget) => Ok(read_budgeted_frame(io, max, budget)
+            .await?
+            .map(|(body, _held)| decode(&body))),
+        None => Ok(Some(decode(&read_frame(io, max).await?))),
+    }
+}
+
+impl<Req, Res> libp2p::request_response::Codec for ProtoCodec<Req, Res>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Res: prost::Message + Default + Send + 'static,
+{
+    type Protocol = StreamProtocol;
+    type Request = Framed<Req>;
+    type Response = Res;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Framed<Req>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let read = read_bounded(io, self.max_request, self.requests.as_ref(), |b| {
+            Req::decode(b).map_or(Framed::Malformed, Framed::Message)
+        })
+        .await;
+        match read {
+            Ok(Some(Framed::Message(m))) => Ok(Framed::Message(m)),
+            Ok(Some(_)) => {
+                self.unreadable.fetch_add(1, Ordering::Relaxed);
+                Ok(Framed::Malformed)
+            }
+            Ok(None) => Ok(Framed::Busy),
+            Err(e) => {
+                self.unreadable.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Res>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let what = self.what;
+        read_bounded(io, self.max_response, self.responses.as_ref(), |b| {
+            Res::decode(b).ok()
+        })
+        .await?
+        .ok_or_else(|| io::Error::other(format!("{what} responses being read exceed the budget")))?
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("malformed {what} response"),
+            )
+        })
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Framed<Req>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        match req {
+            Framed::Message(r) => write_frame(io, &r.encode_to_vec()).await,
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only a request can be sent",
+            )),
+        }
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Res,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res.encode_to_vec()).await
+    }
 }
 
 #[cfg(test)]

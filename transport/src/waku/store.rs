@@ -29,17 +29,16 @@
 //!   is answered 503 without its body being read; a response that does not fit fails the
 //!   query (the stream is closed unread).
 
-use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
-use futures::{AsyncRead, AsyncWrite};
-use libp2p::StreamProtocol;
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::framing::{Framed, ReadBudget, invalid, read_budgeted_frame, write_frame};
+#[cfg(doc)]
+use super::framing::Framed;
+use super::framing::{ProtoCodec, ReadBudget};
 use super::message::{MessageHash, WakuMessage};
 
 /// Protocol id.
@@ -167,6 +166,16 @@ impl QueryResponse {
         )
     }
 
+    /// The answer to a request that is not a `StoreQueryRequest` (400, request id
+    /// [`UNKNOWN_REQUEST_ID`], as the Nim node).
+    pub fn malformed() -> Self {
+        Self::status(
+            UNKNOWN_REQUEST_ID.to_owned(),
+            STATUS_BAD_REQUEST,
+            "malformed store request",
+        )
+    }
+
     fn status(request_id: String, code: u32, desc: &str) -> Self {
         Self {
             request_id,
@@ -183,115 +192,32 @@ impl QueryResponse {
     }
 }
 
-/// The request-response codec: one unsigned-varint length-prefixed protobuf each way, the
-/// length checked against [`MAX_REQUEST`] or [`MAX_RESPONSE`] and reserved in the request
-/// or response [`ReadBudget`] before anything is allocated. A request that does not fit
-/// its budget is [`Framed::Busy`] (answered 503); a response that does not fit is an error.
-/// Requests that cannot be read (oversized, truncated, malformed) are counted, since
-/// libp2p does not report them. Only [`Framed::Message`] requests can be written.
-#[derive(Debug, Clone)]
-pub struct Codec {
-    malformed: Arc<AtomicU64>,
-    requests: ReadBudget,
-    responses: ReadBudget,
+/// The request-response codec ([`ProtoCodec`]): one unsigned-varint length-prefixed
+/// protobuf each way, the length checked against [`MAX_REQUEST`] or [`MAX_RESPONSE`] and
+/// reserved in the request or response [`ReadBudget`] before anything is allocated. A
+/// request that does not fit its budget is [`Framed::Busy`] (answered 503), one that is
+/// not a `StoreQueryRequest` [`Framed::Malformed`] (answered 400, as the Nim node); a
+/// response that does not fit is an error. Malformed and unreadable requests (oversized,
+/// truncated) are counted, since libp2p does not report them.
+pub type Codec = ProtoCodec<QueryRequest, QueryResponse>;
+
+/// The codec, counting malformed and unreadable requests in `malformed` and reading
+/// requests within `requests` and responses within `responses`.
+pub fn codec(malformed: Arc<AtomicU64>, requests: ReadBudget, responses: ReadBudget) -> Codec {
+    ProtoCodec::new("store", MAX_REQUEST, MAX_RESPONSE)
+        .with_request_budget(requests)
+        .with_response_budget(responses)
+        .counting(malformed)
 }
 
-impl Default for Codec {
-    /// Budgets of [`DEFAULT_REQUEST_READ_BYTES`] and [`DEFAULT_RESPONSE_READ_BYTES`].
-    fn default() -> Self {
-        Self::new(
-            Arc::default(),
-            ReadBudget::with_cap(DEFAULT_REQUEST_READ_BYTES),
-            ReadBudget::with_cap(DEFAULT_RESPONSE_READ_BYTES),
-        )
-    }
-}
-
-impl Codec {
-    /// A codec that counts unreadable requests in `malformed` and reads requests within
-    /// `requests` and responses within `responses`.
-    pub fn new(malformed: Arc<AtomicU64>, requests: ReadBudget, responses: ReadBudget) -> Self {
-        Self {
-            malformed,
-            requests,
-            responses,
-        }
-    }
-
-    /// Unreadable requests so far.
-    pub fn malformed(&self) -> u64 {
-        self.malformed.load(Ordering::Relaxed)
-    }
-}
-
-impl libp2p::request_response::Codec for Codec {
-    type Protocol = StreamProtocol;
-    type Request = Framed<QueryRequest>;
-    type Response = QueryResponse;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Self::Request>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let request = match read_budgeted_frame(io, MAX_REQUEST, &self.requests).await {
-            Ok(Some((body, _held))) => QueryRequest::decode(body.as_slice())
-                .map(Framed::Message)
-                .map_err(|_| invalid("malformed store request")),
-            Ok(None) => return Ok(Framed::Busy),
-            Err(e) => Err(e),
-        };
-        if request.is_err() {
-            self.malformed.fetch_add(1, Ordering::Relaxed);
-        }
-        request
-    }
-
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<QueryResponse>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let Some((body, _held)) = read_budgeted_frame(io, MAX_RESPONSE, &self.responses).await?
-        else {
-            return Err(io::Error::other(
-                "store responses being read exceed the read budget",
-            ));
-        };
-        QueryResponse::decode(body.as_slice()).map_err(|_| invalid("malformed store response"))
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Self::Request,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        match req {
-            Framed::Message(r) => write_frame(io, &r.encode_to_vec()).await,
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "only a request can be sent",
-            )),
-        }
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: QueryResponse,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &res.encode_to_vec()).await
-    }
+/// The codec with budgets of [`DEFAULT_REQUEST_READ_BYTES`] and
+/// [`DEFAULT_RESPONSE_READ_BYTES`] and counters of its own.
+pub fn default_codec() -> Codec {
+    codec(
+        Arc::default(),
+        ReadBudget::with_cap(DEFAULT_REQUEST_READ_BYTES),
+        ReadBudget::with_cap(DEFAULT_RESPONSE_READ_BYTES),
+    )
 }
 
 /// The messages a store node keeps: SQLite, `waku_store.sqlite3` in its data directory.
@@ -564,6 +490,7 @@ impl From<rusqlite::Error> for QueryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::waku::framing::Framed;
     use crate::waku::message_hash;
 
     const SHARD: &str = "/waku/2/rs/3/0";
@@ -755,6 +682,7 @@ mod tests {
 
     #[test]
     fn the_codec_bounds_frames() {
+        use libp2p::StreamProtocol;
         use libp2p::request_response::Codec as _;
         let p = StreamProtocol::new(PROTOCOL);
         futures::executor::block_on(async {
@@ -764,27 +692,33 @@ mod tests {
                 ..Default::default()
             };
             let mut buf = Vec::new();
-            Codec::default()
+            default_codec()
                 .write_request(&p, &mut buf, Framed::Message(req.clone()))
                 .await
                 .unwrap();
             let mut r = futures::io::Cursor::new(buf);
             assert_eq!(
-                Codec::default().read_request(&p, &mut r).await.unwrap(),
+                default_codec().read_request(&p, &mut r).await.unwrap(),
                 Framed::Message(req)
             );
             // 64 KiB + 1 announced: refused before reading.
             let mut over = Vec::new();
             prost::encoding::encode_varint(MAX_REQUEST as u64 + 1, &mut over);
             let mut r = futures::io::Cursor::new(over);
-            let mut codec = Codec::default();
+            let mut codec = default_codec();
             assert!(codec.read_request(&p, &mut r).await.is_err());
-            assert_eq!(codec.malformed(), 1);
+            assert_eq!(codec.unreadable(), 1);
+            let mut r = futures::io::Cursor::new(vec![3, 0xff, 0xff, 0xff]);
+            assert_eq!(
+                codec.read_request(&p, &mut r).await.unwrap(),
+                Framed::Malformed
+            );
+            assert_eq!(codec.unreadable(), 2);
             let mut r = futures::io::Cursor::new(vec![0xff, 0xff, 0xff, 0xff, 0x7f]);
-            assert!(Codec::default().read_response(&p, &mut r).await.is_err());
+            assert!(default_codec().read_response(&p, &mut r).await.is_err());
             let mut r = futures::io::Cursor::new(vec![3, 0xff, 0xff, 0xff]);
             assert!(
-                Codec::default().read_response(&p, &mut r).await.is_err(),
+                default_codec().read_response(&p, &mut r).await.is_err(),
                 "malformed"
             );
         });
@@ -792,12 +726,14 @@ mod tests {
 
     #[test]
     fn the_codec_reads_within_its_budgets_and_gives_them_back() {
+        use crate::waku::framing::write_frame;
+        use libp2p::StreamProtocol;
         use libp2p::request_response::Codec as _;
         let p = StreamProtocol::new(PROTOCOL);
         futures::executor::block_on(async {
             let requests = ReadBudget::with_cap(MAX_REQUEST);
             let responses = ReadBudget::with_cap(MAX_RESPONSE);
-            let mut codec = Codec::new(Arc::default(), requests.clone(), responses.clone());
+            let mut codec = codec(Arc::default(), requests.clone(), responses.clone());
             let big = QueryRequest {
                 request_id: "big".into(),
                 message_hashes: vec![vec![1; 32]; 1000],
@@ -809,7 +745,7 @@ mod tests {
             let held = requests.try_reserve(MAX_REQUEST - 100).unwrap();
             let mut r = futures::io::Cursor::new(frame.clone());
             assert_eq!(codec.read_request(&p, &mut r).await.unwrap(), Framed::Busy);
-            assert_eq!((requests.refused(), codec.malformed()), (1, 0));
+            assert_eq!((requests.refused(), codec.unreadable()), (1, 0));
             drop(held);
             let mut r = futures::io::Cursor::new(frame);
             assert_eq!(
