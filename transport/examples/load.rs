@@ -11,7 +11,7 @@
 //! 500; latency grows with it by Little's law, so a small window measures latency and a
 //! large one throughput), and the protocol, `pqmls` (default: pqmls gossip) or `waku`
 //! (Waku relay on shard 0 of cluster 3; its large messages are 100 KiB, one segment,
-//! since Waku's message limit is 150 KiB).
+//! since Waku's message limit is 150 KiB), and the deadline in seconds (default 300).
 
 #[path = "../tests/support/scenario.rs"]
 mod scenario;
@@ -43,7 +43,7 @@ async fn main() -> Result<(), String> {
         large_messages: arg(3, 50),
         large_size,
         window: arg(4, 500),
-        deadline: Duration::from_secs(300),
+        deadline: Duration::from_secs(arg(6, 300) as u64),
         heartbeat: Duration::from_millis(500),
         protocol,
     };

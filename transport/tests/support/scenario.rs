@@ -84,6 +84,9 @@ pub struct Report {
     pub delivered_bytes: u64,
     /// Peak resident memory of the whole process (all nodes), in KiB, if known.
     pub peak_rss_kib: Option<u64>,
+    /// Times gossipsub reported a peer too slow to take its messages (messages abandoned
+    /// in a send queue), summed over the nodes.
+    pub slow_peers: u64,
 }
 
 impl fmt::Display for Report {
@@ -113,9 +116,10 @@ impl fmt::Display for Report {
             ms(self.large_p99)
         )?;
         match self.peak_rss_kib {
-            Some(k) => write!(f, "peak RSS {:.1} MiB (whole process)", k as f64 / 1024.0),
-            None => write!(f, "peak RSS unknown"),
+            Some(k) => writeln!(f, "peak RSS {:.1} MiB (whole process)", k as f64 / 1024.0)?,
+            None => writeln!(f, "peak RSS unknown")?,
         }
+        write!(f, "slow-peer reports {}", self.slow_peers)
     }
 }
 
@@ -335,6 +339,7 @@ pub async fn run(p: Params) -> Result<Report, String> {
         large_p99: percentile(&mut large, 0.99),
         delivered_bytes: tally.delivered_bytes.load(Ordering::Relaxed),
         peak_rss_kib: peak_rss_kib(),
+        slow_peers: nodes.iter().map(|n| n.counters().slow_peers).sum(),
     };
     for node in nodes {
         let _ = node.shutdown().await;
