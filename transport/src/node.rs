@@ -28,7 +28,7 @@ use crate::rate_limit::{self, Rate};
 use crate::rpc::{self, Refusal, Request, Response};
 use crate::slots;
 use crate::store::{self, Cursor, Page, PageLimits, Store};
-use crate::waku::framing::ReadSlots;
+use crate::waku::framing::{Framed, ReadBudget, ReadSlots};
 use crate::waku::{
     self, ContentTopic, MessageHash, PubsubTopic, WakuMessage, enr::Enr, filter, lightpush,
     metadata, peer_exchange, relay,
@@ -134,6 +134,17 @@ pub struct Limits {
     /// Store side: the same budget for the responses to one peer (default 16 MiB; at least
     /// one maximum-size message plus framing, so any stored message can be served).
     pub response_bytes_per_peer: usize,
+    /// Waku store server: bytes of store v3 request frames read at once, over all peers
+    /// (default [`waku::store::DEFAULT_REQUEST_READ_BYTES`], 1 MiB). The length a frame
+    /// announces is reserved before its body is allocated; a request that does not fit is
+    /// answered 503 unread and counted in [`Counters::requests_busy`] and
+    /// [`Counters::store_reads_refused`]. Below [`waku::store::MAX_REQUEST`] the largest
+    /// requests are never read.
+    pub store_request_read_bytes: usize,
+    /// Waku store client: bytes of store v3 response frames read at once, over all the
+    /// stores queried (default [`waku::store::DEFAULT_RESPONSE_READ_BYTES`], 16 MiB); a
+    /// response that does not fit fails its query ([`Error::Request`]) unread.
+    pub store_response_read_bytes: usize,
     /// Per-peer request rates of the Waku services this node answers, see [`RateLimits`].
     pub rate_limits: RateLimits,
     /// Filter client: pushes read from one push stream before it is closed (default
@@ -258,6 +269,8 @@ impl Default for Limits {
             dedupe_window: 65_536,
             response_bytes_in_flight: 64 * 1024 * 1024,
             response_bytes_per_peer: 16 * 1024 * 1024,
+            store_request_read_bytes: waku::store::DEFAULT_REQUEST_READ_BYTES,
+            store_response_read_bytes: waku::store::DEFAULT_RESPONSE_READ_BYTES,
             rate_limits: RateLimits::default(),
             filter_pushes_per_stream: 100_000,
             filter_push_streams_per_peer: 16,
@@ -517,13 +530,27 @@ pub struct Counters {
     /// Peers disconnected to make room for a peer from a less crowded address.
     pub peers_evicted: u64,
     /// Store requests answered "busy" because the response would have exceeded
-    /// [`Limits::response_bytes_in_flight`] or [`Limits::response_bytes_per_peer`].
+    /// [`Limits::response_bytes_in_flight`] or [`Limits::response_bytes_per_peer`], or
+    /// (Waku store v3) the request did not fit [`Limits::store_request_read_bytes`].
     pub requests_busy: u64,
     /// Bytes of responses built but not yet fully written (history pages and directory
     /// blobs), over all peers: never above [`Limits::response_bytes_in_flight`].
     pub response_bytes_in_flight: u64,
     /// The highest [`Counters::response_bytes_in_flight`] since the node started.
     pub response_bytes_in_flight_peak: u64,
+    /// Bytes of Waku store v3 request frames being read now, over all peers: never above
+    /// [`Limits::store_request_read_bytes`].
+    pub store_request_read_bytes: u64,
+    /// The highest [`Counters::store_request_read_bytes`] since the node started.
+    pub store_request_read_bytes_peak: u64,
+    /// Bytes of Waku store v3 response frames being read now (answers to this node's
+    /// queries): never above [`Limits::store_response_read_bytes`].
+    pub store_response_read_bytes: u64,
+    /// The highest [`Counters::store_response_read_bytes`] since the node started.
+    pub store_response_read_bytes_peak: u64,
+    /// Waku store v3 frames (requests and responses) not read because they did not fit
+    /// their read budget.
+    pub store_reads_refused: u64,
     /// Directory puts (remote or local) the [`store::DirectoryValidator`] refused.
     pub puts_rejected: u64,
     /// Directory puts (remote or local) refused for exceeding a quota
@@ -621,6 +648,11 @@ struct Stats {
     requests_busy: AtomicU64,
     response_bytes_in_flight: AtomicU64,
     response_bytes_in_flight_peak: AtomicU64,
+    store_request_read_bytes: Arc<AtomicU64>,
+    store_request_read_bytes_peak: Arc<AtomicU64>,
+    store_response_read_bytes: Arc<AtomicU64>,
+    store_response_read_bytes_peak: Arc<AtomicU64>,
+    store_reads_refused: Arc<AtomicU64>,
     puts_rejected: AtomicU64,
     puts_over_quota: AtomicU64,
     relay_published: AtomicU64,
@@ -689,6 +721,11 @@ impl Stats {
             requests_busy: g(&self.requests_busy),
             response_bytes_in_flight: g(&self.response_bytes_in_flight),
             response_bytes_in_flight_peak: g(&self.response_bytes_in_flight_peak),
+            store_request_read_bytes: g(&self.store_request_read_bytes),
+            store_request_read_bytes_peak: g(&self.store_request_read_bytes_peak),
+            store_response_read_bytes: g(&self.store_response_read_bytes),
+            store_response_read_bytes_peak: g(&self.store_response_read_bytes_peak),
+            store_reads_refused: g(&self.store_reads_refused),
             puts_rejected: g(&self.puts_rejected),
             puts_over_quota: g(&self.puts_over_quota),
             relay_published: g(&self.relay_published),
@@ -1348,7 +1385,10 @@ impl Node {
     }
 
     /// Publishes `message` on Waku relay on `shard` (static sharding; the node need not
-    /// subscribe to it). Returns the message's deterministic hash.
+    /// subscribe to it). Returns the message's deterministic hash. A store node archives
+    /// it once gossipsub has taken it: published, or refused with [`Error::NoPeers`] (as
+    /// the Nim node does) or [`Error::QueueFull`]; never when it is refused as a duplicate
+    /// or as too large.
     ///
     /// # Errors
     ///
@@ -1421,7 +1461,8 @@ impl Node {
     /// [`Error::Config`] if Waku is off, [`Error::StoreBusy`] for status 503,
     /// [`Error::Refused`] for any other non-2xx status, [`Error::Request`] if the request
     /// failed (timeout, closed connection, a peer without the protocol, a response frame
-    /// over 4 MiB), [`Error::Busy`] with too many requests outstanding,
+    /// over 4 MiB, or one that does not fit [`Limits::store_response_read_bytes`]),
+    /// [`Error::Busy`] with too many requests outstanding,
     /// [`Error::Shutdown`].
     pub async fn store_query(
         &self,
@@ -1581,7 +1622,21 @@ fn build_behaviour(
                 ProtocolSupport::Outbound
             };
             let waku_store = request_response::Behaviour::with_codec(
-                waku::store::Codec::counting(stats.requests_malformed.clone()),
+                waku::store::codec(
+                    stats.requests_malformed.clone(),
+                    ReadBudget::new(
+                        limits.store_request_read_bytes,
+                        stats.store_request_read_bytes.clone(),
+                        stats.store_request_read_bytes_peak.clone(),
+                        stats.store_reads_refused.clone(),
+                    ),
+                    ReadBudget::new(
+                        limits.store_response_read_bytes,
+                        stats.store_response_read_bytes.clone(),
+                        stats.store_response_read_bytes_peak.clone(),
+                        stats.store_reads_refused.clone(),
+                    ),
+                ),
                 [(StreamProtocol::new(waku::store::PROTOCOL), support)],
                 request_response::Config::default()
                     .with_request_timeout(limits.request_timeout)
@@ -1633,7 +1688,7 @@ fn build_behaviour(
                 ProtocolSupport::Outbound
             };
             Some(request_response::Behaviour::with_codec(
-                peer_exchange::Codec,
+                peer_exchange::codec(),
                 [(StreamProtocol::new(peer_exchange::PROTOCOL), support)],
                 request_response::Config::default()
                     .with_request_timeout(limits.request_timeout)
@@ -2302,6 +2357,31 @@ impl Task {
     /// Publishes on relay; returns the message's hash and the number of relay peers known
     /// on the shard when it was published (flood publishing sends it to each of them, less
     /// any gossipsub scores below its publish threshold).
+    ///
+    /// A store archives the message only once gossipsub has taken it, so that it never
+    /// serves a message that was not published (before, it archived first: a message
+    /// gossipsub refused was still served). Taken means:
+    /// - published (`Ok`);
+    /// - `AllQueuesFull`: gossipsub has put it in its seen and message caches, so it
+    ///   advertises it to peers (IHAVE) and a retry is refused as a duplicate;
+    /// - `NoPeersSubscribedToTopic` (older rust-libp2p's `InsufficientPeers`): archived as
+    ///   the Nim node does. Its relay runs with `triggerSelf = true`
+    ///   (logos-delivery `waku_relay/protocol.nim`), and nim-libp2p's gossipsub `publish`
+    ///   calls the local handlers, the archive among them
+    ///   (logos-delivery `node/subscription_manager.nim`), before it looks for peers
+    ///   ("No peers for topic, skipping publish"). 13/WAKU2-STORE ("Waku Message Store
+    ///   Eligibility") asks only for a valid message with a timestamp that is not
+    ///   ephemeral, and the store then serves the message to the peers that query it
+    ///   later. The caller still gets [`Error::NoPeers`] (lightpush 503); a retry is
+    ///   not a duplicate for gossipsub (rust-libp2p records a message as seen only after
+    ///   finding peers) and the archive keeps one row per hash.
+    ///
+    /// Not archived: `MessageTooLarge` (64/WAKU2-NETWORK: a message "published to the
+    /// network MUST NOT exceed" the limit), `Duplicate` (a message with the same data was
+    /// published or received recently, and was archived then under its own shard: the same
+    /// bytes on another shard hash differently and were never relayed there), and
+    /// transform or signing failures. Here the Nim node differs: it archives a duplicate
+    /// too, since its local handlers run before the seen check.
     fn relay_publish_counted(
         &mut self,
         shard: PubsubTopic,
@@ -2309,7 +2389,6 @@ impl Task {
     ) -> Result<(MessageHash, usize)> {
         let topic = shard.to_string();
         let hash = waku::message_hash(&topic, message);
-        self.archive_message(&shard, &hash, message);
         let data = message.to_bytes();
         let len = data.len();
         let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() else {
@@ -2320,7 +2399,16 @@ impl Task {
             .all_peers()
             .filter(|(_, topics)| topics.contains(&&topic))
             .count();
-        match relay.publish(topic, data) {
+        let published = relay.publish(topic, data);
+        if matches!(
+            published,
+            Ok(_)
+                | Err(gossipsub::PublishError::NoPeersSubscribedToTopic
+                    | gossipsub::PublishError::AllQueuesFull(_))
+        ) {
+            self.archive_message(&shard, &hash, message);
+        }
+        match published {
             Ok(_) => {
                 bump(&self.stats.relay_published);
                 self.filter_push(shard, message);
@@ -2411,13 +2499,16 @@ impl Task {
             let _ = reply.send(Err(Error::Config("Waku is off".into())));
             return;
         };
-        let id = b.send_request(&peer, request);
+        let id = b.send_request(&peer, Framed::Message(request));
         self.store_queries.insert(id, reply);
     }
 
     fn on_waku_store(
         &mut self,
-        event: request_response::Event<waku::store::QueryRequest, waku::store::QueryResponse>,
+        event: request_response::Event<
+            Framed<waku::store::QueryRequest>,
+            waku::store::QueryResponse,
+        >,
     ) {
         match event {
             request_response::Event::Message {
@@ -2433,6 +2524,27 @@ impl Task {
                 if self.archive.is_none() {
                     return;
                 }
+                let refusal = match request {
+                    Framed::Message(r) => Ok(r),
+                    // Not read: the request read budget was exhausted.
+                    Framed::Busy => {
+                        bump(&self.stats.requests_busy);
+                        Err(waku::store::QueryResponse::busy())
+                    }
+                    // Counted by the codec; oversized requests are read errors there.
+                    Framed::Malformed | Framed::TooLarge(_) => {
+                        Err(waku::store::QueryResponse::malformed())
+                    }
+                };
+                let request = match refusal {
+                    Ok(r) => r,
+                    Err(response) => {
+                        if let Some(b) = self.swarm.behaviour_mut().waku_store.as_mut() {
+                            let _ = b.send_response(channel, response);
+                        }
+                        return;
+                    }
+                };
                 if !self.rate_allows(Service::Store, peer) {
                     bump(&self.stats.requests_refused);
                     let response =

@@ -463,6 +463,27 @@ async fn small_load_scenario_delivers_everything() {
         window: 100,
         deadline: Duration::from_secs(40),
         heartbeat: Duration::from_millis(200),
+        protocol: scenario::Protocol::Pqmls,
+    })
+    .await
+    .unwrap();
+    println!("{report}");
+    assert_eq!(report.delivered, report.expected);
+    assert_eq!(report.duplicates, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_load_scenario_on_waku_relay_delivers_everything() {
+    let report = scenario::run(scenario::Params {
+        nodes: 4,
+        small_messages: 400,
+        small_size: 1024,
+        large_messages: 2,
+        large_size: 100 * 1024,
+        window: 100,
+        deadline: Duration::from_secs(40),
+        heartbeat: Duration::from_millis(200),
+        protocol: scenario::Protocol::WakuRelay,
     })
     .await
     .unwrap();

@@ -12,6 +12,7 @@ use libp2p::{Multiaddr, PeerId, identity};
 
 use super::{Command, Error, Node, Reply, Result, Task, bump};
 use crate::waku::enr::{self, Enr};
+use crate::waku::framing::Framed;
 use crate::waku::peer_exchange::{self, Cache, Rpc};
 
 /// An outstanding request: the peer, how many records were asked, the caller if any.
@@ -196,7 +197,7 @@ impl Task {
         let asked = usize::try_from(num_peers)
             .unwrap_or(usize::MAX)
             .min(peer_exchange::MAX_RESPONSE_PEERS);
-        let id = b.send_request(&peer, Rpc::request(num_peers));
+        let id = b.send_request(&peer, Framed::Message(Rpc::request(num_peers)));
         px.asked.insert(id, (peer, asked, reply));
     }
 
@@ -324,7 +325,7 @@ impl Task {
         Rpc::answer(&records)
     }
 
-    pub(super) fn on_peer_exchange(&mut self, event: request_response::Event<Rpc, Rpc>) {
+    pub(super) fn on_peer_exchange(&mut self, event: request_response::Event<Framed<Rpc>, Rpc>) {
         match event {
             request_response::Event::Message {
                 peer,
@@ -334,6 +335,11 @@ impl Task {
                     },
                 ..
             } => {
+                // An undecodable request is answered as one without a query (400).
+                let request = match request {
+                    Framed::Message(r) => r,
+                    _ => Rpc::default(),
+                };
                 let answer = if !self.rate_allows(super::Service::PeerExchange, peer) {
                     Rpc::error(peer_exchange::STATUS_TOO_MANY_REQUESTS, "too many requests")
                 } else {

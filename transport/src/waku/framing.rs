@@ -4,10 +4,12 @@
 //! maximum before anything is allocated.
 
 use std::io;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
 
 /// A frame read by a service: the decoded message, or why there is none. A service answers
 /// the last two with an error status (the Nim node answers an undecodable lightpush request
@@ -100,6 +102,101 @@ impl ReadSlots {
     }
 }
 
+/// A budget of bytes for the frames of one protocol being read at once, over all
+/// connections and peers (request-response bounds streams per connection only, so without
+/// it many peers each sending a frame of the protocol's largest size make the node hold
+/// that size times their number). A read reserves the length a frame announces, after its
+/// length prefix and before anything is allocated, and gives it back when the reservation
+/// is dropped (after decoding, or when the read fails or is abandoned); a frame that does
+/// not fit what is left is not read. The bytes held now and the most ever held are shared
+/// with the node's counters, and so is a count of frames refused.
+#[derive(Debug, Clone)]
+pub struct ReadBudget {
+    held: Arc<AtomicU64>,
+    peak: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    cap: u64,
+}
+
+/// Bytes reserved in a [`ReadBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct Reserved {
+    held: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl ReadBudget {
+    /// At most `cap` bytes at once, counted in `held` (and its highest value in `peak`);
+    /// refused frames are counted in `refused`.
+    pub fn new(
+        cap: usize,
+        held: Arc<AtomicU64>,
+        peak: Arc<AtomicU64>,
+        refused: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            held,
+            peak,
+            refused,
+            cap: u64::try_from(cap).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// A budget of `cap` bytes with counters of its own.
+    pub fn with_cap(cap: usize) -> Self {
+        Self::new(
+            cap,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        )
+    }
+
+    /// Reserves `bytes` if they fit what is left; counts a refusal otherwise.
+    pub fn try_reserve(&self, bytes: usize) -> Option<Reserved> {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        match self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                h.checked_add(bytes).filter(|n| *n <= self.cap)
+            }) {
+            Ok(before) => {
+                self.peak
+                    .fetch_max(before.saturating_add(bytes), Ordering::AcqRel);
+                Some(Reserved {
+                    held: self.held.clone(),
+                    bytes,
+                })
+            }
+            Err(_) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Bytes reserved now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// The most bytes ever reserved at once.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Acquire)
+    }
+
+    /// Frames refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
 pub(crate) fn invalid(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
@@ -186,6 +283,31 @@ pub async fn read_frame<T: AsyncRead + Unpin + Send>(
     Ok(body)
 }
 
+/// Reads one frame of at most `max` bytes inside `budget`: the announced length is
+/// reserved before the body is allocated, and the reservation is returned with the body so
+/// the caller holds it while decoding. `Ok(None)` if the length does not fit what is left
+/// of the budget; only the length prefix was read then.
+///
+/// # Errors
+///
+/// As for [`read_frame`].
+pub async fn read_budgeted_frame<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+    budget: &ReadBudget,
+) -> io::Result<Option<(Vec<u8>, Reserved)>> {
+    let len = usize::try_from(read_len(io).await?).map_err(|_| invalid("frame too large"))?;
+    if len > max {
+        return Err(invalid("frame too large"));
+    }
+    let Some(reserved) = budget.try_reserve(len) else {
+        return Ok(None);
+    };
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await?;
+    Ok(Some((body, reserved)))
+}
+
 /// Reads one frame for a service: at most `max` bytes are kept and decoded with `decode`; a
 /// frame announced longer, up to `drain`, is read in small pieces and discarded so the
 /// service can still answer ([`Framed::TooLarge`]). Memory stays bounded by `max` either way.
@@ -233,6 +355,193 @@ pub async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: &[u8]) 
     framed.extend_from_slice(body);
     io.write_all(&framed).await?;
     io.flush().await
+}
+
+/// The request-response codec of a protocol that sends one length-prefixed protobuf each
+/// way, `Req` one way and `Res` back. Every read is bounded by one frame length per
+/// direction, checked before anything is allocated, and optionally by a shared
+/// [`ReadBudget`] per direction, reserved before anything is allocated too:
+/// - a request is [`Framed::Message`], or [`Framed::Malformed`] if its frame is not a
+///   `Req`, or [`Framed::Busy`] if it did not fit the request budget (its body is not
+///   read); a frame announced longer than the bound, a truncated frame or an I/O error is
+///   an error (the stream is closed). Malformed and unreadable requests are counted.
+/// - a response is a `Res`; anything else (too long, not a `Res`, over the response
+///   budget) is an error.
+///
+/// Only [`Framed::Message`] requests can be written.
+pub struct ProtoCodec<Req, Res> {
+    max_request: usize,
+    max_response: usize,
+    requests: Option<ReadBudget>,
+    responses: Option<ReadBudget>,
+    unreadable: Arc<AtomicU64>,
+    what: &'static str,
+    messages: PhantomData<fn() -> (Req, Res)>,
+}
+
+impl<Req, Res> Clone for ProtoCodec<Req, Res> {
+    fn clone(&self) -> Self {
+        Self {
+            max_request: self.max_request,
+            max_response: self.max_response,
+            requests: self.requests.clone(),
+            responses: self.responses.clone(),
+            unreadable: self.unreadable.clone(),
+            what: self.what,
+            messages: PhantomData,
+        }
+    }
+}
+
+impl<Req, Res> std::fmt::Debug for ProtoCodec<Req, Res> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProtoCodec")
+            .field("what", &self.what)
+            .field("max_request", &self.max_request)
+            .field("max_response", &self.max_response)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req, Res> ProtoCodec<Req, Res> {
+    /// A codec of the protocol `what` (named in errors) reading requests of at most
+    /// `max_request` bytes and responses of at most `max_response`, with no budgets.
+    pub fn new(what: &'static str, max_request: usize, max_response: usize) -> Self {
+        Self {
+            max_request,
+            max_response,
+            requests: None,
+            responses: None,
+            unreadable: Arc::default(),
+            what,
+            messages: PhantomData,
+        }
+    }
+
+    /// Reads requests within `budget`.
+    #[must_use]
+    pub fn with_request_budget(mut self, budget: ReadBudget) -> Self {
+        self.requests = Some(budget);
+        self
+    }
+
+    /// Reads responses within `budget`.
+    #[must_use]
+    pub fn with_response_budget(mut self, budget: ReadBudget) -> Self {
+        self.responses = Some(budget);
+        self
+    }
+
+    /// Counts malformed and unreadable requests in `counter`.
+    #[must_use]
+    pub fn counting(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.unreadable = counter;
+        self
+    }
+
+    /// Malformed and unreadable requests so far.
+    pub fn unreadable(&self) -> u64 {
+        self.unreadable.load(Ordering::Relaxed)
+    }
+}
+
+/// One frame of at most `max` bytes, within `budget` if there is one; `None` if it did not
+/// fit the budget. The reservation is held until the frame is decoded.
+async fn read_bounded<T, M>(
+    io: &mut T,
+    max: usize,
+    budget: Option<&ReadBudget>,
+    decode: impl FnOnce(&[u8]) -> M,
+) -> io::Result<Option<M>>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    match budget {
+        Some(budget) => Ok(read_budgeted_frame(io, max, budget)
+            .await?
+            .map(|(body, _held)| decode(&body))),
+        None => Ok(Some(decode(&read_frame(io, max).await?))),
+    }
+}
+
+impl<Req, Res> libp2p::request_response::Codec for ProtoCodec<Req, Res>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Res: prost::Message + Default + Send + 'static,
+{
+    type Protocol = StreamProtocol;
+    type Request = Framed<Req>;
+    type Response = Res;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Framed<Req>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let read = read_bounded(io, self.max_request, self.requests.as_ref(), |b| {
+            Req::decode(b).map_or(Framed::Malformed, Framed::Message)
+        })
+        .await;
+        match read {
+            Ok(Some(Framed::Message(m))) => Ok(Framed::Message(m)),
+            Ok(Some(_)) => {
+                self.unreadable.fetch_add(1, Ordering::Relaxed);
+                Ok(Framed::Malformed)
+            }
+            Ok(None) => Ok(Framed::Busy),
+            Err(e) => {
+                self.unreadable.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Res>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let what = self.what;
+        read_bounded(io, self.max_response, self.responses.as_ref(), |b| {
+            Res::decode(b).ok()
+        })
+        .await?
+        .ok_or_else(|| io::Error::other(format!("{what} responses being read exceed the budget")))?
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("malformed {what} response"),
+            )
+        })
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Framed<Req>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        match req {
+            Framed::Message(r) => write_frame(io, &r.encode_to_vec()).await,
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only a request can be sent",
+            )),
+        }
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Res,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res.encode_to_vec()).await
+    }
 }
 
 #[cfg(test)]
@@ -298,6 +607,61 @@ mod tests {
         b.finish();
         drop(c);
         assert_eq!((slots.reading(), slots.unreadable()), (0, 1));
+    }
+
+    #[test]
+    fn a_read_budget_is_shared_given_back_and_keeps_its_peak() {
+        let budget = ReadBudget::with_cap(100);
+        let a = budget.try_reserve(60).unwrap();
+        assert!(budget.try_reserve(41).is_none(), "over what is left");
+        let b = budget.clone().try_reserve(40).unwrap();
+        assert_eq!(
+            (budget.held(), budget.peak(), budget.refused()),
+            (100, 100, 1)
+        );
+        drop(a);
+        assert!(budget.try_reserve(usize::MAX).is_none());
+        drop(b);
+        assert_eq!(
+            (budget.held(), budget.peak(), budget.refused()),
+            (0, 100, 2)
+        );
+    }
+
+    #[test]
+    fn a_budgeted_frame_is_refused_before_its_body_is_read() {
+        let budget = ReadBudget::with_cap(150);
+        let mut buf = Vec::new();
+        run(write_frame(&mut buf, &[1; 100])).unwrap();
+        let mut r = futures::io::Cursor::new(buf.clone());
+        let (body, held) = run(read_budgeted_frame(&mut r, 200, &budget))
+            .unwrap()
+            .unwrap();
+        assert_eq!((body.len(), budget.held()), (100, 100));
+        let mut r2 = futures::io::Cursor::new(buf.clone());
+        assert!(
+            run(read_budgeted_frame(&mut r2, 200, &budget))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(r2.position(), 1, "only the length prefix was read");
+        drop(held);
+        let mut r3 = futures::io::Cursor::new(buf.clone());
+        assert!(
+            run(read_budgeted_frame(&mut r3, 200, &budget))
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(budget.held(), 0, "dropped with the body");
+        let mut r4 = futures::io::Cursor::new(buf);
+        assert!(
+            run(read_budgeted_frame(&mut r4, 99, &budget)).is_err(),
+            "over max"
+        );
+        // A truncated body gives its reservation back.
+        let mut r5 = futures::io::Cursor::new(vec![100, 1, 2]);
+        assert!(run(read_budgeted_frame(&mut r5, 200, &budget)).is_err());
+        assert_eq!((budget.held(), budget.peak()), (0, 100));
     }
 
     #[test]

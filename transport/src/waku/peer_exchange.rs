@@ -25,15 +25,12 @@
 //!   [`Config::cache_size`] records.
 
 use std::collections::HashMap;
-use std::io;
 use std::time::{Duration, Instant};
 
-use futures::{AsyncRead, AsyncWrite};
-use libp2p::{PeerId, StreamProtocol};
-use prost::Message as _;
+use libp2p::PeerId;
 
 use super::enr::{self, Enr};
-use super::framing::{read_frame, write_frame};
+use super::framing::ProtoCodec;
 
 /// Protocol id.
 pub const PROTOCOL: &str = "/vac/waku/peer-exchange/2.0.0-alpha1";
@@ -378,59 +375,23 @@ impl Cache {
     }
 }
 
-/// The request-response codec: one [`Rpc`] frame each way, requests of at most
-/// [`MAX_REQUEST`] bytes and responses of at most [`MAX_RESPONSE`], both refused before
-/// they are read when announced longer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Codec;
+/// The request-response codec ([`ProtoCodec`]): one [`Rpc`] frame each way, requests of
+/// at most [`MAX_REQUEST`] bytes and responses of at most [`MAX_RESPONSE`], both refused
+/// before they are read when announced longer. An undecodable request is
+/// [`Framed::Malformed`](super::framing::Framed::Malformed), which still gets an answer
+/// (400), as at the Nim node.
+pub type Codec = ProtoCodec<Rpc, Rpc>;
 
-impl libp2p::request_response::Codec for Codec {
-    type Protocol = StreamProtocol;
-    type Request = Rpc;
-    type Response = Rpc;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Rpc>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let body = read_frame(io, MAX_REQUEST).await?;
-        // An undecodable request still gets an answer (400), as at the Nim node.
-        Ok(Rpc::decode(body.as_slice()).unwrap_or_default())
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Rpc>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let body = read_frame(io, MAX_RESPONSE).await?;
-        Rpc::decode(body.as_slice())
-            .map_err(|_| super::framing::invalid("malformed peer exchange response"))
-    }
-
-    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Rpc) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &req.encode_to_vec()).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Rpc,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &res.encode_to_vec()).await
-    }
+/// The codec.
+pub fn codec() -> Codec {
+    ProtoCodec::new("peer exchange", MAX_REQUEST, MAX_RESPONSE)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use libp2p::identity::secp256k1;
+    use prost::Message as _;
 
     fn record(seed: u8, seq: u64, cluster: u16) -> Enr {
         let secret = secp256k1::SecretKey::try_from_bytes([seed; 32]).unwrap();
@@ -553,35 +514,37 @@ mod tests {
 
     #[test]
     fn the_codec_bounds_frames_before_reading_them() {
+        use crate::waku::framing::Framed;
+        use libp2p::StreamProtocol;
         use libp2p::request_response::Codec as _;
         let p = StreamProtocol::new(PROTOCOL);
         futures::executor::block_on(async {
             let mut buf = Vec::new();
-            Codec
-                .write_request(&p, &mut buf, Rpc::request(3))
+            codec()
+                .write_request(&p, &mut buf, Framed::Message(Rpc::request(3)))
                 .await
                 .unwrap();
             let mut r = futures::io::Cursor::new(buf);
             assert_eq!(
-                Codec.read_request(&p, &mut r).await.unwrap(),
-                Rpc::request(3)
+                codec().read_request(&p, &mut r).await.unwrap(),
+                Framed::Message(Rpc::request(3))
             );
-            // Garbage within the bound reads as an empty RPC (answered 400).
+            // Garbage within the bound is malformed (answered 400).
             let mut r = futures::io::Cursor::new(vec![2, 0xff, 0xff]);
             assert_eq!(
-                Codec.read_request(&p, &mut r).await.unwrap(),
-                Rpc::default()
+                codec().read_request(&p, &mut r).await.unwrap(),
+                Framed::Malformed
             );
             let mut long = Vec::new();
             prost::encoding::encode_varint((MAX_REQUEST + 1) as u64, &mut long);
             let mut r = futures::io::Cursor::new(long);
-            assert!(Codec.read_request(&p, &mut r).await.is_err());
+            assert!(codec().read_request(&p, &mut r).await.is_err());
             let mut long = Vec::new();
             prost::encoding::encode_varint((MAX_RESPONSE + 1) as u64, &mut long);
             let mut r = futures::io::Cursor::new(long);
-            assert!(Codec.read_response(&p, &mut r).await.is_err());
+            assert!(codec().read_response(&p, &mut r).await.is_err());
             let mut r = futures::io::Cursor::new(vec![2, 0xff, 0xff]);
-            assert!(Codec.read_response(&p, &mut r).await.is_err());
+            assert!(codec().read_response(&p, &mut r).await.is_err());
         });
     }
 }

@@ -53,6 +53,13 @@ pub struct Config {
     /// The shards a node subscribes to when it starts (default: all of
     /// `0..shard_count`). More can be added and removed while it runs.
     pub shards: Vec<u16>,
+    /// Gossipsub send queue per connection, in messages (default 5000, gossipsub's).
+    pub send_queue: usize,
+    /// How long a message may wait in a send queue before gossipsub abandons it (default
+    /// 30 s, as the node's own gossip, `Limits::gossip_queue_timeout`). Gossipsub's
+    /// defaults, 5 s for publications and 1 s for forwards, dropped forwards under load:
+    /// the 10-node load run with 100 KiB messages lost 0.6 % of its deliveries with them.
+    pub send_queue_timeout: Duration,
 }
 
 impl Config {
@@ -65,6 +72,8 @@ impl Config {
             heartbeat: Duration::from_secs(1),
             shard_count: DEFAULT_SHARD_COUNT,
             shards: (0..DEFAULT_SHARD_COUNT).collect(),
+            send_queue: 5000,
+            send_queue_timeout: Duration::from_secs(30),
         }
     }
 
@@ -121,6 +130,9 @@ pub fn behaviour(config: &Config) -> Result<gossipsub::Behaviour, String> {
         .duplicate_cache_time(Duration::from_secs(120))
         .flood_publish(true)
         .max_transmit_size(config.max_message_size.saturating_add(FRAME_OVERHEAD))
+        .connection_handler_queue_len(config.send_queue.max(1))
+        .publish_queue_duration(config.send_queue_timeout)
+        .forward_queue_duration(config.send_queue_timeout)
         .build()
         .map_err(|e| e.to_string())?;
     gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip)

@@ -22,18 +22,23 @@
 //!   at most [`MAX_PAGE_BYTES`] encoded bytes, counted while the page is built; a response
 //!   frame read by a client of at most [`MAX_RESPONSE`] bytes (js-waku reads no frame over
 //!   4 MiB). The end of the results is a page without a cursor and status 200.
+//! - Frames being read at once, over all peers, are bounded in bytes by two shared
+//!   [`ReadBudget`]s, one for the requests a server reads and one for the responses a client
+//!   reads ([`DEFAULT_REQUEST_READ_BYTES`], [`DEFAULT_RESPONSE_READ_BYTES`]): the length a
+//!   frame announces is reserved before its body is allocated. A request that does not fit
+//!   is answered 503 without its body being read; a response that does not fit fails the
+//!   query (the stream is closed unread).
 
-use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
-use futures::{AsyncRead, AsyncWrite};
-use libp2p::StreamProtocol;
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::framing::{invalid, read_frame, write_frame};
+#[cfg(doc)]
+use super::framing::Framed;
+use super::framing::{ProtoCodec, ReadBudget};
 use super::message::{MessageHash, WakuMessage};
 
 /// Protocol id.
@@ -43,6 +48,14 @@ pub const PROTOCOL: &str = "/vac/waku/store-query/3.0.0";
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// Largest response frame read.
 pub const MAX_RESPONSE: usize = 4 * 1024 * 1024;
+/// Default bytes of request frames a server reads at once, over all peers (16 requests of
+/// the largest size; real queries are a few hundred bytes).
+pub const DEFAULT_REQUEST_READ_BYTES: usize = 16 * MAX_REQUEST;
+/// Default bytes of response frames a client reads at once, over all the stores it asks
+/// (4 responses of the largest size; our pages are at most [`MAX_PAGE_BYTES`]).
+pub const DEFAULT_RESPONSE_READ_BYTES: usize = 4 * MAX_RESPONSE;
+/// Request id answered when the request was not read (as the Nim node's lightpush).
+pub const UNKNOWN_REQUEST_ID: &str = "N/A";
 /// Most content topics in one query.
 pub const MAX_CONTENT_TOPICS: usize = 10;
 /// Most hashes in one lookup query.
@@ -143,6 +156,26 @@ impl QueryResponse {
         Self::status(request_id, STATUS_TOO_MANY_REQUESTS, "too many requests")
     }
 
+    /// The answer to a request not read because the store's request read budget was
+    /// exhausted (503, request id [`UNKNOWN_REQUEST_ID`]).
+    pub fn busy() -> Self {
+        Self::status(
+            UNKNOWN_REQUEST_ID.to_owned(),
+            STATUS_UNAVAILABLE,
+            "store busy, retry later",
+        )
+    }
+
+    /// The answer to a request that is not a `StoreQueryRequest` (400, request id
+    /// [`UNKNOWN_REQUEST_ID`], as the Nim node).
+    pub fn malformed() -> Self {
+        Self::status(
+            UNKNOWN_REQUEST_ID.to_owned(),
+            STATUS_BAD_REQUEST,
+            "malformed store request",
+        )
+    }
+
     fn status(request_id: String, code: u32, desc: &str) -> Self {
         Self {
             request_id,
@@ -159,82 +192,32 @@ impl QueryResponse {
     }
 }
 
-/// The request-response codec: one unsigned-varint length-prefixed protobuf each way, the
-/// length checked against [`MAX_REQUEST`] or [`MAX_RESPONSE`] before anything is allocated.
-/// Requests that cannot be read (oversized, truncated, malformed) are counted, since
-/// libp2p does not report them.
-#[derive(Debug, Clone, Default)]
-pub struct Codec {
-    malformed: Arc<AtomicU64>,
+/// The request-response codec ([`ProtoCodec`]): one unsigned-varint length-prefixed
+/// protobuf each way, the length checked against [`MAX_REQUEST`] or [`MAX_RESPONSE`] and
+/// reserved in the request or response [`ReadBudget`] before anything is allocated. A
+/// request that does not fit its budget is [`Framed::Busy`] (answered 503), one that is
+/// not a `StoreQueryRequest` [`Framed::Malformed`] (answered 400, as the Nim node); a
+/// response that does not fit is an error. Malformed and unreadable requests (oversized,
+/// truncated) are counted, since libp2p does not report them.
+pub type Codec = ProtoCodec<QueryRequest, QueryResponse>;
+
+/// The codec, counting malformed and unreadable requests in `malformed` and reading
+/// requests within `requests` and responses within `responses`.
+pub fn codec(malformed: Arc<AtomicU64>, requests: ReadBudget, responses: ReadBudget) -> Codec {
+    ProtoCodec::new("store", MAX_REQUEST, MAX_RESPONSE)
+        .with_request_budget(requests)
+        .with_response_budget(responses)
+        .counting(malformed)
 }
 
-impl Codec {
-    /// A codec that counts unreadable requests in `malformed`.
-    pub fn counting(malformed: Arc<AtomicU64>) -> Self {
-        Self { malformed }
-    }
-
-    /// Unreadable requests so far.
-    pub fn malformed(&self) -> u64 {
-        self.malformed.load(Ordering::Relaxed)
-    }
-}
-
-impl libp2p::request_response::Codec for Codec {
-    type Protocol = StreamProtocol;
-    type Request = QueryRequest;
-    type Response = QueryResponse;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<QueryRequest>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let request = match read_frame(io, MAX_REQUEST).await {
-            Ok(body) => QueryRequest::decode(body.as_slice())
-                .map_err(|_| invalid("malformed store request")),
-            Err(e) => Err(e),
-        };
-        if request.is_err() {
-            self.malformed.fetch_add(1, Ordering::Relaxed);
-        }
-        request
-    }
-
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<QueryResponse>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let body = read_frame(io, MAX_RESPONSE).await?;
-        QueryResponse::decode(body.as_slice()).map_err(|_| invalid("malformed store response"))
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: QueryRequest,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &req.encode_to_vec()).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: QueryResponse,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &res.encode_to_vec()).await
-    }
+/// The codec with budgets of [`DEFAULT_REQUEST_READ_BYTES`] and
+/// [`DEFAULT_RESPONSE_READ_BYTES`] and counters of its own.
+pub fn default_codec() -> Codec {
+    codec(
+        Arc::default(),
+        ReadBudget::with_cap(DEFAULT_REQUEST_READ_BYTES),
+        ReadBudget::with_cap(DEFAULT_RESPONSE_READ_BYTES),
+    )
 }
 
 /// The messages a store node keeps: SQLite, `waku_store.sqlite3` in its data directory.
@@ -507,6 +490,7 @@ impl From<rusqlite::Error> for QueryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::waku::framing::Framed;
     use crate::waku::message_hash;
 
     const SHARD: &str = "/waku/2/rs/3/0";
@@ -698,6 +682,7 @@ mod tests {
 
     #[test]
     fn the_codec_bounds_frames() {
+        use libp2p::StreamProtocol;
         use libp2p::request_response::Codec as _;
         let p = StreamProtocol::new(PROTOCOL);
         futures::executor::block_on(async {
@@ -707,29 +692,80 @@ mod tests {
                 ..Default::default()
             };
             let mut buf = Vec::new();
-            Codec::default()
-                .write_request(&p, &mut buf, req.clone())
+            default_codec()
+                .write_request(&p, &mut buf, Framed::Message(req.clone()))
                 .await
                 .unwrap();
             let mut r = futures::io::Cursor::new(buf);
             assert_eq!(
-                Codec::default().read_request(&p, &mut r).await.unwrap(),
-                req
+                default_codec().read_request(&p, &mut r).await.unwrap(),
+                Framed::Message(req)
             );
             // 64 KiB + 1 announced: refused before reading.
             let mut over = Vec::new();
             prost::encoding::encode_varint(MAX_REQUEST as u64 + 1, &mut over);
             let mut r = futures::io::Cursor::new(over);
-            let mut codec = Codec::default();
+            let mut codec = default_codec();
             assert!(codec.read_request(&p, &mut r).await.is_err());
-            assert_eq!(codec.malformed(), 1);
+            assert_eq!(codec.unreadable(), 1);
+            let mut r = futures::io::Cursor::new(vec![3, 0xff, 0xff, 0xff]);
+            assert_eq!(
+                codec.read_request(&p, &mut r).await.unwrap(),
+                Framed::Malformed
+            );
+            assert_eq!(codec.unreadable(), 2);
             let mut r = futures::io::Cursor::new(vec![0xff, 0xff, 0xff, 0xff, 0x7f]);
-            assert!(Codec::default().read_response(&p, &mut r).await.is_err());
+            assert!(default_codec().read_response(&p, &mut r).await.is_err());
             let mut r = futures::io::Cursor::new(vec![3, 0xff, 0xff, 0xff]);
             assert!(
-                Codec::default().read_response(&p, &mut r).await.is_err(),
+                default_codec().read_response(&p, &mut r).await.is_err(),
                 "malformed"
             );
+        });
+    }
+
+    #[test]
+    fn the_codec_reads_within_its_budgets_and_gives_them_back() {
+        use crate::waku::framing::write_frame;
+        use libp2p::StreamProtocol;
+        use libp2p::request_response::Codec as _;
+        let p = StreamProtocol::new(PROTOCOL);
+        futures::executor::block_on(async {
+            let requests = ReadBudget::with_cap(MAX_REQUEST);
+            let responses = ReadBudget::with_cap(MAX_RESPONSE);
+            let mut codec = codec(Arc::default(), requests.clone(), responses.clone());
+            let big = QueryRequest {
+                request_id: "big".into(),
+                message_hashes: vec![vec![1; 32]; 1000],
+                ..Default::default()
+            };
+            let mut frame = Vec::new();
+            write_frame(&mut frame, &big.encode_to_vec()).await.unwrap();
+            // A read holding most of the budget leaves no room for a second frame.
+            let held = requests.try_reserve(MAX_REQUEST - 100).unwrap();
+            let mut r = futures::io::Cursor::new(frame.clone());
+            assert_eq!(codec.read_request(&p, &mut r).await.unwrap(), Framed::Busy);
+            assert_eq!((requests.refused(), codec.unreadable()), (1, 0));
+            drop(held);
+            let mut r = futures::io::Cursor::new(frame);
+            assert_eq!(
+                codec.read_request(&p, &mut r).await.unwrap(),
+                Framed::Message(big)
+            );
+            assert_eq!(requests.held(), 0, "given back after decoding");
+
+            let page = QueryResponse::busy();
+            let mut frame = Vec::new();
+            write_frame(&mut frame, &page.encode_to_vec())
+                .await
+                .unwrap();
+            let held = responses.try_reserve(MAX_RESPONSE).unwrap();
+            let mut r = futures::io::Cursor::new(frame.clone());
+            assert!(codec.read_response(&p, &mut r).await.is_err(), "no room");
+            drop(held);
+            let mut r = futures::io::Cursor::new(frame);
+            assert_eq!(codec.read_response(&p, &mut r).await.unwrap(), page);
+            assert_eq!((responses.held(), responses.refused()), (0, 1));
         });
     }
 }

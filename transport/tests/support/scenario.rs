@@ -6,6 +6,11 @@
 //! `large_size` bytes spread among them. At most `window` messages are in flight (published
 //! but not yet delivered everywhere). Every payload carries its sequence number and
 //! publication time, so receivers measure latency and detect loss or duplication.
+//!
+//! Over [`Protocol::Pqmls`] (pqmls gossip on a `/pqmls/group/1/…` topic) or
+//! [`Protocol::WakuRelay`] (Waku relay nodes of one cluster, every payload a `WakuMessage`
+//! on shard 0, through the metadata gate; Waku's message limit is 150 KiB, so large
+//! payloads must stay under it).
 
 #![allow(dead_code)]
 
@@ -16,7 +21,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pqmls_transport::node::Config;
+use pqmls_transport::waku::{PubsubTopic, WakuMessage, relay};
 use pqmls_transport::{Error, Node, Topic};
+
+/// The wire protocol a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// pqmls gossip (`/pqmls/group/1/…` topics).
+    Pqmls,
+    /// Waku relay (`/vac/waku/relay/2.0.0`), shard 0 of cluster [`WAKU_CLUSTER`].
+    WakuRelay,
+}
+
+/// The cluster of a Waku run.
+pub const WAKU_CLUSTER: u16 = 3;
+/// The content topic of a Waku run's messages.
+const WAKU_CONTENT_TOPIC: &str = "/pqmls-load/1/scenario/proto";
 
 /// Size of the scenario.
 #[derive(Debug, Clone)]
@@ -37,6 +57,8 @@ pub struct Params {
     pub deadline: Duration,
     /// Gossip heartbeat of every node.
     pub heartbeat: Duration,
+    /// The wire protocol.
+    pub protocol: Protocol,
 }
 
 /// What a run measured.
@@ -62,6 +84,9 @@ pub struct Report {
     pub delivered_bytes: u64,
     /// Peak resident memory of the whole process (all nodes), in KiB, if known.
     pub peak_rss_kib: Option<u64>,
+    /// Times gossipsub reported a peer too slow to take its messages (messages abandoned
+    /// in a send queue), summed over the nodes.
+    pub slow_peers: u64,
 }
 
 impl fmt::Display for Report {
@@ -91,9 +116,10 @@ impl fmt::Display for Report {
             ms(self.large_p99)
         )?;
         match self.peak_rss_kib {
-            Some(k) => write!(f, "peak RSS {:.1} MiB (whole process)", k as f64 / 1024.0),
-            None => write!(f, "peak RSS unknown"),
+            Some(k) => writeln!(f, "peak RSS {:.1} MiB (whole process)", k as f64 / 1024.0)?,
+            None => writeln!(f, "peak RSS unknown")?,
         }
+        write!(f, "slow-peer reports {}", self.slow_peers)
     }
 }
 
@@ -127,6 +153,31 @@ fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Records one delivery of `data` seen by a receiver that has seen `seen`.
+fn record(tally: &Tally, seen: &mut HashSet<u64>, data: &[u8], now_ns: u64, large_size: usize) {
+    if data.len() < 16 {
+        return;
+    }
+    let seq = u64::from_be_bytes(data[..8].try_into().unwrap_or_default());
+    let sent = u64::from_be_bytes(data[8..16].try_into().unwrap_or_default());
+    if !seen.insert(seq) {
+        tally.duplicates.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let lat = Duration::from_nanos(now_ns.saturating_sub(sent));
+    let list = if data.len() == large_size {
+        &tally.large
+    } else {
+        &tally.small
+    };
+    list.lock().unwrap_or_else(|e| e.into_inner()).push(lat);
+    tally
+        .delivered_bytes
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    tally.last_delivery_ns.fetch_max(now_ns, Ordering::Relaxed);
+    tally.delivered.fetch_add(1, Ordering::Relaxed);
+}
+
 fn payload(seq: u64, sent_ns: u64, size: usize) -> Vec<u8> {
     let mut v = vec![0xa5u8; size.max(16)];
     v[..8].copy_from_slice(&seq.to_be_bytes());
@@ -143,6 +194,7 @@ fn payload(seq: u64, sent_ns: u64, size: usize) -> Vec<u8> {
 pub async fn run(p: Params) -> Result<Report, String> {
     let start_deadline = Instant::now() + p.deadline;
     let topic = Topic::from_group_id(b"load scenario");
+    let shard0 = PubsubTopic::new(WAKU_CLUSTER, 0).ok_or("no shard 0")?;
     let mut nodes: Vec<Node> = Vec::new();
     let mut degrees = vec![0usize; p.nodes];
     let tally = Arc::new(Tally::default());
@@ -167,50 +219,44 @@ pub async fn run(p: Params) -> Result<Report, String> {
                 degrees[i - back] += 1;
             }
         }
+        let waku = p.protocol == Protocol::WakuRelay;
+        if waku {
+            let mut relay = relay::Config::new(WAKU_CLUSTER).with_shards([0]);
+            relay.heartbeat = p.heartbeat;
+            c = c.with_waku(relay);
+        }
         let (node, mut inbound) = Node::start(c).await.map_err(|e| e.to_string())?;
-        node.subscribe(&topic).await.map_err(|e| e.to_string())?;
         let tally = tally.clone();
         let large_size = p.large_size;
-        receivers.push(tokio::spawn(async move {
-            let mut seen = HashSet::new();
-            while let Some(m) = inbound.recv().await {
-                let now_ns = base.elapsed().as_nanos() as u64;
-                if m.data.len() < 16 {
-                    continue;
+        if waku {
+            let mut relay_in = node.relay_inbound().ok_or("no relay inbound")?;
+            receivers.push(tokio::spawn(async move {
+                let mut seen = HashSet::new();
+                while let Some(r) = relay_in.recv().await {
+                    let now_ns = base.elapsed().as_nanos() as u64;
+                    record(&tally, &mut seen, &r.message.payload, now_ns, large_size);
                 }
-                let seq = u64::from_be_bytes(m.data[..8].try_into().unwrap_or_default());
-                let sent = u64::from_be_bytes(m.data[8..16].try_into().unwrap_or_default());
-                if !seen.insert(seq) {
-                    tally.duplicates.fetch_add(1, Ordering::Relaxed);
-                    continue;
+            }));
+        } else {
+            node.subscribe(&topic).await.map_err(|e| e.to_string())?;
+            receivers.push(tokio::spawn(async move {
+                let mut seen = HashSet::new();
+                while let Some(m) = inbound.recv().await {
+                    let now_ns = base.elapsed().as_nanos() as u64;
+                    record(&tally, &mut seen, &m.data, now_ns, large_size);
                 }
-                let lat = Duration::from_nanos(now_ns.saturating_sub(sent));
-                if m.data.len() == large_size {
-                    tally
-                        .large
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(lat);
-                } else {
-                    tally
-                        .small
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(lat);
-                }
-                tally
-                    .delivered_bytes
-                    .fetch_add(m.data.len() as u64, Ordering::Relaxed);
-                tally.last_delivery_ns.fetch_max(now_ns, Ordering::Relaxed);
-                tally.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
+            }));
+        }
         nodes.push(node);
     }
     // Wait for every node to have all its neighbours in the mesh.
     for (i, node) in nodes.iter().enumerate() {
         loop {
-            let mesh = node.mesh_peers(&topic).await.map_err(|e| e.to_string())?;
+            let mesh = match p.protocol {
+                Protocol::Pqmls => node.mesh_peers(&topic).await,
+                Protocol::WakuRelay => node.relay_mesh_peers(shard0).await,
+            }
+            .map_err(|e| e.to_string())?;
             if mesh >= degrees[i] {
                 break;
             }
@@ -251,8 +297,15 @@ pub async fn run(p: Params) -> Result<Report, String> {
         let node = &nodes[k % p.nodes];
         loop {
             let data = payload(k as u64, base.elapsed().as_nanos() as u64, size);
-            match node.publish(&topic, data).await {
-                Ok(_) => break,
+            let published = match p.protocol {
+                Protocol::Pqmls => node.publish(&topic, data).await.map(|_| ()),
+                Protocol::WakuRelay => node
+                    .relay_publish_on(shard0, WakuMessage::new(WAKU_CONTENT_TOPIC, data))
+                    .await
+                    .map(|_| ()),
+            };
+            match published {
+                Ok(()) => break,
                 Err(Error::QueueFull) if Instant::now() < start_deadline => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -286,6 +339,7 @@ pub async fn run(p: Params) -> Result<Report, String> {
         large_p99: percentile(&mut large, 0.99),
         delivered_bytes: tally.delivered_bytes.load(Ordering::Relaxed),
         peak_rss_kib: peak_rss_kib(),
+        slow_peers: nodes.iter().map(|n| n.counters().slow_peers).sum(),
     };
     for node in nodes {
         let _ = node.shutdown().await;
