@@ -640,7 +640,7 @@ async fn a_store_that_pages_for_ever_is_not_followed_for_ever() {
             rr::Config::default(),
         ),
         store: rr::Behaviour::with_codec(
-            wstore::Codec::default(),
+            wstore::Codec::new("store", wstore::MAX_REQUEST, wstore::MAX_RESPONSE),
             [(
                 StreamProtocol::new(wstore::PROTOCOL),
                 ProtocolSupport::Inbound,
@@ -691,6 +691,9 @@ async fn a_store_that_pages_for_ever_is_not_followed_for_ever() {
                         },
                     ..
                 })) => {
+                    let pqmls_transport::waku::framing::Framed::Message(request) = request else {
+                        continue;
+                    };
                     counted.fetch_add(1, Ordering::Relaxed);
                     n = n.wrapping_add(1);
                     let shard = request.pubsub_topic.clone().unwrap_or_default();
