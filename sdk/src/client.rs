@@ -1102,7 +1102,7 @@ impl Inner {
     /// then skipped cheaply by its seen id.
     async fn sync_topic(&self, topic: &Topic) -> Result<()> {
         let from = self.locked(|s| s.cursor(topic)).await?;
-        let (messages, cursor) = full_history(self.transport.as_ref(), topic, from).await?;
+        let (messages, cursor, more) = full_history(self.transport.as_ref(), topic, from).await?;
         self.locked(|s| {
             let mut held: Option<pqmls_transport::store::Cursor> = None;
             let mut before = from;
@@ -1117,6 +1117,10 @@ impl Inner {
         .await?;
         if let Ok(mut p) = self.syncs.lock() {
             p.last.insert(topic.clone(), Instant::now());
+            if more {
+                // Bounded per catch-up (`net::full_history`): the rest after the backoff.
+                p.wanted.insert(topic.clone(), ());
+            }
         }
         Ok(())
     }

@@ -89,25 +89,120 @@ impl Transport for Node {
     }
 }
 
-/// Fetches every page of `topic`'s history after `from`.
+/// Most messages one catch-up of a topic holds at once ([`full_history`]).
+pub(crate) const SYNC_MAX_MESSAGES: usize = 4096;
+/// Most payload bytes one catch-up of a topic holds at once.
+pub(crate) const SYNC_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// Fetches the pages of `topic`'s history after `from`, until none is left or the pages
+/// read hold [`SYNC_MAX_MESSAGES`] messages or [`SYNC_MAX_BYTES`] bytes: anyone can
+/// publish on a topic (and a store can answer with anything), so what one catch-up holds
+/// in memory is bounded; the rest comes with the next one, from the cursor returned.
+/// The flag says whether it stopped there.
 pub(crate) async fn full_history(
     transport: &dyn Transport,
     topic: &Topic,
     mut from: Cursor,
-) -> Result<(Vec<Message>, Cursor)> {
+) -> Result<(Vec<Message>, Cursor, bool)> {
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     loop {
         let page = transport.history(topic, from).await?;
         let last = page.messages.last().map(Cursor::after);
+        bytes = page
+            .messages
+            .iter()
+            .fold(bytes, |b, m| b.saturating_add(m.data.len()));
         out.extend(page.messages);
         match page.next {
-            Some(next) => from = next,
+            Some(next) => {
+                from = next;
+                if out.len() >= SYNC_MAX_MESSAGES || bytes >= SYNC_MAX_BYTES {
+                    return Ok((out, from, true));
+                }
+            }
             None => {
                 if let Some(last) = last {
                     from = last;
                 }
-                return Ok((out, from));
+                return Ok((out, from, false));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that always has another page of 100 messages.
+    struct Endless;
+
+    impl Transport for Endless {
+        fn subscribe<'a>(&'a self, _: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn unsubscribe<'a>(&'a self, _: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn publish<'a>(
+            &'a self,
+            topic: &'a Topic,
+            data: Vec<u8>,
+        ) -> BoxFuture<'a, pqmls_transport::Result<MessageId>> {
+            Box::pin(async move { Ok(MessageId::compute(topic, &data)) })
+        }
+        fn put(&self, _: Vec<u8>, _: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn get(&self, _: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<Option<Vec<u8>>>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn history<'a>(
+            &'a self,
+            topic: &'a Topic,
+            from: Cursor,
+        ) -> BoxFuture<'a, pqmls_transport::Result<Page>> {
+            Box::pin(async move {
+                let base = from.after_ms();
+                let messages = (0..100u64)
+                    .map(|i| {
+                        let data = (base + i).to_be_bytes().to_vec();
+                        Message {
+                            topic: topic.clone(),
+                            id: MessageId::compute(topic, &data),
+                            data,
+                            received: std::time::UNIX_EPOCH
+                                + std::time::Duration::from_millis(base + i),
+                        }
+                    })
+                    .collect();
+                Ok(Page {
+                    messages,
+                    next: Some(Cursor::from_parts(base + 100, None)),
+                })
+            })
+        }
+    }
+
+    /// A topic whose history never ends (a flood, or a store that pages for ever) is read
+    /// in bounded parts: each catch-up stops at the bound and says so, and the next one
+    /// goes on from where it stopped. Without the bound this never returns.
+    #[tokio::test]
+    async fn a_catch_up_holds_a_bounded_part_of_an_endless_history() {
+        let topic = Topic::from_group_id(b"g");
+        let (first, cursor, more) = full_history(&Endless, &topic, Cursor::default())
+            .await
+            .unwrap();
+        assert!(more);
+        assert!(first.len() >= SYNC_MAX_MESSAGES && first.len() < SYNC_MAX_MESSAGES + 100);
+        let (second, _, more) = full_history(&Endless, &topic, cursor).await.unwrap();
+        assert!(more);
+        assert_eq!(
+            first.last().map(|m| m.received),
+            second
+                .first()
+                .map(|m| m.received - std::time::Duration::from_millis(1))
+        );
     }
 }
