@@ -120,18 +120,9 @@ impl State {
                 "{}: group {gid}: asking to be added again (lost at epoch {epoch})",
                 self.name
             );
-            let Some(keys) = self.epoch_keys(&gid, epoch)? else {
+            if !self.publish_lost(&gid, epoch, &ask.body)? {
                 continue;
-            };
-            let sealed =
-                self.seal_for_epoch(&wire::lost_key(&keys.vote_key), &keys.vote_tag, &ask.body)?;
-            let payload = Wire::Lost {
-                tag: keys.vote_tag,
-                sealed,
             }
-            .encode();
-            let topic = self.group(&gid)?.topic.clone();
-            self.enqueue(&topic, payload)?;
             if let Some(a) = self.lost_asks.get_mut(&gid) {
                 a.last = now;
                 a.times += 1;
@@ -520,10 +511,19 @@ impl State {
         Ok(())
     }
 
-    /// Publishes `body` (a signed [`LostBody`]) sealed under `epoch`'s rejoin key.
+    /// Publishes a copy of `body` (a signed [`LostBody`]) for members who joined since.
     fn send_lost_copy(&mut self, gid: &GroupId, epoch: u64, body: &[u8]) -> Result<()> {
+        if self.publish_lost(gid, epoch, body)? {
+            self.stats.abstentions_forwarded += 1;
+        }
+        Ok(())
+    }
+
+    /// Publishes `body` (a signed [`LostBody`]) on the group topic sealed under `epoch`'s
+    /// rejoin key; `false` if we hold no keys of `epoch`.
+    fn publish_lost(&mut self, gid: &GroupId, epoch: u64, body: &[u8]) -> Result<bool> {
         let Some(keys) = self.epoch_keys(gid, epoch)? else {
-            return Ok(());
+            return Ok(false);
         };
         let sealed = self.seal_for_epoch(&wire::lost_key(&keys.vote_key), &keys.vote_tag, body)?;
         let payload = Wire::Lost {
@@ -533,8 +533,7 @@ impl State {
         .encode();
         let topic = self.group(gid)?.topic.clone();
         self.enqueue(&topic, payload)?;
-        self.stats.abstentions_forwarded += 1;
-        Ok(())
+        Ok(true)
     }
 
     /// Honours the requests whose turn has come and that nobody honoured before us:
