@@ -7,12 +7,14 @@
 //! runs until bob has reported all 20 as [`Event::Message`] (MLS decryption, his history
 //! row). Storages:
 //! - `memory`: no data directory (SQLite in memory, nothing on disk);
+//! - `file-plain`: data directories in plain SQLite with the same settings
+//!   ([`DatabaseKey::InsecurePlaintext`], the sdk's `insecure-plain-database` feature,
+//!   enabled for this crate only): the cost of the file without the encryption;
 //! - `file-encrypted`: data directories as applications use them (SQLCipher, WAL,
 //!   `synchronous = FULL`, `secure_delete`).
 //!
-//! The SDK has no plain-file mode (a data directory is always encrypted), so the difference
-//! is the whole cost of persistence (fsyncs and encryption together); the provider bench
-//! `storage_codec -- storage_at_rest` separates the encryption from the file.
+//! `file-encrypted` against `file-plain` is the cost of encryption at rest end to end;
+//! against `memory`, the whole cost of persistence.
 //!
 //! `taskset -c 0 nice cargo bench -p pqmls-benches --bench sdk_at_rest -- --warm-up-time 1
 //! --measurement-time 5`.
@@ -32,12 +34,15 @@ use tokio::time::Instant;
 const MESSAGES: usize = 20;
 const PARAM: &str = "0x004F";
 
-async fn client(net: &SimNetwork, name: &str, dir: Option<&std::path::Path>) -> Client {
+async fn client(net: &SimNetwork, name: &str, dir: Option<(&std::path::Path, bool)>) -> Client {
     let mut c = Config::new(name);
-    if let Some(dir) = dir {
-        c = c
-            .with_data_dir(dir.join(name))
-            .with_database_key(DatabaseKey::from_bytes([9; 32]));
+    if let Some((dir, encrypted)) = dir {
+        let key = if encrypted {
+            DatabaseKey::from_bytes([9; 32])
+        } else {
+            DatabaseKey::InsecurePlaintext
+        };
+        c = c.with_data_dir(dir.join(name)).with_database_key(key);
     }
     c.self_update_interval = None;
     c.invitations = InvitePolicy::Everyone;
@@ -46,7 +51,7 @@ async fn client(net: &SimNetwork, name: &str, dir: Option<&std::path::Path>) -> 
 }
 
 /// Alice and bob in one group; bob's event stream.
-async fn pair(dir: Option<&std::path::Path>) -> (Client, Client, GroupId, Events) {
+async fn pair(dir: Option<(&std::path::Path, bool)>) -> (Client, Client, GroupId, Events) {
     let net = SimNetwork::new(SimConfig {
         min_delay: Duration::ZERO,
         max_delay: Duration::ZERO,
@@ -67,10 +72,15 @@ async fn pair(dir: Option<&std::path::Path>) -> (Client, Client, GroupId, Events
 
 fn send_receive(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let plain = tempfile::tempdir().unwrap();
+    let encrypted = tempfile::tempdir().unwrap();
     let mut g = c.benchmark_group(format!("sdk_at_rest/send_receive_{MESSAGES}"));
     g.sample_size(10);
-    for (name, dir) in [("memory", None), ("file-encrypted", Some(dir.path()))] {
+    for (name, dir) in [
+        ("memory", None),
+        ("file-plain", Some((plain.path(), false))),
+        ("file-encrypted", Some((encrypted.path(), true))),
+    ] {
         let (alice, bob, group, mut events) = rt.block_on(pair(dir));
         let body = vec![b'x'; 100];
         g.bench_function(BenchmarkId::new(name, PARAM), |b| {

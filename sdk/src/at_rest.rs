@@ -43,6 +43,13 @@ pub enum DatabaseKey {
     Key(CipherKey),
     /// A passphrase, stretched with Argon2id and the directory's salt.
     Passphrase(Zeroizing<String>),
+    /// **Insecure: no encryption at all.** The database is plain SQLite, configured as the
+    /// encrypted one otherwise (WAL, `synchronous = FULL`, `secure_delete`), so that the
+    /// cost of encryption at rest can be measured end to end (`benches/benches/
+    /// sdk_at_rest.rs`). It exists only with the `insecure-plain-database` feature, which
+    /// no shipped binary enables; never use it in an application.
+    #[cfg(feature = "insecure-plain-database")]
+    InsecurePlaintext,
 }
 
 impl DatabaseKey {
@@ -78,6 +85,8 @@ impl std::fmt::Debug for DatabaseKey {
         match self {
             DatabaseKey::Key(_) => f.write_str("DatabaseKey::Key(<redacted>)"),
             DatabaseKey::Passphrase(_) => f.write_str("DatabaseKey::Passphrase(<redacted>)"),
+            #[cfg(feature = "insecure-plain-database")]
+            DatabaseKey::InsecurePlaintext => f.write_str("DatabaseKey::InsecurePlaintext"),
         }
     }
 }
@@ -209,8 +218,22 @@ fn open_with(
     let cipher_key = match key {
         DatabaseKey::Key(k) => k.clone(),
         DatabaseKey::Passphrase(p) => stretch(p, &salt(dir, database_is_new)?)?,
+        #[cfg(feature = "insecure-plain-database")]
+        DatabaseKey::InsecurePlaintext => return open_plain(&path, history_retention, create),
     };
     let storage = SqliteStorage::open_file_encrypted(&path, &cipher_key)?;
+    finish_open(storage, path, database_is_new, history_retention, create)
+}
+
+/// The steps of an open after the file is open: schema, the refusal to make an identity in
+/// an existing database, retention.
+fn finish_open(
+    storage: SqliteStorage,
+    path: std::path::PathBuf,
+    database_is_new: bool,
+    history_retention: Option<Duration>,
+    create: bool,
+) -> Result<SqliteStorage> {
     if create {
         db::migrate(storage.connection())?;
     }
@@ -232,6 +255,29 @@ fn open_with(
         expire_history(&storage, keep, now_ms())?;
     }
     Ok(storage)
+}
+
+/// [`DatabaseKey::InsecurePlaintext`]: the same database in plain SQLite, with the same
+/// settings ([`SqliteStorage::open_file`] sets WAL and `synchronous = FULL`; `secure_delete`
+/// is set here as the encrypted open sets it).
+#[cfg(feature = "insecure-plain-database")]
+fn open_plain(
+    path: &Path,
+    history_retention: Option<Duration>,
+    create: bool,
+) -> Result<SqliteStorage> {
+    let database_is_new = !path.exists();
+    let storage = SqliteStorage::open_file(path)?;
+    storage
+        .connection()
+        .pragma_update(None, "secure_delete", true)?;
+    finish_open(
+        storage,
+        path.to_path_buf(),
+        database_is_new,
+        history_retention,
+        create,
+    )
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -529,3 +529,88 @@ async fn history_retention_runs_on_the_timer() {
     bob.shutdown().await;
     assert!(scan::found(&scan::decrypt_data_dir(&da, &[1; 32]), &refs).is_empty());
 }
+
+/// The benchmarks' plain mode (`insecure-plain-database`) is what it claims to be: the
+/// same conversation leaves its bodies readable in the files (so the end-to-end bench
+/// compares encryption against none, not against another encryption), it opens again, and
+/// it never opens a directory made with a key (nor the other way round).
+#[cfg(feature = "insecure-plain-database")]
+#[tokio::test(start_paused = true)]
+async fn the_benchmarks_plain_mode_is_plain_and_refuses_encrypted_directories() {
+    let root = tempfile::tempdir().unwrap();
+    let net = SimNetwork::new(SimConfig::default());
+    let alice = open(
+        &net,
+        config(
+            "alice",
+            &root.path().join("alice"),
+            DatabaseKey::InsecurePlaintext,
+        ),
+    )
+    .await
+    .unwrap();
+    let bob = open(&net, config("bob", &root.path().join("bob"), key(2)))
+        .await
+        .unwrap();
+    let (g, bodies) = conversation(&alice, &bob, 2).await;
+    alice.shutdown().await;
+    bob.shutdown().await;
+
+    let plain: Vec<u8> = scan::files(&root.path().join("alice"))
+        .into_iter()
+        .flat_map(|(_, bytes)| bytes)
+        .collect();
+    for body in &bodies {
+        assert!(
+            scan::contains(&plain, body),
+            "a body missing from the plain files"
+        );
+    }
+    let encrypted: Vec<u8> = scan::files(&root.path().join("bob"))
+        .into_iter()
+        .flat_map(|(_, bytes)| bytes)
+        .collect();
+    for body in &bodies {
+        assert!(
+            !scan::contains(&encrypted, body),
+            "a body in the encrypted files"
+        );
+    }
+
+    // Reopened plain: the same identity and history.
+    let again = open(
+        &net,
+        config(
+            "alice",
+            &root.path().join("alice"),
+            DatabaseKey::InsecurePlaintext,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.history(&g, 100).await.unwrap().len(), bodies.len());
+    again.shutdown().await;
+
+    // Neither mode opens the other's directory, and neither makes a new identity there.
+    let err = open(
+        &net,
+        config(
+            "bob",
+            &root.path().join("bob"),
+            DatabaseKey::InsecurePlaintext,
+        ),
+    )
+    .await
+    .expect_err("an encrypted directory opened as plain");
+    assert!(
+        matches!(err, Error::Storage(_) | Error::Database(_)),
+        "{err:?}"
+    );
+    let err = open(&net, config("alice", &root.path().join("alice"), key(1)))
+        .await
+        .expect_err("a plain directory opened with a key");
+    assert!(
+        matches!(err, Error::Storage(StorageError::NotEncrypted(_))),
+        "{err:?}"
+    );
+}
