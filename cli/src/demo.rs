@@ -292,7 +292,10 @@ async fn meshes(members: &[Member], group: &GroupId, limit: Duration) -> Result<
             for m in members {
                 let peers = m.client.mesh_peers(group).await?;
                 if peers == Some(0) {
-                    let connected = m.client.node().map_or(0, |nd| nd.counters().connected_peers);
+                    let connected = m
+                        .client
+                        .node()
+                        .map_or(0, |nd| nd.counters().connected_peers);
                     without.push(format!("{} ({connected} connected peers)", m.name));
                 }
             }
@@ -816,6 +819,9 @@ mod tests {
         // Still so ten heartbeats later (a graft the hub refuses is undone by its PRUNE).
         tokio::time::sleep(Duration::from_secs(1)).await;
         let later = state().await;
-        assert!(settled(&later), "hub mesh, clients without a mesh: {later:?}");
+        assert!(
+            settled(&later),
+            "hub mesh, clients without a mesh: {later:?}"
+        );
     }
 }

@@ -254,7 +254,10 @@ mod tests {
         .await;
         assert!(matches!(r, Ok(d) if d >= 12), "{r:?}");
         assert!(start.elapsed() >= Duration::from_millis(600));
-        assert!(seen.len() > 4 && seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert!(
+            seen.len() > 4 && seen.windows(2).all(|w| w[0] < w[1]),
+            "{seen:?}"
+        );
 
         // Stalled at 3 of 12 from the start: fails after one limit, not before.
         let start = Instant::now();
