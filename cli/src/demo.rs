@@ -15,7 +15,7 @@ use pqmls_transport::waku::preset::Preset;
 use pqmls_transport::{Multiaddr, Node, PeerId, store};
 use tokio::task::JoinHandle;
 
-use crate::util::{self, hex_prefix, mean, ms, poll_until, within};
+use crate::util::{self, hex_prefix, mean, ms, poll_progress, poll_until, within};
 
 /// Arguments of `pqmls demo`.
 #[derive(Debug, Args)]
@@ -47,6 +47,48 @@ const NAMES: [&str; 26] = [
     "niaj", "olivia", "peggy", "rupert", "sybil", "trent", "uma", "victor", "walter", "xena",
     "yara", "zoe", "quinn", "kim", "leo",
 ];
+
+/// How many of the clients started just before it each client dials, besides the store.
+///
+/// The demo is not a star around the store: gossipsub keeps at most `mesh_n_high` (12)
+/// peers in a node's mesh for a topic and prunes it to `mesh_n` (6) beyond that, with a
+/// 60 s backoff before a pruned peer may graft again. In a star of more than 12 clients
+/// the store prunes most of them from the group's mesh, and a pruned client whose only
+/// peer is the store has no mesh for the group at all: the group's messages reach it only
+/// by IHAVE gossip or the next catch-up, and `--clients 26` stalled waiting for the
+/// mesh. With these links the clients form a chain (client i dials i-1 and i-2), each
+/// with up to four client peers to mesh with whatever the store prunes.
+const LINKS: usize = 2;
+
+/// The earlier clients (indices) that client `i` dials, see [`LINKS`].
+fn links(i: usize) -> std::ops::Range<usize> {
+    i.saturating_sub(LINKS)..i
+}
+
+/// Connects the clients' nodes as [`links`] says (the first TCP listen address of each).
+async fn link_nodes(nodes: &[&Node]) -> Result<()> {
+    for i in 0..nodes.len() {
+        link_node(nodes, i).await?;
+    }
+    Ok(())
+}
+
+/// Connects `nodes[i]` to the earlier nodes [`links`] names.
+async fn link_node(nodes: &[&Node], i: usize) -> Result<()> {
+    for j in links(i) {
+        let addr = nodes[j]
+            .listen_addrs()
+            .await?
+            .into_iter()
+            .find(|a| a.to_string().contains("/tcp/"))
+            .ok_or_else(|| anyhow!("client {j}'s node has no TCP listen address"))?;
+        nodes[i]
+            .dial(addr)
+            .await
+            .with_context(|| format!("linking client {i} to client {j}"))?;
+    }
+    Ok(())
+}
 
 /// Events a client reported, with when they arrived.
 type Log = Arc<Mutex<Vec<(Instant, Event)>>>;
@@ -235,6 +277,55 @@ async fn received_all(member: &Member, bodies: &[Vec<u8>], limit: Duration) -> R
     .await
 }
 
+/// Waits until every member has a gossip mesh peer for the group (over Waku, in the relay
+/// mesh of its shard), for as long as more members get one; shows the count while it
+/// waits, and names the members without a mesh if it gives up.
+async fn meshes(members: &[Member], group: &GroupId, limit: Duration) -> Result<()> {
+    let n = members.len();
+    let start = Instant::now();
+    let mut shown = start;
+    poll_progress(
+        limit,
+        "every member's gossip mesh for the group",
+        || async {
+            let mut without = Vec::new();
+            for m in members {
+                let peers = m.client.mesh_peers(group).await?;
+                if peers == Some(0) {
+                    let connected = m
+                        .client
+                        .node()
+                        .map_or(0, |nd| nd.counters().connected_peers);
+                    without.push(format!("{} ({connected} connected peers)", m.name));
+                }
+            }
+            Ok(if without.is_empty() {
+                Ok(())
+            } else {
+                Err((
+                    n - without.len(),
+                    format!(
+                        "{} of {n} members have mesh peers; none yet: {}",
+                        n - without.len(),
+                        without.join(", ")
+                    ),
+                ))
+            })
+        },
+        |done, _| {
+            // Quiet while it is quick; then a line per 2 s at most.
+            if shown.elapsed() >= Duration::from_secs(2) {
+                shown = Instant::now();
+                println!(
+                    "          gossip mesh: {done} of {n} members after {:.1} s",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        },
+    )
+    .await
+}
+
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<()> {
     let limit = Duration::from_secs(args.timeout);
@@ -313,6 +404,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     })
     .await?;
     let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    let nodes: Vec<&Node> = members.iter().filter_map(|m| m.client.node()).collect();
+    link_nodes(&nodes).await?;
     for m in &members[1..] {
         within(
             limit,
@@ -391,14 +484,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "every member to agree on the group",
     )
     .await?;
-    for m in &members {
-        within(
-            limit,
-            format!("{}'s gossip mesh for the group", m.name),
-            async { Ok(pqmls::wait_for_mesh(&m.client, &group).await?) },
-        )
-        .await?;
-    }
+    meshes(&members, &group, limit).await?;
     p.step(format!(
         "all {n} members agree: epoch {}, authenticator {}…, members [{}]",
         status.epoch,
@@ -582,6 +668,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     )
     .await?;
     members.push(back);
+    // Back in the chain of links, like at the start.
+    let nodes: Vec<&Node> = members.iter().filter_map(|m| m.client.node()).collect();
+    if let Some(last) = nodes.len().checked_sub(1) {
+        link_node(&nodes, last).await?;
+    }
     let all: Vec<&Member> = members.iter().collect();
     let caught_up = converged(
         &all,
@@ -665,4 +756,72 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let _ = store_node.shutdown().await;
     println!("demo OK");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use pqmls_transport::Topic;
+
+    use super::*;
+
+    /// The demo's topology at a scaled-down size: a hub (the store's place) and 16 clients
+    /// that bootstrap to it and are linked as [`link_nodes`] links them, all on one topic,
+    /// with a 100 ms heartbeat. 16 subscribers are more than the hub's mesh keeps (12), so
+    /// the hub prunes clients from its mesh; every client must still have a mesh peer
+    /// once it has, and keep one. In a pure star (no links) the pruned clients have none
+    /// for the 60 s backoff, which is how `pqmls demo --clients 26` stalled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_client_keeps_a_mesh_peer_when_the_hub_prunes() {
+        const CLIENTS: usize = 16;
+        let topic = Topic::from_group_id(b"demo topology");
+        let config = || {
+            let mut c = NodeConfig::loopback();
+            c.gossip_heartbeat = Duration::from_millis(100);
+            c
+        };
+        let (hub, _hub_inbound) = Node::start(config()).await.unwrap();
+        let hub_addr = hub.listen_addrs().await.unwrap().remove(0);
+        hub.subscribe(&topic).await.unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            clients.push(
+                Node::start(config().with_bootstrap(hub_addr.clone()))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let nodes: Vec<&Node> = clients.iter().map(|(n, _)| n).collect();
+        link_nodes(&nodes).await.unwrap();
+        for node in &nodes {
+            node.subscribe(&topic).await.unwrap();
+        }
+
+        // The hub's mesh is at most 12, and every client has a mesh peer.
+        let state = async || {
+            let mut without = Vec::new();
+            for (i, node) in nodes.iter().enumerate() {
+                if node.mesh_peers(&topic).await.unwrap() == 0 {
+                    without.push(i);
+                }
+            }
+            (hub.mesh_peers(&topic).await.unwrap(), without)
+        };
+        let settled = |(hub_mesh, without): &(usize, Vec<usize>)| {
+            *hub_mesh > 0 && *hub_mesh <= 12 && without.is_empty()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = state().await;
+        while !settled(&last) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            last = state().await;
+        }
+        assert!(settled(&last), "hub mesh, clients without a mesh: {last:?}");
+        // Still so ten heartbeats later (a graft the hub refuses is undone by its PRUNE).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let later = state().await;
+        assert!(
+            settled(&later),
+            "hub mesh, clients without a mesh: {later:?}"
+        );
+    }
 }

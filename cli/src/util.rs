@@ -111,6 +111,46 @@ where
     }
 }
 
+/// Polls `check` every 20 ms until it gives `Ok(Ok(value))`, for as long as it makes
+/// progress. `Ok(Err((done, state)))` means "not yet, `done` of the parts are ready": the
+/// wait fails only once `limit` has passed without `done` growing (so a long set-up that
+/// keeps advancing, such as many clients on a loaded machine, is not cut off by a fixed
+/// deadline), with `state` in the error. `progress` is called with each new `done` and
+/// `state`, for progress output.
+pub async fn poll_progress<T, F, Fut>(
+    limit: Duration,
+    what: impl std::fmt::Display,
+    mut check: F,
+    mut progress: impl FnMut(usize, &str),
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Result<T, (usize, String)>>>,
+{
+    let start = Instant::now();
+    let mut best = None;
+    let mut deadline = start + limit;
+    loop {
+        let (done, state) = match check().await? {
+            Ok(v) => return Ok(v),
+            Err(p) => p,
+        };
+        if best.is_none_or(|b| done > b) {
+            best = Some(done);
+            deadline = Instant::now() + limit;
+            progress(done, &state);
+        }
+        if Instant::now() >= deadline {
+            return Err(anyhow!(
+                "no progress for {limit:?} (after {:.1} s in all) waiting for {what} \
+                 (last seen: {state})",
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A short hex prefix of some bytes (the first 8).
 pub fn hex_prefix(b: &[u8]) -> String {
     b.iter().take(8).map(|x| format!("{x:02x}")).collect()
@@ -188,6 +228,53 @@ mod tests {
         assert_eq!(parse_suite(&suite_name(d).to_lowercase()), Ok(d));
         assert!(parse_suite("0xffff").is_err());
         assert!(parse_suite("nope").is_err());
+    }
+
+    /// A wait that keeps progressing outlives its limit; one that stalls fails after the
+    /// limit, with what it waited for and the last state in the error.
+    #[tokio::test]
+    async fn poll_progress_waits_while_progressing() {
+        let limit = Duration::from_millis(150);
+        // Ready after 600 ms (four limits), one more part ready every 50 ms.
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        let r = poll_progress(
+            limit,
+            "parts",
+            || async {
+                let done = usize::try_from(start.elapsed().as_millis() / 50).unwrap_or(0);
+                Ok(if done >= 12 {
+                    Ok(done)
+                } else {
+                    Err((done, format!("{done} of 12")))
+                })
+            },
+            |done, _| seen.push(done),
+        )
+        .await;
+        assert!(matches!(r, Ok(d) if d >= 12), "{r:?}");
+        assert!(start.elapsed() >= Duration::from_millis(600));
+        assert!(
+            seen.len() > 4 && seen.windows(2).all(|w| w[0] < w[1]),
+            "{seen:?}"
+        );
+
+        // Stalled at 3 of 12 from the start: fails after one limit, not before.
+        let start = Instant::now();
+        let r: Result<()> = poll_progress(
+            limit,
+            "parts",
+            || async { Ok(Err((3, "3 of 12".to_owned()))) },
+            |_, _| {},
+        )
+        .await;
+        let e = format!("{:#}", r.err().unwrap_or_else(|| anyhow!("no error")));
+        assert!(start.elapsed() >= limit);
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(
+            e.contains("no progress") && e.contains("parts") && e.contains("3 of 12"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -762,20 +762,35 @@ impl Client {
         self.inner.publish_key_packages().await;
     }
 
+    /// Number of peers in this client's gossip mesh for the group's topic (over Waku, the
+    /// relay mesh of the group's shard): the peers it forwards the group's messages to at
+    /// once. `None` for a client without a network node. A client connected only to a
+    /// node whose mesh is full (gossipsub keeps at most 12 mesh peers per topic, 8 on
+    /// Waku relay) is pruned from it and has none: it then gets the group's messages only
+    /// by gossip or catch-up.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Transport`] if the node has stopped.
+    pub async fn mesh_peers(&self, group: &GroupId) -> Result<Option<usize>> {
+        let Some(node) = &self.inner.node else {
+            return Ok(None);
+        };
+        let peers = match self.inner.relay_shard {
+            Some(shard) => node.relay_mesh_peers(shard).await?,
+            None => node.mesh_peers(&wire::group_topic(&group.0)).await?,
+        };
+        Ok(Some(peers))
+    }
+
     /// Waits (up to 20 s) until the group's topic has a gossip peer (libp2p only; over
     /// Waku, the relay shard of the group's content topic).
     pub(crate) async fn wait_for_mesh(&self, group: &GroupId) -> Result<()> {
-        let Some(node) = &self.inner.node else {
-            return Ok(());
-        };
-        let topic = wire::group_topic(&group.0);
         for _ in 0..400 {
-            let peers = match self.inner.relay_shard {
-                Some(shard) => node.relay_mesh_peers(shard).await?,
-                None => node.mesh_peers(&topic).await?,
-            };
-            if peers > 0 {
-                return Ok(());
+            match self.mesh_peers(group).await? {
+                None => return Ok(()),
+                Some(peers) if peers > 0 => return Ok(()),
+                Some(_) => {}
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
