@@ -139,7 +139,8 @@ impl Chat {
             let g = self.current()?;
             let m = self.client.send(&g, line.as_bytes()).await?;
             // Delivery mark: `send` hands the message to the transport; whatever it could
-            // not take yet stays in the outbox and goes out when a peer is reachable.
+            // not take yet stays in the outbox and goes out when a peer is reachable. A
+            // third mark follows once a store returns it (`Event::Stored`).
             let mark = match self.client.outbox_len().await? {
                 0 => "sent",
                 _ => "queued: no peer took it yet, it goes out when one does",
@@ -462,6 +463,9 @@ impl Chat {
                 "* back in {} at epoch {epoch} (messages since epoch {lost_epoch} are not readable here)",
                 short(&group)
             ),
+            Event::Stored { group, seq } => {
+                println!("* [{}] #{seq} seen by a store", short(&group))
+            }
             other => println!("* {other:?}"),
         }
     }

@@ -10,7 +10,7 @@ use futures::{FutureExt, StreamExt};
 use openmls::prelude::*;
 use pqmls_provider::{PqCrypto, SqliteStorage};
 use pqmls_transport::waku::PubsubTopic;
-use pqmls_transport::{Node, Topic};
+use pqmls_transport::{MessageId, Node, Topic};
 use rusqlite::OptionalExtension;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -857,6 +857,18 @@ impl Inner {
         }
     }
 
+    /// After we published one of our messages on `topic`: a catch-up of the topic one
+    /// `sync_backoff` later (not at once: the stores need the time to take it), which
+    /// brings our message back if a store took it ([`Event::Stored`]). Messages sent in a
+    /// burst share one catch-up.
+    fn want_sync_after_publish(&self, topic: Topic) {
+        if let Ok(mut p) = self.syncs.lock() {
+            let now = Instant::now();
+            p.last.insert(topic.clone(), now);
+            p.wanted.insert(topic, ());
+        }
+    }
+
     /// Does what the state machine asked for, until it asks for nothing more.
     async fn drive(&self) {
         for _ in 0..16 {
@@ -975,9 +987,14 @@ impl Inner {
                 if blocked.contains(&topic) {
                     continue;
                 }
+                let own_message = crate::wire::is_application(&payload);
                 let done = match Topic::parse(&topic) {
                     None => true,
                     Some(t) => match self.transport.publish(&t, payload).await {
+                        Ok(_) if own_message => {
+                            self.want_sync_after_publish(t);
+                            true
+                        }
                         Ok(_) | Err(pqmls_transport::Error::Duplicate) => true,
                         Err(pqmls_transport::Error::MessageTooLarge { .. }) => {
                             tracing::error!(
@@ -1122,6 +1139,8 @@ impl Inner {
             let mut held: Option<pqmls_transport::store::Cursor> = None;
             let mut before = from;
             for m in &messages {
+                // Our own message back from a store: the delivery mark.
+                s.mark_stored(&MessageId::compute(&m.topic, &m.data))?;
                 if s.handle(m)? == Outcome::Deferred && held.is_none() {
                     held = Some(before);
                 }

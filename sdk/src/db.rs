@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 
 /// Version of the SDK schema, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 /// Creates the SDK's tables if they do not exist yet, and brings an older schema up to date.
 pub(crate) fn migrate(db: &Connection) -> Result<()> {
@@ -39,7 +39,26 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
     if version < 7 {
         migrate_v7(db)?;
     }
-    migrate_v8(db)
+    if version < 8 {
+        migrate_v8(db)?;
+    }
+    migrate_v9(db)
+}
+
+/// Version 9: delivery evidence for our own messages. `wire_id` is the transport id of the
+/// payload that last carried one (`MessageId::compute(topic, payload)`); `stored` is set
+/// once a store returned that payload in a catch-up (`Event::Stored`).
+fn migrate_v9(db: &Connection) -> Result<()> {
+    db.execute_batch(
+        "BEGIN;
+         ALTER TABLE pqmls_messages ADD COLUMN wire_id BLOB;
+         ALTER TABLE pqmls_messages ADD COLUMN stored INTEGER NOT NULL DEFAULT 0;
+         CREATE INDEX IF NOT EXISTS pqmls_messages_wire ON pqmls_messages (wire_id)
+             WHERE wire_id IS NOT NULL;
+         PRAGMA user_version = 9;
+         COMMIT;",
+    )?;
+    Ok(())
 }
 
 /// Version 8: each abstention's request as its owner signed it, so that we can forward

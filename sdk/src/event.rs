@@ -95,6 +95,16 @@ pub enum Event {
         /// The epoch it joined at.
         epoch: u64,
     },
+    /// A store returned one of this client's own messages in a catch-up: a store holds it,
+    /// so members that were away get it from there (the chat's "seen by a store" mark).
+    /// Reported once per message, after the first catch-up that brings it back; a message
+    /// sent again after a branch move is marked by either copy.
+    Stored {
+        /// The group.
+        group: GroupId,
+        /// The message's position in this client's history ([`ReceivedMessage::seq`]).
+        seq: i64,
+    },
     /// This client moved from a losing branch to the winning one.
     ForkRecovered {
         /// The group.

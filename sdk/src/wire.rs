@@ -35,6 +35,12 @@ use crate::identity::UserId;
 /// Length of the truncated epoch-authenticator hash carried by application messages.
 pub(crate) const AUTH_TAG_LEN: usize = 16;
 
+/// Whether an encoded payload is a [`Wire::Application`]: postcard writes an enum's
+/// variant index first (a varint, one byte below 128), and `Application` is variant 1.
+pub(crate) fn is_application(payload: &[u8]) -> bool {
+    payload.first() == Some(&1)
+}
+
 /// A gossip payload.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) enum Wire {

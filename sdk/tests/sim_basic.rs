@@ -129,3 +129,58 @@ async fn create_invite_send_remove_leave() {
     until("bob gone", async || bob.groups().await.unwrap().is_empty()).await;
     until("alice alone", async || names(&alice, &g).await == ["alice"]).await;
 }
+
+/// The delivery mark: an own message is reported `Stored` once a store returns it in a
+/// catch-up (scheduled one backoff after publishing), and never while the stores keep
+/// nothing; nobody else's message is reported so.
+#[tokio::test(start_paused = true)]
+async fn own_messages_are_marked_once_a_store_returns_them() {
+    let net = SimNetwork::new(SimConfig::default());
+    let alice = client(&net, "alice").await;
+    let bob = client(&net, "bob").await;
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    until("bob joins", async || {
+        bob.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    let mut alice_events = alice.events();
+    let mut bob_events = bob.events();
+    let stored_within = async |events: &mut pqmls::Events, limit: Duration| {
+        let mut seqs = Vec::new();
+        let _ = tokio::time::timeout(limit, async {
+            while let Some(e) = events.recv().await {
+                if let Event::Stored { group, seq } = e {
+                    assert_eq!(group, g);
+                    seqs.push(seq);
+                }
+            }
+        })
+        .await;
+        seqs
+    };
+
+    // The stores keep nothing: sent, never seen by one (a minute of virtual time, past
+    // the periodic catch-up too).
+    net.set_store_miss(1.0);
+    let lost = alice.send(&g, b"nobody keeps this").await.unwrap();
+    assert!(
+        stored_within(&mut alice_events, Duration::from_secs(70))
+            .await
+            .is_empty()
+    );
+
+    // The stores keep everything again: the next message is marked, once, soon.
+    net.set_store_miss(0.0);
+    let kept = alice.send(&g, b"a store keeps this").await.unwrap();
+    let marked = stored_within(&mut alice_events, Duration::from_secs(5)).await;
+    assert_eq!(marked, vec![kept.seq], "lost was #{}", lost.seq);
+    // Bob's catch-ups bring alice's message too: not his, never marked for him.
+    assert!(
+        stored_within(&mut bob_events, Duration::from_secs(70))
+            .await
+            .is_empty()
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+}

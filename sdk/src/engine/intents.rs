@@ -17,6 +17,7 @@ use crate::error::{Error, Result, mls};
 use crate::event::ReceivedMessage;
 use crate::identity::UserId;
 use crate::wire::{self, AppPayload, Content, Wire};
+use pqmls_transport::MessageId;
 
 /// The kinds of intents.
 pub(crate) const ADD: &str = "add";
@@ -436,7 +437,7 @@ impl State {
             sent_ms: self.wall_ms(),
             content,
         };
-        self.encrypt_app(gid, &payload)?;
+        let wire_id = self.encrypt_app(gid, &payload)?;
         let epoch = self.group(gid)?.mls.epoch().as_u64();
         let me = crate::identity::Member {
             id: self.id,
@@ -459,8 +460,8 @@ impl State {
         let seq = self
             .db()
             .prepare_cached(
-                "INSERT INTO pqmls_messages (group_id, uid, sender, sender_id, epoch, sent_ms, own, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)",
+                "INSERT INTO pqmls_messages (group_id, uid, sender, sender_id, epoch, sent_ms, own, body, wire_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8)",
             )?
             .insert(params![
                 gid.0,
@@ -469,7 +470,8 @@ impl State {
                 &self.id.0[..],
                 to_i64(epoch),
                 to_i64(payload.sent_ms),
-                body
+                body,
+                wire_id.as_bytes().as_slice()
             ])?;
         Ok(ReceivedMessage {
             group: gid.clone(),
@@ -482,7 +484,9 @@ impl State {
         })
     }
 
-    pub(crate) fn encrypt_app(&mut self, gid: &GroupId, payload: &AppPayload) -> Result<()> {
+    /// Encrypts `payload` for the group into the outbox; returns the transport id of the
+    /// payload queued (for the delivery mark, [`crate::Event::Stored`]).
+    pub(crate) fn encrypt_app(&mut self, gid: &GroupId, payload: &AppPayload) -> Result<MessageId> {
         let plain = payload.encode();
         let (out, auth, topic) = {
             let g = self
@@ -502,7 +506,9 @@ impl State {
         }
         .encode();
         self.stats.last_message_bytes = wire.len() as u64;
-        self.enqueue(&topic, wire)
+        let id = MessageId::compute(&topic, &wire);
+        self.enqueue(&topic, wire)?;
+        Ok(id)
     }
 
     /// Re-sends our messages recorded at `from_epoch` or later, or with `from_epoch` -1,
@@ -539,10 +545,10 @@ impl State {
                 sent_ms: to_u64(sent_ms),
                 content: Content::Text(body),
             };
-            self.encrypt_app(gid, &payload)?;
+            let wire_id = self.encrypt_app(gid, &payload)?;
             self.db().execute(
-                "UPDATE pqmls_messages SET epoch = ?3 WHERE group_id = ?1 AND uid = ?2",
-                params![gid.0, uid, to_i64(now_epoch)],
+                "UPDATE pqmls_messages SET epoch = ?3, wire_id = ?4 WHERE group_id = ?1 AND uid = ?2",
+                params![gid.0, uid, to_i64(now_epoch), wire_id.as_bytes().as_slice()],
             )?;
             self.stats.resent += 1;
         }

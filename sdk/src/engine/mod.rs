@@ -653,6 +653,27 @@ impl State {
 
     /// Writes a payload to the outbox (published after the transaction) and remembers its
     /// transport id as seen, so our own messages coming back from a store are skipped.
+    /// A payload a store returned in a catch-up: if it carried one of our own messages not
+    /// marked yet, the message is marked stored and reported ([`Event::Stored`]).
+    pub(crate) fn mark_stored(&mut self, id: &MessageId) -> Result<()> {
+        let marked: Option<(Vec<u8>, i64)> = self
+            .db()
+            .prepare_cached(
+                "UPDATE pqmls_messages SET stored = 1
+                 WHERE wire_id = ?1 AND own = 1 AND stored = 0
+                 RETURNING group_id, seq",
+            )?
+            .query_row([&id.as_bytes()[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((group, seq)) = marked {
+            self.events.push(Event::Stored {
+                group: GroupId(group),
+                seq,
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn enqueue(&mut self, topic: &Topic, payload: Vec<u8>) -> Result<()> {
         let id = MessageId::compute(topic, &payload);
         self.mark_seen(&id)?;
