@@ -40,6 +40,35 @@
 //!
 //! Changing the codec of an existing file is not supported: rows are not tagged with
 //! their codec.
+//!
+//! # The message-secrets row is compressed
+//!
+//! OpenMLS writes its whole `MessageSecretsStore` (`write_message_secrets`) at every merge
+//! and after every application message it decrypts. It holds, for each past epoch kept
+//! (`max_past_epochs`; the SDK keeps 16), that epoch's secrets and its member list with
+//! every member's keys: at 50 members on 0x004F, 1 022 552 bytes with postcard, of which
+//! the 17 nearly identical member lists are almost all (BENCHMARKS.md, 2026-12-06). That
+//! one value was written, encrypted page by page by SQLCipher, fsynced in the WAL and
+//! copied by the SDK's snapshots many times per commit. [`SqliteStorage`] stores it as
+//! [`MESSAGE_SECRETS_TAG`] followed by one zstd frame (level 1, RFC 8878) of the
+//! codec's encoding: 89 kB for the same value, 0.2 ms to compress, 0.06 ms to decompress.
+//! OpenMLS sees the same value; the row is the same row (same table, key and
+//! `data_type`), replaced and deleted as before, so deleting it leaves nothing
+//! (`secure_delete` as before for encrypted files).
+//!
+//! - A row written before (the plain encoding) is still read: no encoding of a
+//!   `MessageSecretsStore` by [`BinaryCodec`] or [`JsonCodec`] starts with the tag (see
+//!   [`MESSAGE_SECRETS_TAG`]), so the format is known from the first bytes. The next write
+//!   replaces it by the compressed form; no migration is needed.
+//! - Decompression is bounded: the frame must declare its size, which must be at most
+//!   [`MAX_MESSAGE_SECRETS_LEN`], and the output is allocated at that size only after the
+//!   check; a frame without a declared size, with trailing bytes or of another size is an
+//!   error ([`CompressionError`], reported as `rusqlite::Error::FromSqlConversionFailure`).
+//!   Larger values are refused on write.
+//! - Only this row is compressed: the other large one, the ratchet tree, is one copy of
+//!   each member's random keys and does not compress (zstd level 1: 75 806 bytes to
+//!   74 611 at 50 members).
+//! - A codec other than the two above must not produce a value starting with the tag.
 
 use std::{
     fmt,
@@ -524,6 +553,17 @@ impl<C: Codec> SqliteStorage<C> {
     ) -> Result<(), rusqlite::Error> {
         let key = C::to_vec(group_id).map_err(to_sql_error)?;
         let value = C::to_vec(value).map_err(to_sql_error)?;
+        self.write_group_row(&key, data_type, &value)
+    }
+
+    /// Writes (inserts or replaces) the row `(key, data_type)` of `openmls_group_data`
+    /// with the stored bytes `value`.
+    fn write_group_row(
+        &self,
+        key: &[u8],
+        data_type: &str,
+        value: &[u8],
+    ) -> Result<(), rusqlite::Error> {
         self.connection
             .prepare_cached(
                 "INSERT OR REPLACE INTO openmls_group_data
@@ -540,21 +580,24 @@ impl<C: Codec> SqliteStorage<C> {
         data_type: &str,
     ) -> Result<Option<V>, rusqlite::Error> {
         let key = C::to_vec(group_id).map_err(to_sql_error)?;
-        let bytes: Option<Vec<u8>> = self
-            .connection
+        self.read_group_row(&key, data_type)?
+            .map(|b| C::from_slice(&b).map_err(from_sql_error))
+            .transpose()
+    }
+
+    /// The stored bytes of the row `(key, data_type)` of `openmls_group_data`, if any.
+    fn read_group_row(
+        &self,
+        key: &[u8],
+        data_type: &str,
+    ) -> Result<Option<Vec<u8>>, rusqlite::Error> {
+        self.connection
             .prepare_cached(
                 "SELECT group_data FROM openmls_group_data
                  WHERE group_id = ?1 AND data_type = ?2 AND provider_version = ?3",
             )?
             .query_row(params![key, data_type, CURRENT_VERSION], |row| row.get(0))
-            .optional()?;
-        bytes
-            .map(|b| {
-                C::from_slice(&b).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(0, Type::Blob, Box::new(e))
-                })
-            })
-            .transpose()
+            .optional()
     }
 
     /// The upstream provider over a borrowed connection, which does the work.
@@ -569,6 +612,110 @@ const JOIN_CONFIG: &str = "join_group_config";
 /// An encoding error as `openmls_sqlite_storage` reports it.
 fn to_sql_error(e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+/// A decoding error as `openmls_sqlite_storage` reports it.
+fn from_sql_error(e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, Type::Blob, Box::new(e))
+}
+
+/// `data_type` of the message-secrets row (upstream's name; its CHECK constraint allows
+/// no other).
+const MESSAGE_SECRETS: &str = "message_secrets";
+
+/// The first bytes of a compressed message-secrets row; a zstd frame follows. No row
+/// written before compression starts so (see the module docs): with [`BinaryCodec`] the
+/// value starts with a postcard varint (`MessageSecretsStore::max_epochs`, a `usize`),
+/// which ends within its first 10 bytes, and a byte with the top bit clear ends it,
+/// so 10 bytes `0xFF` are no varint; with [`JsonCodec`] it starts with `{`, and `0xFF`
+/// is not even UTF-8. The last byte is the format's version (1: one zstd frame).
+pub const MESSAGE_SECRETS_TAG: [u8; 11] = [
+    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01,
+];
+
+/// The largest message-secrets value stored or read, uncompressed: 256 MiB. A larger
+/// value is refused when written, and a row whose frame declares more (or declares
+/// nothing) is an error when read, before anything is allocated for it. At 0x004F with
+/// 16 past epochs the value grows by about 20 kB per member (1.02 MB at 50 members,
+/// BENCHMARKS.md), so the bound is about 13 000 members; with ML-DSA-87 and
+/// ML-KEM-1024 leaves (about 4.2 kB a member and epoch) about 3 700.
+pub const MAX_MESSAGE_SECRETS_LEN: usize = 256 << 20;
+
+/// zstd level for the message-secrets row. Level 1 uses a 512 KiB window at this size
+/// (zstd's `clevels.h`), which spans one epoch's member list up to about 400 members of
+/// 0x004F, so each past epoch's copy of the list is stored as matches against the one
+/// before it.
+const ZSTD_LEVEL: i32 = 1;
+
+/// Why a message-secrets value could not be compressed or decompressed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompressionError {
+    /// The value (or the size a stored frame declares) is above the bound.
+    #[error("message secrets of {len} bytes, above the bound of {max}")]
+    TooLarge {
+        /// The size, in bytes.
+        len: u64,
+        /// The bound, in bytes.
+        max: usize,
+    },
+    /// The stored frame does not declare its decompressed size.
+    #[error("compressed message secrets without a declared size")]
+    UnknownSize,
+    /// The stored bytes are not one whole zstd frame, or do not decompress to the size the
+    /// frame declares.
+    #[error("corrupt compressed message secrets")]
+    Corrupt,
+    /// zstd failed.
+    #[error("zstd")]
+    Zstd(#[source] std::io::Error),
+}
+
+/// The stored form of an encoded message-secrets value: [`MESSAGE_SECRETS_TAG`] and a zstd
+/// frame that declares its decompressed size.
+/// Values above `max` bytes are refused, so that nothing is stored that could not be read.
+fn compress_message_secrets(value: &[u8], max: usize) -> Result<Vec<u8>, CompressionError> {
+    if value.len() > max {
+        return Err(CompressionError::TooLarge {
+            len: value.len() as u64,
+            max,
+        });
+    }
+    // One-shot compression writes the content size into the frame header.
+    let frame = zstd::bulk::compress(value, ZSTD_LEVEL).map_err(CompressionError::Zstd)?;
+    let mut out = Vec::with_capacity(MESSAGE_SECRETS_TAG.len() + frame.len());
+    out.extend_from_slice(&MESSAGE_SECRETS_TAG);
+    out.extend_from_slice(&frame);
+    Ok(out)
+}
+
+/// Decompresses one zstd frame (`frame`, without the tag) of at most `max` bytes. The
+/// output is allocated at the size the frame declares, after that size is checked against
+/// `max`; a frame that declares none, has bytes after it, or decompresses to another size
+/// is an error.
+fn decompress_message_secrets(frame: &[u8], max: usize) -> Result<Vec<u8>, CompressionError> {
+    let len = match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(len)) => len,
+        Ok(None) => return Err(CompressionError::UnknownSize),
+        Err(_) => return Err(CompressionError::Corrupt),
+    };
+    if len > max as u64 {
+        return Err(CompressionError::TooLarge { len, max });
+    }
+    match zstd::zstd_safe::find_frame_compressed_size(frame) {
+        Ok(n) if n == frame.len() => {}
+        _ => return Err(CompressionError::Corrupt),
+    }
+    let len = usize::try_from(len).map_err(|_| CompressionError::Corrupt)?;
+    let mut out = Vec::with_capacity(len);
+    let written = zstd::bulk::Decompressor::new()
+        .map_err(CompressionError::Zstd)?
+        .decompress_to_buffer(frame, &mut out)
+        .map_err(|_| CompressionError::Corrupt)?;
+    if written != len || out.len() != len {
+        return Err(CompressionError::Corrupt);
+    }
+    Ok(out)
 }
 
 // Every method but the join config's two forwards to `SqliteStorageProvider`; the generic parameters are passed
@@ -690,7 +837,12 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         group_id: &GroupId,
         message_secrets: &MessageSecrets,
     ) -> Result<(), Self::Error> {
-        self.write_group_data(group_id, "message_secrets", message_secrets)
+        // Compressed (see the module docs): the one row, replaced as before.
+        let key = C::to_vec(group_id).map_err(to_sql_error)?;
+        let value = C::to_vec(message_secrets).map_err(to_sql_error)?;
+        let packed =
+            compress_message_secrets(&value, MAX_MESSAGE_SECRETS_LEN).map_err(to_sql_error)?;
+        self.write_group_row(&key, MESSAGE_SECRETS, &packed)
     }
 
     fn write_resumption_psk_store<
@@ -916,7 +1068,17 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<MessageSecrets>, Self::Error> {
-        self.read_group_data(group_id, "message_secrets")
+        let key = C::to_vec(group_id).map_err(to_sql_error)?;
+        let Some(bytes) = self.read_group_row(&key, MESSAGE_SECRETS)? else {
+            return Ok(None);
+        };
+        // Rows written before compression are the plain encoding (see the module docs).
+        let plain = match bytes.strip_prefix(&MESSAGE_SECRETS_TAG[..]) {
+            Some(frame) => decompress_message_secrets(frame, MAX_MESSAGE_SECRETS_LEN)
+                .map_err(from_sql_error)?,
+            None => bytes,
+        };
+        C::from_slice(&plain).map(Some).map_err(from_sql_error)
     }
 
     fn resumption_psk_store<
@@ -1084,6 +1246,7 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
+        // One row in either format, deleted as upstream deletes it.
         self.sqlite().delete_message_secrets::<GroupId>(group_id)
     }
 
@@ -1167,5 +1330,162 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         psk_id: &PskKey,
     ) -> Result<(), Self::Error> {
         self.sqlite().delete_psk::<PskKey>(psk_id)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// A zstd frame written out by hand (RFC 8878 section 3.1.1): single segment,
+    /// `declared` as an 8-byte Frame_Content_Size, then one last RLE block of `rle` zero
+    /// bytes.
+    fn rle_frame(declared: u64, rle: u32) -> Vec<u8> {
+        let mut f = vec![0x28, 0xB5, 0x2F, 0xFD, 0b1110_0000];
+        f.extend_from_slice(&declared.to_le_bytes());
+        let header = 1 | (1 << 1) | (rle << 3);
+        f.extend_from_slice(&header.to_le_bytes()[..3]);
+        f.push(0);
+        f
+    }
+
+    /// Redundant data like the stored value: the same 40 kB of random-looking bytes four
+    /// times, with a small change in each copy.
+    fn redundant() -> Vec<u8> {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let block: Vec<u8> = (0..40_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut v = Vec::new();
+        for i in 0..4u8 {
+            v.extend_from_slice(&block);
+            v.push(i);
+        }
+        v
+    }
+
+    #[test]
+    fn round_trip_and_size() {
+        let value = redundant();
+        let stored = compress_message_secrets(&value, MAX_MESSAGE_SECRETS_LEN).unwrap();
+        assert!(stored.starts_with(&MESSAGE_SECRETS_TAG));
+        // One copy of the block and matches for the other three.
+        assert!(stored.len() < 45_000, "{} bytes", stored.len());
+        let frame = &stored[MESSAGE_SECRETS_TAG.len()..];
+        assert_eq!(
+            decompress_message_secrets(frame, value.len()).unwrap(),
+            value
+        );
+        assert_eq!(
+            decompress_message_secrets(frame, MAX_MESSAGE_SECRETS_LEN).unwrap(),
+            value
+        );
+        // The empty value too.
+        let stored = compress_message_secrets(&[], 0).unwrap();
+        let frame = &stored[MESSAGE_SECRETS_TAG.len()..];
+        assert_eq!(
+            decompress_message_secrets(frame, 0).unwrap(),
+            Vec::<u8>::new()
+        );
+    }
+
+    #[test]
+    fn bound_on_write() {
+        let value = redundant();
+        assert!(matches!(
+            compress_message_secrets(&value, value.len() - 1),
+            Err(CompressionError::TooLarge { len, max }) if len == value.len() as u64 && max == value.len() - 1
+        ));
+        assert!(compress_message_secrets(&value, value.len()).is_ok());
+    }
+
+    #[test]
+    fn bound_on_read() {
+        let value = redundant();
+        let stored = compress_message_secrets(&value, MAX_MESSAGE_SECRETS_LEN).unwrap();
+        let frame = &stored[MESSAGE_SECRETS_TAG.len()..];
+        assert!(matches!(
+            decompress_message_secrets(frame, value.len() - 1),
+            Err(CompressionError::TooLarge { .. })
+        ));
+        // The hand-made frame is valid: 16 zero bytes.
+        assert_eq!(
+            decompress_message_secrets(&rle_frame(16, 16), 16).unwrap(),
+            vec![0; 16]
+        );
+        // A 16-byte frame that declares a terabyte is refused before any allocation
+        // (a `Vec` of 2^40 bytes would abort the test).
+        assert!(matches!(
+            decompress_message_secrets(&rle_frame(1 << 40, 16), MAX_MESSAGE_SECRETS_LEN),
+            Err(CompressionError::TooLarge { len, .. }) if len == 1 << 40
+        ));
+        // zstd reads an all-ones size as "unknown" (`ZSTD_CONTENTSIZE_UNKNOWN`).
+        assert!(matches!(
+            decompress_message_secrets(&rle_frame(u64::MAX, 16), MAX_MESSAGE_SECRETS_LEN),
+            Err(CompressionError::UnknownSize)
+        ));
+    }
+
+    #[test]
+    fn corrupt_frames_are_errors() {
+        // More content than declared, and less.
+        assert!(matches!(
+            decompress_message_secrets(&rle_frame(8, 16), 1 << 20),
+            Err(CompressionError::Corrupt)
+        ));
+        assert!(matches!(
+            decompress_message_secrets(&rle_frame(32, 16), 1 << 20),
+            Err(CompressionError::Corrupt)
+        ));
+        // No declared size: Frame_Header_Descriptor 0 and a Window_Descriptor.
+        let no_size = [0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x00, 0x83, 0x00, 0x00, 0x00];
+        assert!(matches!(
+            decompress_message_secrets(&no_size, 1 << 20),
+            Err(CompressionError::UnknownSize)
+        ));
+        let value = redundant();
+        let stored = compress_message_secrets(&value, MAX_MESSAGE_SECRETS_LEN).unwrap();
+        let frame = &stored[MESSAGE_SECRETS_TAG.len()..];
+        // Truncated, followed by other bytes, altered, not a frame at all.
+        assert!(decompress_message_secrets(&frame[..frame.len() - 1], 1 << 20).is_err());
+        let mut longer = frame.to_vec();
+        longer.push(0);
+        assert!(matches!(
+            decompress_message_secrets(&longer, 1 << 20),
+            Err(CompressionError::Corrupt)
+        ));
+        let mut altered = frame.to_vec();
+        let middle = altered.len() / 2;
+        altered[middle] ^= 0x55;
+        match decompress_message_secrets(&altered, 1 << 20) {
+            Err(_) => {}
+            // zstd frames carry no checksum by default: an altered literal may still
+            // decompress, but never to the original value.
+            Ok(out) => assert_ne!(out, value),
+        }
+        assert!(decompress_message_secrets(b"not a zstd frame", 1 << 20).is_err());
+        assert!(decompress_message_secrets(&[], 1 << 20).is_err());
+    }
+
+    /// Why the tag cannot be mistaken for a row written before compression.
+    #[test]
+    fn tag_starts_no_old_row() {
+        // Postcard: no varint (of any width up to `u64`) starts with ten 0xFF bytes.
+        assert!(BinaryCodec::from_slice::<(u64, u8)>(&MESSAGE_SECRETS_TAG).is_err());
+        assert!(postcard::take_from_bytes::<u64>(&MESSAGE_SECRETS_TAG).is_err());
+        assert!(postcard::take_from_bytes::<usize>(&MESSAGE_SECRETS_TAG).is_err());
+        // A valid varint ends at its first byte below 0x80.
+        assert_eq!(
+            postcard::take_from_bytes::<u64>(&[0xFF, 0x01]).unwrap().0,
+            255
+        );
+        // JSON: not even UTF-8.
+        assert!(JsonCodec::from_slice::<serde_json::Value>(&MESSAGE_SECRETS_TAG).is_err());
     }
 }

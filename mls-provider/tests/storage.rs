@@ -368,6 +368,168 @@ fn group_persists_in_file() {
     }
 }
 
+/// The stored message-secrets row of a member's group.
+fn message_secrets_row<C: Codec>(member: &Member<C>) -> Option<Vec<u8>> {
+    use rusqlite::OptionalExtension as _;
+    member
+        .provider
+        .storage
+        .connection()
+        .query_row(
+            "SELECT group_data FROM openmls_group_data WHERE data_type = 'message_secrets'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap()
+}
+
+fn set_message_secrets_row<C: Codec>(member: &Member<C>, bytes: &[u8]) {
+    let n = member
+        .provider
+        .storage
+        .connection()
+        .execute(
+            "UPDATE openmls_group_data SET group_data = ?1 WHERE data_type = 'message_secrets'",
+            [bytes],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+/// The message-secrets row (OpenMLS's `MessageSecretsStore`: the past epochs' secrets
+/// and member lists) is stored compressed and tagged, reads back as OpenMLS wrote it
+/// (a reloaded group decrypts a message of a past epoch), a row in the format written
+/// before compression (the plain encoding) is still read and is replaced by the
+/// compressed form at the next write, a corrupt or oversized row is an error, and
+/// deleting the group leaves no row.
+fn message_secrets_compressed<C: Codec>(plain_starts: &[u8]) {
+    use pqmls_provider::storage::MESSAGE_SECRETS_TAG;
+    let suite = SUITES[1];
+    let alice = Member::new("alice", suite, TestProvider::<C>::in_memory());
+    let bob = Member::new("bob", suite, TestProvider::<C>::in_memory());
+    let others: Vec<Member<C>> = (0..4)
+        .map(|i| Member::new(&format!("member {i}"), suite, TestProvider::in_memory()))
+        .collect();
+    let mut group = MlsGroup::builder()
+        .ciphersuite(suite)
+        .max_past_epochs(4)
+        .use_ratchet_tree_extension(true)
+        .build(&alice.provider, &alice.signer, alice.credential.clone())
+        .unwrap();
+    let mut key_packages = vec![bob.key_package(suite)];
+    key_packages.extend(others.iter().map(|m| m.key_package(suite)));
+    let (_, welcome, _) = group
+        .add_members(&alice.provider, &alice.signer, &key_packages)
+        .unwrap();
+    group.merge_pending_commit(&alice.provider).unwrap();
+    let mut bob_group = bob.join(welcome);
+    // Bob's messages of epoch 1, delivered to Alice only three epochs later.
+    let late: Vec<MlsMessageOut> = (0..3)
+        .map(|i| bob.send(&mut bob_group, format!("late {i}").as_bytes()))
+        .collect();
+    for _ in 0..3 {
+        group
+            .self_update(
+                &alice.provider,
+                &alice.signer,
+                LeafNodeParameters::default(),
+            )
+            .unwrap();
+        group.merge_pending_commit(&alice.provider).unwrap();
+    }
+    assert_eq!(group.epoch(), GroupEpoch::from(4));
+
+    // Compressed and tagged; the frame holds the plain encoding.
+    let stored = message_secrets_row(&alice).expect("message secrets row");
+    let frame = stored
+        .strip_prefix(&MESSAGE_SECRETS_TAG[..])
+        .expect("tagged row");
+    let plain = zstd::bulk::decompress(frame, 1 << 24).unwrap();
+    assert!(plain.starts_with(plain_starts));
+    // Three past epochs' member lists of six members: one is stored, the others are
+    // matches against it.
+    assert!(
+        stored.len() * 2 < plain.len(),
+        "{} bytes stored for {} bytes",
+        stored.len(),
+        plain.len()
+    );
+
+    // Reloaded, the group decrypts a message of epoch 1 (its secrets are in this row).
+    let mut loaded = MlsGroup::load(alice.provider.storage(), group.group_id())
+        .unwrap()
+        .expect("group in storage");
+    assert_eq!(
+        fingerprint(&loaded, &alice.provider.crypto),
+        fingerprint(&group, &alice.provider.crypto)
+    );
+    alice.receive(&mut loaded, &late[0], b"late 0");
+
+    // A row written before compression: the plain encoding, as upstream writes it.
+    let stored = message_secrets_row(&alice).unwrap();
+    let plain = zstd::bulk::decompress(&stored[MESSAGE_SECRETS_TAG.len()..], 1 << 24).unwrap();
+    set_message_secrets_row(&alice, &plain);
+    let mut loaded = MlsGroup::load(alice.provider.storage(), group.group_id())
+        .unwrap()
+        .expect("group in storage");
+    assert_eq!(
+        fingerprint(&loaded, &alice.provider.crypto),
+        fingerprint(&group, &alice.provider.crypto)
+    );
+    // Decrypting rewrites the store: compressed again, and still one row.
+    alice.receive(&mut loaded, &late[1], b"late 1");
+    let stored = message_secrets_row(&alice).unwrap();
+    assert!(stored.starts_with(&MESSAGE_SECRETS_TAG));
+    let rows: i64 = alice
+        .provider
+        .storage
+        .connection()
+        .query_row(
+            "SELECT count(*) FROM openmls_group_data WHERE data_type = 'message_secrets'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 1);
+
+    // Corrupt rows are errors, not panics or huge allocations: a frame that declares a
+    // terabyte (RFC 8878 frame header, single segment, 8-byte content size, one RLE
+    // block of 16 bytes), a truncated frame, a tag without a frame.
+    let mut huge = MESSAGE_SECRETS_TAG.to_vec();
+    huge.extend_from_slice(&[0x28, 0xB5, 0x2F, 0xFD, 0xE0]);
+    huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    huge.extend_from_slice(&[0x83, 0x00, 0x00, 0x00]);
+    for bad in [
+        huge,
+        stored[..stored.len() - 1].to_vec(),
+        MESSAGE_SECRETS_TAG.to_vec(),
+    ] {
+        set_message_secrets_row(&alice, &bad);
+        assert!(MlsGroup::load(alice.provider.storage(), group.group_id()).is_err());
+    }
+    set_message_secrets_row(&alice, &stored);
+    let mut loaded = MlsGroup::load(alice.provider.storage(), group.group_id())
+        .unwrap()
+        .expect("group in storage");
+    alice.receive(&mut loaded, &late[2], b"late 2");
+
+    // Deleting the group deletes the row.
+    loaded.delete(alice.provider.storage()).unwrap();
+    assert_eq!(message_secrets_row(&alice), None);
+}
+
+#[test]
+fn message_secrets_compressed_binary_codec() {
+    // Postcard: `max_epochs` = 4 first.
+    message_secrets_compressed::<BinaryCodec>(&[4]);
+}
+
+#[test]
+fn message_secrets_compressed_json_codec() {
+    message_secrets_compressed::<JsonCodec>(b"{");
+}
+
 /// The tables `openmls_sqlite_storage` creates, and the value column of each.
 const TABLES: [(&str, &str); 8] = [
     ("openmls_encryption_keys", "key_pair"),
