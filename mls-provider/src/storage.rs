@@ -839,9 +839,12 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
     ) -> Result<(), Self::Error> {
         // Compressed (see the module docs): the one row, replaced as before.
         let key = C::to_vec(group_id).map_err(to_sql_error)?;
-        let value = C::to_vec(message_secrets).map_err(to_sql_error)?;
-        let packed =
-            compress_message_secrets(&value, MAX_MESSAGE_SECRETS_LEN).map_err(to_sql_error)?;
+        // The encoded secrets are wiped from the heap once written (both buffers; zstd's
+        // own working memory is not ours to wipe).
+        let value = zeroize::Zeroizing::new(C::to_vec(message_secrets).map_err(to_sql_error)?);
+        let packed = zeroize::Zeroizing::new(
+            compress_message_secrets(&value, MAX_MESSAGE_SECRETS_LEN).map_err(to_sql_error)?,
+        );
         self.write_group_row(&key, MESSAGE_SECRETS, &packed)
     }
 
@@ -1072,11 +1075,15 @@ impl<C: Codec> StorageProvider<CURRENT_VERSION> for SqliteStorage<C> {
         let Some(bytes) = self.read_group_row(&key, MESSAGE_SECRETS)? else {
             return Ok(None);
         };
+        // The encoded secrets are wiped from the heap once decoded (both buffers).
+        let bytes = zeroize::Zeroizing::new(bytes);
         // Rows written before compression are the plain encoding (see the module docs).
         let plain = match bytes.strip_prefix(&MESSAGE_SECRETS_TAG[..]) {
-            Some(frame) => decompress_message_secrets(frame, MAX_MESSAGE_SECRETS_LEN)
-                .map_err(from_sql_error)?,
-            None => bytes,
+            Some(frame) => zeroize::Zeroizing::new(
+                decompress_message_secrets(frame, MAX_MESSAGE_SECRETS_LEN)
+                    .map_err(from_sql_error)?,
+            ),
+            None => zeroize::Zeroizing::new(bytes.to_vec()),
         };
         C::from_slice(&plain).map(Some).map_err(from_sql_error)
     }
