@@ -18,8 +18,7 @@
 //! one *vote* for it (round 1). A vote names the epoch, the round and the commit; it is
 //! signed by the voter's leaf key and sealed with a key of epoch `e`, so the members of
 //! `e` can read it whichever branch they are on. An honest member casts at most one vote
-//! per epoch and round, and stays on the commit it voted for until the votes decide
-//! ([`should_move`]: no priority move after the vote).
+//! per epoch and round.
 //!
 //! **Finality** ([`Tally::final_commit`]). A commit is final when the votes of one round
 //! for it come from a quorum of the members of `e`: more than half ([`quorum`]). Then
@@ -29,15 +28,9 @@
 //!
 //! **Split.** Loss can make members vote for different candidates, none with a quorum.
 //! A member that has read round-1 votes from every member of `e` and sees no quorum
-//! casts a round-2 vote for the *leader* of round 1 ([`Tally::leader`]: removal first,
-//! then the most round-1 votes, then the better priority; [`Tally::round2_choice`]):
-//! every such member makes the same choice, so round 2 is unanimous among honest members.
-//!
-//! **Following the votes.** A voter does not move on priority any more ([`should_move`]);
-//! while the epoch is open it moves to the leader of the round-1 votes it has read, as
-//! long as it holds the epoch's snapshot. A round-1 quorum is the plurality of the votes
-//! and round 2 names the leader, so a member with a complete view already stands on the
-//! commit that ends the epoch (argued at [`Tally::leader`]).
+//! casts a round-2 vote for the best-priority candidate among those voted for in round 1
+//! ([`Tally::round2_choice`]): every such member makes the same choice, so round 2 is
+//! unanimous among honest members.
 //!
 //! # Argument
 //!
@@ -55,8 +48,8 @@
 //! its settle time passes; eventually every member reads every vote. Either some commit
 //! has a round-1 quorum, which everyone then sees, or nobody has one and everyone casts
 //! the same round-2 vote, which is a quorum. An offline member stops round 2 (its round-1
-//! vote is missing) but not a round-1 quorum: the group keeps going on the branch the
-//! votes lead to, without finality, until it is back.
+//! vote is missing) but not a round-1 quorum: the group keeps going on the best-priority
+//! branch, without finality, until it is back.
 //!
 //! *Abstention.* A member that knows it can never vote in an epoch (it lost the group
 //! before it and cannot come back to its branch) says so, signed, and its statement
@@ -200,26 +193,15 @@ pub(crate) fn best(candidates: &[Candidate]) -> Option<Candidate> {
 }
 
 /// Whether a member that merged `current` for an epoch should move to `incoming`: to a
-/// final commit always (and only to it once one is final); otherwise to a better one,
-/// but only while it has not cast its round-1 vote for the epoch (`voted`).
-///
-/// *Hold the vote.* A round-1 vote counts for the commit it names whatever its voter does
-/// next, so a voter that moved on priority to a better commit `Y` would stand on `Y`
-/// while its vote helps make `X` final; once its snapshot of the epoch has expired it
-/// cannot come back, and every member that moved that way loses the group at once
-/// (partition seed 6: five voters of `X` had moved to `Y`, then two abstentions made
-/// five votes a quorum, and nine of eleven members reported `Unrecoverable`). Holding
-/// keeps each member on what it voted for, so a quorum moves only the members that voted
-/// otherwise. Only finality moves a voter; the commit that ends the epoch is the same.
+/// final commit always (and only to it once one is final), otherwise to a better one.
 pub(crate) fn should_move(
     current: &Candidate,
     incoming: &Candidate,
     final_commit: Option<CommitId>,
-    voted: bool,
 ) -> bool {
     match final_commit {
         Some(f) => incoming.id == f && current.id != f,
-        None => !voted && incoming < current,
+        None => incoming < current,
     }
 }
 
@@ -314,10 +296,9 @@ impl Tally {
     }
 
     /// The round-2 vote to cast, once every member's round-1 vote has been read and none
-    /// has a quorum: the [`Tally::leader`] of the round-1 votes, every commit voted for
-    /// known. `contender_of` gives what MLS authenticated about a commit we know (`None`:
-    /// not known yet, then there is no choice yet: the engine fetches or probes the
-    /// candidate first).
+    /// has a quorum: the [`winner`] among the commits voted for in round 1. `contender_of`
+    /// gives what MLS authenticated about a commit we know (`None`: not known yet, then
+    /// there is no choice yet: the engine fetches or probes the candidate first).
     pub(crate) fn round2_choice(
         &self,
         members: &BTreeSet<Voter>,
@@ -330,50 +311,7 @@ impl Tally {
         for id in self.voted(1) {
             voted.push(contender_of(&id)?);
         }
-        self.leader_among(members, &voted)
-    }
-
-    /// The commit the round-1 votes read so far lead towards, among those voted for that
-    /// we know (`contender_of`): removal first, as in [`winner`] (a commit whose author
-    /// another voted commit removes is out, unless every one is), then the most round-1
-    /// votes of `members`, then the better priority.
-    ///
-    /// Why the most votes. Both ways an epoch can end pick the round-1 plurality once every
-    /// round-1 entry is in: a round-1 quorum is more than half of the votes, so it is the
-    /// plurality; and round 2 ([`Tally::round2_choice`]) votes for the leader. So a member
-    /// that follows the leader while votes arrive (the engine moves it there while it holds
-    /// the epoch's snapshot) stands where the epoch will end as soon as its view of the
-    /// votes is complete, and a quorum moves only the members that did not get there in
-    /// time. With the better priority first instead, a quorum that abstentions made out of
-    /// a plurality (each abstention lowers the quorum) left every member that had moved on
-    /// priority on the losing commit, past its horizon (partition seed 6: nine of eleven
-    /// members lost the group at once). Safety does not depend on this choice (see
-    /// [`Tally::adopted_round2`]); liveness needs only that honest members with every
-    /// round-1 entry choose alike, which they do: the same votes, the same contenders.
-    pub(crate) fn leader(
-        &self,
-        members: &BTreeSet<Voter>,
-        contender_of: impl Fn(&CommitId) -> Option<Contender>,
-    ) -> Option<CommitId> {
-        let known: Vec<Contender> = self.voted(1).iter().filter_map(&contender_of).collect();
-        self.leader_among(members, &known)
-    }
-
-    fn leader_among(&self, members: &BTreeSet<Voter>, set: &[Contender]) -> Option<CommitId> {
-        let kept: Vec<&Contender> = set.iter().filter(|c| !removed_by_other(c, set)).collect();
-        let pool: Vec<&Contender> = if kept.is_empty() {
-            set.iter().collect()
-        } else {
-            kept
-        };
-        pool.into_iter()
-            .min_by_key(|c| {
-                (
-                    std::cmp::Reverse(self.count(members, 1, &c.candidate.id)),
-                    c.candidate,
-                )
-            })
-            .map(|c| c.candidate.id)
+        winner(&voted).map(|c| c.id)
     }
 }
 
@@ -446,14 +384,13 @@ pub(crate) fn should_try(
     incoming: &Candidate,
     incoming_author: Option<u32>,
     final_commit: Option<CommitId>,
-    voted: bool,
 ) -> bool {
     if final_commit.is_none()
         && incoming_author.is_some_and(|a| a != current.author && current.removes.contains(&a))
     {
         return false;
     }
-    should_move(&current.candidate, incoming, final_commit, voted)
+    should_move(&current.candidate, incoming, final_commit)
 }
 
 /// The author of a candidate claiming `claimed`, among the leaves of an epoch whose
@@ -493,14 +430,11 @@ mod tests {
             Some(cand(1, 5))
         );
         assert_eq!(best(&[]), None);
-        assert!(should_move(&cand(2, 1), &cand(1, 2), None, false));
-        assert!(!should_move(&cand(1, 1), &cand(2, 2), None, false));
-        // Once final, only towards the final commit, whatever the priorities (and votes).
-        assert!(should_move(&cand(1, 1), &cand(2, 2), Some([2; 32]), false));
-        assert!(should_move(&cand(1, 1), &cand(2, 2), Some([2; 32]), true));
-        assert!(!should_move(&cand(2, 2), &cand(1, 1), Some([2; 32]), false));
-        // After the round-1 vote, priority moves nobody: only finality does.
-        assert!(!should_move(&cand(2, 1), &cand(1, 2), None, true));
+        assert!(should_move(&cand(2, 1), &cand(1, 2), None));
+        assert!(!should_move(&cand(1, 1), &cand(2, 2), None));
+        // Once final, only towards the final commit, whatever the priorities.
+        assert!(should_move(&cand(1, 1), &cand(2, 2), Some([2; 32])));
+        assert!(!should_move(&cand(2, 2), &cand(1, 1), Some([2; 32])));
     }
 
     /// A contender for `id` with priority `p` by author `id[0]`, removing nobody.
@@ -548,42 +482,25 @@ mod tests {
         assert_eq!(winner(&[]), None);
         // A member that merged the removal never tries mallory's commit; one that merged
         // a plain commit tries a better one.
-        assert!(!should_try(
-            &removal,
-            &mallorys.candidate,
-            Some(3),
-            None,
-            false
-        ));
+        assert!(!should_try(&removal, &mallorys.candidate, Some(3), None));
         assert!(should_try(
             &by(1, 5, &[]),
             &mallorys.candidate,
             Some(3),
-            None,
-            false
+            None
         ));
         assert!(!should_try(
             &by(1, 0, &[]),
             &mallorys.candidate,
             Some(3),
-            None,
-            false
-        ));
-        // Not after our round-1 vote.
-        assert!(!should_try(
-            &by(1, 5, &[]),
-            &mallorys.candidate,
-            Some(3),
-            None,
-            true
+            None
         ));
         // Towards a final commit, always.
         assert!(should_try(
             &removal,
             &mallorys.candidate,
             Some(3),
-            Some(mallorys.candidate.id),
-            true
+            Some(mallorys.candidate.id)
         ));
         // Authors are found from the claimed priority.
         let k = [5; 32];
@@ -633,50 +550,6 @@ mod tests {
         assert_eq!(u.final_commit(&members), None);
         u.add(1, [5; 32], b);
         assert_eq!(u.equivocators(), BTreeSet::from([[5; 32]]));
-    }
-
-    #[test]
-    fn round_two_and_the_leader_follow_the_most_votes_removal_first() {
-        let members: BTreeSet<Voter> = (0..6u8).map(|i| [i; 32]).collect();
-        let (a, b, c) = ([1; 32], [2; 32], [3; 32]);
-        // c has the best priority, then b, then a.
-        let prio = |id: &CommitId| Some(plain(id, 10 - id[0]));
-        let mut t = Tally::default();
-        // A partial view: one vote each, so priority decides.
-        t.add(1, [0; 32], a);
-        t.add(1, [3; 32], b);
-        t.add(1, [5; 32], c);
-        assert_eq!(t.leader(&members, prio), Some(c));
-        // Only what we know counts: without c processed, b leads.
-        assert_eq!(
-            t.leader(&members, |id| if *id == c { None } else { prio(id) }),
-            Some(b)
-        );
-        // More votes beat a better priority.
-        t.add(1, [1; 32], a);
-        assert_eq!(t.leader(&members, prio), Some(a));
-        t.add(1, [2; 32], a);
-        t.add(1, [4; 32], b);
-        // 3-2-1 of 6, no quorum (4): round 2 for the plurality, not the best priority.
-        assert_eq!(t.final_commit(&members), None);
-        assert_eq!(t.round2_choice(&members, prio), Some(a));
-        // Removal first: a's author removed by b (a voted commit) puts a out, then b has
-        // the most votes of the rest.
-        let removal = |id: &CommitId| {
-            let mut x = plain(id, 10 - id[0]);
-            if *id == b {
-                x.removes.insert(u32::from(a[0]));
-            }
-            Some(x)
-        };
-        assert_eq!(t.round2_choice(&members, removal), Some(b));
-        assert_eq!(t.leader(&members, removal), Some(b));
-        // An abstention names no commit and leads nowhere.
-        let mut u = Tally::default();
-        u.abstain([0; 32]);
-        assert_eq!(u.leader(&members, prio), None);
-        u.add(1, [1; 32], b);
-        assert_eq!(u.leader(&members, prio), Some(b));
     }
 
     /// A model of `n` honest members voting on candidates of one epoch under every

@@ -178,25 +178,6 @@ fn partition_seed_369_later_members_count_earlier_abstentions() {
     assert!(r.converged, "not converged: {:?}", r.failure);
 }
 
-/// Partition seed 6: in epoch 14 five members voted for one commit and four for another,
-/// then the five moved on priority to the four's commit (better) while their votes stayed
-/// where they were; two abstentions later made the five votes a quorum, and by then the
-/// snapshots of epoch 14 had expired (3 s horizon): nine of eleven members lost the group
-/// at once, and the two left ended apart without a word. A member now holds its round-1
-/// vote (no priority move after it; only finality moves it), so the quorum's voters are
-/// already on the final commit. Fails with `order::should_move` ignoring the vote.
-#[test]
-fn partition_seed_6_voters_hold_their_vote() {
-    let r = trial(Scenario {
-        seed: 6,
-        offline: 2,
-        partition: Some(Duration::from_secs(10)),
-        horizon: Duration::from_secs(3),
-        ..Scenario::default()
-    });
-    assert!(r.converged, "not converged: {:?}", r.failure);
-}
-
 /// A partition longer than the horizon: two members are away for 4 s with a 1 s horizon
 /// (virtual time) while the others commit; they cannot move to the final chain, report
 /// it, and are added again. Every trial ends with all members on one chain, or with only

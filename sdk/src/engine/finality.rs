@@ -357,8 +357,7 @@ impl State {
             .query_row(params![gid.0, &key[..]], |r| r.get(0))?)
     }
 
-    /// Whether we cast a vote in `round` under the epoch vote tag `tag`.
-    pub(crate) fn has_voted(&self, gid: &GroupId, tag: &[u8; 16], round: u8) -> Result<bool> {
+    fn has_voted(&self, gid: &GroupId, tag: &[u8; 16], round: u8) -> Result<bool> {
         Ok(self
             .db()
             .prepare_cached(
@@ -724,11 +723,6 @@ impl State {
                         None => {}
                     }
                 }
-                // Where the votes lead while the epoch is open (we stand where it ends
-                // as soon as our view of the votes is complete).
-                if self.follow_leader(gid, next, current)? {
-                    return Ok(());
-                }
                 // Later epochs may be decided already: a branch past this one that a
                 // quorum of its members left is dead whatever happens here.
                 return self.follow_later_quorums(gid, next, current);
@@ -753,57 +747,6 @@ impl State {
         }
     }
 
-    /// While `epoch` is open (not final here): if we voted there and merged another commit
-    /// than the one its round-1 votes lead towards ([`order::Tally::leader`]: removal
-    /// first, then the most votes, then priority), we move there while we still hold the
-    /// epoch's snapshot; `true` if we did. The voted commits we hold but never processed
-    /// are probed first (once each: processing sets what MLS authenticated).
-    ///
-    /// This is the only move before finality once we voted (`order::should_move` holds a
-    /// voter): a round-1 quorum is the plurality of the votes, and round 2 votes for the
-    /// leader, so the leader of a complete view is the commit that ends the epoch.
-    /// Nothing here changes a vote, so it cannot change which commit is final. For an
-    /// epoch after the first open one, the votes we read are those of members on our
-    /// branch up to it (they are sealed under its state's key): the leader among them is
-    /// where our branch's split at that epoch ends, whatever the earlier epoch decides.
-    fn follow_leader(&mut self, gid: &GroupId, epoch: u64, current: u64) -> Result<bool> {
-        if epoch >= current || !db::has_snapshot(self.db(), &gid.0, epoch)? {
-            return Ok(false);
-        }
-        let (Some(keys), Some(members)) = (
-            self.epoch_keys(gid, epoch)?,
-            self.epoch_members(gid, epoch)?,
-        ) else {
-            return Ok(false);
-        };
-        if !self.has_voted(gid, &keys.vote_tag, 1)? {
-            return Ok(false);
-        }
-        let ids: BTreeSet<Voter> = members.iter().map(|(_, m)| m.id.0).collect();
-        let tally = self.tally(gid, &keys.vote_tag)?;
-        let Some(merged) = self.merged_at(gid, epoch)? else {
-            return Ok(false);
-        };
-        for id in tally.voted(1) {
-            if id != merged && self.contender_of(gid, epoch, &id).is_none() {
-                self.probe(gid, epoch, &id)?;
-            }
-        }
-        let Some(leader) = tally.leader(&ids, |id| self.contender_of(gid, epoch, id)) else {
-            return Ok(false);
-        };
-        if leader == merged || !self.take_past_read(gid) {
-            return Ok(false);
-        }
-        tracing::debug!(
-            "{}: group {gid} epoch {epoch}: following the round-1 votes to {}",
-            self.name,
-            short(&leader)
-        );
-        self.switch_branch(gid, epoch, &leader)?;
-        Ok(self.groups.contains_key(gid) && self.merged_at(gid, epoch)? == Some(leader))
-    }
-
     /// Epochs after `first_open` (the first one not final here) that a quorum of their
     /// members decided on our branch: we move to that commit if we merged another, or
     /// report that we cannot.
@@ -824,10 +767,6 @@ impl State {
         let from = (first_open + 1).max(current.saturating_sub(KEEP_FINAL));
         for epoch in from..=current {
             let Some(f) = self.final_of(gid, epoch)? else {
-                // Split and open on our branch too: where its votes lead.
-                if self.follow_leader(gid, epoch, current)? {
-                    return Ok(());
-                }
                 continue;
             };
             if epoch == current {

@@ -12,8 +12,7 @@
 //!
 //! Loss and delay can still make two members merge different winners. So before merging,
 //! a member snapshots its group state; when a commit for a past, non-final epoch arrives
-//! that ranks before the one it merged there and it has not voted there yet, or that the
-//! votes made final ([`crate::order::should_try`]), it restores
+//! that ranks before the one it merged there ([`crate::order::should_try`]), it restores
 //! that snapshot, merges the better commit and replays the later commits it knows that
 //! are valid on the new branch, then re-sends its own application messages of the
 //! abandoned epochs. Votes make an epoch's ending final (`finality.rs`), after which it
@@ -196,11 +195,9 @@ impl State {
                 );
                 self.switch_branch(gid, epoch, &hash)?;
             }
-            EpochSlot::Past => {
-                // The votes may have decided it while we lacked it (we move to it, or
-                // without a snapshot finality says so now: `Unrecoverable`, as no later
-                // vote may come), or lead to it (`finality::follow_leader`: its votes can
-                // arrive before it does).
+            EpochSlot::Past if self.final_of(gid, epoch)? == Some(hash) => {
+                // The votes had decided it and we lacked it (we cannot move: no snapshot):
+                // finality says so now (`Unrecoverable`), as no later vote may come.
                 self.evaluate_finality(gid)?;
             }
             _ => {}
@@ -288,16 +285,8 @@ impl State {
         // after the votes, and then no later vote comes to make us move (seen: a member a
         // losing branch removed had every vote and the commit, and stayed removed).
         let decided = self.final_of(gid, epoch)?;
-        // Our round-1 vote holds us where we are until the votes decide (see
-        // `order::should_move`, *Hold the vote*).
-        let voted = match self.epoch_keys(gid, epoch)? {
-            Some(keys) => self.has_voted(gid, &keys.vote_tag, 1)?,
-            None => false,
-        };
-        Ok(
-            order::should_try(&current, &incoming, author, decided, voted)
-                && db::has_snapshot(self.db(), &gid.0, epoch)?,
-        )
+        Ok(order::should_try(&current, &incoming, author, decided)
+            && db::has_snapshot(self.db(), &gid.0, epoch)?)
     }
 
     /// Merges the winner among the candidates of every group whose settle time has passed.
