@@ -456,27 +456,26 @@ fn message_secrets_compressed<C: Codec>(plain_starts: &[u8]) {
         plain.len()
     );
 
+    // The group as loaded from storage, checked to be the one in memory.
+    let reload = || {
+        let loaded = MlsGroup::load(alice.provider.storage(), group.group_id())
+            .unwrap()
+            .expect("group in storage");
+        assert_eq!(
+            fingerprint(&loaded, &alice.provider.crypto),
+            fingerprint(&group, &alice.provider.crypto)
+        );
+        loaded
+    };
     // Reloaded, the group decrypts a message of epoch 1 (its secrets are in this row).
-    let mut loaded = MlsGroup::load(alice.provider.storage(), group.group_id())
-        .unwrap()
-        .expect("group in storage");
-    assert_eq!(
-        fingerprint(&loaded, &alice.provider.crypto),
-        fingerprint(&group, &alice.provider.crypto)
-    );
+    let mut loaded = reload();
     alice.receive(&mut loaded, &late[0], b"late 0");
 
     // A row written before compression: the plain encoding, as upstream writes it.
     let stored = message_secrets_row(&alice).unwrap();
     let plain = zstd::bulk::decompress(&stored[MESSAGE_SECRETS_TAG.len()..], 1 << 24).unwrap();
     set_message_secrets_row(&alice, &plain);
-    let mut loaded = MlsGroup::load(alice.provider.storage(), group.group_id())
-        .unwrap()
-        .expect("group in storage");
-    assert_eq!(
-        fingerprint(&loaded, &alice.provider.crypto),
-        fingerprint(&group, &alice.provider.crypto)
-    );
+    let mut loaded = reload();
     // Decrypting rewrites the store: compressed again, and still one row.
     alice.receive(&mut loaded, &late[1], b"late 1");
     let stored = message_secrets_row(&alice).unwrap();

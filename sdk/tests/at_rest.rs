@@ -539,16 +539,14 @@ async fn history_retention_runs_on_the_timer() {
 async fn the_benchmarks_plain_mode_is_plain_and_refuses_encrypted_directories() {
     let root = tempfile::tempdir().unwrap();
     let net = SimNetwork::new(SimConfig::default());
-    let alice = open(
-        &net,
+    let plain_alice = || {
         config(
             "alice",
             &root.path().join("alice"),
             DatabaseKey::InsecurePlaintext,
-        ),
-    )
-    .await
-    .unwrap();
+        )
+    };
+    let alice = open(&net, plain_alice()).await.unwrap();
     let bob = open(&net, config("bob", &root.path().join("bob"), key(2)))
         .await
         .unwrap();
@@ -578,16 +576,7 @@ async fn the_benchmarks_plain_mode_is_plain_and_refuses_encrypted_directories() 
     }
 
     // Reopened plain: the same identity and history.
-    let again = open(
-        &net,
-        config(
-            "alice",
-            &root.path().join("alice"),
-            DatabaseKey::InsecurePlaintext,
-        ),
-    )
-    .await
-    .unwrap();
+    let again = open(&net, plain_alice()).await.unwrap();
     assert_eq!(again.history(&g, 100).await.unwrap().len(), bodies.len());
     again.shutdown().await;
 
