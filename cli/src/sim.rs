@@ -68,6 +68,10 @@ pub struct SimArgs {
     /// The members' fork horizon in virtual seconds (default: the SDK's, 600).
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     horizon_secs: u64,
+    /// How long members keep the snapshot of the first epoch not final yet, in virtual
+    /// seconds (`Config::open_epoch_horizon`; default: the SDK's, 3600).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    open_horizon_secs: u64,
     /// Fault: longest gossip delay in milliseconds (the settle time is 250 ms).
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u64).range(5..=60_000))]
     max_delay_ms: u64,
@@ -110,7 +114,7 @@ pub fn run(args: SimArgs) -> Result<()> {
         args.threads
     );
     println!(
-        "faults: store misses {:.0} %, {} offline{}, gossip delay up to {} ms, horizon {} s, past epochs kept {}; adversaries: grind {}, outsider {}, removed member replaying {}",
+        "faults: store misses {:.0} %, {} offline{}, gossip delay up to {} ms, horizon {} s (first open epoch {} s), past epochs kept {}; adversaries: grind {}, outsider {}, removed member replaying {}",
         args.store_miss * 100.0,
         args.offline,
         args.partition_secs
@@ -118,6 +122,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             .unwrap_or_default(),
         args.max_delay_ms,
         args.horizon_secs,
+        args.open_horizon_secs,
         args.past_epochs,
         args.grind,
         if args.outsider { "on" } else { "off" },
@@ -148,6 +153,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             offline: usize::from(args.offline),
             partition: args.partition_secs.map(Duration::from_secs),
             horizon: Duration::from_secs(args.horizon_secs),
+            open_horizon: Duration::from_secs(args.open_horizon_secs),
             outsider: args.outsider,
             replay_removed: args.replay_removed,
             max_delay: Duration::from_millis(args.max_delay_ms),

@@ -81,8 +81,20 @@ pub struct Config {
     /// its ending final: the bound in time on how long a state that could still move to
     /// another branch keeps that epoch's key material. Past it, a final commit this client
     /// cannot reach gives [`crate::Event::Unrecoverable`]. Final epochs' snapshots are
-    /// deleted at once.
+    /// deleted at once. The first open epoch's snapshot follows
+    /// [`Config::open_epoch_horizon`] instead.
     pub fork_horizon: Duration,
+    /// How long after leaving it the snapshot of the *first open* epoch (the oldest whose
+    /// ending is not final: finality waits there) is kept, instead of
+    /// [`Config::fork_horizon`]. Round 2 of a split vote needs every commit voted for in
+    /// round 1 processed, and the last round-1 vote may come with a commit from a member
+    /// that was away longer than the fork horizon; with every snapshot of that epoch gone
+    /// nobody could choose, the epoch would stay open for good, and no Welcome of a losing
+    /// add in it would ever be withdrawn (a silent fork). Kept only for the round-2 choice
+    /// and for a move to the final commit, never for a move on priority past the fork
+    /// horizon. One snapshot per group at most; the bound on forward secrecy for that
+    /// epoch is this duration.
+    pub open_epoch_horizon: Duration,
     /// Simulation only (an adversary of the ordering): each self-update commit is made
     /// this many times and the one with the smallest commit hash is published, which is
     /// how a member could steer the smallest-hash rule of earlier versions. 1: honest.
@@ -145,6 +157,7 @@ impl Config {
             past_epoch_secrets: 16,
             past_epoch_secrets_max_age: Duration::from_secs(600),
             fork_horizon: Duration::from_secs(600),
+            open_epoch_horizon: Duration::from_secs(3600),
             grind: 1,
             removal_grace: Duration::from_secs(30),
             invitations: InvitePolicy::Contacts,

@@ -576,6 +576,26 @@ pub(crate) fn prune_snapshots(db: &Connection, group: &[u8], keep_from: u64) -> 
     delete_snapshots(db, group, "<", keep_from)
 }
 
+/// Deletes a group's snapshots of epochs before `keep_from` but `keep` (the first open
+/// epoch's, kept longer: `Config::open_epoch_horizon`).
+pub(crate) fn prune_snapshots_but(
+    db: &Connection,
+    group: &[u8],
+    keep_from: u64,
+    keep: Option<u64>,
+) -> Result<()> {
+    let Some(keep) = keep.filter(|k| *k < keep_from) else {
+        return prune_snapshots(db, group, keep_from);
+    };
+    for table in SNAP_TABLES {
+        db.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE snap_group = ?1 AND snap_epoch < ?2 AND snap_epoch != ?3"
+        ))?
+        .execute(params![group, to_i64(keep_from), to_i64(keep)])?;
+    }
+    Ok(())
+}
+
 /// Deletes a group's snapshots of `from` and later (those of a state being replaced that
 /// a new state's epochs would collide with).
 pub(crate) fn drop_snapshots_from(db: &Connection, group: &[u8], from: u64) -> Result<()> {

@@ -543,6 +543,8 @@ pub struct Scenario {
     pub partition: Option<Duration>,
     /// The members' `Config::fork_horizon` (on the virtual clock).
     pub horizon: Duration,
+    /// The members' `Config::open_epoch_horizon` (on the virtual clock).
+    pub open_horizon: Duration,
     /// An outsider attacks during the chaos phase (see `Outsider`): re-wrapped payloads,
     /// forged fork signals, random sealed payloads, replays, foreign Welcomes. The users
     /// then accept invitations from their contacts only (every other user), the SDK's
@@ -575,6 +577,7 @@ impl Default for Scenario {
             offline: 0,
             partition: None,
             horizon: crate::Config::new("-").fork_horizon,
+            open_horizon: crate::Config::new("-").open_epoch_horizon,
             outsider: false,
             replay_removed: false,
             past_epochs: crate::Config::new("-").past_epoch_secrets,
@@ -710,6 +713,7 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         c.sync_interval = Some(Duration::from_secs(2));
         c.sync_backoff = Duration::from_millis(300);
         c.fork_horizon = s.horizon;
+        c.open_epoch_horizon = s.open_horizon;
         c.past_epoch_secrets = s.past_epochs;
         if i == 1 {
             c.grind = s.grind.max(1);

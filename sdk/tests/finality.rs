@@ -50,10 +50,12 @@ async fn final_epochs_keep_no_snapshots_candidates_or_votes() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn without_a_majority_snapshots_last_until_the_horizon() {
+async fn without_a_majority_snapshots_last_until_the_horizons() {
     let net = net();
     let mut short = config("alice");
     short.fork_horizon = Duration::ZERO;
+    // The first open epoch's snapshot (round 2 may need it) lasts longer.
+    short.open_epoch_horizon = Duration::from_secs(3);
     let alice = client(&net, short).await;
     let bob = client(&net, config("bob")).await;
     let (ct, cin) = net.attach();
@@ -72,7 +74,12 @@ async fn without_a_majority_snapshots_last_until_the_horizon() {
     );
     bob.update(&g).await.unwrap();
     converge(&[&alice, &bob], &g, 4).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Epoch 3 is alice's first open epoch: past her fork horizon (zero) its snapshot
+    // stays, for a round-2 choice or a move to its final commit, until her open-epoch
+    // horizon (3 s).
+    assert_eq!(size(&alice, "pqmls_snap_group_data").await, 1);
+    tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         (
             alice.stats().await.epochs_final,
@@ -81,7 +88,7 @@ async fn without_a_majority_snapshots_last_until_the_horizon() {
         before,
         "epoch 3 final without a majority"
     );
-    // Bob keeps epoch 3's snapshot (he could still move); alice's horizon is zero.
+    // Bob keeps epoch 3's snapshot (he could still move); alice's horizons are past.
     assert!(size(&bob, "pqmls_snap_group_data").await >= 1);
     assert_eq!(size(&alice, "pqmls_snap_group_data").await, 0);
     // Back online, the votes complete and bob's snapshot goes too.
@@ -389,6 +396,8 @@ async fn a_quorum_past_a_stalled_epoch_ends_a_dead_branch_out_loud() {
     let (bob, bt) = client_on(&net, config("bob")).await;
     let mut short = config("carol");
     short.fork_horizon = Duration::from_secs(8);
+    // Past the horizon for every epoch, the first open one too.
+    short.open_epoch_horizon = short.fork_horizon;
     let (carol, ct) = client_on(&net, short).await;
     let (dave, dt) = client_on(&net, config("dave")).await;
     let (erin, et) = client_on(&net, config("erin")).await;
@@ -592,6 +601,8 @@ async fn stalled_split_ended_by_an_abstention(erin_commits_first: bool) {
     let (dave, dt) = client_on(&net, config("dave")).await;
     let mut short = config("erin");
     short.fork_horizon = Duration::from_secs(2);
+    // Past the horizon for every epoch, the first open one too.
+    short.open_epoch_horizon = short.fork_horizon;
     let (erin, et) = client_on(&net, short).await;
     let five = [&alice, &bob, &carol, &dave, &erin];
     let g = group(&five).await;
@@ -718,6 +729,8 @@ async fn the_author_of_the_final_commit_can_abstain() {
     let net = net();
     let mut short = config("alice");
     short.fork_horizon = Duration::from_secs(4);
+    // Past the horizon for every epoch, the first open one too.
+    short.open_epoch_horizon = short.fork_horizon;
     let (alice, at) = client_on(&net, short.clone()).await;
     let (bob, bt) = client_on(&net, config("bob")).await;
     let (carol, ct) = client_on(&net, config("carol")).await;

@@ -49,6 +49,8 @@ async fn carol_left_behind(net: &SimNetwork) -> Three {
     let (bob, bt) = client_on(net, config("bob")).await;
     let mut c = config("carol");
     c.fork_horizon = Duration::ZERO;
+    // Past the horizon for every epoch, the first open one too.
+    c.open_epoch_horizon = c.fork_horizon;
     let (carol, ct) = client_on(net, c).await;
     let g = group(&[&alice, &bob, &carol]).await;
     ct.set_online(false);
@@ -275,6 +277,8 @@ async fn an_invitation_made_on_a_branch_past_the_horizon_is_withdrawn() {
     let (bob, bt) = client_on(&net, config("bob")).await;
     let mut c = config("carol");
     c.fork_horizon = Duration::ZERO;
+    // Past the horizon for every epoch, the first open one too.
+    c.open_epoch_horizon = c.fork_horizon;
     let (carol, ct) = client_on(&net, c).await;
     let (dave, _dt) = client_on(&net, config("dave")).await;
     let g = group(&[&alice, &bob, &carol]).await;

@@ -158,6 +158,31 @@ fn partition_seed_83_ends_without_a_silent_fork() {
     );
 }
 
+/// Partition seed 119, replayed exactly: epoch 11 split in round 1 between two commits of
+/// members that stayed and two of the two members away for 10 s (horizon 3 s). Their
+/// votes and commits came back after every other member's snapshot of epoch 11 had
+/// expired, so no member could process every commit voted for and make the round-2
+/// choice: the epoch stayed open for good. An invitee (m5) had joined at epoch 12 with
+/// the Welcome of an add that lost at 11; withdrawals follow finality, so it was never
+/// withdrawn, and m5 stayed on the dead branch without a word. The first open epoch's
+/// snapshot is now kept `open_epoch_horizon` (here the default, an hour): round 2
+/// decides, the Welcome is withdrawn, m5 joins the live branch. Fails without it.
+#[test]
+fn partition_seed_119_a_split_decided_after_the_horizon() {
+    let r = trial(Scenario {
+        seed: 119,
+        offline: 2,
+        partition: Some(Duration::from_secs(10)),
+        horizon: Duration::from_secs(3),
+        ..Scenario::default()
+    });
+    assert!(
+        r.converged || r.still_lost > 0,
+        "silent fork: {:?}",
+        r.failure
+    );
+}
+
 /// Partition seed 369, replayed exactly: a member that lost the group at epoch 9 abstains
 /// (its leaf casts no vote later); at epoch 13 round 1 splits 5-4 with its vote the only
 /// one missing, so its abstention decides the epoch. A member added after epoch 9 could

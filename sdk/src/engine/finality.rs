@@ -1018,10 +1018,48 @@ impl State {
                 )?
                 .query_row(params![gid.0, cutoff], |r| r.get(0))?;
             if let Some(e) = entered {
-                db::prune_snapshots(self.db(), &gid.0, to_u64(e))?;
+                let keep = self.open_epoch_kept(&gid)?;
+                db::prune_snapshots_but(self.db(), &gid.0, to_u64(e), keep)?;
             }
         }
         Ok(())
+    }
+
+    /// The first open epoch (the oldest not final), if its snapshot is still to be kept
+    /// although it may be older than the fork horizon or the rollback window: we left it
+    /// less than [`crate::Config::open_epoch_horizon`] ago (see there why).
+    pub(crate) fn open_epoch_kept(&self, gid: &GroupId) -> Result<Option<u64>> {
+        let first_open = self.final_epoch(gid)?.map_or(0, |f| f + 1);
+        let Some(left) = self.left_ms(gid, first_open)? else {
+            return Ok(Some(first_open));
+        };
+        let horizon =
+            u64::try_from(self.config.open_epoch_horizon.as_millis()).unwrap_or(u64::MAX);
+        Ok((to_u64(left).saturating_add(horizon) > self.horizon_ms()).then_some(first_open))
+    }
+
+    /// When we left `epoch` on the branch we hold (entered the next one), if we did.
+    fn left_ms(&self, gid: &GroupId, epoch: u64) -> Result<Option<i64>> {
+        Ok(self
+            .db()
+            .prepare_cached(
+                "SELECT entered_ms FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch = ?2",
+            )?
+            .query_row(params![gid.0, to_i64(epoch.saturating_add(1))], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Whether our snapshot of `epoch` may serve a move on priority: held, and not kept
+    /// past the fork horizon only for the first open epoch's round 2 and final commit.
+    pub(crate) fn snapshot_for_moves(&self, gid: &GroupId, epoch: u64) -> Result<bool> {
+        if !db::has_snapshot(self.db(), &gid.0, epoch)? {
+            return Ok(false);
+        }
+        let Some(left) = self.left_ms(gid, epoch)? else {
+            return Ok(true);
+        };
+        let horizon = u64::try_from(self.config.fork_horizon.as_millis()).unwrap_or(u64::MAX);
+        Ok(to_u64(left).saturating_add(horizon) > self.horizon_ms())
     }
 
     /// Has OpenMLS delete the application-message secrets of past epochs we entered

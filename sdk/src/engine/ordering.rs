@@ -286,7 +286,11 @@ impl State {
         // losing branch removed had every vote and the commit, and stayed removed).
         let decided = self.final_of(gid, epoch)?;
         Ok(order::should_try(&current, &incoming, author, decided)
-            && db::has_snapshot(self.db(), &gid.0, epoch)?)
+            && if decided == Some(*hash) {
+                db::has_snapshot(self.db(), &gid.0, epoch)?
+            } else {
+                self.snapshot_for_moves(gid, epoch)?
+            })
     }
 
     /// Merges the winner among the candidates of every group whose settle time has passed.
@@ -792,7 +796,8 @@ impl State {
         };
         let epoch = g.mls.epoch().as_u64();
         let keep_from = epoch.saturating_sub(self.config.rollback_window);
-        db::prune_snapshots(self.db(), &gid.0, keep_from)?;
+        let keep = self.open_epoch_kept(gid)?;
+        db::prune_snapshots_but(self.db(), &gid.0, keep_from, keep)?;
         // Merged commits stay longer (`finality::KEEP_FINAL` epochs): they answer a member
         // that missed one (`Wire::Need`), and an own add commit's Welcome is sent again
         // from its row.
