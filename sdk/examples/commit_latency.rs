@@ -73,7 +73,10 @@ async fn run(n: usize, settle: Duration, reps: usize) {
         c.settle = settle;
         clients.push(Client::open(c, t, inbox).await.unwrap());
     }
-    eprintln!("{n} clients opened: {:.1} s real", real.elapsed().as_secs_f64());
+    eprintln!(
+        "{n} clients opened: {:.1} s real",
+        real.elapsed().as_secs_f64()
+    );
 
     // The group: one invite_many by m0.
     let real = RealInstant::now();
@@ -126,10 +129,19 @@ async fn quiet(clients: &[Client]) {
     eprintln!("  (quiet after {:.1} s real)", real.elapsed().as_secs_f64());
 }
 
+/// CPU time of the calling thread (the runtime's only thread), from
+/// `/proc/thread-self/schedstat` (Linux; nanoseconds); `None` elsewhere.
+fn thread_cpu() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
 /// Member 1 updates; every member's time to `EpochChanged { epoch }`.
 async fn measure(clients: &[Client], g: &GroupId, epoch: u64, label: &str) {
     let n = clients.len();
     let mut events: Vec<_> = clients.iter().map(Client::events).collect();
+    let cpu = thread_cpu();
     let real = RealInstant::now();
     let virt = tokio::time::Instant::now();
     clients[1].update(g).await.unwrap();
@@ -154,10 +166,13 @@ async fn measure(clients: &[Client], g: &GroupId, epoch: u64, label: &str) {
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    let phase_real = real.elapsed();
+    let phase_cpu = cpu.zip(thread_cpu()).map(|(a, b)| b.saturating_sub(a));
     let mut merge = Vec::with_capacity(n);
     for c in clients {
         merge.push(c.stats().await.last_merge_micros as f64 / 1e3);
     }
+    let merge_sum: f64 = merge.iter().sum();
     let (v_med, v_max) = median_max(at_virtual.iter().flatten().map(|d| ms(*d)).collect());
     let (r_med, r_max) = median_max(at_real.iter().flatten().map(|d| ms(*d)).collect());
     let (m_med, m_max) = median_max(merge);
@@ -169,6 +184,22 @@ async fn measure(clients: &[Client], g: &GroupId, epoch: u64, label: &str) {
         ms(update_real),
         s.last_commit_bytes
     );
+    if let Some(cpu) = phase_cpu {
+        // Over the phase (update call to the last member's merge) this thread was on a CPU
+        // for `cpu`: the share of the real time it got, and the real time of all merge
+        // steps against the rest (votes, the commit's arrival, the harness).
+        let share = cpu.as_secs_f64() / phase_real.as_secs_f64().max(1e-9);
+        println!(
+            "  phase: {:.1} ms real, {:.1} ms on CPU (share {:.0} %); merge steps {:.1} ms real in all, the rest {:.1} ms real; merge step x share: median {:.1} ms, max {:.1} ms",
+            ms(phase_real),
+            ms(cpu),
+            share * 100.0,
+            merge_sum,
+            ms(phase_real) - merge_sum,
+            m_med * share,
+            m_max * share
+        );
+    }
 }
 
 /// Waits until every member is at `epoch` with the same authenticator, nothing pending
