@@ -50,8 +50,8 @@ struct ReadyAdd {
 
 /// What an add intent row is ready for.
 enum AddRow {
-    /// To be committed.
-    Ready(ReadyAdd),
+    /// To be committed (boxed: a key package is large beside the other variants).
+    Ready(Box<ReadyAdd>),
     /// Its key package is being fetched.
     Waiting,
     /// Dropped (a member already, an unusable key package).
@@ -188,7 +188,7 @@ impl State {
                                 if ready.len() < MAX_ADDS_PER_COMMIT
                                     && !ready.iter().any(|r| r.user == add.user)
                                 {
-                                    ready.push(add);
+                                    ready.push(*add);
                                 }
                             }
                             AddRow::Waiting => waiting = true,
@@ -211,11 +211,11 @@ impl State {
                         self.drop_intent(id)?;
                         continue;
                     };
-                    if self.readd_done(gid, &kp_bytes)? {
+                    if self.readd_done(gid, kp_bytes)? {
                         self.drop_intent(id)?;
                         continue;
                     }
-                    let Ok(kp) = self.validate_key_package(&target, &kp_bytes) else {
+                    let Ok(kp) = self.validate_key_package(&target, kp_bytes) else {
                         self.drop_intent(id)?;
                         continue;
                     };
@@ -245,12 +245,12 @@ impl State {
                             Ok(b) => match b.stage_commit(&self.provider) {
                                 Ok(bundle) => bundle,
                                 Err(e) => {
-                                    self.refused_intent(id, &kind, &user, &e)?;
+                                    self.refused_intent(id, kind, user, &e)?;
                                     continue;
                                 }
                             },
                             Err(e) => {
-                                self.refused_intent(id, &kind, &user, &e)?;
+                                self.refused_intent(id, kind, user, &e)?;
                                 continue;
                             }
                         }
@@ -284,7 +284,7 @@ impl State {
                         ) {
                             Ok((commit, _, _)) => commit,
                             Err(e) => {
-                                self.refused_intent(id, &kind, &user, &e)?;
+                                self.refused_intent(id, kind, user, &e)?;
                                 continue;
                             }
                         }
@@ -315,7 +315,7 @@ impl State {
                         ) {
                             Ok(bundle) => bundle.commit().clone(),
                             Err(e) => {
-                                self.refused_intent(id, &kind, &user, &e)?;
+                                self.refused_intent(id, kind, user, &e)?;
                                 continue;
                             }
                         }
@@ -373,12 +373,12 @@ impl State {
             self.drop_intent(id)?;
             return Ok(AddRow::Dropped);
         };
-        Ok(AddRow::Ready(ReadyAdd {
+        Ok(AddRow::Ready(Box::new(ReadyAdd {
             id,
             user: target,
             key_package: kp,
             added,
-        }))
+        })))
     }
 
     /// Commits the adds of `batch` in one commit; `false` if OpenMLS refused every one.
