@@ -253,6 +253,7 @@ impl Client {
             armed: None,
             in_batch: false,
             republished: BTreeMap::new(),
+            fetching: Default::default(),
             member_records: Default::default(),
             last_followup: None,
             past_secrets_cleared: BTreeMap::new(),
@@ -389,6 +390,55 @@ impl Client {
         self.inner
             .locked(|s| s.add_intent(group, intents::ADD, Some(user), Some(kp)))
             .await?;
+        self.inner.drive().await;
+        Ok(())
+    }
+
+    /// Invites several users in one commit: one MLS commit with an Add proposal for
+    /// each (up to [`crate::MAX_ADDS_PER_COMMIT`]; a longer list goes into several
+    /// commits, one per epoch), and one Welcome for all of them that goes to each
+    /// invitee's inbox once the commit is merged. Otherwise as [`Client::invite`]: one key
+    /// package is claimed for each user from the directory first, and if a competing
+    /// commit wins the epoch, the invitations are committed again in the next one (with
+    /// fresh key packages). An empty list does nothing.
+    ///
+    /// # Errors
+    /// Checked before anything is fetched or committed: [`Error::UnknownGroup`],
+    /// [`Error::NotMember`], [`Error::AlreadyMember`] for a user who is a member
+    /// already (this client included), [`Error::DuplicateInvitee`] for a user listed
+    /// twice. Then, as for `invite`, [`Error::NoKeyPackage`], [`Error::InvalidKeyPackage`]
+    /// or [`Error::Transport`] for the first user whose key package cannot be had: nothing
+    /// is committed then, and the one-time key packages already claimed for the users
+    /// before it are used up (their owners replace claimed ones).
+    pub async fn invite_many(&self, group: &GroupId, users: &[UserId]) -> Result<()> {
+        self.inner
+            .locked(|s| {
+                let members = s.member_list_checked(group)?;
+                for (i, user) in users.iter().enumerate() {
+                    if members.iter().any(|(_, m)| m.id == *user) {
+                        return Err(Error::AlreadyMember {
+                            group: group.clone(),
+                            user: *user,
+                        });
+                    }
+                    if users.get(..i).is_some_and(|before| before.contains(user)) {
+                        return Err(Error::DuplicateInvitee {
+                            group: group.clone(),
+                            user: *user,
+                        });
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        if users.is_empty() {
+            return Ok(());
+        }
+        let mut adds = Vec::with_capacity(users.len());
+        for user in users {
+            adds.push((*user, self.inner.fetch_key_package(user).await?));
+        }
+        self.inner.locked(|s| s.add_intents(group, adds)).await?;
         self.inner.drive().await;
         Ok(())
     }
@@ -911,6 +961,7 @@ impl Inner {
                     }
                     (Err(e), _) => tracing::warn!("fetching a key package for {user} failed: {e}"),
                 }
+                self.state.lock().await.fetching.remove(&id);
             }
             let topics: Vec<Topic> = {
                 let s = self.state.lock().await;

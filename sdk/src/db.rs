@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 
 /// Version of the SDK schema, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 
 /// Creates the SDK's tables if they do not exist yet, and brings an older schema up to date.
 pub(crate) fn migrate(db: &Connection) -> Result<()> {
@@ -42,7 +42,23 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
     if version < 8 {
         migrate_v8(db)?;
     }
-    migrate_v9(db)
+    if version < 9 {
+        migrate_v9(db)?;
+    }
+    migrate_v10(db)
+}
+
+/// Version 10: add intents queued together by `Client::invite_many` share a `batch`
+/// number (the id of the first one) and are committed together
+/// (`intents::MAX_ADDS_PER_COMMIT` at most per commit); NULL for every other intent.
+fn migrate_v10(db: &Connection) -> Result<()> {
+    db.execute_batch(
+        "BEGIN;
+         ALTER TABLE pqmls_intents ADD COLUMN batch INTEGER;
+         PRAGMA user_version = 10;
+         COMMIT;",
+    )?;
+    Ok(())
 }
 
 /// Version 9: delivery evidence for our own messages. `wire_id` is the transport id of the

@@ -56,6 +56,14 @@ pub enum Error {
         /// The user's id.
         user: crate::UserId,
     },
+    /// The user is listed more than once (for `invite_many`).
+    #[error("{user} is listed twice in one invitation of group {group}")]
+    DuplicateInvitee {
+        /// The group.
+        group: GroupId,
+        /// The user's id.
+        user: crate::UserId,
+    },
     /// The directory holds no usable key package for this user.
     #[error("no key package found for {0}")]
     NoKeyPackage(crate::UserId),

@@ -114,6 +114,7 @@ pub use at_rest::{DatabaseKey, SALT_FILE};
 pub use client::{Client, gossip_validator, store_node};
 pub use config::{Config, DATABASE_FILE, DEFAULT_SUITE, FailPoint, InvitePolicy, Limits};
 pub use directory::{DirectoryRule, directory_validator};
+pub use engine::intents::MAX_ADDS_PER_COMMIT;
 pub use error::{Error, Result};
 pub use event::{Event, Events, Invitation, ReceivedMessage};
 pub use identity::{Member, UserId, safety_number};
@@ -265,6 +266,11 @@ pub struct Stats {
     pub last_welcome_bytes: u64,
     /// Size in bytes of the last application message this client sent (gossip payload).
     pub last_message_bytes: u64,
+    /// Real time, in microseconds, of the last settle step that merged a commit: the
+    /// candidates of the epoch processed, the pre-merge snapshot, the merge, what follows
+    /// it and its SQLite transaction (the machine's wall clock, whatever else ran meanwhile;
+    /// for measurements such as `examples/commit_latency.rs`).
+    pub last_merge_micros: u64,
 }
 
 /// Waits (up to 20 s) until the directory holds a key package for `user`: for examples

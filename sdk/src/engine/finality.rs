@@ -1197,16 +1197,20 @@ impl State {
                 )?
                 .query_row(params![group_id, hash], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            let Some((welcome, Ok(invitee))) = row.map(|(w, i)| (w, i.parse::<UserId>())) else {
+            let Some((welcome, invitees)) =
+                row.map(|(w, i)| (w, super::intents::decode_invitees(&i)))
+            else {
                 continue;
             };
             tracing::debug!(
-                "{}: publishing the Welcome to {} again",
+                "{}: publishing the Welcome to {} invitee(s) again",
                 self.name,
-                invitee.short()
+                invitees.len()
             );
             let payload = Wire::Welcome { mls: welcome }.encode();
-            self.enqueue(&wire::inbox_topic(&invitee), payload)?;
+            for invitee in &invitees {
+                self.enqueue(&wire::inbox_topic(invitee), payload.clone())?;
+            }
             self.republished.insert(id, (now, times + 1));
         }
         // Our withdrawals, as many times; then they are dropped.
@@ -1216,9 +1220,10 @@ impl State {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
         for (void_id, invitee, payload) in voids {
-            let (Ok(id), Ok(invitee)) = (
+            let invitees = super::intents::decode_invitees(&invitee);
+            let (Ok(id), false) = (
                 <[u8; 32]>::try_from(void_id.as_slice()),
-                invitee.parse::<UserId>(),
+                invitees.is_empty(),
             ) else {
                 self.db().execute(
                     "DELETE FROM pqmls_sent_voids WHERE void_id = ?1",
@@ -1239,11 +1244,13 @@ impl State {
                 continue;
             }
             tracing::debug!(
-                "{}: publishing the withdrawal of a Welcome to {} again",
+                "{}: publishing the withdrawal of a Welcome to {} invitee(s) again",
                 self.name,
-                invitee.short()
+                invitees.len()
             );
-            self.enqueue(&wire::inbox_topic(&invitee), payload)?;
+            for invitee in &invitees {
+                self.enqueue(&wire::inbox_topic(invitee), payload.clone())?;
+            }
             self.republished.insert(id, (now, times + 1));
         }
         self.republished.retain(|id, _| live.contains(id));

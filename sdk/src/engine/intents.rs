@@ -5,8 +5,10 @@
 //! committed again in the next epoch if ours lost the ordering. Adds keep the key package
 //! they claimed; a Welcome is sent only when our add commit is merged.
 
+use std::collections::BTreeSet;
+
 use openmls::prelude::*;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use tokio::time::Instant;
 
 use super::{State, ser};
@@ -29,6 +31,48 @@ pub(crate) const LEAVE: &str = "leave";
 /// commit.
 pub(crate) const READD: &str = "readd";
 
+/// The most members one commit adds (`Client::invite_many`; a longer batch goes into
+/// several commits, one per epoch). It keeps a commit far under the smallest transport
+/// limit, 4 MiB per libp2p gossip message (`Limits::max_message_size`; Waku segments up
+/// to 16 MiB): an Add carries the invitee's key package, about 2.7 KB on 0x004F and
+/// about 15 KB on the ML-KEM-1024 + ML-DSA-87 suites, so 64 are at most about 1 MB. The
+/// Welcome grows by one encrypted group secret per invitee (1.2-1.7 KB).
+pub const MAX_ADDS_PER_COMMIT: usize = 64;
+
+/// An add intent ready to be committed.
+struct ReadyAdd {
+    id: i64,
+    user: UserId,
+    key_package: KeyPackage,
+    /// SHA-256 of the HPKE key of the leaf it adds.
+    added: [u8; 32],
+}
+
+/// What an add intent row is ready for.
+enum AddRow {
+    /// To be committed (boxed: a key package is large beside the other variants).
+    Ready(Box<ReadyAdd>),
+    /// Its key package is being fetched.
+    Waiting,
+    /// Dropped (a member already, an unusable key package).
+    Dropped,
+}
+
+/// The invitees of an own commit as `pqmls_commits.invitee` and `pqmls_sent_voids.invitee`
+/// store them: hex user ids separated by commas (one id for an `invite`).
+pub(crate) fn encode_invitees<'a>(users: impl IntoIterator<Item = &'a UserId>) -> String {
+    users
+        .into_iter()
+        .map(UserId::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The invitees [`encode_invitees`] stored; what does not parse is left out.
+pub(crate) fn decode_invitees(text: &str) -> Vec<UserId> {
+    text.split(',').filter_map(|u| u.parse().ok()).collect()
+}
+
 impl State {
     /// Records an operation to commit and tries to commit it now. `user` is the hex id of
     /// the member to add or remove (empty for update and leave).
@@ -50,6 +94,35 @@ impl State {
         })
     }
 
+    /// Records one add intent per (user, key package), in this order, and commits them:
+    /// one commit takes up to [`MAX_ADDS_PER_COMMIT`] of them (`Client::invite_many`).
+    pub(crate) fn add_intents(
+        &mut self,
+        gid: &GroupId,
+        adds: Vec<(UserId, Vec<u8>)>,
+    ) -> Result<()> {
+        self.active_members(gid)?;
+        self.tx(|s| {
+            let mut batch: Option<i64> = None;
+            for (user, key_package) in &adds {
+                let id = s
+                    .db()
+                    .prepare_cached(
+                        "INSERT INTO pqmls_intents (group_id, kind, user, key_package, batch) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .insert(params![gid.0, ADD, user.to_string(), key_package, batch])?;
+                // The batch is numbered by its first row.
+                if batch.is_none() {
+                    s.db()
+                        .prepare_cached("UPDATE pqmls_intents SET batch = ?1 WHERE id = ?1")?
+                        .execute([id])?;
+                    batch = Some(id);
+                }
+            }
+            s.drive_intents(gid)
+        })
+    }
+
     /// Commits the first outstanding operation of a group, unless a commit of ours is
     /// already waiting to be ordered; drops operations the group already reflects.
     pub(crate) fn drive_intents(&mut self, gid: &GroupId) -> Result<()> {
@@ -67,74 +140,67 @@ impl State {
         }
         let epoch = group.mls.epoch().as_u64();
         let own = group.mls.own_leaf_index().u32();
-        let intents: Vec<(i64, String, String, Option<Vec<u8>>)> = self
+        type Row = (i64, String, String, Option<Vec<u8>>, Option<i64>);
+        let intents: Vec<Row> = self
             .db()
             .prepare_cached(
-                "SELECT id, kind, user, key_package FROM pqmls_intents WHERE group_id = ?1 AND done_epoch IS NULL ORDER BY id",
+                "SELECT id, kind, user, key_package, batch FROM pqmls_intents WHERE group_id = ?1 AND done_epoch IS NULL ORDER BY id",
             )?
-            .query_map([&gid.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .query_map([&gid.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
             .collect::<Result<_, _>>()?;
-        for (id, kind, user, key_package) in intents {
+        // Add intents already looked at in this pass (with their batch).
+        let mut handled: BTreeSet<i64> = BTreeSet::new();
+        for (pos, (id, kind, user, key_package, batch)) in intents.iter().enumerate() {
+            let (id, user) = (*id, user.as_str());
+            if handled.contains(&id) {
+                continue;
+            }
             let target: Option<UserId> = user.parse().ok();
             let members = self.member_list(gid)?;
             let leaf =
                 target.and_then(|t| members.iter().find(|(_, m)| m.id == t).map(|(i, _)| *i));
             match kind.as_str() {
                 ADD => {
-                    let Some(target) = target else {
-                        self.drop_intent(id)?;
-                        continue;
+                    // An `invite` is committed alone; the adds of one `invite_many` (one
+                    // batch number) together, once each has its key package, at most
+                    // `MAX_ADDS_PER_COMMIT` per commit (the rest in the next epoch).
+                    let rows: Vec<&Row> = match batch {
+                        None => vec![&intents[pos]],
+                        Some(b) => intents[pos..]
+                            .iter()
+                            .filter(|r| r.1 == ADD && r.4 == Some(*b))
+                            .collect(),
                     };
-                    if leaf.is_some() {
-                        self.drop_intent(id)?;
+                    let mut ready: Vec<ReadyAdd> = Vec::new();
+                    let mut waiting = false;
+                    for (id, _, user, key_package, _) in rows {
+                        handled.insert(*id);
+                        match self.ready_add(
+                            *id,
+                            user,
+                            key_package.as_deref(),
+                            batch.is_some(),
+                            &members,
+                        )? {
+                            AddRow::Ready(add) => {
+                                // A user listed twice waits for the first add to merge
+                                // (`invite_many` refuses that; older rows may hold it).
+                                if ready.len() < MAX_ADDS_PER_COMMIT
+                                    && !ready.iter().any(|r| r.user == add.user)
+                                {
+                                    ready.push(*add);
+                                }
+                            }
+                            AddRow::Waiting => waiting = true,
+                            AddRow::Dropped => {}
+                        }
+                    }
+                    if waiting || ready.is_empty() {
                         continue;
                     }
-                    let Some(kp_bytes) = key_package else {
-                        self.todo.fetch.push((id, target));
-                        continue;
-                    };
-                    let kp = match self.validate_key_package(&target, &kp_bytes) {
-                        Ok(kp) => kp,
-                        Err(e) => {
-                            tracing::warn!("dropping the invitation of {}: {e}", target.short());
-                            self.drop_intent(id)?;
-                            continue;
-                        }
-                    };
-                    let Some(added) = super::key_package_leaf_key(&kp) else {
-                        self.drop_intent(id)?;
-                        continue;
-                    };
-                    let (commit, welcome) = {
-                        let g = self
-                            .groups
-                            .get_mut(gid)
-                            .ok_or_else(|| Error::UnknownGroup(gid.clone()))?;
-                        match g.mls.add_members(&self.provider, &self.signer, &[kp]) {
-                            Ok((commit, welcome, _)) => (commit, Some(welcome)),
-                            Err(e) => {
-                                self.refused_intent(id, &kind, &user, &e)?;
-                                continue;
-                            }
-                        }
-                    };
-                    // One key package per add commit: if this commit loses for now and the
-                    // add is committed again, the two Welcomes must not share a key package.
-                    // The invitee's join with one consumes it, and then it cannot open the
-                    // other, which may be the one that wins (grinding seed 164: the invitee
-                    // listed on the chain, holding nothing).
-                    self.db().execute(
-                        "UPDATE pqmls_intents SET key_package = NULL WHERE id = ?1",
-                        [id],
-                    )?;
-                    return self.own_commit(
-                        gid,
-                        epoch,
-                        id,
-                        &commit,
-                        welcome.as_ref(),
-                        Some((&target, added)),
-                    );
+                    if self.commit_adds(gid, epoch, ready)? {
+                        return Ok(());
+                    }
                 }
                 READD => {
                     // Still listed (a removal since is never undone), not us, and not
@@ -145,11 +211,11 @@ impl State {
                         self.drop_intent(id)?;
                         continue;
                     };
-                    if self.readd_done(gid, &kp_bytes)? {
+                    if self.readd_done(gid, kp_bytes)? {
                         self.drop_intent(id)?;
                         continue;
                     }
-                    let Ok(kp) = self.validate_key_package(&target, &kp_bytes) else {
+                    let Ok(kp) = self.validate_key_package(&target, kp_bytes) else {
                         self.drop_intent(id)?;
                         continue;
                     };
@@ -179,12 +245,12 @@ impl State {
                             Ok(b) => match b.stage_commit(&self.provider) {
                                 Ok(bundle) => bundle,
                                 Err(e) => {
-                                    self.refused_intent(id, &kind, &user, &e)?;
+                                    self.refused_intent(id, kind, user, &e)?;
                                     continue;
                                 }
                             },
                             Err(e) => {
-                                self.refused_intent(id, &kind, &user, &e)?;
+                                self.refused_intent(id, kind, user, &e)?;
                                 continue;
                             }
                         }
@@ -196,7 +262,7 @@ impl State {
                         id,
                         &commit,
                         welcome.as_ref(),
-                        Some((&target, added)),
+                        &[(target, added)],
                     );
                 }
                 REMOVE => {
@@ -218,12 +284,12 @@ impl State {
                         ) {
                             Ok((commit, _, _)) => commit,
                             Err(e) => {
-                                self.refused_intent(id, &kind, &user, &e)?;
+                                self.refused_intent(id, kind, user, &e)?;
                                 continue;
                             }
                         }
                     };
-                    return self.own_commit(gid, epoch, id, &commit, None, None);
+                    return self.own_commit(gid, epoch, id, &commit, None, &[]);
                 }
                 UPDATE if self.config.grind > 1 => {
                     let commit = match self.grind_update(gid) {
@@ -234,7 +300,7 @@ impl State {
                             continue;
                         }
                     };
-                    return self.own_commit(gid, epoch, id, &commit, None, None);
+                    return self.own_commit(gid, epoch, id, &commit, None, &[]);
                 }
                 UPDATE => {
                     let commit = {
@@ -249,12 +315,12 @@ impl State {
                         ) {
                             Ok(bundle) => bundle.commit().clone(),
                             Err(e) => {
-                                self.refused_intent(id, &kind, &user, &e)?;
+                                self.refused_intent(id, kind, user, &e)?;
                                 continue;
                             }
                         }
                     };
-                    return self.own_commit(gid, epoch, id, &commit, None, None);
+                    return self.own_commit(gid, epoch, id, &commit, None, &[]);
                 }
                 LEAVE => {
                     let g = self.group(gid)?;
@@ -267,6 +333,101 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// An add intent's key package, checked; drops the row if the user is a member
+    /// already or the key package is unusable, and queues a fetch if it has none.
+    fn ready_add(
+        &mut self,
+        id: i64,
+        user: &str,
+        key_package: Option<&[u8]>,
+        batched: bool,
+        members: &[(u32, crate::identity::Member)],
+    ) -> Result<AddRow> {
+        let Ok(target) = user.parse::<UserId>() else {
+            self.drop_intent(id)?;
+            return Ok(AddRow::Dropped);
+        };
+        if members.iter().any(|(_, m)| m.id == target) {
+            self.drop_intent(id)?;
+            return Ok(AddRow::Dropped);
+        }
+        let Some(kp_bytes) = key_package else {
+            // A batched row is fetched once at a time (its batch is driven again after
+            // each of its rows' fetches); an `invite` row as always.
+            if !batched || self.fetching.insert(id) {
+                self.todo.fetch.push((id, target));
+            }
+            return Ok(AddRow::Waiting);
+        };
+        let kp = match self.validate_key_package(&target, kp_bytes) {
+            Ok(kp) => kp,
+            Err(e) => {
+                tracing::warn!("dropping the invitation of {}: {e}", target.short());
+                self.drop_intent(id)?;
+                return Ok(AddRow::Dropped);
+            }
+        };
+        let Some(added) = super::key_package_leaf_key(&kp) else {
+            self.drop_intent(id)?;
+            return Ok(AddRow::Dropped);
+        };
+        Ok(AddRow::Ready(Box::new(ReadyAdd {
+            id,
+            user: target,
+            key_package: kp,
+            added,
+        })))
+    }
+
+    /// Commits the adds of `batch` in one commit; `false` if OpenMLS refused every one.
+    /// If it refuses the batch, the first add is tried alone (the others wait for the
+    /// next epoch); an add refused alone has its intent dropped, and the rest is tried.
+    fn commit_adds(&mut self, gid: &GroupId, epoch: u64, mut batch: Vec<ReadyAdd>) -> Result<bool> {
+        let mut rest: Vec<ReadyAdd> = Vec::new();
+        let (commit, welcome) = loop {
+            let Some((first_id, first_user)) = batch.first().map(|a| (a.id, a.user)) else {
+                return Ok(false);
+            };
+            let kps: Vec<KeyPackage> = batch.iter().map(|a| a.key_package.clone()).collect();
+            let made = self
+                .groups
+                .get_mut(gid)
+                .ok_or_else(|| Error::UnknownGroup(gid.clone()))?
+                .mls
+                .add_members(&self.provider, &self.signer, &kps);
+            match made {
+                Ok((commit, welcome, _)) => break (commit, welcome),
+                Err(e) if batch.len() > 1 => {
+                    tracing::warn!(
+                        "OpenMLS refused {} adds in one commit ({e}); trying the first alone",
+                        batch.len()
+                    );
+                    rest = batch.split_off(1);
+                }
+                Err(e) => {
+                    self.refused_intent(first_id, ADD, &first_user.to_string(), &e)?;
+                    batch = std::mem::take(&mut rest);
+                }
+            }
+        };
+        let Some(first_id) = batch.first().map(|a| a.id) else {
+            return Ok(false);
+        };
+        // One key package per add commit: if this commit loses for now and the add is
+        // committed again, the two Welcomes must not share a key package. The invitee's
+        // join with one consumes it, and then it cannot open the other, which may be the
+        // one that wins (grinding seed 164: the invitee listed on the chain, holding
+        // nothing).
+        for a in &batch {
+            self.db()
+                .prepare_cached("UPDATE pqmls_intents SET key_package = NULL WHERE id = ?1")?
+                .execute([a.id])?;
+        }
+        let invitees: Vec<(UserId, [u8; 32])> = batch.iter().map(|a| (a.user, a.added)).collect();
+        self.own_commit(gid, epoch, first_id, &commit, Some(&welcome), &invitees)?;
+        Ok(true)
     }
 
     /// Drops an operation OpenMLS refuses to commit. Propagating the error would roll
@@ -306,9 +467,24 @@ impl State {
         })
     }
 
-    /// Drops an add intent whose user has no key package.
+    /// Drops an add intent whose user has no key package. The rest of its batch, if it
+    /// was waiting for this one, is committed now.
     pub(crate) fn abandon_intent(&mut self, id: i64) -> Result<()> {
-        self.tx(|s| s.drop_intent(id))
+        self.tx(|s| {
+            let batched: Option<Vec<u8>> = s
+                .db()
+                .query_row(
+                    "SELECT group_id FROM pqmls_intents WHERE id = ?1 AND batch IS NOT NULL",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            s.drop_intent(id)?;
+            match batched {
+                Some(group) => s.drive_intents(&GroupId(group)),
+                None => Ok(()),
+            }
+        })
     }
 
     /// The grinding adversary of the simulation ([`crate::Config::grind`]): makes that
@@ -361,7 +537,7 @@ impl State {
         intent: i64,
         commit: &MlsMessageOut,
         welcome: Option<&MlsMessageOut>,
-        invitee: Option<(&UserId, [u8; 32])>,
+        invitees: &[(UserId, [u8; 32])],
     ) -> Result<()> {
         let mls = ser(commit)?;
         let hash = wire::commit_hash(&mls);
@@ -386,10 +562,10 @@ impl State {
                 &hash[..],
                 payload,
                 welcome,
-                invitee.map(|(u, _)| u.to_string()),
+                (!invitees.is_empty()).then(|| encode_invitees(invitees.iter().map(|(u, _)| u))),
                 intent,
                 &priority[..],
-                invitee.map(|(_, k)| k.to_vec())
+                (!invitees.is_empty()).then(|| invitees.iter().flat_map(|(_, k)| *k).collect::<Vec<u8>>())
             ],
         )?;
         // OpenMLS's state holding this pending commit (see `switch_branch`).

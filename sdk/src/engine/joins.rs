@@ -732,25 +732,35 @@ impl State {
         let members = self.member_list(gid)?;
         let mut off = Vec::new();
         for (welcome, invitee, id, key, added) in rows {
-            let (Ok(user), Ok(added)) = (
-                invitee.parse::<UserId>(),
-                <[u8; 32]>::try_from(added.as_slice()),
-            ) else {
+            // One commit may add several invitees (`intents::commit_adds`): their added
+            // leaves in the same order, 32 bytes each. Each is judged on its own; the
+            // withdrawal goes to those off the chain.
+            let users = super::intents::decode_invitees(&invitee);
+            if added.len() != 32 * users.len() {
                 continue;
-            };
-            let theirs: Vec<order::RecordedLeaf> = members
-                .iter()
-                .filter(|(_, m)| m.id == user)
-                .filter_map(|(index, _)| {
-                    keys.get(index).map(|(key, by_owner)| order::RecordedLeaf {
-                        index: *index,
-                        key: *key,
-                        by_owner: *by_owner,
+            }
+            let mut gone = Vec::new();
+            for (user, added) in users.iter().zip(added.chunks_exact(32)) {
+                let Ok(added) = <[u8; 32]>::try_from(added) else {
+                    continue;
+                };
+                let theirs: Vec<order::RecordedLeaf> = members
+                    .iter()
+                    .filter(|(_, m)| m.id == *user)
+                    .filter_map(|(index, _)| {
+                        keys.get(index).map(|(key, by_owner)| order::RecordedLeaf {
+                            index: *index,
+                            key: *key,
+                            by_owner: *by_owner,
+                        })
                     })
-                })
-                .collect();
-            if order::add_off_chain(&added, &theirs) {
-                off.push((welcome, invitee, id, key));
+                    .collect();
+                if order::add_off_chain(&added, &theirs) {
+                    gone.push(*user);
+                }
+            }
+            if !gone.is_empty() {
+                off.push((welcome, super::intents::encode_invitees(&gone), id, key));
             }
         }
         self.send_voids(gid, off)
@@ -778,8 +788,8 @@ impl State {
     fn send_voids(&mut self, gid: &GroupId, rows: Vec<VoidRow>) -> Result<()> {
         let (aead, key_len) = void_aead(self.config.suite);
         for (welcome, invitee, id, key) in rows {
-            let (Ok(invitee), Ok(id)) = (invitee.parse::<UserId>(), <[u8; 32]>::try_from(id))
-            else {
+            let invitees = super::intents::decode_invitees(&invitee);
+            let (false, Ok(id)) = (invitees.is_empty(), <[u8; 32]>::try_from(id)) else {
                 continue;
             };
             let hash = wire::welcome_hash(&welcome);
@@ -799,32 +809,34 @@ impl State {
                 )
                 .map_err(|e| Error::Crypto(format!("{e:?}")))?;
             tracing::debug!(
-                "{}: withdrawing the Welcome of {} to {gid} ({})",
+                "{}: withdrawing the Welcome of {} invitee(s) to {gid} ({})",
                 self.name,
-                invitee.short(),
+                invitees.len(),
                 super::short(&id)
             );
             let payload = Wire::Void { id, sealed }.encode();
-            self.enqueue(&wire::inbox_topic(&invitee), payload.clone())?;
+            for invitee in &invitees {
+                self.enqueue(&wire::inbox_topic(invitee), payload.clone())?;
+            }
             // Published again a few times (`finality::republish_own`): a Welcome whose
             // withdrawal is lost leaves its invitee on a dead branch for good.
             self.db().execute(
                 "INSERT OR IGNORE INTO pqmls_sent_voids (void_id, invitee, payload) VALUES (?1, ?2, ?3)",
-                params![&id[..], invitee.to_string(), payload],
+                params![&id[..], invitee, payload],
             )?;
         }
         Ok(())
     }
 
-    /// After our add commit merged: the Welcome goes out, and the keys of a possible
-    /// withdrawal of it are derived from the new epoch (the invitee derives the same when
-    /// it joins).
+    /// After our add commit merged: the Welcome goes out to each invitee's inbox (one
+    /// Welcome for all the members a batch added), and the keys of a possible withdrawal
+    /// of it are derived from the new epoch (the invitees derive the same when they join).
     pub(crate) fn send_welcome(
         &mut self,
         gid: &GroupId,
         commit_hash: &[u8],
         welcome: Vec<u8>,
-        invitee: &UserId,
+        invitees: &[UserId],
     ) -> Result<()> {
         let hash = wire::welcome_hash(&welcome);
         let exported = self
@@ -834,9 +846,9 @@ impl State {
             .map_err(mls)?;
         let void = VoidKeys::derive(&exported);
         tracing::trace!(
-            "{}: Welcome of {} to {gid} by {}: withdrawal {}",
+            "{}: Welcome of {} invitee(s) to {gid} by {}: withdrawal {}",
             self.name,
-            invitee.short(),
+            invitees.len(),
             super::short(commit_hash),
             super::short(&void.id)
         );
@@ -846,6 +858,9 @@ impl State {
         )?;
         let payload = Wire::Welcome { mls: welcome }.encode();
         self.stats.last_welcome_bytes = payload.len() as u64;
-        self.enqueue(&wire::inbox_topic(invitee), payload)
+        for invitee in invitees {
+            self.enqueue(&wire::inbox_topic(invitee), payload.clone())?;
+        }
+        Ok(())
     }
 }

@@ -131,6 +131,11 @@ pub(crate) struct State {
     /// Own commits merged but not final yet: when each was last published, and how
     /// often (see `finality::republish_own`).
     pub republished: BTreeMap<[u8; 32], (Instant, u32)>,
+    /// Add intents of `invite_many` batches whose key package is being fetched: a batch
+    /// waits for all of its rows and is driven again after each fetch, which must not
+    /// queue the others again (`intents::ready_add`; the client clears each id when its
+    /// fetch ended).
+    pub fetching: BTreeSet<i64>,
     /// Member records decoded, by group and epoch, with the text they were decoded from:
     /// read for every vote (`finality::epoch_members`), and used only while the stored
     /// text is the same, so a rewrite or a rollback can never leave a stale list.

@@ -31,7 +31,7 @@ use crate::config::FailPoint;
 use crate::db::{self, to_i64, to_u64};
 use crate::error::{Error, Result, mls};
 use crate::event::Event;
-use crate::identity::{Member, UserId};
+use crate::identity::Member;
 use crate::order::{self, CommitId};
 use crate::trust::EpochSlot;
 use crate::wire::{self, Wire};
@@ -321,7 +321,12 @@ impl State {
             if let Some(g) = self.groups.get_mut(&gid) {
                 g.settle_at = None;
             }
+            let (started, merged) = (std::time::Instant::now(), self.stats.commits_merged);
             self.tx(|s| s.settle(&gid))?;
+            if self.stats.commits_merged > merged {
+                self.stats.last_merge_micros =
+                    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            }
         }
         // Buffered messages whose replay ran out of budget.
         let replay: Vec<GroupId> = self
@@ -680,10 +685,14 @@ impl State {
                 )
                 .optional()?;
             if let Some((welcome, invitee, intent)) = row {
-                if let (Some(welcome), Some(invitee)) =
-                    (welcome, invitee.and_then(|i| i.parse::<UserId>().ok()))
+                let invitees = invitee
+                    .as_deref()
+                    .map(super::intents::decode_invitees)
+                    .unwrap_or_default();
+                if let Some(welcome) = welcome
+                    && !invitees.is_empty()
                 {
-                    self.send_welcome(gid, hash, welcome, &invitee)?;
+                    self.send_welcome(gid, hash, welcome, &invitees)?;
                 }
                 if let Some(intent) = intent {
                     let kind: Option<String> = self
@@ -704,6 +713,19 @@ impl State {
                     self.db()
                         .prepare_cached("UPDATE pqmls_intents SET done_epoch = ?2 WHERE id = ?1")?
                         .execute(params![intent, to_i64(old_epoch)])?;
+                    // The other adds of an `invite_many` batch this commit made: those
+                    // of its batch for the users it added.
+                    if kind.as_deref() == Some(super::intents::ADD) && invitees.len() > 1 {
+                        for user in &invitees {
+                            self.db()
+                                .prepare_cached(
+                                    "UPDATE pqmls_intents SET done_epoch = ?4
+                                     WHERE group_id = ?1 AND kind = 'add' AND user = ?2 AND done_epoch IS NULL
+                                     AND batch = (SELECT batch FROM pqmls_intents WHERE id = ?3)",
+                                )?
+                                .execute(params![gid.0, user.to_string(), intent, to_i64(old_epoch)])?;
+                        }
+                    }
                 }
             }
         }
