@@ -3,9 +3,11 @@
 //!
 //! ```text
 //! cargo build --release -p pqmls-transport --example waku_numbers
-//! ./target/release/examples/waku_numbers segments [nodes rounds line|mesh]   # defaults: 5 10 line
-//! ./target/release/examples/waku_numbers store [messages topics payload secs] # defaults: 10000 4 1024 5
+//! ./target/release/examples/waku_numbers segments [nodes rounds line|mesh]
+//! ./target/release/examples/waku_numbers store [messages topics payload secs]
 //! ```
+//!
+//! Defaults: `segments 5 10 line`, `store 10000 4 1024 5`.
 //!
 //! `segments`: `nodes` Waku relay nodes in one process on 127.0.0.1 (TCP/Noise/Yamux), one
 //! shard, the Nim node's relay settings (heartbeat 1 s, mesh 6, flood publishing). In a
@@ -67,7 +69,10 @@ fn num(n: usize, default: usize) -> usize {
 }
 
 fn shard0() -> PubsubTopic {
-    PubsubTopic::new(CLUSTER, 0).expect("shard 0")
+    PubsubTopic {
+        cluster: CLUSTER,
+        shard: 0,
+    }
 }
 
 fn now_nanos() -> i64 {
