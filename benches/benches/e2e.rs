@@ -29,6 +29,14 @@
 //! peers per 1 s heartbeat, for 3 heartbeats) or the next catch-up from the store.
 //! Invitees dial only the store.
 //!
+//! `PQMLS_E2E_TRANSPORT=waku` runs the same cells over Waku (issue 13 item 6): the store
+//! node is a Waku relay node with store v3 (its per-peer store rate limit off, as in
+//! `pqmls demo --waku`), the clients are [`Client::start_waku`] on Waku relay nodes of the
+//! local preset's cluster (all shards, 1 s heartbeat) asking that store, with the same
+//! dials; the benchmark ids get a `waku-` prefix (`e2e_commit_to_epoch/waku-0x004F/5`).
+//! Before an invitation the wait is for the invitee's relay mesh instead of the store's
+//! mesh on its inbox topic.
+//!
 //! `PQMLS_E2E_PAST_EPOCHS` sets every client's `Config::past_epoch_secrets` (how many past
 //! epochs' message secrets OpenMLS keeps and rewrites on each merge).
 //!
@@ -50,7 +58,8 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
 use pqmls::{Ciphersuite, Client, Config, Event, Events, GroupId};
 use pqmls_transport::node::Config as NodeConfig;
-use pqmls_transport::{Multiaddr, Node, Topic, store};
+use pqmls_transport::waku::preset::Preset;
+use pqmls_transport::{Multiaddr, Node, PeerId, Topic, store};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
@@ -73,6 +82,41 @@ const SUITES: [(&str, Ciphersuite); 2] = [
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a fleet to be built.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Whether the clients run over Waku (`PQMLS_E2E_TRANSPORT=waku`).
+fn on_waku() -> bool {
+    std::env::var("PQMLS_E2E_TRANSPORT").is_ok_and(|v| v == "waku")
+}
+
+/// The store node's configuration: pqmls's store, or a Waku relay node with store v3.
+fn store_config(dir: PathBuf, waku: bool) -> NodeConfig {
+    if waku {
+        let mut c = NodeConfig::loopback()
+            .with_waku(Preset::Local.relay())
+            .with_store(dir, store::Config::default());
+        // Catch-ups ask more than the 100 queries a minute a Waku node grants one peer by
+        // default; the libp2p store has no such limit.
+        c.limits.rate_limits.store = None;
+        c
+    } else {
+        pqmls::store_node(NodeConfig::loopback(), dir, store::Config::default()).unwrap()
+    }
+}
+
+/// Starts a client bootstrapping to the store: on libp2p, or on Waku asking `waku_store`.
+async fn start_client(config: Config, bootstrap: &Multiaddr, waku_store: Option<PeerId>) -> Client {
+    let node = NodeConfig::loopback().with_bootstrap(bootstrap.clone());
+    match waku_store {
+        Some(store) => Client::start_waku(
+            config,
+            node.with_waku(Preset::Local.relay()),
+            pqmls::net_waku::Config::default().with_store_peer(store),
+        )
+        .await
+        .unwrap(),
+        None => Client::start(config, node).await.unwrap(),
+    }
+}
 
 fn links() -> usize {
     std::env::var("PQMLS_E2E_LINKS")
@@ -170,10 +214,12 @@ fn ms(d: Duration) -> String {
 
 /// One store node, N members in one group, and what the iterations need.
 struct Fleet {
-    suite_name: &'static str,
+    suite_name: String,
     suite: Ciphersuite,
     dir: TempDir,
     store: Node,
+    /// The store's peer id when the clients run over Waku.
+    waku_store: Option<PeerId>,
     bootstrap: Multiaddr,
     members: Vec<Client>,
     events: Vec<Events>,
@@ -183,31 +229,25 @@ struct Fleet {
 }
 
 impl Fleet {
-    async fn start(suite_name: &'static str, suite: Ciphersuite, n: usize) -> Fleet {
+    async fn start(suite_name: String, suite: Ciphersuite, n: usize, waku: bool) -> Fleet {
         let t0 = Instant::now();
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Node::start(
-            pqmls::store_node(
-                NodeConfig::loopback(),
-                dir.path().join("store"),
-                store::Config::default(),
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+        let (store, _) = Node::start(store_config(dir.path().join("store"), waku))
+            .await
+            .unwrap();
+        let waku_store = waku.then(|| store.peer_id());
         let bootstrap = store.listen_addrs().await.unwrap().remove(0);
         let links = links();
         let mut members: Vec<Client> = Vec::with_capacity(n);
         let mut addrs: Vec<Multiaddr> = Vec::with_capacity(n);
         for i in 0..n {
             let name = format!("m{i}");
-            let c = Client::start(
+            let c = start_client(
                 client_config(&name, suite, dir.path()),
-                NodeConfig::loopback().with_bootstrap(bootstrap.clone()),
+                &bootstrap,
+                waku_store,
             )
-            .await
-            .unwrap();
+            .await;
             let node = c.node().unwrap();
             for j in 1..=links.min(i) {
                 node.dial(addrs[i - j].clone()).await.unwrap();
@@ -242,10 +282,11 @@ impl Fleet {
             pqmls::wait_for_mesh(m, &group).await.unwrap();
         }
         let mut fleet = Fleet {
-            suite_name,
+            suite_name: suite_name.clone(),
             suite,
             dir,
             store,
+            waku_store,
             bootstrap,
             members,
             events,
@@ -276,12 +317,12 @@ impl Fleet {
     async fn invite_once(&mut self, phases: &mut Vec<[Duration; 4]>) -> Duration {
         let name = format!("x{}", self.invitees);
         self.invitees += 1;
-        let invitee = Client::start(
+        let invitee = start_client(
             client_config(&name, self.suite, &self.path()),
-            NodeConfig::loopback().with_bootstrap(self.bootstrap.clone()),
+            &self.bootstrap,
+            self.waku_store,
         )
-        .await
-        .unwrap();
+        .await;
         let mut inv_events = invitee.events();
         let inviter = self.members[0].clone();
         within(
@@ -292,11 +333,22 @@ impl Fleet {
         .await
         .unwrap();
         // The Welcome goes to the invitee's inbox topic through the store: wait (at most
-        // 5 s, untimed) until the store is in that topic's mesh.
+        // 5 s, untimed) until the store is in that topic's mesh. Over Waku it goes on the
+        // relay shard every client is on: wait until the invitee has a mesh peer there.
         let inbox = inbox_topic(&invitee.id());
         let node = invitee.node().unwrap().clone();
+        let waku = self.waku_store.is_some();
+        let group = self.group.clone();
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            while node.mesh_peers(&inbox).await.unwrap_or(0) == 0 {
+            loop {
+                let peers = if waku {
+                    invitee.mesh_peers(&group).await.ok().flatten().unwrap_or(0)
+                } else {
+                    node.mesh_peers(&inbox).await.unwrap_or(0)
+                };
+                if peers > 0 {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -418,7 +470,13 @@ fn e2e(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    let waku = on_waku();
     for (suite_name, suite) in SUITES {
+        let suite_name = if waku {
+            format!("waku-{suite_name}")
+        } else {
+            suite_name.to_owned()
+        };
         for n in SIZES {
             let mut fleet: Option<Fleet> = None;
             let start = |fleet: &mut Option<Fleet>| {
@@ -426,7 +484,7 @@ fn e2e(c: &mut Criterion) {
                     *fleet = Some(rt.block_on(within(
                         "fleet setup",
                         SETUP_TIMEOUT,
-                        Fleet::start(suite_name, suite, n),
+                        Fleet::start(suite_name.clone(), suite, n, waku),
                     )));
                 }
             };
@@ -434,7 +492,7 @@ fn e2e(c: &mut Criterion) {
             let mut g = c.benchmark_group("e2e_invite_to_first_message");
             g.sampling_mode(SamplingMode::Flat);
             let mut phases = Vec::new();
-            g.bench_function(BenchmarkId::new(suite_name, n), |b| {
+            g.bench_function(BenchmarkId::new(&suite_name, n), |b| {
                 start(&mut fleet);
                 let f = fleet.as_mut().unwrap();
                 b.iter_custom(|iters| {
@@ -468,7 +526,7 @@ fn e2e(c: &mut Criterion) {
             let mut g = c.benchmark_group("e2e_commit_to_epoch");
             g.sampling_mode(SamplingMode::Flat);
             let mut phases = Vec::new();
-            g.bench_function(BenchmarkId::new(suite_name, n), |b| {
+            g.bench_function(BenchmarkId::new(&suite_name, n), |b| {
                 start(&mut fleet);
                 let f = fleet.as_mut().unwrap();
                 b.iter_custom(|iters| {
