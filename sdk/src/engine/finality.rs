@@ -1033,8 +1033,7 @@ impl State {
         let Some(left) = self.left_ms(gid, first_open)? else {
             return Ok(Some(first_open));
         };
-        let horizon =
-            u64::try_from(self.config.open_epoch_horizon.as_millis()).unwrap_or(u64::MAX);
+        let horizon = u64::try_from(self.config.open_epoch_horizon.as_millis()).unwrap_or(u64::MAX);
         Ok((to_u64(left).saturating_add(horizon) > self.horizon_ms()).then_some(first_open))
     }
 
@@ -1045,7 +1044,9 @@ impl State {
             .prepare_cached(
                 "SELECT entered_ms FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch = ?2",
             )?
-            .query_row(params![gid.0, to_i64(epoch.saturating_add(1))], |r| r.get(0))
+            .query_row(params![gid.0, to_i64(epoch.saturating_add(1))], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
