@@ -1030,16 +1030,15 @@ impl State {
     /// less than [`crate::Config::open_epoch_horizon`] ago (see there why).
     pub(crate) fn open_epoch_kept(&self, gid: &GroupId) -> Result<Option<u64>> {
         let first_open = self.final_epoch(gid)?.map_or(0, |f| f + 1);
-        let Some(left) = self.left_ms(gid, first_open)? else {
-            return Ok(Some(first_open));
-        };
-        let horizon = u64::try_from(self.config.open_epoch_horizon.as_millis()).unwrap_or(u64::MAX);
-        Ok((to_u64(left).saturating_add(horizon) > self.horizon_ms()).then_some(first_open))
+        Ok(self
+            .left_within(gid, first_open, self.config.open_epoch_horizon)?
+            .then_some(first_open))
     }
 
-    /// When we left `epoch` on the branch we hold (entered the next one), if we did.
-    fn left_ms(&self, gid: &GroupId, epoch: u64) -> Result<Option<i64>> {
-        Ok(self
+    /// Whether we left `epoch` on the branch we hold (entered the next one) less than
+    /// `within` ago, or have not left it.
+    fn left_within(&self, gid: &GroupId, epoch: u64, within: std::time::Duration) -> Result<bool> {
+        let left: Option<i64> = self
             .db()
             .prepare_cached(
                 "SELECT entered_ms FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch = ?2",
@@ -1047,20 +1046,16 @@ impl State {
             .query_row(params![gid.0, to_i64(epoch.saturating_add(1))], |r| {
                 r.get(0)
             })
-            .optional()?)
+            .optional()?;
+        let within = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        Ok(left.is_none_or(|l| to_u64(l).saturating_add(within) > self.horizon_ms()))
     }
 
     /// Whether our snapshot of `epoch` may serve a move on priority: held, and not kept
     /// past the fork horizon only for the first open epoch's round 2 and final commit.
     pub(crate) fn snapshot_for_moves(&self, gid: &GroupId, epoch: u64) -> Result<bool> {
-        if !db::has_snapshot(self.db(), &gid.0, epoch)? {
-            return Ok(false);
-        }
-        let Some(left) = self.left_ms(gid, epoch)? else {
-            return Ok(true);
-        };
-        let horizon = u64::try_from(self.config.fork_horizon.as_millis()).unwrap_or(u64::MAX);
-        Ok(to_u64(left).saturating_add(horizon) > self.horizon_ms())
+        Ok(db::has_snapshot(self.db(), &gid.0, epoch)?
+            && self.left_within(gid, epoch, self.config.fork_horizon)?)
     }
 
     /// Has OpenMLS delete the application-message secrets of past epochs we entered

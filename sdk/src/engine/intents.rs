@@ -61,16 +61,12 @@ enum AddRow {
 /// The invitees of an own commit as `pqmls_commits.invitee` and `pqmls_sent_voids.invitee`
 /// store them: hex user ids separated by commas (one id for an `invite`).
 pub(crate) fn encode_invitees<'a>(users: impl IntoIterator<Item = &'a UserId>) -> String {
-    users
-        .into_iter()
-        .map(UserId::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    super::ordering::encode_list(users)
 }
 
 /// The invitees [`encode_invitees`] stored; what does not parse is left out.
 pub(crate) fn decode_invitees(text: &str) -> Vec<UserId> {
-    text.split(',').filter_map(|u| u.parse().ok()).collect()
+    super::ordering::decode_list(text)
 }
 
 impl State {

@@ -49,18 +49,29 @@ pub(crate) struct Staged {
     pub(crate) contender: order::Contender,
 }
 
-/// Leaf indices as stored (`"3,7"`).
-pub(crate) fn encode_leaves(leaves: &BTreeSet<u32>) -> String {
-    leaves
-        .iter()
-        .map(u32::to_string)
+/// A list as one text column stores it, items separated by commas (leaf indices
+/// `"3,7"`, invitees' hex ids).
+pub(crate) fn encode_list<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
+    items
+        .into_iter()
+        .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(",")
 }
 
+/// The inverse of [`encode_list`]; what does not parse is left out.
+pub(crate) fn decode_list<T: std::str::FromStr, C: FromIterator<T>>(text: &str) -> C {
+    text.split(',').filter_map(|i| i.parse().ok()).collect()
+}
+
+/// Leaf indices as stored (`"3,7"`).
+pub(crate) fn encode_leaves(leaves: &BTreeSet<u32>) -> String {
+    encode_list(leaves)
+}
+
 /// The inverse of [`encode_leaves`].
 pub(crate) fn decode_leaves(text: &str) -> BTreeSet<u32> {
-    text.split(',').filter_map(|l| l.parse().ok()).collect()
+    decode_list(text)
 }
 
 /// What trying one commit candidate gave.
