@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 
 /// Version of the SDK schema, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 /// Creates the SDK's tables if they do not exist yet, and brings an older schema up to date.
 pub(crate) fn migrate(db: &Connection) -> Result<()> {
@@ -45,7 +45,40 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
     if version < 9 {
         migrate_v9(db)?;
     }
-    migrate_v10(db)
+    if version < 10 {
+        migrate_v10(db)?;
+    }
+    migrate_v11(db)
+}
+
+/// Version 11: the branch each of our add commits was made on, as the commits we had
+/// merged for the epochs not final then (`joins::record_add_ancestry`). When one of
+/// those epochs becomes final with another commit, the add can never be merged by
+/// anyone, and its Welcome is withdrawn at once (`joins::void_lost_to`), not only once
+/// the add's own epoch is final: that epoch may wait for the vote of the invitee itself,
+/// held on the dead branch by the Welcome (partition seeds 6 and 185). And the last final
+/// epoch of a state a join replaced, for the way back if that join's Welcome is withdrawn.
+fn migrate_v11(db: &Connection) -> Result<()> {
+    db.execute_batch(
+        "BEGIN;
+         CREATE TABLE IF NOT EXISTS pqmls_add_ancestry (
+             group_id BLOB NOT NULL,
+             -- An own add commit (pqmls_commits.hash).
+             commit_hash BLOB NOT NULL,
+             -- An epoch before the commit's, not final when it was made, and the commit
+             -- we had merged for it then.
+             epoch INTEGER NOT NULL,
+             merged_hash BLOB NOT NULL,
+             PRIMARY KEY (group_id, commit_hash, epoch)
+         );
+         -- The last final epoch of the state a join replaced (a member removed or lost,
+         -- invited again): if that join's Welcome is withdrawn, the member asks to be
+         -- added again under that epoch's keys, kept for it (`joins::on_void`).
+         ALTER TABLE pqmls_joins ADD COLUMN prior_final INTEGER;
+         PRAGMA user_version = 11;
+         COMMIT;",
+    )?;
+    Ok(())
 }
 
 /// Version 10: add intents queued together by `Client::invite_many` share a `batch`

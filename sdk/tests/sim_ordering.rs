@@ -29,6 +29,12 @@ fn partition_trial(seed: u64) -> TrialReport {
     })
 }
 
+/// The partition trial of `seed` ends with every member on one chain.
+fn assert_partition_converges(seed: u64) {
+    let r = partition_trial(seed);
+    assert!(r.converged, "seed {seed} not converged: {:?}", r.failure);
+}
+
 /// Every member converged, or the only ones outside reported `Unrecoverable`.
 fn assert_no_silent_fork(r: &TrialReport) {
     assert!(
@@ -182,6 +188,33 @@ fn partition_seed_119_a_split_decided_after_the_horizon() {
     assert_no_silent_fork(&partition_trial(119));
 }
 
+/// Partition seed 185, replayed exactly: epoch 8 became final with another commit than
+/// the one a branch had built on up to epoch 15, and an add made on that branch at epoch
+/// 13 (m10's) was withdrawn only once epoch 13 was final on the live chain. But m10 was a
+/// member of the live chain's epoch 12 (another add of it, kept aside while it held the
+/// dead branch), round 1 there had every vote but m10's, so epoch 12 stayed open for good,
+/// epoch 13 never became final, and m10, with m3 behind it, stayed on dead branches
+/// without a word: a finality/withdrawal cycle. The inviter now withdraws, when an epoch
+/// becomes final, every add of its made on a branch through another commit for that epoch
+/// (`joins::void_lost_to`). Fails without it.
+#[test]
+fn partition_seed_185_an_add_on_a_branch_that_lost_is_withdrawn_at_once() {
+    assert_partition_converges(185);
+}
+
+/// Partition seed 6, replayed exactly: a member (m5) removed and invited again on a
+/// branch that then lost at epoch 14 joined with that Welcome, which replaced its state;
+/// the Welcome was withdrawn (at once since the change above, before it not at all: the
+/// cycle of seed 185), and m5 dropped the group. The live chain still listed it with its
+/// earlier leaf, and nobody re-adds a listed member unasked: listed, holding nothing,
+/// silent. A join that replaces a state now keeps that state's last final epoch's keys,
+/// and a withdrawal of its Welcome makes the member ask to be added again under them, as
+/// one that lost the group there (`joins::on_void`). Fails without it.
+#[test]
+fn partition_seed_6_a_member_whose_second_welcome_is_withdrawn_asks_to_come_back() {
+    assert_partition_converges(6);
+}
+
 /// Partition seed 369, replayed exactly: a member that lost the group at epoch 9 abstains
 /// (its leaf casts no vote later); at epoch 13 round 1 splits 5-4 with its vote the only
 /// one missing, so its abstention decides the epoch. A member added after epoch 9 could
@@ -192,8 +225,7 @@ fn partition_seed_119_a_split_decided_after_the_horizon() {
 /// the forwarding.
 #[test]
 fn partition_seed_369_later_members_count_earlier_abstentions() {
-    let r = partition_trial(369);
-    assert!(r.converged, "not converged: {:?}", r.failure);
+    assert_partition_converges(369);
 }
 
 /// A partition longer than the horizon: two members are away for 4 s with 1 s horizons

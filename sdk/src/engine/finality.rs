@@ -923,7 +923,7 @@ impl State {
         // add its inviter had left before it lost the group).
         self.void_abandoned(gid, epoch, &[])?;
         if let Some(last) = self.final_of(gid, epoch)? {
-            self.void_dead(gid, epoch, &last)?;
+            self.void_lost_to(gid, epoch, &last)?;
         }
         self.stats.unrecoverable += 1;
         tracing::warn!(
@@ -941,7 +941,7 @@ impl State {
     fn finalize(&mut self, gid: &GroupId, epoch: u64) -> Result<()> {
         tracing::debug!("{}: group {gid} epoch {epoch} final", self.name);
         if let Some(f) = self.merged_at(gid, epoch)? {
-            self.void_dead(gid, epoch, &f)?;
+            self.void_lost_to(gid, epoch, &f)?;
             // The votes for it are what made it final: kept with it, for a member that
             // lost its copies for good and asks (`on_need`).
             self.db().execute(

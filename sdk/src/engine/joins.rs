@@ -57,6 +57,10 @@ fn void_aead(suite: Ciphersuite) -> (AeadType, usize) {
 /// (Welcome, invitee, void id, void key) of an own add commit.
 type VoidRow = (Vec<u8>, String, Vec<u8>, Vec<u8>);
 
+/// The most open epochs recorded as the branch of one add commit of ours
+/// (`State::record_add_ancestry`): 32 bytes of hash and a row each.
+const MAX_ANCESTRY: i64 = 256;
+
 impl State {
     /// A Welcome on our inbox.
     pub(crate) fn on_welcome(&mut self, bytes: &[u8]) -> Result<Outcome> {
@@ -446,7 +450,7 @@ impl State {
             let last = self.group(&gid)?.mls.epoch().as_u64();
             for e in first.max(last.saturating_sub(super::finality::KEEP_FINAL))..=last {
                 if let Some(f) = self.final_of(&gid, e)? {
-                    self.void_dead(&gid, e, &f)?;
+                    self.void_lost_to(&gid, e, &f)?;
                 }
             }
             open_from = Some(first);
@@ -475,13 +479,18 @@ impl State {
                 self.db()
                     .execute("DELETE FROM pqmls_intents WHERE group_id = ?1", [&gid.0])?;
             }
-            self.db()
-                .execute("DELETE FROM pqmls_epochs WHERE group_id = ?1", [&gid.0])?;
-            // The old state's epoch keys too: what they name (votes, requests for
-            // commits or for a re-add) is decided by those who were there.
+            // The old state's records and epoch keys too: what they name (votes,
+            // requests for commits or for a re-add) is decided by those who were there.
+            // But for its last final epoch: on the chain of every member, so if this
+            // Welcome is withdrawn we ask to be added again under its keys (`on_void`).
+            let prior_final = open_from.and_then(|f: u64| f.checked_sub(1)).map(to_i64);
             self.db().execute(
-                "DELETE FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch < ?2",
-                params![gid.0, to_i64(epoch)],
+                "DELETE FROM pqmls_epochs WHERE group_id = ?1 AND epoch IS NOT ?2",
+                params![gid.0, prior_final],
+            )?;
+            self.db().execute(
+                "DELETE FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch < ?2 AND epoch IS NOT ?3",
+                params![gid.0, to_i64(epoch), prior_final],
             )?;
         }
         // A fresh state: what we merged or found invalid on an earlier state of this group
@@ -511,9 +520,17 @@ impl State {
             [&gid.0],
         )?;
         self.db().execute(
-            "INSERT OR REPLACE INTO pqmls_joins (group_id, welcome_hash, inviter_key, joined_seq, epoch, void_id, void_key)
-             VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) FROM pqmls_messages), ?4, ?5, ?6)",
-            params![gid.0, &hash[..], inviter_key, to_i64(epoch), &void.id[..], &void.key[..]],
+            "INSERT OR REPLACE INTO pqmls_joins (group_id, welcome_hash, inviter_key, joined_seq, epoch, void_id, void_key, prior_final)
+             VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) FROM pqmls_messages), ?4, ?5, ?6, ?7)",
+            params![
+                gid.0,
+                &hash[..],
+                inviter_key,
+                to_i64(epoch),
+                &void.id[..],
+                &void.key[..],
+                open_from.and_then(|f| f.checked_sub(1)).map(to_i64)
+            ],
         )?;
         self.db().execute(
             "DELETE FROM pqmls_invitations WHERE group_id = ?1",
@@ -620,16 +637,16 @@ impl State {
     /// dropped, and Welcomes kept aside are tried. Otherwise it is kept (within a cap), for
     /// a Welcome that may still arrive.
     pub(crate) fn on_void(&mut self, id: &[u8; 32], sealed: &[u8]) -> Result<Outcome> {
-        type JoinRow = (Vec<u8>, Vec<u8>, Vec<u8>, i64, Vec<u8>);
+        type JoinRow = (Vec<u8>, Vec<u8>, Vec<u8>, i64, Vec<u8>, Option<i64>);
         let joined: Option<JoinRow> = self
             .db()
             .query_row(
-                "SELECT group_id, welcome_hash, inviter_key, joined_seq, void_key FROM pqmls_joins WHERE void_id = ?1",
+                "SELECT group_id, welcome_hash, inviter_key, joined_seq, void_key, prior_final FROM pqmls_joins WHERE void_id = ?1",
                 [&id[..]],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             )
             .optional()?;
-        let Some((group, hash, inviter_key, joined_seq, key)) = joined else {
+        let Some((group, hash, inviter_key, joined_seq, key, prior_final)) = joined else {
             tracing::debug!(
                 "{}: a withdrawal {} for no Welcome we joined with: kept for one we may join",
                 self.name,
@@ -680,6 +697,21 @@ impl State {
         )?;
         // Invitations we made on that state went to the dead branch too.
         self.void_abandoned(&gid, 0, &[])?;
+        // The join replaced a state of ours (we had been removed or lost, and were
+        // invited again): the group's chain may list us still, with the leaf of that
+        // earlier state, which no member will ever remove or re-add unless we ask. We ask
+        // as a member that lost the group at that state's last final epoch, under its keys
+        // (kept by the join): listed members re-add us (partition seed 6: a member
+        // re-added on a branch that then lost, its Welcome withdrawn, stayed listed on
+        // the live chain without a state, silently). If no member lists us, nobody
+        // answers, and `Event::Unrecoverable` has said so.
+        if let Some(lost) = prior_final.map(to_u64)
+            && self.epoch_keys(&gid, lost)?.is_some()
+        {
+            self.unrecoverable(&gid, lost)?;
+            self.retry_welcomes(&gid)?;
+            return Ok(Outcome::Done);
+        }
         self.deactivate(&gid, true)?;
         self.retry_welcomes(&gid)?;
         Ok(Outcome::Done)
@@ -770,7 +802,7 @@ impl State {
     /// `keep`: once an epoch is final, no other commit for it can ever be merged, so
     /// their invitees hold dead states. (Withdrawing earlier, at a branch move, would
     /// withdraw a Welcome whose commit could still become final.)
-    pub(crate) fn void_dead(&mut self, gid: &GroupId, epoch: u64, keep: &[u8]) -> Result<()> {
+    fn void_dead(&mut self, gid: &GroupId, epoch: u64, keep: &[u8]) -> Result<()> {
         let rows: Vec<VoidRow> = self
             .db()
             .prepare_cached(
@@ -783,6 +815,68 @@ impl State {
             })?
             .collect::<Result<_, _>>()?;
         self.send_voids(gid, rows)
+    }
+
+    /// `epoch` is final with `keep`: withdraws the Welcomes of our add commits that can
+    /// never be merged now. Those for `epoch` itself other than `keep` ([`Self::void_dead`]),
+    /// and those for later epochs made on a branch through another commit for `epoch`
+    /// (their recorded ancestry, [`Self::record_add_ancestry`]).
+    ///
+    /// Why the later ones may go at once: an add commit for epoch `e' > epoch` is valid
+    /// only on the state it was made on, which descends from the commit we had merged for
+    /// `epoch`; finality makes `keep` the only commit for `epoch` on the group's chain
+    /// (`order::Tally::final_commit`), so no member following it can ever merge the add.
+    /// Waiting for `e'` to be final instead can wait for good: the invitee is a member of
+    /// `e'` on the live chain (another add of it, or a re-add, put it there), and its vote
+    /// for `e'` never comes while the Welcome holds it on the dead branch (partition seeds
+    /// 6 and 185: a finality/withdrawal cycle, a silent fork).
+    pub(crate) fn void_lost_to(&mut self, gid: &GroupId, epoch: u64, keep: &[u8]) -> Result<()> {
+        self.void_dead(gid, epoch, keep)?;
+        let rows: Vec<VoidRow> = self
+            .db()
+            .prepare_cached(
+                "SELECT c.welcome, c.invitee, c.void_id, c.void_key
+                 FROM pqmls_add_ancestry a JOIN pqmls_commits c
+                   ON c.group_id = a.group_id AND c.hash = a.commit_hash
+                 WHERE a.group_id = ?1 AND a.epoch = ?2 AND a.merged_hash != ?3
+                 AND c.own = 1 AND c.welcome IS NOT NULL AND c.invitee IS NOT NULL
+                 AND c.void_id IS NOT NULL AND c.void_key IS NOT NULL",
+            )?
+            .query_map(params![gid.0, to_i64(epoch), keep], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        if !rows.is_empty() {
+            tracing::debug!(
+                "{}: group {gid}: epoch {epoch} final with {}: {} later add(s) of ours on another branch",
+                self.name,
+                super::short(keep),
+                rows.len()
+            );
+        }
+        self.send_voids(gid, rows)?;
+        self.db()
+            .prepare_cached("DELETE FROM pqmls_add_ancestry WHERE group_id = ?1 AND epoch <= ?2")?
+            .execute(params![gid.0, to_i64(epoch)])?;
+        Ok(())
+    }
+
+    /// Records the branch our add commit `commit_hash` (just merged) was made on: the
+    /// commits we had merged for the epochs before it that are not final yet, the oldest
+    /// [`MAX_ANCESTRY`] of them (a branch dies at its first open epoch, so the oldest ones
+    /// count most). Read by [`Self::void_lost_to`].
+    fn record_add_ancestry(&mut self, gid: &GroupId, commit_hash: &[u8]) -> Result<()> {
+        let final_epoch = self.final_epoch(gid)?.map_or(-1, to_i64);
+        self.db()
+            .prepare_cached(
+                "INSERT OR IGNORE INTO pqmls_add_ancestry (group_id, commit_hash, epoch, merged_hash)
+                 SELECT group_id, ?2, epoch, hash FROM pqmls_commits
+                 WHERE group_id = ?1 AND merged = 1 AND epoch > ?3
+                 AND epoch < (SELECT epoch FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2)
+                 ORDER BY epoch LIMIT ?4",
+            )?
+            .execute(params![gid.0, commit_hash, final_epoch, MAX_ANCESTRY])?;
+        Ok(())
     }
 
     fn send_voids(&mut self, gid: &GroupId, rows: Vec<VoidRow>) -> Result<()> {
@@ -838,6 +932,7 @@ impl State {
         welcome: Vec<u8>,
         invitees: &[UserId],
     ) -> Result<()> {
+        self.record_add_ancestry(gid, commit_hash)?;
         let hash = wire::welcome_hash(&welcome);
         let exported = self
             .group(gid)?

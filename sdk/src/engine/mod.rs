@@ -975,6 +975,7 @@ impl State {
             "pqmls_rejoins",
             "pqmls_final_votes",
             "pqmls_abstained_leaves",
+            "pqmls_add_ancestry",
             "openmls_key_packages",
         ] {
             let n: i64 = self

@@ -843,6 +843,13 @@ impl State {
                 to_i64(keep_from),
                 to_i64(epoch.saturating_sub(super::finality::KEEP_FINAL))
             ])?;
+        // The ancestry of add commits whose rows went (`joins::record_add_ancestry`).
+        self.db()
+            .prepare_cached(
+                "DELETE FROM pqmls_add_ancestry WHERE group_id = ?1 AND commit_hash NOT IN
+                 (SELECT hash FROM pqmls_commits WHERE group_id = ?1)",
+            )?
+            .execute(params![gid.0])?;
         self.db()
             .prepare_cached("DELETE FROM pqmls_pending WHERE group_id = ?1 AND epoch < ?2")?
             .execute(params![gid.0, to_i64(keep_from)])?;
