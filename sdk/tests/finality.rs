@@ -8,13 +8,31 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use pqmls::sim::{SimConfig, SimNetwork};
-use pqmls::{Client, Transport};
+use std::sync::Arc;
+
+use pqmls::sim::{SimConfig, SimNetwork, SimTransport};
+use pqmls::{Client, GroupId, Transport};
 
 fn net() -> SimNetwork {
     let net = SimNetwork::new(SimConfig::default());
     net.set_directory_validator(pqmls::directory_validator().unwrap());
     net
+}
+
+type Member = (Client, Arc<SimTransport>);
+
+/// Alice, bob, carol and dave in one group at epoch 3, settled for a second, and erin
+/// outside it; each with the transport the test controls.
+async fn four_and_erin(net: &SimNetwork) -> ([Member; 5], GroupId) {
+    let mut v = Vec::new();
+    for name in ["alice", "bob", "carol", "dave", "erin"] {
+        v.push(client_on(net, config(name)).await);
+    }
+    let four: Vec<&Client> = v.iter().take(4).map(|(c, _)| c).collect();
+    let g = group(&four).await;
+    converge(&four, &g, 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (v.try_into().ok().unwrap(), g)
 }
 
 async fn size(c: &Client, table: &str) -> u64 {
@@ -669,15 +687,8 @@ async fn stalled_split_ended_by_an_abstention(erin_commits_first: bool) {
 #[tokio::test(start_paused = true)]
 async fn a_withdrawal_is_published_again() {
     let net = net();
-    let (alice, at) = client_on(&net, config("alice")).await;
-    let (bob, bt) = client_on(&net, config("bob")).await;
-    let (carol, ct) = client_on(&net, config("carol")).await;
-    let (dave, dt) = client_on(&net, config("dave")).await;
-    let (erin, et) = client_on(&net, config("erin")).await;
-    let four = [&alice, &bob, &carol, &dave];
-    let g = group(&four).await;
-    converge(&four, &g, 3).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ([(alice, at), (bob, bt), (carol, ct), (dave, dt), (erin, et)], g) =
+        four_and_erin(&net).await;
     net.set_store_miss(1.0);
     for t in [&bt, &ct, &dt] {
         t.set_online(false);
@@ -712,6 +723,78 @@ async fn a_withdrawal_is_published_again() {
     )
     .await;
     assert!(names(&bob, &g).await.contains(&"erin".to_string()));
+}
+
+/// Partition seed 185, reduced: alice commits for epoch 3 where only erin sees it and
+/// adds erin on top of it (epoch 4 of her branch); bob, carol and dave make bob's commit
+/// for epoch 3 final. Alice, back, moves to it. Her add went through her own commit for
+/// 3, so nobody can ever merge it: its Welcome is withdrawn at once, while epoch 4 of the
+/// live chain is still open (carol and dave are away: no quorum of its four members), and
+/// erin leaves the dead branch for the live one (alice's new Welcome). Before, the
+/// withdrawal waited for epoch 4 to be final; in the simulation that wait was for good,
+/// as the invitee's own vote was the one missing there. Fails without
+/// `joins::void_lost_to`'s later adds: erin stays on alice's dead branch.
+#[tokio::test(start_paused = true)]
+async fn an_add_through_a_commit_that_lost_is_withdrawn_before_its_epoch_is_final() {
+    let net = net();
+    let ([(alice, at), (bob, bt), (carol, ct), (dave, dt), (erin, et)], g) =
+        four_and_erin(&net).await;
+    // Alice's branch: her update for epoch 3, erin's add for epoch 4; erin joins it.
+    for t in [&bt, &ct, &dt] {
+        t.set_online(false);
+    }
+    alice.update(&g).await.unwrap();
+    until("alice on her own commit", async || {
+        alice.status(&g).await.unwrap().epoch == 4
+    })
+    .await;
+    alice.invite(&g, &erin.id()).await.unwrap();
+    until("erin joined alice's branch", async || {
+        erin.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    let dead = erin.status(&g).await.unwrap().epoch_authenticator;
+    at.set_online(false);
+    et.set_online(false);
+    // Bob, carol and dave: 3 of epoch 3's 4 members, a quorum for bob's update.
+    for t in [&bt, &ct, &dt] {
+        t.set_online(true);
+    }
+    let final_before = bob.stats().await.epochs_final;
+    bob.update(&g).await.unwrap();
+    converge(&[&bob, &carol, &dave], &g, 4).await;
+    until("epoch 3 final at bob", async || {
+        bob.stats().await.epochs_final > final_before
+    })
+    .await;
+    // Carol and dave leave; alice and erin are back. Epoch 4 of the live chain can have
+    // no quorum now (alice and bob are 2 of its 4 members).
+    ct.set_online(false);
+    dt.set_online(false);
+    let bob_final = bob.stats().await.epochs_final;
+    at.set_online(true);
+    et.set_online(true);
+    until("erin off alice's dead branch", async || {
+        erin.status(&g)
+            .await
+            .map_or(true, |s| s.epoch_authenticator != dead)
+    })
+    .await;
+    assert_eq!(
+        bob.stats().await.epochs_final,
+        bob_final,
+        "live epoch 4 became final: the test no longer shows the early withdrawal"
+    );
+    converge_anywhere("erin on the live chain", &[&alice, &bob, &erin], &g).await;
+    assert!(names(&bob, &g).await.contains(&"erin".to_string()));
+    ct.set_online(true);
+    dt.set_online(true);
+    converge_anywhere(
+        "everyone on one chain",
+        &[&alice, &bob, &carol, &dave, &erin],
+        &g,
+    )
+    .await;
 }
 
 /// Found in a simulated partition (seed 71): the member that lost the group can be the

@@ -362,3 +362,68 @@ async fn a_state_known_to_be_dead_makes_no_commits() {
     })
     .await;
 }
+
+/// Partition seed 6, reduced: on a branch that loses at epoch 6, alice removes erin and
+/// carol invites her again; erin joins with carol's Welcome, which replaces her state.
+/// Bob, dave, frank and gina (4 of 7) make bob's commit for 6 final: the live chain lists
+/// erin with her earlier leaf. Carol, back, moves to it and withdraws her Welcome (an
+/// add through a commit that lost). Erin must not just drop the group: nobody re-adds a
+/// listed member unasked, so she asks to be added again as a member that lost the group
+/// at her earlier state's last final epoch (5), and is back. Alice is gone for good (her
+/// removal, done again on the live chain, would hide the case). Fails without
+/// `joins::on_void`'s way back: erin listed, holding nothing.
+#[tokio::test(start_paused = true)]
+async fn a_member_whose_second_welcome_is_withdrawn_asks_to_be_added_again() {
+    let net = net();
+    let mut clients = Vec::new();
+    for name in ["alice", "bob", "carol", "dave", "erin", "frank", "gina"] {
+        clients.push(client_on(&net, config(name)).await);
+    }
+    let all: Vec<&Client> = clients.iter().map(|(c, _)| c).collect();
+    let t = |i: usize| clients[i].1.clone();
+    let (alice, bob, carol, erin) = (all[0], all[1], all[2], all[4]);
+    let g = group(&all).await;
+    converge(&all, &g, 6).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let live = [1, 3, 5, 6];
+    for i in live {
+        t(i).set_online(false);
+    }
+    alice.remove(&g, &erin.id()).await.unwrap();
+    converge(&[alice, carol], &g, 7).await;
+    until("erin removed on alice's branch", async || {
+        !erin.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    carol.invite(&g, &erin.id()).await.unwrap();
+    until("erin back on alice's branch", async || {
+        erin.status(&g).await.is_ok_and(|s| s.epoch == 8)
+    })
+    .await;
+    for i in [0, 2, 4] {
+        t(i).set_online(false);
+    }
+    for i in live {
+        t(i).set_online(true);
+    }
+    let final_before = bob.stats().await.epochs_final;
+    bob.update(&g).await.unwrap();
+    let live_clients: Vec<&Client> = live.iter().map(|i| all[*i]).collect();
+    converge(&live_clients, &g, 7).await;
+    until("epoch 6 final at bob", async || {
+        bob.stats().await.epochs_final > final_before
+    })
+    .await;
+    assert!(names(bob, &g).await.contains(&"erin".to_string()));
+    // Carol and erin are back; alice stays away.
+    let mut events = erin.events();
+    t(2).set_online(true);
+    t(4).set_online(true);
+    let back: Vec<&Client> = [1, 2, 3, 4, 5, 6].iter().map(|i| all[*i]).collect();
+    converge_anywhere("erin added again on the live chain", &back, &g).await;
+    let mut rejoined = false;
+    while let Some(e) = events.try_recv() {
+        rejoined |= matches!(e, Event::Rejoined { .. });
+    }
+    assert!(rejoined, "erin came back as a member that lost the group");
+}
