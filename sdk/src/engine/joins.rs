@@ -455,6 +455,19 @@ impl State {
             }
             open_from = Some(first);
         }
+        // The last final epoch of the state this join replaces, for the way back if the
+        // Welcome is withdrawn (`on_void`); none if a final commit removed us from it: no
+        // chain lists us then, and nobody would answer (honest seed 151: a member removed
+        // for good, invited again on a branch that lost, asked in vain).
+        let prior_final = match self.groups.get(&gid) {
+            Some(g)
+                if g.mls.is_active()
+                    || !self.is_final(&gid, g.mls.epoch().as_u64().saturating_sub(1))? =>
+            {
+                open_from.and_then(|f: u64| f.checked_sub(1)).map(to_i64)
+            }
+            _ => None,
+        };
         if let Some(mut old) = self.groups.remove(&gid) {
             // Removed (in the grace period) and invited again: the new Welcome replaces the
             // dead state, whose snapshots and plans are void.
@@ -483,7 +496,6 @@ impl State {
             // requests for commits or for a re-add) is decided by those who were there.
             // But for its last final epoch: on the chain of every member, so if this
             // Welcome is withdrawn we ask to be added again under its keys (`on_void`).
-            let prior_final = open_from.and_then(|f: u64| f.checked_sub(1)).map(to_i64);
             self.db().execute(
                 "DELETE FROM pqmls_epochs WHERE group_id = ?1 AND epoch IS NOT ?2",
                 params![gid.0, prior_final],
@@ -529,7 +541,7 @@ impl State {
                 to_i64(epoch),
                 &void.id[..],
                 &void.key[..],
-                open_from.and_then(|f| f.checked_sub(1)).map(to_i64)
+                prior_final
             ],
         )?;
         self.db().execute(
