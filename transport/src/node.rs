@@ -2376,6 +2376,11 @@ impl Task {
     ///   not a duplicate for gossipsub (rust-libp2p records a message as seen only after
     ///   finding peers) and the archive keeps one row per hash.
     ///
+    /// Filter subscribers of this service get the message in the same cases (the Nim
+    /// node's filter handler is one of those local handlers, run before the archive); a
+    /// retry after `NoPeers` pushes it again, as there; receivers drop copies by message id
+    /// (the SDK's Waku transport does).
+    ///
     /// Not archived: `MessageTooLarge` (64/WAKU2-NETWORK: a message "published to the
     /// network MUST NOT exceed" the limit), `Duplicate` (a message with the same data was
     /// published or received recently, and was archived then under its own shard: the same
@@ -2406,12 +2411,15 @@ impl Task {
                 | Err(gossipsub::PublishError::NoPeersSubscribedToTopic
                     | gossipsub::PublishError::AllQueuesFull(_))
         ) {
+            // The Nim node's local handlers, filter before archive
+            // (logos-delivery `waku/node/subscription_manager.nim`): a light client's
+            // subscriber on this service gets the message even with no relay peer.
+            self.filter_push(shard, message);
             self.archive_message(&shard, &hash, message);
         }
         match published {
             Ok(_) => {
                 bump(&self.stats.relay_published);
-                self.filter_push(shard, message);
                 Ok((hash, peers))
             }
             Err(gossipsub::PublishError::Duplicate) => Err(Error::Duplicate),

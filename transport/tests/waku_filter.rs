@@ -156,6 +156,33 @@ async fn a_lightpushed_message_reaches_a_filter_client_of_the_same_service() {
     drop(r);
 }
 
+/// A service with no relay peer on the shard still hands a lightpushed message to its
+/// local handlers, as the Nim node does (its relay runs with `triggerSelf`, and the
+/// filter handler is one of them, before the archive: logos-delivery
+/// `waku/node/subscription_manager.nim`): the pusher gets 503 (no peers to relay), and
+/// the service's filter subscriber gets the message. Before, only the archive took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lightpushed_message_without_relay_peers_still_reaches_a_filter_client() {
+    let service = waku_config(&[0])
+        .with_filter_service(filter::Config::default())
+        .with_lightpush_service(lightpush::Config::default());
+    let (s, _s_in) = start(service).await;
+    let (c, mut c_in) = light_client(&s).await;
+    let (pusher, _p_in) = light_client(&s).await;
+    let t = topic_on(0, 0);
+    c.filter_subscribe(s.peer_id(), shard(0), std::slice::from_ref(&t))
+        .await
+        .unwrap();
+    let m = WakuMessage::new(t.to_string(), b"no relay peers".to_vec()).with_timestamp(7);
+    match pusher.lightpush(s.peer_id(), None, m.clone()).await {
+        Err(Error::LightPush(lightpush::Refused { status, .. })) => {
+            assert_eq!(status, lightpush::Status::NoPeersToRelay);
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    assert_eq!(next(&mut c_in).await.message, m);
+}
+
 /// A raw filter peer: answers metadata, answers every subscription request 200, and pushes
 /// what it is told to, one push per stream or scripted streams of several.
 #[derive(NetworkBehaviour)]
