@@ -146,6 +146,22 @@ fn honest_seed_46_converges() {
     assert!(r.converged, "{:?}", r.failure);
 }
 
+/// Honest seed 151, replayed exactly: a member removed for good (the removal final),
+/// invited again on a branch that then lost, had that Welcome withdrawn. With the way
+/// back of partition seed 6 applied to it, it asked to be added again as a member that
+/// lost the group; no chain lists it, nobody answered, and it waited as "lost" for good
+/// (the trial did not converge). A removal that is final leaves nothing to ask for: it
+/// drops the group, as before.
+#[test]
+fn honest_seed_151_a_member_removed_for_good_does_not_ask_to_come_back() {
+    let r = trial(Scenario {
+        seed: 151,
+        ..Scenario::default()
+    });
+    assert!(r.converged, "{:?}", r.failure);
+    assert_eq!(r.unrecoverable, 0, "nobody here lost the group");
+}
+
 /// Grinding seed 164 of `pqmls sim --grind 8` (12 users, 20 % loss), replayed exactly: an
 /// add was committed twice with one key package (its first commit was waiting while the
 /// epoch went to another, then it won after all). The invitee joined with the Welcome of
