@@ -41,7 +41,10 @@
 //! epochs' message secrets OpenMLS keeps and rewrites on each merge).
 //!
 //! After each group, the per-phase medians of the iterations (warm-up included) go to
-//! stderr, with member 0's and the store's counters (forks, publish failures).
+//! stderr, with member 0's and the store's counters (forks, publish failures) and the
+//! sums over all members (payloads published, votes, republications, `Need`s sent and
+//! answered, duplicates dropped; what their nodes published and delivered), also once
+//! the fleet is built.
 //!
 //! Full run (a few minutes; the N = 50 fleets take most of it to build):
 //! `nice -n 10 taskset -c 0 cargo bench -p pqmls-benches --bench e2e`.
@@ -295,6 +298,7 @@ impl Fleet {
             committer: 0,
         };
         fleet.events.iter_mut().for_each(drain);
+        fleet.report().await;
         eprintln!(
             "fleet {suite_name}/{n}: {n} clients, links {links}, group at epoch {want}, built in {}",
             ms(t0.elapsed())
@@ -426,6 +430,60 @@ impl Fleet {
     }
 
     async fn report(&self) {
+        // Sums over all members (cumulative since the fleet started): what the SDKs sent
+        // and why, and what their nodes put on the wire (gossip or relay) and delivered.
+        let mut sdk: Vec<(&str, u64)> = [
+            "published",
+            "votes",
+            "republished",
+            "needs sent",
+            "needs answered",
+            "duplicates",
+            "deferred",
+            "buffered",
+        ]
+        .into_iter()
+        .map(|k| (k, 0))
+        .collect();
+        let mut wire: Vec<(&str, u64)> = ["published", "delivered", "slow peers", "dropped"]
+            .into_iter()
+            .map(|k| (k, 0))
+            .collect();
+        for m in &self.members {
+            let s = m.stats().await;
+            let v = [
+                s.published,
+                s.votes_cast,
+                s.republished,
+                s.needs_sent,
+                s.needs_answered,
+                s.duplicates,
+                s.deferred,
+                s.buffered,
+            ];
+            sdk.iter_mut().zip(v).for_each(|(a, b)| a.1 += b);
+            if let Some(n) = m.node() {
+                let c = n.counters();
+                let v = [
+                    c.published + c.relay_published,
+                    c.delivered + c.relay_delivered,
+                    c.slow_peers,
+                    c.inbound_dropped + c.relay_inbound_dropped,
+                ];
+                wire.iter_mut().zip(v).for_each(|(a, b)| a.1 += b);
+            }
+        }
+        let list = |v: &[(&str, u64)]| {
+            v.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        eprintln!(
+            "  all members: {}; their nodes: {}",
+            list(&sdk),
+            list(&wire)
+        );
         let s = self.members[0].stats().await;
         let c = self.store.counters();
         eprintln!(

@@ -16,6 +16,15 @@
 //!   payload, so the SDK's de-duplication works as on the pqmls transport. Payloads that
 //!   are not pqmls wire messages are dropped here (relay is shared with other
 //!   applications, so they are not penalised).
+//! - **Duplicates.** Relay's message id is the SHA-256 of the encoded `WakuMessage`, whose
+//!   timestamp is the sender's: the same pqmls payload published by two members, or twice
+//!   by one, is two relay messages, each forwarded to every node and archived by every
+//!   store. The pqmls gossip names a message by its topic and payload, so there the copies
+//!   die at the first hop. This transport does the same with a bounded cache of the
+//!   [`MessageId`]s it published or received on relay in the last [`Config::duplicate_window`]
+//!   (gossipsub's duplicate cache time): such a payload is not published again
+//!   ([`Error::Duplicate`], as the pqmls transport answers) and a copy received is not
+//!   delivered again.
 //! - **History** is Waku store v3: content-topic queries with a time range, all pages, see
 //!   [`Config`] for the bounds. Waku stores order by the *sender's* timestamp, not by
 //!   arrival, so a [`Cursor`] is read as a sender time: `(after_ms, None)` asks for every
@@ -37,7 +46,7 @@
 //!   returns every blob stored under the key. No Waku store can check who writes, so
 //!   the readers do (see `sdk/DESIGN.md`, "The directory over Waku").
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -98,6 +107,15 @@ pub struct Config {
     /// then needs no relay shards of its own (`relay::Config::with_shards([])`); history
     /// and the directory still come from [`Config::store_peers`].
     pub light_service: Option<PeerId>,
+    /// How long a payload published or received on relay (or filter) counts as a
+    /// duplicate (default 2 minutes, the relay's seen cache time): within it the payload
+    /// is not published again and copies are not delivered again. See the module
+    /// documentation, "Duplicates".
+    pub duplicate_window: Duration,
+    /// Most message ids remembered for [`Config::duplicate_window`] (default 16 384); past
+    /// it the oldest are forgotten first, so a flood costs at most that much memory and
+    /// only lets copies through again.
+    pub duplicate_ids: usize,
 }
 
 impl Default for Config {
@@ -111,6 +129,8 @@ impl Default for Config {
             max_future: Duration::from_secs(60),
             directory_candidates: 256,
             light_service: None,
+            duplicate_window: Duration::from_secs(120),
+            duplicate_ids: 16 * 1024,
         }
     }
 }
@@ -141,14 +161,78 @@ pub struct Counters {
     /// Relay messages dropped: another application's content topic, a topic not
     /// subscribed, a refused segment, or not a pqmls payload.
     pub dropped: u64,
+    /// Relay messages not delivered because their payload was published or received
+    /// within [`Config::duplicate_window`].
+    pub duplicates: u64,
+    /// Publications refused as [`Error::Duplicate`] for the same reason.
+    pub duplicates_not_published: u64,
+}
+
+/// The pqmls message ids seen on relay (published or received), each for a time window,
+/// at most `cap` of them: gossipsub's duplicate cache, keyed by topic and payload instead
+/// of by the Waku message (whose timestamp differs between copies).
+#[derive(Debug)]
+struct Recent {
+    window: Duration,
+    cap: usize,
+    first_seen: HashMap<MessageId, Instant>,
+    order: VecDeque<(Instant, MessageId)>,
+}
+
+impl Recent {
+    fn new(window: Duration, cap: usize) -> Self {
+        Self {
+            window,
+            cap: cap.max(1),
+            first_seen: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Forgets ids older than the window.
+    fn expire(&mut self, now: Instant) {
+        while let Some((t, id)) = self.order.front().copied() {
+            if now.saturating_duration_since(t) < self.window {
+                break;
+            }
+            self.order.pop_front();
+            self.first_seen.remove(&id);
+        }
+    }
+
+    /// Whether `id` was seen within the window.
+    fn contains(&mut self, id: &MessageId, now: Instant) -> bool {
+        self.expire(now);
+        self.first_seen.contains_key(id)
+    }
+
+    /// Records `id` as seen at `now` (a first sighting only: the window runs from it);
+    /// returns whether it was new.
+    fn insert(&mut self, id: MessageId, now: Instant) -> bool {
+        self.expire(now);
+        if self.first_seen.contains_key(&id) {
+            return false;
+        }
+        if self.order.len() >= self.cap
+            && let Some((_, old)) = self.order.pop_front()
+        {
+            self.first_seen.remove(&old);
+        }
+        self.first_seen.insert(id, now);
+        self.order.push_back((now, id));
+        true
+    }
 }
 
 struct Shared {
     subscribed: Mutex<HashSet<Topic>>,
     reassembler: Mutex<Reassembler>,
+    recent: Mutex<Recent>,
     segmented: AtomicU64,
     reassembled: AtomicU64,
     dropped: AtomicU64,
+    duplicates: AtomicU64,
+    duplicates_not_published: AtomicU64,
 }
 
 /// A [`Transport`] over Waku relay and store v3, see the module documentation.
@@ -301,9 +385,12 @@ impl WakuTransport {
         let shared = Arc::new(Shared {
             subscribed: Mutex::new(HashSet::new()),
             reassembler: Mutex::new(Reassembler::new(config.segmentation.clone())),
+            recent: Mutex::new(Recent::new(config.duplicate_window, config.duplicate_ids)),
             segmented: AtomicU64::new(0),
             reassembled: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            duplicates_not_published: AtomicU64::new(0),
         });
         let s = shared.clone();
         let inbox = if config.light_service.is_some() {
@@ -371,6 +458,8 @@ impl WakuTransport {
             segmented: self.shared.segmented.load(Ordering::Relaxed),
             reassembled: self.shared.reassembled.load(Ordering::Relaxed),
             dropped: self.shared.dropped.load(Ordering::Relaxed),
+            duplicates: self.shared.duplicates.load(Ordering::Relaxed),
+            duplicates_not_published: self.shared.duplicates_not_published.load(Ordering::Relaxed),
         }
     }
 
@@ -710,11 +799,22 @@ fn retry(config: &segmentation::Config, stored: &[Stored], hash: &[u8]) -> Optio
 impl Shared {
     /// Maps an accepted relay message to a pqmls message, or drops it.
     fn accept(&self, m: WakuMessage, received: SystemTime) -> Option<Message> {
-        let out = self.map(m, received);
-        if out.is_none() {
+        let Some(out) = self.map(m, received) else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        // A copy of a payload seen within the window (another member's republication of
+        // it, or our own coming back): not delivered again.
+        let new = self
+            .recent
+            .lock()
+            .map(|mut r| r.insert(out.id, Instant::now()))
+            .unwrap_or(true);
+        if !new {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
-        out
+        Some(out)
     }
 
     fn map(&self, m: WakuMessage, received: SystemTime) -> Option<Message> {
@@ -785,8 +885,24 @@ impl Transport for WakuTransport {
         data: Vec<u8>,
     ) -> BoxFuture<'a, pqmls_transport::Result<MessageId>> {
         Box::pin(async move {
+            let id = MessageId::compute(topic, &data);
+            let seen = self
+                .shared
+                .recent
+                .lock()
+                .map(|mut r| r.contains(&id, Instant::now()))
+                .unwrap_or(false);
+            if seen {
+                self.shared
+                    .duplicates_not_published
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Duplicate);
+            }
             self.publish_named(topic_name(topic), &data).await?;
-            Ok(MessageId::compute(topic, &data))
+            if let Ok(mut r) = self.shared.recent.lock() {
+                r.insert(id, Instant::now());
+            }
+            Ok(id)
         })
     }
 
@@ -838,6 +954,27 @@ mod tests {
         ] {
             assert_eq!(parse_content_topic(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn recent_ids_expire_after_the_window_and_stay_bounded() {
+        let id = |b: u8| MessageId([b; 32]);
+        let t0 = Instant::now();
+        let w = Duration::from_secs(120);
+        let mut r = Recent::new(w, 3);
+        assert!(r.insert(id(1), t0));
+        assert!(!r.insert(id(1), t0 + Duration::from_secs(60)));
+        // The window runs from the first sighting, not the last.
+        assert!(r.contains(&id(1), t0 + Duration::from_secs(119)));
+        assert!(!r.contains(&id(1), t0 + w));
+        assert!(r.insert(id(1), t0 + w));
+        // At most `cap` ids: the oldest goes first.
+        for b in 2..=4 {
+            assert!(r.insert(id(b), t0 + w));
+        }
+        assert_eq!((r.first_seen.len(), r.order.len()), (3, 3));
+        assert!(!r.contains(&id(1), t0 + w));
+        assert!(r.contains(&id(4), t0 + w));
     }
 
     #[test]

@@ -825,3 +825,83 @@ async fn mls_traffic_above_the_relay_limit_goes_segmented() {
     }
     store.shutdown().await.unwrap();
 }
+
+/// The same payload published again, by its author or by another member (a republished
+/// commit, an answer to a `Need`), goes over relay once within the duplicate window: the
+/// copies are refused as duplicates, as the pqmls gossip refuses them, instead of each
+/// being a new relay message (its timestamp differs) forwarded to every node and archived
+/// by the store. Without this a 20-member group on 0x004F answered each `Need` with 19
+/// copies of the commit and its votes (BENCHMARKS.md, "The SDK end-to-end cells on Waku").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_goes_over_relay_once_whoever_publishes_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node(&dir.path().join("store")).await;
+    let (alice, _alice_in) = transport(&bootstrap).await;
+    let (bob, mut bob_in) = transport(&bootstrap).await;
+    let (carol, mut carol_in) = transport(&bootstrap).await;
+    let topic = Topic::from_group_id(b"a group that asks twice");
+    for t in [&alice, &bob, &carol] {
+        t.subscribe(&topic).await.unwrap();
+    }
+    let shard = alice.shard();
+    for t in [&alice, &bob, &carol] {
+        until("relay mesh", async || {
+            t.node().relay_mesh_peers(shard).await.unwrap() > 0
+        })
+        .await;
+    }
+    let stored_before = store.counters().stored;
+
+    let payload = big_payload(9 * 1024, 3);
+    let id = alice.publish(&topic, payload.clone()).await.unwrap();
+    assert_eq!(next_message(&mut bob_in).await.id, id);
+    assert_eq!(next_message(&mut carol_in).await.id, id);
+    // Published again by its author and by a member that received it: not sent.
+    assert!(matches!(
+        alice.publish(&topic, payload.clone()).await,
+        Err(pqmls_transport::Error::Duplicate)
+    ));
+    assert!(matches!(
+        bob.publish(&topic, payload.clone()).await,
+        Err(pqmls_transport::Error::Duplicate)
+    ));
+    assert_eq!(alice.counters().duplicates_not_published, 1);
+    assert_eq!(bob.counters().duplicates_not_published, 1);
+
+    // A copy someone else publishes anyway (a member without the cache, a stranger) is
+    // relayed, but not delivered again.
+    let raw = WakuMessage::new(
+        format!(
+            "/pqmls/1/{}/proto",
+            topic.as_str().trim_start_matches("/pqmls/group/1/")
+        ),
+        payload.clone(),
+    )
+    .with_timestamp(
+        i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos(),
+        )
+        .unwrap(),
+    );
+    store.relay_publish_on(shard, raw).await.unwrap();
+    // Then a new payload, which goes: the copy, had it been delivered, would come first.
+    let other = big_payload(1024, 4);
+    let other_id = carol.publish(&topic, other).await.unwrap();
+    assert_eq!(next_message(&mut bob_in).await.id, other_id);
+    until("bob dropped the copy", async || {
+        bob.counters().duplicates == 1
+    })
+    .await;
+    // The store archived the first publication, the raw copy and the new payload: the
+    // refused publications never reached relay.
+    until("the store archived the new payload", async || {
+        store.counters().stored - stored_before >= 3
+    })
+    .await;
+    assert_eq!(store.counters().stored - stored_before, 3);
+
+    store.shutdown().await.unwrap();
+}
