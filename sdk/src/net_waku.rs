@@ -100,7 +100,9 @@ pub struct Config {
     /// How far ahead of our clock a sender's timestamp may be for history to ask for it
     /// (default 1 minute).
     pub max_future: Duration,
-    /// Most directory entries read for one key (default 256; newest first).
+    /// Most directory entries returned for one key (default 256; newest first), among
+    /// those that pass the directory's rule; up to [`Config::history_messages`] (or four
+    /// times this, if more) are read.
     pub directory_candidates: usize,
     /// Light-client mode: publish through this peer's lightpush service and receive
     /// through its filter service, instead of relaying (default `None`: relay). The node
@@ -243,6 +245,9 @@ pub struct WakuTransport {
     config: Config,
     shared: Arc<Shared>,
     requests: AtomicU64,
+    /// The directory's write rule ([`crate::directory_validator`]), applied to the
+    /// entries of a key before the newest [`Config::directory_candidates`] are kept.
+    directory_rule: crate::directory::DirectoryRule,
 }
 
 impl std::fmt::Debug for WakuTransport {
@@ -392,6 +397,8 @@ impl WakuTransport {
             duplicates: AtomicU64::new(0),
             duplicates_not_published: AtomicU64::new(0),
         });
+        let directory_rule =
+            crate::directory::directory_validator().map_err(|e| Error::Config(e.to_string()))?;
         let s = shared.clone();
         let inbox = if config.light_service.is_some() {
             node.filter_inbound()
@@ -412,6 +419,7 @@ impl WakuTransport {
                 config,
                 shared,
                 requests: AtomicU64::new(0),
+                directory_rule,
             },
             inbox,
         ))
@@ -709,7 +717,9 @@ impl WakuTransport {
                 &directory_name(key),
                 None,
                 false,
-                max.saturating_mul(4),
+                // Plants are dropped below, before the cut: read as far as a history
+                // call may, so that they must outnumber that, not `max`, to hide anything.
+                max.saturating_mul(4).max(self.config.history_messages),
                 self.config.history_bytes,
             )
             .await?;
@@ -721,7 +731,16 @@ impl WakuTransport {
             .filter_map(|(ts, m)| decode_directory(&m, key).map(|b| (ts, b.to_vec())))
             .collect();
         found.sort_by_key(|(ts, _)| std::cmp::Reverse(*ts));
-        let mut out: Vec<Vec<u8>> = found.into_iter().map(|(_, b)| b).collect();
+        // Anyone can publish on a key's content topic and no Waku store checks writers:
+        // entries that do not pass the directory's rule (signed by the key's owner, not
+        // expired) go before the cut, or newer plants would push the owner's entries out
+        // (flood finding 6 of sdk/DESIGN.md "Over Waku"). The readers check again.
+        let rule = &self.directory_rule;
+        let mut out: Vec<Vec<u8>> = found
+            .into_iter()
+            .map(|(_, b)| b)
+            .filter(|b| rule(key, None, b))
+            .collect();
         out.truncate(max);
         Ok(out)
     }
