@@ -448,9 +448,12 @@ fn message_secrets_compressed<C: Codec>(plain_starts: &[u8]) {
     let plain = zstd::bulk::decompress(frame, 1 << 24).unwrap();
     assert!(plain.starts_with(plain_starts));
     // Three past epochs' member lists of six members: one is stored, the others are
-    // matches against it.
+    // matches against it. The rest of the row (the epochs' secrets) is random, about one
+    // member list in size here, so with the lists matched the row shrinks to about half
+    // (`* 2` was flaky: it passed before and failed once at 12 910 of 25 731 bytes) and
+    // without (a window that does not span a list) to about 1x: the bound sits between.
     assert!(
-        stored.len() * 2 < plain.len(),
+        stored.len() * 4 < plain.len() * 3,
         "{} bytes stored for {} bytes",
         stored.len(),
         plain.len()
