@@ -130,12 +130,16 @@ async fn relayed_messages_reach_a_filter_client_once_each_until_it_unsubscribes(
     assert!(c_in.try_recv().is_none());
 }
 
+/// A service relaying shard 0 with filter and lightpush on.
+fn filter_and_lightpush_service() -> pqmls_transport::node::Config {
+    waku_config(&[0])
+        .with_filter_service(filter::Config::default())
+        .with_lightpush_service(lightpush::Config::default())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lightpushed_message_reaches_a_filter_client_of_the_same_service() {
-    let service = waku_config(&[0])
-        .with_filter_service(filter::Config::default())
-        .with_lightpush_service(lightpush::Config::default());
-    let (s, _s_in) = start(service).await;
+    let (s, _s_in) = start(filter_and_lightpush_service()).await;
     let (r, _r_in) = start(waku_config(&[0]).with_bootstrap(tcp_addr(&s).await)).await;
     wait_mesh(&s, shard(0), 1).await;
     let (c, mut c_in) = light_client(&s).await;
@@ -163,10 +167,7 @@ async fn a_lightpushed_message_reaches_a_filter_client_of_the_same_service() {
 /// the service's filter subscriber gets the message. Before, only the archive took it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lightpushed_message_without_relay_peers_still_reaches_a_filter_client() {
-    let service = waku_config(&[0])
-        .with_filter_service(filter::Config::default())
-        .with_lightpush_service(lightpush::Config::default());
-    let (s, _s_in) = start(service).await;
+    let (s, _s_in) = start(filter_and_lightpush_service()).await;
     let (c, mut c_in) = light_client(&s).await;
     let (pusher, _p_in) = light_client(&s).await;
     let t = topic_on(0, 0);
