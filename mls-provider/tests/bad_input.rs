@@ -2,7 +2,7 @@
 //! give errors, and the group keeps working afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};

@@ -5,7 +5,7 @@
 //! the peers from ours.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use openmls::prelude::Ciphersuite;

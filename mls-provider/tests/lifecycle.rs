@@ -3,7 +3,7 @@
 //! direction, self-update, remove, add again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use openmls::prelude::Ciphersuite;

@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! CARGO_TARGET_DIR=$PWD/target cargo build --manifest-path interop/logos-member/Cargo.toml
-//! cargo test --workspace --test logos_interop -- --ignored
+//! cargo test --workspace --test provider -- --ignored logos_interop::
 //! ```
 //!
 //! (`PQMLS_LOGOS_MEMBER` may name the binary elsewhere.)
@@ -31,7 +31,7 @@
 //! authentication vouches for the new group.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use openmls::prelude::Ciphersuite;

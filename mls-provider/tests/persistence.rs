@@ -4,7 +4,7 @@
 //! openmls_rust_crypto.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use openmls::prelude::*;

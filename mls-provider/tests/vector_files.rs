@@ -3,8 +3,7 @@
 //! added without a source line fails here rather than as a puzzling known-answer failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../pq/tests/support/vector_files.rs"]
-mod vector_files;
+use crate::pq_vector_files as vector_files;
 
 #[test]
 fn every_vector_file_matches_its_checksum_and_is_listed() {

@@ -9,7 +9,7 @@
 //! relays, and write to (or, as a store, serve anything from) the directory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

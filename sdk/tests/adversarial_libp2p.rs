@@ -4,7 +4,7 @@
 //! group topic and on a victim's inbox.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

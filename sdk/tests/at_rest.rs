@@ -12,8 +12,7 @@ use pqmls::sim::{SimConfig, SimNetwork};
 use pqmls::{Client, Config, DatabaseKey, Error, GroupId, InvitePolicy};
 use pqmls_provider::{CipherKey, SqliteStorage, StorageError};
 
-#[path = "support/at_rest_scan.rs"]
-mod scan;
+use crate::scan;
 
 fn key(b: u8) -> DatabaseKey {
     DatabaseKey::from_bytes([b; 32])

@@ -3,7 +3,7 @@
 //! counted and dropped while the group keeps working.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! snapshots last until `Config::fork_horizon`, a bound in time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

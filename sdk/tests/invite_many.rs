@@ -2,7 +2,7 @@
 //! (no loss), through the same intents as `invite`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! made by "mallory", a real member with an OpenMLS state of her own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! payload segmented, forged and duplicated segments, history reassembled from the store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

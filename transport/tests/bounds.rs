@@ -5,9 +5,8 @@
 // Tests may unwrap: a panic is a test failure (clippy.toml allows it only inside #[test] fns).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/bound_tcp.rs"]
-mod bound_tcp;
-mod support;
+use crate::bound_tcp;
+use crate::support;
 
 use std::io;
 use std::time::Duration;

@@ -4,17 +4,15 @@
 //! interop matrix is in `tests/js/README.md`.
 //!
 //! `#[ignore]`d: they need `npm ci` in `tests/js/light` and `tests/js/relay` and Node.js.
-//! `.ci/run` installs them and runs `cargo test -p pqmls-transport --test js_waku --
-//! --ignored`; without `node_modules` a test fails saying so.
+//! `.ci/run` installs them and runs `cargo test -p pqmls-transport --test transport --
+//! --ignored js_waku::`; without `node_modules` a test fails saying so.
 
 // Tests may unwrap: a panic is a test failure (clippy.toml allows it only inside #[test] fns).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/js.rs"]
-mod js;
-mod support;
-#[path = "support/waku.rs"]
-mod waku_support;
+use crate::js;
+use crate::support;
+use crate::waku_support;
 
 use std::time::Duration;
 

@@ -4,9 +4,8 @@
 // Tests may unwrap: a panic is a test failure (clippy.toml allows it only inside #[test] fns).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/scenario.rs"]
-mod scenario;
-mod support;
+use crate::scenario;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -4,9 +4,8 @@
 // Tests may unwrap: a panic is a test failure (clippy.toml allows it only inside #[test] fns).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-#[path = "support/waku.rs"]
-mod waku_support;
+use crate::support;
+use crate::waku_support;
 
 use std::time::Duration;
 

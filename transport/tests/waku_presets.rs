@@ -6,7 +6,7 @@
 // Tests may unwrap: a panic is a test failure (clippy.toml allows it only inside #[test] fns).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
