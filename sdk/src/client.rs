@@ -1186,20 +1186,30 @@ impl Inner {
     async fn sync_topic(&self, topic: &Topic) -> Result<()> {
         let from = self.locked(|s| s.cursor(topic)).await?;
         let (messages, cursor, more) = full_history(self.transport.as_ref(), topic, from).await?;
-        self.locked(|s| {
-            let mut held: Option<pqmls_transport::store::Cursor> = None;
-            let mut before = from;
-            for m in &messages {
-                // Our own message back from a store: the delivery mark.
-                s.mark_stored(&MessageId::compute(&m.topic, &m.data))?;
-                if s.handle(m)? == Outcome::Deferred && held.is_none() {
-                    held = Some(before);
+        let handled = self
+            .locked(|s| {
+                let mut held: Option<pqmls_transport::store::Cursor> = None;
+                let mut before = from;
+                let mut handled = Vec::new();
+                for m in &messages {
+                    // Our own message back from a store: the delivery mark.
+                    s.mark_stored(&MessageId::compute(&m.topic, &m.data))?;
+                    if s.handle(m)? == Outcome::Deferred {
+                        if held.is_none() {
+                            held = Some(before);
+                        }
+                    } else {
+                        handled.push(m.id);
+                    }
+                    before = pqmls_transport::store::Cursor::after(m);
                 }
-                before = pqmls_transport::store::Cursor::after(m);
-            }
-            s.set_cursor(topic, held.unwrap_or(cursor))
-        })
-        .await?;
+                s.set_cursor(topic, held.unwrap_or(cursor))?;
+                Ok(handled)
+            })
+            .await?;
+        for id in &handled {
+            self.transport.handled(id);
+        }
         if let Ok(mut p) = self.syncs.lock() {
             p.last.insert(topic.clone(), Instant::now());
             if more {
@@ -1322,7 +1332,7 @@ impl Inner {
                     match outcome {
                         // Left for the store: catch this topic up later.
                         Ok(Outcome::Deferred) => self.want_sync(msg.topic.clone()),
-                        Ok(Outcome::Done) => {}
+                        Ok(Outcome::Done) => self.transport.handled(&msg.id),
                         Err(e) => {
                             tracing::warn!("{}: handling a message failed: {e}", self.name);
                         }

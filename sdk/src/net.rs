@@ -41,6 +41,11 @@ pub trait Transport: Send + Sync + 'static {
         topic: &'a Topic,
         from: Cursor,
     ) -> BoxFuture<'a, pqmls_transport::Result<Page>>;
+    /// Tells the transport that the client handled message `id` for good (it will not need
+    /// it from a store again), so that a transport able to leave such messages out of
+    /// later history reads may do so ([`crate::WakuTransport`] does). Messages the client
+    /// deferred are never reported. The default does nothing.
+    fn handled(&self, _id: &MessageId) {}
     /// Whether any peer is connected now (timers that commit wait while none is);
     /// `true` when the transport cannot tell.
     fn connected(&self) -> bool {
@@ -122,8 +127,8 @@ pub(crate) async fn full_history(
                 }
             }
             None => {
-                if let Some(last) = last {
-                    from = last;
+                if let Some(resume) = page.resume.or(last) {
+                    from = resume;
                 }
                 return Ok((out, from, false));
             }
@@ -180,6 +185,7 @@ mod tests {
                 Ok(Page {
                     messages,
                     next: Some(Cursor::from_parts(base + 100, None)),
+                    resume: None,
                 })
             })
         }

@@ -34,6 +34,20 @@
 //!   of a member that already caught up: such messages come again, and what the SDK
 //!   handled is skipped by its id. Messages stamped more than `max_future` ahead of our
 //!   clock are not asked for, so a stranger cannot move a member's cursor into the future.
+//! - **Catch-up by hash.** A history read asks the store for the *hashes* of the range
+//!   first (store v3 without data), then fetches by hash only what it does not hold: a
+//!   whole message that reached the client on relay, filter or an earlier read and that
+//!   the client reported handled ([`Transport::handled`]) is left out (and the cursor
+//!   goes past it, [`Page::resume`]); our own publications are answered from memory while
+//!   their payloads fit 4 MiB (the client reads them back as delivery evidence); the rest
+//!   is fetched, and a store's answer is kept only where the message hashes to a hash
+//!   asked for. A member online when a commit went out no longer downloads it again with
+//!   every catch-up (a 0x004F commit of 50 members is 66 KB, of 250 over 300 KB), and a
+//!   member that misses commits fetches exactly those. Messages the client deferred are
+//!   never reported handled, so they come again. Left out of this: segments (a payload
+//!   above one relay message is fetched whole again), and the pqmls ordering cannot name
+//!   a commit it misses by Waku hash (that hash covers the sender's timestamp), so a miss
+//!   is found by listing its range, not by a lookup of its own.
 //! - **Light clients.** With [`Config::light_service`] the node relays nothing: it
 //!   publishes through a lightpush v3 service and receives through a filter v2
 //!   subscription with that service (both content topics of every subscribed topic);
@@ -56,8 +70,8 @@ use futures::future::BoxFuture;
 use pqmls_transport::node::Config as NodeConfig;
 use pqmls_transport::store::{Cursor, Page};
 use pqmls_transport::waku::segmentation::{self, Reassembler, SegmentMessage};
-use pqmls_transport::waku::store::QueryRequest;
-use pqmls_transport::waku::{ContentTopic, PubsubTopic, WakuMessage};
+use pqmls_transport::waku::store::{MAX_HASHES, QueryRequest};
+use pqmls_transport::waku::{ContentTopic, PubsubTopic, WakuMessage, message_hash};
 use pqmls_transport::{Error, Message, MessageId, Node, PeerId, Topic};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
@@ -168,6 +182,11 @@ pub struct Counters {
     pub duplicates: u64,
     /// Publications refused as [`Error::Duplicate`] for the same reason.
     pub duplicates_not_published: u64,
+    /// Waku messages history reads fetched from stores by hash.
+    pub history_fetched: u64,
+    /// Messages history reads found listed but did not fetch: handled by the client, or
+    /// our own publications still in memory (module documentation, "Catch-up by hash").
+    pub history_left_out: u64,
 }
 
 /// The pqmls message ids seen on relay (published or received), each for a time window,
@@ -226,7 +245,165 @@ impl Recent {
     }
 }
 
+/// Most Waku hashes remembered for one pqmls message (copies republished by others).
+const MAX_HASHES_PER_ID: usize = 4;
+/// Most bytes of our own whole payloads kept to stand for their stored copies.
+const OWN_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a history read may leave out (module documentation, "Catch-up by hash"): the Waku
+/// hashes of the whole messages delivered to the client, with the pqmls id and sender
+/// timestamp of each, and whether the client reported that id handled; and our own
+/// publications, with their payloads while they fit [`OWN_PAYLOAD_BYTES`], which stand
+/// for their stored copies (the client reads its own messages back as delivery evidence).
+/// At most `cap` ids, each for `window`; the oldest go first.
+struct Known {
+    window: Duration,
+    cap: usize,
+    ids: HashMap<MessageId, KnownId>,
+    hashes: HashMap<[u8; 32], (MessageId, i64)>,
+    order: VecDeque<(Instant, MessageId)>,
+    own_bytes: usize,
+}
+
+struct KnownId {
+    hashes: Vec<[u8; 32]>,
+    handled: bool,
+    /// Our own publication: its topic and payload (`None` over the byte budget).
+    own: Option<(Topic, Option<Arc<Vec<u8>>>)>,
+}
+
+/// What a history read does with a hash its store listed.
+#[derive(Debug, Clone)]
+enum Listed {
+    /// Handled by the client: left out; its pqmls id and sender timestamp.
+    Handled(MessageId, i64),
+    /// Our own publication, payload kept: returned from memory, with its timestamp.
+    Own(Message, i64),
+    /// Fetched from the store by hash.
+    Fetch,
+}
+
+impl Known {
+    fn new(window: Duration, cap: usize) -> Self {
+        Self {
+            window,
+            cap: cap.max(1),
+            ids: HashMap::new(),
+            hashes: HashMap::new(),
+            order: VecDeque::new(),
+            own_bytes: 0,
+        }
+    }
+
+    fn forget(&mut self, id: &MessageId) {
+        if let Some(k) = self.ids.remove(id) {
+            for h in &k.hashes {
+                self.hashes.remove(h);
+            }
+            if let Some((_, Some(p))) = &k.own {
+                self.own_bytes = self.own_bytes.saturating_sub(p.len());
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((t, id)) = self.order.front().copied() {
+            if now.saturating_duration_since(t) < self.window && self.ids.len() <= self.cap {
+                break;
+            }
+            self.order.pop_front();
+            self.forget(&id);
+        }
+    }
+
+    /// Records that the Waku message `hash`, sent at `timestamp`, carried the pqmls
+    /// message `id`.
+    fn note(&mut self, id: MessageId, hash: [u8; 32], timestamp: i64, now: Instant) {
+        self.expire(now);
+        if self.hashes.contains_key(&hash) {
+            return;
+        }
+        if !self.ids.contains_key(&id) {
+            if self.ids.len() >= self.cap
+                && let Some((_, old)) = self.order.pop_front()
+            {
+                self.forget(&old);
+            }
+            self.ids.insert(
+                id,
+                KnownId {
+                    hashes: Vec::new(),
+                    handled: false,
+                    own: None,
+                },
+            );
+            self.order.push_back((now, id));
+        }
+        if let Some(k) = self.ids.get_mut(&id)
+            && k.hashes.len() < MAX_HASHES_PER_ID
+        {
+            k.hashes.push(hash);
+            self.hashes.insert(hash, (id, timestamp));
+        }
+    }
+
+    /// Records our own publication of `data` on `topic` as `hash`.
+    fn note_own(
+        &mut self,
+        topic: &Topic,
+        data: &[u8],
+        hash: [u8; 32],
+        timestamp: i64,
+        now: Instant,
+    ) {
+        let id = MessageId::compute(topic, data);
+        self.note(id, hash, timestamp, now);
+        let fits = self.own_bytes.saturating_add(data.len()) <= OWN_PAYLOAD_BYTES;
+        if let Some(k) = self.ids.get_mut(&id)
+            && k.own.is_none()
+        {
+            let kept = fits.then(|| Arc::new(data.to_vec()));
+            if kept.is_some() {
+                self.own_bytes += data.len();
+            }
+            k.own = Some((topic.clone(), kept));
+        }
+    }
+
+    fn handled(&mut self, id: &MessageId) {
+        if let Some(k) = self.ids.get_mut(id) {
+            k.handled = true;
+        }
+    }
+
+    fn listed(&mut self, hash: &[u8; 32], now: Instant) -> Listed {
+        self.expire(now);
+        let Some((id, timestamp)) = self.hashes.get(hash).copied() else {
+            return Listed::Fetch;
+        };
+        match self.ids.get(&id) {
+            Some(k) if k.handled => Listed::Handled(id, timestamp),
+            Some(KnownId {
+                own: Some((topic, Some(data))),
+                ..
+            }) => Listed::Own(
+                Message {
+                    id,
+                    topic: topic.clone(),
+                    data: data.as_ref().clone(),
+                    received: ms_time(nanos_to_ms(timestamp)),
+                },
+                timestamp,
+            ),
+            _ => Listed::Fetch,
+        }
+    }
+}
+
 struct Shared {
+    /// The shard, as the pubsub topic of message hashes.
+    shard: String,
+    known: Mutex<Known>,
     subscribed: Mutex<HashSet<Topic>>,
     reassembler: Mutex<Reassembler>,
     recent: Mutex<Recent>,
@@ -235,6 +412,8 @@ struct Shared {
     dropped: AtomicU64,
     duplicates: AtomicU64,
     duplicates_not_published: AtomicU64,
+    fetched: AtomicU64,
+    left_out: AtomicU64,
 }
 
 /// A [`Transport`] over Waku relay and store v3, see the module documentation.
@@ -388,6 +567,14 @@ impl WakuTransport {
             .and_then(|t| t.pubsub_topic(relay.cluster, relay.shard_count))
             .ok_or_else(|| Error::Config("pqmls content topics cannot be autosharded".into()))?;
         let shared = Arc::new(Shared {
+            shard: shard.to_string(),
+            known: Mutex::new(Known::new(
+                config
+                    .lookback
+                    .saturating_mul(2)
+                    .max(config.duplicate_window),
+                config.duplicate_ids,
+            )),
             subscribed: Mutex::new(HashSet::new()),
             reassembler: Mutex::new(Reassembler::new(config.segmentation.clone())),
             recent: Mutex::new(Recent::new(config.duplicate_window, config.duplicate_ids)),
@@ -396,6 +583,8 @@ impl WakuTransport {
             dropped: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             duplicates_not_published: AtomicU64::new(0),
+            fetched: AtomicU64::new(0),
+            left_out: AtomicU64::new(0),
         });
         let directory_rule =
             crate::directory::directory_validator().map_err(|e| Error::Config(e.to_string()))?;
@@ -468,6 +657,8 @@ impl WakuTransport {
             dropped: self.shared.dropped.load(Ordering::Relaxed),
             duplicates: self.shared.duplicates.load(Ordering::Relaxed),
             duplicates_not_published: self.shared.duplicates_not_published.load(Ordering::Relaxed),
+            history_fetched: self.shared.fetched.load(Ordering::Relaxed),
+            history_left_out: self.shared.left_out.load(Ordering::Relaxed),
         }
     }
 
@@ -484,13 +675,20 @@ impl WakuTransport {
     }
 
     /// Publishes `payload` under the content-topic name `name`: whole if it fits one
-    /// relay message, else as segments. Every message gets the same timestamp.
-    async fn publish_named(&self, name: &str, payload: &[u8]) -> pqmls_transport::Result<()> {
+    /// relay message, else as segments. Every message gets the same timestamp. Returns the
+    /// Waku hash and timestamp of a whole message.
+    async fn publish_named(
+        &self,
+        name: &str,
+        payload: &[u8],
+    ) -> pqmls_transport::Result<Option<([u8; 32], i64)>> {
         let now = now_nanos();
         let whole =
             WakuMessage::new(content_topic(name, WHOLE), payload.to_vec()).with_timestamp(now);
         if whole.to_bytes().len() <= self.max_message_size {
-            return self.send(whole).await;
+            let hash = message_hash(&self.shared.shard, &whole).0;
+            self.send(whole).await?;
+            return Ok(Some((hash, now)));
         }
         let segments = segmentation::segment(payload, &self.config.segmentation)
             .map_err(|e| Error::Publish(e.to_string()))?;
@@ -509,7 +707,7 @@ impl WakuTransport {
             self.send(m).await?;
         }
         self.shared.segmented.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(None)
     }
 
     /// The two content topics of `topic`, for filter subscriptions.
@@ -673,26 +871,234 @@ impl WakuTransport {
         };
         let start_ms = from.after_ms().saturating_sub(lookback);
         let time_start = (start_ms > 0).then(|| ms_to_nanos(start_ms));
-        let (mut stored, cut) = self
-            .query(
-                topic_name(topic),
-                time_start,
-                true,
-                self.config.history_messages,
-                self.config.history_bytes,
-            )
-            .await?;
+        if self.config.store_peers.is_empty() {
+            return Err(Error::NoStore);
+        }
+        let mut last = Error::NoStore;
+        for peer in &self.config.store_peers {
+            match self.history_peer(*peer, topic, from, time_start).await {
+                Ok(page) => return Ok(page),
+                Err(e) => {
+                    tracing::debug!("history from store {peer} failed: {e}");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// One page of `topic`'s history from `peer`: the hashes of the messages stamped from
+    /// `time_start` on, then by hash the messages among them that the client has not
+    /// handled (module documentation, "Catch-up by hash").
+    async fn history_peer(
+        &self,
+        peer: PeerId,
+        topic: &Topic,
+        from: Cursor,
+        time_start: Option<i64>,
+    ) -> pqmls_transport::Result<Page> {
+        let name = topic_name(topic);
+        let whole = content_topic(name, WHOLE);
+        let seg = content_topic(name, SEGMENT);
+        let time_end = now_nanos().saturating_add(duration_nanos(self.config.max_future));
+        let max_messages = self.config.history_messages;
+        let max_bytes = self.config.history_bytes;
+
+        // 1. The hashes, oldest first. Entries read are bounded (a store that keeps
+        // answering with a cursor is not followed for ever); past the bound the page is
+        // cut and the next one starts at the last whole millisecond, as below.
+        let max_read = max_messages.saturating_mul(2).saturating_add(PAGE as usize);
+        let mut request = QueryRequest {
+            request_id: self.request_id(),
+            include_data: false,
+            pubsub_topic: Some(self.shard.to_string()),
+            content_topics: vec![whole.clone(), seg.clone()],
+            time_start,
+            time_end: Some(time_end),
+            pagination_forward: true,
+            pagination_limit: Some(PAGE),
+            ..QueryRequest::default()
+        };
+        let mut listed: Vec<[u8; 32]> = Vec::new();
+        let mut unique: HashSet<[u8; 32]> = HashSet::new();
+        let mut read = 0usize;
+        let mut cut = false;
+        loop {
+            let response = self.node.store_query(peer, request.clone()).await?;
+            if response.messages.is_empty() {
+                break;
+            }
+            read = read.saturating_add(response.messages.len());
+            for kv in &response.messages {
+                if let Some(h) = kv
+                    .message_hash
+                    .as_deref()
+                    .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                    && unique.insert(h)
+                {
+                    listed.push(h);
+                }
+            }
+            match response.pagination_cursor {
+                Some(_) if read >= max_read => {
+                    cut = true;
+                    break;
+                }
+                Some(c) => request.pagination_cursor = Some(c),
+                None => break,
+            }
+        }
+
+        // 2. What we hold already: handled by the client, or our own publication.
+        let now = Instant::now();
+        let classes: Vec<Listed> = match self.shared.known.lock() {
+            Ok(mut k) => listed.iter().map(|h| k.listed(h, now)).collect(),
+            Err(_) => vec![Listed::Fetch; listed.len()],
+        };
+
+        // 3. The rest by hash, MAX_HASHES a request, within the page's bounds. A store
+        // may answer anything: only messages that hash to a hash asked for, of this
+        // topic's two content topics and within the time range, are kept.
+        let wanted: Vec<usize> = (0..listed.len())
+            .filter(|i| matches!(classes.get(*i), Some(Listed::Fetch)))
+            .collect();
+        let mut fetched: HashMap<[u8; 32], Stored> = HashMap::new();
+        let mut bytes = 0usize;
+        // The first listed position the bounds left out.
+        let mut end = listed.len();
+        'batches: for batch in wanted.chunks(MAX_HASHES) {
+            let asked: HashSet<[u8; 32]> = batch
+                .iter()
+                .filter_map(|i| listed.get(*i).copied())
+                .collect();
+            let mut request = QueryRequest {
+                request_id: self.request_id(),
+                include_data: true,
+                message_hashes: asked.iter().map(|h| h.to_vec()).collect(),
+                pagination_forward: true,
+                pagination_limit: Some(PAGE),
+                ..QueryRequest::default()
+            };
+            let mut got = 0usize;
+            loop {
+                let response = self.node.store_query(peer, request.clone()).await?;
+                let got_before = got;
+                for kv in response.messages {
+                    let Some(m) = kv.message else { continue };
+                    let hash = message_hash(&self.shared.shard, &m).0;
+                    let segment = if m.content_topic == whole {
+                        false
+                    } else if m.content_topic == seg {
+                        true
+                    } else {
+                        continue;
+                    };
+                    let Some(timestamp) = m.timestamp else {
+                        continue;
+                    };
+                    if !asked.contains(&hash)
+                        || fetched.contains_key(&hash)
+                        || timestamp >= time_end
+                        || time_start.is_some_and(|s| timestamp < s)
+                    {
+                        continue;
+                    }
+                    if fetched.len() >= max_messages
+                        || bytes.saturating_add(m.payload.len()) > max_bytes
+                    {
+                        end = listed.iter().position(|h| *h == hash).unwrap_or(end);
+                        cut = true;
+                        break 'batches;
+                    }
+                    bytes += m.payload.len();
+                    got += 1;
+                    fetched.insert(
+                        hash,
+                        Stored {
+                            timestamp,
+                            segment,
+                            payload: m.payload,
+                        },
+                    );
+                }
+                match response.pagination_cursor {
+                    // The store split its answer (bytes): follow it while each page
+                    // brings something asked for and something is still missing, so a
+                    // store that pages for ever costs one request more, not a loop.
+                    Some(c) if got > got_before && got < asked.len() => {
+                        request.pagination_cursor = Some(c);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        self.shared
+            .fetched
+            .fetch_add(fetched.len() as u64, Ordering::Relaxed);
+
+        // 4. The page, in the store's (time) order: what was left out is skipped, what
+        // we hold comes from memory, the rest as read.
+        enum Entry {
+            Skipped(MessageId),
+            Held(Message),
+            Read(Stored),
+        }
+        let mut entries: Vec<(i64, Entry, Option<[u8; 32]>)> = Vec::new();
+        for (hash, class) in listed.iter().zip(classes).take(end) {
+            match class {
+                Listed::Handled(id, ts) => entries.push((ts, Entry::Skipped(id), None)),
+                Listed::Own(m, ts) => entries.push((ts, Entry::Held(m), None)),
+                Listed::Fetch => {
+                    if let Some(s) = fetched.remove(hash) {
+                        entries.push((s.timestamp, Entry::Read(s), Some(*hash)));
+                    }
+                }
+            }
+        }
         let mut next = None;
-        if cut && let Some(last) = stored.last().map(|s| nanos_to_ms(s.timestamp)) {
+        if cut && let Some(last) = entries.last().map(|(ts, _, _)| nanos_to_ms(*ts)) {
             if last > from.after_ms() {
                 // Keep whole milliseconds only (all segments of a payload share one
                 // timestamp, so none is split); the next page starts at `last`.
-                stored.retain(|s| nanos_to_ms(s.timestamp) < last);
+                entries.retain(|(ts, _, _)| nanos_to_ms(*ts) < last);
                 next = Some(Cursor::from_parts(last, None));
             } else {
                 // More than the bound within one millisecond at the cursor: only a
                 // flood does that. Take what was read and go on after it.
                 next = Some(Cursor::from_parts(last.saturating_add(1), None));
+            }
+        }
+        let mut skipped: Option<(i64, MessageId)> = None;
+        let mut left_out = 0u64;
+        let mut held = Vec::new();
+        let mut stored = Vec::new();
+        let mut read_hashes = Vec::new();
+        for (ts, e, hash) in entries {
+            match e {
+                Entry::Skipped(id) => {
+                    left_out += 1;
+                    if skipped.is_none_or(|(t, _)| ts >= t) {
+                        skipped = Some((ts, id));
+                    }
+                }
+                Entry::Held(m) => {
+                    left_out += 1;
+                    held.push(m);
+                }
+                Entry::Read(s) => {
+                    if let Some(h) = hash.filter(|_| !s.segment) {
+                        read_hashes.push((h, s.timestamp, MessageId::compute(topic, &s.payload)));
+                    }
+                    stored.push(s);
+                }
+            }
+        }
+        self.shared.left_out.fetch_add(left_out, Ordering::Relaxed);
+        // Whole messages read are remembered like relay's, so that once the client has
+        // handled them the next read leaves them out too.
+        if let Ok(mut k) = self.shared.known.lock() {
+            for (h, ts, id) in read_hashes {
+                k.note(id, h, ts, now);
             }
         }
         let mut messages: Vec<Message> = self
@@ -705,9 +1111,26 @@ impl WakuTransport {
                 data,
                 received: ms_time(nanos_to_ms(ts)),
             })
+            .chain(held)
             .collect();
         messages.sort_by_key(|a| (a.received, a.id));
-        Ok(Page { messages, next })
+        // Left-out messages after the last one returned: the cursor goes past them.
+        let resume = skipped
+            .filter(|(ts, _)| {
+                messages
+                    .last()
+                    .is_none_or(|m| ms_time(nanos_to_ms(*ts)) >= m.received)
+            })
+            .map(|(ts, id)| Cursor::from_parts(nanos_to_ms(ts), Some(id)));
+        Ok(Page {
+            messages,
+            next,
+            resume,
+        })
+    }
+
+    fn request_id(&self) -> String {
+        format!("pqmls-{}", self.requests.fetch_add(1, Ordering::Relaxed))
     }
 
     async fn get_all_impl(&self, key: &[u8]) -> pqmls_transport::Result<Vec<Vec<u8>>> {
@@ -818,10 +1241,20 @@ fn retry(config: &segmentation::Config, stored: &[Stored], hash: &[u8]) -> Optio
 impl Shared {
     /// Maps an accepted relay message to a pqmls message, or drops it.
     fn accept(&self, m: WakuMessage, received: SystemTime) -> Option<Message> {
+        // A whole message's Waku hash, so that history reads can leave it out once the
+        // client has handled it (segments are fetched again: see "Catch-up by hash").
+        let whole = parse_content_topic(&m.content_topic)
+            .is_some_and(|(_, segment)| !segment)
+            .then(|| (message_hash(&self.shard, &m).0, m.timestamp.unwrap_or(0)));
         let Some(out) = self.map(m, received) else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         };
+        if let Some((hash, timestamp)) = whole
+            && let Ok(mut k) = self.known.lock()
+        {
+            k.note(out.id, hash, timestamp, Instant::now());
+        }
         // A copy of a payload seen within the window (another member's republication of
         // it, or our own coming back): not delivered again.
         let new = self
@@ -917,9 +1350,14 @@ impl Transport for WakuTransport {
                     .fetch_add(1, Ordering::Relaxed);
                 return Err(Error::Duplicate);
             }
-            self.publish_named(topic_name(topic), &data).await?;
+            let whole = self.publish_named(topic_name(topic), &data).await?;
             if let Ok(mut r) = self.shared.recent.lock() {
                 r.insert(id, Instant::now());
+            }
+            if let Some((hash, timestamp)) = whole
+                && let Ok(mut k) = self.shared.known.lock()
+            {
+                k.note_own(topic, &data, hash, timestamp, Instant::now());
             }
             Ok(id)
         })
@@ -928,7 +1366,9 @@ impl Transport for WakuTransport {
     fn put(&self, key: Vec<u8>, blob: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<()>> {
         Box::pin(async move {
             let payload = encode_directory(&key, &blob);
-            self.publish_named(&directory_name(&key), &payload).await
+            self.publish_named(&directory_name(&key), &payload)
+                .await
+                .map(|_| ())
         })
     }
 
@@ -946,6 +1386,12 @@ impl Transport for WakuTransport {
         from: Cursor,
     ) -> BoxFuture<'a, pqmls_transport::Result<Page>> {
         Box::pin(self.history_impl(topic, from))
+    }
+
+    fn handled(&self, id: &MessageId) {
+        if let Ok(mut k) = self.shared.known.lock() {
+            k.handled(id);
+        }
     }
 
     fn connected(&self) -> bool {
@@ -994,6 +1440,48 @@ mod tests {
         assert_eq!((r.first_seen.len(), r.order.len()), (3, 3));
         assert!(!r.contains(&id(1), t0 + w));
         assert!(r.contains(&id(4), t0 + w));
+    }
+
+    #[test]
+    fn what_history_leaves_out_is_handled_or_own_and_stays_bounded() {
+        let id = |b: u8| MessageId([b; 32]);
+        let h = |b: u8, i: u8| [b ^ i.wrapping_mul(101); 32];
+        let t0 = Instant::now();
+        let w = Duration::from_secs(240);
+        let mut k = Known::new(w, 3);
+        k.note(id(1), h(1, 0), 5, t0);
+        // Delivered but not handled (the client may have deferred it): fetched.
+        assert!(matches!(k.listed(&h(1, 0), t0), Listed::Fetch));
+        k.handled(&id(1));
+        assert!(matches!(k.listed(&h(1, 0), t0), Listed::Handled(i, 5) if i == id(1)));
+        // A copy under another Waku hash noted after the report is left out too; at most
+        // MAX_HASHES_PER_ID hashes per id.
+        for i in 1..10 {
+            k.note(id(1), h(1, i), 6, t0);
+        }
+        assert!(matches!(k.listed(&h(1, 1), t0), Listed::Handled(..)));
+        assert_eq!(k.hashes.len(), MAX_HASHES_PER_ID);
+        // Unknown hashes are fetched; an expired id is forgotten.
+        assert!(matches!(k.listed(&h(9, 0), t0), Listed::Fetch));
+        assert!(matches!(k.listed(&h(1, 0), t0 + w), Listed::Fetch));
+        assert!(k.ids.is_empty() && k.hashes.is_empty());
+        // Own publications: from memory within the byte budget, fetched beyond it.
+        let topic = Topic::from_group_id(b"g");
+        let big = vec![7u8; OWN_PAYLOAD_BYTES / 2 + 1];
+        k.note_own(&topic, &big, h(2, 0), 1, t0);
+        k.note_own(&topic, &[8u8; 16], h(3, 0), 2, t0);
+        let mut big2 = big.clone();
+        big2[0] = 1;
+        k.note_own(&topic, &big2, h(4, 0), 3, t0);
+        assert!(matches!(k.listed(&h(2, 0), t0), Listed::Own(ref m, 1) if m.data == big));
+        assert!(matches!(k.listed(&h(3, 0), t0), Listed::Own(..)));
+        assert!(matches!(k.listed(&h(4, 0), t0), Listed::Fetch));
+        assert!(k.own_bytes <= OWN_PAYLOAD_BYTES);
+        // At most `cap` ids: the oldest goes first, and its bytes with it.
+        k.note(id(5), h(5, 0), 4, t0);
+        assert_eq!(k.ids.len(), 3);
+        assert!(matches!(k.listed(&h(2, 0), t0), Listed::Fetch));
+        assert_eq!(k.own_bytes, 16);
     }
 
     #[test]

@@ -499,7 +499,11 @@ impl Transport for SimTransport {
             } else {
                 None
             };
-            Ok(Page { messages, next })
+            Ok(Page {
+                messages,
+                next,
+                resume: None,
+            })
         });
         Box::pin(async move { r })
     }

@@ -3396,7 +3396,11 @@ fn make_page(topic: &Topic, entries: Vec<store::Entry>, more: bool) -> Page {
         Some(last) if more => Some(Cursor::after(last)),
         _ => None,
     };
-    Page { messages, next }
+    Page {
+        messages,
+        next,
+        resume: None,
+    }
 }
 
 #[cfg(test)]

@@ -289,6 +289,11 @@ pub struct Page {
     pub messages: Vec<Message>,
     /// Where the next page starts, or `None` if this was the last one.
     pub next: Option<Cursor>,
+    /// On the last page: where a later read should start, when it is past the last of
+    /// `messages` (a transport that leaves out what its client already handled says so
+    /// here, or its client's cursor would stay before them); `None`: after the last
+    /// message.
+    pub resume: Option<Cursor>,
 }
 
 /// A stored message as it travels in a history response.
