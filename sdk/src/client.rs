@@ -1198,7 +1198,7 @@ impl Inner {
                         if held.is_none() {
                             held = Some(before);
                         }
-                    } else {
+                    } else if s.is_seen(&m.id)? {
                         handled.push(m.id);
                     }
                     before = pqmls_transport::store::Cursor::after(m);
@@ -1323,16 +1323,33 @@ impl Inner {
     /// Handles inbound payloads that arrived together, in one transaction
     /// ([`State::batch`]), each as its own step.
     async fn inbound(&self, msgs: Vec<pqmls_transport::Message>) {
+        // Each outcome with whether the payload is now marked seen: only those are
+        // reported handled to the transport (a payload of a group we do not hold is
+        // `Done` but not seen, so that the catch-up after a (re)join reads it).
         let outcomes = self
-            .locked(|s| s.batch(|s| msgs.iter().map(|m| s.handle(m)).collect::<Vec<_>>()))
+            .locked(|s| {
+                s.batch(|s| {
+                    msgs.iter()
+                        .map(|m| {
+                            let o = s.handle(m)?;
+                            let seen = o == Outcome::Done && s.is_seen(&m.id)?;
+                            Ok((o, seen))
+                        })
+                        .collect::<Vec<Result<_>>>()
+                })
+            })
             .await;
         match outcomes {
             Ok(outcomes) => {
                 for (msg, outcome) in msgs.iter().zip(outcomes) {
                     match outcome {
                         // Left for the store: catch this topic up later.
-                        Ok(Outcome::Deferred) => self.want_sync(msg.topic.clone()),
-                        Ok(Outcome::Done) => self.transport.handled(&msg.id),
+                        Ok((Outcome::Deferred, _)) => self.want_sync(msg.topic.clone()),
+                        Ok((Outcome::Done, seen)) => {
+                            if seen {
+                                self.transport.handled(&msg.id);
+                            }
+                        }
                         Err(e) => {
                             tracing::warn!("{}: handling a message failed: {e}", self.name);
                         }

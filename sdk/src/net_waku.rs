@@ -42,12 +42,18 @@
 //!   their payloads fit 4 MiB (the client reads them back as delivery evidence); the rest
 //!   is fetched, and a store's answer is kept only where the message hashes to a hash
 //!   asked for. A member online when a commit went out no longer downloads it again with
-//!   every catch-up (a 0x004F commit of 50 members is 66 KB, of 250 over 300 KB), and a
-//!   member that misses commits fetches exactly those. Messages the client deferred are
-//!   never reported handled, so they come again. Left out of this: segments (a payload
-//!   above one relay message is fetched whole again), and the pqmls ordering cannot name
-//!   a commit it misses by Waku hash (that hash covers the sender's timestamp), so a miss
-//!   is found by listing its range, not by a lookup of its own.
+//!   every catch-up (a 0x004F commit of 50 members is 66 KB), and a member that misses
+//!   commits fetches exactly those. Messages the client deferred, and payloads of groups
+//!   it does not hold, are never reported handled, so they come again. What we remember
+//!   counts only for the topic and time range it was seen in, and the cursor moves past
+//!   left-out messages only forward, on a page where everything listed came (a store
+//!   listing a hash it then withholds, or a remembered hash under another topic or a
+//!   far-off timestamp, cannot move it). Everything read counts against the page's
+//!   bounds, and a lookup that brings nothing asked for ends the lookups. Left out of
+//!   this: segments (a payload above one relay message, such as a 0x004F commit of 250
+//!   members, over 300 KB, is fetched again), and the pqmls ordering cannot name a commit
+//!   it misses by Waku hash (that hash covers the sender's timestamp), so a miss is found
+//!   by listing its range, not by a lookup of its own.
 //! - **Light clients.** With [`Config::light_service`] the node relays nothing: it
 //!   publishes through a lightpush v3 service and receives through a filter v2
 //!   subscription with that service (both content topics of every subscribed topic);
@@ -266,6 +272,7 @@ struct Known {
 }
 
 struct KnownId {
+    topic: Topic,
     hashes: Vec<[u8; 32]>,
     handled: bool,
     /// Our own publication: its topic and payload (`None` over the byte budget).
@@ -317,8 +324,8 @@ impl Known {
     }
 
     /// Records that the Waku message `hash`, sent at `timestamp`, carried the pqmls
-    /// message `id`.
-    fn note(&mut self, id: MessageId, hash: [u8; 32], timestamp: i64, now: Instant) {
+    /// message `id` of `topic`.
+    fn note(&mut self, id: MessageId, topic: &Topic, hash: [u8; 32], timestamp: i64, now: Instant) {
         self.expire(now);
         if self.hashes.contains_key(&hash) {
             return;
@@ -332,6 +339,7 @@ impl Known {
             self.ids.insert(
                 id,
                 KnownId {
+                    topic: topic.clone(),
                     hashes: Vec::new(),
                     handled: false,
                     own: None,
@@ -357,7 +365,7 @@ impl Known {
         now: Instant,
     ) {
         let id = MessageId::compute(topic, data);
-        self.note(id, hash, timestamp, now);
+        self.note(id, topic, hash, timestamp, now);
         let fits = self.own_bytes.saturating_add(data.len()) <= OWN_PAYLOAD_BYTES;
         if let Some(k) = self.ids.get_mut(&id)
             && k.own.is_none()
@@ -376,13 +384,33 @@ impl Known {
         }
     }
 
-    fn listed(&mut self, hash: &[u8; 32], now: Instant) -> Listed {
+    /// What to do with `hash`, listed by a store for `topic` within `range` (sender
+    /// timestamps, start inclusive, end exclusive). What we know of it counts only for
+    /// that topic and range: a store listing a hash elsewhere, or one we noted with a
+    /// timestamp outside the range, gets it fetched (and checked) instead, so that what
+    /// we remember never moves a cursor where a read could not.
+    fn listed(
+        &mut self,
+        hash: &[u8; 32],
+        topic: &Topic,
+        range: (Option<i64>, i64),
+        now: Instant,
+    ) -> Listed {
         self.expire(now);
         let Some((id, timestamp)) = self.hashes.get(hash).copied() else {
             return Listed::Fetch;
         };
+        if timestamp >= range.1 || range.0.is_some_and(|s| timestamp < s) {
+            return Listed::Fetch;
+        }
         match self.ids.get(&id) {
-            Some(k) if k.handled => Listed::Handled(id, timestamp),
+            Some(k) if k.topic != *topic => Listed::Fetch,
+            // Own publications first: the client reads them back as delivery evidence,
+            // handled or not (a light client's own message comes back through filter).
+            Some(KnownId {
+                own: Some((_, None)),
+                ..
+            }) => Listed::Fetch,
             Some(KnownId {
                 own: Some((topic, Some(data))),
                 ..
@@ -395,6 +423,7 @@ impl Known {
                 },
                 timestamp,
             ),
+            Some(k) if k.handled => Listed::Handled(id, timestamp),
             _ => Listed::Fetch,
         }
     }
@@ -904,9 +933,9 @@ impl WakuTransport {
         let max_messages = self.config.history_messages;
         let max_bytes = self.config.history_bytes;
 
-        // 1. The hashes, oldest first. Entries read are bounded (a store that keeps
-        // answering with a cursor is not followed for ever); past the bound the page is
-        // cut and the next one starts at the last whole millisecond, as below.
+        // 1. The hashes, oldest first, at most `max_read` of them (a store that keeps
+        // answering with a cursor, or one page of thousands, is not followed): past the
+        // bound the page is cut and the next one starts at the last whole millisecond.
         let max_read = max_messages.saturating_mul(2).saturating_add(PAGE as usize);
         let mut request = QueryRequest {
             request_id: self.request_id(),
@@ -923,13 +952,17 @@ impl WakuTransport {
         let mut unique: HashSet<[u8; 32]> = HashSet::new();
         let mut read = 0usize;
         let mut cut = false;
-        loop {
+        'listing: loop {
             let response = self.node.store_query(peer, request.clone()).await?;
             if response.messages.is_empty() {
                 break;
             }
-            read = read.saturating_add(response.messages.len());
             for kv in &response.messages {
+                read += 1;
+                if read > max_read {
+                    cut = true;
+                    break 'listing;
+                }
                 if let Some(h) = kv
                     .message_hash
                     .as_deref()
@@ -951,30 +984,45 @@ impl WakuTransport {
 
         // 2. What we hold already: handled by the client, or our own publication.
         let now = Instant::now();
+        let range = (time_start, time_end);
         let classes: Vec<Listed> = match self.shared.known.lock() {
-            Ok(mut k) => listed.iter().map(|h| k.listed(h, now)).collect(),
+            Ok(mut k) => listed
+                .iter()
+                .map(|h| k.listed(h, topic, range, now))
+                .collect(),
             Err(_) => vec![Listed::Fetch; listed.len()],
         };
 
-        // 3. The rest by hash, MAX_HASHES a request, within the page's bounds. A store
-        // may answer anything: only messages that hash to a hash asked for, of this
-        // topic's two content topics and within the time range, are kept.
-        let wanted: Vec<usize> = (0..listed.len())
+        // 3. The rest by hash, in listed order, MAX_HASHES a request, at most
+        // `max_messages` of them and within the page's bounds. A store may answer
+        // anything: only messages that hash to a hash asked for, of this topic's two
+        // content topics and within the time range, are kept; everything read, kept or
+        // not, counts against the bounds, and a lookup that brings nothing asked for
+        // ends the lookups.
+        let mut wanted: Vec<usize> = (0..listed.len())
             .filter(|i| matches!(classes.get(*i), Some(Listed::Fetch)))
             .collect();
+        // The first listed position this page leaves for the next one.
+        let mut end = listed.len();
+        if wanted.len() > max_messages {
+            end = wanted[max_messages];
+            wanted.truncate(max_messages);
+            cut = true;
+        }
         let mut fetched: HashMap<[u8; 32], Stored> = HashMap::new();
         let mut bytes = 0usize;
-        // The first listed position the bounds left out.
-        let mut end = listed.len();
+        let mut entries_read = 0usize;
+        let mut stopped = false;
         'batches: for batch in wanted.chunks(MAX_HASHES) {
-            let asked: HashSet<[u8; 32]> = batch
+            let order: Vec<[u8; 32]> = batch
                 .iter()
                 .filter_map(|i| listed.get(*i).copied())
                 .collect();
+            let asked: HashSet<[u8; 32]> = order.iter().copied().collect();
             let mut request = QueryRequest {
                 request_id: self.request_id(),
                 include_data: true,
-                message_hashes: asked.iter().map(|h| h.to_vec()).collect(),
+                message_hashes: order.iter().map(|h| h.to_vec()).collect(),
                 pagination_forward: true,
                 pagination_limit: Some(PAGE),
                 ..QueryRequest::default()
@@ -985,6 +1033,12 @@ impl WakuTransport {
                 let got_before = got;
                 for kv in response.messages {
                     let Some(m) = kv.message else { continue };
+                    entries_read += 1;
+                    if entries_read > max_read || bytes.saturating_add(m.payload.len()) > max_bytes
+                    {
+                        stopped = true;
+                        break 'batches;
+                    }
                     let hash = message_hash(&self.shared.shard, &m).0;
                     let segment = if m.content_topic == whole {
                         false
@@ -1003,13 +1057,6 @@ impl WakuTransport {
                     {
                         continue;
                     }
-                    if fetched.len() >= max_messages
-                        || bytes.saturating_add(m.payload.len()) > max_bytes
-                    {
-                        end = listed.iter().position(|h| *h == hash).unwrap_or(end);
-                        cut = true;
-                        break 'batches;
-                    }
                     bytes += m.payload.len();
                     got += 1;
                     fetched.insert(
@@ -1021,15 +1068,33 @@ impl WakuTransport {
                         },
                     );
                 }
-                match response.pagination_cursor {
-                    // The store split its answer (bytes): follow it while each page
-                    // brings something asked for and something is still missing, so a
-                    // store that pages for ever costs one request more, not a loop.
-                    Some(c) if got > got_before && got < asked.len() => {
-                        request.pagination_cursor = Some(c);
+                if got == got_before {
+                    // Nothing asked for on this page: a store that will not answer
+                    // lookups (or pages for ever) is not asked again in this read.
+                    if got == 0 {
+                        stopped = true;
+                        break 'batches;
                     }
+                    break;
+                }
+                match response.pagination_cursor {
+                    // The store split its answer (bytes): follow it while something is
+                    // still missing.
+                    Some(c) if got < asked.len() => request.pagination_cursor = Some(c),
                     _ => break,
                 }
+            }
+        }
+        if stopped {
+            // Bounds hit, or lookups refused: the page ends before the first hash not
+            // fetched, and the next one starts there.
+            if let Some(first) = wanted
+                .iter()
+                .copied()
+                .find(|i| listed.get(*i).is_none_or(|h| !fetched.contains_key(h)))
+            {
+                end = end.min(first);
+                cut = true;
             }
         }
         self.shared
@@ -1042,19 +1107,23 @@ impl WakuTransport {
             Skipped(MessageId),
             Held(Message),
             Read(Stored),
+            /// Listed, asked for, not returned (a store pruning, or lying).
+            Missing,
         }
         let mut entries: Vec<(i64, Entry, Option<[u8; 32]>)> = Vec::new();
         for (hash, class) in listed.iter().zip(classes).take(end) {
             match class {
                 Listed::Handled(id, ts) => entries.push((ts, Entry::Skipped(id), None)),
                 Listed::Own(m, ts) => entries.push((ts, Entry::Held(m), None)),
-                Listed::Fetch => {
-                    if let Some(s) = fetched.remove(hash) {
-                        entries.push((s.timestamp, Entry::Read(s), Some(*hash)));
-                    }
-                }
+                Listed::Fetch => match fetched.remove(hash) {
+                    Some(s) => entries.push((s.timestamp, Entry::Read(s), Some(*hash))),
+                    // No timestamp to order it by: it only holds the cursor back.
+                    None => entries.push((i64::MAX, Entry::Missing, None)),
+                },
             }
         }
+        let incomplete = entries.iter().any(|(_, e, _)| matches!(e, Entry::Missing));
+        entries.retain(|(_, e, _)| !matches!(e, Entry::Missing));
         let mut next = None;
         if cut && let Some(last) = entries.last().map(|(ts, _, _)| nanos_to_ms(*ts)) {
             if last > from.after_ms() {
@@ -1072,7 +1141,8 @@ impl WakuTransport {
         let mut left_out = 0u64;
         let mut held = Vec::new();
         let mut stored = Vec::new();
-        let mut read_hashes = Vec::new();
+        let mut read_whole = Vec::new();
+        let mut segments = false;
         for (ts, e, hash) in entries {
             match e {
                 Entry::Skipped(id) => {
@@ -1086,19 +1156,23 @@ impl WakuTransport {
                     held.push(m);
                 }
                 Entry::Read(s) => {
-                    if let Some(h) = hash.filter(|_| !s.segment) {
-                        read_hashes.push((h, s.timestamp, MessageId::compute(topic, &s.payload)));
+                    segments |= s.segment;
+                    if let Some(h) =
+                        hash.filter(|_| !s.segment && Wire::decode(&s.payload).is_some())
+                    {
+                        read_whole.push((h, s.timestamp, MessageId::compute(topic, &s.payload)));
                     }
                     stored.push(s);
                 }
+                Entry::Missing => {}
             }
         }
         self.shared.left_out.fetch_add(left_out, Ordering::Relaxed);
-        // Whole messages read are remembered like relay's, so that once the client has
-        // handled them the next read leaves them out too.
+        // Whole pqmls messages read are remembered like relay's, so that once the client
+        // has handled them the next read leaves them out too.
         if let Ok(mut k) = self.shared.known.lock() {
-            for (h, ts, id) in read_hashes {
-                k.note(id, h, ts, now);
+            for (h, ts, id) in read_whole {
+                k.note(id, topic, h, ts, now);
             }
         }
         let mut messages: Vec<Message> = self
@@ -1114,12 +1188,18 @@ impl WakuTransport {
             .chain(held)
             .collect();
         messages.sort_by_key(|a| (a.received, a.id));
-        // Left-out messages after the last one returned: the cursor goes past them.
+        // On the last page, left-out messages after the last one returned: the cursor
+        // goes past them, forward only, and not past anything listed that did not come
+        // (missing, or segments that may not have assembled).
         let resume = skipped
             .filter(|(ts, _)| {
-                messages
-                    .last()
-                    .is_none_or(|m| ms_time(nanos_to_ms(*ts)) >= m.received)
+                next.is_none()
+                    && !incomplete
+                    && !segments
+                    && nanos_to_ms(*ts) > from.after_ms()
+                    && messages
+                        .last()
+                        .is_none_or(|m| ms_time(nanos_to_ms(*ts)) >= m.received)
             })
             .map(|(ts, id)| Cursor::from_parts(nanos_to_ms(ts), Some(id)));
         Ok(Page {
@@ -1244,8 +1324,10 @@ impl Shared {
         // A whole message's Waku hash, so that history reads can leave it out once the
         // client has handled it (segments are fetched again: see "Catch-up by hash").
         let whole = parse_content_topic(&m.content_topic)
-            .is_some_and(|(_, segment)| !segment)
-            .then(|| (message_hash(&self.shard, &m).0, m.timestamp.unwrap_or(0)));
+            .filter(|(topic, segment)| {
+                !segment && self.subscribed.lock().is_ok_and(|s| s.contains(topic))
+            })
+            .map(|_| (message_hash(&self.shard, &m).0, m.timestamp.unwrap_or(0)));
         let Some(out) = self.map(m, received) else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -1253,7 +1335,7 @@ impl Shared {
         if let Some((hash, timestamp)) = whole
             && let Ok(mut k) = self.known.lock()
         {
-            k.note(out.id, hash, timestamp, Instant::now());
+            k.note(out.id, &out.topic, hash, timestamp, Instant::now());
         }
         // A copy of a payload seen within the window (another member's republication of
         // it, or our own coming back): not delivered again.
@@ -1448,39 +1530,66 @@ mod tests {
         let h = |b: u8, i: u8| [b ^ i.wrapping_mul(101); 32];
         let t0 = Instant::now();
         let w = Duration::from_secs(240);
+        let topic = Topic::from_group_id(b"g");
+        let other = Topic::from_group_id(b"another");
+        let all = (None, i64::MAX);
         let mut k = Known::new(w, 3);
-        k.note(id(1), h(1, 0), 5, t0);
+        k.note(id(1), &topic, h(1, 0), 5, t0);
         // Delivered but not handled (the client may have deferred it): fetched.
-        assert!(matches!(k.listed(&h(1, 0), t0), Listed::Fetch));
+        assert!(matches!(k.listed(&h(1, 0), &topic, all, t0), Listed::Fetch));
         k.handled(&id(1));
-        assert!(matches!(k.listed(&h(1, 0), t0), Listed::Handled(i, 5) if i == id(1)));
+        assert!(matches!(k.listed(&h(1, 0), &topic, all, t0), Listed::Handled(i, 5) if i == id(1)));
+        // Only where it was seen: listed under another topic, or with its timestamp
+        // outside the range read, it is fetched (and checked) instead.
+        assert!(matches!(k.listed(&h(1, 0), &other, all, t0), Listed::Fetch));
+        assert!(matches!(
+            k.listed(&h(1, 0), &topic, (Some(6), i64::MAX), t0),
+            Listed::Fetch
+        ));
+        assert!(matches!(
+            k.listed(&h(1, 0), &topic, (None, 5), t0),
+            Listed::Fetch
+        ));
         // A copy under another Waku hash noted after the report is left out too; at most
         // MAX_HASHES_PER_ID hashes per id.
         for i in 1..10 {
-            k.note(id(1), h(1, i), 6, t0);
+            k.note(id(1), &topic, h(1, i), 6, t0);
         }
-        assert!(matches!(k.listed(&h(1, 1), t0), Listed::Handled(..)));
+        assert!(matches!(
+            k.listed(&h(1, 1), &topic, all, t0),
+            Listed::Handled(..)
+        ));
         assert_eq!(k.hashes.len(), MAX_HASHES_PER_ID);
         // Unknown hashes are fetched; an expired id is forgotten.
-        assert!(matches!(k.listed(&h(9, 0), t0), Listed::Fetch));
-        assert!(matches!(k.listed(&h(1, 0), t0 + w), Listed::Fetch));
+        assert!(matches!(k.listed(&h(9, 0), &topic, all, t0), Listed::Fetch));
+        assert!(matches!(
+            k.listed(&h(1, 0), &topic, all, t0 + w),
+            Listed::Fetch
+        ));
         assert!(k.ids.is_empty() && k.hashes.is_empty());
-        // Own publications: from memory within the byte budget, fetched beyond it.
-        let topic = Topic::from_group_id(b"g");
+        // Own publications: from memory within the byte budget, fetched beyond it, and
+        // returned even when reported handled (they are the delivery evidence).
         let big = vec![7u8; OWN_PAYLOAD_BYTES / 2 + 1];
         k.note_own(&topic, &big, h(2, 0), 1, t0);
+        k.handled(&MessageId::compute(&topic, &big));
         k.note_own(&topic, &[8u8; 16], h(3, 0), 2, t0);
         let mut big2 = big.clone();
         big2[0] = 1;
         k.note_own(&topic, &big2, h(4, 0), 3, t0);
-        assert!(matches!(k.listed(&h(2, 0), t0), Listed::Own(ref m, 1) if m.data == big));
-        assert!(matches!(k.listed(&h(3, 0), t0), Listed::Own(..)));
-        assert!(matches!(k.listed(&h(4, 0), t0), Listed::Fetch));
+        k.handled(&MessageId::compute(&topic, &big2));
+        assert!(
+            matches!(k.listed(&h(2, 0), &topic, all, t0), Listed::Own(ref m, 1) if m.data == big)
+        );
+        assert!(matches!(
+            k.listed(&h(3, 0), &topic, all, t0),
+            Listed::Own(..)
+        ));
+        assert!(matches!(k.listed(&h(4, 0), &topic, all, t0), Listed::Fetch));
         assert!(k.own_bytes <= OWN_PAYLOAD_BYTES);
         // At most `cap` ids: the oldest goes first, and its bytes with it.
-        k.note(id(5), h(5, 0), 4, t0);
+        k.note(id(5), &topic, h(5, 0), 4, t0);
         assert_eq!(k.ids.len(), 3);
-        assert!(matches!(k.listed(&h(2, 0), t0), Listed::Fetch));
+        assert!(matches!(k.listed(&h(2, 0), &topic, all, t0), Listed::Fetch));
         assert_eq!(k.own_bytes, 16);
     }
 
