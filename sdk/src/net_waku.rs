@@ -46,13 +46,16 @@
 //!   commits fetches exactly those. Messages the client deferred, and payloads of groups
 //!   it does not hold, are never reported handled, so they come again. What we remember
 //!   counts only for the topic and time range it was seen in, and the cursor moves past
-//!   left-out messages only forward, on a page where everything listed came (a store
-//!   listing a hash it then withholds, or a remembered hash under another topic or a
-//!   far-off timestamp, cannot move it). Everything read counts against the page's
-//!   bounds, and a lookup that brings nothing asked for ends the lookups. Left out of
-//!   this: segments (a payload above one relay message, such as a 0x004F commit of 250
-//!   members, over 300 KB, is fetched again), and the pqmls ordering cannot name a commit
-//!   it misses by Waku hash (that hash covers the sender's timestamp), so a miss is found
+//!   left-out messages only forward, on a last page where everything listed came (a
+//!   remembered hash under another topic or a far-off timestamp cannot move it); a page
+//!   cut by its bounds ends before the first hash it could not fetch. A hash a store
+//!   lists and then does not return is passed by a later page's start or by a message
+//!   after it, like any message a store loses; the lookback reads it again for two
+//!   minutes. Everything read counts against the page's bounds, a lookup that brings
+//!   nothing asked for ends the lookups, and a store that answers none is left for the
+//!   next one. Segmented payloads are remembered by all the segments relay brought
+//!   (parity after completion included). The pqmls ordering cannot name a commit it
+//!   misses by Waku hash (that hash covers the sender's timestamp), so a miss is found
 //!   by listing its range, not by a lookup of its own.
 //! - **Light clients.** With [`Config::light_service`] the node relays nothing: it
 //!   publishes through a lightpush v3 service and receives through a filter v2
@@ -75,7 +78,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use pqmls_transport::node::Config as NodeConfig;
 use pqmls_transport::store::{Cursor, Page};
-use pqmls_transport::waku::segmentation::{self, Reassembler, SegmentMessage};
+use pqmls_transport::waku::segmentation::{self, MAX_TOTAL_SEGMENTS, Reassembler, SegmentMessage};
 use pqmls_transport::waku::store::{MAX_HASHES, QueryRequest};
 use pqmls_transport::waku::{ContentTopic, PubsubTopic, WakuMessage, message_hash};
 use pqmls_transport::{Error, Message, MessageId, Node, PeerId, Topic};
@@ -315,7 +318,10 @@ impl Known {
 
     fn expire(&mut self, now: Instant) {
         while let Some((t, id)) = self.order.front().copied() {
-            if now.saturating_duration_since(t) < self.window && self.ids.len() <= self.cap {
+            if now.saturating_duration_since(t) < self.window
+                && self.ids.len() <= self.cap
+                && self.hashes.len() <= self.cap.saturating_mul(MAX_HASHES_PER_ID)
+            {
                 break;
             }
             self.order.pop_front();
@@ -326,6 +332,41 @@ impl Known {
     /// Records that the Waku message `hash`, sent at `timestamp`, carried the pqmls
     /// message `id` of `topic`.
     fn note(&mut self, id: MessageId, topic: &Topic, hash: [u8; 32], timestamp: i64, now: Instant) {
+        self.note_up_to(id, topic, hash, timestamp, now, MAX_HASHES_PER_ID);
+    }
+
+    /// Records that the Waku messages `segments` carried segments of the pqmls message
+    /// `id` of `topic`.
+    fn note_segments(
+        &mut self,
+        id: MessageId,
+        topic: &Topic,
+        segments: &[([u8; 32], i64)],
+        now: Instant,
+    ) {
+        for (hash, timestamp) in segments {
+            self.note_up_to(
+                id,
+                topic,
+                *hash,
+                *timestamp,
+                now,
+                MAX_HASHES_PER_ID + MAX_TOTAL_SEGMENTS,
+            );
+        }
+    }
+
+    /// As [`Known::note`], with at most `per_id` hashes for `id`. Over all ids at most
+    /// `cap * MAX_HASHES_PER_ID` hashes are kept: past it the oldest ids go first.
+    fn note_up_to(
+        &mut self,
+        id: MessageId,
+        topic: &Topic,
+        hash: [u8; 32],
+        timestamp: i64,
+        now: Instant,
+        per_id: usize,
+    ) {
         self.expire(now);
         if self.hashes.contains_key(&hash) {
             return;
@@ -348,11 +389,13 @@ impl Known {
             self.order.push_back((now, id));
         }
         if let Some(k) = self.ids.get_mut(&id)
-            && k.hashes.len() < MAX_HASHES_PER_ID
+            && k.hashes.len() < per_id
         {
             k.hashes.push(hash);
             self.hashes.insert(hash, (id, timestamp));
         }
+        // The total bound (the id just noted is the newest, so it stays unless alone).
+        self.expire(now);
     }
 
     /// Records our own publication of `data` on `topic` as `hash`.
@@ -429,9 +472,79 @@ impl Known {
     }
 }
 
+/// The Waku hashes of the segments relay brought, by the hash of the payload they carry,
+/// so that a payload that completes is remembered with all its segments ([`Known`]):
+/// at most `cap` payloads in reassembly (the reassembler's own bound) and as many
+/// completed ones (for segments that come after completion, parity typically), each
+/// with at most [`MAX_TOTAL_SEGMENTS`] hashes; the oldest go first.
+struct SegmentHashes {
+    cap: usize,
+    pending: HashMap<Vec<u8>, Vec<([u8; 32], i64)>>,
+    order: VecDeque<Vec<u8>>,
+    completed: HashMap<Vec<u8>, (MessageId, Topic)>,
+    completed_order: VecDeque<Vec<u8>>,
+}
+
+impl SegmentHashes {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            completed: HashMap::new(),
+            completed_order: VecDeque::new(),
+        }
+    }
+
+    /// A segment of the payload `entire`: its id if that payload completed already, else
+    /// the segment is kept for when it does.
+    fn push(
+        &mut self,
+        entire: &[u8],
+        hash: [u8; 32],
+        timestamp: i64,
+    ) -> Option<(MessageId, Topic)> {
+        if let Some(done) = self.completed.get(entire) {
+            return Some(done.clone());
+        }
+        if !self.pending.contains_key(entire) {
+            if self.order.len() >= self.cap
+                && let Some(old) = self.order.pop_front()
+            {
+                self.pending.remove(&old);
+            }
+            self.pending.insert(entire.to_vec(), Vec::new());
+            self.order.push_back(entire.to_vec());
+        }
+        if let Some(v) = self.pending.get_mut(entire)
+            && v.len() < MAX_TOTAL_SEGMENTS
+            && !v.iter().any(|(h, _)| *h == hash)
+        {
+            v.push((hash, timestamp));
+        }
+        None
+    }
+
+    /// The payload `entire` completed as `id`: its segments so far.
+    fn complete(&mut self, entire: &[u8], id: MessageId, topic: &Topic) -> Vec<([u8; 32], i64)> {
+        self.order.retain(|e| e.as_slice() != entire);
+        if !self.completed.contains_key(entire) {
+            if self.completed_order.len() >= self.cap
+                && let Some(old) = self.completed_order.pop_front()
+            {
+                self.completed.remove(&old);
+            }
+            self.completed.insert(entire.to_vec(), (id, topic.clone()));
+            self.completed_order.push_back(entire.to_vec());
+        }
+        self.pending.remove(entire).unwrap_or_default()
+    }
+}
+
 struct Shared {
     /// The shard, as the pubsub topic of message hashes.
     shard: String,
+    segment_hashes: Mutex<SegmentHashes>,
     known: Mutex<Known>,
     subscribed: Mutex<HashSet<Topic>>,
     reassembler: Mutex<Reassembler>,
@@ -597,6 +710,7 @@ impl WakuTransport {
             .ok_or_else(|| Error::Config("pqmls content topics cannot be autosharded".into()))?;
         let shared = Arc::new(Shared {
             shard: shard.to_string(),
+            segment_hashes: Mutex::new(SegmentHashes::new(config.segmentation.max_pending)),
             known: Mutex::new(Known::new(
                 config
                     .lookback
@@ -1012,8 +1126,10 @@ impl WakuTransport {
         let mut fetched: HashMap<[u8; 32], Stored> = HashMap::new();
         let mut bytes = 0usize;
         let mut entries_read = 0usize;
-        let mut stopped = false;
-        'batches: for batch in wanted.chunks(MAX_HASHES) {
+        // The position in `wanted` of the lookup the bounds or the store interrupted.
+        let mut stopped: Option<usize> = None;
+        'batches: for (b, batch) in wanted.chunks(MAX_HASHES).enumerate() {
+            let batch_start = b * MAX_HASHES;
             let order: Vec<[u8; 32]> = batch
                 .iter()
                 .filter_map(|i| listed.get(*i).copied())
@@ -1036,7 +1152,7 @@ impl WakuTransport {
                     entries_read += 1;
                     if entries_read > max_read || bytes.saturating_add(m.payload.len()) > max_bytes
                     {
-                        stopped = true;
+                        stopped = Some(batch_start);
                         break 'batches;
                     }
                     let hash = message_hash(&self.shared.shard, &m).0;
@@ -1072,7 +1188,7 @@ impl WakuTransport {
                     // Nothing asked for on this page: a store that will not answer
                     // lookups (or pages for ever) is not asked again in this read.
                     if got == 0 {
-                        stopped = true;
+                        stopped = Some(batch_start);
                         break 'batches;
                     }
                     break;
@@ -1085,16 +1201,26 @@ impl WakuTransport {
                 }
             }
         }
-        if stopped {
-            // Bounds hit, or lookups refused: the page ends before the first hash not
-            // fetched, and the next one starts there.
+        // Bounds hit, or lookups refused: the page ends before the first hash of the
+        // interrupted lookup not fetched (earlier gaps stay missing, see below), and the
+        // next page starts there.
+        let mut cut_by_hash = end < listed.len();
+        if let Some(from_batch) = stopped {
+            if fetched.is_empty() && !wanted.is_empty() {
+                // A store that lists but will not look up: ask the next one.
+                return Err(Error::Request(
+                    "the store answered no lookup by hash".into(),
+                ));
+            }
             if let Some(first) = wanted
                 .iter()
+                .skip(from_batch)
                 .copied()
                 .find(|i| listed.get(*i).is_none_or(|h| !fetched.contains_key(h)))
             {
                 end = end.min(first);
                 cut = true;
+                cut_by_hash = true;
             }
         }
         self.shared
@@ -1125,16 +1251,24 @@ impl WakuTransport {
         let incomplete = entries.iter().any(|(_, e, _)| matches!(e, Entry::Missing));
         entries.retain(|(_, e, _)| !matches!(e, Entry::Missing));
         let mut next = None;
+        let mut stalled = false;
+        let start_ms = time_start.map_or(0, nanos_to_ms);
         if cut && let Some(last) = entries.last().map(|(ts, _, _)| nanos_to_ms(*ts)) {
-            if last > from.after_ms() {
+            if last > start_ms {
                 // Keep whole milliseconds only (all segments of a payload share one
-                // timestamp, so none is split); the next page starts at `last`.
+                // timestamp, so none is split); the next page starts at `last`, and
+                // whatever this page left out at or after it is listed again.
                 entries.retain(|(ts, _, _)| nanos_to_ms(*ts) < last);
                 next = Some(Cursor::from_parts(last, None));
-            } else {
-                // More than the bound within one millisecond at the cursor: only a
+            } else if !cut_by_hash {
+                // More hashes than the bound within the first millisecond read: only a
                 // flood does that. Take what was read and go on after it.
                 next = Some(Cursor::from_parts(last.saturating_add(1), None));
+            } else {
+                // Cut before a hash not fetched within the first millisecond read: no
+                // way forward without passing it. Return what came; the cursor stays
+                // (no `next`, no `resume`) and a later read lists it again.
+                stalled = true;
             }
         }
         let mut skipped: Option<(i64, MessageId)> = None;
@@ -1142,6 +1276,7 @@ impl WakuTransport {
         let mut held = Vec::new();
         let mut stored = Vec::new();
         let mut read_whole = Vec::new();
+        let mut read_segments = Vec::new();
         let mut segments = false;
         for (ts, e, hash) in entries {
             match e {
@@ -1161,6 +1296,10 @@ impl WakuTransport {
                         hash.filter(|_| !s.segment && Wire::decode(&s.payload).is_some())
                     {
                         read_whole.push((h, s.timestamp, MessageId::compute(topic, &s.payload)));
+                    } else if let Some(h) = hash.filter(|_| s.segment)
+                        && let Ok(m) = SegmentMessage::decode(s.payload.as_slice())
+                    {
+                        read_segments.push((h, s.timestamp, m.entire_message_hash));
                     }
                     stored.push(s);
                 }
@@ -1173,6 +1312,20 @@ impl WakuTransport {
         if let Ok(mut k) = self.shared.known.lock() {
             for (h, ts, id) in read_whole {
                 k.note(id, topic, h, ts, now);
+            }
+        }
+        // Segments of payloads relay completed (those relay did not bring, parity
+        // typically), likewise.
+        if !read_segments.is_empty()
+            && let Ok(s) = self.shared.segment_hashes.lock()
+            && let Ok(mut k) = self.shared.known.lock()
+        {
+            for (h, ts, entire) in read_segments {
+                if let Some((id, t)) = s.completed.get(&entire)
+                    && t == topic
+                {
+                    k.note_segments(*id, t, &[(h, ts)], now);
+                }
             }
         }
         let mut messages: Vec<Message> = self
@@ -1194,6 +1347,7 @@ impl WakuTransport {
         let resume = skipped
             .filter(|(ts, _)| {
                 next.is_none()
+                    && !stalled
                     && !incomplete
                     && !segments
                     && nanos_to_ms(*ts) > from.after_ms()
@@ -1321,21 +1475,59 @@ fn retry(config: &segmentation::Config, stored: &[Stored], hash: &[u8]) -> Optio
 impl Shared {
     /// Maps an accepted relay message to a pqmls message, or drops it.
     fn accept(&self, m: WakuMessage, received: SystemTime) -> Option<Message> {
-        // A whole message's Waku hash, so that history reads can leave it out once the
-        // client has handled it (segments are fetched again: see "Catch-up by hash").
-        let whole = parse_content_topic(&m.content_topic)
-            .filter(|(topic, segment)| {
-                !segment && self.subscribed.lock().is_ok_and(|s| s.contains(topic))
-            })
-            .map(|_| (message_hash(&self.shard, &m).0, m.timestamp.unwrap_or(0)));
+        // The Waku hash of a message of a subscribed topic, so that history reads can
+        // leave it out once the client has handled its payload ("Catch-up by hash"); a
+        // segment's, with the hash of the payload it carries.
+        let noted = parse_content_topic(&m.content_topic)
+            .filter(|(topic, _)| self.subscribed.lock().is_ok_and(|s| s.contains(topic)))
+            .map(|(topic, segment)| {
+                let entire = segment
+                    .then(|| SegmentMessage::decode(m.payload.as_slice()).ok())
+                    .flatten()
+                    .map(|s| s.entire_message_hash);
+                (
+                    topic,
+                    entire,
+                    message_hash(&self.shard, &m).0,
+                    m.timestamp.unwrap_or(0),
+                )
+            });
+        let now = Instant::now();
+        if let Some((topic, Some(entire), hash, timestamp)) = &noted {
+            let done = self
+                .segment_hashes
+                .lock()
+                .ok()
+                .and_then(|mut s| s.push(entire, *hash, *timestamp));
+            // A segment of a payload already delivered (parity after completion).
+            if let Some((id, t)) = done
+                && t == *topic
+                && let Ok(mut k) = self.known.lock()
+            {
+                k.note_segments(id, &t, &[(*hash, *timestamp)], now);
+            }
+        }
         let Some(out) = self.map(m, received) else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        if let Some((hash, timestamp)) = whole
-            && let Ok(mut k) = self.known.lock()
-        {
-            k.note(out.id, &out.topic, hash, timestamp, Instant::now());
+        match noted {
+            Some((_, None, hash, timestamp)) => {
+                if let Ok(mut k) = self.known.lock() {
+                    k.note(out.id, &out.topic, hash, timestamp, now);
+                }
+            }
+            Some((_, Some(entire), _, _)) => {
+                let segments = self
+                    .segment_hashes
+                    .lock()
+                    .map(|mut s| s.complete(&entire, out.id, &out.topic))
+                    .unwrap_or_default();
+                if let Ok(mut k) = self.known.lock() {
+                    k.note_segments(out.id, &out.topic, &segments, now);
+                }
+            }
+            None => {}
         }
         // A copy of a payload seen within the window (another member's republication of
         // it, or our own coming back): not delivered again.
@@ -1591,6 +1783,35 @@ mod tests {
         assert_eq!(k.ids.len(), 3);
         assert!(matches!(k.listed(&h(2, 0), &topic, all, t0), Listed::Fetch));
         assert_eq!(k.own_bytes, 16);
+    }
+
+    #[test]
+    fn segment_hashes_stay_bounded_and_follow_completion() {
+        let topic = Topic::from_group_id(b"g");
+        let mut s = SegmentHashes::new(2);
+        // At most MAX_TOTAL_SEGMENTS hashes for one payload, duplicates once.
+        for i in 0..(MAX_TOTAL_SEGMENTS + 10) {
+            let h = [u8::try_from(i % 251).unwrap_or(0); 32];
+            let mut h2 = h;
+            h2[1] = u8::try_from(i / 251).unwrap_or(0);
+            assert!(s.push(b"m1", h2, 1).is_none());
+        }
+        assert_eq!(s.pending[&b"m1".to_vec()].len(), MAX_TOTAL_SEGMENTS);
+        // At most `cap` payloads in reassembly: the oldest goes first.
+        s.push(b"m2", [1; 32], 1);
+        s.push(b"m3", [2; 32], 1);
+        assert_eq!(s.pending.len(), 2);
+        assert!(!s.pending.contains_key(b"m1".as_slice()));
+        // Completion hands the segments over; a later segment names the payload's id.
+        let id = MessageId([5; 32]);
+        assert_eq!(s.complete(b"m2", id, &topic), vec![([1; 32], 1)]);
+        assert!(matches!(s.push(b"m2", [3; 32], 2), Some((i, _)) if i == id));
+        assert_eq!(s.pending.len(), 1);
+        // Completed payloads are bounded the same way.
+        s.complete(b"m3", MessageId([6; 32]), &topic);
+        s.complete(b"m4", MessageId([7; 32]), &topic);
+        assert_eq!(s.completed.len(), 2);
+        assert!(s.push(b"m2", [4; 32], 3).is_none());
     }
 
     #[test]

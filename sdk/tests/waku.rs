@@ -752,14 +752,17 @@ async fn a_store_that_pages_for_ever_is_not_followed_for_ever() {
     })
     .await;
     let topic = Topic::from_group_id(b"any");
-    let page = tokio::time::timeout(STEP, t.history(&topic, Cursor::beginning()))
+    let read = tokio::time::timeout(STEP, t.history(&topic, Cursor::beginning()))
         .await
-        .expect("history returns")
-        .unwrap();
-    assert!(page.messages.is_empty());
+        .expect("history returns");
+    // It lists junk and looks nothing up: an error, so that the next store is asked.
+    assert!(
+        matches!(read, Err(pqmls_transport::Error::Request(_))),
+        "{read:?}"
+    );
     // At most twice the bound plus a page of entries are listed (one entry per page
-    // here), then one lookup of the first 100 hashes listed, whose answer brings nothing
-    // asked for and so ends the lookups.
+    // here), then one lookup of the first 10 hashes listed (`history_messages`), whose
+    // answer brings nothing asked for and so ends the lookups.
     let asked = queries.load(Ordering::Relaxed);
     assert!((100..=121).contains(&asked), "{asked} queries");
     server.abort();
@@ -1014,6 +1017,56 @@ async fn a_catch_up_fetches_only_what_the_client_has_not_handled() {
     assert_eq!(own_ids, want);
     assert_eq!(alice.counters().history_fetched, 0);
     assert_eq!(alice.counters().history_left_out, 3);
+
+    store.shutdown().await.unwrap();
+}
+
+/// The same for a payload relay brought in segments: once handled, none of its segments
+/// is fetched again (parity segments that came after it completed included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_leaves_out_the_segments_of_a_handled_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node_limited(&dir.path().join("store"), SMALL_LIMIT).await;
+    let (alice, _alice_in) = transport_limited(&bootstrap, SMALL_LIMIT).await;
+    let (bob, mut bob_in) = transport_limited(&bootstrap, SMALL_LIMIT).await;
+    let topic = Topic::from_group_id(b"a group with segmented traffic");
+    for t in [&alice, &bob] {
+        t.subscribe(&topic).await.unwrap();
+    }
+    let shard = alice.shard();
+    for t in [&alice, &bob] {
+        until("relay mesh", async || {
+            t.node().relay_mesh_peers(shard).await.unwrap() > 0
+        })
+        .await;
+    }
+    let stored_before = store.counters().stored;
+    let payload = big_payload(12 * 1024, 21);
+    let id = alice.publish(&topic, payload.clone()).await.unwrap();
+    assert_eq!(alice.counters().segmented, 1);
+    assert_eq!(next_message(&mut bob_in).await.id, id);
+    // 12 KiB in 1 KiB segments: 13 data segments and their parity.
+    until("the store archived the segments", async || {
+        store.counters().stored - stored_before >= 13
+    })
+    .await;
+    // Let the last segments (parity after completion) reach Bob and the store too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Not handled yet: the catch-up fetches the segments and reassembles the payload.
+    let page = bob.history(&topic, Cursor::beginning()).await.unwrap();
+    assert_eq!(page.messages.len(), 1);
+    assert_eq!(page.messages[0].data, payload);
+    let listed = bob.counters().history_fetched;
+    assert!(listed >= 13, "{listed} segments");
+    // Handled: nothing is fetched, every segment is left out: those relay brought, and
+    // those it did not (parity sent after the payload completed), remembered from the
+    // read above as segments of a payload relay completed.
+    bob.handled(&id);
+    let again = bob.history(&topic, Cursor::beginning()).await.unwrap();
+    assert!(again.messages.is_empty());
+    assert_eq!(bob.counters().history_fetched, listed);
+    assert_eq!(bob.counters().history_left_out, listed);
 
     store.shutdown().await.unwrap();
 }
