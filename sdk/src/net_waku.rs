@@ -421,6 +421,34 @@ impl Known {
         }
     }
 
+    /// Records our own publication of `data` on `topic` in segments: their stored
+    /// copies are always fetched (the client reads them back as delivery evidence), also
+    /// when relay or filter brought them back first and the client reported them handled.
+    fn note_own_segmented(&mut self, topic: &Topic, data: &[u8], now: Instant) {
+        let id = MessageId::compute(topic, data);
+        self.expire(now);
+        if !self.ids.contains_key(&id) {
+            if self.ids.len() >= self.cap
+                && let Some((_, old)) = self.order.pop_front()
+            {
+                self.forget(&old);
+            }
+            self.ids.insert(
+                id,
+                KnownId {
+                    topic: topic.clone(),
+                    hashes: Vec::new(),
+                    handled: false,
+                    own: None,
+                },
+            );
+            self.order.push_back((now, id));
+        }
+        if let Some(k) = self.ids.get_mut(&id) {
+            k.own = Some((topic.clone(), None));
+        }
+    }
+
     fn handled(&mut self, id: &MessageId) {
         if let Some(k) = self.ids.get_mut(id) {
             k.handled = true;
@@ -479,10 +507,10 @@ impl Known {
 /// with at most [`MAX_TOTAL_SEGMENTS`] hashes; the oldest go first.
 struct SegmentHashes {
     cap: usize,
-    pending: HashMap<Vec<u8>, Vec<([u8; 32], i64)>>,
-    order: VecDeque<Vec<u8>>,
-    completed: HashMap<Vec<u8>, (MessageId, Topic)>,
-    completed_order: VecDeque<Vec<u8>>,
+    pending: HashMap<[u8; 32], Vec<([u8; 32], i64)>>,
+    order: VecDeque<[u8; 32]>,
+    completed: HashMap<[u8; 32], (MessageId, Topic)>,
+    completed_order: VecDeque<[u8; 32]>,
 }
 
 impl SegmentHashes {
@@ -500,7 +528,7 @@ impl SegmentHashes {
     /// the segment is kept for when it does.
     fn push(
         &mut self,
-        entire: &[u8],
+        entire: &[u8; 32],
         hash: [u8; 32],
         timestamp: i64,
     ) -> Option<(MessageId, Topic)> {
@@ -513,8 +541,8 @@ impl SegmentHashes {
             {
                 self.pending.remove(&old);
             }
-            self.pending.insert(entire.to_vec(), Vec::new());
-            self.order.push_back(entire.to_vec());
+            self.pending.insert(*entire, Vec::new());
+            self.order.push_back(*entire);
         }
         if let Some(v) = self.pending.get_mut(entire)
             && v.len() < MAX_TOTAL_SEGMENTS
@@ -526,16 +554,21 @@ impl SegmentHashes {
     }
 
     /// The payload `entire` completed as `id`: its segments so far.
-    fn complete(&mut self, entire: &[u8], id: MessageId, topic: &Topic) -> Vec<([u8; 32], i64)> {
-        self.order.retain(|e| e.as_slice() != entire);
+    fn complete(
+        &mut self,
+        entire: &[u8; 32],
+        id: MessageId,
+        topic: &Topic,
+    ) -> Vec<([u8; 32], i64)> {
+        self.order.retain(|e| e != entire);
         if !self.completed.contains_key(entire) {
             if self.completed_order.len() >= self.cap
                 && let Some(old) = self.completed_order.pop_front()
             {
                 self.completed.remove(&old);
             }
-            self.completed.insert(entire.to_vec(), (id, topic.clone()));
-            self.completed_order.push_back(entire.to_vec());
+            self.completed.insert(*entire, (id, topic.clone()));
+            self.completed_order.push_back(*entire);
         }
         self.pending.remove(entire).unwrap_or_default()
     }
@@ -1128,6 +1161,8 @@ impl WakuTransport {
         let mut entries_read = 0usize;
         // The position in `wanted` of the lookup the bounds or the store interrupted.
         let mut stopped: Option<usize> = None;
+        // Whether the store, not the page's bounds, interrupted the lookups.
+        let mut refused = false;
         'batches: for (b, batch) in wanted.chunks(MAX_HASHES).enumerate() {
             let batch_start = b * MAX_HASHES;
             let order: Vec<[u8; 32]> = batch
@@ -1189,6 +1224,7 @@ impl WakuTransport {
                     // lookups (or pages for ever) is not asked again in this read.
                     if got == 0 {
                         stopped = Some(batch_start);
+                        refused = true;
                         break 'batches;
                     }
                     break;
@@ -1204,7 +1240,6 @@ impl WakuTransport {
         // Bounds hit, or lookups refused: the page ends before the first hash of the
         // interrupted lookup not fetched (earlier gaps stay missing, see below), and the
         // next page starts there.
-        let mut cut_by_hash = end < listed.len();
         if let Some(from_batch) = stopped {
             if fetched.is_empty() && !wanted.is_empty() {
                 // A store that lists but will not look up: ask the next one.
@@ -1220,7 +1255,6 @@ impl WakuTransport {
             {
                 end = end.min(first);
                 cut = true;
-                cut_by_hash = true;
             }
         }
         self.shared
@@ -1260,14 +1294,16 @@ impl WakuTransport {
                 // whatever this page left out at or after it is listed again.
                 entries.retain(|(ts, _, _)| nanos_to_ms(*ts) < last);
                 next = Some(Cursor::from_parts(last, None));
-            } else if !cut_by_hash {
-                // More hashes than the bound within the first millisecond read: only a
-                // flood does that. Take what was read and go on after it.
+            } else if !refused {
+                // More than the page's bounds within the first millisecond read: only a
+                // flood does that (it stays out of reach however often it is read). Take
+                // what was read and go on after it.
                 next = Some(Cursor::from_parts(last.saturating_add(1), None));
             } else {
-                // Cut before a hash not fetched within the first millisecond read: no
-                // way forward without passing it. Return what came; the cursor stays
-                // (no `next`, no `resume`) and a later read lists it again.
+                // The store stopped answering lookups before a hash within the first
+                // millisecond read: no way forward without passing it. Return what
+                // came; the cursor stays (no `next`, no `resume`) and a later read, or
+                // another store, lists it again.
                 stalled = true;
             }
         }
@@ -1321,7 +1357,7 @@ impl WakuTransport {
             && let Ok(mut k) = self.shared.known.lock()
         {
             for (h, ts, entire) in read_segments {
-                if let Some((id, t)) = s.completed.get(&entire)
+                if let Some((id, t)) = s.completed.get(entire.as_slice())
                     && t == topic
                 {
                     k.note_segments(*id, t, &[(h, ts)], now);
@@ -1484,7 +1520,8 @@ impl Shared {
                 let entire = segment
                     .then(|| SegmentMessage::decode(m.payload.as_slice()).ok())
                     .flatten()
-                    .map(|s| s.entire_message_hash);
+                    // A payload hash of another length is refused by the reassembler.
+                    .and_then(|s| <[u8; 32]>::try_from(s.entire_message_hash.as_slice()).ok());
                 (
                     topic,
                     entire,
@@ -1628,10 +1665,13 @@ impl Transport for WakuTransport {
             if let Ok(mut r) = self.shared.recent.lock() {
                 r.insert(id, Instant::now());
             }
-            if let Some((hash, timestamp)) = whole
-                && let Ok(mut k) = self.shared.known.lock()
-            {
-                k.note_own(topic, &data, hash, timestamp, Instant::now());
+            if let Ok(mut k) = self.shared.known.lock() {
+                match whole {
+                    Some((hash, timestamp)) => {
+                        k.note_own(topic, &data, hash, timestamp, Instant::now());
+                    }
+                    None => k.note_own_segmented(topic, &data, Instant::now()),
+                }
             }
             Ok(id)
         })
@@ -1778,6 +1818,18 @@ mod tests {
         ));
         assert!(matches!(k.listed(&h(4, 0), &topic, all, t0), Listed::Fetch));
         assert!(k.own_bytes <= OWN_PAYLOAD_BYTES);
+        // An own payload sent in segments: its segments are fetched even when handled
+        // (a light client's own publication comes back through filter first).
+        let seg_id = MessageId::compute(&topic, b"segmented");
+        k.note_segments(seg_id, &topic, &[(h(6, 0), 7)], t0);
+        k.handled(&seg_id);
+        assert!(matches!(
+            k.listed(&h(6, 0), &topic, all, t0),
+            Listed::Handled(..)
+        ));
+        k.note_own_segmented(&topic, b"segmented", t0);
+        assert!(matches!(k.listed(&h(6, 0), &topic, all, t0), Listed::Fetch));
+        k.forget(&seg_id);
         // At most `cap` ids: the oldest goes first, and its bytes with it.
         k.note(id(5), &topic, h(5, 0), 4, t0);
         assert_eq!(k.ids.len(), 3);
@@ -1794,24 +1846,24 @@ mod tests {
             let h = [u8::try_from(i % 251).unwrap_or(0); 32];
             let mut h2 = h;
             h2[1] = u8::try_from(i / 251).unwrap_or(0);
-            assert!(s.push(b"m1", h2, 1).is_none());
+            assert!(s.push(&[1u8; 32], h2, 1).is_none());
         }
-        assert_eq!(s.pending[&b"m1".to_vec()].len(), MAX_TOTAL_SEGMENTS);
+        assert_eq!(s.pending[&[1u8; 32]].len(), MAX_TOTAL_SEGMENTS);
         // At most `cap` payloads in reassembly: the oldest goes first.
-        s.push(b"m2", [1; 32], 1);
-        s.push(b"m3", [2; 32], 1);
+        s.push(&[2u8; 32], [1; 32], 1);
+        s.push(&[3u8; 32], [2; 32], 1);
         assert_eq!(s.pending.len(), 2);
-        assert!(!s.pending.contains_key(b"m1".as_slice()));
+        assert!(!s.pending.contains_key(&[1u8; 32]));
         // Completion hands the segments over; a later segment names the payload's id.
         let id = MessageId([5; 32]);
-        assert_eq!(s.complete(b"m2", id, &topic), vec![([1; 32], 1)]);
-        assert!(matches!(s.push(b"m2", [3; 32], 2), Some((i, _)) if i == id));
+        assert_eq!(s.complete(&[2u8; 32], id, &topic), vec![([1; 32], 1)]);
+        assert!(matches!(s.push(&[2u8; 32], [3; 32], 2), Some((i, _)) if i == id));
         assert_eq!(s.pending.len(), 1);
         // Completed payloads are bounded the same way.
-        s.complete(b"m3", MessageId([6; 32]), &topic);
-        s.complete(b"m4", MessageId([7; 32]), &topic);
+        s.complete(&[3u8; 32], MessageId([6; 32]), &topic);
+        s.complete(&[4u8; 32], MessageId([7; 32]), &topic);
         assert_eq!(s.completed.len(), 2);
-        assert!(s.push(b"m2", [4; 32], 3).is_none());
+        assert!(s.push(&[2u8; 32], [4; 32], 3).is_none());
     }
 
     #[test]

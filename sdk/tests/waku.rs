@@ -1070,3 +1070,62 @@ async fn a_catch_up_leaves_out_the_segments_of_a_handled_payload() {
 
     store.shutdown().await.unwrap();
 }
+
+/// A stranger's flood of junk stamped at one instant, more than one page may fetch, does
+/// not stop a catch-up: the pages go on after that millisecond (the flood rule) and reach
+/// the genuine message behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_at_one_instant_does_not_stop_a_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node(&dir.path().join("store")).await;
+    let (alice, _alice_in) = transport(&bootstrap).await;
+    let mut config = net_waku::Config::default().with_store_peer(peer_of(&bootstrap));
+    config.history_messages = 5;
+    let (bob, _bob_in) =
+        WakuTransport::start(waku_node().with_bootstrap(bootstrap.clone()), config)
+            .await
+            .unwrap();
+    let topic = Topic::from_group_id(b"a flooded group");
+    alice.subscribe(&topic).await.unwrap();
+    let shard = alice.shard();
+    until("relay mesh", async || {
+        alice.node().relay_mesh_peers(shard).await.unwrap() > 0
+    })
+    .await;
+    let stored_before = store.counters().stored;
+    let now_ns = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    )
+    .unwrap();
+    let content_topic = format!(
+        "/pqmls/1/{}/proto",
+        topic.as_str().trim_start_matches("/pqmls/group/1/")
+    );
+    for i in 0..8u8 {
+        let junk = WakuMessage::new(content_topic.clone(), vec![0xEE, i, 1, 2, 3])
+            .with_timestamp(now_ns - 10_000_000_000);
+        store.relay_publish_on(shard, junk).await.unwrap();
+    }
+    let id = alice.publish(&topic, big_payload(1024, 31)).await.unwrap();
+    until("the store archived the flood and the message", async || {
+        store.counters().stored - stored_before >= 9
+    })
+    .await;
+
+    let mut from = Cursor::beginning();
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let page = bob.history(&topic, from).await.unwrap();
+        got.extend(page.messages.iter().map(|m| m.id));
+        match page.next {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    assert_eq!(got, vec![id]);
+
+    store.shutdown().await.unwrap();
+}
