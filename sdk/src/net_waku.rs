@@ -329,6 +329,28 @@ impl Known {
         }
     }
 
+    /// Makes an entry for `id` of `topic` if it has none (at the cap the oldest id goes
+    /// first).
+    fn admit(&mut self, id: MessageId, topic: &Topic, now: Instant) {
+        if !self.ids.contains_key(&id) {
+            if self.ids.len() >= self.cap
+                && let Some((_, old)) = self.order.pop_front()
+            {
+                self.forget(&old);
+            }
+            self.ids.insert(
+                id,
+                KnownId {
+                    topic: topic.clone(),
+                    hashes: Vec::new(),
+                    handled: false,
+                    own: None,
+                },
+            );
+            self.order.push_back((now, id));
+        }
+    }
+
     /// Records that the Waku message `hash`, sent at `timestamp`, carried the pqmls
     /// message `id` of `topic`.
     fn note(&mut self, id: MessageId, topic: &Topic, hash: [u8; 32], timestamp: i64, now: Instant) {
@@ -371,23 +393,7 @@ impl Known {
         if self.hashes.contains_key(&hash) {
             return;
         }
-        if !self.ids.contains_key(&id) {
-            if self.ids.len() >= self.cap
-                && let Some((_, old)) = self.order.pop_front()
-            {
-                self.forget(&old);
-            }
-            self.ids.insert(
-                id,
-                KnownId {
-                    topic: topic.clone(),
-                    hashes: Vec::new(),
-                    handled: false,
-                    own: None,
-                },
-            );
-            self.order.push_back((now, id));
-        }
+        self.admit(id, topic, now);
         if let Some(k) = self.ids.get_mut(&id)
             && k.hashes.len() < per_id
         {
@@ -427,23 +433,7 @@ impl Known {
     fn note_own_segmented(&mut self, topic: &Topic, data: &[u8], now: Instant) {
         let id = MessageId::compute(topic, data);
         self.expire(now);
-        if !self.ids.contains_key(&id) {
-            if self.ids.len() >= self.cap
-                && let Some((_, old)) = self.order.pop_front()
-            {
-                self.forget(&old);
-            }
-            self.ids.insert(
-                id,
-                KnownId {
-                    topic: topic.clone(),
-                    hashes: Vec::new(),
-                    handled: false,
-                    own: None,
-                },
-            );
-            self.order.push_back((now, id));
-        }
+        self.admit(id, topic, now);
         if let Some(k) = self.ids.get_mut(&id) {
             if let Some((_, Some(p))) = &k.own {
                 self.own_bytes = self.own_bytes.saturating_sub(p.len());
