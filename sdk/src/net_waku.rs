@@ -897,18 +897,24 @@ impl WakuTransport {
         max_messages: usize,
         max_bytes: usize,
     ) -> pqmls_transport::Result<(Vec<Stored>, bool)> {
-        if self.config.store_peers.is_empty() {
-            return Err(Error::NoStore);
-        }
+        self.first_store(|peer| {
+            self.query_peer(peer, name, time_start, forward, max_messages, max_bytes)
+        })
+        .await
+    }
+
+    /// `ask` of each store in [`Config::store_peers`] in turn: the first answer, or the
+    /// last error ([`Error::NoStore`] without any store).
+    async fn first_store<T, F>(&self, ask: impl Fn(PeerId) -> F) -> pqmls_transport::Result<T>
+    where
+        F: std::future::Future<Output = pqmls_transport::Result<T>>,
+    {
         let mut last = Error::NoStore;
         for peer in &self.config.store_peers {
-            match self
-                .query_peer(*peer, name, time_start, forward, max_messages, max_bytes)
-                .await
-            {
+            match ask(*peer).await {
                 Ok(r) => return Ok(r),
                 Err(e) => {
-                    tracing::debug!("store query to {peer} failed: {e}");
+                    tracing::debug!("store {peer} failed: {e}");
                     last = e;
                 }
             }
@@ -1040,20 +1046,8 @@ impl WakuTransport {
         };
         let start_ms = from.after_ms().saturating_sub(lookback);
         let time_start = (start_ms > 0).then(|| ms_to_nanos(start_ms));
-        if self.config.store_peers.is_empty() {
-            return Err(Error::NoStore);
-        }
-        let mut last = Error::NoStore;
-        for peer in &self.config.store_peers {
-            match self.history_peer(*peer, topic, from, time_start).await {
-                Ok(page) => return Ok(page),
-                Err(e) => {
-                    tracing::debug!("history from store {peer} failed: {e}");
-                    last = e;
-                }
-            }
-        }
-        Err(last)
+        self.first_store(|peer| self.history_peer(peer, topic, from, time_start))
+            .await
     }
 
     /// One page of `topic`'s history from `peer`: the hashes of the messages stamped from
