@@ -201,7 +201,10 @@
 //! js-waku versions are in `tests/js/README.md`): relay both ways, metadata's cluster gate,
 //! store, lightpush and filter with js-waku as the client. Not yet against the Nim node.
 //! Every node refuses a TCP listen port already in use ([`Error::AddressInUse`]) and dials
-//! its bootstrap peers again, with backoff, when they go away. Not yet done: mplex and
+//! its bootstrap peers again, with backoff, when they go away. TCP dials leave from a fresh
+//! ephemeral port, never from the listening port as libp2p-tcp does by default: a socket of
+//! that port lingering in `TIME_WAIT` made every redial within a minute fail with
+//! `EADDRINUSE` (`node/fresh_ports.rs`). Not yet done: mplex and
 //! WebSockets (js-waku's default muxer and transport; the interop tests give js-waku TCP
 //! and yamux), catch-up resumed when a store comes back, choosing a store for
 //! [`Node::store_query`] (or a lightpush or filter service) among connected peers (the

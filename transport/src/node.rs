@@ -34,6 +34,7 @@ use crate::waku::{
     metadata, peer_exchange, relay,
 };
 
+mod fresh_ports;
 mod waku_filter;
 mod waku_filter_push;
 mod waku_lightpush;
@@ -1017,9 +1018,9 @@ impl Node {
         let key_for_record = keypair.clone();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
-            .with_tcp(tcp::Config::default(), noise::Config::new, yamux_config)
-            .map_err(|e| Error::Setup(e.to_string()))?
             .with_quic()
+            .with_other_transport(tcp_transport)
+            .map_err(|e| Error::Setup(e.to_string()))?
             .with_behaviour(|_| behaviour)
             .map_err(|e| Error::Setup(e.to_string()))?
             .with_swarm_config(|c| {
@@ -1510,6 +1511,27 @@ impl Node {
 /// 256 KiB of the yamux spec ("Flow Control": initial window 256 KiB) and no peer is
 /// allowed a frame we refuse. The cost: one stream moves at most 256 KiB per round trip
 /// (2.5 MB/s at 100 ms), ample for relay's 150 KiB messages.
+/// TCP with noise and yamux, as `SwarmBuilder::with_tcp` builds it, but dialing from fresh
+/// ports ([`fresh_ports`]).
+fn tcp_transport(
+    keypair: &identity::Keypair,
+) -> std::result::Result<
+    libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    use libp2p::core::Transport as _;
+    use libp2p::core::muxing::StreamMuxerBox;
+    use libp2p::core::upgrade::Version;
+    Ok(
+        fresh_ports::FreshPorts(tcp::tokio::Transport::new(tcp::Config::default()))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise::Config::new(keypair)?)
+            .multiplex(yamux_config())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    )
+}
+
 fn yamux_config() -> yamux::Config {
     let mut c = yamux::Config::default();
     c.set_max_num_streams(YAMUX_MAX_STREAMS);

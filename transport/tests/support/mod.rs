@@ -22,6 +22,12 @@ pub fn config() -> Config {
 
 /// Starts a node.
 pub async fn start(config: Config) -> (Node, Inbound) {
+    if let Ok(filter) = std::env::var("PQMLS_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
     Node::start(config).await.expect("node starts")
 }
 
