@@ -75,7 +75,8 @@ pub struct ChatArgs {
     /// Run on Waku (cluster of the `local` preset) instead of pqmls's own protocols: relay
     /// for traffic, store v3 for history and key packages. With --store the store is a Waku
     /// node in this process (as `pqmls node --preset local` runs one); otherwise every
-    /// --bootstrap address with a /p2p/<peer id> suffix is asked as a Waku store.
+    /// --bootstrap address with a /p2p/<peer id> suffix is asked as a Waku store, and
+    /// after them peers that announce store v3 (found through peer exchange too).
     #[arg(long)]
     waku: bool,
 }
@@ -527,9 +528,6 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         .with_suite(args.suite);
     config.invitations = args.accept_invitations;
     let client = if args.waku {
-        if waku_stores.is_empty() {
-            bail!("with --waku, use --store or a --bootstrap address ending in /p2p/<peer id>");
-        }
         let mut waku = pqmls::net_waku::Config::default();
         waku.store_peers = waku_stores;
         let node = node

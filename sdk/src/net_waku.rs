@@ -26,7 +26,10 @@
 //!   ([`Error::Duplicate`], as the pqmls transport answers) and a copy received is not
 //!   delivered again.
 //! - **History** is Waku store v3: content-topic queries with a time range, all pages, see
-//!   [`Config`] for the bounds. Waku stores order by the *sender's* timestamp, not by
+//!   [`Config`] for the bounds. The stores asked, in turn until one answers, are those
+//!   the application names ([`Config::store_peers`]) and then connected peers that
+//!   announce store v3 over identify ([`Config::discovered_stores`]; with peer exchange
+//!   on, a client that knows only an entry node finds them). Waku stores order by the *sender's* timestamp, not by
 //!   arrival, so a [`Cursor`] is read as a sender time: `(after_ms, None)` asks for every
 //!   message stamped at `after_ms` or later; `(after_ms, Some(_))` (a cursor after a
 //!   message) asks for those stamped at `after_ms - lookback` or later, because an
@@ -81,7 +84,7 @@ use pqmls_transport::store::{Cursor, Page};
 use pqmls_transport::waku::segmentation::{self, MAX_TOTAL_SEGMENTS, Reassembler, SegmentMessage};
 use pqmls_transport::waku::store::{MAX_HASHES, QueryRequest};
 use pqmls_transport::waku::{ContentTopic, PubsubTopic, WakuMessage, message_hash};
-use pqmls_transport::{Error, Message, MessageId, Node, PeerId, Topic};
+use pqmls_transport::{Error, Message, MessageId, Node, PeerId, Topic, WakuService};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 
@@ -106,9 +109,16 @@ const PAGE: u64 = 100;
 #[non_exhaustive]
 pub struct Config {
     /// Store nodes to ask for history and the directory, in order of preference (the
-    /// next one is asked when one fails). Without any, `history` and `get` fail with
-    /// [`Error::NoStore`].
+    /// next one is asked when one fails). After them come up to
+    /// [`Config::discovered_stores`] connected peers that announce store v3. Without any
+    /// store, `history` and `get` fail with [`Error::NoStore`].
     pub store_peers: Vec<PeerId>,
+    /// Most stores found among connected peers (by the protocols they announce over
+    /// identify, [`Node::service_peers`]) that are asked after [`Config::store_peers`]
+    /// (default 2; 0 asks only the named ones). Such a store is a stranger like any
+    /// peer: its answers are checked as every store's are, and one that answers with
+    /// nothing hides history only when every named store failed first.
+    pub discovered_stores: usize,
     /// Segmentation of large payloads, and the bounds of reassembly.
     pub segmentation: segmentation::Config,
     /// Most Waku messages read from stores for one `history` call (default 2048). When a
@@ -147,6 +157,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             store_peers: Vec::new(),
+            discovered_stores: 2,
             segmentation: segmentation::Config::default(),
             history_messages: 2048,
             history_bytes: 32 * 1024 * 1024,
@@ -903,14 +914,39 @@ impl WakuTransport {
         .await
     }
 
-    /// `ask` of each store in [`Config::store_peers`] in turn: the first answer, or the
-    /// last error ([`Error::NoStore`] without any store).
+    /// The stores to ask, in order: [`Config::store_peers`], then up to
+    /// [`Config::discovered_stores`] connected peers that announce store v3 (the longest
+    /// connected first), none twice.
+    async fn stores(&self) -> Vec<PeerId> {
+        let mut stores = self.config.store_peers.clone();
+        if self.config.discovered_stores == 0 {
+            return stores;
+        }
+        let found = self
+            .node
+            .service_peers(WakuService::Store)
+            .await
+            .unwrap_or_default();
+        let named = stores.len();
+        for peer in found {
+            if stores.len() - named >= self.config.discovered_stores {
+                break;
+            }
+            if !stores.contains(&peer) {
+                stores.push(peer);
+            }
+        }
+        stores
+    }
+
+    /// `ask` of each store of [`Self::stores`] in turn: the first answer, or the last
+    /// error ([`Error::NoStore`] without any store).
     async fn first_store<T, F>(&self, ask: impl Fn(PeerId) -> F) -> pqmls_transport::Result<T>
     where
         F: std::future::Future<Output = pqmls_transport::Result<T>>,
     {
         let mut last = Error::NoStore;
-        for peer in &self.config.store_peers {
+        for peer in &self.stores().await {
             match ask(*peer).await {
                 Ok(r) => return Ok(r),
                 Err(e) => {

@@ -1129,3 +1129,71 @@ async fn a_flood_at_one_instant_does_not_stop_a_catch_up() {
 
     store.shutdown().await.unwrap();
 }
+
+/// A client told of no store finds one among its peers (the store announces store v3 over
+/// identify) and reads history from it (the directory's reads go the same way); a
+/// relay-only peer is not taken
+/// for one, and with discovery off a client without named stores has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_told_of_no_store_finds_one_among_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node(&dir.path().join("store")).await;
+    let (alice, _alice_in) = transport(&bootstrap).await;
+    let topic = Topic::from_group_id(b"a group whose store nobody named");
+    alice.subscribe(&topic).await.unwrap();
+    let shard = alice.shard();
+    until("relay mesh", async || {
+        alice.node().relay_mesh_peers(shard).await.unwrap() > 0
+    })
+    .await;
+    let id = alice.publish(&topic, big_payload(512, 21)).await.unwrap();
+    until("the store archived it", async || {
+        store.counters().stored >= 1
+    })
+    .await;
+
+    // A relay-only node between: connected to it, it is not a store.
+    let (relay_only, _) = Node::start(waku_node().with_bootstrap(bootstrap.clone()))
+        .await
+        .unwrap();
+    let relay_addr = relay_only.listen_addrs().await.unwrap().remove(0);
+    let unnamed = |discovered: usize| {
+        let mut config = net_waku::Config::default();
+        config.discovered_stores = discovered;
+        config
+    };
+    let node = |addr: &Multiaddr| {
+        waku_node()
+            .with_bootstrap(addr.clone())
+            .with_bootstrap(bootstrap.clone())
+    };
+    let (bob, _bob_in) = WakuTransport::start(node(&relay_addr), unnamed(2))
+        .await
+        .unwrap();
+    let (carol, _carol_in) = WakuTransport::start(node(&relay_addr), unnamed(0))
+        .await
+        .unwrap();
+    until("bob sees the store", async || {
+        bob.node()
+            .service_peers(pqmls_transport::WakuService::Store)
+            .await
+            .unwrap()
+            == vec![store.peer_id()]
+    })
+    .await;
+    let page = bob.history(&topic, Cursor::beginning()).await.unwrap();
+    let ids: Vec<MessageId> = page.messages.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![id]);
+
+    // Carol is connected to the same store but asks only named ones: none.
+    until("carol is connected to the store", async || {
+        carol.node().counters().metadata_admitted >= 2
+    })
+    .await;
+    assert!(matches!(
+        carol.history(&topic, Cursor::beginning()).await,
+        Err(pqmls_transport::Error::NoStore)
+    ));
+    relay_only.shutdown().await.unwrap();
+    store.shutdown().await.unwrap();
+}

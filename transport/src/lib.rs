@@ -206,9 +206,10 @@
 //! that port lingering in `TIME_WAIT` made every redial within a minute fail with
 //! `EADDRINUSE` (`node/fresh_ports.rs`). Not yet done: mplex and
 //! WebSockets (js-waku's default muxer and transport; the interop tests give js-waku TCP
-//! and yamux), catch-up resumed when a store comes back, choosing a store for
-//! [`Node::store_query`] (or a lightpush or filter service) among connected peers (the
-//! caller names one). Segmentation is wired into publishing one layer up, in the SDK's
+//! and yamux), catch-up resumed when a store comes back. [`Node::service_peers`] lists the
+//! connected peers that announce store, lightpush or filter over identify (the SDK asks
+//! such stores after the ones it was given); [`Node::store_query`] and the light-client
+//! calls still take the peer to ask. Segmentation is wired into publishing one layer up, in the SDK's
 //! `pqmls::net_waku::WakuTransport` (segments above the relay limit, reassembly on relay,
 //! filter and store reads); [`Node::relay_publish`] itself still refuses what exceeds the
 //! limit.
@@ -322,5 +323,5 @@ pub mod waku;
 pub use error::{Error, Result};
 pub use libp2p::{Multiaddr, PeerId, multiaddr};
 pub use message::{Message, MessageId, Topic, Validator, Verdict};
-pub use node::{Inbound, Node};
+pub use node::{Inbound, Node, WakuService};
 pub use rpc::PROTOCOL as STORE_PROTOCOL;

@@ -770,6 +770,7 @@ enum Command {
     Dial(Multiaddr, Reply<()>),
     ListenAddrs(Reply<Vec<Multiaddr>>),
     MeshPeers(Topic, Reply<usize>),
+    ServicePeers(WakuService, Reply<Vec<PeerId>>),
     RelayPublish(PubsubTopic, WakuMessage, Reply<MessageHash>),
     RelaySubscribe(u16, Reply<bool>),
     RelayUnsubscribe(u16, Reply<bool>),
@@ -783,6 +784,52 @@ enum Command {
     Filter(PeerId, waku_filter::Op, Reply<()>),
     PeerExchange(PeerId, u64, Reply<Vec<Enr>>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// A Waku service a connected peer offers, as the protocols it announces over identify
+/// show it ([`Node::service_peers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WakuService {
+    /// Store v3 queries ([`waku::store::PROTOCOL`]).
+    Store,
+    /// Lightpush v3 ([`waku::lightpush::PROTOCOL`]).
+    Lightpush,
+    /// Filter v2 subscriptions ([`waku::filter::SUBSCRIBE_PROTOCOL`]).
+    Filter,
+}
+
+impl WakuService {
+    const ALL: [WakuService; 3] = [
+        WakuService::Store,
+        WakuService::Lightpush,
+        WakuService::Filter,
+    ];
+
+    /// The protocol id a peer announces for the service.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            WakuService::Store => waku::store::PROTOCOL,
+            WakuService::Lightpush => waku::lightpush::PROTOCOL,
+            WakuService::Filter => waku::filter::SUBSCRIBE_PROTOCOL,
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            WakuService::Store => 1,
+            WakuService::Lightpush => 2,
+            WakuService::Filter => 4,
+        }
+    }
+
+    /// The services among `protocols`, as a set of bits.
+    fn announced(protocols: &[StreamProtocol]) -> u8 {
+        WakuService::ALL
+            .iter()
+            .filter(|svc| protocols.iter().any(|p| p.as_ref() == svc.protocol()))
+            .fold(0, |bits, svc| bits | svc.bit())
+    }
 }
 
 /// A handle to a running node. Cheap to clone; the node stops when [`Node::shutdown`] is
@@ -1137,6 +1184,8 @@ impl Node {
             seen: Seen::new(limits.dedupe_window),
             subscribed: HashSet::new(),
             store_peers: HashSet::new(),
+            services: HashMap::new(),
+            services_seq: 0,
             pending: HashMap::new(),
             puts: HashMap::new(),
             next_put: 0,
@@ -1327,6 +1376,18 @@ impl Node {
     pub async fn mesh_peers(&self, topic: &Topic) -> Result<usize> {
         let t = topic.clone();
         self.call(|r| Command::MeshPeers(t, r)).await
+    }
+
+    /// Connected peers that offer `service`, by the protocols they announced over identify,
+    /// in the order they were identified (the longest known first). Nothing here is
+    /// vouched for: a peer announces what it likes, and callers treat a service's answers
+    /// as they treat any peer's.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shutdown`] if the node has stopped.
+    pub async fn service_peers(&self, service: WakuService) -> Result<Vec<PeerId>> {
+        self.call(|r| Command::ServicePeers(service, r)).await
     }
 
     /// The stream of received Waku relay messages. Returns it on the first call only (every
@@ -1994,6 +2055,10 @@ struct Task {
     seen: Seen,
     subscribed: HashSet<Topic>,
     store_peers: HashSet<PeerId>,
+    /// Connected peers that announced a Waku service: when first identified (a sequence
+    /// number) and the services (bits of [`WakuService`]). At most one entry per connected peer.
+    services: HashMap<PeerId, (u64, u8)>,
+    services_seq: u64,
     pending: HashMap<OutboundRequestId, Pending>,
     puts: HashMap<u64, PutOp>,
     next_put: u64,
@@ -2240,6 +2305,16 @@ impl Task {
                     .map(|a| a.clone().with(Protocol::P2p(me)))
                     .collect();
                 let _ = reply.send(Ok(addrs));
+            }
+            Command::ServicePeers(service, reply) => {
+                let mut peers: Vec<(u64, PeerId)> = self
+                    .services
+                    .iter()
+                    .filter(|(_, (_, bits))| bits & service.bit() != 0)
+                    .map(|(peer, (seq, _))| (*seq, *peer))
+                    .collect();
+                peers.sort_unstable();
+                let _ = reply.send(Ok(peers.into_iter().map(|(_, p)| p).collect()));
             }
             Command::MeshPeers(topic, reply) => {
                 let hash = gossipsub::TopicHash::from_raw(topic.as_str());
@@ -2978,6 +3053,7 @@ impl Task {
                 }
                 if self.swarm.is_connected(&peer_id) {
                     self.px_identified(peer_id, &info.protocols);
+                    self.note_services(peer_id, &info.protocols);
                 }
                 let is_store = info.protocols.iter().any(|p| p.as_ref() == rpc::PROTOCOL);
                 if is_store && self.swarm.is_connected(&peer_id) {
@@ -3019,6 +3095,7 @@ impl Task {
             } => {
                 if num_established == 0 {
                     self.store_peers.remove(&peer_id);
+                    self.services.remove(&peer_id);
                     self.bootstrap_gone(peer_id);
                     self.px_disconnected(&peer_id);
                 }
@@ -3026,6 +3103,23 @@ impl Task {
             }
             _ => {}
         }
+    }
+
+    /// Records the Waku services a connected peer announced (identify may come again, with
+    /// other protocols: the last announcement counts, the first identification's place in
+    /// the order stays).
+    fn note_services(&mut self, peer: PeerId, protocols: &[StreamProtocol]) {
+        let bits = WakuService::announced(protocols);
+        if bits == 0 {
+            self.services.remove(&peer);
+            return;
+        }
+        let seq = &mut self.services_seq;
+        let entry = self.services.entry(peer).or_insert_with(|| {
+            *seq += 1;
+            (*seq, 0)
+        });
+        entry.1 = bits;
     }
 
     fn update_peer_counts(&self) {

@@ -81,6 +81,60 @@ async fn a_node_finds_and_dials_peers_beyond_its_bootstrap_peer() {
     }
 }
 
+/// A node learns which of its peers serve store, lightpush and filter from what they
+/// announce over identify, also for a service node it found through peer exchange only;
+/// a relay-only peer is never listed, and a service that goes away is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_learns_which_peers_serve_store_lightpush_and_filter() {
+    use pqmls_transport::WakuService;
+    use pqmls_transport::waku::{filter, lightpush};
+
+    let dir = support::temp_dir("px-services");
+    let a = start(
+        px_config(waku_config(&[0]))
+            .with_store(&dir, pqmls_transport::store::Config::default())
+            .with_lightpush_service(lightpush::Config::default())
+            .with_filter_service(filter::Config::default()),
+    )
+    .await;
+    let b = start(px_config(waku_config(&[0])).with_bootstrap(tcp_addr(&a).await)).await;
+    // C knows only B; it finds A through B's peer exchange.
+    let c = start(px_config(waku_config(&[0])).with_bootstrap(tcp_addr(&b).await)).await;
+    for svc in [
+        WakuService::Store,
+        WakuService::Lightpush,
+        WakuService::Filter,
+    ] {
+        wait_until("service found", || async {
+            c.service_peers(svc).await.unwrap() == vec![a.peer_id()]
+        })
+        .await;
+        assert_eq!(b.service_peers(svc).await.unwrap(), vec![a.peer_id()]);
+        assert!(a.service_peers(svc).await.unwrap().is_empty(), "{svc:?}");
+    }
+    assert!(
+        c.counters().px_dials >= 1,
+        "A was dialed through peer exchange"
+    );
+    a.shutdown().await.unwrap();
+    wait_until("service forgotten", || async {
+        c.service_peers(WakuService::Store)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    assert!(
+        c.service_peers(WakuService::Filter)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for n in [b, c] {
+        n.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_the_rate_limit_are_answered_429() {
     let mut server = px_config(waku_config(&[0]));
