@@ -57,9 +57,13 @@
 //!   minutes. Everything read counts against the page's bounds, a lookup that brings
 //!   nothing asked for ends the lookups, and a store that answers none is left for the
 //!   next one. Segmented payloads are remembered by all the segments relay brought
-//!   (parity after completion included). The pqmls ordering cannot name a commit it
-//!   misses by Waku hash (that hash covers the sender's timestamp), so a miss is found
-//!   by listing its range, not by a lookup of its own.
+//!   (parity after completion included). When the ordering knows it misses a commit
+//!   (the members' votes name one it does not hold, or messages of a later epoch
+//!   arrive), the client catches that group's topic up at once, and the read fetches by
+//!   hash only what the member does not hold, the commit among it (test
+//!   `a_member_that_missed_a_commit_on_relay_fetches_it_from_the_store_by_hash`). The
+//!   ordering cannot name the commit's Waku hash itself (it covers the sender's
+//!   timestamp), so the listing of the range comes first: one more query of hashes only.
 //! - **Light clients.** With [`Config::light_service`] the node relays nothing: it
 //!   publishes through a lightpush v3 service and receives through a filter v2
 //!   subscription with that service (both content topics of every subscribed topic);

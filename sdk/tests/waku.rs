@@ -1197,3 +1197,97 @@ async fn a_client_told_of_no_store_finds_one_among_its_peers() {
     relay_only.shutdown().await.unwrap();
     store.shutdown().await.unwrap();
 }
+
+/// A member whose relay lost a commit (everything else arrives) learns from the others'
+/// votes that it misses the commit ending its epoch, catches the group's topic up at
+/// once, and fetches by hash what it does not hold, the commit among it: it reaches the
+/// new epoch long before the periodic catch-up (60 s), and without the members' answers
+/// to its `Need` (a payload seen on relay within two minutes is not published again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_missed_a_commit_on_relay_fetches_it_from_the_store_by_hash() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node(&dir.path().join("store")).await;
+    let (alice, _) = client(dir.path(), "alice", &bootstrap).await;
+    let (carol, _) = client(dir.path(), "carol", &bootstrap).await;
+    // Bob's relay inbox drops the first commit (MLS handshake envelope) once armed.
+    let (bob_t, bob_inbox) = transport(&bootstrap).await;
+    let armed = Arc::new(AtomicBool::new(false));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (a, d) = (armed.clone(), dropped.clone());
+    let bob_inbox: pqmls::Inbox = bob_inbox
+        .filter(move |m| {
+            let lose =
+                m.data.first() == Some(&common::HANDSHAKE) && a.swap(false, Ordering::SeqCst);
+            if lose {
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+            futures::future::ready(!lose)
+        })
+        .boxed();
+    let mut c = Config::new("bob")
+        .with_data_dir(dir.path().join("bob"))
+        .with_database_key(pqmls::DatabaseKey::from_bytes([9; 32]));
+    c.self_update_interval = None;
+    c.settle = Duration::from_millis(200);
+    c.removal_grace = Duration::from_millis(500);
+    c.invitations = pqmls::InvitePolicy::Everyone;
+    assert_eq!(c.sync_interval, Some(Duration::from_secs(60)));
+    let bob = Client::open(c, bob_t.clone(), bob_inbox).await.unwrap();
+
+    let mut bob_ev = bob.events();
+    let mut carol_ev = carol.events();
+    for who in [&bob, &carol] {
+        pqmls::wait_for_key_packages(&alice, &who.id())
+            .await
+            .unwrap();
+    }
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    expect_event(
+        &mut bob_ev,
+        "bob joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    alice.invite(&g, &carol.id()).await.unwrap();
+    expect_event(
+        &mut carol_ev,
+        "carol joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    agree(&[&alice, &bob, &carol], &g, 2).await;
+
+    let before = bob_t.counters();
+    armed.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    carol.update(&g).await.unwrap();
+    agree(&[&alice, &bob, &carol], &g, 3).await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "bob's relay lost the commit"
+    );
+    let after = bob_t.counters();
+    assert!(
+        after.history_fetched > before.history_fetched,
+        "the commit came from the store: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.history_left_out > before.history_left_out,
+        "what bob held was not fetched again: {before:?} -> {after:?}"
+    );
+    // And the group goes on with bob in it.
+    bob.send(&g, b"back at the new epoch").await.unwrap();
+    assert_eq!(
+        messages(&mut carol_ev, 1).await,
+        [pair("bob", "back at the new epoch")]
+    );
+    for c in [alice, bob, carol] {
+        c.shutdown().await;
+    }
+    store.shutdown().await.unwrap();
+}
