@@ -123,6 +123,11 @@ pub struct Config {
     /// peer: its answers are checked as every store's are, and one that answers with
     /// nothing hides history only when every named store failed first.
     pub discovered_stores: usize,
+    /// Longest one history or directory read may spend with one store, all its pages
+    /// and lookups together (default 60 s); past it that store counts as failed and the
+    /// next one is asked. Each request has the node's own timeout as well; this bounds
+    /// a store that answers every one of many requests just in time.
+    pub store_deadline: Duration,
     /// Segmentation of large payloads, and the bounds of reassembly.
     pub segmentation: segmentation::Config,
     /// Most Waku messages read from stores for one `history` call (default 2048). When a
@@ -162,6 +167,7 @@ impl Default for Config {
         Self {
             store_peers: Vec::new(),
             discovered_stores: 2,
+            store_deadline: Duration::from_secs(60),
             segmentation: segmentation::Config::default(),
             history_messages: 2048,
             history_bytes: 32 * 1024 * 1024,
@@ -943,15 +949,24 @@ impl WakuTransport {
         stores
     }
 
-    /// `ask` of each store of [`Self::stores`] in turn: the first answer, or the last
-    /// error ([`Error::NoStore`] without any store).
+    /// `ask` of each store of [`Self::stores`] in turn, each within
+    /// [`Config::store_deadline`]: the first answer, or the last error
+    /// ([`Error::NoStore`] without any store).
     async fn first_store<T, F>(&self, ask: impl Fn(PeerId) -> F) -> pqmls_transport::Result<T>
     where
         F: std::future::Future<Output = pqmls_transport::Result<T>>,
     {
         let mut last = Error::NoStore;
+        let deadline = self.config.store_deadline;
         for peer in &self.stores().await {
-            match ask(*peer).await {
+            let answer = tokio::time::timeout(deadline, ask(*peer))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Request(format!(
+                        "store {peer} passed the deadline of {deadline:?}"
+                    )))
+                });
+            match answer {
                 Ok(r) => return Ok(r),
                 Err(e) => {
                     tracing::debug!("store {peer} failed: {e}");

@@ -645,9 +645,15 @@ struct EndlessStore {
     store: libp2p::request_response::Behaviour<pqmls_transport::waku::store::Codec>,
 }
 
-/// History from a store that pages for ever ends, bounded, instead of following it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_that_pages_for_ever_is_not_followed_for_ever() {
+/// Starts an [`EndlessStore`] on loopback that answers each query `delay` after it came;
+/// returns its address and the count of queries it received.
+async fn endless_store(
+    delay: Duration,
+) -> (
+    Multiaddr,
+    Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
     use libp2p::request_response::{self as rr, ProtocolSupport};
     use libp2p::swarm::SwarmEvent;
     use libp2p::{StreamProtocol, noise, tcp, yamux};
@@ -697,8 +703,27 @@ async fn a_store_that_pages_for_ever_is_not_followed_for_ever() {
     let counted = queries.clone();
     let server = tokio::spawn(async move {
         let mut n = 0u8;
+        // Answers held back until their time.
+        let mut held: std::collections::VecDeque<(tokio::time::Instant, _, QueryResponse)> =
+            std::collections::VecDeque::new();
         loop {
-            match swarm.select_next_some().await {
+            let due = held.front().map(|(t, _, _)| *t);
+            let event = tokio::select! {
+                e = swarm.select_next_some() => Some(e),
+                () = async {
+                    match due {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => None,
+            };
+            let Some(event) = event else {
+                if let Some((_, channel, response)) = held.pop_front() {
+                    let _ = swarm.behaviour_mut().store.send_response(channel, response);
+                }
+                continue;
+            };
+            match event {
                 SwarmEvent::Behaviour(EndlessStoreEvent::Metadata(rr::Event::Message {
                     message: rr::Message::Request { channel, .. },
                     ..
@@ -735,13 +760,21 @@ async fn a_store_that_pages_for_ever_is_not_followed_for_ever() {
                         messages: vec![entry],
                         pagination_cursor: Some(vec![n; 32]),
                     };
-                    let _ = swarm.behaviour_mut().store.send_response(channel, response);
+                    held.push_back((tokio::time::Instant::now() + delay, channel, response));
                 }
                 _ => {}
             }
         }
     });
+    (addr, queries, server)
+}
 
+/// History from a store that pages for ever ends, bounded, instead of following it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_pages_for_ever_is_not_followed_for_ever() {
+    use std::sync::atomic::Ordering;
+
+    let (addr, queries, server) = endless_store(Duration::ZERO).await;
     let mut config = net_waku::Config::default().with_store_peer(peer_of(&addr));
     config.history_messages = 10;
     let (t, _inbox) = WakuTransport::start(waku_node().with_bootstrap(addr), config)
@@ -765,6 +798,40 @@ async fn a_store_that_pages_for_ever_is_not_followed_for_ever() {
     // answer brings nothing asked for and so ends the lookups.
     let asked = queries.load(Ordering::Relaxed);
     assert!((100..=121).contains(&asked), "{asked} queries");
+    server.abort();
+}
+
+/// A store that answers every query slowly (here 200 ms, a page for ever) holds a history
+/// read at most `store_deadline`; then the read fails (so that the next store is asked),
+/// where it would otherwise take the ~120 queries of the bounds, about 24 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_holds_a_read_no_longer_than_the_deadline() {
+    use std::sync::atomic::Ordering;
+
+    let (addr, queries, server) = endless_store(Duration::from_millis(200)).await;
+    let mut config = net_waku::Config::default().with_store_peer(peer_of(&addr));
+    config.history_messages = 10;
+    config.store_deadline = Duration::from_secs(1);
+    let (t, _inbox) = WakuTransport::start(waku_node().with_bootstrap(addr), config)
+        .await
+        .unwrap();
+    until("admitted by the metadata gate", async || {
+        t.node().counters().metadata_admitted > 0
+    })
+    .await;
+    let topic = Topic::from_group_id(b"any");
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(STEP, t.history(&topic, Cursor::beginning()))
+        .await
+        .expect("history returns");
+    let took = started.elapsed();
+    assert!(
+        matches!(&read, Err(pqmls_transport::Error::Request(why)) if why.contains("deadline")),
+        "{read:?}"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let asked = queries.load(Ordering::Relaxed);
+    assert!((4..=6).contains(&asked), "{asked} queries in {took:?}");
     server.abort();
 }
 
