@@ -1055,37 +1055,64 @@ impl WakuTransport {
     /// the same timestamp, and the store may order it first: the first reassembly then
     /// fails its hash. Such messages are tried again ([`retry`]) from the segments the
     /// store holds for them.
+    ///
+    /// Segments are grouped by the hash of the message they claim to belong
+    /// to, in order of first appearance, and each group is reassembled on its own, so
+    /// that segments of other messages (a stranger's fake first segments by the hundred)
+    /// cannot evict a genuine message's segments from the reassembler's bounded state, as
+    /// they could when all went through one (DESIGN, "Over Waku", flood finding 2). The
+    /// page is bounded in bytes already; a group costs no more than its segments.
     fn assemble(&self, stored: Vec<Stored>) -> Vec<(i64, Vec<u8>)> {
-        let mut reassembler = Reassembler::new(self.config.segmentation.clone());
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut failed: Vec<Vec<u8>> = Vec::new();
-        let mut done: HashSet<Vec<u8>> = HashSet::new();
-        for s in &stored {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut group_of: HashMap<Vec<u8>, usize> = HashMap::new();
+        for (i, s) in stored.iter().enumerate() {
             if !s.segment {
                 out.push((s.timestamp, s.payload.clone()));
                 continue;
             }
-            match reassembler.push(&s.payload, now) {
-                Ok(Some(whole)) => {
-                    // Later segments of a failed reassembly can still complete it.
-                    if let Ok(m) = SegmentMessage::decode(s.payload.as_slice()) {
-                        done.insert(m.entire_message_hash);
-                    }
-                    out.push((s.timestamp, whole));
-                }
-                Err(segmentation::SegmentError::HashMismatch) => {
-                    if let Ok(m) = SegmentMessage::decode(s.payload.as_slice())
-                        && !failed.contains(&m.entire_message_hash)
-                        && failed.len() < MAX_RETRIED_MESSAGES
-                    {
-                        failed.push(m.entire_message_hash);
-                    }
-                }
-                _ => {}
+            let Ok(m) = SegmentMessage::decode(s.payload.as_slice()) else {
+                continue;
+            };
+            let next = groups.len();
+            let g = *group_of.entry(m.entire_message_hash).or_insert(next);
+            if g == next {
+                groups.push(Vec::new());
+            }
+            if let Some(members) = groups.get_mut(g) {
+                members.push(i);
             }
         }
-        for hash in failed.iter().filter(|h| !done.contains(*h)) {
+        let mut failed: Vec<Vec<u8>> = Vec::new();
+        for members in &groups {
+            let mut reassembler = Reassembler::new(self.config.segmentation.clone());
+            let mut mismatch: Option<Vec<u8>> = None;
+            let mut completed = false;
+            for s in members.iter().filter_map(|i| stored.get(*i)) {
+                match reassembler.push(&s.payload, now) {
+                    Ok(Some(whole)) => {
+                        out.push((s.timestamp, whole));
+                        completed = true;
+                        break;
+                    }
+                    // Later segments of a failed reassembly can still complete it.
+                    Err(segmentation::SegmentError::HashMismatch) => {
+                        mismatch = SegmentMessage::decode(s.payload.as_slice())
+                            .ok()
+                            .map(|m| m.entire_message_hash);
+                    }
+                    _ => {}
+                }
+            }
+            if !completed
+                && let Some(hash) = mismatch
+                && failed.len() < MAX_RETRIED_MESSAGES
+            {
+                failed.push(hash);
+            }
+        }
+        for hash in &failed {
             if let Some(r) = retry(&self.config.segmentation, &stored, hash) {
                 out.push(r);
             }

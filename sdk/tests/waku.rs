@@ -1358,3 +1358,80 @@ async fn a_member_that_missed_a_commit_on_relay_fetches_it_from_the_store_by_has
     }
     store.shutdown().await.unwrap();
 }
+
+/// A stranger's fake first segments by the hundred, stored between a genuine segmented
+/// payload's segments, do not push that payload out of a history read: segments are
+/// reassembled message by message (DESIGN, "Over Waku", flood finding 2; with one shared
+/// reassembler of 64 pending messages, 70 fakes after each segment evicted it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_first_segments_do_not_push_a_payload_out_of_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node(&dir.path().join("store")).await;
+    let (alice, _alice_in) = transport(&bootstrap).await;
+    let (mallory, _) = Node::start(waku_node().with_bootstrap(bootstrap.clone()))
+        .await
+        .unwrap();
+    let shard = alice.shard();
+    for n in [alice.node(), &mallory] {
+        until("relay mesh", async || {
+            n.relay_mesh_peers(shard).await.unwrap() > 0
+        })
+        .await;
+    }
+    let topic = Topic::from_group_id(b"a group with a flooded segment topic");
+    // Alice's own payload goes out segmented; mallory learns its segment topic from it.
+    let mut watch = mallory.relay_inbound().unwrap();
+    let probe = big_payload(200 * 1024, 5);
+    let probe_segments = segmentation::segment(&probe, &segmentation::Config::default())
+        .unwrap()
+        .len();
+    alice.publish(&topic, probe).await.unwrap();
+    let first = tokio::time::timeout(STEP, watch.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .message;
+    let seg_topic = first.content_topic.clone();
+    assert!(seg_topic.ends_with("/seg"), "{seg_topic}");
+
+    // The genuine payload, published by mallory as anyone could, each of its segments
+    // followed by 70 fake first segments of 70 other messages (more than the 64 messages a
+    // reassembler holds at once, so that parity cannot make up for the evicted ones).
+    let payload = big_payload(300 * 1024, 6);
+    let genuine = segmentation::segment(&payload, &segmentation::Config::default()).unwrap();
+    assert!(genuine.len() >= 3);
+    let ts = first.timestamp.unwrap() + 1_000_000_000;
+    let publish = async |bytes: Vec<u8>, ts: i64| {
+        let m = WakuMessage::new(seg_topic.clone(), bytes).with_timestamp(ts);
+        mallory.relay_publish_on(shard, m).await.unwrap();
+    };
+    let mut fakes = 0usize;
+    for (k, segment) in genuine.iter().enumerate() {
+        let at = ts + 1_000_000 * k as i64;
+        publish(segment.clone(), at).await;
+        for i in 0..70u8 {
+            let mut fake: SegmentMessage = prost::Message::decode(genuine[0].as_slice()).unwrap();
+            fake.entire_message_hash = vec![i; 32];
+            fake.entire_message_hash[0] = k as u8;
+            fake.payload.truncate(64);
+            publish(prost::Message::encode_to_vec(&fake), at + 1 + i64::from(i)).await;
+            fakes += 1;
+        }
+    }
+    let stored = probe_segments + genuine.len() + fakes;
+    until("the store has every segment", async || {
+        store.counters().stored as usize >= stored
+    })
+    .await;
+
+    let (bob, _bob_in) = transport(&bootstrap).await;
+    let page = bob.history(&topic, Cursor::beginning()).await.unwrap();
+    assert!(
+        page.messages.iter().any(|m| m.data == payload),
+        "the genuine payload is missing: {} messages, {:?}",
+        page.messages.len(),
+        bob.counters(),
+    );
+    assert!(page.next.is_none(), "one page holds it all");
+    store.shutdown().await.unwrap();
+}
