@@ -51,7 +51,10 @@
 //!   counts only for the topic and time range it was seen in, and the cursor moves past
 //!   left-out messages only forward, on a last page where everything listed came (a
 //!   remembered hash under another topic or a far-off timestamp cannot move it); a page
-//!   cut by its bounds ends before the first hash it could not fetch. A hash a store
+//!   cut by its bounds ends before the first hash it could not fetch; one cut inside the
+//!   first millisecond it read (a flood stamped with one instant: timestamps are the
+//!   sender's) is followed by a page that goes on from the store's own cursor within
+//!   that millisecond, up to 16 pages ([`Continuations`]). A hash a store
 //!   lists and then does not return is passed by a later page's start or by a message
 //!   after it, like any message a store loses; the lookback reads it again for two
 //!   minutes. Everything read counts against the page's bounds, a lookup that brings
@@ -514,6 +517,71 @@ impl Known {
     }
 }
 
+/// Pages of one millisecond of one topic that a history read goes on with from the
+/// store's own position (see [`Continuations`]); past them the rest of that millisecond is
+/// skipped, as a flood's.
+const MAX_CONTINUATIONS: u32 = 16;
+/// Topics with a continuation remembered at once.
+const MAX_CONTINUED_TOPICS: usize = 1024;
+
+/// Where a history page cut inside one millisecond stopped in the store's order, per
+/// topic: the hash of the last message the page took, for the next page to go on after
+/// (store v3's pagination cursor is a message hash) instead of passing the rest of that
+/// millisecond. Timestamps are the sender's, so anyone can stamp thousands of messages
+/// with an honest message's millisecond; a cursor of milliseconds alone then had to skip
+/// what the page could not hold, the honest message among it (DESIGN, "Over Waku", flood
+/// finding 1). A millisecond is continued at most [`MAX_CONTINUATIONS`] pages, so a
+/// store that pages in circles cannot hold a catch-up there; state is kept in memory
+/// for at most [`MAX_CONTINUED_TOPICS`] topics (after a restart, or past that, the page
+/// falls back to skipping the rest of the millisecond).
+#[derive(Debug, Default)]
+struct Continuations {
+    by_topic: HashMap<Topic, Continuation>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Continuation {
+    ms: u64,
+    after: [u8; 32],
+    pages: u32,
+}
+
+impl Continuations {
+    /// The continuation of a read of `topic` from `from`: only for a read from the start
+    /// of the millisecond where the last page stopped. Any read of the topic takes what
+    /// was remembered, so a continuation serves only the page right after the one that
+    /// recorded it (one left by a catch-up that failed half-way would otherwise skip, in
+    /// a later catch-up, messages the client never got).
+    fn take(&mut self, topic: &Topic, from: Cursor) -> Option<Continuation> {
+        let c = self.by_topic.remove(topic)?;
+        (from.after_id().is_none() && c.ms == from.after_ms()).then_some(c)
+    }
+
+    /// Records that a page of `topic` stopped inside `ms` after the message with hash
+    /// `after`, continuing `prev` (the continuation the page started from, if any);
+    /// `false` if the next page must not continue there (too many pages in that
+    /// millisecond, or too many topics remembered).
+    fn record(
+        &mut self,
+        topic: &Topic,
+        ms: u64,
+        after: [u8; 32],
+        prev: Option<Continuation>,
+    ) -> bool {
+        let pages = prev.filter(|p| p.ms == ms).map_or(1, |p| p.pages + 1);
+        if pages > MAX_CONTINUATIONS {
+            self.by_topic.remove(topic);
+            return false;
+        }
+        if !self.by_topic.contains_key(topic) && self.by_topic.len() >= MAX_CONTINUED_TOPICS {
+            return false;
+        }
+        self.by_topic
+            .insert(topic.clone(), Continuation { ms, after, pages });
+        true
+    }
+}
+
 /// The Waku hashes of the segments relay brought, by the hash of the payload they carry,
 /// so that a payload that completes is remembered with all its segments ([`Known`]):
 /// at most `cap` payloads in reassembly (the reassembler's own bound) and as many
@@ -603,6 +671,7 @@ struct Shared {
     duplicates_not_published: AtomicU64,
     fetched: AtomicU64,
     left_out: AtomicU64,
+    continuations: Mutex<Continuations>,
 }
 
 /// A [`Transport`] over Waku relay and store v3, see the module documentation.
@@ -775,6 +844,7 @@ impl WakuTransport {
             duplicates_not_published: AtomicU64::new(0),
             fetched: AtomicU64::new(0),
             left_out: AtomicU64::new(0),
+            continuations: Mutex::new(Continuations::default()),
         });
         let directory_rule =
             crate::directory::directory_validator().map_err(|e| Error::Config(e.to_string()))?;
@@ -1164,6 +1234,16 @@ impl WakuTransport {
             pagination_limit: Some(PAGE),
             ..QueryRequest::default()
         };
+        // A page that stopped inside this millisecond goes on where it stopped.
+        let continued = self
+            .shared
+            .continuations
+            .lock()
+            .ok()
+            .and_then(|mut c| c.take(topic, from));
+        if let Some(c) = continued {
+            request.pagination_cursor = Some(c.after.to_vec());
+        }
         let mut listed: Vec<[u8; 32]> = Vec::new();
         let mut unique: HashSet<[u8; 32]> = HashSet::new();
         let mut read = 0usize;
@@ -1364,10 +1444,22 @@ impl WakuTransport {
                 entries.retain(|(ts, _, _)| nanos_to_ms(*ts) < last);
                 next = Some(Cursor::from_parts(last, None));
             } else if !refused {
-                // More than the page's bounds within the first millisecond read: only a
-                // flood does that (it stays out of reach however often it is read). Take
-                // what was read and go on after it.
-                next = Some(Cursor::from_parts(last.saturating_add(1), None));
+                // More than the page's bounds within the first millisecond read: a flood
+                // (or a busy instant). Take what was read; the next page goes on within
+                // the millisecond from the store's position after the last message this
+                // page took ([`Continuations`]), or, past their bound, after it.
+                let stopped_after = end.checked_sub(1).and_then(|i| listed.get(i)).copied();
+                let go_on = stopped_after.is_some_and(|after| {
+                    self.shared
+                        .continuations
+                        .lock()
+                        .is_ok_and(|mut c| c.record(topic, last, after, continued))
+                });
+                next = Some(if go_on {
+                    Cursor::from_parts(last, None)
+                } else {
+                    Cursor::from_parts(last.saturating_add(1), None)
+                });
             } else {
                 // The store stopped answering lookups before a hash within the first
                 // millisecond read: no way forward without passing it. Return what
@@ -1786,6 +1878,56 @@ impl Transport for WakuTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_millisecond_is_continued_by_the_next_page_only_and_a_bounded_number_of_times() {
+        let t = Topic::from_group_id(b"g");
+        let u = Topic::from_group_id(b"u");
+        let mut c = Continuations::default();
+        let at = |ms| Cursor::from_parts(ms, None);
+        // A page stopped inside ms 7: the next read from ms 7 goes on after its hash.
+        assert!(c.record(&t, 7, [1; 32], None));
+        let first = c.take(&t, at(7)).expect("continued");
+        assert_eq!((first.ms, first.after, first.pages), (7, [1; 32], 1));
+        // Taken: a second read from ms 7 starts the millisecond again.
+        assert!(c.take(&t, at(7)).is_none());
+        // Any other read of the topic drops it: another millisecond, or a cursor after a
+        // message (a later catch-up after one that failed half-way).
+        assert!(c.record(&t, 7, [2; 32], Some(first)));
+        assert!(c.take(&t, at(8)).is_none());
+        assert!(c.take(&t, at(7)).is_none());
+        assert!(c.record(&t, 7, [2; 32], Some(first)));
+        let m = Message {
+            id: MessageId::compute(&t, b"x"),
+            topic: t.clone(),
+            data: b"x".to_vec(),
+            received: std::time::UNIX_EPOCH + Duration::from_millis(7),
+        };
+        assert!(c.take(&t, Cursor::after(&m)).is_none());
+        // Topics are apart.
+        assert!(c.record(&u, 7, [3; 32], None));
+        assert!(c.take(&t, at(7)).is_none());
+        assert_eq!(c.take(&u, at(7)).map(|c| c.after), Some([3; 32]));
+        // At most MAX_CONTINUATIONS pages in one millisecond; a new millisecond counts anew.
+        let mut prev = None;
+        for page in 1..=MAX_CONTINUATIONS {
+            assert!(c.record(&t, 9, [4; 32], prev), "page {page}");
+            prev = c.take(&t, at(9));
+            assert_eq!(prev.map(|p| p.pages), Some(page));
+        }
+        assert!(!c.record(&t, 9, [4; 32], prev));
+        assert!(c.take(&t, at(9)).is_none());
+        assert!(c.record(&t, 10, [4; 32], prev));
+        assert_eq!(c.take(&t, at(10)).map(|p| p.pages), Some(1));
+        // At most MAX_CONTINUED_TOPICS topics at once.
+        let mut c = Continuations::default();
+        for i in 0..MAX_CONTINUED_TOPICS {
+            let topic = Topic::from_group_id(&i.to_be_bytes());
+            assert!(c.record(&topic, 1, [0; 32], None));
+        }
+        assert!(!c.record(&t, 1, [0; 32], None));
+        assert_eq!(c.by_topic.len(), MAX_CONTINUED_TOPICS);
+    }
 
     #[test]
     fn content_topics_round_trip_and_reject_others() {

@@ -1435,3 +1435,84 @@ async fn fake_first_segments_do_not_push_a_payload_out_of_history() {
     assert!(page.next.is_none(), "one page holds it all");
     store.shutdown().await.unwrap();
 }
+
+/// Junk stamped with an honest message's very timestamp (anyone may stamp anything), more
+/// than one history page holds and all ordered before it by the store: the catch-up goes
+/// on within that millisecond from the store's own position and still brings the honest
+/// message (DESIGN, "Over Waku", flood finding 1; before, the page after the flood
+/// started at the next millisecond and the message was skipped for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_at_an_honest_messages_instant_does_not_hide_it_from_a_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, bootstrap) = store_node(&dir.path().join("store")).await;
+    let (alice, _alice_in) = transport(&bootstrap).await;
+    let (mallory, _) = Node::start(waku_node().with_bootstrap(bootstrap.clone()))
+        .await
+        .unwrap();
+    let shard = alice.shard();
+    for n in [alice.node(), &mallory] {
+        until("relay mesh", async || {
+            n.relay_mesh_peers(shard).await.unwrap() > 0
+        })
+        .await;
+    }
+    let topic = Topic::from_group_id(b"a group flooded at one instant");
+    let mut watch = mallory.relay_inbound().unwrap();
+    let honest = big_payload(64, 8);
+    let id = alice.publish(&topic, honest.clone()).await.unwrap();
+    let seen = tokio::time::timeout(STEP, watch.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .message;
+    let honest_hash = message_hash(&shard.to_string(), &seen);
+    // 40 junk messages on the same content topic and timestamp, each ordered before the
+    // honest one (ground: smaller message hash).
+    let mut junk = 0usize;
+    for n in 0u32.. {
+        if junk == 40 {
+            break;
+        }
+        let m = WakuMessage::new(seen.content_topic.clone(), n.to_be_bytes().to_vec())
+            .with_timestamp(seen.timestamp.unwrap());
+        if message_hash(&shard.to_string(), &m) < honest_hash {
+            mallory.relay_publish_on(shard, m).await.unwrap();
+            junk += 1;
+        }
+    }
+    until("the store has them all", async || {
+        store.counters().stored >= 41
+    })
+    .await;
+
+    // Bob catches up 10 messages a page: 4 pages of junk before the honest message.
+    let mut config = net_waku::Config::default().with_store_peer(peer_of(&bootstrap));
+    config.history_messages = 10;
+    let (bob, _bob_in) =
+        WakuTransport::start(waku_node().with_bootstrap(bootstrap.clone()), config)
+            .await
+            .unwrap();
+    until("bob admitted", async || {
+        bob.node().counters().metadata_admitted > 0
+    })
+    .await;
+    let mut got = Vec::new();
+    let mut from = Cursor::beginning();
+    let mut pages = 0;
+    loop {
+        let page = bob.history(&topic, from).await.unwrap();
+        pages += 1;
+        got.extend(page.messages.into_iter().map(|m| m.id));
+        match page.next {
+            Some(n) if pages < 20 => from = n,
+            _ => break,
+        }
+    }
+    assert_eq!(got, vec![id], "after {pages} pages");
+    assert!(pages >= 5, "{pages} pages");
+    // Each junk message fetched once, but for the first page's 10: read from the start
+    // of time, it was cut at the flood's millisecond and kept only what came before it
+    // (nothing), as any page cut after its first millisecond does.
+    assert_eq!(bob.counters().history_fetched, 41 + 10);
+    store.shutdown().await.unwrap();
+}
