@@ -1748,11 +1748,15 @@ impl Shared {
             return None;
         }
         let data = if segment {
+            // Reassembled per content topic: a segment replayed, or forged, under another
+            // topic cannot fill a slot of this one's message (DESIGN, "Over Waku", flood
+            // finding 3).
+            let scope: [u8; 32] = Sha256::digest(m.content_topic.as_bytes()).into();
             let whole = self
                 .reassembler
                 .lock()
                 .ok()?
-                .push(&m.payload, Instant::now())
+                .push_in(scope, &m.payload, Instant::now())
                 .ok()??;
             self.reassembled.fetch_add(1, Ordering::Relaxed);
             whole

@@ -281,14 +281,18 @@ struct Pending {
     received: usize,
 }
 
+/// A message in reassembly: the caller's scope ([`Reassembler::push_in`]) and the hash of
+/// the whole payload.
+type Key = ([u8; 32], [u8; 32]);
+
 /// Reassembles segmented messages, bounded in memory, time and count.
 pub struct Reassembler {
     config: Config,
-    pending: HashMap<[u8; 32], Pending>,
-    order: VecDeque<[u8; 32]>,
+    pending: HashMap<Key, Pending>,
+    order: VecDeque<Key>,
     buffered: usize,
-    completed: HashSet<[u8; 32]>,
-    completed_order: VecDeque<[u8; 32]>,
+    completed: HashSet<Key>,
+    completed_order: VecDeque<Key>,
     stats: Stats,
 }
 
@@ -336,8 +340,26 @@ impl Reassembler {
     /// [`SegmentError::HashMismatch`] when the message it completed failed verification (its
     /// segments are dropped).
     pub fn push(&mut self, bytes: &[u8], now: Instant) -> Result<Option<Vec<u8>>, SegmentError> {
+        self.push_in([0; 32], bytes, now)
+    }
+
+    /// As [`Reassembler::push`], within `scope`: segments of one payload hash pushed in
+    /// different scopes are reassembled apart (one message each, under the same bounds).
+    /// A receiver that scopes by where a segment came from (its content topic) keeps a
+    /// segment replayed elsewhere from filling a slot of the genuine message, and a payload
+    /// from completing under another scope than its own segments'.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Reassembler::push`].
+    pub fn push_in(
+        &mut self,
+        scope: [u8; 32],
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<Option<Vec<u8>>, SegmentError> {
         self.expire(now);
-        let result = self.accept(bytes, now);
+        let result = self.accept(scope, bytes, now);
         if matches!(
             result,
             Err(SegmentError::Malformed | SegmentError::Invalid(_) | SegmentError::Inconsistent)
@@ -363,9 +385,9 @@ impl Reassembler {
     }
 
     /// Forgets a pending message; true if there was one.
-    fn drop_pending(&mut self, hash: &[u8; 32]) -> bool {
-        self.order.retain(|h| h != hash);
-        match self.pending.remove(hash) {
+    fn drop_pending(&mut self, key: &Key) -> bool {
+        self.order.retain(|k| k != key);
+        match self.pending.remove(key) {
             Some(p) => {
                 self.buffered = self.buffered.saturating_sub(p.bytes);
                 true
@@ -412,9 +434,14 @@ impl Reassembler {
         Ok(hash)
     }
 
-    fn accept(&mut self, bytes: &[u8], now: Instant) -> Result<Option<Vec<u8>>, SegmentError> {
+    fn accept(
+        &mut self,
+        scope: [u8; 32],
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<Option<Vec<u8>>, SegmentError> {
         let m = SegmentMessage::decode(bytes).map_err(|_| SegmentError::Malformed)?;
-        let hash = self.validate(&m)?;
+        let hash = (scope, self.validate(&m)?);
         if self.completed.contains(&hash) {
             self.stats.duplicates += 1;
             return Ok(None);
@@ -485,7 +512,7 @@ impl Reassembler {
 
     /// Frees room for `len` more bytes of message `hash`: drops the oldest other pending
     /// messages while over the count or byte bound.
-    fn make_room(&mut self, hash: &[u8; 32], len: usize) -> Result<(), SegmentError> {
+    fn make_room(&mut self, hash: &Key, len: usize) -> Result<(), SegmentError> {
         if len > self.config.max_buffered_bytes {
             return Err(SegmentError::Invalid(
                 "segment larger than the reassembly buffer",
@@ -513,10 +540,10 @@ impl Reassembler {
 
     fn finish_single(
         &mut self,
-        hash: [u8; 32],
+        hash: Key,
         payload: Vec<u8>,
     ) -> Result<Option<Vec<u8>>, SegmentError> {
-        if <[u8; 32]>::from(Keccak256::digest(&payload)) != hash {
+        if <[u8; 32]>::from(Keccak256::digest(&payload)) != hash.1 {
             self.stats.hash_mismatches += 1;
             return Err(SegmentError::HashMismatch);
         }
@@ -524,7 +551,7 @@ impl Reassembler {
         Ok(Some(payload))
     }
 
-    fn complete(&mut self, hash: [u8; 32]) {
+    fn complete(&mut self, hash: Key) {
         self.stats.completed += 1;
         if self.completed.insert(hash) {
             self.completed_order.push_back(hash);
@@ -536,16 +563,16 @@ impl Reassembler {
         }
     }
 
-    fn try_complete(&mut self, hash: [u8; 32]) -> Result<Option<Vec<u8>>, SegmentError> {
+    fn try_complete(&mut self, hash: Key) -> Result<Option<Vec<u8>>, SegmentError> {
         let Some(p) = self.pending.get(&hash) else {
             return Ok(None);
         };
         let all_data = p.data.iter().all(Option::is_some);
         let outcome = if all_data {
             let payload: Vec<u8> = p.data.iter().flatten().flatten().copied().collect();
-            (<[u8; 32]>::from(Keccak256::digest(&payload)) == hash).then_some(payload)
+            (<[u8; 32]>::from(Keccak256::digest(&payload)) == hash.1).then_some(payload)
         } else {
-            recover(p, &hash)
+            recover(p, &hash.1)
         };
         self.drop_pending(&hash);
         match outcome {
@@ -712,6 +739,45 @@ mod tests {
             deliver(&mut r, &[one[0].clone(), one[0].clone()]),
             Some(b"small".to_vec())
         );
+    }
+
+    #[test]
+    fn scopes_reassemble_apart() {
+        let p = payload(5000, 4);
+        let segs = segment(&p, &small()).unwrap();
+        let now = Instant::now();
+        let (a, b) = ([1; 32], [2; 32]);
+        let mut r = Reassembler::new(small());
+        // A forged copy of segment 0 pushed first in scope B, the genuine segments in
+        // scope A: A completes, B's slot was not A's.
+        let mut forged = decode(&segs[0]);
+        forged.payload[0] ^= 1;
+        assert_eq!(r.push_in(b, &forged.encode_to_vec(), now), Ok(None));
+        let mut got = None;
+        for s in &segs {
+            if let Some(whole) = r.push_in(a, s, now).unwrap() {
+                got = Some(whole);
+            }
+        }
+        assert_eq!(got, Some(p.clone()));
+        // The same segments replayed in scope B complete there on their own (scope A's
+        // completion does not swallow them, and B's forged slot makes B's fail).
+        let mut b_result = Ok(None);
+        for s in &segs[1..] {
+            b_result = r.push_in(b, s, now);
+            if !matches!(b_result, Ok(None)) {
+                break;
+            }
+        }
+        assert!(
+            matches!(b_result, Ok(Some(_)) | Err(SegmentError::HashMismatch)),
+            "{b_result:?}"
+        );
+        // Late segments of A after completion are duplicates in A only.
+        assert_eq!(r.push_in(a, &segs[0], now), Ok(None));
+        assert!(r.stats().duplicates >= 1);
+        // Unscoped pushes are one more scope.
+        assert_eq!(deliver(&mut r, &segs), Some(p));
     }
 
     #[test]
