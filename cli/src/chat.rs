@@ -528,6 +528,12 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         .with_suite(args.suite);
     config.invitations = args.accept_invitations;
     let client = if args.waku {
+        if waku_stores.is_empty() {
+            println!(
+                "* no store named (--store, or a --bootstrap address ending in /p2p/<peer id>): \
+                 history and key packages come from stores found among peers, unvouched for"
+            );
+        }
         let mut waku = pqmls::net_waku::Config::default();
         waku.store_peers = waku_stores;
         let node = node

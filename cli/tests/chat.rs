@@ -54,6 +54,13 @@ impl Peer {
         }
     }
 
+    /// Waits for the process to end and checks that it ended well, saying how it ended
+    /// otherwise (an exit code, or the signal that ended it).
+    fn exited_well(&mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{} ended with {status}", self.name);
+    }
+
     fn say(&mut self, line: &str) {
         writeln!(self.stdin, "{line}").unwrap();
         self.stdin.flush().unwrap();
@@ -198,8 +205,8 @@ fn two_processes_chat() {
     bob.say("/quit");
     alice.expect("bye");
     bob.expect("bye");
-    assert!(alice.child.wait().unwrap().success());
-    assert!(bob.child.wait().unwrap().success());
+    alice.exited_well();
+    bob.exited_well();
 }
 
 /// The same two processes over Waku: alice's in-process store is a Waku node (relay, store
@@ -265,8 +272,8 @@ fn two_processes_chat_over_waku() {
     bob.say("/quit");
     alice.expect("bye");
     bob.expect("bye");
-    assert!(alice.child.wait().unwrap().success());
-    assert!(bob.child.wait().unwrap().success());
+    alice.exited_well();
+    bob.exited_well();
 }
 
 /// Two chats over Waku with a separate `pqmls node` (relay, store v3, lightpush, filter,
@@ -343,6 +350,6 @@ fn two_chats_over_a_pqmls_waku_node() {
     bob.say("/quit");
     alice.expect("bye");
     bob.expect("bye");
-    assert!(alice.child.wait().unwrap().success());
-    assert!(bob.child.wait().unwrap().success());
+    alice.exited_well();
+    bob.exited_well();
 }

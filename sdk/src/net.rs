@@ -98,6 +98,10 @@ impl Transport for Node {
 pub(crate) const SYNC_MAX_MESSAGES: usize = 4096;
 /// Most payload bytes one catch-up of a topic holds at once.
 pub(crate) const SYNC_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Most pages one catch-up reads, whatever they hold: pages that bring no message (junk
+/// a transport drops, or a store's pages within one flooded instant) count too, so no
+/// store can hold a catch-up in a loop of empty pages.
+pub(crate) const SYNC_MAX_PAGES: usize = 64;
 
 /// Fetches the pages of `topic`'s history after `from`, until none is left or the pages
 /// read hold [`SYNC_MAX_MESSAGES`] messages or [`SYNC_MAX_BYTES`] bytes: anyone can
@@ -111,8 +115,10 @@ pub(crate) async fn full_history(
 ) -> Result<(Vec<Message>, Cursor, bool)> {
     let mut out = Vec::new();
     let mut bytes = 0usize;
+    let mut pages = 0usize;
     loop {
         let page = transport.history(topic, from).await?;
+        pages += 1;
         let last = page.messages.last().map(Cursor::after);
         bytes = page
             .messages
@@ -122,7 +128,10 @@ pub(crate) async fn full_history(
         match page.next {
             Some(next) => {
                 from = next;
-                if out.len() >= SYNC_MAX_MESSAGES || bytes >= SYNC_MAX_BYTES {
+                if out.len() >= SYNC_MAX_MESSAGES
+                    || bytes >= SYNC_MAX_BYTES
+                    || pages >= SYNC_MAX_PAGES
+                {
                     return Ok((out, from, true));
                 }
             }
@@ -189,6 +198,56 @@ mod tests {
                 })
             })
         }
+    }
+
+    /// A store whose pages never bring a message and never move the cursor (junk the
+    /// transport drops, pages of one flooded instant).
+    struct Stuck;
+
+    impl Transport for Stuck {
+        fn subscribe<'a>(&'a self, _: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn unsubscribe<'a>(&'a self, _: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn publish<'a>(
+            &'a self,
+            topic: &'a Topic,
+            data: Vec<u8>,
+        ) -> BoxFuture<'a, pqmls_transport::Result<MessageId>> {
+            Box::pin(async move { Ok(MessageId::compute(topic, &data)) })
+        }
+        fn put(&self, _: Vec<u8>, _: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn get(&self, _: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<Option<Vec<u8>>>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn history<'a>(
+            &'a self,
+            _: &'a Topic,
+            from: Cursor,
+        ) -> BoxFuture<'a, pqmls_transport::Result<Page>> {
+            Box::pin(async move {
+                Ok(Page {
+                    messages: Vec::new(),
+                    next: Some(from),
+                    resume: None,
+                })
+            })
+        }
+    }
+
+    /// Pages that bring nothing and go nowhere end the catch-up after [`SYNC_MAX_PAGES`]
+    /// (the rest comes with a later one); without the bound this never returns.
+    #[tokio::test]
+    async fn a_catch_up_of_empty_pages_that_go_nowhere_ends() {
+        let topic = Topic::from_group_id(b"g");
+        let from = Cursor::from_parts(7, None);
+        let (got, cursor, more) = full_history(&Stuck, &topic, from).await.unwrap();
+        assert!(got.is_empty() && more);
+        assert_eq!(cursor, from);
     }
 
     /// A topic whose history never ends (a flood, or a store that pages for ever) is read

@@ -542,7 +542,10 @@ struct Continuations {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Continuation {
     ms: u64,
+    /// The store whose order `after` is a position in (another store may not hold it).
+    store: PeerId,
     after: [u8; 32],
+    /// Pages of `ms` read so far, from whichever store.
     pages: u32,
 }
 
@@ -557,14 +560,16 @@ impl Continuations {
         (from.after_id().is_none() && c.ms == from.after_ms()).then_some(c)
     }
 
-    /// Records that a page of `topic` stopped inside `ms` after the message with hash
-    /// `after`, continuing `prev` (the continuation the page started from, if any);
+    /// Records that a page of `topic` read from `store` stopped inside `ms` after the
+    /// message with hash `after`, following `prev` (the continuation the read started
+    /// from, if any, whichever store it named: pages of one millisecond count together);
     /// `false` if the next page must not continue there (too many pages in that
     /// millisecond, or too many topics remembered).
     fn record(
         &mut self,
         topic: &Topic,
         ms: u64,
+        store: PeerId,
         after: [u8; 32],
         prev: Option<Continuation>,
     ) -> bool {
@@ -576,8 +581,15 @@ impl Continuations {
         if !self.by_topic.contains_key(topic) && self.by_topic.len() >= MAX_CONTINUED_TOPICS {
             return false;
         }
-        self.by_topic
-            .insert(topic.clone(), Continuation { ms, after, pages });
+        self.by_topic.insert(
+            topic.clone(),
+            Continuation {
+                ms,
+                store,
+                after,
+                pages,
+            },
+        );
         true
     }
 }
@@ -1198,7 +1210,14 @@ impl WakuTransport {
         };
         let start_ms = from.after_ms().saturating_sub(lookback);
         let time_start = (start_ms > 0).then(|| ms_to_nanos(start_ms));
-        self.first_store(|peer| self.history_peer(peer, topic, from, time_start))
+        // Taken once for the whole read, whichever store answers ([`Continuations`]).
+        let continued = self
+            .shared
+            .continuations
+            .lock()
+            .ok()
+            .and_then(|mut c| c.take(topic, from));
+        self.first_store(|peer| self.history_peer(peer, topic, from, time_start, continued))
             .await
     }
 
@@ -1211,6 +1230,7 @@ impl WakuTransport {
         topic: &Topic,
         from: Cursor,
         time_start: Option<i64>,
+        continued: Option<Continuation>,
     ) -> pqmls_transport::Result<Page> {
         let name = topic_name(topic);
         let whole = content_topic(name, WHOLE);
@@ -1234,14 +1254,9 @@ impl WakuTransport {
             pagination_limit: Some(PAGE),
             ..QueryRequest::default()
         };
-        // A page that stopped inside this millisecond goes on where it stopped.
-        let continued = self
-            .shared
-            .continuations
-            .lock()
-            .ok()
-            .and_then(|mut c| c.take(topic, from));
-        if let Some(c) = continued {
+        // A page that stopped inside this millisecond goes on where it stopped, in the
+        // order of the store it read (another store reads the millisecond from its start).
+        if let Some(c) = continued.filter(|c| c.store == peer) {
             request.pagination_cursor = Some(c.after.to_vec());
         }
         let mut listed: Vec<[u8; 32]> = Vec::new();
@@ -1420,7 +1435,12 @@ impl WakuTransport {
             Missing,
         }
         let mut entries: Vec<(i64, Entry, Option<[u8; 32]>)> = Vec::new();
+        // The listed hash of the last entry this page takes (not one that did not come).
+        let mut last_taken: Option<[u8; 32]> = None;
         for (hash, class) in listed.iter().zip(classes).take(end) {
+            if !matches!(class, Listed::Fetch) || fetched.contains_key(hash) {
+                last_taken = Some(*hash);
+            }
             match class {
                 Listed::Handled(id, ts) => entries.push((ts, Entry::Skipped(id), None)),
                 Listed::Own(m, ts) => entries.push((ts, Entry::Held(m), None)),
@@ -1448,12 +1468,11 @@ impl WakuTransport {
                 // (or a busy instant). Take what was read; the next page goes on within
                 // the millisecond from the store's position after the last message this
                 // page took ([`Continuations`]), or, past their bound, after it.
-                let stopped_after = end.checked_sub(1).and_then(|i| listed.get(i)).copied();
-                let go_on = stopped_after.is_some_and(|after| {
+                let go_on = last_taken.is_some_and(|after| {
                     self.shared
                         .continuations
                         .lock()
-                        .is_ok_and(|mut c| c.record(topic, last, after, continued))
+                        .is_ok_and(|mut c| c.record(topic, last, peer, after, continued))
                 });
                 next = Some(if go_on {
                     Cursor::from_parts(last, None)
@@ -1554,6 +1573,21 @@ impl WakuTransport {
                         .is_none_or(|m| ms_time(nanos_to_ms(*ts)) >= m.received)
             })
             .map(|(ts, id)| Cursor::from_parts(nanos_to_ms(ts), Some(id)));
+        // The last page of a millisecond read in several (a flood at one instant): the
+        // cursor goes past that millisecond unless a message returned is later, so that
+        // the next catch-up does not read the flood again from its start.
+        let resume = match continued {
+            Some(c)
+                if next.is_none()
+                    && !stalled
+                    && !incomplete
+                    && messages.last().is_none_or(|m| m.received <= ms_time(c.ms))
+                    && resume.is_none_or(|r| r.after_ms() <= c.ms) =>
+            {
+                Some(Cursor::from_parts(c.ms.saturating_add(1), None))
+            }
+            _ => resume,
+        };
         Ok(Page {
             messages,
             next,
@@ -1889,18 +1923,20 @@ mod tests {
         let u = Topic::from_group_id(b"u");
         let mut c = Continuations::default();
         let at = |ms| Cursor::from_parts(ms, None);
+        let (a, b) = (PeerId::random(), PeerId::random());
         // A page stopped inside ms 7: the next read from ms 7 goes on after its hash.
-        assert!(c.record(&t, 7, [1; 32], None));
+        assert!(c.record(&t, 7, a, [1; 32], None));
         let first = c.take(&t, at(7)).expect("continued");
         assert_eq!((first.ms, first.after, first.pages), (7, [1; 32], 1));
+        assert_eq!(first.store, a);
         // Taken: a second read from ms 7 starts the millisecond again.
         assert!(c.take(&t, at(7)).is_none());
         // Any other read of the topic drops it: another millisecond, or a cursor after a
         // message (a later catch-up after one that failed half-way).
-        assert!(c.record(&t, 7, [2; 32], Some(first)));
+        assert!(c.record(&t, 7, a, [2; 32], Some(first)));
         assert!(c.take(&t, at(8)).is_none());
         assert!(c.take(&t, at(7)).is_none());
-        assert!(c.record(&t, 7, [2; 32], Some(first)));
+        assert!(c.record(&t, 7, a, [2; 32], Some(first)));
         let m = Message {
             id: MessageId::compute(&t, b"x"),
             topic: t.clone(),
@@ -1909,27 +1945,33 @@ mod tests {
         };
         assert!(c.take(&t, Cursor::after(&m)).is_none());
         // Topics are apart.
-        assert!(c.record(&u, 7, [3; 32], None));
+        assert!(c.record(&u, 7, a, [3; 32], None));
         assert!(c.take(&t, at(7)).is_none());
         assert_eq!(c.take(&u, at(7)).map(|c| c.after), Some([3; 32]));
+        // Pages of one millisecond count together whichever store read them.
+        assert!(c.record(&t, 8, b, [5; 32], Some(first)));
+        let from_b = c.take(&t, at(8)).unwrap();
+        assert_eq!((from_b.store, from_b.pages), (b, 1));
+        assert!(c.record(&t, 8, a, [6; 32], Some(from_b)));
+        assert_eq!(c.take(&t, at(8)).map(|p| (p.store, p.pages)), Some((a, 2)));
         // At most MAX_CONTINUATIONS pages in one millisecond; a new millisecond counts anew.
         let mut prev = None;
         for page in 1..=MAX_CONTINUATIONS {
-            assert!(c.record(&t, 9, [4; 32], prev), "page {page}");
+            assert!(c.record(&t, 9, a, [4; 32], prev), "page {page}");
             prev = c.take(&t, at(9));
             assert_eq!(prev.map(|p| p.pages), Some(page));
         }
-        assert!(!c.record(&t, 9, [4; 32], prev));
+        assert!(!c.record(&t, 9, a, [4; 32], prev));
         assert!(c.take(&t, at(9)).is_none());
-        assert!(c.record(&t, 10, [4; 32], prev));
+        assert!(c.record(&t, 10, a, [4; 32], prev));
         assert_eq!(c.take(&t, at(10)).map(|p| p.pages), Some(1));
         // At most MAX_CONTINUED_TOPICS topics at once.
         let mut c = Continuations::default();
         for i in 0..MAX_CONTINUED_TOPICS {
             let topic = Topic::from_group_id(&i.to_be_bytes());
-            assert!(c.record(&topic, 1, [0; 32], None));
+            assert!(c.record(&topic, 1, a, [0; 32], None));
         }
-        assert!(!c.record(&t, 1, [0; 32], None));
+        assert!(!c.record(&t, 1, a, [0; 32], None));
         assert_eq!(c.by_topic.len(), MAX_CONTINUED_TOPICS);
     }
 

@@ -832,6 +832,20 @@ impl WakuService {
     }
 }
 
+/// A connected peer's Waku services, as [`Node::service_peers`] ranks them.
+#[derive(Debug, Clone, Copy, Default)]
+struct ServiceEntry {
+    /// When the peer was first connected (a sequence number).
+    seq: u64,
+    /// Whether this node dialed the peer (a bootstrap peer, one found through peer
+    /// exchange) rather than the peer this node.
+    dialed: bool,
+    /// The services announced over identify, bits of [`WakuService`].
+    bits: u8,
+    /// Whether the metadata gate admitted the peer (always, on a node without it).
+    admitted: bool,
+}
+
 /// A handle to a running node. Cheap to clone; the node stops when [`Node::shutdown`] is
 /// called or every handle is dropped.
 #[derive(Clone)]
@@ -1378,10 +1392,13 @@ impl Node {
         self.call(|r| Command::MeshPeers(t, r)).await
     }
 
-    /// Connected peers that offer `service`, by the protocols they announced over identify,
-    /// in the order they were identified (the longest known first). Nothing here is
-    /// vouched for: a peer announces what it likes, and callers treat a service's answers
-    /// as they treat any peer's.
+    /// Connected peers that offer `service`, by the protocols they announced over identify
+    /// and, on a Waku node, once the metadata gate admitted them: first the peers this
+    /// node dialed (its bootstrap peers, peers found through peer exchange), then those
+    /// that dialed it, each in the order they connected. Nothing here is vouched for: a
+    /// peer announces what it likes, and callers treat a service's answers as they treat
+    /// any peer's; the order only keeps a stranger that connects to us from coming before
+    /// the peers we chose.
     ///
     /// # Errors
     ///
@@ -2055,9 +2072,9 @@ struct Task {
     seen: Seen,
     subscribed: HashSet<Topic>,
     store_peers: HashSet<PeerId>,
-    /// Connected peers that announced a Waku service: when first identified (a sequence
-    /// number) and the services (bits of [`WakuService`]). At most one entry per connected peer.
-    services: HashMap<PeerId, (u64, u8)>,
+    /// What connected peers announce of the Waku services ([`Node::service_peers`]). At
+    /// most one entry per connected peer, dropped with its last connection.
+    services: HashMap<PeerId, ServiceEntry>,
     services_seq: u64,
     pending: HashMap<OutboundRequestId, Pending>,
     puts: HashMap<u64, PutOp>,
@@ -2307,14 +2324,14 @@ impl Task {
                 let _ = reply.send(Ok(addrs));
             }
             Command::ServicePeers(service, reply) => {
-                let mut peers: Vec<(u64, PeerId)> = self
+                let mut peers: Vec<(bool, u64, PeerId)> = self
                     .services
                     .iter()
-                    .filter(|(_, (_, bits))| bits & service.bit() != 0)
-                    .map(|(peer, (seq, _))| (*seq, *peer))
+                    .filter(|(_, e)| e.admitted && e.bits & service.bit() != 0)
+                    .map(|(peer, e)| (!e.dialed, e.seq, *peer))
                     .collect();
                 peers.sort_unstable();
-                let _ = reply.send(Ok(peers.into_iter().map(|(_, p)| p).collect()));
+                let _ = reply.send(Ok(peers.into_iter().map(|(_, _, p)| p).collect()));
             }
             Command::MeshPeers(topic, reply) => {
                 let hash = gossipsub::TopicHash::from_raw(topic.as_str());
@@ -2770,6 +2787,9 @@ impl Task {
             } => {
                 if metadata::admits(cluster, &response) {
                     bump(&self.stats.metadata_admitted);
+                    if let Some(e) = self.services.get_mut(&peer) {
+                        e.admitted = true;
+                    }
                 } else {
                     tracing::debug!(
                         "disconnecting {peer}: cluster {:?}, ours {cluster}",
@@ -3077,10 +3097,21 @@ impl Task {
                 peer_id,
                 connection_id,
                 num_established,
+                endpoint,
                 ..
             } => {
                 if num_established.get() == 1 {
                     self.ask_metadata(peer_id);
+                    self.services_seq += 1;
+                    self.services.insert(
+                        peer_id,
+                        ServiceEntry {
+                            seq: self.services_seq,
+                            dialed: endpoint.is_dialer(),
+                            bits: 0,
+                            admitted: self.metadata_gate().is_none(),
+                        },
+                    );
                 }
                 self.bootstrap_connected(peer_id, connection_id);
                 self.update_peer_counts();
@@ -3106,20 +3137,16 @@ impl Task {
     }
 
     /// Records the Waku services a connected peer announced (identify may come again, with
-    /// other protocols: the last announcement counts, the first identification's place in
-    /// the order stays).
+    /// other protocols: the last announcement counts).
     fn note_services(&mut self, peer: PeerId, protocols: &[StreamProtocol]) {
-        let bits = WakuService::announced(protocols);
-        if bits == 0 {
-            self.services.remove(&peer);
-            return;
+        if let Some(e) = self.services.get_mut(&peer) {
+            e.bits = WakuService::announced(protocols);
         }
-        let seq = &mut self.services_seq;
-        let entry = self.services.entry(peer).or_insert_with(|| {
-            *seq += 1;
-            (*seq, 0)
-        });
-        entry.1 = bits;
+    }
+
+    /// The cluster the metadata gate admits, on a Waku node.
+    fn metadata_gate(&self) -> Option<u16> {
+        self.waku.as_ref().map(|w| w.config.cluster)
     }
 
     fn update_peer_counts(&self) {

@@ -83,7 +83,8 @@ async fn a_node_finds_and_dials_peers_beyond_its_bootstrap_peer() {
 
 /// A node learns which of its peers serve store, lightpush and filter from what they
 /// announce over identify, also for a service node it found through peer exchange only;
-/// a relay-only peer is never listed, and a service that goes away is forgotten.
+/// a relay-only peer is never listed, peers that dialed us come after those we dialed,
+/// and a service that goes away is forgotten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_learns_which_peers_serve_store_lightpush_and_filter() {
     use pqmls_transport::WakuService;
@@ -116,6 +117,19 @@ async fn a_node_learns_which_peers_serve_store_lightpush_and_filter() {
         c.counters().px_dials >= 1,
         "A was dialed through peer exchange"
     );
+    // A store that dials C is listed too, after A (C dialed A, and A came first anyway).
+    let dir_d = support::temp_dir("px-services-d");
+    let d = start(
+        waku_config(&[0])
+            .with_store(&dir_d, pqmls_transport::store::Config::default())
+            .with_bootstrap(tcp_addr(&c).await),
+    )
+    .await;
+    wait_until("the inbound store listed", || async {
+        c.service_peers(WakuService::Store).await.unwrap() == vec![a.peer_id(), d.peer_id()]
+    })
+    .await;
+    d.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
     wait_until("service forgotten", || async {
         c.service_peers(WakuService::Store)
