@@ -594,6 +594,47 @@ impl Continuations {
     }
 }
 
+/// How long a store that failed a read (an error, or [`Config::store_deadline`] passed) is
+/// asked after the others.
+const STORE_COOL_DOWN: Duration = Duration::from_secs(60);
+/// Stores remembered as failed at once.
+const MAX_FAILED_STORES: usize = 64;
+
+/// Stores that failed a read lately: every read asks them after the others for
+/// [`STORE_COOL_DOWN`] (still asked, never dropped), so that a slow or broken store first
+/// in line does not cost every read of every topic its deadline (DESIGN, "Over Waku",
+/// flood finding 4). At most [`MAX_FAILED_STORES`] remembered.
+#[derive(Debug, Default)]
+struct Failures {
+    until: HashMap<PeerId, Instant>,
+}
+
+impl Failures {
+    fn failed(&mut self, peer: PeerId, now: Instant) {
+        self.until.retain(|_, t| *t > now);
+        if !self.until.contains_key(&peer)
+            && self.until.len() >= MAX_FAILED_STORES
+            && let Some(soonest) = self.until.iter().min_by_key(|(_, t)| **t).map(|(p, _)| *p)
+        {
+            self.until.remove(&soonest);
+        }
+        self.until.insert(peer, now + STORE_COOL_DOWN);
+    }
+
+    fn succeeded(&mut self, peer: &PeerId) {
+        self.until.remove(peer);
+    }
+
+    /// `stores` in order, those cooling down after the others (each part keeps its order).
+    fn order(&self, stores: Vec<PeerId>, now: Instant) -> Vec<PeerId> {
+        let cooling = |p: &PeerId| self.until.get(p).is_some_and(|t| *t > now);
+        let (mut ready, late): (Vec<PeerId>, Vec<PeerId>) =
+            stores.into_iter().partition(|p| !cooling(p));
+        ready.extend(late);
+        ready
+    }
+}
+
 /// The Waku hashes of the segments relay brought, by the hash of the payload they carry,
 /// so that a payload that completes is remembered with all its segments ([`Known`]):
 /// at most `cap` payloads in reassembly (the reassembler's own bound) and as many
@@ -694,6 +735,8 @@ pub struct WakuTransport {
     config: Config,
     shared: Arc<Shared>,
     requests: AtomicU64,
+    /// Stores that failed a read lately ([`Failures`]).
+    failures: Mutex<Failures>,
     /// The directory's write rule ([`crate::directory_validator`]), applied to the
     /// entries of a key before the newest [`Config::directory_candidates`] are kept.
     directory_rule: crate::directory::DirectoryRule,
@@ -880,6 +923,7 @@ impl WakuTransport {
                 config,
                 shared,
                 requests: AtomicU64::new(0),
+                failures: Mutex::new(Failures::default()),
                 directory_rule,
             },
             inbox,
@@ -1040,7 +1084,12 @@ impl WakuTransport {
     {
         let mut last = Error::NoStore;
         let deadline = self.config.store_deadline;
-        for peer in &self.stores().await {
+        let stores = self.stores().await;
+        let stores = match self.failures.lock() {
+            Ok(f) => f.order(stores, Instant::now()),
+            Err(_) => stores,
+        };
+        for peer in &stores {
             let answer = tokio::time::timeout(deadline, ask(*peer))
                 .await
                 .unwrap_or_else(|_| {
@@ -1049,9 +1098,17 @@ impl WakuTransport {
                     )))
                 });
             match answer {
-                Ok(r) => return Ok(r),
+                Ok(r) => {
+                    if let Ok(mut f) = self.failures.lock() {
+                        f.succeeded(peer);
+                    }
+                    return Ok(r);
+                }
                 Err(e) => {
                     tracing::debug!("store {peer} failed: {e}");
+                    if let Ok(mut f) = self.failures.lock() {
+                        f.failed(*peer, Instant::now());
+                    }
                     last = e;
                 }
             }
@@ -1916,6 +1973,27 @@ impl Transport for WakuTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stores_that_failed_are_asked_last_for_a_while_and_stay_bounded() {
+        let now = Instant::now();
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut f = Failures::default();
+        assert_eq!(f.order(vec![a, b, c], now), vec![a, b, c]);
+        f.failed(a, now);
+        f.failed(b, now);
+        assert_eq!(f.order(vec![a, b, c], now), vec![c, a, b]);
+        // Success clears it; the cool-down ends by itself.
+        f.succeeded(&b);
+        assert_eq!(f.order(vec![a, b, c], now), vec![b, c, a]);
+        assert_eq!(f.order(vec![a, b, c], now + STORE_COOL_DOWN), vec![a, b, c]);
+        // Bounded: the one that recovers soonest makes room.
+        let mut f = Failures::default();
+        for i in 0..MAX_FAILED_STORES + 10 {
+            f.failed(PeerId::random(), now + Duration::from_millis(i as u64));
+        }
+        assert_eq!(f.until.len(), MAX_FAILED_STORES);
+    }
 
     #[test]
     fn a_millisecond_is_continued_by_the_next_page_only_and_a_bounded_number_of_times() {

@@ -1605,3 +1605,49 @@ async fn a_segment_forged_under_another_topic_does_not_spoil_a_payload_on_relay(
     assert!(got.data == payload);
     store.shutdown().await.unwrap();
 }
+
+/// A store that failed a read (here by passing the deadline) is asked after the others for
+/// a while: the next read goes to the honest store first and does not wait on it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_failed_is_asked_last_for_a_while() {
+    use std::sync::atomic::Ordering;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (honest, honest_addr) = store_node(&dir.path().join("store")).await;
+    let (slow_addr, queries, server) = endless_store(Duration::from_millis(200)).await;
+    let mut config = net_waku::Config::default()
+        .with_store_peer(peer_of(&slow_addr))
+        .with_store_peer(peer_of(&honest_addr));
+    config.history_messages = 10;
+    config.store_deadline = Duration::from_secs(1);
+    let node = waku_node()
+        .with_bootstrap(slow_addr)
+        .with_bootstrap(honest_addr);
+    let (t, _inbox) = WakuTransport::start(node, config).await.unwrap();
+    until("both admitted", async || {
+        t.node().counters().metadata_admitted >= 2
+    })
+    .await;
+    let topic = Topic::from_group_id(b"any");
+    let started = std::time::Instant::now();
+    t.history(&topic, Cursor::beginning()).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the slow store first"
+    );
+    let asked = queries.load(Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    t.history(&topic, Cursor::beginning()).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        queries.load(Ordering::Relaxed),
+        asked,
+        "the slow store was not asked"
+    );
+    server.abort();
+    honest.shutdown().await.unwrap();
+}
