@@ -149,8 +149,10 @@ pub(crate) async fn full_history(
 mod tests {
     use super::*;
 
-    /// A store that always has another page of 100 messages.
-    struct Endless;
+    /// A store that always has another page: of 100 messages (`Endless(true)`), or of
+    /// none that goes nowhere (`Endless(false)`: junk the transport drops, pages of one
+    /// flooded instant).
+    struct Endless(bool);
 
     impl Transport for Endless {
         fn subscribe<'a>(&'a self, _: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
@@ -178,6 +180,13 @@ mod tests {
             from: Cursor,
         ) -> BoxFuture<'a, pqmls_transport::Result<Page>> {
             Box::pin(async move {
+                if !self.0 {
+                    return Ok(Page {
+                        messages: Vec::new(),
+                        next: Some(from),
+                        resume: None,
+                    });
+                }
                 let base = from.after_ms();
                 let messages = (0..100u64)
                     .map(|i| {
@@ -200,52 +209,13 @@ mod tests {
         }
     }
 
-    /// A store whose pages never bring a message and never move the cursor (junk the
-    /// transport drops, pages of one flooded instant).
-    struct Stuck;
-
-    impl Transport for Stuck {
-        fn subscribe<'a>(&'a self, _: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn unsubscribe<'a>(&'a self, _: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn publish<'a>(
-            &'a self,
-            topic: &'a Topic,
-            data: Vec<u8>,
-        ) -> BoxFuture<'a, pqmls_transport::Result<MessageId>> {
-            Box::pin(async move { Ok(MessageId::compute(topic, &data)) })
-        }
-        fn put(&self, _: Vec<u8>, _: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<()>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn get(&self, _: Vec<u8>) -> BoxFuture<'_, pqmls_transport::Result<Option<Vec<u8>>>> {
-            Box::pin(async { Ok(None) })
-        }
-        fn history<'a>(
-            &'a self,
-            _: &'a Topic,
-            from: Cursor,
-        ) -> BoxFuture<'a, pqmls_transport::Result<Page>> {
-            Box::pin(async move {
-                Ok(Page {
-                    messages: Vec::new(),
-                    next: Some(from),
-                    resume: None,
-                })
-            })
-        }
-    }
-
     /// Pages that bring nothing and go nowhere end the catch-up after [`SYNC_MAX_PAGES`]
     /// (the rest comes with a later one); without the bound this never returns.
     #[tokio::test]
     async fn a_catch_up_of_empty_pages_that_go_nowhere_ends() {
         let topic = Topic::from_group_id(b"g");
         let from = Cursor::from_parts(7, None);
-        let (got, cursor, more) = full_history(&Stuck, &topic, from).await.unwrap();
+        let (got, cursor, more) = full_history(&Endless(false), &topic, from).await.unwrap();
         assert!(got.is_empty() && more);
         assert_eq!(cursor, from);
     }
@@ -256,12 +226,12 @@ mod tests {
     #[tokio::test]
     async fn a_catch_up_holds_a_bounded_part_of_an_endless_history() {
         let topic = Topic::from_group_id(b"g");
-        let (first, cursor, more) = full_history(&Endless, &topic, Cursor::default())
+        let (first, cursor, more) = full_history(&Endless(true), &topic, Cursor::default())
             .await
             .unwrap();
         assert!(more);
         assert!(first.len() >= SYNC_MAX_MESSAGES && first.len() < SYNC_MAX_MESSAGES + 100);
-        let (second, _, more) = full_history(&Endless, &topic, cursor).await.unwrap();
+        let (second, _, more) = full_history(&Endless(true), &topic, cursor).await.unwrap();
         assert!(more);
         assert_eq!(
             first.last().map(|m| m.received),

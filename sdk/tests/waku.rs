@@ -175,6 +175,32 @@ async fn agree(clients: &[&Client], g: &GroupId, epoch: u64) {
     .await;
 }
 
+/// Alice creates a group and invites bob, then carol (key packages found in the store);
+/// returns it once all three agree on epoch 2.
+async fn group_of_three(
+    alice: &Client,
+    (bob, bob_ev): (&Client, &mut Events),
+    (carol, carol_ev): (&Client, &mut Events),
+) -> GroupId {
+    for who in [bob, carol] {
+        pqmls::wait_for_key_packages(alice, &who.id())
+            .await
+            .unwrap();
+    }
+    let g = alice.create_group().await.unwrap();
+    for (who, events, name) in [(bob, bob_ev, "bob"), (carol, carol_ev, "carol")] {
+        alice.invite(&g, &who.id()).await.unwrap();
+        expect_event(
+            events,
+            &format!("{name} joined"),
+            |e| matches!(e, Event::Joined { group, .. } if *group == g),
+        )
+        .await;
+    }
+    agree(&[alice, bob, carol], &g, 2).await;
+    g
+}
+
 /// Three clients on Waku: invitations through key packages found in the store, messages
 /// both ways, a commit, and a member that was offline catching up from store v3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,29 +214,7 @@ async fn three_clients_over_waku_relay_and_store() {
     let mut bob_ev = bob.events();
     let mut carol_ev = carol.events();
     // Key packages are Waku messages on their owner's content topic, found by store v3.
-    pqmls::wait_for_key_packages(&alice, &bob.id())
-        .await
-        .unwrap();
-    pqmls::wait_for_key_packages(&alice, &carol.id())
-        .await
-        .unwrap();
-
-    let g = alice.create_group().await.unwrap();
-    alice.invite(&g, &bob.id()).await.unwrap();
-    expect_event(
-        &mut bob_ev,
-        "bob joined",
-        |e| matches!(e, Event::Joined { group, .. } if *group == g),
-    )
-    .await;
-    alice.invite(&g, &carol.id()).await.unwrap();
-    expect_event(
-        &mut carol_ev,
-        "carol joined",
-        |e| matches!(e, Event::Joined { group, .. } if *group == g),
-    )
-    .await;
-    agree(&[&alice, &bob, &carol], &g, 2).await;
+    let g = group_of_three(&alice, (&bob, &mut bob_ev), (&carol, &mut carol_ev)).await;
 
     // Messages both ways, on relay.
     alice.send(&g, b"hello from alice").await.unwrap();
@@ -850,29 +854,7 @@ async fn mls_traffic_above_the_relay_limit_goes_segmented() {
     let mut alice_ev = alice.events();
     let mut bob_ev = bob.events();
     let mut carol_ev = carol.events();
-    pqmls::wait_for_key_packages(&alice, &bob.id())
-        .await
-        .unwrap();
-    pqmls::wait_for_key_packages(&alice, &carol.id())
-        .await
-        .unwrap();
-
-    let g = alice.create_group().await.unwrap();
-    alice.invite(&g, &bob.id()).await.unwrap();
-    expect_event(
-        &mut bob_ev,
-        "bob joined",
-        |e| matches!(e, Event::Joined { group, .. } if *group == g),
-    )
-    .await;
-    alice.invite(&g, &carol.id()).await.unwrap();
-    expect_event(
-        &mut carol_ev,
-        "carol joined",
-        |e| matches!(e, Event::Joined { group, .. } if *group == g),
-    )
-    .await;
-    agree(&[&alice, &bob, &carol], &g, 2).await;
+    let g = group_of_three(&alice, (&bob, &mut bob_ev), (&carol, &mut carol_ev)).await;
     // The Welcomes and add commits went out in segments and came back whole.
     assert!(
         alice_t.counters().segmented >= 2,
@@ -1306,27 +1288,7 @@ async fn a_member_that_missed_a_commit_on_relay_fetches_it_from_the_store_by_has
 
     let mut bob_ev = bob.events();
     let mut carol_ev = carol.events();
-    for who in [&bob, &carol] {
-        pqmls::wait_for_key_packages(&alice, &who.id())
-            .await
-            .unwrap();
-    }
-    let g = alice.create_group().await.unwrap();
-    alice.invite(&g, &bob.id()).await.unwrap();
-    expect_event(
-        &mut bob_ev,
-        "bob joined",
-        |e| matches!(e, Event::Joined { group, .. } if *group == g),
-    )
-    .await;
-    alice.invite(&g, &carol.id()).await.unwrap();
-    expect_event(
-        &mut carol_ev,
-        "carol joined",
-        |e| matches!(e, Event::Joined { group, .. } if *group == g),
-    )
-    .await;
-    agree(&[&alice, &bob, &carol], &g, 2).await;
+    let g = group_of_three(&alice, (&bob, &mut bob_ev), (&carol, &mut carol_ev)).await;
 
     let before = bob_t.counters();
     armed.store(true, Ordering::SeqCst);
@@ -1360,18 +1322,26 @@ async fn a_member_that_missed_a_commit_on_relay_fetches_it_from_the_store_by_has
     store.shutdown().await.unwrap();
 }
 
-/// A stranger's fake first segments by the hundred, stored between a genuine segmented
-/// payload's segments, do not push that payload out of a history read: segments are
-/// reassembled message by message (DESIGN, "Over Waku", flood finding 2; with one shared
-/// reassembler of 64 pending messages, 70 fakes after each segment evicted it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fake_first_segments_do_not_push_a_payload_out_of_history() {
+/// A store, alice's transport on it, and mallory: a raw Waku node beside them that
+/// watches what goes over relay and publishes what it likes; all in one relay mesh.
+struct Stage {
+    _dir: tempfile::TempDir,
+    store: Node,
+    bootstrap: Multiaddr,
+    alice: Arc<WakuTransport>,
+    _alice_in: Inbox,
+    mallory: Node,
+    watch: pqmls_transport::node::RelayInbound,
+}
+
+async fn stage() -> Stage {
     let dir = tempfile::tempdir().unwrap();
     let (store, bootstrap) = store_node(&dir.path().join("store")).await;
-    let (alice, _alice_in) = transport(&bootstrap).await;
+    let (alice, alice_in) = transport(&bootstrap).await;
     let (mallory, _) = Node::start(waku_node().with_bootstrap(bootstrap.clone()))
         .await
         .unwrap();
+    let watch = mallory.relay_inbound().unwrap();
     let shard = alice.shard();
     for n in [alice.node(), &mallory] {
         until("relay mesh", async || {
@@ -1379,9 +1349,35 @@ async fn fake_first_segments_do_not_push_a_payload_out_of_history() {
         })
         .await;
     }
+    Stage {
+        _dir: dir,
+        store,
+        bootstrap,
+        alice,
+        _alice_in: alice_in,
+        mallory,
+        watch,
+    }
+}
+
+/// A stranger's fake first segments by the hundred, stored between a genuine segmented
+/// payload's segments, do not push that payload out of a history read: segments are
+/// reassembled message by message (DESIGN, "Over Waku", flood finding 2; with one shared
+/// reassembler of 64 pending messages, 70 fakes after each segment evicted it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_first_segments_do_not_push_a_payload_out_of_history() {
+    let Stage {
+        _dir,
+        store,
+        bootstrap,
+        alice,
+        _alice_in,
+        mallory,
+        mut watch,
+    } = stage().await;
+    let shard = alice.shard();
     let topic = Topic::from_group_id(b"a group with a flooded segment topic");
     // Alice's own payload goes out segmented; mallory learns its segment topic from it.
-    let mut watch = mallory.relay_inbound().unwrap();
     let probe = big_payload(200 * 1024, 5);
     let probe_segments = segmentation::segment(&probe, &segmentation::Config::default())
         .unwrap()
@@ -1444,21 +1440,17 @@ async fn fake_first_segments_do_not_push_a_payload_out_of_history() {
 /// started at the next millisecond and the message was skipped for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_at_an_honest_messages_instant_does_not_hide_it_from_a_catch_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, bootstrap) = store_node(&dir.path().join("store")).await;
-    let (alice, _alice_in) = transport(&bootstrap).await;
-    let (mallory, _) = Node::start(waku_node().with_bootstrap(bootstrap.clone()))
-        .await
-        .unwrap();
+    let Stage {
+        _dir,
+        store,
+        bootstrap,
+        alice,
+        _alice_in,
+        mallory,
+        mut watch,
+    } = stage().await;
     let shard = alice.shard();
-    for n in [alice.node(), &mallory] {
-        until("relay mesh", async || {
-            n.relay_mesh_peers(shard).await.unwrap() > 0
-        })
-        .await;
-    }
     let topic = Topic::from_group_id(b"a group flooded at one instant");
-    let mut watch = mallory.relay_inbound().unwrap();
     let honest = big_payload(64, 8);
     let id = alice.publish(&topic, honest.clone()).await.unwrap();
     let seen = tokio::time::timeout(STEP, watch.recv())
