@@ -105,6 +105,15 @@ async fn client_limited(
     max: usize,
 ) -> (Client, Arc<WakuTransport>) {
     let (t, inbox) = transport_limited(bootstrap, max).await;
+    let client = Client::open(client_config(dir, name), t.clone(), inbox)
+        .await
+        .unwrap();
+    (client, t)
+}
+
+/// The tests' client settings: fast settling, no timed self-updates, every invitation
+/// taken.
+fn client_config(dir: &Path, name: &str) -> Config {
     let mut c = Config::new(name)
         .with_data_dir(dir.join(name))
         .with_database_key(pqmls::DatabaseKey::from_bytes([9; 32]));
@@ -112,8 +121,7 @@ async fn client_limited(
     c.settle = Duration::from_millis(200);
     c.removal_grace = Duration::from_millis(500);
     c.invitations = pqmls::InvitePolicy::Everyone;
-    let client = Client::open(c, t.clone(), inbox).await.unwrap();
-    (client, t)
+    c
 }
 
 async fn expect_event(events: &mut Events, what: &str, pred: impl Fn(&Event) -> bool) {
@@ -1276,13 +1284,7 @@ async fn a_member_that_missed_a_commit_on_relay_fetches_it_from_the_store_by_has
             futures::future::ready(!lose)
         })
         .boxed();
-    let mut c = Config::new("bob")
-        .with_data_dir(dir.path().join("bob"))
-        .with_database_key(pqmls::DatabaseKey::from_bytes([9; 32]));
-    c.self_update_interval = None;
-    c.settle = Duration::from_millis(200);
-    c.removal_grace = Duration::from_millis(500);
-    c.invitations = pqmls::InvitePolicy::Everyone;
+    let c = client_config(dir.path(), "bob");
     assert_eq!(c.sync_interval, Some(Duration::from_secs(60)));
     let bob = Client::open(c, bob_t.clone(), bob_inbox).await.unwrap();
 
