@@ -1645,3 +1645,78 @@ async fn a_store_that_failed_is_asked_last_for_a_while() {
     server.abort();
     honest.shutdown().await.unwrap();
 }
+
+/// A member that comes back while its store is down catches up by itself once the store
+/// is back (same address and identity): its node dials the store again with backoff and
+/// the client tries the failed catch-up again, with nobody calling `sync`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_resumes_when_the_store_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store_dir = dir.path().join("store");
+    let start_store = async || {
+        let mut c = waku_node().with_store(&store_dir, store::Config::default());
+        c.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+        c.data_dir = Some(store_dir.clone());
+        let (node, _) = Node::start(c).await.unwrap();
+        let addr = node.listen_addrs().await.unwrap().remove(0);
+        (node, addr)
+    };
+    let (store, bootstrap) = start_store().await;
+    let (alice, _) = client(dir.path(), "alice", &bootstrap).await;
+    let (bob, bob_t) = client(dir.path(), "bob", &bootstrap).await;
+    let mut bob_ev = bob.events();
+    pqmls::wait_for_key_packages(&alice, &bob.id())
+        .await
+        .unwrap();
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    expect_event(
+        &mut bob_ev,
+        "bob joined",
+        |e| matches!(e, Event::Joined { group, .. } if *group == g),
+    )
+    .await;
+    agree(&[&alice, &bob], &g, 1).await;
+
+    // Bob goes away; alice writes; the store takes it and then goes down.
+    bob.shutdown().await;
+    bob_t.node().clone().shutdown().await.unwrap();
+    drop(bob_ev);
+    let stored = store.counters().stored;
+    alice.send(&g, b"while bob was away").await.unwrap();
+    until("the store took it", async || {
+        store.counters().stored > stored
+    })
+    .await;
+    store.shutdown().await.unwrap();
+
+    // Bob comes back while the store is down: his catch-up fails.
+    let (bob, bob_t) = client(dir.path(), "bob", &bootstrap).await;
+    let mut bob_ev = bob.events();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(bob_t.node().counters().connected_peers, 0);
+    assert!(
+        bob.history(&g, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.body != b"while bob was away")
+    );
+
+    // The store comes back at the same address: bob catches up by himself.
+    let (store, again) = start_store().await;
+    assert_eq!(again, bootstrap);
+    assert_eq!(
+        messages(&mut bob_ev, 1).await,
+        [pair("alice", "while bob was away")]
+    );
+    for c in [alice, bob] {
+        c.shutdown().await;
+    }
+    store.shutdown().await.unwrap();
+}

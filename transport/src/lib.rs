@@ -204,9 +204,11 @@
 //! its bootstrap peers again, with backoff, when they go away. TCP dials leave from a fresh
 //! ephemeral port, never from the listening port as libp2p-tcp does by default: a socket of
 //! that port lingering in `TIME_WAIT` made every redial within a minute fail with
-//! `EADDRINUSE` (`node/fresh_ports.rs`). Not yet done: mplex and
-//! WebSockets (js-waku's default muxer and transport; the interop tests give js-waku TCP
-//! and yamux), catch-up resumed when a store comes back. [`Node::service_peers`] lists the
+//! `EADDRINUSE` (`node/fresh_ports.rs`). A client of the SDK whose store went down
+//! catches up by itself once the store is back (the redial here, the SDK's retried
+//! catch-up: `sdk/tests/waku.rs`, `a_catch_up_resumes_when_the_store_comes_back`). Not
+//! yet done: mplex and WebSockets (js-waku's default muxer and transport; the interop
+//! tests give js-waku TCP and yamux). [`Node::service_peers`] lists the
 //! connected peers that announce store, lightpush or filter over identify (the SDK asks
 //! such stores after the ones it was given); [`Node::store_query`] and the light-client
 //! calls still take the peer to ask. Segmentation is wired into publishing one layer up, in the SDK's
