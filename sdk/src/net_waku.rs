@@ -121,7 +121,8 @@ pub struct Config {
     /// store, `history` and `get` fail with [`Error::NoStore`].
     pub store_peers: Vec<PeerId>,
     /// Most stores found among connected peers (by the protocols they announce over
-    /// identify, [`Node::service_peers`]) that are asked after [`Config::store_peers`]
+    /// identify and the shards their metadata names, [`Node::service_peers_on`]) that are
+    /// asked after [`Config::store_peers`]
     /// (default 2; 0 asks only the named ones). Such a store is a stranger like any
     /// peer: its answers are checked as every store's are, and one that answers with
     /// nothing hides history only when every named store failed first.
@@ -1058,9 +1059,10 @@ impl WakuTransport {
         if self.config.discovered_stores == 0 {
             return stores;
         }
+        // Only stores that relay (and so archive) our shard.
         let found = self
             .node
-            .service_peers(WakuService::Store)
+            .service_peers_on(WakuService::Store, self.shard.shard)
             .await
             .unwrap_or_default();
         let named = stores.len();

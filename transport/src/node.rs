@@ -770,7 +770,7 @@ enum Command {
     Dial(Multiaddr, Reply<()>),
     ListenAddrs(Reply<Vec<Multiaddr>>),
     MeshPeers(Topic, Reply<usize>),
-    ServicePeers(WakuService, Reply<Vec<PeerId>>),
+    ServicePeers(WakuService, Option<u16>, Reply<Vec<PeerId>>),
     RelayPublish(PubsubTopic, WakuMessage, Reply<MessageHash>),
     RelaySubscribe(u16, Reply<bool>),
     RelayUnsubscribe(u16, Reply<bool>),
@@ -833,7 +833,7 @@ impl WakuService {
 }
 
 /// A connected peer's Waku services, as [`Node::service_peers`] ranks them.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct ServiceEntry {
     /// When the peer was first connected (a sequence number).
     seq: u64,
@@ -844,7 +844,13 @@ struct ServiceEntry {
     bits: u8,
     /// Whether the metadata gate admitted the peer (always, on a node without it).
     admitted: bool,
+    /// The relay shards the peer's metadata named (a store archives what it relays), at
+    /// most [`MAX_NOTED_SHARDS`]; `None` on a node without the gate.
+    shards: Option<Vec<u16>>,
 }
+
+/// Most shards of a peer's metadata remembered for [`Node::service_peers_on`].
+const MAX_NOTED_SHARDS: usize = 1024;
 
 /// A handle to a running node. Cheap to clone; the node stops when [`Node::shutdown`] is
 /// called or every handle is dropped.
@@ -1404,7 +1410,20 @@ impl Node {
     ///
     /// [`Error::Shutdown`] if the node has stopped.
     pub async fn service_peers(&self, service: WakuService) -> Result<Vec<PeerId>> {
-        self.call(|r| Command::ServicePeers(service, r)).await
+        self.call(|r| Command::ServicePeers(service, None, r)).await
+    }
+
+    /// As [`Node::service_peers`], only peers whose metadata names `shard` among the
+    /// relay shards they subscribe to (a store archives what it relays: one of other
+    /// shards answers a query for ours with nothing). On a node without the metadata gate
+    /// (no Waku), every peer [`Node::service_peers`] lists.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shutdown`] if the node has stopped.
+    pub async fn service_peers_on(&self, service: WakuService, shard: u16) -> Result<Vec<PeerId>> {
+        self.call(|r| Command::ServicePeers(service, Some(shard), r))
+            .await
     }
 
     /// The stream of received Waku relay messages. Returns it on the first call only (every
@@ -2323,11 +2342,15 @@ impl Task {
                     .collect();
                 let _ = reply.send(Ok(addrs));
             }
-            Command::ServicePeers(service, reply) => {
+            Command::ServicePeers(service, shard, reply) => {
+                let on_shard = |e: &ServiceEntry| match (shard, &e.shards) {
+                    (Some(s), Some(theirs)) => theirs.contains(&s),
+                    _ => true,
+                };
                 let mut peers: Vec<(bool, u64, PeerId)> = self
                     .services
                     .iter()
-                    .filter(|(_, e)| e.admitted && e.bits & service.bit() != 0)
+                    .filter(|(_, e)| e.admitted && e.bits & service.bit() != 0 && on_shard(e))
                     .map(|(peer, e)| (!e.dialed, e.seq, *peer))
                     .collect();
                 peers.sort_unstable();
@@ -2789,6 +2812,14 @@ impl Task {
                     bump(&self.stats.metadata_admitted);
                     if let Some(e) = self.services.get_mut(&peer) {
                         e.admitted = true;
+                        e.shards = Some(
+                            response
+                                .shards
+                                .iter()
+                                .filter_map(|s| u16::try_from(*s).ok())
+                                .take(MAX_NOTED_SHARDS)
+                                .collect(),
+                        );
                     }
                 } else {
                     tracing::debug!(
@@ -3110,6 +3141,7 @@ impl Task {
                             dialed: endpoint.is_dialer(),
                             bits: 0,
                             admitted: self.metadata_gate().is_none(),
+                            shards: None,
                         },
                     );
                 }

@@ -130,6 +130,31 @@ async fn a_node_learns_which_peers_serve_store_lightpush_and_filter() {
         c.service_peers(WakuService::Store).await.unwrap() == vec![a.peer_id(), d.peer_id()]
     })
     .await;
+    // A store that relays (and so archives) another shard only is a store, but not one
+    // for shard 0.
+    let dir_e = support::temp_dir("px-services-e");
+    let e = start(
+        waku_config(&[1])
+            .with_store(&dir_e, pqmls_transport::store::Config::default())
+            .with_bootstrap(tcp_addr(&c).await),
+    )
+    .await;
+    wait_until("the store of shard 1 listed", || async {
+        c.service_peers(WakuService::Store)
+            .await
+            .unwrap()
+            .contains(&e.peer_id())
+    })
+    .await;
+    assert_eq!(
+        c.service_peers_on(WakuService::Store, 0).await.unwrap(),
+        vec![a.peer_id(), d.peer_id()]
+    );
+    assert_eq!(
+        c.service_peers_on(WakuService::Store, 1).await.unwrap(),
+        vec![e.peer_id()]
+    );
+    e.shutdown().await.unwrap();
     d.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
     wait_until("service forgotten", || async {
