@@ -1225,7 +1225,8 @@ impl WakuTransport {
                 members.push(i);
             }
         }
-        let mut failed: Vec<Vec<u8>> = Vec::new();
+        // Messages whose reassembly failed its hash, with the bytes their segments hold.
+        let mut failed: Vec<(usize, Vec<u8>)> = Vec::new();
         for members in &groups {
             let mut reassembler = Reassembler::new(self.config.segmentation.clone());
             let mut mismatch: Option<Vec<u8>> = None;
@@ -1246,14 +1247,22 @@ impl WakuTransport {
                     _ => {}
                 }
             }
-            if !completed
-                && let Some(hash) = mismatch
-                && failed.len() < MAX_RETRIED_MESSAGES
-            {
-                failed.push(hash);
+            if !completed && let Some(hash) = mismatch {
+                let bytes = members
+                    .iter()
+                    .filter_map(|i| stored.get(*i))
+                    .map(|s| s.payload.len())
+                    .sum();
+                failed.push((bytes, hash));
             }
         }
-        for hash in &failed {
+        // The largest first (stable: then in order of appearance): a stranger's cheap
+        // failing messages (single tiny segments) cannot use up the retries ahead of a
+        // real payload whose segment was forged; outranking it costs the stranger as many
+        // bytes per message as the payload has.
+        failed.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        failed.truncate(MAX_RETRIED_MESSAGES);
+        for (_, hash) in &failed {
             if let Some(r) = retry(&self.config.segmentation, &stored, hash) {
                 out.push(r);
             }

@@ -1720,3 +1720,85 @@ async fn a_catch_up_resumes_when_the_store_comes_back() {
     }
     store.shutdown().await.unwrap();
 }
+
+/// Twenty cheap messages that fail their hash (a single tiny segment each), stored before
+/// a real payload one of whose segments has a forged twin the store orders first, do not
+/// use up the history read's retries (16): the largest failing messages are retried
+/// first, and the payload comes (in order of appearance, it was the 21st).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cheap_failing_messages_do_not_use_up_the_retries() {
+    let Stage {
+        _dir,
+        store,
+        bootstrap,
+        alice,
+        _alice_in,
+        mallory,
+        mut watch,
+    } = stage().await;
+    let shard = alice.shard();
+    let topic = Topic::from_group_id(b"a group whose retries are wanted");
+    let probe = big_payload(200 * 1024, 11);
+    let probe_segments = segmentation::segment(&probe, &segmentation::Config::default())
+        .unwrap()
+        .len();
+    alice.publish(&topic, probe).await.unwrap();
+    let first = tokio::time::timeout(STEP, watch.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .message;
+    let seg_topic = first.content_topic.clone();
+    let ts = first.timestamp.unwrap() + 1_000_000_000;
+    let message =
+        |bytes: Vec<u8>, ts: i64| WakuMessage::new(seg_topic.clone(), bytes).with_timestamp(ts);
+    // 20 single segments whose payload does not hash to the hash they claim.
+    for i in 0..20u8 {
+        let junk = SegmentMessage {
+            entire_message_hash: vec![i; 32],
+            data_segment_index: 0,
+            data_segment_count: 1,
+            payload: vec![i; 16],
+            ..SegmentMessage::default()
+        };
+        let m = message(prost::Message::encode_to_vec(&junk), ts + i64::from(i));
+        mallory.relay_publish_on(shard, m).await.unwrap();
+    }
+    // The payload, its segment 1 with a forged twin ordered before it (same timestamp,
+    // smaller message hash: ground).
+    let payload = big_payload(300 * 1024, 12);
+    let genuine = segmentation::segment(&payload, &segmentation::Config::default()).unwrap();
+    let at = ts + 1_000_000;
+    let genuine_hash = message_hash(&shard.to_string(), &message(genuine[1].clone(), at));
+    let forged = (0..64)
+        .map(|i| {
+            let mut f: SegmentMessage = prost::Message::decode(genuine[1].as_slice()).unwrap();
+            f.payload[i] ^= 1;
+            prost::Message::encode_to_vec(&f)
+        })
+        .find(|f| message_hash(&shard.to_string(), &message(f.clone(), at)) < genuine_hash)
+        .unwrap();
+    mallory
+        .relay_publish_on(shard, message(forged, at))
+        .await
+        .unwrap();
+    for s in &genuine {
+        mallory
+            .relay_publish_on(shard, message(s.clone(), at))
+            .await
+            .unwrap();
+    }
+    let stored = probe_segments + 20 + 1 + genuine.len();
+    until("the store has every segment", async || {
+        store.counters().stored as usize >= stored
+    })
+    .await;
+    let (bob, _bob_in) = transport(&bootstrap).await;
+    let page = bob.history(&topic, Cursor::beginning()).await.unwrap();
+    assert!(
+        page.messages.iter().any(|m| m.data == payload),
+        "the payload is missing: {} messages",
+        page.messages.len()
+    );
+    store.shutdown().await.unwrap();
+}
