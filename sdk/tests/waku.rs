@@ -1362,12 +1362,40 @@ async fn stage() -> Stage {
     }
 }
 
+impl Stage {
+    /// Alice publishes a segmented payload (200 KiB) on `topic`; returns the first of its
+    /// segments mallory saw on relay (so its content topic and timestamp) and how many
+    /// segments it went out in.
+    async fn probe(&mut self, topic: &Topic, seed: u8) -> (WakuMessage, usize) {
+        let probe = big_payload(200 * 1024, seed);
+        let segments = segmentation::segment(&probe, &segmentation::Config::default())
+            .unwrap()
+            .len();
+        self.alice.publish(topic, probe).await.unwrap();
+        let first = tokio::time::timeout(STEP, self.watch.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .message;
+        assert!(
+            first.content_topic.ends_with("/seg"),
+            "{}",
+            first.content_topic
+        );
+        (first, segments)
+    }
+}
+
 /// A stranger's fake first segments by the hundred, stored between a genuine segmented
 /// payload's segments, do not push that payload out of a history read: segments are
 /// reassembled message by message (DESIGN, "Over Waku", flood finding 2; with one shared
 /// reassembler of 64 pending messages, 70 fakes after each segment evicted it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_first_segments_do_not_push_a_payload_out_of_history() {
+    let mut stage = stage().await;
+    let topic = Topic::from_group_id(b"a group with a flooded segment topic");
+    // Alice's own payload goes out segmented; mallory learns its segment topic from it.
+    let (first, probe_segments) = stage.probe(&topic, 5).await;
     let Stage {
         _dir,
         store,
@@ -1375,23 +1403,10 @@ async fn fake_first_segments_do_not_push_a_payload_out_of_history() {
         alice,
         _alice_in,
         mallory,
-        mut watch,
-    } = stage().await;
+        ..
+    } = stage;
     let shard = alice.shard();
-    let topic = Topic::from_group_id(b"a group with a flooded segment topic");
-    // Alice's own payload goes out segmented; mallory learns its segment topic from it.
-    let probe = big_payload(200 * 1024, 5);
-    let probe_segments = segmentation::segment(&probe, &segmentation::Config::default())
-        .unwrap()
-        .len();
-    alice.publish(&topic, probe).await.unwrap();
-    let first = tokio::time::timeout(STEP, watch.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .message;
     let seg_topic = first.content_topic.clone();
-    assert!(seg_topic.ends_with("/seg"), "{seg_topic}");
 
     // The genuine payload, published by mallory as anyone could, each of its segments
     // followed by 70 fake first segments of 70 other messages (more than the 64 messages a
@@ -1727,6 +1742,9 @@ async fn a_catch_up_resumes_when_the_store_comes_back() {
 /// first, and the payload comes (in order of appearance, it was the 21st).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cheap_failing_messages_do_not_use_up_the_retries() {
+    let mut stage = stage().await;
+    let topic = Topic::from_group_id(b"a group whose retries are wanted");
+    let (first, probe_segments) = stage.probe(&topic, 11).await;
     let Stage {
         _dir,
         store,
@@ -1734,20 +1752,9 @@ async fn cheap_failing_messages_do_not_use_up_the_retries() {
         alice,
         _alice_in,
         mallory,
-        mut watch,
-    } = stage().await;
+        ..
+    } = stage;
     let shard = alice.shard();
-    let topic = Topic::from_group_id(b"a group whose retries are wanted");
-    let probe = big_payload(200 * 1024, 11);
-    let probe_segments = segmentation::segment(&probe, &segmentation::Config::default())
-        .unwrap()
-        .len();
-    alice.publish(&topic, probe).await.unwrap();
-    let first = tokio::time::timeout(STEP, watch.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .message;
     let seg_topic = first.content_topic.clone();
     let ts = first.timestamp.unwrap() + 1_000_000_000;
     let message =

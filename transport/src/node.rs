@@ -1597,17 +1597,6 @@ impl Node {
     }
 }
 
-/// The yamux muxer's settings. yamux 0.14 grows a busy stream's receive window (doubling
-/// it when the sender used half of it within two round trips) up to the connection's
-/// budget, 1 GiB less 256 KiB for each allowed stream, yet its frame decoder refuses any
-/// data frame over 1 MiB and closes the whole connection. js-yamux sends a data frame as
-/// large as the window it was granted when its frame cap (`maxMessageSize`, 64 KiB by
-/// default) is raised, so a js-libp2p peer sending a few MiB on one stream over a real
-/// link lost its connection to us (issue 13, item 3). With 4096 streams the budget is used
-/// up by the initial windows (4096 x 256 KiB = 1 GiB), so no window grows beyond the
-/// 256 KiB of the yamux spec ("Flow Control": initial window 256 KiB) and no peer is
-/// allowed a frame we refuse. The cost: one stream moves at most 256 KiB per round trip
-/// (2.5 MB/s at 100 ms), ample for relay's 150 KiB messages.
 /// TCP with noise and yamux, as `SwarmBuilder::with_tcp` builds it, but dialing from fresh
 /// ports ([`fresh_ports`]).
 fn tcp_transport(
@@ -1629,6 +1618,17 @@ fn tcp_transport(
     )
 }
 
+/// The yamux muxer's settings. yamux 0.14 grows a busy stream's receive window (doubling
+/// it when the sender used half of it within two round trips) up to the connection's
+/// budget, 1 GiB less 256 KiB for each allowed stream, yet its frame decoder refuses any
+/// data frame over 1 MiB and closes the whole connection. js-yamux sends a data frame as
+/// large as the window it was granted when its frame cap (`maxMessageSize`, 64 KiB by
+/// default) is raised, so a js-libp2p peer sending a few MiB on one stream over a real
+/// link lost its connection to us (issue 13, item 3). With 4096 streams the budget is used
+/// up by the initial windows (4096 x 256 KiB = 1 GiB), so no window grows beyond the
+/// 256 KiB of the yamux spec ("Flow Control": initial window 256 KiB) and no peer is
+/// allowed a frame we refuse. The cost: one stream moves at most 256 KiB per round trip
+/// (2.5 MB/s at 100 ms), ample for relay's 150 KiB messages.
 fn yamux_config() -> yamux::Config {
     let mut c = yamux::Config::default();
     c.set_max_num_streams(YAMUX_MAX_STREAMS);
@@ -2782,7 +2782,7 @@ impl Task {
         &mut self,
         event: request_response::Event<metadata::Metadata, metadata::Metadata>,
     ) {
-        let Some(cluster) = self.waku.as_ref().map(|w| w.config.cluster) else {
+        let Some(cluster) = self.metadata_gate() else {
             return;
         };
         match event {
