@@ -142,6 +142,13 @@ pub struct Limits {
     /// [`Counters::store_reads_refused`]. Below [`waku::store::MAX_REQUEST`] the largest
     /// requests are never read.
     pub store_request_read_bytes: usize,
+    /// Waku store server: bytes of [`Limits::store_request_read_bytes`] the request frames
+    /// of one connection may hold at once (default [`waku::store::MAX_REQUEST`], 64 KiB:
+    /// one frame of the largest size, or many of the few kilobytes an honest query takes),
+    /// so one peer holds at most this times its connections
+    /// ([`Limits::max_connections_per_peer`]) however many streams it opens and stalls in;
+    /// beyond it a request is answered 503 unread, as over the budget.
+    pub store_request_read_bytes_per_connection: usize,
     /// Waku store client: bytes of store v3 response frames read at once, over all the
     /// stores queried (default [`waku::store::DEFAULT_RESPONSE_READ_BYTES`], 16 MiB); a
     /// response that does not fit fails its query ([`Error::Request`]) unread.
@@ -271,6 +278,7 @@ impl Default for Limits {
             response_bytes_in_flight: 64 * 1024 * 1024,
             response_bytes_per_peer: 16 * 1024 * 1024,
             store_request_read_bytes: waku::store::DEFAULT_REQUEST_READ_BYTES,
+            store_request_read_bytes_per_connection: waku::store::MAX_REQUEST,
             store_response_read_bytes: waku::store::DEFAULT_RESPONSE_READ_BYTES,
             rate_limits: RateLimits::default(),
             filter_pushes_per_stream: 100_000,
@@ -985,6 +993,7 @@ impl Node {
             || limits.max_connections_per_ip == 0
             || limits.max_pending_incoming == 0
             || limits.max_pending_per_ip == 0
+            || limits.store_request_read_bytes_per_connection == 0
         {
             return Err(Error::Config("limits must be non-zero".into()));
         }
@@ -1021,9 +1030,10 @@ impl Node {
                     "the lightpush service needs Waku relay (Config::with_waku)".into(),
                 ));
             }
-            if lp.max_concurrent_requests == 0 {
+            if lp.max_concurrent_requests == 0 || lp.max_concurrent_requests_per_connection == 0 {
                 return Err(Error::Config(
-                    "lightpush max_concurrent_requests must be non-zero".into(),
+                    "lightpush max_concurrent_requests (and per connection) must be non-zero"
+                        .into(),
                 ));
             }
         }
@@ -1037,6 +1047,7 @@ impl Node {
                 || f.max_criteria_per_subscriber == 0
                 || f.max_pushes_in_flight == 0
                 || f.max_concurrent_requests == 0
+                || f.max_concurrent_requests_per_connection == 0
             {
                 return Err(Error::Config("filter limits must be non-zero".into()));
             }
@@ -1748,7 +1759,8 @@ fn build_behaviour(
                         stats.store_request_read_bytes.clone(),
                         stats.store_request_read_bytes_peak.clone(),
                         stats.store_reads_refused.clone(),
-                    ),
+                    )
+                    .per_connection(limits.store_request_read_bytes_per_connection),
                     ReadBudget::new(
                         limits.store_response_read_bytes,
                         stats.store_response_read_bytes.clone(),
@@ -1776,6 +1788,12 @@ fn build_behaviour(
                             .lightpush
                             .as_ref()
                             .map_or(1, |c| c.max_concurrent_requests),
+                    )
+                    .per_connection(
+                        config
+                            .lightpush
+                            .as_ref()
+                            .map_or(1, |c| c.max_concurrent_requests_per_connection),
                     ),
                 ),
                 [(StreamProtocol::new(lightpush::PROTOCOL), support)],

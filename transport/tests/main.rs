@@ -33,6 +33,7 @@ mod waku_node;
 mod waku_peer_exchange;
 mod waku_presets;
 mod waku_rate_limits;
+mod waku_read_shares;
 mod waku_relay;
 mod waku_store_bounds;
 mod waku_vectors;

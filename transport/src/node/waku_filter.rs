@@ -136,17 +136,22 @@ pub(super) fn behaviours(
             .with_request_timeout(limits.request_timeout)
             .with_max_concurrent_streams(limits.max_concurrent_streams)
     };
-    let requests = config
-        .filter
-        .as_ref()
-        .map_or(1, |c| c.max_concurrent_requests);
+    let (requests, per_connection) = config.filter.as_ref().map_or((1, 1), |c| {
+        (
+            c.max_concurrent_requests,
+            c.max_concurrent_requests_per_connection,
+        )
+    });
     (
         request_response::Behaviour::with_codec(
-            SubscribeCodec::new(ReadSlots::new(
-                stats.filter_reading.clone(),
-                stats.filter_requests_refused.clone(),
-                requests,
-            )),
+            SubscribeCodec::new(
+                ReadSlots::new(
+                    stats.filter_reading.clone(),
+                    stats.filter_requests_refused.clone(),
+                    requests,
+                )
+                .per_connection(per_connection),
+            ),
             [(StreamProtocol::new(filter::SUBSCRIBE_PROTOCOL), subscribe)],
             rr(),
         ),

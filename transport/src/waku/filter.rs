@@ -240,6 +240,10 @@ pub struct Config {
     /// Subscription requests being read at once, over all peers; beyond it a request is
     /// answered 429 without being read (default 32).
     pub max_concurrent_requests: usize,
+    /// Of those, requests of one connection being read at once (default 4), so one peer
+    /// holds at most this times its connections however many streams it opens and
+    /// stalls in; beyond it a request is answered 429 unread, as over the total.
+    pub max_concurrent_requests_per_connection: usize,
 }
 
 impl Default for Config {
@@ -251,6 +255,7 @@ impl Default for Config {
             unreachable_after: Duration::from_secs(60),
             max_pushes_in_flight: 16,
             max_concurrent_requests: 32,
+            max_concurrent_requests_per_connection: 4,
         }
     }
 }

@@ -23,22 +23,86 @@ pub enum Framed<T> {
     /// A frame announced longer than the bound (but not longer than the drain limit); its
     /// bytes were read and thrown away. Holds the announced length.
     TooLarge(usize),
-    /// Not read: as many requests as [`ReadSlots`] allows were being read already.
+    /// Not read: as many requests as [`ReadSlots`] allows were being read already (or as
+    /// many as the connection's share), or the frame did not fit what is left of a
+    /// [`ReadBudget`] (or of the connection's share of it).
     Busy,
 }
 
+/// Takes `n` from what is left of `cap` in `counter`, if it fits.
+fn take(counter: &AtomicU64, n: u64, cap: u64) -> Option<u64> {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+            h.checked_add(n).filter(|t| *t <= cap)
+        })
+        .ok()
+}
+
+/// One connection's part of a bound that every connection shares (a [`ReadSlots`] or a
+/// [`ReadBudget`]), so that one peer cannot take all of it with streams it opens and
+/// then stalls in (DESIGN "Over Waku", flood finding 5). A peer holds at most its
+/// connections' shares, and its connections are bounded (`Limits::max_connections_per_
+/// peer`, and per address).
+///
+/// The codec of libp2p's request-response is where a read can be refused before its bytes
+/// arrive, and it does not know the connection. But request-response clones the
+/// behaviour's codec once for each new connection (`handle_established_inbound_
+/// connection` and `..._outbound_...`), and that connection's codec once for each
+/// stream (`on_fully_negotiated_inbound` and `..._outbound`; libp2p-request-response 0.30,
+/// `lib.rs` and `handler.rs`). So a share not yet bound to a connection (the behaviour's)
+/// gives each clone a counter of its own, and a bound share (a connection's) shares its
+/// counter with its clones, the streams of that connection. The tests in
+/// `tests/waku_read_shares.rs` fail if libp2p stops cloning so.
+#[derive(Debug)]
+pub struct ConnectionShare {
+    cap: u64,
+    held: Arc<AtomicU64>,
+    bound: bool,
+}
+
+impl Clone for ConnectionShare {
+    fn clone(&self) -> Self {
+        Self {
+            cap: self.cap,
+            held: if self.bound {
+                self.held.clone()
+            } else {
+                Arc::default()
+            },
+            bound: true,
+        }
+    }
+}
+
+impl ConnectionShare {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: u64::try_from(cap).unwrap_or(u64::MAX),
+            held: Arc::default(),
+            bound: false,
+        }
+    }
+
+    /// Takes `n` of the share if it fits: the counter to give it back to.
+    fn take(&self, n: u64) -> Option<Arc<AtomicU64>> {
+        take(&self.held, n, self.cap).map(|_| self.held.clone())
+    }
+}
+
 /// A bound on the requests of one protocol being read at once, over all connections and
-/// peers (request-response bounds streams per connection only). A read holds a slot from
-/// its first byte to its last, which is when a request holds up to a frame of memory and
-/// where a slow sender can keep it; a request that finds every slot taken is answered
-/// "busy" without being read. The count is shared with the node's counters, and so is a
-/// count of reads that never finished (an I/O error, a frame too long, the stream timeout):
-/// libp2p does not report those.
+/// peers (request-response bounds streams per connection only), and optionally per
+/// connection ([`ReadSlots::per_connection`]). A read holds a slot from its first byte to
+/// its last, which is when a request holds up to a frame of memory and where a slow
+/// sender can keep it; a request that finds every slot taken, or its connection's share
+/// taken, is answered "busy" without being read. The count is shared with the node's
+/// counters, and so is a count of reads that never finished (an I/O error, a frame too
+/// long, the stream timeout): libp2p does not report those.
 #[derive(Debug, Clone)]
 pub struct ReadSlots {
     reading: Arc<AtomicU64>,
     unreadable: Arc<AtomicU64>,
     max: u64,
+    connection: Option<ConnectionShare>,
 }
 
 /// A taken slot, given back when dropped; a slot dropped before [`Slot::finish`] counts
@@ -46,6 +110,7 @@ pub struct ReadSlots {
 #[derive(Debug)]
 pub struct Slot {
     reading: Arc<AtomicU64>,
+    connection: Option<Arc<AtomicU64>>,
     unreadable: Arc<AtomicU64>,
     finished: bool,
 }
@@ -60,6 +125,9 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.reading.fetch_sub(1, Ordering::AcqRel);
+        if let Some(c) = &self.connection {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
         if !self.finished {
             self.unreadable.fetch_add(1, Ordering::Relaxed);
         }
@@ -74,21 +142,36 @@ impl ReadSlots {
             reading,
             unreadable,
             max: u64::try_from(max).unwrap_or(u64::MAX),
+            connection: None,
         }
     }
 
-    /// Takes a slot if one is free.
+    /// At most `max` of the reads from one connection ([`ConnectionShare`]: the slots must
+    /// be a request-response behaviour's codec's, not yet cloned).
+    #[must_use]
+    pub fn per_connection(mut self, max: usize) -> Self {
+        self.connection = Some(ConnectionShare::new(max));
+        self
+    }
+
+    /// Takes a slot if one is free, and one of the connection's if it has a share.
     pub fn try_take(&self) -> Option<Slot> {
-        self.reading
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot {
-                reading: self.reading.clone(),
-                unreadable: self.unreadable.clone(),
-                finished: false,
-            })
+        let connection = match &self.connection {
+            Some(share) => Some(share.take(1)?),
+            None => None,
+        };
+        if take(&self.reading, 1, self.max).is_none() {
+            if let Some(c) = connection {
+                c.fetch_sub(1, Ordering::AcqRel);
+            }
+            return None;
+        }
+        Some(Slot {
+            reading: self.reading.clone(),
+            connection,
+            unreadable: self.unreadable.clone(),
+            finished: false,
+        })
     }
 
     /// Reads being made now.
@@ -105,29 +188,36 @@ impl ReadSlots {
 /// A budget of bytes for the frames of one protocol being read at once, over all
 /// connections and peers (request-response bounds streams per connection only, so without
 /// it many peers each sending a frame of the protocol's largest size make the node hold
-/// that size times their number). A read reserves the length a frame announces, after its
-/// length prefix and before anything is allocated, and gives it back when the reservation
-/// is dropped (after decoding, or when the read fails or is abandoned); a frame that does
-/// not fit what is left is not read. The bytes held now and the most ever held are shared
-/// with the node's counters, and so is a count of frames refused.
+/// that size times their number), and optionally per connection
+/// ([`ReadBudget::per_connection`]). A read reserves the length a frame announces, after
+/// its length prefix and before anything is allocated, and gives it back when the
+/// reservation is dropped (after decoding, or when the read fails or is abandoned); a
+/// frame that does not fit what is left (of the budget or of its connection's share) is
+/// not read. The bytes held now and the most ever held are shared with the node's
+/// counters, and so is a count of frames refused.
 #[derive(Debug, Clone)]
 pub struct ReadBudget {
     held: Arc<AtomicU64>,
     peak: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
     cap: u64,
+    connection: Option<ConnectionShare>,
 }
 
 /// Bytes reserved in a [`ReadBudget`], given back when dropped.
 #[derive(Debug)]
 pub struct Reserved {
     held: Arc<AtomicU64>,
+    connection: Option<Arc<AtomicU64>>,
     bytes: u64,
 }
 
 impl Drop for Reserved {
     fn drop(&mut self) {
         self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+        if let Some(c) = &self.connection {
+            c.fetch_sub(self.bytes, Ordering::AcqRel);
+        }
     }
 }
 
@@ -145,6 +235,7 @@ impl ReadBudget {
             peak,
             refused,
             cap: u64::try_from(cap).unwrap_or(u64::MAX),
+            connection: None,
         }
     }
 
@@ -158,27 +249,42 @@ impl ReadBudget {
         )
     }
 
-    /// Reserves `bytes` if they fit what is left; counts a refusal otherwise.
+    /// At most `cap` of the bytes for the frames of one connection ([`ConnectionShare`]:
+    /// the budget must be a request-response behaviour's codec's, not yet cloned).
+    #[must_use]
+    pub fn per_connection(mut self, cap: usize) -> Self {
+        self.connection = Some(ConnectionShare::new(cap));
+        self
+    }
+
+    /// Reserves `bytes` if they fit what is left, of the budget and of the connection's
+    /// share; counts a refusal otherwise.
     pub fn try_reserve(&self, bytes: usize) -> Option<Reserved> {
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
-        match self
-            .held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                h.checked_add(bytes).filter(|n| *n <= self.cap)
-            }) {
-            Ok(before) => {
-                self.peak
-                    .fetch_max(before.saturating_add(bytes), Ordering::AcqRel);
-                Some(Reserved {
-                    held: self.held.clone(),
-                    bytes,
-                })
+        let connection = match &self.connection {
+            Some(share) => match share.take(bytes) {
+                Some(c) => Some(c),
+                None => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let Some(before) = take(&self.held, bytes, self.cap) else {
+            if let Some(c) = connection {
+                c.fetch_sub(bytes, Ordering::AcqRel);
             }
-            Err(_) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        self.peak
+            .fetch_max(before.saturating_add(bytes), Ordering::AcqRel);
+        Some(Reserved {
+            held: self.held.clone(),
+            connection,
+            bytes,
+        })
     }
 
     /// Bytes reserved now.
@@ -626,6 +732,63 @@ mod tests {
             (budget.held(), budget.peak(), budget.refused()),
             (0, 100, 2)
         );
+    }
+
+    #[test]
+    fn each_connection_reserves_within_its_share_and_the_budget() {
+        // The behaviour's budget; request-response clones it once per connection, and a
+        // connection's once per stream.
+        let budget = ReadBudget::with_cap(100).per_connection(40);
+        let (one, two) = (budget.clone(), budget.clone());
+        let one_stream = one.clone();
+        let a = one.try_reserve(30).unwrap();
+        assert!(
+            one_stream.try_reserve(11).is_none(),
+            "a stream of connection one: over its share"
+        );
+        let b = one_stream.try_reserve(10).unwrap();
+        let c = two.try_reserve(40).unwrap();
+        assert_eq!((budget.held(), budget.refused()), (80, 1));
+        // Connection three fits its share but not what is left of the budget: refused,
+        // and its share is given back (it can reserve once the budget has room).
+        let three = budget.clone();
+        assert!(three.try_reserve(25).is_none());
+        drop(c);
+        let d = three.try_reserve(40).unwrap();
+        assert_eq!(
+            (budget.held(), budget.peak(), budget.refused()),
+            (80, 80, 2)
+        );
+        // Dropping a reservation gives back both the budget and the share.
+        drop(a);
+        let e = one.try_reserve(30).unwrap();
+        drop((b, d, e));
+        assert_eq!(budget.held(), 0);
+        assert!(one.try_reserve(40).is_some() && two.try_reserve(40).is_some());
+    }
+
+    #[test]
+    fn each_connection_takes_read_slots_within_its_share() {
+        let slots = ReadSlots::new(Arc::default(), Arc::default(), 3).per_connection(2);
+        let (one, two) = (slots.clone(), slots.clone());
+        let taken: Vec<_> = (0..2).map(|_| one.clone().try_take().unwrap()).collect();
+        assert!(one.try_take().is_none(), "connection one's share is taken");
+        let t = two.try_take().unwrap();
+        assert!(
+            two.try_take().is_none(),
+            "the slots are taken; connection two's share is not"
+        );
+        drop(t);
+        assert_eq!(slots.reading(), 2);
+        let t = two.try_take().unwrap();
+        drop(taken);
+        assert!(one.try_take().is_some());
+        drop(t);
+        assert_eq!(slots.reading(), 0);
+        // Without a share, one connection may take every slot.
+        let all = ReadSlots::new(Arc::default(), Arc::default(), 3).clone();
+        let held: Vec<_> = (0..3).map(|_| all.try_take().unwrap()).collect();
+        assert_eq!(held.len(), 3);
     }
 
     #[test]

@@ -28,7 +28,9 @@
 //!   number per connection is bounded by the node's request-response settings; requests
 //!   being read at once, over all peers, by [`Config::max_concurrent_requests`] (beyond it
 //!   a request is answered 429, the spec's "DOS protection" code, without being read), so
-//!   request frames hold at most that many times the frame bound in memory.
+//!   request frames hold at most that many times the frame bound in memory; and per
+//!   connection by [`Config::max_concurrent_requests_per_connection`], so one peer that
+//!   opens streams and stalls in them cannot take every read.
 
 use std::io;
 
@@ -214,12 +216,18 @@ pub struct Config {
     /// without being read (default 32: with 150 KiB messages, at most about 7 MiB of
     /// request frames).
     pub max_concurrent_requests: usize,
+    /// Of those, requests of one connection being read at once (default 4; a light
+    /// client pushes a segmented payload one segment after another), so one peer holds at
+    /// most this times its connections however many streams it opens and stalls in;
+    /// beyond it a request is answered 429 unread, as over the total.
+    pub max_concurrent_requests_per_connection: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             max_concurrent_requests: 32,
+            max_concurrent_requests_per_connection: 4,
         }
     }
 }

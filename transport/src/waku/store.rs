@@ -27,7 +27,10 @@
 //!   reads ([`DEFAULT_REQUEST_READ_BYTES`], [`DEFAULT_RESPONSE_READ_BYTES`]): the length a
 //!   frame announces is reserved before its body is allocated. A request that does not fit
 //!   is answered 503 without its body being read; a response that does not fit fails the
-//!   query (the stream is closed unread).
+//!   query (the stream is closed unread). A node also bounds the request bytes of each
+//!   connection (`Limits::store_request_read_bytes_per_connection`,
+//!   [`ReadBudget::per_connection`]), so one peer cannot hold the whole request budget
+//!   with streams it opens and stalls in.
 
 use std::path::Path;
 use std::sync::Arc;
