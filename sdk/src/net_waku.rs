@@ -71,13 +71,16 @@
 //!   publishes through a lightpush v3 service and receives through a filter v2
 //!   subscription with that service (both content topics of every subscribed topic);
 //!   history and the directory are store v3 as above. Filter pushes are mapped exactly as
-//!   relay messages are.
+//!   relay messages are. When the service fails, pushes and subscriptions go to another
+//!   connected service (module `light`).
 //! - **Directory.** `put(key, blob)` publishes a message on a content topic of the key's
 //!   owner (`/pqmls/1/kp-<user hex>/proto` for key packages, `/pqmls/1/claim-<user
 //!   hex>/proto` for claims, `/pqmls/1/dir-<sha-256 of key>/proto` for other keys) holding
 //!   the key and the blob; `get_all(key)` asks the store for that topic, newest first, and
 //!   returns every blob stored under the key. No Waku store can check who writes, so
 //!   the readers do (see `sdk/DESIGN.md`, "The directory over Waku").
+
+mod light;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,6 +158,13 @@ pub struct Config {
     /// then needs no relay shards of its own (`relay::Config::with_shards([])`); history
     /// and the directory still come from [`Config::store_peers`].
     pub light_service: Option<PeerId>,
+    /// Light-client mode: how many other connected peers that announce lightpush or
+    /// filter (and relay our shard) to use when [`Config::light_service`] fails (default
+    /// 2; module `light`).
+    pub discovered_light_services: usize,
+    /// Light-client mode: how often the filter service holding our subscriptions is
+    /// pinged; one that does not answer loses them to the next service (default 30 s).
+    pub filter_ping_interval: Duration,
     /// How long a payload published or received on relay (or filter) counts as a
     /// duplicate (default 2 minutes, the relay's seen cache time): within it the payload
     /// is not published again and copies are not delivered again. See the module
@@ -179,6 +189,8 @@ impl Default for Config {
             max_future: Duration::from_secs(60),
             directory_candidates: 256,
             light_service: None,
+            discovered_light_services: 2,
+            filter_ping_interval: Duration::from_secs(30),
             duplicate_window: Duration::from_secs(120),
             duplicate_ids: 16 * 1024,
         }
@@ -221,6 +233,8 @@ pub struct Counters {
     /// Messages history reads found listed but did not fetch: handled by the client, or
     /// our own publications still in memory (module documentation, "Catch-up by hash").
     pub history_left_out: u64,
+    /// Light-client mode: times the filter subscriptions moved to another service.
+    pub filter_service_moves: u64,
 }
 
 /// The pqmls message ids seen on relay (published or received), each for a time window,
@@ -741,6 +755,8 @@ pub struct WakuTransport {
     /// The directory's write rule ([`crate::directory_validator`]), applied to the
     /// entries of a key before the newest [`Config::directory_candidates`] are kept.
     directory_rule: crate::directory::DirectoryRule,
+    /// Light-client mode's services ([`Config::light_service`]).
+    light: Option<Arc<light::Light>>,
 }
 
 impl std::fmt::Debug for WakuTransport {
@@ -916,6 +932,14 @@ impl WakuTransport {
                 .filter_map(move |r| futures::future::ready(s.accept(r.message, r.received)))
                 .boxed()
         };
+        let light = config.light_service.map(|named| {
+            let s = shared.clone();
+            light::start(
+                light::Light::new(node.clone(), shard, named, config.discovered_light_services),
+                config.filter_ping_interval,
+                move || s.subscribed.lock().map(|t| t.clone()).unwrap_or_default(),
+            )
+        });
         Ok((
             Self {
                 node,
@@ -926,6 +950,7 @@ impl WakuTransport {
                 requests: AtomicU64::new(0),
                 failures: Mutex::new(Failures::default()),
                 directory_rule,
+                light,
             },
             inbox,
         ))
@@ -976,17 +1001,14 @@ impl WakuTransport {
             duplicates_not_published: self.shared.duplicates_not_published.load(Ordering::Relaxed),
             history_fetched: self.shared.fetched.load(Ordering::Relaxed),
             history_left_out: self.shared.left_out.load(Ordering::Relaxed),
+            filter_service_moves: self.light.as_ref().map_or(0, |l| l.moves()),
         }
     }
 
-    /// Sends one message: on relay, or through the lightpush service.
+    /// Sends one message: on relay, or through a lightpush service.
     async fn send(&self, m: WakuMessage) -> pqmls_transport::Result<()> {
-        match self.config.light_service {
-            Some(peer) => self
-                .node
-                .lightpush(peer, Some(self.shard), m)
-                .await
-                .map(|_| ()),
+        match &self.light {
+            Some(light) => light.push(m).await,
             None => self.node.relay_publish_on(self.shard, m).await.map(|_| ()),
         }
     }
@@ -1025,14 +1047,6 @@ impl WakuTransport {
         }
         self.shared.segmented.fetch_add(1, Ordering::Relaxed);
         Ok(None)
-    }
-
-    /// The two content topics of `topic`, for filter subscriptions.
-    fn filter_topics(&self, topic: &Topic) -> Vec<ContentTopic> {
-        [WHOLE, SEGMENT]
-            .iter()
-            .filter_map(|e| ContentTopic::parse(&content_topic(topic_name(topic), e)))
-            .collect()
     }
 
     /// Reads the Waku messages of `name` (both encodings) from the first store that
@@ -1878,11 +1892,15 @@ impl Shared {
 impl Transport for WakuTransport {
     fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
         Box::pin(async move {
-            match self.config.light_service {
-                Some(peer) => {
-                    self.node
-                        .filter_subscribe(peer, self.shard, &self.filter_topics(topic))
-                        .await?;
+            match &self.light {
+                Some(light) => {
+                    let all = self
+                        .shared
+                        .subscribed
+                        .lock()
+                        .map(|t| t.clone())
+                        .unwrap_or_default();
+                    light.subscribe(topic, &all).await?;
                 }
                 // Relay is per shard; the node keeps the shard after the last unsubscribe.
                 None => {
@@ -1901,10 +1919,8 @@ impl Transport for WakuTransport {
             if let Ok(mut s) = self.shared.subscribed.lock() {
                 s.remove(topic);
             }
-            if let Some(peer) = self.config.light_service {
-                self.node
-                    .filter_unsubscribe(peer, self.shard, &self.filter_topics(topic))
-                    .await?;
+            if let Some(light) = &self.light {
+                light.unsubscribe(topic).await?;
             }
             Ok(())
         })

@@ -566,6 +566,34 @@ async fn planted_directory_messages_hide_nothing() {
     store.shutdown().await.unwrap();
 }
 
+/// A client named `name` on a Waku node that relays no shard at all, bootstrapping to
+/// each of `bootstraps`, with the transport settings `tweak` makes (light-client mode
+/// needs [`net_waku::Config::light_service`]); returns its transport too.
+async fn light_client(
+    dir: &Path,
+    name: &str,
+    bootstraps: &[Multiaddr],
+    tweak: impl FnOnce(&mut net_waku::Config),
+) -> (Client, Arc<WakuTransport>) {
+    let mut light = relay::Config::new(CLUSTER).with_shards([]);
+    light.heartbeat = Duration::from_millis(100);
+    let mut node = NodeConfig::loopback();
+    node.listen.retain(|a| a.to_string().contains("/tcp/"));
+    for b in bootstraps {
+        node = node.with_bootstrap(b.clone());
+    }
+    let mut waku = net_waku::Config::default();
+    tweak(&mut waku);
+    let (t, inbox) = WakuTransport::start(node.with_waku(light), waku)
+        .await
+        .unwrap();
+    let t = Arc::new(t);
+    let client = Client::open(client_config(dir, name), t.clone(), inbox)
+        .await
+        .unwrap();
+    (client, t)
+}
+
 /// A light client (no relay: lightpush to publish, filter to receive, store v3 for
 /// history and key packages) in a group with a relay client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -588,25 +616,11 @@ async fn a_light_client_talks_through_lightpush_and_filter() {
     .await;
 
     // Bob's node relays no shard at all.
-    let mut light = relay::Config::new(CLUSTER).with_shards([]);
-    light.heartbeat = Duration::from_millis(100);
-    let mut node = NodeConfig::loopback().with_bootstrap(bootstrap.clone());
-    node.listen.retain(|a| a.to_string().contains("/tcp/"));
     let peer = peer_of(&bootstrap);
-    let waku = net_waku::Config::default()
-        .with_store_peer(peer)
-        .with_light_service(peer);
-    let (bob_t, bob_in) = WakuTransport::start(node.with_waku(light), waku)
-        .await
-        .unwrap();
-    let bob_t = Arc::new(bob_t);
-    let mut c = Config::new("bob")
-        .with_data_dir(dir.path().join("bob"))
-        .with_database_key(pqmls::DatabaseKey::from_bytes([9; 32]));
-    c.self_update_interval = None;
-    c.settle = Duration::from_millis(200);
-    c.invitations = pqmls::InvitePolicy::Everyone;
-    let bob = Client::open(c, bob_t.clone(), bob_in).await.unwrap();
+    let (bob, bob_t) = light_client(dir.path(), "bob", &[bootstrap], |c| {
+        *c = c.clone().with_store_peer(peer).with_light_service(peer);
+    })
+    .await;
     let mut alice_ev = alice.events();
     let mut bob_ev = bob.events();
     // Bob's key packages went out by lightpush, and alice finds them in the store.
@@ -647,6 +661,87 @@ async fn a_light_client_talks_through_lightpush_and_filter() {
     bob.shutdown().await;
     bob_t.node().clone().shutdown().await.unwrap();
     service.shutdown().await.unwrap();
+}
+
+/// A light client whose service stops goes on through another service it is connected
+/// to: its pushes go to the next lightpush service, and the watcher moves its filter
+/// subscriptions there (net_waku `light`). Before, everything went to the named service
+/// alone: nothing bob sent reached alice, and nothing of hers reached him.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_client_moves_to_another_service_when_its_own_stops() {
+    use pqmls_transport::waku::{filter, lightpush};
+    let dir = tempfile::tempdir().unwrap();
+    let service = async |name: &str, bootstrap: Option<&Multiaddr>| {
+        let mut c = waku_node()
+            .with_store(dir.path().join(name), store::Config::default())
+            .with_lightpush_service(lightpush::Config::default())
+            .with_filter_service(filter::Config::default());
+        if let Some(b) = bootstrap {
+            c = c.with_bootstrap(b.clone());
+        }
+        let (node, _) = Node::start(c).await.unwrap();
+        let addr = node.listen_addrs().await.unwrap().remove(0);
+        (node, addr)
+    };
+    let (one, one_addr) = service("one", None).await;
+    let (two, two_addr) = service("two", Some(&one_addr)).await;
+    let (alice, _) = client(dir.path(), "alice", &two_addr).await;
+    until("the services and alice in one relay mesh", async || {
+        one.counters().metadata_admitted >= 1 && two.counters().metadata_admitted >= 2
+    })
+    .await;
+    let named = peer_of(&one_addr);
+    let (bob, bob_t) = light_client(dir.path(), "bob", &[one_addr, two_addr], |c| {
+        *c = c.clone().with_store_peer(named).with_light_service(named);
+        c.filter_ping_interval = Duration::from_millis(300);
+    })
+    .await;
+    until("bob connected to both services", async || {
+        bob_t.node().counters().metadata_admitted >= 2
+    })
+    .await;
+    let mut alice_ev = alice.events();
+    let mut bob_ev = bob.events();
+    pqmls::wait_for_key_packages(&alice, &bob.id())
+        .await
+        .unwrap();
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    agree(&[&alice, &bob], &g, 1).await;
+    bob.send(&g, b"through service one").await.unwrap();
+    assert_eq!(
+        messages(&mut alice_ev, 1).await,
+        [pair("bob", "through service one")]
+    );
+    assert!(one.counters().lightpush_served > 0);
+
+    // Service one stops; bob's node still has service two.
+    one.shutdown().await.unwrap();
+    bob.send(&g, b"through service two").await.unwrap();
+    assert_eq!(
+        messages(&mut alice_ev, 1).await,
+        [pair("bob", "through service two")]
+    );
+    assert!(two.counters().lightpush_served > 0);
+    until("bob's subscriptions moved to service two", async || {
+        bob_t.counters().filter_service_moves >= 1
+    })
+    .await;
+    let pushed = bob_t.node().counters().filter_delivered;
+    alice.send(&g, b"filtered by service two").await.unwrap();
+    assert_eq!(
+        messages(&mut bob_ev, 1).await,
+        [pair("alice", "filtered by service two")]
+    );
+    assert!(
+        bob_t.node().counters().filter_delivered > pushed,
+        "the message came by a filter push, not only a catch-up"
+    );
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    bob_t.node().clone().shutdown().await.unwrap();
+    two.shutdown().await.unwrap();
 }
 
 /// A hostile store: answers metadata as a node of [`CLUSTER`], and every store query with
