@@ -165,6 +165,9 @@ pub struct Config {
     /// Light-client mode: how often the filter service holding our subscriptions is
     /// pinged; one that does not answer loses them to the next service (default 30 s).
     pub filter_ping_interval: Duration,
+    /// Light-client mode: how long a lightpush or filter service that failed is asked
+    /// after the others (default 1 minute); the named service is taken back after it.
+    pub light_service_retry: Duration,
     /// How long a payload published or received on relay (or filter) counts as a
     /// duplicate (default 2 minutes, the relay's seen cache time): within it the payload
     /// is not published again and copies are not delivered again. See the module
@@ -191,6 +194,7 @@ impl Default for Config {
             light_service: None,
             discovered_light_services: 2,
             filter_ping_interval: Duration::from_secs(30),
+            light_service_retry: Duration::from_secs(60),
             duplicate_window: Duration::from_secs(120),
             duplicate_ids: 16 * 1024,
         }
@@ -626,6 +630,11 @@ struct Failures {
 
 impl Failures {
     fn failed(&mut self, peer: PeerId, now: Instant) {
+        self.failed_for(peer, now, STORE_COOL_DOWN);
+    }
+
+    /// As [`Failures::failed`], asked last for `cool_down`.
+    fn failed_for(&mut self, peer: PeerId, now: Instant, cool_down: Duration) {
         self.until.retain(|_, t| *t > now);
         if !self.until.contains_key(&peer)
             && self.until.len() >= MAX_FAILED_STORES
@@ -633,7 +642,12 @@ impl Failures {
         {
             self.until.remove(&soonest);
         }
-        self.until.insert(peer, now + STORE_COOL_DOWN);
+        self.until.insert(peer, now + cool_down);
+    }
+
+    /// Whether `peer` failed less than its cool-down ago.
+    fn cooling(&self, peer: &PeerId, now: Instant) -> bool {
+        self.until.get(peer).is_some_and(|t| *t > now)
     }
 
     fn succeeded(&mut self, peer: &PeerId) {
@@ -642,9 +656,8 @@ impl Failures {
 
     /// `stores` in order, those cooling down after the others (each part keeps its order).
     fn order(&self, stores: Vec<PeerId>, now: Instant) -> Vec<PeerId> {
-        let cooling = |p: &PeerId| self.until.get(p).is_some_and(|t| *t > now);
         let (mut ready, late): (Vec<PeerId>, Vec<PeerId>) =
-            stores.into_iter().partition(|p| !cooling(p));
+            stores.into_iter().partition(|p| !self.cooling(p, now));
         ready.extend(late);
         ready
     }
@@ -932,13 +945,22 @@ impl WakuTransport {
                 .filter_map(move |r| futures::future::ready(s.accept(r.message, r.received)))
                 .boxed()
         };
+        if config.light_service.is_some() && config.filter_ping_interval.is_zero() {
+            return Err(Error::Config(
+                "filter_ping_interval must be non-zero".into(),
+            ));
+        }
         let light = config.light_service.map(|named| {
-            let s = shared.clone();
-            light::start(
-                light::Light::new(node.clone(), shard, named, config.discovered_light_services),
-                config.filter_ping_interval,
-                move || s.subscribed.lock().map(|t| t.clone()).unwrap_or_default(),
-            )
+            light::start(light::Light::new(
+                node.clone(),
+                shard,
+                light::Settings {
+                    named,
+                    discovered: config.discovered_light_services,
+                    retry: config.light_service_retry,
+                    watch_every: config.filter_ping_interval,
+                },
+            ))
         });
         Ok((
             Self {
@@ -989,6 +1011,14 @@ impl WakuTransport {
     /// The shard every pqmls content topic is on.
     pub fn shard(&self) -> PubsubTopic {
         self.shard
+    }
+
+    /// Light-client mode: the filter service holding our subscriptions now.
+    pub async fn filter_service(&self) -> Option<PeerId> {
+        match &self.light {
+            Some(light) => light.filter_service().await,
+            None => None,
+        }
     }
 
     /// What was segmented, reassembled and dropped so far.
@@ -1892,25 +1922,25 @@ impl Shared {
 impl Transport for WakuTransport {
     fn subscribe<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, pqmls_transport::Result<()>> {
         Box::pin(async move {
+            let insert = || {
+                if let Ok(mut s) = self.shared.subscribed.lock() {
+                    s.insert(topic.clone());
+                }
+            };
             match &self.light {
+                // Wanted from now on, even if this subscription failed: the light watcher
+                // makes it later, and what filter then pushes must be taken.
                 Some(light) => {
-                    let all = self
-                        .shared
-                        .subscribed
-                        .lock()
-                        .map(|t| t.clone())
-                        .unwrap_or_default();
-                    light.subscribe(topic, &all).await?;
+                    insert();
+                    light.subscribe(topic).await
                 }
                 // Relay is per shard; the node keeps the shard after the last unsubscribe.
                 None => {
                     self.node.relay_subscribe(self.shard.shard).await?;
+                    insert();
+                    Ok(())
                 }
             }
-            if let Ok(mut s) = self.shared.subscribed.lock() {
-                s.insert(topic.clone());
-            }
-            Ok(())
         })
     }
 

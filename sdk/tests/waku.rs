@@ -663,37 +663,65 @@ async fn a_light_client_talks_through_lightpush_and_filter() {
     service.shutdown().await.unwrap();
 }
 
+/// A light-client service on loopback: relay, store, lightpush and filter, on `port`
+/// with its files (and so its identity) in `dir`, so that it can be started again as the
+/// same node; rate limits as `waku_node` (none) unless `rates` says otherwise.
+async fn light_service(
+    dir: &Path,
+    port: u16,
+    bootstrap: Option<&Multiaddr>,
+    rates: Option<RateLimits>,
+) -> (Node, Multiaddr) {
+    use pqmls_transport::waku::{filter, lightpush};
+    let mut c = waku_node()
+        .with_store(dir, store::Config::default())
+        .with_lightpush_service(lightpush::Config::default())
+        .with_filter_service(filter::Config::default());
+    c.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+    if let Some(r) = rates {
+        c.limits.rate_limits = r;
+    }
+    if let Some(b) = bootstrap {
+        c = c.with_bootstrap(b.clone());
+    }
+    let (node, _) = Node::start(c).await.unwrap();
+    let addr = node.listen_addrs().await.unwrap().remove(0);
+    (node, addr)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A light client whose service stops goes on through another service it is connected
 /// to: its pushes go to the next lightpush service, and the watcher moves its filter
-/// subscriptions there (net_waku `light`). Before, everything went to the named service
-/// alone: nothing bob sent reached alice, and nothing of hers reached him.
+/// subscriptions there; when the named service is back, the subscriptions go back to it
+/// and the other service is left (net_waku `light`). Before, everything went to the
+/// named service alone: nothing bob sent reached alice, and nothing of hers reached him.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_light_client_moves_to_another_service_when_its_own_stops() {
-    use pqmls_transport::waku::{filter, lightpush};
     let dir = tempfile::tempdir().unwrap();
-    let service = async |name: &str, bootstrap: Option<&Multiaddr>| {
-        let mut c = waku_node()
-            .with_store(dir.path().join(name), store::Config::default())
-            .with_lightpush_service(lightpush::Config::default())
-            .with_filter_service(filter::Config::default());
-        if let Some(b) = bootstrap {
-            c = c.with_bootstrap(b.clone());
-        }
-        let (node, _) = Node::start(c).await.unwrap();
-        let addr = node.listen_addrs().await.unwrap().remove(0);
-        (node, addr)
-    };
-    let (one, one_addr) = service("one", None).await;
-    let (two, two_addr) = service("two", Some(&one_addr)).await;
-    let (alice, _) = client(dir.path(), "alice", &two_addr).await;
+    let one_port = free_port();
+    let one_dir = dir.path().join("one");
+    let (one, one_addr) = light_service(&one_dir, one_port, None, None).await;
+    let (two, two_addr) =
+        light_service(&dir.path().join("two"), free_port(), Some(&one_addr), None).await;
+    let (alice, alice_t) = client(dir.path(), "alice", &two_addr).await;
+    let shard = alice_t.shard();
     until("the services and alice in one relay mesh", async || {
-        one.counters().metadata_admitted >= 1 && two.counters().metadata_admitted >= 2
+        one.relay_mesh_peers(shard).await.unwrap_or(0) >= 1
+            && two.relay_mesh_peers(shard).await.unwrap_or(0) >= 2
     })
     .await;
     let named = peer_of(&one_addr);
     let (bob, bob_t) = light_client(dir.path(), "bob", &[one_addr, two_addr], |c| {
         *c = c.clone().with_store_peer(named).with_light_service(named);
         c.filter_ping_interval = Duration::from_millis(300);
+        c.light_service_retry = Duration::from_secs(1);
     })
     .await;
     until("bob connected to both services", async || {
@@ -708,25 +736,37 @@ async fn a_light_client_moves_to_another_service_when_its_own_stops() {
     let g = alice.create_group().await.unwrap();
     alice.invite(&g, &bob.id()).await.unwrap();
     agree(&[&alice, &bob], &g, 1).await;
+    let served = (
+        one.counters().lightpush_served,
+        two.counters().lightpush_served,
+    );
     bob.send(&g, b"through service one").await.unwrap();
     assert_eq!(
         messages(&mut alice_ev, 1).await,
         [pair("bob", "through service one")]
     );
-    assert!(one.counters().lightpush_served > 0);
+    assert!(one.counters().lightpush_served > served.0);
+    assert_eq!(
+        two.counters().lightpush_served,
+        served.1,
+        "the named service took everything"
+    );
+    assert_eq!(bob_t.filter_service().await, Some(named));
 
     // Service one stops; bob's node still has service two.
     one.shutdown().await.unwrap();
+    let served = two.counters().lightpush_served;
     bob.send(&g, b"through service two").await.unwrap();
     assert_eq!(
         messages(&mut alice_ev, 1).await,
         [pair("bob", "through service two")]
     );
-    assert!(two.counters().lightpush_served > 0);
+    assert!(two.counters().lightpush_served > served);
     until("bob's subscriptions moved to service two", async || {
-        bob_t.counters().filter_service_moves >= 1
+        bob_t.filter_service().await == Some(two.peer_id())
     })
     .await;
+    assert_eq!(bob_t.counters().filter_service_moves, 1);
     let pushed = bob_t.node().counters().filter_delivered;
     alice.send(&g, b"filtered by service two").await.unwrap();
     assert_eq!(
@@ -738,10 +778,110 @@ async fn a_light_client_moves_to_another_service_when_its_own_stops() {
         "the message came by a filter push, not only a catch-up"
     );
 
+    // Service one is back (same address and identity): bob's subscriptions go back to
+    // it, and service two holds none of his any more.
+    let (one, _) = light_service(&one_dir, one_port, None, None).await;
+    assert_eq!(one.peer_id(), named);
+    until("bob's subscriptions back at service one", async || {
+        bob_t.filter_service().await == Some(named)
+    })
+    .await;
+    assert_eq!(bob_t.counters().filter_service_moves, 2);
+    until("service two left", async || {
+        two.counters().filter_subscribers == 0
+    })
+    .await;
+    until("service one meshed again", async || {
+        one.relay_mesh_peers(shard).await.unwrap_or(0) >= 1
+    })
+    .await;
+    let pushed = bob_t.node().counters().filter_delivered;
+    alice
+        .send(&g, b"filtered by service one again")
+        .await
+        .unwrap();
+    assert_eq!(
+        messages(&mut bob_ev, 1).await,
+        [pair("alice", "filtered by service one again")]
+    );
+    assert!(bob_t.node().counters().filter_delivered > pushed);
+
     alice.shutdown().await;
     bob.shutdown().await;
     bob_t.node().clone().shutdown().await.unwrap();
+    one.shutdown().await.unwrap();
     two.shutdown().await.unwrap();
+}
+
+/// A light client renews its subscriptions at every full catch-up (`Transport::subscribe`
+/// for every topic): against a filter service with the default rate limit (30 requests a
+/// minute per peer, the Nim node's too), that must cost no requests for the topics its
+/// service holds, and topics refused with 429 are taken later without leaving the
+/// service. Before, every renewal was a request, and a 429 moved every subscription off
+/// the named service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewing_many_subscriptions_stays_within_a_services_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, addr) =
+        light_service(dir.path(), free_port(), None, Some(RateLimits::default())).await;
+    let (sender, _) = transport(&addr).await;
+    let named = peer_of(&addr);
+    let mut light = relay::Config::new(CLUSTER).with_shards([]);
+    light.heartbeat = Duration::from_millis(100);
+    let mut node = NodeConfig::loopback().with_bootstrap(addr.clone());
+    node.listen.retain(|a| a.to_string().contains("/tcp/"));
+    let mut config = net_waku::Config::default()
+        .with_store_peer(named)
+        .with_light_service(named);
+    // One request per watch: a slower pace than the service's refill (one every 2 s).
+    config.filter_ping_interval = Duration::from_secs(3);
+    let (t, mut inbox) = WakuTransport::start(node.with_waku(light), config)
+        .await
+        .unwrap();
+    let topics: Vec<Topic> = (0..40).map(|i| Topic::from_group_id(&[i; 16])).collect();
+    for topic in &topics[..20] {
+        t.subscribe(topic).await.unwrap();
+    }
+    let requests = || {
+        let c = service.counters();
+        c.filter_requests_served + c.filter_requests_refused
+    };
+    let before = requests();
+    // Renewals of held topics send nothing.
+    for _ in 0..3 {
+        for topic in &topics[..20] {
+            t.subscribe(topic).await.unwrap();
+        }
+    }
+    assert_eq!(
+        requests(),
+        before,
+        "renewals of held topics cost no request"
+    );
+    // Twenty more: the service's rate refuses some (429); they are taken with the
+    // watcher's next request, and the subscriptions stay with the named service.
+    let mut refused = 0;
+    for topic in &topics[20..] {
+        refused += usize::from(t.subscribe(topic).await.is_err());
+    }
+    assert!(refused > 0, "the rate limit was reached");
+    assert!(service.counters().filter_requests_refused > 0);
+    let last = topics.last().unwrap();
+    let mut n = 0u8;
+    until("the last topic is delivered by filter", async || {
+        n += 1;
+        let _ = sender.publish(last, big_payload(64, n)).await;
+        tokio::time::timeout(Duration::from_millis(300), inbox.next())
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.topic == *last)
+    })
+    .await;
+    assert_eq!(t.filter_service().await, Some(named));
+    assert_eq!(t.counters().filter_service_moves, 0);
+    t.node().clone().shutdown().await.unwrap();
+    service.shutdown().await.unwrap();
 }
 
 /// A hostile store: answers metadata as a node of [`CLUSTER`], and every store query with
