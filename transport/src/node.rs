@@ -90,17 +90,22 @@ pub struct Limits {
     pub max_peers: usize,
     /// Maximum connections one peer id may hold (default 4).
     pub max_connections_per_peer: usize,
-    /// Maximum inbound connections from one IP address (default 8; unlimited in
-    /// [`Config::loopback`], where every node shares 127.0.0.1). Outbound connections are
-    /// not counted per address.
+    /// Maximum inbound connections from one address, an IPv4 address or an IPv6 /64
+    /// (default 8; not applied to loopback addresses with
+    /// [`Limits::loopback_exempt`]). Outbound connections are not counted per address.
     pub max_connections_per_ip: usize,
     /// Maximum inbound connections still in their handshake (TCP or QUIC accepted, Noise and
     /// the muxer not yet done), over all addresses (default 64; 256 in
     /// [`Config::loopback`]).
     pub max_pending_incoming: usize,
-    /// Maximum inbound connections in their handshake from one IP address (default 8;
-    /// unlimited in [`Config::loopback`]).
+    /// Maximum inbound connections in their handshake from one address (default 8; not
+    /// applied to loopback addresses with [`Limits::loopback_exempt`]).
     pub max_pending_per_ip: usize,
+    /// The two per-address limits do not apply to connections from loopback addresses
+    /// (default `false`; `true` in [`Config::loopback`], where tests, benchmarks and the
+    /// demo put every node on 127.0.0.1). Only loopback is exempt: a node so configured
+    /// that listens on a public address too keeps the limits for everyone else.
+    pub loopback_exempt: bool,
     /// Maximum concurrent request-response streams per connection (default 32).
     pub max_concurrent_streams: usize,
     /// Maximum outstanding outbound requests (default 256).
@@ -143,11 +148,12 @@ pub struct Limits {
     /// requests are never read.
     pub store_request_read_bytes: usize,
     /// Waku store server: bytes of [`Limits::store_request_read_bytes`] the request frames
-    /// of one connection may hold at once (default [`waku::store::MAX_REQUEST`], 64 KiB:
-    /// one frame of the largest size, or many of the few kilobytes an honest query takes),
-    /// so one peer holds at most this times its connections
-    /// ([`Limits::max_connections_per_peer`]) however many streams it opens and stalls in;
-    /// beyond it a request is answered 503 unread, as over the budget.
+    /// of one connection may hold at once (default 32 KiB, half of
+    /// [`waku::store::MAX_REQUEST`]: many times the few kilobytes an honest query takes,
+    /// 100 hashes and 10 content topics being under 5 KB), so one address holds at most
+    /// this times [`Limits::max_connections_per_ip`] (a quarter of the default budget)
+    /// however many streams and peer ids it uses; beyond it a request is answered 503
+    /// unread, as over the budget, and a request frame longer than this is never read.
     pub store_request_read_bytes_per_connection: usize,
     /// Waku store client: bytes of store v3 response frames read at once, over all the
     /// stores queried (default [`waku::store::DEFAULT_RESPONSE_READ_BYTES`], 16 MiB); a
@@ -265,6 +271,7 @@ impl Default for Limits {
             max_connections_per_ip: 8,
             max_pending_incoming: 64,
             max_pending_per_ip: 8,
+            loopback_exempt: false,
             max_concurrent_streams: 32,
             max_pending_requests: 256,
             request_timeout: Duration::from_secs(30),
@@ -278,7 +285,7 @@ impl Default for Limits {
             response_bytes_in_flight: 64 * 1024 * 1024,
             response_bytes_per_peer: 16 * 1024 * 1024,
             store_request_read_bytes: waku::store::DEFAULT_REQUEST_READ_BYTES,
-            store_request_read_bytes_per_connection: waku::store::MAX_REQUEST,
+            store_request_read_bytes_per_connection: waku::store::MAX_REQUEST / 2,
             store_response_read_bytes: waku::store::DEFAULT_RESPONSE_READ_BYTES,
             rate_limits: RateLimits::default(),
             filter_pushes_per_stream: 100_000,
@@ -390,13 +397,13 @@ impl Config {
     /// Listens on 127.0.0.1 only (random TCP and QUIC ports), with mDNS and Kademlia off:
     /// the configuration for tests, local benchmarks and the demo. As all their nodes share
     /// 127.0.0.1, the per-address limits ([`Limits::max_connections_per_ip`],
-    /// [`Limits::max_pending_per_ip`]) are lifted and [`Limits::max_pending_incoming`] is
-    /// 256, so 50 or more clients can dial one node at once; set them back to test the
-    /// limits themselves.
+    /// [`Limits::max_pending_per_ip`]) are lifted for loopback addresses
+    /// ([`Limits::loopback_exempt`]) and [`Limits::max_pending_incoming`] is 256, so 50 or
+    /// more clients can dial one node at once; set them back to test the limits
+    /// themselves.
     pub fn loopback() -> Self {
         let limits = Limits {
-            max_connections_per_ip: usize::MAX,
-            max_pending_per_ip: usize::MAX,
+            loopback_exempt: true,
             max_pending_incoming: 256,
             ..Limits::default()
         };
@@ -1724,6 +1731,7 @@ fn build_behaviour(
             max_connections_per_ip: limits.max_connections_per_ip,
             max_pending_incoming: limits.max_pending_incoming,
             max_pending_per_ip: limits.max_pending_per_ip,
+            loopback_exempt: limits.loopback_exempt,
         },
         stats.slots.clone(),
     );

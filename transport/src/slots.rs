@@ -19,8 +19,11 @@
 //!   an attacker on one address (or a few) cannot keep newcomers out, and honest peers
 //!   spread over many addresses are never evicted for one another.
 //!
-//! Loopback is an address like any other here; [`Config::loopback`](crate::node::Config::loopback)
-//! lifts the per-IP limits because tests, benchmarks and the demo put every node on 127.0.0.1.
+//! An address is an IPv4 address or an IPv6 /64 ([`ip_of`]). Loopback is an address like
+//! any other here, unless [`SlotLimits::loopback_exempt`]: [`Config::loopback`](crate::node::Config::loopback)
+//! lifts the per-address limits for loopback addresses only, because tests, benchmarks
+//! and the demo put every node on 127.0.0.1; a node so configured that also listens on
+//! another address keeps them for every other address.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -46,6 +49,15 @@ pub(crate) struct SlotLimits {
     pub max_connections_per_ip: usize,
     pub max_pending_incoming: usize,
     pub max_pending_per_ip: usize,
+    /// The two per-address limits do not apply to loopback addresses.
+    pub loopback_exempt: bool,
+}
+
+impl SlotLimits {
+    /// Whether the per-address limits apply to `ip`.
+    fn per_address(&self, ip: Option<IpAddr>) -> bool {
+        !(self.loopback_exempt && ip.is_some_and(|ip| ip.is_loopback()))
+    }
 }
 
 /// Why a connection was refused.
@@ -100,11 +112,20 @@ pub(crate) struct Slots {
     evicting: HashSet<PeerId>,
 }
 
-/// The IP address of a multiaddr, if it starts with one.
+/// The address a multiaddr counts against for the per-address limits, if it starts with
+/// an IP address: the IPv4 address (also when written IPv4-mapped in IPv6), or the /64
+/// of an IPv6 address, since one host is commonly given a whole /64 and could otherwise
+/// take a new address for every connection.
 pub(crate) fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     match addr.iter().next() {
         Some(Protocol::Ip4(ip)) => Some(IpAddr::V4(ip)),
-        Some(Protocol::Ip6(ip)) => Some(IpAddr::V6(ip)),
+        Some(Protocol::Ip6(ip)) if ip.is_loopback() => Some(IpAddr::V6(ip)),
+        Some(Protocol::Ip6(ip)) => Some(match ip.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(ip) & !u128::from(u64::MAX),
+            )),
+        }),
         _ => None,
     }
 }
@@ -145,7 +166,9 @@ impl Slots {
         if self.pending.len() >= self.limits.max_pending_incoming {
             return Err(Refused::PendingFull);
         }
-        if count(&self.pending_per_ip, ip) >= self.limits.max_pending_per_ip {
+        if self.limits.per_address(ip)
+            && count(&self.pending_per_ip, ip) >= self.limits.max_pending_per_ip
+        {
             return Err(Refused::PendingPerIp);
         }
         self.pending.insert(id, ip);
@@ -180,7 +203,10 @@ impl Slots {
         if self.per_peer.get(&peer).copied().unwrap_or(0) >= self.limits.max_connections_per_peer {
             return Err(Refused::PerPeer);
         }
-        if ip.is_some() && count(&self.per_ip, ip) >= self.limits.max_connections_per_ip {
+        if ip.is_some()
+            && self.limits.per_address(ip)
+            && count(&self.per_ip, ip) >= self.limits.max_connections_per_ip
+        {
             return Err(Refused::PerIp);
         }
         if self.per_peer.contains_key(&peer) && !self.evicting.contains(&peer) {
@@ -410,6 +436,7 @@ mod tests {
             max_connections_per_ip: 3,
             max_pending_incoming: 3,
             max_pending_per_ip: 2,
+            loopback_exempt: false,
         }
     }
 
@@ -431,6 +458,35 @@ mod tests {
         let evict = s.admit(peer, true, from).expect("admitted");
         s.established(id, peer, true, from);
         evict
+    }
+
+    #[test]
+    fn loopback_exempt_lifts_the_per_address_limits_for_loopback_only() {
+        let mut s = Slots::new(SlotLimits {
+            max_peers: 16,
+            max_pending_incoming: 8,
+            loopback_exempt: true,
+            ..limits()
+        });
+        let mut ids = Ids(0);
+        let lo = Some(IpAddr::from([127, 0, 0, 1]));
+        for _ in 0..2 {
+            assert_eq!(s.pending_inbound(ids.next(), lo), Ok(()));
+        }
+        for _ in 0..5 {
+            connect(&mut s, &mut ids, PeerId::random(), lo);
+        }
+        // A public address of the same node's peers keeps both limits.
+        assert_eq!(s.pending_inbound(ids.next(), ip(1)), Ok(()));
+        assert_eq!(s.pending_inbound(ids.next(), ip(1)), Ok(()));
+        assert_eq!(
+            s.pending_inbound(ids.next(), ip(1)),
+            Err(Refused::PendingPerIp)
+        );
+        for _ in 0..3 {
+            connect(&mut s, &mut ids, PeerId::random(), ip(1));
+        }
+        assert_eq!(s.admit(PeerId::random(), true, ip(1)), Err(Refused::PerIp));
     }
 
     #[test]
@@ -528,5 +584,18 @@ mod tests {
         assert_eq!(ip_of(&a), Some(IpAddr::from([127, 0, 0, 2])));
         let b: Multiaddr = "/dns4/example.invalid/tcp/1".parse().unwrap();
         assert_eq!(ip_of(&b), None);
+        // One /64 is one address; the next /64 is another.
+        let c: Multiaddr = "/ip6/2001:db8:1:2:aaaa:bbbb:cccc:dddd/tcp/1"
+            .parse()
+            .unwrap();
+        let d: Multiaddr = "/ip6/2001:db8:1:2::7/tcp/1".parse().unwrap();
+        let e: Multiaddr = "/ip6/2001:db8:1:3::7/tcp/1".parse().unwrap();
+        assert_eq!(ip_of(&c), Some("2001:db8:1:2::".parse().unwrap()));
+        assert_eq!(ip_of(&c), ip_of(&d));
+        assert_ne!(ip_of(&c), ip_of(&e));
+        let mapped: Multiaddr = "/ip6/::ffff:192.0.2.7/tcp/1".parse().unwrap();
+        assert_eq!(ip_of(&mapped), Some(IpAddr::from([192, 0, 2, 7])));
+        let loopback: Multiaddr = "/ip6/::1/tcp/1".parse().unwrap();
+        assert_eq!(ip_of(&loopback), Some("::1".parse().unwrap()));
     }
 }

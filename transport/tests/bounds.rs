@@ -332,6 +332,7 @@ fn realistic(max_peers: usize) -> Config {
     c.limits.max_peers = max_peers;
     c.limits.max_connections_per_ip = 4;
     c.limits.max_pending_per_ip = 4;
+    c.limits.loopback_exempt = false;
     c.limits.max_pending_incoming = 8;
     c
 }

@@ -659,15 +659,19 @@ async fn garbage_subscription_requests_are_answered_and_the_service_keeps_servin
     );
     let mut huge = Vec::new();
     prost::encoding::encode_varint(4 << 20, &mut huge);
-    raw.send(vec![4, 0xff, 0xff, 0xff, 0xff], false);
-    raw.send(huge, false);
     let ping = pqmls_transport::waku::filter::SubscribeRequest {
         request_id: "ping".into(),
         ..Default::default()
     };
-    raw.send(prost::Message::encode_length_delimited_to_vec(&ping), false);
+    // One after another: a connection may have only a few requests read at once
+    // (`Config::max_concurrent_requests_per_connection`).
     let mut answers = [None, None, None];
-    for _ in 0..3 {
+    for bytes in [
+        vec![4, 0xff, 0xff, 0xff, 0xff],
+        huge,
+        prost::Message::encode_length_delimited_to_vec(&ping),
+    ] {
+        raw.send(bytes, false);
         let (n, outcome) = raw.next().await;
         answers[n] = match outcome {
             RawOutcome::Answer(b) if !b.is_empty() => Some(
@@ -691,4 +695,46 @@ async fn garbage_subscription_requests_are_answered_and_the_service_keeps_servin
         .await
         .unwrap();
     assert_eq!(s.counters().filter_requests_refused, 3);
+}
+
+/// Strangers cannot take the push read slots the real service needs: four peers with no
+/// subscription here each open as many push streams as a peer may and stall in the first
+/// byte of a frame (64 streams, every one of the node's push read slots), and a push of
+/// the service the client subscribed with still arrives. Before, each stranger's stream
+/// held a slot until the frame timeout, and the service's push found none and was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_stalling_push_streams_do_not_starve_the_service() {
+    let config = waku_config(&[]);
+    let streams = config.limits.filter_push_streams_per_peer;
+    let (c, mut c_in, _a, scripts, push) = subscribed_to_raw(config).await;
+    let cp = c.peer_id();
+    let mut strangers = Vec::new();
+    for _ in 0..4 {
+        let (_, addr, _, s) = raw_filter().await;
+        c.dial(addr).await.unwrap();
+        strangers.push(s);
+    }
+    wait_admitted(&c, 5).await;
+    for s in &strangers {
+        for _ in 0..streams {
+            // The first byte of a frame's length, then nothing for a long while.
+            let steps = vec![Step::Raw(vec![0x85]), Step::Wait(Duration::from_secs(15))];
+            s.send((cp, steps)).unwrap();
+        }
+    }
+    // Time for the strangers' streams to open (and, before, to take the slots).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    scripts
+        .send((cp, vec![frame(&push(b"from the service"))]))
+        .unwrap();
+    // Well before the stalled streams end (15 s).
+    let got = tokio::time::timeout(Duration::from_secs(5), c_in.recv())
+        .await
+        .expect("the service's push arrives while the strangers stall")
+        .unwrap();
+    assert_eq!(got.message.payload, b"from the service");
+    assert!(
+        c.counters().filter_rejected >= (4 * streams) as u64,
+        "every stranger's stream was closed unread"
+    );
 }

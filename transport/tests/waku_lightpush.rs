@@ -150,12 +150,16 @@ async fn bad_pushes_get_the_spec_codes_and_the_service_keeps_serving() {
     };
     let mut huge = Vec::new();
     prost::encoding::encode_varint(lightpush::MAX_DRAINED as u64 + 1, &mut huge);
-    raw.send(vec![4, 0xff, 0xff, 0xff, 0xff], false);
-    raw.send(frame(&empty_topic), false);
-    raw.send(huge, false);
-    raw.send(frame(&valid), false);
+    // One after another: a connection may have only a few requests read at once
+    // (`Config::max_concurrent_requests_per_connection`).
     let mut answers = vec![None; 4];
-    for _ in 0..4 {
+    for bytes in [
+        vec![4, 0xff, 0xff, 0xff, 0xff],
+        frame(&empty_topic),
+        huge,
+        frame(&valid),
+    ] {
+        raw.send(bytes, false);
         let (n, outcome) = raw.next().await;
         answers[n] = Some(match outcome {
             RawOutcome::Answer(b) if b.is_empty() => None,

@@ -60,13 +60,22 @@ async fn one_stalling_peer_holds_only_its_share_of_a_stores_read_budget() {
         tcp_addr(&s).await,
     );
     wait_admitted(&s, 1).await;
-    for _ in 0..STREAMS {
+    // Four frames of a quarter of the share each (the share holds them), then frames of
+    // the largest size: without shares they would take the whole budget.
+    let small = usize::try_from(share / 4).unwrap();
+    for _ in 0..4 {
+        raw.send(stalled_frame(small), true);
+    }
+    for _ in 4..STREAMS {
         raw.send(stalled_frame(MAX_REQUEST), true);
     }
-    let max = MAX_REQUEST as u64;
+    assert!((STREAMS - 4) * MAX_REQUEST > budget as usize);
     wait_until("every stalled frame reserved or refused", || async {
         let c = s.counters();
-        c.store_request_read_bytes + c.store_reads_refused * max >= STREAMS as u64 * max
+        // Every frame held (as a small one) or refused; or, without shares, the budget
+        // full.
+        c.store_reads_refused + c.store_request_read_bytes / small as u64 >= STREAMS as u64
+            || c.store_request_read_bytes >= budget - MAX_REQUEST as u64
     })
     .await;
     let held = s.counters().store_request_read_bytes;
@@ -147,5 +156,27 @@ async fn one_stalling_peer_holds_only_its_share_of_the_lightpush_and_filter_read
     assert!(
         c.lightpush_reading > 0 && c.filter_reading > 0,
         "the stalled reads were still held: {c:?}"
+    );
+}
+
+/// The default shares against the default per-address connection limit: one address,
+/// whatever peer ids it uses, can hold at most half of a service's lightpush and filter
+/// read slots and a quarter of the store's request read budget (the loopback preset
+/// lifts the per-address limit for loopback addresses only).
+#[test]
+fn one_address_holds_at_most_a_part_of_each_bound_by_default() {
+    let limits = pqmls_transport::node::Limits::default();
+    let per_address = limits.max_connections_per_ip;
+    let lp = lightpush::Config::default();
+    let f = filter::Config::default();
+    assert!(
+        2 * per_address * lp.max_concurrent_requests_per_connection <= lp.max_concurrent_requests
+    );
+    assert!(
+        2 * per_address * f.max_concurrent_requests_per_connection <= f.max_concurrent_requests
+    );
+    assert!(
+        4 * per_address * limits.store_request_read_bytes_per_connection
+            <= limits.store_request_read_bytes
     );
 }

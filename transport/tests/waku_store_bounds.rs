@@ -39,6 +39,9 @@ async fn concurrent_large_store_requests_stay_within_the_read_budget() {
         store::Config::default(),
     );
     config.limits.store_request_read_bytes = cap;
+    // A frame of the largest size per connection: the budget over all peers is what this
+    // test reads (`waku_read_shares` the connection's share).
+    config.limits.store_request_read_bytes_per_connection = MAX_REQUEST;
     // Long enough that no stalled read times out before all of them are counted, even on
     // a loaded machine; the store frees them after that.
     config.limits.request_timeout = Duration::from_secs(6);

@@ -319,6 +319,7 @@ impl Task {
                 (SubscribeType::UnsubscribeAll, None, Undo::Nothing)
             }
         };
+        self.share_push_services();
         let (pubsub_topic, content_topics) = criteria.unzip();
         let request = SubscribeRequest {
             request_id,
@@ -350,6 +351,19 @@ impl Task {
         }
     }
 
+    /// Tells the push reader which peers this node holds criteria with: only their push
+    /// streams are read.
+    fn share_push_services(&mut self) {
+        let services: std::collections::HashSet<PeerId> = self
+            .waku
+            .as_ref()
+            .map(|w| w.filter.client.services().copied().collect())
+            .unwrap_or_default();
+        if let Some(b) = self.swarm.behaviour_mut().filter_push_in.as_mut() {
+            b.set_services(services);
+        }
+    }
+
     /// A client's request failed or was refused: take back what it changed.
     fn filter_failed(&mut self, pending: Pending, error: Error) {
         if let Some(waku) = self.waku.as_mut() {
@@ -363,6 +377,7 @@ impl Task {
                 _ => {}
             }
         }
+        self.share_push_services();
         match pending.reply {
             Some(reply) => {
                 let _ = reply.send(Err(error));

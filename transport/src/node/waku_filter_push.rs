@@ -21,6 +21,10 @@
 //!   request timeout once begun; a frame that finds every slot taken ends its stream;
 //! - [`Limits::filter_pushes_per_stream`] pushes per stream, then the stream is closed
 //!   (the service opens another for the next one);
+//! - push streams are read only from the services the node holds criteria with (the node
+//!   tells the behaviour, [`Behaviour::set_services`]); a stream of another peer is closed
+//!   unread and counts as rejected, so strangers cannot take the read slots the real
+//!   service's pushes need;
 //! - [`Limits::filter_push_streams_per_peer`] push streams open at once per peer, over its
 //!   connections; another is closed unread and counts as rejected;
 //! - a stream on which no frame begins for [`Limits::filter_push_idle`] is closed.
@@ -28,10 +32,10 @@
 //! Nothing beyond reading happens here: the node checks every push against its
 //! subscriptions (pushes from a peer it has none with are dropped there).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -94,6 +98,8 @@ pub(super) struct Behaviour {
     rejected: Arc<AtomicU64>,
     /// Open push streams per peer, shared by the handlers of its connections.
     open: HashMap<PeerId, Arc<AtomicUsize>>,
+    /// The peers whose push streams are read, shared with every handler.
+    services: Arc<RwLock<HashSet<PeerId>>>,
     events: VecDeque<Push>,
 }
 
@@ -105,7 +111,16 @@ impl Behaviour {
             slots,
             rejected,
             open: HashMap::new(),
+            services: Arc::default(),
             events: VecDeque::new(),
+        }
+    }
+
+    /// Reads push streams from `services` only (from now on, and before each frame of a
+    /// stream already open).
+    pub(super) fn set_services(&mut self, services: HashSet<PeerId>) {
+        if let Ok(mut s) = self.services.write() {
+            *s = services;
         }
     }
 
@@ -114,10 +129,12 @@ impl Behaviour {
         self.open.retain(|_, n| Arc::strong_count(n) > 1);
         let open = self.open.entry(peer).or_default().clone();
         Handler {
+            peer,
             bounds: self.bounds,
             slots: self.slots.clone(),
             rejected: self.rejected.clone(),
             open,
+            services: self.services.clone(),
             streams: SelectAll::new(),
         }
     }
@@ -169,11 +186,18 @@ impl NetworkBehaviour for Behaviour {
 
 /// Reads the push streams of one connection.
 pub(super) struct Handler {
+    peer: PeerId,
     bounds: Bounds,
     slots: ReadSlots,
     rejected: Arc<AtomicU64>,
     open: Arc<AtomicUsize>,
+    services: Arc<RwLock<HashSet<PeerId>>>,
     streams: SelectAll<BoxStream<'static, MessagePush>>,
+}
+
+/// Whether `peer` is one of `services`.
+fn serves(services: &RwLock<HashSet<PeerId>>, peer: &PeerId) -> bool {
+    services.read().is_ok_and(|s| s.contains(peer))
 }
 
 /// One open push stream of a peer, given back when its reader ends.
@@ -188,6 +212,8 @@ impl Drop for Open {
 /// The state of one stream's reader.
 struct Reader {
     stream: Stream,
+    peer: PeerId,
+    services: Arc<RwLock<HashSet<PeerId>>>,
     bounds: Bounds,
     slots: ReadSlots,
     rejected: Arc<AtomicU64>,
@@ -212,6 +238,10 @@ impl Reader {
             // Idle, closed between frames, or gone: nothing was lost here.
             Err(_) | Ok(Ok(None) | Err(_)) => return None,
         };
+        if !serves(&self.services, &self.peer) {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         let Some(slot) = self.slots.try_take() else {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -238,13 +268,15 @@ impl Handler {
     fn read(&mut self, stream: Stream) {
         let before = self.open.fetch_add(1, Ordering::AcqRel);
         let open = Open(self.open.clone());
-        if before >= self.bounds.streams_per_peer {
+        if before >= self.bounds.streams_per_peer || !serves(&self.services, &self.peer) {
             // Dropping the stream (and `open`) closes it unread.
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let reader = Reader {
             stream,
+            peer: self.peer,
+            services: self.services.clone(),
             bounds: self.bounds,
             slots: self.slots.clone(),
             rejected: self.rejected.clone(),

@@ -240,9 +240,10 @@ pub struct Config {
     /// Subscription requests being read at once, over all peers; beyond it a request is
     /// answered 429 without being read (default 32).
     pub max_concurrent_requests: usize,
-    /// Of those, requests of one connection being read at once (default 4), so one peer
-    /// holds at most this times its connections however many streams it opens and
-    /// stalls in; beyond it a request is answered 429 unread, as over the total.
+    /// Of those, requests of one connection being read at once (default 2), so one
+    /// address holds at most this times the node's `Limits::max_connections_per_ip` (8 by
+    /// default: half of the default total) however many streams and peer ids it uses;
+    /// beyond it a request is answered 429 unread, as over the total.
     pub max_concurrent_requests_per_connection: usize,
 }
 
@@ -255,7 +256,7 @@ impl Default for Config {
             unreachable_after: Duration::from_secs(60),
             max_pushes_in_flight: 16,
             max_concurrent_requests: 32,
-            max_concurrent_requests_per_connection: 4,
+            max_concurrent_requests_per_connection: 2,
         }
     }
 }
@@ -560,6 +561,11 @@ impl<P: Clone + Eq + Hash> ClientSubscriptions<P> {
     /// Forgets every criterion of `peer`.
     pub fn remove_peer(&mut self, peer: &P) {
         self.peers.remove(peer);
+    }
+
+    /// The services some criteria are held with.
+    pub fn services(&self) -> impl Iterator<Item = &P> {
+        self.peers.keys()
     }
 
     /// Whether a push from `peer` of a message on `pubsub_topic` with `content_topic`

@@ -216,10 +216,11 @@ pub struct Config {
     /// without being read (default 32: with 150 KiB messages, at most about 7 MiB of
     /// request frames).
     pub max_concurrent_requests: usize,
-    /// Of those, requests of one connection being read at once (default 4; a light
-    /// client pushes a segmented payload one segment after another), so one peer holds at
-    /// most this times its connections however many streams it opens and stalls in;
-    /// beyond it a request is answered 429 unread, as over the total.
+    /// Of those, requests of one connection being read at once (default 2; a light
+    /// client pushes a segmented payload one segment after another), so one address holds
+    /// at most this times the node's `Limits::max_connections_per_ip` (8 by default: half
+    /// of the default total) however many streams and peer ids it uses; beyond it a
+    /// request is answered 429 unread, as over the total.
     pub max_concurrent_requests_per_connection: usize,
 }
 
@@ -227,7 +228,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             max_concurrent_requests: 32,
-            max_concurrent_requests_per_connection: 4,
+            max_concurrent_requests_per_connection: 2,
         }
     }
 }
