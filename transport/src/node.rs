@@ -159,6 +159,18 @@ pub struct Limits {
     /// stores queried (default [`waku::store::DEFAULT_RESPONSE_READ_BYTES`], 16 MiB); a
     /// response that does not fit fails its query ([`Error::Request`]) unread.
     pub store_response_read_bytes: usize,
+    /// pqmls store node: bytes of request frames (puts, gets, history requests) read at
+    /// once, over all peers (default 4 MiB); one connection may hold one frame of the
+    /// largest size (a directory put: [`Limits::max_directory_key`] plus
+    /// [`Limits::max_directory_blob`] plus 1 KiB), so one address at most 8 such frames.
+    /// A request that does not fit is not read (its stream is closed) and counted in
+    /// [`Counters::rpc_reads_refused`]. At least one frame of the largest size.
+    pub rpc_request_read_bytes: usize,
+    /// pqmls client: bytes of response frames (history pages, blobs) read at once, over
+    /// all the store nodes asked (default 32 MiB); a response that does not fit fails its
+    /// request unread. At least one page of the largest size
+    /// ([`Limits::history_page_bytes`] plus one message and a blob).
+    pub rpc_response_read_bytes: usize,
     /// Per-peer request rates of the Waku services this node answers, see [`RateLimits`].
     pub rate_limits: RateLimits,
     /// Filter client: pushes read from one push stream before it is closed (default
@@ -287,6 +299,8 @@ impl Default for Limits {
             store_request_read_bytes: waku::store::DEFAULT_REQUEST_READ_BYTES,
             store_request_read_bytes_per_connection: waku::store::MAX_REQUEST / 2,
             store_response_read_bytes: waku::store::DEFAULT_RESPONSE_READ_BYTES,
+            rpc_request_read_bytes: 4 * 1024 * 1024,
+            rpc_response_read_bytes: 32 * 1024 * 1024,
             rate_limits: RateLimits::default(),
             filter_pushes_per_stream: 100_000,
             filter_push_streams_per_peer: 16,
@@ -567,6 +581,15 @@ pub struct Counters {
     /// Waku store v3 frames (requests and responses) not read because they did not fit
     /// their read budget.
     pub store_reads_refused: u64,
+    /// Bytes of pqmls request frames being read now: never above
+    /// [`Limits::rpc_request_read_bytes`].
+    pub rpc_request_read_bytes: u64,
+    /// Bytes of pqmls response frames being read now: never above
+    /// [`Limits::rpc_response_read_bytes`].
+    pub rpc_response_read_bytes: u64,
+    /// pqmls frames (requests and responses) not read because they did not fit their
+    /// read budget (or, for a request, its connection's share of it).
+    pub rpc_reads_refused: u64,
     /// Directory puts (remote or local) the [`store::DirectoryValidator`] refused.
     pub puts_rejected: u64,
     /// Directory puts (remote or local) refused for exceeding a quota
@@ -669,6 +692,9 @@ struct Stats {
     store_response_read_bytes: Arc<AtomicU64>,
     store_response_read_bytes_peak: Arc<AtomicU64>,
     store_reads_refused: Arc<AtomicU64>,
+    rpc_request_read_bytes: Arc<AtomicU64>,
+    rpc_response_read_bytes: Arc<AtomicU64>,
+    rpc_reads_refused: Arc<AtomicU64>,
     puts_rejected: AtomicU64,
     puts_over_quota: AtomicU64,
     relay_published: AtomicU64,
@@ -742,6 +768,9 @@ impl Stats {
             store_response_read_bytes: g(&self.store_response_read_bytes),
             store_response_read_bytes_peak: g(&self.store_response_read_bytes_peak),
             store_reads_refused: g(&self.store_reads_refused),
+            rpc_request_read_bytes: g(&self.rpc_request_read_bytes),
+            rpc_response_read_bytes: g(&self.rpc_response_read_bytes),
+            rpc_reads_refused: g(&self.rpc_reads_refused),
             puts_rejected: g(&self.puts_rejected),
             puts_over_quota: g(&self.puts_over_quota),
             relay_published: g(&self.relay_published),
@@ -1006,6 +1035,17 @@ impl Node {
         }
         if limits.max_message_size > u32::MAX as usize / 4 {
             return Err(Error::Config("max_message_size is too large".into()));
+        }
+        let rpc = rpc_limits(&limits);
+        if limits.rpc_request_read_bytes < rpc::max_request_frame(&rpc)
+            || limits.rpc_response_read_bytes < rpc::max_response_frame(&rpc)
+        {
+            return Err(Error::Config(format!(
+                "rpc_request_read_bytes must hold a request of {} bytes and \
+                 rpc_response_read_bytes a response of {}",
+                rpc::max_request_frame(&rpc),
+                rpc::max_response_frame(&rpc)
+            )));
         }
         let largest_response = (limits.max_message_size + rpc::ENTRY_OVERHEAD)
             .max(limits.max_directory_blob)
@@ -1695,7 +1735,23 @@ fn build_behaviour(
         ProtocolSupport::Outbound
     };
     let rpc = request_response::Behaviour::with_codec(
-        rpc::Codec::new(rpc_limits(limits), stats.requests_malformed.clone()),
+        rpc::Codec::new(
+            rpc_limits(limits),
+            stats.requests_malformed.clone(),
+            ReadBudget::new(
+                limits.rpc_request_read_bytes,
+                stats.rpc_request_read_bytes.clone(),
+                Arc::default(),
+                stats.rpc_reads_refused.clone(),
+            )
+            .per_connection(rpc::max_request_frame(&rpc_limits(limits))),
+            ReadBudget::new(
+                limits.rpc_response_read_bytes,
+                stats.rpc_response_read_bytes.clone(),
+                Arc::default(),
+                stats.rpc_reads_refused.clone(),
+            ),
+        ),
         [(StreamProtocol::new(rpc::PROTOCOL), support)],
         request_response::Config::default()
             .with_request_timeout(limits.request_timeout)

@@ -14,6 +14,7 @@ use libp2p::StreamProtocol;
 
 use crate::message::MessageId;
 use crate::store::{Cursor, Entry};
+use crate::waku::framing::ReadBudget;
 
 /// Protocol name of the store protocol. Only store nodes accept it inbound, so identify
 /// tells other nodes which peers are stores.
@@ -121,20 +122,34 @@ const RES_NOT_FOUND: u8 = 3;
 const RES_PAGE: u8 = 4;
 const RES_REFUSED: u8 = 5;
 
-/// The request-response codec of [`PROTOCOL`].
+/// The request-response codec of [`PROTOCOL`]. Frames being read at once are bounded in
+/// bytes by two [`ReadBudget`]s, one for the requests a store node reads (with a share
+/// per connection) and one for the responses a client reads: the length a frame
+/// announces is reserved before its body is allocated, and a frame that does not fit is
+/// not read (the stream is closed; the requester sees the request fail and tries again
+/// later).
 #[derive(Debug, Clone)]
 pub(crate) struct Codec {
     limits: Limits,
     /// Counts inbound requests that could not be read: request-response drops those
     /// streams without an event, so the codec is the only place that sees them.
     malformed_requests: Arc<AtomicU64>,
+    requests: ReadBudget,
+    responses: ReadBudget,
 }
 
 impl Codec {
-    pub(crate) fn new(limits: Limits, malformed_requests: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(
+        limits: Limits,
+        malformed_requests: Arc<AtomicU64>,
+        requests: ReadBudget,
+        responses: ReadBudget,
+    ) -> Self {
         Self {
             limits,
             malformed_requests,
+            requests,
+            responses,
         }
     }
 }
@@ -143,16 +158,35 @@ fn invalid(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+/// Why a frame was not read.
+enum Unread {
+    /// An I/O error, a frame over the size limit, a truncated frame.
+    Io(io::Error),
+    /// The frame did not fit what is left of the read budget.
+    OverBudget,
+}
+
+/// Reads one frame of at most `max` bytes within `budget`, which holds the announced
+/// length from before the body is allocated until the frame is decoded (`decode`).
+async fn read_frame<T: AsyncRead + Unpin + Send, R>(
+    io: &mut T,
+    max: usize,
+    budget: &ReadBudget,
+    decode: impl FnOnce(&[u8]) -> R,
+) -> Result<R, Unread> {
     let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = usize::try_from(u32::from_be_bytes(len)).map_err(|_| invalid("frame length"))?;
+    io.read_exact(&mut len).await.map_err(Unread::Io)?;
+    let len = usize::try_from(u32::from_be_bytes(len))
+        .map_err(|_| Unread::Io(invalid("frame length")))?;
     if len > max {
-        return Err(invalid("frame exceeds size limit"));
+        return Err(Unread::Io(invalid("frame exceeds size limit")));
     }
+    let Some(_held) = budget.try_reserve(len) else {
+        return Err(Unread::OverBudget);
+    };
     let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
+    io.read_exact(&mut buf).await.map_err(Unread::Io)?;
+    Ok(decode(&buf))
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(
@@ -399,22 +433,34 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let result = match read_frame(io, max_request_frame(&self.limits)).await {
-            Ok(body) => self.decode_request(&body),
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            self.malformed_requests.fetch_add(1, Ordering::Relaxed);
+        let max = max_request_frame(&self.limits);
+        let requests = self.requests.clone();
+        match read_frame(io, max, &requests, |b| self.decode_request(b)).await {
+            Ok(Ok(request)) => Ok(request),
+            Ok(Err(e)) | Err(Unread::Io(e)) => {
+                self.malformed_requests.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+            // Counted by the budget.
+            Err(Unread::OverBudget) => {
+                Err(io::Error::other("requests being read exceed the budget"))
+            }
         }
-        result
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let body = read_frame(io, max_response_frame(&self.limits)).await?;
-        self.decode_response(&body)
+        let max = max_response_frame(&self.limits);
+        let responses = self.responses.clone();
+        match read_frame(io, max, &responses, |b| self.decode_response(b)).await {
+            Ok(r) => r,
+            Err(Unread::Io(e)) => Err(e),
+            Err(Unread::OverBudget) => {
+                Err(io::Error::other("responses being read exceed the budget"))
+            }
+        }
     }
 
     async fn write_request<T>(
@@ -460,6 +506,8 @@ mod tests {
                 history_page_bytes: 2000,
             },
             Arc::default(),
+            ReadBudget::with_cap(usize::MAX),
+            ReadBudget::with_cap(usize::MAX),
         )
     }
 
@@ -563,10 +611,20 @@ mod tests {
             write_frame(&mut futures::io::Cursor::new(&mut buf), &[1, 2, 3], 10)
                 .await
                 .unwrap();
-            let mut rd = futures::io::Cursor::new(buf.clone());
-            assert_eq!(read_frame(&mut rd, 10).await.unwrap(), vec![1, 2, 3]);
-            let mut rd = futures::io::Cursor::new(buf);
-            assert!(read_frame(&mut rd, 2).await.is_err());
+            let budget = ReadBudget::with_cap(3);
+            let read = async |max| {
+                let mut rd = futures::io::Cursor::new(buf.clone());
+                read_frame(&mut rd, max, &budget, <[u8]>::to_vec).await
+            };
+            assert!(matches!(read(10).await, Ok(v) if v == [1, 2, 3]));
+            assert!(matches!(read(2).await, Err(Unread::Io(_))));
+            // Over what is left of the budget: not read, counted, and given back after.
+            let held = budget.try_reserve(1).unwrap();
+            assert!(matches!(read(10).await, Err(Unread::OverBudget)));
+            assert_eq!(budget.refused(), 1);
+            drop(held);
+            assert!(read(10).await.is_ok());
+            assert_eq!(budget.held(), 0);
             let mut sink = Vec::new();
             assert!(
                 write_frame(&mut futures::io::Cursor::new(&mut sink), &[0; 11], 10)

@@ -454,3 +454,48 @@ async fn half_open_handshakes_are_bounded() {
     }
     target.shutdown().await.unwrap();
 }
+
+/// What a store node reads of pqmls requests at once is bounded in bytes, over all peers
+/// and per connection: one peer opening every stream a connection may and announcing a
+/// request of the largest size on each (a directory put) holds at most one such frame,
+/// the rest are not read, and another peer's history request is served meanwhile.
+/// Before, every frame was allocated in full as it came, with no bound over all peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_requests_hold_at_most_a_connections_share_of_a_stores_reads() {
+    let dir = temp_dir("rpc-read-share");
+    let topic = Topic::from_group_id(b"rpc read share");
+    let c = config().with_store(&dir, store::Config::default());
+    let largest = c.limits.max_directory_key + c.limits.max_directory_blob + 1024;
+    let (store_node, _in) = start(c).await;
+    store_node.subscribe(&topic).await.unwrap();
+    let addr = tcp_addr(&store_node).await;
+    let mut raw = crate::waku_support::RawPeer::spawn(
+        STORE_PROTOCOL,
+        Duration::from_secs(60),
+        store_node.peer_id(),
+        addr.clone(),
+    );
+    // A 4-byte big-endian length announcing the largest request, and 3 bytes of it.
+    let mut stalled = u32::try_from(largest).unwrap().to_be_bytes().to_vec();
+    stalled.extend_from_slice(&[1, 2, 3]);
+    for _ in 0..32 {
+        raw.send(stalled.clone(), true);
+    }
+    let frame = largest as u64;
+    wait_until("every stalled frame held or refused", || async {
+        let c = store_node.counters();
+        c.rpc_request_read_bytes / frame + c.rpc_reads_refused >= 32
+    })
+    .await;
+    let c = store_node.counters();
+    assert_eq!(
+        (c.rpc_request_read_bytes, c.rpc_reads_refused),
+        (frame, 31),
+        "one frame held, the rest not read"
+    );
+
+    let (honest, _honest_in) = start(config().with_bootstrap(addr)).await;
+    wait_until("connected", || async { honest.counters().store_peers >= 1 }).await;
+    honest.history(&topic, Cursor::default()).await.unwrap();
+    assert_eq!(store_node.counters().rpc_request_read_bytes, frame);
+}
