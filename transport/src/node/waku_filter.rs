@@ -285,6 +285,19 @@ impl Node {
 impl Task {
     pub(super) fn filter_request(&mut self, peer: PeerId, op: Op, reply: Reply<()>) {
         if !self.has_room(1 + self.waku_requests()) {
+            // Forgetting needs no room: what an unsubscription takes back locally (the
+            // criteria renewed every minute, the pushes taken) is taken back even when the
+            // request to the service cannot be sent.
+            if let Some(waku) = self.waku.as_mut() {
+                match &op {
+                    Op::Unsubscribe(shard, topics) => {
+                        waku.filter.client.remove(&peer, &shard.to_string(), topics);
+                    }
+                    Op::UnsubscribeAll => waku.filter.client.remove_peer(&peer),
+                    Op::Ping | Op::Subscribe(..) => {}
+                }
+                self.share_push_services();
+            }
             let _ = reply.send(Err(Error::Busy));
             return;
         }
