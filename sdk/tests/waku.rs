@@ -689,6 +689,18 @@ async fn light_service(
     (node, addr)
 }
 
+/// Alice's new group with bob in it, invited once his key packages are in the store;
+/// both at epoch 1.
+async fn group_of_two(alice: &Client, bob: &Client) -> GroupId {
+    pqmls::wait_for_key_packages(alice, &bob.id())
+        .await
+        .unwrap();
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    agree(&[alice, bob], &g, 1).await;
+    g
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -730,12 +742,7 @@ async fn a_light_client_moves_to_another_service_when_its_own_stops() {
     .await;
     let mut alice_ev = alice.events();
     let mut bob_ev = bob.events();
-    pqmls::wait_for_key_packages(&alice, &bob.id())
-        .await
-        .unwrap();
-    let g = alice.create_group().await.unwrap();
-    alice.invite(&g, &bob.id()).await.unwrap();
-    agree(&[&alice, &bob], &g, 1).await;
+    let g = group_of_two(&alice, &bob).await;
     let served = (
         one.counters().lightpush_served,
         two.counters().lightpush_served,
@@ -1924,11 +1931,7 @@ async fn a_store_that_failed_is_asked_last_for_a_while() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catch_up_resumes_when_the_store_comes_back() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let store_dir = dir.path().join("store");
     let start_store = async || {
         let mut c = waku_node().with_store(&store_dir, store::Config::default());
