@@ -155,14 +155,18 @@
 //! [`node::Counters::response_bytes_in_flight`], `..._peak`, `requests_busy`.
 //!
 //! *Connection slots.* Pending inbound connections (in their Noise/muxer handshake) are
-//! bounded in total and per IP address; established inbound connections per IP address
-//! (default 8; the Nim Waku node has the like, `--ip-colocation-limit`), connections per peer id
+//! bounded in total and per IP address (an IPv6 /64 counts as one address); established
+//! inbound connections per address (default 8; the Nim Waku node has the like,
+//! `--ip-colocation-limit`), connections per peer id
 //! (4), and peers ([`node::Limits::max_peers`], 64). When the peer table is full a newcomer
 //! is let in by evicting the newest peer of the address with the most inbound peers, if
 //! that address has at least two more than the newcomer's: one address (or a few) cannot
 //! keep newcomers out, and honest peers on distinct addresses are never evicted for one
-//! another. [`node::Config::loopback`] lifts the per-address limits (all its nodes share
-//! 127.0.0.1); the tests set them back and attack from 127.0.0.2 and up.
+//! another. [`node::Config::loopback`] lifts the per-address limits for loopback addresses
+//! only ([`node::Limits::loopback_exempt`]: all its nodes share 127.0.0.1); the tests set
+//! that back and attack from 127.0.0.2 and up. What the request-response services read at
+//! once is bounded over all peers and per connection (`waku::framing::ConnectionShare`),
+//! so one address holds at most a part of it.
 //!
 //! **Penalties.** Gossipsub peer scoring is on for one component only, invalid messages
 //! (P4): every message rejected by the transport's checks or by the [`Validator`] counts
