@@ -738,3 +738,106 @@ async fn strangers_stalling_push_streams_do_not_starve_the_service() {
     })
     .await;
 }
+
+/// A filter service that takes subscription requests and never answers them.
+#[derive(NetworkBehaviour)]
+struct SilentFilter {
+    metadata: request_response::Behaviour<metadata::Codec>,
+    subscribe: request_response::Behaviour<SubscribeCodec>,
+}
+
+/// Starts a [`SilentFilter`] on its own task; returns its listen address.
+async fn silent_filter() -> Multiaddr {
+    let mut s = swarm(SilentFilter {
+        metadata: metadata_behaviour(),
+        subscribe: request_response::Behaviour::with_codec(
+            SubscribeCodec::new(ReadSlots::new(Default::default(), Default::default(), 8)),
+            [(
+                StreamProtocol::new(filter::SUBSCRIBE_PROTOCOL),
+                request_response::ProtocolSupport::Inbound,
+            )],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+        ),
+    });
+    s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
+            break address;
+        }
+    };
+    let addr = addr.with(libp2p::multiaddr::Protocol::P2p(*s.local_peer_id()));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            match s.select_next_some().await {
+                SwarmEvent::Behaviour(SilentFilterEvent::Metadata(
+                    request_response::Event::Message {
+                        message: request_response::Message::Request { channel, .. },
+                        ..
+                    },
+                )) => {
+                    let _ = s
+                        .behaviour_mut()
+                        .metadata
+                        .send_response(channel, our_metadata());
+                }
+                SwarmEvent::Behaviour(SilentFilterEvent::Subscribe(
+                    request_response::Event::Message {
+                        message: request_response::Message::Request { channel, .. },
+                        ..
+                    },
+                )) => held.push(channel),
+                _ => {}
+            }
+        }
+    });
+    addr
+}
+
+/// An unsubscription takes the criteria back locally even when the node is too busy to
+/// send the request: pushes of that service are refused from then on, and the node does
+/// not renew the criteria with it. Before, a busy node answered `Busy` having forgotten
+/// nothing (a light client moving to another service then kept the old one for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscription_is_taken_back_locally_even_when_the_node_is_busy() {
+    let mut config = waku_config(&[]);
+    config.limits.max_pending_requests = 1;
+    let (c, mut c_in, a, scripts, push) = subscribed_to_raw(config).await;
+    let cp = c.peer_id();
+    // One request that is never answered takes the node's only request slot.
+    let silent = silent_filter().await;
+    let silent_peer = match silent.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
+        _ => unreachable!(),
+    };
+    c.dial(silent).await.unwrap();
+    wait_admitted(&c, 2).await;
+    let held = {
+        let c = c.clone();
+        tokio::spawn(async move { c.filter_ping(silent_peer).await })
+    };
+    // (A probe that goes out first stays outstanding in the node and takes the slot.)
+    wait_until("the request slot taken", || async {
+        matches!(
+            tokio::time::timeout(Duration::from_millis(200), c.filter_ping(silent_peer)).await,
+            Ok(Err(Error::Busy))
+        )
+    })
+    .await;
+    assert!(matches!(
+        c.filter_unsubscribe_all(a).await,
+        Err(Error::Busy)
+    ));
+    let rejected = c.counters().filter_rejected;
+    scripts.send((cp, vec![frame(&push(b"after"))])).unwrap();
+    wait_until("the push refused", || async {
+        c.counters().filter_rejected > rejected
+    })
+    .await;
+    assert!(
+        c_in.try_recv().is_none(),
+        "nothing delivered after the unsubscription"
+    );
+    held.abort();
+}
