@@ -26,7 +26,7 @@ use pqmls_transport::{Error, Node};
 use support::{TIMEOUT, tcp_addr, wait_until};
 use tokio::sync::mpsc;
 use waku_support::{
-    RawOutcome, RawPeer, metadata_behaviour, our_metadata, shard, start, swarm, topic_on,
+    RawOutcome, RawPeer, listen, metadata_behaviour, our_metadata, shard, start, swarm, topic_on,
     wait_admitted, wait_mesh, waku_config,
 };
 
@@ -306,13 +306,7 @@ async fn raw_filter() -> (
             request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
         ),
     });
-    s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
-            break address;
-        }
-    };
+    let addr = listen(&mut s).await;
     let peer = *s.local_peer_id();
     let (tx, mut rx) = mpsc::unbounded_channel::<(PeerId, MessagePush)>();
     let (scripts, mut script_rx) = mpsc::unbounded_channel::<(PeerId, Vec<Step>)>();
@@ -759,13 +753,7 @@ async fn silent_filter() -> Multiaddr {
             request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
         ),
     });
-    s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
-            break address;
-        }
-    };
+    let addr = listen(&mut s).await;
     let addr = addr.with(libp2p::multiaddr::Protocol::P2p(*s.local_peer_id()));
     tokio::spawn(async move {
         let mut held = Vec::new();

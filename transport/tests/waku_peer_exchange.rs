@@ -20,7 +20,7 @@ use pqmls_transport::waku::peer_exchange::{self, PeerInfo, Rpc};
 use pqmls_transport::{Error, Node};
 use prost::Message as _;
 use support::{TIMEOUT, tcp_addr, wait_until};
-use waku_support::{CLUSTER, metadata_behaviour, our_metadata, waku_config};
+use waku_support::{CLUSTER, listen, metadata_behaviour, our_metadata, waku_config};
 
 fn px_config(c: Config) -> Config {
     let mut px = peer_exchange::Config::default();
@@ -283,13 +283,7 @@ async fn raw_responder(body: Vec<u8>) -> (libp2p::PeerId, libp2p::Multiaddr) {
             request_response::Config::default(),
         ),
     });
-    s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
-            break address;
-        }
-    };
+    let addr = listen(&mut s).await;
     let peer = *s.local_peer_id();
     tokio::spawn(async move {
         loop {

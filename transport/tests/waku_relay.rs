@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
+use crate::waku_support::listen;
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, Swarm, gossipsub, noise, tcp, yamux};
+use libp2p::{Swarm, gossipsub, noise, tcp, yamux};
 use pqmls_transport::waku::relay::{self, Config};
 use pqmls_transport::waku::{ContentTopic, WakuMessage};
 use sha2::{Digest, Sha256};
@@ -32,16 +33,6 @@ fn relay_swarm() -> Swarm<gossipsub::Behaviour> {
     let mut c = Config::new(3);
     c.heartbeat = Duration::from_millis(100);
     swarm(relay::behaviour(&c).unwrap())
-}
-
-async fn listen(s: &mut Swarm<gossipsub::Behaviour>) -> Multiaddr {
-    s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
-            return address;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

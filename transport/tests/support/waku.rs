@@ -168,6 +168,17 @@ pub fn swarm<B: NetworkBehaviour>(behaviour: B) -> Swarm<B> {
         .build()
 }
 
+/// Makes `s` listen on a random TCP port of 127.0.0.1; returns the address once bound.
+pub async fn listen<B: NetworkBehaviour>(s: &mut Swarm<B>) -> Multiaddr {
+    s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
+            return address;
+        }
+    }
+}
+
 /// The metadata behaviour of a raw peer.
 pub fn metadata_behaviour() -> request_response::Behaviour<metadata::Codec> {
     request_response::Behaviour::with_codec(
