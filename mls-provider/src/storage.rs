@@ -87,6 +87,14 @@ pub use openmls_sqlite_storage::Codec;
 /// gives up with `SQLITE_BUSY`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Prepared statements a connection keeps (rusqlite's cache, least recently used first
+/// out; rusqlite's default is 16). The SDK shares this connection and runs over a hundred
+/// distinct cached statements, so with 16 they pushed each other out and most of them
+/// were compiled again at each use: `sqlite3_prepare_v3` was 7 % of the CPU of a commit in
+/// a 50-member group (the SDK's BENCHMARKS.md, "Requests for missing commits at 50
+/// members"). A statement is a few kilobytes.
+pub const STATEMENT_CACHE: usize = 256;
+
 /// The compact binary codec: postcard 1.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BinaryCodec;
@@ -500,6 +508,7 @@ impl<C: Codec> SqliteStorage<C> {
     /// # Errors
     /// [`StorageError::Configure`] or [`StorageError::Migration`].
     pub fn from_connection(mut connection: Connection) -> Result<Self, StorageError> {
+        connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         connection
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(|source| StorageError::Configure {

@@ -55,9 +55,8 @@ impl State {
                 EpochKeys::new(export(ORDER_EXPORTER_LABEL)?, export(VOTE_EXPORTER_LABEL)?),
             )
         };
-        self.db().execute(
-            "INSERT OR REPLACE INTO pqmls_epoch_keys (group_id, epoch, order_key, vote_key, vote_tag, entered_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        self.db().prepare_cached("INSERT OR REPLACE INTO pqmls_epoch_keys (group_id, epoch, order_key, vote_key, vote_tag, entered_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
             params![
                 gid.0,
                 to_i64(epoch),
@@ -73,10 +72,9 @@ impl State {
             .prepare_cached("SELECT sealed FROM pqmls_votes_pending WHERE vote_tag = ?1")?
             .query_map([&keys.vote_tag[..]], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        self.db().execute(
-            "DELETE FROM pqmls_votes_pending WHERE vote_tag = ?1",
-            [&keys.vote_tag[..]],
-        )?;
+        self.db()
+            .prepare_cached("DELETE FROM pqmls_votes_pending WHERE vote_tag = ?1")?
+            .execute([&keys.vote_tag[..]])?;
         for sealed in waiting {
             self.read_vote(gid, epoch, &keys, &sealed)?;
         }
@@ -177,10 +175,9 @@ impl State {
     }
 
     pub(crate) fn set_final_epoch(&mut self, gid: &GroupId, epoch: Option<u64>) -> Result<()> {
-        self.db().execute(
-            "UPDATE pqmls_groups SET final_epoch = ?2 WHERE group_id = ?1",
-            params![gid.0, epoch.map(to_i64)],
-        )?;
+        self.db()
+            .prepare_cached("UPDATE pqmls_groups SET final_epoch = ?2 WHERE group_id = ?1")?
+            .execute(params![gid.0, epoch.map(to_i64)])?;
         Ok(())
     }
 
@@ -414,9 +411,8 @@ impl State {
         let sealed = self.seal_vote(gid, epoch, &keys, round, commit, leaf)?;
         let topic = self.group(gid)?.topic.clone();
         self.enqueue(&topic, sealed.clone())?;
-        self.db().execute(
-            "INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
             params![gid.0, &keys.vote_tag[..], to_i64(epoch), i64::from(round), &self.id.0[..], &commit[..], sealed],
         )?;
         self.stats.votes_cast += 1;
@@ -519,13 +515,11 @@ impl State {
             return Ok(Outcome::Done);
         }
         let Some(epoch) = self.epoch_of_tag(gid, tag)? else {
-            self.db().execute(
-                "INSERT OR IGNORE INTO pqmls_votes_pending (vote_tag, sealed, received_ms) VALUES (?1, ?2, ?3)",
+            self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_votes_pending (vote_tag, sealed, received_ms) VALUES (?1, ?2, ?3)")?.execute(
                 params![&tag[..], sealed, to_i64(self.wall_ms())],
             )?;
-            self.db().execute(
-                "DELETE FROM pqmls_votes_pending WHERE rowid NOT IN
-                 (SELECT rowid FROM pqmls_votes_pending ORDER BY received_ms DESC, rowid DESC LIMIT ?1)",
+            self.db().prepare_cached("DELETE FROM pqmls_votes_pending WHERE rowid NOT IN
+                 (SELECT rowid FROM pqmls_votes_pending ORDER BY received_ms DESC, rowid DESC LIMIT ?1)")?.execute(
                 [PENDING_VOTES],
             )?;
             return Ok(Outcome::Done);
@@ -584,8 +578,7 @@ impl State {
         };
         // At most two votes of one voter per round are kept: one is the vote, two show
         // an equivocation; more would only cost space.
-        let n: i64 = self.db().query_row(
-            "SELECT COUNT(*) FROM pqmls_votes WHERE group_id = ?1 AND vote_tag = ?2 AND round = ?3 AND voter = ?4",
+        let n: i64 = self.db().prepare_cached("SELECT COUNT(*) FROM pqmls_votes WHERE group_id = ?1 AND vote_tag = ?2 AND round = ?3 AND voter = ?4")?.query_row(
             params![gid.0, &keys.vote_tag[..], i64::from(vote.round), &voter.0[..]],
             |r| r.get(0),
         )?;
@@ -598,9 +591,8 @@ impl State {
             sealed: sealed.to_vec(),
         }
         .encode();
-        let added = self.db().execute(
-            "INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        let added = self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
             params![gid.0, &keys.vote_tag[..], to_i64(epoch), i64::from(vote.round), &voter.0[..], &vote.commit[..], payload],
         )?;
         if n == 1 && added == 1 {
@@ -852,14 +844,12 @@ impl State {
         self.reload_groups()?;
         match learned? {
             Some(c) => {
-                self.db().execute(
-                    "UPDATE pqmls_commits SET author = ?3, removes = ?4 WHERE group_id = ?1 AND hash = ?2",
+                self.db().prepare_cached("UPDATE pqmls_commits SET author = ?3, removes = ?4 WHERE group_id = ?1 AND hash = ?2")?.execute(
                     params![gid.0, &id[..], i64::from(c.author), super::ordering::encode_leaves(&c.removes)],
                 )?;
             }
             None => {
-                self.db().execute(
-                    "UPDATE pqmls_commits SET merged = -1 WHERE group_id = ?1 AND hash = ?2 AND merged = 0",
+                self.db().prepare_cached("UPDATE pqmls_commits SET merged = -1 WHERE group_id = ?1 AND hash = ?2 AND merged = 0")?.execute(
                     params![gid.0, &id[..]],
                 )?;
             }
@@ -869,8 +859,7 @@ impl State {
 
     /// Moves to the final commit `f` of `epoch`; `false` if we cannot (yet).
     fn move_to_final(&mut self, gid: &GroupId, epoch: u64, f: &CommitId) -> Result<bool> {
-        let known: bool = self.db().query_row(
-            "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND epoch = ?2 AND hash = ?3)",
+        let known: bool = self.db().prepare_cached("SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND epoch = ?2 AND hash = ?3)")?.query_row(
             params![gid.0, to_i64(epoch), &f[..]],
             |r| r.get(0),
         )?;
@@ -884,8 +873,7 @@ impl State {
         }
         // Tried again even if it failed on this snapshot before, or is our own from a
         // branch we left (marked -1).
-        self.db().execute(
-            "UPDATE pqmls_commits SET merged = 0 WHERE group_id = ?1 AND hash = ?2 AND merged = -1",
+        self.db().prepare_cached("UPDATE pqmls_commits SET merged = 0 WHERE group_id = ?1 AND hash = ?2 AND merged = -1")?.execute(
             params![gid.0, &f[..]],
         )?;
         self.switch_branch(gid, epoch, f)?;
@@ -911,10 +899,9 @@ impl State {
             return Ok(());
         }
         g.unrecoverable = Some(epoch);
-        self.db().execute(
-            "UPDATE pqmls_groups SET lost_epoch = ?2 WHERE group_id = ?1",
-            params![gid.0, to_i64(epoch)],
-        )?;
+        self.db()
+            .prepare_cached("UPDATE pqmls_groups SET lost_epoch = ?2 WHERE group_id = ?1")?
+            .execute(params![gid.0, to_i64(epoch)])?;
         // Our commits ending `epoch` and later are off the final chain for good: the
         // invitees of our adds among them joined a branch nobody else is on. Withdrawn
         // (`Void`), they drop it, as after any branch move of ours: those on the state we
@@ -944,16 +931,16 @@ impl State {
             self.void_lost_to(gid, epoch, &f)?;
             // The votes for it are what made it final: kept with it, for a member that
             // lost its copies for good and asks (`on_need`).
-            self.db().execute(
-                "INSERT INTO pqmls_final_votes (group_id, epoch, payload)
+            self.db()
+                .prepare_cached(
+                    "INSERT INTO pqmls_final_votes (group_id, epoch, payload)
                  SELECT group_id, epoch, payload FROM pqmls_votes
                  WHERE group_id = ?1 AND epoch = ?2 AND commit_hash = ?3 AND payload IS NOT NULL",
-                params![gid.0, to_i64(epoch), &f[..]],
-            )?;
+                )?
+                .execute(params![gid.0, to_i64(epoch), &f[..]])?;
         }
         // Never backwards (a nested evaluation may have gone further).
-        self.db().execute(
-            "UPDATE pqmls_groups SET final_epoch = MAX(COALESCE(final_epoch, -1), ?2) WHERE group_id = ?1",
+        self.db().prepare_cached("UPDATE pqmls_groups SET final_epoch = MAX(COALESCE(final_epoch, -1), ?2) WHERE group_id = ?1")?.execute(
             params![gid.0, to_i64(epoch)],
         )?;
         // A member that this epoch's commit removed keeps the state it was last in until
@@ -1132,8 +1119,7 @@ impl State {
                 .query_map(params![gid.0, after], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             // Our votes too, on the same schedule, while something is not final.
-            let pending: bool = self.db().query_row(
-                "SELECT EXISTS (SELECT 1 FROM pqmls_votes WHERE group_id = ?1 AND voter = ?2 AND epoch > ?3)",
+            let pending: bool = self.db().prepare_cached("SELECT EXISTS (SELECT 1 FROM pqmls_votes WHERE group_id = ?1 AND voter = ?2 AND epoch > ?3)")?.query_row(
                 params![gid.0, &self.id.0[..], after],
                 |r| r.get(0),
             )?;
@@ -1221,18 +1207,16 @@ impl State {
                 <[u8; 32]>::try_from(void_id.as_slice()),
                 invitees.is_empty(),
             ) else {
-                self.db().execute(
-                    "DELETE FROM pqmls_sent_voids WHERE void_id = ?1",
-                    [&void_id],
-                )?;
+                self.db()
+                    .prepare_cached("DELETE FROM pqmls_sent_voids WHERE void_id = ?1")?
+                    .execute([&void_id])?;
                 continue;
             };
             let (last, times) = *self.republished.entry(id).or_insert((now, 0));
             if times >= REPUBLISH_TIMES {
-                self.db().execute(
-                    "DELETE FROM pqmls_sent_voids WHERE void_id = ?1",
-                    [&void_id],
-                )?;
+                self.db()
+                    .prepare_cached("DELETE FROM pqmls_sent_voids WHERE void_id = ?1")?
+                    .execute([&void_id])?;
                 continue;
             }
             live.insert(id);
@@ -1365,12 +1349,13 @@ impl State {
                     }
                 }
             }
-            let ahead: bool = self.db().query_row(
-                "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND epoch > ?2)
+            let ahead: bool = self
+                .db()
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND epoch > ?2)
                      OR EXISTS (SELECT 1 FROM pqmls_pending WHERE group_id = ?1 AND epoch > ?2)",
-                params![gid.0, to_i64(current)],
-                |r| r.get(0),
-            )?;
+                )?
+                .query_row(params![gid.0, to_i64(current)], |r| r.get(0))?;
             if ahead {
                 wanted.insert(current);
             }
@@ -1420,11 +1405,12 @@ impl State {
     }
 
     fn holds_commit(&self, gid: &GroupId, id: &CommitId) -> Result<bool> {
-        Ok(self.db().query_row(
-            "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2)",
-            params![gid.0, &id[..]],
-            |r| r.get(0),
-        )?)
+        Ok(self
+            .db()
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2)",
+            )?
+            .query_row(params![gid.0, &id[..]], |r| r.get(0))?)
     }
 
     /// Whether a vote read for `epoch` (on our branch) names a commit we do not hold.
@@ -1432,9 +1418,8 @@ impl State {
         let Some(keys) = self.epoch_keys(gid, epoch)? else {
             return Ok(false);
         };
-        Ok(self.db().query_row(
-            "SELECT EXISTS (SELECT 1 FROM pqmls_votes v WHERE v.group_id = ?1 AND v.vote_tag = ?2
-             AND NOT EXISTS (SELECT 1 FROM pqmls_commits c WHERE c.group_id = ?1 AND c.hash = v.commit_hash))",
+        Ok(self.db().prepare_cached("SELECT EXISTS (SELECT 1 FROM pqmls_votes v WHERE v.group_id = ?1 AND v.vote_tag = ?2
+             AND NOT EXISTS (SELECT 1 FROM pqmls_commits c WHERE c.group_id = ?1 AND c.hash = v.commit_hash))")?.query_row(
             params![gid.0, &keys.vote_tag[..]],
             |r| r.get(0),
         )?)

@@ -387,8 +387,7 @@ impl State {
                         .optional()?
                         .is_some();
                     if !exists {
-                        self.db().execute(
-                            "INSERT INTO pqmls_intents (group_id, kind, user) VALUES (?1, 'remove', ?2)",
+                        self.db().prepare_cached("INSERT INTO pqmls_intents (group_id, kind, user) VALUES (?1, 'remove', ?2)")?.execute(
                             params![gid.0, user],
                         )?;
                     }

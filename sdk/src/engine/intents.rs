@@ -507,8 +507,7 @@ impl State {
                     .clone()
             };
             let hash = wire::commit_hash(&ser(&commit)?);
-            let state: Vec<u8> = self.db().query_row(
-                "SELECT group_data FROM openmls_group_data WHERE group_id = ?1 AND data_type = 'group_state'",
+            let state: Vec<u8> = self.db().prepare_cached("SELECT group_data FROM openmls_group_data WHERE group_id = ?1 AND data_type = 'group_state'")?.query_row(
                 [&key],
                 |r| r.get(0),
             )?;
@@ -517,8 +516,7 @@ impl State {
             }
         }
         let (_, commit, state) = best.ok_or_else(|| Error::Mls("no commit".into()))?;
-        self.db().execute(
-            "UPDATE openmls_group_data SET group_data = ?2 WHERE group_id = ?1 AND data_type = 'group_state'",
+        self.db().prepare_cached("UPDATE openmls_group_data SET group_data = ?2 WHERE group_id = ?1 AND data_type = 'group_state'")?.execute(
             params![key, state],
         )?;
         self.reload_group(gid)?;
@@ -549,9 +547,8 @@ impl State {
                 "UPDATE pqmls_commits SET merged = -1 WHERE group_id = ?1 AND own = 1 AND merged = 0",
             )?
             .execute([&gid.0])?;
-        self.db().execute(
-            "INSERT OR IGNORE INTO pqmls_commits (group_id, epoch, hash, payload, own, welcome, invitee, intent, priority, added_key)
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9)",
+        self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_commits (group_id, epoch, hash, payload, own, welcome, invitee, intent, priority, added_key)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9)")?.execute(
             params![
                 gid.0,
                 to_i64(epoch),
@@ -566,10 +563,9 @@ impl State {
         )?;
         // OpenMLS's state holding this pending commit (see `switch_branch`).
         let (key, _) = self.storage_keys(gid)?;
-        self.db().execute(
-            "UPDATE pqmls_commits SET pending_state =
+        self.db().prepare_cached("UPDATE pqmls_commits SET pending_state =
                  (SELECT group_data FROM openmls_group_data WHERE group_id = ?3 AND data_type = 'group_state')
-             WHERE group_id = ?1 AND hash = ?2",
+             WHERE group_id = ?1 AND hash = ?2")?.execute(
             params![gid.0, &hash[..], key],
         )?;
         self.stats.last_commit_bytes = payload.len() as u64;
@@ -718,8 +714,7 @@ impl State {
                 content: Content::Text(body),
             };
             let wire_id = self.encrypt_app(gid, &payload)?;
-            self.db().execute(
-                "UPDATE pqmls_messages SET epoch = ?3, wire_id = ?4 WHERE group_id = ?1 AND uid = ?2",
+            self.db().prepare_cached("UPDATE pqmls_messages SET epoch = ?3, wire_id = ?4 WHERE group_id = ?1 AND uid = ?2")?.execute(
                 params![gid.0, uid, to_i64(now_epoch), wire_id.as_bytes().as_slice()],
             )?;
             self.stats.resent += 1;

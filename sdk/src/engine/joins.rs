@@ -84,7 +84,8 @@ impl State {
             .collect::<Result<_, _>>()?;
         for (id, payload) in rows {
             self.db()
-                .execute("DELETE FROM pqmls_welcomes WHERE id = ?1", [id])?;
+                .prepare_cached("DELETE FROM pqmls_welcomes WHERE id = ?1")?
+                .execute([id])?;
             if self.welcome(&payload, Source::Kept)? {
                 break;
             }
@@ -140,23 +141,22 @@ impl State {
         known: bool,
         bytes: &[u8],
     ) -> Result<()> {
-        let exists: bool = self.db().query_row(
-            "SELECT EXISTS (SELECT 1 FROM pqmls_welcomes WHERE group_id = ?1 AND payload = ?2)",
-            params![gid.0, bytes],
-            |r| r.get(0),
-        )?;
+        let exists: bool = self
+            .db()
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM pqmls_welcomes WHERE group_id = ?1 AND payload = ?2)",
+            )?
+            .query_row(params![gid.0, bytes], |r| r.get(0))?;
         if exists {
             self.stats.duplicates += 1;
             return Ok(());
         }
-        self.db().execute(
-            "INSERT INTO pqmls_welcomes (group_id, epoch, payload, inviter_id, sender_known) VALUES (?1, ?2, ?3, ?4, ?5)",
+        self.db().prepare_cached("INSERT INTO pqmls_welcomes (group_id, epoch, payload, inviter_id, sender_known) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(
             params![gid.0, to_i64(epoch), bytes, &sender.0[..], known],
         )?;
         let cap = to_i64(self.config.limits.kept_welcomes as u64);
-        self.db().execute(
-            "DELETE FROM pqmls_welcomes WHERE group_id = ?1 AND id NOT IN
-             (SELECT id FROM pqmls_welcomes WHERE group_id = ?1 ORDER BY sender_known DESC, id DESC LIMIT ?2)",
+        self.db().prepare_cached("DELETE FROM pqmls_welcomes WHERE group_id = ?1 AND id NOT IN
+             (SELECT id FROM pqmls_welcomes WHERE group_id = ?1 ORDER BY sender_known DESC, id DESC LIMIT ?2)")?.execute(
             params![gid.0, cap],
         )?;
         Ok(())
@@ -172,20 +172,20 @@ impl State {
         hash: &[u8; 32],
         bytes: &[u8],
     ) -> Result<()> {
-        let exists: bool = self.db().query_row(
-            "SELECT EXISTS (SELECT 1 FROM pqmls_invitations WHERE welcome_hash = ?1)",
-            [&hash[..]],
-            |r| r.get(0),
-        )?;
+        let exists: bool = self
+            .db()
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM pqmls_invitations WHERE welcome_hash = ?1)",
+            )?
+            .query_row([&hash[..]], |r| r.get(0))?;
         if exists {
             self.stats.duplicates += 1;
             return Ok(());
         }
-        let from_inviter: i64 = self.db().query_row(
-            "SELECT COUNT(*) FROM pqmls_invitations WHERE inviter_id = ?1",
-            [&inviter.id.0[..]],
-            |r| r.get(0),
-        )?;
+        let from_inviter: i64 = self
+            .db()
+            .prepare_cached("SELECT COUNT(*) FROM pqmls_invitations WHERE inviter_id = ?1")?
+            .query_row([&inviter.id.0[..]], |r| r.get(0))?;
         if to_u64(from_inviter) >= self.config.limits.invitations_per_inviter as u64 {
             self.stats.ignored += 1;
             return Ok(());
@@ -207,11 +207,12 @@ impl State {
                 bytes
             ])?;
         let cap = to_i64(self.config.limits.invitations as u64);
-        self.db().execute(
-            "DELETE FROM pqmls_invitations WHERE id NOT IN
+        self.db()
+            .prepare_cached(
+                "DELETE FROM pqmls_invitations WHERE id NOT IN
              (SELECT id FROM pqmls_invitations ORDER BY id DESC LIMIT ?1)",
-            [cap],
-        )?;
+            )?
+            .execute([cap])?;
         self.check_contact_key(inviter);
         self.events.push(Event::Invited(Invitation {
             id: to_u64(id),
@@ -484,31 +485,28 @@ impl State {
             // checked against the new state before any commit. Re-adds named leaves of
             // the old tree, and a fresh invitation starts with nothing of ours.
             if action == WelcomeAction::Continue {
-                self.db().execute(
-                    "DELETE FROM pqmls_intents WHERE group_id = ?1 AND (kind = ?2 OR done_epoch IS NOT NULL)",
+                self.db().prepare_cached("DELETE FROM pqmls_intents WHERE group_id = ?1 AND (kind = ?2 OR done_epoch IS NOT NULL)")?.execute(
                     params![gid.0, super::intents::READD],
                 )?;
             } else {
                 self.db()
-                    .execute("DELETE FROM pqmls_intents WHERE group_id = ?1", [&gid.0])?;
+                    .prepare_cached("DELETE FROM pqmls_intents WHERE group_id = ?1")?
+                    .execute([&gid.0])?;
             }
             // The old state's records and epoch keys too: what they name (votes,
             // requests for commits or for a re-add) is decided by those who were there.
             // But for its last final epoch: on the chain of every member, so if this
             // Welcome is withdrawn we ask to be added again under its keys (`on_void`).
-            self.db().execute(
-                "DELETE FROM pqmls_epochs WHERE group_id = ?1 AND epoch IS NOT ?2",
-                params![gid.0, prior_final],
-            )?;
-            self.db().execute(
-                "DELETE FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch < ?2 AND epoch IS NOT ?3",
+            self.db()
+                .prepare_cached("DELETE FROM pqmls_epochs WHERE group_id = ?1 AND epoch IS NOT ?2")?
+                .execute(params![gid.0, prior_final])?;
+            self.db().prepare_cached("DELETE FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch < ?2 AND epoch IS NOT ?3")?.execute(
                 params![gid.0, to_i64(epoch), prior_final],
             )?;
         }
         // A fresh state: what we merged or found invalid on an earlier state of this group
         // says nothing about this one, and every commit of others is a candidate again.
-        self.db().execute(
-            "UPDATE pqmls_commits SET merged = CASE own WHEN 1 THEN -1 ELSE 0 END WHERE group_id = ?1",
+        self.db().prepare_cached("UPDATE pqmls_commits SET merged = CASE own WHEN 1 THEN -1 ELSE 0 END WHERE group_id = ?1")?.execute(
             [&gid.0],
         )?;
         let group = staged.into_group(&self.provider).map_err(mls)?;
@@ -516,24 +514,20 @@ impl State {
         if let Some(first) = open_from {
             self.void_adds_off_the_tree(&gid, first, epoch)?;
         }
-        self.db().execute(
-            "UPDATE pqmls_groups SET left_on_purpose = 0 WHERE group_id = ?1",
-            [&gid.0],
-        )?;
+        self.db()
+            .prepare_cached("UPDATE pqmls_groups SET left_on_purpose = 0 WHERE group_id = ?1")?
+            .execute([&gid.0])?;
         // What came before the epoch we join at is history to us: final.
         self.set_final_epoch(&gid, epoch.checked_sub(1))?;
-        self.db().execute(
-            "INSERT OR IGNORE INTO pqmls_used_welcomes (welcome_hash, group_id, used_ms) VALUES (?1, ?2, ?3)",
+        self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_used_welcomes (welcome_hash, group_id, used_ms) VALUES (?1, ?2, ?3)")?.execute(
             params![&hash[..], gid.0, to_i64(self.wall_ms())],
         )?;
-        self.db().execute(
-            "DELETE FROM pqmls_used_welcomes WHERE group_id = ?1 AND welcome_hash NOT IN
-             (SELECT welcome_hash FROM pqmls_used_welcomes WHERE group_id = ?1 ORDER BY used_ms DESC, rowid DESC LIMIT 64)",
+        self.db().prepare_cached("DELETE FROM pqmls_used_welcomes WHERE group_id = ?1 AND welcome_hash NOT IN
+             (SELECT welcome_hash FROM pqmls_used_welcomes WHERE group_id = ?1 ORDER BY used_ms DESC, rowid DESC LIMIT 64)")?.execute(
             [&gid.0],
         )?;
-        self.db().execute(
-            "INSERT OR REPLACE INTO pqmls_joins (group_id, welcome_hash, inviter_key, joined_seq, epoch, void_id, void_key, prior_final)
-             VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) FROM pqmls_messages), ?4, ?5, ?6, ?7)",
+        self.db().prepare_cached("INSERT OR REPLACE INTO pqmls_joins (group_id, welcome_hash, inviter_key, joined_seq, epoch, void_id, void_key, prior_final)
+             VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) FROM pqmls_messages), ?4, ?5, ?6, ?7)")?.execute(
             params![
                 gid.0,
                 &hash[..],
@@ -544,10 +538,9 @@ impl State {
                 prior_final
             ],
         )?;
-        self.db().execute(
-            "DELETE FROM pqmls_invitations WHERE group_id = ?1",
-            [&gid.0],
-        )?;
+        self.db()
+            .prepare_cached("DELETE FROM pqmls_invitations WHERE group_id = ?1")?
+            .execute([&gid.0])?;
         self.check_contact_key(&inviter);
         if let Some(lost_epoch) = lost_epoch {
             tracing::info!(
@@ -571,10 +564,9 @@ impl State {
         // past commits we skipped while we did not hold the group (seen ids make the
         // messages we did handle cheap to skip).
         let topic = wire::group_topic(&gid.0);
-        self.db().execute(
-            "DELETE FROM pqmls_cursors WHERE topic = ?1",
-            [topic.as_str()],
-        )?;
+        self.db()
+            .prepare_cached("DELETE FROM pqmls_cursors WHERE topic = ?1")?
+            .execute([topic.as_str()])?;
         self.todo.sync.insert(gid.clone());
         self.replay_pending(&gid)?;
         if action == WelcomeAction::Continue {
@@ -664,16 +656,16 @@ impl State {
                 self.name,
                 super::short(id)
             );
-            self.db().execute(
-                "INSERT OR IGNORE INTO pqmls_voids (void_id, sealed, received_ms) VALUES (?1, ?2, ?3)",
+            self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_voids (void_id, sealed, received_ms) VALUES (?1, ?2, ?3)")?.execute(
                 params![&id[..], sealed, to_i64(self.wall_ms())],
             )?;
             let cap = to_i64(self.config.limits.voids as u64);
-            self.db().execute(
-                "DELETE FROM pqmls_voids WHERE void_id NOT IN
+            self.db()
+                .prepare_cached(
+                    "DELETE FROM pqmls_voids WHERE void_id NOT IN
                  (SELECT void_id FROM pqmls_voids ORDER BY received_ms DESC, rowid DESC LIMIT ?1)",
-                [cap],
-            )?;
+                )?
+                .execute([cap])?;
             self.stats.ignored += 1;
             return Ok(Outcome::Done);
         };
@@ -700,13 +692,15 @@ impl State {
             self.name
         );
         self.db()
-            .execute("DELETE FROM pqmls_joins WHERE group_id = ?1", [&gid.0])?;
+            .prepare_cached("DELETE FROM pqmls_joins WHERE group_id = ?1")?
+            .execute([&gid.0])?;
         // What we sent on that state reached nobody on the live branch: it goes out again
         // (epoch -1 marks it) when we are in the group again.
-        self.db().execute(
-            "UPDATE pqmls_messages SET epoch = -1 WHERE group_id = ?1 AND own = 1 AND seq > ?2",
-            params![gid.0, joined_seq],
-        )?;
+        self.db()
+            .prepare_cached(
+                "UPDATE pqmls_messages SET epoch = -1 WHERE group_id = ?1 AND own = 1 AND seq > ?2",
+            )?
+            .execute(params![gid.0, joined_seq])?;
         // Invitations we made on that state went to the dead branch too.
         self.void_abandoned(&gid, 0, &[])?;
         // The join replaced a state of ours (we had been removed or lost, and were
@@ -926,8 +920,7 @@ impl State {
             }
             // Published again a few times (`finality::republish_own`): a Welcome whose
             // withdrawal is lost leaves its invitee on a dead branch for good.
-            self.db().execute(
-                "INSERT OR IGNORE INTO pqmls_sent_voids (void_id, invitee, payload) VALUES (?1, ?2, ?3)",
+            self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_sent_voids (void_id, invitee, payload) VALUES (?1, ?2, ?3)")?.execute(
                 params![&id[..], invitee, payload],
             )?;
         }
@@ -959,8 +952,7 @@ impl State {
             super::short(commit_hash),
             super::short(&void.id)
         );
-        self.db().execute(
-            "UPDATE pqmls_commits SET void_id = ?3, void_key = ?4 WHERE group_id = ?1 AND hash = ?2",
+        self.db().prepare_cached("UPDATE pqmls_commits SET void_id = ?3, void_key = ?4 WHERE group_id = ?1 AND hash = ?2")?.execute(
             params![gid.0, commit_hash, &void.id[..], &void.key[..]],
         )?;
         let payload = Wire::Welcome { mls: welcome }.encode();

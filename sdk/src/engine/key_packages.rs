@@ -222,20 +222,18 @@ impl State {
                     .delete_key_package(&r)
                     .map_err(Error::Database)?;
             }
-            self.db().execute(
-                "DELETE FROM pqmls_retired_key_packages WHERE kp_ref = ?1",
-                [&kp_ref],
-            )?;
+            self.db()
+                .prepare_cached("DELETE FROM pqmls_retired_key_packages WHERE kp_ref = ?1")?
+                .execute([&kp_ref])?;
         }
         Ok(())
     }
 
     /// Records that the key package of `slot` is in the directory.
     pub(crate) fn key_package_published(&mut self, slot: Slot) -> Result<()> {
-        self.db().execute(
-            "UPDATE pqmls_key_packages SET published = 1 WHERE slot = ?1",
-            [slot.code()],
-        )?;
+        self.db()
+            .prepare_cached("UPDATE pqmls_key_packages SET published = 1 WHERE slot = ?1")?
+            .execute([slot.code()])?;
         Ok(())
     }
 
@@ -257,10 +255,9 @@ impl State {
     /// Marks a slot's key package as claimed by an inviter (it is replaced at the next
     /// refresh, rate-limited).
     pub(crate) fn mark_claimed(&mut self, slot: i64) -> Result<()> {
-        self.db().execute(
-            "UPDATE pqmls_key_packages SET claimed = 1 WHERE slot = ?1",
-            [slot],
-        )?;
+        self.db()
+            .prepare_cached("UPDATE pqmls_key_packages SET claimed = 1 WHERE slot = ?1")?
+            .execute([slot])?;
         Ok(())
     }
 
@@ -282,8 +279,7 @@ impl State {
                 return Ok(true);
             }
         }
-        let retired: bool = self.db().query_row(
-            "SELECT EXISTS (SELECT 1 FROM pqmls_retired_key_packages WHERE delete_after_ms <= ?1)",
+        let retired: bool = self.db().prepare_cached("SELECT EXISTS (SELECT 1 FROM pqmls_retired_key_packages WHERE delete_after_ms <= ?1)")?.query_row(
             [to_i64(now)],
             |r| r.get(0),
         )?;

@@ -731,8 +731,7 @@ impl State {
             .query_row("SELECT COUNT(*) FROM pqmls_seen", [], |r| r.get(0))?;
         let cap = to_i64(self.config.limits.seen as u64);
         if n > cap {
-            self.db().execute(
-                "DELETE FROM pqmls_seen WHERE rowid IN (SELECT rowid FROM pqmls_seen ORDER BY seen_ms, rowid LIMIT ?1)",
+            self.db().prepare_cached("DELETE FROM pqmls_seen WHERE rowid IN (SELECT rowid FROM pqmls_seen ORDER BY seen_ms, rowid LIMIT ?1)")?.execute(
                 [n - cap],
             )?;
         }
@@ -763,8 +762,7 @@ impl State {
 
     pub(crate) fn add_group(&mut self, gid: &GroupId, mls: MlsGroup) -> Result<()> {
         let now = to_i64(self.wall_ms());
-        self.db().execute(
-            "INSERT OR REPLACE INTO pqmls_groups (group_id, active, joined_ms, last_update_ms) VALUES (?1, 1, ?2, ?2)",
+        self.db().prepare_cached("INSERT OR REPLACE INTO pqmls_groups (group_id, active, joined_ms, last_update_ms) VALUES (?1, 1, ?2, ?2)")?.execute(
             params![gid.0, now],
         )?;
         let topic = wire::group_topic(&gid.0);

@@ -476,21 +476,21 @@ impl State {
     /// made on the state we hold.
     fn revive_own(&mut self, gid: &GroupId, epoch: u64, f: &CommitId) -> Result<()> {
         let (key, _) = self.storage_keys(gid)?;
-        let n = self.db().execute(
-            "INSERT OR REPLACE INTO openmls_group_data (provider_version, group_id, data_type, group_data)
+        let n = self.db().prepare_cached("INSERT OR REPLACE INTO openmls_group_data (provider_version, group_id, data_type, group_data)
              SELECT (SELECT provider_version FROM openmls_group_data WHERE group_id = ?3 LIMIT 1),
                     ?3, 'group_state', pending_state
              FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2 AND epoch = ?4 AND own = 1
-                  AND merged = -1 AND pending_state IS NOT NULL",
+                  AND merged = -1 AND pending_state IS NOT NULL")?.execute(
             params![gid.0, &f[..], key, to_i64(epoch)],
         )?;
         if n == 0 {
             return Ok(());
         }
-        self.db().execute(
-            "UPDATE pqmls_commits SET merged = 0 WHERE group_id = ?1 AND hash = ?2",
-            params![gid.0, &f[..]],
-        )?;
+        self.db()
+            .prepare_cached(
+                "UPDATE pqmls_commits SET merged = 0 WHERE group_id = ?1 AND hash = ?2",
+            )?
+            .execute(params![gid.0, &f[..]])?;
         self.reload_group(gid)?;
         Ok(())
     }
@@ -715,10 +715,11 @@ impl State {
                         )
                         .optional()?;
                     if kind.as_deref() == Some(super::intents::UPDATE) {
-                        self.db().execute(
-                            "UPDATE pqmls_groups SET last_update_ms = ?2 WHERE group_id = ?1",
-                            params![gid.0, to_i64(self.wall_ms())],
-                        )?;
+                        self.db()
+                            .prepare_cached(
+                                "UPDATE pqmls_groups SET last_update_ms = ?2 WHERE group_id = ?1",
+                            )?
+                            .execute(params![gid.0, to_i64(self.wall_ms())])?;
                     }
                     // Done, unless a branch move undoes this commit.
                     self.db()
@@ -794,21 +795,23 @@ impl State {
     /// state we expect to get soon (after a withdrawn Welcome, the live branch's).
     pub(crate) fn deactivate(&mut self, gid: &GroupId, keep_pending: bool) -> Result<()> {
         // Whether we had asked to leave: an invitation back then asks for consent again.
-        let left: bool = self.db().query_row(
-            "SELECT EXISTS (SELECT 1 FROM pqmls_intents WHERE group_id = ?1 AND kind = 'leave')",
+        let left: bool = self.db().prepare_cached("SELECT EXISTS (SELECT 1 FROM pqmls_intents WHERE group_id = ?1 AND kind = 'leave')")?.query_row(
             [&gid.0],
             |r| r.get(0),
         )?;
-        self.db().execute(
-            "UPDATE pqmls_groups SET active = 0, left_on_purpose = left_on_purpose OR ?2
-             WHERE group_id = ?1",
-            params![gid.0, left],
-        )?;
         self.db()
-            .execute("DELETE FROM pqmls_intents WHERE group_id = ?1", [&gid.0])?;
+            .prepare_cached(
+                "UPDATE pqmls_groups SET active = 0, left_on_purpose = left_on_purpose OR ?2
+             WHERE group_id = ?1",
+            )?
+            .execute(params![gid.0, left])?;
+        self.db()
+            .prepare_cached("DELETE FROM pqmls_intents WHERE group_id = ?1")?
+            .execute([&gid.0])?;
         if !keep_pending {
             self.db()
-                .execute("DELETE FROM pqmls_pending WHERE group_id = ?1", [&gid.0])?;
+                .prepare_cached("DELETE FROM pqmls_pending WHERE group_id = ?1")?
+                .execute([&gid.0])?;
         }
         db::prune_snapshots(self.db(), &gid.0, u64::MAX)?;
         if let Some(mut g) = self.groups.remove(gid) {
@@ -887,19 +890,19 @@ impl State {
             // Our own commit (moving back to it, once final): the snapshot may hold
             // another pending commit of ours (made later in that epoch), so the state
             // that held this one is put back.
-            self.db().execute(
-                "INSERT OR REPLACE INTO openmls_group_data (provider_version, group_id, data_type, group_data)
+            self.db().prepare_cached("INSERT OR REPLACE INTO openmls_group_data (provider_version, group_id, data_type, group_data)
                  SELECT (SELECT provider_version FROM openmls_group_data WHERE group_id = ?3 LIMIT 1),
                         ?3, 'group_state', pending_state
-                 FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2 AND own = 1 AND pending_state IS NOT NULL",
+                 FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2 AND own = 1 AND pending_state IS NOT NULL")?.execute(
                 params![gid.0, &hash[..], key],
             )?;
             self.reload_group(gid)?;
-            let (payload, own): (Vec<u8>, bool) = self.db().query_row(
-                "SELECT payload, own FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2",
-                params![gid.0, &hash[..]],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
+            let (payload, own): (Vec<u8>, bool) = self
+                .db()
+                .prepare_cached(
+                    "SELECT payload, own FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2",
+                )?
+                .query_row(params![gid.0, &hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(self.try_merge(gid, hash, &payload, own)? != Merge::Invalid)
         })();
         match attempt {
@@ -936,28 +939,28 @@ impl State {
         // it can no longer be merged (unless the votes make one final), and their
         // invitations must be redone. The Welcomes that went out are withdrawn once their
         // epochs are final with other commits (`finalize`).
-        self.db().execute(
-            "UPDATE pqmls_commits SET merged = CASE own WHEN 1 THEN -1 ELSE 0 END
+        self.db()
+            .prepare_cached(
+                "UPDATE pqmls_commits SET merged = CASE own WHEN 1 THEN -1 ELSE 0 END
              WHERE group_id = ?1 AND epoch >= ?2 AND merged = 1 AND hash != ?3",
-            params![gid.0, to_i64(epoch), &hash[..]],
-        )?;
+            )?
+            .execute(params![gid.0, to_i64(epoch), &hash[..]])?;
         // Operations our abandoned commits did are to do again; an invitation needs a
         // fresh key package, since the Welcome that went out consumed the old one.
-        self.db().execute(
-            "UPDATE pqmls_intents SET done_epoch = NULL,
+        self.db()
+            .prepare_cached(
+                "UPDATE pqmls_intents SET done_epoch = NULL,
                  key_package = CASE kind WHEN 'add' THEN NULL ELSE key_package END
              WHERE group_id = ?1 AND done_epoch >= ?2",
-            params![gid.0, to_i64(epoch)],
-        )?;
+            )?
+            .execute(params![gid.0, to_i64(epoch)])?;
         // Our own candidates of the abandoned branch (and our losing one at `epoch`) can
         // never be merged: OpenMLS's pending commit is now whatever the snapshot held.
-        self.db().execute(
-            "UPDATE pqmls_commits SET merged = -1 WHERE group_id = ?1 AND epoch >= ?2 AND own = 1 AND merged = 0",
+        self.db().prepare_cached("UPDATE pqmls_commits SET merged = -1 WHERE group_id = ?1 AND epoch >= ?2 AND own = 1 AND merged = 0")?.execute(
             params![gid.0, to_i64(epoch)],
         )?;
         // Failed candidates of later epochs may be valid on this branch.
-        self.db().execute(
-            "UPDATE pqmls_commits SET merged = 0 WHERE group_id = ?1 AND epoch > ?2 AND merged = -1 AND own = 0",
+        self.db().prepare_cached("UPDATE pqmls_commits SET merged = 0 WHERE group_id = ?1 AND epoch > ?2 AND merged = -1 AND own = 0")?.execute(
             params![gid.0, to_i64(epoch)],
         )?;
         while self.merge_best(gid)? {}
@@ -970,10 +973,9 @@ impl State {
         {
             g.removed_at = None;
         }
-        self.db().execute(
-            "DELETE FROM pqmls_epochs WHERE group_id = ?1 AND epoch > ?2",
-            params![gid.0, to_i64(now_epoch)],
-        )?;
+        self.db()
+            .prepare_cached("DELETE FROM pqmls_epochs WHERE group_id = ?1 AND epoch > ?2")?
+            .execute(params![gid.0, to_i64(now_epoch)])?;
         self.stats.forks_recovered += 1;
         self.events.push(Event::ForkRecovered {
             group: gid.clone(),

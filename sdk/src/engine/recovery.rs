@@ -186,8 +186,7 @@ impl State {
         });
         let voted: Option<Vec<[u8; 16]>> = match own_leaf {
             Some(key) if tags.len() <= wire::MAX_VOTED_TAGS => {
-                self.db().execute(
-                    "INSERT OR IGNORE INTO pqmls_abstained_leaves (group_id, leaf_key) VALUES (?1, ?2)",
+                self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_abstained_leaves (group_id, leaf_key) VALUES (?1, ?2)")?.execute(
                     params![gid.0, &key[..]],
                 )?;
                 Some(
@@ -412,9 +411,8 @@ impl State {
             user.short(),
             voted.len()
         );
-        let added = self.db().execute(
-            "INSERT OR IGNORE INTO pqmls_abstentions (group_id, voter, epoch, leaf_key, voted_tags, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        let added = self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_abstentions (group_id, voter, epoch, leaf_key, voted_tags, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
             params![
                 gid.0,
                 &user.0[..],
@@ -425,9 +423,8 @@ impl State {
             ],
         )?;
         // Bounded per group: the newest rows by epoch.
-        self.db().execute(
-            "DELETE FROM pqmls_abstentions WHERE group_id = ?1 AND rowid NOT IN
-             (SELECT rowid FROM pqmls_abstentions WHERE group_id = ?1 ORDER BY epoch DESC LIMIT ?2)",
+        self.db().prepare_cached("DELETE FROM pqmls_abstentions WHERE group_id = ?1 AND rowid NOT IN
+             (SELECT rowid FROM pqmls_abstentions WHERE group_id = ?1 ORDER BY epoch DESC LIMIT ?2)")?.execute(
             params![gid.0, MAX_ABSTENTIONS],
         )?;
         Ok(added == 1)
@@ -554,13 +551,11 @@ impl State {
             if self.readd_done(&gid, &p.key_package)? {
                 continue;
             }
-            self.db().execute(
-                "INSERT OR IGNORE INTO pqmls_rejoins (group_id, kp_ref, epoch) VALUES (?1, ?2, ?3)",
+            self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_rejoins (group_id, kp_ref, epoch) VALUES (?1, ?2, ?3)")?.execute(
                 params![gid.0, p.kp_ref, to_i64(p.epoch)],
             )?;
             tracing::debug!("{}: group {gid}: re-adding {}", self.name, user.short());
-            self.db().execute(
-                "INSERT INTO pqmls_intents (group_id, kind, user, key_package) VALUES (?1, ?2, ?3, ?4)",
+            self.db().prepare_cached("INSERT INTO pqmls_intents (group_id, kind, user, key_package) VALUES (?1, ?2, ?3, ?4)")?.execute(
                 params![gid.0, intents::READD, user.to_string(), p.key_package],
             )?;
             self.stats.rejoins_honoured += 1;
