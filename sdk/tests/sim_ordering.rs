@@ -146,6 +146,23 @@ fn honest_seed_46_converges() {
     assert!(r.converged, "{:?}", r.failure);
 }
 
+/// Seed 46 of `pqmls sim --offline 2` (two members away for the middle half of the chaos),
+/// replayed exactly: m10 joined with a Welcome whose add commit then lost, added m9 on
+/// that state, moved its epoch to a better commit and made a new commit of its own (which
+/// marked the add as an old candidate), then got the withdrawal of its own Welcome and
+/// left the state, without withdrawing m9's: m9 stayed alone on the dead branch, asking
+/// for a commit nobody had, silently. Now leaving a state whose Welcome was withdrawn
+/// withdraws every add made on it (`joins::void_made_on_state`). Fails without it.
+#[test]
+fn offline_seed_46_adds_made_on_a_withdrawn_state_are_withdrawn_with_it() {
+    let r = trial(Scenario {
+        seed: 46,
+        offline: 2,
+        ..Scenario::default()
+    });
+    assert!(r.converged, "{:?}", r.failure);
+}
+
 /// Honest seed 151, replayed exactly: a member removed for good (the removal final),
 /// invited again on a branch that then lost, had that Welcome withdrawn. With the way
 /// back of partition seed 6 applied to it, it asked to be added again as a member that

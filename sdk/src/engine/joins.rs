@@ -641,16 +641,17 @@ impl State {
     /// dropped, and Welcomes kept aside are tried. Otherwise it is kept (within a cap), for
     /// a Welcome that may still arrive.
     pub(crate) fn on_void(&mut self, id: &[u8; 32], sealed: &[u8]) -> Result<Outcome> {
-        type JoinRow = (Vec<u8>, Vec<u8>, Vec<u8>, i64, Vec<u8>, Option<i64>);
+        type JoinRow = (Vec<u8>, Vec<u8>, Vec<u8>, i64, Vec<u8>, Option<i64>, i64);
         let joined: Option<JoinRow> = self
             .db()
             .query_row(
-                "SELECT group_id, welcome_hash, inviter_key, joined_seq, void_key, prior_final FROM pqmls_joins WHERE void_id = ?1",
+                "SELECT group_id, welcome_hash, inviter_key, joined_seq, void_key, prior_final, epoch FROM pqmls_joins WHERE void_id = ?1",
                 [&id[..]],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )
             .optional()?;
-        let Some((group, hash, inviter_key, joined_seq, key, prior_final)) = joined else {
+        let Some((group, hash, inviter_key, joined_seq, key, prior_final, joined_epoch)) = joined
+        else {
             tracing::debug!(
                 "{}: a withdrawal {} for no Welcome we joined with: kept for one we may join",
                 self.name,
@@ -701,8 +702,13 @@ impl State {
                 "UPDATE pqmls_messages SET epoch = -1 WHERE group_id = ?1 AND own = 1 AND seq > ?2",
             )?
             .execute(params![gid.0, joined_seq])?;
-        // Invitations we made on that state went to the dead branch too.
-        self.void_abandoned(&gid, 0, &[])?;
+        // Invitations we made on that state went to the dead branch too: every add commit
+        // of ours made on it, merged or not. One we moved away from (merged 0) is as dead
+        // as the state it was made on, and once we leave that state no finality of ours
+        // will ever withdraw it (offline seed 46: an add made on such a state, then a
+        // branch move at its epoch, then the withdrawal; its invitee stayed on the dead
+        // branch for good, silently).
+        self.void_made_on_state(&gid, to_u64(joined_epoch))?;
         // The join replaced a state of ours (we had been removed or lost, and were
         // invited again): the group's chain may list us still, with the leaf of that
         // earlier state, which no member will ever remove or re-add unless we ask. We ask
@@ -739,6 +745,32 @@ impl State {
                  AND void_id IS NOT NULL AND void_key IS NOT NULL",
             )?
             .query_map(params![gid.0, to_i64(from_epoch), keep], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        self.send_voids(gid, rows)
+    }
+
+    /// Withdraws the Welcomes of every add commit of ours for an epoch from `joined_epoch`
+    /// on, merged or not, for when our state of `gid`, joined at `joined_epoch`, is dead as
+    /// a whole: the Welcome we joined it with was withdrawn, so none of its epochs is on
+    /// the group's chain, and no commit made on one of them can ever be merged by a member
+    /// of the chain (MLS binds a commit to its epoch's secrets). The `merged` mark does not
+    /// tell this state's commits apart: a join marks an earlier state's own commits -1, and
+    /// so does a new own commit mark an older one we had moved away from (offline seed
+    /// 46). An add of an earlier state of ours for such an epoch (we were invited again at
+    /// an epoch below one we had reached) is withdrawn too: its invitee, if it is on the
+    /// chain, leaves, reports `Unrecoverable` and is added again, loudly; a Welcome left
+    /// standing on a dead branch keeps its invitee there silently.
+    fn void_made_on_state(&mut self, gid: &GroupId, joined_epoch: u64) -> Result<()> {
+        let rows: Vec<VoidRow> = self
+            .db()
+            .prepare_cached(
+                "SELECT welcome, invitee, void_id, void_key FROM pqmls_commits WHERE group_id = ?1
+                 AND own = 1 AND epoch >= ?2 AND welcome IS NOT NULL AND invitee IS NOT NULL
+                 AND void_id IS NOT NULL AND void_key IS NOT NULL",
+            )?
+            .query_map(params![gid.0, to_i64(joined_epoch)], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
             .collect::<Result<_, _>>()?;
