@@ -262,6 +262,7 @@ impl Client {
                 .virtual_wall_clock_ms
                 .unwrap_or_else(crate::engine::now_ms),
             needs: BTreeMap::new(),
+            vote_progress: BTreeMap::new(),
             lost_asks: BTreeMap::new(),
             rejoins: BTreeMap::new(),
             clock_skew_ms: 0,

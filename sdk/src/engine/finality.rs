@@ -598,6 +598,10 @@ impl State {
         if n == 1 && added == 1 {
             self.stats.equivocations_seen += 1;
         }
+        if n == 0 && added == 1 {
+            self.vote_progress
+                .insert((gid.clone(), epoch), Instant::now());
+        }
         Ok(())
     }
 
@@ -1244,6 +1248,75 @@ pub(crate) const KEEP_FINAL: u64 = 64;
 const NEED_AFTER: u32 = 8;
 /// Requests for one missing commit, at most.
 const NEED_TIMES: u32 = 20;
+/// Gaps after leaving an epoch that is still open here from which we ask for it even while
+/// its votes still come in (see [`State::ask_missing`]).
+const NEED_STALL_CAP: u64 = 4;
+/// Whether an epoch we left `since_left_ms` ago and that is still open here is to be asked
+/// for (see [`State::ask_missing`]): one `gap` after we left it, unless a vote from a
+/// voter new to us came for it less than a `gap` ago (`last_new_vote`: how long ago, if
+/// ever), and from [`NEED_STALL_CAP`] gaps on in any case.
+fn open_epoch_stalled(
+    since_left_ms: u64,
+    last_new_vote: Option<std::time::Duration>,
+    gap: std::time::Duration,
+) -> bool {
+    let gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
+    since_left_ms >= gap_ms
+        && (last_new_vote.is_none_or(|ago| ago >= gap)
+            || since_left_ms >= gap_ms.saturating_mul(NEED_STALL_CAP))
+}
+
+/// Members that answer a first request for a missing commit; each later request of the
+/// same member for it adds as many ([`answers_need`]).
+const NEED_ANSWERERS: usize = 3;
+
+/// Whether the member at leaf `own` answers a request for a missing commit
+/// ([`Wire::Need`]), the group's members being at `leaves`.
+///
+/// Every member that holds the commit could answer, and before this rule every one did:
+/// in a 50-member group a request cost 50 republications of the commit and its votes
+/// (about 330 kB each on 0x004F, written to and deleted from every answerer's encrypted
+/// outbox), and the members that ask are those already behind, mostly because they are
+/// slow (seen in `e2e_commit_to_epoch/0x004F/50`: 14 answers per request, 1 490 outbox
+/// payloads per commit of which 62 were new). One answer is enough when it is delivered:
+/// it goes to the whole topic. So the members are ranked by
+/// `SHA-256("pqmls need answerer v1" | tag | nonce | leaf)` and the first `k` answer, `k`
+/// being [`NEED_ANSWERERS`] times the attempt the request counts in its first nonce byte
+/// (1 on a first request). The nonce is fresh per request, so the answerers change each
+/// time: members that are gone, slow or missing the commit themselves stop no one for
+/// longer than a few requests (if half the members hold the commit, a first request
+/// reaches none of them with probability 1/8, a second 1/64), and the 20th and last
+/// request reaches 60. Growth is linear, not doubling: with doubling, members that were
+/// only slow (a catch-up burst at 50 members on two cores) reached their fourth or fifth
+/// request and had 24 to 48 members answer each (BENCHMARKS.md).
+///
+/// Anyone who sees the group topic can ask (the tag is in clear in every vote) and can
+/// claim any attempt: the worst it gets is every member answering, as before this rule,
+/// still at most once per [`NEED_AFTER`] settle times each (the rate limit of
+/// [`State::on_need`]). Liveness only; no safety decision depends on who answers.
+pub(crate) fn answers_need(
+    tag: &[u8; 16],
+    nonce: &[u8; 8],
+    own: u32,
+    leaves: impl IntoIterator<Item = u32>,
+) -> bool {
+    let score = |leaf: u32| -> [u8; 32] {
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut h, b"pqmls need answerer v1");
+        sha2::Digest::update(&mut h, tag);
+        sha2::Digest::update(&mut h, nonce);
+        sha2::Digest::update(&mut h, leaf.to_be_bytes());
+        sha2::Digest::finalize(h).into()
+    };
+    let attempt = u32::from(nonce[0].max(1));
+    let k = NEED_ANSWERERS.saturating_mul(attempt as usize);
+    let mine = score(own);
+    let before = leaves
+        .into_iter()
+        .filter(|&l| l != own && score(l) < mine)
+        .count();
+    before < k
+}
 
 /// Settle times between two publications of an own commit that is not final.
 const REPUBLISH_AFTER: u32 = 8;
@@ -1274,15 +1347,21 @@ impl State {
     /// - the votes make a commit final for an epoch from the first one not final here on
     ///   (the one we are in included: the last commit of a quiet group may reach us no
     ///   other way; later ones: see `follow_later_quorums`) and we do not hold it;
-    /// - an epoch we left is still undecided here well after we left it (its votes, or
-    ///   some, are lost to us; the members that hold them publish them with the commits);
+    /// - an epoch we left is still undecided here well after we left it, and no vote from
+    ///   a voter new to us came for it for a gap either (its votes, or some, are lost to
+    ///   us; the members that hold them publish them with the commits). While votes still
+    ///   come in, the others are only slower than we are, and asking would make every
+    ///   answerer republish the commit and all its votes to members that are already
+    ///   busy with them (seen at 50 members on two cores: most requests were of this
+    ///   kind, all needless). Each new voter defers the request by at most a gap, and
+    ///   [`NEED_STALL_CAP`] gaps after we left we ask anyway, so voters trickling their
+    ///   votes cannot hold it off;
     /// - a vote of a member of our epoch names a commit ending it that we do not hold,
     ///   still so one gap after we first saw it (a vote may come before its commit);
     /// - the group has visibly gone further (commits or messages of later epochs wait
     ///   here) while we are idle.
     pub(crate) fn ask_missing(&mut self, now: Instant) -> Result<()> {
         let gap = self.config.settle.saturating_mul(NEED_AFTER);
-        let gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
         let gids: Vec<GroupId> = self.groups.keys().cloned().collect();
         for gid in gids {
             let Some(g) = self.groups.get(&gid) else {
@@ -1331,7 +1410,12 @@ impl State {
                         )?
                         .query_row(params![gid.0, to_i64(epoch + 1)], |r| r.get(0))
                         .optional()?;
-                    if left.is_some_and(|t| self.horizon_ms().saturating_sub(to_u64(t)) >= gap_ms) {
+                    let since = left.map(|t| self.horizon_ms().saturating_sub(to_u64(t)));
+                    let progress = self
+                        .vote_progress
+                        .get(&(gid.clone(), epoch))
+                        .map(|t| now.saturating_duration_since(*t));
+                    if since.is_some_and(|s| open_epoch_stalled(s, progress, gap)) {
                         wanted.insert(epoch);
                     }
                 }
@@ -1372,7 +1456,9 @@ impl State {
                     "{}: group {gid}: asking for the commit ending epoch {epoch}",
                     self.name
                 );
-                let nonce = self.random::<8>()?;
+                let mut nonce = self.random::<8>()?;
+                // The attempt, for `answers_need`: later requests reach more members.
+                nonce[0] = u8::try_from(times + 1).unwrap_or(u8::MAX);
                 let topic = self.group(&gid)?.topic.clone();
                 self.enqueue(
                     &topic,
@@ -1393,6 +1479,10 @@ impl State {
             let first = self.final_epoch(id)?.map_or(0, |f| f + 1);
             open.insert(id.clone(), (first, g.mls.epoch().as_u64()));
         }
+        self.vote_progress.retain(|(g, e), _| {
+            open.get(g)
+                .is_some_and(|(first, cur)| (*first..=*cur).contains(e))
+        });
         self.needs.retain(|(g, e, asked), (t, _)| {
             if *asked {
                 open.get(g)
@@ -1429,11 +1519,28 @@ impl State {
     /// not), we publish it again, at most once per [`NEED_AFTER`] settle times. The tag
     /// is in clear in every vote, so anyone can ask; the answer is a ciphertext that was
     /// on the topic already, and the rate limit bounds what asking costs us.
-    pub(crate) fn on_need(&mut self, gid: &GroupId, tag: &[u8; 16]) -> Result<Outcome> {
+    pub(crate) fn on_need(
+        &mut self,
+        gid: &GroupId,
+        tag: &[u8; 16],
+        nonce: &[u8; 8],
+    ) -> Result<Outcome> {
         let Some(epoch) = self.epoch_of_tag(gid, tag)? else {
             self.stats.ignored += 1;
             return Ok(Outcome::Done);
         };
+        // A few members answer each request (`answers_need`).
+        let chosen = self.groups.get(gid).is_some_and(|g| {
+            answers_need(
+                tag,
+                nonce,
+                g.mls.own_leaf_index().u32(),
+                g.mls.members().map(|m| m.index.u32()),
+            )
+        });
+        if !chosen {
+            return Ok(Outcome::Done);
+        }
         let now = Instant::now();
         let gap = self.config.settle.saturating_mul(NEED_AFTER);
         let key = (gid.clone(), epoch, false);
@@ -1502,5 +1609,85 @@ impl State {
             .retain(|(_, _, asked), (t, _)| *asked || now < *t + gap);
         self.stats.needs_answered += 1;
         Ok(Outcome::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{NEED_ANSWERERS, NEED_STALL_CAP, answers_need, open_epoch_stalled};
+
+    #[test]
+    fn an_open_epoch_is_asked_for_once_its_votes_stop_coming() {
+        let gap = Duration::from_millis(800);
+        let ms = |n: u64| Duration::from_millis(n);
+        // Not before a gap after we left it, whatever the votes.
+        assert!(!open_epoch_stalled(799, None, gap));
+        // A gap after, with no vote since (or none ever): asked for.
+        assert!(open_epoch_stalled(800, None, gap));
+        assert!(open_epoch_stalled(2_000, Some(ms(800)), gap));
+        // Votes of voters new to us still came within the gap: the others are slower.
+        assert!(!open_epoch_stalled(800, Some(ms(0)), gap));
+        assert!(!open_epoch_stalled(3_199, Some(ms(799)), gap));
+        // But not for ever: from NEED_STALL_CAP gaps on, trickled votes hold nothing off.
+        let cap = 800 * NEED_STALL_CAP;
+        assert!(!open_epoch_stalled(cap - 1, Some(ms(10)), gap));
+        assert!(open_epoch_stalled(cap, Some(ms(0)), gap));
+    }
+
+    fn answerers(tag: &[u8; 16], nonce: &[u8; 8], leaves: &[u32]) -> Vec<u32> {
+        leaves
+            .iter()
+            .copied()
+            .filter(|&own| answers_need(tag, nonce, own, leaves.iter().copied()))
+            .collect()
+    }
+
+    #[test]
+    fn a_first_request_is_answered_by_a_few_members_and_each_later_one_by_a_few_more() {
+        let leaves: Vec<u32> = (0..50).collect();
+        let tag = [7u8; 16];
+        for attempt in 1u8..=20 {
+            let mut nonce = [attempt, 1, 2, 3, 4, 5, 6, 7];
+            for salt in 0u8..20 {
+                nonce[7] = salt;
+                let want = (NEED_ANSWERERS * usize::from(attempt)).min(leaves.len());
+                assert_eq!(
+                    answerers(&tag, &nonce, &leaves).len(),
+                    want,
+                    "attempt {attempt}"
+                );
+            }
+        }
+        // A nonce byte of 0 (a peer that does not count) is a first attempt.
+        assert_eq!(
+            answerers(&tag, &[0, 9, 9, 9, 9, 9, 9, 9], &leaves).len(),
+            NEED_ANSWERERS
+        );
+        // Small groups: everyone.
+        assert_eq!(answerers(&tag, &[1; 8], &[4, 9]), vec![4, 9]);
+        // A member not (yet) in the list still ranks itself among it.
+        let outside = (0..40u8)
+            .filter(|&s| answers_need(&tag, &[1, s, 0, 0, 0, 0, 0, 0], 99, leaves.iter().copied()))
+            .count();
+        assert!(outside > 0 && outside < 40, "{outside}");
+    }
+
+    #[test]
+    fn the_answerers_change_with_every_request() {
+        let leaves: Vec<u32> = (0..50).collect();
+        let tag = [3u8; 16];
+        let mut chosen = std::collections::BTreeSet::new();
+        for salt in 0u16..200 {
+            let [a, b] = salt.to_be_bytes();
+            chosen.extend(answerers(&tag, &[1, a, b, 0, 0, 0, 0, 0], &leaves));
+        }
+        // 600 picks over 50 members: each would be missed with probability (47/50)^200.
+        assert_eq!(chosen.len(), leaves.len());
+        // And they depend on the tag too (one epoch's slow members are not the next one's).
+        let other: Vec<u32> = answerers(&[4u8; 16], &[1, 0, 0, 0, 0, 0, 0, 0], &leaves);
+        let first: Vec<u32> = answerers(&tag, &[1, 0, 0, 0, 0, 0, 0, 0], &leaves);
+        assert_ne!(other, first);
     }
 }

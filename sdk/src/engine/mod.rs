@@ -155,6 +155,9 @@ pub(crate) struct State {
     /// Requests for missing commits: (group, epoch) -> when we last asked or answered,
     /// and how often we asked (see `finality::ask_missing`, `finality::on_need`).
     pub needs: BTreeMap<(GroupId, u64, bool), (Instant, u32)>,
+    /// When a vote from a voter (and round) new to us last arrived for an open epoch (see
+    /// `finality::ask_missing`: an epoch whose votes still come in is not asked for).
+    pub vote_progress: BTreeMap<(GroupId, u64), Instant>,
     /// Our rejoin requests, per group we cannot follow (see `recovery::ask_rejoin`).
     pub lost_asks: BTreeMap<GroupId, recovery::LostAsk>,
     /// Others' rejoin requests we honour at our turn (one per group and requester, so
