@@ -737,18 +737,13 @@ impl State {
         from_epoch: u64,
         keep: &[u8],
     ) -> Result<()> {
-        let rows: Vec<VoidRow> = self
-            .db()
-            .prepare_cached(
-                "SELECT welcome, invitee, void_id, void_key FROM pqmls_commits WHERE group_id = ?1 AND epoch >= ?2
+        self.void_rows_of(
+            gid,
+            "SELECT welcome, invitee, void_id, void_key FROM pqmls_commits WHERE group_id = ?1 AND epoch >= ?2
                  AND merged = 1 AND own = 1 AND hash != ?3 AND welcome IS NOT NULL AND invitee IS NOT NULL
                  AND void_id IS NOT NULL AND void_key IS NOT NULL",
-            )?
-            .query_map(params![gid.0, to_i64(from_epoch), keep], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        self.send_voids(gid, rows)
+            params![gid.0, to_i64(from_epoch), keep],
+        )
     }
 
     /// Withdraws the Welcomes of every add commit of ours for an epoch from `joined_epoch`
@@ -763,18 +758,13 @@ impl State {
     /// chain, leaves, reports `Unrecoverable` and is added again, loudly; a Welcome left
     /// standing on a dead branch keeps its invitee there silently.
     fn void_made_on_state(&mut self, gid: &GroupId, joined_epoch: u64) -> Result<()> {
-        let rows: Vec<VoidRow> = self
-            .db()
-            .prepare_cached(
-                "SELECT welcome, invitee, void_id, void_key FROM pqmls_commits WHERE group_id = ?1
+        self.void_rows_of(
+            gid,
+            "SELECT welcome, invitee, void_id, void_key FROM pqmls_commits WHERE group_id = ?1
                  AND own = 1 AND epoch >= ?2 AND welcome IS NOT NULL AND invitee IS NOT NULL
                  AND void_id IS NOT NULL AND void_key IS NOT NULL",
-            )?
-            .query_map(params![gid.0, to_i64(joined_epoch)], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        self.send_voids(gid, rows)
+            params![gid.0, to_i64(joined_epoch)],
+        )
     }
 
     /// After we joined `gid` again at `epoch`: withdraws the Welcomes of our add commits
@@ -841,18 +831,13 @@ impl State {
     /// their invitees hold dead states. (Withdrawing earlier, at a branch move, would
     /// withdraw a Welcome whose commit could still become final.)
     fn void_dead(&mut self, gid: &GroupId, epoch: u64, keep: &[u8]) -> Result<()> {
-        let rows: Vec<VoidRow> = self
-            .db()
-            .prepare_cached(
-                "SELECT welcome, invitee, void_id, void_key FROM pqmls_commits WHERE group_id = ?1 AND epoch = ?2
+        self.void_rows_of(
+            gid,
+            "SELECT welcome, invitee, void_id, void_key FROM pqmls_commits WHERE group_id = ?1 AND epoch = ?2
                  AND own = 1 AND hash != ?3 AND welcome IS NOT NULL AND invitee IS NOT NULL
                  AND void_id IS NOT NULL AND void_key IS NOT NULL",
-            )?
-            .query_map(params![gid.0, to_i64(epoch), keep], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        self.send_voids(gid, rows)
+            params![gid.0, to_i64(epoch), keep],
+        )
     }
 
     /// `epoch` is final with `keep`: withdraws the Welcomes of our add commits that can
@@ -915,6 +900,22 @@ impl State {
             )?
             .execute(params![gid.0, commit_hash, final_epoch, MAX_ANCESTRY])?;
         Ok(())
+    }
+
+    /// Withdraws the Welcomes of the `pqmls_commits` rows `sql` selects (welcome,
+    /// invitee, void id, void key), bound to `params`.
+    fn void_rows_of(
+        &mut self,
+        gid: &GroupId,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<()> {
+        let rows: Vec<VoidRow> = self
+            .db()
+            .prepare_cached(sql)?
+            .query_map(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        self.send_voids(gid, rows)
     }
 
     fn send_voids(&mut self, gid: &GroupId, rows: Vec<VoidRow>) -> Result<()> {
