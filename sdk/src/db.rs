@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 
 /// Version of the SDK schema, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 11;
+const SCHEMA_VERSION: i64 = 12;
 
 /// Creates the SDK's tables if they do not exist yet, and brings an older schema up to date.
 pub(crate) fn migrate(db: &Connection) -> Result<()> {
@@ -48,7 +48,38 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
     if version < 10 {
         migrate_v10(db)?;
     }
-    migrate_v11(db)
+    if version < 11 {
+        migrate_v11(db)?;
+    }
+    migrate_v12(db)
+}
+
+/// Version 12: late messages of the epochs before a join (`inbound::decrypt_past`). The
+/// member records of the state a join replaced, kept apart as long as its snapshots
+/// (until `replaced_until_ms`), and when each Welcome kept aside arrived (one to an epoch
+/// before our join reads that epoch's messages for a bounded time only).
+fn migrate_v12(db: &Connection) -> Result<()> {
+    db.execute_batch(
+        "BEGIN;
+         -- The records of `pqmls_epochs` of the state the current one replaced (a re-add
+         -- after a removal or a lost state): the senders of its late messages. Apart, so
+         -- that nothing that decides (finality, abstentions) reads them as records of
+         -- our branch.
+         CREATE TABLE IF NOT EXISTS pqmls_replaced_epochs (
+             group_id BLOB NOT NULL,
+             epoch INTEGER NOT NULL,
+             members TEXT NOT NULL,
+             PRIMARY KEY (group_id, epoch)
+         );
+         -- Until when (`State::horizon_ms`) the replaced state's snapshots and records
+         -- are kept; NULL once they are gone.
+         ALTER TABLE pqmls_joins ADD COLUMN replaced_until_ms INTEGER;
+         -- When a kept Welcome arrived (`State::horizon_ms`; 0: before this version).
+         ALTER TABLE pqmls_welcomes ADD COLUMN received_ms INTEGER NOT NULL DEFAULT 0;
+         PRAGMA user_version = 12;
+         COMMIT;",
+    )?;
+    Ok(())
 }
 
 /// Version 11: the branch each of our add commits was made on, as the commits we had
@@ -625,22 +656,23 @@ pub(crate) fn prune_snapshots(db: &Connection, group: &[u8], keep_from: u64) -> 
     delete_snapshots(db, group, "<", keep_from)
 }
 
-/// Deletes a group's snapshots of epochs before `keep_from` but `keep` (the first open
-/// epoch's, kept longer: `Config::open_epoch_horizon`).
+/// Deletes a group's snapshots of epochs from `floor` to before `keep_from`, but `keep`
+/// (the first open epoch's, kept longer: `Config::open_epoch_horizon`). Those before
+/// `floor` are of a state the current one replaced, kept for a while on their own terms
+/// (`State::snapshot_floor`); a `floor` of 0 leaves none out.
 pub(crate) fn prune_snapshots_but(
     db: &Connection,
     group: &[u8],
     keep_from: u64,
     keep: Option<u64>,
+    floor: u64,
 ) -> Result<()> {
-    let Some(keep) = keep.filter(|k| *k < keep_from) else {
-        return prune_snapshots(db, group, keep_from);
-    };
+    let keep = keep.filter(|k| *k < keep_from).map_or(-1, to_i64);
     for table in SNAP_TABLES {
         db.prepare_cached(&format!(
-            "DELETE FROM {table} WHERE snap_group = ?1 AND snap_epoch < ?2 AND snap_epoch != ?3"
+            "DELETE FROM {table} WHERE snap_group = ?1 AND snap_epoch < ?2 AND snap_epoch >= ?3 AND snap_epoch != ?4"
         ))?
-        .execute(params![group, to_i64(keep_from), to_i64(keep)])?;
+        .execute(params![group, to_i64(keep_from), to_i64(floor), keep])?;
     }
     Ok(())
 }
@@ -671,4 +703,69 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 /// Back from SQLite's integer (negative values, which we never write, read as 0).
 pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(db: &Connection) -> i64 {
+        db.pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A database of version 11 (the release before the replaced state's records and the
+    /// kept Welcomes' arrival times) gets both, its rows intact; before, the new table
+    /// existed only in databases created from scratch, and every join over a state failed
+    /// on the others.
+    #[test]
+    fn a_version_11_database_is_brought_up_to_date() {
+        let db = Connection::open_in_memory().unwrap();
+        create_v1(&db).unwrap();
+        for step in [
+            migrate_v2,
+            migrate_v3,
+            migrate_v4,
+            migrate_v5,
+            migrate_v6,
+            migrate_v7,
+            migrate_v8,
+            migrate_v9,
+            migrate_v10,
+            migrate_v11,
+        ] {
+            step(&db).unwrap();
+        }
+        assert_eq!(version(&db), 11);
+        db.execute(
+            "INSERT INTO pqmls_welcomes (group_id, epoch, payload) VALUES (x'01', 3, x'02')",
+            [],
+        )
+        .unwrap();
+        assert!(
+            db.prepare("SELECT * FROM pqmls_replaced_epochs").is_err(),
+            "version 11 has no such table"
+        );
+
+        migrate(&db).unwrap();
+        assert_eq!(version(&db), SCHEMA_VERSION);
+        let received: i64 = db
+            .query_row(
+                "SELECT received_ms FROM pqmls_welcomes WHERE epoch = 3",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(received, 0, "an old kept Welcome reads nothing (too old)");
+        db.execute(
+            "INSERT INTO pqmls_replaced_epochs (group_id, epoch, members) VALUES (x'01', 2, '')",
+            [],
+        )
+        .unwrap();
+        db.prepare("SELECT replaced_until_ms FROM pqmls_joins")
+            .unwrap();
+        // Opening it again changes nothing.
+        migrate(&db).unwrap();
+        assert_eq!(version(&db), SCHEMA_VERSION);
+    }
 }

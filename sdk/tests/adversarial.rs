@@ -840,3 +840,94 @@ async fn a_late_message_is_attributed_to_its_sender_not_to_the_leafs_next_holder
         .unwrap();
     assert_eq!((m.sender.id, m.sender.name.as_str()), (b.id(), "b"));
 }
+
+/// The plaintext of a text message in the SDK's encoding (postcard: uid, sent time as a
+/// varint, variant 0, the length-prefixed bytes).
+fn app_text(uid: [u8; 16], body: &[u8]) -> Vec<u8> {
+    let mut out = uid.to_vec();
+    out.extend(leb128(1_700_000_000_000));
+    out.push(0);
+    out.extend(leb128(body.len()));
+    out.extend_from_slice(body);
+    out
+}
+
+/// A member reads the messages of an epoch before its join with a Welcome to that epoch
+/// that came late (`read_with_kept_welcome`; a member removed and added again before its
+/// first Welcome arrived). Mallory, listed in the group when dave joined, makes up a group
+/// with the group's id at an epoch before dave's join, invites dave into it with his
+/// last-resort key package and writes there, signing as herself; `removed`: the group
+/// removed her before.
+async fn made_up_state_before_a_join(removed: bool) {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let bob = client(&net, config("bob")).await;
+    let dave = client(&net, config("dave")).await;
+    let mallory = Mallory::new(&net, "mallory");
+    mallory.publish_key_package().await;
+    let g = group(&[&alice, &bob]).await;
+    alice.invite(&g, &mallory.id()).await.unwrap();
+    converge(&[&alice, &bob], &g, 2).await;
+    alice.invite(&g, &dave.id()).await.unwrap();
+    until("dave in", async || {
+        dave.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    converge(&[&alice, &bob, &dave], &g, 3).await;
+    if removed {
+        alice.remove(&g, &mallory.id()).await.unwrap();
+        converge(&[&alice, &bob, &dave], &g, 4).await;
+    }
+    let before = dave.status(&g).await.unwrap();
+
+    let kp = key_package(&mallory.transport, &dave.id(), "last-resort").await;
+    let mut fake = mallory.group_with_id(&g);
+    let (_, welcome) = mallory.add(&mut fake, &[kp]);
+    assert_eq!(fake.epoch().as_u64(), 1, "an epoch before dave's join");
+    publish(
+        &mallory.transport,
+        &inbox_topic(&dave.id()),
+        &[envelope(WELCOME, &[], &welcome)],
+    )
+    .await;
+    let body = b"mallory, in a state she made up";
+    let msg = mallory.message(&mut fake, &app_text([0x42; 16], body));
+    publish(
+        &mallory.transport,
+        &group_topic(&g),
+        &[envelope(APPLICATION, &[0x77; 16], &msg)],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Kept aside (so the path that reads with it was open to her), and nothing read.
+    assert_eq!(dave.table_sizes().await.unwrap()["pqmls_welcomes"], 1);
+    for c in [&alice, &bob, &dave] {
+        assert!(
+            !c.history(&g, 100)
+                .await
+                .unwrap()
+                .iter()
+                .any(|m| m.body == body),
+            "mallory's message was read"
+        );
+    }
+    assert_eq!(dave.status(&g).await.unwrap(), before);
+}
+
+/// Attack: a removed member writes into the epochs before a member's join. Without the
+/// rule that the Welcome's sender be a member now, dave read her message as one of the
+/// group's, written after her removal.
+#[tokio::test(start_paused = true)]
+async fn a_removed_member_writes_nothing_into_the_epochs_before_a_join() {
+    made_up_state_before_a_join(true).await;
+}
+
+/// Attack: a member makes up a state of the group at an epoch before another's join, where
+/// only the victim reads what she writes, backdated, under any name her made-up tree
+/// gives her. Without the rule that the signer be another member than the Welcome's
+/// sender, dave read it (found by a review of the change).
+#[tokio::test(start_paused = true)]
+async fn a_member_writes_nothing_into_a_state_she_made_up() {
+    made_up_state_before_a_join(false).await;
+}

@@ -950,7 +950,14 @@ impl State {
         // A member that this epoch's commit removed keeps the state it was last in until
         // the removal grace ends, to read late messages of its epochs.
         let removed = self.groups.get(gid).is_some_and(|g| !g.mls.is_active());
-        db::prune_snapshots(self.db(), &gid.0, if removed { epoch } else { epoch + 1 })?;
+        let floor = self.snapshot_floor(gid)?;
+        db::prune_snapshots_but(
+            self.db(),
+            &gid.0,
+            if removed { epoch } else { epoch + 1 },
+            None,
+            floor,
+        )?;
         let e = to_i64(epoch);
         // The final commit itself is kept (a public ciphertext) for `KEEP_FINAL` epochs, to
         // publish it again for a member that missed it (`on_need`), with the epoch's tag.
@@ -999,7 +1006,23 @@ impl State {
         let horizon = u64::try_from(self.config.fork_horizon.as_millis()).unwrap_or(u64::MAX);
         let cutoff = to_i64(self.horizon_ms().saturating_sub(horizon));
         let gids: Vec<GroupId> = self.groups.keys().cloned().collect();
+        let now = to_i64(self.horizon_ms());
         for gid in gids {
+            // A replaced state's snapshots and records, once their time is up.
+            let expired: Option<i64> = self
+                .db()
+                .prepare_cached(
+                    "UPDATE pqmls_joins SET replaced_until_ms = NULL
+                     WHERE group_id = ?1 AND replaced_until_ms <= ?2 RETURNING epoch",
+                )?
+                .query_row(params![gid.0, now], |r| r.get(0))
+                .optional()?;
+            if let Some(first) = expired {
+                db::prune_snapshots(self.db(), &gid.0, to_u64(first))?;
+                self.db()
+                    .prepare_cached("DELETE FROM pqmls_replaced_epochs WHERE group_id = ?1")?
+                    .execute([&gid.0])?;
+            }
             // The newest epoch entered before the cutoff: every epoch before it was left
             // before the cutoff.
             let entered: Option<i64> = self
@@ -1010,10 +1033,31 @@ impl State {
                 .query_row(params![gid.0, cutoff], |r| r.get(0))?;
             if let Some(e) = entered {
                 let keep = self.open_epoch_kept(&gid)?;
-                db::prune_snapshots_but(self.db(), &gid.0, to_u64(e), keep)?;
+                let floor = self.snapshot_floor(&gid)?;
+                db::prune_snapshots_but(self.db(), &gid.0, to_u64(e), keep, floor)?;
             }
         }
         Ok(())
+    }
+
+    /// The epoch below which snapshots are of a state the current one replaced and are
+    /// not pruned with the current state's: our first epoch in this state until its
+    /// `pqmls_joins.replaced_until_ms`, else 0. A member removed and added again (or
+    /// whose state died and that a member added again) may get late messages of the old
+    /// state's last epochs after the new state's first finalisation (honest seed 48: a
+    /// message of the epoch before the re-add, 170 ms after the join); a removed state is
+    /// kept [`crate::Config::removal_grace`] for the same reason, and so are these
+    /// snapshots (in the database, so that a reload or restart keeps the bound), then they
+    /// go (`expire_snapshots`).
+    pub(crate) fn snapshot_floor(&self, gid: &GroupId) -> Result<u64> {
+        let first: Option<i64> = self
+            .db()
+            .prepare_cached(
+                "SELECT epoch FROM pqmls_joins WHERE group_id = ?1 AND replaced_until_ms > ?2",
+            )?
+            .query_row(params![gid.0, to_i64(self.horizon_ms())], |r| r.get(0))
+            .optional()?;
+        Ok(first.map_or(0, to_u64))
     }
 
     /// The first open epoch (the oldest not final), if its snapshot is still to be kept

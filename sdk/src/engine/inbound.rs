@@ -7,21 +7,23 @@
 //! ([`crate::trust::epoch_slot`]); what does not fit now is *deferred*: not marked as seen,
 //! so a later catch-up from the store nodes brings it again.
 
+use std::collections::BTreeMap;
+
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
 use pqmls_transport::{Message, MessageId};
 use rusqlite::{OptionalExtension, params};
 use tokio::time::Instant;
 
-use super::{Outcome, State};
+use super::{Outcome, State, decode_members};
 use crate::GroupId;
 use crate::config::FailPoint;
 use crate::db::{self, to_i64, to_u64};
 use crate::error::{Error, Result, mls};
 use crate::event::{Event, ReceivedMessage};
-use crate::identity::Member;
+use crate::identity::{Member, UserId};
 use crate::trust::{EpochSlot, epoch_slot};
-use crate::wire::{self, AppPayload, Content, Wire};
+use crate::wire::{self, AppPayload, Content, VOID_EXPORTER_LABEL, VoidKeys, Wire};
 
 /// What reading a message with a past epoch's snapshot gave.
 enum PastRead {
@@ -37,15 +39,21 @@ impl State {
     /// Handles one payload from gossip or history. Never fails on bad input: malformed or
     /// unprocessable payloads are counted and dropped.
     pub(crate) fn handle(&mut self, msg: &Message) -> Result<Outcome> {
+        self.handle_new(msg).map(|(o, _)| o)
+    }
+
+    /// [`State::handle`], and whether the payload was new to us (not marked seen before:
+    /// never one of our own, which are marked when enqueued).
+    pub(crate) fn handle_new(&mut self, msg: &Message) -> Result<(Outcome, bool)> {
         if self.is_seen(&msg.id)? {
             self.stats.duplicates += 1;
-            return Ok(Outcome::Done);
+            return Ok((Outcome::Done, false));
         }
         if msg.topic != self.inbox && !self.topics.contains_key(&msg.topic) {
             // A group we do not hold (any more, or yet): not marked as seen, so that the
             // catch-up after a (re)join reads it.
             self.stats.ignored += 1;
-            return Ok(Outcome::Done);
+            return Ok((Outcome::Done, true));
         }
         self.tx(|s| {
             let outcome = s.dispatch(msg)?;
@@ -53,7 +61,7 @@ impl State {
                 Outcome::Done => s.mark_seen(&msg.id)?,
                 Outcome::Deferred => s.stats.deferred += 1,
             }
-            Ok(outcome)
+            Ok((outcome, true))
         })
     }
 
@@ -246,18 +254,67 @@ impl State {
         // it, and each try costs a restore from the budget.)
         // A later state keeps the secrets of `past_epoch_secrets` epochs before it.
         let mut last = epoch.saturating_add(self.config.past_epoch_secrets);
-        if let Some(first) = self.first_epoch(gid)?
-            && epoch < first
-        {
+        let before_join = self.first_epoch(gid)?.filter(|f| epoch < *f);
+        if let Some(first) = before_join {
             last = last.min(first - 1);
         }
-        let Some(at) = db::snapshot_between(self.db(), &gid.0, epoch, last)? else {
+        let kept = before_join.is_some() && self.kept_welcome_at(gid, epoch)?;
+        let read = match db::snapshot_between(self.db(), &gid.0, epoch, last)? {
+            Some(at) => {
+                // Anyone can name an old epoch in the framing: each try costs a restore.
+                if !self.take_past_read(gid) {
+                    return Ok(PastRead::NoBudget);
+                }
+                match self.read_with_snapshot(gid, at, pm.clone())? {
+                    // A snapshot that cannot read it (one of a dead branch of the replaced
+                    // state) does not hide a Welcome kept aside that may.
+                    None if kept => self.read_with_kept_welcome(gid, epoch, pm)?,
+                    read => read,
+                }
+            }
+            None if kept => {
+                // As costly as a restore (a Welcome staged): the same budget.
+                if !self.take_past_read(gid) {
+                    return Ok(PastRead::NoBudget);
+                }
+                self.read_with_kept_welcome(gid, epoch, pm)?
+            }
+            None => {
+                tracing::debug!(
+                    "{}: group {gid}: no snapshot to read a message of epoch {epoch} (first epoch of this state {before_join:?})",
+                    self.name
+                );
+                return Ok(PastRead::Unreadable);
+            }
+        };
+        let Some((sender, epoch, bytes)) = read else {
+            tracing::debug!(
+                "{}: group {gid}: a message of epoch {epoch} unreadable with the snapshot or Welcome that should read it",
+                self.name
+            );
             return Ok(PastRead::Unreadable);
         };
-        // Anyone can name an old epoch in the framing: each try costs a restore.
-        if !self.take_past_read(gid) {
-            return Ok(PastRead::NoBudget);
+        match AppPayload::decode(&bytes) {
+            Some(AppPayload {
+                uid,
+                sent_ms,
+                content: Content::Text(body),
+            }) => self.record_message(gid, &sender, epoch, &uid, sent_ms, body)?,
+            // A leave request is for the members; we are not one any more.
+            Some(_) => self.stats.ignored += 1,
+            None => self.stats.rejected += 1,
         }
+        Ok(PastRead::Read)
+    }
+
+    /// Reads an application message with the snapshot of epoch `at` (restored in a
+    /// savepoint that is rolled back): its sender and epoch, and the plaintext.
+    fn read_with_snapshot(
+        &mut self,
+        gid: &GroupId,
+        at: u64,
+        pm: ProtocolMessage,
+    ) -> Result<Option<(Member, u64, Vec<u8>)>> {
         let (key, _) = self.storage_keys(gid)?;
         self.db().execute_batch("SAVEPOINT pqmls_past")?;
         let read = (|| -> Result<Option<(Member, u64, Vec<u8>)>> {
@@ -286,20 +343,192 @@ impl State {
         })();
         self.db()
             .execute_batch("ROLLBACK TO pqmls_past; RELEASE pqmls_past")?;
-        let Some((sender, epoch, bytes)) = read? else {
-            return Ok(PastRead::Unreadable);
-        };
-        match AppPayload::decode(&bytes) {
-            Some(AppPayload {
-                uid,
-                sent_ms,
-                content: Content::Text(body),
-            }) => self.record_message(gid, &sender, epoch, &uid, sent_ms, body)?,
-            // A leave request is for the members; we are not one any more.
-            Some(_) => self.stats.ignored += 1,
-            None => self.stats.rejected += 1,
+        read
+    }
+
+    /// Whether a Welcome to `epoch` of the group from a known member is kept aside and
+    /// still young enough to read that epoch's messages with
+    /// ([`State::read_with_kept_welcome`]).
+    fn kept_welcome_at(&self, gid: &GroupId, epoch: u64) -> Result<bool> {
+        Ok(self
+            .db()
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM pqmls_welcomes WHERE group_id = ?1 AND epoch = ?2 AND sender_known AND received_ms >= ?3)",
+            )?
+            .query_row(
+                params![gid.0, to_i64(epoch), self.kept_welcome_since()],
+                |r| r.get(0),
+            )?)
+    }
+
+    /// The oldest arrival (`pqmls_welcomes.received_ms`) of a Welcome kept aside that
+    /// still reads messages: [`crate::Config::past_epoch_secrets_max_age`] ago, the age
+    /// at which our own state forgets a past epoch's secrets.
+    fn kept_welcome_since(&self) -> i64 {
+        let age =
+            u64::try_from(self.config.past_epoch_secrets_max_age.as_millis()).unwrap_or(u64::MAX);
+        to_i64(self.horizon_ms().saturating_sub(age))
+    }
+
+    /// Reads an application message of an `epoch` before our join with a Welcome to that
+    /// epoch kept aside: we were added at `epoch`, removed before that Welcome reached us
+    /// and added again (honest simulation seed 104: the messages of that epoch were for
+    /// us, and no state of ours could read them). The Welcome is staged and joined in a
+    /// savepoint that is rolled back, as a snapshot is restored: nothing of it stays, it
+    /// never votes, commits or sends, and the Welcome stays kept aside as before.
+    ///
+    /// Why it lets nobody in. The state such a Welcome gives is not checked against our
+    /// chain (that would need the commits from its epoch to our join), so it is trusted
+    /// only as far as its signatures are, and only for a while:
+    /// - the Welcome's sender (whose key signed its GroupInfo, RFC 9420 §12.4.3.1) must be
+    ///   a member of our live state now, so a removed member cannot make us read
+    ///   anything; and the Welcome must not be withdrawn (`Void`: its add lost);
+    /// - the message's signer (the leaf whose key MLS checked its signature with) must be
+    ///   a user our chain lists (the live tree or the record of an epoch of ours), shown
+    ///   under the name our chain knows, and not the Welcome's sender: a member that made
+    ///   up a state can sign in it only as itself, and its own messages are not read this
+    ///   way, so a made-up state reads nothing without a second member's key. A real
+    ///   member's message cannot be replayed into a made-up state: the key schedule binds
+    ///   the group context, tree hash included (RFC 9420 §8), so a made-up tree has other
+    ///   epoch secrets;
+    /// - the Welcome reads for [`crate::Config::past_epoch_secrets_max_age`] after it
+    ///   arrived, as our own state keeps a past epoch's secrets: a member removed since,
+    ///   who still holds that epoch's secrets, cannot write into it for longer.
+    fn read_with_kept_welcome(
+        &mut self,
+        gid: &GroupId,
+        epoch: u64,
+        pm: ProtocolMessage,
+    ) -> Result<Option<(Member, u64, Vec<u8>)>> {
+        let live: BTreeMap<UserId, String> = self
+            .group(gid)?
+            .mls
+            .members()
+            .map(|m| {
+                let m = self.member_of(&m.credential, &m.signature_key);
+                (m.id, m.name)
+            })
+            .collect();
+        // Only those of live members, before any is staged (at most the cap of kept
+        // Welcomes, `Limits::kept_welcomes`).
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = self
+            .db()
+            .prepare_cached(
+                "SELECT payload, inviter_id FROM pqmls_welcomes
+                 WHERE group_id = ?1 AND epoch = ?2 AND sender_known AND received_ms >= ?3
+                 ORDER BY id DESC",
+            )?
+            .query_map(
+                params![gid.0, to_i64(epoch), self.kept_welcome_since()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .collect::<Result<_, _>>()?;
+        for (bytes, inviter_id) in rows {
+            let from_live = <[u8; 32]>::try_from(inviter_id.as_slice())
+                .is_ok_and(|id| live.contains_key(&UserId(id)));
+            if !from_live {
+                continue;
+            }
+            let hash = wire::welcome_hash(&bytes);
+            self.db().execute_batch("SAVEPOINT pqmls_late_welcome")?;
+            let read = (|| -> Option<(Member, u64, Vec<u8>)> {
+                let msg = MlsMessageIn::tls_deserialize_exact(bytes.as_slice()).ok()?;
+                let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+                    return None;
+                };
+                let processed = ProcessedWelcome::new_from_welcome(
+                    &self.provider,
+                    &self.join_config(),
+                    welcome,
+                )
+                .ok()?;
+                let info = processed.unverified_group_info();
+                if info.group_id().as_slice() != gid.0.as_slice() || info.epoch().as_u64() != epoch
+                {
+                    return None;
+                }
+                let staged = JoinBuilder::new(&self.provider, processed)
+                    .replace_old_group()
+                    .build()
+                    .ok()?;
+                let context = staged.group_context();
+                if context.group_id().as_slice() != gid.0.as_slice()
+                    || context.epoch().as_u64() != epoch
+                {
+                    return None;
+                }
+                let inviter = staged.welcome_sender().ok()?;
+                let inviter_key = inviter.signature_key().as_slice().to_vec();
+                let inviter = self.member_of(inviter.credential(), &inviter_key);
+                if !live.contains_key(&inviter.id) {
+                    return None;
+                }
+                let exported = staged
+                    .export_secret(self.provider.crypto(), VOID_EXPORTER_LABEL, &hash, 32)
+                    .ok()?;
+                if self
+                    .voided(gid, &hash, &VoidKeys::derive(&exported), &inviter_key)
+                    .unwrap_or(true)
+                {
+                    return None;
+                }
+                let mut past = staged.into_group(&self.provider).ok()?;
+                let processed = past.process_message(&self.provider, pm.clone()).ok()?;
+                let sender = self.sender_member(gid, &past, &processed)?;
+                if sender.id == inviter.id {
+                    return None;
+                }
+                let epoch = processed.epoch().as_u64();
+                match processed.into_content() {
+                    ProcessedMessageContent::ApplicationMessage(app) => {
+                        Some((sender, epoch, app.into_bytes()))
+                    }
+                    _ => None,
+                }
+            })();
+            self.db()
+                .execute_batch("ROLLBACK TO pqmls_late_welcome; RELEASE pqmls_late_welcome")?;
+            let Some((mut sender, epoch, bytes)) = read else {
+                continue;
+            };
+            let Some(name) = self.chain_name(gid, &sender.id, &live)? else {
+                continue;
+            };
+            sender.name = name;
+            tracing::debug!(
+                "{}: group {gid}: read a message of epoch {epoch} (before our join) with a Welcome kept aside",
+                self.name
+            );
+            return Ok(Some((sender, epoch, bytes)));
         }
-        Ok(PastRead::Read)
+        Ok(None)
+    }
+
+    /// The name our chain knows `user` by (the live tree, then the records of our
+    /// epochs, newest first); `None` if it lists no such user.
+    fn chain_name(
+        &self,
+        gid: &GroupId,
+        user: &UserId,
+        live: &BTreeMap<UserId, String>,
+    ) -> Result<Option<String>> {
+        if let Some(name) = live.get(user) {
+            return Ok(Some(name.clone()));
+        }
+        let first = self.first_epoch(gid)?.unwrap_or(0);
+        let records: Vec<String> = self
+            .db()
+            .prepare_cached(
+                "SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch >= ?2 ORDER BY epoch DESC",
+            )?
+            .query_map(params![gid.0, to_i64(first)], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(records.iter().find_map(|text| {
+            decode_members(text)
+                .into_iter()
+                .find(|(_, m)| m.id == *user)
+                .map(|(_, m)| m.name)
+        }))
     }
 
     /// Stores a received message and reports it, unless its uid was seen before.
@@ -398,13 +627,18 @@ impl State {
         Ok(Ok(()))
     }
 
-    /// Handles the buffered messages that may now be processable. Stops (and keeps the
-    /// rest) when the snapshot-restore budget runs out; the tick tries again.
+    /// Handles the buffered messages that may now be processable. Those that need a
+    /// snapshot restore once the budget is spent are kept; the tick tries again.
     pub(crate) fn replay_pending(&mut self, gid: &GroupId) -> Result<()> {
         let Some(g) = self.groups.get(gid) else {
             return Ok(());
         };
         let epoch = g.mls.epoch().as_u64();
+        // Which rows need a snapshot restore (or a kept Welcome staged) to be read: all
+        // of a state a commit removed us from, those before our join otherwise.
+        let active = g.mls.is_active();
+        let first = self.first_epoch(gid)?;
+        let mut out_of_budget = false;
         let rows: Vec<(Vec<u8>, i64, Vec<u8>)> = self
             .db()
             .prepare_cached(
@@ -415,6 +649,10 @@ impl State {
         for (id, row_epoch, payload) in rows {
             if !self.groups.contains_key(gid) {
                 break;
+            }
+            if out_of_budget && (!active || first.is_some_and(|f| to_u64(row_epoch) < f)) {
+                // Needs the budget that is spent: left where it is, untouched.
+                continue;
             }
             self.db()
                 .prepare_cached("DELETE FROM pqmls_pending WHERE group_id = ?1 AND id = ?2")?
@@ -428,7 +666,15 @@ impl State {
             }
             if self.on_application(gid, MessageId(mid), &payload, auth, &mls)? == Outcome::Deferred
             {
-                // Out of budget: back where it was, and stop for now.
+                // Out of budget: back where it was, for the tick to try again, and so are
+                // the other rows that need a restore (skipped above: a flood of old
+                // epochs' junk costs one try per budget token, not a pass over every row
+                // per tick). The rest goes on: a message of an epoch our state reads
+                // costs no restore, and must not wait behind old ones that do (honest
+                // seed 97: messages of an epoch before a re-add, unreadable with the old
+                // state's snapshots, took the budget at every replay ahead of the last
+                // two epochs' messages).
+                out_of_budget = true;
                 self.db()
                     .prepare_cached(
                         "INSERT OR IGNORE INTO pqmls_pending (group_id, id, epoch, payload) VALUES (?1, ?2, ?3, ?4)",
@@ -437,7 +683,6 @@ impl State {
                 if let Some(g) = self.groups.get_mut(gid) {
                     g.replay_due = true;
                 }
-                break;
             }
         }
         Ok(())

@@ -122,6 +122,11 @@ impl State {
             Join::Refused => Ok(false),
             Join::KeptAside(gid, epoch, sender, known) => {
                 self.keep_aside(&gid, epoch, &sender, known, bytes)?;
+                // A Welcome to an epoch before our join, from a member: the messages of
+                // that epoch we hold unread may be ours (`read_with_kept_welcome`).
+                if known && self.first_epoch(&gid)?.is_some_and(|f| epoch < f) {
+                    self.replay_pending(&gid)?;
+                }
                 Ok(false)
             }
             Join::Invitation(gid, epoch, inviter) => {
@@ -151,8 +156,9 @@ impl State {
             self.stats.duplicates += 1;
             return Ok(());
         }
-        self.db().prepare_cached("INSERT INTO pqmls_welcomes (group_id, epoch, payload, inviter_id, sender_known) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(
-            params![gid.0, to_i64(epoch), bytes, &sender.0[..], known],
+        let received = to_i64(self.horizon_ms());
+        self.db().prepare_cached("INSERT INTO pqmls_welcomes (group_id, epoch, payload, inviter_id, sender_known, received_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
+            params![gid.0, to_i64(epoch), bytes, &sender.0[..], known, received],
         )?;
         let cap = to_i64(self.config.limits.kept_welcomes as u64);
         self.db().prepare_cached("DELETE FROM pqmls_welcomes WHERE group_id = ?1 AND id NOT IN
@@ -469,6 +475,18 @@ impl State {
             }
             _ => None,
         };
+        // The replaced state's last epoch, if it could still read it: snapshotted, so that
+        // its late messages can be read after the join (a state that a commit removed us
+        // from has its snapshot of that commit's epoch already).
+        let replaced = if let Some(old) = self.groups.get(&gid) {
+            let at = old.mls.epoch().as_u64();
+            if old.mls.is_active() && at < epoch && !db::has_snapshot(self.db(), &gid.0, at)? {
+                self.take_snapshot(&gid, at)?;
+            }
+            true
+        } else {
+            false
+        };
         if let Some(mut old) = self.groups.remove(&gid) {
             // Removed (in the grace period) and invited again: the new Welcome replaces the
             // dead state, whose snapshots and plans are void.
@@ -497,6 +515,17 @@ impl State {
             // requests for commits or for a re-add) is decided by those who were there.
             // But for its last final epoch: on the chain of every member, so if this
             // Welcome is withdrawn we ask to be added again under its keys (`on_void`).
+            // Kept apart while the old state's snapshots are (`State::snapshot_floor`):
+            // the senders of its late messages.
+            self.db()
+                .prepare_cached("DELETE FROM pqmls_replaced_epochs WHERE group_id = ?1")?
+                .execute([&gid.0])?;
+            self.db()
+                .prepare_cached(
+                    "INSERT INTO pqmls_replaced_epochs (group_id, epoch, members)
+                     SELECT group_id, epoch, members FROM pqmls_epochs WHERE group_id = ?1 AND epoch < ?2",
+                )?
+                .execute(params![gid.0, to_i64(epoch)])?;
             self.db()
                 .prepare_cached("DELETE FROM pqmls_epochs WHERE group_id = ?1 AND epoch IS NOT ?2")?
                 .execute(params![gid.0, prior_final])?;
@@ -511,6 +540,7 @@ impl State {
         )?;
         let group = staged.into_group(&self.provider).map_err(mls)?;
         self.add_group(&gid, group)?;
+
         if let Some(first) = open_from {
             self.void_adds_off_the_tree(&gid, first, epoch)?;
         }
@@ -526,8 +556,12 @@ impl State {
              (SELECT welcome_hash FROM pqmls_used_welcomes WHERE group_id = ?1 ORDER BY used_ms DESC, rowid DESC LIMIT 64)")?.execute(
             [&gid.0],
         )?;
-        self.db().prepare_cached("INSERT OR REPLACE INTO pqmls_joins (group_id, welcome_hash, inviter_key, joined_seq, epoch, void_id, void_key, prior_final)
-             VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) FROM pqmls_messages), ?4, ?5, ?6, ?7)")?.execute(
+        // The replaced state's snapshots and records are kept `removal_grace`, as a
+        // removed state is (`State::snapshot_floor`).
+        let grace = u64::try_from(self.config.removal_grace.as_millis()).unwrap_or(u64::MAX);
+        let replaced_until = replaced.then(|| to_i64(self.horizon_ms().saturating_add(grace)));
+        self.db().prepare_cached("INSERT OR REPLACE INTO pqmls_joins (group_id, welcome_hash, inviter_key, joined_seq, epoch, void_id, void_key, prior_final, replaced_until_ms)
+             VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) FROM pqmls_messages), ?4, ?5, ?6, ?7, ?8)")?.execute(
             params![
                 gid.0,
                 &hash[..],
@@ -535,7 +569,8 @@ impl State {
                 to_i64(epoch),
                 &void.id[..],
                 &void.key[..],
-                prior_final
+                prior_final,
+                replaced_until
             ],
         )?;
         self.db()
@@ -618,7 +653,7 @@ impl State {
     }
 
     /// Whether a Void received earlier withdraws this Welcome.
-    fn voided(
+    pub(crate) fn voided(
         &self,
         gid: &GroupId,
         hash: &[u8; 32],

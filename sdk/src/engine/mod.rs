@@ -426,14 +426,27 @@ impl State {
             mls.member_at(*leaf)
                 .map(|m| self.member_of(&m.credential, &m.signature_key))?
         } else {
-            let text: String = self
-                .db()
-                .prepare_cached(
-                    "SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch = ?2",
-                )
-                .ok()?
-                .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
-                .ok()?;
+            // An epoch before our join is the replaced state's (read with its snapshot);
+            // its record is kept apart (`pqmls_replaced_epochs`), but for its last final
+            // epoch, which stays in `pqmls_epochs`.
+            let before_join = self
+                .first_epoch(gid)
+                .ok()
+                .flatten()
+                .is_some_and(|f| epoch < f);
+            let record = |table: &str| -> Option<String> {
+                self.db()
+                    .prepare_cached(&format!(
+                        "SELECT members FROM {table} WHERE group_id = ?1 AND epoch = ?2"
+                    ))
+                    .ok()?
+                    .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))
+                    .ok()
+            };
+            let text = before_join
+                .then(|| record("pqmls_replaced_epochs"))
+                .flatten()
+                .or_else(|| record("pqmls_epochs"))?;
             decode_members(&text)
                 .into_iter()
                 .find(|(l, _)| *l == leaf.u32())

@@ -507,7 +507,7 @@ impl State {
         Ok((key, leaf))
     }
 
-    fn take_snapshot(&mut self, gid: &GroupId, epoch: u64) -> Result<()> {
+    pub(crate) fn take_snapshot(&mut self, gid: &GroupId, epoch: u64) -> Result<()> {
         let (key, leaf) = self.storage_keys(gid)?;
         db::snapshot(self.db(), &gid.0, epoch, &key, leaf.as_deref())
     }
@@ -814,6 +814,9 @@ impl State {
                 .execute([&gid.0])?;
         }
         db::prune_snapshots(self.db(), &gid.0, u64::MAX)?;
+        self.db()
+            .prepare_cached("DELETE FROM pqmls_replaced_epochs WHERE group_id = ?1")?
+            .execute([&gid.0])?;
         if let Some(mut g) = self.groups.remove(gid) {
             self.topics.remove(&g.topic);
             self.todo.unsubscribe.push(g.topic.clone());
@@ -833,7 +836,8 @@ impl State {
         let epoch = g.mls.epoch().as_u64();
         let keep_from = epoch.saturating_sub(self.config.rollback_window);
         let keep = self.open_epoch_kept(gid)?;
-        db::prune_snapshots_but(self.db(), &gid.0, keep_from, keep)?;
+        let floor = self.snapshot_floor(gid)?;
+        db::prune_snapshots_but(self.db(), &gid.0, keep_from, keep, floor)?;
         // Merged commits stay longer (`finality::KEEP_FINAL` epochs): they answer a member
         // that missed one (`Wire::Need`), and an own add commit's Welcome is sent again
         // from its row.
@@ -987,8 +991,11 @@ impl State {
             self.name
         );
         if !self.group(gid)?.mls.is_active() {
-            // The winning branch removed us: nothing to re-send, nothing to propose.
-            return Ok(());
+            // The winning branch removed us: nothing to re-send, nothing to propose. But
+            // messages of its epochs before the removal are ours, and some may wait
+            // here, set aside while we were on the other branch (honest seed 214: one
+            // of the epoch the winning branch removed us at, read with its snapshot).
+            return self.replay_pending(gid);
         }
         // Our messages sent in the abandoned epochs did not reach the winning branch.
         self.resend_own(gid, to_i64(epoch + 1))?;
