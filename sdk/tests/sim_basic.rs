@@ -184,3 +184,44 @@ async fn own_messages_are_marked_once_a_store_returns_them() {
     alice.shutdown().await;
     bob.shutdown().await;
 }
+
+/// A catch-up skips payloads already handled for good, in memory (`client::HandledIds`),
+/// but our own message relayed back to us on gossip is not one of them: its return from
+/// a store is what marks it `Stored`. A relay that plays alice's message back to her at
+/// once, before her catch-up, does not cost her the mark (it did with every handled id
+/// skipped).
+#[tokio::test(start_paused = true)]
+async fn an_own_message_relayed_back_is_still_marked_when_a_store_returns_it() {
+    let net = SimNetwork::new(SimConfig::default());
+    let alice = client(&net, "alice").await;
+    let bob = client(&net, "bob").await;
+    let g = alice.create_group().await.unwrap();
+    alice.invite(&g, &bob.id()).await.unwrap();
+    until("bob joins", async || {
+        bob.groups().await.unwrap().contains(&g)
+    })
+    .await;
+    let topic = pqmls_transport::Topic::from_group_id(
+        &[b"pqmls/group/v1/".as_slice(), g.as_bytes()].concat(),
+    );
+    let before = net.history_of(&topic).len();
+    let mut alice_events = alice.events();
+    let sent = alice.send(&g, b"played back").await.unwrap();
+    let mut mine = None;
+    until("published", async || {
+        mine = net.history_of(&topic).into_iter().nth(before);
+        mine.is_some()
+    })
+    .await;
+    net.replay(&mine.unwrap());
+    let marked = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(e) = alice_events.recv().await {
+            if let Event::Stored { seq, .. } = e {
+                return seq;
+            }
+        }
+        -1
+    })
+    .await;
+    assert_eq!(marked.ok(), Some(sent.seq));
+}
