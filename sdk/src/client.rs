@@ -303,6 +303,7 @@ impl Client {
             welcome_budget: Budget::new(welcome_burst, 0),
             key_changes: Default::default(),
             seen_marks: 0,
+            duplicate_window: transport.duplicate_window(),
         };
         state.reload_groups()?;
         let mut subscribe = vec![inbox_topic];
@@ -1281,8 +1282,10 @@ impl Inner {
                 s.rejoin_due(now)?;
                 let followup = s.last_followup.is_none_or(|t| now >= t + s.config.settle);
                 if followup {
-                    // Ages are minutes; once per settle time is enough.
+                    // Ages are minutes (the replaced states' grace 30 s); once per
+                    // settle time is enough.
                     s.expire_past_secrets()?;
+                    s.expire_replaced()?;
                 }
                 if connected && followup {
                     s.last_followup = Some(now);

@@ -231,6 +231,9 @@ pub struct Stats {
     pub needs_sent: u64,
     /// Commits published again for a member that asked for one.
     pub needs_answered: u64,
+    /// Requests we were to answer but did not, our node holding what we would publish
+    /// within its duplicate window (it would refuse it: [`crate::Transport::duplicate_window`]).
+    pub needs_refused_duplicate: u64,
     /// Final commits this client could not reach ([`Event::Unrecoverable`]).
     pub unrecoverable: u64,
     /// Rejoin requests we published (we could not follow a group).

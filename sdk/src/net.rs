@@ -51,6 +51,14 @@ pub trait Transport: Send + Sync + 'static {
     fn connected(&self) -> bool {
         true
     }
+    /// How long after this node first saw a payload (published or received it) a
+    /// publication of the same bytes is refused as a duplicate, if the transport does
+    /// that (the default: it does not, or cannot tell). The client answers no request for
+    /// a missing commit with payloads its own node would refuse ([`crate::engine`]'s
+    /// `on_need`).
+    fn duplicate_window(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The inbound side of a [`Transport`]: every accepted message of the subscribed topics.
@@ -91,6 +99,12 @@ impl Transport for Node {
 
     fn connected(&self) -> bool {
         self.counters().connected_peers > 0
+    }
+
+    fn duplicate_window(&self) -> Option<std::time::Duration> {
+        // Gossipsub's duplicate cache time (`pqmls_transport::node`): publishing the same
+        // bytes on a topic within it is refused as `Error::Duplicate`.
+        Some(pqmls_transport::node::DUPLICATE_WINDOW)
     }
 }
 

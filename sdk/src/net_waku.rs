@@ -2025,6 +2025,12 @@ impl Transport for WakuTransport {
     fn connected(&self) -> bool {
         self.node.counters().connected_peers > 0
     }
+
+    fn duplicate_window(&self) -> Option<std::time::Duration> {
+        // Within it a payload we published or received is not published again (while
+        // the bounded cache holds its id; a flood that evicts it only lets a copy out).
+        Some(self.config.duplicate_window)
+    }
 }
 
 #[cfg(test)]

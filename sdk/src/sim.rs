@@ -126,6 +126,10 @@ pub struct SimConfig {
     pub max_delay: Duration,
     /// Probability that the store misses one published message (it is still gossiped).
     pub store_miss: f64,
+    /// What the endpoints report as their duplicate window
+    /// ([`crate::Transport::duplicate_window`]; tests). The simulated network itself
+    /// refuses no republication: `None`, the default, is what it does.
+    pub duplicate_window: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -136,6 +140,7 @@ impl Default for SimConfig {
             min_delay: Duration::from_millis(5),
             max_delay: Duration::from_millis(80),
             store_miss: 0.0,
+            duplicate_window: None,
         }
     }
 }
@@ -474,6 +479,10 @@ impl Transport for SimTransport {
                     .enumerate()
                     .any(|(i, e)| i != self.index && e.online)
         })
+    }
+
+    fn duplicate_window(&self) -> Option<Duration> {
+        self.net.lock().ok().and_then(|n| n.config.duplicate_window)
     }
 
     fn history<'a>(

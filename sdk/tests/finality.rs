@@ -259,6 +259,51 @@ async fn a_request_for_a_missing_commit_is_answered_by_a_few_members_not_all() {
     );
 }
 
+/// On a transport that refuses to publish again what it saw within a window (gossipsub's
+/// duplicate cache: 2 minutes on both of ours), an answer within half of it after the
+/// answerer left the epoch reaches nobody: its own node refuses every payload of it. Such
+/// requests are counted and not answered (`finality::answer_refused`); before, each
+/// chosen member re-enqueued the commit and its votes for nothing (at 50 members, most of
+/// what went through the outboxes in `e2e_commit_to_epoch`). The same request scenario as
+/// above.
+#[tokio::test(start_paused = true)]
+async fn no_answer_is_made_that_the_answerers_node_would_refuse() {
+    let net = SimNetwork::new(SimConfig {
+        duplicate_window: Some(Duration::from_secs(120)),
+        ..SimConfig::default()
+    });
+    net.set_directory_validator(pqmls::directory_validator().unwrap());
+    let (ct, cin) = net.attach();
+    let carol = Client::open(config("carol"), ct.clone(), cin)
+        .await
+        .unwrap();
+    let mut others = Vec::new();
+    for i in 0..4 {
+        others.push(client(&net, config(&format!("m{i}"))).await);
+    }
+    let mut all: Vec<&Client> = others.iter().collect();
+    all.push(&carol);
+    let g = group(&all).await;
+    converge(&all, &g, 4).await;
+    let holders: Vec<&Client> = others.iter().collect();
+    ct.set_online(false);
+    net.set_store_miss(1.0);
+    others[1].update(&g).await.unwrap();
+    converge(&holders, &g, 5).await;
+    net.set_store_miss(0.0);
+    ct.set_online(true);
+    others[0].update(&g).await.unwrap();
+    until("carol asks", async || carol.stats().await.needs_sent >= 1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let answered = total(&holders, |s| s.needs_answered).await;
+    let refused = total(&holders, |s| s.needs_refused_duplicate).await;
+    assert_eq!(answered, 0, "answers their own nodes would refuse");
+    assert!(
+        refused >= 1,
+        "no request reached a chosen member: {refused}"
+    );
+}
+
 /// Votes for epochs a member does not hold are kept for when it enters them, bounded in
 /// rows (1024) and, since anyone can publish one, in bytes: a "vote" larger than any
 /// member's is kept nowhere.

@@ -130,20 +130,26 @@ async fn create_invite_send_remove_leave() {
     until("alice alone", async || names(&alice, &g).await == ["alice"]).await;
 }
 
-/// The delivery mark: an own message is reported `Stored` once a store returns it in a
-/// catch-up (scheduled one backoff after publishing), and never while the stores keep
-/// nothing; nobody else's message is reported so.
-#[tokio::test(start_paused = true)]
-async fn own_messages_are_marked_once_a_store_returns_them() {
-    let net = SimNetwork::new(SimConfig::default());
-    let alice = client(&net, "alice").await;
-    let bob = client(&net, "bob").await;
+/// Alice's group with bob in it.
+async fn alice_and_bob(net: &SimNetwork) -> (Client, Client, GroupId) {
+    let alice = client(net, "alice").await;
+    let bob = client(net, "bob").await;
     let g = alice.create_group().await.unwrap();
     alice.invite(&g, &bob.id()).await.unwrap();
     until("bob joins", async || {
         bob.groups().await.unwrap().contains(&g)
     })
     .await;
+    (alice, bob, g)
+}
+
+/// The delivery mark: an own message is reported `Stored` once a store returns it in a
+/// catch-up (scheduled one backoff after publishing), and never while the stores keep
+/// nothing; nobody else's message is reported so.
+#[tokio::test(start_paused = true)]
+async fn own_messages_are_marked_once_a_store_returns_them() {
+    let net = SimNetwork::new(SimConfig::default());
+    let (alice, bob, g) = alice_and_bob(&net).await;
     let mut alice_events = alice.events();
     let mut bob_events = bob.events();
     let stored_within = async |events: &mut pqmls::Events, limit: Duration| {
@@ -193,14 +199,7 @@ async fn own_messages_are_marked_once_a_store_returns_them() {
 #[tokio::test(start_paused = true)]
 async fn an_own_message_relayed_back_is_still_marked_when_a_store_returns_it() {
     let net = SimNetwork::new(SimConfig::default());
-    let alice = client(&net, "alice").await;
-    let bob = client(&net, "bob").await;
-    let g = alice.create_group().await.unwrap();
-    alice.invite(&g, &bob.id()).await.unwrap();
-    until("bob joins", async || {
-        bob.groups().await.unwrap().contains(&g)
-    })
-    .await;
+    let (alice, _bob, g) = alice_and_bob(&net).await;
     let topic = pqmls_transport::Topic::from_group_id(
         &[b"pqmls/group/v1/".as_slice(), g.as_bytes()].concat(),
     );

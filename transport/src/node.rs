@@ -896,6 +896,11 @@ struct ServiceEntry {
 /// Most shards of a peer's metadata remembered for [`Node::service_peers_on`].
 const MAX_NOTED_SHARDS: usize = 1024;
 
+/// How long gossipsub remembers a message id it published or received: publishing the
+/// same bytes on a topic within it is refused as [`Error::Duplicate`] (see the crate
+/// documentation, "Ids and topics").
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
 /// A handle to a running node. Cheap to clone; the node stops when [`Node::shutdown`] is
 /// called or every handle is dropped.
 #[derive(Clone)]
@@ -1713,7 +1718,7 @@ fn build_behaviour(
         .connection_handler_queue_len(limits.gossip_queue)
         .publish_queue_duration(limits.gossip_queue_timeout)
         .forward_queue_duration(limits.gossip_queue_timeout)
-        .duplicate_cache_time(Duration::from_secs(120))
+        .duplicate_cache_time(DUPLICATE_WINDOW)
         // IDONTWANT only pays off when the message it suppresses is much larger than the
         // control message itself.
         .idontwant_message_size_threshold(IDONTWANT_THRESHOLD)

@@ -1006,23 +1006,7 @@ impl State {
         let horizon = u64::try_from(self.config.fork_horizon.as_millis()).unwrap_or(u64::MAX);
         let cutoff = to_i64(self.horizon_ms().saturating_sub(horizon));
         let gids: Vec<GroupId> = self.groups.keys().cloned().collect();
-        let now = to_i64(self.horizon_ms());
         for gid in gids {
-            // A replaced state's snapshots and records, once their time is up.
-            let expired: Option<i64> = self
-                .db()
-                .prepare_cached(
-                    "UPDATE pqmls_joins SET replaced_until_ms = NULL
-                     WHERE group_id = ?1 AND replaced_until_ms <= ?2 RETURNING epoch",
-                )?
-                .query_row(params![gid.0, now], |r| r.get(0))
-                .optional()?;
-            if let Some(first) = expired {
-                db::prune_snapshots(self.db(), &gid.0, to_u64(first))?;
-                self.db()
-                    .prepare_cached("DELETE FROM pqmls_replaced_epochs WHERE group_id = ?1")?
-                    .execute([&gid.0])?;
-            }
             // The newest epoch entered before the cutoff: every epoch before it was left
             // before the cutoff.
             let entered: Option<i64> = self
@@ -1035,6 +1019,35 @@ impl State {
                 let keep = self.open_epoch_kept(&gid)?;
                 let floor = self.snapshot_floor(&gid)?;
                 db::prune_snapshots_but(self.db(), &gid.0, to_u64(e), keep, floor)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the snapshots and records of the states our joins replaced whose time is
+    /// up (`pqmls_joins.replaced_until_ms`, see [`State::snapshot_floor`]). Once per
+    /// settle time, from the timer: one indexed read per group when nothing is due.
+    pub(crate) fn expire_replaced(&mut self) -> Result<()> {
+        let now = to_i64(self.horizon_ms());
+        let gids: Vec<GroupId> = self.groups.keys().cloned().collect();
+        for gid in gids {
+            let expired: Option<i64> = self
+                .db()
+                .prepare_cached(
+                    "SELECT epoch FROM pqmls_joins WHERE group_id = ?1 AND replaced_until_ms <= ?2",
+                )?
+                .query_row(params![gid.0, now], |r| r.get(0))
+                .optional()?;
+            if let Some(first) = expired {
+                self.db()
+                    .prepare_cached(
+                        "UPDATE pqmls_joins SET replaced_until_ms = NULL WHERE group_id = ?1",
+                    )?
+                    .execute([&gid.0])?;
+                db::prune_snapshots(self.db(), &gid.0, to_u64(first))?;
+                self.db()
+                    .prepare_cached("DELETE FROM pqmls_replaced_epochs WHERE group_id = ?1")?
+                    .execute([&gid.0])?;
             }
         }
         Ok(())
@@ -1362,6 +1375,26 @@ pub(crate) fn answers_need(
     before < k
 }
 
+/// Whether an answer to a request for the commit ending an epoch we left `since_left_ms`
+/// ago would be refused by our own node, whose transport refuses to publish again what it
+/// saw within `window` ([`crate::Transport::duplicate_window`]; gossipsub's duplicate
+/// cache, 2 minutes on both our transports).
+///
+/// Our node saw the commit no later than we merged it, which is when we left the epoch,
+/// and in the normal case a settle time before: so until half the window after we left,
+/// it still holds every payload of the answer (the commit, and the votes, which come
+/// after it) and would refuse them all. Such answers reached nobody, and each cost its
+/// answerer the outbox's encryption and SQLite work: at 50 members on two cores, 863
+/// answers to 73 requests during 11 commits put 14 800 payloads through the outboxes, of
+/// which none went out (BENCHMARKS.md). Past half the window we answer again (a commit
+/// merged long after it arrived, as in a branch move, or fetched from a store, may be
+/// out of our node's cache sooner; then the answer goes out). Liveness only: within the
+/// window the answer could not have helped.
+fn answer_refused(since_left_ms: u64, window: std::time::Duration) -> bool {
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    since_left_ms < window_ms / 2
+}
+
 /// Settle times between two publications of an own commit that is not final.
 const REPUBLISH_AFTER: u32 = 8;
 /// Publications of an own commit after the first, at most.
@@ -1591,6 +1624,22 @@ impl State {
         if self.needs.get(&key).is_some_and(|(t, _)| now < *t + gap) {
             return Ok(Outcome::Done);
         }
+        if let Some(window) = self.duplicate_window {
+            let left: Option<i64> = self
+                .db()
+                .prepare_cached(
+                    "SELECT entered_ms FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch = ?2",
+                )?
+                .query_row(params![gid.0, to_i64(epoch.saturating_add(1))], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let since = left.map(|t| self.horizon_ms().saturating_sub(to_u64(t)));
+            if since.is_some_and(|s| answer_refused(s, window)) {
+                self.stats.needs_refused_duplicate += 1;
+                return Ok(Outcome::Done);
+            }
+        }
         let payload: Option<Vec<u8>> = self
             .db()
             .prepare_cached(
@@ -1660,7 +1709,18 @@ impl State {
 mod tests {
     use std::time::Duration;
 
-    use super::{NEED_ANSWERERS, NEED_STALL_CAP, answers_need, open_epoch_stalled};
+    use super::{NEED_ANSWERERS, NEED_STALL_CAP, answer_refused, answers_need, open_epoch_stalled};
+
+    #[test]
+    fn answers_wait_for_half_the_duplicate_window() {
+        let window = Duration::from_secs(120);
+        assert!(answer_refused(0, window));
+        assert!(answer_refused(59_999, window));
+        assert!(!answer_refused(60_000, window));
+        assert!(!answer_refused(u64::MAX, window));
+        // A transport that refuses nothing again within its window refuses nothing.
+        assert!(!answer_refused(0, Duration::ZERO));
+    }
 
     #[test]
     fn an_open_epoch_is_asked_for_once_its_votes_stop_coming() {

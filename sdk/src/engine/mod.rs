@@ -128,6 +128,8 @@ pub(crate) struct State {
     pub key_changes: BTreeSet<(String, UserId)>,
     /// Seen ids recorded since the last pruning.
     pub seen_marks: usize,
+    /// The transport's duplicate window ([`crate::Transport::duplicate_window`]).
+    pub duplicate_window: Option<std::time::Duration>,
     /// Own commits merged but not final yet: when each was last published, and how
     /// often (see `finality::republish_own`).
     pub republished: BTreeMap<[u8; 32], (Instant, u32)>,
