@@ -1086,6 +1086,13 @@ impl State {
     /// Whether we left `epoch` on the branch we hold (entered the next one) less than
     /// `within` ago, or have not left it.
     fn left_within(&self, gid: &GroupId, epoch: u64, within: std::time::Duration) -> Result<bool> {
+        let within = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        Ok(self.since_left_ms(gid, epoch)?.is_none_or(|s| s < within))
+    }
+
+    /// How long ago (milliseconds on [`State::horizon_ms`]) we left `epoch` on the branch
+    /// we hold, i.e. entered the next one; `None` if we have not.
+    fn since_left_ms(&self, gid: &GroupId, epoch: u64) -> Result<Option<u64>> {
         let left: Option<i64> = self
             .db()
             .prepare_cached(
@@ -1095,8 +1102,7 @@ impl State {
                 r.get(0)
             })
             .optional()?;
-        let within = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
-        Ok(left.is_none_or(|l| to_u64(l).saturating_add(within) > self.horizon_ms()))
+        Ok(left.map(|t| self.horizon_ms().saturating_sub(to_u64(t))))
     }
 
     /// Whether our snapshot of `epoch` may serve a move on priority: held, and not kept
@@ -1480,14 +1486,7 @@ impl State {
                     // An epoch we left that is still open here well after we left it:
                     // its votes, or some, are lost to us (the members that hold them
                     // publish them with the commits they name).
-                    let left: Option<i64> = self
-                        .db()
-                        .prepare_cached(
-                            "SELECT entered_ms FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch = ?2",
-                        )?
-                        .query_row(params![gid.0, to_i64(epoch + 1)], |r| r.get(0))
-                        .optional()?;
-                    let since = left.map(|t| self.horizon_ms().saturating_sub(to_u64(t)));
+                    let since = self.since_left_ms(&gid, epoch)?;
                     let progress = self
                         .vote_progress
                         .get(&(gid.clone(), epoch))
@@ -1625,16 +1624,7 @@ impl State {
             return Ok(Outcome::Done);
         }
         if let Some(window) = self.duplicate_window {
-            let left: Option<i64> = self
-                .db()
-                .prepare_cached(
-                    "SELECT entered_ms FROM pqmls_epoch_keys WHERE group_id = ?1 AND epoch = ?2",
-                )?
-                .query_row(params![gid.0, to_i64(epoch.saturating_add(1))], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            let since = left.map(|t| self.horizon_ms().saturating_sub(to_u64(t)));
+            let since = self.since_left_ms(gid, epoch)?;
             if since.is_some_and(|s| answer_refused(s, window)) {
                 self.stats.needs_refused_duplicate += 1;
                 return Ok(Outcome::Done);
