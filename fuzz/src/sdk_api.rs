@@ -61,8 +61,12 @@
 //!   (`sdk_api_ops: loss N% converged B[: why]`) to stderr instead, for measuring how
 //!   often runs fail to converge; `PQMLS_FUZZ_SAVE=<dir>` then keeps the failing inputs.
 //!
-//! The cryptography draws from the operating system, so an input does not replay
-//! bit-for-bit; the network (loss, delays) is deterministic for a given seed.
+//! An input replays exactly: the network (loss, delays) follows its seed byte, and every
+//! random draw of the clients and the outsider (keys, nonces, the SDK's ids, hence commit
+//! priorities) comes from ChaCha20 streams seeded from a hash of the whole input
+//! (`pqmls::sim::insecure_replayable`, insecure by design and used only here and in the
+//! simulation); the clients' wall clock is tokio's virtual one. To try other draws of
+//! the same schedule, set `PQMLS_FUZZ_RNG_SALT=<u64>` (mixed into that hash).
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -207,12 +211,19 @@ struct Outsider {
 const SUITE: Ciphersuite = pqmls::DEFAULT_SUITE;
 
 impl Outsider {
-    fn new() -> Outsider {
+    fn new(seed: [u8; 32]) -> Outsider {
+        use openmls_traits::random::OpenMlsRand as _;
         let provider = Provider::from_parts(
-            PqCrypto::new().expect("crypto"),
+            PqCrypto::insecure_deterministic_for_simulation(seed),
             SqliteStorage::open_in_memory().expect("storage"),
         );
-        let signer = SignatureKeyPair::generate(SUITE.signature_algorithm()).expect("a key");
+        let signer = SignatureKeyPair::generate_with_rng(
+            SUITE.signature_algorithm(),
+            &mut provider.pq_crypto().rng(),
+        )
+        .expect("a key");
+        let signing_seed = provider.pq_crypto().random_array::<32>().expect("a seed");
+        let signer = signer.insecure_deterministic_signing_for_simulation(signing_seed);
         // It poses with a client's name.
         let credential = CredentialWithKey {
             credential: BasicCredential::new(b"a".to_vec()).into(),
@@ -248,6 +259,7 @@ impl Outsider {
             .ciphersuite(SUITE)
             .use_ratchet_tree_extension(true)
             .with_capabilities(Self::capabilities())
+            .lifetime(pqmls::sim::sim_lifetime())
             .build(&self.provider, &self.signer, self.credential.clone())
             .ok()?;
         self.fakes.push(g);
@@ -257,6 +269,7 @@ impl Outsider {
     fn key_package(&self) -> Vec<u8> {
         KeyPackage::builder()
             .leaf_node_capabilities(Self::capabilities())
+            .key_package_lifetime(pqmls::sim::sim_lifetime())
             .build(SUITE, &self.provider, &self.signer, self.credential.clone())
             .ok()
             .and_then(|b| {
@@ -384,6 +397,34 @@ fn fake_private(gid: &GroupId, epoch: u64, content_type: u8, noise: u8) -> Vec<u
     out
 }
 
+/// The seeds of one input's randomness: SHA-256 of the input (and the salt
+/// `PQMLS_FUZZ_RNG_SALT`, 0 if unset), one stream per party.
+struct RngSeeds([u8; 32]);
+
+impl RngSeeds {
+    fn of(data: &[u8]) -> RngSeeds {
+        use sha2::Digest as _;
+        let salt: u64 = std::env::var("PQMLS_FUZZ_RNG_SALT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut h = sha2::Sha256::new();
+        h.update(b"pqmls fuzz sdk_api_ops rng v1");
+        h.update(salt.to_be_bytes());
+        h.update(data);
+        RngSeeds(h.finalize().into())
+    }
+
+    /// Party `i`'s seed (the clients 0..3, the outsider `u8::MAX`).
+    fn party(&self, i: u8) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(self.0);
+        h.update([i]);
+        h.finalize().into()
+    }
+}
+
 struct World {
     net: SimNetwork,
     clients: Vec<Client>,
@@ -394,7 +435,7 @@ struct World {
 }
 
 impl World {
-    async fn new(seed: u64, loss: f64) -> World {
+    async fn new(seed: u64, loss: f64, rng: &RngSeeds) -> World {
         let net = SimNetwork::new(SimConfig {
             seed,
             loss,
@@ -402,9 +443,9 @@ impl World {
         });
         let mut clients = Vec::new();
         let mut transports = Vec::new();
-        for name in NAMES {
+        for (i, name) in NAMES.iter().enumerate() {
             let (t, inbox) = net.attach();
-            let mut c = Config::new(name);
+            let mut c = pqmls::sim::insecure_replayable(Config::new(*name), rng.party(i as u8));
             c.self_update_interval = None;
             c.settle = SETTLE;
             c.tick = TICK;
@@ -436,7 +477,7 @@ impl World {
             transports,
             injector,
             groups: Vec::new(),
-            outsider: Outsider::new(),
+            outsider: Outsider::new(rng.party(u8::MAX)),
         }
     }
 
@@ -840,13 +881,14 @@ pub fn run(data: &[u8]) -> Outcome {
     let loss_pct = r.byte() % 31;
     let seed = u64::from(r.byte());
     let loss = f64::from(loss_pct) / 100.0;
+    let rng = RngSeeds::of(data);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a tokio runtime");
     let mut outcome = rt.block_on(async {
-        let mut world = World::new(seed, loss).await;
+        let mut world = World::new(seed, loss, &rng).await;
         let mut outcome = Outcome {
             loss_percent: loss_pct,
             ..Outcome::default()

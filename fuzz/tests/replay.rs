@@ -23,8 +23,15 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Runs `body` over every file of `dir`, naming the file if it panics.
+/// Runs `body` over every file of `dir`, naming the file if it panics. With `RUST_LOG`
+/// set, the SDK's trace goes to stderr (to follow one input: `--exact`, a single file).
 fn replay(dir: &Path, body: pqmls_fuzz::Body) -> usize {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let files = files(dir);
     for file in &files {
         let data = std::fs::read(file).unwrap();

@@ -55,9 +55,24 @@ fn member_seed(seed: u64, index: u64) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// **Insecure, simulations and fuzzing only** (feature `sim-rng`): `config` made to replay
+/// exactly, as [`run_trial`] makes its members: every random draw of the client (identity
+/// key, MLS's keys, nonces, the SDK's ids, hedged signatures) comes from ChaCha20 streams of
+/// `seed`, and its wall clock starts at [`VIRTUAL_EPOCH_MS`] and follows tokio's clock (so
+/// that a paused runtime's virtual time is also the client's wall time). Key packages are
+/// valid for a century from there, since OpenMLS checks them against the real clock.
+#[cfg(feature = "sim-rng")]
+pub fn insecure_replayable(mut config: crate::Config, seed: [u8; 32]) -> crate::Config {
+    config.insecure_rng_seed = Some(seed);
+    config.virtual_wall_clock_ms = Some(VIRTUAL_EPOCH_MS);
+    config.key_package_lifetime = SIM_KEY_PACKAGE_LIFETIME;
+    config
+}
+
 /// The lifetime of a leaf node made by a simulated party that is not a client, as the
-/// clients make theirs at the start of the virtual clock.
-fn sim_lifetime() -> openmls::prelude::Lifetime {
+/// clients make theirs at the start of the virtual clock: from an hour before
+/// [`VIRTUAL_EPOCH_MS`] to a century after it.
+pub fn sim_lifetime() -> openmls::prelude::Lifetime {
     let now = VIRTUAL_EPOCH_MS / 1000;
     openmls::prelude::Lifetime::init(
         now.saturating_sub(3600),

@@ -46,6 +46,7 @@ impl State {
     /// never one of our own, which are marked when enqueued).
     pub(crate) fn handle_new(&mut self, msg: &Message) -> Result<(Outcome, bool)> {
         if self.is_seen(&msg.id)? {
+            tracing::trace!("{}: payload {} seen before", self.name, msg.id);
             self.stats.duplicates += 1;
             return Ok((Outcome::Done, false));
         }

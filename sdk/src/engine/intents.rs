@@ -547,8 +547,25 @@ impl State {
                 "UPDATE pqmls_commits SET merged = -1 WHERE group_id = ?1 AND own = 1 AND merged = 0",
             )?
             .execute([&gid.0])?;
-        self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_commits (group_id, epoch, hash, payload, own, welcome, invitee, intent, priority, added_key)
-             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9)")?.execute(
+        // What the ordering needs to know of a candidate (its author's leaf and the
+        // leaves it removes), known for our own from the start: a round-2 choice that
+        // names this commit after a branch move gave it up, before it was ever settled
+        // here, must not wait for a processing that never comes (`contender_of`).
+        let (author, removes) = {
+            let g = self.group(gid)?;
+            let removes: BTreeSet<u32> = g
+                .mls
+                .pending_commit()
+                .map(|p| {
+                    p.remove_proposals()
+                        .map(|r| r.remove_proposal().removed().u32())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (g.mls.own_leaf_index().u32(), removes)
+        };
+        self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_commits (group_id, epoch, hash, payload, own, welcome, invitee, intent, priority, added_key, author, removes)
+             VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")?.execute(
             params![
                 gid.0,
                 to_i64(epoch),
@@ -558,7 +575,9 @@ impl State {
                 (!invitees.is_empty()).then(|| encode_invitees(invitees.iter().map(|(u, _)| u))),
                 intent,
                 &priority[..],
-                (!invitees.is_empty()).then(|| invitees.iter().flat_map(|(_, k)| *k).collect::<Vec<u8>>())
+                (!invitees.is_empty()).then(|| invitees.iter().flat_map(|(_, k)| *k).collect::<Vec<u8>>()),
+                i64::from(author),
+                super::ordering::encode_leaves(&removes)
             ],
         )?;
         // OpenMLS's state holding this pending commit (see `switch_branch`).
@@ -746,5 +765,78 @@ impl State {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: panics are failures.
+
+    use std::time::Duration;
+
+    use rusqlite::params;
+
+    use crate::db::to_u64;
+    use crate::sim::{SimConfig, SimNetwork};
+    use crate::{Client, Config, GroupId, InvitePolicy};
+
+    async fn client(net: &SimNetwork, name: &str) -> Client {
+        let (t, inbox) = net.attach();
+        let mut c = Config::new(name);
+        c.self_update_interval = None;
+        c.invitations = InvitePolicy::Everyone;
+        Client::open(c, t, inbox).await.unwrap()
+    }
+
+    /// What the ordering knows of our own commit that waits to settle:
+    /// `contender_of`'s author and removals.
+    async fn own_waiting(c: &Client, g: &GroupId) -> Option<(u32, Vec<u32>)> {
+        c.with_state(|s| {
+            let (epoch, hash): (i64, Vec<u8>) = s.db().query_row(
+                "SELECT epoch, hash FROM pqmls_commits WHERE group_id = ?1 AND own = 1 AND merged = 0",
+                params![g.0],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let id: [u8; 32] = hash.try_into().unwrap();
+            Ok(s.contender_of(g, to_u64(epoch), &id)
+                .map(|c| (c.author, c.removes.into_iter().collect())))
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A round-2 choice ranks every commit voted for in round 1 by what MLS authenticated
+    /// about it (author, removals). An own commit can be voted for by others although we
+    /// never settled it here (a branch move gave it up first; the sdk_api_ops regression
+    /// `concurrent-updates-given-up-own-commit-voted`): we made it, so we know that from
+    /// the start. Before, the ordering learnt it only by processing the commit, which is
+    /// never done for an own one, and the epoch could stay open for good.
+    #[tokio::test(start_paused = true)]
+    async fn an_own_commit_is_ranked_from_the_moment_it_is_made() {
+        let net = SimNetwork::new(SimConfig::default());
+        let a = client(&net, "a").await;
+        let b = client(&net, "b").await;
+        let g = a.create_group().await.unwrap();
+        a.invite(&g, &b.id()).await.unwrap();
+        for _ in 0..500 {
+            if b.members(&g).await.is_ok_and(|m| m.len() == 2)
+                && a.status(&g).await.is_ok_and(|s| s.epoch == 1)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(b.members(&g).await.unwrap().len(), 2);
+        a.update(&g).await.unwrap();
+        assert_eq!(own_waiting(&a, &g).await, Some((0, vec![])));
+        // After it settled, a removal: its author and the leaf it removes.
+        for _ in 0..500 {
+            if a.status(&g).await.is_ok_and(|s| s.epoch == 2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        a.remove(&g, &b.id()).await.unwrap();
+        assert_eq!(own_waiting(&a, &g).await, Some((0, vec![1])));
     }
 }

@@ -116,6 +116,11 @@ impl State {
         }
         let epoch = pm.epoch().as_u64();
         let slot = self.slot_of(gid, epoch)?;
+        tracing::trace!(
+            "{}: group {gid} epoch {epoch}: commit {} ({slot:?})",
+            self.name,
+            short(&wire::commit_hash(mls))
+        );
         match slot {
             EpochSlot::TooOld => {
                 self.stats.ignored += 1;
