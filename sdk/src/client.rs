@@ -303,7 +303,6 @@ impl Client {
             welcome_budget: Budget::new(welcome_burst, 0),
             key_changes: Default::default(),
             seen_marks: 0,
-            duplicate_window: transport.duplicate_window(),
         };
         state.reload_groups()?;
         let mut subscribe = vec![inbox_topic];

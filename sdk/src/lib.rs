@@ -231,9 +231,9 @@ pub struct Stats {
     pub needs_sent: u64,
     /// Commits published again for a member that asked for one.
     pub needs_answered: u64,
-    /// Requests we were to answer but did not, our node holding what we would publish
-    /// within its duplicate window (it would refuse it: [`crate::Transport::duplicate_window`]).
-    pub needs_refused_duplicate: u64,
+    /// Payloads published again (answers, own commits not final, Welcomes, withdrawals),
+    /// each wrapped with a fresh nonce so that no transport refuses it as a duplicate.
+    pub published_again: u64,
     /// Final commits this client could not reach ([`Event::Unrecoverable`]).
     pub unrecoverable: u64,
     /// Rejoin requests we published (we could not follow a group).

@@ -53,9 +53,10 @@ pub trait Transport: Send + Sync + 'static {
     }
     /// How long after this node first saw a payload (published or received it) a
     /// publication of the same bytes is refused as a duplicate, if the transport does
-    /// that (the default: it does not, or cannot tell). The client answers no request for
-    /// a missing commit with payloads its own node would refuse ([`crate::engine`]'s
-    /// `on_need`).
+    /// that (the default: it does not, or cannot tell). The client never publishes the
+    /// same bytes twice on purpose: what it publishes again (answers to a request for a
+    /// missing commit, own commits not final, Welcomes, withdrawals) it wraps with a fresh
+    /// nonce (`Wire::Again`). The simulation refuses as the real transports do.
     fn duplicate_window(&self) -> Option<std::time::Duration> {
         None
     }

@@ -141,9 +141,10 @@ pub struct SimConfig {
     pub max_delay: Duration,
     /// Probability that the store misses one published message (it is still gossiped).
     pub store_miss: f64,
-    /// What the endpoints report as their duplicate window
-    /// ([`crate::Transport::duplicate_window`]; tests). The simulated network itself
-    /// refuses no republication: `None`, the default, is what it does.
+    /// The endpoints' duplicate window ([`crate::Transport::duplicate_window`]), as
+    /// both real transports have one (2 minutes): a publication of bytes published on
+    /// the topic within it is refused ([`Error::Duplicate`]), by whoever publishes them.
+    /// With `None` (the default) only bytes the store holds are refused.
     pub duplicate_window: Option<Duration>,
 }
 
@@ -182,6 +183,8 @@ struct Net {
     trace: sha2::Sha256,
     /// Who published each message (endpoint index).
     authors: BTreeMap<MessageId, usize>,
+    /// When each message was last published, while `config.duplicate_window` lasts.
+    recent: BTreeMap<MessageId, tokio::time::Instant>,
 }
 
 /// The shared network. Clone it to hand it around.
@@ -222,6 +225,7 @@ impl SimNetwork {
                 dropped: 0,
                 trace: <sha2::Sha256 as sha2::Digest>::new(),
                 authors: BTreeMap::new(),
+                recent: BTreeMap::new(),
             })),
         }
     }
@@ -415,6 +419,16 @@ impl Transport for SimTransport {
             let history = n.history.entry(topic.clone()).or_default();
             if history.iter().any(|m| m.id == id) {
                 return Err(Error::Duplicate);
+            }
+            if let Some(window) = n.config.duplicate_window {
+                let now = tokio::time::Instant::now();
+                if n.recent.get(&id).is_some_and(|t| now < *t + window) {
+                    return Err(Error::Duplicate);
+                }
+                if n.clock_ms % 1024 == 0 {
+                    n.recent.retain(|_, t| now < *t + window);
+                }
+                n.recent.insert(id, now);
             }
             n.clock_ms += 1;
             trace(&mut n.trace, b"publish", topic, &data);
@@ -721,6 +735,8 @@ pub async fn run_trial(s: &Scenario) -> crate::Result<TrialReport> {
         loss: s.loss,
         max_delay: s.max_delay,
         store_miss: s.store_miss,
+        // As the real transports refuse republications (gossipsub's duplicate cache).
+        duplicate_window: Some(pqmls_transport::node::DUPLICATE_WINDOW),
         ..SimConfig::default()
     });
     net.set_directory_validator(crate::directory_validator()?);

@@ -108,6 +108,24 @@ pub(crate) enum Wire {
         /// Nonce, then the AEAD ciphertext of the [`LostBody`].
         sealed: Vec<u8>,
     },
+    /// A payload published again: an answer to a [`Wire::Need`], or an own commit,
+    /// Welcome or withdrawal that may not have arrived. `payload` is the canonical
+    /// encoding of a `Handshake`, `Vote`, `Welcome` or `Void`, and [`Wire::decode`] reads
+    /// the copy as that payload. Both our transports refuse to publish bytes they saw
+    /// within their duplicate window (gossipsub's duplicate cache, 2 minutes;
+    /// [`crate::Transport::duplicate_window`]), so a copy of the same bytes would go
+    /// nowhere while it matters; the random `nonce` makes it new bytes to them. What the
+    /// copy carries is the inner payload's: every hash derived from it (commit hash,
+    /// Welcome hash, withdrawal id) is the same, so a copy can do nothing its original
+    /// could not, and a receiver that has the original drops it as known. Anyone can
+    /// wrap anything it saw, as anyone can publish anything: a copy costs a receiver a
+    /// decode and a lookup, like any other payload.
+    Again {
+        /// Random, so that the copy is new bytes to the transports.
+        nonce: [u8; 8],
+        /// The canonical encoding of the payload published again.
+        payload: Vec<u8>,
+    },
 }
 
 /// The hash that names a Welcome (over its serialized MLS message).
@@ -181,8 +199,31 @@ impl Wire {
     }
 
     /// Decodes a payload; `None` unless it is the canonical encoding of a [`Wire`] value
-    /// whose MLS message (if any) is canonical too (see the module docs).
+    /// whose MLS message (if any) is canonical too (see the module docs). A
+    /// [`Wire::Again`] decodes as the payload it carries, which must be canonical itself
+    /// and one of the kinds that are published again (never a copy of a copy, an
+    /// application message, a request): the rest of the client never sees the wrapper.
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        match Self::decode_one(bytes)? {
+            Wire::Again { payload, .. } => {
+                Self::decode_one(&payload).filter(Self::is_published_again)
+            }
+            w => Some(w),
+        }
+    }
+
+    /// The kinds a [`Wire::Again`] may carry: what the client publishes again. Never an
+    /// application message (a copy would be a second delivery to tell apart), a request
+    /// (`Need`, `Lost`: asked afresh, with fresh nonces) or a copy.
+    fn is_published_again(&self) -> bool {
+        matches!(
+            self,
+            Wire::Handshake { .. } | Wire::Vote { .. } | Wire::Welcome { .. } | Wire::Void { .. }
+        )
+    }
+
+    /// [`Wire::decode`] without looking inside a [`Wire::Again`].
+    fn decode_one(bytes: &[u8]) -> Option<Self> {
         let w: Wire = postcard::from_bytes(bytes).ok()?;
         if w.encode() != bytes {
             return None;
@@ -191,10 +232,17 @@ impl Wire {
             Wire::Handshake { mls, .. } | Wire::Application { mls, .. } | Wire::Welcome { mls } => {
                 canonical_mls(mls).then_some(w)
             }
-            Wire::Void { .. } | Wire::Vote { .. } | Wire::Need { .. } | Wire::Lost { .. } => {
-                Some(w)
-            }
+            Wire::Void { .. }
+            | Wire::Vote { .. }
+            | Wire::Need { .. }
+            | Wire::Lost { .. }
+            | Wire::Again { .. } => Some(w),
         }
+    }
+
+    /// `payload` (a canonical encoding) wrapped to be published again: see [`Wire::Again`].
+    pub(crate) fn again(payload: Vec<u8>, nonce: [u8; 8]) -> Vec<u8> {
+        Wire::Again { nonce, payload }.encode()
     }
 }
 
@@ -509,6 +557,81 @@ mod tests {
         }
         .encode();
         assert_eq!(Wire::decode(&junk), None);
+    }
+
+    /// A copy reads as what it carries, and only as a kind that is published again.
+    #[test]
+    fn a_copy_reads_as_its_payload_and_only_as_one_published_again() {
+        let vote = Wire::Vote {
+            tag: [3; 16],
+            sealed: vec![4; 40],
+        };
+        let void = Wire::Void {
+            id: [5; 32],
+            sealed: vec![6; 48],
+        };
+        for w in [&vote, &void] {
+            let copy = Wire::again(w.encode(), [9; 8]);
+            assert_ne!(copy, w.encode(), "new bytes to the transports");
+            assert_ne!(copy, Wire::again(w.encode(), [8; 8]));
+            assert_eq!(Wire::decode(&copy).as_ref(), Some(w));
+        }
+        // Never a copy of a copy, of a request, or of anything that does not decode.
+        let copy = Wire::again(vote.encode(), [9; 8]);
+        assert_eq!(Wire::decode(&Wire::again(copy.clone(), [1; 8])), None);
+        let need = Wire::Need {
+            tag: [3; 16],
+            nonce: [0; 8],
+        };
+        assert_eq!(Wire::decode(&need.encode()), Some(need.clone()));
+        assert_eq!(Wire::decode(&Wire::again(need.encode(), [1; 8])), None);
+        let lost = Wire::Lost {
+            tag: [3; 16],
+            sealed: vec![1],
+        };
+        assert_eq!(Wire::decode(&Wire::again(lost.encode(), [1; 8])), None);
+        let mut trailing = vote.encode();
+        trailing.push(0);
+        assert_eq!(Wire::decode(&Wire::again(trailing, [1; 8])), None);
+        // The kinds a copy may carry.
+        let mls = vec![0, 1];
+        let kinds = [
+            (
+                Wire::Handshake {
+                    priority: [0; 32],
+                    mls: mls.clone(),
+                },
+                true,
+            ),
+            (Wire::Welcome { mls: mls.clone() }, true),
+            (vote.clone(), true),
+            (void.clone(), true),
+            (
+                Wire::Application {
+                    auth: [0; AUTH_TAG_LEN],
+                    mls,
+                },
+                false,
+            ),
+            (need.clone(), false),
+            (lost.clone(), false),
+            (
+                Wire::Again {
+                    nonce: [0; 8],
+                    payload: vote.encode(),
+                },
+                false,
+            ),
+        ];
+        for (w, again) in kinds {
+            assert_eq!(w.is_published_again(), again, "{w:?}");
+        }
+        // The copy itself must be canonical: a trailing byte after it.
+        let mut outer = copy;
+        outer.push(0);
+        assert_eq!(Wire::decode(&outer), None);
+        // And it is no application message to `is_application`.
+        assert!(!is_application(&Wire::again(vote.encode(), [1; 8])));
     }
 
     #[test]

@@ -434,7 +434,8 @@ async fn a_member_whose_second_welcome_is_withdrawn_asks_to_be_added_again() {
 /// at 4 has no secret of epoch 2. When the first Welcome arrives at last, it is kept aside
 /// (a live state is never replaced) and read with: the message of epoch 2 is his. (To hold
 /// the first Welcome back, dave takes invitations from contacts only, bob and not alice;
-/// alice's waits for consent, and the relay plays it again after he is back.)
+/// alice's waits for consent, and comes again after he is back: published again by alice,
+/// or played again by the relay.)
 #[tokio::test(start_paused = true)]
 async fn a_member_added_again_reads_the_epoch_of_a_welcome_that_came_late() {
     let net = net();
@@ -472,7 +473,6 @@ async fn a_member_added_again_reads_the_epoch_of_a_welcome_that_came_late() {
     })
     .await;
     converge(&[&alice, &bob, &dave], &g, 4).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let read = async || {
         dave.history(&g, 10)
             .await
@@ -480,8 +480,9 @@ async fn a_member_added_again_reads_the_epoch_of_a_welcome_that_came_late() {
             .iter()
             .any(|m| m.body == b"for dave, at epoch 2")
     };
-    assert!(!read().await, "read before the first Welcome came");
-
+    // Alice publishes her Welcome again while her add is not final (`republish_own`,
+    // wrapped so that no transport refuses it), which may bring it first; the relay's
+    // copy does otherwise.
     net.replay(&first);
     until("the message of epoch 2 read", read).await;
     // Read only: the state dave holds is the one he joined at 4, and it works.

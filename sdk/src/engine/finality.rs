@@ -545,6 +545,25 @@ impl State {
         keys: &EpochKeys,
         sealed: &[u8],
     ) -> Result<()> {
+        // As it was on the wire (the canonical encoding is the only one accepted).
+        let payload = Wire::Vote {
+            tag: keys.vote_tag,
+            sealed: sealed.to_vec(),
+        }
+        .encode();
+        // A copy of a vote read already (`Wire::Again`: anyone can make copies of what
+        // it saw with fresh nonces) costs a lookup among this epoch's few votes, not a
+        // signature verification.
+        let known: bool = self
+            .db()
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM pqmls_votes WHERE group_id = ?1 AND vote_tag = ?2 AND payload = ?3)",
+            )?
+            .query_row(params![gid.0, &keys.vote_tag[..], payload], |r| r.get(0))?;
+        if known {
+            self.stats.duplicates += 1;
+            return Ok(());
+        }
         let Some(plain) = self.open_for_epoch(&keys.vote_key, &keys.vote_tag, sealed) else {
             self.stats.rejected += 1;
             return Ok(());
@@ -585,12 +604,6 @@ impl State {
         if n >= 2 {
             return Ok(());
         }
-        // As it was on the wire (the canonical encoding is the only one accepted).
-        let payload = Wire::Vote {
-            tag: keys.vote_tag,
-            sealed: sealed.to_vec(),
-        }
-        .encode();
         let added = self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash, payload)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
             params![gid.0, &keys.vote_tag[..], to_i64(epoch), i64::from(vote.round), &voter.0[..], &vote.commit[..], payload],
@@ -1215,7 +1228,7 @@ impl State {
                     )?
                     .query_row(params![gid.0, hash], |r| r.get(0))?;
                 let topic = self.group(&gid)?.topic.clone();
-                self.enqueue(&topic, payload)?;
+                self.enqueue_again(&topic, payload)?;
                 self.republished.insert(id, (now, times + 1));
                 self.stats.republished += 1;
             }
@@ -1258,7 +1271,7 @@ impl State {
             );
             let payload = Wire::Welcome { mls: welcome }.encode();
             for invitee in &invitees {
-                self.enqueue(&wire::inbox_topic(invitee), payload.clone())?;
+                self.enqueue_again(&wire::inbox_topic(invitee), payload.clone())?;
             }
             self.republished.insert(id, (now, times + 1));
         }
@@ -1296,7 +1309,7 @@ impl State {
                 invitees.len()
             );
             for invitee in &invitees {
-                self.enqueue(&wire::inbox_topic(invitee), payload.clone())?;
+                self.enqueue_again(&wire::inbox_topic(invitee), payload.clone())?;
             }
             self.republished.insert(id, (now, times + 1));
         }
@@ -1379,26 +1392,6 @@ pub(crate) fn answers_need(
         .filter(|&l| l != own && score(l) < mine)
         .count();
     before < k
-}
-
-/// Whether an answer to a request for the commit ending an epoch we left `since_left_ms`
-/// ago would be refused by our own node, whose transport refuses to publish again what it
-/// saw within `window` ([`crate::Transport::duplicate_window`]; gossipsub's duplicate
-/// cache, 2 minutes on both our transports).
-///
-/// Our node saw the commit no later than we merged it, which is when we left the epoch,
-/// and in the normal case a settle time before: so until half the window after we left,
-/// it still holds every payload of the answer (the commit, and the votes, which come
-/// after it) and would refuse them all. Such answers reached nobody, and each cost its
-/// answerer the outbox's encryption and SQLite work: at 50 members on two cores, 863
-/// answers to 73 requests during 11 commits put 14 800 payloads through the outboxes, of
-/// which none went out (BENCHMARKS.md). Past half the window we answer again (a commit
-/// merged long after it arrived, as in a branch move, or fetched from a store, may be
-/// out of our node's cache sooner; then the answer goes out). Liveness only: within the
-/// window the answer could not have helped.
-fn answer_refused(since_left_ms: u64, window: std::time::Duration) -> bool {
-    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-    since_left_ms < window_ms / 2
 }
 
 /// Settle times between two publications of an own commit that is not final.
@@ -1623,13 +1616,6 @@ impl State {
         if self.needs.get(&key).is_some_and(|(t, _)| now < *t + gap) {
             return Ok(Outcome::Done);
         }
-        if let Some(window) = self.duplicate_window {
-            let since = self.since_left_ms(gid, epoch)?;
-            if since.is_some_and(|s| answer_refused(s, window)) {
-                self.stats.needs_refused_duplicate += 1;
-                return Ok(Outcome::Done);
-            }
-        }
         let payload: Option<Vec<u8>> = self
             .db()
             .prepare_cached(
@@ -1682,10 +1668,10 @@ impl State {
         );
         let topic = self.group(gid)?.topic.clone();
         for c in commits {
-            self.enqueue(&topic, c)?;
+            self.enqueue_again(&topic, c)?;
         }
         for v in votes {
-            self.enqueue(&topic, v)?;
+            self.enqueue_again(&topic, v)?;
         }
         self.needs.insert(key, (now, 1));
         self.needs
@@ -1699,18 +1685,7 @@ impl State {
 mod tests {
     use std::time::Duration;
 
-    use super::{NEED_ANSWERERS, NEED_STALL_CAP, answer_refused, answers_need, open_epoch_stalled};
-
-    #[test]
-    fn answers_wait_for_half_the_duplicate_window() {
-        let window = Duration::from_secs(120);
-        assert!(answer_refused(0, window));
-        assert!(answer_refused(59_999, window));
-        assert!(!answer_refused(60_000, window));
-        assert!(!answer_refused(u64::MAX, window));
-        // A transport that refuses nothing again within its window refuses nothing.
-        assert!(!answer_refused(0, Duration::ZERO));
-    }
+    use super::{NEED_ANSWERERS, NEED_STALL_CAP, answers_need, open_epoch_stalled};
 
     #[test]
     fn an_open_epoch_is_asked_for_once_its_votes_stop_coming() {

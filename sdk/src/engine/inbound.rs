@@ -94,7 +94,8 @@ impl State {
             Wire::Application { auth, mls } => {
                 self.on_application(&gid, msg.id, &msg.data, auth, &mls)
             }
-            Wire::Welcome { .. } | Wire::Void { .. } => {
+            // `Wire::decode` reads a copy as what it carries: never seen here.
+            Wire::Welcome { .. } | Wire::Void { .. } | Wire::Again { .. } => {
                 self.stats.malformed += 1;
                 Ok(Outcome::Done)
             }

@@ -105,6 +105,13 @@ impl State {
         };
         let hash = wire::welcome_hash(bytes);
         tracing::trace!("{}: a Welcome ({source:?})", self.name);
+        if self.used_welcome(&hash)? {
+            // One we joined with: refused whatever else holds (`trust::welcome_action`),
+            // here before any processing. Its inviter publishes it again a few times
+            // (`finality::republish_own`), and anyone can make copies.
+            self.stats.duplicates += 1;
+            return Ok(false);
+        }
         self.db().execute_batch("SAVEPOINT pqmls_welcome")?;
         let outcome = self.join(welcome, &hash, source);
         if !matches!(outcome, Ok(Join::Joined)) {

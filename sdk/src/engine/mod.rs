@@ -128,8 +128,6 @@ pub(crate) struct State {
     pub key_changes: BTreeSet<(String, UserId)>,
     /// Seen ids recorded since the last pruning.
     pub seen_marks: usize,
-    /// The transport's duplicate window ([`crate::Transport::duplicate_window`]).
-    pub duplicate_window: Option<std::time::Duration>,
     /// Own commits merged but not final yet: when each was last published, and how
     /// often (see `finality::republish_own`).
     pub republished: BTreeMap<[u8; 32], (Instant, u32)>,
@@ -705,6 +703,16 @@ impl State {
             .execute(params![topic.as_str(), payload])?;
         self.todo.flush = true;
         Ok(())
+    }
+
+    /// Enqueues `payload` (published before, by us or by others) to be published again,
+    /// wrapped with a fresh nonce ([`Wire::Again`]): the same bytes would be refused by
+    /// our own node, and dropped by every peer that saw them, for the transport's
+    /// duplicate window.
+    pub(crate) fn enqueue_again(&mut self, topic: &Topic, payload: Vec<u8>) -> Result<()> {
+        let nonce = self.random::<8>()?;
+        self.stats.published_again += 1;
+        self.enqueue(topic, wire::Wire::again(payload, nonce))
     }
 
     pub(crate) fn random<const N: usize>(&self) -> Result<[u8; N]> {

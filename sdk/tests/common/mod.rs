@@ -128,6 +128,17 @@ pub const APPLICATION: u8 = 1;
 pub const WELCOME: u8 = 2;
 pub const VOID: u8 = 3;
 pub const VOTE: u8 = 4;
+pub const AGAIN: u8 = 7;
+
+/// `payload` wrapped as a copy published again (`Wire::Again`): the variant, an 8-byte
+/// nonce, the payload's length and the payload.
+pub fn again(payload: &[u8], nonce: u8) -> Vec<u8> {
+    let mut out = vec![AGAIN];
+    out.extend_from_slice(&[nonce; 8]);
+    out.extend_from_slice(&leb128(payload.len()));
+    out.extend_from_slice(payload);
+    out
+}
 
 /// LEB128, as postcard writes lengths.
 pub fn leb128(mut n: usize) -> Vec<u8> {
