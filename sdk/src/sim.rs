@@ -588,7 +588,8 @@ pub struct Scenario {
     /// The members' `Config::open_epoch_horizon` (on the virtual clock).
     pub open_horizon: Duration,
     /// An outsider attacks during the chaos phase (see `Outsider`): re-wrapped payloads,
-    /// forged fork signals, random sealed payloads, replays, foreign Welcomes. The users
+    /// forged fork signals, random sealed payloads, replays and copies published again,
+    /// foreign Welcomes. The users
     /// then accept invitations from their contacts only (every other user), the SDK's
     /// default policy.
     pub outsider: bool,
@@ -1246,8 +1247,8 @@ async fn agreement(
 /// invited, that reads everything on the group topic and the users' inboxes and publishes
 /// what an attacker on the network can: copies of members' payloads re-wrapped (trailing
 /// bytes), application messages with a forged epoch-authenticator tag (a fork signal),
-/// votes, requests for commits and rejoin requests with random contents, replays, and
-/// Welcomes into a group of its own that has the real group's id (for every user, with
+/// votes, requests for commits and rejoin requests with random contents, replays and
+/// copies published again (`Wire::Again`, fresh nonces), and Welcomes into a group of its own that has the real group's id (for every user, with
 /// their published key packages).
 struct Outsider {
     provider: crate::engine::Prov,
@@ -1379,11 +1380,15 @@ impl Outsider {
                     out.push((topic.clone(), w.encode()));
                 }
             }
-            // A replay of anything seen, after gossip's de-duplication.
+            // A replay of anything seen, after gossip's de-duplication, and a copy of it
+            // published again with a fresh nonce (`Wire::Again`), which no duplicate
+            // window stops (a copy of an application message or a request is no payload).
             3 if !self.seen.is_empty() => {
                 let m = self.seen[pick(rng, self.seen.len())].clone();
                 net.replay(&m);
                 self.published += 1;
+                let nonce = [u8::try_from(rng.below(256)).unwrap_or(0); 8];
+                out.push((m.topic.clone(), crate::wire::Wire::again(m.data, nonce)));
             }
             // A Welcome into the outsider's group with the real group's id.
             _ => {
