@@ -116,10 +116,11 @@ impl State {
         }
         let epoch = pm.epoch().as_u64();
         let slot = self.slot_of(gid, epoch)?;
+        let hash = wire::commit_hash(mls);
         tracing::trace!(
             "{}: group {gid} epoch {epoch}: commit {} ({slot:?})",
             self.name,
-            short(&wire::commit_hash(mls))
+            short(&hash)
         );
         match slot {
             EpochSlot::TooOld => {
@@ -138,12 +139,11 @@ impl State {
             tracing::debug!(
                 "{}: group {gid} epoch {epoch}: late candidate {} ignored (final)",
                 self.name,
-                short(&wire::commit_hash(mls))
+                short(&hash)
             );
             self.stats.ignored += 1;
             return Ok(Outcome::Done);
         }
-        let hash = wire::commit_hash(mls);
         let stored: bool = self
             .db()
             .prepare_cached(
