@@ -525,6 +525,13 @@ fn phase_medians<const K: usize>(
 }
 
 fn e2e(c: &mut Criterion) {
+    if std::env::var_os("RUST_LOG").is_some() {
+        // Traces to stderr, e.g. `RUST_LOG=pqmls::engine::finality=debug`.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let rt: Runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -296,6 +296,9 @@ impl Client {
                 .virtual_wall_clock_ms
                 .unwrap_or_else(crate::engine::now_ms),
             needs: BTreeMap::new(),
+            aired: BTreeMap::new(),
+            votes_asked: BTreeMap::new(),
+            votes_from_stores: BTreeMap::new(),
             vote_progress: BTreeMap::new(),
             lost_asks: BTreeMap::new(),
             rejoins: BTreeMap::new(),

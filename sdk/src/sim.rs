@@ -1375,7 +1375,11 @@ impl Outsider {
                         tag,
                         sealed: junk.clone(),
                     },
-                    crate::wire::Wire::Need { tag, nonce },
+                    crate::wire::Wire::Need {
+                        tag,
+                        nonce,
+                        votes: true,
+                    },
                 ] {
                     out.push((topic.clone(), w.encode()));
                 }

@@ -41,6 +41,12 @@ pub(crate) fn is_application(payload: &[u8]) -> bool {
     payload.first() == Some(&1)
 }
 
+/// Whether an encoded payload is a [`Wire::Again`] (variant 7): a copy, which
+/// [`Wire::decode`] reads as what it carries.
+pub(crate) fn is_again(payload: &[u8]) -> bool {
+    payload.first() == Some(&7)
+}
+
 /// A gossip payload.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) enum Wire {
@@ -94,8 +100,13 @@ pub(crate) enum Wire {
     Need {
         /// [`EpochKeys::vote_tag`] of the epoch whose ending commit is missing.
         tag: [u8; 16],
-        /// Random, so that asking again is not dropped as a duplicate.
+        /// Random, so that asking again is not dropped as a duplicate; its first byte
+        /// counts the request (`finality::answers_need`).
         nonce: [u8; 8],
+        /// Whether the votes on the epoch are wanted too (the epoch is undecided here),
+        /// or only its commits (the asker holds votes naming a commit it lacks): at 50
+        /// members on 0x004F the votes are four fifths of an answer's bytes.
+        votes: bool,
     },
     /// A member that cannot reach the group's final chain any more (its state is on a
     /// dead branch past the horizon: `Event::Unrecoverable`) asks to be added again, on
@@ -582,8 +593,14 @@ mod tests {
         let need = Wire::Need {
             tag: [3; 16],
             nonce: [0; 8],
+            votes: true,
         };
         assert_eq!(Wire::decode(&need.encode()), Some(need.clone()));
+        // Its last byte says whether the votes are wanted: 0 or 1, nothing else.
+        let mut bad = need.encode();
+        assert_eq!(bad.last(), Some(&1));
+        *bad.last_mut().unwrap() = 2;
+        assert_eq!(Wire::decode(&bad), None);
         assert_eq!(Wire::decode(&Wire::again(need.encode(), [1; 8])), None);
         let lost = Wire::Lost {
             tag: [3; 16],

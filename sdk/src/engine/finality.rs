@@ -76,7 +76,7 @@ impl State {
             .prepare_cached("DELETE FROM pqmls_votes_pending WHERE vote_tag = ?1")?
             .execute([&keys.vote_tag[..]])?;
         for sealed in waiting {
-            self.read_vote(gid, epoch, &keys, &sealed)?;
+            self.read_vote(gid, epoch, &keys, &sealed, false)?;
         }
         Ok(())
     }
@@ -507,6 +507,7 @@ impl State {
         gid: &GroupId,
         tag: &[u8; 16],
         sealed: &[u8],
+        copy: bool,
     ) -> Result<Outcome> {
         if sealed.len() > MAX_SEALED_VOTE {
             // Larger than any member's vote: kept nowhere (anyone can publish one, and
@@ -525,14 +526,38 @@ impl State {
             return Ok(Outcome::Done);
         };
         if self.is_final(gid, epoch)? {
-            // Decided already: a late vote changes nothing.
-            self.stats.ignored += 1;
+            // Decided already: a late vote changes nothing. A copy of one of those that
+            // decided it is an answer to someone's request.
+            let answer = copy
+                && self
+                .db()
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM pqmls_final_votes WHERE group_id = ?1 AND epoch = ?2 AND payload = ?3)",
+                )?
+                .query_row(
+                    params![
+                        gid.0,
+                        to_i64(epoch),
+                        Wire::Vote {
+                            tag: *tag,
+                            sealed: sealed.to_vec()
+                        }
+                        .encode()
+                    ],
+                    |r| r.get::<_, bool>(0),
+                )?;
+            if answer {
+                self.stats.duplicates += 1;
+                self.aired_now(gid, epoch, true);
+            } else {
+                self.stats.ignored += 1;
+            }
             return Ok(Outcome::Done);
         }
         let Some(keys) = self.epoch_keys(gid, epoch)? else {
             return Ok(Outcome::Done);
         };
-        self.read_vote(gid, epoch, &keys, sealed)?;
+        self.read_vote(gid, epoch, &keys, sealed, copy)?;
         self.evaluate_finality(gid)?;
         Ok(Outcome::Done)
     }
@@ -544,6 +569,7 @@ impl State {
         epoch: u64,
         keys: &EpochKeys,
         sealed: &[u8],
+        copy: bool,
     ) -> Result<()> {
         // As it was on the wire (the canonical encoding is the only one accepted).
         let payload = Wire::Vote {
@@ -553,15 +579,19 @@ impl State {
         .encode();
         // A copy of a vote read already (`Wire::Again`: anyone can make copies of what
         // it saw with fresh nonces) costs a lookup among this epoch's few votes, not a
-        // signature verification.
-        let known: bool = self
-            .db()
+        // signature verification. Only a copy: an original seen before has the same
+        // transport id (`is_seen`), and the lookup compares each of the epoch's votes
+        // (5 kB each on 0x004F, read through SQLCipher) for every vote that arrives.
+        let known = copy
+            && self
+                .db()
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM pqmls_votes WHERE group_id = ?1 AND vote_tag = ?2 AND payload = ?3)",
             )?
             .query_row(params![gid.0, &keys.vote_tag[..], payload], |r| r.get(0))?;
         if known {
             self.stats.duplicates += 1;
+            self.aired_now(gid, epoch, true);
             return Ok(());
         }
         let Some(plain) = self.open_for_epoch(&keys.vote_key, &keys.vote_tag, sealed) else {
@@ -1179,11 +1209,12 @@ impl State {
         Ok(())
     }
 
-    /// Publishes again our own merged commits that are not final after a while (at most
-    /// [`REPUBLISH_TIMES`] times, [`REPUBLISH_AFTER`] settle times apart): a commit that
-    /// reached no one (gossip dropped it, the stores missed it) would otherwise leave us
-    /// on a branch of our own. A commit that was delivered gets votes and becomes final,
-    /// or loses to one that does and we move.
+    /// Publishes again our own merged commits that are not final after a while and that
+    /// no other member's vote names yet (at most [`REPUBLISH_TIMES`] times,
+    /// [`REPUBLISH_AFTER`] settle times apart): a commit that reached no one (gossip
+    /// dropped it, the stores missed it) would otherwise leave us on a branch of our own.
+    /// A commit that was delivered gets votes and becomes final, or loses to one that
+    /// does and we move.
     pub(crate) fn republish_own(&mut self, now: Instant) -> Result<()> {
         let gids: Vec<GroupId> = self.groups.keys().cloned().collect();
         let gap = self.config.settle.saturating_mul(REPUBLISH_AFTER);
@@ -1219,6 +1250,21 @@ impl State {
                 live.insert(id);
                 let (last, times) = *self.republished.entry(id).or_insert((now, 0));
                 if times >= REPUBLISH_TIMES || now < last + gap {
+                    continue;
+                }
+                // Evidence that it reached others: another member's vote names it. Those
+                // that still lack it ask (`ask_missing`, a vote naming a commit they do
+                // not hold); a copy to everyone (67 kB at 50 members on 0x004F, once per
+                // commit since copies get through the duplicate window) would only slow
+                // the members it is still on its way to.
+                let reached: bool = self
+                    .db()
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM pqmls_votes WHERE group_id = ?1 AND commit_hash = ?2 AND voter != ?3)",
+                    )?
+                    .query_row(params![gid.0, hash, &self.id.0[..]], |r| r.get(0))?;
+                if reached {
+                    self.republished.insert(id, (now, times));
                     continue;
                 }
                 let payload: Vec<u8> = self
@@ -1322,8 +1368,12 @@ impl State {
 pub(crate) const KEEP_FINAL: u64 = 64;
 /// Settle times between two requests for a missing commit (and two answers for one).
 const NEED_AFTER: u32 = 8;
-/// Requests for one missing commit, at most.
+/// Requests for one missing commit in a row, [`NEED_AFTER`] settle times apart; then
+/// one every [`NEED_SLOW_AFTER`].
 const NEED_TIMES: u32 = 20;
+/// Settle times between two requests for a missing commit once [`NEED_TIMES`] went
+/// unanswered (a minute at the default settle time).
+const NEED_SLOW_AFTER: u32 = 240;
 /// Gaps after leaving an epoch that is still open here from which we ask for it even while
 /// its votes still come in (see [`State::ask_missing`]).
 const NEED_STALL_CAP: u64 = 4;
@@ -1343,55 +1393,78 @@ fn open_epoch_stalled(
 }
 
 /// Members that answer a first request for a missing commit; each later request of the
-/// same member for it adds as many ([`answers_need`]).
+/// same member for it adds as many, up to [`NEED_ROUND`] requests ([`answers_need`]).
 const NEED_ANSWERERS: usize = 3;
+/// Requests that share one ranking of the answerers ([`answers_need`]).
+const NEED_ROUND: u8 = 4;
 
 /// Whether the member at leaf `own` answers a request for a missing commit
-/// ([`Wire::Need`]), the group's members being at `leaves`.
+/// ([`Wire::Need`]) that counts itself its `attempt`-th, the group's members being at
+/// `leaves`.
 ///
-/// Every member that holds the commit could answer, and before this rule every one did:
-/// in a 50-member group a request cost 50 republications of the commit and its votes
-/// (about 330 kB each on 0x004F, written to and deleted from every answerer's encrypted
-/// outbox), and the members that ask are those already behind, mostly because they are
-/// slow (seen in `e2e_commit_to_epoch/0x004F/50`: 14 answers per request, 1 490 outbox
-/// payloads per commit of which 62 were new). One answer is enough when it is delivered:
-/// it goes to the whole topic. So the members are ranked by
-/// `SHA-256("pqmls need answerer v1" | tag | nonce | leaf)` and the first `k` answer, `k`
-/// being [`NEED_ANSWERERS`] times the attempt the request counts in its first nonce byte
-/// (1 on a first request). The nonce is fresh per request, so the answerers change each
-/// time: members that are gone, slow or missing the commit themselves stop no one for
-/// longer than a few requests (if half the members hold the commit, a first request
-/// reaches none of them with probability 1/8, a second 1/64), and the 20th and last
-/// request reaches 60. Growth is linear, not doubling: with doubling, members that were
-/// only slow (a catch-up burst at 50 members on two cores) reached their fourth or fifth
-/// request and had 24 to 48 members answer each (BENCHMARKS.md).
+/// Every member that holds the commit could answer, and before a rule every one did: in
+/// a 50-member group a request cost 50 republications of the commit and its votes
+/// (about 330 kB each on 0x004F), and the members that ask are those already behind,
+/// mostly because they are slow. One answer is enough when it is delivered: it goes to
+/// the whole topic. So the members are ranked by
+/// `SHA-256("pqmls need answerer v2" | tag | round | leaf)`, `round` being
+/// `(attempt - 1) / NEED_ROUND`, and the first `k` answer, `k` being [`NEED_ANSWERERS`]
+/// times the attempt's place in its round (3, 6, 9, 12, then 3 again with a new ranking).
+///
+/// The ranking depends on the epoch (its tag) and the round, not on the request: every
+/// member asking for one epoch in one round reaches the same members, each of which
+/// answers at most once per [`NEED_AFTER`] settle times ([`State::on_need`]). So what
+/// answering costs is bounded per epoch, not per asker: at most 12 answers per gap and
+/// round, whatever the number of members asking. (Ranked by the request's random nonce,
+/// as up to the sixteenth session, every request reached 3 members of its own, and at 50
+/// members on two cores, once answers got through the duplicate window, the members
+/// that were only slow asked by the hundred and their answers swamped the gossip:
+/// BENCHMARKS.md, seventeenth session.) Members that are gone, slow or missing the
+/// commit themselves stop no one for long: within a round more members answer each
+/// time, and each round ranks the members afresh (if half the members hold the commit, a
+/// first request reaches none of them with probability 1/8, a round of 4 with 1/4 096).
 ///
 /// Anyone who sees the group topic can ask (the tag is in clear in every vote) and can
-/// claim any attempt: the worst it gets is every member answering, as before this rule,
-/// still at most once per [`NEED_AFTER`] settle times each (the rate limit of
-/// [`State::on_need`]). Liveness only; no safety decision depends on who answers.
+/// claim any attempt: the worst it gets is 12 members answering per round it names,
+/// each at most once per gap. Liveness only; no safety decision depends on who answers.
 pub(crate) fn answers_need(
     tag: &[u8; 16],
-    nonce: &[u8; 8],
+    attempt: u8,
     own: u32,
     leaves: impl IntoIterator<Item = u32>,
 ) -> bool {
+    let attempt = attempt.max(1) - 1;
+    let round = attempt / NEED_ROUND;
+    let k = NEED_ANSWERERS.saturating_mul(usize::from(attempt % NEED_ROUND) + 1);
     let score = |leaf: u32| -> [u8; 32] {
         let mut h = <sha2::Sha256 as sha2::Digest>::new();
-        sha2::Digest::update(&mut h, b"pqmls need answerer v1");
+        sha2::Digest::update(&mut h, b"pqmls need answerer v2");
         sha2::Digest::update(&mut h, tag);
-        sha2::Digest::update(&mut h, nonce);
+        sha2::Digest::update(&mut h, [round]);
         sha2::Digest::update(&mut h, leaf.to_be_bytes());
         sha2::Digest::finalize(h).into()
     };
-    let attempt = u32::from(nonce[0].max(1));
-    let k = NEED_ANSWERERS.saturating_mul(attempt as usize);
     let mine = score(own);
     let before = leaves
         .into_iter()
         .filter(|&l| l != own && score(l) < mine)
         .count();
     before < k
+}
+
+/// The attempt a request counts itself (its nonce's first byte, [`answers_need`]) after
+/// `times` requests for its epoch: 1, 2, 3, ... while fewer than [`NEED_TIMES`] went
+/// unanswered; then a slow request opens a new round each time (its first attempt, 3
+/// answerers ranked afresh), so that members that are gone for good do not stand
+/// between a slow asker and those that came back.
+fn need_attempt(times: u32) -> u8 {
+    if times < NEED_TIMES {
+        u8::try_from(times + 1).unwrap_or(u8::MAX)
+    } else {
+        // A round number that fits the byte: 0..=62, cycled.
+        let round = u8::try_from(times % u32::from(u8::MAX / NEED_ROUND)).unwrap_or(0);
+        round * NEED_ROUND + 1
+    }
 }
 
 /// Settle times between two publications of an own commit that is not final.
@@ -1419,7 +1492,10 @@ fn vote_marker(gid: &GroupId) -> [u8; 32] {
 impl State {
     /// Asks for a commit we lack, for each of these reasons (each epoch on its own budget:
     /// [`NEED_TIMES`] requests, [`NEED_AFTER`] settle times apart, so an old epoch whose
-    /// requests are spent hides no newer one):
+    /// requests are spent hides no newer one; then one every [`NEED_SLOW_AFTER`] settle
+    /// times for the oldest such epoch, since a member that stops asking may be left on
+    /// its branch, silent, when the members that could answer come back; the votes on the
+    /// epoch are asked for only where it is undecided here, `Wire::Need::votes`):
     /// - the votes make a commit final for an epoch from the first one not final here on
     ///   (the one we are in included: the last commit of a quiet group may reach us no
     ///   other way; later ones: see `follow_later_quorums`) and we do not hold it;
@@ -1433,7 +1509,9 @@ impl State {
     ///   [`NEED_STALL_CAP`] gaps after we left we ask anyway, so voters trickling their
     ///   votes cannot hold it off;
     /// - a vote of a member of our epoch names a commit ending it that we do not hold,
-    ///   still so one gap after we first saw it (a vote may come before its commit);
+    ///   still so one gap after we first saw it (a vote may come before its commit) and
+    ///   no vote from a voter new to us came for a gap (or [`NEED_STALL_CAP`] gaps
+    ///   passed): the commit is on its way while its votes still come in;
     /// - the group has visibly gone further (commits or messages of later epochs wait
     ///   here) while we are idle.
     pub(crate) fn ask_missing(&mut self, now: Instant) -> Result<()> {
@@ -1450,9 +1528,12 @@ impl State {
             }
             let current = g.mls.epoch().as_u64();
             let first_open = self.final_epoch(&gid)?.map_or(0, |f| f + 1);
-            let mut wanted = BTreeSet::new();
+            // Epoch -> whether its votes are wanted too (it is undecided here).
+            let mut wanted = BTreeMap::new();
+            // Epochs whose votes we lack: asked for one at a time (below).
+            let mut undecided = Vec::new();
             if g.removed_at.is_some_and(|t| now >= t + gap) && first_open < current {
-                wanted.insert(first_open);
+                undecided.push(first_open);
             }
             // From the first open epoch on (later ones too: `follow_later_quorums`).
             let from = first_open.max(current.saturating_sub(KEEP_FINAL));
@@ -1468,13 +1549,14 @@ impl State {
                     // the recovery asks to be added again (`recovery.rs`).
                     let spent = self
                         .needs
-                        .get(&(gid.clone(), epoch, true))
+                        .get(&(gid.clone(), epoch))
                         .is_some_and(|(t, n)| *n >= NEED_TIMES && now >= *t + gap);
                     if spent {
                         self.unrecoverable(&gid, epoch)?;
                         break;
                     }
-                    wanted.insert(epoch);
+                    // We hold the votes that decided it: the commit is what we lack.
+                    wanted.entry(epoch).or_insert(false);
                 } else if epoch < current {
                     // An epoch we left that is still open here well after we left it:
                     // its votes, or some, are lost to us (the members that hold them
@@ -1485,20 +1567,37 @@ impl State {
                         .get(&(gid.clone(), epoch))
                         .map(|t| now.saturating_duration_since(*t));
                     if since.is_some_and(|s| open_epoch_stalled(s, progress, gap)) {
-                        wanted.insert(epoch);
+                        undecided.push(epoch);
                     }
                 }
             }
             if self.voted_unknown(&gid, current)? {
-                let key = (gid.clone(), current, true);
+                let key = (gid.clone(), current);
+                let progress = self
+                    .vote_progress
+                    .get(&(gid.clone(), current))
+                    .map(|t| now.saturating_duration_since(*t));
                 match self.needs.get(&key) {
                     None => {
                         // A first sighting (`times` 0) is not a request: it starts the gap.
                         self.needs.insert(key, (now, 0));
                     }
-                    Some((t, 0)) if now < *t + gap => {}
+                    // While votes from voters new to us still come in, the commit they
+                    // name is on its way too (at 50 members on two cores the last member
+                    // has it a second after the first votes: hundreds of needless
+                    // requests, each answered with a 67 kB commit, when it asked a gap
+                    // after the first vote); as for an open epoch we left, never longer
+                    // than [`NEED_STALL_CAP`] gaps.
+                    Some((t, 0))
+                        if !open_epoch_stalled(
+                            u64::try_from(now.saturating_duration_since(*t).as_millis())
+                                .unwrap_or(u64::MAX),
+                            progress,
+                            gap,
+                        ) => {}
                     Some(_) => {
-                        wanted.insert(current);
+                        // The votes are here: one names the commit we lack.
+                        wanted.entry(current).or_insert(false);
                     }
                 }
             }
@@ -1510,39 +1609,98 @@ impl State {
                 )?
                 .query_row(params![gid.0, to_i64(current)], |r| r.get(0))?;
             if ahead {
-                wanted.insert(current);
+                // The group went on: the commit ending our epoch is what we lack first;
+                // its votes, if lost too, are asked for once we left it and it stalled.
+                wanted.entry(current).or_insert(false);
             }
-            for epoch in wanted {
-                let key = (gid.clone(), epoch, true);
+            // The votes on one undecided epoch per gap, the one asked for least lately: an
+            // answer carries all the votes on its epoch (260 kB at 50 members on 0x004F),
+            // and a member that lacks those of several epochs is mostly one whose votes
+            // are slow, not lost (seen at 50 members on two cores: every member asking for
+            // each epoch it had left, the answers swamping the gossip that was slow). The
+            // others wait their turn; none is starved, each turn goes to the oldest.
+            // First the stores, which hold every vote they did not miss, and whose answer
+            // goes to us alone: one catch-up for every epoch newly undecided here, and a
+            // gap for it, before a request that makes members publish the votes to
+            // everyone. (Votes dropped on the way to a member that was only slow, as at 50
+            // members on two cores, come back this way; before, those members asked by the
+            // hundred, and the answers swamped the gossip that had dropped them.)
+            let mut fresh = false;
+            for e in &undecided {
+                if let std::collections::btree_map::Entry::Vacant(v) =
+                    self.votes_from_stores.entry((gid.clone(), *e))
+                {
+                    v.insert(now);
+                    fresh = true;
+                }
+            }
+            if fresh {
+                self.todo.sync.insert(gid.clone());
+            }
+            let due = |s: &Self, e: u64| {
+                s.votes_from_stores
+                    .get(&(gid.clone(), e))
+                    .is_some_and(|t| now >= *t + gap)
+            };
+            if self.votes_asked.get(&gid).is_none_or(|t| now >= *t + gap)
+                && let Some(epoch) = undecided
+                    .into_iter()
+                    .filter(|e| due(self, *e))
+                    .min_by_key(|e| (self.needs.get(&(gid.clone(), *e)).map(|(t, _)| *t), *e))
+            {
+                wanted.insert(epoch, true);
+            }
+            let mut slow_asked = false;
+            for (epoch, votes) in wanted {
+                let key = (gid.clone(), epoch);
                 let (last, times) = self.needs.get(&key).copied().unwrap_or((now, 0));
-                if times >= NEED_TIMES || (times > 0 && now < last + gap) {
+                if times > 0 && now < last + gap {
                     continue;
                 }
+                // After [`NEED_TIMES`] requests, one every [`NEED_SLOW_AFTER`] settle
+                // times, for the oldest such epoch of the group only: the members that
+                // could answer may be away for longer than the first requests last, and
+                // a member that stopped asking would stay on its branch, silent, for
+                // good (`a_member_whose_requests_went_unanswered_asks_again_later`).
+                let slow = times >= NEED_TIMES;
+                if slow
+                    && (slow_asked
+                        || now < last + self.config.settle.saturating_mul(NEED_SLOW_AFTER))
+                {
+                    continue;
+                }
+                slow_asked |= slow;
                 let Some(keys) = self.epoch_keys(&gid, epoch)? else {
                     continue;
                 };
                 tracing::debug!(
-                    "{}: group {gid}: asking for the commit ending epoch {epoch}",
-                    self.name
+                    "{}: group {gid}: asking for the commit ending epoch {epoch} (at {current}, {}, request {})",
+                    self.name,
+                    if votes { "with votes" } else { "commit only" },
+                    times + 1
                 );
                 let mut nonce = self.random::<8>()?;
                 // The attempt, for `answers_need`: later requests reach more members.
-                nonce[0] = u8::try_from(times + 1).unwrap_or(u8::MAX);
+                nonce[0] = need_attempt(times);
                 let topic = self.group(&gid)?.topic.clone();
                 self.enqueue(
                     &topic,
                     Wire::Need {
                         tag: keys.vote_tag,
                         nonce,
+                        votes,
                     }
                     .encode(),
                 )?;
-                self.needs.insert(key, (now, times + 1));
+                self.needs.insert(key, (now, times.saturating_add(1)));
+                if votes {
+                    self.votes_asked.insert(gid.clone(), now);
+                }
                 self.stats.needs_sent += 1;
             }
         }
         // Our requests are remembered while their epoch is still open here (so the count
-        // bounds them); the answers we gave, for one gap.
+        // and the slow rate bound them); when a commit last went by, for one gap.
         let mut open = std::collections::BTreeMap::new();
         for (id, g) in &self.groups {
             let first = self.final_epoch(id)?.map_or(0, |f| f + 1);
@@ -1552,15 +1710,32 @@ impl State {
             open.get(g)
                 .is_some_and(|(first, cur)| (*first..=*cur).contains(e))
         });
-        self.needs.retain(|(g, e, asked), (t, _)| {
-            if *asked {
-                open.get(g)
-                    .is_some_and(|(first, cur)| (*first..=*cur).contains(e))
-            } else {
-                now < *t + gap
-            }
+        self.needs.retain(|(g, e), _| {
+            open.get(g)
+                .is_some_and(|(first, cur)| (*first..=*cur).contains(e))
+        });
+        self.aired.retain(|_, (t, _)| now < *t + gap);
+        self.votes_asked.retain(|g, _| open.contains_key(g));
+        self.votes_from_stores.retain(|(g, e), _| {
+            open.get(g)
+                .is_some_and(|(first, cur)| (*first..=*cur).contains(e))
         });
         Ok(())
+    }
+
+    /// A commit ending `epoch`, or a vote on it, went by again (a copy: an answer, a
+    /// republication): a request for it within a gap is not answered again by us
+    /// ([`State::on_need`]); `votes`: a vote did (answers carry them all at once).
+    pub(crate) fn aired_now(&mut self, gid: &GroupId, epoch: u64, votes: bool) {
+        let now = Instant::now();
+        let gap = self.config.settle.saturating_mul(NEED_AFTER);
+        let key = (gid.clone(), epoch);
+        let votes = votes
+            || self
+                .aired
+                .get(&key)
+                .is_some_and(|(t, v)| *v && now < *t + gap);
+        self.aired.insert(key, (now, votes));
     }
 
     fn holds_commit(&self, gid: &GroupId, id: &CommitId) -> Result<bool> {
@@ -1593,6 +1768,7 @@ impl State {
         gid: &GroupId,
         tag: &[u8; 16],
         nonce: &[u8; 8],
+        want_votes: bool,
     ) -> Result<Outcome> {
         let Some(epoch) = self.epoch_of_tag(gid, tag)? else {
             self.stats.ignored += 1;
@@ -1602,7 +1778,7 @@ impl State {
         let chosen = self.groups.get(gid).is_some_and(|g| {
             answers_need(
                 tag,
-                nonce,
+                nonce[0],
                 g.mls.own_leaf_index().u32(),
                 g.mls.members().map(|m| m.index.u32()),
             )
@@ -1612,8 +1788,18 @@ impl State {
         }
         let now = Instant::now();
         let gap = self.config.settle.saturating_mul(NEED_AFTER);
-        let key = (gid.clone(), epoch, false);
-        if self.needs.get(&key).is_some_and(|(t, _)| now < *t + gap) {
+        // What went by less than a gap ago reached the asker as it reached us, or was
+        // lost to it; then it asks again, after a gap.
+        let key = (gid.clone(), epoch);
+        if self
+            .aired
+            .get(&key)
+            .is_some_and(|(t, with_votes)| now < *t + gap && (*with_votes || !want_votes))
+        {
+            tracing::trace!(
+                "{}: group {gid}: epoch {epoch}'s commit went by lately: not sent again",
+                self.name
+            );
             return Ok(Outcome::Done);
         }
         let payload: Option<Vec<u8>> = self
@@ -1660,6 +1846,11 @@ impl State {
         if commits.is_empty() {
             return Ok(Outcome::Done);
         }
+        if !want_votes {
+            // The asker holds votes naming the commit it lacks (or the group went on
+            // without it): the commits alone, a fifth of the bytes at 50 members.
+            votes.clear();
+        }
         tracing::debug!(
             "{}: group {gid}: publishing {} commit(s) ending epoch {epoch} again, with {} vote(s)",
             self.name,
@@ -1673,9 +1864,7 @@ impl State {
         for v in votes {
             self.enqueue_again(&topic, v)?;
         }
-        self.needs.insert(key, (now, 1));
-        self.needs
-            .retain(|(_, _, asked), (t, _)| *asked || now < *t + gap);
+        self.aired.insert(key, (now, want_votes));
         self.stats.needs_answered += 1;
         Ok(Outcome::Done)
     }
@@ -1685,7 +1874,10 @@ impl State {
 mod tests {
     use std::time::Duration;
 
-    use super::{NEED_ANSWERERS, NEED_STALL_CAP, answers_need, open_epoch_stalled};
+    use super::{
+        NEED_ANSWERERS, NEED_ROUND, NEED_STALL_CAP, NEED_TIMES, answers_need, need_attempt,
+        open_epoch_stalled,
+    };
 
     #[test]
     fn an_open_epoch_is_asked_for_once_its_votes_stop_coming() {
@@ -1705,58 +1897,84 @@ mod tests {
         assert!(open_epoch_stalled(cap, Some(ms(0)), gap));
     }
 
-    fn answerers(tag: &[u8; 16], nonce: &[u8; 8], leaves: &[u32]) -> Vec<u32> {
+    fn answerers(tag: &[u8; 16], attempt: u8, leaves: &[u32]) -> Vec<u32> {
         leaves
             .iter()
             .copied()
-            .filter(|&own| answers_need(tag, nonce, own, leaves.iter().copied()))
+            .filter(|&own| answers_need(tag, attempt, own, leaves.iter().copied()))
             .collect()
     }
 
     #[test]
     fn a_first_request_is_answered_by_a_few_members_and_each_later_one_by_a_few_more() {
         let leaves: Vec<u32> = (0..50).collect();
-        let tag = [7u8; 16];
         for attempt in 1u8..=20 {
-            let mut nonce = [attempt, 1, 2, 3, 4, 5, 6, 7];
-            for salt in 0u8..20 {
-                nonce[7] = salt;
-                let want = (NEED_ANSWERERS * usize::from(attempt)).min(leaves.len());
+            for t in 0u8..20 {
+                let tag = [t; 16];
+                let place = usize::from((attempt - 1) % NEED_ROUND) + 1;
+                let want = (NEED_ANSWERERS * place).min(leaves.len());
                 assert_eq!(
-                    answerers(&tag, &nonce, &leaves).len(),
+                    answerers(&tag, attempt, &leaves).len(),
                     want,
                     "attempt {attempt}"
                 );
             }
         }
-        // A nonce byte of 0 (a peer that does not count) is a first attempt.
-        assert_eq!(
-            answerers(&tag, &[0, 9, 9, 9, 9, 9, 9, 9], &leaves).len(),
-            NEED_ANSWERERS
-        );
+        let tag = [7u8; 16];
+        // Whatever an asker claims: never more than a round's last attempt reaches.
+        let most = (1..=u8::MAX)
+            .map(|a| answerers(&tag, a, &leaves).len())
+            .max();
+        assert_eq!(most, Some(NEED_ANSWERERS * usize::from(NEED_ROUND)));
+        // An attempt byte of 0 (a peer that does not count) is a first attempt.
+        assert_eq!(answerers(&tag, 0, &leaves), answerers(&tag, 1, &leaves));
         // Small groups: everyone.
-        assert_eq!(answerers(&tag, &[1; 8], &[4, 9]), vec![4, 9]);
+        assert_eq!(answerers(&tag, 1, &[4, 9]), vec![4, 9]);
         // A member not (yet) in the list still ranks itself among it.
         let outside = (0..40u8)
-            .filter(|&s| answers_need(&tag, &[1, s, 0, 0, 0, 0, 0, 0], 99, leaves.iter().copied()))
+            .filter(|&t| answers_need(&[t; 16], 1, 99, leaves.iter().copied()))
             .count();
         assert!(outside > 0 && outside < 40, "{outside}");
     }
 
+    /// Every member asking for one epoch in one round reaches the same members (so the
+    /// answers are bounded per epoch, not per asker), more of them at each attempt of
+    /// the round; each round and each epoch ranks them afresh.
     #[test]
-    fn the_answerers_change_with_every_request() {
+    fn the_answerers_are_the_epochs_and_change_with_every_round() {
         let leaves: Vec<u32> = (0..50).collect();
         let tag = [3u8; 16];
-        let mut chosen = std::collections::BTreeSet::new();
-        for salt in 0u16..200 {
-            let [a, b] = salt.to_be_bytes();
-            chosen.extend(answerers(&tag, &[1, a, b, 0, 0, 0, 0, 0], &leaves));
+        for round in 0..(u8::MAX / NEED_ROUND) {
+            let first = round * NEED_ROUND + 1;
+            for a in first..first + NEED_ROUND - 1 {
+                let now = answerers(&tag, a, &leaves);
+                let next = answerers(&tag, a + 1, &leaves);
+                assert!(now.iter().all(|l| next.contains(l)), "attempt {a}");
+            }
         }
-        // 600 picks over 50 members: each would be missed with probability (47/50)^200.
+        let mut chosen = std::collections::BTreeSet::new();
+        for round in 0..(u8::MAX / NEED_ROUND) {
+            chosen.extend(answerers(&tag, round * NEED_ROUND + 1, &leaves));
+        }
+        // 189 picks over 50 members, 3 per round.
         assert_eq!(chosen.len(), leaves.len());
+        assert_ne!(answerers(&tag, 1, &leaves), answerers(&tag, 5, &leaves));
         // And they depend on the tag too (one epoch's slow members are not the next one's).
-        let other: Vec<u32> = answerers(&[4u8; 16], &[1, 0, 0, 0, 0, 0, 0, 0], &leaves);
-        let first: Vec<u32> = answerers(&tag, &[1, 0, 0, 0, 0, 0, 0, 0], &leaves);
-        assert_ne!(other, first);
+        assert_ne!(
+            answerers(&[4u8; 16], 1, &leaves),
+            answerers(&tag, 1, &leaves)
+        );
+    }
+
+    #[test]
+    fn slow_requests_open_a_new_round_each() {
+        let attempts: Vec<u8> = (0..NEED_TIMES).map(need_attempt).collect();
+        assert_eq!(attempts, (1..=20).collect::<Vec<u8>>());
+        let slow: Vec<u8> = (NEED_TIMES..NEED_TIMES + 200).map(need_attempt).collect();
+        assert!(slow.iter().all(|a| a % NEED_ROUND == 1));
+        // Consecutive slow requests are in different rounds, and the rounds cycle.
+        assert!(slow.windows(2).all(|w| w[0] != w[1]));
+        let rounds: std::collections::BTreeSet<u8> = slow.iter().map(|a| a / NEED_ROUND).collect();
+        assert_eq!(rounds.len(), usize::from(u8::MAX / NEED_ROUND));
     }
 }

@@ -88,8 +88,10 @@ impl State {
         };
         match wire {
             Wire::Handshake { priority, mls } => self.on_handshake(&gid, &priority, &mls),
-            Wire::Vote { tag, sealed } => self.on_vote(&gid, &tag, &sealed),
-            Wire::Need { tag, nonce } => self.on_need(&gid, &tag, &nonce),
+            Wire::Vote { tag, sealed } => {
+                self.on_vote(&gid, &tag, &sealed, wire::is_again(&msg.data))
+            }
+            Wire::Need { tag, nonce, votes } => self.on_need(&gid, &tag, &nonce, votes),
             Wire::Lost { tag, sealed } => self.on_lost(&gid, &tag, &sealed, Instant::now()),
             Wire::Application { auth, mls } => {
                 self.on_application(&gid, msg.id, &msg.data, auth, &mls)

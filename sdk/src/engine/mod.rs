@@ -152,9 +152,19 @@ pub(crate) struct State {
     pub origin: Instant,
     /// The wall clock then (milliseconds since the Unix epoch).
     pub origin_wall_ms: u64,
-    /// Requests for missing commits: (group, epoch) -> when we last asked or answered,
-    /// and how often we asked (see `finality::ask_missing`, `finality::on_need`).
-    pub needs: BTreeMap<(GroupId, u64, bool), (Instant, u32)>,
+    /// Our requests for missing commits: (group, epoch) -> when we last asked, and how
+    /// often (see `finality::ask_missing`).
+    pub needs: BTreeMap<(GroupId, u64), (Instant, u32)>,
+    /// When a commit ending (group, epoch) last went by on the topic, as a copy or as
+    /// itself, ours or another's, and whether that epoch's votes went with it (ours):
+    /// `finality::on_need` does not answer again within a gap what everyone got.
+    pub aired: BTreeMap<(GroupId, u64), (Instant, bool)>,
+    /// When we last asked members for the votes on an epoch of the group: once per gap
+    /// (`finality::ask_missing`).
+    pub votes_asked: BTreeMap<GroupId, Instant>,
+    /// When we first asked the stores (a catch-up) for the votes on an undecided epoch:
+    /// the members are asked only a gap later (`finality::ask_missing`).
+    pub votes_from_stores: BTreeMap<(GroupId, u64), Instant>,
     /// When a vote from a voter (and round) new to us last arrived for an open epoch (see
     /// `finality::ask_missing`: an epoch whose votes still come in is not asked for).
     pub vote_progress: BTreeMap<(GroupId, u64), Instant>,

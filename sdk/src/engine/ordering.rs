@@ -133,6 +133,12 @@ impl State {
             }
             _ => {}
         }
+        let stored: bool = self
+            .db()
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2)",
+            )?
+            .query_row(params![gid.0, &hash[..]], |r| r.get(0))?;
         if self.is_final(gid, epoch)? {
             // The epoch's ending is final: a late candidate (a removed member's, a replay)
             // can change nothing.
@@ -141,15 +147,15 @@ impl State {
                 self.name,
                 short(&hash)
             );
-            self.stats.ignored += 1;
+            if stored {
+                // A copy of the final commit (an answer to someone's request).
+                self.stats.duplicates += 1;
+                self.aired_now(gid, epoch, false);
+            } else {
+                self.stats.ignored += 1;
+            }
             return Ok(Outcome::Done);
         }
-        let stored: bool = self
-            .db()
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2)",
-            )?
-            .query_row(params![gid.0, &hash[..]], |r| r.get(0))?;
         if stored {
             tracing::trace!(
                 "{}: group {gid} epoch {epoch}: candidate {} known",
@@ -157,6 +163,7 @@ impl State {
                 short(&hash)
             );
             self.stats.duplicates += 1;
+            self.aired_now(gid, epoch, false);
             return Ok(Outcome::Done);
         }
         let payload = Wire::Handshake {
