@@ -547,8 +547,9 @@ impl State {
                     |r| r.get::<_, bool>(0),
                 )?;
             if answer {
+                // Not `aired_now`: a copy of one vote is not all of them, and anyone can
+                // copy a vote it saw, once a gap, to silence every answer with votes.
                 self.stats.duplicates += 1;
-                self.aired_now(gid, epoch, true);
             } else {
                 self.stats.ignored += 1;
             }
@@ -590,8 +591,8 @@ impl State {
             )?
             .query_row(params![gid.0, &keys.vote_tag[..], payload], |r| r.get(0))?;
         if known {
+            // Not `aired_now` (see `on_vote`).
             self.stats.duplicates += 1;
-            self.aired_now(gid, epoch, true);
             return Ok(());
         }
         let Some(plain) = self.open_for_epoch(&keys.vote_key, &keys.vote_tag, sealed) else {
@@ -1723,18 +1724,18 @@ impl State {
         Ok(())
     }
 
-    /// A commit ending `epoch`, or a vote on it, went by again (a copy: an answer, a
-    /// republication): a request for it within a gap is not answered again by us
-    /// ([`State::on_need`]); `votes`: a vote did (answers carry them all at once).
-    pub(crate) fn aired_now(&mut self, gid: &GroupId, epoch: u64, votes: bool) {
+    /// A commit ending `epoch` went by again (a copy: an answer, a republication, which
+    /// delivers the commit to everyone as our answer would, whoever made it): a request
+    /// for it within a gap is not answered again by us ([`State::on_need`]). Whether all
+    /// the votes on it went too only our own answer says.
+    pub(crate) fn aired_now(&mut self, gid: &GroupId, epoch: u64) {
         let now = Instant::now();
         let gap = self.config.settle.saturating_mul(NEED_AFTER);
         let key = (gid.clone(), epoch);
-        let votes = votes
-            || self
-                .aired
-                .get(&key)
-                .is_some_and(|(t, v)| *v && now < *t + gap);
+        let votes = self
+            .aired
+            .get(&key)
+            .is_some_and(|(t, v)| *v && now < *t + gap);
         self.aired.insert(key, (now, votes));
     }
 

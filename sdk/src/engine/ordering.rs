@@ -150,7 +150,7 @@ impl State {
             if stored {
                 // A copy of the final commit (an answer to someone's request).
                 self.stats.duplicates += 1;
-                self.aired_now(gid, epoch, false);
+                self.aired_now(gid, epoch);
             } else {
                 self.stats.ignored += 1;
             }
@@ -163,7 +163,7 @@ impl State {
                 short(&hash)
             );
             self.stats.duplicates += 1;
-            self.aired_now(gid, epoch, false);
+            self.aired_now(gid, epoch);
             return Ok(Outcome::Done);
         }
         let payload = Wire::Handshake {
