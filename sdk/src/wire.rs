@@ -584,6 +584,7 @@ mod tests {
         for w in [&vote, &void] {
             let copy = Wire::again(w.encode(), [9; 8]);
             assert_ne!(copy, w.encode(), "new bytes to the transports");
+            assert!(is_again(&copy) && !is_again(&w.encode()));
             assert_ne!(copy, Wire::again(w.encode(), [8; 8]));
             assert_eq!(Wire::decode(&copy).as_ref(), Some(w));
         }
