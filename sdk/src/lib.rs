@@ -231,6 +231,9 @@ pub struct Stats {
     pub needs_sent: u64,
     /// Commits published again for a member that asked for one.
     pub needs_answered: u64,
+    /// Requests for a commit not answered because their MAC did not verify under the
+    /// epoch's key (not from a member of it) or their clock was too far from ours.
+    pub needs_refused: u64,
     /// Payloads published again (answers, own commits not final, Welcomes, withdrawals),
     /// each wrapped with a fresh nonce so that no transport refuses it as a duplicate.
     pub published_again: u64,

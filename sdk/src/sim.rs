@@ -1379,6 +1379,8 @@ impl Outsider {
                         tag,
                         nonce,
                         votes: true,
+                        sent_ms: rng.next_u64(),
+                        mac: [u8::try_from(rng.below(256)).unwrap_or(0); 16],
                     },
                 ] {
                     out.push((topic.clone(), w.encode()));

@@ -24,6 +24,7 @@
 //! the sender's epoch authenticator (shared by every member at that epoch). A `Void`
 //! carries only values that look random to anyone but the invitee.
 
+use hmac::{Hmac, KeyInit, Mac};
 use openmls::prelude::MlsMessageIn;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use pqmls_transport::Topic;
@@ -96,7 +97,9 @@ pub(crate) enum Wire {
     /// A member that holds an epoch but no commit ending it, while the group has gone
     /// further (it missed the commit, and so did the stores), asks for it on the group
     /// topic: members that merged a commit ending that epoch publish it again. `tag`
-    /// names the epoch to its members only ([`EpochKeys::vote_tag`]).
+    /// names the epoch to its members only ([`EpochKeys::vote_tag`]); but the tag is in
+    /// clear in every vote, so the request is authenticated by `mac`, under a key only
+    /// the epoch's members hold ([`need_mac`]).
     Need {
         /// [`EpochKeys::vote_tag`] of the epoch whose ending commit is missing.
         tag: [u8; 16],
@@ -107,6 +110,12 @@ pub(crate) enum Wire {
         /// or only its commits (the asker holds votes naming a commit it lacks): at 50
         /// members on 0x004F the votes are four fifths of an answer's bytes.
         votes: bool,
+        /// The asker's wall clock when it asked (milliseconds since the Unix epoch): a
+        /// request further than [`NEED_FRESH_MS`] from the answerer's clock is not
+        /// answered, so a request recorded by a store cannot be replayed for ever.
+        sent_ms: u64,
+        /// [`need_mac`] of the fields above under the epoch's vote key.
+        mac: [u8; 16],
     },
     /// A member that cannot reach the group's final chain any more (its state is on a
     /// dead branch past the horizon: `Event::Unrecoverable`) asks to be added again, on
@@ -417,6 +426,64 @@ pub(crate) fn lost_key(vote_key: &[u8; 32]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// How far from the answerer's clock the `sent_ms` of a [`Wire::Need`] may be, either way,
+/// for the request to be answered (clocks of members may differ by that much).
+pub(crate) const NEED_FRESH_MS: u64 = 10 * 60 * 1000;
+
+/// The MAC of a [`Wire::Need`]: HMAC-SHA256 (RFC 2104), truncated to its first 16
+/// bytes, under a key derived from the epoch's vote key under a label of its own (so it
+/// is no key of a vote or a rejoin request), over a label and every other field of the
+/// request. Only the epoch's members hold the vote key (an exporter secret of the epoch,
+/// RFC 9420 §8.5), so only they can ask; 128 bits of tag bound a forger's chance per try
+/// to 2^-128.
+pub(crate) fn need_mac(
+    vote_key: &[u8; 32],
+    tag: &[u8; 16],
+    nonce: &[u8; 8],
+    votes: bool,
+    sent_ms: u64,
+) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if let Some(m) = need_hmac(vote_key, tag, nonce, votes, sent_ms) {
+        out.copy_from_slice(&m.finalize().into_bytes()[..16]);
+    }
+    out
+}
+
+/// Whether `mac` is [`need_mac`] of the rest, compared in constant time.
+pub(crate) fn need_mac_ok(
+    vote_key: &[u8; 32],
+    tag: &[u8; 16],
+    nonce: &[u8; 8],
+    votes: bool,
+    sent_ms: u64,
+    mac: &[u8; 16],
+) -> bool {
+    need_hmac(vote_key, tag, nonce, votes, sent_ms)
+        .is_some_and(|m| m.verify_truncated_left(mac).is_ok())
+}
+
+fn need_hmac(
+    vote_key: &[u8; 32],
+    tag: &[u8; 16],
+    nonce: &[u8; 8],
+    votes: bool,
+    sent_ms: u64,
+) -> Option<Hmac<Sha256>> {
+    let mut h = Sha256::new();
+    h.update(b"pqmls need key v1");
+    h.update(vote_key);
+    let key = zeroize::Zeroizing::new(<[u8; 32]>::from(h.finalize()));
+    // HMAC takes keys of any length: this does not fail.
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&key[..]).ok()?;
+    m.update(b"pqmls need v1");
+    m.update(tag);
+    m.update(nonce);
+    m.update(&[u8::from(votes)]);
+    m.update(&sent_ms.to_be_bytes());
+    Some(m)
+}
+
 /// The plaintext of an application message (inside MLS).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct AppPayload {
@@ -570,6 +637,37 @@ mod tests {
         assert_eq!(Wire::decode(&junk), None);
     }
 
+    /// A request's MAC verifies under the key of its epoch only, and binds every field:
+    /// changing the tag, the nonce (the attempt), the votes flag or the clock, or using
+    /// another epoch's key, makes it fail; so does a MAC cut short or changed in any bit.
+    #[test]
+    fn a_request_verifies_under_its_epochs_key_only() {
+        let key = [1u8; 32];
+        let (tag, nonce, votes, sent) = ([2u8; 16], [3u8; 8], true, 1_700_000_000_000u64);
+        let mac = need_mac(&key, &tag, &nonce, votes, sent);
+        assert!(need_mac_ok(&key, &tag, &nonce, votes, sent, &mac));
+        assert!(!need_mac_ok(&[9; 32], &tag, &nonce, votes, sent, &mac));
+        assert!(!need_mac_ok(&key, &[7; 16], &nonce, votes, sent, &mac));
+        let mut other = nonce;
+        other[0] = 4;
+        assert!(!need_mac_ok(&key, &tag, &other, votes, sent, &mac));
+        assert!(!need_mac_ok(&key, &tag, &nonce, !votes, sent, &mac));
+        assert!(!need_mac_ok(&key, &tag, &nonce, votes, sent + 1, &mac));
+        for bit in 0..128 {
+            let mut m = mac;
+            m[bit / 8] ^= 1 << (bit % 8);
+            assert!(!need_mac_ok(&key, &tag, &nonce, votes, sent, &m));
+        }
+        // Known answer, computed independently (Python's `hmac` and `hashlib`):
+        // HMAC-SHA256 with key SHA-256("pqmls need key v1" || key) over "pqmls need v1"
+        // || tag || nonce || votes || sent_ms (8 bytes, big-endian), first 16 bytes.
+        assert_eq!(hex(&mac), "3c12545ac65d2a9ea4f500036304653f");
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
     /// A copy reads as what it carries, and only as a kind that is published again.
     #[test]
     fn a_copy_reads_as_its_payload_and_only_as_one_published_again() {
@@ -595,12 +693,15 @@ mod tests {
             tag: [3; 16],
             nonce: [0; 8],
             votes: true,
+            sent_ms: 1,
+            mac: [4; 16],
         };
         assert_eq!(Wire::decode(&need.encode()), Some(need.clone()));
-        // Its last byte says whether the votes are wanted: 0 or 1, nothing else.
+        // The byte after the tag and the nonce says whether the votes are wanted: 0 or 1,
+        // nothing else.
         let mut bad = need.encode();
-        assert_eq!(bad.last(), Some(&1));
-        *bad.last_mut().unwrap() = 2;
+        assert_eq!(bad[1 + 16 + 8], 1);
+        bad[1 + 16 + 8] = 2;
         assert_eq!(Wire::decode(&bad), None);
         assert_eq!(Wire::decode(&Wire::again(need.encode(), [1; 8])), None);
         let lost = Wire::Lost {

@@ -433,6 +433,120 @@ async fn votes_from_strangers_are_bounded_in_bytes() {
     assert_eq!(size(&alice, "pqmls_votes_pending").await, 1);
 }
 
+/// An outsider that reads the group topic sees every vote's epoch tag in clear, and a
+/// request for a missing commit (`Wire::Need`) named its epoch by that tag alone: anyone
+/// could make members publish a commit and every vote on it again (330 kB at 50 members
+/// on 0x004F) for a request of 26 bytes, each claimed round of answerers once per gap and
+/// epoch, whatever the number of members. A request now carries a MAC under a key of the
+/// epoch it names, so only that epoch's members can ask; here mallory asks for every
+/// epoch she saw a vote of, in every round of answerers, and nobody answers.
+#[tokio::test(start_paused = true)]
+async fn requests_for_commits_from_outsiders_are_not_answered() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let bob = client(&net, config("bob")).await;
+    let carol = client(&net, config("carol")).await;
+    let all = [&alice, &bob, &carol];
+    let g = group(&all).await;
+    alice.update(&g).await.unwrap();
+    converge(&all, &g, 3).await;
+    // Welcomes and own commits are published again for a while: done before the count.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let gt = group_topic(&g);
+    let tags: std::collections::BTreeSet<Vec<u8>> = net
+        .history_of(&gt)
+        .iter()
+        .filter(|m| m.data.first() == Some(&VOTE))
+        .map(|m| m.data[1..17].to_vec())
+        .collect();
+    assert!(tags.len() >= 2, "votes seen on {} epoch(s)", tags.len());
+    let answered = total(&all, |s| s.needs_answered).await;
+    let again = total(&all, |s| s.published_again).await;
+    let mallory = Mallory::new(&net, "mallory");
+    for tag in &tags {
+        let mut requests = Vec::new();
+        for attempt in 1..=u8::MAX {
+            requests.push(need(
+                tag,
+                [attempt, 7, 7, 7, 7, 7, 7, 7],
+                true,
+                [attempt; 16],
+            ));
+        }
+        publish(&mallory.transport, &gt, &requests).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(total(&all, |s| s.needs_answered).await, answered);
+    assert_eq!(total(&all, |s| s.published_again).await, again);
+    // Refused as forged, not ignored as unknown: the tags were the epochs' own.
+    assert!(total(&all, |s| s.needs_refused).await >= 255);
+}
+
+/// A member's request, recorded by a store or a relay, replayed by anyone later: within
+/// `NEED_FRESH_MS` (10 minutes) of the answerer's clock it is answered as the original
+/// was (its MAC is good; the rate limits bound it as they bound the member's own
+/// requests), further away it is not. Here carol asks for an update she and the store
+/// missed; her request is replayed once gossip's duplicate window has passed (it is
+/// answered), and again with the members' clocks 11 minutes on (it is refused). Alice
+/// and bob remember one seen payload id only (`Limits::seen`), as if a flood had pushed
+/// carol's out of their tables (200 000 by default), which would drop a replay
+/// otherwise.
+#[tokio::test(start_paused = true)]
+async fn a_request_replayed_late_is_not_answered() {
+    let net = net();
+    let forgetful = |name: &str| {
+        let mut c = config(name);
+        c.limits.seen = 1;
+        c
+    };
+    let alice = client(&net, forgetful("alice")).await;
+    let (ct, cin) = net.attach();
+    let carol = Client::open(config("carol"), ct.clone(), cin)
+        .await
+        .unwrap();
+    let bob = client(&net, forgetful("bob")).await;
+    let g = group(&[&alice, &carol, &bob]).await;
+    ct.set_online(false);
+    net.set_store_miss(1.0);
+    bob.update(&g).await.unwrap();
+    converge(&[&alice, &bob], &g, 3).await;
+    net.set_store_miss(0.0);
+    ct.set_online(true);
+    alice.update(&g).await.unwrap();
+    converge(&[&alice, &bob, &carol], &g, 4).await;
+    let gt = group_topic(&g);
+    let request = net
+        .history_of(&gt)
+        .into_iter()
+        .find(|m| m.data.first() == Some(&5))
+        .expect("carol asked");
+    let holders = [&alice, &bob];
+    // Past gossip's duplicate window (2 minutes) and the answerers' gaps.
+    tokio::time::sleep(Duration::from_secs(180)).await;
+    let answered = total(&holders, |s| s.needs_answered).await;
+    let refused = total(&holders, |s| s.needs_refused).await;
+    net.replay(&request);
+    until("the replay answered", async || {
+        total(&holders, |s| s.needs_answered).await > answered
+    })
+    .await;
+    assert_eq!(total(&holders, |s| s.needs_refused).await, refused);
+    // Eleven minutes on (the members' clocks; the window of the transports has passed
+    // again): refused.
+    tokio::time::sleep(Duration::from_secs(180)).await;
+    for c in holders {
+        c.skew_clock(Duration::from_secs(11 * 60)).await;
+    }
+    let answered = total(&holders, |s| s.needs_answered).await;
+    net.replay(&request);
+    until("the late replay refused", async || {
+        total(&holders, |s| s.needs_refused).await >= refused + 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(total(&holders, |s| s.needs_answered).await, answered);
+}
+
 /// Votes lost for good: carol is away and the store misses alice's commit and every vote
 /// on it; alice and bob make it final and stop sending their votes. Back, carol sees a
 /// later message, asks for the commit, and gets it with the votes that made it final, so

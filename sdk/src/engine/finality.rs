@@ -1342,6 +1342,15 @@ impl State {
     }
 }
 
+/// The fields of a [`Wire::Need`], for [`State::on_need`].
+pub(crate) struct NeedRequest {
+    pub tag: [u8; 16],
+    pub nonce: [u8; 8],
+    pub votes: bool,
+    pub sent_ms: u64,
+    pub mac: [u8; 16],
+}
+
 /// Final commits (and their epochs' tags) kept to answer [`Wire::Need`], in epochs.
 pub(crate) const KEEP_FINAL: u64 = 64;
 /// Settle times between two requests for a missing commit (and two answers for one).
@@ -1661,12 +1670,16 @@ impl State {
                 // The attempt, for `answers_need`: later requests reach more members.
                 nonce[0] = need_attempt(times);
                 let topic = self.group(&gid)?.topic.clone();
+                let sent_ms = self.wall_ms();
+                let mac = wire::need_mac(&keys.vote_key, &keys.vote_tag, &nonce, votes, sent_ms);
                 self.enqueue(
                     &topic,
                     Wire::Need {
                         tag: keys.vote_tag,
                         nonce,
                         votes,
+                        sent_ms,
+                        mac,
                     }
                     .encode(),
                 )?;
@@ -1739,19 +1752,40 @@ impl State {
 
     /// A member asks for the commit ending an epoch: if we merged one for it (final or
     /// not), we publish it again, at most once per [`NEED_AFTER`] settle times. The tag
-    /// is in clear in every vote, so anyone can ask; the answer is a ciphertext that was
-    /// on the topic already, and the rate limit bounds what asking costs us.
-    pub(crate) fn on_need(
-        &mut self,
-        gid: &GroupId,
-        tag: &[u8; 16],
-        nonce: &[u8; 8],
-        want_votes: bool,
-    ) -> Result<Outcome> {
+    /// is in clear in every vote, so the request must carry a MAC under the epoch's vote
+    /// key ([`wire::need_mac`]): only the epoch's members can ask (an outsider could
+    /// otherwise make every member publish a commit and its votes, hundreds of kB, per
+    /// request of a few bytes), and only within [`wire::NEED_FRESH_MS`] of our clock, so
+    /// a request a store recorded is not answered when replayed later. The answer is a
+    /// ciphertext that was on the topic already, and the rate limit bounds what asking
+    /// costs us.
+    pub(crate) fn on_need(&mut self, gid: &GroupId, need: NeedRequest) -> Result<Outcome> {
+        let NeedRequest {
+            tag,
+            nonce,
+            votes: want_votes,
+            sent_ms,
+            mac,
+        } = need;
+        let (tag, nonce) = (&tag, &nonce);
         let Some(epoch) = self.epoch_of_tag(gid, tag)? else {
             self.stats.ignored += 1;
             return Ok(Outcome::Done);
         };
+        let Some(keys) = self.epoch_keys(gid, epoch)? else {
+            self.stats.ignored += 1;
+            return Ok(Outcome::Done);
+        };
+        if !wire::need_mac_ok(&keys.vote_key, tag, nonce, want_votes, sent_ms, &mac)
+            || self.wall_ms().abs_diff(sent_ms) > wire::NEED_FRESH_MS
+        {
+            tracing::debug!(
+                "{}: group {gid}: a request for epoch {epoch}'s commit with a bad MAC or clock: not answered",
+                self.name
+            );
+            self.stats.needs_refused += 1;
+            return Ok(Outcome::Done);
+        }
         // A few members answer each request (`answers_need`).
         let chosen = self.groups.get(gid).is_some_and(|g| {
             answers_need(

@@ -91,7 +91,22 @@ impl State {
             Wire::Vote { tag, sealed } => {
                 self.on_vote(&gid, &tag, &sealed, wire::is_again(&msg.data))
             }
-            Wire::Need { tag, nonce, votes } => self.on_need(&gid, &tag, &nonce, votes),
+            Wire::Need {
+                tag,
+                nonce,
+                votes,
+                sent_ms,
+                mac,
+            } => self.on_need(
+                &gid,
+                super::finality::NeedRequest {
+                    tag,
+                    nonce,
+                    votes,
+                    sent_ms,
+                    mac,
+                },
+            ),
             Wire::Lost { tag, sealed } => self.on_lost(&gid, &tag, &sealed, Instant::now()),
             Wire::Application { auth, mls } => {
                 self.on_application(&gid, msg.id, &msg.data, auth, &mls)

@@ -140,6 +140,24 @@ pub fn again(payload: &[u8], nonce: u8) -> Vec<u8> {
     out
 }
 
+/// A request for the commit ending the epoch `tag` names (`Wire::Need`), as anyone who
+/// saw the tag can make it: variant 5, the tag, the nonce (its first byte the attempt),
+/// whether votes are wanted, the sender's clock (now, a LEB128 varint as postcard
+/// writes a u64) and a MAC (`mac`: the outsider does not hold the epoch's key).
+pub fn need(tag: &[u8], nonce: [u8; 8], votes: bool, mac: [u8; 16]) -> Vec<u8> {
+    let mut out = vec![5];
+    out.extend_from_slice(tag);
+    out.extend_from_slice(&nonce);
+    out.push(u8::from(votes));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    out.extend_from_slice(&leb128(now as usize));
+    out.extend_from_slice(&mac);
+    out
+}
+
 /// LEB128, as postcard writes lengths.
 pub fn leb128(mut n: usize) -> Vec<u8> {
     let mut v = Vec::new();
