@@ -692,6 +692,54 @@ async fn a_flood_from_non_members_stays_under_every_cap() {
     converge(&[&alice, &bob], &g, 2).await;
 }
 
+/// Attack 7b: Commits for later epochs are kept until their epoch comes (a member that
+/// missed a commit needs them), and nobody can tell an honest one from junk before then.
+/// An outsider fills the group's commit caps (`Limits::commits`, here 64 rows; 1 024 by
+/// default) with junk for 16 later epochs, as many per epoch as `candidates_per_epoch`
+/// allows: before, every commit of another member for the current epoch was then
+/// deferred for want of room, so no member could follow any other, and the group could
+/// not move on to the epochs that would have pruned the junk. Now later epochs may take
+/// half of each cap, and a commit for the current epoch makes room by evicting the
+/// furthest later epoch's untried commits (fetched again if they were honest).
+#[tokio::test(start_paused = true)]
+async fn junk_for_later_epochs_keeps_no_commit_out() {
+    let net = net();
+    let mut limits = Limits::default();
+    limits.candidates_per_epoch = 4;
+    limits.commits = 64;
+    let small = |name: &str| {
+        let mut c = config(name);
+        c.limits = limits.clone();
+        c
+    };
+    let alice = client(&net, small("alice")).await;
+    let bob = client(&net, small("bob")).await;
+    let all = [&alice, &bob];
+    let g = group(&all).await;
+    let current = alice.status(&g).await.unwrap().epoch;
+    let gt = group_topic(&g);
+    let flooder = Mallory::new(&net, "flooder");
+    let mut payloads = Vec::new();
+    for epoch in current + 2..current + 18 {
+        for k in 0..4u64 {
+            let mls = fake_private(&g, epoch, 3, epoch * 1000 + k);
+            payloads.push(envelope(HANDSHAKE, &[k as u8; 32], &mls));
+        }
+    }
+    publish(&flooder.transport, &gt, &payloads).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows = bob.table_sizes().await.unwrap()["pqmls_commits"];
+    assert!(rows >= 16, "the junk was kept: {rows} rows");
+    alice.update(&g).await.unwrap();
+    converge(&all, &g, current + 1).await;
+    bob.update(&g).await.unwrap();
+    converge(&all, &g, current + 2).await;
+    for c in all {
+        let rows = c.table_sizes().await.unwrap()["pqmls_commits"];
+        assert!(rows <= 64, "{rows} rows");
+    }
+}
+
 /// Attack 8: A Welcome from a stranger is a pending invitation the application accepts or
 /// declines; the policy says which are joined at once. Before: every Welcome was joined.
 #[tokio::test(start_paused = true)]

@@ -231,10 +231,17 @@ impl State {
     /// Whether a commit for `epoch` fits the caps (per epoch, per group in rows and bytes).
     /// Others' commits that were tried and found invalid make room first: anyone can fill
     /// the caps with garbage, but garbage is found out at the next settle, and must not
-    /// keep an honest commit out after that.
+    /// keep an honest commit out after that. Commits for later epochs cannot be tried
+    /// before their epoch comes, so they are bounded apart: together at most half of
+    /// each cap, and a commit for our epoch or an earlier one that does not fit evicts
+    /// the untried ones of the furthest later epoch, then the next ([`future_to_evict`]),
+    /// so junk for later epochs can never keep the commit that moves the group out (which
+    /// would also keep the junk for good). An honest commit evicted so comes back as a
+    /// missing one does (`Wire::Need`, catch-up).
     fn commit_fits(&self, gid: &GroupId, epoch: u64, len: usize) -> Result<bool> {
         let limits = &self.config.limits;
-        let usage = |s: &State| -> Result<(u64, u64, u64)> {
+        let current = self.group(gid)?.mls.epoch().as_u64();
+        let usage = |s: &State| -> Result<Usage> {
             let in_epoch: i64 = s
                 .db()
                 .prepare_cached(
@@ -242,20 +249,36 @@ impl State {
                      WHERE group_id = ?1 AND epoch = ?2 AND (merged != -1 OR own = 1)",
                 )?
                 .query_row(params![gid.0, to_i64(epoch)], |r| r.get(0))?;
-            let (rows, bytes): (i64, i64) = s
+            let (rows, bytes, later_rows, later_bytes): (i64, i64, i64, i64) = s
                 .db()
                 .prepare_cached(
-                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM pqmls_commits WHERE group_id = ?1",
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0),
+                            COALESCE(SUM(epoch > ?2), 0),
+                            COALESCE(SUM(CASE WHEN epoch > ?2 THEN LENGTH(payload) ELSE 0 END), 0)
+                     FROM pqmls_commits WHERE group_id = ?1",
                 )?
-                .query_row([&gid.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok((to_u64(in_epoch), to_u64(rows), to_u64(bytes)))
+                .query_row(params![gid.0, to_i64(current)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?;
+            Ok(Usage {
+                in_epoch: to_u64(in_epoch),
+                rows: to_u64(rows),
+                bytes: to_u64(bytes),
+                later_rows: to_u64(later_rows),
+                later_bytes: to_u64(later_bytes),
+            })
         };
-        let fits = |(in_epoch, rows, bytes): (u64, u64, u64)| {
-            in_epoch < limits.candidates_per_epoch as u64
-                && rows < limits.commits as u64
-                && bytes.saturating_add(len as u64) <= limits.commit_bytes as u64
+        let later = epoch > current;
+        let fits = |u: &Usage| {
+            u.in_epoch < limits.candidates_per_epoch as u64
+                && u.rows < limits.commits as u64
+                && u.bytes.saturating_add(len as u64) <= limits.commit_bytes as u64
+                && (!later
+                    || (u.later_rows < (limits.commits / 2) as u64
+                        && u.later_bytes.saturating_add(len as u64)
+                            <= (limits.commit_bytes / 2) as u64))
         };
-        if fits(usage(self)?) {
+        if fits(&usage(self)?) {
             return Ok(true);
         }
         self.db()
@@ -263,7 +286,24 @@ impl State {
                 "DELETE FROM pqmls_commits WHERE group_id = ?1 AND merged = -1 AND own = 0",
             )?
             .execute([&gid.0])?;
-        Ok(fits(usage(self)?))
+        let mut u = usage(self)?;
+        while !fits(&u) && !later {
+            let Some(furthest) = future_to_evict(self, gid, current)? else {
+                break;
+            };
+            let n = self
+                .db()
+                .prepare_cached(
+                    "DELETE FROM pqmls_commits WHERE group_id = ?1 AND epoch = ?2 AND merged = 0 AND own = 0",
+                )?
+                .execute(params![gid.0, to_i64(furthest)])?;
+            tracing::debug!(
+                "{}: group {gid}: {n} untried commit(s) for epoch {furthest} evicted for one for epoch {epoch}",
+                self.name
+            );
+            u = usage(self)?;
+        }
+        Ok(fits(&u))
     }
 
     /// Whether a candidate claiming `priority` should be tried against the commit we
@@ -1069,4 +1109,26 @@ impl State {
             Some(e) => self.is_final(gid, to_u64(e)),
         }
     }
+}
+
+/// A group's commit rows as [`State::commit_fits`] counts them: in the epoch of the
+/// commit to store, in all, and in epochs after ours.
+struct Usage {
+    in_epoch: u64,
+    rows: u64,
+    bytes: u64,
+    later_rows: u64,
+    later_bytes: u64,
+}
+
+/// The furthest epoch after `current` with others' commits not tried yet, the first to
+/// make room for a commit of our epoch or an earlier one.
+fn future_to_evict(s: &State, gid: &GroupId, current: u64) -> Result<Option<u64>> {
+    let e: Option<i64> = s
+        .db()
+        .prepare_cached(
+            "SELECT MAX(epoch) FROM pqmls_commits WHERE group_id = ?1 AND epoch > ?2 AND merged = 0 AND own = 0",
+        )?
+        .query_row(params![gid.0, to_i64(current)], |r| r.get(0))?;
+    Ok(e.map(to_u64))
 }
