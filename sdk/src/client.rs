@@ -77,7 +77,19 @@ struct SyncPlan {
     last_full: Option<Instant>,
     /// Payloads handled for good, which a catch-up skips before any work.
     handled: HandledIds,
+    /// Per topic, where its cursor was last held by a deferred payload, and in how many
+    /// catch-ups in a row ([`SYNC_HOLD_TRIES`]).
+    held: BTreeMap<Topic, (pqmls_transport::store::Cursor, u32)>,
 }
+
+/// Catch-ups in a row that a topic's cursor stays held at one place by payloads deferred
+/// there (`Outcome::Deferred`); the next one moves it past them. A payload anyone can
+/// publish may never become usable (an epoch 2^64 - 1, a cap that junk fills), and held
+/// for good it made every catch-up of the topic read the same window again, every
+/// `sync_backoff`, and never further than one window past it. An honest deferral (a
+/// budget spent for a moment, a cap until the next settle) is handled within a few
+/// tries; what is still deferred then can come again by gossip or a request.
+const SYNC_HOLD_TRIES: u32 = 8;
 
 /// Most ids [`HandledIds`] remembers (32 bytes each, twice).
 const HANDLED_IDS: usize = 1 << 16;
@@ -1231,7 +1243,7 @@ impl Inner {
                 .collect(),
             Err(_) => vec![false; messages.len()],
         };
-        let handled = self
+        let (handled, held) = self
             .locked(|s| {
                 let mut held: Option<pqmls_transport::store::Cursor> = None;
                 let mut before = from;
@@ -1252,9 +1264,35 @@ impl Inner {
                     }
                     before = pqmls_transport::store::Cursor::after(m);
                 }
-                s.set_cursor(topic, held.unwrap_or(cursor))?;
-                Ok(handled)
+                Ok((handled, held))
             })
+            .await?;
+        // A cursor held at one place for SYNC_HOLD_TRIES catch-ups in a row moves on.
+        let hold = held.filter(|at| {
+            let Ok(mut p) = self.syncs.lock() else {
+                return true;
+            };
+            let tries = match p.held.get(topic) {
+                Some((c, n)) if c == at => n.saturating_add(1),
+                _ => 1,
+            };
+            if tries > SYNC_HOLD_TRIES {
+                p.held.remove(topic);
+                tracing::debug!(
+                    "catch-up of {topic}: deferred payloads held the cursor {SYNC_HOLD_TRIES} times: moving on"
+                );
+                false
+            } else {
+                p.held.insert(topic.clone(), (*at, tries));
+                true
+            }
+        });
+        if hold.is_none()
+            && let Ok(mut p) = self.syncs.lock()
+        {
+            p.held.remove(topic);
+        }
+        self.locked(|s| s.set_cursor(topic, hold.unwrap_or(cursor)))
             .await?;
         for id in &handled {
             self.transport.handled(id);

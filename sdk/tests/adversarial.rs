@@ -740,6 +740,44 @@ async fn junk_for_later_epochs_keeps_no_commit_out() {
     }
 }
 
+/// Attack 7c: A payload that cannot be handled yet (`Outcome::Deferred`: an epoch too
+/// far ahead, a full cap, a spent budget) holds the topic's catch-up cursor before it, so
+/// that the next catch-up brings it again. One junk message for epoch 2^64 - 1, which
+/// the stores keep for their retention time, held every member's cursor there for good
+/// and asked for a catch-up of the same window every `sync_backoff` (500 ms), forever;
+/// and a catch-up window being bounded (4 096 messages), one that pinned was never
+/// brought further than a window past it. Now a cursor held at the same place for
+/// `SYNC_HOLD_TRIES` catch-ups in a row moves on (what was deferred there may still come
+/// by gossip or a request; an honest deferral ends within a few tries), and the group
+/// works on.
+#[tokio::test(start_paused = true)]
+async fn one_junk_message_does_not_pin_the_catch_up() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let bob = client(&net, config("bob")).await;
+    let g = group(&[&alice, &bob]).await;
+    let gt = group_topic(&g);
+    let flooder = Mallory::new(&net, "flooder");
+    let poison = envelope(APPLICATION, &[9; 16], &fake_private(&g, u64::MAX, 1, 7));
+    publish(&flooder.transport, &gt, &[poison]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = bob.stats().await.deferred;
+    assert!(before >= 1, "the junk was deferred");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let again = bob.stats().await.deferred - before;
+    // 120 catch-ups of the same window in a minute before.
+    assert!(again <= 20, "deferred {again} more times in a minute");
+    alice.send(&g, b"after the junk").await.unwrap();
+    until("delivered", async || {
+        bob.history(&g, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.body == b"after the junk")
+    })
+    .await;
+}
+
 /// Attack 8: A Welcome from a stranger is a pending invitation the application accepts or
 /// declines; the policy says which are joined at once. Before: every Welcome was joined.
 #[tokio::test(start_paused = true)]
