@@ -778,6 +778,31 @@ async fn one_junk_message_does_not_pin_the_catch_up() {
     .await;
 }
 
+/// Attack 7d: Withdrawals (`Wire::Void`) for Welcomes not seen yet are kept, up to
+/// `Limits::voids`, and anyone can publish one on an inbox; a withdrawal larger than any
+/// member can make is now kept nowhere (before: 256 rows of whatever size the transport
+/// carried, up to 4 MiB each).
+#[tokio::test(start_paused = true)]
+async fn withdrawals_larger_than_a_members_are_not_kept() {
+    let net = net();
+    let bob = client(&net, config("bob")).await;
+    let inbox = inbox_topic(&bob.id());
+    let flooder = Mallory::new(&net, "flooder");
+    publish(
+        &flooder.transport,
+        &inbox,
+        &[
+            envelope(VOID, &[1; 32], &vec![0x42; 1 << 20]),
+            envelope(VOID, &[2; 32], &[0x42; 9 * 1024]),
+            envelope(VOID, &[3; 32], &[0x42; 4 * 1024]),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The last one could be a member's (ML-DSA-87 with Ed25519 signs in 4.7 kB).
+    assert_eq!(bob.table_sizes().await.unwrap()["pqmls_voids"], 1);
+}
+
 /// Attack 8: A Welcome from a stranger is a pending invitation the application accepts or
 /// declines; the policy says which are joined at once. Before: every Welcome was joined.
 #[tokio::test(start_paused = true)]

@@ -61,6 +61,12 @@ type VoidRow = (Vec<u8>, String, Vec<u8>, Vec<u8>);
 /// (`State::record_add_ancestry`): 32 bytes of hash and a row each.
 const MAX_ANCESTRY: i64 = 256;
 
+/// The largest sealed withdrawal a member can make, in bytes: the AEAD tag and the
+/// largest signature of our suites (ML-DSA-87 with Ed25519, 4.7 KB), with room to spare.
+/// Anyone can publish a `Wire::Void` on an inbox, and up to `Limits::voids` of them are
+/// kept: without a size bound that was 256 rows of up to 4 MiB each.
+const MAX_SEALED_VOID: usize = 8 * 1024;
+
 impl State {
     /// A Welcome on our inbox.
     pub(crate) fn on_welcome(&mut self, bytes: &[u8]) -> Result<Outcome> {
@@ -683,6 +689,11 @@ impl State {
     /// dropped, and Welcomes kept aside are tried. Otherwise it is kept (within a cap), for
     /// a Welcome that may still arrive.
     pub(crate) fn on_void(&mut self, id: &[u8; 32], sealed: &[u8]) -> Result<Outcome> {
+        if sealed.len() > MAX_SEALED_VOID {
+            // Larger than any signature of our suites sealed: kept nowhere, tried never.
+            self.stats.rejected += 1;
+            return Ok(Outcome::Done);
+        }
         type JoinRow = (Vec<u8>, Vec<u8>, Vec<u8>, i64, Vec<u8>, Option<i64>, i64);
         let joined: Option<JoinRow> = self
             .db()
