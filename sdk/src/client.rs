@@ -309,6 +309,7 @@ impl Client {
                 .unwrap_or_else(crate::engine::now_ms),
             needs: BTreeMap::new(),
             aired: BTreeMap::new(),
+            answers: BTreeMap::new(),
             votes_asked: BTreeMap::new(),
             votes_from_stores: BTreeMap::new(),
             vote_progress: BTreeMap::new(),

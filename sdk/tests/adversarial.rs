@@ -803,6 +803,39 @@ async fn withdrawals_larger_than_a_members_are_not_kept() {
     assert_eq!(bob.table_sizes().await.unwrap()["pqmls_voids"], 1);
 }
 
+/// Attack 7e: A candidate for a past epoch that ranks before the commit merged there is
+/// tried on that epoch's snapshot (a restore, and a reload of every group), within a
+/// budget (16 a second). Junk claiming the best rank, [0; 32], which is no member's
+/// priority in that epoch, was tried every time, spending the budget that late messages
+/// and honest branch moves need; now a claim that is no member's is not tried (MLS would
+/// refuse it anyway: the claim is checked against the sender it authenticates).
+#[tokio::test(start_paused = true)]
+async fn junk_claiming_the_best_rank_costs_no_restore() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let bob = client(&net, config("bob")).await;
+    let (carol, ct) = client_on(&net, config("carol")).await;
+    let (dave, dt) = client_on(&net, config("dave")).await;
+    let g = group(&[&alice, &bob, &carol, &dave]).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let epoch = alice.status(&g).await.unwrap().epoch;
+    // Not final at alice and bob: two votes of four.
+    ct.set_online(false);
+    dt.set_online(false);
+    bob.update(&g).await.unwrap();
+    converge(&[&alice, &bob], &g, epoch + 1).await;
+    let rejected = alice.stats().await.commits_rejected;
+    let flooder = Mallory::new(&net, "flooder");
+    let junk: Vec<Vec<u8>> = (0..10u64)
+        .map(|k| envelope(HANDSHAKE, &[0; 32], &fake_private(&g, epoch, 3, 500 + k)))
+        .collect();
+    publish(&flooder.transport, &group_topic(&g), &junk).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = alice.stats().await;
+    assert_eq!(s.commits_rejected, rejected, "{s:?}");
+    drop((carol, dave));
+}
+
 /// Attack 8: A Welcome from a stranger is a pending invitation the application accepts or
 /// declines; the policy says which are joined at once. Before: every Welcome was joined.
 #[tokio::test(start_paused = true)]

@@ -76,7 +76,7 @@ impl State {
             .prepare_cached("DELETE FROM pqmls_votes_pending WHERE vote_tag = ?1")?
             .execute([&keys.vote_tag[..]])?;
         for sealed in waiting {
-            self.read_vote(gid, epoch, &keys, &sealed, false)?;
+            let _ = self.read_vote(gid, epoch, &keys, &sealed, false)?;
         }
         Ok(())
     }
@@ -535,12 +535,17 @@ impl State {
         let Some(keys) = self.epoch_keys(gid, epoch)? else {
             return Ok(Outcome::Done);
         };
-        self.read_vote(gid, epoch, &keys, sealed, copy)?;
-        self.evaluate_finality(gid)?;
+        // What is no member's vote changes nothing: anyone can publish junk under a tag
+        // seen in clear, and each evaluation tallies every open epoch.
+        if self.read_vote(gid, epoch, &keys, sealed, copy)? {
+            self.evaluate_finality(gid)?;
+        }
         Ok(Outcome::Done)
     }
 
-    /// Opens and checks a vote for `epoch`; records it if it is a member's.
+    /// Opens and checks a vote for `epoch`; records it if it is a member's. Whether it is
+    /// a member's vote (new, or known already: a copy, a third vote of one voter in a
+    /// round); `false` for what is no member's vote, which can change nothing.
     fn read_vote(
         &mut self,
         gid: &GroupId,
@@ -548,7 +553,7 @@ impl State {
         keys: &EpochKeys,
         sealed: &[u8],
         copy: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         // As it was on the wire (the canonical encoding is the only one accepted).
         let payload = Wire::Vote {
             tag: keys.vote_tag,
@@ -570,15 +575,15 @@ impl State {
         if known {
             // Not `aired_now` (see `on_vote`).
             self.stats.duplicates += 1;
-            return Ok(());
+            return Ok(true);
         }
         let Some(plain) = self.open_for_epoch(&keys.vote_key, &keys.vote_tag, sealed) else {
             self.stats.rejected += 1;
-            return Ok(());
+            return Ok(false);
         };
         let Some(vote) = VoteBody::decode(&plain) else {
             self.stats.rejected += 1;
-            return Ok(());
+            return Ok(false);
         };
         let voter = self.epoch_members(gid, epoch)?.and_then(|ms| {
             ms.into_iter()
@@ -601,7 +606,7 @@ impl State {
                 .is_ok();
         let Some(voter) = voter.filter(|_| valid) else {
             self.stats.rejected += 1;
-            return Ok(());
+            return Ok(false);
         };
         // At most two votes of one voter per round are kept: one is the vote, two show
         // an equivocation; more would only cost space.
@@ -610,7 +615,7 @@ impl State {
             |r| r.get(0),
         )?;
         if n >= 2 {
-            return Ok(());
+            return Ok(true);
         }
         let added = self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_votes (group_id, vote_tag, epoch, round, voter, commit_hash, payload)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
@@ -623,7 +628,7 @@ impl State {
             self.vote_progress
                 .insert((gid.clone(), epoch), Instant::now());
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The final commit of `epoch` on our branch, if the votes read give one.
@@ -1355,6 +1360,14 @@ pub(crate) struct NeedRequest {
 pub(crate) const KEEP_FINAL: u64 = 64;
 /// Settle times between two requests for a missing commit (and two answers for one).
 const NEED_AFTER: u32 = 8;
+/// Requests of one group we answer per [`NEED_AFTER`] settle times, whatever their
+/// epochs. Each epoch's answers are bounded on their own (`aired`, [`answers_need`]), but
+/// a member (or a member removed since) holds the keys of every epoch it was in, 64 of
+/// which we keep commits for, and could claim every round of answerers for each: every
+/// member publishing 64 commits and their votes each gap. An honest member asks for
+/// one epoch's votes per gap and for commits in epoch order, and the stores answer
+/// first.
+const NEED_ANSWERS_PER_GAP: u32 = 8;
 /// Requests for one missing commit in a row, [`NEED_AFTER`] settle times apart; then
 /// one every [`NEED_SLOW_AFTER`].
 const NEED_TIMES: u32 = 20;
@@ -1384,6 +1397,20 @@ fn open_epoch_stalled(
 const NEED_ANSWERERS: usize = 3;
 /// Requests that share one ranking of the answerers ([`answers_need`]).
 const NEED_ROUND: u8 = 4;
+
+/// Whether one more request of a group may be answered in the gap `budget` counts
+/// (`(start, answered)`), counting it if so: at most [`NEED_ANSWERS_PER_GAP`] per gap of
+/// `gap`, a new gap starting with the first request after one has passed.
+fn answer_budget(budget: &mut (Instant, u32), now: Instant, gap: std::time::Duration) -> bool {
+    if now >= budget.0 + gap {
+        *budget = (now, 0);
+    }
+    if budget.1 >= NEED_ANSWERS_PER_GAP {
+        return false;
+    }
+    budget.1 += 1;
+    true
+}
 
 /// Whether the member at leaf `own` answers a request for a missing commit
 /// ([`Wire::Need`]) that counts itself its `attempt`-th, the group's members being at
@@ -1705,8 +1732,11 @@ impl State {
             open.get(g)
                 .is_some_and(|(first, cur)| (*first..=*cur).contains(e))
         });
-        self.aired.retain(|_, (t, _)| now < *t + gap);
+        self.aired
+            .retain(|_, (t, v)| now < *t + gap || v.is_some_and(|v| now < v + gap));
         self.votes_asked.retain(|g, _| open.contains_key(g));
+        self.answers
+            .retain(|g, (t, _)| open.contains_key(g) && now < *t + gap);
         self.votes_from_stores.retain(|(g, e), _| {
             open.get(g)
                 .is_some_and(|(first, cur)| (*first..=*cur).contains(e))
@@ -1714,18 +1744,17 @@ impl State {
         Ok(())
     }
 
-    /// A commit ending `epoch` went by again (a copy: an answer, a republication, which
-    /// delivers the commit to everyone as our answer would, whoever made it): a request
-    /// for it within a gap is not answered again by us ([`State::on_need`]). Whether all
-    /// the votes on it went too only our own answer says.
+    /// The commit we merged ending `epoch` went by again (a copy: an answer, a
+    /// republication, which delivers the commit to everyone as our answer would, whoever
+    /// made it): a request for it alone within a gap is not answered again by us
+    /// ([`State::on_need`]). Only our own answer says that the votes went too, and a copy
+    /// does not renew that: anyone can copy the commit every gap, and before, that kept a
+    /// member that had answered once with the votes from ever answering a request for
+    /// them again.
     pub(crate) fn aired_now(&mut self, gid: &GroupId, epoch: u64) {
         let now = Instant::now();
-        let gap = self.config.settle.saturating_mul(NEED_AFTER);
         let key = (gid.clone(), epoch);
-        let votes = self
-            .aired
-            .get(&key)
-            .is_some_and(|(t, v)| *v && now < *t + gap);
+        let votes = self.aired.get(&key).and_then(|(_, v)| *v);
         self.aired.insert(key, (now, votes));
     }
 
@@ -1803,13 +1832,23 @@ impl State {
         // What went by less than a gap ago reached the asker as it reached us, or was
         // lost to it; then it asks again, after a gap.
         let key = (gid.clone(), epoch);
-        if self
-            .aired
-            .get(&key)
-            .is_some_and(|(t, with_votes)| now < *t + gap && (*with_votes || !want_votes))
-        {
+        if self.aired.get(&key).is_some_and(|(t, votes)| {
+            if want_votes {
+                votes.is_some_and(|v| now < v + gap)
+            } else {
+                now < *t + gap
+            }
+        }) {
             tracing::trace!(
                 "{}: group {gid}: epoch {epoch}'s commit went by lately: not sent again",
+                self.name
+            );
+            return Ok(Outcome::Done);
+        }
+        let budget = self.answers.entry(gid.clone()).or_insert((now, 0));
+        if !answer_budget(budget, now, gap) {
+            tracing::debug!(
+                "{}: group {gid}: {NEED_ANSWERS_PER_GAP} requests answered in this gap: epoch {epoch}'s not",
                 self.name
             );
             return Ok(Outcome::Done);
@@ -1876,7 +1915,9 @@ impl State {
         for v in votes {
             self.enqueue_again(&topic, v)?;
         }
-        self.aired.insert(key, (now, want_votes));
+        let votes_aired = self.aired.get(&key).and_then(|(_, v)| *v);
+        self.aired
+            .insert(key, (now, if want_votes { Some(now) } else { votes_aired }));
         self.stats.needs_answered += 1;
         Ok(Outcome::Done)
     }
@@ -1887,9 +1928,10 @@ mod tests {
     use std::time::Duration;
 
     use super::{
-        NEED_ANSWERERS, NEED_ROUND, NEED_STALL_CAP, NEED_TIMES, answers_need, need_attempt,
-        open_epoch_stalled,
+        NEED_ANSWERERS, NEED_ANSWERS_PER_GAP, NEED_ROUND, NEED_STALL_CAP, NEED_TIMES,
+        answer_budget, answers_need, need_attempt, open_epoch_stalled,
     };
+    use tokio::time::Instant;
 
     #[test]
     fn an_open_epoch_is_asked_for_once_its_votes_stop_coming() {
@@ -1976,6 +2018,39 @@ mod tests {
             answerers(&[4u8; 16], 1, &leaves),
             answerers(&tag, 1, &leaves)
         );
+    }
+
+    /// At most NEED_ANSWERS_PER_GAP answers per gap and group, whatever the epochs; a
+    /// new gap starts with the first request after the last one ended.
+    #[test]
+    fn answers_per_gap_are_bounded() {
+        let gap = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let mut b = (t0, 0);
+        let first: Vec<bool> = (0..20).map(|_| answer_budget(&mut b, t0, gap)).collect();
+        assert_eq!(
+            first.iter().filter(|a| **a).count(),
+            NEED_ANSWERS_PER_GAP as usize
+        );
+        assert!(first[..NEED_ANSWERS_PER_GAP as usize].iter().all(|a| *a));
+        let late = t0 + gap - Duration::from_millis(1);
+        assert!(!answer_budget(&mut b, late, gap));
+        let next = t0 + gap + Duration::from_millis(500);
+        assert!(answer_budget(&mut b, next, gap));
+        assert_eq!(b, (next, 1));
+        // The new gap runs from its first request.
+        for _ in 1..NEED_ANSWERS_PER_GAP {
+            assert!(answer_budget(
+                &mut b,
+                next + gap - Duration::from_millis(1),
+                gap
+            ));
+        }
+        assert!(!answer_budget(
+            &mut b,
+            next + gap - Duration::from_millis(1),
+            gap
+        ));
     }
 
     #[test]

@@ -155,13 +155,17 @@ pub(crate) struct State {
     /// Our requests for missing commits: (group, epoch) -> when we last asked, and how
     /// often (see `finality::ask_missing`).
     pub needs: BTreeMap<(GroupId, u64), (Instant, u32)>,
-    /// When a commit ending (group, epoch) last went by on the topic, as a copy or as
-    /// itself, ours or another's, and whether that epoch's votes went with it (ours):
-    /// `finality::on_need` does not answer again within a gap what everyone got.
-    pub aired: BTreeMap<(GroupId, u64), (Instant, bool)>,
+    /// When the commit we merged ending (group, epoch) last went by on the topic, as a
+    /// copy or as itself, ours or another's, and when we last published that epoch's
+    /// votes with it (our own answer only: a copy, which anyone can make, never renews
+    /// it): `finality::on_need` does not answer again within a gap what everyone got.
+    pub aired: BTreeMap<(GroupId, u64), (Instant, Option<Instant>)>,
     /// When we last asked members for the votes on an epoch of the group: once per gap
     /// (`finality::ask_missing`).
     pub votes_asked: BTreeMap<GroupId, Instant>,
+    /// Per group, when the current gap of our answers began and how many requests we
+    /// answered in it (`finality::NEED_ANSWERS_PER_GAP`).
+    pub answers: BTreeMap<GroupId, (Instant, u32)>,
     /// When we first asked the stores (a catch-up) for the votes on an undecided epoch:
     /// the members are asked only a gap later (`finality::ask_missing`).
     pub votes_from_stores: BTreeMap<(GroupId, u64), Instant>,

@@ -133,12 +133,16 @@ impl State {
             }
             _ => {}
         }
-        let stored: bool = self
+        let merged: Option<i64> = self
             .db()
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2)",
-            )?
-            .query_row(params![gid.0, &hash[..]], |r| r.get(0))?;
+            .prepare_cached("SELECT merged FROM pqmls_commits WHERE group_id = ?1 AND hash = ?2")?
+            .query_row(params![gid.0, &hash[..]], |r| r.get(0))
+            .optional()?;
+        let stored = merged.is_some();
+        // Only a copy of the commit we merged tells us that what we would answer went by:
+        // a copy of junk or of a candidate that lost (anyone can store some and copy it
+        // every gap) delivers nothing an asker lacks.
+        let ours = merged == Some(1);
         if self.is_final(gid, epoch)? {
             // The epoch's ending is final: a late candidate (a removed member's, a replay)
             // can change nothing.
@@ -150,7 +154,9 @@ impl State {
             if stored {
                 // A copy of the final commit (an answer to someone's request).
                 self.stats.duplicates += 1;
-                self.aired_now(gid, epoch);
+                if ours {
+                    self.aired_now(gid, epoch);
+                }
             } else {
                 self.stats.ignored += 1;
             }
@@ -163,7 +169,9 @@ impl State {
                 short(&hash)
             );
             self.stats.duplicates += 1;
-            self.aired_now(gid, epoch);
+            if ours {
+                self.aired_now(gid, epoch);
+            }
             return Ok(Outcome::Done);
         }
         let payload = Wire::Handshake {
@@ -330,14 +338,15 @@ impl State {
         else {
             return Ok(false);
         };
-        let author = match (
+        let (known, author) = match (
             self.epoch_keys(gid, epoch)?,
             self.epoch_members(gid, epoch)?,
         ) {
-            (Some(keys), Some(members)) => {
-                order::author_of(&keys.order_key, members.iter().map(|(l, _)| *l), priority)
-            }
-            _ => None,
+            (Some(keys), Some(members)) => (
+                true,
+                order::author_of(&keys.order_key, members.iter().map(|(l, _)| *l), priority),
+            ),
+            _ => (false, None),
         };
         let incoming = order::Candidate {
             priority: *priority,
@@ -348,6 +357,13 @@ impl State {
         // after the votes, and then no later vote comes to make us move (seen: a member a
         // losing branch removed had every vote and the commit, and stayed removed).
         let decided = self.final_of(gid, epoch)?;
+        if known && author.is_none() && decided != Some(*hash) {
+            // Its claimed priority is no member's of the epoch: `stage` would refuse it
+            // (the claim is checked against its authenticated sender), so it is not worth
+            // a snapshot restore and a reload of every group, which anyone could
+            // otherwise make us spend (16 a second) with junk claiming the best rank.
+            return Ok(false);
+        }
         Ok(order::should_try(&current, &incoming, author, decided)
             && if decided == Some(*hash) {
                 db::has_snapshot(self.db(), &gid.0, epoch)?
