@@ -836,6 +836,51 @@ async fn junk_claiming_the_best_rank_costs_no_restore() {
     drop((carol, dave));
 }
 
+/// Attack 7f: Welcomes are decrypted within a budget (`Limits::welcomes_per_min`, 60 a
+/// minute), since each costs a key-package decryption; anyone can publish on an inbox,
+/// and copy any Welcome it saw with a fresh nonce. Each copy took a token before
+/// anything was checked, so copies of a Welcome meant for someone else, five a second,
+/// kept bob's own invitation waiting. Now a Welcome that names none of our key packages,
+/// or that we hold already, costs no token.
+#[tokio::test(start_paused = true)]
+async fn copies_of_anothers_welcome_do_not_keep_an_invitation_out() {
+    let net = net();
+    let alice = client(&net, config("alice")).await;
+    let bob = client(&net, config("bob")).await;
+    let carol = client(&net, config("carol")).await;
+    let g = alice.create_group().await.unwrap();
+    let mallory = Mallory::new(&net, "mallory");
+    let kp = key_package(&mallory.transport, &carol.id(), "last-resort").await;
+    let mut own = mallory.group_with_id(&GroupId::from_bytes(&[7; 16]));
+    let (_, w) = mallory.add(&mut own, &[kp]);
+    let welcome = envelope(WELCOME, &[], &w);
+    let inbox = inbox_topic(&bob.id());
+    let copier = mallory.transport.clone();
+    let flood = tokio::spawn(async move {
+        let _ = copier.publish(&inbox, welcome.clone()).await;
+        for n in 0..u32::MAX {
+            let mut copy = again(&welcome, 0);
+            copy[1..5].copy_from_slice(&n.to_be_bytes());
+            let _ = copier.publish(&inbox, copy).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    until("bob's key packages reach the store", async || {
+        alice.invite(&g, &bob.id()).await.is_ok()
+    })
+    .await;
+    // Joined within 10 s (a few settle times), while the copies keep coming.
+    for _ in 0..500 {
+        if bob.groups().await.unwrap().contains(&g) {
+            flood.abort();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("bob has not joined in 10 s: {:?}", bob.stats().await);
+}
+
 /// Attack 8: A Welcome from a stranger is a pending invitation the application accepts or
 /// declines; the policy says which are joined at once. Before: every Welcome was joined.
 #[tokio::test(start_paused = true)]

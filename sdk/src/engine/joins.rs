@@ -13,6 +13,7 @@ use openmls::prelude::*;
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::signatures::Signer as _;
+use openmls_traits::storage::StorageProvider as _;
 use openmls_traits::types::AeadType;
 use rusqlite::{OptionalExtension, params};
 
@@ -70,6 +71,12 @@ const MAX_SEALED_VOID: usize = 8 * 1024;
 impl State {
     /// A Welcome on our inbox.
     pub(crate) fn on_welcome(&mut self, bytes: &[u8]) -> Result<Outcome> {
+        // What costs no decryption is checked before the budget: junk and copies (anyone
+        // can publish on an inbox, and copy any Welcome it saw with a fresh nonce) took
+        // a token each, and a flood of them kept honest invitations out.
+        if !self.welcome_worth_trying(bytes)? {
+            return Ok(Outcome::Done);
+        }
         let rate = f64::from(self.config.limits.welcomes_per_min) / 60.0;
         let burst = self.config.limits.welcomes_per_min.max(1);
         let now_ms = self.mono_ms();
@@ -78,6 +85,47 @@ impl State {
         }
         self.welcome(bytes, Source::Inbox)?;
         Ok(Outcome::Done)
+    }
+
+    /// Whether a Welcome on our inbox is worth a key-package decryption: it is one, we
+    /// have not joined with it, hold it as an invitation or kept it aside already, and
+    /// it names a key package of ours (RFC 9420 §12.4.3.1: `new_member` is the reference
+    /// of the key package each secret is encrypted to). The rest is counted and dropped.
+    fn welcome_worth_trying(&mut self, bytes: &[u8]) -> Result<bool> {
+        let Ok(msg) = MlsMessageIn::tls_deserialize_exact(bytes) else {
+            self.stats.malformed += 1;
+            return Ok(false);
+        };
+        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+            self.stats.malformed += 1;
+            return Ok(false);
+        };
+        let hash = wire::welcome_hash(bytes);
+        let known: bool = self.used_welcome(&hash)?
+            || self
+                .db()
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM pqmls_invitations WHERE welcome_hash = ?1)
+                     OR EXISTS (SELECT 1 FROM pqmls_welcomes WHERE payload = ?2)",
+                )?
+                .query_row(params![&hash[..], bytes], |r| r.get(0))?;
+        if known {
+            self.stats.duplicates += 1;
+            return Ok(false);
+        }
+        for secret in welcome.secrets() {
+            if self
+                .provider
+                .storage()
+                .key_package::<KeyPackageRef, KeyPackageBundle>(&secret.new_member())
+                .map_err(Error::Database)?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        self.stats.ignored += 1;
+        Ok(false)
     }
 
     /// Retries the Welcomes kept for a group whose state is dead, newest epoch first,
