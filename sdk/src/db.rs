@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::Result;
 
 /// Version of the SDK schema, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 12;
+const SCHEMA_VERSION: i64 = 13;
 
 /// Creates the SDK's tables if they do not exist yet, and brings an older schema up to date.
 pub(crate) fn migrate(db: &Connection) -> Result<()> {
@@ -51,7 +51,27 @@ pub(crate) fn migrate(db: &Connection) -> Result<()> {
     if version < 11 {
         migrate_v11(db)?;
     }
-    migrate_v12(db)
+    if version < 12 {
+        migrate_v12(db)?;
+    }
+    migrate_v13(db)
+}
+
+/// Version 13: the tables anyone can fill (votes for epochs we do not hold yet,
+/// withdrawals for Welcomes not seen yet) are trimmed to their caps oldest first, and
+/// `received_ms` sits after a blob of up to 16 kB (votes) or 8 kB (withdrawals): sorting
+/// on it read every row's overflow pages, through SQLCipher, for every row that arrived.
+/// An index on it makes the trim a walk of the index.
+fn migrate_v13(db: &Connection) -> Result<()> {
+    db.execute_batch(
+        "BEGIN;
+         CREATE INDEX IF NOT EXISTS pqmls_votes_pending_received
+             ON pqmls_votes_pending (received_ms);
+         CREATE INDEX IF NOT EXISTS pqmls_voids_received ON pqmls_voids (received_ms);
+         PRAGMA user_version = 13;
+         COMMIT;",
+    )?;
+    Ok(())
 }
 
 /// Version 12: late messages of the epochs before a join (`inbound::decrypt_past`). The
@@ -767,5 +787,70 @@ mod tests {
         // Opening it again changes nothing.
         migrate(&db).unwrap();
         assert_eq!(version(&db), SCHEMA_VERSION);
+    }
+
+    /// The trims of the tables anyone can fill walk the index on `received_ms`, never the
+    /// rows (whose `received_ms` sits after a blob, in overflow pages), and keep the
+    /// newest rows up to the cap.
+    #[test]
+    fn tables_anyone_fills_are_trimmed_through_an_index() {
+        let db = Connection::open_in_memory().unwrap();
+        migrate(&db).unwrap();
+        for (table, trim) in [
+            (
+                "pqmls_votes_pending",
+                "DELETE FROM pqmls_votes_pending WHERE rowid IN
+                 (SELECT rowid FROM pqmls_votes_pending ORDER BY received_ms, rowid
+                  LIMIT max(0, (SELECT COUNT(*) FROM pqmls_votes_pending) - ?1))",
+            ),
+            (
+                "pqmls_voids",
+                "DELETE FROM pqmls_voids WHERE rowid IN
+                 (SELECT rowid FROM pqmls_voids ORDER BY received_ms, rowid
+                  LIMIT max(0, (SELECT COUNT(*) FROM pqmls_voids) - ?1))",
+            ),
+        ] {
+            let plan: Vec<String> = db
+                .prepare(&format!("EXPLAIN QUERY PLAN {trim}"))
+                .unwrap()
+                .query_map([4], |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .all(|p| !p.starts_with("SCAN") || p.contains("INDEX"))
+                    && !plan.iter().any(|p| p.contains("TEMP B-TREE")),
+                "{table}: {plan:?}"
+            );
+            let insert = match table {
+                "pqmls_votes_pending" => {
+                    "INSERT INTO pqmls_votes_pending (vote_tag, sealed, received_ms) VALUES (?1, x'00', ?2)"
+                }
+                _ => {
+                    "INSERT INTO pqmls_voids (void_id, sealed, received_ms) VALUES (?1, x'00', ?2)"
+                }
+            };
+            // Arrival times out of order; the four newest stay.
+            for (k, ms) in [5i64, 1, 9, 3, 7, 2, 8].iter().enumerate() {
+                db.execute(insert, params![vec![k as u8], ms]).unwrap();
+            }
+            db.execute(trim, [4]).unwrap();
+            let kept: Vec<i64> = db
+                .prepare(&format!(
+                    "SELECT received_ms FROM {table} ORDER BY received_ms"
+                ))
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(kept, [5, 7, 8, 9], "{table}");
+            db.execute(trim, [4]).unwrap();
+            let n: i64 = db
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 4, "{table}: nothing more under the cap");
+        }
     }
 }

@@ -519,10 +519,14 @@ impl State {
             self.db().prepare_cached("INSERT OR IGNORE INTO pqmls_votes_pending (vote_tag, sealed, received_ms) VALUES (?1, ?2, ?3)")?.execute(
                 params![&tag[..], sealed, to_i64(self.wall_ms())],
             )?;
-            self.db().prepare_cached("DELETE FROM pqmls_votes_pending WHERE rowid NOT IN
-                 (SELECT rowid FROM pqmls_votes_pending ORDER BY received_ms DESC, rowid DESC LIMIT ?1)")?.execute(
-                [PENDING_VOTES],
-            )?;
+            // The oldest beyond the cap, through the index on `received_ms` (schema 13).
+            self.db()
+                .prepare_cached(
+                    "DELETE FROM pqmls_votes_pending WHERE rowid IN
+                 (SELECT rowid FROM pqmls_votes_pending ORDER BY received_ms, rowid
+                  LIMIT max(0, (SELECT COUNT(*) FROM pqmls_votes_pending) - ?1))",
+                )?
+                .execute([PENDING_VOTES])?;
             return Ok(Outcome::Done);
         };
         if self.is_final(gid, epoch)? {

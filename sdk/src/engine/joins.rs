@@ -764,8 +764,9 @@ impl State {
             let cap = to_i64(self.config.limits.voids as u64);
             self.db()
                 .prepare_cached(
-                    "DELETE FROM pqmls_voids WHERE void_id NOT IN
-                 (SELECT void_id FROM pqmls_voids ORDER BY received_ms DESC, rowid DESC LIMIT ?1)",
+                    "DELETE FROM pqmls_voids WHERE rowid IN
+                 (SELECT rowid FROM pqmls_voids ORDER BY received_ms, rowid
+                  LIMIT max(0, (SELECT COUNT(*) FROM pqmls_voids) - ?1))",
                 )?
                 .execute([cap])?;
             self.stats.ignored += 1;
