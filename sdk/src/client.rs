@@ -83,12 +83,13 @@ struct SyncPlan {
 }
 
 /// Catch-ups in a row that a topic's cursor stays held at one place by payloads deferred
-/// there (`Outcome::Deferred`); the next one moves it past them. A payload anyone can
-/// publish may never become usable (an epoch 2^64 - 1, a cap that junk fills), and held
-/// for good it made every catch-up of the topic read the same window again, every
-/// `sync_backoff`, and never further than one window past it. An honest deferral (a
-/// budget spent for a moment, a cap until the next settle) is handled within a few
-/// tries; what is still deferred then can come again by gossip or a request.
+/// there (`Outcome::Deferred`) while handling nothing new; the next one moves it past
+/// them. A payload anyone can publish may never become usable (an epoch 2^64 - 1, a cap
+/// that junk fills), and held for good it made every catch-up of the topic read the
+/// same window again, every `sync_backoff`, and never further than one window past it.
+/// An honest deferral (a budget spent for a moment, a cap until the next settle) makes
+/// progress at each try (and so restarts the count) or ends within a few; what is still
+/// deferred then can come again by gossip or a request.
 const SYNC_HOLD_TRIES: u32 = 8;
 
 /// Most ids [`HandledIds`] remembers (32 bytes each, twice).
@@ -1268,13 +1269,16 @@ impl Inner {
                 Ok((handled, held))
             })
             .await?;
-        // A cursor held at one place for SYNC_HOLD_TRIES catch-ups in a row moves on.
+        // A cursor held at one place for SYNC_HOLD_TRIES catch-ups in a row, none of
+        // which handled anything new, moves on (a catch-up that made progress, as one
+        // working through a budget does, starts the count again).
+        let progress = !handled.is_empty();
         let hold = held.filter(|at| {
             let Ok(mut p) = self.syncs.lock() else {
                 return true;
             };
             let tries = match p.held.get(topic) {
-                Some((c, n)) if c == at => n.saturating_add(1),
+                Some((c, n)) if c == at && !progress => n.saturating_add(1),
                 _ => 1,
             };
             if tries > SYNC_HOLD_TRIES {
