@@ -361,17 +361,18 @@ async fn members_that_lack_only_the_commit_are_sent_only_the_commit() {
 
 /// Many members lacking one commit cost the group as few answers as one does: every
 /// request for an epoch in one round goes to the same members, ranked by the epoch's tag
-/// (`answers_need`), and each answers once a gap. Six of twelve members miss an update
-/// (the store too) and see the group go on; they ask, each at its first attempt, and at
-/// most the three members ranked first answer, whatever the number of askers. Before,
-/// each request had answerers of its own (ranked by its nonce), and six requests had up
-/// to every holder answer.
+/// (`answers_need`), and each answers once a gap, and not at all within a gap of seeing
+/// another's answer go by (`aired`). Ten of sixteen members miss an update (the store
+/// too) and see the group go on; they ask, each at its first attempt, and at most the
+/// three members ranked first answer, whatever the number of askers. With the ranking
+/// per request (by its nonce) put back, the bound failed in 2 of 7 runs (4 answers): the
+/// `aired` rule alone stops most extra answers, the ranking the rest.
 #[tokio::test(start_paused = true)]
 async fn many_members_asking_for_one_commit_get_the_answers_of_one() {
     let net = net();
     let mut away = Vec::new();
     let mut away_t = Vec::new();
-    for i in 0..6 {
+    for i in 0..10 {
         let (c, t) = client_on(&net, config(&format!("a{i}"))).await;
         away.push(c);
         away_t.push(t);
@@ -384,7 +385,7 @@ async fn many_members_asking_for_one_commit_get_the_answers_of_one() {
     let holders: Vec<&Client> = holders.iter().collect();
     let away: Vec<&Client> = away.iter().collect();
     let g = group(&all).await;
-    converge(&all, &g, 11).await;
+    converge(&all, &g, 15).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let answered_before = total(&holders, |s| s.needs_answered).await;
     let sent_before = each(&away, |s| s.needs_sent).await;
@@ -393,14 +394,14 @@ async fn many_members_asking_for_one_commit_get_the_answers_of_one() {
     }
     net.set_store_miss(1.0);
     holders[1].update(&g).await.unwrap();
-    converge(&holders, &g, 12).await;
+    converge(&holders, &g, 16).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     net.set_store_miss(0.0);
     for t in &away_t {
         t.set_online(true);
     }
     holders[0].update(&g).await.unwrap();
-    converge(&all, &g, 13).await;
+    converge(&all, &g, 17).await;
     let answered = total(&holders, |s| s.needs_answered).await - answered_before;
     let sent: Vec<u64> = each(&away, |s| s.needs_sent)
         .await
@@ -410,7 +411,7 @@ async fn many_members_asking_for_one_commit_get_the_answers_of_one() {
         .collect();
     let askers = sent.iter().filter(|n| **n > 0).count();
     let most = sent.iter().copied().max().unwrap_or(0);
-    assert!(askers >= 4, "only {askers} of 6 asked: {sent:?}");
+    assert!(askers >= 6, "only {askers} of 10 asked: {sent:?}");
     // A member ranked first answers at most once a gap; requests of one epoch at their
     // a-th attempt reach the first 3a members, whoever sends them.
     let bound: u64 = (1..=most).map(|a| 3 * a).sum();
