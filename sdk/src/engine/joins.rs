@@ -68,6 +68,11 @@ const MAX_ANCESTRY: i64 = 256;
 /// kept: without a size bound that was 256 rows of up to 4 MiB each.
 const MAX_SEALED_VOID: usize = 8 * 1024;
 
+/// The most encrypted group secrets (one per member added) a Welcome on our inbox may
+/// carry to be looked at: well above what any commit adds (`MAX_ADDS_PER_COMMIT` for
+/// ours), and a bound on the key-package lookups a Welcome can make us do.
+const MAX_WELCOME_SECRETS: usize = 1024;
+
 impl State {
     /// A Welcome on our inbox.
     pub(crate) fn on_welcome(&mut self, bytes: &[u8]) -> Result<Outcome> {
@@ -111,6 +116,12 @@ impl State {
                 .query_row(params![&hash[..], bytes], |r| r.get(0))?;
         if known {
             self.stats.duplicates += 1;
+            return Ok(false);
+        }
+        // Each secret costs a lookup: a Welcome carries one per member added, and no
+        // commit of ours adds more than a few hundred; junk with more is not ours.
+        if welcome.secrets().len() > MAX_WELCOME_SECRETS {
+            self.stats.ignored += 1;
             return Ok(false);
         }
         for secret in welcome.secrets() {

@@ -295,7 +295,8 @@ impl State {
             )?
             .execute([&gid.0])?;
         let mut u = usage(self)?;
-        while !fits(&u) && !later {
+        // Evicting later epochs' rows frees group rows and bytes, not room in this epoch.
+        while !fits(&u) && !later && u.in_epoch < limits.candidates_per_epoch as u64 {
             let Some(furthest) = future_to_evict(self, gid, current)? else {
                 break;
             };
