@@ -35,6 +35,27 @@ async fn four_and_erin(net: &SimNetwork) -> ([Member; 5], GroupId) {
     (v.try_into().ok().unwrap(), g)
 }
 
+/// Clients the test can take offline (`away`, with their transports) and `holders`
+/// other clients named m0, m1, ...
+async fn away_and_holders(
+    net: &SimNetwork,
+    away: &[&str],
+    holders: usize,
+) -> (Vec<Client>, Vec<Arc<SimTransport>>, Vec<Client>) {
+    let mut clients = Vec::new();
+    let mut transports = Vec::new();
+    for name in away {
+        let (c, t) = client_on(net, config(name)).await;
+        clients.push(c);
+        transports.push(t);
+    }
+    let mut others = Vec::new();
+    for i in 0..holders {
+        others.push(client(net, config(&format!("m{i}"))).await);
+    }
+    (clients, transports, others)
+}
+
 async fn size(c: &Client, table: &str) -> u64 {
     c.table_sizes().await.unwrap()[table]
 }
@@ -309,17 +330,7 @@ async fn a_request_for_a_missing_commit_is_answered_by_a_few_members_not_all() {
 #[tokio::test(start_paused = true)]
 async fn members_that_lack_only_the_commit_are_sent_only_the_commit() {
     let net = net();
-    let mut away = Vec::new();
-    let mut away_t = Vec::new();
-    for name in ["carol", "dave", "erin"] {
-        let (c, t) = client_on(&net, config(name)).await;
-        away.push(c);
-        away_t.push(t);
-    }
-    let mut holders = Vec::new();
-    for i in 0..6 {
-        holders.push(client(&net, config(&format!("m{i}"))).await);
-    }
+    let (away, away_t, holders) = away_and_holders(&net, &["carol", "dave", "erin"], 6).await;
     let all: Vec<&Client> = holders.iter().chain(away.iter()).collect();
     let holders: Vec<&Client> = holders.iter().collect();
     let g = group(&all).await;
@@ -370,17 +381,9 @@ async fn members_that_lack_only_the_commit_are_sent_only_the_commit() {
 #[tokio::test(start_paused = true)]
 async fn many_members_asking_for_one_commit_get_the_answers_of_one() {
     let net = net();
-    let mut away = Vec::new();
-    let mut away_t = Vec::new();
-    for i in 0..10 {
-        let (c, t) = client_on(&net, config(&format!("a{i}"))).await;
-        away.push(c);
-        away_t.push(t);
-    }
-    let mut holders = Vec::new();
-    for i in 0..6 {
-        holders.push(client(&net, config(&format!("h{i}"))).await);
-    }
+    let names: Vec<String> = (0..10).map(|i| format!("a{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (away, away_t, holders) = away_and_holders(&net, &names, 6).await;
     let all: Vec<&Client> = holders.iter().chain(away.iter()).collect();
     let holders: Vec<&Client> = holders.iter().collect();
     let away: Vec<&Client> = away.iter().collect();
