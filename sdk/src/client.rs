@@ -77,9 +77,10 @@ struct SyncPlan {
     last_full: Option<Instant>,
     /// Payloads handled for good, which a catch-up skips before any work.
     handled: HandledIds,
-    /// Per topic, where its cursor was last held by a deferred payload, and in how many
-    /// catch-ups in a row ([`SYNC_HOLD_TRIES`]).
-    held: BTreeMap<Topic, (pqmls_transport::store::Cursor, u32)>,
+    /// Per topic, where its cursor was last held by a deferred payload, in how many
+    /// catch-ups in a row ([`SYNC_HOLD_TRIES`]), and the client's count of merged commits
+    /// then.
+    held: BTreeMap<Topic, (pqmls_transport::store::Cursor, u32, u64)>,
 }
 
 /// Catch-ups in a row that a topic's cursor stays held at one place by payloads deferred
@@ -311,6 +312,7 @@ impl Client {
             needs: BTreeMap::new(),
             aired: BTreeMap::new(),
             answers: BTreeMap::new(),
+            refused_welcomes: BTreeMap::new(),
             votes_asked: BTreeMap::new(),
             votes_from_stores: BTreeMap::new(),
             vote_progress: BTreeMap::new(),
@@ -1245,11 +1247,12 @@ impl Inner {
                 .collect(),
             Err(_) => vec![false; messages.len()],
         };
-        let (handled, held) = self
+        let (handled, held, fresh, merged) = self
             .locked(|s| {
                 let mut held: Option<pqmls_transport::store::Cursor> = None;
                 let mut before = from;
                 let mut handled = Vec::new();
+                let mut fresh = 0usize;
                 for (m, skip) in messages.iter().zip(&skip) {
                     if *skip {
                         before = pqmls_transport::store::Cursor::after(m);
@@ -1257,28 +1260,31 @@ impl Inner {
                     }
                     // Our own message back from a store: the delivery mark.
                     s.mark_stored(&MessageId::compute(&m.topic, &m.data))?;
+                    let known = s.is_seen(&m.id)?;
                     if s.handle(m)? == Outcome::Deferred {
                         if held.is_none() {
                             held = Some(before);
                         }
                     } else if s.is_seen(&m.id)? {
+                        fresh += usize::from(!known);
                         handled.push(m.id);
                     }
                     before = pqmls_transport::store::Cursor::after(m);
                 }
-                Ok((handled, held))
+                Ok((handled, held, fresh, s.stats.commits_merged))
             })
             .await?;
-        // A cursor held at one place for SYNC_HOLD_TRIES catch-ups in a row, none of
-        // which handled anything new, moves on (a catch-up that made progress, as one
-        // working through a budget does, starts the count again).
-        let progress = !handled.is_empty();
+        // A cursor held at one place for SYNC_HOLD_TRIES catch-ups in a row moves on,
+        // unless they made progress: a payload handled for the first time (as one
+        // working through a budget does), or a commit merged since the last (the epoch
+        // a deferred payload waits for may have come by other ways), which start the
+        // count again.
         let hold = held.filter(|at| {
             let Ok(mut p) = self.syncs.lock() else {
                 return true;
             };
             let tries = match p.held.get(topic) {
-                Some((c, n)) if c == at && !progress => n.saturating_add(1),
+                Some((c, n, m)) if c == at && fresh == 0 && *m == merged => n.saturating_add(1),
                 _ => 1,
             };
             if tries > SYNC_HOLD_TRIES {
@@ -1288,7 +1294,7 @@ impl Inner {
                 );
                 false
             } else {
-                p.held.insert(topic.clone(), (*at, tries));
+                p.held.insert(topic.clone(), (*at, tries, merged));
                 true
             }
         });

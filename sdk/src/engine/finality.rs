@@ -1849,14 +1849,6 @@ impl State {
             );
             return Ok(Outcome::Done);
         }
-        let budget = self.answers.entry(gid.clone()).or_insert((now, 0));
-        if !answer_budget(budget, now, gap) {
-            tracing::debug!(
-                "{}: group {gid}: {NEED_ANSWERS_PER_GAP} requests answered in this gap: epoch {epoch}'s not",
-                self.name
-            );
-            return Ok(Outcome::Done);
-        }
         let payload: Option<Vec<u8>> = self
             .db()
             .prepare_cached(
@@ -1899,6 +1891,16 @@ impl State {
             commits.extend(others);
         }
         if commits.is_empty() {
+            return Ok(Outcome::Done);
+        }
+        // Charged only for what we would publish: a request for what we do not hold
+        // costs no answer.
+        let budget = self.answers.entry(gid.clone()).or_insert((now, 0));
+        if !answer_budget(budget, now, gap) {
+            tracing::debug!(
+                "{}: group {gid}: {NEED_ANSWERS_PER_GAP} requests answered in this gap: epoch {epoch}'s not",
+                self.name
+            );
             return Ok(Outcome::Done);
         }
         if !want_votes {

@@ -16,6 +16,7 @@ use openmls_traits::signatures::Signer as _;
 use openmls_traits::storage::StorageProvider as _;
 use openmls_traits::types::AeadType;
 use rusqlite::{OptionalExtension, params};
+use tokio::time::Instant;
 
 use super::{Outcome, State};
 use crate::GroupId;
@@ -68,6 +69,13 @@ const MAX_ANCESTRY: i64 = 256;
 /// kept: without a size bound that was 256 rows of up to 4 MiB each.
 const MAX_SEALED_VOID: usize = 8 * 1024;
 
+/// How long a Welcome refused or declined is remembered, so that copies of it (anyone
+/// can copy one from an inbox with a fresh nonce) take no decryption token; and the most
+/// remembered. A refusal may not hold for ever (a cap that frees, a sender that becomes
+/// known), so it is remembered for a while, not for good.
+const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+const REFUSED_MAX: usize = 1024;
+
 /// The most encrypted group secrets (one per member added) a Welcome on our inbox may
 /// carry to be looked at: well above what any commit adds (`MAX_ADDS_PER_COMMIT` for
 /// ours), and a bound on the key-package lookups a Welcome can make us do.
@@ -114,7 +122,11 @@ impl State {
                      OR EXISTS (SELECT 1 FROM pqmls_welcomes WHERE payload = ?2)",
                 )?
                 .query_row(params![&hash[..], bytes], |r| r.get(0))?;
-        if known {
+        let refused = self
+            .refused_welcomes
+            .get(&hash)
+            .is_some_and(|t| Instant::now().saturating_duration_since(*t) < REFUSED_FOR);
+        if known || refused {
             self.stats.duplicates += 1;
             return Ok(false);
         }
@@ -191,7 +203,10 @@ impl State {
                 self.todo.key_packages = true;
                 Ok(true)
             }
-            Join::Refused => Ok(false),
+            Join::Refused => {
+                self.remember_refused(hash);
+                Ok(false)
+            }
             Join::KeptAside(gid, epoch, sender, known) => {
                 self.keep_aside(&gid, epoch, &sender, known, bytes)?;
                 // A Welcome to an epoch before our join, from a member: the messages of
@@ -351,14 +366,43 @@ impl State {
     /// Declines (forgets) a pending invitation.
     pub(crate) fn decline_invitation(&mut self, id: u64) -> Result<()> {
         self.tx(|s| {
+            let hash: Option<Vec<u8>> = s
+                .db()
+                .query_row(
+                    "SELECT welcome_hash FROM pqmls_invitations WHERE id = ?1",
+                    [to_i64(id)],
+                    |r| r.get(0),
+                )
+                .optional()?;
             let n = s
                 .db()
                 .execute("DELETE FROM pqmls_invitations WHERE id = ?1", [to_i64(id)])?;
             if n == 0 {
                 return Err(Error::UnknownInvitation(id));
             }
+            if let Some(h) = hash.and_then(|h| <[u8; 32]>::try_from(h).ok()) {
+                s.remember_refused(h);
+            }
             Ok(())
         })
+    }
+
+    /// Remembers a Welcome refused or declined, for [`REFUSED_FOR`], the oldest
+    /// forgotten first beyond [`REFUSED_MAX`].
+    fn remember_refused(&mut self, hash: [u8; 32]) {
+        let now = Instant::now();
+        self.refused_welcomes
+            .retain(|_, t| now.saturating_duration_since(*t) < REFUSED_FOR);
+        if self.refused_welcomes.len() >= REFUSED_MAX
+            && let Some(oldest) = self
+                .refused_welcomes
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(h, _)| *h)
+        {
+            self.refused_welcomes.remove(&oldest);
+        }
+        self.refused_welcomes.insert(hash, now);
     }
 
     /// What we hold of a group, for [`welcome_action`].

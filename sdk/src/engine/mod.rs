@@ -166,6 +166,9 @@ pub(crate) struct State {
     /// Per group, when the current gap of our answers began and how many requests we
     /// answered in it (`finality::NEED_ANSWERS_PER_GAP`).
     pub answers: BTreeMap<GroupId, (Instant, u32)>,
+    /// Welcomes refused or declined lately, by hash, and when (`joins::REFUSED_FOR`):
+    /// copies of them take no decryption token.
+    pub refused_welcomes: BTreeMap<[u8; 32], Instant>,
     /// When we first asked the stores (a catch-up) for the votes on an undecided epoch:
     /// the members are asked only a gap later (`finality::ask_missing`).
     pub votes_from_stores: BTreeMap<(GroupId, u64), Instant>,

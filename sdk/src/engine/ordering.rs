@@ -295,9 +295,19 @@ impl State {
             )?
             .execute([&gid.0])?;
         let mut u = usage(self)?;
-        // Evicting later epochs' rows frees group rows and bytes, not room in this epoch.
-        while !fits(&u) && !later && u.in_epoch < limits.candidates_per_epoch as u64 {
-            let Some(furthest) = future_to_evict(self, gid, current)? else {
+        // Evicting later epochs' rows frees group rows and bytes, not room in this epoch;
+        // and for a commit of our epoch or an earlier one, only if what is not later
+        // leaves room (else every later commit would go, for nothing). A commit for a
+        // later epoch evicts only epochs further than its own: nearer ones come first.
+        let helps = |u: &Usage| {
+            u.in_epoch < limits.candidates_per_epoch as u64
+                && (later
+                    || (u.rows - u.later_rows < limits.commits as u64
+                        && (u.bytes - u.later_bytes).saturating_add(len as u64)
+                            <= limits.commit_bytes as u64))
+        };
+        while !fits(&u) && helps(&u) {
+            let Some(furthest) = future_to_evict(self, gid, current.max(epoch))? else {
                 break;
             };
             let n = self
@@ -1138,14 +1148,14 @@ struct Usage {
     later_bytes: u64,
 }
 
-/// The furthest epoch after `current` with others' commits not tried yet, the first to
-/// make room for a commit of our epoch or an earlier one.
-fn future_to_evict(s: &State, gid: &GroupId, current: u64) -> Result<Option<u64>> {
+/// The furthest epoch after `floor` with others' commits not tried yet, the first to make
+/// room for a commit of an epoch up to `floor`.
+fn future_to_evict(s: &State, gid: &GroupId, floor: u64) -> Result<Option<u64>> {
     let e: Option<i64> = s
         .db()
         .prepare_cached(
             "SELECT MAX(epoch) FROM pqmls_commits WHERE group_id = ?1 AND epoch > ?2 AND merged = 0 AND own = 0",
         )?
-        .query_row(params![gid.0, to_i64(current)], |r| r.get(0))?;
+        .query_row(params![gid.0, to_i64(floor)], |r| r.get(0))?;
     Ok(e.map(to_u64))
 }
