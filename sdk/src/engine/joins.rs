@@ -114,19 +114,11 @@ impl State {
             return Ok(false);
         };
         let hash = wire::welcome_hash(bytes);
-        let known: bool = self.used_welcome(&hash)?
-            || self
-                .db()
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM pqmls_invitations WHERE welcome_hash = ?1)
-                     OR EXISTS (SELECT 1 FROM pqmls_welcomes WHERE payload = ?2)",
-                )?
-                .query_row(params![&hash[..], bytes], |r| r.get(0))?;
         let refused = self
             .refused_welcomes
             .get(&hash)
             .is_some_and(|t| Instant::now().saturating_duration_since(*t) < REFUSED_FOR);
-        if known || refused {
+        if refused || self.used_welcome(&hash)? {
             self.stats.duplicates += 1;
             return Ok(false);
         }
@@ -136,6 +128,7 @@ impl State {
             self.stats.ignored += 1;
             return Ok(false);
         }
+        let mut ours = false;
         for secret in welcome.secrets() {
             if self
                 .provider
@@ -144,11 +137,29 @@ impl State {
                 .map_err(Error::Database)?
                 .is_some()
             {
-                return Ok(true);
+                ours = true;
+                break;
             }
         }
-        self.stats.ignored += 1;
-        Ok(false)
+        if !ours {
+            self.stats.ignored += 1;
+            return Ok(false);
+        }
+        // Held already (as an invitation, or aside): the kept ones are compared only
+        // where the lengths match (the length is in each row's header; the bytes are not
+        // read for the others).
+        let held: bool = self
+            .db()
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM pqmls_invitations WHERE welcome_hash = ?1)
+                 OR EXISTS (SELECT 1 FROM pqmls_welcomes WHERE length(payload) = ?3 AND payload = ?2)",
+            )?
+            .query_row(params![&hash[..], bytes, to_i64(bytes.len() as u64)], |r| r.get(0))?;
+        if held {
+            self.stats.duplicates += 1;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Retries the Welcomes kept for a group whose state is dead, newest epoch first,
