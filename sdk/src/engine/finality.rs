@@ -22,7 +22,7 @@ use crate::GroupId;
 use crate::db::{self, to_i64, to_u64};
 use crate::error::{Error, Result, mls};
 use crate::event::Event;
-use crate::identity::{Member, UserId};
+use crate::identity::UserId;
 use crate::order::{self, CommitId, Tally, Voter};
 use crate::wire::{self, EpochKeys, ORDER_EXPORTER_LABEL, VOTE_EXPORTER_LABEL, VoteBody, Wire};
 
@@ -186,7 +186,7 @@ impl State {
         &self,
         gid: &GroupId,
         epoch: u64,
-    ) -> Result<Option<Vec<(u32, Member)>>> {
+    ) -> Result<Option<super::EpochMembers>> {
         let text: Option<String> = self
             .db()
             .prepare_cached("SELECT members FROM pqmls_epochs WHERE group_id = ?1 AND epoch = ?2")?
@@ -199,9 +199,10 @@ impl State {
         if let Some((seen, members)) = self.member_records.borrow().get(&key)
             && *seen == text
         {
-            return Ok(Some(members.clone()));
+            // Shared, not copied: this runs for every vote read and every tally.
+            return Ok(Some(std::sync::Arc::clone(members)));
         }
-        let members = super::decode_members(&text);
+        let members = std::sync::Arc::new(super::decode_members(&text));
         let mut cache = self.member_records.borrow_mut();
         if cache.len() >= super::MEMBER_RECORDS_KEPT {
             cache.clear();
@@ -401,11 +402,10 @@ impl State {
             );
             return Ok(());
         }
-        let Some(leaf) = self.epoch_members(gid, epoch)?.and_then(|ms| {
-            ms.into_iter()
-                .find(|(_, m)| m.id == self.id)
-                .map(|(l, _)| l)
-        }) else {
+        let Some(leaf) = self
+            .epoch_members(gid, epoch)?
+            .and_then(|ms| ms.iter().find(|(_, m)| m.id == self.id).map(|(l, _)| *l))
+        else {
             return Ok(());
         };
         let sealed = self.seal_vote(gid, epoch, &keys, round, commit, leaf)?;
@@ -486,11 +486,10 @@ impl State {
             if keys.vote_tag[..] != tag[..] {
                 continue;
             }
-            let Some(leaf) = self.epoch_members(gid, epoch)?.and_then(|ms| {
-                ms.into_iter()
-                    .find(|(_, m)| m.id == self.id)
-                    .map(|(l, _)| l)
-            }) else {
+            let Some(leaf) = self
+                .epoch_members(gid, epoch)?
+                .and_then(|ms| ms.iter().find(|(_, m)| m.id == self.id).map(|(l, _)| *l))
+            else {
                 continue;
             };
             let sealed = self.seal_vote(gid, epoch, &keys, round, &commit, leaf)?;
@@ -589,11 +588,9 @@ impl State {
             self.stats.rejected += 1;
             return Ok(false);
         };
-        let voter = self.epoch_members(gid, epoch)?.and_then(|ms| {
-            ms.into_iter()
-                .find(|(l, _)| *l == vote.leaf)
-                .map(|(_, m)| m.id)
-        });
+        let voter = self
+            .epoch_members(gid, epoch)?
+            .and_then(|ms| ms.iter().find(|(l, _)| *l == vote.leaf).map(|(_, m)| m.id));
         let scheme = self.config.suite.signature_algorithm();
         let valid = vote.epoch == epoch
             && matches!(vote.round, 1 | 2)

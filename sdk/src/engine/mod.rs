@@ -230,7 +230,10 @@ pub(crate) fn ratchet_config() -> SenderRatchetConfiguration {
 
 /// See [`State::member_records`].
 pub(crate) type MemberRecords =
-    std::cell::RefCell<BTreeMap<(Vec<u8>, u64), (String, Vec<(u32, Member)>)>>;
+    std::cell::RefCell<BTreeMap<(Vec<u8>, u64), (String, EpochMembers)>>;
+
+/// An epoch's members by leaf, decoded from our record of it and shared from the cache.
+pub(crate) type EpochMembers = std::sync::Arc<Vec<(u32, Member)>>;
 
 /// At most this many decoded member records are kept (a few epochs of a few groups).
 pub(crate) const MEMBER_RECORDS_KEPT: usize = 64;

@@ -460,7 +460,7 @@ impl State {
         };
         let then: Option<BTreeSet<UserId>> = self
             .epoch_members(gid, lost_at)?
-            .map(|ms| ms.into_iter().map(|(_, m)| m.id).collect());
+            .map(|ms| ms.iter().map(|(_, m)| m.id).collect());
         // Without a record of that epoch we joined after it ourselves.
         let newcomers = then.is_none_or(|t| listed.iter().any(|(_, m)| !t.contains(&m.id)));
         let leaves: Vec<u32> = listed.iter().map(|(l, _)| *l).collect();
