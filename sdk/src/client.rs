@@ -261,13 +261,20 @@ impl Client {
                 "past_epoch_secrets must be at most rollback_window".into(),
             ));
         }
-        let storage = match &config.data_dir {
-            Some(dir) => {
-                crate::at_rest::open(dir, config.database_key.as_ref(), config.history_retention)?
-            }
-            None => SqliteStorage::open_in_memory()?,
-        };
-        db::migrate(storage.connection())?;
+        // Opening stretches a passphrase (Argon2id, 64 MiB) and may migrate the schema:
+        // work that blocks, kept off the runtime's workers as every step is.
+        let storage = blocking(|| -> Result<SqliteStorage> {
+            let storage = match &config.data_dir {
+                Some(dir) => crate::at_rest::open(
+                    dir,
+                    config.database_key.as_ref(),
+                    config.history_retention,
+                )?,
+                None => SqliteStorage::open_in_memory()?,
+            };
+            db::migrate(storage.connection())?;
+            Ok(storage)
+        })?;
         let crypto = client_crypto(&config)?;
         let (signer, _) = crate::offline::load_or_create_signer(
             storage.connection(),
