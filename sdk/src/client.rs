@@ -1597,7 +1597,8 @@ mod tests {
         assert_eq!(got, Some(7));
     }
 
-    /// On a current-thread runtime (the simulation, most tests) `f` runs as it is.
+    /// On a current-thread runtime (the simulation, most tests) `f` runs as it is
+    /// (`block_in_place` would panic there).
     #[tokio::test]
     async fn blocking_runs_inline_on_a_current_thread_runtime() {
         assert_eq!(blocking(|| 7), 7);

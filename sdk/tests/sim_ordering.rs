@@ -432,6 +432,26 @@ fn a_removed_member_replaying_commits_undoes_nothing_and_reads_nothing() {
     }
 }
 
+/// Seed 53 of `pqmls sim --replay-removed` (12 users, 20 % loss), replayed exactly: a
+/// member sent a message in the removal epoch before merging the removal. The removed
+/// member reads it as the member of that epoch it was, and also could with the state its
+/// own commit for that epoch made (which keeps that epoch's secrets among its past ones);
+/// tried there first, the simulation counted it as read through its branch, a leak that
+/// was none. Fails with the branch states tried first (`read 1`).
+#[test]
+fn replay_seed_53_a_message_of_the_removal_epoch_is_no_read_after_the_removal() {
+    let r = trial(Scenario {
+        seed: 53,
+        replay_removed: true,
+        ..Scenario::default()
+    });
+    assert!(r.converged, "{:?}", r.failure);
+    assert!(r.replay_removed, "the member was never removed");
+    assert!(r.replay_read_member_epoch > 0, "{r:?}");
+    assert_eq!(r.replay_undone, 0);
+    assert_eq!(r.replay_read_after, 0, "read after removal");
+}
+
 /// The honest trial of `seed` delivers every message to every member of the final chain
 /// at its epoch.
 fn assert_every_message_delivered(seed: u64) {

@@ -223,14 +223,30 @@ impl Revenant {
     }
 
     /// Tries every unread application message on every state; each message is counted
-    /// once, under a branch state if one reads it.
+    /// once: under a state it held as a member if one reads it, else under a branch state.
+    ///
+    /// The states it held first: a branch state made from a held state of epoch `e` keeps
+    /// the message secrets of `e` among its past epochs (as OpenMLS keeps them for late
+    /// messages), so it also reads what members sent in `e`, the epoch it was a member
+    /// of. Tried first, such a message counted as read through a branch (seeds 53 and 165
+    /// of `pqmls sim --replay-removed`, nineteenth session: one message each, sent in the
+    /// removal epoch by a member that had not merged the removal yet).
     fn read(&mut self) {
         for mls in std::mem::take(&mut self.unread) {
             self.tried += 1;
             let mut by_branch = false;
             let mut by_member_state = false;
-            for h in self.branches.iter_mut().chain(self.held.iter_mut()) {
+            for h in self.held.iter_mut().chain(self.branches.iter_mut()) {
                 if decrypts(h, &mls) {
+                    tracing::debug!(
+                        "sim: the removed member read it with its state of epoch {}, {}",
+                        h.mls.epoch().as_u64(),
+                        if h.after {
+                            "of its branches"
+                        } else {
+                            "held as a member"
+                        }
+                    );
                     if h.after {
                         by_branch = true;
                     } else {
@@ -263,6 +279,11 @@ impl Revenant {
             let provider = self.provider()?;
             let mut copy = load(provider, &rows, &self.gid, true)?;
             if let Some(staged) = stage(&mut copy, mls) {
+                tracing::debug!(
+                    "sim: the removed member follows {} on its branch at epoch {}",
+                    crate::engine::short(&wire::commit_hash(mls)),
+                    copy.mls.epoch().as_u64()
+                );
                 copy.mls
                     .merge_staged_commit(&copy.provider, *staged)
                     .map_err(|e| Error::Mls(format!("{e:?}")))?;
@@ -310,6 +331,15 @@ impl Revenant {
             return Ok(());
         };
         let epoch = h.mls.epoch().as_u64();
+        tracing::debug!(
+            "sim: the removed member commits {} for epoch {epoch} (on {})",
+            crate::engine::short(&hash),
+            if branch {
+                "a branch of its own"
+            } else {
+                "a state it held"
+            }
+        );
         let keys = epoch_keys(&h)?;
         let own = h.mls.own_leaf_index().u32();
         let priority = if rng.below(4) == 0 {
@@ -439,12 +469,21 @@ fn decrypts(h: &mut Held, mls: &[u8]) -> bool {
     let Some(pm) = protocol(mls) else {
         return false;
     };
-    matches!(
-        h.mls
-            .process_message(&h.provider, pm)
-            .map(|p| p.into_content()),
-        Ok(ProcessedMessageContent::ApplicationMessage(_))
-    )
+    let sent_in = pm.epoch().as_u64();
+    match h.mls.process_message(&h.provider, pm) {
+        Ok(p) => {
+            let sender = format!("{:?} in epoch {sent_in}", p.sender());
+            let read = matches!(
+                p.into_content(),
+                ProcessedMessageContent::ApplicationMessage(_)
+            );
+            if read {
+                tracing::debug!("sim: the removed member read a message from {sender}");
+            }
+            read
+        }
+        Err(_) => false,
+    }
 }
 
 /// The commit `mls` staged on `h`, if it is a valid commit for `h`'s epoch.
