@@ -12,6 +12,17 @@ use crate::error::Result;
 /// Version of the SDK schema, in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 13;
 
+/// Deletes the oldest rows of `pqmls_votes_pending` beyond the cap `?1`, through the
+/// index on `received_ms` (schema 13; test `tables_anyone_fills_are_trimmed_through_an_index`).
+pub(crate) const TRIM_VOTES_PENDING: &str = "DELETE FROM pqmls_votes_pending WHERE rowid IN
+     (SELECT rowid FROM pqmls_votes_pending ORDER BY received_ms, rowid
+      LIMIT max(0, (SELECT COUNT(*) FROM pqmls_votes_pending) - ?1))";
+
+/// The same for `pqmls_voids`.
+pub(crate) const TRIM_VOIDS: &str = "DELETE FROM pqmls_voids WHERE rowid IN
+     (SELECT rowid FROM pqmls_voids ORDER BY received_ms, rowid
+      LIMIT max(0, (SELECT COUNT(*) FROM pqmls_voids) - ?1))";
+
 /// Creates the SDK's tables if they do not exist yet, and brings an older schema up to date.
 pub(crate) fn migrate(db: &Connection) -> Result<()> {
     let version: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -797,18 +808,8 @@ mod tests {
         let db = Connection::open_in_memory().unwrap();
         migrate(&db).unwrap();
         for (table, trim) in [
-            (
-                "pqmls_votes_pending",
-                "DELETE FROM pqmls_votes_pending WHERE rowid IN
-                 (SELECT rowid FROM pqmls_votes_pending ORDER BY received_ms, rowid
-                  LIMIT max(0, (SELECT COUNT(*) FROM pqmls_votes_pending) - ?1))",
-            ),
-            (
-                "pqmls_voids",
-                "DELETE FROM pqmls_voids WHERE rowid IN
-                 (SELECT rowid FROM pqmls_voids ORDER BY received_ms, rowid
-                  LIMIT max(0, (SELECT COUNT(*) FROM pqmls_voids) - ?1))",
-            ),
+            ("pqmls_votes_pending", TRIM_VOTES_PENDING),
+            ("pqmls_voids", TRIM_VOIDS),
         ] {
             let plan: Vec<String> = db
                 .prepare(&format!("EXPLAIN QUERY PLAN {trim}"))

@@ -520,11 +520,7 @@ impl State {
             )?;
             // The oldest beyond the cap, through the index on `received_ms` (schema 13).
             self.db()
-                .prepare_cached(
-                    "DELETE FROM pqmls_votes_pending WHERE rowid IN
-                 (SELECT rowid FROM pqmls_votes_pending ORDER BY received_ms, rowid
-                  LIMIT max(0, (SELECT COUNT(*) FROM pqmls_votes_pending) - ?1))",
-                )?
+                .prepare_cached(db::TRIM_VOTES_PENDING)?
                 .execute([PENDING_VOTES])?;
             return Ok(Outcome::Done);
         };

@@ -100,17 +100,26 @@ impl State {
         Ok(Outcome::Done)
     }
 
+    /// `bytes` as a Welcome, if they are one; counted as malformed if not.
+    fn decode_welcome(&mut self, bytes: &[u8]) -> Option<Welcome> {
+        let welcome = MlsMessageIn::tls_deserialize_exact(bytes)
+            .ok()
+            .and_then(|msg| match msg.extract() {
+                MlsMessageBodyIn::Welcome(welcome) => Some(welcome),
+                _ => None,
+            });
+        if welcome.is_none() {
+            self.stats.malformed += 1;
+        }
+        welcome
+    }
+
     /// Whether a Welcome on our inbox is worth a key-package decryption: it is one, we
     /// have not joined with it, hold it as an invitation or kept it aside already, and
     /// it names a key package of ours (RFC 9420 §12.4.3.1: `new_member` is the reference
     /// of the key package each secret is encrypted to). The rest is counted and dropped.
     fn welcome_worth_trying(&mut self, bytes: &[u8]) -> Result<bool> {
-        let Ok(msg) = MlsMessageIn::tls_deserialize_exact(bytes) else {
-            self.stats.malformed += 1;
-            return Ok(false);
-        };
-        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
-            self.stats.malformed += 1;
+        let Some(welcome) = self.decode_welcome(bytes) else {
             return Ok(false);
         };
         let hash = wire::welcome_hash(bytes);
@@ -183,12 +192,7 @@ impl State {
 
     /// Handles a Welcome; `true` if we joined.
     pub(crate) fn welcome(&mut self, bytes: &[u8], source: Source) -> Result<bool> {
-        let Ok(msg) = MlsMessageIn::tls_deserialize_exact(bytes) else {
-            self.stats.malformed += 1;
-            return Ok(false);
-        };
-        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
-            self.stats.malformed += 1;
+        let Some(welcome) = self.decode_welcome(bytes) else {
             return Ok(false);
         };
         let hash = wire::welcome_hash(bytes);
@@ -828,13 +832,7 @@ impl State {
                 params![&id[..], sealed, to_i64(self.wall_ms())],
             )?;
             let cap = to_i64(self.config.limits.voids as u64);
-            self.db()
-                .prepare_cached(
-                    "DELETE FROM pqmls_voids WHERE rowid IN
-                 (SELECT rowid FROM pqmls_voids ORDER BY received_ms, rowid
-                  LIMIT max(0, (SELECT COUNT(*) FROM pqmls_voids) - ?1))",
-                )?
-                .execute([cap])?;
+            self.db().prepare_cached(db::TRIM_VOIDS)?.execute([cap])?;
             self.stats.ignored += 1;
             return Ok(Outcome::Done);
         };
